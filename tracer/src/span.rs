@@ -1,0 +1,460 @@
+//! Spans: the live [`Span`] handle and the finished [`SpanData`] it exports.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::clock::VectorClock;
+use crate::context::{ClockCell, Context};
+use crate::ids::{SpanContext, SpanId, TraceId};
+use crate::tracer::TracerInner;
+
+/// A string that is usually static: no allocation for literal keys and names.
+pub type Str = Cow<'static, str>;
+
+/// A typed attribute value.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Value {
+    /// A string.
+    String(Str),
+    /// A boolean.
+    Bool(bool),
+    /// A signed 64-bit integer.
+    I64(i64),
+    /// A 64-bit float.
+    F64(f64),
+    /// A list of values.
+    Array(Vec<Value>),
+}
+
+macro_rules! value_from {
+    ($($t:ty => $v:ident $(as $c:ty)?),* $(,)?) => {$(
+        impl From<$t> for Value {
+            fn from(v: $t) -> Self { Value::$v((v $(as $c)?).into()) }
+        }
+    )*};
+}
+value_from!(
+    &'static str => String,
+    String => String,
+    Str => String,
+    bool => Bool,
+    i64 => I64,
+    i32 => I64 as i64,
+    u32 => I64 as i64,
+    f64 => F64,
+);
+
+impl From<u64> for Value {
+    /// Values above `i64::MAX` saturate (OTLP has no unsigned integers).
+    fn from(v: u64) -> Self {
+        Value::I64(i64::try_from(v).unwrap_or(i64::MAX))
+    }
+}
+
+impl From<usize> for Value {
+    fn from(v: usize) -> Self {
+        Value::from(v as u64)
+    }
+}
+
+impl Value {
+    /// The value as display text (strings unquoted).
+    pub fn to_text(&self) -> String {
+        match self {
+            Value::String(s) => s.to_string(),
+            Value::Bool(b) => b.to_string(),
+            Value::I64(i) => i.to_string(),
+            Value::F64(f) => f.to_string(),
+            Value::Array(a) => {
+                let parts: Vec<String> = a.iter().map(Value::to_text).collect();
+                format!("[{}]", parts.join(","))
+            }
+        }
+    }
+}
+
+/// An attribute: a key and a typed value.
+#[derive(Clone, Debug, PartialEq)]
+pub struct KeyValue {
+    /// The attribute name, e.g. `http.request.method`.
+    pub key: Str,
+    /// The value.
+    pub value: Value,
+}
+
+impl KeyValue {
+    /// A new attribute.
+    pub fn new(key: impl Into<Str>, value: impl Into<Value>) -> Self {
+        KeyValue {
+            key: key.into(),
+            value: value.into(),
+        }
+    }
+}
+
+/// What a span represents, as in OpenTelemetry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub enum SpanKind {
+    /// Internal work.
+    #[default]
+    Internal,
+    /// Handling an incoming request.
+    Server,
+    /// Making an outgoing request.
+    Client,
+    /// Sending a message.
+    Producer,
+    /// Receiving a message.
+    Consumer,
+}
+
+/// The outcome of a span.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub enum Status {
+    /// Not set (the default).
+    #[default]
+    Unset,
+    /// Explicitly successful.
+    Ok,
+    /// Failed, with a description.
+    Error(Str),
+}
+
+impl Status {
+    /// True for [`Status::Error`].
+    pub fn is_error(&self) -> bool {
+        matches!(self, Status::Error(_))
+    }
+}
+
+/// A timestamped event inside a span.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Event {
+    /// Unix nanoseconds.
+    pub time_unix_nano: u64,
+    /// Event name, e.g. `exception`.
+    pub name: Str,
+    /// Event attributes.
+    pub attributes: Vec<KeyValue>,
+}
+
+/// A link to another span.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Link {
+    /// The linked span.
+    pub context: SpanContext,
+    /// Link attributes.
+    pub attributes: Vec<KeyValue>,
+}
+
+/// Limits that keep one span bounded in memory.
+#[derive(Clone, Copy, Debug)]
+pub struct SpanLimits {
+    /// Attributes beyond this are dropped and counted.
+    pub max_attributes: usize,
+    /// Events beyond this are dropped and counted.
+    pub max_events: usize,
+    /// Links beyond this are dropped and counted.
+    pub max_links: usize,
+}
+
+impl Default for SpanLimits {
+    fn default() -> Self {
+        SpanLimits {
+            max_attributes: 128,
+            max_events: 128,
+            max_links: 128,
+        }
+    }
+}
+
+/// A finished span, as handed to exporters.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SpanData {
+    /// Trace id, span id, flags and trace state.
+    pub context: SpanContext,
+    /// The parent's id, [`SpanId::INVALID`] for a root span.
+    pub parent_span_id: SpanId,
+    /// Operation name.
+    pub name: Str,
+    /// Span kind.
+    pub kind: SpanKind,
+    /// Unix nanoseconds at start.
+    pub start_time_unix_nano: u64,
+    /// Unix nanoseconds at end.
+    pub end_time_unix_nano: u64,
+    /// Attributes in insertion order.
+    pub attributes: Vec<KeyValue>,
+    /// Events in insertion order.
+    pub events: Vec<Event>,
+    /// Links.
+    pub links: Vec<Link>,
+    /// Outcome.
+    pub status: Status,
+    /// The node's vector clock when the span started.
+    pub clock_start: VectorClock,
+    /// The node's vector clock when the span ended.
+    pub clock_end: VectorClock,
+    /// Attributes, events and links dropped by [`SpanLimits`].
+    pub dropped: u32,
+}
+
+impl SpanData {
+    /// Duration in nanoseconds (0 if the clock went backwards).
+    pub fn duration_nanos(&self) -> u64 {
+        self.end_time_unix_nano
+            .saturating_sub(self.start_time_unix_nano)
+    }
+
+    /// The attribute with `key`, if any.
+    pub fn attribute(&self, key: &str) -> Option<&Value> {
+        self.attributes
+            .iter()
+            .find(|kv| kv.key == key)
+            .map(|kv| &kv.value)
+    }
+}
+
+/// Now, in Unix nanoseconds.
+pub fn now_unix_nanos() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// A live span. End it with [`Span::end`]; a span that is dropped is ended
+/// then. Ending twice is harmless.
+///
+/// An unsampled span records nothing but still carries its [`SpanContext`],
+/// so context propagates through it.
+pub struct Span {
+    pub(crate) context: SpanContext,
+    pub(crate) clock: Option<Arc<ClockCell>>,
+    pub(crate) baggage: Option<Arc<crate::propagation::baggage::Baggage>>,
+    pub(crate) recording: Option<Box<SpanData>>,
+    pub(crate) tracer: Option<Arc<TracerInner>>,
+}
+
+impl std::fmt::Debug for Span {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Span")
+            .field("context", &self.context)
+            .field("recording", &self.recording.is_some())
+            .finish()
+    }
+}
+
+impl Span {
+    /// A span that records nothing and has an invalid context.
+    pub fn noop() -> Span {
+        Span {
+            context: SpanContext::default(),
+            clock: None,
+            baggage: None,
+            recording: None,
+            tracer: None,
+        }
+    }
+
+    /// This span's propagating context.
+    pub fn span_context(&self) -> &SpanContext {
+        &self.context
+    }
+
+    /// The trace id.
+    pub fn trace_id(&self) -> TraceId {
+        self.context.trace_id
+    }
+
+    /// The span id.
+    pub fn span_id(&self) -> SpanId {
+        self.context.span_id
+    }
+
+    /// True while the span records (sampled and not yet ended).
+    pub fn is_recording(&self) -> bool {
+        self.recording.is_some()
+    }
+
+    /// A [`Context`] whose parent span is this one: pass it to children,
+    /// [`Context::attach`] it, or inject it into outgoing requests.
+    pub fn context(&self) -> Context {
+        Context::from_parts(
+            Some(self.context.clone()),
+            self.clock.clone(),
+            self.baggage.clone(),
+        )
+    }
+
+    /// Sets (or adds) an attribute. Over the limit it is dropped and counted.
+    pub fn set_attribute(&mut self, key: impl Into<Str>, value: impl Into<Value>) {
+        if let (Some(data), Some(t)) = (self.recording.as_deref_mut(), &self.tracer) {
+            let key = key.into();
+            let value = value.into();
+            let max = t.limits.max_attributes;
+            if let Some(kv) = data.attributes.iter_mut().find(|kv| kv.key == key) {
+                kv.value = value;
+            } else if data.attributes.len() < max {
+                data.attributes.push(KeyValue { key, value });
+            } else {
+                data.dropped = data.dropped.saturating_add(1);
+            }
+        }
+    }
+
+    /// Adds an event timestamped now.
+    pub fn add_event(&mut self, name: impl Into<Str>, attributes: Vec<KeyValue>) {
+        if let (Some(data), Some(t)) = (self.recording.as_deref_mut(), &self.tracer) {
+            if data.events.len() < t.limits.max_events {
+                data.events.push(Event {
+                    time_unix_nano: now_unix_nanos(),
+                    name: name.into(),
+                    attributes,
+                });
+            } else {
+                data.dropped = data.dropped.saturating_add(1);
+            }
+        }
+    }
+
+    /// Adds a link to another span.
+    pub fn add_link(&mut self, context: SpanContext, attributes: Vec<KeyValue>) {
+        if let (Some(data), Some(t)) = (self.recording.as_deref_mut(), &self.tracer) {
+            if data.links.len() < t.limits.max_links {
+                data.links.push(Link {
+                    context,
+                    attributes,
+                });
+            } else {
+                data.dropped = data.dropped.saturating_add(1);
+            }
+        }
+    }
+
+    /// Sets the status. `Ok` is final: a later `Error` does not replace it,
+    /// as the OpenTelemetry spec requires.
+    pub fn set_status(&mut self, status: Status) {
+        if let Some(data) = self.recording.as_deref_mut() {
+            match (&data.status, &status) {
+                (Status::Ok, _) | (_, Status::Unset) => {}
+                _ => data.status = status,
+            }
+        }
+    }
+
+    /// Records an error: status Error and an `exception` event.
+    pub fn record_error(&mut self, err: &dyn std::error::Error) {
+        if self.recording.is_some() {
+            let msg = err.to_string();
+            self.add_event(
+                "exception",
+                vec![KeyValue::new("exception.message", msg.clone())],
+            );
+            self.set_status(Status::Error(msg.into()));
+        }
+    }
+
+    /// Renames the span.
+    pub fn update_name(&mut self, name: impl Into<Str>) {
+        if let Some(data) = self.recording.as_deref_mut() {
+            data.name = name.into();
+        }
+    }
+
+    /// Changes the kind (for layers that learn it late).
+    pub fn set_kind(&mut self, kind: SpanKind) {
+        if let Some(data) = self.recording.as_deref_mut() {
+            data.kind = kind;
+        }
+    }
+
+    /// Ends the span now. Later calls do nothing.
+    pub fn end(&mut self) {
+        self.end_at(now_unix_nanos());
+    }
+
+    /// Ends the span with an explicit end time. Later calls do nothing.
+    pub fn end_at(&mut self, end_time_unix_nano: u64) {
+        if let (Some(mut data), Some(tracer)) = (self.recording.take(), &self.tracer) {
+            data.end_time_unix_nano = end_time_unix_nano.max(data.start_time_unix_nano);
+            if let Some(cell) = &self.clock {
+                data.clock_end = cell.tick(&tracer.node);
+            }
+            tracer.on_end(data);
+        }
+    }
+}
+
+impl Drop for Span {
+    fn drop(&mut self) {
+        self.end();
+    }
+}
+
+/// Builds a span: set what you know before start, then [`SpanBuilder::start`].
+#[derive(Debug)]
+#[must_use = "a span builder does nothing until start()"]
+pub struct SpanBuilder {
+    pub(crate) tracer: crate::Tracer,
+    pub(crate) name: Str,
+    pub(crate) kind: SpanKind,
+    pub(crate) parent: Option<Context>,
+    pub(crate) attributes: Vec<KeyValue>,
+    pub(crate) links: Vec<Link>,
+    pub(crate) start_time: Option<u64>,
+}
+
+impl SpanBuilder {
+    /// Sets the span kind.
+    pub fn kind(mut self, kind: SpanKind) -> Self {
+        self.kind = kind;
+        self
+    }
+
+    /// Uses `cx` as the parent instead of the current context.
+    pub fn parent(mut self, cx: &Context) -> Self {
+        self.parent = Some(cx.clone());
+        self
+    }
+
+    /// Starts a new trace, ignoring the current context.
+    pub fn root(mut self) -> Self {
+        self.parent = Some(Context::new());
+        self
+    }
+
+    /// Adds an attribute known at start (samplers see these).
+    pub fn attribute(mut self, key: impl Into<Str>, value: impl Into<Value>) -> Self {
+        self.attributes.push(KeyValue::new(key, value));
+        self
+    }
+
+    /// Adds attributes known at start.
+    pub fn attributes(mut self, attrs: impl IntoIterator<Item = KeyValue>) -> Self {
+        self.attributes.extend(attrs);
+        self
+    }
+
+    /// Adds a link.
+    pub fn link(mut self, context: SpanContext, attributes: Vec<KeyValue>) -> Self {
+        self.links.push(Link {
+            context,
+            attributes,
+        });
+        self
+    }
+
+    /// Sets an explicit start time (Unix nanoseconds).
+    pub fn start_time(mut self, unix_nanos: u64) -> Self {
+        self.start_time = Some(unix_nanos);
+        self
+    }
+
+    /// Starts the span.
+    pub fn start(self) -> Span {
+        let tracer = self.tracer.clone();
+        tracer.build_span(self)
+    }
+}

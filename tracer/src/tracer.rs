@@ -1,0 +1,384 @@
+//! The [`Tracer`]: starts spans for one service and feeds its export pipeline.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use crate::context::{ClockCell, Context, Node};
+use crate::export::{BatchConfig, BatchProcessor, Resource, SpanExporter};
+use crate::ids::{SpanContext, SpanId, idgen};
+use crate::sampling::Sampler;
+use crate::span::{KeyValue, Span, SpanBuilder, SpanData, SpanKind, SpanLimits, Status, Str};
+use crate::{ClewError, Result};
+
+pub(crate) struct TracerInner {
+    pub(crate) node: Node,
+    pub(crate) resource: Arc<Resource>,
+    pub(crate) sampler: Sampler,
+    pub(crate) limits: SpanLimits,
+    processor: Option<BatchProcessor>,
+    started: AtomicU64,
+    unsampled: AtomicU64,
+}
+
+impl std::fmt::Debug for TracerInner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tracer")
+            .field("service", &self.resource.service_name)
+            .field("node", &self.node.id())
+            .field("sampler", &self.sampler.to_string())
+            .finish()
+    }
+}
+
+impl TracerInner {
+    pub(crate) fn on_end(&self, data: Box<SpanData>) {
+        if let Some(p) = &self.processor {
+            p.on_end(data);
+        }
+    }
+}
+
+/// Starts spans for one service. Cheap to clone; clones share the pipeline.
+#[derive(Clone, Debug)]
+pub struct Tracer {
+    pub(crate) inner: Arc<TracerInner>,
+}
+
+/// A snapshot of a tracer's counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TracerStats {
+    /// Sampled spans started.
+    pub started: u64,
+    /// Spans started unsampled (context only).
+    pub unsampled: u64,
+    /// Spans handed to the exporter.
+    pub exported: u64,
+    /// Spans dropped because the export queue was full.
+    pub dropped: u64,
+    /// Spans whose export failed.
+    pub export_failed: u64,
+}
+
+impl Tracer {
+    /// Starts configuring a tracer for `service_name`.
+    pub fn builder(service_name: impl Into<String>) -> TracerBuilder {
+        TracerBuilder {
+            service_name: service_name.into(),
+            node_id: None,
+            attributes: Vec::new(),
+            sampler: Sampler::default(),
+            limits: SpanLimits::default(),
+            batch: BatchConfig::default(),
+            exporter: None,
+        }
+    }
+
+    /// A tracer that samples nothing and exports nothing.
+    pub fn noop() -> Tracer {
+        Tracer::builder("noop").sampler(Sampler::AlwaysOff).build()
+    }
+
+    /// The service name.
+    pub fn service_name(&self) -> &str {
+        &self.inner.resource.service_name
+    }
+
+    /// The vector-clock node id.
+    pub fn node_id(&self) -> &str {
+        self.inner.node.id()
+    }
+
+    pub(crate) fn node(&self) -> &Node {
+        &self.inner.node
+    }
+
+    /// A builder for a span named `name`. Its parent is the current context
+    /// unless [`SpanBuilder::parent`] or [`SpanBuilder::root`] says otherwise.
+    pub fn span(&self, name: impl Into<Str>) -> SpanBuilder {
+        SpanBuilder {
+            tracer: self.clone(),
+            name: name.into(),
+            kind: SpanKind::Internal,
+            parent: None,
+            attributes: Vec::new(),
+            links: Vec::new(),
+            start_time: None,
+        }
+    }
+
+    /// Starts an internal span under the current context.
+    pub fn start(&self, name: impl Into<Str>) -> Span {
+        self.start_span(name.into(), SpanKind::Internal, None, Vec::new())
+    }
+
+    /// Starts a span of `kind` under `parent`.
+    pub fn start_with_context(
+        &self,
+        name: impl Into<Str>,
+        kind: SpanKind,
+        parent: &Context,
+    ) -> Span {
+        self.start_span(name.into(), kind, Some(parent), Vec::new())
+    }
+
+    pub(crate) fn build_span(&self, b: SpanBuilder) -> Span {
+        let mut span = self.start_span(b.name, b.kind, b.parent.as_ref(), b.attributes);
+        if let Some(data) = span.recording.as_deref_mut() {
+            if let Some(t) = b.start_time {
+                data.start_time_unix_nano = t;
+            }
+            data.links = b.links;
+        }
+        span
+    }
+
+    fn start_span(
+        &self,
+        name: Str,
+        kind: SpanKind,
+        parent: Option<&Context>,
+        attributes: Vec<KeyValue>,
+    ) -> Span {
+        match parent {
+            Some(cx) => self.start_under(name, kind, cx, attributes),
+            None => Context::map_current(|cx| self.start_under(name, kind, cx, attributes)),
+        }
+    }
+
+    fn start_under(
+        &self,
+        name: Str,
+        kind: SpanKind,
+        cx: &Context,
+        mut attributes: Vec<KeyValue>,
+    ) -> Span {
+        let inner = &self.inner;
+        let parent = cx.span.as_ref().filter(|p| p.is_valid());
+        let trace_id = parent.map(|p| p.trace_id).unwrap_or_else(idgen::trace_id);
+        let sampled = inner.sampler.should_sample(parent, trace_id);
+        let context = SpanContext {
+            trace_id,
+            span_id: idgen::span_id(),
+            flags: parent
+                .map(|p| p.flags)
+                .unwrap_or_default()
+                .with_sampled(sampled),
+            trace_state: parent.map(|p| p.trace_state.clone()).unwrap_or_default(),
+            is_remote: false,
+        };
+        if !sampled {
+            inner.unsampled.fetch_add(1, Ordering::Relaxed);
+            // Keep the upstream clock flowing through unsampled hops.
+            return Span {
+                context,
+                clock: cx.clock.clone(),
+                baggage: cx.baggage.clone(),
+                recording: None,
+                tracer: None,
+            };
+        }
+        inner.started.fetch_add(1, Ordering::Relaxed);
+        let clock = cx
+            .clock
+            .clone()
+            .unwrap_or_else(|| ClockCell::new(Default::default()));
+        let clock_start = clock.tick(&inner.node);
+        if attributes.len() > inner.limits.max_attributes {
+            attributes.truncate(inner.limits.max_attributes);
+        }
+        let data = Box::new(SpanData {
+            parent_span_id: parent.map(|p| p.span_id).unwrap_or(SpanId::INVALID),
+            context: context.clone(),
+            name,
+            kind,
+            start_time_unix_nano: crate::span::now_unix_nanos(),
+            end_time_unix_nano: 0,
+            attributes,
+            events: Vec::new(),
+            links: Vec::new(),
+            status: Status::Unset,
+            clock_start,
+            clock_end: Default::default(),
+            dropped: 0,
+        });
+        Span {
+            context,
+            clock: Some(clock),
+            baggage: cx.baggage.clone(),
+            recording: Some(data),
+            tracer: Some(Arc::clone(inner)),
+        }
+    }
+
+    /// Exports everything queued; waits at most `timeout`. False on timeout
+    /// or when there is no exporter.
+    pub fn force_flush(&self, timeout: Duration) -> bool {
+        self.inner
+            .processor
+            .as_ref()
+            .is_some_and(|p| p.force_flush(timeout))
+    }
+
+    /// Flushes and stops the export pipeline. Spans ended afterwards are
+    /// dropped and counted.
+    pub fn shutdown(&self, timeout: Duration) -> bool {
+        self.inner
+            .processor
+            .as_ref()
+            .is_none_or(|p| p.shutdown(timeout))
+    }
+
+    /// The tracer's counters.
+    pub fn stats(&self) -> TracerStats {
+        let (exported, dropped, export_failed) = match &self.inner.processor {
+            Some(p) => {
+                let s = p.stats();
+                (
+                    s.exported.load(Ordering::Relaxed),
+                    s.dropped.load(Ordering::Relaxed),
+                    s.failed.load(Ordering::Relaxed),
+                )
+            }
+            None => (0, 0, 0),
+        };
+        TracerStats {
+            started: self.inner.started.load(Ordering::Relaxed),
+            unsampled: self.inner.unsampled.load(Ordering::Relaxed),
+            exported,
+            dropped,
+            export_failed,
+        }
+    }
+}
+
+/// Configures a [`Tracer`].
+#[must_use]
+pub struct TracerBuilder {
+    service_name: String,
+    node_id: Option<String>,
+    attributes: Vec<KeyValue>,
+    sampler: Sampler,
+    limits: SpanLimits,
+    batch: BatchConfig,
+    exporter: Option<Box<dyn SpanExporter>>,
+}
+
+impl std::fmt::Debug for TracerBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TracerBuilder")
+            .field("service_name", &self.service_name)
+            .field("sampler", &self.sampler.to_string())
+            .finish_non_exhaustive()
+    }
+}
+
+impl TracerBuilder {
+    /// The vector-clock node id. Must be unique per process; the default is
+    /// the service name plus a random suffix (`service#3fa2c1`).
+    pub fn node_id(mut self, id: impl Into<String>) -> Self {
+        self.node_id = Some(id.into());
+        self
+    }
+
+    /// Adds a resource attribute (`service.version`, `k8s.pod.name`, ...).
+    pub fn resource_attribute(
+        mut self,
+        key: impl Into<Str>,
+        value: impl Into<crate::Value>,
+    ) -> Self {
+        self.attributes.push(KeyValue::new(key, value));
+        self
+    }
+
+    /// The head sampler (default: parent-based, always on for roots).
+    pub fn sampler(mut self, sampler: Sampler) -> Self {
+        self.sampler = sampler;
+        self
+    }
+
+    /// Per-span limits.
+    pub fn limits(mut self, limits: SpanLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// Queue and batching settings.
+    pub fn batch_config(mut self, config: BatchConfig) -> Self {
+        self.batch = config;
+        self
+    }
+
+    /// Where finished spans go. Without one, spans are recorded and dropped.
+    pub fn exporter(mut self, exporter: impl SpanExporter) -> Self {
+        self.exporter = Some(Box::new(exporter));
+        self
+    }
+
+    /// Builds the tracer and starts its export worker; fails on an invalid
+    /// node id or when the OS refuses the export thread.
+    pub fn try_build(self) -> Result<Tracer> {
+        if let Some(id) = &self.node_id
+            && !valid_node_id(id)
+        {
+            return Err(ClewError::Config(format!("invalid node id {id:?}")));
+        }
+        match self.assemble() {
+            (t, None) => Ok(t),
+            (_, Some(e)) => Err(ClewError::Config(format!(
+                "cannot start export thread: {e}"
+            ))),
+        }
+    }
+
+    /// Builds the tracer. An invalid node id is replaced by the default; if
+    /// the export thread cannot start, the tracer works but exports nothing.
+    /// Both are logged.
+    pub fn build(self) -> Tracer {
+        let (tracer, err) = self.assemble();
+        if let Some(e) = err {
+            tracing::error!(error = %e, "clew tracer cannot start its export thread; spans will not be exported");
+        }
+        tracer
+    }
+
+    fn assemble(self) -> (Tracer, Option<std::io::Error>) {
+        let node_id = match self.node_id {
+            Some(id) if valid_node_id(&id) => id,
+            other => {
+                if let Some(bad) = other {
+                    tracing::warn!(node_id = %bad, "invalid clew node id; using a generated one");
+                }
+                format!("{}#{:06x}", self.service_name, idgen::u64() & 0xff_ffff)
+            }
+        };
+        let resource = Arc::new(Resource {
+            service_name: self.service_name,
+            node_id: node_id.clone(),
+            attributes: self.attributes,
+        });
+        let (processor, err) = match self.exporter {
+            Some(e) => match BatchProcessor::start(e, Arc::clone(&resource), self.batch) {
+                Ok(p) => (Some(p), None),
+                Err(e) => (None, Some(e)),
+            },
+            None => (None, None),
+        };
+        let tracer = Tracer {
+            inner: Arc::new(TracerInner {
+                node: Node::new(node_id),
+                resource,
+                sampler: self.sampler,
+                limits: self.limits,
+                processor,
+                started: AtomicU64::new(0),
+                unsampled: AtomicU64::new(0),
+            }),
+        };
+        (tracer, err)
+    }
+}
+
+fn valid_node_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= crate::clock::MAX_NODE_LEN
+}
