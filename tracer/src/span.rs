@@ -377,13 +377,27 @@ impl Span {
 
     /// Ends the span with an explicit end time. Later calls do nothing.
     pub fn end_at(&mut self, end_time_unix_nano: u64) {
-        if let (Some(mut data), Some(tracer)) = (self.recording.take(), &self.tracer) {
-            data.end_time_unix_nano = end_time_unix_nano.max(data.start_time_unix_nano);
-            if let Some(cell) = &self.clock {
-                data.clock_end = cell.tick(&tracer.node);
-            }
-            tracer.on_end(data);
+        self.finish(end_time_unix_nano);
+    }
+
+    /// Ends the span now and returns its end clock, so a server can send
+    /// exactly that clock back with its last message.
+    pub(crate) fn end_with_clock(&mut self) -> Option<VectorClock> {
+        self.finish(now_unix_nanos())
+    }
+
+    fn finish(&mut self, end_time_unix_nano: u64) -> Option<VectorClock> {
+        let (Some(mut data), Some(tracer)) = (self.recording.take(), &self.tracer) else {
+            return None;
+        };
+        data.end_time_unix_nano = end_time_unix_nano.max(data.start_time_unix_nano);
+        let mut end_clock = None;
+        if let Some(cell) = &self.clock {
+            data.clock_end = cell.tick(&tracer.node);
+            end_clock = Some(data.clock_end.clone());
         }
+        tracer.on_end(data);
+        end_clock
     }
 }
 

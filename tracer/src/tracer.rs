@@ -382,3 +382,241 @@ impl TracerBuilder {
 fn valid_node_id(id: &str) -> bool {
     !id.is_empty() && id.len() <= crate::clock::MAX_NODE_LEN
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::context::FutureExt;
+    use crate::export::InMemoryExporter;
+    use crate::span::{Status, Value};
+
+    fn setup(sampler: Sampler) -> (Tracer, InMemoryExporter) {
+        let exp = InMemoryExporter::new();
+        let t = Tracer::builder("svc")
+            .node_id("svc#1")
+            .resource_attribute("service.version", "1.2.3")
+            .sampler(sampler)
+            .exporter(exp.clone())
+            .build();
+        (t, exp)
+    }
+
+    fn flush(t: &Tracer) {
+        assert!(t.force_flush(Duration::from_secs(5)));
+    }
+
+    #[test]
+    fn span_records_everything_and_ends_once() {
+        let (t, exp) = setup(Sampler::AlwaysOn);
+        let mut s = t
+            .span("op")
+            .kind(SpanKind::Server)
+            .attribute("a", 1i64)
+            .start();
+        s.set_attribute("b", "x");
+        s.set_attribute("a", 2i64);
+        s.add_event("ev", vec![KeyValue::new("k", true)]);
+        s.set_status(Status::Error("bad".into()));
+        s.end();
+        s.end();
+        drop(s);
+        flush(&t);
+        let spans = exp.finished_spans();
+        assert_eq!(spans.len(), 1, "ending twice and dropping exports once");
+        let d = &spans[0];
+        assert_eq!(d.name, "op");
+        assert_eq!(d.kind, SpanKind::Server);
+        assert_eq!(d.attribute("a"), Some(&Value::I64(2)));
+        assert_eq!(d.attribute("b"), Some(&Value::String("x".into())));
+        assert_eq!(d.events.len(), 1);
+        assert!(d.status.is_error());
+        assert!(d.end_time_unix_nano >= d.start_time_unix_nano);
+        assert!(!d.parent_span_id.is_valid());
+        assert!(d.clock_start.happened_before(&d.clock_end));
+        let r = exp.resource().unwrap();
+        assert_eq!(r.service_name, "svc");
+        assert_eq!(r.node_id, "svc#1");
+    }
+
+    #[test]
+    fn dropped_span_is_ended() {
+        let (t, exp) = setup(Sampler::AlwaysOn);
+        {
+            let _s = t.start("scoped");
+        }
+        flush(&t);
+        assert_eq!(exp.finished_spans().len(), 1);
+    }
+
+    #[test]
+    fn ok_status_is_final() {
+        let (t, exp) = setup(Sampler::AlwaysOn);
+        let mut s = t.start("x");
+        s.set_status(Status::Ok);
+        s.set_status(Status::Error("late".into()));
+        s.end();
+        flush(&t);
+        assert_eq!(exp.finished_spans()[0].status, Status::Ok);
+    }
+
+    #[test]
+    fn parent_from_explicit_context_and_from_current() {
+        let (t, exp) = setup(Sampler::AlwaysOn);
+        let root = t.start("root");
+        let explicit = t.span("explicit").parent(&root.context()).start();
+        let implicit = {
+            let _g = root.context().attach();
+            t.start("implicit")
+        };
+        let orphan = t.start("orphan");
+        let (root_id, trace) = (root.span_id(), root.trace_id());
+        drop((explicit, implicit, orphan, root));
+        flush(&t);
+        let spans = exp.finished_spans();
+        let get = |n: &str| spans.iter().find(|s| s.name == n).unwrap().clone();
+        assert_eq!(get("explicit").parent_span_id, root_id);
+        assert_eq!(get("implicit").parent_span_id, root_id);
+        assert_eq!(get("implicit").context.trace_id, trace);
+        assert!(!get("orphan").parent_span_id.is_valid());
+        assert_ne!(get("orphan").context.trace_id, trace);
+        // Children start after the parent started, in causal order.
+        assert!(
+            get("root")
+                .clock_start
+                .happened_before(&get("explicit").clock_start)
+        );
+    }
+
+    #[tokio::test]
+    async fn parent_follows_the_task() {
+        let (t, exp) = setup(Sampler::AlwaysOn);
+        let root = t.start("root");
+        let root_id = root.span_id();
+        let t2 = t.clone();
+        tokio::spawn(
+            async move {
+                tokio::task::yield_now().await;
+                let _child = t2.start("child");
+            }
+            .with_context(root.context()),
+        )
+        .await
+        .unwrap();
+        drop(root);
+        flush(&t);
+        let child = exp
+            .finished_spans()
+            .into_iter()
+            .find(|s| s.name == "child")
+            .unwrap();
+        assert_eq!(child.parent_span_id, root_id);
+    }
+
+    #[tokio::test]
+    async fn in_span_ends_the_span_when_the_future_completes() {
+        let (t, exp) = setup(Sampler::AlwaysOn);
+        let span = t.start("work");
+        let t2 = t.clone();
+        async move {
+            let _inner = t2.start("inner");
+        }
+        .in_span(span)
+        .await;
+        flush(&t);
+        let spans = exp.finished_spans();
+        assert_eq!(spans.len(), 2);
+        let work = spans.iter().find(|s| s.name == "work").unwrap();
+        let inner = spans.iter().find(|s| s.name == "inner").unwrap();
+        assert_eq!(inner.parent_span_id, work.context.span_id);
+    }
+
+    #[test]
+    fn unsampled_spans_propagate_but_do_not_record() {
+        let (t, exp) = setup(Sampler::AlwaysOff);
+        let mut s = t.start("x");
+        assert!(!s.is_recording());
+        assert!(s.span_context().is_valid());
+        assert!(!s.span_context().is_sampled());
+        s.set_attribute("k", 1i64);
+        let child = t.span("c").parent(&s.context()).start();
+        assert_eq!(child.trace_id(), s.trace_id());
+        drop((child, s));
+        flush(&t);
+        assert!(exp.finished_spans().is_empty());
+        assert_eq!(t.stats().unsampled, 2);
+    }
+
+    #[test]
+    fn attribute_limit_drops_and_counts() {
+        let exp = InMemoryExporter::new();
+        let t = Tracer::builder("svc")
+            .sampler(Sampler::AlwaysOn)
+            .limits(crate::span::SpanLimits {
+                max_attributes: 2,
+                max_events: 1,
+                max_links: 0,
+            })
+            .exporter(exp.clone())
+            .build();
+        let mut s = t.start("x");
+        for i in 0..4i64 {
+            s.set_attribute(format!("k{i}"), i);
+        }
+        s.add_event("a", vec![]);
+        s.add_event("b", vec![]);
+        s.end();
+        flush(&t);
+        let d = &exp.finished_spans()[0];
+        assert_eq!(d.attributes.len(), 2);
+        assert_eq!(d.events.len(), 1);
+        assert_eq!(d.dropped, 3);
+    }
+
+    /// An exporter that blocks until released, to fill the queue.
+    struct Gate(std::sync::mpsc::Receiver<()>);
+    impl SpanExporter for Gate {
+        fn export(
+            &mut self,
+            _batch: crate::export::ExportBatch,
+        ) -> crate::export::BoxFuture<'_, Result<(), crate::export::ExportError>> {
+            let _ = self.0.recv();
+            Box::pin(async { Ok(()) })
+        }
+    }
+
+    #[test]
+    fn full_queue_drops_and_counts_without_blocking() {
+        let (release, gate) = std::sync::mpsc::channel();
+        let t = Tracer::builder("svc")
+            .sampler(Sampler::AlwaysOn)
+            .batch_config(BatchConfig {
+                max_queue_size: 4,
+                max_export_batch_size: 1,
+                scheduled_delay: Duration::from_millis(1),
+                export_timeout: Duration::from_secs(30),
+            })
+            .exporter(Gate(gate))
+            .build();
+        let started = std::time::Instant::now();
+        for _ in 0..1000 {
+            t.start("x").end();
+        }
+        // Ending 1000 spans against a stuck exporter must not wait on it.
+        assert!(started.elapsed() < Duration::from_secs(5));
+        let dropped = t.stats().dropped;
+        assert!(dropped >= 1000 - 4 - 2, "dropped {dropped}");
+        for _ in 0..1000 {
+            let _ = release.send(());
+        }
+        assert!(t.shutdown(Duration::from_secs(10)));
+        let s = t.stats();
+        assert_eq!(s.exported + s.dropped, 1000);
+    }
+
+    #[test]
+    fn invalid_node_id_is_rejected_by_try_build() {
+        assert!(Tracer::builder("s").node_id("").try_build().is_err());
+        let t = Tracer::builder("s").node_id("").build();
+        assert!(t.node_id().starts_with("s#"));
+    }
+}

@@ -2,7 +2,9 @@
 
 use std::sync::Arc;
 
-use parking_lot::Mutex;
+use std::time::{Duration, Instant};
+
+use parking_lot::{Condvar, Mutex};
 
 use super::{BoxFuture, ExportBatch, ExportError, Resource, SpanExporter};
 use crate::span::SpanData;
@@ -12,6 +14,7 @@ use crate::span::SpanData;
 pub struct InMemoryExporter {
     spans: Arc<Mutex<Vec<SpanData>>>,
     resource: Arc<Mutex<Option<Arc<Resource>>>>,
+    exported: Arc<Condvar>,
 }
 
 impl InMemoryExporter {
@@ -30,6 +33,19 @@ impl InMemoryExporter {
         self.resource.lock().clone()
     }
 
+    /// Waits until `pred` holds for the exported spans, or `timeout`
+    /// passes; returns whether it held. Wakes on every export, no polling.
+    pub fn wait_for(&self, timeout: Duration, pred: impl Fn(&[SpanData]) -> bool) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut spans = self.spans.lock();
+        while !pred(&spans) {
+            if self.exported.wait_until(&mut spans, deadline).timed_out() {
+                return pred(&spans);
+            }
+        }
+        true
+    }
+
     /// Forgets every span.
     pub fn reset(&self) {
         self.spans.lock().clear();
@@ -40,6 +56,7 @@ impl SpanExporter for InMemoryExporter {
     fn export(&mut self, batch: ExportBatch) -> BoxFuture<'_, Result<(), ExportError>> {
         *self.resource.lock() = Some(batch.resource);
         self.spans.lock().extend(batch.spans);
+        self.exported.notify_all();
         Box::pin(async { Ok(()) })
     }
 }

@@ -258,13 +258,24 @@ where
                         grpc_status_from(span, resp.headers());
                     }
                 }
+                let end_now = resp.body().is_end_stream();
                 match st.kind {
+                    // Headers alone are the whole response: they carry the
+                    // span's end clock, its last send.
+                    SpanKind::Server if end_now => {
+                        if let Some(c) = st.guard.0.end_with_clock() {
+                            propagation::Injector::set(
+                                resp.headers_mut(),
+                                propagation::VCLOCK,
+                                c.encode(),
+                            );
+                        }
+                    }
                     SpanKind::Server => {
                         propagation::inject_response_clock(&st.tracer, &st.cx, resp.headers_mut())
                     }
                     _ => propagation::receive_response_clock(&st.tracer, &st.cx, resp.headers()),
                 }
-                let end_now = resp.body().is_end_stream();
                 let (parts, body) = resp.into_parts();
                 let mut traced = TracedBody {
                     inner: body,
@@ -332,23 +343,35 @@ impl<B: Body> Body for TracedBody<B> {
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let this = self.project();
         let mut inner = this.inner;
-        let res = ready!(inner.as_mut().poll_frame(cx));
-        match &res {
-            Some(Ok(frame)) => {
-                if let (Some(trailers), Some(st)) = (frame.trailers_ref(), this.state.as_mut())
-                    && st.protocol == Protocol::Grpc
-                {
-                    grpc_status_from(&mut st.guard.0, trailers);
+        let mut res = ready!(inner.as_mut().poll_frame(cx));
+        match (&mut res, this.state.as_mut()) {
+            (Some(Ok(frame)), Some(st)) => {
+                if let Some(trailers) = frame.trailers_mut() {
+                    if st.protocol == Protocol::Grpc {
+                        grpc_status_from(&mut st.guard.0, trailers);
+                    }
+                    match st.kind {
+                        // Trailers are the server's last send: end the span
+                        // and send its end clock with them.
+                        SpanKind::Server => {
+                            if let Some(c) = st.guard.0.end_with_clock() {
+                                propagation::Injector::set(
+                                    trailers,
+                                    propagation::VCLOCK,
+                                    c.encode(),
+                                );
+                            }
+                        }
+                        _ => propagation::receive_response_clock(&st.tracer, &st.cx, trailers),
+                    }
                 }
             }
-            Some(Err(_)) => {
-                if let Some(st) = this.state.as_mut() {
-                    st.guard
-                        .0
-                        .set_status(Status::Error("response body error".into()));
-                }
+            (Some(Err(_)), Some(st)) => {
+                st.guard
+                    .0
+                    .set_status(Status::Error("response body error".into()));
             }
-            None => {}
+            _ => {}
         }
         // hyper stops polling once the body says it has ended, so end the
         // span on the last frame rather than waiting for a `None`.

@@ -200,7 +200,7 @@ mod tests {
         let a = tracer("a", &exp);
         let mut span = a.start("call");
         let mut bag = Baggage::default();
-        bag.insert("user", "42");
+        bag.insert("user", "42").unwrap();
         let cx = span.context().with_baggage(bag);
         let mut headers = http::HeaderMap::new();
         inject(&a, &cx, &mut headers);
