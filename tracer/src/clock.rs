@@ -11,6 +11,8 @@ use std::cmp::Ordering;
 use std::fmt;
 use std::sync::Arc;
 
+use smallvec::SmallVec;
+
 /// Name of the header (HTTP) and metadata key (gRPC) that carries the clock.
 pub const HEADER: &str = "clew-vclock";
 
@@ -67,7 +69,8 @@ pub enum ClockDecodeError {
 /// representations.
 #[derive(Clone, Default, PartialEq, Eq, Hash)]
 pub struct VectorClock {
-    entries: Vec<(Arc<str>, u64)>,
+    // Most traces touch a handful of nodes: keep those inline, no allocation.
+    entries: SmallVec<[(Arc<str>, u64); 4]>,
 }
 
 impl VectorClock {
@@ -136,7 +139,8 @@ impl VectorClock {
             self.entries.clone_from(&other.entries);
             return;
         }
-        let mut out = Vec::with_capacity(self.entries.len().max(other.entries.len()));
+        let mut out: SmallVec<[(Arc<str>, u64); 4]> =
+            SmallVec::with_capacity(self.entries.len().max(other.entries.len()));
         let (mut i, mut j) = (0, 0);
         let (a, b) = (&self.entries, &other.entries);
         while i < a.len() && j < b.len() {
@@ -156,8 +160,8 @@ impl VectorClock {
                 }
             }
         }
-        out.extend_from_slice(&a[i..]);
-        out.extend_from_slice(&b[j..]);
+        out.extend(a[i..].iter().cloned());
+        out.extend(b[j..].iter().cloned());
         self.entries = out;
     }
 

@@ -1,11 +1,11 @@
 //! The bounded queue and the batching worker thread.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError, bounded};
+use crossbeam_channel::{Receiver, Sender, TryRecvError, TrySendError, bounded};
 use parking_lot::Mutex;
 
 use super::{ExportBatch, Resource, SpanExporter};
@@ -52,11 +52,19 @@ enum Control {
 }
 
 /// Owns the queue and the worker thread.
+///
+/// Ending a span is a `try_send` on a bounded lock-free queue and nothing
+/// else: the worker is not woken per span (a futex wake costs more than the
+/// span) but sleeps until a full batch is waiting, the scheduled delay
+/// passes, or a flush or shutdown arrives.
 #[derive(Debug)]
 pub struct BatchProcessor {
     spans: Sender<Box<SpanData>>,
     control: Sender<Control>,
     stats: Arc<PipelineStats>,
+    wake_pending: Arc<AtomicBool>,
+    batch_size: usize,
+    worker_thread: std::thread::Thread,
     worker: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -70,6 +78,8 @@ impl BatchProcessor {
         let (tx, rx) = bounded(config.max_queue_size.max(1));
         let (ctx, crx) = bounded(16);
         let stats = Arc::new(PipelineStats::default());
+        let wake_pending = Arc::new(AtomicBool::new(false));
+        let batch_size = config.max_export_batch_size.max(1);
         let worker = Worker {
             exporter,
             resource,
@@ -77,6 +87,7 @@ impl BatchProcessor {
             spans: rx,
             control: crx,
             stats: Arc::clone(&stats),
+            wake_pending: Arc::clone(&wake_pending),
         };
         let handle = std::thread::Builder::new()
             .name("clew-export".into())
@@ -85,6 +96,9 @@ impl BatchProcessor {
             spans: tx,
             control: ctx,
             stats,
+            wake_pending,
+            batch_size,
+            worker_thread: handle.thread().clone(),
             worker: Mutex::new(Some(handle)),
         })
     }
@@ -92,7 +106,13 @@ impl BatchProcessor {
     /// Queues a finished span; never blocks.
     pub fn on_end(&self, span: Box<SpanData>) {
         match self.spans.try_send(span) {
-            Ok(()) => {}
+            Ok(()) => {
+                if self.spans.len() >= self.batch_size
+                    && !self.wake_pending.swap(true, Ordering::AcqRel)
+                {
+                    self.worker_thread.unpark();
+                }
+            }
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
                 self.stats.dropped.fetch_add(1, Ordering::Relaxed);
             }
@@ -104,18 +124,19 @@ impl BatchProcessor {
         &self.stats
     }
 
+    fn send_control(&self, msg: Control, timeout: Duration) -> bool {
+        if self.control.send_timeout(msg, timeout).is_err() {
+            return false;
+        }
+        self.worker_thread.unpark();
+        true
+    }
+
     /// Exports everything queued so far; waits at most `timeout`.
     /// Returns false on timeout or when the worker is gone.
     pub fn force_flush(&self, timeout: Duration) -> bool {
         let (tx, rx) = bounded(1);
-        if self
-            .control
-            .send_timeout(Control::Flush(tx), timeout)
-            .is_err()
-        {
-            return false;
-        }
-        rx.recv_timeout(timeout).is_ok()
+        self.send_control(Control::Flush(tx), timeout) && rx.recv_timeout(timeout).is_ok()
     }
 
     /// Exports what is queued, shuts the exporter down and stops the worker.
@@ -125,14 +146,8 @@ impl BatchProcessor {
             return true;
         };
         let (tx, rx) = bounded(1);
-        if self
-            .control
-            .send_timeout(Control::Shutdown(tx), timeout)
-            .is_err()
-        {
-            return false;
-        }
-        let done = rx.recv_timeout(timeout).is_ok();
+        let done =
+            self.send_control(Control::Shutdown(tx), timeout) && rx.recv_timeout(timeout).is_ok();
         if done {
             let _ = handle.join();
         }
@@ -153,6 +168,7 @@ struct Worker<E> {
     spans: Receiver<Box<SpanData>>,
     control: Receiver<Control>,
     stats: Arc<PipelineStats>,
+    wake_pending: Arc<AtomicBool>,
 }
 
 impl<E: SpanExporter> Worker<E> {
@@ -168,61 +184,48 @@ impl<E: SpanExporter> Worker<E> {
             }
         };
         let max = self.config.max_export_batch_size.max(1);
-        let mut batch: Vec<SpanData> = Vec::with_capacity(max);
-        let mut deadline = Instant::now() + self.config.scheduled_delay;
+        let delay = self.config.scheduled_delay;
+        let mut last_export = Instant::now();
         loop {
             // Control messages first, so flush and shutdown are prompt.
-            if let Ok(msg) = self.control.try_recv() {
-                if self.on_control(&rt, &mut batch, msg) {
+            match self.control.try_recv() {
+                Ok(msg) => {
+                    if self.on_control(&rt, msg) {
+                        return;
+                    }
+                    last_export = Instant::now();
+                    continue;
+                }
+                Err(TryRecvError::Disconnected) => {
+                    self.drain(&rt);
                     return;
                 }
+                Err(TryRecvError::Empty) => {}
+            }
+            if self.spans.len() >= max || (!self.spans.is_empty() && last_export.elapsed() >= delay)
+            {
+                self.export_some(&rt, max);
+                last_export = Instant::now();
                 continue;
             }
-            let wait = deadline.saturating_duration_since(Instant::now());
-            crossbeam_channel::select! {
-                recv(self.spans) -> msg => match msg {
-                    Ok(span) => {
-                        batch.push(*span);
-                        if batch.len() >= max {
-                            self.export(&rt, &mut batch);
-                            deadline = Instant::now() + self.config.scheduled_delay;
-                        }
-                    }
-                    Err(_) => {
-                        self.drain(&rt, &mut batch);
-                        return;
-                    }
-                },
-                recv(self.control) -> msg => {
-                    let stop = match msg {
-                        Ok(msg) => self.on_control(&rt, &mut batch, msg),
-                        Err(_) => {
-                            self.drain(&rt, &mut batch);
-                            true
-                        }
-                    };
-                    if stop {
-                        return;
-                    }
-                },
-                default(wait) => {
-                    if !batch.is_empty() {
-                        self.export(&rt, &mut batch);
-                    }
-                    deadline = Instant::now() + self.config.scheduled_delay;
-                }
+            self.wake_pending.store(false, Ordering::Release);
+            // Re-check after clearing the flag: a producer that saw the flag
+            // set did not unpark us.
+            if self.spans.len() >= max || !self.control.is_empty() {
+                continue;
             }
+            let wait = if self.spans.is_empty() {
+                delay
+            } else {
+                delay.saturating_sub(last_export.elapsed())
+            };
+            std::thread::park_timeout(wait);
         }
     }
 
     /// Handles flush or shutdown; true when the worker must stop.
-    fn on_control(
-        &mut self,
-        rt: &tokio::runtime::Runtime,
-        batch: &mut Vec<SpanData>,
-        msg: Control,
-    ) -> bool {
-        self.drain(rt, batch);
+    fn on_control(&mut self, rt: &tokio::runtime::Runtime, msg: Control) -> bool {
+        self.drain(rt);
         match msg {
             Control::Flush(reply) => {
                 let _ = reply.send(());
@@ -244,30 +247,19 @@ impl<E: SpanExporter> Worker<E> {
         }
     }
 
-    /// Exports the current batch and everything queued.
-    fn drain(&mut self, rt: &tokio::runtime::Runtime, batch: &mut Vec<SpanData>) {
+    /// Exports everything queued, in batches.
+    fn drain(&mut self, rt: &tokio::runtime::Runtime) {
         let max = self.config.max_export_batch_size.max(1);
-        loop {
-            while batch.len() < max {
-                match self.spans.recv_timeout(Duration::ZERO) {
-                    Ok(s) => batch.push(*s),
-                    Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => break,
-                }
-            }
-            if batch.is_empty() {
-                return;
-            }
-            let full = batch.len() >= max;
-            self.export(rt, batch);
-            if !full {
-                return;
-            }
-        }
+        while self.export_some(rt, max) > 0 {}
     }
 
-    fn export(&mut self, rt: &tokio::runtime::Runtime, batch: &mut Vec<SpanData>) {
-        let spans = std::mem::replace(batch, Vec::with_capacity(self.config.max_export_batch_size));
-        let n = spans.len() as u64;
+    /// Exports up to `max` queued spans; returns how many.
+    fn export_some(&mut self, rt: &tokio::runtime::Runtime, max: usize) -> usize {
+        let spans: Vec<SpanData> = self.spans.try_iter().take(max).map(|s| *s).collect();
+        let n = spans.len();
+        if n == 0 {
+            return 0;
+        }
         let b = ExportBatch {
             resource: Arc::clone(&self.resource),
             spans,
@@ -277,16 +269,17 @@ impl<E: SpanExporter> Worker<E> {
             rt.block_on(async { tokio::time::timeout(timeout, self.exporter.export(b)).await });
         match res {
             Ok(Ok(())) => {
-                self.stats.exported.fetch_add(n, Ordering::Relaxed);
+                self.stats.exported.fetch_add(n as u64, Ordering::Relaxed);
             }
             Ok(Err(e)) => {
-                self.stats.failed.fetch_add(n, Ordering::Relaxed);
+                self.stats.failed.fetch_add(n as u64, Ordering::Relaxed);
                 tracing::warn!(error = %e, spans = n, "clew span export failed");
             }
             Err(_) => {
-                self.stats.failed.fetch_add(n, Ordering::Relaxed);
+                self.stats.failed.fetch_add(n as u64, Ordering::Relaxed);
                 tracing::warn!(spans = n, ?timeout, "clew span export timed out");
             }
         }
+        n
     }
 }
