@@ -7,11 +7,10 @@
 //! increments. Two clocks then compare as `Before`, `After`, `Equal` or
 //! `Concurrent`, which is exactly happened-before.
 
+use compact_str::CompactString;
+use smallvec::SmallVec;
 use std::cmp::Ordering;
 use std::fmt;
-use std::sync::Arc;
-
-use smallvec::SmallVec;
 
 /// Name of the header (HTTP) and metadata key (gRPC) that carries the clock.
 pub const HEADER: &str = "clew-vclock";
@@ -24,6 +23,11 @@ pub const MAX_HEADER_BYTES: usize = 4096;
 
 /// A node id longer than this is rejected.
 pub const MAX_NODE_LEN: usize = 128;
+
+/// A node id. Ids up to 24 bytes are stored inline, so copying a clock
+/// touches no shared reference count (spans are ended on one thread and
+/// exported on another; a shared count would bounce between their caches).
+pub type NodeId = CompactString;
 
 /// How two vector clocks relate.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -70,13 +74,18 @@ pub enum ClockDecodeError {
 #[derive(Clone, Default, PartialEq, Eq, Hash)]
 pub struct VectorClock {
     // Most traces touch a handful of nodes: keep those inline, no allocation.
-    entries: SmallVec<[(Arc<str>, u64); 4]>,
+    entries: SmallVec<[(NodeId, u64); 4]>,
 }
 
 impl VectorClock {
     /// The empty clock (all counters zero).
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Resets every counter to zero.
+    pub fn clear(&mut self) {
+        self.entries.clear();
     }
 
     /// Number of non-zero entries.
@@ -100,23 +109,23 @@ impl VectorClock {
     }
 
     fn find(&self, node: &str) -> Result<usize, usize> {
-        self.entries.binary_search_by(|(n, _)| (**n).cmp(node))
+        self.entries.binary_search_by(|(n, _)| n.as_str().cmp(node))
     }
 
     /// Sets `node`'s counter (0 removes it).
-    pub fn set(&mut self, node: Arc<str>, counter: u64) {
-        match self.find(&node) {
+    pub fn set(&mut self, node: impl Into<NodeId> + AsRef<str>, counter: u64) {
+        match self.find(node.as_ref()) {
             Ok(i) if counter == 0 => {
                 self.entries.remove(i);
             }
             Ok(i) => self.entries[i].1 = counter,
             Err(_) if counter == 0 => {}
-            Err(i) => self.entries.insert(i, (node, counter)),
+            Err(i) => self.entries.insert(i, (node.into(), counter)),
         }
     }
 
     /// Increments `node`'s counter (saturating) and returns the new value.
-    pub fn increment(&mut self, node: &Arc<str>) -> u64 {
+    pub fn increment(&mut self, node: &NodeId) -> u64 {
         match self.find(node) {
             Ok(i) => {
                 let c = &mut self.entries[i].1;
@@ -124,7 +133,7 @@ impl VectorClock {
                 *c
             }
             Err(i) => {
-                self.entries.insert(i, (Arc::clone(node), 1));
+                self.entries.insert(i, (node.clone(), 1));
                 1
             }
         }
@@ -139,7 +148,7 @@ impl VectorClock {
             self.entries.clone_from(&other.entries);
             return;
         }
-        let mut out: SmallVec<[(Arc<str>, u64); 4]> =
+        let mut out: SmallVec<[(NodeId, u64); 4]> =
             SmallVec::with_capacity(self.entries.len().max(other.entries.len()));
         let (mut i, mut j) = (0, 0);
         let (a, b) = (&self.entries, &other.entries);
@@ -154,7 +163,7 @@ impl VectorClock {
                     j += 1;
                 }
                 Ordering::Equal => {
-                    out.push((Arc::clone(&a[i].0), a[i].1.max(b[j].1)));
+                    out.push((a[i].0.clone(), a[i].1.max(b[j].1)));
                     i += 1;
                     j += 1;
                 }
@@ -222,7 +231,7 @@ impl VectorClock {
     /// receiver see `Concurrent` where the full clocks say `Before`, never the
     /// reverse, so the cap errs on the side of "unordered".
     pub fn encode(&self) -> String {
-        let mut keep: Vec<&(Arc<str>, u64)> = self.entries.iter().collect();
+        let mut keep: Vec<&(NodeId, u64)> = self.entries.iter().collect();
         if keep.len() > MAX_ENTRIES {
             keep.sort_by(|x, y| y.1.cmp(&x.1).then_with(|| x.0.cmp(&y.0)));
             keep.truncate(MAX_ENTRIES);
@@ -276,7 +285,7 @@ impl VectorClock {
                 return Err(ClockDecodeError::Malformed);
             }
             if counter > clock.get(&node) {
-                clock.set(Arc::from(&*node), counter);
+                clock.set(&*node, counter);
             }
         }
         Ok(clock)
@@ -301,7 +310,7 @@ impl VectorClock {
         let mut c = VectorClock::new();
         for e in &p.entries {
             if e.counter > c.get(&e.node) {
-                c.set(Arc::from(e.node.as_str()), e.counter);
+                c.set(e.node.as_str(), e.counter);
             }
         }
         c
@@ -338,7 +347,7 @@ mod tests {
     fn vc(pairs: &[(&str, u64)]) -> VectorClock {
         let mut c = VectorClock::new();
         for (n, v) in pairs {
-            c.set(Arc::from(*n), *v);
+            c.set(*n, *v);
         }
         c
     }
@@ -357,7 +366,7 @@ mod tests {
 
     #[test]
     fn send_receive_orders_events() {
-        let (na, nb): (Arc<str>, Arc<str>) = (Arc::from("a"), Arc::from("b"));
+        let (na, nb): (NodeId, NodeId) = ("a".into(), "b".into());
         let mut a = VectorClock::new();
         let mut b = VectorClock::new();
         b.increment(&nb); // an unrelated event on b
@@ -413,7 +422,7 @@ mod tests {
     fn encode_caps_entries_keeping_largest() {
         let mut c = VectorClock::new();
         for i in 0..(MAX_ENTRIES as u64 + 10) {
-            c.set(Arc::from(format!("n{i:03}")), i + 1);
+            c.set(format!("n{i:03}"), i + 1);
         }
         let d = VectorClock::decode(&c.encode()).unwrap();
         assert_eq!(d.len(), MAX_ENTRIES);
@@ -430,7 +439,7 @@ mod tests {
         prop::collection::btree_map("[a-e]", 0u64..5, 0..5).prop_map(|m| {
             let mut c = VectorClock::new();
             for (k, v) in m {
-                c.set(Arc::from(k), v);
+                c.set(k, v);
             }
             c
         })
@@ -486,7 +495,7 @@ mod tests {
         #[test]
         fn increment_moves_strictly_after(a in arb_clock(), n in "[a-f]") {
             let mut b = a.clone();
-            b.increment(&Arc::from(n.as_str()));
+            b.increment(&NodeId::from(n.as_str()));
             prop_assert_eq!(a.compare(&b), ClockOrdering::Before);
         }
 

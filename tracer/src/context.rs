@@ -14,7 +14,7 @@ use std::task::{Context as TaskContext, Poll};
 
 use parking_lot::Mutex;
 
-use crate::clock::VectorClock;
+use crate::clock::{NodeId, VectorClock};
 use crate::ids::SpanContext;
 use crate::propagation::baggage::Baggage;
 use crate::span::Span;
@@ -27,13 +27,13 @@ use crate::span::Span;
 /// of one trace. Other nodes' entries live per trace, in a [`ClockCell`].
 #[derive(Debug)]
 pub struct Node {
-    pub(crate) id: Arc<str>,
+    pub(crate) id: NodeId,
     counter: AtomicU64,
 }
 
 impl Node {
     /// A node with a fresh counter.
-    pub fn new(id: impl Into<Arc<str>>) -> Self {
+    pub fn new(id: impl Into<NodeId>) -> Self {
         Node {
             id: id.into(),
             counter: AtomicU64::new(0),
@@ -47,8 +47,10 @@ impl Node {
 
     /// The next counter value, strictly above both every value handed out
     /// before and `seen` (our own entry as it came back in a received clock).
-    fn next_after(&self, seen: u64) -> u64 {
-        self.counter.fetch_max(seen, Ordering::Relaxed);
+    pub(crate) fn next_after(&self, seen: u64) -> u64 {
+        if seen > 0 {
+            self.counter.fetch_max(seen, Ordering::Relaxed);
+        }
         self.counter
             .fetch_add(1, Ordering::Relaxed)
             .saturating_add(1)
@@ -71,10 +73,18 @@ impl ClockCell {
 
     /// A local event on `node`: increment, return the new clock.
     pub fn tick(&self, node: &Node) -> VectorClock {
+        let mut out = VectorClock::new();
+        self.tick_into(node, &mut out);
+        out
+    }
+
+    /// [`ClockCell::tick`], writing the new clock into `out` (reusing its
+    /// storage).
+    pub fn tick_into(&self, node: &Node, out: &mut VectorClock) {
         let mut c = self.clock.lock();
         let v = node.next_after(c.get(&node.id));
-        c.set(Arc::clone(&node.id), v);
-        c.clone()
+        c.set(node.id.as_str(), v);
+        out.clone_from(&c);
     }
 
     /// A receive: merge `other` (e.g. a response's clock), then tick.
@@ -82,7 +92,7 @@ impl ClockCell {
         let mut c = self.clock.lock();
         c.merge(other);
         let v = node.next_after(c.get(&node.id));
-        c.set(Arc::clone(&node.id), v);
+        c.set(node.id.as_str(), v);
         c.clone()
     }
 
@@ -340,7 +350,7 @@ mod tests {
         let b = other.tick(&node);
         assert_ne!(a.get("n"), b.get("n"));
         let mut seen = VectorClock::new();
-        seen.set(Arc::from("n"), 100);
+        seen.set("n", 100);
         let c = cell.receive(&seen, &node);
         assert_eq!(c.get("n"), 101);
         assert!(other.tick(&node).get("n") > 101);

@@ -201,6 +201,38 @@ pub struct SpanData {
 }
 
 impl SpanData {
+    /// An empty span, ready to be filled.
+    pub(crate) fn empty() -> Self {
+        SpanData {
+            context: SpanContext::default(),
+            parent_span_id: SpanId::INVALID,
+            name: Cow::Borrowed(""),
+            kind: SpanKind::Internal,
+            start_time_unix_nano: 0,
+            end_time_unix_nano: 0,
+            attributes: Vec::new(),
+            events: Vec::new(),
+            links: Vec::new(),
+            status: Status::Unset,
+            clock_start: VectorClock::new(),
+            clock_end: VectorClock::new(),
+            dropped: 0,
+        }
+    }
+
+    /// Clears the span for reuse, keeping its allocations.
+    pub(crate) fn reset(&mut self) {
+        self.context = SpanContext::default();
+        self.name = Cow::Borrowed("");
+        self.attributes.clear();
+        self.events.clear();
+        self.links.clear();
+        self.status = Status::Unset;
+        self.clock_start.clear();
+        self.clock_end.clear();
+        self.dropped = 0;
+    }
+
     /// Duration in nanoseconds (0 if the clock went backwards).
     pub fn duration_nanos(&self) -> u64 {
         self.end_time_unix_nano
@@ -231,7 +263,10 @@ pub fn now_unix_nanos() -> u64 {
 /// so context propagates through it.
 pub struct Span {
     pub(crate) context: SpanContext,
-    pub(crate) clock: Option<Arc<ClockCell>>,
+    // The trace's clock cell. A root span that no child or outgoing call
+    // has asked for yet has none: its clock is just its own entry, and the
+    // cell is made on the first `context()`.
+    pub(crate) clock: std::sync::OnceLock<Arc<ClockCell>>,
     pub(crate) baggage: Option<Arc<crate::propagation::baggage::Baggage>>,
     pub(crate) recording: Option<Box<SpanData>>,
     pub(crate) tracer: Option<Arc<TracerInner>>,
@@ -251,7 +286,7 @@ impl Span {
     pub fn noop() -> Span {
         Span {
             context: SpanContext::default(),
-            clock: None,
+            clock: std::sync::OnceLock::new(),
             baggage: None,
             recording: None,
             tracer: None,
@@ -283,9 +318,20 @@ impl Span {
     pub fn context(&self) -> Context {
         Context::from_parts(
             Some(self.context.clone()),
-            self.clock.clone(),
+            self.clock_cell(),
             self.baggage.clone(),
         )
+    }
+
+    fn clock_cell(&self) -> Option<Arc<ClockCell>> {
+        if let Some(c) = self.clock.get() {
+            return Some(Arc::clone(c));
+        }
+        let data = self.recording.as_deref()?;
+        Some(Arc::clone(
+            self.clock
+                .get_or_init(|| ClockCell::new(data.clock_start.clone())),
+        ))
     }
 
     /// Sets (or adds) an attribute. Over the limit it is dropped and counted.
@@ -372,30 +418,39 @@ impl Span {
 
     /// Ends the span now. Later calls do nothing.
     pub fn end(&mut self) {
-        self.end_at(now_unix_nanos());
+        if self.recording.is_some() {
+            self.finish(now_unix_nanos(), false);
+        }
     }
 
     /// Ends the span with an explicit end time. Later calls do nothing.
     pub fn end_at(&mut self, end_time_unix_nano: u64) {
-        self.finish(end_time_unix_nano);
+        self.finish(end_time_unix_nano, false);
     }
 
     /// Ends the span now and returns its end clock, so a server can send
     /// exactly that clock back with its last message.
     pub(crate) fn end_with_clock(&mut self) -> Option<VectorClock> {
-        self.finish(now_unix_nanos())
+        self.finish(now_unix_nanos(), true)
     }
 
-    fn finish(&mut self, end_time_unix_nano: u64) -> Option<VectorClock> {
+    fn finish(&mut self, end_time_unix_nano: u64, want_clock: bool) -> Option<VectorClock> {
         let (Some(mut data), Some(tracer)) = (self.recording.take(), &self.tracer) else {
             return None;
         };
         data.end_time_unix_nano = end_time_unix_nano.max(data.start_time_unix_nano);
-        let mut end_clock = None;
-        if let Some(cell) = &self.clock {
-            data.clock_end = cell.tick(&tracer.node);
-            end_clock = Some(data.clock_end.clone());
+        match self.clock.get() {
+            Some(cell) => cell.tick_into(&tracer.node, &mut data.clock_end),
+            None => {
+                // Nothing shared this span's clock: the end is one more
+                // local event after the start.
+                let node = &tracer.node;
+                let v = node.next_after(data.clock_start.get(node.id()));
+                data.clock_end.clone_from(&data.clock_start);
+                data.clock_end.set(node.id(), v);
+            }
         }
+        let end_clock = want_clock.then(|| data.clock_end.clone());
         tracer.on_end(data);
         end_clock
     }

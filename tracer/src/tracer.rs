@@ -4,11 +4,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use crate::context::{ClockCell, Context, Node};
+use crate::context::{Context, Node};
 use crate::export::{BatchConfig, BatchProcessor, Resource, SpanExporter};
 use crate::ids::{SpanContext, SpanId, idgen};
 use crate::sampling::Sampler;
-use crate::span::{KeyValue, Span, SpanBuilder, SpanData, SpanKind, SpanLimits, Status, Str};
+use crate::span::{KeyValue, Span, SpanBuilder, SpanData, SpanKind, SpanLimits, Str};
 use crate::{ClewError, Result};
 
 pub(crate) struct TracerInner {
@@ -172,42 +172,45 @@ impl Tracer {
             // Keep the upstream clock flowing through unsampled hops.
             return Span {
                 context,
-                clock: cx.clock.clone(),
+                clock: cx.clock.clone().map(Into::into).unwrap_or_default(),
                 baggage: cx.baggage.clone(),
                 recording: None,
                 tracer: None,
             };
         }
         inner.started.fetch_add(1, Ordering::Relaxed);
-        let clock = cx
-            .clock
-            .clone()
-            .unwrap_or_else(|| ClockCell::new(Default::default()));
-        let clock_start = clock.tick(&inner.node);
-        if attributes.len() > inner.limits.max_attributes {
-            attributes.truncate(inner.limits.max_attributes);
-        } else if attributes.capacity() == 0 {
+        // A recycled span keeps its attribute capacity from earlier use.
+        let mut data = inner
+            .processor
+            .as_ref()
+            .and_then(BatchProcessor::recycled)
+            .unwrap_or_else(|| Box::new(SpanData::empty()));
+        data.parent_span_id = parent.map(|p| p.span_id).unwrap_or(SpanId::INVALID);
+        data.context = context.clone();
+        data.name = name;
+        data.kind = kind;
+        data.start_time_unix_nano = crate::span::now_unix_nanos();
+        data.end_time_unix_nano = 0;
+        let clock = match &cx.clock {
+            Some(cell) => {
+                cell.tick_into(&inner.node, &mut data.clock_start);
+                Arc::clone(cell).into()
+            }
+            None => {
+                data.clock_start
+                    .set(inner.node.id(), inner.node.next_after(0));
+                std::sync::OnceLock::new()
+            }
+        };
+        attributes.truncate(inner.limits.max_attributes);
+        if data.attributes.capacity() == 0 && attributes.capacity() < 8 {
             // One allocation instead of growing 1, 2, 4, 8.
-            attributes.reserve_exact(8);
+            data.attributes.reserve_exact(8);
         }
-        let data = Box::new(SpanData {
-            parent_span_id: parent.map(|p| p.span_id).unwrap_or(SpanId::INVALID),
-            context: context.clone(),
-            name,
-            kind,
-            start_time_unix_nano: crate::span::now_unix_nanos(),
-            end_time_unix_nano: 0,
-            attributes,
-            events: Vec::new(),
-            links: Vec::new(),
-            status: Status::Unset,
-            clock_start,
-            clock_end: Default::default(),
-            dropped: 0,
-        });
+        data.attributes.append(&mut attributes);
         Span {
             context,
-            clock: Some(clock),
+            clock,
             baggage: cx.baggage.clone(),
             recording: Some(data),
             tracer: Some(Arc::clone(inner)),
@@ -580,7 +583,7 @@ mod tests {
     impl SpanExporter for Gate {
         fn export(
             &mut self,
-            _batch: crate::export::ExportBatch,
+            _batch: &crate::export::ExportBatch,
         ) -> crate::export::BoxFuture<'_, Result<(), crate::export::ExportError>> {
             let _ = self.0.recv();
             Box::pin(async { Ok(()) })
@@ -614,6 +617,31 @@ mod tests {
         assert!(t.shutdown(Duration::from_secs(10)));
         let s = t.stats();
         assert_eq!(s.exported + s.dropped, 1000);
+    }
+
+    #[test]
+    fn recycled_spans_carry_nothing_over() {
+        let (t, exp) = setup(Sampler::AlwaysOn);
+        for i in 0..50i64 {
+            let mut s = t.span("full").attribute("i", i).start();
+            s.add_event("e", vec![]);
+            s.add_link(s.span_context().clone(), vec![]);
+            s.set_status(Status::Error("x".into()));
+        }
+        flush(&t);
+        for _ in 0..50 {
+            t.start("bare").end();
+        }
+        flush(&t);
+        let spans = exp.finished_spans();
+        let bare: Vec<_> = spans.iter().filter(|s| s.name == "bare").collect();
+        assert_eq!(bare.len(), 50);
+        for s in bare {
+            assert!(s.attributes.is_empty() && s.events.is_empty() && s.links.is_empty());
+            assert_eq!(s.status, Status::Unset);
+            assert!(!s.parent_span_id.is_valid());
+            assert_eq!(s.clock_start.len(), 1);
+        }
     }
 
     #[test]

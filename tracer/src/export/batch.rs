@@ -11,6 +11,9 @@ use parking_lot::Mutex;
 use super::{ExportBatch, Resource, SpanExporter};
 use crate::span::SpanData;
 
+/// How often the worker looks at the queue while spans are flowing.
+const BUSY_POLL: Duration = Duration::from_millis(1);
+
 /// Queue and batching settings.
 #[derive(Clone, Debug)]
 pub struct BatchConfig {
@@ -54,16 +57,19 @@ enum Control {
 /// Owns the queue and the worker thread.
 ///
 /// Ending a span is a `try_send` on a bounded lock-free queue and nothing
-/// else: the worker is not woken per span (a futex wake costs more than the
-/// span) but sleeps until a full batch is waiting, the scheduled delay
-/// passes, or a flush or shutdown arrives.
+/// else. The application thread almost never wakes the worker: a wake-up is
+/// a futex call plus, in a VM, an inter-processor interrupt, which costs
+/// more than many spans. Instead the worker polls every millisecond while
+/// spans flow and sleeps for the scheduled delay when idle; the application
+/// wakes it only when the queue is half full, or for a flush or shutdown.
 #[derive(Debug)]
 pub struct BatchProcessor {
     spans: Sender<Box<SpanData>>,
     control: Sender<Control>,
     stats: Arc<PipelineStats>,
     wake_pending: Arc<AtomicBool>,
-    batch_size: usize,
+    wake_at: usize,
+    recycle: Receiver<Box<SpanData>>,
     worker_thread: std::thread::Thread,
     worker: Mutex<Option<JoinHandle<()>>>,
 }
@@ -77,9 +83,12 @@ impl BatchProcessor {
     ) -> std::io::Result<Self> {
         let (tx, rx) = bounded(config.max_queue_size.max(1));
         let (ctx, crx) = bounded(16);
+        let (recycle_tx, recycle_rx) = bounded(config.max_export_batch_size.clamp(1, 4096) * 2);
         let stats = Arc::new(PipelineStats::default());
         let wake_pending = Arc::new(AtomicBool::new(false));
-        let batch_size = config.max_export_batch_size.max(1);
+        let wake_at = (config.max_queue_size / 2)
+            .max(config.max_export_batch_size)
+            .max(1);
         let worker = Worker {
             exporter,
             resource,
@@ -88,6 +97,7 @@ impl BatchProcessor {
             control: crx,
             stats: Arc::clone(&stats),
             wake_pending: Arc::clone(&wake_pending),
+            recycle: recycle_tx,
         };
         let handle = std::thread::Builder::new()
             .name("clew-export".into())
@@ -97,7 +107,8 @@ impl BatchProcessor {
             control: ctx,
             stats,
             wake_pending,
-            batch_size,
+            wake_at,
+            recycle: recycle_rx,
             worker_thread: handle.thread().clone(),
             worker: Mutex::new(Some(handle)),
         })
@@ -107,7 +118,7 @@ impl BatchProcessor {
     pub fn on_end(&self, span: Box<SpanData>) {
         match self.spans.try_send(span) {
             Ok(()) => {
-                if self.spans.len() >= self.batch_size
+                if self.spans.len() >= self.wake_at
                     && !self.wake_pending.swap(true, Ordering::AcqRel)
                 {
                     self.worker_thread.unpark();
@@ -117,6 +128,11 @@ impl BatchProcessor {
                 self.stats.dropped.fetch_add(1, Ordering::Relaxed);
             }
         }
+    }
+
+    /// A cleared span allocation from an exported batch, if one is waiting.
+    pub(crate) fn recycled(&self) -> Option<Box<SpanData>> {
+        self.recycle.try_recv().ok()
     }
 
     /// The pipeline's counters.
@@ -169,6 +185,7 @@ struct Worker<E> {
     control: Receiver<Control>,
     stats: Arc<PipelineStats>,
     wake_pending: Arc<AtomicBool>,
+    recycle: Sender<Box<SpanData>>,
 }
 
 impl<E: SpanExporter> Worker<E> {
@@ -185,7 +202,9 @@ impl<E: SpanExporter> Worker<E> {
         };
         let max = self.config.max_export_batch_size.max(1);
         let delay = self.config.scheduled_delay;
+        let busy_poll = BUSY_POLL.min(delay);
         let mut last_export = Instant::now();
+        let mut busy = false;
         loop {
             // Control messages first, so flush and shutdown are prompt.
             match self.control.try_recv() {
@@ -206,6 +225,7 @@ impl<E: SpanExporter> Worker<E> {
             {
                 self.export_some(&rt, max);
                 last_export = Instant::now();
+                busy = true;
                 continue;
             }
             self.wake_pending.store(false, Ordering::Release);
@@ -214,11 +234,15 @@ impl<E: SpanExporter> Worker<E> {
             if self.spans.len() >= max || !self.control.is_empty() {
                 continue;
             }
-            let wait = if self.spans.is_empty() {
+            let wait = if busy {
+                // Spans are flowing: come back soon rather than be woken.
+                busy_poll
+            } else if self.spans.is_empty() {
                 delay
             } else {
                 delay.saturating_sub(last_export.elapsed())
             };
+            busy = false;
             std::thread::park_timeout(wait);
         }
     }
@@ -255,7 +279,7 @@ impl<E: SpanExporter> Worker<E> {
 
     /// Exports up to `max` queued spans; returns how many.
     fn export_some(&mut self, rt: &tokio::runtime::Runtime, max: usize) -> usize {
-        let spans: Vec<SpanData> = self.spans.try_iter().take(max).map(|s| *s).collect();
+        let spans: Vec<Box<SpanData>> = self.spans.try_iter().take(max).collect();
         let n = spans.len();
         if n == 0 {
             return 0;
@@ -266,7 +290,12 @@ impl<E: SpanExporter> Worker<E> {
         };
         let timeout = self.config.export_timeout;
         let res =
-            rt.block_on(async { tokio::time::timeout(timeout, self.exporter.export(b)).await });
+            rt.block_on(async { tokio::time::timeout(timeout, self.exporter.export(&b)).await });
+        for mut span in b.spans {
+            span.reset();
+            // Full: the application has enough spare spans; free this one.
+            let _ = self.recycle.try_send(span);
+        }
         match res {
             Ok(Ok(())) => {
                 self.stats.exported.fetch_add(n as u64, Ordering::Relaxed);

@@ -53,9 +53,11 @@ impl InMemoryExporter {
 }
 
 impl SpanExporter for InMemoryExporter {
-    fn export(&mut self, batch: ExportBatch) -> BoxFuture<'_, Result<(), ExportError>> {
-        *self.resource.lock() = Some(batch.resource);
-        self.spans.lock().extend(batch.spans);
+    fn export<'a>(&'a mut self, batch: &'a ExportBatch) -> BoxFuture<'a, Result<(), ExportError>> {
+        *self.resource.lock() = Some(Arc::clone(&batch.resource));
+        self.spans
+            .lock()
+            .extend(batch.spans.iter().map(|s| SpanData::clone(s)));
         self.exported.notify_all();
         Box::pin(async { Ok(()) })
     }

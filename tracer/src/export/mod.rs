@@ -38,12 +38,16 @@ pub struct Resource {
 }
 
 /// One batch of finished spans from one resource.
+///
+/// Exporters borrow the batch: afterwards the pipeline recycles each span's
+/// allocation for a new span, so a busy application allocates almost
+/// nothing per span and never frees memory across threads.
 #[derive(Clone, Debug)]
 pub struct ExportBatch {
     /// The emitting resource.
     pub resource: Arc<Resource>,
     /// Finished spans.
-    pub spans: Vec<SpanData>,
+    pub spans: Vec<Box<SpanData>>,
 }
 
 /// Why an export failed.
@@ -95,7 +99,7 @@ impl ExportError {
 /// a single-threaded Tokio runtime, one batch at a time.
 pub trait SpanExporter: Send + 'static {
     /// Exports one batch.
-    fn export(&mut self, batch: ExportBatch) -> BoxFuture<'_, Result<(), ExportError>>;
+    fn export<'a>(&'a mut self, batch: &'a ExportBatch) -> BoxFuture<'a, Result<(), ExportError>>;
 
     /// Flushes and releases resources. Called once, at shutdown.
     fn shutdown(&mut self) -> BoxFuture<'_, Result<(), ExportError>> {
@@ -104,7 +108,7 @@ pub trait SpanExporter: Send + 'static {
 }
 
 impl<E: SpanExporter + ?Sized> SpanExporter for Box<E> {
-    fn export(&mut self, batch: ExportBatch) -> BoxFuture<'_, Result<(), ExportError>> {
+    fn export<'a>(&'a mut self, batch: &'a ExportBatch) -> BoxFuture<'a, Result<(), ExportError>> {
         (**self).export(batch)
     }
 

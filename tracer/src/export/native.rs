@@ -28,7 +28,7 @@ impl NativeExporter {
 }
 
 impl SpanExporter for NativeExporter {
-    fn export(&mut self, batch: ExportBatch) -> BoxFuture<'_, Result<(), ExportError>> {
+    fn export<'a>(&'a mut self, batch: &'a ExportBatch) -> BoxFuture<'a, Result<(), ExportError>> {
         Box::pin(async move {
             let client = self
                 .client

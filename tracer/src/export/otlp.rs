@@ -31,13 +31,16 @@ impl OtlpGrpcExporter {
 }
 
 impl SpanExporter for OtlpGrpcExporter {
-    fn export(&mut self, batch: ExportBatch) -> BoxFuture<'_, Result<(), ExportError>> {
+    fn export<'a>(&'a mut self, batch: &'a ExportBatch) -> BoxFuture<'a, Result<(), ExportError>> {
         Box::pin(async move {
             let client = self
                 .client
                 .get_or_insert_with(|| TraceServiceClient::new(self.target.connect_lazy()));
             let req = ExportTraceServiceRequest {
-                resource_spans: vec![to_otlp_resource_spans(&batch.spans, &batch.resource)],
+                resource_spans: vec![to_otlp_resource_spans(
+                    batch.spans.iter().map(|s| &**s),
+                    &batch.resource,
+                )],
             };
             match client.export(req).await {
                 Ok(r) => match r.into_inner().partial_success {

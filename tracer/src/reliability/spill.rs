@@ -1,0 +1,997 @@
+//! An append-only, crash-safe on-disk spill log.
+//!
+//! # Layout
+//!
+//! A spill directory holds:
+//!
+//! - segment files named `{first_seq:020}.log`, where `first_seq` is the
+//!   sequence number of the segment's first record. Records within a segment
+//!   have consecutive sequence numbers, so a record's number is implicit.
+//! - `cursor`: the first unconsumed sequence number, as `u64 LE | crc32 LE`
+//!   (CRC over the 8 value bytes). It is replaced atomically (write
+//!   `cursor.tmp`, fsync, rename, fsync the directory).
+//!
+//! # Record framing
+//!
+//! Each record is `len: u32 LE | crc: u32 LE | payload[len]`, where `crc` is
+//! the CRC-32 (IEEE) of the 4 `len` bytes followed by the payload. Covering
+//! `len` means a corrupted length cannot frame a wrong slice that happens to
+//! check out, and a zero-filled region (what some file systems leave after a
+//! crash) never decodes as a run of valid empty records: the CRC of
+//! `00 00 00 00` is not zero.
+//!
+//! # Recovery
+//!
+//! [`SpillLog::open`] scans the segments oldest first with
+//! [`decode_segment`]. In the **last** segment, the first frame that is
+//! incomplete or fails its CRC ends the valid data: the file is truncated
+//! there so new appends follow valid data (a torn tail is counted in
+//! [`SpillStats::truncated_bytes`], a bad record followed by more bytes in
+//! [`SpillStats::corrupt_segments`] / [`SpillStats::corrupt_bytes`]). In any
+//! **other** segment a bad frame keeps the records before it, skips the rest
+//! of that segment (counted, logged at `warn`) and recovery goes on with the
+//! next segment; the file is left as it is until it is consumed or evicted.
+//! Sequence numbers are never reused below the persisted cursor.
+//!
+//! # Consumption
+//!
+//! [`SpillLog::read_batch`] returns the oldest unconsumed records without
+//! consuming them (calling it again returns the same records);
+//! [`SpillLog::commit`] marks everything up to a sequence number consumed,
+//! persists the cursor and deletes segments that are wholly consumed.
+//! Delivery is at-least-once: records read but not committed before a crash
+//! are replayed.
+//!
+//! # Size cap
+//!
+//! When an append would push the total size of the segment files over
+//! [`SpillConfig::max_total_size`], whole segments are evicted oldest first,
+//! consumed or not; lost unconsumed records are counted
+//! ([`SpillLog::evicted_records`], [`SpillLog::evicted_bytes`]) and logged at
+//! `warn`. Keep `max_total_size` several times `segment_size`, since eviction
+//! works a segment at a time.
+//!
+//! A record larger than `segment_size` is accepted and gets a segment of its
+//! own; one whose frame is larger than `max_total_size` (or whose payload
+//! exceeds `u32::MAX` bytes) is rejected with [`Error::RecordTooLarge`].
+//!
+//! # Use
+//!
+//! All operations are blocking file I/O behind `&mut self`: in async code,
+//! own the log from one task and call it through `spawn_blocking`, or keep it
+//! on a dedicated thread. A directory must be used by one `SpillLog` at a
+//! time; nothing locks it.
+
+use std::collections::VecDeque;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// Bytes of framing before each payload (`len` and `crc`).
+pub const FRAME_HEADER_LEN: usize = 8;
+
+const SEGMENT_SUFFIX: &str = ".log";
+const CURSOR_FILE: &str = "cursor";
+const CURSOR_TMP_FILE: &str = "cursor.tmp";
+const HEADER: u64 = FRAME_HEADER_LEN as u64;
+
+/// Errors of the spill log.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A file-system operation failed.
+    #[error("spill log: {op} {}: {source}", path.display())]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// The file or directory involved.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+    /// The record cannot be stored: its payload exceeds `u32::MAX` bytes or
+    /// its frame exceeds [`SpillConfig::max_total_size`].
+    #[error("spill log: record of {size} bytes exceeds the limit of {limit} bytes")]
+    RecordTooLarge {
+        /// Payload size of the rejected record.
+        size: u64,
+        /// Largest payload size accepted.
+        limit: u64,
+    },
+    /// All `u64` sequence numbers have been used.
+    #[error("spill log: sequence numbers exhausted")]
+    SequenceExhausted,
+    /// The configuration is unusable.
+    #[error("spill log: invalid configuration: {0}")]
+    InvalidConfig(&'static str),
+}
+
+/// A record read back from the log: its sequence number and payload.
+pub type Record = (u64, Vec<u8>);
+
+/// Result type of the spill log.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+fn io_err(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> Error {
+    let path = path.to_path_buf();
+    move |source| Error::Io { op, path, source }
+}
+
+/// When appended data is forced to stable storage. Appends are written to the
+/// file without user-space buffering, so every policy survives a process
+/// crash; the policy decides what survives an OS crash or power loss.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FsyncPolicy {
+    /// `fsync` after every append.
+    Always,
+    /// `fsync` after every `n` appends (`0` is treated as `1`).
+    EveryN(u32),
+    /// `fsync` on the first append at least this long after the last sync.
+    /// Call [`SpillLog::sync`] on a timer to bound the window when appends
+    /// stop.
+    Interval(Duration),
+    /// Never `fsync` (not even the cursor or directory); leave it to the OS.
+    Never,
+}
+
+impl Default for FsyncPolicy {
+    fn default() -> Self {
+        FsyncPolicy::Interval(Duration::from_secs(1))
+    }
+}
+
+/// Settings for a [`SpillLog`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpillConfig {
+    /// A new segment is started when the next record would take the active
+    /// one past this many bytes (framing included). Must be non-zero.
+    pub segment_size: u64,
+    /// Upper bound on the total size of all segment files; the oldest
+    /// segments are evicted to stay under it. Must be at least
+    /// [`FRAME_HEADER_LEN`].
+    pub max_total_size: u64,
+    /// When appends are forced to stable storage.
+    pub fsync: FsyncPolicy,
+}
+
+impl Default for SpillConfig {
+    fn default() -> Self {
+        Self {
+            segment_size: 16 * 1024 * 1024,
+            max_total_size: 512 * 1024 * 1024,
+            fsync: FsyncPolicy::default(),
+        }
+    }
+}
+
+impl SpillConfig {
+    fn validate(&self) -> Result<()> {
+        if self.segment_size == 0 {
+            return Err(Error::InvalidConfig("segment_size must be non-zero"));
+        }
+        if self.max_total_size < HEADER {
+            return Err(Error::InvalidConfig(
+                "max_total_size must be at least FRAME_HEADER_LEN",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Counters for metrics. All count events since [`SpillLog::open`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SpillStats {
+    /// Unconsumed records lost to the size cap.
+    pub evicted_records: u64,
+    /// On-disk bytes (framing included) of those records.
+    pub evicted_bytes: u64,
+    /// Corrupt records found (at open or when reading) that made the rest of
+    /// a segment unreadable.
+    pub corrupt_segments: u64,
+    /// Bytes skipped because of those corrupt records.
+    pub corrupt_bytes: u64,
+    /// Bytes of torn (incomplete) tail records cut off the last segment at
+    /// open.
+    pub truncated_bytes: u64,
+}
+
+/// How a segment's bytes ended, as found by [`decode_segment`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScanEnd {
+    /// Every byte belongs to a valid record.
+    Clean,
+    /// The last frame starting at `offset` is incomplete, or reaches exactly
+    /// the end and fails its CRC: what a write cut short by a crash leaves.
+    Truncated {
+        /// Byte offset of the torn frame.
+        offset: usize,
+    },
+    /// The frame at `offset` fails its CRC and more bytes follow it.
+    Corrupt {
+        /// Byte offset of the bad frame.
+        offset: usize,
+    },
+}
+
+/// The result of decoding a segment's bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SegmentScan {
+    /// Byte ranges of the payloads of the valid records, in order. The
+    /// frame of each starts [`FRAME_HEADER_LEN`] bytes before its range.
+    pub records: Vec<Range<usize>>,
+    /// Length of the valid prefix: the end of the last valid record.
+    pub valid_len: usize,
+    /// How the bytes after the valid prefix (if any) look.
+    pub end: ScanEnd,
+}
+
+/// The CRC stored in the frame of `payload` (CRC-32 of the little-endian
+/// `u32` length followed by the payload), or `None` if the payload is longer
+/// than `u32::MAX` bytes and cannot be framed.
+pub fn record_crc(payload: &[u8]) -> Option<u32> {
+    let len = u32::try_from(payload.len()).ok()?;
+    Some(frame_crc(len.to_le_bytes(), payload))
+}
+
+fn frame_crc(len: [u8; 4], payload: &[u8]) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    h.update(&len);
+    h.update(payload);
+    h.finalize()
+}
+
+/// Appends the frame of `payload` to `out`.
+pub fn encode_record(payload: &[u8], out: &mut Vec<u8>) -> Result<()> {
+    let len = u32::try_from(payload.len()).map_err(|_| Error::RecordTooLarge {
+        size: payload.len() as u64,
+        limit: u64::from(u32::MAX),
+    })?;
+    let len = len.to_le_bytes();
+    out.reserve(FRAME_HEADER_LEN + payload.len());
+    out.extend_from_slice(&len);
+    out.extend_from_slice(&frame_crc(len, payload).to_le_bytes());
+    out.extend_from_slice(payload);
+    Ok(())
+}
+
+/// Decodes a segment's bytes into records, stopping at the first frame that
+/// is incomplete or fails its CRC. Pure and panic-free on any input.
+pub fn decode_segment(bytes: &[u8]) -> SegmentScan {
+    let mut records = Vec::new();
+    let mut pos = 0usize;
+    let end = loop {
+        let rest = bytes.get(pos..).unwrap_or_default();
+        if rest.is_empty() {
+            break ScanEnd::Clean;
+        }
+        let (Some(len), Some(crc)) = (read_u32(rest, 0), read_u32(rest, 4)) else {
+            break ScanEnd::Truncated { offset: pos };
+        };
+        let frame_len = usize::try_from(len)
+            .ok()
+            .and_then(|l| l.checked_add(FRAME_HEADER_LEN));
+        let Some(payload) = frame_len.and_then(|fl| rest.get(FRAME_HEADER_LEN..fl)) else {
+            break ScanEnd::Truncated { offset: pos };
+        };
+        if frame_crc(len.to_le_bytes(), payload) != crc {
+            break if FRAME_HEADER_LEN + payload.len() == rest.len() {
+                ScanEnd::Truncated { offset: pos }
+            } else {
+                ScanEnd::Corrupt { offset: pos }
+            };
+        }
+        let start = pos + FRAME_HEADER_LEN;
+        records.push(start..start + payload.len());
+        pos = start + payload.len();
+    };
+    SegmentScan {
+        records,
+        valid_len: pos,
+        end,
+    }
+}
+
+fn read_u32(bytes: &[u8], at: usize) -> Option<u32> {
+    let b: [u8; 4] = bytes.get(at..at.checked_add(4)?)?.try_into().ok()?;
+    Some(u32::from_le_bytes(b))
+}
+
+/// The file name of the segment whose first record is `first_seq`.
+pub fn segment_file_name(first_seq: u64) -> String {
+    format!("{first_seq:020}{SEGMENT_SUFFIX}")
+}
+
+fn parse_segment_name(name: &str) -> Option<u64> {
+    let digits = name.strip_suffix(SEGMENT_SUFFIX)?;
+    if digits.len() != 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+#[derive(Debug)]
+struct Segment {
+    first_seq: u64,
+    path: PathBuf,
+    /// Byte offset of each valid record's frame.
+    offsets: Vec<u64>,
+    /// End of the last valid record.
+    valid_end: u64,
+    /// Size of the file on disk (can exceed `valid_end` when a corrupt tail
+    /// is left in place).
+    file_len: u64,
+}
+
+impl Segment {
+    fn end_seq(&self) -> u64 {
+        self.first_seq.saturating_add(self.offsets.len() as u64)
+    }
+
+    fn frame_end(&self, idx: usize) -> u64 {
+        self.offsets.get(idx + 1).copied().unwrap_or(self.valid_end)
+    }
+
+    /// Index of the first record with a sequence number >= `seq`.
+    fn index_of(&self, seq: u64) -> usize {
+        usize::try_from(seq.saturating_sub(self.first_seq))
+            .unwrap_or(usize::MAX)
+            .min(self.offsets.len())
+    }
+
+    /// On-disk bytes of the records from index `idx` on.
+    fn bytes_from(&self, idx: usize) -> u64 {
+        self.offsets
+            .get(idx)
+            .map_or(0, |&o| self.valid_end.saturating_sub(o))
+    }
+}
+
+/// The on-disk spill log. See the [module docs](self).
+#[derive(Debug)]
+pub struct SpillLog {
+    dir: PathBuf,
+    config: SpillConfig,
+    segments: VecDeque<Segment>,
+    /// Write handle on the back segment, positioned at its `valid_end`. `None`
+    /// when the back segment must not take more appends.
+    writer: Option<File>,
+    /// Cached read handle: (first_seq of its segment, file).
+    reader: Option<(u64, File)>,
+    /// First unconsumed sequence number.
+    cursor: u64,
+    /// Sequence number of the next append.
+    next_seq: u64,
+    /// Sum of `file_len` over `segments`.
+    total_bytes: u64,
+    unsynced: u32,
+    last_sync: Instant,
+    stats: SpillStats,
+}
+
+impl SpillLog {
+    /// Opens (creating if needed) the spill log in `dir`, recovering from a
+    /// crash as described in the [module docs](self).
+    pub fn open(dir: impl AsRef<Path>, config: SpillConfig) -> Result<Self> {
+        config.validate()?;
+        let dir = dir.as_ref().to_path_buf();
+        fs::create_dir_all(&dir).map_err(io_err("create directory", &dir))?;
+        let tmp = dir.join(CURSOR_TMP_FILE);
+        match fs::remove_file(&tmp) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err("remove", &tmp)(e)),
+        }
+        let cursor = read_cursor(&dir)?;
+
+        let mut names = Vec::new();
+        for entry in fs::read_dir(&dir).map_err(io_err("read directory", &dir))? {
+            let entry = entry.map_err(io_err("read directory", &dir))?;
+            if let Some(first_seq) = entry.file_name().to_str().and_then(parse_segment_name) {
+                names.push((first_seq, entry.path()));
+            }
+        }
+        names.sort_unstable_by_key(|(first_seq, _)| *first_seq);
+
+        let mut stats = SpillStats::default();
+        let mut segments = VecDeque::with_capacity(names.len());
+        let durable = config.fsync != FsyncPolicy::Never;
+        for (i, (first_seq, path)) in names.iter().enumerate() {
+            let next_first = names.get(i + 1).map(|(s, _)| *s);
+            let seg = recover_segment(*first_seq, path, next_first, durable, &mut stats)?;
+            segments.push_back(seg);
+        }
+
+        let next_seq = segments.back().map_or(cursor, |s| s.end_seq().max(cursor));
+        let total_bytes = segments.iter().map(|s| s.file_len).sum();
+        let mut log = SpillLog {
+            dir,
+            config,
+            segments,
+            writer: None,
+            reader: None,
+            cursor,
+            next_seq,
+            total_bytes,
+            unsynced: 0,
+            last_sync: Instant::now(),
+            stats,
+        };
+        log.delete_consumed()?;
+        if let Some(back) = log.segments.back()
+            && back.end_seq() == log.next_seq
+        {
+            let mut file = OpenOptions::new()
+                .write(true)
+                .open(&back.path)
+                .map_err(io_err("open", &back.path))?;
+            file.seek(SeekFrom::Start(back.valid_end))
+                .map_err(io_err("seek", &back.path))?;
+            log.writer = Some(file);
+        }
+        Ok(log)
+    }
+
+    /// The directory of the log.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The configuration in use.
+    pub fn config(&self) -> &SpillConfig {
+        &self.config
+    }
+
+    /// Appends a record and returns its sequence number. Sequence numbers
+    /// increase strictly. May evict the oldest segments to honour the size
+    /// cap. If the write fails, the partial frame is removed (or, failing
+    /// that, the segment is closed to appends) and the error returned. An
+    /// error from the fsync after a successful write is returned, but the
+    /// record stays in the log.
+    pub fn append(&mut self, payload: &[u8]) -> Result<u64> {
+        let payload_len = payload.len() as u64;
+        let limit = (self.config.max_total_size - HEADER).min(u64::from(u32::MAX));
+        if payload_len > limit {
+            return Err(Error::RecordTooLarge {
+                size: payload_len,
+                limit,
+            });
+        }
+        let frame_len = HEADER + payload_len;
+        let seq = self.next_seq;
+        let after = seq.checked_add(1).ok_or(Error::SequenceExhausted)?;
+
+        let mut roll = match (&self.writer, self.segments.back()) {
+            (Some(_), Some(back)) => {
+                back.file_len > 0
+                    && back.file_len.saturating_add(frame_len) > self.config.segment_size
+            }
+            _ => true,
+        };
+        while self.total_bytes.saturating_add(frame_len) > self.config.max_total_size
+            && !self.segments.is_empty()
+        {
+            if self.segments.len() == 1 {
+                roll = true;
+            }
+            self.evict_front()?;
+        }
+        if roll {
+            self.roll(seq)?;
+        }
+
+        let mut frame = Vec::new();
+        encode_record(payload, &mut frame)?;
+        let (Some(writer), Some(back)) = (self.writer.as_mut(), self.segments.back_mut()) else {
+            return Err(Error::Io {
+                op: "append",
+                path: self.dir.clone(),
+                source: io::Error::other("no active segment"),
+            });
+        };
+        if let Err(e) = writer.write_all(&frame) {
+            // Take the partial frame back off so later appends follow valid
+            // data; if even that fails, stop appending to this segment.
+            let restored = writer
+                .set_len(back.valid_end)
+                .and_then(|()| writer.seek(SeekFrom::Start(back.valid_end)));
+            if restored.is_err() {
+                self.writer = None;
+            }
+            return Err(io_err("write", &back.path)(e));
+        }
+        back.offsets.push(back.valid_end);
+        back.valid_end += frame_len;
+        back.file_len = back.valid_end;
+        self.total_bytes += frame_len;
+        self.next_seq = after;
+        self.unsynced = self.unsynced.saturating_add(1);
+        let due = match self.config.fsync {
+            FsyncPolicy::Always => true,
+            FsyncPolicy::EveryN(n) => self.unsynced >= n.max(1),
+            FsyncPolicy::Interval(d) => self.last_sync.elapsed() >= d,
+            FsyncPolicy::Never => false,
+        };
+        if due {
+            self.sync()?;
+        }
+        Ok(seq)
+    }
+
+    /// Forces appended data to stable storage now (whatever the policy).
+    pub fn sync(&mut self) -> Result<()> {
+        if self.unsynced > 0
+            && let (Some(writer), Some(back)) = (&self.writer, self.segments.back())
+        {
+            writer.sync_data().map_err(io_err("fsync", &back.path))?;
+        }
+        self.unsynced = 0;
+        self.last_sync = Instant::now();
+        Ok(())
+    }
+
+    /// Returns up to `max_records` of the oldest unconsumed records, oldest
+    /// first, as `(seq, payload)`, without consuming them. Stops before the
+    /// payloads would total more than `max_bytes`, but returns at least one
+    /// record if any is available (so an oversized record cannot block).
+    pub fn read_batch(&mut self, max_records: usize, max_bytes: usize) -> Result<Vec<Record>> {
+        self.read_from(self.cursor, max_records, max_bytes)
+    }
+
+    /// Like [`read_batch`](Self::read_batch) but starting at the first
+    /// unconsumed record with a sequence number `>= start` (for keeping
+    /// several batches in flight).
+    pub fn read_from(
+        &mut self,
+        start: u64,
+        max_records: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Record>> {
+        // Each pass that meets a corrupt record drops it (and the rest of its
+        // segment) and starts over, so this ends.
+        loop {
+            if let Some(out) = self.read_once(start, max_records, max_bytes)? {
+                return Ok(out);
+            }
+        }
+    }
+
+    /// One read pass; `None` when a corrupt record was found and dropped.
+    fn read_once(
+        &mut self,
+        start: u64,
+        max_records: usize,
+        max_bytes: usize,
+    ) -> Result<Option<Vec<Record>>> {
+        let start = start.max(self.cursor);
+        let max_bytes = max_bytes as u64;
+        let mut out: Vec<Record> = Vec::new();
+        let mut taken_bytes = 0u64;
+        let mut si = self.segments.partition_point(|s| s.end_seq() <= start);
+        let mut budget_hit = false;
+        while si < self.segments.len() && out.len() < max_records && !budget_hit {
+            let seg = &self.segments[si];
+            let first = seg.index_of(start);
+            let mut last = first;
+            while last < seg.offsets.len() && out.len() + (last - first) < max_records {
+                let payload_len = (seg.frame_end(last) - seg.offsets[last]).saturating_sub(HEADER);
+                let progress_made = !out.is_empty() || last > first;
+                if progress_made && taken_bytes.saturating_add(payload_len) > max_bytes {
+                    budget_hit = true;
+                    break;
+                }
+                taken_bytes = taken_bytes.saturating_add(payload_len);
+                last += 1;
+            }
+            if last == first {
+                si += 1;
+                continue;
+            }
+            let from = seg.offsets[first];
+            let buf = read_range(&mut self.reader, seg, from, seg.frame_end(last - 1))?;
+            for idx in first..last {
+                let rel = usize::try_from(seg.offsets[idx] - from).unwrap_or(usize::MAX);
+                let rel_end = usize::try_from(seg.frame_end(idx) - from).unwrap_or(usize::MAX);
+                let frame = buf.get(rel..rel_end).unwrap_or_default();
+                match decode_segment(frame) {
+                    SegmentScan {
+                        records,
+                        end: ScanEnd::Clean,
+                        ..
+                    } if records.len() == 1 => {
+                        let payload = frame.get(FRAME_HEADER_LEN..).unwrap_or_default();
+                        out.push((seg.first_seq + idx as u64, payload.to_vec()));
+                    }
+                    _ => {
+                        self.drop_corrupt_tail(si, idx);
+                        return Ok(None);
+                    }
+                }
+            }
+            si += 1;
+        }
+        Ok(Some(out))
+    }
+
+    /// Marks every record with a sequence number `<= up_to_seq` consumed,
+    /// persists the cursor and deletes wholly consumed segments. Committing
+    /// backwards is a no-op; committing past the last record consumes
+    /// everything written so far.
+    pub fn commit(&mut self, up_to_seq: u64) -> Result<()> {
+        let Some(last_written) = self.next_seq.checked_sub(1) else {
+            return Ok(());
+        };
+        let new_cursor = up_to_seq.min(last_written) + 1;
+        if new_cursor <= self.cursor {
+            return Ok(());
+        }
+        write_cursor(
+            &self.dir,
+            new_cursor,
+            self.config.fsync != FsyncPolicy::Never,
+        )?;
+        self.cursor = new_cursor;
+        self.delete_consumed()
+    }
+
+    /// Number of unconsumed records.
+    pub fn len(&self) -> u64 {
+        self.segments
+            .iter()
+            .map(|s| s.end_seq().saturating_sub(s.first_seq.max(self.cursor)))
+            .sum()
+    }
+
+    /// True when no unconsumed record is left.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// On-disk bytes (framing included) of the unconsumed records.
+    pub fn unconsumed_bytes(&self) -> u64 {
+        self.segments
+            .iter()
+            .map(|s| s.bytes_from(s.index_of(self.cursor)))
+            .sum()
+    }
+
+    /// Total size of the segment files.
+    pub fn disk_bytes(&self) -> u64 {
+        self.total_bytes
+    }
+
+    /// Number of segment files.
+    pub fn segment_count(&self) -> usize {
+        self.segments.len()
+    }
+
+    /// The first unconsumed sequence number (one past the last commit).
+    pub fn cursor(&self) -> u64 {
+        self.cursor
+    }
+
+    /// The sequence number the next append will get.
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// Unconsumed records lost to the size cap since open.
+    pub fn evicted_records(&self) -> u64 {
+        self.stats.evicted_records
+    }
+
+    /// On-disk bytes of unconsumed records lost to the size cap since open.
+    pub fn evicted_bytes(&self) -> u64 {
+        self.stats.evicted_bytes
+    }
+
+    /// All counters.
+    pub fn stats(&self) -> SpillStats {
+        self.stats
+    }
+
+    fn roll(&mut self, first_seq: u64) -> Result<()> {
+        if self.unsynced > 0 && self.config.fsync != FsyncPolicy::Never {
+            self.sync()?;
+        }
+        self.writer = None;
+        // An empty back segment already named `first_seq` (left closed after
+        // a failed write) is replaced by the new file of the same name.
+        if self
+            .segments
+            .back()
+            .is_some_and(|b| b.first_seq == first_seq)
+            && let Some(old) = self.segments.pop_back()
+        {
+            self.total_bytes = self.total_bytes.saturating_sub(old.file_len);
+            self.forget_reader(old.first_seq);
+        }
+        let path = self.dir.join(segment_file_name(first_seq));
+        let file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .map_err(io_err("create", &path))?;
+        if self.config.fsync != FsyncPolicy::Never {
+            sync_dir(&self.dir)?;
+        }
+        self.segments.push_back(Segment {
+            first_seq,
+            path,
+            offsets: Vec::new(),
+            valid_end: 0,
+            file_len: 0,
+        });
+        self.writer = Some(file);
+        self.unsynced = 0;
+        Ok(())
+    }
+
+    fn remove_front(&mut self) -> Result<()> {
+        let Some(front) = self.segments.front() else {
+            return Ok(());
+        };
+        let first_seq = front.first_seq;
+        let path = front.path.clone();
+        if self.segments.len() == 1 {
+            self.writer = None;
+        }
+        self.forget_reader(first_seq);
+        match fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err("remove", &path)(e)),
+        }
+        if let Some(seg) = self.segments.pop_front() {
+            self.total_bytes = self.total_bytes.saturating_sub(seg.file_len);
+        }
+        Ok(())
+    }
+
+    fn evict_front(&mut self) -> Result<()> {
+        let Some(front) = self.segments.front() else {
+            return Ok(());
+        };
+        let idx = front.index_of(self.cursor);
+        let lost_records = (front.offsets.len() - idx) as u64;
+        let lost_bytes = front.bytes_from(idx);
+        let first_seq = front.first_seq;
+        self.remove_front()?;
+        if lost_records > 0 {
+            self.stats.evicted_records += lost_records;
+            self.stats.evicted_bytes += lost_bytes;
+            tracing::warn!(
+                first_seq,
+                lost_records,
+                lost_bytes,
+                "spill log over its size cap: evicted unconsumed records"
+            );
+        }
+        Ok(())
+    }
+
+    fn delete_consumed(&mut self) -> Result<()> {
+        while self
+            .segments
+            .front()
+            .is_some_and(|s| s.end_seq() <= self.cursor)
+        {
+            self.remove_front()?;
+        }
+        Ok(())
+    }
+
+    /// A record failed its check when read back: keep what precedes it, drop
+    /// the rest of the segment, stop appending to it.
+    fn drop_corrupt_tail(&mut self, si: usize, idx: usize) {
+        let is_back = si + 1 == self.segments.len();
+        let Some(seg) = self.segments.get_mut(si) else {
+            return;
+        };
+        let skipped = seg.bytes_from(idx);
+        let first_seq = seg.first_seq;
+        if let Some(&offset) = seg.offsets.get(idx) {
+            seg.valid_end = offset;
+        }
+        let lost_records = seg.offsets.len().saturating_sub(idx);
+        seg.offsets.truncate(idx);
+        if is_back {
+            self.writer = None;
+        }
+        self.stats.corrupt_segments += 1;
+        self.stats.corrupt_bytes += skipped;
+        tracing::warn!(
+            first_seq,
+            record = idx,
+            lost_records,
+            skipped_bytes = skipped,
+            "spill log: corrupt record on read; skipping the rest of the segment"
+        );
+    }
+
+    fn forget_reader(&mut self, first_seq: u64) {
+        if self.reader.as_ref().is_some_and(|(s, _)| *s == first_seq) {
+            self.reader = None;
+        }
+    }
+}
+
+impl Drop for SpillLog {
+    fn drop(&mut self) {
+        if self.config.fsync != FsyncPolicy::Never
+            && let Err(e) = self.sync()
+        {
+            tracing::warn!(error = %e, "spill log: final fsync failed");
+        }
+    }
+}
+
+/// Scans one segment file at open, truncating the last segment after its
+/// valid data.
+fn recover_segment(
+    first_seq: u64,
+    path: &Path,
+    next_first: Option<u64>,
+    durable: bool,
+    stats: &mut SpillStats,
+) -> Result<Segment> {
+    let bytes = fs::read(path).map_err(io_err("read", path))?;
+    let file_len = bytes.len() as u64;
+    let scan = decode_segment(&bytes);
+    let mut offsets: Vec<u64> = scan
+        .records
+        .iter()
+        .map(|r| (r.start - FRAME_HEADER_LEN) as u64)
+        .collect();
+    let mut valid_end = scan.valid_len as u64;
+    let mut end = scan.end;
+    // Sequence numbers must stay below the next segment's first one (and
+    // inside u64); extra records can only come from a foreign or damaged
+    // file.
+    let room = next_first.unwrap_or(u64::MAX).saturating_sub(first_seq);
+    if offsets.len() as u64 > room {
+        let keep = usize::try_from(room).unwrap_or(usize::MAX);
+        if let Some(&offset) = offsets.get(keep) {
+            valid_end = offset;
+            end = ScanEnd::Corrupt {
+                offset: usize::try_from(offset).unwrap_or(usize::MAX),
+            };
+        }
+        offsets.truncate(keep);
+    }
+    let is_last = next_first.is_none();
+    let skipped = file_len - valid_end;
+    match end {
+        ScanEnd::Clean => {}
+        ScanEnd::Truncated { offset } if is_last => {
+            stats.truncated_bytes += skipped;
+            tracing::warn!(
+                path = %path.display(),
+                offset,
+                bytes = skipped,
+                "spill log: torn record at the end of the last segment; truncating"
+            );
+        }
+        ScanEnd::Truncated { offset } | ScanEnd::Corrupt { offset } => {
+            stats.corrupt_segments += 1;
+            stats.corrupt_bytes += skipped;
+            tracing::warn!(
+                path = %path.display(),
+                offset,
+                records_recovered = offsets.len(),
+                bytes_skipped = skipped,
+                "spill log: corrupt record; skipping the rest of the segment"
+            );
+        }
+    }
+    let mut disk_len = file_len;
+    if is_last && valid_end < file_len {
+        let file = OpenOptions::new()
+            .write(true)
+            .open(path)
+            .map_err(io_err("open", path))?;
+        file.set_len(valid_end).map_err(io_err("truncate", path))?;
+        if durable {
+            file.sync_all().map_err(io_err("fsync", path))?;
+        }
+        disk_len = valid_end;
+    }
+    Ok(Segment {
+        first_seq,
+        path: path.to_path_buf(),
+        offsets,
+        valid_end,
+        file_len: disk_len,
+    })
+}
+
+fn read_range(
+    reader: &mut Option<(u64, File)>,
+    seg: &Segment,
+    from: u64,
+    to: u64,
+) -> Result<Vec<u8>> {
+    if reader.as_ref().is_none_or(|(s, _)| *s != seg.first_seq) {
+        let file = File::open(&seg.path).map_err(io_err("open", &seg.path))?;
+        *reader = Some((seg.first_seq, file));
+    }
+    let Some((_, file)) = reader.as_mut() else {
+        return Ok(Vec::new());
+    };
+    let len = usize::try_from(to.saturating_sub(from)).map_err(|_| Error::Io {
+        op: "read",
+        path: seg.path.clone(),
+        source: io::Error::other("range too large"),
+    })?;
+    let mut buf = vec![0u8; len];
+    let result = file
+        .seek(SeekFrom::Start(from))
+        .and_then(|_| file.read_exact(&mut buf));
+    if let Err(e) = result {
+        *reader = None;
+        return Err(io_err("read", &seg.path)(e));
+    }
+    Ok(buf)
+}
+
+fn read_cursor(dir: &Path) -> Result<u64> {
+    let path = dir.join(CURSOR_FILE);
+    let bytes = match fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(io_err("read", &path)(e)),
+    };
+    let value = bytes.get(..8).and_then(|b| <[u8; 8]>::try_from(b).ok());
+    let crc = read_u32(&bytes, 8);
+    match (value, crc) {
+        (Some(value), Some(crc)) if bytes.len() == 12 && crc32fast::hash(&value) == crc => {
+            Ok(u64::from_le_bytes(value))
+        }
+        _ => {
+            // Falling back to 0 replays whatever is left: at-least-once.
+            tracing::warn!(path = %path.display(), "spill log: invalid cursor file; replaying from the oldest record");
+            Ok(0)
+        }
+    }
+}
+
+fn write_cursor(dir: &Path, cursor: u64, durable: bool) -> Result<()> {
+    let tmp = dir.join(CURSOR_TMP_FILE);
+    let dst = dir.join(CURSOR_FILE);
+    let value = cursor.to_le_bytes();
+    let mut buf = [0u8; 12];
+    buf[..8].copy_from_slice(&value);
+    buf[8..].copy_from_slice(&crc32fast::hash(&value).to_le_bytes());
+    {
+        let mut file = File::create(&tmp).map_err(io_err("create", &tmp))?;
+        file.write_all(&buf).map_err(io_err("write", &tmp))?;
+        if durable {
+            file.sync_data().map_err(io_err("fsync", &tmp))?;
+        }
+    }
+    fs::rename(&tmp, &dst).map_err(io_err("rename", &dst))?;
+    if durable {
+        sync_dir(dir)?;
+    }
+    Ok(())
+}
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    // Directory fsync makes a created, renamed or removed entry durable; only
+    // meaningful (and only possible) on Unix.
+    #[cfg(unix)]
+    {
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io_err("fsync directory", dir))?;
+    }
+    #[cfg(not(unix))]
+    let _ = dir;
+    Ok(())
+}
+
+#[cfg(test)]
+#[path = "spill_tests.rs"]
+mod tests;
