@@ -1,5 +1,6 @@
-//! Fuzzes the W3C `traceparent`, `tracestate` and `baggage` parsers: none may
-//! panic, and whatever parses must survive a format → parse round trip.
+//! Fuzzes the W3C `traceparent`, `tracestate` and `baggage` parsers and the
+//! `clew-vclock` decoder: none may panic, and whatever parses must survive a
+//! format → parse round trip.
 
 #![no_main]
 
@@ -7,6 +8,7 @@ use clew_tracer::propagation::baggage::{Baggage, MAX_BYTES, MAX_MEMBERS};
 use clew_tracer::propagation::w3c::{
     format_traceparent, format_tracestate, parse_traceparent, parse_tracestate,
 };
+use clew_tracer::clock::{MAX_ENTRIES, VectorClock};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -39,5 +41,10 @@ fuzz_target!(|data: &[u8]| {
             }
             None => assert!(baggage.is_empty()),
         }
+    }
+
+    if let Ok(clock) = VectorClock::decode(&values.join(",")) {
+        assert!(clock.len() <= MAX_ENTRIES);
+        assert_eq!(VectorClock::decode(&clock.encode()), Ok(clock));
     }
 });

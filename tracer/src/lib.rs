@@ -37,8 +37,10 @@ pub mod export;
 pub mod ids;
 pub mod instrument;
 pub mod propagation;
+pub mod reliability;
 pub mod sampling;
 pub mod span;
+mod time;
 pub mod tracer;
 
 pub use clock::{ClockOrdering, VectorClock};

@@ -2,7 +2,6 @@
 
 use std::borrow::Cow;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::clock::VectorClock;
 use crate::context::{ClockCell, Context};
@@ -233,6 +232,29 @@ impl SpanData {
         self.dropped = 0;
     }
 
+    /// Keeps one attribute per key: the last value set, at the position the
+    /// key was first set.
+    pub fn dedupe_attributes(&mut self) {
+        let attrs = &mut self.attributes;
+        let mut i = 0;
+        while i + 1 < attrs.len() {
+            let mut latest = None;
+            let mut j = i + 1;
+            while j < attrs.len() {
+                if attrs[j].key == attrs[i].key {
+                    // Later duplicates overwrite earlier ones.
+                    latest = Some(attrs.remove(j).value);
+                } else {
+                    j += 1;
+                }
+            }
+            if let Some(v) = latest {
+                attrs[i].value = v;
+            }
+            i += 1;
+        }
+    }
+
     /// Duration in nanoseconds (0 if the clock went backwards).
     pub fn duration_nanos(&self) -> u64 {
         self.end_time_unix_nano
@@ -248,13 +270,7 @@ impl SpanData {
     }
 }
 
-/// Now, in Unix nanoseconds.
-pub fn now_unix_nanos() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
-}
+pub use crate::time::now_unix_nanos;
 
 /// A live span. End it with [`Span::end`]; a span that is dropped is ended
 /// then. Ending twice is harmless.
@@ -334,16 +350,20 @@ impl Span {
         ))
     }
 
-    /// Sets (or adds) an attribute. Over the limit it is dropped and counted.
+    /// Sets an attribute; a later value for the same key replaces an earlier
+    /// one. Over the limit it is dropped and counted.
+    ///
+    /// This only appends: replacing happens on the export thread
+    /// ([`SpanData::dedupe_attributes`]), off the application's path. Each
+    /// call counts against the limit, repeated keys included.
+    #[inline]
     pub fn set_attribute(&mut self, key: impl Into<Str>, value: impl Into<Value>) {
         if let (Some(data), Some(t)) = (self.recording.as_deref_mut(), &self.tracer) {
-            let key = key.into();
-            let value = value.into();
-            let max = t.limits.max_attributes;
-            if let Some(kv) = data.attributes.iter_mut().find(|kv| kv.key == key) {
-                kv.value = value;
-            } else if data.attributes.len() < max {
-                data.attributes.push(KeyValue { key, value });
+            if data.attributes.len() < t.limits.max_attributes {
+                data.attributes.push(KeyValue {
+                    key: key.into(),
+                    value: value.into(),
+                });
             } else {
                 data.dropped = data.dropped.saturating_add(1);
             }
@@ -525,5 +545,36 @@ impl SpanBuilder {
     pub fn start(self) -> Span {
         let tracer = self.tracer.clone();
         tracer.build_span(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn dedupe_keeps_last_value_in_first_position(keys in prop::collection::vec(0u8..6, 0..20)) {
+            let mut d = SpanData::empty();
+            for (i, k) in keys.iter().enumerate() {
+                d.attributes.push(KeyValue::new(format!("k{k}"), i as i64));
+            }
+            d.dedupe_attributes();
+            let mut expected: Vec<(String, i64)> = Vec::new();
+            for (i, k) in keys.iter().enumerate() {
+                let key = format!("k{k}");
+                match expected.iter_mut().find(|(ek, _)| *ek == key) {
+                    Some(e) => e.1 = i as i64,
+                    None => expected.push((key, i as i64)),
+                }
+            }
+            let got: Vec<(String, i64)> = d
+                .attributes
+                .iter()
+                .map(|kv| (kv.key.to_string(), match kv.value { Value::I64(v) => v, _ => -1 }))
+                .collect();
+            prop_assert_eq!(got, expected);
+        }
     }
 }

@@ -349,6 +349,7 @@ impl TracerBuilder {
     }
 
     fn assemble(self) -> (Tracer, Option<std::io::Error>) {
+        crate::time::init();
         let node_id = match self.node_id {
             Some(id) if valid_node_id(&id) => id,
             other => {
@@ -421,6 +422,8 @@ mod tests {
             .start();
         s.set_attribute("b", "x");
         s.set_attribute("a", 2i64);
+        s.set_attribute("b", "y");
+        s.set_attribute("a", 3i64);
         s.add_event("ev", vec![KeyValue::new("k", true)]);
         s.set_status(Status::Error("bad".into()));
         s.end();
@@ -432,8 +435,11 @@ mod tests {
         let d = &spans[0];
         assert_eq!(d.name, "op");
         assert_eq!(d.kind, SpanKind::Server);
-        assert_eq!(d.attribute("a"), Some(&Value::I64(2)));
-        assert_eq!(d.attribute("b"), Some(&Value::String("x".into())));
+        // The last value wins and each key appears once, in first-set order.
+        let keys: Vec<&str> = d.attributes.iter().map(|kv| &*kv.key).collect();
+        assert_eq!(keys, ["a", "b"]);
+        assert_eq!(d.attribute("a"), Some(&Value::I64(3)));
+        assert_eq!(d.attribute("b"), Some(&Value::String("y".into())));
         assert_eq!(d.events.len(), 1);
         assert!(d.status.is_error());
         assert!(d.end_time_unix_nano >= d.start_time_unix_nano);

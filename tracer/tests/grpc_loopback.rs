@@ -2,6 +2,8 @@
 //! parent/child links, one trace, and vector clocks that order every send
 //! before its receive.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::net::SocketAddr;
 use std::time::Duration;
 

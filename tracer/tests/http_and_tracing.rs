@@ -1,6 +1,8 @@
 //! The HTTP layers (client → server in process, through tower) and the
 //! `tracing` layer.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::convert::Infallible;
 use std::time::Duration;
 

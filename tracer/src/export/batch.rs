@@ -5,11 +5,15 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender, TryRecvError, TrySendError, bounded};
+use crossbeam_channel::{Receiver, Sender, TryRecvError, bounded};
+use crossbeam_queue::ArrayQueue;
 use parking_lot::Mutex;
 
 use super::{ExportBatch, Resource, SpanExporter};
 use crate::span::SpanData;
+
+/// How often span timestamps are re-anchored to the system clock.
+const REANCHOR: Duration = Duration::from_secs(1);
 
 /// How often the worker looks at the queue while spans are flowing.
 const BUSY_POLL: Duration = Duration::from_millis(1);
@@ -64,12 +68,12 @@ enum Control {
 /// wakes it only when the queue is half full, or for a flush or shutdown.
 #[derive(Debug)]
 pub struct BatchProcessor {
-    spans: Sender<Box<SpanData>>,
+    spans: Arc<ArrayQueue<Box<SpanData>>>,
     control: Sender<Control>,
     stats: Arc<PipelineStats>,
     wake_pending: Arc<AtomicBool>,
     wake_at: usize,
-    recycle: Receiver<Box<SpanData>>,
+    recycle: Arc<ArrayQueue<Box<SpanData>>>,
     worker_thread: std::thread::Thread,
     worker: Mutex<Option<JoinHandle<()>>>,
 }
@@ -81,9 +85,11 @@ impl BatchProcessor {
         resource: Arc<Resource>,
         config: BatchConfig,
     ) -> std::io::Result<Self> {
-        let (tx, rx) = bounded(config.max_queue_size.max(1));
+        let spans = Arc::new(ArrayQueue::new(config.max_queue_size.max(1)));
         let (ctx, crx) = bounded(16);
-        let (recycle_tx, recycle_rx) = bounded(config.max_export_batch_size.clamp(1, 4096) * 2);
+        let recycle = Arc::new(ArrayQueue::new(
+            config.max_export_batch_size.clamp(1, 4096) * 2,
+        ));
         let stats = Arc::new(PipelineStats::default());
         let wake_pending = Arc::new(AtomicBool::new(false));
         let wake_at = (config.max_queue_size / 2)
@@ -93,22 +99,22 @@ impl BatchProcessor {
             exporter,
             resource,
             config,
-            spans: rx,
+            spans: Arc::clone(&spans),
             control: crx,
             stats: Arc::clone(&stats),
             wake_pending: Arc::clone(&wake_pending),
-            recycle: recycle_tx,
+            recycle: Arc::clone(&recycle),
         };
         let handle = std::thread::Builder::new()
             .name("clew-export".into())
             .spawn(move || worker.run())?;
         Ok(BatchProcessor {
-            spans: tx,
+            spans,
             control: ctx,
             stats,
             wake_pending,
             wake_at,
-            recycle: recycle_rx,
+            recycle,
             worker_thread: handle.thread().clone(),
             worker: Mutex::new(Some(handle)),
         })
@@ -116,7 +122,7 @@ impl BatchProcessor {
 
     /// Queues a finished span; never blocks.
     pub fn on_end(&self, span: Box<SpanData>) {
-        match self.spans.try_send(span) {
+        match self.spans.push(span) {
             Ok(()) => {
                 if self.spans.len() >= self.wake_at
                     && !self.wake_pending.swap(true, Ordering::AcqRel)
@@ -124,7 +130,7 @@ impl BatchProcessor {
                     self.worker_thread.unpark();
                 }
             }
-            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+            Err(_) => {
                 self.stats.dropped.fetch_add(1, Ordering::Relaxed);
             }
         }
@@ -132,7 +138,7 @@ impl BatchProcessor {
 
     /// A cleared span allocation from an exported batch, if one is waiting.
     pub(crate) fn recycled(&self) -> Option<Box<SpanData>> {
-        self.recycle.try_recv().ok()
+        self.recycle.pop()
     }
 
     /// The pipeline's counters.
@@ -181,11 +187,11 @@ struct Worker<E> {
     exporter: E,
     resource: Arc<Resource>,
     config: BatchConfig,
-    spans: Receiver<Box<SpanData>>,
+    spans: Arc<ArrayQueue<Box<SpanData>>>,
     control: Receiver<Control>,
     stats: Arc<PipelineStats>,
     wake_pending: Arc<AtomicBool>,
-    recycle: Sender<Box<SpanData>>,
+    recycle: Arc<ArrayQueue<Box<SpanData>>>,
 }
 
 impl<E: SpanExporter> Worker<E> {
@@ -204,8 +210,13 @@ impl<E: SpanExporter> Worker<E> {
         let delay = self.config.scheduled_delay;
         let busy_poll = BUSY_POLL.min(delay);
         let mut last_export = Instant::now();
+        let mut last_anchor = Instant::now();
         let mut busy = false;
         loop {
+            if last_anchor.elapsed() >= REANCHOR {
+                crate::time::recalibrate();
+                last_anchor = Instant::now();
+            }
             // Control messages first, so flush and shutdown are prompt.
             match self.control.try_recv() {
                 Ok(msg) => {
@@ -279,7 +290,13 @@ impl<E: SpanExporter> Worker<E> {
 
     /// Exports up to `max` queued spans; returns how many.
     fn export_some(&mut self, rt: &tokio::runtime::Runtime, max: usize) -> usize {
-        let spans: Vec<Box<SpanData>> = self.spans.try_iter().take(max).collect();
+        let spans: Vec<Box<SpanData>> = std::iter::from_fn(|| self.spans.pop())
+            .take(max)
+            .map(|mut s| {
+                s.dedupe_attributes();
+                s
+            })
+            .collect();
         let n = spans.len();
         if n == 0 {
             return 0;
@@ -294,7 +311,7 @@ impl<E: SpanExporter> Worker<E> {
         for mut span in b.spans {
             span.reset();
             // Full: the application has enough spare spans; free this one.
-            let _ = self.recycle.try_send(span);
+            let _ = self.recycle.push(span);
         }
         match res {
             Ok(Ok(())) => {
