@@ -162,3 +162,39 @@ fn tracing_spans_become_clew_spans() {
     assert_eq!(inner.status, Status::Error("it broke".into()));
     assert_eq!(outer.status, Status::Unset);
 }
+
+#[tokio::test]
+async fn axum_router_layer_traces_routes() {
+    let exp = InMemoryExporter::new();
+    let t = tracer("web", &exp);
+    let app = axum::Router::new()
+        .route("/items/{id}", axum::routing::get(|| async { "ok" }))
+        .layer(TraceLayer::http_server(t.clone()).with_name_fn(|parts| {
+            // Name by route template, not raw path, to keep cardinality low.
+            let route = parts
+                .extensions
+                .get::<axum::extract::MatchedPath>()
+                .map(|m| m.as_str().to_string())
+                .unwrap_or_else(|| parts.uri.path().to_string());
+            format!("{} {route}", parts.method).into()
+        }));
+    let resp = app
+        .oneshot(
+            Request::get("/items/42")
+                .body(axum::body::Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(body, "ok");
+    let spans = flush(&[&t], &exp);
+    assert_eq!(spans.len(), 1);
+    assert_eq!(spans[0].name, "GET /items/{id}");
+    assert_eq!(spans[0].kind, SpanKind::Server);
+    assert_eq!(
+        spans[0].attribute("url.path"),
+        Some(&Value::String("/items/42".into()))
+    );
+}
