@@ -180,11 +180,13 @@ impl Tracer {
         }
         inner.started.fetch_add(1, Ordering::Relaxed);
         // A recycled span keeps its attribute capacity from earlier use.
-        let mut data = inner
-            .processor
-            .as_ref()
-            .and_then(BatchProcessor::recycled)
-            .unwrap_or_else(|| Box::new(SpanData::empty()));
+        let mut data = match inner.processor.as_ref().and_then(BatchProcessor::recycled) {
+            Some(mut d) => {
+                d.reset();
+                d
+            }
+            None => Box::new(SpanData::empty()),
+        };
         data.parent_span_id = parent.map(|p| p.span_id).unwrap_or(SpanId::INVALID);
         data.context = context.clone();
         data.name = name;

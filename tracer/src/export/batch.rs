@@ -308,8 +308,10 @@ impl<E: SpanExporter> Worker<E> {
         let timeout = self.config.export_timeout;
         let res =
             rt.block_on(async { tokio::time::timeout(timeout, self.exporter.export(&b)).await });
-        for mut span in b.spans {
-            span.reset();
+        for span in b.spans {
+            // The application clears a span when it reuses it: writing here
+            // would pull the span's cache lines over to this core and make
+            // the application's next write to them a cross-core miss.
             // Full: the application has enough spare spans; free this one.
             let _ = self.recycle.push(span);
         }
