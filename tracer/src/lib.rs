@@ -48,7 +48,7 @@ pub use context::{Context, ContextGuard, FutureExt};
 pub use ids::{SpanContext, SpanId, TraceFlags, TraceId, TraceState};
 pub use sampling::Sampler;
 pub use span::{KeyValue, Span, SpanBuilder, SpanData, SpanKind, Status, Value};
-pub use tracer::{Tracer, TracerBuilder, TracerStats};
+pub use tracer::{Tracer, TracerBuilder, TracerStats, builder_from_env, builder_from_lookup};
 
 /// Errors of the tracer's fallible constructors.
 #[derive(Debug, thiserror::Error)]

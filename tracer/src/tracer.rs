@@ -659,3 +659,176 @@ mod tests {
         assert!(t.node_id().starts_with("s#"));
     }
 }
+
+/// Reads a [`TracerBuilder`] from the standard OpenTelemetry environment
+/// variables, so a pod configured by the clew operator (or any OTel setup)
+/// needs no code changes:
+///
+/// | variable | effect |
+/// |---|---|
+/// | `OTEL_SERVICE_NAME` | service name (else `default_service`) |
+/// | `OTEL_RESOURCE_ATTRIBUTES` | `k=v,k2=v2` resource attributes (percent-decoded); `service.name` there is used when `OTEL_SERVICE_NAME` is unset |
+/// | `OTEL_TRACES_SAMPLER`, `OTEL_TRACES_SAMPLER_ARG` | the sampler |
+/// | `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` or `OTEL_EXPORTER_OTLP_ENDPOINT` | OTLP/gRPC exporter endpoint |
+/// | `OTEL_EXPORTER_OTLP_PROTOCOL` | must be `grpc` (the default) when set |
+/// | `OTEL_SDK_DISABLED=true` | sample nothing, export nothing |
+pub fn builder_from_env(default_service: &str) -> Result<TracerBuilder> {
+    builder_from_lookup(default_service, |k| std::env::var(k).ok())
+}
+
+/// [`builder_from_env`] with an explicit variable lookup (for tests and
+/// for configuration files that mirror the variables).
+pub fn builder_from_lookup(
+    default_service: &str,
+    get: impl Fn(&str) -> Option<String>,
+) -> Result<TracerBuilder> {
+    let get = |k: &str| {
+        get(k)
+            .map(|v| v.trim().to_string())
+            .filter(|v| !v.is_empty())
+    };
+    let mut resource = Vec::new();
+    let mut resource_service = None;
+    if let Some(attrs) = get("OTEL_RESOURCE_ATTRIBUTES") {
+        for pair in attrs.split(',').filter(|p| !p.trim().is_empty()) {
+            let (k, v) = pair.split_once('=').ok_or_else(|| {
+                ClewError::Config(format!(
+                    "OTEL_RESOURCE_ATTRIBUTES: {pair:?} is not key=value"
+                ))
+            })?;
+            let decode = |s: &str| {
+                percent_encoding::percent_decode_str(s.trim())
+                    .decode_utf8()
+                    .map(|c| c.into_owned())
+                    .map_err(|_| {
+                        ClewError::Config(format!(
+                            "OTEL_RESOURCE_ATTRIBUTES: {pair:?} is not UTF-8"
+                        ))
+                    })
+            };
+            let (k, v) = (decode(k)?, decode(v)?);
+            if k == "service.name" {
+                resource_service = Some(v);
+            } else {
+                resource.push((k, v));
+            }
+        }
+    }
+    let service = get("OTEL_SERVICE_NAME")
+        .or(resource_service)
+        .unwrap_or_else(|| default_service.to_string());
+    let mut b = Tracer::builder(service);
+    for (k, v) in resource {
+        b = b.resource_attribute(k, v);
+    }
+    if get("OTEL_SDK_DISABLED").is_some_and(|v| v.eq_ignore_ascii_case("true")) {
+        return Ok(b.sampler(Sampler::AlwaysOff));
+    }
+    if let Some(name) = get("OTEL_TRACES_SAMPLER") {
+        let arg = get("OTEL_TRACES_SAMPLER_ARG");
+        let s = Sampler::from_name(&name, arg.as_deref())
+            .map_err(|e| ClewError::Config(format!("OTEL_TRACES_SAMPLER: {e}")))?;
+        b = b.sampler(s);
+    }
+    if let Some(p) = get("OTEL_EXPORTER_OTLP_PROTOCOL") {
+        if p != "grpc" {
+            return Err(ClewError::Config(format!(
+                "OTEL_EXPORTER_OTLP_PROTOCOL={p:?}: clew-tracer exports OTLP over gRPC; set it to grpc"
+            )));
+        }
+    }
+    if let Some(ep) =
+        get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").or_else(|| get("OTEL_EXPORTER_OTLP_ENDPOINT"))
+    {
+        b = b.exporter(crate::export::OtlpGrpcExporter::new(&ep)?);
+    }
+    Ok(b)
+}
+
+#[cfg(test)]
+mod env_tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn lookup(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let m: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |k| m.get(k).cloned()
+    }
+
+    #[test]
+    fn reads_service_resource_and_sampler() {
+        let t = builder_from_lookup(
+            "fallback",
+            lookup(&[
+                (
+                    "OTEL_RESOURCE_ATTRIBUTES",
+                    "service.name=res-svc,k8s.pod.name=p%2D1, k8s.namespace.name=ns",
+                ),
+                ("OTEL_TRACES_SAMPLER", "traceidratio"),
+                ("OTEL_TRACES_SAMPLER_ARG", "0"),
+            ]),
+        )
+        .unwrap()
+        .build();
+        assert_eq!(t.service_name(), "res-svc");
+        let attrs = &t.inner.resource.attributes;
+        assert!(
+            attrs
+                .iter()
+                .any(|kv| kv.key == "k8s.pod.name" && kv.value == "p-1".into())
+        );
+        assert!(!t.start("x").is_recording(), "ratio 0 samples nothing");
+    }
+
+    #[test]
+    fn service_name_variable_wins_and_default_applies() {
+        let t = builder_from_lookup(
+            "fallback",
+            lookup(&[
+                ("OTEL_SERVICE_NAME", "svc"),
+                ("OTEL_RESOURCE_ATTRIBUTES", "service.name=other"),
+            ]),
+        )
+        .unwrap()
+        .build();
+        assert_eq!(t.service_name(), "svc");
+        let t = builder_from_lookup("fallback", lookup(&[]))
+            .unwrap()
+            .build();
+        assert_eq!(t.service_name(), "fallback");
+    }
+
+    #[test]
+    fn bad_settings_are_clear_errors() {
+        for (k, v, needle) in [
+            ("OTEL_TRACES_SAMPLER", "sometimes", "OTEL_TRACES_SAMPLER"),
+            (
+                "OTEL_RESOURCE_ATTRIBUTES",
+                "novalue",
+                "OTEL_RESOURCE_ATTRIBUTES",
+            ),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf", "grpc"),
+            (
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+                "http://bad host:1",
+                "endpoint",
+            ),
+        ] {
+            let err = builder_from_lookup("s", lookup(&[(k, v)]))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(needle), "{k}: {err}");
+        }
+    }
+
+    #[test]
+    fn disabled_sdk_samples_nothing() {
+        let t = builder_from_lookup("s", lookup(&[("OTEL_SDK_DISABLED", "true")]))
+            .unwrap()
+            .build();
+        assert!(!t.start("x").is_recording());
+    }
+}
