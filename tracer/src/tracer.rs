@@ -730,12 +730,12 @@ pub fn builder_from_lookup(
             .map_err(|e| ClewError::Config(format!("OTEL_TRACES_SAMPLER: {e}")))?;
         b = b.sampler(s);
     }
-    if let Some(p) = get("OTEL_EXPORTER_OTLP_PROTOCOL") {
-        if p != "grpc" {
-            return Err(ClewError::Config(format!(
-                "OTEL_EXPORTER_OTLP_PROTOCOL={p:?}: clew-tracer exports OTLP over gRPC; set it to grpc"
-            )));
-        }
+    if let Some(p) = get("OTEL_EXPORTER_OTLP_PROTOCOL")
+        && p != "grpc"
+    {
+        return Err(ClewError::Config(format!(
+            "OTEL_EXPORTER_OTLP_PROTOCOL={p:?}: clew-tracer exports OTLP over gRPC; set it to grpc"
+        )));
     }
     if let Some(ep) =
         get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").or_else(|| get("OTEL_EXPORTER_OTLP_ENDPOINT"))
