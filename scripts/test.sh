@@ -22,13 +22,13 @@ cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+echo "== benches compile"
+cargo bench --workspace --no-run --locked >/dev/null 2>&1 || cargo bench --workspace --no-run --locked
+
 echo "== tests"
 if cargo nextest --version >/dev/null 2>&1; then
-  cargo nextest run --workspace --locked --no-fail-fast
   cargo test --workspace --doc --locked
+  cargo nextest run --workspace --locked --no-fail-fast
 else
   cargo test --workspace --locked --no-fail-fast
 fi
-
-echo "== benches compile"
-cargo bench --workspace --no-run --locked >/dev/null
