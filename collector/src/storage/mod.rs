@@ -1,0 +1,238 @@
+//! Trace storage: the [`Storage`] trait and its backends.
+//!
+//! - [`embedded::EmbeddedStorage`]: on disk, in process ([redb]), the default for
+//!   local runs.
+//! - [`redis::RedisStorage`]: a Redis server, for clusters.
+//! - [`memory::MemoryStorage`]: bounded, in memory, for tests and throwaway runs.
+//!
+//! Every backend passes the same conformance suite (`conformance.rs`), so the
+//! collector and the query API can treat them alike through `Arc<dyn Storage>`.
+//!
+//! Writes take a *fragment* of a trace (some of its spans) and merge it into what
+//! is stored. A span is identified by (trace id, span id): storing it again is a
+//! no-op counted in [`StoreOutcome::duplicates`], so a caller may always retry a
+//! failed or ambiguous `store_trace`.
+
+use std::collections::HashSet;
+use std::fmt;
+
+use async_trait::async_trait;
+
+pub use clew_proto::v1::{DependencyLink, FilterCriteria, Span, SpanKind, Trace};
+pub use clew_tracer::TraceId;
+
+// First, so that its macro is in scope in the backends' test modules.
+#[cfg(test)]
+#[macro_use]
+mod conformance;
+
+pub mod embedded;
+pub mod memory;
+mod query;
+pub mod redis;
+
+/// Boxed error source kept for logs.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Result of a storage operation.
+pub type Result<T, E = StorageError> = std::result::Result<T, E>;
+
+/// Default number of traces `list_traces` returns when the filter's limit is 0.
+pub const DEFAULT_LIMIT: usize = 20;
+
+/// Largest number of traces one `list_traces` call returns, whatever the limit.
+pub const MAX_LIMIT: usize = 1_000;
+
+/// What went wrong in a storage operation.
+///
+/// `Display` never shows backend internals (addresses, server messages, file
+/// paths): it is safe to hand to a client. The detail is in `Debug` and in
+/// [`std::error::Error::source`], for logs; [`StorageError::detail`] renders it.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StorageError {
+    /// The fragment cannot be stored (bad ids). The message names only the
+    /// caller's own input, so it is safe to show.
+    #[error("invalid trace: {0}")]
+    InvalidTrace(String),
+    /// The backend failed or could not be reached. Retrying may succeed.
+    #[error("storage unavailable")]
+    Unavailable {
+        /// Which backend failed.
+        backend: &'static str,
+        /// The underlying error, for logs.
+        #[source]
+        source: BoxError,
+    },
+    /// Stored data could not be decoded.
+    #[error("storage unavailable")]
+    Corrupt {
+        /// Which backend holds the data.
+        backend: &'static str,
+        /// What could not be decoded, for logs.
+        detail: String,
+    },
+}
+
+impl StorageError {
+    /// An `Unavailable` error from a backend error.
+    pub fn unavailable(backend: &'static str, source: impl Into<BoxError>) -> Self {
+        StorageError::Unavailable {
+            backend,
+            source: source.into(),
+        }
+    }
+
+    /// True when the same call may succeed if retried (the backend was down or
+    /// timed out). `store_trace` is idempotent, so retrying it is always safe.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, StorageError::Unavailable { .. })
+    }
+
+    /// The full error chain, for logs (may contain addresses or paths).
+    pub fn detail(&self) -> String {
+        match self {
+            StorageError::InvalidTrace(m) => format!("invalid trace: {m}"),
+            StorageError::Unavailable { backend, source } => {
+                let mut s = format!("{backend} backend unavailable: {source}");
+                let mut next = source.source();
+                while let Some(e) = next {
+                    s.push_str(": ");
+                    s.push_str(&e.to_string());
+                    next = e.source();
+                }
+                s
+            }
+            StorageError::Corrupt { backend, detail } => {
+                format!("{backend} backend holds undecodable data: {detail}")
+            }
+        }
+    }
+}
+
+/// What a `store_trace` call did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoreOutcome {
+    /// Spans newly stored.
+    pub stored: u64,
+    /// Spans dropped because a span with the same id was already stored for the
+    /// trace (or appeared earlier in the same fragment).
+    pub duplicates: u64,
+}
+
+/// What a `prune_traces` call removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PruneStats {
+    /// Traces removed.
+    pub traces: u64,
+    /// Spans removed with them.
+    pub spans: u64,
+}
+
+/// A trace store. Object safe: the collector holds an `Arc<dyn Storage>`.
+#[async_trait]
+pub trait Storage: Send + Sync + fmt::Debug {
+    /// Merges a fragment of a trace (some of its spans) into the store.
+    ///
+    /// `trace.trace_id` must be 16 bytes, not all zero; each span's `trace_id`
+    /// must be empty (it is filled in) or equal to it, and its `span_id` 8 bytes,
+    /// not all zero. A span whose id is already stored for the trace is dropped
+    /// and counted as a duplicate. Idempotent: retrying after an error never
+    /// stores a span twice.
+    async fn store_trace(&self, trace: Trace) -> Result<StoreOutcome>;
+
+    /// All stored spans of a trace, sorted by start time; `None` when none are.
+    async fn get_trace(&self, trace_id: TraceId) -> Result<Option<Trace>>;
+
+    /// Whole traces with at least one span matching every set field of the
+    /// filter (Jaeger semantics), most recent matching span first, at most
+    /// `filter.limit` (0: [`DEFAULT_LIMIT`]; capped at [`MAX_LIMIT`]).
+    async fn list_traces(&self, filter: &FilterCriteria) -> Result<Vec<Trace>>;
+
+    /// Names of the services that emitted stored spans, sorted.
+    async fn services(&self) -> Result<Vec<String>>;
+
+    /// Operation names (span names) of a service with their span kinds, sorted;
+    /// only those of `kind` when it is `Some`.
+    async fn operations(
+        &self,
+        service: &str,
+        kind: Option<SpanKind>,
+    ) -> Result<Vec<(String, SpanKind)>>;
+
+    /// Service-to-service calls whose child span started in
+    /// `[start_unix_nanos, end_unix_nanos]` (an `end` of 0 is unbounded): one link
+    /// per (parent service, child service), sorted, counting each child span
+    /// once and as an error when its status is ERROR.
+    async fn dependencies(
+        &self,
+        start_unix_nanos: u64,
+        end_unix_nanos: u64,
+    ) -> Result<Vec<DependencyLink>>;
+
+    /// Removes the traces whose newest span ended before `older_than_unix_nanos`,
+    /// with their index entries.
+    async fn prune_traces(&self, older_than_unix_nanos: u64) -> Result<PruneStats>;
+
+    /// Short backend name for logs and metrics ("memory", "embedded", "redis").
+    fn backend(&self) -> &'static str;
+}
+
+/// A validated fragment: ids checked, in-fragment duplicates removed.
+#[derive(Debug)]
+pub(crate) struct Fragment {
+    pub trace_id: [u8; 16],
+    pub spans: Vec<Span>,
+    /// Spans dropped because their id appeared earlier in the same fragment.
+    pub duplicates: u64,
+}
+
+/// Checks ids, fills empty span trace ids and drops in-fragment duplicates.
+pub(crate) fn validate(trace: Trace) -> Result<Fragment> {
+    let trace_id: [u8; 16] = trace.trace_id.as_slice().try_into().map_err(|_| {
+        StorageError::InvalidTrace(format!(
+            "trace id must be 16 bytes, got {}",
+            trace.trace_id.len()
+        ))
+    })?;
+    if trace_id == [0; 16] {
+        return Err(StorageError::InvalidTrace("trace id is all zero".into()));
+    }
+    let mut seen = HashSet::with_capacity(trace.spans.len());
+    let mut spans = Vec::with_capacity(trace.spans.len());
+    let mut duplicates = 0;
+    for mut span in trace.spans {
+        if span.trace_id.is_empty() {
+            span.trace_id = trace_id.to_vec();
+        } else if span.trace_id != trace_id {
+            return Err(StorageError::InvalidTrace(
+                "a span belongs to another trace".into(),
+            ));
+        }
+        let sid: [u8; 8] = span.span_id.as_slice().try_into().map_err(|_| {
+            StorageError::InvalidTrace(format!(
+                "span id must be 8 bytes, got {}",
+                span.span_id.len()
+            ))
+        })?;
+        if sid == [0; 8] {
+            return Err(StorageError::InvalidTrace("span id is all zero".into()));
+        }
+        if !span.parent_span_id.is_empty() && span.parent_span_id.len() != 8 {
+            return Err(StorageError::InvalidTrace(format!(
+                "parent span id must be empty or 8 bytes, got {}",
+                span.parent_span_id.len()
+            )));
+        }
+        if seen.insert(sid) {
+            spans.push(span);
+        } else {
+            duplicates += 1;
+        }
+    }
+    Ok(Fragment {
+        trace_id,
+        spans,
+        duplicates,
+    })
+}
