@@ -74,7 +74,7 @@ pub enum ClockDecodeError {
 #[derive(Clone, Default, PartialEq, Eq, Hash)]
 pub struct VectorClock {
     // Most traces touch a handful of nodes: keep those inline, no allocation.
-    entries: SmallVec<[(NodeId, u64); 4]>,
+    entries: SmallVec<[(NodeId, u64); 2]>,
 }
 
 impl VectorClock {
@@ -148,7 +148,7 @@ impl VectorClock {
             self.entries.clone_from(&other.entries);
             return;
         }
-        let mut out: SmallVec<[(NodeId, u64); 4]> =
+        let mut out: SmallVec<[(NodeId, u64); 2]> =
             SmallVec::with_capacity(self.entries.len().max(other.entries.len()));
         let (mut i, mut j) = (0, 0);
         let (a, b) = (&self.entries, &other.entries);
