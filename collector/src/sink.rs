@@ -43,7 +43,7 @@ mod tests {
     use super::*;
     use crate::assembly::{Assembler, AssemblerConfig};
     use crate::storage::memory::MemoryStorage;
-    use crate::wal::{Wal, tests::batch, tests::fast_config};
+    use crate::wal::{Wal, tests::batch, tests::fast_config, tests::snapshot};
     use clew_tracer::TraceId;
 
     #[tokio::test]
@@ -71,12 +71,15 @@ mod tests {
             5
         );
 
-        // Acknowledged but not yet flushed when the process dies.
+        // Acknowledged but not yet flushed when the process dies: the
+        // directory as kill -9 would leave it.
         asm.ingest(b.clone()).await.unwrap();
+        let crashed = tempfile::tempdir().unwrap();
+        snapshot(dir.path(), crashed.path());
         drop(asm);
         assert!(storage.get_trace(id(&b)).await.unwrap().is_none());
 
-        let (wal, replay) = Wal::open(dir.path(), fast_config()).unwrap();
+        let (wal, replay) = Wal::open(crashed.path(), fast_config()).unwrap();
         assert!(!replay.is_empty());
         let asm = Assembler::new(AssemblerConfig::default(), sink, wal).unwrap();
         asm.replay(replay);

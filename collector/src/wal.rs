@@ -289,6 +289,23 @@ pub struct Wal {
     tx: mpsc::Sender<Msg>,
     shared: Arc<Shared>,
     dir: PathBuf,
+    // Declared after `tx`: when the last handle drops, its sender goes
+    // first (disconnecting the writer), then this joins the writer.
+    writer: Arc<WriterThread>,
+}
+
+/// Waits for the writer thread when the last `Wal` handle is dropped, so
+/// the directory (and its lock) is free once the WAL is gone. Appends
+/// already queued are written first.
+#[derive(Debug)]
+struct WriterThread(Mutex<Option<std::thread::JoinHandle<()>>>);
+
+impl Drop for WriterThread {
+    fn drop(&mut self) {
+        if let Some(handle) = self.0.lock().take() {
+            let _ = handle.join();
+        }
+    }
 }
 
 impl Wal {
@@ -362,11 +379,19 @@ impl Wal {
             poisoned: None,
             last_checkpoint: Instant::now(),
         };
-        std::thread::Builder::new()
+        let writer = std::thread::Builder::new()
             .name("clew-wal".into())
             .spawn(move || writer.run())
             .map_err(Error::Spawn)?;
-        Ok((Wal { tx, shared, dir }, replay))
+        Ok((
+            Wal {
+                tx,
+                shared,
+                dir,
+                writer: Arc::new(WriterThread(Mutex::new(Some(writer)))),
+            },
+            replay,
+        ))
     }
 
     /// Queues `batch` for the log and returns a future that resolves once it

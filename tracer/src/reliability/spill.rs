@@ -73,6 +73,8 @@ use std::time::{Duration, Instant};
 pub const FRAME_HEADER_LEN: usize = 8;
 
 const SEGMENT_SUFFIX: &str = ".log";
+/// Lock file held exclusively while a log is open.
+const LOCK_FILE: &str = "LOCK";
 const CURSOR_FILE: &str = "cursor";
 const CURSOR_TMP_FILE: &str = "cursor.tmp";
 const HEADER: u64 = FRAME_HEADER_LEN as u64;
@@ -106,6 +108,10 @@ pub enum Error {
     /// The configuration is unusable.
     #[error("spill log: invalid configuration: {0}")]
     InvalidConfig(&'static str),
+    /// Another process (or another `SpillLog` in this one) has the
+    /// directory open.
+    #[error("spill log: {} is in use by another process", .0.display())]
+    Locked(PathBuf),
 }
 
 /// A record read back from the log: its sequence number and payload.
@@ -351,6 +357,8 @@ impl Segment {
 /// The on-disk spill log. See the [module docs](self).
 #[derive(Debug)]
 pub struct SpillLog {
+    // Held for the exclusive directory lock; released on drop.
+    _lock: File,
     dir: PathBuf,
     config: SpillConfig,
     segments: VecDeque<Segment>,
@@ -377,6 +385,21 @@ impl SpillLog {
         config.validate()?;
         let dir = dir.as_ref().to_path_buf();
         fs::create_dir_all(&dir).map_err(io_err("create directory", &dir))?;
+        // Two writers on one directory would interleave frames and fight
+        // over the cursor: hold an exclusive lock for the log's lifetime
+        // (released by the OS if the process dies).
+        let lock_path = dir.join(LOCK_FILE);
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io_err("open", &lock_path))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => return Err(Error::Locked(dir)),
+            Err(fs::TryLockError::Error(e)) => return Err(io_err("lock", &lock_path)(e)),
+        }
         let tmp = dir.join(CURSOR_TMP_FILE);
         match fs::remove_file(&tmp) {
             Ok(()) => {}
@@ -406,6 +429,7 @@ impl SpillLog {
         let next_seq = segments.back().map_or(cursor, |s| s.end_seq().max(cursor));
         let total_bytes = segments.iter().map(|s| s.file_len).sum();
         let mut log = SpillLog {
+            _lock: lock,
             dir,
             config,
             segments,

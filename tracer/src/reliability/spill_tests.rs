@@ -738,3 +738,18 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_second_open_of_the_same_directory_is_refused_until_the_first_closes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut first = SpillLog::open(dir.path(), SpillConfig::default()).unwrap();
+    first.append(b"one").unwrap();
+    match SpillLog::open(dir.path(), SpillConfig::default()) {
+        Err(Error::Locked(p)) => assert_eq!(p, dir.path()),
+        other => panic!("expected Locked, got {other:?}"),
+    }
+    drop(first);
+    let mut again = SpillLog::open(dir.path(), SpillConfig::default()).unwrap();
+    let recs = again.read_batch(10, 1 << 20).unwrap();
+    assert_eq!(recs.len(), 1, "the lock file is not mistaken for a segment");
+}
