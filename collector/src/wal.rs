@@ -291,7 +291,7 @@ pub struct Wal {
     dir: PathBuf,
     // Declared after `tx`: when the last handle drops, its sender goes
     // first (disconnecting the writer), then this joins the writer.
-    writer: Arc<WriterThread>,
+    _writer: Arc<WriterThread>,
 }
 
 /// Waits for the writer thread when the last `Wal` handle is dropped, so
@@ -388,7 +388,7 @@ impl Wal {
                 tx,
                 shared,
                 dir,
-                writer: Arc::new(WriterThread(Mutex::new(Some(writer)))),
+                _writer: Arc::new(WriterThread(Mutex::new(Some(writer)))),
             },
             replay,
         ))
