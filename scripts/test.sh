@@ -8,13 +8,26 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/clew-target}"
 export CARGO_TERM_COLOR=never
 
 need_apt=()
-# Later suites (collector, e2e, UI) need these; installing once is cheap.
+# The Redis storage suites start a real redis-server.
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "test.sh: installing ${need_apt[*]}"
   if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
   $SUDO apt-get update -qq && $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
+
+# A real OpenTelemetry SDK (Python) for the OTLP ingest tests.
+VENV="${CLEW_VENV:-/var/tmp/clew-venv}"
+if ! "$VENV/bin/python" -c "import opentelemetry.exporter.otlp.proto.grpc.trace_exporter, opentelemetry.exporter.otlp.proto.http.trace_exporter" >/dev/null 2>&1; then
+  echo "test.sh: creating $VENV with opentelemetry-sdk and the OTLP exporters"
+  if ! python3 -m venv "$VENV" >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
+    $SUDO apt-get update -qq && $SUDO apt-get install -y -qq python3-venv >/dev/null
+    python3 -m venv "$VENV"
+  fi
+  "$VENV/bin/pip" install -q opentelemetry-sdk opentelemetry-exporter-otlp-proto-grpc opentelemetry-exporter-otlp-proto-http
+fi
+export CLEW_PYTHON="$VENV/bin/python"
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

@@ -2,11 +2,14 @@
 //! assembly, storage backends (Redis, embedded, memory), retention, analysis
 //! and the query API.
 //!
-//! Built so far: the storage layer ([`storage`]), the write-ahead log with
-//! group commit ([`wal`]) and trace assembly ([`assembly`]). Ingest, the
-//! query API and the binary are next.
+//! Built so far: ingest ([`ingest`]: OTLP/gRPC, native gRPC, OTLP/HTTP, with
+//! [`otlp`] conversion), the write-ahead log with group commit ([`wal`]),
+//! trace assembly ([`assembly`]) and the storage layer ([`storage`]). The
+//! query API, metrics endpoint, configuration and the binary are next.
 
 pub mod assembly;
+pub mod ingest;
+pub mod otlp;
 pub mod sink;
 pub mod storage;
 pub mod wal;

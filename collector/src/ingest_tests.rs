@@ -1,0 +1,388 @@
+//! Ingest over real gRPC on loopback (fed by clew-tracer's own OTLP and
+//! native exporters) and OTLP/HTTP through the axum router.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use clew_proto::v1 as pb;
+use clew_tracer::export::{NativeExporter, OtlpGrpcExporter, SpanExporter};
+use clew_tracer::{Sampler, TraceId, Tracer};
+use http_body_util::BodyExt;
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, trace_service_client::TraceServiceClient,
+    trace_service_server::TraceServiceServer,
+};
+use prost::Message;
+use tower::ServiceExt;
+
+use super::*;
+use crate::assembly::{Assembler, AssemblerConfig};
+use crate::sink::StorageSink;
+use crate::storage::Storage;
+use crate::storage::memory::MemoryStorage;
+use crate::wal::{Wal, tests::fast_config};
+
+struct Setup {
+    ingest: Ingest,
+    assembler: Arc<Assembler>,
+    storage: Arc<dyn Storage>,
+    _dir: tempfile::TempDir,
+}
+
+fn setup(config: IngestConfig) -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let storage: Arc<dyn Storage> = Arc::new(MemoryStorage::new(10_000));
+    let (wal, _) = Wal::open(dir.path(), fast_config()).unwrap();
+    let assembler = Arc::new(
+        Assembler::new(
+            AssemblerConfig {
+                // Nothing flushes on its own: tests flush explicitly.
+                idle_window: Duration::from_secs(3600),
+                max_trace_age: Duration::from_secs(3600),
+                ..AssemblerConfig::default()
+            },
+            Arc::new(StorageSink::new(Arc::clone(&storage))),
+            wal,
+        )
+        .unwrap(),
+    );
+    Setup {
+        ingest: Ingest::new(Arc::clone(&assembler), config),
+        assembler,
+        storage,
+        _dir: dir,
+    }
+}
+
+async fn serve(ingest: Ingest) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    tokio::spawn(async move {
+        tonic::transport::Server::builder()
+            .add_service(TraceServiceServer::new(OtlpGrpc(ingest.clone())))
+            .add_service(pb::collector_server::CollectorServer::new(NativeGrpc(
+                ingest,
+            )))
+            .serve_with_incoming(incoming)
+            .await
+    });
+    addr
+}
+
+fn tracer(name: &str, exporter: impl SpanExporter) -> Tracer {
+    Tracer::builder(name)
+        .node_id(name)
+        .sampler(Sampler::AlwaysOn)
+        .exporter(exporter)
+        .build()
+}
+
+/// Starts a parent and a child span and returns the trace id.
+fn emit(t: &Tracer) -> TraceId {
+    let mut root = t.start("root");
+    root.set_attribute("http.route", "/x");
+    let child = t.span("child").parent(&root.context()).start();
+    drop(child);
+    let id = root.trace_id();
+    root.end();
+    id
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn otlp_and_native_grpc_from_clew_tracer_are_stored_with_clocks() {
+    let s = setup(IngestConfig::default());
+    let addr = serve(s.ingest.clone()).await;
+    let otlp = tracer(
+        "via-otlp",
+        OtlpGrpcExporter::new(&addr.to_string()).unwrap(),
+    );
+    let native = tracer(
+        "via-native",
+        NativeExporter::new(&addr.to_string()).unwrap(),
+    );
+    let (a, b) = (emit(&otlp), emit(&native));
+    for t in [&otlp, &native] {
+        assert!(t.force_flush(Duration::from_secs(10)));
+        assert_eq!(t.stats().export_failed, 0);
+    }
+    s.assembler.flush_all().await;
+    for (id, service) in [(a, "via-otlp"), (b, "via-native")] {
+        let trace = s.storage.get_trace(id).await.unwrap().expect("stored");
+        assert_eq!(trace.spans.len(), 2);
+        let root = trace.spans.iter().find(|x| x.name == "root").unwrap();
+        let child = trace.spans.iter().find(|x| x.name == "child").unwrap();
+        assert_eq!(root.service, service);
+        assert_eq!(child.parent_span_id, root.span_id);
+        let start = clew_tracer::VectorClock::from_proto(child.clock_start.as_ref().unwrap());
+        let end = clew_tracer::VectorClock::from_proto(root.clock_end.as_ref().unwrap());
+        assert!(start.get(service) > 0, "clock carried through {service}");
+        assert!(start.happened_before(&end));
+    }
+    assert_eq!(s.ingest.stats().accepted.load(Ordering::Relaxed), 4);
+}
+
+fn otlp_request(spans: usize, zero_trace_id_at: Option<usize>) -> ExportTraceServiceRequest {
+    let exp = clew_tracer::export::InMemoryExporter::new();
+    let t = tracer("svc", exp.clone());
+    for _ in 0..spans {
+        t.start("op").end();
+    }
+    assert!(t.force_flush(Duration::from_secs(5)));
+    let data = exp.finished_spans();
+    let resource = exp.resource().unwrap();
+    let mut rs = clew_tracer::export::convert::to_otlp_resource_spans(data.iter(), &resource);
+    if let Some(i) = zero_trace_id_at {
+        rs.scope_spans[0].spans[i].trace_id = vec![0; 16];
+    }
+    ExportTraceServiceRequest {
+        resource_spans: vec![rs],
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_spans_are_refused_one_by_one_and_oversized_batches_whole() {
+    let s = setup(IngestConfig {
+        limits: otlp::Limits {
+            max_spans_per_batch: 10,
+            ..Default::default()
+        },
+        ..Default::default()
+    });
+    let addr = serve(s.ingest.clone()).await;
+    let mut client = TraceServiceClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+    let resp = client
+        .export(otlp_request(3, Some(1)))
+        .await
+        .unwrap()
+        .into_inner();
+    let partial = resp.partial_success.expect("partial success");
+    assert_eq!(partial.rejected_spans, 1);
+    assert!(!partial.error_message.is_empty());
+    assert_eq!(s.ingest.stats().accepted.load(Ordering::Relaxed), 2);
+
+    let err = client.export(otlp_request(11, None)).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(err.message().contains("11"), "{}", err.message());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_the_memory_limit_ingest_pushes_back() {
+    let s = setup(IngestConfig {
+        memory_limit_bytes: 0,
+        ..Default::default()
+    });
+    let addr = serve(s.ingest.clone()).await;
+    let mut client = TraceServiceClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+    // The first batch is accepted and waits in assembly ...
+    client.export(otlp_request(2, None)).await.unwrap();
+    assert!(s.assembler.pending_bytes() > 0);
+    // ... so the next one is refused rather than grow memory.
+    let err = client.export(otlp_request(2, None)).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::ResourceExhausted);
+    // Nothing accepted is lost: it reaches storage.
+    s.assembler.flush_all().await;
+    assert_eq!(s.storage.services().await.unwrap(), vec!["svc".to_string()]);
+
+    let app = http_router(s.ingest.clone());
+    let body = otlp_request(1, None).encode_to_vec();
+    let resp = app
+        .oneshot(
+            http::Request::post("/v1/traces")
+                .header("content-type", "application/x-protobuf")
+                .body(Body::from(body))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    // Assembly is empty again after the flush, so this one is accepted.
+    assert_eq!(resp.status(), 200);
+}
+
+async fn post(app: axum::Router, content_type: &str, body: Vec<u8>) -> (u16, HeaderMap, Vec<u8>) {
+    let resp = app
+        .oneshot(
+            http::Request::post("/v1/traces")
+                .header("content-type", content_type)
+                .body(Body::from(body))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .unwrap()
+        .to_bytes()
+        .to_vec();
+    (status, headers, body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn otlp_http_protobuf_and_json() {
+    let s = setup(IngestConfig {
+        max_request_bytes: 64 * 1024,
+        ..Default::default()
+    });
+    let app = http_router(s.ingest.clone());
+
+    let (status, headers, body) = post(
+        app.clone(),
+        "application/x-protobuf",
+        otlp_request(2, None).encode_to_vec(),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(headers["content-type"], "application/x-protobuf");
+    ExportTraceServiceResponse::decode(body.as_slice()).unwrap();
+
+    let json = r#"{"resourceSpans":[{"resource":{"attributes":[{"key":"service.name","value":{"stringValue":"json-svc"}}]},
+      "scopeSpans":[{"spans":[{"traceId":"5b8efff798038103d269b633813fc60c","spanId":"eee19b7ec3c1b174",
+      "name":"GET /","kind":2,"startTimeUnixNano":"1544712660000000000","endTimeUnixNano":"1544712661000000000"}]}]}]}"#;
+    let (status, headers, _) = post(app.clone(), "application/json", json.into()).await;
+    assert_eq!(status, 200);
+    assert_eq!(headers["content-type"], "application/json");
+    s.assembler.flush_all().await;
+    let id = TraceId::from_hex("5b8efff798038103d269b633813fc60c").unwrap();
+    let trace = s
+        .storage
+        .get_trace(id)
+        .await
+        .unwrap()
+        .expect("json span stored");
+    assert_eq!(trace.spans[0].service, "json-svc");
+
+    // Malformed: 400 with a google.rpc.Status body, nothing stored.
+    let (status, _, body) = post(
+        app.clone(),
+        "application/x-protobuf",
+        vec![0xff, 0xff, 0xff],
+    )
+    .await;
+    assert_eq!(status, 400);
+    let rpc = RpcStatus::decode(body.as_slice()).unwrap();
+    assert_eq!(rpc.code, tonic::Code::InvalidArgument as i32);
+    let (status, _, body) = post(app.clone(), "application/json", b"{not json".to_vec()).await;
+    assert_eq!(status, 400);
+    assert!(String::from_utf8_lossy(&body).contains("\"code\""));
+    let (status, _, _) = post(app.clone(), "text/plain", b"hi".to_vec()).await;
+    assert_eq!(status, 415);
+    let (status, _, _) = post(app.clone(), "application/x-protobuf", vec![0; 128 * 1024]).await;
+    assert_eq!(status, 413);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_overload_is_429_with_retry_after() {
+    let s = setup(IngestConfig {
+        memory_limit_bytes: 0,
+        retry_after: Duration::from_secs(3),
+        ..Default::default()
+    });
+    let app = http_router(s.ingest.clone());
+    let (status, _, _) = post(
+        app.clone(),
+        "application/x-protobuf",
+        otlp_request(1, None).encode_to_vec(),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (status, headers, _) = post(
+        app,
+        "application/x-protobuf",
+        otlp_request(1, None).encode_to_vec(),
+    )
+    .await;
+    assert_eq!(status, 429);
+    assert_eq!(headers["retry-after"], "3");
+}
+
+/// The Python interpreter of the venv `scripts/test.sh` prepares with the
+/// OpenTelemetry SDK and its OTLP exporters.
+fn python() -> std::path::PathBuf {
+    let p = std::env::var_os("CLEW_PYTHON")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| "/var/tmp/clew-venv/bin/python".into());
+    assert!(
+        p.exists(),
+        "{} not found: run scripts/test.sh, which creates the venv with opentelemetry-sdk, \
+         or set CLEW_PYTHON",
+        p.display()
+    );
+    p
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_opentelemetry_python_sdk_exports_over_grpc_and_http() {
+    let s = setup(IngestConfig::default());
+    let grpc = serve(s.ingest.clone()).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let http_addr = listener.local_addr().unwrap();
+    let app = http_router(s.ingest.clone());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/otel_sdk_send.py");
+    let out = tokio::time::timeout(
+        Duration::from_secs(120),
+        tokio::process::Command::new(python())
+            .arg(script)
+            .arg("--grpc")
+            .arg(grpc.to_string())
+            .arg("--http")
+            .arg(format!("http://{http_addr}/v1/traces"))
+            .output(),
+    )
+    .await
+    .expect("python finished")
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "python failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ids: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    s.assembler.flush_all().await;
+    for (proto, service) in [("grpc", "py-grpc"), ("http", "py-http")] {
+        let id = TraceId::from_hex(ids[proto].as_str().unwrap()).unwrap();
+        let trace = s.storage.get_trace(id).await.unwrap().expect("stored");
+        assert_eq!(trace.spans.len(), 2, "{proto}");
+        let parent = trace
+            .spans
+            .iter()
+            .find(|x| x.name == "GET /checkout")
+            .unwrap();
+        let child = trace
+            .spans
+            .iter()
+            .find(|x| x.name == "SELECT orders")
+            .unwrap();
+        assert_eq!(parent.service, service);
+        assert_eq!(child.parent_span_id, parent.span_id);
+        assert_eq!(parent.kind, pb::SpanKind::Server as i32);
+        assert_eq!(
+            child.status.as_ref().unwrap().code,
+            pb::status::Code::Error as i32
+        );
+        assert_eq!(child.events.len(), 1);
+        assert!(
+            parent
+                .attributes
+                .iter()
+                .any(|kv| kv.key == "http.response.status_code")
+        );
+        assert!(
+            parent
+                .resource
+                .iter()
+                .any(|kv| kv.key == "deployment.environment")
+        );
+    }
+}

@@ -1,0 +1,64 @@
+"""Sends spans with the real OpenTelemetry Python SDK and its OTLP exporters.
+
+Usage: otel_sdk_send.py --grpc HOST:PORT --http URL
+Prints {"grpc": "<trace id>", "http": "<trace id>"} on success.
+"""
+import argparse
+import json
+import sys
+
+from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
+    OTLPSpanExporter as GrpcExporter,
+)
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
+    OTLPSpanExporter as HttpExporter,
+)
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SpanExportResult
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+
+def make_spans(service):
+    memory = InMemorySpanExporter()
+    provider = TracerProvider(resource=Resource.create({"service.name": service, "deployment.environment": "test"}))
+    provider.add_span_processor(SimpleSpanProcessor(memory))
+    tracer = provider.get_tracer("clew-e2e")
+    with tracer.start_as_current_span("GET /checkout", kind=SpanKind.SERVER) as parent:
+        parent.set_attribute("http.request.method", "GET")
+        parent.set_attribute("http.response.status_code", 200)
+        with tracer.start_as_current_span("SELECT orders", kind=SpanKind.CLIENT) as child:
+            child.set_attribute("db.system", "postgresql")
+            child.add_event("rows fetched", {"rows": 3})
+            child.set_status(Status(StatusCode.ERROR, "timeout"))
+        trace_id = format(parent.get_span_context().trace_id, "032x")
+    provider.shutdown()
+    return trace_id, memory.get_finished_spans()
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--grpc", required=True)
+    p.add_argument("--http", required=True)
+    a = p.parse_args()
+    out = {}
+    for name, exporter in (
+        ("grpc", GrpcExporter(endpoint=a.grpc, insecure=True, timeout=20)),
+        ("http", HttpExporter(endpoint=a.http, timeout=20)),
+    ):
+        trace_id, spans = make_spans("py-" + name)
+        # Export through the real exporter and insist it succeeded.
+        result = exporter.export(spans)
+        exporter.shutdown()
+        if result != SpanExportResult.SUCCESS:
+            print(f"{name} export failed: {result}", file=sys.stderr)
+            return 1
+        out[name] = trace_id
+    print(json.dumps(out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
