@@ -9,7 +9,9 @@
 
 pub mod assembly;
 pub mod ingest;
+pub mod metrics;
 pub mod otlp;
+pub mod server;
 pub mod sink;
 pub mod storage;
 pub mod wal;

@@ -1,0 +1,193 @@
+//! Prometheus metrics of the collector.
+//!
+//! The hot paths count into plain atomics (`IngestStats`, `WalStats`,
+//! `AssemblerStats`); a scrape copies them into Prometheus counters and
+//! gauges, so ingest never touches the registry.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use parking_lot::Mutex;
+use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+
+use crate::assembly::Assembler;
+use crate::ingest::Ingest;
+use crate::wal::Wal;
+
+/// The collector's registry and the sources it reads at scrape time.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    ingest: Ingest,
+    assembler: Arc<Assembler>,
+    wal: Wal,
+    spans: IntCounterVec,
+    wal_bytes: IntCounter,
+    wal_records: IntCounter,
+    wal_fsyncs: IntCounter,
+    wal_fsync_seconds: prometheus::Counter,
+    wal_disk_bytes: IntGauge,
+    stored: IntCounter,
+    duplicates: IntCounter,
+    store_failures: IntCounter,
+    flushes: IntCounterVec,
+    pending_bytes: IntGauge,
+    pending_traces: IntGauge,
+    pruned_traces: IntCounter,
+    pruned_spans: IntCounter,
+    pruned: (AtomicU64, AtomicU64),
+    // Serialises scrapes so counter deltas are computed once.
+    scrape: Mutex<()>,
+}
+
+fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(name, help).unwrap_or_else(|_| unreachable_metric());
+    let _ = registry.register(Box::new(c.clone()));
+    c
+}
+
+// Metric names and help strings are constants known to be valid.
+fn unreachable_metric<T>() -> T {
+    panic!("invalid metric definition")
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).unwrap_or_else(|_| unreachable_metric());
+    let _ = registry.register(Box::new(g.clone()));
+    g
+}
+
+fn counter_vec(registry: &Registry, name: &str, help: &str, label: &str) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), &[label])
+        .unwrap_or_else(|_| unreachable_metric());
+    let _ = registry.register(Box::new(c.clone()));
+    c
+}
+
+/// Brings a counter up to `total` (counters only go up).
+fn sync(c: &IntCounter, total: u64) {
+    let cur = c.get();
+    if total > cur {
+        c.inc_by(total - cur);
+    }
+}
+
+impl Metrics {
+    /// Registers every metric.
+    pub fn new(ingest: Ingest, assembler: Arc<Assembler>, wal: Wal) -> Self {
+        let r = Registry::new();
+        let fsync_seconds =
+            prometheus::Counter::new("clew_wal_fsync_seconds_total", "Time spent in WAL fsync.")
+                .unwrap_or_else(|_| unreachable_metric());
+        let _ = r.register(Box::new(fsync_seconds.clone()));
+        Metrics {
+            spans: counter_vec(
+                &r,
+                "clew_spans_total",
+                "Spans by outcome: received, accepted (durable), rejected (invalid span), refused (whole request refused).",
+                "outcome",
+            ),
+            wal_bytes: counter(&r, "clew_wal_bytes_total", "Bytes appended to the WAL."),
+            wal_records: counter(&r, "clew_wal_records_total", "Batches appended to the WAL."),
+            wal_fsyncs: counter(
+                &r,
+                "clew_wal_fsyncs_total",
+                "WAL fsyncs (one per commit group).",
+            ),
+            wal_fsync_seconds: fsync_seconds,
+            wal_disk_bytes: gauge(&r, "clew_wal_disk_bytes", "Bytes of WAL segments on disk."),
+            stored: counter(&r, "clew_spans_stored_total", "Spans written to storage."),
+            duplicates: counter(
+                &r,
+                "clew_spans_duplicate_total",
+                "Duplicate spans dropped by assembly.",
+            ),
+            store_failures: counter(
+                &r,
+                "clew_storage_failures_total",
+                "Failed storage writes (retried).",
+            ),
+            flushes: counter_vec(
+                &r,
+                "clew_flushes_total",
+                "Trace fragments flushed to storage, by reason.",
+                "reason",
+            ),
+            pending_bytes: gauge(
+                &r,
+                "clew_pending_bytes",
+                "Bytes of spans waiting for storage.",
+            ),
+            pending_traces: gauge(&r, "clew_pending_traces", "Traces waiting for storage."),
+            pruned_traces: counter(
+                &r,
+                "clew_pruned_traces_total",
+                "Traces removed by retention.",
+            ),
+            pruned_spans: counter(&r, "clew_pruned_spans_total", "Spans removed by retention."),
+            pruned: (AtomicU64::new(0), AtomicU64::new(0)),
+            registry: r,
+            ingest,
+            assembler,
+            wal,
+            scrape: Mutex::new(()),
+        }
+    }
+
+    /// Counts what a retention pass removed.
+    pub fn record_prune(&self, traces: u64, spans: u64) {
+        self.pruned.0.fetch_add(traces, Ordering::Relaxed);
+        self.pruned.1.fetch_add(spans, Ordering::Relaxed);
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let _g = self.scrape.lock();
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let i = self.ingest.stats();
+        for (outcome, v) in [
+            ("received", &i.received),
+            ("accepted", &i.accepted),
+            ("rejected", &i.rejected),
+            ("refused", &i.refused),
+        ] {
+            sync(&self.spans.with_label_values(&[outcome]), load(v));
+        }
+        let w = self.wal.stats();
+        sync(&self.wal_bytes, load(&w.bytes));
+        sync(&self.wal_records, load(&w.records));
+        sync(&self.wal_fsyncs, load(&w.fsyncs));
+        let secs = load(&w.fsync_nanos) as f64 / 1e9;
+        let cur = self.wal_fsync_seconds.get();
+        if secs > cur {
+            self.wal_fsync_seconds.inc_by(secs - cur);
+        }
+        self.wal_disk_bytes
+            .set(i64::try_from(load(&w.disk_bytes)).unwrap_or(i64::MAX));
+        let a = self.assembler.stats();
+        sync(&self.stored, load(&a.spans_stored));
+        sync(&self.duplicates, load(&a.duplicate_spans));
+        sync(&self.store_failures, load(&a.store_failures));
+        for (reason, v) in [
+            ("idle", &a.flushed_idle),
+            ("age", &a.flushed_age),
+            ("span_cap", &a.flushed_span_cap),
+            ("bytes_cap", &a.flushed_bytes_cap),
+            ("shutdown", &a.flushed_shutdown),
+        ] {
+            sync(&self.flushes.with_label_values(&[reason]), load(v));
+        }
+        self.pending_bytes
+            .set(i64::try_from(self.assembler.pending_bytes()).unwrap_or(i64::MAX));
+        self.pending_traces
+            .set(i64::try_from(self.assembler.pending_traces()).unwrap_or(i64::MAX));
+        sync(&self.pruned_traces, load(&self.pruned.0));
+        sync(&self.pruned_spans, load(&self.pruned.1));
+
+        let mut buf = Vec::new();
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
+            tracing::warn!(error = %e, "encoding metrics failed");
+        }
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}

@@ -1,0 +1,354 @@
+//! Wires the collector together: storage, WAL replay, assembly, ingest
+//! servers, the ops endpoint (`/metrics`, `/healthz`, `/readyz`), retention,
+//! and graceful shutdown that stores everything accepted.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::TraceServiceServer;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::assembly::{Assembler, AssemblerConfig};
+use crate::ingest::{Ingest, IngestConfig, NativeGrpc, OtlpGrpc};
+use crate::metrics::Metrics;
+use crate::sink::StorageSink;
+use crate::storage::Storage;
+use crate::wal::{Wal, WalConfig};
+
+/// Which storage backend to use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum StorageKind {
+    /// On-disk store inside the binary (redb), under `--data-dir`.
+    Embedded,
+    /// A Redis server (`--redis-url`).
+    Redis,
+    /// In memory; lost on restart.
+    Memory,
+}
+
+/// Collector settings: flags, or `CLEW_*` environment variables.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "clew-collector", version, about = "clew trace collector")]
+pub struct Config {
+    /// gRPC ingest: OTLP TraceService and clew's native Collector.
+    #[arg(long, env = "CLEW_GRPC_ADDR", default_value = "0.0.0.0:4317")]
+    pub grpc_addr: SocketAddr,
+    /// OTLP/HTTP ingest (`POST /v1/traces`).
+    #[arg(long, env = "CLEW_HTTP_ADDR", default_value = "0.0.0.0:4318")]
+    pub http_addr: SocketAddr,
+    /// `/metrics`, `/healthz` and `/readyz`.
+    #[arg(long, env = "CLEW_OPS_ADDR", default_value = "0.0.0.0:9464")]
+    pub ops_addr: SocketAddr,
+    /// Storage backend.
+    #[arg(long, env = "CLEW_STORAGE", value_enum, default_value = "embedded")]
+    pub storage: StorageKind,
+    /// Directory for the WAL and the embedded store.
+    #[arg(long, env = "CLEW_DATA_DIR", default_value = "./clew-data")]
+    pub data_dir: PathBuf,
+    /// Redis URL for `--storage redis`.
+    #[arg(long, env = "CLEW_REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    pub redis_url: String,
+    /// Prefix of every Redis key.
+    #[arg(long, env = "CLEW_REDIS_PREFIX", default_value = "clew:")]
+    pub redis_prefix: String,
+    /// How long traces are kept (e.g. `72h`).
+    #[arg(long, env = "CLEW_RETENTION", default_value = "72h", value_parser = humantime::parse_duration)]
+    pub retention: Duration,
+    /// How often expired traces are pruned.
+    #[arg(long, env = "CLEW_PRUNE_INTERVAL", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub prune_interval: Duration,
+    /// A trace is stored after this long without a new span.
+    #[arg(long, env = "CLEW_IDLE_WINDOW", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub idle_window: Duration,
+    /// Above this many bytes waiting for storage, ingest answers
+    /// RESOURCE_EXHAUSTED / 429.
+    #[arg(long, env = "CLEW_MEMORY_LIMIT_BYTES", default_value_t = 512 << 20)]
+    pub memory_limit_bytes: u64,
+    /// Largest ingest request, in bytes.
+    #[arg(long, env = "CLEW_MAX_REQUEST_BYTES", default_value_t = 16 << 20)]
+    pub max_request_bytes: usize,
+    /// Most spans in one ingest request.
+    #[arg(long, env = "CLEW_MAX_SPANS_PER_BATCH", default_value_t = 10_000)]
+    pub max_spans_per_batch: usize,
+    /// Spans kept by the memory backend before the oldest traces go.
+    #[arg(long, env = "CLEW_MEMORY_MAX_TRACES", default_value_t = 100_000)]
+    pub memory_max_traces: usize,
+    /// fsync the WAL before acknowledging (turn off only for throwaway runs).
+    #[arg(long, env = "CLEW_WAL_FSYNC", default_value_t = true, action = clap::ArgAction::Set)]
+    pub wal_fsync: bool,
+}
+
+/// Why the collector could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The storage backend could not be opened.
+    #[error("storage: {0}")]
+    Storage(String),
+    /// The WAL could not be opened or shut down.
+    #[error("wal: {0}")]
+    Wal(#[from] crate::wal::Error),
+    /// Assembly could not start.
+    #[error("assembly: {0}")]
+    Assembly(#[from] crate::assembly::Error),
+    /// A listener could not bind.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A server failed while running.
+    #[error("server: {0}")]
+    Serve(String),
+}
+
+/// Addresses actually bound (ports may have been 0).
+#[derive(Debug, Clone, Copy)]
+pub struct Bound {
+    /// gRPC ingest.
+    pub grpc: SocketAddr,
+    /// OTLP/HTTP ingest.
+    pub http: SocketAddr,
+    /// Ops endpoint.
+    pub ops: SocketAddr,
+}
+
+async fn open_storage(config: &Config) -> Result<Arc<dyn Storage>, ServerError> {
+    use crate::storage::{embedded::EmbeddedStorage, memory::MemoryStorage, redis};
+    Ok(match config.storage {
+        StorageKind::Memory => Arc::new(MemoryStorage::new(config.memory_max_traces)),
+        StorageKind::Embedded => {
+            let path = config.data_dir.join("traces.redb");
+            let store = tokio::task::spawn_blocking(move || EmbeddedStorage::open(path))
+                .await
+                .map_err(|e| ServerError::Storage(e.to_string()))?
+                .map_err(|e| ServerError::Storage(e.detail()))?;
+            Arc::new(store)
+        }
+        StorageKind::Redis => {
+            let cfg = redis::RedisConfig {
+                url: config.redis_url.clone(),
+                key_prefix: config.redis_prefix.clone(),
+                retention: config.retention,
+                ..redis::RedisConfig::default()
+            };
+            Arc::new(
+                redis::RedisStorage::connect(cfg)
+                    .await
+                    .map_err(|e| ServerError::Storage(e.detail()))?,
+            )
+        }
+    })
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, ServerError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServerError::Bind { addr, source })
+}
+
+#[derive(Clone)]
+struct OpsState {
+    metrics: Arc<Metrics>,
+    ready: Arc<AtomicBool>,
+}
+
+fn ops_router(state: OpsState) -> axum::Router {
+    axum::Router::new()
+        .route(
+            "/metrics",
+            axum::routing::get(|State(s): State<OpsState>| async move {
+                (
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        "text/plain; version=0.0.4",
+                    )],
+                    s.metrics.render(),
+                )
+            }),
+        )
+        .route("/healthz", axum::routing::get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            axum::routing::get(|State(s): State<OpsState>| async move {
+                if s.ready.load(Ordering::Acquire) {
+                    (StatusCode::OK, "ready").into_response()
+                } else {
+                    (StatusCode::SERVICE_UNAVAILABLE, "not ready").into_response()
+                }
+            }),
+        )
+        .with_state(state)
+}
+
+/// Runs the collector until `shutdown` resolves, then stops taking spans,
+/// stores everything accepted, persists the WAL checkpoint and returns.
+/// `on_bound` is told the bound addresses once every listener is up.
+pub async fn run(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    on_bound: impl FnOnce(Bound) + Send,
+) -> Result<(), ServerError> {
+    let storage = open_storage(&config).await?;
+    let wal_dir = config.data_dir.join("wal");
+    let wal_config = WalConfig {
+        fsync: config.wal_fsync,
+        ..WalConfig::default()
+    };
+    let (wal, replay) = tokio::task::spawn_blocking(move || Wal::open(wal_dir, wal_config))
+        .await
+        .map_err(|e| ServerError::Serve(e.to_string()))??;
+    let assembler = Arc::new(Assembler::new(
+        AssemblerConfig {
+            idle_window: config.idle_window,
+            ..AssemblerConfig::default()
+        },
+        Arc::new(StorageSink::new(Arc::clone(&storage))),
+        wal.clone(),
+    )?);
+    if !replay.is_empty() {
+        tracing::info!(records = replay.len(), "replaying WAL");
+        assembler.replay(replay);
+    }
+    let ingest = Ingest::new(
+        Arc::clone(&assembler),
+        IngestConfig {
+            limits: crate::otlp::Limits {
+                max_spans_per_batch: config.max_spans_per_batch,
+                ..Default::default()
+            },
+            max_request_bytes: config.max_request_bytes,
+            memory_limit_bytes: config.memory_limit_bytes,
+            ..IngestConfig::default()
+        },
+    );
+    let metrics = Arc::new(Metrics::new(
+        ingest.clone(),
+        Arc::clone(&assembler),
+        wal.clone(),
+    ));
+    let ready = Arc::new(AtomicBool::new(false));
+
+    let grpc_listener = bind(config.grpc_addr).await?;
+    let http_listener = bind(config.http_addr).await?;
+    let ops_listener = bind(config.ops_addr).await?;
+    let bound = Bound {
+        grpc: local(&grpc_listener)?,
+        http: local(&http_listener)?,
+        ops: local(&ops_listener)?,
+    };
+
+    // One shutdown signal fanned out to every server.
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<TraceServiceServer<OtlpGrpc>>()
+        .await;
+    let max = config.max_request_bytes;
+    let grpc = tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(
+            TraceServiceServer::new(OtlpGrpc(ingest.clone()))
+                .max_decoding_message_size(max)
+                .accept_compressed(tonic::codec::CompressionEncoding::Gzip),
+        )
+        .add_service(
+            clew_proto::v1::collector_server::CollectorServer::new(NativeGrpc(ingest.clone()))
+                .max_decoding_message_size(max),
+        )
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(grpc_listener),
+            stopped(stop_rx.clone()),
+        );
+    let http = axum::serve(http_listener, crate::ingest::http_router(ingest.clone()))
+        .with_graceful_shutdown(stopped(stop_rx.clone()));
+    let ops = axum::serve(
+        ops_listener,
+        ops_router(OpsState {
+            metrics: Arc::clone(&metrics),
+            ready: Arc::clone(&ready),
+        }),
+    )
+    .with_graceful_shutdown(stopped(stop_rx.clone()));
+
+    let grpc = tokio::spawn(grpc);
+    let http = tokio::spawn(async move { http.await });
+    let ops = tokio::spawn(async move { ops.await });
+    let retention = tokio::spawn(retention_loop(
+        Arc::clone(&storage),
+        Arc::clone(&metrics),
+        config.retention,
+        config.prune_interval,
+        stop_rx.clone(),
+    ));
+
+    ready.store(true, Ordering::Release);
+    tracing::info!(grpc = %bound.grpc, http = %bound.http, ops = %bound.ops, storage = ?config.storage, "collector listening");
+    on_bound(bound);
+
+    shutdown.await;
+    tracing::info!("shutting down: no new spans; storing what was accepted");
+    ready.store(false, Ordering::Release);
+    let _ = stop_tx.send(true);
+    let grpc_result = grpc.await;
+    let _ = http.await;
+    assembler.flush_all().await;
+    let _ = retention.await;
+    let _ = ops.await;
+    wal.shutdown().await?;
+    tracing::info!("collector stopped");
+    match grpc_result {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(ServerError::Serve(e.to_string())),
+        Err(e) => Err(ServerError::Serve(e.to_string())),
+    }
+}
+
+fn local(l: &TcpListener) -> Result<SocketAddr, ServerError> {
+    l.local_addr()
+        .map_err(|e| ServerError::Serve(format!("local address: {e}")))
+}
+
+async fn retention_loop(
+    storage: Arc<dyn Storage>,
+    metrics: Arc<Metrics>,
+    retention: Duration,
+    every: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(every.max(Duration::from_secs(1)));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        let cut = clew_tracer::span::now_unix_nanos()
+            .saturating_sub(u64::try_from(retention.as_nanos()).unwrap_or(u64::MAX));
+        match storage.prune_traces(cut).await {
+            Ok(stats) => {
+                metrics.record_prune(stats.traces, stats.spans);
+                if stats.traces > 0 {
+                    tracing::info!(
+                        traces = stats.traces,
+                        spans = stats.spans,
+                        "pruned expired traces"
+                    );
+                }
+            }
+            Err(e) => tracing::warn!(error = %e.detail(), "pruning failed; will retry"),
+        }
+    }
+}

@@ -1,0 +1,156 @@
+//! The real `clew-collector` binary: graceful shutdown stores everything it
+//! accepted, and after `kill -9` a restart replays the WAL so every
+//! acknowledged span is stored.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use clew_collector::storage::Storage;
+use clew_collector::storage::embedded::EmbeddedStorage;
+use clew_tracer::export::OtlpGrpcExporter;
+use clew_tracer::{Sampler, TraceId, Tracer};
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Collector {
+    child: Child,
+    grpc: SocketAddr,
+    ops: SocketAddr,
+}
+
+fn start(data_dir: &Path) -> Collector {
+    let (grpc, http, ops) = (free_port(), free_port(), free_port());
+    let child = Command::new(env!("CARGO_BIN_EXE_clew-collector"))
+        .args(["--grpc-addr", &format!("127.0.0.1:{grpc}")])
+        .args(["--http-addr", &format!("127.0.0.1:{http}")])
+        .args(["--ops-addr", &format!("127.0.0.1:{ops}")])
+        .args(["--storage", "embedded", "--idle-window", "1h"])
+        .arg("--data-dir")
+        .arg(data_dir)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let c = Collector {
+        child,
+        grpc: format!("127.0.0.1:{grpc}").parse().unwrap(),
+        ops: format!("127.0.0.1:{ops}").parse().unwrap(),
+    };
+    // Readiness: poll /readyz (bounded), as a kubelet would.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while http_get(c.ops, "/readyz").map(|(s, _)| s) != Some(200) {
+        assert!(Instant::now() < deadline, "collector never became ready");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    c
+}
+
+/// A minimal HTTP/1.1 GET, to keep the test free of an HTTP client crate.
+fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    let status = out.split_whitespace().nth(1)?.parse().ok()?;
+    let body = out.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+    Some((status, body))
+}
+
+fn terminate(mut c: Collector) {
+    let pid = c.child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = c.child.wait().unwrap();
+    assert!(status.success(), "graceful exit, got {status}");
+}
+
+/// Sends `traces` traces of `spans` spans; returns their ids once every
+/// export was acknowledged (durable in the collector's WAL).
+fn send(grpc: SocketAddr, traces: usize, spans: usize) -> Vec<TraceId> {
+    let tracer = Tracer::builder("load")
+        .node_id("load")
+        .sampler(Sampler::AlwaysOn)
+        .exporter(OtlpGrpcExporter::new(&grpc.to_string()).unwrap())
+        .build();
+    let mut ids = Vec::new();
+    for _ in 0..traces {
+        let root = tracer.start("root");
+        for _ in 1..spans {
+            tracer.span("child").parent(&root.context()).start().end();
+        }
+        ids.push(root.trace_id());
+    }
+    assert!(tracer.force_flush(Duration::from_secs(30)));
+    let stats = tracer.stats();
+    assert_eq!(stats.export_failed, 0);
+    assert_eq!(stats.dropped, 0);
+    assert_eq!(stats.exported, (traces * spans) as u64);
+    ids
+}
+
+async fn stored(data_dir: &Path, ids: &[TraceId], spans: usize) {
+    let db = EmbeddedStorage::open(data_dir.join("traces.redb")).unwrap();
+    for id in ids {
+        let t = db.get_trace(*id).await.unwrap().expect("trace stored");
+        assert_eq!(t.spans.len(), spans, "trace {id}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_shutdown_stores_everything_and_metrics_count_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = start(dir.path());
+    let grpc = c.grpc;
+    let ids = tokio::task::spawn_blocking(move || send(grpc, 5, 4))
+        .await
+        .unwrap();
+    let (status, metrics) = http_get(c.ops, "/metrics").unwrap();
+    assert_eq!(status, 200);
+    assert!(
+        metrics.contains("clew_spans_total{outcome=\"accepted\"} 20"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("clew_wal_fsyncs_total"));
+    assert_eq!(http_get(c.ops, "/healthz").unwrap().0, 200);
+    // Nothing is idle yet (1 h window): shutdown must store it all.
+    terminate(c);
+    stored(dir.path(), &ids, 4).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_then_restart_stores_every_acknowledged_span() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = start(dir.path());
+    let grpc = c.grpc;
+    let ids = tokio::task::spawn_blocking(move || send(grpc, 40, 10))
+        .await
+        .unwrap();
+    // Acknowledged, still waiting in assembly: now the process dies.
+    c.child.kill().unwrap();
+    c.child.wait().unwrap();
+    let c = start(dir.path());
+    terminate(c);
+    stored(dir.path(), &ids, 10).await;
+}
