@@ -78,7 +78,7 @@ pub struct Config {
     /// Most spans in one ingest request.
     #[arg(long, env = "CLEW_MAX_SPANS_PER_BATCH", default_value_t = 10_000)]
     pub max_spans_per_batch: usize,
-    /// Spans kept by the memory backend before the oldest traces go.
+    /// Traces kept by the memory backend before the oldest go.
     #[arg(long, env = "CLEW_MEMORY_MAX_TRACES", default_value_t = 100_000)]
     pub memory_max_traces: usize,
     /// fsync the WAL before acknowledging (turn off only for throwaway runs).
