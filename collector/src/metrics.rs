@@ -73,9 +73,31 @@ fn sync(c: &IntCounter, total: u64) {
 }
 
 impl Metrics {
-    /// Registers every metric.
-    pub fn new(ingest: Ingest, assembler: Arc<Assembler>, wal: Wal) -> Self {
+    /// The histogram of storage write latency, to hand to the
+    /// [`StorageSink`](crate::sink::StorageSink) before [`Metrics::new`].
+    pub fn store_latency_histogram() -> prometheus::Histogram {
+        prometheus::Histogram::with_opts(
+            prometheus::HistogramOpts::new(
+                "clew_storage_store_seconds",
+                "Latency of one storage write of a trace fragment (each retry observed).",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+            ]),
+        )
+        .unwrap_or_else(|_| unreachable_metric())
+    }
+
+    /// Registers every metric; `store_latency` comes from
+    /// [`Metrics::store_latency_histogram`].
+    pub fn new(
+        ingest: Ingest,
+        assembler: Arc<Assembler>,
+        wal: Wal,
+        store_latency: prometheus::Histogram,
+    ) -> Self {
         let r = Registry::new();
+        let _ = r.register(Box::new(store_latency));
         let fsync_seconds =
             prometheus::Counter::new("clew_wal_fsync_seconds_total", "Time spent in WAL fsync.")
                 .unwrap_or_else(|_| unreachable_metric());

@@ -207,12 +207,13 @@ pub async fn run(
     let (wal, replay) = tokio::task::spawn_blocking(move || Wal::open(wal_dir, wal_config))
         .await
         .map_err(|e| ServerError::Serve(e.to_string()))??;
+    let store_latency = Metrics::store_latency_histogram();
     let assembler = Arc::new(Assembler::new(
         AssemblerConfig {
             idle_window: config.idle_window,
             ..AssemblerConfig::default()
         },
-        Arc::new(StorageSink::new(Arc::clone(&storage))),
+        Arc::new(StorageSink::new(Arc::clone(&storage)).with_latency(store_latency.clone())),
         wal.clone(),
     )?);
     if !replay.is_empty() {
@@ -235,6 +236,7 @@ pub async fn run(
         ingest.clone(),
         Arc::clone(&assembler),
         wal.clone(),
+        store_latency,
     ));
     let ready = Arc::new(AtomicBool::new(false));
 

@@ -14,18 +14,29 @@ use crate::storage::{Storage, StorageError};
 #[derive(Debug, Clone)]
 pub struct StorageSink {
     storage: Arc<dyn Storage>,
+    latency: Option<prometheus::Histogram>,
 }
 
 impl StorageSink {
     /// A sink writing to `storage`.
     pub fn new(storage: Arc<dyn Storage>) -> Self {
-        StorageSink { storage }
+        StorageSink {
+            storage,
+            latency: None,
+        }
+    }
+
+    /// Also observes every store call's duration (seconds) in `histogram`.
+    pub fn with_latency(mut self, histogram: prometheus::Histogram) -> Self {
+        self.latency = Some(histogram);
+        self
     }
 }
 
 impl TraceSink for StorageSink {
     fn store_trace(&self, trace: Trace) -> BoxFuture<'_, Result<(), SinkError>> {
         Box::pin(async move {
+            let _timer = self.latency.as_ref().map(|h| h.start_timer());
             match self.storage.store_trace(trace).await {
                 Ok(_) => Ok(()),
                 Err(e @ StorageError::InvalidTrace(_)) => Err(SinkError::rejected(e)),

@@ -133,6 +133,7 @@ async fn graceful_shutdown_stores_everything_and_metrics_count_it() {
         "{metrics}"
     );
     assert!(metrics.contains("clew_wal_fsyncs_total"));
+    assert!(metrics.contains("clew_storage_store_seconds_bucket"));
     assert_eq!(http_get(c.ops, "/healthz").unwrap().0, 200);
     // Nothing is idle yet (1 h window): shutdown must store it all.
     terminate(c);
