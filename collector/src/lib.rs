@@ -14,4 +14,7 @@ pub mod otlp;
 pub mod server;
 pub mod sink;
 pub mod storage;
+#[cfg(any(test, feature = "testing"))]
+#[doc(hidden)]
+pub mod testing;
 pub mod wal;

@@ -29,12 +29,16 @@ struct Collector {
 }
 
 fn start(data_dir: &Path) -> Collector {
+    start_with(data_dir, &["--storage", "embedded", "--idle-window", "1h"])
+}
+
+fn start_with(data_dir: &Path, extra: &[&str]) -> Collector {
     let (grpc, http, ops) = (free_port(), free_port(), free_port());
     let child = Command::new(env!("CARGO_BIN_EXE_clew-collector"))
         .args(["--grpc-addr", &format!("127.0.0.1:{grpc}")])
         .args(["--http-addr", &format!("127.0.0.1:{http}")])
         .args(["--ops-addr", &format!("127.0.0.1:{ops}")])
-        .args(["--storage", "embedded", "--idle-window", "1h"])
+        .args(extra)
         .arg("--data-dir")
         .arg(data_dir)
         .env("RUST_LOG", "warn")
@@ -154,4 +158,73 @@ async fn kill_9_then_restart_stores_every_acknowledged_span() {
     let c = start(dir.path());
     terminate(c);
     stored(dir.path(), &ids, 10).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_outage_loses_no_acknowledged_span() {
+    let mut redis = clew_collector::testing::RedisServer::start(true).await;
+    let url = redis.url();
+    let dir = tempfile::tempdir().unwrap();
+    // Short idle window: traces are stored while Redis comes and goes.
+    let c = start_with(
+        dir.path(),
+        &[
+            "--storage",
+            "redis",
+            "--redis-url",
+            &url,
+            "--idle-window",
+            "50ms",
+        ],
+    );
+    let grpc = c.grpc;
+    let mut ids = tokio::task::spawn_blocking(move || send(grpc, 10, 5))
+        .await
+        .unwrap();
+    redis.kill();
+    // Ingest keeps acknowledging: spans are durable in the WAL and their
+    // stores are retried.
+    ids.extend(
+        tokio::task::spawn_blocking(move || send(grpc, 10, 5))
+            .await
+            .unwrap(),
+    );
+    // Make sure stores really failed during the outage before Redis returns.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, m) = http_get(c.ops, "/metrics").unwrap();
+        let failures = m
+            .lines()
+            .find_map(|l| l.strip_prefix("clew_storage_failures_total "))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+        if failures > 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no store failed while Redis was down"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    redis.restart().await;
+    ids.extend(
+        tokio::task::spawn_blocking(move || send(grpc, 10, 5))
+            .await
+            .unwrap(),
+    );
+    terminate(c);
+
+    let db = clew_collector::storage::redis::RedisStorage::connect(
+        clew_collector::storage::redis::RedisConfig {
+            url,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    for id in &ids {
+        let t = db.get_trace(*id).await.unwrap().expect("trace stored");
+        assert_eq!(t.spans.len(), 5, "trace {id} stored exactly once");
+    }
 }
