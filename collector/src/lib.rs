@@ -11,6 +11,7 @@ pub mod assembly;
 pub mod ingest;
 pub mod metrics;
 pub mod otlp;
+pub mod query;
 pub mod server;
 pub mod sink;
 pub mod storage;

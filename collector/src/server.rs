@@ -44,6 +44,9 @@ pub struct Config {
     /// OTLP/HTTP ingest (`POST /v1/traces`).
     #[arg(long, env = "CLEW_HTTP_ADDR", default_value = "0.0.0.0:4318")]
     pub http_addr: SocketAddr,
+    /// Query API over HTTP: Jaeger-compatible `/api/...`.
+    #[arg(long, env = "CLEW_QUERY_ADDR", default_value = "0.0.0.0:16686")]
+    pub query_addr: SocketAddr,
     /// `/metrics`, `/healthz` and `/readyz`.
     #[arg(long, env = "CLEW_OPS_ADDR", default_value = "0.0.0.0:9464")]
     pub ops_addr: SocketAddr,
@@ -118,6 +121,8 @@ pub struct Bound {
     pub grpc: SocketAddr,
     /// OTLP/HTTP ingest.
     pub http: SocketAddr,
+    /// Query API (HTTP).
+    pub query: SocketAddr,
     /// Ops endpoint.
     pub ops: SocketAddr,
 }
@@ -242,10 +247,12 @@ pub async fn run(
 
     let grpc_listener = bind(config.grpc_addr).await?;
     let http_listener = bind(config.http_addr).await?;
+    let query_listener = bind(config.query_addr).await?;
     let ops_listener = bind(config.ops_addr).await?;
     let bound = Bound {
         grpc: local(&grpc_listener)?,
         http: local(&http_listener)?,
+        query: local(&query_listener)?,
         ops: local(&ops_listener)?,
     };
 
@@ -271,11 +278,14 @@ pub async fn run(
             clew_proto::v1::collector_server::CollectorServer::new(NativeGrpc(ingest.clone()))
                 .max_decoding_message_size(max),
         )
+        .add_service(crate::query::QueryGrpc(Arc::clone(&storage)).into_server())
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(grpc_listener),
             stopped(stop_rx.clone()),
         );
     let http = axum::serve(http_listener, crate::ingest::http_router(ingest.clone()))
+        .with_graceful_shutdown(stopped(stop_rx.clone()));
+    let query = axum::serve(query_listener, crate::query::router(Arc::clone(&storage)))
         .with_graceful_shutdown(stopped(stop_rx.clone()));
     let ops = axum::serve(
         ops_listener,
@@ -289,6 +299,7 @@ pub async fn run(
     let grpc = tokio::spawn(grpc);
     let http = tokio::spawn(async move { http.await });
     let ops = tokio::spawn(async move { ops.await });
+    let query = tokio::spawn(async move { query.await });
     let retention = tokio::spawn(retention_loop(
         Arc::clone(&storage),
         Arc::clone(&metrics),
@@ -298,7 +309,7 @@ pub async fn run(
     ));
 
     ready.store(true, Ordering::Release);
-    tracing::info!(grpc = %bound.grpc, http = %bound.http, ops = %bound.ops, storage = ?config.storage, "collector listening");
+    tracing::info!(grpc = %bound.grpc, http = %bound.http, query = %bound.query, ops = %bound.ops, storage = ?config.storage, "collector listening");
     on_bound(bound);
 
     shutdown.await;
@@ -309,6 +320,7 @@ pub async fn run(
     let _ = http.await;
     assembler.flush_all().await;
     let _ = retention.await;
+    let _ = query.await;
     let _ = ops.await;
     wal.shutdown().await?;
     tracing::info!("collector stopped");

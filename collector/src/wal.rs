@@ -448,7 +448,14 @@ impl Wal {
         self.tx
             .send(Msg::Shutdown { ack })
             .map_err(|_| Error::Closed)?;
-        rx.await.map_err(|_| Error::Closed)?
+        let result = rx.await.map_err(|_| Error::Closed)?;
+        // The writer acknowledges and then exits, closing the log: wait for
+        // that, so the directory (and its lock) is free when this returns.
+        let handle = self._writer.0.lock().take();
+        if let Some(handle) = handle {
+            let _ = tokio::task::spawn_blocking(move || handle.join()).await;
+        }
+        result
     }
 
     /// Counters and gauges.

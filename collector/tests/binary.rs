@@ -25,6 +25,7 @@ fn free_port() -> u16 {
 struct Collector {
     child: Child,
     grpc: SocketAddr,
+    query: SocketAddr,
     ops: SocketAddr,
 }
 
@@ -33,10 +34,11 @@ fn start(data_dir: &Path) -> Collector {
 }
 
 fn start_with(data_dir: &Path, extra: &[&str]) -> Collector {
-    let (grpc, http, ops) = (free_port(), free_port(), free_port());
+    let (grpc, http, query, ops) = (free_port(), free_port(), free_port(), free_port());
     let child = Command::new(env!("CARGO_BIN_EXE_clew-collector"))
         .args(["--grpc-addr", &format!("127.0.0.1:{grpc}")])
         .args(["--http-addr", &format!("127.0.0.1:{http}")])
+        .args(["--query-addr", &format!("127.0.0.1:{query}")])
         .args(["--ops-addr", &format!("127.0.0.1:{ops}")])
         .args(extra)
         .arg("--data-dir")
@@ -49,6 +51,7 @@ fn start_with(data_dir: &Path, extra: &[&str]) -> Collector {
     let c = Collector {
         child,
         grpc: format!("127.0.0.1:{grpc}").parse().unwrap(),
+        query: format!("127.0.0.1:{query}").parse().unwrap(),
         ops: format!("127.0.0.1:{ops}").parse().unwrap(),
     };
     // Readiness: poll /readyz (bounded), as a kubelet would.
@@ -156,8 +159,27 @@ async fn kill_9_then_restart_stores_every_acknowledged_span() {
     c.child.kill().unwrap();
     c.child.wait().unwrap();
     let c = start(dir.path());
+    // The restart replays the WAL; its graceful stop stores the replayed
+    // spans.
     terminate(c);
     stored(dir.path(), &ids, 10).await;
+    // And the query API of a running collector serves them.
+    let c = start(dir.path());
+    let (status, body) = http_get(c.query, &format!("/api/traces/{}", ids[0])).unwrap();
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["data"][0]["traceID"], ids[0].to_string());
+    assert_eq!(v["data"][0]["spans"].as_array().unwrap().len(), 10);
+    let (status, body) = http_get(c.query, "/api/services").unwrap();
+    assert_eq!(status, 200);
+    assert!(body.contains("\"load\""), "{body}");
+    assert_eq!(
+        http_get(c.query, "/api/traces/00000000000000000000000000000abc")
+            .unwrap()
+            .0,
+        404
+    );
+    terminate(c);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
