@@ -65,10 +65,56 @@ fn corrupt(detail: impl Into<String>) -> StorageError {
 }
 
 /// Stores traces in a local redb file.
+///
+/// Writes go through one writer thread that commits whatever fragments are
+/// waiting as one transaction (group commit), so concurrent stores share
+/// one fsync.
 #[derive(Debug, Clone)]
 pub struct EmbeddedStorage {
     db: Arc<Database>,
     path: PathBuf,
+    writer: std::sync::mpsc::Sender<WriteRequest>,
+    // Declared after `writer`: when the last handle drops, the sender goes
+    // first (ending the writer loop), then this joins the thread, so the
+    // database file is closed once the storage is gone.
+    _writer_thread: Arc<WriterThread>,
+}
+
+#[derive(Debug)]
+struct WriterThread(parking_lot::Mutex<Option<std::thread::JoinHandle<()>>>);
+
+impl Drop for WriterThread {
+    fn drop(&mut self) {
+        if let Some(handle) = self.0.lock().take() {
+            let _ = handle.join();
+        }
+    }
+}
+
+#[derive(Debug)]
+struct WriteRequest {
+    trace: Trace,
+    reply: tokio::sync::oneshot::Sender<Result<StoreOutcome>>,
+}
+
+/// Most fragments committed in one transaction.
+const MAX_GROUP: usize = 256;
+
+fn writer_loop(db: Arc<Database>, rx: std::sync::mpsc::Receiver<WriteRequest>) {
+    while let Ok(first) = rx.recv() {
+        let mut group = vec![first];
+        while group.len() < MAX_GROUP {
+            match rx.try_recv() {
+                Ok(r) => group.push(r),
+                Err(_) => break,
+            }
+        }
+        let (traces, replies): (Vec<Trace>, Vec<_>) =
+            group.into_iter().map(|r| (r.trace, r.reply)).unzip();
+        for (reply, result) in replies.into_iter().zip(store_group(&db, traces)) {
+            let _ = reply.send(result);
+        }
+    }
 }
 
 impl EmbeddedStorage {
@@ -90,9 +136,18 @@ impl EmbeddedStorage {
         tx.open_table(OPERATIONS).map_err(db_err)?;
         tx.commit().map_err(db_err)?;
         tracing::info!(path = %path.display(), "opened embedded trace store");
+        let db = Arc::new(db);
+        let (writer, rx) = std::sync::mpsc::channel();
+        let writer_db = Arc::clone(&db);
+        let handle = std::thread::Builder::new()
+            .name("clew-redb-writer".into())
+            .spawn(move || writer_loop(writer_db, rx))
+            .map_err(db_err)?;
         Ok(EmbeddedStorage {
-            db: Arc::new(db),
+            db,
             path,
+            writer,
+            _writer_thread: Arc::new(WriterThread(parking_lot::Mutex::new(Some(handle)))),
         })
     }
 
@@ -183,112 +238,181 @@ fn edge_value(parent: &str, child: &str, error: bool) -> Vec<u8> {
     ])
 }
 
-fn store_blocking(db: &Database, trace: Trace) -> Result<StoreOutcome> {
-    let fragment = validate(trace)?;
+/// The write-side tables, opened once per transaction.
+struct WriteTables<'t> {
+    spans: Table<'t, &'static [u8], &'static [u8]>,
+    traces: Table<'t, &'static [u8], u64>,
+    by_end: Table<'t, &'static [u8], ()>,
+    index: Table<'t, &'static [u8], ()>,
+    children: Table<'t, &'static [u8], ()>,
+    edges: Table<'t, &'static [u8], &'static [u8]>,
+    ops: Table<'t, &'static [u8], u64>,
+}
+
+/// Writes one validated fragment inside an open write transaction.
+fn apply_fragment(t: &mut WriteTables<'_>, fragment: super::Fragment) -> Result<StoreOutcome> {
+    let WriteTables {
+        spans,
+        traces,
+        by_end,
+        index,
+        children,
+        edges,
+        ops,
+    } = t;
     let tid = fragment.trace_id;
     let mut out = StoreOutcome {
         stored: 0,
         duplicates: fragment.duplicates,
     };
-    if fragment.spans.is_empty() {
-        return Ok(out);
-    }
-    let tx = db.begin_write().map_err(db_err)?;
-    {
-        let mut spans = tx.open_table(SPANS).map_err(db_err)?;
-        let mut traces = tx.open_table(TRACES).map_err(db_err)?;
-        let mut by_end = tx.open_table(BY_END).map_err(db_err)?;
-        let mut index = tx.open_table(INDEX).map_err(db_err)?;
-        let mut children = tx.open_table(CHILDREN).map_err(db_err)?;
-        let mut edges = tx.open_table(EDGES).map_err(db_err)?;
-        let mut ops = tx.open_table(OPERATIONS).map_err(db_err)?;
+    let old_end = traces.get(&tid[..]).map_err(db_err)?.map(|g| g.value());
+    let mut newest_end = old_end.unwrap_or(0);
+    for span in &fragment.spans {
+        let sid = query::span_id(span);
+        let key = cat(&[&tid, &sid]);
+        if spans.get(key.as_slice()).map_err(db_err)?.is_some() {
+            out.duplicates += 1;
+            continue;
+        }
+        out.stored += 1;
+        spans
+            .insert(key.as_slice(), span.encode_to_vec().as_slice())
+            .map_err(db_err)?;
+        newest_end = newest_end.max(span.end_time_unix_nano);
+        let start = be(span.start_time_unix_nano);
+        for prefix in span_index_prefixes(span) {
+            let k = cat(&[&prefix, &start, &tid, &sid]);
+            index.insert(k.as_slice(), ()).map_err(db_err)?;
+        }
+        let ok = op_key(span);
+        let n = ops
+            .get(ok.as_slice())
+            .map_err(db_err)?
+            .map_or(0, |g| g.value());
+        ops.insert(ok.as_slice(), n + 1).map_err(db_err)?;
 
-        let old_end = traces.get(&tid[..]).map_err(db_err)?.map(|g| g.value());
-        let mut newest_end = old_end.unwrap_or(0);
-        for span in &fragment.spans {
-            let sid = query::span_id(span);
-            let key = cat(&[&tid, &sid]);
-            if spans.get(key.as_slice()).map_err(db_err)?.is_some() {
-                out.duplicates += 1;
-                continue;
-            }
-            out.stored += 1;
-            spans
-                .insert(key.as_slice(), span.encode_to_vec().as_slice())
+        // Calls: to the parent, if stored, and from children stored earlier.
+        if let Some(parent) = query::parent_id(span) {
+            children
+                .insert(cat(&[&tid, &parent, &sid]).as_slice(), ())
                 .map_err(db_err)?;
-            newest_end = newest_end.max(span.end_time_unix_nano);
-            let start = be(span.start_time_unix_nano);
-            for prefix in span_index_prefixes(span) {
-                let k = cat(&[&prefix, &start, &tid, &sid]);
-                index.insert(k.as_slice(), ()).map_err(db_err)?;
-            }
-            let ok = op_key(span);
-            let n = ops
-                .get(ok.as_slice())
-                .map_err(db_err)?
-                .map_or(0, |g| g.value());
-            ops.insert(ok.as_slice(), n + 1).map_err(db_err)?;
-
-            // Calls: to the parent, if stored, and from children stored earlier.
-            if let Some(parent) = query::parent_id(span) {
-                children
-                    .insert(cat(&[&tid, &parent, &sid]).as_slice(), ())
-                    .map_err(db_err)?;
-                if let Some(p) = spans
-                    .get(cat(&[&tid, &parent]).as_slice())
-                    .map_err(db_err)?
-                {
-                    let p = decode(p.value())?;
-                    if p.service != span.service {
-                        edges
-                            .insert(
-                                cat(&[&start, &tid, &sid]).as_slice(),
-                                edge_value(&p.service, &span.service, query::is_error(span))
-                                    .as_slice(),
-                            )
-                            .map_err(db_err)?;
-                    }
-                }
-            }
-            let lo = cat(&[&tid, &sid, &[0; 8]]);
-            let hi = cat(&[&tid, &sid, &[0xff; 8]]);
-            let mut kids = Vec::new();
-            for entry in children
-                .range(lo.as_slice()..=hi.as_slice())
+            if let Some(p) = spans
+                .get(cat(&[&tid, &parent]).as_slice())
                 .map_err(db_err)?
             {
-                let (k, _) = entry.map_err(db_err)?;
-                kids.push(k.value()[24..].to_vec());
-            }
-            for kid in kids {
-                if let Some(c) = spans.get(cat(&[&tid, &kid]).as_slice()).map_err(db_err)? {
-                    let c = decode(c.value())?;
-                    if c.service != span.service {
-                        edges
-                            .insert(
-                                cat(&[&be(c.start_time_unix_nano), &tid, &kid]).as_slice(),
-                                edge_value(&span.service, &c.service, query::is_error(&c))
-                                    .as_slice(),
-                            )
-                            .map_err(db_err)?;
-                    }
+                let p = decode(p.value())?;
+                if p.service != span.service {
+                    edges
+                        .insert(
+                            cat(&[&start, &tid, &sid]).as_slice(),
+                            edge_value(&p.service, &span.service, query::is_error(span)).as_slice(),
+                        )
+                        .map_err(db_err)?;
                 }
             }
         }
-        if out.stored > 0 {
-            if let Some(old) = old_end {
-                by_end
-                    .remove(cat(&[&be(old), &tid]).as_slice())
-                    .map_err(db_err)?;
+        let lo = cat(&[&tid, &sid, &[0; 8]]);
+        let hi = cat(&[&tid, &sid, &[0xff; 8]]);
+        let mut kids = Vec::new();
+        for entry in children
+            .range(lo.as_slice()..=hi.as_slice())
+            .map_err(db_err)?
+        {
+            let (k, _) = entry.map_err(db_err)?;
+            kids.push(k.value()[24..].to_vec());
+        }
+        for kid in kids {
+            if let Some(c) = spans.get(cat(&[&tid, &kid]).as_slice()).map_err(db_err)? {
+                let c = decode(c.value())?;
+                if c.service != span.service {
+                    edges
+                        .insert(
+                            cat(&[&be(c.start_time_unix_nano), &tid, &kid]).as_slice(),
+                            edge_value(&span.service, &c.service, query::is_error(&c)).as_slice(),
+                        )
+                        .map_err(db_err)?;
+                }
             }
+        }
+    }
+    if out.stored > 0 {
+        if let Some(old) = old_end {
             by_end
-                .insert(cat(&[&be(newest_end), &tid]).as_slice(), ())
+                .remove(cat(&[&be(old), &tid]).as_slice())
                 .map_err(db_err)?;
-            traces.insert(&tid[..], newest_end).map_err(db_err)?;
+        }
+        by_end
+            .insert(cat(&[&be(newest_end), &tid]).as_slice(), ())
+            .map_err(db_err)?;
+        traces.insert(&tid[..], newest_end).map_err(db_err)?;
+    }
+    Ok(out)
+}
+
+/// Stores several fragments in one write transaction: one commit (and one
+/// fsync) for the group instead of one per fragment. Each fragment gets its
+/// own result; a failure of the transaction itself fails every fragment in
+/// it (the caller retries, and storing is idempotent).
+fn store_group(db: &Database, traces: Vec<Trace>) -> Vec<Result<StoreOutcome>> {
+    let mut results: Vec<Option<Result<StoreOutcome>>> = Vec::with_capacity(traces.len());
+    let mut work = Vec::new();
+    for (slot, trace) in traces.into_iter().enumerate() {
+        match validate(trace) {
+            Err(e) => results.push(Some(Err(e))),
+            Ok(f) if f.spans.is_empty() => results.push(Some(Ok(StoreOutcome {
+                stored: 0,
+                duplicates: f.duplicates,
+            }))),
+            Ok(f) => {
+                results.push(None);
+                work.push((slot, f));
+            }
+        }
+    }
+    if !work.is_empty() {
+        let slots: Vec<usize> = work.iter().map(|(slot, _)| *slot).collect();
+        match write_group(db, work) {
+            Ok(outcomes) => {
+                for (slot, outcome) in outcomes {
+                    results[slot] = Some(Ok(outcome));
+                }
+            }
+            Err(e) => {
+                let msg = e.detail();
+                for slot in slots {
+                    results[slot] = Some(Err(db_err(msg.clone())));
+                }
+            }
+        }
+    }
+    results
+        .into_iter()
+        .map(|r| r.unwrap_or_else(|| Err(db_err("fragment not written"))))
+        .collect()
+}
+
+fn write_group(
+    db: &Database,
+    work: Vec<(usize, super::Fragment)>,
+) -> Result<Vec<(usize, StoreOutcome)>> {
+    let tx = db.begin_write().map_err(db_err)?;
+    let mut outcomes = Vec::with_capacity(work.len());
+    {
+        let mut t = WriteTables {
+            spans: tx.open_table(SPANS).map_err(db_err)?,
+            traces: tx.open_table(TRACES).map_err(db_err)?,
+            by_end: tx.open_table(BY_END).map_err(db_err)?,
+            index: tx.open_table(INDEX).map_err(db_err)?,
+            children: tx.open_table(CHILDREN).map_err(db_err)?,
+            edges: tx.open_table(EDGES).map_err(db_err)?,
+            ops: tx.open_table(OPERATIONS).map_err(db_err)?,
+        };
+        for (slot, fragment) in work {
+            outcomes.push((slot, apply_fragment(&mut t, fragment)?));
         }
     }
     tx.commit().map_err(db_err)?;
-    Ok(out)
+    Ok(outcomes)
 }
 
 fn read_trace(
@@ -482,7 +606,11 @@ fn parse_op_key(k: &[u8]) -> Option<(&str, SpanKind, &str)> {
 #[async_trait]
 impl Storage for EmbeddedStorage {
     async fn store_trace(&self, trace: Trace) -> Result<StoreOutcome> {
-        self.blocking(move |db| store_blocking(db, trace)).await
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        self.writer
+            .send(WriteRequest { trace, reply })
+            .map_err(|_| db_err("writer stopped"))?;
+        rx.await.map_err(|_| db_err("writer stopped"))?
     }
 
     async fn get_trace(&self, trace_id: TraceId) -> Result<Option<Trace>> {
