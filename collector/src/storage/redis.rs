@@ -222,6 +222,22 @@ impl RedisStorage {
     }
 
     /// Runs `op` with a connection, retrying errors that a reconnect may cure.
+    /// Every member of the sorted set `key`.
+    async fn members(&self, what: &'static str, key: Vec<u8>) -> Result<Vec<String>> {
+        self.with_retry(what, |mut conn| {
+            let key = &key;
+            async move {
+                ::redis::cmd("ZRANGE")
+                    .arg(key)
+                    .arg(0)
+                    .arg(-1)
+                    .query_async(&mut conn)
+                    .await
+            }
+        })
+        .await
+    }
+
     async fn with_retry<T, F, Fut>(&self, what: &'static str, mut op: F) -> Result<T>
     where
         F: FnMut(ConnectionManager) -> Fut,
@@ -588,20 +604,7 @@ impl Storage for RedisStorage {
     }
 
     async fn services(&self) -> Result<Vec<String>> {
-        let key = self.keys.services();
-        let mut names: Vec<String> = self
-            .with_retry("services", |mut conn| {
-                let key = &key;
-                async move {
-                    ::redis::cmd("ZRANGE")
-                        .arg(key)
-                        .arg(0)
-                        .arg(-1)
-                        .query_async(&mut conn)
-                        .await
-                }
-            })
-            .await?;
+        let mut names = self.members("services", self.keys.services()).await?;
         names.sort();
         Ok(names)
     }
@@ -611,19 +614,8 @@ impl Storage for RedisStorage {
         service: &str,
         kind: Option<SpanKind>,
     ) -> Result<Vec<(String, SpanKind)>> {
-        let key = self.keys.operations(service);
-        let members: Vec<String> = self
-            .with_retry("operations", |mut conn| {
-                let key = &key;
-                async move {
-                    ::redis::cmd("ZRANGE")
-                        .arg(key)
-                        .arg(0)
-                        .arg(-1)
-                        .query_async(&mut conn)
-                        .await
-                }
-            })
+        let members = self
+            .members("operations", self.keys.operations(service))
             .await?;
         let mut out: Vec<(String, SpanKind)> = members
             .iter()
