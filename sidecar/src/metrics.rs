@@ -1,0 +1,160 @@
+//! Prometheus metrics of the sidecar. Label sets are bounded: `protocol`
+//! has three values and `endpoint` one per collector endpoint.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+/// The sidecar's metrics.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    registry: Registry,
+    /// Spans received from applications, by protocol.
+    pub received: IntCounterVec,
+    /// Spans the collectors acknowledged.
+    pub forwarded: IntCounter,
+    /// Spans written to the spill log (a collector unreachable or the
+    /// memory buffer full).
+    pub spilled: IntCounter,
+    /// Spans sent from the spill log and acknowledged.
+    pub replayed: IntCounter,
+    /// Spans refused to applications because memory and disk were full.
+    pub refused: IntCounter,
+    /// Spans a collector rejected as invalid (not retried).
+    pub rejected: IntCounter,
+    /// Spans dropped after a collector refused them for good.
+    pub dropped: IntCounter,
+    /// Spill records unreadable after a crash or corruption.
+    pub spill_corrupt: IntCounter,
+    /// Failed sends, by endpoint.
+    pub send_failures: IntCounterVec,
+    /// Bytes of encoded spans held in memory.
+    pub buffer_bytes: IntGauge,
+    /// Unsent bytes in the spill logs.
+    pub spill_bytes: IntGauge,
+    /// Number of collector endpoints routed to.
+    pub endpoints: IntGauge,
+    /// 1 while an endpoint's circuit breaker is open.
+    pub breaker_open: IntGaugeVec,
+    /// Latency of sends to collectors.
+    pub send_seconds: Histogram,
+}
+
+fn must<T>(r: prometheus::Result<T>) -> T {
+    match r {
+        Ok(v) => v,
+        // Names and help strings are constants known to be valid.
+        Err(e) => panic!("invalid metric definition: {e}"),
+    }
+}
+
+impl Metrics {
+    /// A fresh registry with every metric registered.
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let c = |name: &str, help: &str| {
+            let m = must(IntCounter::new(name, help));
+            must(registry.register(Box::new(m.clone())));
+            m
+        };
+        let cv = |name: &str, help: &str, label: &str| {
+            let m = must(IntCounterVec::new(Opts::new(name, help), &[label]));
+            must(registry.register(Box::new(m.clone())));
+            m
+        };
+        let g = |name: &str, help: &str| {
+            let m = must(IntGauge::new(name, help));
+            must(registry.register(Box::new(m.clone())));
+            m
+        };
+        let breaker_open = must(IntGaugeVec::new(
+            Opts::new(
+                "clew_sidecar_breaker_open",
+                "1 while the circuit breaker of a collector endpoint is open",
+            ),
+            &["endpoint"],
+        ));
+        must(registry.register(Box::new(breaker_open.clone())));
+        let send_seconds = must(Histogram::with_opts(
+            HistogramOpts::new(
+                "clew_sidecar_send_duration_seconds",
+                "Latency of export requests to collectors",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+            ]),
+        ));
+        must(registry.register(Box::new(send_seconds.clone())));
+        Metrics {
+            received: cv(
+                "clew_sidecar_spans_received_total",
+                "Spans received from applications",
+                "protocol",
+            ),
+            forwarded: c(
+                "clew_sidecar_spans_forwarded_total",
+                "Spans acknowledged by collectors (spill replays included)",
+            ),
+            spilled: c(
+                "clew_sidecar_spans_spilled_total",
+                "Spans written to the disk spill log",
+            ),
+            replayed: c(
+                "clew_sidecar_spans_replayed_total",
+                "Spans sent from the spill log and acknowledged",
+            ),
+            refused: c(
+                "clew_sidecar_spans_refused_total",
+                "Spans refused to applications because the buffer and the spill log were full",
+            ),
+            rejected: c(
+                "clew_sidecar_spans_rejected_total",
+                "Spans collectors rejected as invalid",
+            ),
+            dropped: c(
+                "clew_sidecar_spans_dropped_total",
+                "Spans dropped because a collector refused them for good",
+            ),
+            spill_corrupt: c(
+                "clew_sidecar_spill_corrupt_records_total",
+                "Spill records that could not be read back",
+            ),
+            send_failures: cv(
+                "clew_sidecar_send_failures_total",
+                "Failed export requests",
+                "endpoint",
+            ),
+            buffer_bytes: g(
+                "clew_sidecar_buffer_bytes",
+                "Bytes of spans held in the memory buffer",
+            ),
+            spill_bytes: g(
+                "clew_sidecar_spill_bytes",
+                "Bytes of unsent spans in the spill logs",
+            ),
+            endpoints: g(
+                "clew_sidecar_endpoints",
+                "Collector endpoints currently routed to",
+            ),
+            breaker_open,
+            send_seconds,
+            registry,
+        }
+    }
+
+    /// The text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
+            tracing::warn!(error = %e, "metrics encoding failed");
+        }
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

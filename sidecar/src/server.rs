@@ -1,0 +1,323 @@
+//! Wires the sidecar together: the pipeline, endpoint discovery, the
+//! receivers, the ops endpoint and graceful shutdown.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use clew_tracer::reliability::CircuitBreakerConfig;
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::TraceServiceServer;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::pipeline::{Pipeline, PipelineConfig};
+use crate::receiver::{NativeGrpc, OtlpGrpc, http_router};
+
+/// Sidecar settings: flags, or `CLEW_SIDECAR_*` environment variables.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(
+    name = "clew-sidecar",
+    version,
+    args_override_self = true,
+    about = "clew sidecar agent: takes spans on localhost and forwards them to the collectors, routed by trace ID, buffering in memory and on disk"
+)]
+pub struct Config {
+    /// OTLP/gRPC and clew native gRPC listen address.
+    #[arg(long, env = "CLEW_SIDECAR_GRPC_ADDR", default_value = "127.0.0.1:4317")]
+    pub grpc_addr: SocketAddr,
+    /// OTLP/HTTP listen address (`POST /v1/traces`).
+    #[arg(long, env = "CLEW_SIDECAR_HTTP_ADDR", default_value = "127.0.0.1:4318")]
+    pub http_addr: SocketAddr,
+    /// `/metrics`, `/healthz` and `/readyz`.
+    #[arg(long, env = "CLEW_SIDECAR_OPS_ADDR", default_value = "0.0.0.0:9465")]
+    pub ops_addr: SocketAddr,
+    /// Collector endpoints (`host:port` or `http://host:port`), comma-separated.
+    #[arg(long, env = "CLEW_SIDECAR_COLLECTORS", value_delimiter = ',')]
+    pub collectors: Vec<String>,
+    /// `host:port` of a headless Service whose DNS records list the
+    /// collectors; re-resolved every `--dns-refresh`.
+    #[arg(long, env = "CLEW_SIDECAR_COLLECTOR_DNS")]
+    pub collector_dns: Option<String>,
+    /// How often the collector DNS name is resolved again.
+    #[arg(long, env = "CLEW_SIDECAR_DNS_REFRESH", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub dns_refresh: Duration,
+    /// Directory of the disk spill logs (one per collector endpoint).
+    #[arg(
+        long,
+        env = "CLEW_SIDECAR_SPILL_DIR",
+        default_value = "/var/lib/clew-sidecar"
+    )]
+    pub spill_dir: PathBuf,
+    /// Memory buffer limit over all endpoints, in bytes; beyond it spans go
+    /// to the spill log.
+    #[arg(long, env = "CLEW_SIDECAR_BUFFER_BYTES", default_value_t = 8 << 20)]
+    pub buffer_bytes: usize,
+    /// Size cap of each endpoint's spill log, in bytes. When the memory
+    /// buffer and the spill log are full, applications are told to retry.
+    #[arg(long, env = "CLEW_SIDECAR_SPILL_MAX_BYTES", default_value_t = 256 << 20)]
+    pub spill_max_bytes: u64,
+    /// Largest request sent to a collector, in bytes.
+    #[arg(long, env = "CLEW_SIDECAR_BATCH_MAX_BYTES", default_value_t = 2 << 20)]
+    pub batch_max_bytes: usize,
+    /// Largest request accepted from an application, in bytes.
+    #[arg(long, env = "CLEW_SIDECAR_MAX_REQUEST_BYTES", default_value_t = 16 << 20)]
+    pub max_request_bytes: usize,
+    /// Deadline of one export request to a collector.
+    #[arg(long, env = "CLEW_SIDECAR_REQUEST_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub request_timeout: Duration,
+    /// Consecutive failed sends that open an endpoint's circuit breaker.
+    #[arg(long, env = "CLEW_SIDECAR_BREAKER_FAILURES", default_value_t = 3)]
+    pub breaker_failures: u32,
+    /// How long an open breaker waits before a trial send.
+    #[arg(long, env = "CLEW_SIDECAR_BREAKER_COOL_DOWN", default_value = "2s", value_parser = humantime::parse_duration)]
+    pub breaker_cool_down: Duration,
+    /// On shutdown, how long to try delivering the memory buffer before
+    /// spilling what is left.
+    #[arg(long, env = "CLEW_SIDECAR_SHUTDOWN_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub shutdown_timeout: Duration,
+}
+
+/// Start-up errors.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// Neither `--collectors` nor `--collector-dns` was given.
+    #[error(
+        "no collectors: set --collectors (CLEW_SIDECAR_COLLECTORS) or --collector-dns (CLEW_SIDECAR_COLLECTOR_DNS)"
+    )]
+    NoCollectors,
+    /// A listener could not bind.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The pipeline could not start.
+    #[error(transparent)]
+    Pipeline(#[from] crate::pipeline::Error),
+    /// A server failed.
+    #[error("server error: {0}")]
+    Serve(String),
+}
+
+/// The addresses the sidecar listens on.
+#[derive(Debug, Clone, Copy)]
+pub struct Bound {
+    /// OTLP/gRPC + native.
+    pub grpc: SocketAddr,
+    /// OTLP/HTTP.
+    pub http: SocketAddr,
+    /// Ops.
+    pub ops: SocketAddr,
+}
+
+impl Config {
+    /// The pipeline settings these flags describe.
+    pub fn pipeline(&self) -> PipelineConfig {
+        let mut p = PipelineConfig::new(self.spill_dir.clone());
+        p.buffer_bytes = self.buffer_bytes;
+        p.spill_max_bytes = self.spill_max_bytes;
+        p.batch_max_bytes = self.batch_max_bytes;
+        p.request_timeout = self.request_timeout;
+        p.breaker = CircuitBreakerConfig {
+            consecutive_failures: self.breaker_failures,
+            cool_down: self.breaker_cool_down,
+            ..p.breaker
+        };
+        p.shutdown_timeout = self.shutdown_timeout;
+        p
+    }
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, ServerError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServerError::Bind { addr, source })
+}
+
+fn local(l: &TcpListener) -> Result<SocketAddr, ServerError> {
+    l.local_addr()
+        .map_err(|e| ServerError::Serve(format!("local address: {e}")))
+}
+
+/// Resolves a headless Service name to one endpoint per address.
+pub async fn resolve(name: &str) -> std::io::Result<Vec<String>> {
+    let mut out: Vec<String> = tokio::net::lookup_host(name)
+        .await?
+        .map(|a| format!("http://{a}"))
+        .collect();
+    out.sort();
+    out.dedup();
+    Ok(out)
+}
+
+async fn dns_loop(
+    pipeline: Pipeline,
+    name: String,
+    every: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(every.max(Duration::from_millis(100)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        match resolve(&name).await {
+            // An empty answer during a rollout must not strand spans: keep
+            // the last known set until the name resolves again.
+            Ok(list) if !list.is_empty() => {
+                if let Err(e) = pipeline.set_endpoints(&list) {
+                    tracing::warn!(error = %e, "collector endpoints from DNS rejected");
+                }
+            }
+            Ok(_) => {
+                tracing::warn!(name = %name, "collector DNS name has no addresses; keeping the last set")
+            }
+            Err(e) => {
+                tracing::warn!(name = %name, error = %e, "resolving collectors failed; keeping the last set")
+            }
+        }
+    }
+}
+
+#[derive(Clone)]
+struct OpsState {
+    pipeline: Pipeline,
+    ready: Arc<AtomicBool>,
+}
+
+fn ops_router(state: OpsState) -> axum::Router {
+    axum::Router::new()
+        .route(
+            "/metrics",
+            axum::routing::get(|State(s): State<OpsState>| async move {
+                s.pipeline.pending();
+                (
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        "text/plain; version=0.0.4",
+                    )],
+                    s.pipeline.metrics().render(),
+                )
+            }),
+        )
+        .route("/healthz", axum::routing::get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            axum::routing::get(|State(s): State<OpsState>| async move {
+                if s.ready.load(Ordering::Acquire) {
+                    (StatusCode::OK, "ready").into_response()
+                } else {
+                    (StatusCode::SERVICE_UNAVAILABLE, "not ready").into_response()
+                }
+            }),
+        )
+        .with_state(state)
+}
+
+/// Runs the sidecar until `shutdown` resolves; then stops taking spans,
+/// delivers or spills what it holds, and returns.
+pub async fn run(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    on_bound: impl FnOnce(Bound) + Send,
+) -> Result<(), ServerError> {
+    if config.collectors.iter().all(|c| c.trim().is_empty()) && config.collector_dns.is_none() {
+        return Err(ServerError::NoCollectors);
+    }
+    let pipeline = Pipeline::open(config.pipeline(), crate::metrics::Metrics::new())?;
+    let mut initial: Vec<String> = config
+        .collectors
+        .iter()
+        .filter(|c| !c.trim().is_empty())
+        .cloned()
+        .collect();
+    if let Some(name) = &config.collector_dns {
+        match resolve(name).await {
+            Ok(list) => initial.extend(list),
+            Err(e) => {
+                tracing::warn!(name = %name, error = %e, "resolving collectors failed; will retry")
+            }
+        }
+    }
+    pipeline.set_endpoints(&initial)?;
+
+    let grpc_listener = bind(config.grpc_addr).await?;
+    let http_listener = bind(config.http_addr).await?;
+    let ops_listener = bind(config.ops_addr).await?;
+    let bound = Bound {
+        grpc: local(&grpc_listener)?,
+        http: local(&http_listener)?,
+        ops: local(&ops_listener)?,
+    };
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let ready = Arc::new(AtomicBool::new(false));
+    let max = config.max_request_bytes;
+    let grpc = tonic::transport::Server::builder()
+        .add_service(
+            TraceServiceServer::new(OtlpGrpc(pipeline.clone())).max_decoding_message_size(max),
+        )
+        .add_service(
+            clew_proto::v1::collector_server::CollectorServer::new(NativeGrpc(pipeline.clone()))
+                .max_decoding_message_size(max),
+        )
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(grpc_listener),
+            stopped(stop_rx.clone()),
+        );
+    let http = axum::serve(http_listener, http_router(pipeline.clone(), max))
+        .with_graceful_shutdown(stopped(stop_rx.clone()));
+    let ops = axum::serve(
+        ops_listener,
+        ops_router(OpsState {
+            pipeline: pipeline.clone(),
+            ready: Arc::clone(&ready),
+        }),
+    )
+    .with_graceful_shutdown(stopped(stop_rx.clone()));
+    let grpc = tokio::spawn(grpc);
+    let http = tokio::spawn(async move { http.await });
+    let ops = tokio::spawn(async move { ops.await });
+    let dns = config.collector_dns.clone().map(|name| {
+        tokio::spawn(dns_loop(
+            pipeline.clone(),
+            name,
+            config.dns_refresh,
+            stop_rx.clone(),
+        ))
+    });
+    ready.store(true, Ordering::Release);
+    tracing::info!(grpc = %bound.grpc, http = %bound.http, ops = %bound.ops, endpoints = ?pipeline.endpoints(), "sidecar listening");
+    on_bound(bound);
+
+    shutdown.await;
+    tracing::info!("shutting down: no new spans; delivering or spilling what is held");
+    ready.store(false, Ordering::Release);
+    let _ = stop_tx.send(true);
+    let grpc_result = grpc.await;
+    let _ = http.await;
+    if let Some(dns) = dns {
+        let _ = dns.await;
+    }
+    pipeline.shutdown().await;
+    let _ = ops.await;
+    let (mem, spill) = pipeline.pending();
+    tracing::info!(memory_bytes = mem, spill_bytes = spill, "sidecar stopped");
+    match grpc_result {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(ServerError::Serve(e.to_string())),
+        Err(e) => Err(ServerError::Serve(e.to_string())),
+    }
+}
