@@ -118,10 +118,8 @@ where
     result
 }
 
-fn stopped(mut rx: tokio::sync::watch::Receiver<bool>) -> impl Future<Output = ()> {
-    async move {
-        let _ = rx.wait_for(|s| *s).await;
-    }
+async fn stopped(mut rx: tokio::sync::watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await;
 }
 
 /// Runs service A until `stop`.

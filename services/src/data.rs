@@ -31,13 +31,16 @@ const CORPUS: &[&str] = &[
     "example traffic from the generator",
 ];
 
+/// The key-value store: values and keys in insertion order.
+type Kv = (HashMap<String, String>, Vec<String>);
+
 /// Service C.
 #[derive(Debug, Clone)]
 pub struct DataService {
     tracer: Tracer,
     faults: Faults,
     metrics: Metrics,
-    store: Arc<RwLock<(HashMap<String, String>, Vec<String>)>>,
+    store: Arc<RwLock<Kv>>,
 }
 
 impl DataService {
