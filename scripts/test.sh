@@ -38,6 +38,9 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== benches compile"
 cargo bench --workspace --no-run --locked >/dev/null 2>&1 || cargo bench --workspace --no-run --locked
 
+echo "== binaries (the end-to-end suites run them)"
+cargo build --workspace --bins --locked
+
 echo "== tests"
 if cargo nextest --version >/dev/null 2>&1; then
   cargo test --workspace --doc --locked
