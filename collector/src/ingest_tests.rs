@@ -329,11 +329,15 @@ async fn the_opentelemetry_python_sdk_exports_over_grpc_and_http() {
     let app = http_router(s.ingest.clone());
     tokio::spawn(async move { axum::serve(listener, app).await });
 
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/otel_sdk_send.py");
+    // The runtime variable (set by cargo and nextest): a test binary reused
+    // from a build in another checkout must not look there.
+    let dir = std::env::var("CARGO_MANIFEST_DIR")
+        .unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_string());
+    let script = format!("{dir}/tests/python/otel_sdk_send.py");
     let out = tokio::time::timeout(
         Duration::from_secs(120),
         tokio::process::Command::new(python())
-            .arg(script)
+            .arg(&script)
             .arg("--grpc")
             .arg(grpc.to_string())
             .arg("--http")
