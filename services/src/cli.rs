@@ -8,6 +8,7 @@ use std::time::Duration;
 use clew_tracer::Tracer;
 use clew_tracer::instrument::TraceLayer;
 use tokio::net::TcpListener;
+use tonic::service::Routes;
 
 use crate::Faults;
 use crate::ops::{self, Metrics};
@@ -122,6 +123,25 @@ async fn stopped(mut rx: tokio::sync::watch::Receiver<bool>) {
     let _ = rx.wait_for(|s| *s).await;
 }
 
+/// Serves gRPC `routes`, traced by `TraceLayer::grpc_server`, until `rx`
+/// turns true.
+async fn serve_grpc(
+    routes: Routes,
+    tracer: Tracer,
+    listener: TcpListener,
+    rx: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    tonic::transport::Server::builder()
+        .layer(TraceLayer::grpc_server(tracer))
+        .add_routes(routes)
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            stopped(rx),
+        )
+        .await?;
+    Ok(())
+}
+
 /// Runs service A until `stop`.
 pub async fn run_a(
     cfg: ServiceAConfig,
@@ -168,15 +188,7 @@ pub async fn run_b(
         |tracer, metrics, listener, rx| async move {
             let data = crate::business::data_client(&cfg.service_c, &tracer)?;
             let svc = crate::business::BusinessService::new(tracer.clone(), data, faults, metrics);
-            tonic::transport::Server::builder()
-                .layer(TraceLayer::grpc_server(tracer))
-                .add_service(svc.into_server())
-                .serve_with_incoming_shutdown(
-                    tokio_stream::wrappers::TcpListenerStream::new(listener),
-                    stopped(rx),
-                )
-                .await?;
-            Ok(())
+            serve_grpc(Routes::new(svc.into_server()), tracer, listener, rx).await
         },
     )
     .await
@@ -196,15 +208,7 @@ pub async fn run_c(
         stop,
         |tracer, metrics, listener, rx| async move {
             let svc = crate::data::DataService::new(tracer.clone(), faults, metrics);
-            tonic::transport::Server::builder()
-                .layer(TraceLayer::grpc_server(tracer))
-                .add_service(svc.into_server())
-                .serve_with_incoming_shutdown(
-                    tokio_stream::wrappers::TcpListenerStream::new(listener),
-                    stopped(rx),
-                )
-                .await?;
-            Ok(())
+            serve_grpc(Routes::new(svc.into_server()), tracer, listener, rx).await
         },
     )
     .await
