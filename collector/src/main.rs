@@ -18,29 +18,11 @@ async fn main() -> anyhow::Result<()> {
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )
         .init();
-    let config = Config::parse();
-    run(config, shutdown_signal(), |_| {}).await?;
+    let args = clew_runtime::config::args_with_file::<Config>(
+        std::env::args_os().collect(),
+        "CLEW_CONFIG",
+    )?;
+    let config = Config::parse_from(args);
+    run(config, clew_runtime::shutdown_signal(), |_| {}).await?;
     Ok(())
-}
-
-/// Ctrl-C or SIGTERM (what Kubernetes sends before killing a pod).
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {}
-        _ = term => {}
-    }
 }

@@ -38,6 +38,10 @@ pub enum StorageKind {
 #[derive(Debug, Clone, clap::Parser)]
 #[command(name = "clew-collector", version, about = "clew trace collector")]
 pub struct Config {
+    /// A YAML file of settings: keys are these flags' long names, values
+    /// what the flag takes. Flags and environment variables override it.
+    #[arg(long, env = "CLEW_CONFIG")]
+    pub config: Option<PathBuf>,
     /// gRPC ingest: OTLP TraceService and clew's native Collector.
     #[arg(long, env = "CLEW_GRPC_ADDR", default_value = "0.0.0.0:4317")]
     pub grpc_addr: SocketAddr,

@@ -250,3 +250,30 @@ async fn a_redis_outage_loses_no_acknowledged_span() {
         assert_eq!(t.spans.len(), 5, "trace {id} stored exactly once");
     }
 }
+
+#[test]
+fn a_config_file_sets_what_flags_leave_unset_and_a_bad_one_stops_start_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("collector.yaml");
+    // The file picks the memory backend; the flags pick the ports.
+    std::fs::write(&file, "storage: memory\nretention: 1h\n").unwrap();
+    let c = start_with(dir.path(), &["--config", file.to_str().unwrap()]);
+    let (status, metrics) = http_get(c.ops, "/metrics").unwrap();
+    assert_eq!(status, 200);
+    assert!(metrics.contains("clew_"), "{metrics}");
+    terminate(c);
+    assert!(
+        !dir.path().join("traces.redb").exists(),
+        "the memory backend writes no store"
+    );
+
+    std::fs::write(&file, "storag: memory\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_clew-collector"))
+        .args(["--config", file.to_str().unwrap()])
+        .env_remove("RUST_BACKTRACE")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("unknown setting \"storag\""), "{err}");
+}

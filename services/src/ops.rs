@@ -65,17 +65,12 @@ impl Metrics {
     }
 }
 
-/// The ops router.
+/// The ops router (`/metrics`, `/healthz`, `/readyz`).
 pub fn router(metrics: Metrics) -> axum::Router {
-    axum::Router::new()
-        .route(
-            "/metrics",
-            axum::routing::get(move || {
-                let m = metrics.clone();
-                async move { m.render() }
-            }),
-        )
-        .route("/healthz", axum::routing::get(|| async { "ok" }))
+    clew_runtime::ops::router(
+        std::sync::Arc::new(move || metrics.render()),
+        std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true)),
+    )
 }
 
 /// Serves the ops router on `addr` until `stop` resolves.

@@ -8,9 +8,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use axum::extract::State;
-use axum::http::StatusCode;
-use axum::response::IntoResponse;
 use clew_tracer::reliability::CircuitBreakerConfig;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::TraceServiceServer;
 use tokio::net::TcpListener;
@@ -28,6 +25,10 @@ use crate::receiver::{NativeGrpc, OtlpGrpc, http_router};
     about = "clew sidecar agent: takes spans on localhost and forwards them to the collectors, routed by trace ID, buffering in memory and on disk"
 )]
 pub struct Config {
+    /// A YAML file of settings: keys are these flags' long names, values
+    /// what the flag takes. Flags and environment variables override it.
+    #[arg(long, env = "CLEW_SIDECAR_CONFIG")]
+    pub config: Option<PathBuf>,
     /// OTLP/gRPC and clew native gRPC listen address.
     #[arg(long, env = "CLEW_SIDECAR_GRPC_ADDR", default_value = "127.0.0.1:4317")]
     pub grpc_addr: SocketAddr,
@@ -189,41 +190,6 @@ async fn dns_loop(
     }
 }
 
-#[derive(Clone)]
-struct OpsState {
-    pipeline: Pipeline,
-    ready: Arc<AtomicBool>,
-}
-
-fn ops_router(state: OpsState) -> axum::Router {
-    axum::Router::new()
-        .route(
-            "/metrics",
-            axum::routing::get(|State(s): State<OpsState>| async move {
-                s.pipeline.pending();
-                (
-                    [(
-                        axum::http::header::CONTENT_TYPE,
-                        "text/plain; version=0.0.4",
-                    )],
-                    s.pipeline.metrics().render(),
-                )
-            }),
-        )
-        .route("/healthz", axum::routing::get(|| async { "ok" }))
-        .route(
-            "/readyz",
-            axum::routing::get(|State(s): State<OpsState>| async move {
-                if s.ready.load(Ordering::Acquire) {
-                    (StatusCode::OK, "ready").into_response()
-                } else {
-                    (StatusCode::SERVICE_UNAVAILABLE, "not ready").into_response()
-                }
-            }),
-        )
-        .with_state(state)
-}
-
 /// Runs the sidecar until `shutdown` resolves; then stops taking spans,
 /// delivers or spills what it holds, and returns.
 pub async fn run(
@@ -279,12 +245,16 @@ pub async fn run(
         );
     let http = axum::serve(http_listener, http_router(pipeline.clone(), max))
         .with_graceful_shutdown(stopped(stop_rx.clone()));
+    let render_pipeline = pipeline.clone();
     let ops = axum::serve(
         ops_listener,
-        ops_router(OpsState {
-            pipeline: pipeline.clone(),
-            ready: Arc::clone(&ready),
-        }),
+        clew_runtime::ops::router(
+            Arc::new(move || {
+                render_pipeline.pending();
+                render_pipeline.metrics().render()
+            }),
+            Arc::clone(&ready),
+        ),
     )
     .with_graceful_shutdown(stopped(stop_rx.clone()));
     let grpc = tokio::spawn(grpc);

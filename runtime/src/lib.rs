@@ -1,0 +1,26 @@
+//! What every clew binary shares: the ops endpoint ([`ops`]), shutdown on
+//! SIGTERM or Ctrl-C ([`shutdown_signal`]), and an optional configuration
+//! file layered under flags and environment variables ([`config`]).
+
+pub mod config;
+pub mod ops;
+
+/// Resolves on Ctrl-C or SIGTERM (what Kubernetes sends before killing a
+/// pod).
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}
