@@ -1,0 +1,232 @@
+//! The mutating admission webhook that injects the clew sidecar into pods (HTTPS, `POST /mutate`).
+//!
+//! The decision and the mutation are the pure functions of `inject.rs`; this module reads the
+//! AdmissionReview, looks collectors and namespaces up in watch-backed caches, answers with a
+//! JSON patch, and records why a pod that asked for a sidecar did not get one.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use k8s_openapi::api::core::v1::{Namespace, ObjectReference, Pod, Secret};
+use kube::api::Api;
+use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::{Client, ResourceExt};
+use tracing::{debug, warn};
+
+use crate::certs;
+use crate::crd::TraceCollector;
+use crate::desired::Defaults;
+use crate::inject::{self, Decision, INJECT_ANNOTATION};
+use crate::metrics::Metrics;
+
+/// What the webhook needs to decide and mutate.
+#[derive(Clone)]
+pub struct WebhookState {
+    /// Every TraceCollector in the cluster (a reflector cache).
+    pub collectors: Store<TraceCollector>,
+    /// Every namespace (for the namespace-level default annotation).
+    pub namespaces: Store<Namespace>,
+    /// Operator-level defaults (image).
+    pub defaults: Defaults,
+    /// Inject native sidecars (Kubernetes 1.29+) rather than regular containers.
+    pub native_sidecars: bool,
+    /// Operator metrics.
+    pub metrics: Metrics,
+    /// Publishes an Event for pods that asked for a sidecar and did not get one.
+    pub recorder: Option<Recorder>,
+}
+
+impl std::fmt::Debug for WebhookState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebhookState")
+            .field("native_sidecars", &self.native_sidecars)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The webhook's routes: `POST /mutate` and `GET /healthz`.
+pub fn app(state: Arc<WebhookState>) -> Router {
+    Router::new()
+        .route("/mutate", post(mutate))
+        .route("/healthz", get(|| async { "ok" }))
+        .with_state(state)
+}
+
+fn invalid(msg: &str) -> Response {
+    let review = AdmissionResponse::invalid(msg).into_review();
+    (StatusCode::BAD_REQUEST, axum::Json(review)).into_response()
+}
+
+async fn mutate(State(state): State<Arc<WebhookState>>, body: Bytes) -> Response {
+    let review: AdmissionReview<Pod> = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            state.metrics.admissions.with_label_values(&["invalid"]).inc();
+            // serde's message names the offending field; it reveals nothing internal.
+            return invalid(&format!("not an AdmissionReview of a Pod: {e}"));
+        }
+    };
+    let req: AdmissionRequest<Pod> = match review.try_into() {
+        Ok(r) => r,
+        Err(_) => {
+            state.metrics.admissions.with_label_values(&["invalid"]).inc();
+            return invalid("AdmissionReview without a request");
+        }
+    };
+    let (resp, skipped) = admit(&state, &req);
+    if let (Some((pod, reason)), Some(recorder)) = (skipped, state.recorder.clone()) {
+        // Off the request path: the API server is waiting for the answer.
+        tokio::spawn(async move { record_skip(&recorder, &pod, &reason).await });
+    }
+    axum::Json(resp.into_review()).into_response()
+}
+
+/// Answers one admission request. Returns the response and, when a requested sidecar was not
+/// injected, the pod and the reason (for an Event).
+pub fn admit(state: &WebhookState, req: &AdmissionRequest<Pod>) -> (AdmissionResponse, Option<(Pod, String)>) {
+    let allow = AdmissionResponse::from(req);
+    let Some(pod) = req.object.as_ref().filter(|_| req.operation == Operation::Create) else {
+        return (allow, None);
+    };
+    // The object of a CREATE may lack its namespace; the request carries it.
+    let mut view = pod.clone();
+    if view.metadata.namespace.is_none() {
+        view.metadata.namespace = req.namespace.clone();
+    }
+    let ns = view.namespace().unwrap_or_default();
+    let ns_value = state
+        .namespaces
+        .get(&ObjectRef::new(&ns))
+        .and_then(|n| n.annotations().get(INJECT_ANNOTATION).cloned());
+    let collectors = state.collectors.state();
+    let decision = inject::decide(&view, ns_value.as_deref(), collectors.iter().map(|c| c.as_ref()));
+    let (label, mutated, skipped) = match decision {
+        Decision::NotRequested => ("not_requested", None, None),
+        Decision::AlreadyInjected => ("already_injected", None, None),
+        Decision::Inject(tc) => (
+            "injected",
+            Some(inject::inject(pod, &tc, &state.defaults, state.native_sidecars)),
+            None,
+        ),
+        Decision::Skip(reason) => (
+            "skipped",
+            Some(inject::annotate_skip(pod, &reason)),
+            Some((view.clone(), reason)),
+        ),
+    };
+    state.metrics.admissions.with_label_values(&[label]).inc();
+    debug!(namespace = %ns, pod = %pod_name(&view), result = label, "admission");
+    let Some(mutated) = mutated else { return (allow, skipped) };
+    let patch = match (serde_json::to_value(pod), serde_json::to_value(&mutated)) {
+        (Ok(a), Ok(b)) => json_patch::diff(&a, &b),
+        _ => return (allow, skipped),
+    };
+    match allow.clone().with_patch(patch) {
+        Ok(r) => (r, skipped),
+        Err(e) => {
+            // Never block a pod: admit it unchanged.
+            warn!(error = %e, "could not encode the patch");
+            (allow, skipped)
+        }
+    }
+}
+
+fn pod_name(pod: &Pod) -> String {
+    pod.metadata
+        .name
+        .clone()
+        .or_else(|| pod.metadata.generate_name.clone())
+        .unwrap_or_default()
+}
+
+async fn record_skip(recorder: &Recorder, pod: &Pod, reason: &str) {
+    let reference = ObjectReference {
+        api_version: Some("v1".to_owned()),
+        kind: Some("Pod".to_owned()),
+        name: Some(pod_name(pod)),
+        namespace: pod.namespace(),
+        ..ObjectReference::default()
+    };
+    let ev = Event {
+        type_: EventType::Warning,
+        reason: "SidecarNotInjected".to_owned(),
+        note: Some(reason.chars().take(1000).collect()),
+        action: "InjectSidecar".to_owned(),
+        secondary: None,
+    };
+    if let Err(e) = recorder.publish(&ev, &reference).await {
+        warn!(error = %e, "could not publish the SidecarNotInjected event");
+    }
+}
+
+/// Whether the API server supports native sidecars, from its `/version`.
+pub async fn detect_native_sidecars(client: &Client) -> Result<bool, kube::Error> {
+    let v = client.apiserver_version().await?;
+    Ok(inject::supports_native_sidecars(&v.major, &v.minor))
+}
+
+/// Waits until the TLS Secret exists and holds a serving pair; returns it.
+pub async fn wait_for_tls(client: &Client, namespace: &str, secret: &str) -> (String, String) {
+    let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    let mut logged = false;
+    loop {
+        match api.get_opt(secret).await {
+            Ok(Some(s)) => match certs::serving_pair(&s) {
+                Ok(pair) => return pair,
+                Err(e) => warn!(error = %e, "webhook TLS secret not usable yet"),
+            },
+            Ok(None) if !logged => {
+                tracing::info!(secret, "waiting for the webhook TLS secret");
+                logged = true;
+            }
+            Ok(None) => {}
+            Err(e) => warn!(error = %e, "reading the webhook TLS secret"),
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}
+
+/// Reloads the serving certificate whenever the Secret changes (rotation, cert-manager renewal).
+pub async fn keep_tls_current(
+    client: Client,
+    namespace: String,
+    secret: String,
+    tls: axum_server::tls_rustls::RustlsConfig,
+    mut current: String,
+    every: Duration,
+) {
+    let api: Api<Secret> = Api::namespaced(client, &namespace);
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tick.tick().await;
+        let pair = match api.get_opt(&secret).await {
+            Ok(Some(s)) => certs::serving_pair(&s),
+            Ok(None) => continue,
+            Err(e) => {
+                warn!(error = %e, "reading the webhook TLS secret");
+                continue;
+            }
+        };
+        match pair {
+            Ok((cert, key)) if cert != current => {
+                match tls.reload_from_pem(cert.clone().into_bytes(), key.into_bytes()).await {
+                    Ok(()) => {
+                        tracing::info!("reloaded the webhook serving certificate");
+                        current = cert;
+                    }
+                    Err(e) => warn!(error = %e, "could not load the new webhook certificate"),
+                }
+            }
+            Ok(_) => {}
+            Err(e) => warn!(error = %e, "webhook TLS secret unusable"),
+        }
+    }
+}
