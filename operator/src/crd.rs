@@ -493,7 +493,7 @@ mod tests {
             assert!(s.contains(msg), "missing rule message {msg:?}");
         }
         let spec = &schema()["openAPIV3Schema"]["properties"]["spec"]["properties"];
-        assert_eq!(spec["replicas"]["minimum"], 1);
+        assert_eq!(spec["replicas"]["minimum"], 1.0);
         assert_eq!(spec["sampling"]["properties"]["ratio"]["maximum"], 1.0);
         assert_eq!(
             spec["imagePullPolicy"]["enum"],

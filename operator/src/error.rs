@@ -18,6 +18,9 @@ pub enum Error {
     /// JSON (de)serialization failed.
     #[error("JSON: {0}")]
     Json(#[from] serde_json::Error),
+    /// YAML serialization failed.
+    #[error("YAML: {0}")]
+    Yaml(String),
     /// Registering or encoding metrics failed.
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
@@ -32,7 +35,7 @@ impl Error {
             Self::Kube(_) => "client",
             Self::MissingNamespace(_) => "invalid",
             Self::Cert(_) | Self::BadSecret(..) => "cert",
-            Self::Json(_) => "json",
+            Self::Json(_) | Self::Yaml(_) => "serialization",
             Self::Metrics(_) => "metrics",
         }
     }
