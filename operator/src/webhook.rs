@@ -86,7 +86,19 @@ async fn mutate(State(state): State<Arc<WebhookState>>, body: Bytes) -> Response
         // Off the request path: the API server is waiting for the answer.
         tokio::spawn(async move { record_skip(&recorder, &pod, &reason).await });
     }
-    axum::Json(resp.into_review()).into_response()
+    axum::Json(review_json(resp)).into_response()
+}
+
+/// The AdmissionReview response as JSON, with `patch` base64-encoded as the API documents for
+/// `[]byte` (kube-rs 5 writes an array of numbers, kube-rs issue #1781).
+pub fn review_json(resp: AdmissionResponse) -> serde_json::Value {
+    use base64::Engine;
+    let patch = resp.patch.clone();
+    let mut v = serde_json::to_value(resp.into_review()).unwrap_or_default();
+    if let (Some(p), Some(r)) = (patch, v.get_mut("response")) {
+        r["patch"] = serde_json::Value::String(base64::engine::general_purpose::STANDARD.encode(p));
+    }
+    v
 }
 
 /// Answers one admission request. Returns the response and, when a requested sidecar was not
