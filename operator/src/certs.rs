@@ -12,8 +12,8 @@ use k8s_openapi::ByteString;
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::Client;
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
     Issuer, KeyPair, KeyUsagePurpose,
@@ -75,7 +75,12 @@ pub fn dns_names(service: &str, namespace: &str) -> Vec<String> {
 }
 
 /// Generates a fresh CA and a serving certificate for the webhook Service, valid from `now`.
-pub fn generate(service: &str, namespace: &str, now: OffsetDateTime, validity: Duration) -> Result<Bundle> {
+pub fn generate(
+    service: &str,
+    namespace: &str,
+    now: OffsetDateTime,
+    validity: Duration,
+) -> Result<Bundle> {
     let not_before = now - time::Duration::minutes(5);
     let not_after = now + validity;
 
@@ -118,7 +123,10 @@ fn data(secret: &Secret, key: &str) -> Option<String> {
 /// Whether the Secret is missing, incomplete, or expires within `renew_before` of `now`.
 pub fn needs_renewal(secret: Option<&Secret>, now: OffsetDateTime, renew_before: Duration) -> bool {
     let Some(s) = secret else { return true };
-    if [CA_KEY, CERT_KEY, KEY_KEY].iter().any(|k| data(s, k).is_none()) {
+    if [CA_KEY, CERT_KEY, KEY_KEY]
+        .iter()
+        .any(|k| data(s, k).is_none())
+    {
         return true;
     }
     let not_after = s
@@ -136,9 +144,8 @@ pub fn needs_renewal(secret: Option<&Secret>, now: OffsetDateTime, renew_before:
 /// The serving certificate and key from a Secret (also one written by cert-manager).
 pub fn serving_pair(secret: &Secret) -> Result<(String, String)> {
     let name = secret.metadata.name.clone().unwrap_or_default();
-    let get = |k: &str| {
-        data(secret, k).ok_or_else(|| Error::BadSecret(name.clone(), format!("no {k}")))
-    };
+    let get =
+        |k: &str| data(secret, k).ok_or_else(|| Error::BadSecret(name.clone(), format!("no {k}")));
     Ok((get(CERT_KEY)?, get(KEY_KEY)?))
 }
 
@@ -169,8 +176,14 @@ pub fn secret_for(cfg: &CertConfig, bundle: &Bundle, previous_ca: Option<&str>) 
         type_: Some("kubernetes.io/tls".to_owned()),
         data: Some(BTreeMap::from([
             (CA_KEY.to_owned(), ByteString(ca.into_bytes())),
-            (CERT_KEY.to_owned(), ByteString(bundle.cert_pem.clone().into_bytes())),
-            (KEY_KEY.to_owned(), ByteString(bundle.key_pem.clone().into_bytes())),
+            (
+                CERT_KEY.to_owned(),
+                ByteString(bundle.cert_pem.clone().into_bytes()),
+            ),
+            (
+                KEY_KEY.to_owned(),
+                ByteString(bundle.key_pem.clone().into_bytes()),
+            ),
         ])),
         ..Secret::default()
     }
@@ -224,7 +237,10 @@ pub async fn ensure(client: &Client, cfg: &CertConfig, metrics: &Metrics) -> Res
 pub async fn patch_ca_bundle(client: &Client, name: &str, ca: &[u8]) -> Result<()> {
     let api: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
     let Some(mut mwc) = api.get_opt(name).await? else {
-        tracing::warn!(webhook_configuration = name, "not found; sidecar injection is off until it exists");
+        tracing::warn!(
+            webhook_configuration = name,
+            "not found; sidecar injection is off until it exists"
+        );
         return Ok(());
     };
     let mut changed = false;

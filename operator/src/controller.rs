@@ -60,7 +60,12 @@ impl Debug for Context {
 
 impl Context {
     /// A context publishing Events as `reporter`.
-    pub fn new(client: Client, metrics: Metrics, defaults: Defaults, instance: Option<String>) -> Self {
+    pub fn new(
+        client: Client,
+        metrics: Metrics,
+        defaults: Defaults,
+        instance: Option<String>,
+    ) -> Self {
         let recorder = Recorder::new(
             client.clone(),
             Reporter {
@@ -91,7 +96,14 @@ impl Context {
             .remove(key);
     }
 
-    async fn publish(&self, tc: &TraceCollector, type_: EventType, reason: &str, action: &str, note: String) {
+    async fn publish(
+        &self,
+        tc: &TraceCollector,
+        type_: EventType,
+        reason: &str,
+        action: &str,
+        note: String,
+    ) {
         let ev = Event {
             type_,
             reason: reason.to_owned(),
@@ -167,7 +179,9 @@ where
 {
     let api: Api<K> = Api::namespaced(client.clone(), ns);
     let params = PatchParams::apply(FIELD_MANAGER).force();
-    Ok(api.patch(&obj.name_any(), &params, &Patch::Apply(obj)).await?)
+    Ok(api
+        .patch(&obj.name_any(), &params, &Patch::Apply(obj))
+        .await?)
 }
 
 /// Deletes a child that is no longer wanted, if it exists and this TraceCollector owns it.
@@ -196,7 +210,12 @@ where
     Ok(())
 }
 
-async fn apply_or_remove<K>(client: &Client, tc: &TraceCollector, name: String, obj: Option<K>) -> Result<Option<K>>
+async fn apply_or_remove<K>(
+    client: &Client,
+    tc: &TraceCollector,
+    name: String,
+    obj: Option<K>,
+) -> Result<Option<K>>
 where
     K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
         + Clone
@@ -224,7 +243,13 @@ async fn apply_all(tc: &TraceCollector, ctx: &Context) -> Result<Action> {
     apply(client, &ns, &desired::desired_config_map(tc)).await?;
     apply(client, &ns, &desired::desired_headless_service(tc)).await?;
     apply(client, &ns, &desired::desired_service(tc)).await?;
-    apply_or_remove(client, tc, names::redis(tc), desired::desired_redis_service(tc)).await?;
+    apply_or_remove(
+        client,
+        tc,
+        names::redis(tc),
+        desired::desired_redis_service(tc),
+    )
+    .await?;
     let redis = apply_or_remove(client, tc, names::redis(tc), desired::desired_redis(tc)).await?;
     let collector = apply(client, &ns, &desired::desired_deployment(tc, defaults)).await?;
     apply_or_remove(client, tc, names::collector(tc), desired::desired_pdb(tc)).await?;
@@ -255,7 +280,9 @@ async fn apply_all(tc: &TraceCollector, ctx: &Context) -> Result<Action> {
                 EventType::Normal,
                 "WorkloadsRolled",
                 "RollWorkloads",
-                format!("sidecar settings changed (revision {revision}); rolled {rolled} workload(s)"),
+                format!(
+                    "sidecar settings changed (revision {revision}); rolled {rolled} workload(s)"
+                ),
             )
             .await;
         }
@@ -302,9 +329,7 @@ async fn apply_all(tc: &TraceCollector, ctx: &Context) -> Result<Action> {
         )
         .await;
     }
-    let was_ready = tc
-        .condition(READY)
-        .is_some_and(|c| c.status == "True");
+    let was_ready = tc.condition(READY).is_some_and(|c| c.status == "True");
     if ready && !was_ready {
         ctx.publish(
             tc,
@@ -359,7 +384,10 @@ where
         + Debug,
 {
     let mut rolled = 0;
-    for w in Api::<K>::all(client.clone()).list(&ListParams::default()).await? {
+    for w in Api::<K>::all(client.clone())
+        .list(&ListParams::default())
+        .await?
+    {
         let ns = w.namespace().unwrap_or_default();
         let Some(t) = template(&w) else { continue };
         if !template_uses(t, &ns, tc) || template_revision(t) == Some(revision) {
@@ -369,7 +397,11 @@ where
             "spec": {"template": {"metadata": {"annotations": {REVISION_ANNOTATION: revision}}}}
         });
         Api::<K>::namespaced(client.clone(), &ns)
-            .patch(&w.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
+            .patch(
+                &w.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
             .await?;
         info!(workload = %w.name_any(), namespace = %ns, kind = %K::kind(&()), revision, "rolled for new sidecar settings");
         rolled += 1;
@@ -387,7 +419,10 @@ async fn roll_workloads(client: &Client, tc: &TraceCollector, revision: &str) ->
 }
 
 /// Runs the controller until `shutdown` resolves.
-pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + Sync + 'static) -> Result<()> {
+pub async fn run(
+    ctx: Arc<Context>,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) -> Result<()> {
     let client = ctx.client.clone();
     let tcs = Api::<TraceCollector>::all(client.clone());
     // Fail fast with a clear message when the CRD is missing.
@@ -399,7 +434,10 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
         .owns(Api::<StatefulSet>::all(client.clone()), owned.clone())
         .owns(Api::<Service>::all(client.clone()), owned.clone())
         .owns(Api::<ConfigMap>::all(client.clone()), owned.clone())
-        .owns(Api::<PodDisruptionBudget>::all(client.clone()), owned.clone())
+        .owns(
+            Api::<PodDisruptionBudget>::all(client.clone()),
+            owned.clone(),
+        )
         .owns(Api::<HorizontalPodAutoscaler>::all(client.clone()), owned)
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)

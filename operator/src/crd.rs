@@ -14,6 +14,8 @@ pub const GROUP: &str = "clew.dev";
 
 /// A clew tracing pipeline in one namespace: replicated collectors, their storage, the web UI
 /// and the defaults for the sidecars injected into annotated pods.
+// clippy reads repeated `printcolumn(type_ = ...)` arguments as duplicated attributes.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, KubeSchema)]
 #[kube(
     group = "clew.dev",
@@ -43,7 +45,11 @@ pub const GROUP: &str = "clew.dev";
         json_path = ".status.collectorEndpoint",
         priority = "1"
     ),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[x_kube(validation = Rule::new("!has(self.autoscaler) || self.autoscaler.maxReplicas >= self.autoscaler.minReplicas").message("spec.autoscaler.maxReplicas must be at least spec.autoscaler.minReplicas"))]
 #[serde(rename_all = "camelCase")]
@@ -471,7 +477,10 @@ mod tests {
         assert!(sub.status.is_some());
         let scale = sub.scale.as_ref().unwrap();
         assert_eq!(scale.spec_replicas_path, ".spec.replicas");
-        assert_eq!(scale.label_selector_path.as_deref(), Some(".status.selector"));
+        assert_eq!(
+            scale.label_selector_path.as_deref(),
+            Some(".status.selector")
+        );
         let cols: Vec<_> = v
             .additional_printer_columns
             .as_ref()

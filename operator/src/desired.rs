@@ -16,8 +16,8 @@ use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMap, ConfigMapEnvSource, Container, ContainerPort, EmptyDirVolumeSource,
     EnvFromSource, EnvVar, EnvVarSource, HTTPGetAction, PersistentVolumeClaim,
     PersistentVolumeClaimSpec, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
-    ResourceRequirements, SeccompProfile, SecretKeySelector, SecurityContext, Service,
-    ServicePort, ServiceSpec, Volume, VolumeMount, VolumeResourceRequirements,
+    ResourceRequirements, SeccompProfile, SecretKeySelector, SecurityContext, Service, ServicePort,
+    ServiceSpec, Volume, VolumeMount, VolumeResourceRequirements,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -253,7 +253,10 @@ pub fn desired_config_map(tc: &TraceCollector) -> ConfigMap {
     let mut data = BTreeMap::from([
         ("CLEW_GRPC_ADDR".to_owned(), format!("0.0.0.0:{GRPC_PORT}")),
         ("CLEW_HTTP_ADDR".to_owned(), format!("0.0.0.0:{HTTP_PORT}")),
-        ("CLEW_QUERY_ADDR".to_owned(), format!("0.0.0.0:{QUERY_PORT}")),
+        (
+            "CLEW_QUERY_ADDR".to_owned(),
+            format!("0.0.0.0:{QUERY_PORT}"),
+        ),
         ("CLEW_OPS_ADDR".to_owned(), format!("0.0.0.0:{OPS_PORT}")),
         ("CLEW_STORAGE".to_owned(), "redis".to_owned()),
         ("CLEW_DATA_DIR".to_owned(), "/var/lib/clew".to_owned()),

@@ -90,10 +90,11 @@ pub(crate) struct ApiServerVerifier(ApiServerHandle);
 impl ApiServerVerifier {
     /// The next request, asserted to be `method` on `path` (query ignored).
     pub async fn expect(&mut self, method: Method, path: &str) -> Received {
-        let (req, send) = tokio::time::timeout(std::time::Duration::from_secs(5), self.0.next_request())
-            .await
-            .unwrap_or_else(|_| panic!("timed out waiting for {method} {path}"))
-            .unwrap_or_else(|| panic!("client gone before {method} {path}"));
+        let (req, send) =
+            tokio::time::timeout(std::time::Duration::from_secs(5), self.0.next_request())
+                .await
+                .unwrap_or_else(|_| panic!("timed out waiting for {method} {path}"))
+                .unwrap_or_else(|| panic!("client gone before {method} {path}"));
         let uri = req.uri().to_string();
         assert_eq!(
             (req.method(), uri.split('?').next().unwrap()),
@@ -136,7 +137,9 @@ impl ApiServerVerifier {
 
     /// A GET of `path` answered 404.
     pub async fn not_found(&mut self, path: &str) {
-        self.expect(Method::GET, path).await.status(StatusCode::NOT_FOUND, "NotFound");
+        self.expect(Method::GET, path)
+            .await
+            .status(StatusCode::NOT_FOUND, "NotFound");
     }
 
     /// A LIST of `path` answered with `items`.
@@ -150,7 +153,12 @@ impl ApiServerVerifier {
 
     /// An Event published in [`NS`]; returns it.
     pub async fn event(&mut self) -> Value {
-        let r = self.expect(Method::POST, &format!("/apis/events.k8s.io/v1/namespaces/{NS}/events")).await;
+        let r = self
+            .expect(
+                Method::POST,
+                &format!("/apis/events.k8s.io/v1/namespaces/{NS}/events"),
+            )
+            .await;
         let ev = r.body.clone();
         r.ok(&ev);
         ev
@@ -165,7 +173,8 @@ impl ApiServerVerifier {
         let r = self.expect(Method::PATCH, &path).await;
         assert_eq!(r.content_type, "application/apply-patch+yaml");
         assert_eq!(r.body["kind"], "TraceCollector");
-        let status: TraceCollectorStatus = serde_json::from_value(r.body["status"].clone()).unwrap();
+        let status: TraceCollectorStatus =
+            serde_json::from_value(r.body["status"].clone()).unwrap();
         let mut answer = tc.clone();
         answer.status = Some(status.clone());
         r.ok(&serde_json::to_value(&answer).unwrap());
@@ -201,7 +210,12 @@ impl Context {
     pub(crate) fn test() -> (Arc<Self>, ApiServerVerifier) {
         let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
         let client = Client::new(service, "default");
-        let ctx = Context::new(client, Metrics::new().unwrap(), defaults(), Some("test".to_owned()));
+        let ctx = Context::new(
+            client,
+            Metrics::new().unwrap(),
+            defaults(),
+            Some("test".to_owned()),
+        );
         (Arc::new(ctx), ApiServerVerifier(handle))
     }
 }

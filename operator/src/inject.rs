@@ -61,8 +61,9 @@ pub fn parse_selection(value: &str, pod_namespace: &str) -> Result<Selection, St
             let valid = |s: &str| {
                 !s.is_empty()
                     && s.len() <= 253
-                    && s.chars()
-                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
+                    && s.chars().all(|c| {
+                        c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.'
+                    })
             };
             if valid(namespace) && valid(name) {
                 Ok(Selection::Named {
@@ -200,11 +201,17 @@ pub fn sidecar_container(tc: &TraceCollector, defaults: &Defaults) -> Container 
         env: Some(vec![
             env("CLEW_SIDECAR_GRPC_ADDR", "127.0.0.1:4317"),
             env("CLEW_SIDECAR_HTTP_ADDR", "127.0.0.1:4318"),
-            env("CLEW_SIDECAR_OPS_ADDR", format!("0.0.0.0:{SIDECAR_OPS_PORT}")),
+            env(
+                "CLEW_SIDECAR_OPS_ADDR",
+                format!("0.0.0.0:{SIDECAR_OPS_PORT}"),
+            ),
             env("CLEW_SIDECAR_COLLECTOR_DNS", desired::headless_dns(tc)),
             env("CLEW_SIDECAR_SPILL_DIR", SPILL_DIR),
             env("CLEW_SIDECAR_BUFFER_BYTES", s.buffer_bytes.to_string()),
-            env("CLEW_SIDECAR_SPILL_MAX_BYTES", s.spill_max_bytes.to_string()),
+            env(
+                "CLEW_SIDECAR_SPILL_MAX_BYTES",
+                s.spill_max_bytes.to_string(),
+            ),
         ]),
         ports: Some(vec![k8s_openapi::api::core::v1::ContainerPort {
             name: Some("clew-ops".to_owned()),

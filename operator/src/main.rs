@@ -15,9 +15,8 @@ async fn main() -> anyhow::Result<()> {
         .init();
     // One process-wide TLS provider for the API client and the webhook server.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let shutdown = async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("SIGTERM handler");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let shutdown = async move {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}

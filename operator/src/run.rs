@@ -11,10 +11,10 @@ use axum::Router;
 use axum::routing::get;
 use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::Namespace;
+use kube::Client;
 use kube::api::Api;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::{WatchStreamExt, reflector, watcher};
-use kube::Client;
 use kube_lease_manager::LeaseManagerBuilder;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -40,7 +40,11 @@ pub enum NativeSidecars {
 
 /// Configuration of `clew-operator` (flags or environment).
 #[derive(Clone, Debug, clap::Parser)]
-#[command(name = "clew-operator", version, about = "clew's Kubernetes operator and sidecar-injection webhook")]
+#[command(
+    name = "clew-operator",
+    version,
+    about = "clew's Kubernetes operator and sidecar-injection webhook"
+)]
 pub struct Config {
     /// Namespace the operator runs in (its Lease, webhook Service and TLS Secret live there).
     #[arg(long, env = "CLEW_OPERATOR_NAMESPACE", default_value = "clew-system")]
@@ -52,19 +56,35 @@ pub struct Config {
     #[arg(long, env = "CLEW_OPERATOR_IMAGE", default_value = concat!("ghcr.io/clew-dev/clew:", env!("CARGO_PKG_VERSION")))]
     pub image: String,
     /// HTTPS address of the admission webhook.
-    #[arg(long, env = "CLEW_OPERATOR_WEBHOOK_ADDR", default_value = "0.0.0.0:8443")]
+    #[arg(
+        long,
+        env = "CLEW_OPERATOR_WEBHOOK_ADDR",
+        default_value = "0.0.0.0:8443"
+    )]
     pub webhook_addr: SocketAddr,
     /// Address of /metrics, /healthz and /readyz.
     #[arg(long, env = "CLEW_OPERATOR_OPS_ADDR", default_value = "0.0.0.0:9464")]
     pub ops_addr: SocketAddr,
     /// Name of the webhook Service (the certificate is issued for it).
-    #[arg(long, env = "CLEW_OPERATOR_WEBHOOK_SERVICE", default_value = "clew-operator-webhook")]
+    #[arg(
+        long,
+        env = "CLEW_OPERATOR_WEBHOOK_SERVICE",
+        default_value = "clew-operator-webhook"
+    )]
     pub webhook_service: String,
     /// Secret holding the webhook CA and serving certificate.
-    #[arg(long, env = "CLEW_OPERATOR_WEBHOOK_SECRET", default_value = "clew-operator-webhook-tls")]
+    #[arg(
+        long,
+        env = "CLEW_OPERATOR_WEBHOOK_SECRET",
+        default_value = "clew-operator-webhook-tls"
+    )]
     pub webhook_secret: String,
     /// MutatingWebhookConfiguration whose caBundle the operator keeps current.
-    #[arg(long, env = "CLEW_OPERATOR_WEBHOOK_CONFIGURATION", default_value = "clew-operator")]
+    #[arg(
+        long,
+        env = "CLEW_OPERATOR_WEBHOOK_CONFIGURATION",
+        default_value = "clew-operator"
+    )]
     pub webhook_configuration: String,
     /// Create and rotate the webhook certificate (false when cert-manager does it).
     #[arg(long, env = "CLEW_OPERATOR_MANAGE_WEBHOOK_CERTS", default_value_t = true, action = clap::ArgAction::Set)]
@@ -82,7 +102,12 @@ pub struct Config {
     #[arg(long, env = "CLEW_OPERATOR_LEASE_SECONDS", default_value_t = 15)]
     pub lease_seconds: u64,
     /// Native sidecars: auto (by server version), always or never.
-    #[arg(long, env = "CLEW_OPERATOR_NATIVE_SIDECARS", value_enum, default_value = "auto")]
+    #[arg(
+        long,
+        env = "CLEW_OPERATOR_NATIVE_SIDECARS",
+        value_enum,
+        default_value = "auto"
+    )]
     pub native_sidecars: NativeSidecars,
 }
 
@@ -102,10 +127,13 @@ impl Config {
 /// The ops routes: `/metrics`, `/healthz`, `/readyz` (ready once the webhook serves).
 pub fn ops_app(metrics: Metrics, ready: watch::Receiver<bool>) -> Router {
     Router::new()
-        .route("/metrics", get(move || {
-            let m = metrics.clone();
-            async move { m.render() }
-        }))
+        .route(
+            "/metrics",
+            get(move || {
+                let m = metrics.clone();
+                async move { m.render() }
+            }),
+        )
         .route("/healthz", get(|| async { "ok" }))
         .route(
             "/readyz",
@@ -115,7 +143,10 @@ pub fn ops_app(metrics: Metrics, ready: watch::Receiver<bool>) -> Router {
                     if ready {
                         (axum::http::StatusCode::OK, "ready")
                     } else {
-                        (axum::http::StatusCode::SERVICE_UNAVAILABLE, "webhook not serving yet")
+                        (
+                            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                            "webhook not serving yet",
+                        )
                     }
                 }
             }),
@@ -125,12 +156,21 @@ pub fn ops_app(metrics: Metrics, ready: watch::Receiver<bool>) -> Router {
 /// Keeps a reflector cache of every object of a kind; returns the store.
 fn cache<K>(api: Api<K>) -> reflector::Store<K>
 where
-    K: kube::Resource<DynamicType = ()> + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
 {
     let (reader, writer) = reflector::store();
-    let stream = reflector(writer, watcher(api, watcher::Config::default().any_semantic()))
-        .default_backoff()
-        .touched_objects();
+    let stream = reflector(
+        writer,
+        watcher(api, watcher::Config::default().any_semantic()),
+    )
+    .default_backoff()
+    .touched_objects();
     tokio::spawn(async move {
         futures_util::pin_mut!(stream);
         while let Some(ev) = stream.next().await {
@@ -167,7 +207,10 @@ fn lead(cfg: &Config, ctx: Arc<Context>) -> Vec<JoinHandle<()>> {
 }
 
 /// Runs the operator until `shutdown` resolves.
-pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+pub async fn run(
+    cfg: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     let client = Client::try_default().await?;
     let metrics = Metrics::new()?;
     let identity = cfg
@@ -247,7 +290,11 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
 
     // Every replica serves the webhook with the certificate in the Secret.
     let (cert, key) = webhook::wait_for_tls(&client, &cfg.namespace, &cfg.webhook_secret).await;
-    let tls = axum_server::tls_rustls::RustlsConfig::from_pem(cert.clone().into_bytes(), key.into_bytes()).await?;
+    let tls = axum_server::tls_rustls::RustlsConfig::from_pem(
+        cert.clone().into_bytes(),
+        key.into_bytes(),
+    )
+    .await?;
     tokio::spawn(webhook::keep_tls_current(
         client.clone(),
         cfg.namespace.clone(),

@@ -80,7 +80,10 @@ pub fn desired_status(
 ) -> TraceCollectorStatus {
     let generation = tc.metadata.generation;
     let (want, ready, updated) = ready_of_deployment(collector);
-    let observed = collector.status.as_ref().and_then(|s| s.observed_generation)
+    let observed = collector
+        .status
+        .as_ref()
+        .and_then(|s| s.observed_generation)
         >= collector.metadata.generation;
     let redis_ready = redis.is_none_or(|s| {
         s.status

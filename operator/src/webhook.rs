@@ -69,7 +69,11 @@ async fn mutate(State(state): State<Arc<WebhookState>>, body: Bytes) -> Response
     let review: AdmissionReview<Pod> = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => {
-            state.metrics.admissions.with_label_values(&["invalid"]).inc();
+            state
+                .metrics
+                .admissions
+                .with_label_values(&["invalid"])
+                .inc();
             // serde's message names the offending field; it reveals nothing internal.
             return invalid(&format!("not an AdmissionReview of a Pod: {e}"));
         }
@@ -77,7 +81,11 @@ async fn mutate(State(state): State<Arc<WebhookState>>, body: Bytes) -> Response
     let req: AdmissionRequest<Pod> = match review.try_into() {
         Ok(r) => r,
         Err(_) => {
-            state.metrics.admissions.with_label_values(&["invalid"]).inc();
+            state
+                .metrics
+                .admissions
+                .with_label_values(&["invalid"])
+                .inc();
             return invalid("AdmissionReview without a request");
         }
     };
@@ -103,9 +111,16 @@ pub fn review_json(resp: AdmissionResponse) -> serde_json::Value {
 
 /// Answers one admission request. Returns the response and, when a requested sidecar was not
 /// injected, the pod and the reason (for an Event).
-pub fn admit(state: &WebhookState, req: &AdmissionRequest<Pod>) -> (AdmissionResponse, Option<(Pod, String)>) {
+pub fn admit(
+    state: &WebhookState,
+    req: &AdmissionRequest<Pod>,
+) -> (AdmissionResponse, Option<(Pod, String)>) {
     let allow = AdmissionResponse::from(req);
-    let Some(pod) = req.object.as_ref().filter(|_| req.operation == Operation::Create) else {
+    let Some(pod) = req
+        .object
+        .as_ref()
+        .filter(|_| req.operation == Operation::Create)
+    else {
         return (allow, None);
     };
     // The object of a CREATE may lack its namespace; the request carries it.
@@ -119,13 +134,22 @@ pub fn admit(state: &WebhookState, req: &AdmissionRequest<Pod>) -> (AdmissionRes
         .get(&ObjectRef::new(&ns))
         .and_then(|n| n.annotations().get(INJECT_ANNOTATION).cloned());
     let collectors = state.collectors.state();
-    let decision = inject::decide(&view, ns_value.as_deref(), collectors.iter().map(|c| c.as_ref()));
+    let decision = inject::decide(
+        &view,
+        ns_value.as_deref(),
+        collectors.iter().map(|c| c.as_ref()),
+    );
     let (label, mutated, skipped) = match decision {
         Decision::NotRequested => ("not_requested", None, None),
         Decision::AlreadyInjected => ("already_injected", None, None),
         Decision::Inject(tc) => (
             "injected",
-            Some(inject::inject(pod, &tc, &state.defaults, state.native_sidecars)),
+            Some(inject::inject(
+                pod,
+                &tc,
+                &state.defaults,
+                state.native_sidecars,
+            )),
             None,
         ),
         Decision::Skip(reason) => (
@@ -136,7 +160,9 @@ pub fn admit(state: &WebhookState, req: &AdmissionRequest<Pod>) -> (AdmissionRes
     };
     state.metrics.admissions.with_label_values(&[label]).inc();
     debug!(namespace = %ns, pod = %pod_name(&view), result = label, "admission");
-    let Some(mutated) = mutated else { return (allow, skipped) };
+    let Some(mutated) = mutated else {
+        return (allow, skipped);
+    };
     let patch = match (serde_json::to_value(pod), serde_json::to_value(&mutated)) {
         (Ok(a), Ok(b)) => json_patch::diff(&a, &b),
         _ => return (allow, skipped),
@@ -229,7 +255,10 @@ pub async fn keep_tls_current(
         };
         match pair {
             Ok((cert, key)) if cert != current => {
-                match tls.reload_from_pem(cert.clone().into_bytes(), key.into_bytes()).await {
+                match tls
+                    .reload_from_pem(cert.clone().into_bytes(), key.into_bytes())
+                    .await
+                {
                     Ok(()) => {
                         tracing::info!("reloaded the webhook serving certificate");
                         current = cert;

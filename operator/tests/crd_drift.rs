@@ -19,7 +19,8 @@ fn crds_dir_matches_the_rust_types() {
 #[test]
 fn chart_crd_template_matches_the_rust_types() {
     assert!(
-        repo_file("charts/clew/templates/crds.yaml") == clew_operator::crd_chart_template().unwrap(),
+        repo_file("charts/clew/templates/crds.yaml")
+            == clew_operator::crd_chart_template().unwrap(),
         "charts/clew/templates/crds.yaml is stale: run `cargo run -p clew-operator --bin crdgen -- --chart > charts/clew/templates/crds.yaml`"
     );
 }

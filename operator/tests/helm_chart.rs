@@ -18,7 +18,13 @@ fn chart_renders_lints_and_validates_for_every_value_set() {
         .unwrap_or_else(|e| panic!("running {python}: {e}"));
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "chart validation failed:\n{stdout}\n{stderr}");
+    assert!(
+        out.status.success(),
+        "chart validation failed:\n{stdout}\n{stderr}"
+    );
     println!("{stdout}");
-    assert!(stdout.contains("validated strictly against Kubernetes 1.29.0-1.33.0"), "{stdout}");
+    assert!(
+        stdout.contains("validated strictly against Kubernetes 1.29.0-1.33.0"),
+        "{stdout}"
+    );
 }

@@ -30,7 +30,10 @@ struct Server {
     ca_pem: String,
     metrics: Metrics,
     handle: axum_server::Handle<SocketAddr>,
-    _caches: (reflector::store::Writer<TraceCollector>, reflector::store::Writer<Namespace>),
+    _caches: (
+        reflector::store::Writer<TraceCollector>,
+        reflector::store::Writer<Namespace>,
+    ),
 }
 
 impl Drop for Server {
@@ -49,11 +52,20 @@ fn collector(name: &str, ns: &str) -> TraceCollector {
 
 async fn start(native: bool) -> Server {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let bundle = certs::generate(SERVICE, NAMESPACE, time::OffsetDateTime::now_utc(), Duration::from_secs(86400)).unwrap();
+    let bundle = certs::generate(
+        SERVICE,
+        NAMESPACE,
+        time::OffsetDateTime::now_utc(),
+        Duration::from_secs(86400),
+    )
+    .unwrap();
 
     let (collectors, mut w) = reflector::store();
     w.apply_watcher_event(&watcher::Event::Apply(collector("main", "shop")));
-    w.apply_watcher_event(&watcher::Event::Apply(collector("central", "observability")));
+    w.apply_watcher_event(&watcher::Event::Apply(collector(
+        "central",
+        "observability",
+    )));
     let (namespaces, mut nw) = reflector::store();
     let mut ns: Namespace = serde_json::from_value(json!({
         "metadata": {"name": "payments", "annotations": {"sidecar.clew.dev/inject": "observability/central"}}
@@ -68,7 +80,9 @@ async fn start(native: bool) -> Server {
     let state = Arc::new(WebhookState {
         collectors,
         namespaces,
-        defaults: Defaults { image: "ghcr.io/clew-dev/clew:test".into() },
+        defaults: Defaults {
+            image: "ghcr.io/clew-dev/clew:test".into(),
+        },
         native_sidecars: native,
         metrics: metrics.clone(),
         recorder: None,
@@ -85,7 +99,13 @@ async fn start(native: bool) -> Server {
         .serve(webhook::app(state).into_make_service());
     tokio::spawn(server);
     let addr = handle.listening().await.expect("webhook listening");
-    Server { addr, ca_pem: bundle.ca_pem, metrics, handle, _caches: (w, nw) }
+    Server {
+        addr,
+        ca_pem: bundle.ca_pem,
+        metrics,
+        handle,
+        _caches: (w, nw),
+    }
 }
 
 /// POSTs `body` to /mutate over TLS, verifying the server against `ca_pem` under the Service's
@@ -95,12 +115,19 @@ async fn post(addr: SocketAddr, ca_pem: &str, body: Vec<u8>) -> Result<(u16, Val
     for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
         roots.add(cert.unwrap()).unwrap();
     }
-    let config = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
+    let config = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     let name = ServerName::try_from(format!("{SERVICE}.{NAMESPACE}.svc")).unwrap();
-    let tls = connector.connect(name, tcp).await.map_err(|e| e.to_string())?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.unwrap();
+    let tls = connector
+        .connect(name, tcp)
+        .await
+        .map_err(|e| e.to_string())?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .unwrap();
     tokio::spawn(conn);
     let req = http::Request::post("/mutate?timeout=10s")
         .header("content-type", "application/json")
@@ -189,26 +216,45 @@ fn patched(resp: &Value, original: &Value) -> Option<Value> {
     let patch = r.get("patch")?;
     assert_eq!(r["patchType"], "JSONPatch");
     // A Go []byte in JSON: base64.
-    let b64 = patch.as_str().unwrap_or_else(|| panic!("patch is not a base64 string: {patch}"));
-    let bytes = base64::engine::general_purpose::STANDARD.decode(b64).unwrap();
+    let b64 = patch
+        .as_str()
+        .unwrap_or_else(|| panic!("patch is not a base64 string: {patch}"));
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .unwrap();
     let patch: json_patch::Patch = serde_json::from_slice(&bytes).unwrap();
     let mut doc = original.clone();
     json_patch::patch(&mut doc, &patch).unwrap();
     // A valid Pod: the typed Pod reads it, and writing it back loses and changes nothing.
     let typed: Pod = serde_json::from_value(doc.clone()).expect("patched object is a Pod");
-    assert_eq!(serde_json::to_value(&typed).unwrap(), doc, "patched pod has unknown or mistyped fields");
+    assert_eq!(
+        serde_json::to_value(&typed).unwrap(),
+        doc,
+        "patched pod has unknown or mistyped fields"
+    );
     Some(doc)
 }
 
 fn env_names(container: &Value) -> Vec<String> {
-    container["env"].as_array().unwrap().iter().map(|e| e["name"].as_str().unwrap().to_owned()).collect()
+    container["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["name"].as_str().unwrap().to_owned())
+        .collect()
 }
 
 #[tokio::test]
 async fn native_sidecar_is_injected_over_https() {
     let s = start(true).await;
     let original = pod("shop", json!({"sidecar.clew.dev/inject": "true"}));
-    let (code, resp) = post(s.addr, &s.ca_pem, review("req-1", "CREATE", "shop", original.clone())).await.unwrap();
+    let (code, resp) = post(
+        s.addr,
+        &s.ca_pem,
+        review("req-1", "CREATE", "shop", original.clone()),
+    )
+    .await
+    .unwrap();
     assert_eq!(code, 200);
     assert_eq!(resp["response"]["uid"], "req-1");
     let doc = patched(&resp, &original).expect("a patch");
@@ -218,24 +264,54 @@ async fn native_sidecar_is_injected_over_https() {
     assert_eq!(sidecar["command"][0], "/usr/local/bin/clew-sidecar");
     let app = &doc["spec"]["containers"][0];
     let names = env_names(app);
-    assert_eq!(names[0], "CLEW_SERVICE_B_URL", "the app's own env stays first");
-    for n in ["OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_SERVICE_NAME", "OTEL_RESOURCE_ATTRIBUTES"] {
+    assert_eq!(
+        names[0], "CLEW_SERVICE_B_URL",
+        "the app's own env stays first"
+    );
+    for n in [
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "OTEL_SERVICE_NAME",
+        "OTEL_RESOURCE_ATTRIBUTES",
+    ] {
         assert!(names.contains(&n.to_owned()), "{n} missing in {names:?}");
     }
-    let svc = app["env"].as_array().unwrap().iter().find(|e| e["name"] == "OTEL_SERVICE_NAME").unwrap();
+    let svc = app["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "OTEL_SERVICE_NAME")
+        .unwrap();
     assert_eq!(svc["value"], "service-a");
-    assert_eq!(doc["metadata"]["annotations"]["sidecar.clew.dev/status"], "injected");
-    assert_eq!(doc["metadata"]["annotations"]["sidecar.clew.dev/collector"], "shop/main");
+    assert_eq!(
+        doc["metadata"]["annotations"]["sidecar.clew.dev/status"],
+        "injected"
+    );
+    assert_eq!(
+        doc["metadata"]["annotations"]["sidecar.clew.dev/collector"],
+        "shop/main"
+    );
     // Everything the pod had is still there.
     assert_eq!(doc["spec"]["volumes"][0]["name"], "kube-api-access-x");
     assert_eq!(doc["spec"]["containers"].as_array().unwrap().len(), 1);
 
     // The injected pod, sent again (e.g. a re-invocation), is left alone.
-    let (_, again) = post(s.addr, &s.ca_pem, review("req-2", "CREATE", "shop", doc.clone())).await.unwrap();
+    let (_, again) = post(
+        s.addr,
+        &s.ca_pem,
+        review("req-2", "CREATE", "shop", doc.clone()),
+    )
+    .await
+    .unwrap();
     assert!(patched(&again, &doc).is_none(), "injected twice: {again}");
     let m = s.metrics.render();
-    assert!(m.contains(r#"clew_operator_admissions_total{result="injected"} 1"#), "{m}");
-    assert!(m.contains(r#"clew_operator_admissions_total{result="already_injected"} 1"#), "{m}");
+    assert!(
+        m.contains(r#"clew_operator_admissions_total{result="injected"} 1"#),
+        "{m}"
+    );
+    assert!(
+        m.contains(r#"clew_operator_admissions_total{result="already_injected"} 1"#),
+        "{m}"
+    );
 }
 
 #[tokio::test]
@@ -243,23 +319,42 @@ async fn older_clusters_get_a_regular_container_and_namespace_defaults_apply() {
     let s = start(false).await;
     // No pod annotation: the payments namespace names observability/central.
     let original = pod("payments", json!({}));
-    let (_, resp) = post(s.addr, &s.ca_pem, review("req-3", "CREATE", "payments", original.clone())).await.unwrap();
+    let (_, resp) = post(
+        s.addr,
+        &s.ca_pem,
+        review("req-3", "CREATE", "payments", original.clone()),
+    )
+    .await
+    .unwrap();
     let doc = patched(&resp, &original).expect("a patch");
     assert!(doc["spec"].get("initContainers").is_none());
     let containers = doc["spec"]["containers"].as_array().unwrap();
     assert_eq!(containers.len(), 2);
     assert_eq!(containers[1]["name"], "clew-sidecar");
     assert!(containers[1].get("restartPolicy").is_none());
-    let dns = containers[1]["env"].as_array().unwrap().iter()
-        .find(|e| e["name"] == "CLEW_SIDECAR_COLLECTOR_DNS").unwrap();
-    assert_eq!(dns["value"], "central-collector-headless.observability.svc:4317");
+    let dns = containers[1]["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "CLEW_SIDECAR_COLLECTOR_DNS")
+        .unwrap();
+    assert_eq!(
+        dns["value"],
+        "central-collector-headless.observability.svc:4317"
+    );
 }
 
 #[tokio::test]
 async fn a_pod_that_cannot_be_injected_is_admitted_and_annotated() {
     let s = start(true).await;
     let original = pod("shop", json!({"sidecar.clew.dev/inject": "missing"}));
-    let (_, resp) = post(s.addr, &s.ca_pem, review("req-4", "CREATE", "shop", original.clone())).await.unwrap();
+    let (_, resp) = post(
+        s.addr,
+        &s.ca_pem,
+        review("req-4", "CREATE", "shop", original.clone()),
+    )
+    .await
+    .unwrap();
     let doc = patched(&resp, &original).expect("an annotation patch");
     assert_eq!(
         doc["metadata"]["annotations"]["sidecar.clew.dev/status"],
@@ -273,10 +368,22 @@ async fn a_pod_that_cannot_be_injected_is_admitted_and_annotated() {
 async fn unannotated_pods_and_updates_pass_through_unchanged() {
     let s = start(true).await;
     let plain = pod("shop", json!({}));
-    let (_, resp) = post(s.addr, &s.ca_pem, review("req-5", "CREATE", "shop", plain.clone())).await.unwrap();
+    let (_, resp) = post(
+        s.addr,
+        &s.ca_pem,
+        review("req-5", "CREATE", "shop", plain.clone()),
+    )
+    .await
+    .unwrap();
     assert!(patched(&resp, &plain).is_none());
     let annotated = pod("shop", json!({"sidecar.clew.dev/inject": "true"}));
-    let (_, resp) = post(s.addr, &s.ca_pem, review("req-6", "UPDATE", "shop", annotated.clone())).await.unwrap();
+    let (_, resp) = post(
+        s.addr,
+        &s.ca_pem,
+        review("req-6", "UPDATE", "shop", annotated.clone()),
+    )
+    .await
+    .unwrap();
     assert!(patched(&resp, &annotated).is_none());
     assert_eq!(resp["response"]["uid"], "req-6");
 }
@@ -284,13 +391,31 @@ async fn unannotated_pods_and_updates_pass_through_unchanged() {
 #[tokio::test]
 async fn garbage_is_a_clear_400_and_untrusted_clients_cannot_connect() {
     let s = start(true).await;
-    let (code, resp) = post(s.addr, &s.ca_pem, b"{\"kind\": \"AdmissionReview\", \"request\": 7}".to_vec()).await.unwrap();
+    let (code, resp) = post(
+        s.addr,
+        &s.ca_pem,
+        b"{\"kind\": \"AdmissionReview\", \"request\": 7}".to_vec(),
+    )
+    .await
+    .unwrap();
     assert_eq!(code, 400);
     assert_eq!(resp["response"]["allowed"], false);
     let msg = resp["response"]["status"]["message"].as_str().unwrap();
     assert!(msg.starts_with("not an AdmissionReview of a Pod"), "{msg}");
     // Another CA's certificate does not verify the webhook.
-    let other = certs::generate(SERVICE, NAMESPACE, time::OffsetDateTime::now_utc(), Duration::from_secs(3600)).unwrap();
-    let err = post(s.addr, &other.ca_pem, review("x", "CREATE", "shop", pod("shop", json!({})))).await.unwrap_err();
+    let other = certs::generate(
+        SERVICE,
+        NAMESPACE,
+        time::OffsetDateTime::now_utc(),
+        Duration::from_secs(3600),
+    )
+    .unwrap();
+    let err = post(
+        s.addr,
+        &other.ca_pem,
+        review("x", "CREATE", "shop", pod("shop", json!({}))),
+    )
+    .await
+    .unwrap_err();
     assert!(err.to_lowercase().contains("certificate"), "{err}");
 }

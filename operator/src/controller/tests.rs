@@ -25,19 +25,28 @@ fn assert_owned(obj: &Value) {
     assert_eq!(owner["uid"], UID, "{}", obj["metadata"]["name"]);
     assert_eq!(owner["kind"], "TraceCollector");
     assert_eq!(owner["controller"], true);
-    assert_eq!(obj["metadata"]["labels"]["app.kubernetes.io/managed-by"], "clew-operator");
+    assert_eq!(
+        obj["metadata"]["labels"]["app.kubernetes.io/managed-by"],
+        "clew-operator"
+    );
 }
 
 /// The children in the controller's order; returns the applied collector Deployment.
 async fn children(v: &mut ApiServerVerifier, tc: &TraceCollector, c: Cluster) -> Value {
     let n = tc.name_any();
     let mut applied = vec![
-        v.apply(&path("ConfigMap", &format!("{n}-collector")), |_| {}).await,
-        v.apply(&path("Service", &format!("{n}-collector-headless")), |_| {}).await,
-        v.apply(&path("Service", &format!("{n}-collector")), |_| {}).await,
+        v.apply(&path("ConfigMap", &format!("{n}-collector")), |_| {})
+            .await,
+        v.apply(&path("Service", &format!("{n}-collector-headless")), |_| {})
+            .await,
+        v.apply(&path("Service", &format!("{n}-collector")), |_| {})
+            .await,
     ];
     if tc.spec.storage.redis.external.is_none() {
-        applied.push(v.apply(&path("Service", &format!("{n}-redis")), |_| {}).await);
+        applied.push(
+            v.apply(&path("Service", &format!("{n}-redis")), |_| {})
+                .await,
+        );
         applied.push(
             v.apply(&path("StatefulSet", &format!("{n}-redis")), |o| {
                 o["status"] = json!({"replicas": 1, "readyReplicas": i32::from(c.redis_ready)});
@@ -46,7 +55,9 @@ async fn children(v: &mut ApiServerVerifier, tc: &TraceCollector, c: Cluster) ->
         );
     } else {
         // The managed Redis of an earlier spec is removed, but only when this collector owns it.
-        let svc = v.expect(Method::GET, &path("Service", &format!("{n}-redis"))).await;
+        let svc = v
+            .expect(Method::GET, &path("Service", &format!("{n}-redis")))
+            .await;
         svc.ok(&json!({
             "apiVersion": "v1", "kind": "Service",
             "metadata": {"name": format!("{n}-redis"), "namespace": NS,
@@ -54,11 +65,18 @@ async fn children(v: &mut ApiServerVerifier, tc: &TraceCollector, c: Cluster) ->
                                               "name": n, "uid": UID, "controller": true}]},
             "spec": {}
         }));
-        let del = v.expect(Method::DELETE, &path("Service", &format!("{n}-redis"))).await;
+        let del = v
+            .expect(Method::DELETE, &path("Service", &format!("{n}-redis")))
+            .await;
         del.ok(&json!({"apiVersion": "v1", "kind": "Status", "status": "Success"}));
-        v.not_found(&path("StatefulSet", &format!("{n}-redis"))).await;
+        v.not_found(&path("StatefulSet", &format!("{n}-redis")))
+            .await;
     }
-    let want = if tc.spec.autoscaler.is_some() { 1 } else { tc.spec.replicas };
+    let want = if tc.spec.autoscaler.is_some() {
+        1
+    } else {
+        tc.spec.replicas
+    };
     let deployment = v
         .apply(&path("Deployment", &format!("{n}-collector")), |o| {
             o["metadata"]["generation"] = json!(1);
@@ -67,11 +85,24 @@ async fn children(v: &mut ApiServerVerifier, tc: &TraceCollector, c: Cluster) ->
         })
         .await;
     applied.push(deployment.clone());
-    applied.push(v.apply(&path("PodDisruptionBudget", &format!("{n}-collector")), |_| {}).await);
+    applied.push(
+        v.apply(
+            &path("PodDisruptionBudget", &format!("{n}-collector")),
+            |_| {},
+        )
+        .await,
+    );
     if tc.spec.autoscaler.is_some() {
-        applied.push(v.apply(&path("HorizontalPodAutoscaler", &format!("{n}-collector")), |_| {}).await);
+        applied.push(
+            v.apply(
+                &path("HorizontalPodAutoscaler", &format!("{n}-collector")),
+                |_| {},
+            )
+            .await,
+        );
     } else {
-        v.not_found(&path("HorizontalPodAutoscaler", &format!("{n}-collector"))).await;
+        v.not_found(&path("HorizontalPodAutoscaler", &format!("{n}-collector")))
+            .await;
     }
     applied.push(
         v.apply(&path("Deployment", &format!("{n}-visualizer")), |o| {
@@ -79,7 +110,10 @@ async fn children(v: &mut ApiServerVerifier, tc: &TraceCollector, c: Cluster) ->
         })
         .await,
     );
-    applied.push(v.apply(&path("Service", &format!("{n}-visualizer")), |_| {}).await);
+    applied.push(
+        v.apply(&path("Service", &format!("{n}-visualizer")), |_| {})
+            .await,
+    );
     for obj in &applied {
         assert_owned(obj);
     }
@@ -87,9 +121,12 @@ async fn children(v: &mut ApiServerVerifier, tc: &TraceCollector, c: Cluster) ->
 }
 
 async fn no_workloads(v: &mut ApiServerVerifier) {
-    v.list("/apis/apps/v1/deployments", "Deployment", vec![]).await;
-    v.list("/apis/apps/v1/statefulsets", "StatefulSet", vec![]).await;
-    v.list("/apis/apps/v1/daemonsets", "DaemonSet", vec![]).await;
+    v.list("/apis/apps/v1/deployments", "Deployment", vec![])
+        .await;
+    v.list("/apis/apps/v1/statefulsets", "StatefulSet", vec![])
+        .await;
+    v.list("/apis/apps/v1/daemonsets", "DaemonSet", vec![])
+        .await;
 }
 
 async fn run(tc: TraceCollector, ctx: Arc<Context>) -> Result<Action> {
@@ -108,7 +145,15 @@ async fn create_applies_every_child_and_reports_progress() {
     let obj = tc("main");
     let expected = obj.clone();
     let server = tokio::spawn(async move {
-        let d = children(&mut v, &expected, Cluster { collectors_ready: 0, redis_ready: false }).await;
+        let d = children(
+            &mut v,
+            &expected,
+            Cluster {
+                collectors_ready: 0,
+                redis_ready: false,
+            },
+        )
+        .await;
         assert_eq!(d["spec"]["replicas"], 2);
         no_workloads(&mut v).await;
         let status = v.status(&expected).await;
@@ -123,9 +168,14 @@ async fn create_applies_every_child_and_reports_progress() {
         );
         assert_eq!(
             status.selector.as_deref(),
-            Some("app.kubernetes.io/component=collector,app.kubernetes.io/instance=main,app.kubernetes.io/name=clew")
+            Some(
+                "app.kubernetes.io/component=collector,app.kubernetes.io/instance=main,app.kubernetes.io/name=clew"
+            )
         );
-        assert_eq!(status.sidecar_revision, Some(inject::sidecar_revision(&expected, &defaults())));
+        assert_eq!(
+            status.sidecar_revision,
+            Some(inject::sidecar_revision(&expected, &defaults()))
+        );
         let ev = v.event().await;
         assert_eq!(ev["reason"], "Applied");
         assert_eq!(ev["regarding"]["name"], "main");
@@ -143,7 +193,15 @@ async fn ready_children_make_the_collector_ready() {
     let obj = reconciled(tc("main"), &revision);
     let expected = obj.clone();
     let server = tokio::spawn(async move {
-        children(&mut v, &expected, Cluster { collectors_ready: 2, redis_ready: true }).await;
+        children(
+            &mut v,
+            &expected,
+            Cluster {
+                collectors_ready: 2,
+                redis_ready: true,
+            },
+        )
+        .await;
         // Same sidecar revision: no workload is listed or rolled.
         let status = v.status(&expected).await;
         assert_eq!(status.ready_replicas, 2);
@@ -166,7 +224,15 @@ async fn redis_not_ready_keeps_the_collector_not_ready() {
     let obj = reconciled(tc("main"), &revision);
     let expected = obj.clone();
     let server = tokio::spawn(async move {
-        children(&mut v, &expected, Cluster { collectors_ready: 2, redis_ready: false }).await;
+        children(
+            &mut v,
+            &expected,
+            Cluster {
+                collectors_ready: 2,
+                redis_ready: false,
+            },
+        )
+        .await;
         let status = v.status(&expected).await;
         assert_eq!(condition(&status, "Ready").reason, "RedisNotReady");
         v
@@ -184,7 +250,15 @@ async fn scale_updates_the_deployment_replicas() {
     obj.metadata.generation = Some(2);
     let expected = obj.clone();
     let server = tokio::spawn(async move {
-        let d = children(&mut v, &expected, Cluster { collectors_ready: 2, redis_ready: true }).await;
+        let d = children(
+            &mut v,
+            &expected,
+            Cluster {
+                collectors_ready: 2,
+                redis_ready: true,
+            },
+        )
+        .await;
         assert_eq!(d["spec"]["replicas"], 5);
         let status = v.status(&expected).await;
         assert_eq!(status.observed_generation, Some(2));
@@ -211,8 +285,19 @@ async fn autoscaler_gets_an_hpa_and_owns_the_replica_count() {
     let obj = reconciled(obj, &revision);
     let expected = obj.clone();
     let server = tokio::spawn(async move {
-        let d = children(&mut v, &expected, Cluster { collectors_ready: 1, redis_ready: true }).await;
-        assert!(d["spec"].get("replicas").is_none(), "the HPA owns replicas: {d}");
+        let d = children(
+            &mut v,
+            &expected,
+            Cluster {
+                collectors_ready: 1,
+                redis_ready: true,
+            },
+        )
+        .await;
+        assert!(
+            d["spec"].get("replicas").is_none(),
+            "the HPA owns replicas: {d}"
+        );
         v.status(&expected).await;
         assert_eq!(v.event().await["reason"], "Ready");
         v
@@ -233,7 +318,15 @@ async fn external_redis_replaces_the_managed_one() {
     let obj = reconciled(obj, &revision);
     let expected = obj.clone();
     let server = tokio::spawn(async move {
-        let d = children(&mut v, &expected, Cluster { collectors_ready: 2, redis_ready: false }).await;
+        let d = children(
+            &mut v,
+            &expected,
+            Cluster {
+                collectors_ready: 2,
+                redis_ready: false,
+            },
+        )
+        .await;
         let env = &d["spec"]["template"]["spec"]["containers"][0]["env"][0];
         assert_eq!(env["name"], "CLEW_REDIS_URL");
         assert_eq!(env["valueFrom"]["secretKeyRef"]["name"], "redis-url");
@@ -255,7 +348,15 @@ async fn changed_sidecar_settings_roll_the_workloads_that_use_them() {
     let expected = obj.clone();
     let rev = revision.clone();
     let server = tokio::spawn(async move {
-        children(&mut v, &expected, Cluster { collectors_ready: 2, redis_ready: true }).await;
+        children(
+            &mut v,
+            &expected,
+            Cluster {
+                collectors_ready: 2,
+                redis_ready: true,
+            },
+        )
+        .await;
         let deploy = |name: &str, ns: &str, inject: Option<&str>, revision: Option<&str>| {
             let mut ann = serde_json::Map::new();
             if let Some(i) = inject {
@@ -273,7 +374,12 @@ async fn changed_sidecar_settings_roll_the_workloads_that_use_them() {
             "Deployment",
             vec![
                 deploy("uses-true", NS, Some("true"), None),
-                deploy("uses-name", "shop", Some("traces/main"), Some("old-revision")),
+                deploy(
+                    "uses-name",
+                    "shop",
+                    Some("traces/main"),
+                    Some("old-revision"),
+                ),
                 deploy("current", NS, Some("main"), Some(&rev)),
                 deploy("other", NS, Some("other"), None),
                 deploy("opted-out", NS, Some("false"), None),
@@ -283,7 +389,10 @@ async fn changed_sidecar_settings_roll_the_workloads_that_use_them() {
         .await;
         for (ns, name) in [(NS, "uses-true"), ("shop", "uses-name")] {
             let r = v
-                .expect(Method::PATCH, &format!("/apis/apps/v1/namespaces/{ns}/deployments/{name}"))
+                .expect(
+                    Method::PATCH,
+                    &format!("/apis/apps/v1/namespaces/{ns}/deployments/{name}"),
+                )
                 .await;
             assert_eq!(r.content_type, "application/merge-patch+json");
             assert_eq!(
@@ -294,11 +403,18 @@ async fn changed_sidecar_settings_roll_the_workloads_that_use_them() {
             r.ok(&json!({"apiVersion": "apps/v1", "kind": "Deployment",
                          "metadata": {"name": name, "namespace": ns}, "spec": body["spec"]}));
         }
-        v.list("/apis/apps/v1/statefulsets", "StatefulSet", vec![]).await;
-        v.list("/apis/apps/v1/daemonsets", "DaemonSet", vec![]).await;
+        v.list("/apis/apps/v1/statefulsets", "StatefulSet", vec![])
+            .await;
+        v.list("/apis/apps/v1/daemonsets", "DaemonSet", vec![])
+            .await;
         let ev = v.event().await;
         assert_eq!(ev["reason"], "WorkloadsRolled");
-        assert!(ev["note"].as_str().unwrap().contains("rolled 2 workload(s)"));
+        assert!(
+            ev["note"]
+                .as_str()
+                .unwrap()
+                .contains("rolled 2 workload(s)")
+        );
         let status = v.status(&expected).await;
         assert_eq!(status.sidecar_revision.as_deref(), Some(rev.as_str()));
         assert_eq!(v.event().await["reason"], "Ready");
@@ -326,9 +442,21 @@ async fn api_failure_publishes_a_warning_and_backs_off() {
     let err = run(obj.clone(), ctx.clone()).await.unwrap_err();
     server.await.unwrap().assert_silent();
     let obj = Arc::new(obj);
-    assert_eq!(error_policy(obj.clone(), &err, ctx.clone()), Action::requeue(Duration::from_secs(5)));
-    assert_eq!(error_policy(obj.clone(), &err, ctx.clone()), Action::requeue(Duration::from_secs(10)));
-    assert_eq!(ctx.metrics.reconcile_errors.with_label_values(&["api"]).get(), 2);
+    assert_eq!(
+        error_policy(obj.clone(), &err, ctx.clone()),
+        Action::requeue(Duration::from_secs(5))
+    );
+    assert_eq!(
+        error_policy(obj.clone(), &err, ctx.clone()),
+        Action::requeue(Duration::from_secs(10))
+    );
+    assert_eq!(
+        ctx.metrics
+            .reconcile_errors
+            .with_label_values(&["api"])
+            .get(),
+        2
+    );
 }
 
 #[tokio::test]

@@ -45,11 +45,21 @@ fn collector_deployment_runs_the_contracted_binary_and_ports() {
     let pod = dep.spec.template.spec.unwrap();
     let c = &pod.containers[0];
     assert_eq!(c.image.as_deref(), Some("ghcr.io/clew-dev/clew:test"));
-    assert_eq!(c.command.as_ref().unwrap()[0], "/usr/local/bin/clew-collector");
+    assert_eq!(
+        c.command.as_ref().unwrap()[0],
+        "/usr/local/bin/clew-collector"
+    );
     let ports: Vec<i32> = c.ports.iter().flatten().map(|p| p.container_port).collect();
     assert_eq!(ports, [4317, 4318, 16686, 9464]);
     assert_eq!(
-        c.readiness_probe.as_ref().unwrap().http_get.as_ref().unwrap().path.as_deref(),
+        c.readiness_probe
+            .as_ref()
+            .unwrap()
+            .http_get
+            .as_ref()
+            .unwrap()
+            .path
+            .as_deref(),
         Some("/readyz")
     );
     let sc = c.security_context.as_ref().unwrap();
@@ -105,7 +115,10 @@ fn external_redis_reads_the_url_from_the_secret_and_drops_the_statefulset() {
     assert!(desired_redis(&t).is_none());
     assert!(desired_redis_service(&t).is_none());
     let data = desired_config_map(&t).data.unwrap();
-    assert!(!data.contains_key("CLEW_REDIS_URL"), "no secret in the ConfigMap");
+    assert!(
+        !data.contains_key("CLEW_REDIS_URL"),
+        "no secret in the ConfigMap"
+    );
     assert_eq!(data["CLEW_REDIS_PREFIX"], "team-a:");
     let dep = desired_deployment(&t, &defaults());
     let c = &dep.spec.template.spec.unwrap().containers[0];
@@ -200,10 +213,16 @@ fn visualizer_proxies_the_collector_query_api() {
         env["CLEW_QUERY_URL"].value.as_deref(),
         Some("http://main-collector.traces.svc:16686")
     );
-    assert_eq!(env["CLEW_VISUALIZER_ADDR"].value.as_deref(), Some("0.0.0.0:8080"));
+    assert_eq!(
+        env["CLEW_VISUALIZER_ADDR"].value.as_deref(),
+        Some("0.0.0.0:8080")
+    );
     let svc = desired_visualizer_service(&t).unwrap().spec.unwrap();
     assert_eq!(svc.type_.as_deref(), Some("LoadBalancer"));
-    assert_eq!(visualizer_url(&t).as_deref(), Some("http://main-visualizer.traces.svc"));
+    assert_eq!(
+        visualizer_url(&t).as_deref(),
+        Some("http://main-visualizer.traces.svc")
+    );
 }
 
 #[test]
@@ -211,7 +230,12 @@ fn spec_image_and_pull_policy_override_the_defaults() {
     let mut t = tc("main");
     t.spec.image = Some("registry.local/clew:dev".to_owned());
     t.spec.image_pull_policy = Some(crate::crd::PullPolicy::Never);
-    let c = &desired_deployment(&t, &defaults()).spec.template.spec.unwrap().containers[0];
+    let c = &desired_deployment(&t, &defaults())
+        .spec
+        .template
+        .spec
+        .unwrap()
+        .containers[0];
     assert_eq!(c.image.as_deref(), Some("registry.local/clew:dev"));
     assert_eq!(c.image_pull_policy.as_deref(), Some("Never"));
 }
@@ -245,11 +269,22 @@ fn status_keeps_transition_times_until_a_condition_flips() {
     t.status = Some(s1.clone());
     let s2 = desired_status(&t, &d, None, None, "r", "2026-01-01T00:05:00Z");
     let ready = |s: &crate::crd::TraceCollectorStatus| {
-        s.conditions.iter().find(|c| c.type_ == "Ready").unwrap().clone()
+        s.conditions
+            .iter()
+            .find(|c| c.type_ == "Ready")
+            .unwrap()
+            .clone()
     };
     assert_eq!(ready(&s2).last_transition_time, "2026-01-01T00:00:00Z");
     t.status = Some(s2);
-    let s3 = desired_status(&t, &deployment_with(2, 2, None), None, None, "r", "2026-01-01T00:09:00Z");
+    let s3 = desired_status(
+        &t,
+        &deployment_with(2, 2, None),
+        None,
+        None,
+        "r",
+        "2026-01-01T00:09:00Z",
+    );
     assert_eq!(ready(&s3).status, "True");
     assert_eq!(ready(&s3).last_transition_time, "2026-01-01T00:09:00Z");
 }

@@ -9,8 +9,7 @@ fn pod(ns: &str, annotation: Option<&str>) -> Pod {
             generate_name: Some("shop-7d9f8b6c4-".to_owned()),
             namespace: Some(ns.to_owned()),
             labels: Some([("app".to_owned(), "shop".to_owned())].into()),
-            annotations: annotation
-                .map(|a| [(INJECT_ANNOTATION.to_owned(), a.to_owned())].into()),
+            annotations: annotation.map(|a| [(INJECT_ANNOTATION.to_owned(), a.to_owned())].into()),
             ..ObjectMeta::default()
         },
         spec: Some(PodSpec {
@@ -38,11 +37,17 @@ fn annotation_values_parse() {
     assert_eq!(parse_selection("false", "a"), Ok(Selection::None));
     assert_eq!(
         parse_selection("main", "a"),
-        Ok(Selection::Named { namespace: "a".into(), name: "main".into() })
+        Ok(Selection::Named {
+            namespace: "a".into(),
+            name: "main".into()
+        })
     );
     assert_eq!(
         parse_selection("obs/main", "a"),
-        Ok(Selection::Named { namespace: "obs".into(), name: "main".into() })
+        Ok(Selection::Named {
+            namespace: "obs".into(),
+            name: "main".into()
+        })
     );
     let err = parse_selection("a/b/c", "a").unwrap_err();
     assert!(err.contains("<namespace>/<name>"), "{err}");
@@ -54,14 +59,20 @@ fn decisions_follow_the_pod_then_the_namespace() {
     let main = in_ns("main", "traces");
     let all = [main.clone(), in_ns("other", "obs")];
     // No annotation anywhere.
-    assert_eq!(decide(&pod("traces", None), None, &all), Decision::NotRequested);
+    assert_eq!(
+        decide(&pod("traces", None), None, &all),
+        Decision::NotRequested
+    );
     // Namespace default applies...
     assert_eq!(
         decide(&pod("traces", None), Some("true"), &all),
         Decision::Inject(Box::new(main.clone()))
     );
     // ...and the pod's own value wins.
-    assert_eq!(decide(&pod("traces", Some("false")), Some("true"), &all), Decision::NotRequested);
+    assert_eq!(
+        decide(&pod("traces", Some("false")), Some("true"), &all),
+        Decision::NotRequested
+    );
     assert_eq!(
         decide(&pod("shop", Some("obs/other")), Some("false"), &all),
         Decision::Inject(Box::new(all[1].clone()))
@@ -71,11 +82,17 @@ fn decisions_follow_the_pod_then_the_namespace() {
 #[test]
 fn impossible_requests_are_skipped_with_a_reason() {
     let all = [in_ns("a", "traces"), in_ns("b", "traces")];
-    let Decision::Skip(r) = decide(&pod("traces", Some("true")), None, &all) else { panic!() };
+    let Decision::Skip(r) = decide(&pod("traces", Some("true")), None, &all) else {
+        panic!()
+    };
     assert!(r.contains("2 TraceCollectors in namespace traces"), "{r}");
-    let Decision::Skip(r) = decide(&pod("empty", Some("true")), None, &all) else { panic!() };
+    let Decision::Skip(r) = decide(&pod("empty", Some("true")), None, &all) else {
+        panic!()
+    };
     assert!(r.contains("no TraceCollector in namespace empty"), "{r}");
-    let Decision::Skip(r) = decide(&pod("traces", Some("c")), None, &all) else { panic!() };
+    let Decision::Skip(r) = decide(&pod("traces", Some("c")), None, &all) else {
+        panic!()
+    };
     assert_eq!(r, "TraceCollector traces/c not found");
     let mut host = pod("traces", Some("a"));
     host.spec.as_mut().unwrap().host_network = Some(true);
@@ -97,17 +114,35 @@ fn native_injection_adds_an_init_sidecar_and_otel_env() {
         .flatten()
         .map(|e| (e.name.as_str(), e.value.clone().unwrap_or_default()))
         .collect();
-    assert_eq!(sidecar_env["CLEW_SIDECAR_COLLECTOR_DNS"], "main-collector-headless.traces.svc:4317");
+    assert_eq!(
+        sidecar_env["CLEW_SIDECAR_COLLECTOR_DNS"],
+        "main-collector-headless.traces.svc:4317"
+    );
     assert_eq!(sidecar_env["CLEW_SIDECAR_GRPC_ADDR"], "127.0.0.1:4317");
-    assert_eq!(sidecar_env["CLEW_SIDECAR_BUFFER_BYTES"], (8 << 20).to_string());
-    assert_eq!(sidecar_env["CLEW_SIDECAR_SPILL_DIR"], "/var/lib/clew-sidecar");
+    assert_eq!(
+        sidecar_env["CLEW_SIDECAR_BUFFER_BYTES"],
+        (8 << 20).to_string()
+    );
+    assert_eq!(
+        sidecar_env["CLEW_SIDECAR_SPILL_DIR"],
+        "/var/lib/clew-sidecar"
+    );
 
     let app_env: Vec<_> = spec.containers[0].env.iter().flatten().collect();
     let get = |n: &str| app_env.iter().find(|e| e.name == n).unwrap();
-    assert_eq!(get("OTEL_EXPORTER_OTLP_ENDPOINT").value.as_deref(), Some("http://127.0.0.1:4317"));
+    assert_eq!(
+        get("OTEL_EXPORTER_OTLP_ENDPOINT").value.as_deref(),
+        Some("http://127.0.0.1:4317")
+    );
     // The app's own service name is kept.
     assert_eq!(get("OTEL_SERVICE_NAME").value.as_deref(), Some("checkout"));
-    assert_eq!(app_env.iter().filter(|e| e.name == "OTEL_SERVICE_NAME").count(), 1);
+    assert_eq!(
+        app_env
+            .iter()
+            .filter(|e| e.name == "OTEL_SERVICE_NAME")
+            .count(),
+        1
+    );
     let attrs = get("OTEL_RESOURCE_ATTRIBUTES").value.clone().unwrap();
     assert!(attrs.contains("k8s.pod.name=$(CLEW_POD_NAME)"));
     assert!(attrs.contains("k8s.node.name=$(CLEW_NODE_NAME)"));
@@ -115,7 +150,14 @@ fn native_injection_adds_an_init_sidecar_and_otel_env() {
     let pos = |n: &str| app_env.iter().position(|e| e.name == n).unwrap();
     assert!(pos("CLEW_POD_NAME") < pos("OTEL_RESOURCE_ATTRIBUTES"));
     assert_eq!(
-        get("CLEW_NODE_NAME").value_from.as_ref().unwrap().field_ref.as_ref().unwrap().field_path,
+        get("CLEW_NODE_NAME")
+            .value_from
+            .as_ref()
+            .unwrap()
+            .field_ref
+            .as_ref()
+            .unwrap()
+            .field_path,
         "spec.nodeName"
     );
 
@@ -123,7 +165,13 @@ fn native_injection_adds_an_init_sidecar_and_otel_env() {
     assert_eq!(ann[STATUS_ANNOTATION], "injected");
     assert_eq!(ann[COLLECTOR_ANNOTATION], "traces/main");
     assert_eq!(ann[REVISION_ANNOTATION], sidecar_revision(&t, &defaults()));
-    assert!(spec.volumes.as_ref().unwrap().iter().any(|v| v.name == "clew-sidecar-spill"));
+    assert!(
+        spec.volumes
+            .as_ref()
+            .unwrap()
+            .iter()
+            .any(|v| v.name == "clew-sidecar-spill")
+    );
     assert!(is_injected(&p));
     assert_eq!(decide(&p, None, [&t]), Decision::AlreadyInjected);
 }
