@@ -261,6 +261,9 @@ pub async fn patch_ca_bundle(client: &Client, name: &str, ca: &[u8]) -> Result<(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::controller::Context;
+    use http::Method;
+    use serde_json::json;
 
     fn cfg() -> CertConfig {
         CertConfig {
@@ -307,5 +310,68 @@ mod tests {
         let (cert, key) = serving_pair(&s3).unwrap();
         assert_eq!(cert, third.cert_pem);
         assert_eq!(key, third.key_pem);
+    }
+
+    fn mwc(ca_bundle: Option<&str>) -> serde_json::Value {
+        let mut client_config = json!({"service": {"name": "clew-operator-webhook", "namespace": "clew-system", "path": "/mutate"}});
+        if let Some(b) = ca_bundle {
+            client_config["caBundle"] = json!(b);
+        }
+        json!({
+            "apiVersion": "admissionregistration.k8s.io/v1", "kind": "MutatingWebhookConfiguration",
+            "metadata": {"name": "clew-operator", "resourceVersion": "7"},
+            "webhooks": [{"name": "sidecar.clew.dev", "admissionReviewVersions": ["v1"], "sideEffects": "None",
+                          "clientConfig": client_config}]
+        })
+    }
+
+    #[tokio::test]
+    async fn ensure_creates_the_secret_and_patches_the_ca_bundle_once() {
+        use base64::Engine;
+        let (ctx, mut v) = Context::test();
+        let c = cfg();
+        let secret_path = "/api/v1/namespaces/clew-system/secrets/clew-operator-webhook-tls";
+        let mwc_path =
+            "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/clew-operator";
+        let server = tokio::spawn(async move {
+            v.not_found(secret_path).await;
+            let secret = v.apply(secret_path, |_| {}).await;
+            assert_eq!(secret["type"], "kubernetes.io/tls");
+            v.expect(Method::GET, mwc_path).await.ok(&mwc(None));
+            let put = v.expect(Method::PUT, mwc_path).await;
+            // The update carries the resourceVersion it read (optimistic concurrency).
+            assert_eq!(put.body["metadata"]["resourceVersion"], "7");
+            let bundle = put.body["webhooks"][0]["clientConfig"]["caBundle"].clone();
+            assert_eq!(bundle, secret["data"]["ca.crt"]);
+            let answer = put.body.clone();
+            put.ok(&answer);
+            (v, secret, bundle)
+        });
+        let written = ensure(&ctx.client, &c, &ctx.metrics).await.unwrap();
+        let (mut v, secret, bundle) = server.await.unwrap();
+        v.assert_silent();
+        let pem = base64::engine::general_purpose::STANDARD
+            .decode(bundle.as_str().unwrap())
+            .unwrap();
+        assert!(
+            String::from_utf8(pem)
+                .unwrap()
+                .starts_with("-----BEGIN CERTIFICATE-----")
+        );
+        assert_eq!(ctx.metrics.cert_rotations.get(), 1);
+        assert!(ctx.metrics.cert_not_after.get() > OffsetDateTime::now_utc().unix_timestamp());
+
+        // A second pass finds a valid certificate and a current caBundle: nothing is written.
+        let server = tokio::spawn(async move {
+            v.expect(Method::GET, secret_path).await.ok(&secret);
+            v.expect(Method::GET, mwc_path)
+                .await
+                .ok(&mwc(bundle.as_str()));
+            v
+        });
+        let again = ensure(&ctx.client, &c, &ctx.metrics).await.unwrap();
+        server.await.unwrap().assert_silent();
+        assert_eq!(again.data, written.data);
+        assert_eq!(ctx.metrics.cert_rotations.get(), 1);
     }
 }

@@ -1,7 +1,7 @@
 //! The `TraceCollector` controller: server-side applies the `desired_*` children, writes the
 //! status, rolls workloads whose sidecar settings changed, and publishes Events.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Debug;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
@@ -11,7 +11,7 @@ use futures_util::StreamExt;
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use k8s_openapi::api::core::v1::{ConfigMap, PodTemplateSpec, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, PodTemplateSpec, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
@@ -343,13 +343,21 @@ async fn apply_all(tc: &TraceCollector, ctx: &Context) -> Result<Action> {
     Ok(Action::requeue(if ready { RESYNC } else { PROGRESS_POLL }))
 }
 
-/// Whether a pod template (in namespace `ns`) asks for this TraceCollector's sidecar.
-pub fn template_uses(template: &PodTemplateSpec, ns: &str, tc: &TraceCollector) -> bool {
+/// Whether a pod template in namespace `ns` asks for this TraceCollector's sidecar, through its
+/// own annotation or, lacking one, its namespace's (`namespace_default`).
+pub fn template_uses(
+    template: &PodTemplateSpec,
+    ns: &str,
+    namespace_default: Option<&str>,
+    tc: &TraceCollector,
+) -> bool {
     let Some(value) = template
         .metadata
         .as_ref()
         .and_then(|m| m.annotations.as_ref())
         .and_then(|a| a.get(INJECT_ANNOTATION))
+        .map(String::as_str)
+        .or(namespace_default)
     else {
         return false;
     };
@@ -375,6 +383,7 @@ async fn roll_kind<K>(
     client: &Client,
     tc: &TraceCollector,
     revision: &str,
+    namespace_defaults: &BTreeMap<String, String>,
     template: impl Fn(&K) -> Option<&PodTemplateSpec>,
 ) -> Result<u64>
 where
@@ -390,7 +399,8 @@ where
     {
         let ns = w.namespace().unwrap_or_default();
         let Some(t) = template(&w) else { continue };
-        if !template_uses(t, &ns, tc) || template_revision(t) == Some(revision) {
+        let default = namespace_defaults.get(&ns).map(String::as_str);
+        if !template_uses(t, &ns, default, tc) || template_revision(t) == Some(revision) {
             continue;
         }
         let patch = serde_json::json!({
@@ -412,10 +422,24 @@ where
 /// Sets the sidecar revision annotation on every workload template that asks for this
 /// TraceCollector, so their pods are re-created (and re-injected) with the new settings.
 async fn roll_workloads(client: &Client, tc: &TraceCollector, revision: &str) -> Result<u64> {
-    let d = roll_kind::<Deployment>(client, tc, revision, |w| Some(&w.spec.template)).await?;
-    let s = roll_kind::<StatefulSet>(client, tc, revision, |w| Some(&w.spec.template)).await?;
-    let ds = roll_kind::<DaemonSet>(client, tc, revision, |w| Some(&w.spec.template)).await?;
-    Ok(d + s + ds)
+    // Namespace-level defaults count too: a workload may inherit the annotation.
+    let namespace_defaults: BTreeMap<String, String> = Api::<Namespace>::all(client.clone())
+        .list(&ListParams::default())
+        .await?
+        .into_iter()
+        .filter_map(|n| {
+            let v = n.annotations().get(INJECT_ANNOTATION)?.clone();
+            Some((n.name_any(), v))
+        })
+        .collect();
+    let d = &namespace_defaults;
+    let deployments =
+        roll_kind::<Deployment>(client, tc, revision, d, |w| Some(&w.spec.template)).await?;
+    let statefulsets =
+        roll_kind::<StatefulSet>(client, tc, revision, d, |w| Some(&w.spec.template)).await?;
+    let daemonsets =
+        roll_kind::<DaemonSet>(client, tc, revision, d, |w| Some(&w.spec.template)).await?;
+    Ok(deployments + statefulsets + daemonsets)
 }
 
 /// Runs the controller until `shutdown` resolves.

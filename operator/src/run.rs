@@ -16,6 +16,7 @@ use kube::api::Api;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube_lease_manager::LeaseManagerBuilder;
+use prometheus::IntGauge;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
@@ -206,6 +207,35 @@ fn lead(cfg: &Config, ctx: Arc<Context>) -> Vec<JoinHandle<()>> {
     tasks
 }
 
+/// Runs `start` whenever this replica becomes the leader and aborts the tasks it returned when
+/// it stops being one; returns when the lease manager goes away.
+pub async fn follow_leadership(
+    mut leader: watch::Receiver<bool>,
+    gauge: IntGauge,
+    mut start: impl FnMut() -> Vec<JoinHandle<()>>,
+) {
+    let mut tasks: Vec<JoinHandle<()>> = Vec::new();
+    loop {
+        let leading = *leader.borrow_and_update();
+        gauge.set(i64::from(leading));
+        if leading && tasks.is_empty() {
+            tasks = start();
+        } else if !leading && !tasks.is_empty() {
+            info!("lost leadership; stopping the controller");
+            for t in tasks.drain(..) {
+                t.abort();
+            }
+        }
+        if leader.changed().await.is_err() {
+            break;
+        }
+    }
+    gauge.set(0);
+    for t in tasks {
+        t.abort();
+    }
+}
+
 /// Runs the operator until `shutdown` resolves.
 pub async fn run(
     cfg: Config,
@@ -262,31 +292,16 @@ pub async fn run(
         .with_grace(cfg.lease_seconds.div_ceil(3).max(1))
         .build()
         .await?;
-    let (mut leader_rx, lease_task) = manager.watch().await;
+    let (leader_rx, lease_task) = manager.watch().await;
     let leader_cfg = cfg.clone();
-    let leader_metrics = metrics.clone();
-    let election = tokio::spawn(async move {
-        let mut tasks: Vec<JoinHandle<()>> = Vec::new();
-        loop {
-            let leading = *leader_rx.borrow_and_update();
-            leader_metrics.leader.set(i64::from(leading));
-            if leading && tasks.is_empty() {
-                info!(identity = %identity, "became leader");
-                tasks = lead(&leader_cfg, ctx.clone());
-            } else if !leading && !tasks.is_empty() {
-                info!(identity = %identity, "lost leadership; stopping the controller");
-                for t in tasks.drain(..) {
-                    t.abort();
-                }
-            }
-            if leader_rx.changed().await.is_err() {
-                break;
-            }
-        }
-        for t in tasks {
-            t.abort();
-        }
-    });
+    let election = tokio::spawn(follow_leadership(
+        leader_rx,
+        metrics.leader.clone(),
+        move || {
+            info!(identity = %identity, "leading: starting the controller");
+            lead(&leader_cfg, ctx.clone())
+        },
+    ));
 
     // Every replica serves the webhook with the certificate in the Secret.
     let (cert, key) = webhook::wait_for_tls(&client, &cfg.namespace, &cfg.webhook_secret).await;
@@ -324,4 +339,94 @@ pub async fn run(
     }
     info!("stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use http_body_util::BodyExt;
+    use tokio::sync::{mpsc, oneshot};
+    use tower::ServiceExt;
+
+    #[tokio::test]
+    async fn leadership_starts_and_stops_the_leader_tasks() {
+        let (tx, rx) = watch::channel(false);
+        let gauge = IntGauge::new("g", "g").unwrap();
+        let (started_tx, mut started) = mpsc::unbounded_channel();
+        let follow = tokio::spawn(follow_leadership(rx, gauge.clone(), move || {
+            // Each leader task holds a sender; its receiver errs once the task is aborted.
+            let (alive, watch_alive) = oneshot::channel::<()>();
+            started_tx.send(watch_alive).unwrap();
+            vec![tokio::spawn(async move {
+                let _alive = alive;
+                std::future::pending::<()>().await;
+            })]
+        }));
+        let deadline = Duration::from_secs(5);
+        tx.send(true).unwrap();
+        let first = tokio::time::timeout(deadline, started.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(gauge.get(), 1);
+        tx.send(false).unwrap();
+        // Aborted: the task's sender is dropped.
+        assert!(
+            tokio::time::timeout(deadline, first)
+                .await
+                .unwrap()
+                .is_err()
+        );
+        assert_eq!(gauge.get(), 0);
+        tx.send(true).unwrap();
+        let second = tokio::time::timeout(deadline, started.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        drop(tx);
+        tokio::time::timeout(deadline, follow)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            tokio::time::timeout(deadline, second)
+                .await
+                .unwrap()
+                .is_err()
+        );
+        assert!(
+            started.try_recv().is_err(),
+            "started more often than it became leader"
+        );
+    }
+
+    async fn get(app: Router, path: &str) -> (u16, String) {
+        let resp = app
+            .oneshot(axum::http::Request::get(path).body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8(body.to_vec()).unwrap())
+    }
+
+    #[tokio::test]
+    async fn ops_server_reports_readiness_and_metrics() {
+        let metrics = Metrics::new().unwrap();
+        metrics.leader.set(1);
+        let (ready, rx) = watch::channel(false);
+        let app = ops_app(metrics, rx);
+        assert_eq!(get(app.clone(), "/readyz").await.0, 503);
+        ready.send(true).unwrap();
+        assert_eq!(get(app.clone(), "/readyz").await.0, 200);
+        assert_eq!(get(app.clone(), "/healthz").await.0, 200);
+        let (code, body) = get(app, "/metrics").await;
+        assert_eq!(code, 200);
+        assert!(body.contains("clew_operator_leader 1"), "{body}");
+        assert!(
+            body.contains("clew_operator_reconcile_duration_seconds"),
+            "{body}"
+        );
+    }
 }

@@ -271,3 +271,30 @@ pub async fn keep_tls_current(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::controller::Context;
+    use crate::fixtures::NS;
+
+    #[tokio::test]
+    async fn a_skipped_pod_gets_a_warning_event() {
+        let (ctx, mut v) = Context::test();
+        let mut pod = Pod::default();
+        pod.metadata.generate_name = Some("shop-7d9f-".to_owned());
+        pod.metadata.namespace = Some(NS.to_owned());
+        let server = tokio::spawn(async move {
+            let ev = v.event().await;
+            (v, ev)
+        });
+        record_skip(&ctx.recorder, &pod, "TraceCollector traces/x not found").await;
+        let (mut v, ev) = server.await.unwrap();
+        v.assert_silent();
+        assert_eq!(ev["type"], "Warning");
+        assert_eq!(ev["reason"], "SidecarNotInjected");
+        assert_eq!(ev["note"], "TraceCollector traces/x not found");
+        assert_eq!(ev["regarding"]["kind"], "Pod");
+        assert_eq!(ev["regarding"]["name"], "shop-7d9f-");
+    }
+}

@@ -121,6 +121,7 @@ async fn children(v: &mut ApiServerVerifier, tc: &TraceCollector, c: Cluster) ->
 }
 
 async fn no_workloads(v: &mut ApiServerVerifier) {
+    v.list("/api/v1/namespaces", "Namespace", vec![]).await;
     v.list("/apis/apps/v1/deployments", "Deployment", vec![])
         .await;
     v.list("/apis/apps/v1/statefulsets", "StatefulSet", vec![])
@@ -370,6 +371,14 @@ async fn changed_sidecar_settings_roll_the_workloads_that_use_them() {
                    "spec": {"selector": {}, "template": {"metadata": {"annotations": ann}}}})
         };
         v.list(
+            "/api/v1/namespaces",
+            "Namespace",
+            vec![json!({"apiVersion": "v1", "kind": "Namespace",
+                        "metadata": {"name": "defaulted",
+                                     "annotations": {"sidecar.clew.dev/inject": "traces/main"}}})],
+        )
+        .await;
+        v.list(
             "/apis/apps/v1/deployments",
             "Deployment",
             vec![
@@ -384,10 +393,16 @@ async fn changed_sidecar_settings_roll_the_workloads_that_use_them() {
                 deploy("other", NS, Some("other"), None),
                 deploy("opted-out", NS, Some("false"), None),
                 deploy("plain", NS, None, None),
+                deploy("inherits", "defaulted", None, None),
+                deploy("overrides", "defaulted", Some("false"), None),
             ],
         )
         .await;
-        for (ns, name) in [(NS, "uses-true"), ("shop", "uses-name")] {
+        for (ns, name) in [
+            (NS, "uses-true"),
+            ("shop", "uses-name"),
+            ("defaulted", "inherits"),
+        ] {
             let r = v
                 .expect(
                     Method::PATCH,
@@ -413,7 +428,7 @@ async fn changed_sidecar_settings_roll_the_workloads_that_use_them() {
             ev["note"]
                 .as_str()
                 .unwrap()
-                .contains("rolled 2 workload(s)")
+                .contains("rolled 3 workload(s)")
         );
         let status = v.status(&expected).await;
         assert_eq!(status.sidecar_revision.as_deref(), Some(rev.as_str()));
@@ -422,7 +437,7 @@ async fn changed_sidecar_settings_roll_the_workloads_that_use_them() {
     });
     run(obj, ctx.clone()).await.unwrap();
     server.await.unwrap().assert_silent();
-    assert_eq!(ctx.metrics.workload_rollouts.get(), 2);
+    assert_eq!(ctx.metrics.workload_rollouts.get(), 3);
     assert_ne!(revision, "old-revision");
 }
 
@@ -487,10 +502,13 @@ fn template_selection_matches_names_and_namespaces() {
         }),
         spec: None,
     };
-    assert!(template_uses(&t("true"), NS, &main));
-    assert!(!template_uses(&t("true"), "elsewhere", &main));
-    assert!(template_uses(&t("main"), NS, &main));
-    assert!(template_uses(&t("traces/main"), "elsewhere", &main));
-    assert!(!template_uses(&t("other/main"), "elsewhere", &main));
-    assert!(!template_uses(&t("false"), NS, &main));
+    assert!(template_uses(&t("true"), NS, None, &main));
+    assert!(!template_uses(&t("true"), "elsewhere", None, &main));
+    assert!(template_uses(&t("main"), NS, None, &main));
+    assert!(template_uses(&t("traces/main"), "elsewhere", None, &main));
+    assert!(!template_uses(&t("other/main"), "elsewhere", None, &main));
+    assert!(!template_uses(&t("false"), NS, Some("true"), &main));
+    let bare = k8s_openapi::api::core::v1::PodTemplateSpec::default();
+    assert!(template_uses(&bare, NS, Some("true"), &main));
+    assert!(!template_uses(&bare, NS, None, &main));
 }
