@@ -297,4 +297,86 @@ mod tests {
         assert_eq!(ev["regarding"]["kind"], "Pod");
         assert_eq!(ev["regarding"]["name"], "shop-7d9f-");
     }
+
+    async fn handshake(addr: std::net::SocketAddr, ca_pem: &str) -> bool {
+        use rustls::pki_types::{CertificateDer, ServerName, pem::PemObject};
+        let mut roots = rustls::RootCertStore::empty();
+        for c in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+            roots.add(c.unwrap()).unwrap();
+        }
+        let config = rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let name = ServerName::try_from("svc.clew-system.svc").unwrap();
+        tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect(name, tcp)
+            .await
+            .is_ok()
+    }
+
+    #[tokio::test]
+    async fn a_rotated_secret_is_served_without_a_restart() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let now = time::OffsetDateTime::now_utc();
+        let day = Duration::from_secs(86400);
+        let old = certs::generate("svc", "clew-system", now, day).unwrap();
+        let new = certs::generate("svc", "clew-system", now, day).unwrap();
+        let tls = axum_server::tls_rustls::RustlsConfig::from_pem(
+            old.cert_pem.clone().into_bytes(),
+            old.key_pem.clone().into_bytes(),
+        )
+        .await
+        .unwrap();
+        let handle = axum_server::Handle::new();
+        tokio::spawn(
+            axum_server::bind_rustls("127.0.0.1:0".parse().unwrap(), tls.clone())
+                .handle(handle.clone())
+                .serve(Router::new().into_make_service()),
+        );
+        let addr = handle.listening().await.unwrap();
+        assert!(handshake(addr, &old.ca_pem).await);
+        assert!(!handshake(addr, &new.ca_pem).await);
+
+        let (ctx, mut v) = Context::test();
+        let cfg = certs::CertConfig {
+            namespace: "clew-system".into(),
+            service: "svc".into(),
+            secret: "tls".into(),
+            webhook_configuration: "clew-operator".into(),
+            validity: day,
+            renew_before: day / 2,
+        };
+        let secret =
+            serde_json::to_value(certs::secret_for(&cfg, &new, Some(&old.ca_pem))).unwrap();
+        let server = tokio::spawn(async move {
+            v.expect(
+                http::Method::GET,
+                "/api/v1/namespaces/clew-system/secrets/tls",
+            )
+            .await
+            .ok(&secret);
+            v
+        });
+        let reloader = tokio::spawn(keep_tls_current(
+            ctx.client.clone(),
+            "clew-system".into(),
+            "tls".into(),
+            tls,
+            old.cert_pem.clone(),
+            Duration::from_secs(3600),
+        ));
+        let _v = server.await.unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while !handshake(addr, &new.ca_pem).await {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "new certificate never served"
+            );
+            tokio::task::yield_now().await;
+        }
+        assert!(!handshake(addr, &old.ca_pem).await);
+        reloader.abort();
+        handle.shutdown();
+    }
 }
