@@ -158,6 +158,8 @@ fn over_https(c: &mut Criterion) {
                 let req = ok(http::Request::post("/mutate")
                     .header("content-type", "application/json")
                     .body(Full::new(body.clone())));
+                // HTTP/1: the connection must have finished the previous exchange.
+                ok(sender.ready().await);
                 let resp = ok(sender.send_request(req).await);
                 black_box(ok(resp.into_body().collect().await).to_bytes())
             })

@@ -136,28 +136,46 @@ async fn run(tc: TraceCollector, ctx: Arc<Context>) -> Result<Action> {
         .expect("reconcile finished")
 }
 
+/// Reconciles `obj` while `api` plays the API server (and gets a copy of `obj`); afterwards
+/// no request may be left unanswered.
+async fn scenario<F, Fut>(obj: TraceCollector, api: F) -> (Result<Action>, Arc<Context>)
+where
+    F: FnOnce(ApiServerVerifier, TraceCollector) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ApiServerVerifier> + Send + 'static,
+{
+    let (ctx, v) = Context::test();
+    let server = tokio::spawn(api(v, obj.clone()));
+    let res = run(obj, ctx.clone()).await;
+    server.await.unwrap().assert_silent();
+    (res, ctx)
+}
+
+/// `t` as already reconciled, at its current sidecar revision.
+fn settled(t: TraceCollector) -> TraceCollector {
+    let revision = inject::sidecar_revision(&t, &defaults());
+    reconciled(t, &revision)
+}
+
+const READY: Cluster = Cluster {
+    collectors_ready: 2,
+    redis_ready: true,
+};
+
 fn condition<'a>(s: &'a crate::crd::TraceCollectorStatus, t: &str) -> &'a crate::crd::Condition {
     s.conditions.iter().find(|c| c.type_ == t).unwrap()
 }
 
 #[tokio::test]
 async fn create_applies_every_child_and_reports_progress() {
-    let (ctx, mut v) = Context::test();
-    let obj = tc("main");
-    let expected = obj.clone();
-    let server = tokio::spawn(async move {
-        let d = children(
-            &mut v,
-            &expected,
-            Cluster {
-                collectors_ready: 0,
-                redis_ready: false,
-            },
-        )
-        .await;
+    let starting = Cluster {
+        collectors_ready: 0,
+        redis_ready: false,
+    };
+    let (res, _) = scenario(tc("main"), move |mut v, t| async move {
+        let d = children(&mut v, &t, starting).await;
         assert_eq!(d["spec"]["replicas"], 2);
         no_workloads(&mut v).await;
-        let status = v.status(&expected).await;
+        let status = v.status(&t).await;
         assert_eq!(status.observed_generation, Some(1));
         assert_eq!(condition(&status, "Ready").status, "False");
         assert_eq!(condition(&status, "Ready").reason, "CollectorsNotReady");
@@ -175,201 +193,138 @@ async fn create_applies_every_child_and_reports_progress() {
         );
         assert_eq!(
             status.sidecar_revision,
-            Some(inject::sidecar_revision(&expected, &defaults()))
+            Some(inject::sidecar_revision(&t, &defaults()))
         );
         let ev = v.event().await;
         assert_eq!(ev["reason"], "Applied");
         assert_eq!(ev["regarding"]["name"], "main");
         v
-    });
-    let action = run(obj, ctx).await.unwrap();
-    assert_eq!(action, Action::requeue(PROGRESS_POLL));
-    server.await.unwrap().assert_silent();
+    })
+    .await;
+    assert_eq!(res.unwrap(), Action::requeue(PROGRESS_POLL));
 }
 
 #[tokio::test]
 async fn ready_children_make_the_collector_ready() {
-    let (ctx, mut v) = Context::test();
-    let revision = inject::sidecar_revision(&tc("main"), &defaults());
-    let obj = reconciled(tc("main"), &revision);
-    let expected = obj.clone();
-    let server = tokio::spawn(async move {
-        children(
-            &mut v,
-            &expected,
-            Cluster {
-                collectors_ready: 2,
-                redis_ready: true,
-            },
-        )
-        .await;
+    let (res, _) = scenario(settled(tc("main")), |mut v, t| async move {
+        children(&mut v, &t, READY).await;
         // Same sidecar revision: no workload is listed or rolled.
-        let status = v.status(&expected).await;
+        let status = v.status(&t).await;
         assert_eq!(status.ready_replicas, 2);
         assert_eq!(condition(&status, "Ready").status, "True");
         assert_eq!(condition(&status, "Progressing").status, "False");
         assert_eq!(condition(&status, "Degraded").status, "False");
-        let ev = v.event().await;
-        assert_eq!(ev["reason"], "Ready");
+        assert_eq!(v.event().await["reason"], "Ready");
         v
-    });
-    let action = run(obj, ctx).await.unwrap();
-    assert_eq!(action, Action::requeue(RESYNC));
-    server.await.unwrap().assert_silent();
+    })
+    .await;
+    assert_eq!(res.unwrap(), Action::requeue(RESYNC));
 }
 
 #[tokio::test]
 async fn redis_not_ready_keeps_the_collector_not_ready() {
-    let (ctx, mut v) = Context::test();
-    let revision = inject::sidecar_revision(&tc("main"), &defaults());
-    let obj = reconciled(tc("main"), &revision);
-    let expected = obj.clone();
-    let server = tokio::spawn(async move {
-        children(
-            &mut v,
-            &expected,
-            Cluster {
-                collectors_ready: 2,
-                redis_ready: false,
-            },
-        )
-        .await;
-        let status = v.status(&expected).await;
+    let no_redis = Cluster {
+        redis_ready: false,
+        ..READY
+    };
+    let (res, _) = scenario(settled(tc("main")), move |mut v, t| async move {
+        children(&mut v, &t, no_redis).await;
+        let status = v.status(&t).await;
         assert_eq!(condition(&status, "Ready").reason, "RedisNotReady");
         v
-    });
-    assert_eq!(run(obj, ctx).await.unwrap(), Action::requeue(PROGRESS_POLL));
-    server.await.unwrap().assert_silent();
+    })
+    .await;
+    assert_eq!(res.unwrap(), Action::requeue(PROGRESS_POLL));
 }
 
 #[tokio::test]
 async fn scale_updates_the_deployment_replicas() {
-    let (ctx, mut v) = Context::test();
-    let revision = inject::sidecar_revision(&tc("main"), &defaults());
-    let mut obj = reconciled(tc("main"), &revision);
+    let mut obj = settled(tc("main"));
     obj.spec.replicas = 5;
     obj.metadata.generation = Some(2);
-    let expected = obj.clone();
-    let server = tokio::spawn(async move {
-        let d = children(
-            &mut v,
-            &expected,
-            Cluster {
-                collectors_ready: 2,
-                redis_ready: true,
-            },
-        )
-        .await;
+    let (res, _) = scenario(obj, |mut v, t| async move {
+        let d = children(&mut v, &t, READY).await;
         assert_eq!(d["spec"]["replicas"], 5);
-        let status = v.status(&expected).await;
+        let status = v.status(&t).await;
         assert_eq!(status.observed_generation, Some(2));
         assert_eq!(condition(&status, "Ready").message, "2/5 collectors ready");
         let ev = v.event().await;
         assert_eq!(ev["reason"], "Applied");
         assert!(ev["note"].as_str().unwrap().contains("generation 2"));
         v
-    });
-    run(obj, ctx).await.unwrap();
-    server.await.unwrap().assert_silent();
+    })
+    .await;
+    res.unwrap();
 }
 
 #[tokio::test]
 async fn autoscaler_gets_an_hpa_and_owns_the_replica_count() {
-    let (ctx, mut v) = Context::test();
     let mut obj = tc("main");
     obj.spec.autoscaler = Some(AutoscalerSpec {
         min_replicas: 2,
         max_replicas: 6,
         target_cpu_utilization: 70,
     });
-    let revision = inject::sidecar_revision(&obj, &defaults());
-    let obj = reconciled(obj, &revision);
-    let expected = obj.clone();
-    let server = tokio::spawn(async move {
-        let d = children(
-            &mut v,
-            &expected,
-            Cluster {
-                collectors_ready: 1,
-                redis_ready: true,
-            },
-        )
-        .await;
+    let (res, _) = scenario(settled(obj), |mut v, t| async move {
+        let d = children(&mut v, &t, READY).await;
         assert!(
             d["spec"].get("replicas").is_none(),
             "the HPA owns replicas: {d}"
         );
-        v.status(&expected).await;
+        v.status(&t).await;
         assert_eq!(v.event().await["reason"], "Ready");
         v
-    });
-    run(obj, ctx).await.unwrap();
-    server.await.unwrap().assert_silent();
+    })
+    .await;
+    res.unwrap();
 }
 
 #[tokio::test]
 async fn external_redis_replaces_the_managed_one() {
-    let (ctx, mut v) = Context::test();
     let mut obj = tc("main");
     obj.spec.storage.redis.external = Some(ExternalRedis {
         secret_name: "redis-url".to_owned(),
         key: "url".to_owned(),
     });
-    let revision = inject::sidecar_revision(&obj, &defaults());
-    let obj = reconciled(obj, &revision);
-    let expected = obj.clone();
-    let server = tokio::spawn(async move {
-        let d = children(
-            &mut v,
-            &expected,
-            Cluster {
-                collectors_ready: 2,
-                redis_ready: false,
-            },
-        )
-        .await;
+    let no_redis = Cluster {
+        redis_ready: false,
+        ..READY
+    };
+    let (res, _) = scenario(settled(obj), move |mut v, t| async move {
+        let d = children(&mut v, &t, no_redis).await;
         let env = &d["spec"]["template"]["spec"]["containers"][0]["env"][0];
         assert_eq!(env["name"], "CLEW_REDIS_URL");
         assert_eq!(env["valueFrom"]["secretKeyRef"]["name"], "redis-url");
         // No managed Redis to wait for.
-        let status = v.status(&expected).await;
+        let status = v.status(&t).await;
         assert_eq!(condition(&status, "Ready").status, "True");
         v.event().await;
         v
-    });
-    run(obj, ctx).await.unwrap();
-    server.await.unwrap().assert_silent();
+    })
+    .await;
+    res.unwrap();
+}
+
+fn workload(name: &str, ns: &str, inject: Option<&str>, revision: Option<&str>) -> Value {
+    let mut ann = serde_json::Map::new();
+    if let Some(i) = inject {
+        ann.insert("sidecar.clew.dev/inject".into(), json!(i));
+    }
+    if let Some(r) = revision {
+        ann.insert("sidecar.clew.dev/revision".into(), json!(r));
+    }
+    json!({"apiVersion": "apps/v1", "kind": "Deployment",
+           "metadata": {"name": name, "namespace": ns},
+           "spec": {"selector": {}, "template": {"metadata": {"annotations": ann}}}})
 }
 
 #[tokio::test]
 async fn changed_sidecar_settings_roll_the_workloads_that_use_them() {
-    let (ctx, mut v) = Context::test();
     let obj = reconciled(tc("main"), "old-revision");
-    let revision = inject::sidecar_revision(&obj, &defaults());
-    let expected = obj.clone();
-    let rev = revision.clone();
-    let server = tokio::spawn(async move {
-        children(
-            &mut v,
-            &expected,
-            Cluster {
-                collectors_ready: 2,
-                redis_ready: true,
-            },
-        )
-        .await;
-        let deploy = |name: &str, ns: &str, inject: Option<&str>, revision: Option<&str>| {
-            let mut ann = serde_json::Map::new();
-            if let Some(i) = inject {
-                ann.insert("sidecar.clew.dev/inject".into(), json!(i));
-            }
-            if let Some(r) = revision {
-                ann.insert("sidecar.clew.dev/revision".into(), json!(r));
-            }
-            json!({"apiVersion": "apps/v1", "kind": "Deployment",
-                   "metadata": {"name": name, "namespace": ns},
-                   "spec": {"selector": {}, "template": {"metadata": {"annotations": ann}}}})
-        };
+    let rev = inject::sidecar_revision(&obj, &defaults());
+    assert_ne!(rev, "old-revision");
+    let (res, ctx) = scenario(obj, move |mut v, t| async move {
+        children(&mut v, &t, READY).await;
         v.list(
             "/api/v1/namespaces",
             "Namespace",
@@ -382,19 +337,19 @@ async fn changed_sidecar_settings_roll_the_workloads_that_use_them() {
             "/apis/apps/v1/deployments",
             "Deployment",
             vec![
-                deploy("uses-true", NS, Some("true"), None),
-                deploy(
+                workload("uses-true", NS, Some("true"), None),
+                workload(
                     "uses-name",
                     "shop",
                     Some("traces/main"),
                     Some("old-revision"),
                 ),
-                deploy("current", NS, Some("main"), Some(&rev)),
-                deploy("other", NS, Some("other"), None),
-                deploy("opted-out", NS, Some("false"), None),
-                deploy("plain", NS, None, None),
-                deploy("inherits", "defaulted", None, None),
-                deploy("overrides", "defaulted", Some("false"), None),
+                workload("current", NS, Some("main"), Some(&rev)),
+                workload("other", NS, Some("other"), None),
+                workload("opted-out", NS, Some("false"), None),
+                workload("plain", NS, None, None),
+                workload("inherits", "defaulted", None, None),
+                workload("overrides", "defaulted", Some("false"), None),
             ],
         )
         .await;
@@ -414,9 +369,7 @@ async fn changed_sidecar_settings_roll_the_workloads_that_use_them() {
                 r.body["spec"]["template"]["metadata"]["annotations"]["sidecar.clew.dev/revision"],
                 json!(rev)
             );
-            let body = r.body.clone();
-            r.ok(&json!({"apiVersion": "apps/v1", "kind": "Deployment",
-                         "metadata": {"name": name, "namespace": ns}, "spec": body["spec"]}));
+            r.ok(&workload(name, ns, None, Some(&rev)));
         }
         v.list("/apis/apps/v1/statefulsets", "StatefulSet", vec![])
             .await;
@@ -430,15 +383,14 @@ async fn changed_sidecar_settings_roll_the_workloads_that_use_them() {
                 .unwrap()
                 .contains("rolled 3 workload(s)")
         );
-        let status = v.status(&expected).await;
+        let status = v.status(&t).await;
         assert_eq!(status.sidecar_revision.as_deref(), Some(rev.as_str()));
         assert_eq!(v.event().await["reason"], "Ready");
         v
-    });
-    run(obj, ctx.clone()).await.unwrap();
-    server.await.unwrap().assert_silent();
+    })
+    .await;
+    res.unwrap();
     assert_eq!(ctx.metrics.workload_rollouts.get(), 3);
-    assert_ne!(revision, "old-revision");
 }
 
 #[tokio::test]
