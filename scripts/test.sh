@@ -27,6 +27,11 @@ if ! "$VENV/bin/python" -c "import opentelemetry.exporter.otlp.proto.grpc.trace_
   fi
   "$VENV/bin/pip" install -q opentelemetry-sdk opentelemetry-exporter-otlp-proto-grpc opentelemetry-exporter-otlp-proto-http
 fi
+# The Helm engine (helm-python-sdk bundles it) and the Kubernetes schemas for the chart test.
+if ! "$VENV/bin/python" -c "import helm_python, kubernetes_validate" >/dev/null 2>&1; then
+  echo "test.sh: installing helm-python-sdk and kubernetes-validate into $VENV"
+  "$VENV/bin/pip" install -q helm-python-sdk kubernetes-validate
+fi
 export CLEW_PYTHON="$VENV/bin/python"
 
 echo "== cargo fmt --check"
@@ -37,6 +42,9 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 
 echo "== benches compile"
 cargo bench --workspace --no-run --locked >/dev/null 2>&1 || cargo bench --workspace --no-run --locked
+
+echo "== kind e2e (skips without a cluster)"
+bash e2e/kind/run.sh
 
 echo "== binaries (the end-to-end suites run them)"
 cargo build --workspace --bins --locked

@@ -1,0 +1,479 @@
+//! The `TraceCollector` controller: server-side applies the `desired_*` children, writes the
+//! status, rolls workloads whose sidecar settings changed, and publishes Events.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Debug;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use k8s_openapi::NamespaceResourceScope;
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, PodTemplateSpec, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::watcher;
+use kube::{Client, Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tracing::{info, warn};
+
+use crate::crd::TraceCollector;
+use crate::desired::{self, Defaults, FIELD_MANAGER};
+use crate::inject::{self, INJECT_ANNOTATION, REVISION_ANNOTATION, Selection};
+use crate::metrics::Metrics;
+use crate::status::{self, READY};
+use crate::{Error, Result};
+
+/// Requeue interval of a ready TraceCollector (drift is also repaired on watch events).
+pub const RESYNC: Duration = Duration::from_secs(300);
+/// Requeue interval while a TraceCollector is not ready yet.
+pub const PROGRESS_POLL: Duration = Duration::from_secs(10);
+const BACKOFF_BASE: Duration = Duration::from_secs(5);
+const BACKOFF_MAX: Duration = Duration::from_secs(300);
+
+/// State shared by every reconciliation.
+#[derive(Clone)]
+pub struct Context {
+    /// The API client.
+    pub client: Client,
+    /// Publishes Kubernetes Events.
+    pub recorder: Recorder,
+    /// Operator metrics.
+    pub metrics: Metrics,
+    /// Operator-level defaults (image).
+    pub defaults: Defaults,
+    failures: Arc<Mutex<HashMap<String, u32>>>,
+}
+
+impl Debug for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context")
+            .field("defaults", &self.defaults)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Context {
+    /// A context publishing Events as `reporter`.
+    pub fn new(
+        client: Client,
+        metrics: Metrics,
+        defaults: Defaults,
+        instance: Option<String>,
+    ) -> Self {
+        let recorder = Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: FIELD_MANAGER.to_owned(),
+                instance,
+            },
+        );
+        Self {
+            client,
+            recorder,
+            metrics,
+            defaults,
+            failures: Arc::default(),
+        }
+    }
+
+    fn record_failure(&self, key: &str) -> u32 {
+        let mut f = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        let n = f.entry(key.to_owned()).or_insert(0);
+        *n += 1;
+        *n
+    }
+
+    fn clear_failures(&self, key: &str) {
+        self.failures
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(key);
+    }
+
+    async fn publish(
+        &self,
+        tc: &TraceCollector,
+        type_: EventType,
+        reason: &str,
+        action: &str,
+        note: String,
+    ) {
+        let ev = Event {
+            type_,
+            reason: reason.to_owned(),
+            note: Some(note),
+            action: action.to_owned(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&ev, &tc.object_ref(&())).await {
+            warn!(error = %e, "could not publish event");
+        }
+    }
+}
+
+/// Exponential backoff after `failures` consecutive failures: 5 s, 10 s, 20 s … at most 5 min.
+pub fn backoff(failures: u32) -> Duration {
+    let exp = failures.saturating_sub(1).min(10);
+    (BACKOFF_BASE * 2u32.pow(exp)).min(BACKOFF_MAX)
+}
+
+fn key(tc: &TraceCollector) -> String {
+    format!("{}/{}", tc.namespace().unwrap_or_default(), tc.name_any())
+}
+
+/// Reconciles one TraceCollector.
+pub async fn reconcile(tc: Arc<TraceCollector>, ctx: Arc<Context>) -> Result<Action> {
+    ctx.metrics.reconciliations.inc();
+    let _timer = ctx.metrics.reconcile_duration.start_timer();
+    if tc.namespace().is_none() {
+        return Err(Error::MissingNamespace(tc.name_any()));
+    }
+    if tc.meta().deletion_timestamp.is_some() {
+        // Owner references hand every child to the garbage collector; nothing to clean up.
+        return Ok(Action::await_change());
+    }
+    match apply_all(&tc, &ctx).await {
+        Ok(action) => {
+            ctx.clear_failures(&key(&tc));
+            Ok(action)
+        }
+        Err(e) => {
+            ctx.publish(
+                &tc,
+                EventType::Warning,
+                "ReconcileFailed",
+                "Reconcile",
+                e.to_string(),
+            )
+            .await;
+            Err(e)
+        }
+    }
+}
+
+/// Counts the failure and requeues with exponential backoff.
+pub fn error_policy(tc: Arc<TraceCollector>, err: &Error, ctx: Arc<Context>) -> Action {
+    let n = ctx.record_failure(&key(&tc));
+    ctx.metrics
+        .reconcile_errors
+        .with_label_values(&[err.metric_label()])
+        .inc();
+    let wait = backoff(n);
+    warn!(tracecollector = %key(&tc), error = %err, failures = n, retry_in = ?wait, "reconcile failed");
+    Action::requeue(wait)
+}
+
+async fn apply<K>(client: &Client, ns: &str, obj: &K) -> Result<K>
+where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + Serialize
+        + DeserializeOwned
+        + Debug,
+{
+    let api: Api<K> = Api::namespaced(client.clone(), ns);
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    Ok(api
+        .patch(&obj.name_any(), &params, &Patch::Apply(obj))
+        .await?)
+}
+
+/// Deletes a child that is no longer wanted, if it exists and this TraceCollector owns it.
+async fn remove<K>(client: &Client, tc: &TraceCollector, name: &str) -> Result<()>
+where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + Debug,
+{
+    let api: Api<K> = Api::namespaced(client.clone(), &tc.namespace().unwrap_or_default());
+    let Some(existing) = api.get_opt(name).await? else {
+        return Ok(());
+    };
+    let ours = existing
+        .owner_references()
+        .iter()
+        .any(|o| Some(&o.uid) == tc.uid().as_ref());
+    if ours {
+        match api.delete(name, &DeleteParams::background()).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.is_not_found() => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+async fn apply_or_remove<K>(
+    client: &Client,
+    tc: &TraceCollector,
+    name: String,
+    obj: Option<K>,
+) -> Result<Option<K>>
+where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + Serialize
+        + DeserializeOwned
+        + Debug,
+{
+    let ns = tc.namespace().unwrap_or_default();
+    match obj {
+        Some(o) => Ok(Some(apply(client, &ns, &o).await?)),
+        None => {
+            remove::<K>(client, tc, &name).await?;
+            Ok(None)
+        }
+    }
+}
+
+async fn apply_all(tc: &TraceCollector, ctx: &Context) -> Result<Action> {
+    let client = &ctx.client;
+    let ns = tc.namespace().unwrap_or_default();
+    let defaults = &ctx.defaults;
+    use desired::names;
+
+    // Children in a fixed order: configuration before the pods that read it.
+    apply(client, &ns, &desired::desired_config_map(tc)).await?;
+    apply(client, &ns, &desired::desired_headless_service(tc)).await?;
+    apply(client, &ns, &desired::desired_service(tc)).await?;
+    apply_or_remove(
+        client,
+        tc,
+        names::redis(tc),
+        desired::desired_redis_service(tc),
+    )
+    .await?;
+    let redis = apply_or_remove(client, tc, names::redis(tc), desired::desired_redis(tc)).await?;
+    let collector = apply(client, &ns, &desired::desired_deployment(tc, defaults)).await?;
+    apply_or_remove(client, tc, names::collector(tc), desired::desired_pdb(tc)).await?;
+    apply_or_remove(client, tc, names::collector(tc), desired::desired_hpa(tc)).await?;
+    let visualizer = apply_or_remove(
+        client,
+        tc,
+        names::visualizer(tc),
+        desired::desired_visualizer(tc, defaults),
+    )
+    .await?;
+    apply_or_remove(
+        client,
+        tc,
+        names::visualizer(tc),
+        desired::desired_visualizer_service(tc),
+    )
+    .await?;
+
+    let revision = inject::sidecar_revision(tc, defaults);
+    let previous_revision = tc.status.as_ref().and_then(|s| s.sidecar_revision.clone());
+    if previous_revision.as_deref() != Some(revision.as_str()) {
+        let rolled = roll_workloads(client, tc, &revision).await?;
+        ctx.metrics.workload_rollouts.inc_by(rolled);
+        if rolled > 0 {
+            ctx.publish(
+                tc,
+                EventType::Normal,
+                "WorkloadsRolled",
+                "RollWorkloads",
+                format!(
+                    "sidecar settings changed (revision {revision}); rolled {rolled} workload(s)"
+                ),
+            )
+            .await;
+        }
+    }
+
+    let now = k8s_openapi::jiff::Timestamp::now().to_string();
+    let new_status = status::desired_status(
+        tc,
+        &collector,
+        redis.as_ref(),
+        visualizer.as_ref(),
+        &revision,
+        &now,
+    );
+    let ready = new_status
+        .conditions
+        .iter()
+        .any(|c| c.type_ == READY && c.status == "True");
+    let api: Api<TraceCollector> = Api::namespaced(client.clone(), &ns);
+    let patch = serde_json::json!({
+        "apiVersion": TraceCollector::api_version(&()),
+        "kind": TraceCollector::kind(&()),
+        "status": new_status,
+    });
+    api.patch_status(
+        &tc.name_any(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await?;
+
+    let observed = tc.status.as_ref().and_then(|s| s.observed_generation);
+    if observed != tc.metadata.generation {
+        info!(tracecollector = %key(tc), generation = ?tc.metadata.generation, "applied");
+        ctx.publish(
+            tc,
+            EventType::Normal,
+            "Applied",
+            "Reconcile",
+            format!(
+                "applied generation {} to the collector Deployment and its children",
+                tc.metadata.generation.unwrap_or_default()
+            ),
+        )
+        .await;
+    }
+    let was_ready = tc.condition(READY).is_some_and(|c| c.status == "True");
+    if ready && !was_ready {
+        ctx.publish(
+            tc,
+            EventType::Normal,
+            "Ready",
+            "Reconcile",
+            "every collector is ready".to_owned(),
+        )
+        .await;
+    }
+    Ok(Action::requeue(if ready { RESYNC } else { PROGRESS_POLL }))
+}
+
+/// Whether a pod template in namespace `ns` asks for this TraceCollector's sidecar, through its
+/// own annotation or, lacking one, its namespace's (`namespace_default`).
+pub fn template_uses(
+    template: &PodTemplateSpec,
+    ns: &str,
+    namespace_default: Option<&str>,
+    tc: &TraceCollector,
+) -> bool {
+    let Some(value) = template
+        .metadata
+        .as_ref()
+        .and_then(|m| m.annotations.as_ref())
+        .and_then(|a| a.get(INJECT_ANNOTATION))
+        .map(String::as_str)
+        .or(namespace_default)
+    else {
+        return false;
+    };
+    let tc_ns = tc.namespace().unwrap_or_default();
+    match inject::parse_selection(value, ns) {
+        Ok(Selection::OnlyInNamespace) => ns == tc_ns,
+        Ok(Selection::Named { namespace, name }) => namespace == tc_ns && name == tc.name_any(),
+        _ => false,
+    }
+}
+
+fn template_revision(template: &PodTemplateSpec) -> Option<&str> {
+    template
+        .metadata
+        .as_ref()?
+        .annotations
+        .as_ref()?
+        .get(REVISION_ANNOTATION)
+        .map(String::as_str)
+}
+
+async fn roll_kind<K>(
+    client: &Client,
+    tc: &TraceCollector,
+    revision: &str,
+    namespace_defaults: &BTreeMap<String, String>,
+    template: impl Fn(&K) -> Option<&PodTemplateSpec>,
+) -> Result<u64>
+where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + Debug,
+{
+    let mut rolled = 0;
+    for w in Api::<K>::all(client.clone())
+        .list(&ListParams::default())
+        .await?
+    {
+        let ns = w.namespace().unwrap_or_default();
+        let Some(t) = template(&w) else { continue };
+        let default = namespace_defaults.get(&ns).map(String::as_str);
+        if !template_uses(t, &ns, default, tc) || template_revision(t) == Some(revision) {
+            continue;
+        }
+        let patch = serde_json::json!({
+            "spec": {"template": {"metadata": {"annotations": {REVISION_ANNOTATION: revision}}}}
+        });
+        Api::<K>::namespaced(client.clone(), &ns)
+            .patch(
+                &w.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
+            .await?;
+        info!(workload = %w.name_any(), namespace = %ns, kind = %K::kind(&()), revision, "rolled for new sidecar settings");
+        rolled += 1;
+    }
+    Ok(rolled)
+}
+
+/// Sets the sidecar revision annotation on every workload template that asks for this
+/// TraceCollector, so their pods are re-created (and re-injected) with the new settings.
+async fn roll_workloads(client: &Client, tc: &TraceCollector, revision: &str) -> Result<u64> {
+    // Namespace-level defaults count too: a workload may inherit the annotation.
+    let namespace_defaults: BTreeMap<String, String> = Api::<Namespace>::all(client.clone())
+        .list(&ListParams::default())
+        .await?
+        .into_iter()
+        .filter_map(|n| {
+            let v = n.annotations().get(INJECT_ANNOTATION)?.clone();
+            Some((n.name_any(), v))
+        })
+        .collect();
+    let d = &namespace_defaults;
+    let deployments =
+        roll_kind::<Deployment>(client, tc, revision, d, |w| Some(&w.spec.template)).await?;
+    let statefulsets =
+        roll_kind::<StatefulSet>(client, tc, revision, d, |w| Some(&w.spec.template)).await?;
+    let daemonsets =
+        roll_kind::<DaemonSet>(client, tc, revision, d, |w| Some(&w.spec.template)).await?;
+    Ok(deployments + statefulsets + daemonsets)
+}
+
+/// Runs the controller until `shutdown` resolves.
+pub async fn run(
+    ctx: Arc<Context>,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) -> Result<()> {
+    let client = ctx.client.clone();
+    let tcs = Api::<TraceCollector>::all(client.clone());
+    // Fail fast with a clear message when the CRD is missing.
+    tcs.list(&ListParams::default().limit(1)).await?;
+    // Only watch children this operator made.
+    let owned = watcher::Config::default().labels("app.kubernetes.io/managed-by=clew-operator");
+    Controller::new(tcs, watcher::Config::default().any_semantic())
+        .owns(Api::<Deployment>::all(client.clone()), owned.clone())
+        .owns(Api::<StatefulSet>::all(client.clone()), owned.clone())
+        .owns(Api::<Service>::all(client.clone()), owned.clone())
+        .owns(Api::<ConfigMap>::all(client.clone()), owned.clone())
+        .owns(
+            Api::<PodDisruptionBudget>::all(client.clone()),
+            owned.clone(),
+        )
+        .owns(Api::<HorizontalPodAutoscaler>::all(client.clone()), owned)
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|res| async move {
+            match res {
+                Ok((obj, _)) => tracing::debug!(object = %obj.name, "reconciled"),
+                Err(e) => tracing::debug!(error = %e, "reconcile error"),
+            }
+        })
+        .await;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,466 @@
+//! Controller behaviour against a mock API server: every request the controller makes is
+//! checked in order, and answered the way the API server would.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Method, StatusCode};
+use kube::ResourceExt;
+use kube::runtime::controller::Action;
+use serde_json::{Value, json};
+
+use super::*;
+use crate::crd::{AutoscalerSpec, ExternalRedis};
+use crate::fixtures::{ApiServerVerifier, NS, UID, defaults, path, reconciled, tc};
+
+/// What the mock cluster reports about the children.
+#[derive(Clone, Copy)]
+struct Cluster {
+    collectors_ready: i32,
+    redis_ready: bool,
+}
+
+fn assert_owned(obj: &Value) {
+    let owner = &obj["metadata"]["ownerReferences"][0];
+    assert_eq!(owner["uid"], UID, "{}", obj["metadata"]["name"]);
+    assert_eq!(owner["kind"], "TraceCollector");
+    assert_eq!(owner["controller"], true);
+    assert_eq!(
+        obj["metadata"]["labels"]["app.kubernetes.io/managed-by"],
+        "clew-operator"
+    );
+}
+
+/// The children in the controller's order; returns the applied collector Deployment.
+async fn children(v: &mut ApiServerVerifier, tc: &TraceCollector, c: Cluster) -> Value {
+    let n = tc.name_any();
+    let mut applied = vec![
+        v.apply(&path("ConfigMap", &format!("{n}-collector")), |_| {})
+            .await,
+        v.apply(&path("Service", &format!("{n}-collector-headless")), |_| {})
+            .await,
+        v.apply(&path("Service", &format!("{n}-collector")), |_| {})
+            .await,
+    ];
+    if tc.spec.storage.redis.external.is_none() {
+        applied.push(
+            v.apply(&path("Service", &format!("{n}-redis")), |_| {})
+                .await,
+        );
+        applied.push(
+            v.apply(&path("StatefulSet", &format!("{n}-redis")), |o| {
+                o["status"] = json!({"replicas": 1, "readyReplicas": i32::from(c.redis_ready)});
+            })
+            .await,
+        );
+    } else {
+        // The managed Redis of an earlier spec is removed, but only when this collector owns it.
+        let svc = v
+            .expect(Method::GET, &path("Service", &format!("{n}-redis")))
+            .await;
+        svc.ok(&json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": format!("{n}-redis"), "namespace": NS,
+                         "ownerReferences": [{"apiVersion": "clew.dev/v1alpha1", "kind": "TraceCollector",
+                                              "name": n, "uid": UID, "controller": true}]},
+            "spec": {}
+        }));
+        let del = v
+            .expect(Method::DELETE, &path("Service", &format!("{n}-redis")))
+            .await;
+        del.ok(&json!({"apiVersion": "v1", "kind": "Status", "status": "Success"}));
+        v.not_found(&path("StatefulSet", &format!("{n}-redis")))
+            .await;
+    }
+    let want = if tc.spec.autoscaler.is_some() {
+        1
+    } else {
+        tc.spec.replicas
+    };
+    let deployment = v
+        .apply(&path("Deployment", &format!("{n}-collector")), |o| {
+            o["metadata"]["generation"] = json!(1);
+            o["status"] = json!({"observedGeneration": 1, "replicas": want,
+                                 "updatedReplicas": want, "readyReplicas": c.collectors_ready});
+        })
+        .await;
+    applied.push(deployment.clone());
+    applied.push(
+        v.apply(
+            &path("PodDisruptionBudget", &format!("{n}-collector")),
+            |_| {},
+        )
+        .await,
+    );
+    if tc.spec.autoscaler.is_some() {
+        applied.push(
+            v.apply(
+                &path("HorizontalPodAutoscaler", &format!("{n}-collector")),
+                |_| {},
+            )
+            .await,
+        );
+    } else {
+        v.not_found(&path("HorizontalPodAutoscaler", &format!("{n}-collector")))
+            .await;
+    }
+    applied.push(
+        v.apply(&path("Deployment", &format!("{n}-visualizer")), |o| {
+            o["status"] = json!({"replicas": 1, "readyReplicas": 1});
+        })
+        .await,
+    );
+    applied.push(
+        v.apply(&path("Service", &format!("{n}-visualizer")), |_| {})
+            .await,
+    );
+    for obj in &applied {
+        assert_owned(obj);
+    }
+    deployment
+}
+
+async fn no_workloads(v: &mut ApiServerVerifier) {
+    v.list("/api/v1/namespaces", "Namespace", vec![]).await;
+    v.list("/apis/apps/v1/deployments", "Deployment", vec![])
+        .await;
+    v.list("/apis/apps/v1/statefulsets", "StatefulSet", vec![])
+        .await;
+    v.list("/apis/apps/v1/daemonsets", "DaemonSet", vec![])
+        .await;
+}
+
+async fn run(tc: TraceCollector, ctx: Arc<Context>) -> Result<Action> {
+    tokio::time::timeout(Duration::from_secs(10), reconcile(Arc::new(tc), ctx))
+        .await
+        .expect("reconcile finished")
+}
+
+/// Reconciles `obj` while `api` plays the API server (and gets a copy of `obj`); afterwards
+/// no request may be left unanswered.
+async fn scenario<F, Fut>(obj: TraceCollector, api: F) -> (Result<Action>, Arc<Context>)
+where
+    F: FnOnce(ApiServerVerifier, TraceCollector) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ApiServerVerifier> + Send + 'static,
+{
+    let (ctx, v) = Context::test();
+    let server = tokio::spawn(api(v, obj.clone()));
+    let res = run(obj, ctx.clone()).await;
+    server.await.unwrap().assert_silent();
+    (res, ctx)
+}
+
+/// `t` as already reconciled, at its current sidecar revision.
+fn settled(t: TraceCollector) -> TraceCollector {
+    let revision = inject::sidecar_revision(&t, &defaults());
+    reconciled(t, &revision)
+}
+
+const READY: Cluster = Cluster {
+    collectors_ready: 2,
+    redis_ready: true,
+};
+
+fn condition<'a>(s: &'a crate::crd::TraceCollectorStatus, t: &str) -> &'a crate::crd::Condition {
+    s.conditions.iter().find(|c| c.type_ == t).unwrap()
+}
+
+#[tokio::test]
+async fn create_applies_every_child_and_reports_progress() {
+    let starting = Cluster {
+        collectors_ready: 0,
+        redis_ready: false,
+    };
+    let (res, _) = scenario(tc("main"), move |mut v, t| async move {
+        let d = children(&mut v, &t, starting).await;
+        assert_eq!(d["spec"]["replicas"], 2);
+        no_workloads(&mut v).await;
+        let status = v.status(&t).await;
+        assert_eq!(status.observed_generation, Some(1));
+        assert_eq!(condition(&status, "Ready").status, "False");
+        assert_eq!(condition(&status, "Ready").reason, "CollectorsNotReady");
+        assert_eq!(condition(&status, "Ready").message, "0/2 collectors ready");
+        assert_eq!(condition(&status, "Progressing").status, "True");
+        assert_eq!(
+            status.collector_endpoint.as_deref(),
+            Some("http://main-collector.traces.svc:4317")
+        );
+        assert_eq!(
+            status.selector.as_deref(),
+            Some(
+                "app.kubernetes.io/component=collector,app.kubernetes.io/instance=main,app.kubernetes.io/name=clew"
+            )
+        );
+        assert_eq!(
+            status.sidecar_revision,
+            Some(inject::sidecar_revision(&t, &defaults()))
+        );
+        let ev = v.event().await;
+        assert_eq!(ev["reason"], "Applied");
+        assert_eq!(ev["regarding"]["name"], "main");
+        v
+    })
+    .await;
+    assert_eq!(res.unwrap(), Action::requeue(PROGRESS_POLL));
+}
+
+#[tokio::test]
+async fn ready_children_make_the_collector_ready() {
+    let (res, _) = scenario(settled(tc("main")), |mut v, t| async move {
+        children(&mut v, &t, READY).await;
+        // Same sidecar revision: no workload is listed or rolled.
+        let status = v.status(&t).await;
+        assert_eq!(status.ready_replicas, 2);
+        assert_eq!(condition(&status, "Ready").status, "True");
+        assert_eq!(condition(&status, "Progressing").status, "False");
+        assert_eq!(condition(&status, "Degraded").status, "False");
+        assert_eq!(v.event().await["reason"], "Ready");
+        v
+    })
+    .await;
+    assert_eq!(res.unwrap(), Action::requeue(RESYNC));
+}
+
+#[tokio::test]
+async fn redis_not_ready_keeps_the_collector_not_ready() {
+    let no_redis = Cluster {
+        redis_ready: false,
+        ..READY
+    };
+    let (res, _) = scenario(settled(tc("main")), move |mut v, t| async move {
+        children(&mut v, &t, no_redis).await;
+        let status = v.status(&t).await;
+        assert_eq!(condition(&status, "Ready").reason, "RedisNotReady");
+        v
+    })
+    .await;
+    assert_eq!(res.unwrap(), Action::requeue(PROGRESS_POLL));
+}
+
+#[tokio::test]
+async fn scale_updates_the_deployment_replicas() {
+    let mut obj = settled(tc("main"));
+    obj.spec.replicas = 5;
+    obj.metadata.generation = Some(2);
+    let (res, _) = scenario(obj, |mut v, t| async move {
+        let d = children(&mut v, &t, READY).await;
+        assert_eq!(d["spec"]["replicas"], 5);
+        let status = v.status(&t).await;
+        assert_eq!(status.observed_generation, Some(2));
+        assert_eq!(condition(&status, "Ready").message, "2/5 collectors ready");
+        let ev = v.event().await;
+        assert_eq!(ev["reason"], "Applied");
+        assert!(ev["note"].as_str().unwrap().contains("generation 2"));
+        v
+    })
+    .await;
+    res.unwrap();
+}
+
+#[tokio::test]
+async fn autoscaler_gets_an_hpa_and_owns_the_replica_count() {
+    let mut obj = tc("main");
+    obj.spec.autoscaler = Some(AutoscalerSpec {
+        min_replicas: 2,
+        max_replicas: 6,
+        target_cpu_utilization: 70,
+    });
+    let (res, _) = scenario(settled(obj), |mut v, t| async move {
+        let d = children(&mut v, &t, READY).await;
+        assert!(
+            d["spec"].get("replicas").is_none(),
+            "the HPA owns replicas: {d}"
+        );
+        v.status(&t).await;
+        assert_eq!(v.event().await["reason"], "Ready");
+        v
+    })
+    .await;
+    res.unwrap();
+}
+
+#[tokio::test]
+async fn external_redis_replaces_the_managed_one() {
+    let mut obj = tc("main");
+    obj.spec.storage.redis.external = Some(ExternalRedis {
+        secret_name: "redis-url".to_owned(),
+        key: "url".to_owned(),
+    });
+    let no_redis = Cluster {
+        redis_ready: false,
+        ..READY
+    };
+    let (res, _) = scenario(settled(obj), move |mut v, t| async move {
+        let d = children(&mut v, &t, no_redis).await;
+        let env = &d["spec"]["template"]["spec"]["containers"][0]["env"][0];
+        assert_eq!(env["name"], "CLEW_REDIS_URL");
+        assert_eq!(env["valueFrom"]["secretKeyRef"]["name"], "redis-url");
+        // No managed Redis to wait for.
+        let status = v.status(&t).await;
+        assert_eq!(condition(&status, "Ready").status, "True");
+        v.event().await;
+        v
+    })
+    .await;
+    res.unwrap();
+}
+
+fn workload(name: &str, ns: &str, inject: Option<&str>, revision: Option<&str>) -> Value {
+    let mut ann = serde_json::Map::new();
+    if let Some(i) = inject {
+        ann.insert("sidecar.clew.dev/inject".into(), json!(i));
+    }
+    if let Some(r) = revision {
+        ann.insert("sidecar.clew.dev/revision".into(), json!(r));
+    }
+    json!({"apiVersion": "apps/v1", "kind": "Deployment",
+           "metadata": {"name": name, "namespace": ns},
+           "spec": {"selector": {}, "template": {"metadata": {"annotations": ann}}}})
+}
+
+#[tokio::test]
+async fn changed_sidecar_settings_roll_the_workloads_that_use_them() {
+    let obj = reconciled(tc("main"), "old-revision");
+    let rev = inject::sidecar_revision(&obj, &defaults());
+    assert_ne!(rev, "old-revision");
+    let (res, ctx) = scenario(obj, move |mut v, t| async move {
+        children(&mut v, &t, READY).await;
+        v.list(
+            "/api/v1/namespaces",
+            "Namespace",
+            vec![json!({"apiVersion": "v1", "kind": "Namespace",
+                        "metadata": {"name": "defaulted",
+                                     "annotations": {"sidecar.clew.dev/inject": "traces/main"}}})],
+        )
+        .await;
+        v.list(
+            "/apis/apps/v1/deployments",
+            "Deployment",
+            vec![
+                workload("uses-true", NS, Some("true"), None),
+                workload(
+                    "uses-name",
+                    "shop",
+                    Some("traces/main"),
+                    Some("old-revision"),
+                ),
+                workload("current", NS, Some("main"), Some(&rev)),
+                workload("other", NS, Some("other"), None),
+                workload("opted-out", NS, Some("false"), None),
+                workload("plain", NS, None, None),
+                workload("inherits", "defaulted", None, None),
+                workload("overrides", "defaulted", Some("false"), None),
+            ],
+        )
+        .await;
+        for (ns, name) in [
+            (NS, "uses-true"),
+            ("shop", "uses-name"),
+            ("defaulted", "inherits"),
+        ] {
+            let r = v
+                .expect(
+                    Method::PATCH,
+                    &format!("/apis/apps/v1/namespaces/{ns}/deployments/{name}"),
+                )
+                .await;
+            assert_eq!(r.content_type, "application/merge-patch+json");
+            assert_eq!(
+                r.body["spec"]["template"]["metadata"]["annotations"]["sidecar.clew.dev/revision"],
+                json!(rev)
+            );
+            r.ok(&workload(name, ns, None, Some(&rev)));
+        }
+        v.list("/apis/apps/v1/statefulsets", "StatefulSet", vec![])
+            .await;
+        v.list("/apis/apps/v1/daemonsets", "DaemonSet", vec![])
+            .await;
+        let ev = v.event().await;
+        assert_eq!(ev["reason"], "WorkloadsRolled");
+        assert!(
+            ev["note"]
+                .as_str()
+                .unwrap()
+                .contains("rolled 3 workload(s)")
+        );
+        let status = v.status(&t).await;
+        assert_eq!(status.sidecar_revision.as_deref(), Some(rev.as_str()));
+        assert_eq!(v.event().await["reason"], "Ready");
+        v
+    })
+    .await;
+    res.unwrap();
+    assert_eq!(ctx.metrics.workload_rollouts.get(), 3);
+}
+
+#[tokio::test]
+async fn api_failure_publishes_a_warning_and_backs_off() {
+    let (ctx, mut v) = Context::test();
+    let obj = tc("main");
+    let server = tokio::spawn(async move {
+        v.expect(Method::PATCH, &path("ConfigMap", "main-collector"))
+            .await
+            .status(StatusCode::INTERNAL_SERVER_ERROR, "InternalError");
+        let ev = v.event().await;
+        assert_eq!(ev["type"], "Warning");
+        assert_eq!(ev["reason"], "ReconcileFailed");
+        v
+    });
+    let err = run(obj.clone(), ctx.clone()).await.unwrap_err();
+    server.await.unwrap().assert_silent();
+    let obj = Arc::new(obj);
+    assert_eq!(
+        error_policy(obj.clone(), &err, ctx.clone()),
+        Action::requeue(Duration::from_secs(5))
+    );
+    assert_eq!(
+        error_policy(obj.clone(), &err, ctx.clone()),
+        Action::requeue(Duration::from_secs(10))
+    );
+    assert_eq!(
+        ctx.metrics
+            .reconcile_errors
+            .with_label_values(&["api"])
+            .get(),
+        2
+    );
+}
+
+#[tokio::test]
+async fn deleted_collector_is_left_to_the_garbage_collector() {
+    let (ctx, mut v) = Context::test();
+    let mut obj = tc("main");
+    obj.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        k8s_openapi::jiff::Timestamp::now(),
+    ));
+    let action = run(obj, ctx).await.unwrap();
+    assert_eq!(action, Action::await_change());
+    v.assert_silent();
+}
+
+#[test]
+fn backoff_doubles_up_to_five_minutes() {
+    let secs: Vec<u64> = (1..=9).map(|n| backoff(n).as_secs()).collect();
+    assert_eq!(secs, [5, 10, 20, 40, 80, 160, 300, 300, 300]);
+}
+
+#[test]
+fn template_selection_matches_names_and_namespaces() {
+    let main = tc("main");
+    let t = |v: &str| k8s_openapi::api::core::v1::PodTemplateSpec {
+        metadata: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+            annotations: Some([(INJECT_ANNOTATION.to_owned(), v.to_owned())].into()),
+            ..Default::default()
+        }),
+        spec: None,
+    };
+    assert!(template_uses(&t("true"), NS, None, &main));
+    assert!(!template_uses(&t("true"), "elsewhere", None, &main));
+    assert!(template_uses(&t("main"), NS, None, &main));
+    assert!(template_uses(&t("traces/main"), "elsewhere", None, &main));
+    assert!(!template_uses(&t("other/main"), "elsewhere", None, &main));
+    assert!(!template_uses(&t("false"), NS, Some("true"), &main));
+    let bare = k8s_openapi::api::core::v1::PodTemplateSpec::default();
+    assert!(template_uses(&bare, NS, Some("true"), &main));
+    assert!(!template_uses(&bare, NS, None, &main));
+}

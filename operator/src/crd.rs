@@ -1,0 +1,512 @@
+//! The `TraceCollector` custom resource (group `clew.dev`, version `v1alpha1`).
+//!
+//! The `///` docs on these fields become the descriptions in the CRD schema, so they are
+//! the user's reference (`kubectl explain tracecollector.spec`).
+
+use std::collections::BTreeMap;
+
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// The API group of clew's custom resources.
+pub const GROUP: &str = "clew.dev";
+
+/// A clew tracing pipeline in one namespace: replicated collectors, their storage, the web UI
+/// and the defaults for the sidecars injected into annotated pods.
+// clippy reads repeated `printcolumn(type_ = ...)` arguments as duplicated attributes.
+#[allow(clippy::duplicated_attributes)]
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, KubeSchema)]
+#[kube(
+    group = "clew.dev",
+    version = "v1alpha1",
+    kind = "TraceCollector",
+    namespaced,
+    doc = "A clew tracing pipeline: replicated collectors, their storage, the web UI and sidecar defaults.",
+    status = "TraceCollectorStatus",
+    shortname = "tc",
+    category = "clew",
+    derive = "PartialEq",
+    scale(
+        spec_replicas_path = ".spec.replicas",
+        status_replicas_path = ".status.replicas",
+        label_selector_path = ".status.selector"
+    ),
+    printcolumn(name = "Replicas", type_ = "integer", json_path = ".spec.replicas"),
+    printcolumn(name = "Ready", type_ = "integer", json_path = ".status.readyReplicas"),
+    printcolumn(
+        name = "Status",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].reason"
+    ),
+    printcolumn(
+        name = "Endpoint",
+        type_ = "string",
+        json_path = ".status.collectorEndpoint",
+        priority = "1"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[x_kube(validation = Rule::new("!has(self.autoscaler) || self.autoscaler.maxReplicas >= self.autoscaler.minReplicas").message("spec.autoscaler.maxReplicas must be at least spec.autoscaler.minReplicas"))]
+#[serde(rename_all = "camelCase")]
+pub struct TraceCollectorSpec {
+    /// Number of collector replicas (ignored while `autoscaler` is set). Also settable with
+    /// `kubectl scale tracecollector NAME --replicas N`.
+    #[serde(default = "default_replicas")]
+    #[schemars(range(min = 1, max = 100))]
+    pub replicas: i32,
+    /// Container image with all clew binaries. Defaults to the image of this operator's release.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// Image pull policy of every clew container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_pull_policy: Option<PullPolicy>,
+    /// CPU and memory of each collector container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<Resources>,
+    /// Where assembled traces are stored.
+    #[serde(default)]
+    pub storage: StorageSpec,
+    /// How long traces are kept, as a duration such as `72h` or `30m`.
+    #[serde(default = "default_retention")]
+    #[schemars(regex(pattern = r"^([0-9]+(s|m|h|d))+$"))]
+    pub retention: String,
+    /// Head sampling applied by instrumented applications (through `OTEL_TRACES_SAMPLER`).
+    #[serde(default)]
+    pub sampling: SamplingSpec,
+    /// The web UI.
+    #[serde(default)]
+    pub visualizer: VisualizerSpec,
+    /// Settings of the sidecar injected into pods that use this collector. Changing them rolls
+    /// the annotated workloads.
+    #[serde(default)]
+    pub sidecar: SidecarSpec,
+    /// The PodDisruptionBudget of the collectors.
+    #[serde(default)]
+    pub pod_disruption_budget: PdbSpec,
+    /// When set, a HorizontalPodAutoscaler scales the collectors and `replicas` is ignored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaler: Option<AutoscalerSpec>,
+}
+
+fn default_replicas() -> i32 {
+    2
+}
+
+fn default_retention() -> String {
+    "72h".to_owned()
+}
+
+/// Image pull policy.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum PullPolicy {
+    /// Always pull.
+    Always,
+    /// Pull when the image is not on the node.
+    IfNotPresent,
+    /// Never pull.
+    Never,
+}
+
+impl PullPolicy {
+    /// The Kubernetes spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Always => "Always",
+            Self::IfNotPresent => "IfNotPresent",
+            Self::Never => "Never",
+        }
+    }
+}
+
+/// CPU and memory requests and limits, as Kubernetes quantities (`100m`, `256Mi`).
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Resources {
+    /// Minimum resources, e.g. `{cpu: 100m, memory: 128Mi}`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub requests: BTreeMap<String, String>,
+    /// Maximum resources, e.g. `{memory: 512Mi}`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub limits: BTreeMap<String, String>,
+}
+
+/// Trace storage.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StorageSpec {
+    /// Redis, run by the operator (`managed`) or provided by you (`external`).
+    #[serde(default)]
+    pub redis: RedisSpec,
+}
+
+/// Redis storage: exactly one of `managed` or `external`; managed with defaults when neither is set.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[x_kube(validation = Rule::new("!(has(self.managed) && has(self.external))").message("set only one of spec.storage.redis.managed and spec.storage.redis.external"))]
+#[serde(rename_all = "camelCase")]
+pub struct RedisSpec {
+    /// A Redis StatefulSet with a persistent volume, run by the operator.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub managed: Option<ManagedRedis>,
+    /// A Redis you run; its URL is read from a Secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external: Option<ExternalRedis>,
+    /// Prefix of every Redis key clew writes (lets several clews share one Redis).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 64))]
+    pub prefix: Option<String>,
+}
+
+/// A Redis StatefulSet run by the operator.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ManagedRedis {
+    /// Size of the persistent volume, a Kubernetes quantity.
+    #[serde(default = "default_redis_size")]
+    #[schemars(regex(pattern = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|k|M|G|T)?$"))]
+    pub size: String,
+    /// StorageClass of the volume; the cluster default when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_class: Option<String>,
+    /// Redis image.
+    #[serde(default = "default_redis_image")]
+    pub image: String,
+    /// CPU and memory of the Redis container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<Resources>,
+}
+
+impl Default for ManagedRedis {
+    fn default() -> Self {
+        Self {
+            size: default_redis_size(),
+            storage_class: None,
+            image: default_redis_image(),
+            resources: None,
+        }
+    }
+}
+
+fn default_redis_size() -> String {
+    "1Gi".to_owned()
+}
+
+fn default_redis_image() -> String {
+    "redis:7.4-alpine".to_owned()
+}
+
+/// A Redis run outside the operator.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ExternalRedis {
+    /// Name of a Secret in the TraceCollector's namespace holding the Redis URL
+    /// (`redis://[:password@]host:port[/db]`).
+    #[schemars(length(min = 1, max = 253))]
+    pub secret_name: String,
+    /// Key of the URL in that Secret.
+    #[serde(default = "default_secret_key")]
+    pub key: String,
+}
+
+fn default_secret_key() -> String {
+    "url".to_owned()
+}
+
+/// Head sampling.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SamplingSpec {
+    /// Fraction of new traces recorded, from 0 to 1; a sampled parent is always followed.
+    #[serde(default = "default_ratio")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub ratio: f64,
+}
+
+impl Default for SamplingSpec {
+    fn default() -> Self {
+        Self {
+            ratio: default_ratio(),
+        }
+    }
+}
+
+fn default_ratio() -> f64 {
+    1.0
+}
+
+/// The web UI.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VisualizerSpec {
+    /// Whether to run the visualizer.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Number of visualizer replicas.
+    #[serde(default = "default_one")]
+    #[schemars(range(min = 1, max = 20))]
+    pub replicas: i32,
+    /// Type of the visualizer's Service.
+    #[serde(default)]
+    pub service_type: ServiceType,
+}
+
+impl Default for VisualizerSpec {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            replicas: 1,
+            service_type: ServiceType::ClusterIP,
+        }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_one() -> i32 {
+    1
+}
+
+/// Service type.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum ServiceType {
+    /// Reachable inside the cluster.
+    #[default]
+    ClusterIP,
+    /// Also on a port of every node.
+    NodePort,
+    /// Also through a cloud load balancer.
+    LoadBalancer,
+}
+
+impl ServiceType {
+    /// The Kubernetes spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ClusterIP => "ClusterIP",
+            Self::NodePort => "NodePort",
+            Self::LoadBalancer => "LoadBalancer",
+        }
+    }
+}
+
+/// Sidecar defaults for pods injected with this collector.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, KubeSchema)]
+#[x_kube(validation = Rule::new("self.spillMaxBytes >= self.bufferBytes").message("spec.sidecar.spillMaxBytes must be at least spec.sidecar.bufferBytes"))]
+#[serde(rename_all = "camelCase")]
+pub struct SidecarSpec {
+    /// CPU and memory of the sidecar container.
+    #[serde(default = "default_sidecar_resources")]
+    pub resources: Resources,
+    /// Bytes of spans buffered in memory before spilling to disk.
+    #[serde(default = "default_buffer_bytes")]
+    #[schemars(range(min = 65536))]
+    pub buffer_bytes: i64,
+    /// Bytes of the on-disk spill log; the oldest spans are dropped (and counted) beyond it.
+    #[serde(default = "default_spill_max_bytes")]
+    #[schemars(range(min = 65536))]
+    pub spill_max_bytes: i64,
+}
+
+impl Default for SidecarSpec {
+    fn default() -> Self {
+        Self {
+            resources: default_sidecar_resources(),
+            buffer_bytes: default_buffer_bytes(),
+            spill_max_bytes: default_spill_max_bytes(),
+        }
+    }
+}
+
+fn default_sidecar_resources() -> Resources {
+    Resources {
+        requests: BTreeMap::from([
+            ("cpu".to_owned(), "10m".to_owned()),
+            ("memory".to_owned(), "32Mi".to_owned()),
+        ]),
+        limits: BTreeMap::from([("memory".to_owned(), "128Mi".to_owned())]),
+    }
+}
+
+fn default_buffer_bytes() -> i64 {
+    8 << 20
+}
+
+fn default_spill_max_bytes() -> i64 {
+    256 << 20
+}
+
+/// The collectors' PodDisruptionBudget.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PdbSpec {
+    /// Whether to create the PodDisruptionBudget.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// How many collectors a voluntary disruption may take down at once.
+    #[serde(default = "default_one")]
+    #[schemars(range(min = 1))]
+    pub max_unavailable: i32,
+}
+
+impl Default for PdbSpec {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            max_unavailable: 1,
+        }
+    }
+}
+
+/// Horizontal autoscaling of the collectors on CPU.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AutoscalerSpec {
+    /// Fewest collectors.
+    #[serde(default = "default_one")]
+    #[schemars(range(min = 1, max = 100))]
+    pub min_replicas: i32,
+    /// Most collectors.
+    #[schemars(range(min = 1, max = 100))]
+    pub max_replicas: i32,
+    /// Target average CPU utilisation, percent of the request.
+    #[serde(default = "default_cpu_target")]
+    #[schemars(range(min = 10, max = 100))]
+    pub target_cpu_utilization: i32,
+}
+
+fn default_cpu_target() -> i32 {
+    75
+}
+
+/// What the operator last observed.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TraceCollectorStatus {
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Collector replicas that exist.
+    #[serde(default)]
+    pub replicas: i32,
+    /// Collector replicas that are ready.
+    #[serde(default)]
+    pub ready_replicas: i32,
+    /// Label selector of the collector pods (for the scale subresource).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<String>,
+    /// Where sidecars and SDKs send spans (OTLP gRPC).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub collector_endpoint: Option<String>,
+    /// In-cluster URL of the web UI.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub visualizer_url: Option<String>,
+    /// Hash of the sidecar settings; workloads are rolled when it changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sidecar_revision: Option<String>,
+    /// `Ready`, `Progressing` and `Degraded`.
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+}
+
+/// A status condition, as in `metav1.Condition`.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Condition {
+    /// `Ready`, `Progressing` or `Degraded`.
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// `True`, `False` or `Unknown`.
+    pub status: String,
+    /// A `PascalCase` reason.
+    pub reason: String,
+    /// A human-readable explanation.
+    pub message: String,
+    /// When `status` last changed (RFC 3339).
+    pub last_transition_time: String,
+    /// The generation this condition was computed from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}
+
+impl TraceCollector {
+    /// The condition of the given type, if any.
+    pub fn condition(&self, type_: &str) -> Option<&Condition> {
+        self.status
+            .as_ref()?
+            .conditions
+            .iter()
+            .find(|c| c.type_ == type_)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::CustomResourceExt;
+
+    fn schema() -> serde_json::Value {
+        let crd = TraceCollector::crd();
+        serde_json::to_value(&crd.spec.versions[0].schema).unwrap()
+    }
+
+    #[test]
+    fn defaults_fill_an_empty_spec() {
+        let spec: TraceCollectorSpec = serde_json::from_str("{}").unwrap();
+        assert_eq!(spec.replicas, 2);
+        assert_eq!(spec.retention, "72h");
+        assert_eq!(spec.sampling.ratio, 1.0);
+        assert!(spec.visualizer.enabled);
+        assert!(spec.pod_disruption_budget.enabled);
+        assert_eq!(spec.sidecar.buffer_bytes, 8 << 20);
+        assert!(spec.storage.redis.external.is_none());
+    }
+
+    #[test]
+    fn crd_has_scale_status_and_printer_columns() {
+        let crd = TraceCollector::crd();
+        assert_eq!(crd.spec.group, "clew.dev");
+        let v = &crd.spec.versions[0];
+        assert_eq!(v.name, "v1alpha1");
+        let sub = v.subresources.as_ref().unwrap();
+        assert!(sub.status.is_some());
+        let scale = sub.scale.as_ref().unwrap();
+        assert_eq!(scale.spec_replicas_path, ".spec.replicas");
+        assert_eq!(
+            scale.label_selector_path.as_deref(),
+            Some(".status.selector")
+        );
+        let cols: Vec<_> = v
+            .additional_printer_columns
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|c| c.name.as_str())
+            .collect();
+        assert_eq!(cols, ["Replicas", "Ready", "Status", "Endpoint", "Age"]);
+    }
+
+    #[test]
+    fn schema_carries_the_validation_rules_with_readable_messages() {
+        let s = schema().to_string();
+        for msg in [
+            "set only one of spec.storage.redis.managed and spec.storage.redis.external",
+            "spec.autoscaler.maxReplicas must be at least spec.autoscaler.minReplicas",
+            "spec.sidecar.spillMaxBytes must be at least spec.sidecar.bufferBytes",
+        ] {
+            assert!(s.contains(msg), "missing rule message {msg:?}");
+        }
+        let spec = &schema()["openAPIV3Schema"]["properties"]["spec"]["properties"];
+        assert_eq!(spec["replicas"]["minimum"], 1.0);
+        assert_eq!(spec["sampling"]["properties"]["ratio"]["maximum"], 1.0);
+        assert_eq!(
+            spec["imagePullPolicy"]["enum"],
+            serde_json::json!(["Always", "IfNotPresent", "Never"])
+        );
+    }
+}

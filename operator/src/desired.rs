@@ -1,0 +1,677 @@
+//! What a `TraceCollector` should look like in the cluster: pure functions from the custom
+//! resource to its child objects. The controller server-side-applies their output, so these
+//! functions are the whole of "what the operator wants" and are tested without an API server.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{
+    Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment, StatefulSet,
+    StatefulSetSpec,
+};
+use k8s_openapi::api::autoscaling::v2::{
+    CrossVersionObjectReference, HorizontalPodAutoscaler, HorizontalPodAutoscalerSpec, MetricSpec,
+    MetricTarget, ResourceMetricSource,
+};
+use k8s_openapi::api::core::v1::{
+    Capabilities, ConfigMap, ConfigMapEnvSource, Container, ContainerPort, EmptyDirVolumeSource,
+    EnvFromSource, EnvVar, EnvVarSource, HTTPGetAction, PersistentVolumeClaim,
+    PersistentVolumeClaimSpec, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
+    ResourceRequirements, SeccompProfile, SecretKeySelector, SecurityContext, Service, ServicePort,
+    ServiceSpec, Volume, VolumeMount, VolumeResourceRequirements,
+};
+use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::{Resource, ResourceExt};
+
+use crate::crd::{Resources, TraceCollector};
+
+/// The field manager of every server-side apply the operator makes.
+pub const FIELD_MANAGER: &str = "clew-operator";
+/// Pod-template annotation carrying a hash of the collector configuration (rolls pods on change).
+pub const CONFIG_HASH_ANNOTATION: &str = "clew.dev/config-hash";
+
+/// Collector ingest gRPC port (OTLP + native + query gRPC).
+pub const GRPC_PORT: i32 = 4317;
+/// Collector OTLP/HTTP port.
+pub const HTTP_PORT: i32 = 4318;
+/// Collector Jaeger-compatible query HTTP port.
+pub const QUERY_PORT: i32 = 16686;
+/// Metrics and health port of the collector.
+pub const OPS_PORT: i32 = 9464;
+/// Visualizer HTTP port.
+pub const VISUALIZER_PORT: i32 = 8080;
+/// Redis port.
+pub const REDIS_PORT: i32 = 6379;
+
+/// Settings that come from the operator rather than from the custom resource.
+#[derive(Clone, Debug)]
+pub struct Defaults {
+    /// Image used when `spec.image` is unset.
+    pub image: String,
+}
+
+/// The role of a child workload, the value of `app.kubernetes.io/component`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Component {
+    /// The collectors.
+    Collector,
+    /// Managed Redis.
+    Redis,
+    /// The web UI.
+    Visualizer,
+}
+
+impl Component {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Collector => "collector",
+            Self::Redis => "redis",
+            Self::Visualizer => "visualizer",
+        }
+    }
+}
+
+/// Names of a `TraceCollector`'s children.
+pub mod names {
+    use super::TraceCollector;
+    use kube::ResourceExt;
+
+    /// Collector Deployment, ClusterIP Service, ConfigMap, PDB and HPA.
+    pub fn collector(tc: &TraceCollector) -> String {
+        format!("{}-collector", tc.name_any())
+    }
+    /// Headless Service the sidecars resolve to reach every collector.
+    pub fn headless(tc: &TraceCollector) -> String {
+        format!("{}-collector-headless", tc.name_any())
+    }
+    /// Redis StatefulSet and its governing Service.
+    pub fn redis(tc: &TraceCollector) -> String {
+        format!("{}-redis", tc.name_any())
+    }
+    /// Visualizer Deployment and Service.
+    pub fn visualizer(tc: &TraceCollector) -> String {
+        format!("{}-visualizer", tc.name_any())
+    }
+}
+
+/// The labels every pod of a component carries; also its selector.
+pub fn selector_labels(tc: &TraceCollector, component: Component) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("app.kubernetes.io/name".to_owned(), "clew".to_owned()),
+        ("app.kubernetes.io/instance".to_owned(), tc.name_any()),
+        (
+            "app.kubernetes.io/component".to_owned(),
+            component.as_str().to_owned(),
+        ),
+    ])
+}
+
+/// The selector labels plus `managed-by` and `part-of`.
+pub fn labels(tc: &TraceCollector, component: Component) -> BTreeMap<String, String> {
+    let mut l = selector_labels(tc, component);
+    l.insert(
+        "app.kubernetes.io/managed-by".to_owned(),
+        FIELD_MANAGER.to_owned(),
+    );
+    l.insert("app.kubernetes.io/part-of".to_owned(), "clew".to_owned());
+    l
+}
+
+/// The label selector of the collector pods as a string (the scale subresource's `selector`).
+pub fn selector_string(tc: &TraceCollector) -> String {
+    selector_labels(tc, Component::Collector)
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn meta(tc: &TraceCollector, name: String, component: Component) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name),
+        namespace: tc.namespace(),
+        labels: Some(labels(tc, component)),
+        owner_references: tc.controller_owner_ref(&()).map(|o| vec![o]),
+        ..ObjectMeta::default()
+    }
+}
+
+fn image(tc: &TraceCollector, defaults: &Defaults) -> String {
+    tc.spec
+        .image
+        .clone()
+        .unwrap_or_else(|| defaults.image.clone())
+}
+
+fn pull_policy(tc: &TraceCollector) -> Option<String> {
+    tc.spec.image_pull_policy.map(|p| p.as_str().to_owned())
+}
+
+/// Kubernetes `ResourceRequirements` from the CRD's string maps.
+pub fn resource_requirements(r: &Resources) -> ResourceRequirements {
+    let conv = |m: &BTreeMap<String, String>| {
+        (!m.is_empty()).then(|| {
+            m.iter()
+                .map(|(k, v)| (k.clone(), Quantity(v.clone())))
+                .collect()
+        })
+    };
+    ResourceRequirements {
+        requests: conv(&r.requests),
+        limits: conv(&r.limits),
+        ..ResourceRequirements::default()
+    }
+}
+
+/// A hex SHA-256 prefix: stable across operator builds, unlike `std`'s hasher.
+pub fn short_hash(bytes: &[u8]) -> String {
+    let d = ring::digest::digest(&ring::digest::SHA256, bytes);
+    d.as_ref()[..8].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The restricted-profile container security context every clew container runs with.
+pub fn restricted_security_context() -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        read_only_root_filesystem: Some(true),
+        run_as_non_root: Some(true),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".to_owned()]),
+            ..Capabilities::default()
+        }),
+        ..SecurityContext::default()
+    }
+}
+
+fn pod_security_context(user: i64) -> PodSecurityContext {
+    PodSecurityContext {
+        run_as_non_root: Some(true),
+        run_as_user: Some(user),
+        run_as_group: Some(user),
+        fs_group: Some(user),
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".to_owned(),
+            ..SeccompProfile::default()
+        }),
+        ..PodSecurityContext::default()
+    }
+}
+
+fn port(name: &str, port: i32) -> ContainerPort {
+    ContainerPort {
+        name: Some(name.to_owned()),
+        container_port: port,
+        protocol: Some("TCP".to_owned()),
+        ..ContainerPort::default()
+    }
+}
+
+fn service_port(name: &str, port: i32) -> ServicePort {
+    ServicePort {
+        name: Some(name.to_owned()),
+        port,
+        target_port: Some(IntOrString::String(name.to_owned())),
+        protocol: Some("TCP".to_owned()),
+        ..ServicePort::default()
+    }
+}
+
+/// An HTTP GET probe on a named port.
+pub fn http_probe(path: &str, port: &str, period: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.to_owned()),
+            port: IntOrString::String(port.to_owned()),
+            ..HTTPGetAction::default()
+        }),
+        period_seconds: Some(period),
+        ..Probe::default()
+    }
+}
+
+fn env(name: &str, value: impl Into<String>) -> EnvVar {
+    EnvVar {
+        name: name.to_owned(),
+        value: Some(value.into()),
+        ..EnvVar::default()
+    }
+}
+
+/// The in-cluster Redis URL of a managed Redis.
+pub fn managed_redis_url(tc: &TraceCollector) -> String {
+    format!(
+        "redis://{}.{}.svc:{REDIS_PORT}",
+        names::redis(tc),
+        tc.namespace().unwrap_or_default()
+    )
+}
+
+/// The collector's configuration, read by the collector through `envFrom`.
+pub fn desired_config_map(tc: &TraceCollector) -> ConfigMap {
+    let mut data = BTreeMap::from([
+        ("CLEW_GRPC_ADDR".to_owned(), format!("0.0.0.0:{GRPC_PORT}")),
+        ("CLEW_HTTP_ADDR".to_owned(), format!("0.0.0.0:{HTTP_PORT}")),
+        (
+            "CLEW_QUERY_ADDR".to_owned(),
+            format!("0.0.0.0:{QUERY_PORT}"),
+        ),
+        ("CLEW_OPS_ADDR".to_owned(), format!("0.0.0.0:{OPS_PORT}")),
+        ("CLEW_STORAGE".to_owned(), "redis".to_owned()),
+        ("CLEW_DATA_DIR".to_owned(), "/var/lib/clew".to_owned()),
+        ("CLEW_RETENTION".to_owned(), tc.spec.retention.clone()),
+    ]);
+    let redis = &tc.spec.storage.redis;
+    if let Some(prefix) = &redis.prefix {
+        data.insert("CLEW_REDIS_PREFIX".to_owned(), prefix.clone());
+    }
+    if redis.external.is_none() {
+        data.insert("CLEW_REDIS_URL".to_owned(), managed_redis_url(tc));
+    }
+    ConfigMap {
+        metadata: meta(tc, names::collector(tc), Component::Collector),
+        data: Some(data),
+        ..ConfigMap::default()
+    }
+}
+
+/// The collector Deployment. `replicas` is left to the HPA when an autoscaler is set.
+pub fn desired_deployment(tc: &TraceCollector, defaults: &Defaults) -> Deployment {
+    let config = desired_config_map(tc);
+    let config_hash = short_hash(&serde_json::to_vec(&config.data).unwrap_or_default());
+    let mut env = Vec::new();
+    if let Some(ext) = &tc.spec.storage.redis.external {
+        // The URL may carry a password: it stays in the Secret, never in the ConfigMap.
+        env.push(EnvVar {
+            name: "CLEW_REDIS_URL".to_owned(),
+            value_from: Some(EnvVarSource {
+                secret_key_ref: Some(SecretKeySelector {
+                    name: ext.secret_name.clone(),
+                    key: ext.key.clone(),
+                    optional: Some(false),
+                }),
+                ..EnvVarSource::default()
+            }),
+            ..EnvVar::default()
+        });
+    }
+    let container = Container {
+        name: "collector".to_owned(),
+        image: Some(image(tc, defaults)),
+        image_pull_policy: pull_policy(tc),
+        command: Some(vec!["/usr/local/bin/clew-collector".to_owned()]),
+        env_from: Some(vec![EnvFromSource {
+            config_map_ref: Some(ConfigMapEnvSource {
+                name: names::collector(tc),
+                optional: Some(false),
+            }),
+            ..EnvFromSource::default()
+        }]),
+        env: (!env.is_empty()).then_some(env),
+        ports: Some(vec![
+            port("otlp-grpc", GRPC_PORT),
+            port("otlp-http", HTTP_PORT),
+            port("query", QUERY_PORT),
+            port("ops", OPS_PORT),
+        ]),
+        readiness_probe: Some(http_probe("/readyz", "ops", 5)),
+        liveness_probe: Some(http_probe("/healthz", "ops", 10)),
+        resources: tc.spec.resources.as_ref().map(resource_requirements),
+        security_context: Some(restricted_security_context()),
+        volume_mounts: Some(vec![VolumeMount {
+            name: "data".to_owned(),
+            mount_path: "/var/lib/clew".to_owned(),
+            ..VolumeMount::default()
+        }]),
+        ..Container::default()
+    };
+    let mut template_meta = ObjectMeta {
+        labels: Some(labels(tc, Component::Collector)),
+        annotations: Some(BTreeMap::from([(
+            CONFIG_HASH_ANNOTATION.to_owned(),
+            config_hash,
+        )])),
+        ..ObjectMeta::default()
+    };
+    // The collectors must never get a sidecar of their own.
+    template_meta.annotations.get_or_insert_default().insert(
+        crate::inject::INJECT_ANNOTATION.to_owned(),
+        "false".to_owned(),
+    );
+    Deployment {
+        metadata: meta(tc, names::collector(tc), Component::Collector),
+        spec: DeploymentSpec {
+            replicas: tc.spec.autoscaler.is_none().then_some(tc.spec.replicas),
+            selector: LabelSelector {
+                match_labels: Some(selector_labels(tc, Component::Collector)),
+                ..LabelSelector::default()
+            },
+            strategy: Some(DeploymentStrategy {
+                type_: Some("RollingUpdate".to_owned()),
+                rolling_update: Some(RollingUpdateDeployment {
+                    max_unavailable: Some(IntOrString::Int(0)),
+                    max_surge: Some(IntOrString::Int(1)),
+                }),
+            }),
+            template: PodTemplateSpec {
+                metadata: Some(template_meta),
+                spec: Some(PodSpec {
+                    containers: vec![container],
+                    security_context: Some(pod_security_context(65532)),
+                    // The collector drains its WAL into storage on SIGTERM.
+                    termination_grace_period_seconds: Some(30),
+                    volumes: Some(vec![Volume {
+                        name: "data".to_owned(),
+                        empty_dir: Some(EmptyDirVolumeSource::default()),
+                        ..Volume::default()
+                    }]),
+                    ..PodSpec::default()
+                }),
+            },
+            ..DeploymentSpec::default()
+        },
+        ..Deployment::default()
+    }
+}
+
+fn collector_ports() -> Vec<ServicePort> {
+    vec![
+        service_port("otlp-grpc", GRPC_PORT),
+        service_port("otlp-http", HTTP_PORT),
+        service_port("query", QUERY_PORT),
+    ]
+}
+
+/// The ClusterIP Service in front of the collectors (SDKs, the visualizer, the query API).
+pub fn desired_service(tc: &TraceCollector) -> Service {
+    Service {
+        metadata: meta(tc, names::collector(tc), Component::Collector),
+        spec: Some(ServiceSpec {
+            type_: Some("ClusterIP".to_owned()),
+            selector: Some(selector_labels(tc, Component::Collector)),
+            ports: Some(collector_ports()),
+            ..ServiceSpec::default()
+        }),
+        ..Service::default()
+    }
+}
+
+/// The headless Service whose DNS name resolves to every ready collector; sidecars hash trace IDs
+/// over those addresses.
+pub fn desired_headless_service(tc: &TraceCollector) -> Service {
+    Service {
+        metadata: meta(tc, names::headless(tc), Component::Collector),
+        spec: Some(ServiceSpec {
+            cluster_ip: Some("None".to_owned()),
+            selector: Some(selector_labels(tc, Component::Collector)),
+            ports: Some(collector_ports()),
+            publish_not_ready_addresses: Some(false),
+            ..ServiceSpec::default()
+        }),
+        ..Service::default()
+    }
+}
+
+/// The collectors' PodDisruptionBudget, unless disabled.
+pub fn desired_pdb(tc: &TraceCollector) -> Option<PodDisruptionBudget> {
+    let pdb = &tc.spec.pod_disruption_budget;
+    pdb.enabled.then(|| PodDisruptionBudget {
+        metadata: meta(tc, names::collector(tc), Component::Collector),
+        spec: Some(PodDisruptionBudgetSpec {
+            max_unavailable: Some(IntOrString::Int(pdb.max_unavailable)),
+            selector: Some(LabelSelector {
+                match_labels: Some(selector_labels(tc, Component::Collector)),
+                ..LabelSelector::default()
+            }),
+            unhealthy_pod_eviction_policy: Some("AlwaysAllow".to_owned()),
+            ..PodDisruptionBudgetSpec::default()
+        }),
+        ..PodDisruptionBudget::default()
+    })
+}
+
+/// The collectors' HorizontalPodAutoscaler, when `spec.autoscaler` is set.
+pub fn desired_hpa(tc: &TraceCollector) -> Option<HorizontalPodAutoscaler> {
+    let a = tc.spec.autoscaler.as_ref()?;
+    Some(HorizontalPodAutoscaler {
+        metadata: meta(tc, names::collector(tc), Component::Collector),
+        spec: HorizontalPodAutoscalerSpec {
+            min_replicas: Some(a.min_replicas),
+            max_replicas: a.max_replicas,
+            scale_target_ref: CrossVersionObjectReference {
+                api_version: Some("apps/v1".to_owned()),
+                kind: "Deployment".to_owned(),
+                name: names::collector(tc),
+            },
+            metrics: Some(vec![MetricSpec {
+                type_: "Resource".to_owned(),
+                resource: Some(ResourceMetricSource {
+                    name: "cpu".to_owned(),
+                    target: MetricTarget {
+                        type_: "Utilization".to_owned(),
+                        average_utilization: Some(a.target_cpu_utilization),
+                        ..MetricTarget::default()
+                    },
+                }),
+                ..MetricSpec::default()
+            }]),
+            ..HorizontalPodAutoscalerSpec::default()
+        },
+        ..HorizontalPodAutoscaler::default()
+    })
+}
+
+/// The governing (headless) Service of the managed Redis, in managed mode.
+pub fn desired_redis_service(tc: &TraceCollector) -> Option<Service> {
+    tc.spec.storage.redis.external.is_none().then(|| Service {
+        metadata: meta(tc, names::redis(tc), Component::Redis),
+        spec: Some(ServiceSpec {
+            cluster_ip: Some("None".to_owned()),
+            selector: Some(selector_labels(tc, Component::Redis)),
+            ports: Some(vec![service_port("redis", REDIS_PORT)]),
+            ..ServiceSpec::default()
+        }),
+        ..Service::default()
+    })
+}
+
+/// The managed Redis StatefulSet (one replica, AOF persistence on a PVC), in managed mode.
+pub fn desired_redis(tc: &TraceCollector) -> Option<StatefulSet> {
+    if tc.spec.storage.redis.external.is_some() {
+        return None;
+    }
+    let managed = tc.spec.storage.redis.managed.clone().unwrap_or_default();
+    let container = Container {
+        name: "redis".to_owned(),
+        image: Some(managed.image.clone()),
+        image_pull_policy: pull_policy(tc),
+        args: Some(
+            [
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "everysec",
+                "--dir",
+                "/data",
+            ]
+            .map(str::to_owned)
+            .to_vec(),
+        ),
+        ports: Some(vec![port("redis", REDIS_PORT)]),
+        readiness_probe: Some(Probe {
+            exec: Some(k8s_openapi::api::core::v1::ExecAction {
+                command: Some(["redis-cli", "ping"].map(str::to_owned).to_vec()),
+            }),
+            period_seconds: Some(5),
+            ..Probe::default()
+        }),
+        resources: managed.resources.as_ref().map(resource_requirements),
+        security_context: Some(restricted_security_context()),
+        volume_mounts: Some(vec![VolumeMount {
+            name: "data".to_owned(),
+            mount_path: "/data".to_owned(),
+            ..VolumeMount::default()
+        }]),
+        ..Container::default()
+    };
+    let mut template_annotations = BTreeMap::new();
+    template_annotations.insert(
+        crate::inject::INJECT_ANNOTATION.to_owned(),
+        "false".to_owned(),
+    );
+    Some(StatefulSet {
+        metadata: meta(tc, names::redis(tc), Component::Redis),
+        spec: StatefulSetSpec {
+            replicas: Some(1),
+            service_name: Some(names::redis(tc)),
+            selector: LabelSelector {
+                match_labels: Some(selector_labels(tc, Component::Redis)),
+                ..LabelSelector::default()
+            },
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels(tc, Component::Redis)),
+                    annotations: Some(template_annotations),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(PodSpec {
+                    containers: vec![container],
+                    // The official image's redis user.
+                    security_context: Some(pod_security_context(999)),
+                    ..PodSpec::default()
+                }),
+            },
+            volume_claim_templates: Some(vec![PersistentVolumeClaim {
+                metadata: ObjectMeta {
+                    name: Some("data".to_owned()),
+                    labels: Some(labels(tc, Component::Redis)),
+                    ..ObjectMeta::default()
+                },
+                spec: Some(PersistentVolumeClaimSpec {
+                    access_modes: Some(vec!["ReadWriteOnce".to_owned()]),
+                    storage_class_name: managed.storage_class.clone(),
+                    resources: Some(VolumeResourceRequirements {
+                        requests: Some(BTreeMap::from([(
+                            "storage".to_owned(),
+                            Quantity(managed.size.clone()),
+                        )])),
+                        ..VolumeResourceRequirements::default()
+                    }),
+                    ..PersistentVolumeClaimSpec::default()
+                }),
+                ..PersistentVolumeClaim::default()
+            }]),
+            ..StatefulSetSpec::default()
+        },
+        ..StatefulSet::default()
+    })
+}
+
+/// The visualizer Deployment, when enabled.
+pub fn desired_visualizer(tc: &TraceCollector, defaults: &Defaults) -> Option<Deployment> {
+    let v = &tc.spec.visualizer;
+    if !v.enabled {
+        return None;
+    }
+    let query_url = format!(
+        "http://{}.{}.svc:{QUERY_PORT}",
+        names::collector(tc),
+        tc.namespace().unwrap_or_default()
+    );
+    let container = Container {
+        name: "visualizer".to_owned(),
+        image: Some(image(tc, defaults)),
+        image_pull_policy: pull_policy(tc),
+        command: Some(vec!["/usr/local/bin/clew-visualizer".to_owned()]),
+        env: Some(vec![
+            env("CLEW_VISUALIZER_ADDR", format!("0.0.0.0:{VISUALIZER_PORT}")),
+            env("CLEW_QUERY_URL", query_url),
+        ]),
+        ports: Some(vec![port("http", VISUALIZER_PORT)]),
+        readiness_probe: Some(http_probe("/readyz", "http", 5)),
+        liveness_probe: Some(http_probe("/healthz", "http", 10)),
+        security_context: Some(restricted_security_context()),
+        ..Container::default()
+    };
+    Some(Deployment {
+        metadata: meta(tc, names::visualizer(tc), Component::Visualizer),
+        spec: DeploymentSpec {
+            replicas: Some(v.replicas),
+            selector: LabelSelector {
+                match_labels: Some(selector_labels(tc, Component::Visualizer)),
+                ..LabelSelector::default()
+            },
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels(tc, Component::Visualizer)),
+                    annotations: Some(BTreeMap::from([(
+                        crate::inject::INJECT_ANNOTATION.to_owned(),
+                        "false".to_owned(),
+                    )])),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(PodSpec {
+                    containers: vec![container],
+                    security_context: Some(pod_security_context(65532)),
+                    ..PodSpec::default()
+                }),
+            },
+            ..DeploymentSpec::default()
+        },
+        ..Deployment::default()
+    })
+}
+
+/// The visualizer Service, when the visualizer is enabled.
+pub fn desired_visualizer_service(tc: &TraceCollector) -> Option<Service> {
+    let v = &tc.spec.visualizer;
+    v.enabled.then(|| Service {
+        metadata: meta(tc, names::visualizer(tc), Component::Visualizer),
+        spec: Some(ServiceSpec {
+            type_: Some(v.service_type.as_str().to_owned()),
+            selector: Some(selector_labels(tc, Component::Visualizer)),
+            ports: Some(vec![ServicePort {
+                name: Some("http".to_owned()),
+                port: 80,
+                target_port: Some(IntOrString::String("http".to_owned())),
+                protocol: Some("TCP".to_owned()),
+                ..ServicePort::default()
+            }]),
+            ..ServiceSpec::default()
+        }),
+        ..Service::default()
+    })
+}
+
+/// Where sidecars and SDKs send spans: the collectors' ClusterIP Service, OTLP gRPC.
+pub fn collector_endpoint(tc: &TraceCollector) -> String {
+    format!(
+        "http://{}.{}.svc:{GRPC_PORT}",
+        names::collector(tc),
+        tc.namespace().unwrap_or_default()
+    )
+}
+
+/// `host:port` of the headless Service, resolved by sidecars (`CLEW_SIDECAR_COLLECTOR_DNS`).
+pub fn headless_dns(tc: &TraceCollector) -> String {
+    format!(
+        "{}.{}.svc:{GRPC_PORT}",
+        names::headless(tc),
+        tc.namespace().unwrap_or_default()
+    )
+}
+
+/// The in-cluster URL of the web UI, when enabled.
+pub fn visualizer_url(tc: &TraceCollector) -> Option<String> {
+    tc.spec.visualizer.enabled.then(|| {
+        format!(
+            "http://{}.{}.svc",
+            names::visualizer(tc),
+            tc.namespace().unwrap_or_default()
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,301 @@
+use super::*;
+use crate::crd::{AutoscalerSpec, ExternalRedis, ManagedRedis, ServiceType};
+use crate::fixtures::{UID, defaults, tc};
+use crate::status::desired_status;
+
+fn env_of(c: &Container) -> BTreeMap<String, EnvVar> {
+    c.env
+        .iter()
+        .flatten()
+        .map(|e| (e.name.clone(), e.clone()))
+        .collect()
+}
+
+#[test]
+fn every_child_is_owned_labelled_and_namespaced() {
+    let t = tc("main");
+    let d = defaults();
+    let metas = [
+        desired_config_map(&t).metadata,
+        desired_deployment(&t, &d).metadata,
+        desired_service(&t).metadata,
+        desired_headless_service(&t).metadata,
+        desired_pdb(&t).unwrap().metadata,
+        desired_redis(&t).unwrap().metadata,
+        desired_redis_service(&t).unwrap().metadata,
+        desired_visualizer(&t, &d).unwrap().metadata,
+        desired_visualizer_service(&t).unwrap().metadata,
+    ];
+    for m in metas {
+        let owner = &m.owner_references.as_ref().unwrap()[0];
+        assert_eq!(owner.uid, UID);
+        assert_eq!(owner.controller, Some(true));
+        assert_eq!(m.namespace.as_deref(), Some("traces"));
+        let l = m.labels.unwrap();
+        assert_eq!(l["app.kubernetes.io/instance"], "main");
+        assert_eq!(l["app.kubernetes.io/managed-by"], "clew-operator");
+    }
+}
+
+#[test]
+fn collector_deployment_runs_the_contracted_binary_and_ports() {
+    let t = tc("main");
+    let dep = desired_deployment(&t, &defaults());
+    assert_eq!(dep.spec.replicas, Some(2));
+    let pod = dep.spec.template.spec.unwrap();
+    let c = &pod.containers[0];
+    assert_eq!(c.image.as_deref(), Some("ghcr.io/clew-dev/clew:test"));
+    assert_eq!(
+        c.command.as_ref().unwrap()[0],
+        "/usr/local/bin/clew-collector"
+    );
+    let ports: Vec<i32> = c.ports.iter().flatten().map(|p| p.container_port).collect();
+    assert_eq!(ports, [4317, 4318, 16686, 9464]);
+    assert_eq!(
+        c.readiness_probe
+            .as_ref()
+            .unwrap()
+            .http_get
+            .as_ref()
+            .unwrap()
+            .path
+            .as_deref(),
+        Some("/readyz")
+    );
+    let sc = c.security_context.as_ref().unwrap();
+    assert_eq!(sc.run_as_non_root, Some(true));
+    assert_eq!(sc.read_only_root_filesystem, Some(true));
+    // Never a sidecar inside the collectors themselves.
+    let ann = dep.spec.template.metadata.unwrap().annotations.unwrap();
+    assert_eq!(ann[crate::inject::INJECT_ANNOTATION], "false");
+    assert_eq!(
+        dep.spec.selector.match_labels.unwrap(),
+        selector_labels(&t, Component::Collector)
+    );
+}
+
+#[test]
+fn config_map_points_the_collector_at_managed_redis() {
+    let t = tc("main");
+    let data = desired_config_map(&t).data.unwrap();
+    assert_eq!(data["CLEW_STORAGE"], "redis");
+    assert_eq!(data["CLEW_REDIS_URL"], "redis://main-redis.traces.svc:6379");
+    assert_eq!(data["CLEW_RETENTION"], "72h");
+    assert_eq!(data["CLEW_QUERY_ADDR"], "0.0.0.0:16686");
+    assert!(!data.contains_key("CLEW_REDIS_PREFIX"));
+}
+
+#[test]
+fn config_change_changes_the_pod_template_hash() {
+    let a = tc("main");
+    let mut b = tc("main");
+    b.spec.retention = "24h".to_owned();
+    let hash = |t: &TraceCollector| {
+        desired_deployment(t, &defaults())
+            .spec
+            .template
+            .metadata
+            .unwrap()
+            .annotations
+            .unwrap()[CONFIG_HASH_ANNOTATION]
+            .clone()
+    };
+    assert_ne!(hash(&a), hash(&b));
+    assert_eq!(hash(&a), hash(&tc("main")));
+}
+
+#[test]
+fn external_redis_reads_the_url_from_the_secret_and_drops_the_statefulset() {
+    let mut t = tc("main");
+    t.spec.storage.redis.external = Some(ExternalRedis {
+        secret_name: "redis".to_owned(),
+        key: "uri".to_owned(),
+    });
+    t.spec.storage.redis.prefix = Some("team-a:".to_owned());
+    assert!(desired_redis(&t).is_none());
+    assert!(desired_redis_service(&t).is_none());
+    let data = desired_config_map(&t).data.unwrap();
+    assert!(
+        !data.contains_key("CLEW_REDIS_URL"),
+        "no secret in the ConfigMap"
+    );
+    assert_eq!(data["CLEW_REDIS_PREFIX"], "team-a:");
+    let dep = desired_deployment(&t, &defaults());
+    let c = &dep.spec.template.spec.unwrap().containers[0];
+    let sel = env_of(c)["CLEW_REDIS_URL"]
+        .value_from
+        .clone()
+        .unwrap()
+        .secret_key_ref
+        .unwrap();
+    assert_eq!((sel.name.as_str(), sel.key.as_str()), ("redis", "uri"));
+}
+
+#[test]
+fn managed_redis_gets_a_persistent_volume_of_the_requested_size_and_class() {
+    let mut t = tc("main");
+    t.spec.storage.redis.managed = Some(ManagedRedis {
+        size: "5Gi".to_owned(),
+        storage_class: Some("fast".to_owned()),
+        ..ManagedRedis::default()
+    });
+    let sts = desired_redis(&t).unwrap();
+    assert_eq!(sts.spec.service_name.as_deref(), Some("main-redis"));
+    let pvc = &sts.spec.volume_claim_templates.unwrap()[0];
+    let spec = pvc.spec.as_ref().unwrap();
+    assert_eq!(spec.storage_class_name.as_deref(), Some("fast"));
+    assert_eq!(
+        spec.resources.as_ref().unwrap().requests.as_ref().unwrap()["storage"],
+        Quantity("5Gi".to_owned())
+    );
+    let svc = desired_redis_service(&t).unwrap();
+    assert_eq!(svc.spec.unwrap().cluster_ip.as_deref(), Some("None"));
+}
+
+#[test]
+fn headless_service_is_headless_and_clusterip_is_not() {
+    let t = tc("main");
+    let h = desired_headless_service(&t);
+    assert_eq!(h.metadata.name.as_deref(), Some("main-collector-headless"));
+    assert_eq!(h.spec.unwrap().cluster_ip.as_deref(), Some("None"));
+    let s = desired_service(&t).spec.unwrap();
+    assert_eq!(s.type_.as_deref(), Some("ClusterIP"));
+    assert!(s.cluster_ip.is_none());
+    assert_eq!(headless_dns(&t), "main-collector-headless.traces.svc:4317");
+}
+
+#[test]
+fn autoscaler_creates_an_hpa_and_leaves_replicas_to_it() {
+    let mut t = tc("main");
+    assert!(desired_hpa(&t).is_none());
+    t.spec.autoscaler = Some(AutoscalerSpec {
+        min_replicas: 3,
+        max_replicas: 9,
+        target_cpu_utilization: 60,
+    });
+    let hpa = desired_hpa(&t).unwrap();
+    assert_eq!(hpa.spec.min_replicas, Some(3));
+    assert_eq!(hpa.spec.max_replicas, 9);
+    assert_eq!(hpa.spec.scale_target_ref.name, "main-collector");
+    let m = &hpa.spec.metrics.unwrap()[0];
+    assert_eq!(
+        m.resource.as_ref().unwrap().target.average_utilization,
+        Some(60)
+    );
+    assert_eq!(desired_deployment(&t, &defaults()).spec.replicas, None);
+}
+
+#[test]
+fn pdb_and_visualizer_can_be_turned_off() {
+    let mut t = tc("main");
+    assert_eq!(
+        desired_pdb(&t).unwrap().spec.unwrap().max_unavailable,
+        Some(IntOrString::Int(1))
+    );
+    t.spec.pod_disruption_budget.enabled = false;
+    t.spec.visualizer.enabled = false;
+    assert!(desired_pdb(&t).is_none());
+    assert!(desired_visualizer(&t, &defaults()).is_none());
+    assert!(desired_visualizer_service(&t).is_none());
+    assert!(visualizer_url(&t).is_none());
+}
+
+#[test]
+fn visualizer_proxies_the_collector_query_api() {
+    let mut t = tc("main");
+    t.spec.visualizer.service_type = ServiceType::LoadBalancer;
+    t.spec.visualizer.replicas = 3;
+    let v = desired_visualizer(&t, &defaults()).unwrap();
+    assert_eq!(v.spec.replicas, Some(3));
+    let c = &v.spec.template.spec.unwrap().containers[0];
+    let env = env_of(c);
+    assert_eq!(
+        env["CLEW_QUERY_URL"].value.as_deref(),
+        Some("http://main-collector.traces.svc:16686")
+    );
+    assert_eq!(
+        env["CLEW_VISUALIZER_ADDR"].value.as_deref(),
+        Some("0.0.0.0:8080")
+    );
+    let svc = desired_visualizer_service(&t).unwrap().spec.unwrap();
+    assert_eq!(svc.type_.as_deref(), Some("LoadBalancer"));
+    assert_eq!(
+        visualizer_url(&t).as_deref(),
+        Some("http://main-visualizer.traces.svc")
+    );
+}
+
+#[test]
+fn spec_image_and_pull_policy_override_the_defaults() {
+    let mut t = tc("main");
+    t.spec.image = Some("registry.local/clew:dev".to_owned());
+    t.spec.image_pull_policy = Some(crate::crd::PullPolicy::Never);
+    let c = &desired_deployment(&t, &defaults())
+        .spec
+        .template
+        .spec
+        .unwrap()
+        .containers[0];
+    assert_eq!(c.image.as_deref(), Some("registry.local/clew:dev"));
+    assert_eq!(c.image_pull_policy.as_deref(), Some("Never"));
+}
+
+fn deployment_with(ready: i32, want: i32, failure: Option<&str>) -> Deployment {
+    let mut d = desired_deployment(&tc("main"), &defaults());
+    d.spec.replicas = Some(want);
+    d.status = Some(k8s_openapi::api::apps::v1::DeploymentStatus {
+        ready_replicas: Some(ready),
+        updated_replicas: Some(want),
+        replicas: Some(want),
+        conditions: failure.map(|m| {
+            vec![k8s_openapi::api::apps::v1::DeploymentCondition {
+                type_: Some("Progressing".to_owned()),
+                status: Some("False".to_owned()),
+                reason: Some("ProgressDeadlineExceeded".to_owned()),
+                message: Some(m.to_owned()),
+                ..Default::default()
+            }]
+        }),
+        ..Default::default()
+    });
+    d
+}
+
+#[test]
+fn status_keeps_transition_times_until_a_condition_flips() {
+    let mut t = tc("main");
+    let d = deployment_with(1, 2, None);
+    let s1 = desired_status(&t, &d, None, None, "r", "2026-01-01T00:00:00Z");
+    t.status = Some(s1.clone());
+    let s2 = desired_status(&t, &d, None, None, "r", "2026-01-01T00:05:00Z");
+    let ready = |s: &crate::crd::TraceCollectorStatus| {
+        s.conditions
+            .iter()
+            .find(|c| c.type_ == "Ready")
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(ready(&s2).last_transition_time, "2026-01-01T00:00:00Z");
+    t.status = Some(s2);
+    let s3 = desired_status(
+        &t,
+        &deployment_with(2, 2, None),
+        None,
+        None,
+        "r",
+        "2026-01-01T00:09:00Z",
+    );
+    assert_eq!(ready(&s3).status, "True");
+    assert_eq!(ready(&s3).last_transition_time, "2026-01-01T00:09:00Z");
+}
+
+#[test]
+fn a_stuck_rollout_is_degraded_with_its_message() {
+    let t = tc("main");
+    let d = deployment_with(0, 2, Some("ReplicaSet has timed out progressing"));
+    let s = desired_status(&t, &d, None, None, "r", "2026-01-01T00:00:00Z");
+    let degraded = s.conditions.iter().find(|c| c.type_ == "Degraded").unwrap();
+    assert_eq!(degraded.status, "True");
+    assert_eq!(degraded.reason, "ChildFailing");
+    assert!(degraded.message.contains("timed out progressing"));
+}

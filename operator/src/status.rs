@@ -1,0 +1,169 @@
+//! The `TraceCollector` status as a pure function of what the children report.
+
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use kube::ResourceExt;
+
+use crate::crd::{Condition, TraceCollector, TraceCollectorStatus};
+use crate::desired;
+
+/// Condition type: the pipeline can take spans and answer queries.
+pub const READY: &str = "Ready";
+/// Condition type: a rollout is under way.
+pub const PROGRESSING: &str = "Progressing";
+/// Condition type: a child is failing.
+pub const DEGRADED: &str = "Degraded";
+
+fn ready_of_deployment(d: &Deployment) -> (i32, i32, i32) {
+    let want = d.spec.replicas.unwrap_or(1);
+    let st = d.status.clone().unwrap_or_default();
+    (
+        want,
+        st.ready_replicas.unwrap_or(0),
+        st.updated_replicas.unwrap_or(0),
+    )
+}
+
+/// A deployment's failure, if its own conditions report one.
+fn deployment_failure(d: &Deployment) -> Option<String> {
+    let conds = d.status.as_ref()?.conditions.as_ref()?;
+    conds.iter().find_map(|c| {
+        let (type_, status) = (c.type_.as_deref(), c.status.as_deref());
+        let failed = (type_ == Some("Progressing")
+            && status == Some("False")
+            && c.reason.as_deref() == Some("ProgressDeadlineExceeded"))
+            || (type_ == Some("ReplicaFailure") && status == Some("True"));
+        failed.then(|| {
+            format!(
+                "{}: {}",
+                d.name_any(),
+                c.message.clone().unwrap_or_default()
+            )
+        })
+    })
+}
+
+fn condition(
+    previous: Option<&Condition>,
+    type_: &str,
+    ok: bool,
+    reason: &str,
+    message: String,
+    generation: Option<i64>,
+    now: &str,
+) -> Condition {
+    let status = if ok { "True" } else { "False" };
+    // The transition time moves only when the status flips.
+    let last_transition_time = match previous {
+        Some(p) if p.status == status => p.last_transition_time.clone(),
+        _ => now.to_owned(),
+    };
+    Condition {
+        type_: type_.to_owned(),
+        status: status.to_owned(),
+        reason: reason.to_owned(),
+        message,
+        last_transition_time,
+        observed_generation: generation,
+    }
+}
+
+/// The status to write, from the applied children as the API server returned them.
+///
+/// `now` is an RFC 3339 timestamp, passed in so the function stays pure.
+pub fn desired_status(
+    tc: &TraceCollector,
+    collector: &Deployment,
+    redis: Option<&StatefulSet>,
+    visualizer: Option<&Deployment>,
+    sidecar_revision: &str,
+    now: &str,
+) -> TraceCollectorStatus {
+    let generation = tc.metadata.generation;
+    let (want, ready, updated) = ready_of_deployment(collector);
+    let observed = collector
+        .status
+        .as_ref()
+        .and_then(|s| s.observed_generation)
+        >= collector.metadata.generation;
+    let redis_ready = redis.is_none_or(|s| {
+        s.status
+            .as_ref()
+            .and_then(|st| st.ready_replicas)
+            .unwrap_or(0)
+            >= 1
+    });
+    let visualizer_ready = visualizer.is_none_or(|d| {
+        let (w, r, _) = ready_of_deployment(d);
+        r >= w
+    });
+
+    let collectors_ready = want > 0 && ready >= want;
+    let (ready_ok, ready_reason, ready_msg) = if !collectors_ready {
+        (
+            false,
+            "CollectorsNotReady",
+            format!("{ready}/{want} collectors ready"),
+        )
+    } else if !redis_ready {
+        (false, "RedisNotReady", "Redis is not ready".to_owned())
+    } else if !visualizer_ready {
+        (
+            false,
+            "VisualizerNotReady",
+            "the visualizer is not ready".to_owned(),
+        )
+    } else {
+        (true, "Ready", format!("{ready}/{want} collectors ready"))
+    };
+
+    let rolling = !observed || updated < want || ready < want;
+    let failure = deployment_failure(collector).or_else(|| visualizer.and_then(deployment_failure));
+
+    let prev = |t: &str| tc.condition(t);
+    TraceCollectorStatus {
+        observed_generation: generation,
+        replicas: collector
+            .status
+            .as_ref()
+            .and_then(|s| s.replicas)
+            .unwrap_or(0),
+        ready_replicas: ready,
+        selector: Some(desired::selector_string(tc)),
+        collector_endpoint: Some(desired::collector_endpoint(tc)),
+        visualizer_url: desired::visualizer_url(tc),
+        sidecar_revision: Some(sidecar_revision.to_owned()),
+        conditions: vec![
+            condition(
+                prev(READY),
+                READY,
+                ready_ok,
+                ready_reason,
+                ready_msg,
+                generation,
+                now,
+            ),
+            condition(
+                prev(PROGRESSING),
+                PROGRESSING,
+                rolling,
+                if rolling { "RollingOut" } else { "Stable" },
+                format!("{updated}/{want} collectors updated, {ready} ready"),
+                generation,
+                now,
+            ),
+            condition(
+                prev(DEGRADED),
+                DEGRADED,
+                failure.is_some(),
+                if failure.is_some() {
+                    "ChildFailing"
+                } else {
+                    "AsExpected"
+                },
+                failure.unwrap_or_else(|| "no child reports a failure".to_owned()),
+                generation,
+                now,
+            ),
+        ],
+    }
+}

@@ -1,0 +1,382 @@
+//! The mutating admission webhook that injects the clew sidecar into pods (HTTPS, `POST /mutate`).
+//!
+//! The decision and the mutation are the pure functions of `inject.rs`; this module reads the
+//! AdmissionReview, looks collectors and namespaces up in watch-backed caches, answers with a
+//! JSON patch, and records why a pod that asked for a sidecar did not get one.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use k8s_openapi::api::core::v1::{Namespace, ObjectReference, Pod, Secret};
+use kube::api::Api;
+use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::{Client, ResourceExt};
+use tracing::{debug, warn};
+
+use crate::certs;
+use crate::crd::TraceCollector;
+use crate::desired::Defaults;
+use crate::inject::{self, Decision, INJECT_ANNOTATION};
+use crate::metrics::Metrics;
+
+/// What the webhook needs to decide and mutate.
+#[derive(Clone)]
+pub struct WebhookState {
+    /// Every TraceCollector in the cluster (a reflector cache).
+    pub collectors: Store<TraceCollector>,
+    /// Every namespace (for the namespace-level default annotation).
+    pub namespaces: Store<Namespace>,
+    /// Operator-level defaults (image).
+    pub defaults: Defaults,
+    /// Inject native sidecars (Kubernetes 1.29+) rather than regular containers.
+    pub native_sidecars: bool,
+    /// Operator metrics.
+    pub metrics: Metrics,
+    /// Publishes an Event for pods that asked for a sidecar and did not get one.
+    pub recorder: Option<Recorder>,
+}
+
+impl std::fmt::Debug for WebhookState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebhookState")
+            .field("native_sidecars", &self.native_sidecars)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The webhook's routes: `POST /mutate` and `GET /healthz`.
+pub fn app(state: Arc<WebhookState>) -> Router {
+    Router::new()
+        .route("/mutate", post(mutate))
+        .route("/healthz", get(|| async { "ok" }))
+        .with_state(state)
+}
+
+fn invalid(msg: &str) -> Response {
+    let review = AdmissionResponse::invalid(msg).into_review();
+    (StatusCode::BAD_REQUEST, axum::Json(review)).into_response()
+}
+
+async fn mutate(State(state): State<Arc<WebhookState>>, body: Bytes) -> Response {
+    let review: AdmissionReview<Pod> = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            state
+                .metrics
+                .admissions
+                .with_label_values(&["invalid"])
+                .inc();
+            // serde's message names the offending field; it reveals nothing internal.
+            return invalid(&format!("not an AdmissionReview of a Pod: {e}"));
+        }
+    };
+    let req: AdmissionRequest<Pod> = match review.try_into() {
+        Ok(r) => r,
+        Err(_) => {
+            state
+                .metrics
+                .admissions
+                .with_label_values(&["invalid"])
+                .inc();
+            return invalid("AdmissionReview without a request");
+        }
+    };
+    let (resp, skipped) = admit(&state, &req);
+    if let (Some((pod, reason)), Some(recorder)) = (skipped, state.recorder.clone()) {
+        // Off the request path: the API server is waiting for the answer.
+        tokio::spawn(async move { record_skip(&recorder, &pod, &reason).await });
+    }
+    axum::Json(review_json(resp)).into_response()
+}
+
+/// The AdmissionReview response as JSON, with `patch` base64-encoded as the API documents for
+/// `[]byte` (kube-rs 5 writes an array of numbers, kube-rs issue #1781).
+pub fn review_json(resp: AdmissionResponse) -> serde_json::Value {
+    use base64::Engine;
+    let patch = resp.patch.clone();
+    let mut v = serde_json::to_value(resp.into_review()).unwrap_or_default();
+    if let (Some(p), Some(r)) = (patch, v.get_mut("response")) {
+        r["patch"] = serde_json::Value::String(base64::engine::general_purpose::STANDARD.encode(p));
+    }
+    v
+}
+
+/// Answers one admission request. Returns the response and, when a requested sidecar was not
+/// injected, the pod and the reason (for an Event).
+pub fn admit(
+    state: &WebhookState,
+    req: &AdmissionRequest<Pod>,
+) -> (AdmissionResponse, Option<(Pod, String)>) {
+    let allow = AdmissionResponse::from(req);
+    let Some(pod) = req
+        .object
+        .as_ref()
+        .filter(|_| req.operation == Operation::Create)
+    else {
+        return (allow, None);
+    };
+    // The object of a CREATE may lack its namespace; the request carries it.
+    let mut view = pod.clone();
+    if view.metadata.namespace.is_none() {
+        view.metadata.namespace = req.namespace.clone();
+    }
+    let ns = view.namespace().unwrap_or_default();
+    let ns_value = state
+        .namespaces
+        .get(&ObjectRef::new(&ns))
+        .and_then(|n| n.annotations().get(INJECT_ANNOTATION).cloned());
+    let collectors = state.collectors.state();
+    let decision = inject::decide(
+        &view,
+        ns_value.as_deref(),
+        collectors.iter().map(|c| c.as_ref()),
+    );
+    let (label, mutated, skipped) = match decision {
+        Decision::NotRequested => ("not_requested", None, None),
+        Decision::AlreadyInjected => ("already_injected", None, None),
+        Decision::Inject(tc) => (
+            "injected",
+            Some(inject::inject(
+                pod,
+                &tc,
+                &state.defaults,
+                state.native_sidecars,
+            )),
+            None,
+        ),
+        Decision::Skip(reason) => (
+            "skipped",
+            Some(inject::annotate_skip(pod, &reason)),
+            Some((view.clone(), reason)),
+        ),
+    };
+    state.metrics.admissions.with_label_values(&[label]).inc();
+    debug!(namespace = %ns, pod = %pod_name(&view), result = label, "admission");
+    let Some(mutated) = mutated else {
+        return (allow, skipped);
+    };
+    let patch = match (serde_json::to_value(pod), serde_json::to_value(&mutated)) {
+        (Ok(a), Ok(b)) => json_patch::diff(&a, &b),
+        _ => return (allow, skipped),
+    };
+    match allow.clone().with_patch(patch) {
+        Ok(r) => (r, skipped),
+        Err(e) => {
+            // Never block a pod: admit it unchanged.
+            warn!(error = %e, "could not encode the patch");
+            (allow, skipped)
+        }
+    }
+}
+
+fn pod_name(pod: &Pod) -> String {
+    pod.metadata
+        .name
+        .clone()
+        .or_else(|| pod.metadata.generate_name.clone())
+        .unwrap_or_default()
+}
+
+async fn record_skip(recorder: &Recorder, pod: &Pod, reason: &str) {
+    let reference = ObjectReference {
+        api_version: Some("v1".to_owned()),
+        kind: Some("Pod".to_owned()),
+        name: Some(pod_name(pod)),
+        namespace: pod.namespace(),
+        ..ObjectReference::default()
+    };
+    let ev = Event {
+        type_: EventType::Warning,
+        reason: "SidecarNotInjected".to_owned(),
+        note: Some(reason.chars().take(1000).collect()),
+        action: "InjectSidecar".to_owned(),
+        secondary: None,
+    };
+    if let Err(e) = recorder.publish(&ev, &reference).await {
+        warn!(error = %e, "could not publish the SidecarNotInjected event");
+    }
+}
+
+/// Whether the API server supports native sidecars, from its `/version`.
+pub async fn detect_native_sidecars(client: &Client) -> Result<bool, kube::Error> {
+    let v = client.apiserver_version().await?;
+    Ok(inject::supports_native_sidecars(&v.major, &v.minor))
+}
+
+/// Waits until the TLS Secret exists and holds a serving pair; returns it.
+pub async fn wait_for_tls(client: &Client, namespace: &str, secret: &str) -> (String, String) {
+    let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    let mut logged = false;
+    loop {
+        match api.get_opt(secret).await {
+            Ok(Some(s)) => match certs::serving_pair(&s) {
+                Ok(pair) => return pair,
+                Err(e) => warn!(error = %e, "webhook TLS secret not usable yet"),
+            },
+            Ok(None) if !logged => {
+                tracing::info!(secret, "waiting for the webhook TLS secret");
+                logged = true;
+            }
+            Ok(None) => {}
+            Err(e) => warn!(error = %e, "reading the webhook TLS secret"),
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}
+
+/// Reloads the serving certificate whenever the Secret changes (rotation, cert-manager renewal).
+pub async fn keep_tls_current(
+    client: Client,
+    namespace: String,
+    secret: String,
+    tls: axum_server::tls_rustls::RustlsConfig,
+    mut current: String,
+    every: Duration,
+) {
+    let api: Api<Secret> = Api::namespaced(client, &namespace);
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tick.tick().await;
+        let pair = match api.get_opt(&secret).await {
+            Ok(Some(s)) => certs::serving_pair(&s),
+            Ok(None) => continue,
+            Err(e) => {
+                warn!(error = %e, "reading the webhook TLS secret");
+                continue;
+            }
+        };
+        match pair {
+            Ok((cert, key)) if cert != current => {
+                match tls
+                    .reload_from_pem(cert.clone().into_bytes(), key.into_bytes())
+                    .await
+                {
+                    Ok(()) => {
+                        tracing::info!("reloaded the webhook serving certificate");
+                        current = cert;
+                    }
+                    Err(e) => warn!(error = %e, "could not load the new webhook certificate"),
+                }
+            }
+            Ok(_) => {}
+            Err(e) => warn!(error = %e, "webhook TLS secret unusable"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::controller::Context;
+    use crate::fixtures::NS;
+
+    #[tokio::test]
+    async fn a_skipped_pod_gets_a_warning_event() {
+        let (ctx, mut v) = Context::test();
+        let mut pod = Pod::default();
+        pod.metadata.generate_name = Some("shop-7d9f-".to_owned());
+        pod.metadata.namespace = Some(NS.to_owned());
+        let server = tokio::spawn(async move {
+            let ev = v.event().await;
+            (v, ev)
+        });
+        record_skip(&ctx.recorder, &pod, "TraceCollector traces/x not found").await;
+        let (mut v, ev) = server.await.unwrap();
+        v.assert_silent();
+        assert_eq!(ev["type"], "Warning");
+        assert_eq!(ev["reason"], "SidecarNotInjected");
+        assert_eq!(ev["note"], "TraceCollector traces/x not found");
+        assert_eq!(ev["regarding"]["kind"], "Pod");
+        assert_eq!(ev["regarding"]["name"], "shop-7d9f-");
+    }
+
+    async fn handshake(addr: std::net::SocketAddr, ca_pem: &str) -> bool {
+        use rustls::pki_types::{CertificateDer, ServerName, pem::PemObject};
+        let mut roots = rustls::RootCertStore::empty();
+        for c in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+            roots.add(c.unwrap()).unwrap();
+        }
+        let config = rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let name = ServerName::try_from("svc.clew-system.svc").unwrap();
+        tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect(name, tcp)
+            .await
+            .is_ok()
+    }
+
+    #[tokio::test]
+    async fn a_rotated_secret_is_served_without_a_restart() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let now = time::OffsetDateTime::now_utc();
+        let day = Duration::from_secs(86400);
+        let old = certs::generate("svc", "clew-system", now, day).unwrap();
+        let new = certs::generate("svc", "clew-system", now, day).unwrap();
+        let tls = axum_server::tls_rustls::RustlsConfig::from_pem(
+            old.cert_pem.clone().into_bytes(),
+            old.key_pem.clone().into_bytes(),
+        )
+        .await
+        .unwrap();
+        let handle = axum_server::Handle::new();
+        tokio::spawn(
+            axum_server::bind_rustls("127.0.0.1:0".parse().unwrap(), tls.clone())
+                .handle(handle.clone())
+                .serve(Router::new().into_make_service()),
+        );
+        let addr = handle.listening().await.unwrap();
+        assert!(handshake(addr, &old.ca_pem).await);
+        assert!(!handshake(addr, &new.ca_pem).await);
+
+        let (ctx, mut v) = Context::test();
+        let cfg = certs::CertConfig {
+            namespace: "clew-system".into(),
+            service: "svc".into(),
+            secret: "tls".into(),
+            webhook_configuration: "clew-operator".into(),
+            validity: day,
+            renew_before: day / 2,
+        };
+        let secret =
+            serde_json::to_value(certs::secret_for(&cfg, &new, Some(&old.ca_pem))).unwrap();
+        let server = tokio::spawn(async move {
+            v.expect(
+                http::Method::GET,
+                "/api/v1/namespaces/clew-system/secrets/tls",
+            )
+            .await
+            .ok(&secret);
+            v
+        });
+        let reloader = tokio::spawn(keep_tls_current(
+            ctx.client.clone(),
+            "clew-system".into(),
+            "tls".into(),
+            tls,
+            old.cert_pem.clone(),
+            Duration::from_secs(3600),
+        ));
+        let _v = server.await.unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while !handshake(addr, &new.ca_pem).await {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "new certificate never served"
+            );
+            tokio::task::yield_now().await;
+        }
+        assert!(!handshake(addr, &old.ca_pem).await);
+        reloader.abort();
+        handle.shutdown();
+    }
+}

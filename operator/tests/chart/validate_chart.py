@@ -1,0 +1,202 @@
+"""Renders and lints charts/clew with the real Helm engine (helm-python-sdk) for several value
+sets and validates every rendered manifest against the Kubernetes 1.29-1.33 schemas
+(kubernetes-validate, strict: unknown fields fail). TraceCollectors are validated against the
+CRD's own schema. Exits non-zero with a message on the first problem.
+
+usage: validate_chart.py CHART_DIR
+"""
+
+import copy
+import sys
+
+import helm_python as helm
+import jsonschema
+import kubernetes_validate
+import yaml
+
+K8S_VERSIONS = ["1.29.0", "1.30.0", "1.31.0", "1.32.0", "1.33.0"]
+# Kinds of optional third-party operators; no upstream schema ships for them.
+THIRD_PARTY = {("monitoring.coreos.com/v1", "ServiceMonitor"),
+               ("cert-manager.io/v1", "Certificate"),
+               ("cert-manager.io/v1", "Issuer")}
+
+VALUE_SETS = {
+    "defaults": {},
+    "minimal": {"replicaCount": 1, "crds": {"create": False}, "webhook": {"enabled": False},
+                "serviceAccount": {"create": False, "name": "existing"}},
+    "everything": {
+        "image": {"repository": "registry.local/clew", "tag": "dev", "pullPolicy": "Always"},
+        "imagePullSecrets": [{"name": "regcred"}],
+        "replicaCount": 3,
+        "operator": {"nativeSidecars": "never", "nodeSelector": {"kubernetes.io/os": "linux"},
+                     "tolerations": [{"key": "dedicated", "operator": "Exists", "effect": "NoSchedule"}],
+                     "podAnnotations": {"example.com/team": "obs"}},
+        "webhook": {"certManager": {"enabled": True}, "excludeNamespaces": ["kube-system", "ci"]},
+        "metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "prom"}}},
+        "defaultCollector": {"enabled": True, "name": "main", "spec": {
+            "replicas": 3,
+            "autoscaler": {"minReplicas": 2, "maxReplicas": 8},
+            "storage": {"redis": {"external": {"secretName": "redis-url"}, "prefix": "clew:"}},
+            "visualizer": {"serviceType": "LoadBalancer"},
+            "sidecar": {"bufferBytes": 1048576, "spillMaxBytes": 67108864},
+            "sampling": {"ratio": 0.25},
+        }},
+    },
+    "cluster-issuer": {"webhook": {"certManager": {"enabled": True,
+                                                   "issuerRef": {"name": "ca", "kind": "ClusterIssuer"}}}},
+}
+
+BAD_VALUES = [
+    {"replicaCount": 0},
+    {"operator": {"nativeSidecars": "sometimes"}},
+    {"unknownKey": 1},
+    {"webhook": {"certValidity": "one year"}},
+    {"defaultCollector": {"name": "Not_A_Name"}},
+]
+
+
+def fail(msg):
+    print(f"FAIL: {msg}")
+    sys.exit(1)
+
+
+def crd_schema(docs):
+    for d in docs:
+        if d.get("kind") == "CustomResourceDefinition":
+            return d["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    fail("no CRD rendered with crds.create=true")
+
+
+def render(chart, values):
+    try:
+        chart.validate_schema(values)
+    except Exception as e:  # noqa: BLE001
+        fail(f"values rejected by values.schema.json: {e}")
+    manifests = chart.render(values, name="clew", namespace="clew-system", is_install=True)
+    docs = []
+    for path, text in sorted(manifests.items()):
+        if path.endswith("NOTES.txt"):
+            if "kubectl wait" not in text:
+                fail("NOTES.txt lost its instructions")
+            continue
+        for doc in yaml.safe_load_all(text):
+            if doc:
+                docs.append((path, doc))
+    return docs
+
+
+def validate(path, doc, tc_schema):
+    key = (doc["apiVersion"], doc["kind"])
+    if key in THIRD_PARTY:
+        return "third-party"
+    if doc["kind"] == "TraceCollector":
+        try:
+            jsonschema.validate(doc, tc_schema)
+        except jsonschema.ValidationError as e:
+            fail(f"{path}: TraceCollector does not match the CRD: {e.message}")
+        return "crd"
+    for v in K8S_VERSIONS:
+        try:
+            kubernetes_validate.validate(doc, v, strict=True)
+        except kubernetes_validate.ValidationError as e:
+            where = ".".join(str(p) for p in e.path)
+            fail(f"{path}: {doc['kind']} {doc['metadata']['name']} invalid for Kubernetes {v}: {where}: {e.message}")
+        except kubernetes_validate.SchemaNotFoundError:
+            fail(f"{path}: no Kubernetes {v} schema for {key}")
+    return "k8s"
+
+
+def by_kind(docs, kind):
+    return [d for _, d in docs if d["kind"] == kind]
+
+
+def env_of(deploy):
+    c = deploy["spec"]["template"]["spec"]["containers"][0]
+    return {e["name"]: e.get("value") for e in c["env"]}
+
+
+def main():
+    chart_dir = sys.argv[1]
+    counts = {"k8s": 0, "crd": 0, "third-party": 0}
+    with helm.Chart.load(chart_dir) as chart:
+        defaults = render(chart, {})
+        tc_schema = crd_schema([d for _, d in defaults])
+        rendered = {}
+        for name, values in VALUE_SETS.items():
+            lint = helm.lint(chart_dir, copy.deepcopy(values), strict=True, namespace="clew-system",
+                             kube_version="v1.30.0")
+            problems = [m for m in lint.get("messages") or [] if m.get("severity", 0) >= 2]
+            if problems or lint.get("errors"):
+                fail(f"helm lint ({name}): {problems or lint['errors']}")
+            docs = render(chart, copy.deepcopy(values))
+            rendered[name] = docs
+            for path, doc in docs:
+                counts[validate(path, doc, tc_schema)] += 1
+        for bad in BAD_VALUES:
+            try:
+                chart.validate_schema(bad)
+            except Exception:  # noqa: BLE001
+                continue
+            fail(f"values.schema.json accepted bad values {bad}")
+
+    # What the value sets must change.
+    d = rendered["defaults"]
+    mwc = by_kind(d, "MutatingWebhookConfiguration")
+    if len(mwc) != 1 or mwc[0]["webhooks"][0]["failurePolicy"] != "Ignore":
+        fail("the webhook must exist with failurePolicy Ignore")
+    if "caBundle" in mwc[0]["webhooks"][0]["clientConfig"]:
+        fail("Helm must not own caBundle (the operator writes it)")
+    rules = [r for cr in by_kind(d, "ClusterRole") for r in cr["rules"]]
+    resources = {res for r in rules for res in r["resources"]}
+    for needed in ["tracecollectors", "tracecollectors/status", "tracecollectors/finalizers"]:
+        if needed not in resources:
+            fail(f"ClusterRole lacks {needed}")
+    if any("*" in r["verbs"] or "*" in r["resources"] for r in rules):
+        fail("RBAC must not use wildcards")
+    if any(r["resources"] == ["secrets"] for r in rules):
+        fail("secrets belong in the namespaced Role only")
+    if not by_kind(d, "CustomResourceDefinition"):
+        fail("crds.create=true must render the CRD")
+    tests = [doc for _, doc in d if doc["metadata"].get("annotations", {}).get("helm.sh/hook") == "test"]
+    if not tests:
+        fail("no helm test hook")
+    if env_of(by_kind(d, "Deployment")[0])["CLEW_OPERATOR_MANAGE_WEBHOOK_CERTS"] != "true":
+        fail("self-signed certificates by default")
+
+    m = rendered["minimal"]
+    if by_kind(m, "CustomResourceDefinition") or by_kind(m, "MutatingWebhookConfiguration"):
+        fail("crds.create=false / webhook.enabled=false must drop the CRD and the webhook")
+    if by_kind(m, "ServiceAccount") or by_kind(m, "PodDisruptionBudget"):
+        fail("minimal values must not create a ServiceAccount or a PDB")
+
+    e = rendered["everything"]
+    if env_of(by_kind(e, "Deployment")[0])["CLEW_OPERATOR_MANAGE_WEBHOOK_CERTS"] != "false":
+        fail("with cert-manager the operator must not manage certificates")
+    ann = by_kind(e, "MutatingWebhookConfiguration")[0]["metadata"]["annotations"]
+    if ann.get("cert-manager.io/inject-ca-from") != "clew-system/clew-operator-webhook-tls":
+        fail(f"cert-manager CA injection annotation wrong: {ann}")
+    if len(by_kind(e, "TraceCollector")) != 1 or len(by_kind(e, "ServiceMonitor")) != 1:
+        fail("defaultCollector / serviceMonitor not rendered")
+    if by_kind(rendered["cluster-issuer"], "Issuer"):
+        fail("an issuerRef must replace the self-signed Issuer")
+
+    # The CRD schema itself rejects what users get wrong.
+    for bad in [{"replicas": 0}, {"sampling": {"ratio": 2}}, {"imagePullPolicy": "Sometimes"},
+                {"retention": "three days"}]:
+        doc = {"apiVersion": "clew.dev/v1alpha1", "kind": "TraceCollector",
+               "metadata": {"name": "x"}, "spec": bad}
+        try:
+            jsonschema.validate(doc, tc_schema)
+        except jsonschema.ValidationError:
+            continue
+        fail(f"CRD schema accepted {bad}")
+
+    total = sum(counts.values())
+    print(f"chart: {len(VALUE_SETS)} value sets, {total} manifests "
+          f"({counts['k8s']} validated strictly against Kubernetes {K8S_VERSIONS[0]}-{K8S_VERSIONS[-1]}, "
+          f"{counts['crd']} TraceCollector against the CRD, {counts['third-party']} third-party kinds); "
+          f"{len(BAD_VALUES)} bad value sets rejected")
+
+
+if __name__ == "__main__":
+    main()
