@@ -178,12 +178,12 @@ pub fn checkout(n: u32, base: u64, slow: u64) -> Trace {
         name: "card authorized".into(),
         attributes: vec![],
     }];
-    spans[4].node = "payments#7".into();
-    spans[4].clock_start = clock(&[("frontend#1", 4), ("payments#7", 1)]);
-    spans[4].clock_end = clock(&[("frontend#1", 4), ("payments#7", 2)]);
-    spans[0].node = "frontend#1".into();
-    spans[0].clock_start = clock(&[("frontend#1", 1)]);
-    spans[0].clock_end = clock(&[("frontend#1", 9), ("payments#7", 2)]);
+    spans[4].node = "payments-7".into();
+    spans[4].clock_start = clock(&[("frontend-1", 4), ("payments-7", 1)]);
+    spans[4].clock_end = clock(&[("frontend-1", 4), ("payments-7", 2)]);
+    spans[0].node = "frontend-1".into();
+    spans[0].clock_start = clock(&[("frontend-1", 1)]);
+    spans[0].clock_end = clock(&[("frontend-1", 9), ("payments-7", 2)]);
     if n % 7 == 3 {
         spans[5].status = Some(pb::Status {
             code: status::Code::Error as i32,
