@@ -51,7 +51,7 @@
   }
 
   function append(n, kids) {
-    for (const k of kids.flat()) {
+    for (const k of kids.flat(Infinity)) {
       if (k === null || k === undefined || k === false) continue;
       n.append(k instanceof Node ? k : document.createTextNode(String(k)));
     }
@@ -590,7 +590,8 @@
         for (const [a, b] of crit) timeline.append(el('div', { class: 'crit', style: { left: x(shift + a), width: w(b - a) } }));
       }
       const endFrac = (s.start + s.dur - this.t0) / this.total;
-      timeline.append(el('span', { class: 'dur', style: endFrac > 0.85 ? { right: `${(1 - (s.start - this.t0) / this.total) * 100 + 0.5}%` } : { left: `calc(${x(s.start + s.dur)} + 4px)` }, text: fmtDur(s.dur) }));
+      // The duration after the bar, or inside its end when the bar reaches the right edge.
+      timeline.append(el('span', { class: 'dur', style: endFrac > 0.85 ? { right: `calc(${(1 - endFrac) * 100}% + 4px)` } : { left: `calc(${x(s.start + s.dur)} + 4px)` }, text: fmtDur(s.dur) }));
       const row = el('div', { class: cls.join(' '), style: { top: `${i * ROW}px` }, data: { spanId: s.id }, title: `${s.service}: ${s.op} — ${fmtDur(s.dur)}` },
         el('div', { class: 'name', style: { paddingLeft: `${Math.min(s.depth, 40) * 12 + 2}px` } },
           toggle, el('span', { class: 'svc', vars: { '--c': s.color }, text: s.service }), el('span', { class: 'op', text: s.op })),
@@ -823,7 +824,7 @@
     }
     const NW = 170;
     const NH = 46;
-    const CX = 300;
+    const CX = 360;
     const RY = 120;
     const pos = new Map();
     let maxRows = 1;
@@ -837,6 +838,13 @@
     const svgEl = sv('svg', { class: 'depgraph', id: 'depgraph', viewBox: `0 0 ${W} ${H}`, style: { height: `${Math.min(H, 700)}px` } },
       sv('defs', {}, sv('marker', { id: 'arrow', viewBox: '0 0 10 10', refX: 10, refY: 5, markerWidth: 7, markerHeight: 7, orient: 'auto-start-reverse' },
         sv('path', { d: 'M0,0 L10,5 L0,10 z', fill: '#7a8699' }))));
+    const indeg = new Map();
+    const outdeg = new Map();
+    for (const e of g.edges) {
+      indeg.set(e.child, (indeg.get(e.child) || 0) + 1);
+      outdeg.set(e.parent, (outdeg.get(e.parent) || 0) + 1);
+    }
+    const bez = (t, p0, p1, p2, p3) => (1 - t) ** 3 * p0 + 3 * (1 - t) ** 2 * t * p1 + 3 * (1 - t) * t * t * p2 + t ** 3 * p3;
     for (const e of g.edges) {
       const a = pos.get(e.parent);
       const b = pos.get(e.child);
@@ -847,7 +855,10 @@
       if (b.x > a.x) {
         const x1 = a.x + NW; const y1 = a.y + NH / 2; const x2 = b.x; const y2 = b.y + NH / 2;
         d = `M${x1},${y1} C${x1 + 60},${y1} ${x2 - 60},${y2} ${x2},${y2}`;
-        lx = (x1 + x2) / 2; ly = (y1 + y2) / 2 - 6;
+        // Label where it cannot collide: near the callee when it has one
+        // caller, near the caller when that makes one call, else midway.
+        const t = indeg.get(e.child) === 1 ? 0.8 : outdeg.get(e.parent) === 1 ? 0.2 : 0.5;
+        lx = bez(t, x1, x1 + 60, x2 - 60, x2); ly = bez(t, y1, y1, y2, y2) - 6;
       } else {
         // A call back to an earlier column (or itself): loop below the boxes.
         const x1 = a.x + NW / 2; const y1 = a.y + NH; const x2 = b.x + NW / 2 + (a === b ? 30 : 0); const y2 = b.y + NH;

@@ -37,7 +37,12 @@ async fn no_page_errors(s: &Session<'_>) {
 }
 
 fn strings(v: &Value) -> Vec<String> {
-    let mut out: Vec<String> = v.as_array().unwrap().iter().map(|x| x.as_str().unwrap().to_owned()).collect();
+    let mut out: Vec<String> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_str().unwrap().to_owned())
+        .collect();
     out.sort();
     out
 }
@@ -57,63 +62,165 @@ async fn the_ui_in_a_real_browser() {
     let s = driver.session().await;
 
     // ---- search: results list and scatter plot
-    s.goto(&format!("{base}/search?service=frontend&limit=50")).await;
-    let n = s.wait_for("search results", "return document.querySelectorAll('#result-list .result').length", WAIT).await;
+    s.goto(&format!("{base}/search?service=frontend&limit=50"))
+        .await;
+    let n = s
+        .wait_for(
+            "search results",
+            "return document.querySelectorAll('#result-list .result').length",
+            WAIT,
+        )
+        .await;
     // 20 checkouts and the skewed report trace have frontend spans.
     assert_eq!(n, json!(CHECKOUTS + 1));
-    assert_eq!(s.js("return document.querySelectorAll('#scatter circle').length", vec![]).await, json!(CHECKOUTS + 1));
+    assert_eq!(
+        s.js(
+            "return document.querySelectorAll('#scatter circle').length",
+            vec![]
+        )
+        .await,
+        json!(CHECKOUTS + 1)
+    );
     // Checkouts 3, 10 and 17 have a failing INSERT: red dots.
-    assert_eq!(s.js("return document.querySelectorAll('#scatter circle.error').length", vec![]).await, json!(3));
+    assert_eq!(
+        s.js(
+            "return document.querySelectorAll('#scatter circle.error').length",
+            vec![]
+        )
+        .await,
+        json!(3)
+    );
     // The form reflects the URL.
-    assert_eq!(s.js("return document.getElementById('f-service').value", vec![]).await, json!("frontend"));
+    assert_eq!(
+        s.js("return document.getElementById('f-service').value", vec![])
+            .await,
+        json!("frontend")
+    );
     shot(&s, "01-search").await;
 
     // A duration filter narrows to the slow checkout.
-    s.goto(&format!("{base}/search?service=frontend&minDuration=300ms")).await;
-    s.wait_for("one result", "return document.querySelectorAll('#result-list .result').length === 1", WAIT).await;
+    s.goto(&format!("{base}/search?service=frontend&minDuration=300ms"))
+        .await;
+    s.wait_for(
+        "one result",
+        "return document.querySelectorAll('#result-list .result').length === 1",
+        WAIT,
+    )
+    .await;
     let slow = hex(&trace_id(0xc0, 10));
-    assert_eq!(s.js("return document.querySelector('#result-list .result').dataset.traceId", vec![]).await, json!(slow));
+    assert_eq!(
+        s.js(
+            "return document.querySelector('#result-list .result').dataset.traceId",
+            vec![]
+        )
+        .await,
+        json!(slow)
+    );
 
     // ---- open a trace from the results (a real click)
     let link = s.find("#result-list .result a.title").await;
     s.click(&link).await;
-    s.wait_for("critical path", "return document.body.dataset.criticalSpans", WAIT).await;
+    s.wait_for(
+        "critical path",
+        "return document.body.dataset.criticalSpans",
+        WAIT,
+    )
+    .await;
     assert!(s.url().await.ends_with(&format!("/trace/{slow}")));
-    assert_eq!(s.js("return document.querySelectorAll('#wf-scroll .row').length", vec![]).await, json!(8));
+    assert_eq!(
+        s.js(
+            "return document.querySelectorAll('#wf-scroll .row').length",
+            vec![]
+        )
+        .await,
+        json!(8)
+    );
     let critical = s.js("return [...document.querySelectorAll('#wf-scroll .row.critical')].map(r => r.dataset.spanId)", vec![]).await;
     assert_eq!(strings(&critical), span_hex(&CRITICAL));
     let plain = s.js("return [...document.querySelectorAll('#wf-scroll .row:not(.critical)')].map(r => r.dataset.spanId)", vec![]).await;
     assert_eq!(strings(&plain), span_hex(&NOT_CRITICAL));
     // Critical sections are drawn in the bars.
-    let crit_bars = s.js("return document.querySelectorAll('#wf-scroll .row .crit').length", vec![]).await;
+    let crit_bars = s
+        .js(
+            "return document.querySelectorAll('#wf-scroll .row .crit').length",
+            vec![],
+        )
+        .await;
     assert!(crit_bars.as_u64().unwrap() >= 6, "{crit_bars}");
     // The failing INSERT row is marked as an error.
     let err_row = s.js(&format!("return document.querySelector('.row[data-span-id=\"{}\"]').classList.contains('error')", hex(&span_id(6))), vec![]).await;
     assert_eq!(err_row, json!(true));
 
     // ---- the span panel, by clicking the payments row
-    let row = s.find(&format!(".row[data-span-id=\"{}\"]", hex(&span_id(5)))).await;
+    let row = s
+        .find(&format!(".row[data-span-id=\"{}\"]", hex(&span_id(5))))
+        .await;
     s.click(&row).await;
     s.wait_for("span panel", "const p = document.getElementById('span-panel'); return p && !p.hidden && p.dataset.spanId", WAIT).await;
-    let panel = s.js("return document.getElementById('span-panel').innerText", vec![]).await;
+    let panel = s
+        .js(
+            "return document.getElementById('span-panel').innerText",
+            vec![],
+        )
+        .await;
     let panel = panel.as_str().unwrap();
-    assert_eq!(s.js("return document.getElementById('panel-op').textContent", vec![]).await, json!("charge"));
-    for needle in ["payments", "payment.amount", "42.00 EUR", "card authorized", "payments-7", "frontend-1=4,payments-7=1", "frontend-1=4,payments-7=2", "on the critical path", "server"] {
-        assert!(panel.contains(needle), "span panel lacks {needle:?}:\n{panel}");
+    assert_eq!(
+        s.js(
+            "return document.getElementById('panel-op').textContent",
+            vec![]
+        )
+        .await,
+        json!("charge")
+    );
+    for needle in [
+        "payments",
+        "payment.amount",
+        "42.00 EUR",
+        "card authorized",
+        "payments-7",
+        "frontend-1=4,payments-7=1",
+        "frontend-1=4,payments-7=2",
+        "on the critical path",
+        "server",
+    ] {
+        assert!(
+            panel.contains(needle),
+            "span panel lacks {needle:?}:\n{panel}"
+        );
     }
     // The URL is a deep link to the span.
-    assert!(s.url().await.ends_with(&format!("?span={}", hex(&span_id(5)))));
+    assert!(
+        s.url()
+            .await
+            .ends_with(&format!("?span={}", hex(&span_id(5))))
+    );
     shot(&s, "02-trace-critical-path-and-span-panel").await;
 
     // Collapsing the charge hides its two children.
-    let toggle = s.find(&format!(".row[data-span-id=\"{}\"] .toggle", hex(&span_id(5)))).await;
+    let toggle = s
+        .find(&format!(
+            ".row[data-span-id=\"{}\"] .toggle",
+            hex(&span_id(5))
+        ))
+        .await;
     s.click(&toggle).await;
-    s.wait_for("collapsed", "return document.querySelectorAll('#wf-scroll .row').length === 6", WAIT).await;
+    s.wait_for(
+        "collapsed",
+        "return document.querySelectorAll('#wf-scroll .row').length === 6",
+        WAIT,
+    )
+    .await;
 
     // ---- deep link straight to a span
-    s.goto(&format!("{base}/trace/{slow}?span={}", hex(&span_id(6)))).await;
+    s.goto(&format!("{base}/trace/{slow}?span={}", hex(&span_id(6))))
+        .await;
     s.wait_for("deep-linked span", "const p = document.getElementById('span-panel'); return p && !p.hidden && document.getElementById('panel-op').textContent === 'INSERT payments'", WAIT).await;
-    let status = s.js("return document.getElementById('panel-status').textContent", vec![]).await;
+    let status = s
+        .js(
+            "return document.getElementById('panel-status').textContent",
+            vec![],
+        )
+        .await;
     assert_eq!(status, json!("ERROR: deadlock"));
     assert_eq!(
         s.js(&format!("return document.querySelector('.row[data-span-id=\"{}\"]').classList.contains('selected')", hex(&span_id(6))), vec![]).await,
@@ -148,37 +255,92 @@ async fn the_ui_in_a_real_browser() {
     s.goto(&format!("{base}/dependencies")).await;
     let input = s.find("#upload").await;
     s.send_keys(&input, file.to_str().unwrap()).await;
-    s.wait_for("uploaded trace", "return location.pathname === '/trace/upload' && document.body.dataset.criticalSpans", WAIT).await;
+    s.wait_for(
+        "uploaded trace",
+        "return location.pathname === '/trace/upload' && document.body.dataset.criticalSpans",
+        WAIT,
+    )
+    .await;
     let critical = s.js("return [...document.querySelectorAll('#wf-scroll .row.critical')].map(r => r.dataset.spanId)", vec![]).await;
     assert_eq!(strings(&critical), span_hex(&CRITICAL));
-    assert!(s.js("return document.getElementById('trace-view').innerText", vec![]).await.as_str().unwrap().contains("uploaded file"));
+    assert!(
+        s.js(
+            "return document.getElementById('trace-view').innerText",
+            vec![]
+        )
+        .await
+        .as_str()
+        .unwrap()
+        .contains("uploaded file")
+    );
     // A file that is not a trace is refused with a message.
     let junk = artifacts().join("not-a-trace.json");
     std::fs::write(&junk, r#"{"hello": "world"}"#).unwrap();
     let input = s.find("#upload").await;
     s.send_keys(&input, junk.to_str().unwrap()).await;
-    let msg = s.wait_for("upload error", "const e = document.getElementById('error'); return !e.hidden && e.textContent", WAIT).await;
-    assert!(msg.as_str().unwrap().contains("Cannot open not-a-trace.json: not a trace"), "{msg}");
+    let msg = s
+        .wait_for(
+            "upload error",
+            "const e = document.getElementById('error'); return !e.hidden && e.textContent",
+            WAIT,
+        )
+        .await;
+    assert!(
+        msg.as_str()
+            .unwrap()
+            .contains("Cannot open not-a-trace.json: not a trace"),
+        "{msg}"
+    );
 
     // ---- clock skew: warning, evidence with raw timestamps, corrected view
     let skewed = hex(&trace_id(0x5e, 1));
     s.goto(&format!("{base}/trace/{skewed}")).await;
-    s.wait_for("skew warning", "return document.getElementById('skew-warning')", WAIT).await;
-    let warning = s.js("return document.getElementById('skew-warning').innerText", vec![]).await;
-    assert!(warning.as_str().unwrap().contains("backend by +15.000 ms"), "{warning}");
+    s.wait_for(
+        "skew warning",
+        "return document.getElementById('skew-warning')",
+        WAIT,
+    )
+    .await;
+    let warning = s
+        .js(
+            "return document.getElementById('skew-warning').innerText",
+            vec![],
+        )
+        .await;
+    assert!(
+        warning.as_str().unwrap().contains("backend by +15.000 ms"),
+        "{warning}"
+    );
     let summary = s.find("#skew-evidence summary").await;
     s.click(&summary).await;
-    let evidence = s.js("return document.getElementById('violations').innerText", vec![]).await;
+    let evidence = s
+        .js(
+            "return document.getElementById('violations').innerText",
+            vec![],
+        )
+        .await;
     let evidence = evidence.as_str().unwrap();
-    assert!(evidence.contains("frontend: GET /report (start)") && evidence.contains("backend: build report (start)"), "{evidence}");
+    assert!(
+        evidence.contains("frontend: GET /report (start)")
+            && evidence.contains("backend: build report (start)"),
+        "{evidence}"
+    );
     assert!(evidence.contains("b=1,f=2"), "{evidence}");
     let bar_left = "return document.querySelector('.row[data-span-id=\"' + arguments[0] + '\"] .bar').style.left";
     // Recorded: backend starts first (0%), frontend 15 ms of 115 ms later.
     let raw_left = s.js(bar_left, vec![json!(hex(&span_id(1)))]).await;
-    assert!(raw_left.as_str().unwrap().starts_with("13.04"), "{raw_left}");
+    assert!(
+        raw_left.as_str().unwrap().starts_with("13.04"),
+        "{raw_left}"
+    );
     let toggle = s.find("#toggle-corrected").await;
     s.click(&toggle).await;
-    s.wait_for("corrected banner", "return !document.getElementById('corrected-banner').hidden", WAIT).await;
+    s.wait_for(
+        "corrected banner",
+        "return !document.getElementById('corrected-banner').hidden",
+        WAIT,
+    )
+    .await;
     // Corrected (backend +15 ms): both start together.
     let corrected_left = s.js(bar_left, vec![json!(hex(&span_id(1)))]).await;
     assert_eq!(corrected_left, json!("0%"));
@@ -187,44 +349,131 @@ async fn the_ui_in_a_real_browser() {
     // ---- dependency graph with per-edge figures (via the nav link)
     let nav = s.find("#nav-deps").await;
     s.click(&nav).await;
-    s.wait_for("dependency graph", "return document.querySelectorAll('#depgraph .edge').length", WAIT).await;
-    let edges = s.js("return [...document.querySelectorAll('#depgraph .edge')].map(e => e.dataset.edge)", vec![]).await;
+    s.wait_for(
+        "dependency graph",
+        "return document.querySelectorAll('#depgraph .edge').length",
+        WAIT,
+    )
+    .await;
+    let edges = s
+        .js(
+            "return [...document.querySelectorAll('#depgraph .edge')].map(e => e.dataset.edge)",
+            vec![],
+        )
+        .await;
     assert_eq!(
         strings(&edges),
-        vec!["frontend>backend", "frontend>inventory", "frontend>payments", "gateway>worker-0", "gateway>worker-1", "gateway>worker-2", "gateway>worker-3", "gateway>worker-4", "payments>db", "worker-0>store", "worker-1>store", "worker-2>store", "worker-3>store", "worker-4>store"]
+        vec![
+            "frontend>backend",
+            "frontend>inventory",
+            "frontend>payments",
+            "gateway>worker-0",
+            "gateway>worker-1",
+            "gateway>worker-2",
+            "gateway>worker-3",
+            "gateway>worker-4",
+            "payments>db",
+            "worker-0>store",
+            "worker-1>store",
+            "worker-2>store",
+            "worker-3>store",
+            "worker-4>store"
+        ]
     );
-    let row = s.js("return document.querySelector('#deps-table tr[data-edge=\"payments>db\"]').innerText", vec![]).await;
+    let row = s
+        .js(
+            "return document.querySelector('#deps-table tr[data-edge=\"payments>db\"]').innerText",
+            vec![],
+        )
+        .await;
     let row = row.as_str().unwrap();
     // 20 checkouts × 2 db calls; 3 failing INSERTs = 7.5 %
     assert!(row.contains("40") && row.contains("7.5%"), "{row}");
     let label = s.js("return document.querySelector('#depgraph .edge[data-edge=\"payments>db\"] text').textContent", vec![]).await;
-    assert!(label.as_str().unwrap().starts_with("40 calls · 7.5% err · p95 "), "{label}");
+    assert!(
+        label
+            .as_str()
+            .unwrap()
+            .starts_with("40 calls · 7.5% err · p95 "),
+        "{label}"
+    );
     shot(&s, "04-dependencies").await;
 
     // ---- service dashboard (click the payments node)
     let node = s.find("#depgraph .node[data-service=\"payments\"]").await;
     s.click(&node).await;
-    s.wait_for("RED charts", "return document.querySelectorAll('.red-series').length", WAIT).await;
-    let series = s.js("return [...document.querySelectorAll('.red-series')].map(e => e.dataset.operation)", vec![]).await;
+    s.wait_for(
+        "RED charts",
+        "return document.querySelectorAll('.red-series').length",
+        WAIT,
+    )
+    .await;
+    let series = s
+        .js(
+            "return [...document.querySelectorAll('.red-series')].map(e => e.dataset.operation)",
+            vec![],
+        )
+        .await;
     assert_eq!(series, json!(["", "charge"]));
-    assert!(s.js("return document.querySelector('.red-series').innerText", vec![]).await.as_str().unwrap().contains(&format!("{CHECKOUTS} requests")));
-    assert_eq!(s.js("return document.querySelectorAll('.red-series polyline').length", vec![]).await, json!(10));
+    assert!(
+        s.js(
+            "return document.querySelector('.red-series').innerText",
+            vec![]
+        )
+        .await
+        .as_str()
+        .unwrap()
+        .contains(&format!("{CHECKOUTS} requests"))
+    );
+    assert_eq!(
+        s.js(
+            "return document.querySelectorAll('.red-series polyline').length",
+            vec![]
+        )
+        .await,
+        json!(10)
+    );
     shot(&s, "05-service-dashboard").await;
 
     // ---- anomalies and bottlenecks
     s.goto(&format!("{base}/insights")).await;
-    s.wait_for("bottlenecks", "return document.querySelectorAll('#bottlenecks .bottleneck').length", WAIT).await;
-    let anomalies = s.js("return [...document.querySelectorAll('#anomalies .anomaly')].map(a => a.innerText)", vec![]).await;
-    let anomalies: Vec<String> = anomalies.as_array().unwrap().iter().map(|a| a.as_str().unwrap().to_owned()).collect();
+    s.wait_for(
+        "bottlenecks",
+        "return document.querySelectorAll('#bottlenecks .bottleneck').length",
+        WAIT,
+    )
+    .await;
+    let anomalies = s
+        .js(
+            "return [...document.querySelectorAll('#anomalies .anomaly')].map(a => a.innerText)",
+            vec![],
+        )
+        .await;
+    let anomalies: Vec<String> = anomalies
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_owned())
+        .collect();
     assert!(
-        anomalies.iter().any(|a| a.contains("db \"INSERT payments\" took 430.00 ms where it usually takes 30.00 ms")),
+        anomalies
+            .iter()
+            .any(|a| a
+                .contains("db \"INSERT payments\" took 430.00 ms where it usually takes 30.00 ms")),
         "{anomalies:#?}"
     );
     shot(&s, "06-anomalies-and-bottlenecks").await;
 
     // ---- collector errors are a clear message, never a blank page
-    s.goto(&format!("{base}/trace/ffffffffffffffffffffffffffffffff")).await;
-    let msg = s.wait_for("error message", "const e = document.getElementById('error'); return !e.hidden && e.textContent", WAIT).await;
+    s.goto(&format!("{base}/trace/ffffffffffffffffffffffffffffffff"))
+        .await;
+    let msg = s
+        .wait_for(
+            "error message",
+            "const e = document.getElementById('error'); return !e.hidden && e.textContent",
+            WAIT,
+        )
+        .await;
     assert_eq!(msg, json!("The collector answered 404: trace not found"));
     no_page_errors(&s).await;
 
@@ -232,21 +481,38 @@ async fn the_ui_in_a_real_browser() {
     let big = hex(&trace_id(0xb1, 1));
     let started = Instant::now();
     s.goto(&format!("{base}/trace/{big}")).await;
-    s.wait_for("big trace rows", "return document.body.dataset.traceRenderMs", Duration::from_secs(60)).await;
+    s.wait_for(
+        "big trace rows",
+        "return document.body.dataset.traceRenderMs",
+        Duration::from_secs(60),
+    )
+    .await;
     let wall_ms = started.elapsed().as_millis();
-    let t = s.js(
-        "const nav = performance.getEntriesByType('navigation')[0];
+    let t = s
+        .js(
+            "const nav = performance.getEntriesByType('navigation')[0];
          return { render: +document.body.dataset.traceRenderMs, sinceNavigation: performance.now(),
                   domRows: document.querySelectorAll('#wf-scroll .row').length,
                   spans: document.getElementById('trace-spans').textContent,
                   responseEnd: nav ? nav.responseEnd : null };",
-        vec![],
-    ).await;
+            vec![],
+        )
+        .await;
     assert_eq!(t["spans"], json!("10000 spans"));
     let dom_rows = t["domRows"].as_u64().unwrap();
-    assert!(dom_rows < 100, "rows are virtualized, {dom_rows} in the DOM");
-    s.wait_for("big trace analysis", "return document.body.dataset.analysisRenderMs", Duration::from_secs(60)).await;
-    let analysis_ms = s.js("return +document.body.dataset.analysisRenderMs", vec![]).await;
+    assert!(
+        dom_rows < 100,
+        "rows are virtualized, {dom_rows} in the DOM"
+    );
+    s.wait_for(
+        "big trace analysis",
+        "return document.body.dataset.analysisRenderMs",
+        Duration::from_secs(60),
+    )
+    .await;
+    let analysis_ms = s
+        .js("return +document.body.dataset.analysisRenderMs", vec![])
+        .await;
     // Scroll to the middle: rows there render within a couple of frames.
     let scroll = s.js_async(
         "const done = arguments[arguments.length - 1];
@@ -286,6 +552,10 @@ async fn the_ui_in_a_real_browser() {
         "domRows": dom_rows,
     });
     println!("10,000-span trace timings: {timings}");
-    std::fs::write(artifacts().join("big-trace-timings.json"), timings.to_string()).unwrap();
+    std::fs::write(
+        artifacts().join("big-trace-timings.json"),
+        timings.to_string(),
+    )
+    .unwrap();
     s.close().await;
 }

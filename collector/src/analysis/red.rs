@@ -191,8 +191,9 @@ pub fn red_metrics(
 ) -> Vec<RedSeries> {
     let step_ns = step_ns.max(1);
     let n_buckets = usize::try_from(end_ns.saturating_sub(start_ns).div_ceil(step_ns)).unwrap_or(0);
-    // key: (service, operation or "" for the service) → per bucket (errors, durations)
-    let mut series: BTreeMap<(String, Option<String>), Vec<(u64, Vec<u64>)>> = BTreeMap::new();
+    // Per bucket: (errors, durations).
+    type Buckets = Vec<(u64, Vec<u64>)>;
+    let mut series: BTreeMap<(String, Option<String>), Buckets> = BTreeMap::new();
     for t in traces {
         let tree = Tree::new(&t.spans);
         for (i, s) in t.spans.iter().enumerate() {

@@ -42,7 +42,11 @@ impl Driver {
     /// Starts `$CLEW_CHROMEDRIVER` on a free port and waits until it is ready.
     pub async fn start() -> Driver {
         let exe = env_path("CLEW_CHROMEDRIVER");
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         let child = Command::new(&exe)
             .arg(format!("--port={port}"))
             .stdout(Stdio::null())
@@ -61,7 +65,10 @@ impl Driver {
             {
                 break;
             }
-            assert!(Instant::now() < deadline, "chromedriver did not become ready");
+            assert!(
+                Instant::now() < deadline,
+                "chromedriver did not become ready"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         driver
@@ -72,12 +79,20 @@ impl Driver {
             .method(method)
             .uri(format!("{}{path}", self.base))
             .header("content-type", "application/json")
-            .body(Full::new(Bytes::from(body.map(|b| b.to_string()).unwrap_or_default())))
+            .body(Full::new(Bytes::from(
+                body.map(|b| b.to_string()).unwrap_or_default(),
+            )))
             .unwrap();
         let resp = self.client.request(req).await.map_err(|e| e.to_string())?;
         let status = resp.status();
-        let bytes = resp.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
-        let v: Value = serde_json::from_slice(&bytes).map_err(|e| format!("{e}: {}", String::from_utf8_lossy(&bytes)))?;
+        let bytes = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?
+            .to_bytes();
+        let v: Value = serde_json::from_slice(&bytes)
+            .map_err(|e| format!("{e}: {}", String::from_utf8_lossy(&bytes)))?;
         if !status.is_success() {
             return Err(format!("{status}: {}", v["value"]));
         }
@@ -98,7 +113,12 @@ impl Driver {
         let v = self.send("POST", "/session", Some(caps)).await.unwrap();
         let id = v["value"]["sessionId"].as_str().unwrap().to_owned();
         let s = Session { driver: self, id };
-        s.cmd("POST", "/timeouts", json!({"script": 60_000, "pageLoad": 60_000})).await;
+        s.cmd(
+            "POST",
+            "/timeouts",
+            json!({"script": 60_000, "pageLoad": 60_000}),
+        )
+        .await;
         s
     }
 }
@@ -115,7 +135,11 @@ pub struct Element(String);
 
 impl Session<'_> {
     async fn try_cmd(&self, method: &str, path: &str, body: Value) -> Result<Value, String> {
-        let body = if method == "GET" || method == "DELETE" { None } else { Some(body) };
+        let body = if method == "GET" || method == "DELETE" {
+            None
+        } else {
+            Some(body)
+        };
         self.driver
             .send(method, &format!("/session/{}{path}", self.id), body)
             .await
@@ -123,7 +147,9 @@ impl Session<'_> {
     }
 
     async fn cmd(&self, method: &str, path: &str, body: Value) -> Value {
-        self.try_cmd(method, path, body).await.unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+        self.try_cmd(method, path, body)
+            .await
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
     }
 
     pub async fn goto(&self, url: &str) {
@@ -131,19 +157,33 @@ impl Session<'_> {
     }
 
     pub async fn url(&self) -> String {
-        self.cmd("GET", "/url", json!({})).await.as_str().unwrap().to_owned()
+        self.cmd("GET", "/url", json!({}))
+            .await
+            .as_str()
+            .unwrap()
+            .to_owned()
     }
 
     /// Runs `script` (a function body; `arguments` are `args`) and returns
     /// its value.
     pub async fn js(&self, script: &str, args: Vec<Value>) -> Value {
-        self.cmd("POST", "/execute/sync", json!({ "script": script, "args": args })).await
+        self.cmd(
+            "POST",
+            "/execute/sync",
+            json!({ "script": script, "args": args }),
+        )
+        .await
     }
 
     /// Runs an asynchronous script: it calls `arguments[arguments.length - 1]`
     /// with its result.
     pub async fn js_async(&self, script: &str, args: Vec<Value>) -> Value {
-        self.cmd("POST", "/execute/async", json!({ "script": script, "args": args })).await
+        self.cmd(
+            "POST",
+            "/execute/async",
+            json!({ "script": script, "args": args }),
+        )
+        .await
     }
 
     /// Polls `script` until it returns something truthy (not null, false,
@@ -165,22 +205,41 @@ impl Session<'_> {
     }
 
     pub async fn find(&self, css: &str) -> Element {
-        let v = self.cmd("POST", "/element", json!({ "using": "css selector", "value": css })).await;
-        Element(v[ELEMENT].as_str().unwrap_or_else(|| panic!("no element id for {css}: {v}")).to_owned())
+        let v = self
+            .cmd(
+                "POST",
+                "/element",
+                json!({ "using": "css selector", "value": css }),
+            )
+            .await;
+        Element(
+            v[ELEMENT]
+                .as_str()
+                .unwrap_or_else(|| panic!("no element id for {css}: {v}"))
+                .to_owned(),
+        )
     }
 
     pub async fn click(&self, el: &Element) {
-        self.cmd("POST", &format!("/element/{}/click", el.0), json!({})).await;
+        self.cmd("POST", &format!("/element/{}/click", el.0), json!({}))
+            .await;
     }
 
     pub async fn send_keys(&self, el: &Element, text: &str) {
-        self.cmd("POST", &format!("/element/{}/value", el.0), json!({ "text": text })).await;
+        self.cmd(
+            "POST",
+            &format!("/element/{}/value", el.0),
+            json!({ "text": text }),
+        )
+        .await;
     }
 
     /// Saves a PNG screenshot of the viewport.
     pub async fn screenshot(&self, path: &Path) {
         let b64 = self.cmd("GET", "/screenshot", json!({})).await;
-        let png = base64::engine::general_purpose::STANDARD.decode(b64.as_str().unwrap()).unwrap();
+        let png = base64::engine::general_purpose::STANDARD
+            .decode(b64.as_str().unwrap())
+            .unwrap();
         std::fs::write(path, png).unwrap();
     }
 
