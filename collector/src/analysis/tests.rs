@@ -248,7 +248,7 @@ fn consistent_clocks_need_no_correction() {
     let order: Vec<(String, ClockEvent)> = c
         .order
         .iter()
-        .map(|e| (e.event.span_id.clone(), e.event.event))
+        .map(|e| (e.span_id.clone(), e.event))
         .collect();
     assert_eq!(
         order,
@@ -293,7 +293,7 @@ fn a_clock_behind_is_detected_and_the_smallest_offset_proposed() {
         c.explanation
     );
     // Causal order ignores the wall clock.
-    assert_eq!(c.order[0].event.span_id, h(1));
+    assert_eq!(c.order[0].span_id, h(1));
 }
 
 #[test]
@@ -354,18 +354,18 @@ fn concurrent_branches_impose_no_order() {
     let a_end = c
         .order
         .iter()
-        .position(|e| e.event.span_id == h(2) && e.event.event == ClockEvent::End)
+        .position(|e| e.span_id == h(2) && e.event == ClockEvent::End)
         .unwrap();
     let b_start = c
         .order
         .iter()
-        .position(|e| e.event.span_id == h(3) && e.event.event == ClockEvent::Start)
+        .position(|e| e.span_id == h(3) && e.event == ClockEvent::Start)
         .unwrap();
     // Both orders are valid; the linear extension just has to respect f.
     let f_end = c
         .order
         .iter()
-        .position(|e| e.event.span_id == h(1) && e.event.event == ClockEvent::End)
+        .position(|e| e.span_id == h(1) && e.event == ClockEvent::End)
         .unwrap();
     assert!(a_end < f_end && b_start < f_end);
     // Now b's clock is 50 ms behind: b starts at -30, before frontend's start.
@@ -810,4 +810,100 @@ mod routes {
         assert_eq!(db["latency"]["p50Us"], 11_000.0);
         assert_eq!(v["data"]["services"].as_array().unwrap().len(), 3);
     }
+}
+
+// ---- cost ---------------------------------------------------------------
+
+/// A 10,000-span trace with vector clocks: a root on node r, 99 calls to
+/// worker nodes w0..w4, each making 100 calls to store nodes s0..s9.
+fn big_clocked() -> Trace {
+    let mut spans = Vec::with_capacity(10_000);
+    let mut root = span(1, None, "gateway", "GET /bulk", 0, 2_000);
+    root.node = "r".into();
+    root.clock_start = clock(&[("r", 1)]);
+    let mut r_counter = 1;
+    let mut counters = std::collections::HashMap::<String, u64>::new();
+    let mut id = 2u16;
+    let mut root_end: Vec<(String, u64)> = Vec::new();
+    for c in 0..99u64 {
+        r_counter += 1; // send
+        let w = format!("w{}", c % 5);
+        let wc = counters.entry(w.clone()).or_default();
+        *wc += 1;
+        let w_start = *wc;
+        let mut child = span(id, Some(1), &format!("worker-{}", c % 5), "batch", 10 + c * 19, 10 + c * 19 + 18);
+        child.node = w.clone();
+        child.clock_start = clock(&[("r", r_counter), (&w, w_start)]);
+        let cid = id;
+        id += 1;
+        let mut last_store: Vec<(String, u64)> = Vec::new();
+        for g in 0..100u64 {
+            let sn = format!("s{}", g % 10);
+            let wc = counters.entry(w.clone()).or_default();
+            *wc += 1;
+            let w_send = *wc;
+            let sc = counters.entry(sn.clone()).or_default();
+            *sc += 2;
+            let mut sp = span(id, Some(cid), "store", "get", 0, 0);
+            let from = (10 + c * 19) * 1_000 + g * 170;
+            sp.start_time_unix_nano = T0 + from * 1_000;
+            sp.end_time_unix_nano = T0 + (from + 160) * 1_000;
+            sp.node = sn.clone();
+            sp.clock_start = clock(&[("r", r_counter), (&w, w_send), (&sn, *sc - 1)]);
+            sp.clock_end = clock(&[("r", r_counter), (&w, w_send), (&sn, *sc)]);
+            last_store.push((sn, *sc));
+            spans.push(sp);
+            id += 1;
+        }
+        let wc = counters.entry(w.clone()).or_default();
+        *wc += 1;
+        let mut end: Vec<(String, u64)> = vec![("r".into(), r_counter), (w.clone(), *wc)];
+        last_store.sort();
+        last_store.dedup_by(|a, b| a.0 == b.0);
+        end.extend(last_store.iter().cloned());
+        let end_ref: Vec<(&str, u64)> = end.iter().map(|(n, c)| (n.as_str(), *c)).collect();
+        child.clock_end = clock(&end_ref);
+        root_end.extend(end.into_iter().filter(|(n, _)| n != "r"));
+        spans.push(child);
+    }
+    r_counter += 1;
+    root_end.sort_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
+    root_end.dedup_by(|a, b| a.0 == b.0);
+    root_end.push(("r".into(), r_counter));
+    let end_ref: Vec<(&str, u64)> = root_end.iter().map(|(n, c)| (n.as_str(), *c)).collect();
+    root.clock_end = clock(&end_ref);
+    spans.insert(0, root);
+    trace(spans)
+}
+
+/// Cost of analysing a 10,000-span trace and of a window of 1,000 traces
+/// (figures in docs/PERFORMANCE.md):
+/// `cargo test --release -p clew-collector --lib analysis::tests::analysis_cost -- --ignored --nocapture`
+#[test]
+#[ignore = "load measurement"]
+fn analysis_cost() {
+    use std::time::Instant;
+    let t = big_clocked();
+    assert_eq!(t.spans.len(), 10_000);
+    let best = |f: &mut dyn FnMut()| {
+        (0..5)
+            .map(|_| {
+                let s = Instant::now();
+                f();
+                s.elapsed()
+            })
+            .min()
+            .unwrap()
+    };
+    let b = detect_bottlenecks(&t);
+    let c = causal_order(&t);
+    assert!(c.consistent, "{}", c.explanation);
+    let json = serde_json::to_vec(&(b, c)).unwrap();
+    println!("bottlenecks, 10k spans: {:?}", best(&mut || { detect_bottlenecks(&t); }));
+    println!("causal order, 10k spans: {:?}", best(&mut || { causal_order(&t); }));
+    println!("JSON of both: {} bytes, {:?}", json.len(), best(&mut || { serde_json::to_vec(&(detect_bottlenecks(&t), causal_order(&t))).unwrap(); }));
+    let traces = window(1_000, |i| 10 + u64::from(i % 7), |i| i % 50 == 0, |i| i % 100 == 0);
+    println!("anomalies, 1,000 traces × 3 spans: {:?}", best(&mut || { detect_anomalies(&traces, &AnomalyConfig::default()); }));
+    println!("dependency graph, same: {:?}", best(&mut || { dependency_graph(&traces, 0, 0); }));
+    println!("RED, same, 60 buckets: {:?}", best(&mut || { red_metrics(&traces, None, T0, T0 + 1_000 * 1_000 * MS, 1_000 * 1_000 * MS / 60); }));
 }
