@@ -30,13 +30,11 @@ use super::{
     dependency_graph, detect_anomalies, detect_bottlenecks, red_metrics,
 };
 use crate::query::jaeger::{self, Envelope};
-use crate::query::{AppError, Params, Result, now_nanos};
+use crate::query::{AppError, Params, Result, dependency_window, now_nanos};
 use crate::storage::{MAX_LIMIT, Storage, TraceId};
 
 /// Default window of anomalies and RED metrics: one hour.
 const DEFAULT_LOOKBACK_NS: u64 = 3_600 * 1_000_000_000;
-/// Default lookback of `/api/clew/dependencies`, as Jaeger's: one day (ms).
-const DEFAULT_DEPENDENCY_LOOKBACK_MS: u64 = 24 * 60 * 60 * 1_000;
 /// Most buckets a RED query may ask for.
 pub const MAX_BUCKETS: u64 = 1_000;
 
@@ -57,6 +55,14 @@ fn ok<T: Serialize>(data: T) -> Response {
     Json(Envelope::ok(data, 0)).into_response()
 }
 
+/// Runs CPU-bound analysis off the async workers.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| {
+        tracing::error!(error = %e, "analysis task failed");
+        AppError::Internal
+    })
+}
+
 /// The analysis of one trace.
 #[derive(Debug, Serialize)]
 struct TraceAnalysis {
@@ -73,18 +79,13 @@ async fn trace_analysis(State(st): St, Path(trace_id): Path<String>) -> Result<R
         .get_trace(TraceId(id))
         .await?
         .ok_or(AppError::TraceNotFound)?;
-    // CPU-bound on big traces: off the async workers.
-    let analysis = tokio::task::spawn_blocking(move || TraceAnalysis {
+    let analysis = blocking(move || TraceAnalysis {
         trace_id: jaeger::hex(&trace.trace_id),
         spans: trace.spans.len(),
         bottlenecks: detect_bottlenecks(&trace),
         causal: causal_order(&trace),
     })
-    .await
-    .map_err(|e| {
-        tracing::error!(error = %e, "analysis task failed");
-        AppError::Internal
-    })?;
+    .await?;
     Ok(ok(analysis))
 }
 
@@ -104,12 +105,26 @@ fn window(p: &Params) -> Result<(u64, u64)> {
     Ok((end.saturating_sub(lookback), end))
 }
 
+/// What a window analysis read.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Window {
+    /// Traces read.
+    traces: usize,
+    /// True when the window held more traces than were read.
+    truncated: bool,
+    start_us: u64,
+    end_us: u64,
+}
+
+/// The traces of `[start, end]` (with a span of `service`, unless empty),
+/// at most [`MAX_LIMIT`], most recent first.
 async fn window_traces(
     st: &Arc<dyn Storage>,
     service: &str,
     start: u64,
     end: u64,
-) -> Result<(Vec<Trace>, bool)> {
+) -> Result<(Vec<Trace>, Window)> {
     let traces = st
         .list_traces(&FilterCriteria {
             service: service.to_owned(),
@@ -119,18 +134,21 @@ async fn window_traces(
             ..Default::default()
         })
         .await?;
-    let truncated = traces.len() >= MAX_LIMIT;
-    Ok((traces, truncated))
+    let window = Window {
+        traces: traces.len(),
+        truncated: traces.len() >= MAX_LIMIT,
+        start_us: start / 1_000,
+        end_us: end / 1_000,
+    };
+    Ok((traces, window))
 }
 
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 struct AnomalyAnswer {
     anomalies: Vec<super::Anomaly>,
-    traces: usize,
-    truncated: bool,
-    start_us: u64,
-    end_us: u64,
+    #[serde(flatten)]
+    window: Window,
 }
 
 async fn anomalies(State(st): St, q: Q) -> Result<Response> {
@@ -138,9 +156,8 @@ async fn anomalies(State(st): St, q: Q) -> Result<Response> {
     let (start, end) = window(&p)?;
     let limit = p.u64("limit")?.unwrap_or(200).clamp(1, 10_000) as usize;
     let service = p.get("service").unwrap_or_default().to_owned();
-    let (traces, truncated) = window_traces(&st, &service, start, end).await?;
-    let n = traces.len();
-    let found = tokio::task::spawn_blocking(move || {
+    let (traces, window) = window_traces(&st, &service, start, end).await?;
+    let anomalies = blocking(move || {
         let cfg = AnomalyConfig {
             limit: usize::MAX,
             ..Default::default()
@@ -152,28 +169,16 @@ async fn anomalies(State(st): St, q: Q) -> Result<Response> {
         found.truncate(limit);
         found
     })
-    .await
-    .map_err(|e| {
-        tracing::error!(error = %e, "analysis task failed");
-        AppError::Internal
-    })?;
-    Ok(ok(AnomalyAnswer {
-        anomalies: found,
-        traces: n,
-        truncated,
-        start_us: start / 1_000,
-        end_us: end / 1_000,
-    }))
+    .await?;
+    Ok(ok(AnomalyAnswer { anomalies, window }))
 }
 
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 struct RedAnswer {
     series: Vec<super::RedSeries>,
-    traces: usize,
-    truncated: bool,
-    start_us: u64,
-    end_us: u64,
+    #[serde(flatten)]
+    window: Window,
     step_us: u64,
 }
 
@@ -193,16 +198,12 @@ async fn red(State(st): St, q: Q) -> Result<Response> {
         ));
     }
     let service = p.get("service").map(str::to_owned);
-    let (traces, truncated) =
-        window_traces(&st, service.as_deref().unwrap_or(""), start, end).await?;
-    let n = traces.len();
-    let series = red_metrics(&traces, service.as_deref(), start, end, step);
+    let (traces, window) = window_traces(&st, service.as_deref().unwrap_or(""), start, end).await?;
+    let series =
+        blocking(move || red_metrics(&traces, service.as_deref(), start, end, step)).await?;
     Ok(ok(RedAnswer {
         series,
-        traces: n,
-        truncated,
-        start_us: start / 1_000,
-        end_us: end / 1_000,
+        window,
         step_us: step / 1_000,
     }))
 }
@@ -212,25 +213,15 @@ async fn red(State(st): St, q: Q) -> Result<Response> {
 struct DependencyAnswer {
     services: Vec<super::ServiceNode>,
     edges: Vec<DependencyEdge>,
-    traces: usize,
-    truncated: bool,
-    start_us: u64,
-    end_us: u64,
+    #[serde(flatten)]
+    window: Window,
 }
 
 async fn dependencies(State(st): St, q: Q) -> Result<Response> {
-    let p = Params::from(q)?;
-    let end = match p.u64("endTs")? {
-        Some(ms) => ms
-            .checked_mul(1_000_000)
-            .ok_or_else(|| AppError::bad("endTs", "out of range"))?,
-        None => now_nanos(),
-    };
-    let lookback_ms = p.u64("lookback")?.unwrap_or(DEFAULT_DEPENDENCY_LOOKBACK_MS);
-    let start = end.saturating_sub(lookback_ms.saturating_mul(1_000_000));
+    let (start, end) = dependency_window(&Params::from(q)?)?;
     let exact = st.dependencies(start, end).await?;
-    let (traces, truncated) = window_traces(&st, "", start, end).await?;
-    let mut graph = dependency_graph(&traces, start, end);
+    let (traces, window) = window_traces(&st, "", start, end).await?;
+    let mut graph = blocking(move || dependency_graph(&traces, start, end)).await?;
     // Exact counts from the index; percentiles from the traces read.
     for link in exact {
         match graph
@@ -259,8 +250,6 @@ async fn dependencies(State(st): St, q: Q) -> Result<Response> {
         } else {
             e.error_count as f64 / e.call_count as f64
         };
-    }
-    for e in &graph.edges {
         for svc in [&e.parent, &e.child] {
             if !graph.services.iter().any(|n| &n.service == svc) {
                 graph.services.push(super::ServiceNode {
@@ -278,9 +267,6 @@ async fn dependencies(State(st): St, q: Q) -> Result<Response> {
     Ok(ok(DependencyAnswer {
         services: graph.services,
         edges: graph.edges,
-        traces: graph.traces,
-        truncated,
-        start_us: start / 1_000,
-        end_us: end / 1_000,
+        window,
     }))
 }

@@ -47,15 +47,9 @@ fn h(id: u16) -> String {
 }
 
 fn clock(entries: &[(&str, u64)]) -> Option<pb::VectorClock> {
-    let mut e: Vec<pb::ClockEntry> = entries
-        .iter()
-        .map(|(n, c)| pb::ClockEntry {
-            node: (*n).into(),
-            counter: *c,
-        })
-        .collect();
-    e.sort_by(|a, b| a.node.cmp(&b.node));
-    Some(pb::VectorClock { entries: e })
+    let mut c = clew_tracer::VectorClock::new();
+    entries.iter().for_each(|(n, v)| c.set(*n, *v));
+    Some(c.to_proto())
 }
 
 fn clocked(mut s: Span, node: &str, start: &[(&str, u64)], end: &[(&str, u64)]) -> Span {
@@ -656,13 +650,11 @@ mod routes {
     use std::sync::Arc;
 
     use axum::Router;
-    use axum::body::Body;
-    use axum::http::{Request, StatusCode};
-    use http_body_util::BodyExt as _;
+    use axum::http::StatusCode;
     use serde_json::Value;
-    use tower::ServiceExt as _;
 
     use super::*;
+    use crate::query::tests::get;
     use crate::storage::Storage;
     use crate::storage::memory::MemoryStorage;
 
@@ -672,17 +664,6 @@ mod routes {
             storage.store_trace(t).await.unwrap();
         }
         crate::query::router(storage)
-    }
-
-    async fn get(app: &Router, uri: &str) -> (StatusCode, Value) {
-        let resp = app
-            .clone()
-            .oneshot(Request::get(uri).body(Body::empty()).unwrap())
-            .await
-            .unwrap();
-        let status = resp.status();
-        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-        (status, serde_json::from_slice(&bytes).unwrap())
     }
 
     fn error_msg(v: &Value) -> &str {
@@ -831,7 +812,14 @@ fn big_clocked() -> Trace {
         let wc = counters.entry(w.clone()).or_default();
         *wc += 1;
         let w_start = *wc;
-        let mut child = span(id, Some(1), &format!("worker-{}", c % 5), "batch", 10 + c * 19, 10 + c * 19 + 18);
+        let mut child = span(
+            id,
+            Some(1),
+            &format!("worker-{}", c % 5),
+            "batch",
+            10 + c * 19,
+            10 + c * 19 + 18,
+        );
         child.node = w.clone();
         child.clock_start = clock(&[("r", r_counter), (&w, w_start)]);
         let cid = id;
@@ -899,11 +887,53 @@ fn analysis_cost() {
     let c = causal_order(&t);
     assert!(c.consistent, "{}", c.explanation);
     let json = serde_json::to_vec(&(b, c)).unwrap();
-    println!("bottlenecks, 10k spans: {:?}", best(&mut || { detect_bottlenecks(&t); }));
-    println!("causal order, 10k spans: {:?}", best(&mut || { causal_order(&t); }));
-    println!("JSON of both: {} bytes, {:?}", json.len(), best(&mut || { serde_json::to_vec(&(detect_bottlenecks(&t), causal_order(&t))).unwrap(); }));
-    let traces = window(1_000, |i| 10 + u64::from(i % 7), |i| i % 50 == 0, |i| i % 100 == 0);
-    println!("anomalies, 1,000 traces × 3 spans: {:?}", best(&mut || { detect_anomalies(&traces, &AnomalyConfig::default()); }));
-    println!("dependency graph, same: {:?}", best(&mut || { dependency_graph(&traces, 0, 0); }));
-    println!("RED, same, 60 buckets: {:?}", best(&mut || { red_metrics(&traces, None, T0, T0 + 1_000 * 1_000 * MS, 1_000 * 1_000 * MS / 60); }));
+    println!(
+        "bottlenecks, 10k spans: {:?}",
+        best(&mut || {
+            detect_bottlenecks(&t);
+        })
+    );
+    println!(
+        "causal order, 10k spans: {:?}",
+        best(&mut || {
+            causal_order(&t);
+        })
+    );
+    println!(
+        "JSON of both: {} bytes, {:?}",
+        json.len(),
+        best(&mut || {
+            serde_json::to_vec(&(detect_bottlenecks(&t), causal_order(&t))).unwrap();
+        })
+    );
+    let traces = window(
+        1_000,
+        |i| 10 + u64::from(i % 7),
+        |i| i % 50 == 0,
+        |i| i % 100 == 0,
+    );
+    println!(
+        "anomalies, 1,000 traces × 3 spans: {:?}",
+        best(&mut || {
+            detect_anomalies(&traces, &AnomalyConfig::default());
+        })
+    );
+    println!(
+        "dependency graph, same: {:?}",
+        best(&mut || {
+            dependency_graph(&traces, 0, 0);
+        })
+    );
+    println!(
+        "RED, same, 60 buckets: {:?}",
+        best(&mut || {
+            red_metrics(
+                &traces,
+                None,
+                T0,
+                T0 + 1_000 * 1_000 * MS,
+                1_000 * 1_000 * MS / 60,
+            );
+        })
+    );
 }

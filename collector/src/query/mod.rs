@@ -37,7 +37,7 @@ use crate::storage::{MAX_LIMIT, Storage, StorageError, TraceId};
 pub mod grpc;
 pub mod jaeger;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 pub use grpc::QueryGrpc;
 use jaeger::Envelope;
@@ -423,11 +423,9 @@ async fn find_traces(
     Ok(ok_list(traces.iter().map(jaeger::to_jaeger).collect()))
 }
 
-async fn dependencies(
-    State(st): State<AppState>,
-    q: Result<Query<Vec<(String, String)>>, QueryRejection>,
-) -> Result<Response> {
-    let p = Params::from(q)?;
+/// `[start, end]` in nanoseconds from Jaeger's `endTs` (Unix ms, default
+/// now) and `lookback` (ms, default one day).
+pub(crate) fn dependency_window(p: &Params) -> Result<(u64, u64)> {
     let end_ns = match p.u64("endTs")? {
         Some(ms) => ms
             .checked_mul(1_000_000)
@@ -435,7 +433,17 @@ async fn dependencies(
         None => now_nanos(),
     };
     let lookback_ms = p.u64("lookback")?.unwrap_or(DEFAULT_DEPENDENCY_LOOKBACK_MS);
-    let start_ns = end_ns.saturating_sub(lookback_ms.saturating_mul(1_000_000));
+    Ok((
+        end_ns.saturating_sub(lookback_ms.saturating_mul(1_000_000)),
+        end_ns,
+    ))
+}
+
+async fn dependencies(
+    State(st): State<AppState>,
+    q: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> Result<Response> {
+    let (start_ns, end_ns) = dependency_window(&Params::from(q)?)?;
     let deps: Vec<jaeger::Dependency> = st
         .storage
         .dependencies(start_ns, end_ns)

@@ -51,15 +51,9 @@ fn s(v: &str) -> Option<AnyValue> {
 }
 
 fn clock(entries: &[(&str, u64)]) -> Option<pb::VectorClock> {
-    let mut e: Vec<pb::ClockEntry> = entries
-        .iter()
-        .map(|(n, c)| pb::ClockEntry {
-            node: (*n).into(),
-            counter: *c,
-        })
-        .collect();
-    e.sort_by(|a, b| a.node.cmp(&b.node));
-    Some(pb::VectorClock { entries: e })
+    let mut c = clew_tracer::VectorClock::new();
+    entries.iter().for_each(|(n, v)| c.set(*n, *v));
+    Some(c.to_proto())
 }
 
 #[allow(clippy::too_many_arguments)]
