@@ -389,6 +389,7 @@
     const analysisP = api(`/api/clew/traces/${id}/analysis`).catch((e) => ({ error: e }));
     const data = await api(`/api/traces/${id}`);
     if (stale(my)) return;
+    document.body.dataset.traceFetchMs = String(Math.round(performance.now() - t0));
     const view = new TraceView(data[0], { id });
     $main.replaceChildren(view.root);
     view.afterMount();
@@ -460,9 +461,17 @@
       if (this.corrected && this.analysis) {
         for (const o of this.analysis.causal.offsets) off.set(o.service, o.offsetUs);
       }
-      for (const s of this.spans) s.start = s.rawStart + (off.get(s.service) || 0);
-      this.t0 = Math.min(...this.spans.map((s) => s.start));
-      this.t1 = Math.max(...this.spans.map((s) => s.start + s.dur));
+      // Loops, not Math.min(...spread): a huge trace would overflow the stack.
+      this.t0 = Infinity;
+      this.t1 = -Infinity;
+      this.rawT0 = Infinity;
+      for (const s of this.spans) {
+        s.start = s.rawStart + (off.get(s.service) || 0);
+        this.t0 = Math.min(this.t0, s.start);
+        this.t1 = Math.max(this.t1, s.start + s.dur);
+        this.rawT0 = Math.min(this.rawT0, s.rawStart);
+      }
+      if (!this.spans.length) this.t0 = this.t1 = this.rawT0 = 0;
       this.total = Math.max(this.t1 - this.t0, 1);
     }
 
@@ -663,7 +672,7 @@
           ['Parent', s.parentId ? (this.byId.has(s.parentId) ? el('a', { href: '#', text: s.parentId, onclick: (e) => { e.preventDefault(); this.select(s.parentId, true); } }) : `${s.parentId} (not in trace)`) : 'none (root)'],
           ['Kind', s.kind || 'unspecified'],
           ['Status', el('span', { id: 'panel-status', class: s.error ? 'badge error' : 'badge', text: desc ? `${status}: ${desc}` : status })],
-          ['Start', `${fmtTime(s.rawStart)} (+${fmtDur(s.rawStart - this.t0Raw())})`],
+          ['Start', `${fmtTime(s.rawStart)} (+${fmtDur(s.rawStart - this.rawT0)})`],
           ['Duration', fmtDur(s.dur)],
           ['Self time', fmtDur(this.selfTime(s))],
           ['Critical path', crit ? `${fmtDur(critUs)} on the critical path` : 'not on the critical path'],
@@ -686,10 +695,6 @@
             kv(l.fields.map((f) => [f.key, el('span', { class: 'mono', text: String(f.value) })])))) : el('div', { class: 'note', text: 'none' })),
         el('section', {}, el('h4', { text: 'Process' }),
           s.proc.tags.length ? kv(s.proc.tags.map((t) => [t.key, el('span', { class: 'mono', text: String(t.value) })])) : el('div', { class: 'note', text: 'no resource attributes' })));
-    }
-
-    t0Raw() {
-      return Math.min(...this.spans.map((x) => x.rawStart));
     }
 
     analysisFailed(e) {

@@ -491,7 +491,8 @@ async fn the_ui_in_a_real_browser() {
     let t = s
         .js(
             "const nav = performance.getEntriesByType('navigation')[0];
-         return { render: +document.body.dataset.traceRenderMs, sinceNavigation: performance.now(),
+         return { render: +document.body.dataset.traceRenderMs, fetch: +document.body.dataset.traceFetchMs,
+                  sinceNavigation: performance.now(),
                   domRows: document.querySelectorAll('#wf-scroll .row').length,
                   spans: document.getElementById('trace-spans').textContent,
                   responseEnd: nav ? nav.responseEnd : null };",
@@ -544,6 +545,7 @@ async fn the_ui_in_a_real_browser() {
     let timings = json!({
         "spans": 10_000,
         "firstRenderMs": t["render"],
+        "traceJsonArrivedMs": t["fetch"],
         "firstRenderSinceNavigationMs": t["sinceNavigation"],
         "testWallClockMs": wall_ms as u64,
         "analysisShownMs": analysis_ms,
