@@ -849,6 +849,7 @@
       indeg.set(e.child, (indeg.get(e.child) || 0) + 1);
       outdeg.set(e.parent, (outdeg.get(e.parent) || 0) + 1);
     }
+    const labels = [];
     const bez = (t, p0, p1, p2, p3) => (1 - t) ** 3 * p0 + 3 * (1 - t) ** 2 * t * p1 + 3 * (1 - t) * t * t * p2 + t ** 3 * p3;
     for (const e of g.edges) {
       const a = pos.get(e.parent);
@@ -862,7 +863,7 @@
         d = `M${x1},${y1} C${x1 + 60},${y1} ${x2 - 60},${y2} ${x2},${y2}`;
         // Label where it cannot collide: near the callee when it has one
         // caller, near the caller when that makes one call, else midway.
-        const t = indeg.get(e.child) === 1 ? 0.8 : outdeg.get(e.parent) === 1 ? 0.2 : 0.5;
+        const t = indeg.get(e.child) === 1 ? 0.7 : outdeg.get(e.parent) === 1 ? 0.3 : 0.5;
         lx = bez(t, x1, x1 + 60, x2 - 60, x2); ly = bez(t, y1, y1, y2, y2) - 6;
       } else {
         // A call back to an earlier column (or itself): loop below the boxes.
@@ -871,10 +872,11 @@
         d = `M${x1},${y1} C${x1},${low} ${x2},${low} ${x2},${y2}`;
         lx = (x1 + x2) / 2; ly = low - 8;
       }
-      const label = `${e.callCount} calls · ${pct(e.errorRate)} err` + (e.latencySamples ? ` · p95 ${fmtDur(e.latency.p95Us)}` : '');
+      const label = `${e.callCount} call${e.callCount === 1 ? '' : 's'} · ${pct(e.errorRate)} err` + (e.latencySamples ? ` · p95 ${fmtDur(e.latency.p95Us)}` : '');
+      // Labels go on top of the boxes, so none is hidden behind one.
+      labels.push(sv('text', { class: 'edge-label', x: lx, y: ly, 'text-anchor': 'middle', data: { edge: `${e.parent}>${e.child}` }, text: label }));
       svgEl.append(sv('g', { class: e.errorRate > 0.05 ? 'edge bad' : 'edge', data: { edge: `${e.parent}>${e.child}` } },
         sv('path', { d, 'marker-end': 'url(#arrow)' }),
-        sv('text', { x: lx, y: ly, 'text-anchor': 'middle', text: label }),
         sv('title', { text: `${e.parent} → ${e.child}\n${e.callCount} calls, ${e.errorCount} errors\np50 ${fmtDur(e.latency.p50Us)} · p95 ${fmtDur(e.latency.p95Us)} · p99 ${fmtDur(e.latency.p99Us)}` })));
     }
     for (const s of g.services) {
@@ -887,6 +889,7 @@
       node.addEventListener('click', () => navigate(`/services/${encodeURIComponent(s.service)}`));
       svgEl.append(node);
     }
+    svgEl.append(sv('g', { class: 'labels' }, labels));
     return svgEl;
   }
 

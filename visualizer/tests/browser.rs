@@ -389,7 +389,7 @@ async fn the_ui_in_a_real_browser() {
     let row = row.as_str().unwrap();
     // 20 checkouts × 2 db calls; 3 failing INSERTs = 7.5 %
     assert!(row.contains("40") && row.contains("7.5%"), "{row}");
-    let label = s.js("return document.querySelector('#depgraph .edge[data-edge=\"payments>db\"] text').textContent", vec![]).await;
+    let label = s.js("return document.querySelector('#depgraph text.edge-label[data-edge=\"payments>db\"]').textContent", vec![]).await;
     assert!(
         label
             .as_str()
