@@ -495,7 +495,9 @@ async fn the_ui_in_a_real_browser() {
                   sinceNavigation: performance.now(),
                   domRows: document.querySelectorAll('#wf-scroll .row').length,
                   spans: document.getElementById('trace-spans').textContent,
-                  responseEnd: nav ? nav.responseEnd : null };",
+                  responseEnd: nav ? nav.responseEnd : null,
+                  jsonBytes: performance.getEntriesByType('resource')
+                    .filter(r => r.name.includes('/api/traces/')).map(r => r.decodedBodySize)[0] };",
             vec![],
         )
         .await;
@@ -546,6 +548,7 @@ async fn the_ui_in_a_real_browser() {
         "spans": 10_000,
         "firstRenderMs": t["render"],
         "traceJsonArrivedMs": t["fetch"],
+        "traceJsonBytes": t["jsonBytes"],
         "firstRenderSinceNavigationMs": t["sinceNavigation"],
         "testWallClockMs": wall_ms as u64,
         "analysisShownMs": analysis_ms,
