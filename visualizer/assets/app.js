@@ -968,7 +968,7 @@
     $main.append(anomBox, botBox);
     const [anom, traces] = await Promise.all([
       api(`/api/clew/anomalies?lookback=${win[1]}ms`).catch((e) => ({ error: e })),
-      api(`/api/traces?lookback=${win[0]}&limit=100`).catch((e) => ({ error: e })),
+      api(`/api/traces?lookback=${win[1]}ms&limit=100`).catch((e) => ({ error: e })),
     ]);
     if (stale(my)) return;
     anomBox.querySelector('.loading').remove();

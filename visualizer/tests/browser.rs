@@ -464,6 +464,26 @@ async fn the_ui_in_a_real_browser() {
     );
     shot(&s, "06-anomalies-and-bottlenecks").await;
 
+    // Every window choice is a valid query (7d is not a Go duration: the
+    // pages send milliseconds).
+    for (page, ready) in [
+        ("/insights?lookback=7d", "#bottlenecks .bottleneck"),
+        ("/dependencies?lookback=7d", "#depgraph .edge"),
+        ("/services/payments?lookback=7d", ".red-series"),
+    ] {
+        s.goto(&format!("{base}{page}")).await;
+        s.wait_for(
+            page,
+            &format!("return document.querySelector('{ready}')"),
+            WAIT,
+        )
+        .await;
+        let err = s
+            .js("return document.getElementById('error').hidden", vec![])
+            .await;
+        assert_eq!(err, json!(true), "{page} shows an error");
+    }
+
     // ---- collector errors are a clear message, never a blank page
     s.goto(&format!("{base}/trace/ffffffffffffffffffffffffffffffff"))
         .await;
