@@ -961,14 +961,23 @@
   async function insightsPage(_m, my) {
     const q = new URLSearchParams(location.search);
     const win = WINDOWS.find(([l]) => l === q.get('lookback')) || WINDOWS[0];
-    $main.append(el('div', { class: 'toolbar' }, el('h2', { text: 'Anomalies and bottlenecks' }),
-      windowSelect(win[0], (v) => navigate(`/insights?lookback=${v}`), 'insights-window')));
+    const service = q.get('service') || '';
+    const go = (lookback, svc) => navigate(`/insights?lookback=${lookback}${svc ? `&service=${encodeURIComponent(svc)}` : ''}`);
+    const pick = el('select', { id: 'insights-service' }, el('option', { value: '', text: '(every service)' }));
+    pick.addEventListener('change', () => go(win[0], pick.value));
+    $main.append(el('div', { class: 'toolbar' }, el('h2', { text: 'Anomalies and bottlenecks' }), pick,
+      windowSelect(win[0], (v) => go(v, service), 'insights-window')));
+    api('/api/services').then((list) => {
+      for (const s of list) pick.append(el('option', { value: s, text: s }));
+      pick.value = service;
+    }).catch(showError);
+    const svcParam = service ? `&service=${encodeURIComponent(service)}` : '';
     const anomBox = el('div', { class: 'panel', id: 'anomalies' }, el('h3', { text: 'Anomalies' }), el('div', { class: 'loading', text: 'Analysing…' }));
     const botBox = el('div', { class: 'panel', id: 'bottlenecks' }, el('h3', { text: 'Bottlenecks of the slowest recent traces' }), el('div', { class: 'loading', text: 'Analysing…' }));
     $main.append(anomBox, botBox);
     const [anom, traces] = await Promise.all([
-      api(`/api/clew/anomalies?lookback=${win[1]}ms`).catch((e) => ({ error: e })),
-      api(`/api/traces?lookback=${win[1]}ms&limit=100`).catch((e) => ({ error: e })),
+      api(`/api/clew/anomalies?lookback=${win[1]}ms${svcParam}`).catch((e) => ({ error: e })),
+      api(`/api/traces?lookback=${win[1]}ms&limit=100${svcParam}`).catch((e) => ({ error: e })),
     ]);
     if (stale(my)) return;
     anomBox.querySelector('.loading').remove();

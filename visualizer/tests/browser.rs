@@ -463,6 +463,41 @@ async fn the_ui_in_a_real_browser() {
         "{anomalies:#?}"
     );
     shot(&s, "06-anomalies-and-bottlenecks").await;
+    // One service's anomalies only.
+    s.goto(&format!("{base}/insights?service=payments")).await;
+    s.wait_for(
+        "payments bottlenecks",
+        "return document.querySelectorAll('#bottlenecks .bottleneck').length",
+        WAIT,
+    )
+    .await;
+    let kinds = s
+        .js(
+            "return [...document.querySelectorAll('#anomalies .anomaly')].map(a => a.innerText)",
+            vec![],
+        )
+        .await;
+    let kinds: Vec<String> = kinds
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(kinds.len(), 1, "{kinds:#?}");
+    assert!(
+        kinds[0].contains("payments \"charge\" took 450.00 ms"),
+        "{kinds:#?}"
+    );
+    // The big trace has no payments span: only checkouts are listed.
+    let listed = s.js("return [...document.querySelectorAll('#bottlenecks .bottleneck a')].map(a => a.textContent)", vec![]).await;
+    assert!(
+        listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|t| t == "frontend: GET /checkout"),
+        "{listed}"
+    );
 
     // Every window choice is a valid query (7d is not a Go duration: the
     // pages send milliseconds).
