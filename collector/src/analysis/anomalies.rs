@@ -355,21 +355,22 @@ fn structural(traces: &[Trace], cfg: &AnomalyConfig, out: &mut Vec<Anomaly>) {
             ),
         });
     }
+    // Per caller, the calls it makes in enough of its runs, sorted.
+    let mut expected: HashMap<Op<'_>, Vec<(Op<'_>, usize)>> = HashMap::new();
+    for (&(from, to), &n) in &edge_runs {
+        let runs = runs_all.get(&from).copied().unwrap_or(0);
+        if runs >= cfg.min_samples && n as f64 >= cfg.expected_share * runs as f64 {
+            expected.entry(from).or_default().push((to, n));
+        }
+    }
+    expected.values_mut().for_each(|v| v.sort_unstable());
     for (t, p, kids) in run_children {
         let pop: Op<'_> = (&p.service, &p.name);
         let runs = runs_all.get(&pop).copied().unwrap_or(0);
-        if runs < cfg.min_samples {
+        let Some(calls) = expected.get(&pop) else {
             continue;
-        }
-        let mut expected: Vec<(Op<'_>, usize)> = edge_runs
-            .iter()
-            .filter(|((from, to), n)| {
-                *from == pop && !kids.contains(to) && **n as f64 >= cfg.expected_share * runs as f64
-            })
-            .map(|((_, to), n)| (*to, *n))
-            .collect();
-        expected.sort_unstable();
-        for (to, n) in expected {
+        };
+        for &(to, n) in calls.iter().filter(|(to, _)| !kids.contains(to)) {
             let share = n as f64 / runs as f64;
             out.push(Anomaly {
                 kind: AnomalyKind::MissingChild,
