@@ -662,6 +662,7 @@
       const node = (s.proc.tags.find((t) => t.key === 'clew.node') || {}).value;
       const deep = `/trace/${this.trace.traceID}?span=${s.id}`;
       const order = this.analysis && this.analysis.causal ? this.analysis.causal.order.filter((e) => e.spanID === s.id) : [];
+      const skew = this.analysis && this.analysis.causal ? this.analysis.causal.violations.filter((v) => v.before.spanID === s.id || v.after.spanID === s.id) : [];
       this.panel.hidden = false;
       this.panel.dataset.spanId = s.id;
       this.panel.replaceChildren(
@@ -684,7 +685,9 @@
             ['At start', tag('clew.clock.start') ? el('code', { text: val(tag('clew.clock.start')) }) : 'none'],
             ['At end', tag('clew.clock.end') ? el('code', { text: val(tag('clew.clock.end')) }) : 'none'],
             ...order.map((e) => [`Causal rank (${e.event})`, `${e.rank} of ${this.analysis.causal.order.length}`]),
-          ])),
+          ]),
+          skew.length ? el('div', { class: 'warning', id: 'panel-skew' }, `Clock skew evidence for this span (${skew.length}):`,
+            skew.slice(0, 5).map((v) => el('div', { class: 'mono', text: `${v.after.service} ${v.after.event} @ ${v.after.wallNs} ns happened after ${v.before.service} ${v.before.event} @ ${v.before.wallNs} ns (stamped ${fmtDur(v.byUs)} earlier)` }))) : null),
         el('section', {}, el('h4', { text: 'Raw timestamps' }),
           kv([['startTime (µs since epoch)', el('code', { text: String(s.raw.startTime) })], ['duration (µs)', el('code', { text: String(s.raw.duration) })]])),
         el('section', { id: 'panel-attributes' }, el('h4', { text: `Attributes (${attrs.length})` }),

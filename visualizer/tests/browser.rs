@@ -326,6 +326,22 @@ async fn the_ui_in_a_real_browser() {
         "{evidence}"
     );
     assert!(evidence.contains("b=1,f=2"), "{evidence}");
+    // The backend span's panel shows its evidence with the raw timestamps.
+    let row = s
+        .find(&format!(".row[data-span-id=\"{}\"]", hex(&span_id(2))))
+        .await;
+    s.click(&row).await;
+    let panel_skew = s
+        .wait_for(
+            "span skew evidence",
+            "const e = document.getElementById('panel-skew'); return e && e.innerText",
+            WAIT,
+        )
+        .await;
+    assert!(
+        panel_skew.as_str().unwrap().contains("backend start @ "),
+        "{panel_skew}"
+    );
     let bar_left = "return document.querySelector('.row[data-span-id=\"' + arguments[0] + '\"] .bar').style.left";
     // Recorded: backend starts first (0%), frontend 15 ms of 115 ms later.
     let raw_left = s.js(bar_left, vec![json!(hex(&span_id(1)))]).await;
