@@ -47,6 +47,28 @@ fn strings(v: &Value) -> Vec<String> {
     out
 }
 
+/// Opens the insights page at `url` and returns the anomalies' texts.
+async fn insights(s: &Session<'_>, url: &str) -> Vec<String> {
+    s.goto(url).await;
+    s.wait_for(
+        "bottlenecks",
+        "return document.querySelectorAll('#bottlenecks .bottleneck').length",
+        WAIT,
+    )
+    .await;
+    let v = s
+        .js(
+            "return [...document.querySelectorAll('#anomalies .anomaly')].map(a => a.innerText)",
+            vec![],
+        )
+        .await;
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_owned())
+        .collect()
+}
+
 fn span_hex(ns: &[u16]) -> Vec<String> {
     let mut v: Vec<String> = ns.iter().map(|n| hex(&span_id(*n))).collect();
     v.sort();
@@ -452,25 +474,7 @@ async fn the_ui_in_a_real_browser() {
     shot(&s, "05-service-dashboard").await;
 
     // ---- anomalies and bottlenecks
-    s.goto(&format!("{base}/insights")).await;
-    s.wait_for(
-        "bottlenecks",
-        "return document.querySelectorAll('#bottlenecks .bottleneck').length",
-        WAIT,
-    )
-    .await;
-    let anomalies = s
-        .js(
-            "return [...document.querySelectorAll('#anomalies .anomaly')].map(a => a.innerText)",
-            vec![],
-        )
-        .await;
-    let anomalies: Vec<String> = anomalies
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| a.as_str().unwrap().to_owned())
-        .collect();
+    let anomalies = insights(&s, &format!("{base}/insights")).await;
     assert!(
         anomalies
             .iter()
@@ -480,25 +484,7 @@ async fn the_ui_in_a_real_browser() {
     );
     shot(&s, "06-anomalies-and-bottlenecks").await;
     // One service's anomalies only.
-    s.goto(&format!("{base}/insights?service=payments")).await;
-    s.wait_for(
-        "payments bottlenecks",
-        "return document.querySelectorAll('#bottlenecks .bottleneck').length",
-        WAIT,
-    )
-    .await;
-    let kinds = s
-        .js(
-            "return [...document.querySelectorAll('#anomalies .anomaly')].map(a => a.innerText)",
-            vec![],
-        )
-        .await;
-    let kinds: Vec<String> = kinds
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| a.as_str().unwrap().to_owned())
-        .collect();
+    let kinds = insights(&s, &format!("{base}/insights?service=payments")).await;
     assert_eq!(kinds.len(), 1, "{kinds:#?}");
     assert!(
         kinds[0].contains("payments \"charge\" took 450.00 ms"),
