@@ -10,6 +10,9 @@ export CARGO_TERM_COLOR=never
 need_apt=()
 # The Redis storage suites start a real redis-server.
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
+# The visualizer's end-to-end tests drive a real headless Chromium over WebDriver.
+command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || need_apt+=(chromium-driver)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "test.sh: installing ${need_apt[*]}"
   if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
@@ -33,6 +36,8 @@ if ! "$VENV/bin/python" -c "import helm_python, kubernetes_validate" >/dev/null 
   "$VENV/bin/pip" install -q helm-python-sdk kubernetes-validate
 fi
 export CLEW_PYTHON="$VENV/bin/python"
+export CLEW_CHROMIUM="$(command -v chromium)"
+export CLEW_CHROMEDRIVER="$(command -v chromedriver)"
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

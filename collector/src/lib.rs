@@ -7,6 +7,7 @@
 //! trace assembly ([`assembly`]) and the storage layer ([`storage`]). The
 //! query API, metrics endpoint, configuration and the binary are next.
 
+pub mod analysis;
 pub mod assembly;
 pub mod ingest;
 pub mod metrics;

@@ -11,6 +11,7 @@
 //! | `GET /api/traces?service=&operation=&tags=&tag=&minDuration=&maxDuration=&start=&end=&limit=&lookback=&traceID=` | traces |
 //! | `GET /api/traces/{traceID}` | `[trace]`, or 404 |
 //! | `GET /api/dependencies?endTs=&lookback=` | `[{parent, child, callCount}]` |
+//! | `GET /api/clew/…` | analysis: see [`crate::analysis::http`] |
 //!
 //! Differences from Jaeger: `service` may be omitted from a search (any
 //! service); without `start` and `lookback` a search is unbounded in time
@@ -36,7 +37,7 @@ use crate::storage::{MAX_LIMIT, Storage, StorageError, TraceId};
 pub mod grpc;
 pub mod jaeger;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 pub use grpc::QueryGrpc;
 use jaeger::Envelope;
@@ -64,13 +65,16 @@ pub enum AppError {
     /// The store failed; its `Display` is safe to show.
     #[error(transparent)]
     Storage(#[from] StorageError),
+    /// A bug on the server (an analysis task panicked); details are logged.
+    #[error("internal error")]
+    Internal,
 }
 
 /// Result of a query handler.
 pub type Result<T, E = AppError> = std::result::Result<T, E>;
 
 impl AppError {
-    fn bad(param: &'static str, msg: impl Into<String>) -> Self {
+    pub(crate) fn bad(param: &'static str, msg: impl Into<String>) -> Self {
         AppError::BadParam {
             param,
             msg: msg.into(),
@@ -83,7 +87,7 @@ impl AppError {
             AppError::TraceNotFound => StatusCode::NOT_FOUND,
             AppError::Storage(StorageError::InvalidTrace(_)) => StatusCode::BAD_REQUEST,
             AppError::Storage(e) if e.is_retryable() => StatusCode::SERVICE_UNAVAILABLE,
-            AppError::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            AppError::Storage(_) | AppError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 }
@@ -126,22 +130,26 @@ pub fn router(storage: Arc<dyn Storage>) -> Router {
         .route("/api/traces", get(find_traces))
         .route("/api/traces/{trace_id}", get(get_trace))
         .route("/api/dependencies", get(dependencies))
-        .with_state(AppState { storage })
+        .with_state(AppState {
+            storage: storage.clone(),
+        })
+        // clew's analysis routes under /api/clew/ (see crate::analysis::http).
+        .merge(crate::analysis::http::routes(storage))
 }
 
 /// Query parameters in order, repeated keys kept (`tag=` may repeat).
 #[derive(Debug)]
-struct Params(Vec<(String, String)>);
+pub(crate) struct Params(Vec<(String, String)>);
 
 impl Params {
-    fn from(q: Result<Query<Vec<(String, String)>>, QueryRejection>) -> Result<Self> {
+    pub(crate) fn from(q: Result<Query<Vec<(String, String)>>, QueryRejection>) -> Result<Self> {
         q.map(|Query(v)| Params(v))
             .map_err(|e| AppError::BadRequest(format!("malformed query string: {e}")))
     }
 
     /// The first non-empty value of `key`, as Go's `FormValue` (an empty
     /// value counts as unset).
-    fn get(&self, key: &str) -> Option<&str> {
+    pub(crate) fn get(&self, key: &str) -> Option<&str> {
         self.0
             .iter()
             .find(|(k, v)| k == key && !v.is_empty())
@@ -155,7 +163,7 @@ impl Params {
             .map(|(_, v)| v.as_str())
     }
 
-    fn u64(&self, key: &'static str) -> Result<Option<u64>> {
+    pub(crate) fn u64(&self, key: &'static str) -> Result<Option<u64>> {
         self.get(key)
             .map(|v| {
                 v.parse::<u64>()
@@ -164,14 +172,14 @@ impl Params {
             .transpose()
     }
 
-    fn duration(&self, key: &'static str) -> Result<Option<u64>> {
+    pub(crate) fn duration(&self, key: &'static str) -> Result<Option<u64>> {
         self.get(key)
             .map(|v| parse_duration(v).map_err(|m| AppError::bad(key, m)))
             .transpose()
     }
 }
 
-fn now_nanos() -> u64 {
+pub(crate) fn now_nanos() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
@@ -415,11 +423,9 @@ async fn find_traces(
     Ok(ok_list(traces.iter().map(jaeger::to_jaeger).collect()))
 }
 
-async fn dependencies(
-    State(st): State<AppState>,
-    q: Result<Query<Vec<(String, String)>>, QueryRejection>,
-) -> Result<Response> {
-    let p = Params::from(q)?;
+/// `[start, end]` in nanoseconds from Jaeger's `endTs` (Unix ms, default
+/// now) and `lookback` (ms, default one day).
+pub(crate) fn dependency_window(p: &Params) -> Result<(u64, u64)> {
     let end_ns = match p.u64("endTs")? {
         Some(ms) => ms
             .checked_mul(1_000_000)
@@ -427,7 +433,17 @@ async fn dependencies(
         None => now_nanos(),
     };
     let lookback_ms = p.u64("lookback")?.unwrap_or(DEFAULT_DEPENDENCY_LOOKBACK_MS);
-    let start_ns = end_ns.saturating_sub(lookback_ms.saturating_mul(1_000_000));
+    Ok((
+        end_ns.saturating_sub(lookback_ms.saturating_mul(1_000_000)),
+        end_ns,
+    ))
+}
+
+async fn dependencies(
+    State(st): State<AppState>,
+    q: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> Result<Response> {
+    let (start_ns, end_ns) = dependency_window(&Params::from(q)?)?;
     let deps: Vec<jaeger::Dependency> = st
         .storage
         .dependencies(start_ns, end_ns)

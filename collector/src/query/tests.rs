@@ -237,7 +237,7 @@ async fn app() -> Router {
     router(storage().await)
 }
 
-async fn get(app: &Router, uri: &str) -> (StatusCode, Value) {
+pub(crate) async fn get(app: &Router, uri: &str) -> (StatusCode, Value) {
     let resp = app
         .clone()
         .oneshot(Request::get(uri).body(Body::empty()).unwrap())

@@ -1,0 +1,420 @@
+//! Anomalies across many traces.
+//!
+//! - **Latency outliers.** Per (service, operation), the baseline is the
+//!   median and the MAD (median absolute deviation, scaled by 1.4826 to
+//!   estimate a standard deviation) of the durations in the window. A span's
+//!   score is its robust z-score `(d − median) / (1.4826·MAD)`; above
+//!   [`AnomalyConfig::latency_score`] (3.5, Iglewicz and Hoaglin) it is an
+//!   outlier. Median and MAD ignore the outliers they are meant to find,
+//!   where a mean and standard deviation would be dragged by them. When the
+//!   MAD is 0 (over half the spans take exactly the median) the mean
+//!   absolute deviation stands in; when that is 0 too, nothing is flagged.
+//! - **Error-rate spikes.** The window is cut into [`AnomalyConfig::buckets`]
+//!   equal time buckets; a bucket whose error rate for an operation is far
+//!   above the rest of the window (binomial z-score over
+//!   [`AnomalyConfig::error_score`], at least [`AnomalyConfig::min_errors`]
+//!   errors) is a spike.
+//! - **New call edges.** A call (parent service/operation → child
+//!   service/operation) seen in the most recent [`AnomalyConfig::recent`]
+//!   share of the window but never before, while its caller ran at least
+//!   [`AnomalyConfig::min_samples`] times before.
+//! - **Missing children.** A call its caller made in at least
+//!   [`AnomalyConfig::expected_share`] of its runs (and at least
+//!   [`AnomalyConfig::min_samples`] runs), missing from one run.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use clew_proto::v1::{Span, Trace};
+use serde::Serialize;
+
+use super::{Tree, duration, hex, is_error, us};
+
+/// Thresholds of [`detect_anomalies`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct AnomalyConfig {
+    /// Robust z-score above which a duration is an outlier.
+    pub latency_score: f64,
+    /// Fewest spans of an operation (or runs of a caller) for a baseline.
+    pub min_samples: usize,
+    /// Time buckets for error-rate spikes.
+    pub buckets: usize,
+    /// Binomial z-score above which a bucket's error rate is a spike.
+    pub error_score: f64,
+    /// Fewest errors in a bucket for a spike.
+    pub min_errors: usize,
+    /// The recent share of the window checked for new call edges.
+    pub recent: f64,
+    /// Share of a caller's runs that must make a call for it to be expected.
+    pub expected_share: f64,
+    /// Most anomalies returned (highest scores first).
+    pub limit: usize,
+}
+
+impl Default for AnomalyConfig {
+    fn default() -> Self {
+        AnomalyConfig {
+            latency_score: 3.5,
+            min_samples: 10,
+            buckets: 10,
+            error_score: 3.0,
+            min_errors: 3,
+            recent: 0.2,
+            expected_share: 0.9,
+            limit: 200,
+        }
+    }
+}
+
+/// What kind of anomaly.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub enum AnomalyKind {
+    /// A span far slower than its operation's baseline.
+    LatencyOutlier,
+    /// An operation failing far more often than usual for a while.
+    ErrorSpike,
+    /// A call never seen before in the window.
+    NewEdge,
+    /// A call the caller usually makes, missing.
+    MissingChild,
+}
+
+/// The baseline an anomaly broke.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Baseline {
+    /// Spans (or runs) it is computed from.
+    pub samples: usize,
+    /// Median duration, microseconds (latency).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub median_us: Option<f64>,
+    /// Median absolute deviation, microseconds (latency).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mad_us: Option<f64>,
+    /// Error rate outside the bucket (error spikes), or the share of runs
+    /// making the call (missing children).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rate: Option<f64>,
+}
+
+/// One anomaly.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Anomaly {
+    /// What kind.
+    pub kind: AnomalyKind,
+    /// The service concerned (the caller, for call edges).
+    pub service: String,
+    /// The operation concerned (the caller's, for call edges).
+    pub operation: String,
+    /// An example trace.
+    #[serde(rename = "traceID", skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
+    /// An example span.
+    #[serde(rename = "spanID", skip_serializing_if = "Option::is_none")]
+    pub span_id: Option<String>,
+    /// When, Unix microseconds (the span's start, or the bucket's).
+    pub time_us: u64,
+    /// How far from normal (z-score; for structural anomalies the baseline
+    /// share or sample count behind it).
+    pub score: f64,
+    /// The observed value: duration in microseconds, error rate, or calls.
+    pub value: f64,
+    /// The baseline broken.
+    pub baseline: Baseline,
+    /// One plain sentence.
+    pub message: String,
+}
+
+struct SpanRef<'a> {
+    trace: &'a Trace,
+    span: &'a Span,
+}
+
+fn fmt_dur(us: f64) -> String {
+    if us >= 1_000_000.0 {
+        format!("{:.2} s", us / 1_000_000.0)
+    } else if us >= 1_000.0 {
+        format!("{:.2} ms", us / 1_000.0)
+    } else {
+        format!("{us:.0} µs")
+    }
+}
+
+fn median(sorted: &[f64]) -> f64 {
+    let n = sorted.len();
+    if n == 0 {
+        0.0
+    } else if n % 2 == 1 {
+        sorted[n / 2]
+    } else {
+        (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0
+    }
+}
+
+fn latency_outliers(spans: &[SpanRef<'_>], cfg: &AnomalyConfig, out: &mut Vec<Anomaly>) {
+    let mut groups: BTreeMap<(&str, &str), Vec<&SpanRef<'_>>> = BTreeMap::new();
+    for s in spans {
+        groups
+            .entry((&s.span.service, &s.span.name))
+            .or_default()
+            .push(s);
+    }
+    for ((service, operation), group) in groups {
+        if group.len() < cfg.min_samples {
+            continue;
+        }
+        let mut d: Vec<f64> = group.iter().map(|s| us(duration(s.span))).collect();
+        d.sort_by(f64::total_cmp);
+        let med = median(&d);
+        let mut dev: Vec<f64> = d.iter().map(|x| (x - med).abs()).collect();
+        dev.sort_by(f64::total_cmp);
+        let mad = median(&dev);
+        let scale = if mad > 0.0 {
+            1.4826 * mad
+        } else {
+            // Mean absolute deviation, scaled to a standard deviation.
+            1.2533 * dev.iter().sum::<f64>() / dev.len() as f64
+        };
+        if scale <= 0.0 {
+            continue;
+        }
+        for s in group {
+            let x = us(duration(s.span));
+            let score = (x - med) / scale;
+            if score > cfg.latency_score {
+                out.push(Anomaly {
+                    kind: AnomalyKind::LatencyOutlier,
+                    service: service.to_owned(),
+                    operation: operation.to_owned(),
+                    trace_id: Some(hex(&s.trace.trace_id)),
+                    span_id: Some(hex(&s.span.span_id)),
+                    time_us: s.span.start_time_unix_nano / 1_000,
+                    score,
+                    value: x,
+                    baseline: Baseline {
+                        samples: d.len(),
+                        median_us: Some(med),
+                        mad_us: Some(mad),
+                        rate: None,
+                    },
+                    message: format!(
+                        "{service} \"{operation}\" took {} where it usually takes {} (median of {} spans; {:.1} robust deviations above).",
+                        fmt_dur(x),
+                        fmt_dur(med),
+                        d.len(),
+                        score
+                    ),
+                });
+            }
+        }
+    }
+}
+
+fn error_spikes(spans: &[SpanRef<'_>], cfg: &AnomalyConfig, out: &mut Vec<Anomaly>) {
+    let (Some(lo), Some(hi)) = (
+        spans.iter().map(|s| s.span.start_time_unix_nano).min(),
+        spans.iter().map(|s| s.span.start_time_unix_nano).max(),
+    ) else {
+        return;
+    };
+    let buckets = cfg.buckets.max(1);
+    let width = ((hi - lo) / buckets as u64).max(1);
+    let bucket_of = |t: u64| (((t - lo) / width) as usize).min(buckets - 1);
+    // (service, op) → per bucket (calls, errors, an example error span)
+    type Bucket<'a> = (usize, usize, Option<&'a SpanRef<'a>>);
+    let mut groups: BTreeMap<(&str, &str), Vec<Bucket<'_>>> = BTreeMap::new();
+    for s in spans {
+        let g = groups
+            .entry((&s.span.service, &s.span.name))
+            .or_insert_with(|| vec![(0, 0, None); buckets]);
+        let b = &mut g[bucket_of(s.span.start_time_unix_nano)];
+        b.0 += 1;
+        if is_error(s.span) {
+            b.1 += 1;
+            b.2.get_or_insert(s);
+        }
+    }
+    for ((service, operation), g) in groups {
+        let (calls, errors) = g.iter().fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
+        for (k, &(n, e, example)) in g.iter().enumerate() {
+            if e < cfg.min_errors || n == 0 {
+                continue;
+            }
+            let (rest_n, rest_e) = (calls - n, errors - e);
+            if rest_n < cfg.min_samples {
+                continue;
+            }
+            // A floor on the baseline rate, so a clean history does not make
+            // any error infinitely surprising.
+            let p0 = (rest_e as f64 / rest_n as f64).max(1.0 / (rest_n as f64 + 1.0));
+            let p = e as f64 / n as f64;
+            let z = (p - p0) / (p0 * (1.0 - p0) / n as f64).sqrt();
+            if z > cfg.error_score {
+                let start = lo + k as u64 * width;
+                out.push(Anomaly {
+                    kind: AnomalyKind::ErrorSpike,
+                    service: service.to_owned(),
+                    operation: operation.to_owned(),
+                    trace_id: example.map(|s| hex(&s.trace.trace_id)),
+                    span_id: example.map(|s| hex(&s.span.span_id)),
+                    time_us: start / 1_000,
+                    score: z,
+                    value: p,
+                    baseline: Baseline {
+                        samples: rest_n,
+                        median_us: None,
+                        mad_us: None,
+                        rate: Some(rest_e as f64 / rest_n as f64),
+                    },
+                    message: format!(
+                        "{service} \"{operation}\" failed {e} of {n} calls ({:.0}%) in this {} stretch, against {:.1}% of {rest_n} calls in the rest of the window.",
+                        p * 100.0,
+                        fmt_dur(us(width)),
+                        100.0 * rest_e as f64 / rest_n as f64,
+                    ),
+                });
+            }
+        }
+    }
+}
+
+fn structural(traces: &[Trace], cfg: &AnomalyConfig, out: &mut Vec<Anomaly>) {
+    let (Some(lo), Some(hi)) = (
+        traces
+            .iter()
+            .flat_map(|t| &t.spans)
+            .map(|s| s.start_time_unix_nano)
+            .min(),
+        traces
+            .iter()
+            .flat_map(|t| &t.spans)
+            .map(|s| s.start_time_unix_nano)
+            .max(),
+    ) else {
+        return;
+    };
+    let recent_from = hi - ((hi - lo) as f64 * cfg.recent) as u64;
+    type Op<'a> = (&'a str, &'a str);
+    // Caller op → runs (before the recent part / all), and per callee op the
+    // runs that called it.
+    let mut runs_before: HashMap<Op<'_>, usize> = HashMap::new();
+    let mut runs_all: HashMap<Op<'_>, usize> = HashMap::new();
+    let mut edge_before: HashSet<(Op<'_>, Op<'_>)> = HashSet::new();
+    let mut edge_runs: HashMap<(Op<'_>, Op<'_>), usize> = HashMap::new();
+    let mut first_recent: BTreeMap<(Op<'_>, Op<'_>), (&Trace, &Span)> = BTreeMap::new();
+    let mut run_children: Vec<(&Trace, &Span, HashSet<Op<'_>>)> = Vec::new();
+    for t in traces {
+        let tree = Tree::new(&t.spans);
+        for (i, p) in t.spans.iter().enumerate() {
+            let pop: Op<'_> = (&p.service, &p.name);
+            let before = p.start_time_unix_nano < recent_from;
+            *runs_all.entry(pop).or_default() += 1;
+            if before {
+                *runs_before.entry(pop).or_default() += 1;
+            }
+            let mut kids: HashSet<Op<'_>> = HashSet::new();
+            for &c in &tree.children[i] {
+                let k: Op<'_> = (&t.spans[c].service, &t.spans[c].name);
+                if !kids.insert(k) {
+                    continue;
+                }
+                *edge_runs.entry((pop, k)).or_default() += 1;
+                if before {
+                    edge_before.insert((pop, k));
+                } else {
+                    first_recent.entry((pop, k)).or_insert((t, &t.spans[c]));
+                }
+            }
+            run_children.push((t, p, kids));
+        }
+    }
+    for ((from, to), (t, s)) in first_recent {
+        let before = runs_before.get(&from).copied().unwrap_or(0);
+        if edge_before.contains(&(from, to)) || before < cfg.min_samples {
+            continue;
+        }
+        out.push(Anomaly {
+            kind: AnomalyKind::NewEdge,
+            service: from.0.to_owned(),
+            operation: from.1.to_owned(),
+            trace_id: Some(hex(&t.trace_id)),
+            span_id: Some(hex(&s.span_id)),
+            time_us: s.start_time_unix_nano / 1_000,
+            score: before as f64,
+            value: edge_runs.get(&(from, to)).copied().unwrap_or(0) as f64,
+            baseline: Baseline {
+                samples: before,
+                median_us: None,
+                mad_us: None,
+                rate: Some(0.0),
+            },
+            message: format!(
+                "{} \"{}\" called {} \"{}\", a call not seen in its {before} earlier runs.",
+                from.0, from.1, to.0, to.1
+            ),
+        });
+    }
+    // Per caller, the calls it makes in enough of its runs, sorted.
+    let mut expected: HashMap<Op<'_>, Vec<(Op<'_>, usize)>> = HashMap::new();
+    for (&(from, to), &n) in &edge_runs {
+        let runs = runs_all.get(&from).copied().unwrap_or(0);
+        if runs >= cfg.min_samples && n as f64 >= cfg.expected_share * runs as f64 {
+            expected.entry(from).or_default().push((to, n));
+        }
+    }
+    expected.values_mut().for_each(|v| v.sort_unstable());
+    for (t, p, kids) in run_children {
+        let pop: Op<'_> = (&p.service, &p.name);
+        let runs = runs_all.get(&pop).copied().unwrap_or(0);
+        let Some(calls) = expected.get(&pop) else {
+            continue;
+        };
+        for &(to, n) in calls.iter().filter(|(to, _)| !kids.contains(to)) {
+            let share = n as f64 / runs as f64;
+            out.push(Anomaly {
+                kind: AnomalyKind::MissingChild,
+                service: pop.0.to_owned(),
+                operation: pop.1.to_owned(),
+                trace_id: Some(hex(&t.trace_id)),
+                span_id: Some(hex(&p.span_id)),
+                time_us: p.start_time_unix_nano / 1_000,
+                score: share,
+                value: 0.0,
+                baseline: Baseline { samples: runs, median_us: None, mad_us: None, rate: Some(share) },
+                message: format!(
+                    "{} \"{}\" did not call {} \"{}\", which it called in {n} of its {runs} runs ({:.0}%).",
+                    pop.0, pop.1, to.0, to.1, share * 100.0
+                ),
+            });
+        }
+    }
+}
+
+/// Finds anomalies in a set of traces (one window); see the module docs.
+/// Most significant first within each kind; latency outliers and spikes by
+/// score, then structural anomalies; at most `cfg.limit`.
+pub fn detect_anomalies(traces: &[Trace], cfg: &AnomalyConfig) -> Vec<Anomaly> {
+    let spans: Vec<SpanRef<'_>> = traces
+        .iter()
+        .flat_map(|t| t.spans.iter().map(move |span| SpanRef { trace: t, span }))
+        .collect();
+    let mut out = Vec::new();
+    latency_outliers(&spans, cfg, &mut out);
+    error_spikes(&spans, cfg, &mut out);
+    structural(traces, cfg, &mut out);
+    let rank = |k: AnomalyKind| match k {
+        AnomalyKind::ErrorSpike => 0,
+        AnomalyKind::LatencyOutlier => 1,
+        AnomalyKind::NewEdge => 2,
+        AnomalyKind::MissingChild => 3,
+    };
+    out.sort_by(|a, b| {
+        rank(a.kind)
+            .cmp(&rank(b.kind))
+            .then(b.score.total_cmp(&a.score))
+            .then(b.time_us.cmp(&a.time_us))
+    });
+    out.truncate(cfg.limit);
+    out
+}

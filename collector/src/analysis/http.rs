@@ -1,0 +1,272 @@
+//! clew's analysis routes, next to the Jaeger-compatible ones and with the
+//! same envelope and errors (400 naming the parameter, 404 for an unknown
+//! trace, 503 when storage is down).
+//!
+//! | path | answer (`data`) |
+//! |---|---|
+//! | `GET /api/clew/traces/{traceID}/analysis` | `{traceID, bottlenecks, causal}` |
+//! | `GET /api/clew/anomalies?service=&lookback=&end=&limit=` | `{anomalies, traces, truncated, …}` |
+//! | `GET /api/clew/red?service=&lookback=&step=&end=` | `{series, …}` |
+//! | `GET /api/clew/dependencies?endTs=&lookback=` | `{services, edges, traces, truncated}` |
+//!
+//! Window analyses (anomalies, RED, dependency percentiles) read at most
+//! [`MAX_LIMIT`] traces of the window, the most recent first; `truncated`
+//! says when there were more. Dependency call and error counts come from the
+//! storage's full index and are exact either way.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::Router;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use clew_proto::v1::{FilterCriteria, Trace};
+use serde::Serialize;
+
+use super::{
+    AnomalyConfig, Bottlenecks, CausalAnalysis, DependencyEdge, Percentiles, causal_order,
+    dependency_graph, detect_anomalies, detect_bottlenecks, red_metrics,
+};
+use crate::query::jaeger::{self, Envelope};
+use crate::query::{AppError, Params, Result, dependency_window, now_nanos};
+use crate::storage::{MAX_LIMIT, Storage, TraceId};
+
+/// Default window of anomalies and RED metrics: one hour.
+const DEFAULT_LOOKBACK_NS: u64 = 3_600 * 1_000_000_000;
+/// Most buckets a RED query may ask for.
+pub const MAX_BUCKETS: u64 = 1_000;
+
+/// The analysis routes over `storage` (merged into [`crate::query::router`]).
+pub fn routes(storage: Arc<dyn Storage>) -> Router {
+    Router::new()
+        .route("/api/clew/traces/{trace_id}/analysis", get(trace_analysis))
+        .route("/api/clew/anomalies", get(anomalies))
+        .route("/api/clew/red", get(red))
+        .route("/api/clew/dependencies", get(dependencies))
+        .with_state(storage)
+}
+
+type St = State<Arc<dyn Storage>>;
+type Q = std::result::Result<Query<Vec<(String, String)>>, QueryRejection>;
+
+fn ok<T: Serialize>(data: T) -> Response {
+    Json(Envelope::ok(data, 0)).into_response()
+}
+
+/// Runs CPU-bound analysis off the async workers.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| {
+        tracing::error!(error = %e, "analysis task failed");
+        AppError::Internal
+    })
+}
+
+/// The analysis of one trace.
+#[derive(Debug, Serialize)]
+struct TraceAnalysis {
+    #[serde(rename = "traceID")]
+    trace_id: String,
+    spans: usize,
+    bottlenecks: Bottlenecks,
+    causal: CausalAnalysis,
+}
+
+async fn trace_analysis(State(st): St, Path(trace_id): Path<String>) -> Result<Response> {
+    let id = jaeger::parse_trace_id(&trace_id).map_err(|m| AppError::bad("traceID", m))?;
+    let trace = st
+        .get_trace(TraceId(id))
+        .await?
+        .ok_or(AppError::TraceNotFound)?;
+    let analysis = blocking(move || TraceAnalysis {
+        trace_id: jaeger::hex(&trace.trace_id),
+        spans: trace.spans.len(),
+        bottlenecks: detect_bottlenecks(&trace),
+        causal: causal_order(&trace),
+    })
+    .await?;
+    Ok(ok(analysis))
+}
+
+/// `[start, end]` in nanoseconds from `end=` (Unix µs, default now) and
+/// `lookback=` (a duration, default one hour).
+fn window(p: &Params) -> Result<(u64, u64)> {
+    let end = match p.u64("end")? {
+        Some(us) => us
+            .checked_mul(1_000)
+            .ok_or_else(|| AppError::bad("end", "out of range"))?,
+        None => now_nanos(),
+    };
+    let lookback = p.duration("lookback")?.unwrap_or(DEFAULT_LOOKBACK_NS);
+    if lookback == 0 {
+        return Err(AppError::bad("lookback", "must be greater than 0"));
+    }
+    Ok((end.saturating_sub(lookback), end))
+}
+
+/// What a window analysis read.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Window {
+    /// Traces read.
+    traces: usize,
+    /// True when the window held more traces than were read.
+    truncated: bool,
+    start_us: u64,
+    end_us: u64,
+}
+
+/// The traces of `[start, end]` (with a span of `service`, unless empty),
+/// at most [`MAX_LIMIT`], most recent first.
+async fn window_traces(
+    st: &Arc<dyn Storage>,
+    service: &str,
+    start: u64,
+    end: u64,
+) -> Result<(Vec<Trace>, Window)> {
+    let traces = st
+        .list_traces(&FilterCriteria {
+            service: service.to_owned(),
+            start_time_min_unix_nano: start,
+            start_time_max_unix_nano: end,
+            limit: MAX_LIMIT as u32,
+            ..Default::default()
+        })
+        .await?;
+    let window = Window {
+        traces: traces.len(),
+        truncated: traces.len() >= MAX_LIMIT,
+        start_us: start / 1_000,
+        end_us: end / 1_000,
+    };
+    Ok((traces, window))
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct AnomalyAnswer {
+    anomalies: Vec<super::Anomaly>,
+    #[serde(flatten)]
+    window: Window,
+}
+
+async fn anomalies(State(st): St, q: Q) -> Result<Response> {
+    let p = Params::from(q)?;
+    let (start, end) = window(&p)?;
+    let limit = p.u64("limit")?.unwrap_or(200).clamp(1, 10_000) as usize;
+    let service = p.get("service").unwrap_or_default().to_owned();
+    let (traces, window) = window_traces(&st, &service, start, end).await?;
+    let anomalies = blocking(move || {
+        let cfg = AnomalyConfig {
+            limit: usize::MAX,
+            ..Default::default()
+        };
+        let mut found = detect_anomalies(&traces, &cfg);
+        if !service.is_empty() {
+            found.retain(|a| a.service == service);
+        }
+        found.truncate(limit);
+        found
+    })
+    .await?;
+    Ok(ok(AnomalyAnswer { anomalies, window }))
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct RedAnswer {
+    series: Vec<super::RedSeries>,
+    #[serde(flatten)]
+    window: Window,
+    step_us: u64,
+}
+
+async fn red(State(st): St, q: Q) -> Result<Response> {
+    let p = Params::from(q)?;
+    let (start, end) = window(&p)?;
+    let step = match p.duration("step")? {
+        Some(0) => return Err(AppError::bad("step", "must be greater than 0")),
+        Some(s) => s,
+        // 60 buckets by default, at least a second each.
+        None => ((end - start) / 60).max(1_000_000_000),
+    };
+    if (end - start).div_ceil(step) > MAX_BUCKETS {
+        return Err(AppError::bad(
+            "step",
+            format!("too small for the lookback: at most {MAX_BUCKETS} buckets"),
+        ));
+    }
+    let service = p.get("service").map(str::to_owned);
+    let (traces, window) = window_traces(&st, service.as_deref().unwrap_or(""), start, end).await?;
+    let series =
+        blocking(move || red_metrics(&traces, service.as_deref(), start, end, step)).await?;
+    Ok(ok(RedAnswer {
+        series,
+        window,
+        step_us: step / 1_000,
+    }))
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct DependencyAnswer {
+    services: Vec<super::ServiceNode>,
+    edges: Vec<DependencyEdge>,
+    #[serde(flatten)]
+    window: Window,
+}
+
+async fn dependencies(State(st): St, q: Q) -> Result<Response> {
+    let (start, end) = dependency_window(&Params::from(q)?)?;
+    let exact = st.dependencies(start, end).await?;
+    let (traces, window) = window_traces(&st, "", start, end).await?;
+    let mut graph = blocking(move || dependency_graph(&traces, start, end)).await?;
+    // Exact counts from the index; percentiles from the traces read.
+    for link in exact {
+        match graph
+            .edges
+            .iter_mut()
+            .find(|e| e.parent == link.parent && e.child == link.child)
+        {
+            Some(e) => {
+                e.call_count = e.call_count.max(link.call_count);
+                e.error_count = e.error_count.max(link.error_count);
+            }
+            None => graph.edges.push(DependencyEdge {
+                parent: link.parent,
+                child: link.child,
+                call_count: link.call_count,
+                error_count: link.error_count,
+                error_rate: 0.0,
+                latency: Percentiles::default(),
+                latency_samples: 0,
+            }),
+        }
+    }
+    for e in &mut graph.edges {
+        e.error_rate = if e.call_count == 0 {
+            0.0
+        } else {
+            e.error_count as f64 / e.call_count as f64
+        };
+        for svc in [&e.parent, &e.child] {
+            if !graph.services.iter().any(|n| &n.service == svc) {
+                graph.services.push(super::ServiceNode {
+                    service: svc.clone(),
+                    spans: 0,
+                    errors: 0,
+                });
+            }
+        }
+    }
+    graph.services.sort_by(|a, b| a.service.cmp(&b.service));
+    graph
+        .edges
+        .sort_by(|a, b| (&a.parent, &a.child).cmp(&(&b.parent, &b.child)));
+    Ok(ok(DependencyAnswer {
+        services: graph.services,
+        edges: graph.edges,
+        window,
+    }))
+}

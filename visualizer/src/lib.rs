@@ -1,0 +1,160 @@
+//! clew's web UI.
+//!
+//! One axum server ([`app`]) serves the single-page application (HTML,
+//! JavaScript, CSS and icons compiled into the binary: no CDN, works
+//! offline), proxies `GET /api/...` to the collector's query API so the
+//! browser talks to a single origin, and serves `/metrics`, `/healthz` and
+//! `/readyz`.
+//!
+//! The pages (all rendered in the browser from the proxied JSON):
+//! search with a duration-over-time scatter plot, the trace waterfall (span
+//! tree, critical path, span panel, clock-skew evidence), the service
+//! dependency graph, RED dashboards per service and operation, and
+//! anomalies with the bottlenecks of the slowest recent traces.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{MatchedPath, Request, State};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use tokio::net::TcpListener;
+
+mod assets;
+mod error;
+mod metrics;
+mod proxy;
+
+pub use error::AppError;
+pub use metrics::Metrics;
+pub use proxy::Upstream;
+
+/// Visualizer settings: flags, or `CLEW_*` environment variables.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "clew-visualizer", version, about = "clew's web UI")]
+pub struct Config {
+    /// Address to serve the UI, the API proxy and `/metrics` `/healthz`
+    /// `/readyz` on.
+    #[arg(long, env = "CLEW_VISUALIZER_ADDR", default_value = "0.0.0.0:8080")]
+    pub addr: SocketAddr,
+    /// The collector's query HTTP API, proxied under `/api/` (plain
+    /// `http://`).
+    #[arg(long, env = "CLEW_QUERY_URL", default_value = "http://127.0.0.1:16686")]
+    pub query_url: String,
+    /// How long to wait for the collector's answer.
+    #[arg(long, env = "CLEW_QUERY_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub query_timeout: Duration,
+}
+
+/// Why the visualizer could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// `--query-url` is not a usable `http://` URL.
+    #[error("invalid --query-url {url:?}: {reason}")]
+    QueryUrl {
+        /// The value given.
+        url: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The server failed while running.
+    #[error("server failed: {0}")]
+    Serve(#[source] std::io::Error),
+}
+
+/// Shared state of the handlers.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    /// The collector's query API.
+    pub upstream: Upstream,
+    /// Prometheus metrics.
+    pub metrics: Arc<Metrics>,
+}
+
+impl AppState {
+    /// State proxying to `query_url`.
+    pub fn new(query_url: &str, timeout: Duration) -> Result<Self, ServeError> {
+        Ok(AppState {
+            upstream: Upstream::new(query_url, timeout)?,
+            metrics: Arc::new(Metrics::new()),
+        })
+    }
+}
+
+/// The whole visualizer as a router (tests call it with `oneshot`).
+pub fn app(state: AppState) -> Router {
+    Router::new()
+        .route("/api/{*path}", get(proxy::forward))
+        .route("/assets/{file}", get(assets::asset))
+        .route("/metrics", get(metrics::render))
+        .route("/healthz", get(|| async { "ok" }))
+        // Ready as soon as it serves: the UI must stay reachable while the
+        // collector is down, to say so.
+        .route("/readyz", get(|| async { "ready" }))
+        // Every other GET is a page of the single-page app (deep links).
+        .fallback(assets::page)
+        // Counts every request by kind and status class.
+        .layer(middleware::from_fn_with_state(state.clone(), count))
+        .with_state(state)
+}
+
+async fn count(State(st): State<AppState>, req: Request, next: Next) -> Response {
+    let kind = match req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(MatchedPath::as_str)
+    {
+        Some("/api/{*path}") => "api",
+        Some("/assets/{file}") => "asset",
+        Some("/metrics" | "/healthz" | "/readyz") => "ops",
+        _ => "page",
+    };
+    let resp = next.run(req).await;
+    st.metrics.request(kind, resp.status());
+    resp
+}
+
+/// Serves the visualizer on `config.addr` until `shutdown` resolves, then
+/// finishes the requests in flight. `on_bound` is told the bound address.
+pub async fn run(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    on_bound: impl FnOnce(SocketAddr),
+) -> Result<(), ServeError> {
+    let state = AppState::new(&config.query_url, config.query_timeout)?;
+    let listener = TcpListener::bind(config.addr)
+        .await
+        .map_err(|source| ServeError::Bind {
+            addr: config.addr,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(ServeError::Serve)?;
+    tracing::info!(%addr, query_url = %config.query_url, "clew-visualizer listening");
+    on_bound(addr);
+    axum::serve(listener, app(state).into_make_service())
+        .with_graceful_shutdown(shutdown)
+        .await
+        .map_err(ServeError::Serve)
+}
+
+/// A JSON error response in the collector's envelope, so the page shows
+/// proxy failures exactly like the collector's own errors.
+pub(crate) fn envelope_error(status: axum::http::StatusCode, msg: &str) -> Response {
+    let body = serde_json::json!({
+        "data": null, "total": 0, "limit": 0, "offset": 0,
+        "errors": [{ "code": status.as_u16(), "msg": msg }],
+    });
+    (status, axum::Json(body)).into_response()
+}

@@ -1,0 +1,112 @@
+//! Prometheus metrics of the visualizer.
+
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use prometheus::{
+    Encoder as _, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
+};
+
+use crate::AppState;
+
+/// The visualizer's metrics, in their own registry.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    requests: IntCounterVec,
+    upstream_errors: IntCounterVec,
+    upstream_seconds: HistogramVec,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Registers every metric.
+    // The names and labels are constants: registering them cannot fail.
+    #[allow(clippy::expect_used)]
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "clew_visualizer_requests_total",
+                "HTTP requests served, by kind (page, asset, api, ops) and status class",
+            ),
+            &["kind", "code"],
+        )
+        .expect("valid metric");
+        let upstream_errors = IntCounterVec::new(
+            Opts::new(
+                "clew_visualizer_upstream_errors_total",
+                "Proxied requests the collector did not answer, by reason (unreachable, timeout)",
+            ),
+            &["reason"],
+        )
+        .expect("valid metric");
+        let upstream_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "clew_visualizer_upstream_seconds",
+                "Time to the collector's response headers",
+            )
+            .buckets(vec![0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0]),
+            &["code"],
+        )
+        .expect("valid metric");
+        for c in [
+            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(upstream_errors.clone()),
+            Box::new(upstream_seconds.clone()),
+        ] {
+            registry.register(c).expect("unique metric");
+        }
+        Metrics {
+            registry,
+            requests,
+            upstream_errors,
+            upstream_seconds,
+        }
+    }
+
+    pub(crate) fn request(&self, kind: &str, status: StatusCode) {
+        let class = match status.as_u16() {
+            100..=199 => "1xx",
+            200..=299 => "2xx",
+            300..=399 => "3xx",
+            400..=499 => "4xx",
+            _ => "5xx",
+        };
+        self.requests.with_label_values(&[kind, class]).inc();
+    }
+
+    pub(crate) fn upstream(&self, status: StatusCode, took: Duration) {
+        self.upstream_seconds
+            .with_label_values(&[status.as_str()])
+            .observe(took.as_secs_f64());
+    }
+
+    pub(crate) fn upstream_error(&self, reason: &str) {
+        self.upstream_errors.with_label_values(&[reason]).inc();
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        // Encoding into a Vec fails only on invalid metric data.
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
+            tracing::warn!(error = %e, "cannot encode metrics");
+        }
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+pub(crate) async fn render(State(st): State<AppState>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        st.metrics.render(),
+    )
+}

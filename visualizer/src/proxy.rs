@@ -1,0 +1,87 @@
+//! Forwards `GET /api/...` to the collector's query API.
+
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderValue, Request, Uri, header};
+use axum::response::Response;
+use bytes::Bytes;
+use http_body_util::Empty;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+use crate::{AppError, AppState, ServeError};
+
+/// The collector's query API and a pooled HTTP/1 client to it.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    /// `http://host:port` plus an optional path prefix, no trailing slash.
+    base: String,
+    client: Client<HttpConnector, Empty<Bytes>>,
+    timeout: Duration,
+}
+
+impl Upstream {
+    /// Checks `url` (an `http://` URL without query) and builds the client.
+    pub fn new(url: &str, timeout: Duration) -> Result<Self, ServeError> {
+        let bad = |reason| ServeError::QueryUrl {
+            url: url.to_owned(),
+            reason,
+        };
+        let uri: Uri = url.parse().map_err(|_| bad("not a URL"))?;
+        if uri.scheme_str() != Some("http") {
+            return Err(bad("must start with http://"));
+        }
+        if uri.authority().is_none() {
+            return Err(bad("has no host"));
+        }
+        if uri.query().is_some() {
+            return Err(bad("must not have a query"));
+        }
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(timeout.min(Duration::from_secs(5))));
+        connector.set_nodelay(true);
+        Ok(Upstream {
+            base: url.trim_end_matches('/').to_owned(),
+            client: Client::builder(TokioExecutor::new()).build(connector),
+            timeout,
+        })
+    }
+}
+
+pub(crate) async fn forward(State(st): State<AppState>, uri: Uri) -> Result<Response, AppError> {
+    let pq = uri.path_and_query().map_or("/", |p| p.as_str());
+    let target: Uri = format!("{}{pq}", st.upstream.base)
+        .parse()
+        .map_err(|_| AppError::BadPath)?;
+    let req = Request::get(target)
+        .header(header::ACCEPT, "application/json")
+        .body(Empty::new())
+        .map_err(|_| AppError::BadPath)?;
+    let started = Instant::now();
+    let resp =
+        match tokio::time::timeout(st.upstream.timeout, st.upstream.client.request(req)).await {
+            Err(_) => {
+                st.metrics.upstream_error("timeout");
+                tracing::warn!(path = %uri.path(), "collector query timed out");
+                return Err(AppError::Timeout);
+            }
+            Ok(Err(e)) => {
+                st.metrics.upstream_error("unreachable");
+                tracing::warn!(path = %uri.path(), error = %e, "collector query failed");
+                return Err(AppError::Unreachable);
+            }
+            Ok(Ok(resp)) => resp,
+        };
+    st.metrics.upstream(resp.status(), started.elapsed());
+    let (parts, body) = resp.into_parts();
+    let mut out = Response::builder().status(parts.status);
+    if let Some(ct) = parts.headers.get(header::CONTENT_TYPE) {
+        out = out.header(header::CONTENT_TYPE, ct);
+    }
+    out = out.header(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    // Streams the collector's body through (a 10,000-span trace is megabytes).
+    out.body(Body::new(body)).map_err(|_| AppError::Unreachable)
+}
