@@ -8,8 +8,8 @@
 //!
 //! | table | key | value |
 //! |---|---|---|
-//! | `spans` | tid ‖ sid | protobuf `Span` |
-//! | `traces` | tid | newest span end |
+//! | `fragments` | tid ‖ fragment number (u32) | protobuf `Trace` holding the fragment's new spans |
+//! | `trace_meta` | tid | newest span end ‖ next fragment number ‖ ids of the stored spans (8 bytes each) |
 //! | `by_end` | end ‖ tid | — (what `prune_traces` walks) |
 //! | `trace_index` | kind ‖ len ‖ text ‖ start ‖ tid | summary: min duration ‖ max duration ‖ error flag |
 //! | `orphans` | tid ‖ parent sid ‖ child sid | child start ‖ error flag ‖ child service (a call whose parent has not arrived) |
@@ -63,8 +63,8 @@ pub const MAX_TRACE_SPAN_NS: u64 = 3_600_000_000_000;
 /// Traces removed per pruning transaction.
 const PRUNE_CHUNK: usize = 512;
 
-const SPANS: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::new("spans");
-const TRACES: TableDefinition<'_, &[u8], u64> = TableDefinition::new("traces");
+const SPANS: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::new("fragments");
+const TRACES: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::new("trace_meta");
 const BY_END: TableDefinition<'_, &[u8], ()> = TableDefinition::new("by_end");
 const INDEX: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::new("trace_index");
 const ORPHANS: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::new("orphans");
@@ -237,8 +237,8 @@ fn op_key(span: &Span) -> Vec<u8> {
     k
 }
 
-fn decode(blob: &[u8]) -> Result<Span> {
-    Span::decode(blob).map_err(|e| corrupt(format!("span: {e}")))
+fn decode_fragment(blob: &[u8]) -> Result<Trace> {
+    Trace::decode(blob).map_err(|e| corrupt(format!("fragment: {e}")))
 }
 
 fn tid_of(tail: &[u8]) -> Result<[u8; 16]> {
@@ -259,7 +259,7 @@ fn edge_value(parent: &str, child: &str, error: bool) -> Vec<u8> {
 /// The write-side tables, opened once per transaction.
 struct WriteTables<'t> {
     spans: Table<'t, &'static [u8], &'static [u8]>,
-    traces: Table<'t, &'static [u8], u64>,
+    traces: Table<'t, &'static [u8], &'static [u8]>,
     by_end: Table<'t, &'static [u8], ()>,
     index: Table<'t, &'static [u8], &'static [u8]>,
     orphans: Table<'t, &'static [u8], &'static [u8]>,
@@ -337,6 +337,51 @@ impl Summary {
     }
 }
 
+/// A trace's `trace_meta` value: newest end ‖ next fragment number ‖ the ids
+/// of its stored spans.
+#[derive(Debug, Default)]
+struct Meta {
+    newest_end: u64,
+    next_fragment: u32,
+    span_ids: HashSet<[u8; 8]>,
+}
+
+impl Meta {
+    fn decode(v: &[u8]) -> Result<Self> {
+        let bad = || corrupt("trace meta");
+        let newest_end =
+            u64::from_be_bytes(v.get(..8).ok_or_else(bad)?.try_into().map_err(|_| bad())?);
+        let next_fragment = u32::from_be_bytes(
+            v.get(8..12)
+                .ok_or_else(bad)?
+                .try_into()
+                .map_err(|_| bad())?,
+        );
+        let ids = v.get(12..).ok_or_else(bad)?;
+        if ids.len() % 8 != 0 {
+            return Err(bad());
+        }
+        Ok(Meta {
+            newest_end,
+            next_fragment,
+            span_ids: ids
+                .chunks_exact(8)
+                .map(|c| c.try_into().unwrap_or([0; 8]))
+                .collect(),
+        })
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(12 + 8 * self.span_ids.len());
+        v.extend_from_slice(&be(self.newest_end));
+        v.extend_from_slice(&self.next_fragment.to_be_bytes());
+        for id in &self.span_ids {
+            v.extend_from_slice(id);
+        }
+        v
+    }
+}
+
 /// A child span waiting for its parent: start ‖ error flag ‖ service.
 fn orphan_value(span: &Span) -> Vec<u8> {
     cat(&[
@@ -377,23 +422,25 @@ fn apply_fragment(
         stored: 0,
         duplicates: fragment.duplicates,
     };
-    let old_end = traces.get(&tid[..]).map_err(db_err)?.map(|g| g.value());
+    let mut meta = match traces.get(&tid[..]).map_err(db_err)? {
+        Some(v) => Some(Meta::decode(v.value())?),
+        None => None,
+    };
+    let old_end = meta.as_ref().map(|m| m.newest_end);
     let mut newest_end = old_end.unwrap_or(0);
     // The new spans of this fragment, by id.
     let mut new: HashMap<[u8; 8], &Span> = HashMap::with_capacity(fragment.spans.len());
+    let mut blob = Trace::default();
     // Index entries of this fragment: prefix -> summary of its spans there.
     let mut entries: HashMap<Vec<u8>, Summary> = HashMap::new();
     for span in &fragment.spans {
         let sid = query::span_id(span);
-        let key = cat(&[&tid, &sid]);
-        if old_end.is_some() && spans.get(key.as_slice()).map_err(db_err)?.is_some() {
+        if meta.as_ref().is_some_and(|m| m.span_ids.contains(&sid)) {
             out.duplicates += 1;
             continue;
         }
         out.stored += 1;
-        spans
-            .insert(key.as_slice(), span.encode_to_vec().as_slice())
-            .map_err(db_err)?;
+        blob.spans.push(span.clone());
         newest_end = newest_end.max(span.end_time_unix_nano);
         let summary = Summary::of(span);
         for prefix in span_index_prefixes(span) {
@@ -405,6 +452,19 @@ fn apply_fragment(
         *op_counts.entry(op_key(span)).or_default() += 1;
         new.insert(sid, span);
     }
+    if out.stored == 0 {
+        return Ok(out);
+    }
+    // Services of the spans stored before, read only if a call needs them.
+    let mut stored_services: Option<HashMap<[u8; 8], String>> = None;
+    let mut meta = meta.take().unwrap_or_default();
+    let seq = meta.next_fragment;
+    spans
+        .insert(
+            cat(&[&tid, &seq.to_be_bytes()]).as_slice(),
+            blob.encode_to_vec().as_slice(),
+        )
+        .map_err(db_err)?;
     for (prefix, summary) in &entries {
         let k = cat(&[prefix, &be(summary.newest_start), &tid]);
         let mut merged = *summary;
@@ -445,15 +505,19 @@ fn apply_fragment(
         );
         if let Some(p) = new.get(&parent) {
             add_edge(&p.service, child)?;
-        } else if let Some(p) = old_end
-            .is_some()
-            .then(|| spans.get(cat(&[&tid, &parent]).as_slice()))
-            .transpose()
-            .map_err(db_err)?
-            .flatten()
-        {
-            let p = decode(p.value())?;
-            add_edge(&p.service, child)?;
+        } else if meta.span_ids.contains(&parent) {
+            if stored_services.is_none() {
+                let before = read_trace(spans, &tid)?;
+                stored_services = Some(
+                    before
+                        .into_iter()
+                        .map(|s| (query::span_id(&s), s.service))
+                        .collect(),
+                );
+            }
+            if let Some(svc) = stored_services.as_ref().and_then(|m| m.get(&parent)) {
+                add_edge(svc, child)?;
+            }
         } else {
             orphans
                 .insert(
@@ -493,17 +557,20 @@ fn apply_fragment(
             orphans.remove(key.as_slice()).map_err(db_err)?;
         }
     }
-    if out.stored > 0 {
-        if let Some(old) = old_end {
-            by_end
-                .remove(cat(&[&be(old), &tid]).as_slice())
-                .map_err(db_err)?;
-        }
+    if let Some(old) = old_end {
         by_end
-            .insert(cat(&[&be(newest_end), &tid]).as_slice(), ())
+            .remove(cat(&[&be(old), &tid]).as_slice())
             .map_err(db_err)?;
-        traces.insert(&tid[..], newest_end).map_err(db_err)?;
     }
+    by_end
+        .insert(cat(&[&be(newest_end), &tid]).as_slice(), ())
+        .map_err(db_err)?;
+    meta.newest_end = newest_end;
+    meta.next_fragment = seq.wrapping_add(1);
+    meta.span_ids.extend(new.keys());
+    traces
+        .insert(&tid[..], meta.encode().as_slice())
+        .map_err(db_err)?;
     Ok(out)
 }
 
@@ -598,12 +665,12 @@ fn read_trace(
     spans: &impl ReadableTable<&'static [u8], &'static [u8]>,
     tid: &[u8; 16],
 ) -> Result<Vec<Span>> {
-    let lo = cat(&[tid, &[0; 8]]);
-    let hi = cat(&[tid, &[0xff; 8]]);
+    let lo = cat(&[tid, &[0; 4]]);
+    let hi = cat(&[tid, &[0xff; 4]]);
     let mut out = Vec::new();
     for entry in spans.range(lo.as_slice()..=hi.as_slice()).map_err(db_err)? {
         let (_, v) = entry.map_err(db_err)?;
-        out.push(decode(v.value())?);
+        out.extend(decode_fragment(v.value())?.spans);
     }
     query::sort_spans(&mut out);
     Ok(out)
@@ -730,9 +797,6 @@ fn prune_blocking(db: &Database, cut: u64) -> Result<PruneStats> {
                     stats.spans += 1;
                     let sid = query::span_id(&span);
                     let start = be(span.start_time_unix_nano);
-                    spans
-                        .remove(cat(&[&tid, &sid]).as_slice())
-                        .map_err(db_err)?;
                     // Each index entry of the trace is keyed by the start of
                     // one of its spans: removing every candidate removes them.
                     for prefix in span_index_prefixes(&span) {
@@ -748,6 +812,11 @@ fn prune_blocking(db: &Database, cut: u64) -> Result<PruneStats> {
                 let lo = cat(&[&tid, &[0; 16]]);
                 let hi = cat(&[&tid, &[0xff; 16]]);
                 orphans
+                    .retain_in(lo.as_slice()..=hi.as_slice(), |_, _| false)
+                    .map_err(db_err)?;
+                let lo = cat(&[&tid, &[0; 4]]);
+                let hi = cat(&[&tid, &[0xff; 4]]);
+                spans
                     .retain_in(lo.as_slice()..=hi.as_slice(), |_, _| false)
                     .map_err(db_err)?;
                 traces.remove(&tid[..]).map_err(db_err)?;
@@ -944,6 +1013,76 @@ mod tests {
                 stored: 0,
                 duplicates: 2
             }
+        );
+    }
+
+    #[tokio::test]
+    async fn a_late_child_finds_its_stored_parent_and_search_sees_every_fragment() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStorage::open(dir.path().join("traces.redb")).unwrap();
+        let t = trace_id(1);
+        let frag = |spans| Trace {
+            trace_id: t.0.to_vec(),
+            spans,
+        };
+        store
+            .store_trace(frag(vec![span(t, 1, None, "api", "GET", 0, 10)]))
+            .await
+            .unwrap();
+        // Fragments 2 and 3: a child of the stored root, then its own child.
+        store
+            .store_trace(frag(vec![span(t, 2, Some(1), "db", "SELECT", 5, 1)]))
+            .await
+            .unwrap();
+        let out = store
+            .store_trace(frag(vec![
+                span(t, 3, Some(2), "cache", "GET", 6, 1),
+                span(t, 2, Some(1), "db", "SELECT", 5, 1),
+            ]))
+            .await
+            .unwrap();
+        assert_eq!(
+            out,
+            StoreOutcome {
+                stored: 1,
+                duplicates: 1
+            }
+        );
+        let deps = store.dependencies(0, 0).await.unwrap();
+        let pairs: Vec<(&str, &str)> = deps
+            .iter()
+            .map(|d| (d.parent.as_str(), d.child.as_str()))
+            .collect();
+        assert_eq!(pairs, vec![("api", "db"), ("db", "cache")]);
+        assert_eq!(store.get_trace(t).await.unwrap().unwrap().spans.len(), 3);
+        // A filter met only by the span of the last fragment.
+        let found = store
+            .list_traces(&FilterCriteria {
+                service: "cache".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].spans.len(), 3);
+        // Pruning removes every fragment and index entry.
+        let stats = store.prune_traces(u64::MAX).await.unwrap();
+        assert_eq!(
+            stats,
+            PruneStats {
+                traces: 1,
+                spans: 3
+            }
+        );
+        assert!(store.get_trace(t).await.unwrap().is_none());
+        assert!(store.services().await.unwrap().is_empty());
+        assert!(store.dependencies(0, 0).await.unwrap().is_empty());
+        assert!(
+            store
+                .list_traces(&FilterCriteria::default())
+                .await
+                .unwrap()
+                .is_empty()
         );
     }
 

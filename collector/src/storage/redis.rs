@@ -16,6 +16,7 @@
 //! | `P i:t:<key>\0<value>` | zset | same, for spans carrying the tag (attributes and resource; short values only) |
 //! | `P i:e:<svc>`, `P i:e` | zset | same, for ERROR spans (of `svc`; of any service) |
 //! | `P i:d:<svc>` | zset | trace id, score = longest duration of a span of `svc` |
+//! | `P i:d:\0<svc>`, `P i:d:\0` | zset | trace id, score = shortest duration of a span (of `svc`; of any service): what max-duration searches check |
 //! | `P i:end` | zset | trace id, score = newest span end (what `prune_traces` walks) |
 //! | `P deps` | zset | one member per call (parent svc, child svc, error, tid, child span id), score = child start |
 //! | `P services` | zset | service, score = newest span end (written at most once per second of span time per process) |
@@ -24,7 +25,9 @@
 //!
 //! # Writes
 //!
-//! One `store_trace` is one pipelined round trip: an `EVALSHA` of a small Lua
+//! `store_trace` hands its fragment to a batching task, which stores every
+//! fragment waiting in one pipelined round trip (at most 4 batches in flight):
+//! an `EVALSHA` of a small Lua
 //! script, where `HSETNX` per span decides whether it is new and only new spans
 //! are stored and resolve calls against the headers of the trace's other spans
 //! (so a call is counted once however often its span is stored); then the index
