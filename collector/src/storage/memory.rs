@@ -115,12 +115,23 @@ impl Storage for MemoryStorage {
             outcome.stored += 1;
             entry.newest_end = entry.newest_end.max(span.end_time_unix_nano);
             inner.by_start.insert((span.start_time_unix_nano, tid, sid));
-            *inner
-                .operations
-                .entry(span.service.clone())
-                .or_default()
-                .entry((span.name.clone(), span.kind))
-                .or_default() += 1;
+            // Counted without allocating when the service and operation are
+            // known (nearly always).
+            let ops = match inner.operations.get_mut(&span.service) {
+                Some(ops) => ops,
+                None => inner.operations.entry(span.service.clone()).or_default(),
+            };
+            let key = (span.name, span.kind);
+            match ops.get_mut(&key) {
+                Some(n) => *n += 1,
+                None => {
+                    ops.insert(key.clone(), 1);
+                }
+            }
+            let span = Span {
+                name: key.0,
+                ..span
+            };
             entry.spans.insert(sid, span);
         }
         let new_end = entry.newest_end;
