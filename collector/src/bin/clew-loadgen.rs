@@ -196,7 +196,7 @@ async fn main() -> anyhow::Result<()> {
     let load_start = clew_tracer::span::now_unix_nanos().saturating_sub(1_000_000_000);
     let mut prepared = Vec::new();
     // Trace ids of each prepared request, in the order requests are sent.
-    let mut trace_ids: Vec<Vec<Vec<([u8; 16], usize)>>> = Vec::new();
+    let mut trace_ids: Vec<Vec<Vec<SentTrace>>> = Vec::new();
     for w in 0..args.concurrency {
         let mut rng = SmallRng::seed_from_u64(w as u64 + 1);
         let mut ids = Vec::new();
@@ -267,18 +267,7 @@ async fn main() -> anyhow::Result<()> {
         args.concurrency,
         refused.load(Ordering::Relaxed)
     );
-    if let (Some(before), Some(after)) = (cpu_before, total_cpu(&pids)) {
-        let cpu = after - before;
-        println!(
-            "collector{} CPU: {cpu:.2} s → {:.0} spans per CPU-second",
-            if args.also_pid.is_empty() {
-                ""
-            } else {
-                " (+ also-pids)"
-            },
-            spans as f64 / cpu.max(0.01)
-        );
-    }
+    print_cpu("", cpu_before, &pids, &args, spans);
     if !args.wait_stored && args.queries == 0 {
         return Ok(());
     }
@@ -296,18 +285,13 @@ async fn main() -> anyhow::Result<()> {
         .context("connecting to the query service")?
         .max_decoding_message_size(64 << 20);
     wait_stored(&mut query, &acked, &args, start).await?;
-    if let (Some(before), Some(after)) = (cpu_before, total_cpu(&pids)) {
-        let cpu = after - before;
-        println!(
-            "end to end (sent, assembled, stored): collector{} CPU {cpu:.2} s → {:.0} spans per CPU-second",
-            if args.also_pid.is_empty() {
-                ""
-            } else {
-                " (+ also-pids)"
-            },
-            spans as f64 / cpu.max(0.01)
-        );
-    }
+    print_cpu(
+        "end to end (sent, assembled, stored): ",
+        cpu_before,
+        &pids,
+        &args,
+        spans,
+    );
     if args.queries > 0 {
         query_latency(&mut query, &acked, &args, load_start).await?;
     }
@@ -366,6 +350,29 @@ async fn wait_stored(
     Ok(())
 }
 
+/// Prints the CPU the collector (and the `--also-pid`s) used since
+/// `before`, and spans per CPU-second.
+fn print_cpu(label: &str, before: Option<f64>, pids: &[u32], args: &Args, spans: u64) {
+    if let (Some(before), Some(after)) = (before, total_cpu(pids)) {
+        let cpu = after - before;
+        let who = if args.also_pid.is_empty() {
+            "collector"
+        } else {
+            "collector (+ also-pids)"
+        };
+        println!(
+            "{label}{who} CPU: {cpu:.2} s → {:.0} spans per CPU-second",
+            spans as f64 / cpu.max(0.01)
+        );
+    }
+}
+
+/// A trace id and its number of spans.
+type SentTrace = ([u8; 16], usize);
+
+/// Builds the filter of the i-th run of a search.
+type MakeFilter<'a> = Box<dyn Fn(usize) -> pb::FilterCriteria + 'a>;
+
 /// p50 and p99 of a set of latencies, in milliseconds.
 fn percentiles(mut ms: Vec<f64>) -> (f64, f64) {
     ms.sort_by(f64::total_cmp);
@@ -402,7 +409,7 @@ async fn query_latency(
     );
     let svc = |i: usize| format!("service-{}", i % args.services);
     let tag = |k: &str, v: &str| [(k.to_string(), v.to_string())].into_iter().collect();
-    let searches: Vec<(&str, Box<dyn Fn(usize) -> pb::FilterCriteria>)> = vec![
+    let searches: Vec<(&str, MakeFilter<'_>)> = vec![
         (
             "service",
             Box::new(|i| pb::FilterCriteria {
