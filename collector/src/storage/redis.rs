@@ -82,6 +82,10 @@ const BACKEND: &str = "redis";
 /// Most index entries one search walks before it returns what it found.
 pub const MAX_SCANNED: usize = 100_000;
 
+/// A max-duration search fetches every trace with a short enough span when
+/// there are at most this many (else it walks an index by time).
+const SHORT_CANDIDATES: usize = 2_000;
+
 /// Index entries one call of the scan script walks (bounds how long it holds
 /// Redis).
 const SCAN_BATCH: usize = 5_000;
@@ -556,6 +560,41 @@ impl Inner {
         Ok(out)
     }
 
+    /// A search with a maximum duration that few traces meet: every trace
+    /// with a short enough span (of the service) is a candidate, taken from
+    /// the shortest-duration index by score, then checked exactly. `None`
+    /// when there are more than [`SHORT_CANDIDATES`]: walking by time is
+    /// cheaper then.
+    async fn by_short_spans(&self, f: &FilterCriteria, limit: usize) -> Result<Option<Vec<Trace>>> {
+        let svc = (!f.service.is_empty()).then_some(f.service.as_str());
+        let key = self.keys.min_duration(svc);
+        let max = f.max_duration_nanos;
+        let tids: Vec<Vec<u8>> = self
+            .with_retry("list_traces", |mut conn| {
+                let key = &key;
+                async move {
+                    ::redis::cmd("ZRANGEBYSCORE")
+                        .arg(key)
+                        .arg("-inf")
+                        .arg(max)
+                        .arg("LIMIT")
+                        .arg(0)
+                        .arg(SHORT_CANDIDATES + 1)
+                        .query_async(&mut conn)
+                        .await
+                }
+            })
+            .await?;
+        if tids.len() > SHORT_CANDIDATES {
+            return Ok(None);
+        }
+        let mut found: Vec<(u64, Trace)> = Vec::new();
+        for chunk in tids.chunks(256) {
+            keep_matches(&mut found, self.fetch_traces(chunk).await?, f);
+        }
+        Ok(Some(newest_first(found, limit)))
+    }
+
     /// Picks the candidate indexes of a filter: (primary, others).
     async fn plan(&self, f: &FilterCriteria) -> Result<(Vec<u8>, Vec<Vec<u8>>)> {
         let k = &self.keys;
@@ -653,6 +692,11 @@ impl Storage for RedisStorage {
         if lo > hi {
             return Ok(Vec::new());
         }
+        if f.max_duration_nanos > 0
+            && let Some(found) = self.by_short_spans(f, limit).await?
+        {
+            return Ok(found);
+        }
         let (primary, others) = self.plan(f).await?;
         // Scores are a trace's earliest matching start: a trace whose matching
         // span is in the window may have started up to `max_trace_span` earlier.
@@ -718,18 +762,7 @@ impl Storage for RedisStorage {
                 .into_iter()
                 .filter(|t| seen.insert(t.clone()))
                 .collect();
-            for (tid, mut spans) in self.fetch_traces(&tids).await? {
-                if let Some(at) = query::best_match(&spans, f) {
-                    query::sort_spans(&mut spans);
-                    found.push((
-                        at,
-                        Trace {
-                            trace_id: tid,
-                            spans,
-                        },
-                    ));
-                }
-            }
+            keep_matches(&mut found, self.fetch_traces(&tids).await?, f);
             if found.len() >= limit || exhausted == 1 {
                 break;
             }
@@ -738,9 +771,7 @@ impl Storage for RedisStorage {
                 break;
             }
         }
-        found.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| b.1.trace_id.cmp(&a.1.trace_id)));
-        found.truncate(limit);
-        Ok(found.into_iter().map(|(_, t)| t).collect())
+        Ok(newest_first(found, limit))
     }
 
     async fn services(&self) -> Result<Vec<String>> {
@@ -954,6 +985,34 @@ impl Inner {
         }
         Ok(())
     }
+}
+
+/// Adds the fetched traces that match the filter, with the start of their
+/// most recent matching span.
+fn keep_matches(
+    found: &mut Vec<(u64, Trace)>,
+    fetched: Vec<(Vec<u8>, Vec<Span>)>,
+    f: &FilterCriteria,
+) {
+    for (tid, mut spans) in fetched {
+        if let Some(at) = query::best_match(&spans, f) {
+            query::sort_spans(&mut spans);
+            found.push((
+                at,
+                Trace {
+                    trace_id: tid,
+                    spans,
+                },
+            ));
+        }
+    }
+}
+
+/// The `limit` traces with the most recent matching spans, newest first.
+fn newest_first(mut found: Vec<(u64, Trace)>, limit: usize) -> Vec<Trace> {
+    found.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| b.1.trace_id.cmp(&a.1.trace_id)));
+    found.truncate(limit);
+    found.into_iter().map(|(_, t)| t).collect()
 }
 
 fn now_ms() -> u64 {
