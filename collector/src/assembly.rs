@@ -150,7 +150,7 @@ impl Default for AssemblerConfig {
             max_trace_age: Duration::from_secs(60),
             max_spans_per_trace: 10_000,
             max_pending_bytes: 256 * 1024 * 1024,
-            max_concurrent_stores: 32,
+            max_concurrent_stores: 1024,
             retry: RetryPolicy {
                 initial: Duration::from_millis(100),
                 max: Duration::from_secs(10),

@@ -5,6 +5,11 @@
 //! ```sh
 //! clew-loadgen --target 127.0.0.1:4317 --spans 1000000 --batch 512 --concurrency 8 --collector-pid $PID
 //! ```
+//!
+//! With `--wait-stored`, it then polls the collector's gRPC `Query` service
+//! until a sample of the sent traces is stored whole (end-to-end throughput
+//! and CPU include assembly and storage), and with `--queries N` it measures
+//! trace-by-ID and search latency (p50/p99) over what is stored.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -12,6 +17,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use clap::Parser;
+use clew_proto::v1 as pb;
+use clew_proto::v1::query_client::QueryClient;
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, trace_service_client::TraceServiceClient,
 };
@@ -19,6 +26,7 @@ use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value::Valu
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span, Status, span};
 use rand::{Rng, SeedableRng, rngs::SmallRng};
+use tonic::transport::Channel;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -50,6 +58,17 @@ struct Args {
     /// Extra pids whose CPU counts with the collector's (e.g. redis-server).
     #[arg(long)]
     also_pid: Vec<u32>,
+    /// After sending, wait until a sample of the sent traces is stored whole
+    /// (polled through the gRPC Query service) and report end-to-end figures.
+    #[arg(long)]
+    wait_stored: bool,
+    /// Give up waiting for storage after this many seconds.
+    #[arg(long, default_value_t = 900)]
+    wait_timeout_secs: u64,
+    /// Queries per kind (trace by ID, each search) to time after storing;
+    /// 0: none. Implies `--wait-stored`.
+    #[arg(long, default_value_t = 0)]
+    queries: usize,
 }
 
 fn kv(key: &str, v: Value) -> KeyValue {
@@ -60,8 +79,14 @@ fn kv(key: &str, v: Value) -> KeyValue {
     }
 }
 
-/// One request of `n` spans in traces of `trace_size`, all fresh ids.
-fn request(rng: &mut SmallRng, args: &Args, n: usize) -> ExportTraceServiceRequest {
+/// One request of `n` spans in traces of `trace_size`, all fresh ids. The
+/// trace ids and their span counts are pushed to `ids`.
+fn request(
+    rng: &mut SmallRng,
+    args: &Args,
+    n: usize,
+    ids: &mut Vec<([u8; 16], usize)>,
+) -> ExportTraceServiceRequest {
     let now = clew_tracer::span::now_unix_nanos();
     let service = rng.random_range(0..args.services);
     let mut spans = Vec::with_capacity(n);
@@ -71,6 +96,7 @@ fn request(rng: &mut SmallRng, args: &Args, n: usize) -> ExportTraceServiceReque
         if i % args.trace_size == 0 {
             rng.fill(&mut trace_id);
             rng.fill(&mut root);
+            ids.push((trace_id, args.trace_size.min(n - i)));
         }
         let mut span_id = [0u8; 8];
         rng.fill(&mut span_id);
@@ -147,7 +173,9 @@ fn total_cpu(pids: &[u32]) -> Option<f64> {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args = Arc::new(Args::parse());
+    let mut args = Args::parse();
+    args.wait_stored |= args.queries > 0;
+    let args = Arc::new(args);
     anyhow::ensure!(
         args.batch > 0 && args.trace_size > 0 && args.concurrency > 0,
         "sizes must be positive"
@@ -164,23 +192,38 @@ async fn main() -> anyhow::Result<()> {
     // Requests are generated before the clock starts, so the figure is the
     // collector's, not the generator's.
     let per_worker = requests_total.div_ceil(args.concurrency as u64) as usize;
+    // Span times are taken while requests are prepared.
+    let load_start = clew_tracer::span::now_unix_nanos().saturating_sub(1_000_000_000);
     let mut prepared = Vec::new();
+    // Trace ids of each prepared request, in the order requests are sent.
+    let mut trace_ids: Vec<Vec<Vec<SentTrace>>> = Vec::new();
     for w in 0..args.concurrency {
         let mut rng = SmallRng::seed_from_u64(w as u64 + 1);
+        let mut ids = Vec::new();
         prepared.push(
             (0..per_worker)
-                .map(|_| request(&mut rng, &args, args.batch))
+                .map(|_| {
+                    let mut these = Vec::new();
+                    let req = request(&mut rng, &args, args.batch, &mut these);
+                    ids.push(these);
+                    req
+                })
                 .collect::<Vec<_>>(),
         );
+        trace_ids.push(ids);
     }
+    let sent_requests: Vec<Arc<AtomicU64>> = (0..args.concurrency)
+        .map(|_| Arc::new(AtomicU64::new(0)))
+        .collect();
     let start = Instant::now();
     let mut tasks = Vec::new();
-    for batch in prepared {
-        let (next, sent, refused, endpoint) = (
+    for (batch, done) in prepared.into_iter().zip(&sent_requests) {
+        let (next, sent, refused, endpoint, done) = (
             Arc::clone(&next),
             Arc::clone(&sent),
             Arc::clone(&refused),
             endpoint.clone(),
+            Arc::clone(done),
         );
         let args = Arc::clone(&args);
         tasks.push(tokio::spawn(async move {
@@ -196,6 +239,7 @@ async fn main() -> anyhow::Result<()> {
                     match client.export(req.clone()).await {
                         Ok(_) => {
                             sent.fetch_add(args.batch as u64, Ordering::Relaxed);
+                            done.fetch_add(1, Ordering::Relaxed);
                             break;
                         }
                         Err(s) if s.code() == tonic::Code::ResourceExhausted => {
@@ -223,16 +267,241 @@ async fn main() -> anyhow::Result<()> {
         args.concurrency,
         refused.load(Ordering::Relaxed)
     );
-    if let (Some(before), Some(after)) = (cpu_before, total_cpu(&pids)) {
+    print_cpu("", cpu_before, &pids, &args, spans);
+    if !args.wait_stored && args.queries == 0 {
+        return Ok(());
+    }
+    // The ids of every trace that was acknowledged.
+    let acked: Vec<([u8; 16], usize)> = trace_ids
+        .iter()
+        .zip(&sent_requests)
+        .flat_map(|(ids, n)| ids.iter().take(n.load(Ordering::Relaxed) as usize))
+        .flatten()
+        .copied()
+        .collect();
+    anyhow::ensure!(!acked.is_empty(), "nothing was sent");
+    let mut query = QueryClient::connect(endpoint.clone())
+        .await
+        .context("connecting to the query service")?
+        .max_decoding_message_size(64 << 20);
+    wait_stored(&mut query, &acked, &args, start).await?;
+    print_cpu(
+        "end to end (sent, assembled, stored): ",
+        cpu_before,
+        &pids,
+        &args,
+        spans,
+    );
+    if args.queries > 0 {
+        query_latency(&mut query, &acked, &args, load_start).await?;
+    }
+    Ok(())
+}
+
+/// Polls a sample of `acked` (trace ids with their span counts) until each
+/// is stored whole; prints the end-to-end rate.
+async fn wait_stored(
+    query: &mut QueryClient<Channel>,
+    acked: &[([u8; 16], usize)],
+    args: &Args,
+    start: Instant,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(args.wait_timeout_secs);
+    // Every 97th trace and the last 64: storage order is not send order, so
+    // a spread sample bounds how much is still missing.
+    let mut sample: Vec<([u8; 16], usize)> = acked.iter().step_by(97).copied().collect();
+    sample.extend(acked.iter().rev().take(64));
+    let mut waiting = sample;
+    loop {
+        let mut still = Vec::new();
+        for &(id, expected) in &waiting {
+            let complete = match query
+                .get_trace(pb::GetTraceRequest {
+                    trace_id: id.to_vec(),
+                })
+                .await
+            {
+                Ok(t) => t.into_inner().spans.len() >= expected,
+                Err(s) if s.code() == tonic::Code::NotFound => false,
+                Err(s) => anyhow::bail!("get_trace failed: {s}"),
+            };
+            if !complete {
+                still.push((id, expected));
+            }
+        }
+        if still.is_empty() {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "{} sampled traces still not stored after {} s",
+            still.len(),
+            args.wait_timeout_secs
+        );
+        waiting = still;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let spans: usize = acked.iter().map(|(_, n)| n).sum();
+    println!(
+        "stored: sampled traces complete {secs:.2} s after the first request → {:.0} spans/s end to end",
+        spans as f64 / secs
+    );
+    Ok(())
+}
+
+/// Prints the CPU the collector (and the `--also-pid`s) used since
+/// `before`, and spans per CPU-second.
+fn print_cpu(label: &str, before: Option<f64>, pids: &[u32], args: &Args, spans: u64) {
+    if let (Some(before), Some(after)) = (before, total_cpu(pids)) {
         let cpu = after - before;
+        let who = if args.also_pid.is_empty() {
+            "collector"
+        } else {
+            "collector (+ also-pids)"
+        };
         println!(
-            "collector{} CPU: {cpu:.2} s → {:.0} spans per CPU-second",
-            if args.also_pid.is_empty() {
-                ""
-            } else {
-                " (+ also-pids)"
-            },
+            "{label}{who} CPU: {cpu:.2} s → {:.0} spans per CPU-second",
             spans as f64 / cpu.max(0.01)
+        );
+    }
+}
+
+/// A trace id and its number of spans.
+type SentTrace = ([u8; 16], usize);
+
+/// Builds the filter of the i-th run of a search.
+type MakeFilter<'a> = Box<dyn Fn(usize) -> pb::FilterCriteria + 'a>;
+
+/// p50 and p99 of a set of latencies, in milliseconds.
+fn percentiles(mut ms: Vec<f64>) -> (f64, f64) {
+    ms.sort_by(f64::total_cmp);
+    let at = |q: f64| ms[((ms.len() as f64 * q) as usize).min(ms.len() - 1)];
+    (at(0.50), at(0.99))
+}
+
+/// Times trace-by-ID lookups and a set of searches over the stored traces.
+async fn query_latency(
+    query: &mut QueryClient<Channel>,
+    acked: &[([u8; 16], usize)],
+    args: &Args,
+    load_start: u64,
+) -> anyhow::Result<()> {
+    let mut rng = SmallRng::seed_from_u64(42);
+    let mut lat = Vec::with_capacity(args.queries);
+    for _ in 0..args.queries {
+        let (id, _) = acked[rng.random_range(0..acked.len())];
+        let t = Instant::now();
+        let trace = query
+            .get_trace(pb::GetTraceRequest {
+                trace_id: id.to_vec(),
+            })
+            .await
+            .context("get_trace")?
+            .into_inner();
+        lat.push(t.elapsed().as_secs_f64() * 1e3);
+        anyhow::ensure!(!trace.spans.is_empty(), "a stored trace came back empty");
+    }
+    let (p50, p99) = percentiles(lat);
+    println!(
+        "query trace by id ({} lookups): p50 {p50:.2} ms, p99 {p99:.2} ms",
+        args.queries
+    );
+    let svc = |i: usize| format!("service-{}", i % args.services);
+    let tag = |k: &str, v: &str| [(k.to_string(), v.to_string())].into_iter().collect();
+    let searches: Vec<(&str, MakeFilter<'_>)> = vec![
+        (
+            "service",
+            Box::new(|i| pb::FilterCriteria {
+                service: svc(i),
+                ..Default::default()
+            }),
+        ),
+        (
+            "service+operation",
+            Box::new(|i| pb::FilterCriteria {
+                service: svc(i),
+                operation: format!("op-{}", i % 20),
+                ..Default::default()
+            }),
+        ),
+        (
+            "service+tag (1 in 50 spans)",
+            Box::new(|i| pb::FilterCriteria {
+                service: svc(i),
+                tags: tag("http.response.status_code", "500"),
+                ..Default::default()
+            }),
+        ),
+        (
+            "tag only",
+            Box::new(|i| pb::FilterCriteria {
+                tags: tag("customer.tier", ["free", "pro", "enterprise"][i % 3]),
+                ..Default::default()
+            }),
+        ),
+        (
+            "service+errors only",
+            Box::new(|i| pb::FilterCriteria {
+                service: svc(i),
+                errors_only: true,
+                ..Default::default()
+            }),
+        ),
+        (
+            "service+min duration 49 ms",
+            Box::new(|i| pb::FilterCriteria {
+                service: svc(i),
+                min_duration_nanos: 49_000_000,
+                ..Default::default()
+            }),
+        ),
+        (
+            "service+max duration 0.2 ms",
+            Box::new(|i| pb::FilterCriteria {
+                service: svc(i),
+                max_duration_nanos: 200_000,
+                ..Default::default()
+            }),
+        ),
+        (
+            "max duration 0.2 ms only",
+            Box::new(|_| pb::FilterCriteria {
+                max_duration_nanos: 200_000,
+                ..Default::default()
+            }),
+        ),
+        (
+            "service+10 s window",
+            Box::new(move |i| pb::FilterCriteria {
+                service: svc(i),
+                start_time_min_unix_nano: load_start,
+                start_time_max_unix_nano: load_start + 10_000_000_000,
+                ..Default::default()
+            }),
+        ),
+    ];
+    let runs = (args.queries / 10).max(20);
+    for (name, make) in &searches {
+        let mut lat = Vec::with_capacity(runs);
+        let mut found = 0;
+        for i in 0..runs {
+            let t = Instant::now();
+            let traces = query
+                .find_traces(pb::FindTracesRequest {
+                    filter: Some(make(i)),
+                })
+                .await
+                .with_context(|| format!("find_traces ({name})"))?
+                .into_inner()
+                .traces;
+            lat.push(t.elapsed().as_secs_f64() * 1e3);
+            found += traces.len();
+        }
+        let (p50, p99) = percentiles(lat);
+        println!(
+            "query search {name} (limit 20, {runs} runs, {:.1} traces each): p50 {p50:.2} ms, p99 {p99:.2} ms",
+            found as f64 / runs as f64
         );
     }
     Ok(())

@@ -8,22 +8,34 @@
 //!
 //! | table | key | value |
 //! |---|---|---|
-//! | `spans` | tid ‖ sid | protobuf `Span` |
-//! | `traces` | tid | newest span end |
+//! | `fragments` | tid ‖ fragment number (u32) | protobuf `Trace` holding the fragment's new spans |
+//! | `trace_meta` | tid | newest span end ‖ next fragment number ‖ ids of the stored spans (8 bytes each) |
 //! | `by_end` | end ‖ tid | — (what `prune_traces` walks) |
-//! | `index` | kind ‖ len ‖ text ‖ start ‖ tid ‖ sid | — (one entry per span and index) |
-//! | `children` | tid ‖ parent sid ‖ child sid | — (to find calls when a parent arrives late) |
+//! | `trace_index` | kind ‖ len ‖ text ‖ start ‖ tid | summary: min duration ‖ max duration ‖ error flag |
+//! | `orphans` | tid ‖ parent sid ‖ child sid | child start ‖ error flag ‖ child service (a call whose parent has not arrived) |
 //! | `edges` | child start ‖ tid ‖ child sid | parent svc `\0` child svc `\0` error flag |
 //! | `operations` | len ‖ service ‖ kind ‖ operation | number of stored spans |
 //!
 //! Index kinds: `a` all spans, `s` service, `o` service + operation, `t` tag
 //! (key `\0` value, short values only), `e` ERROR spans of a service, `E` all
-//! ERROR spans. A search walks one index (the most selective kind the filter
-//! allows) from the window's end backwards, checks each span exactly and stops
-//! at the limit: `O(log n + scanned)`, in exact "most recent matching span"
-//! order, because index entries are per span.
+//! ERROR spans.
+//!
+//! # Index entries per trace, not per span
+//!
+//! Each stored *fragment* writes one `trace_index` entry per distinct index it
+//! touches, keyed by the start of its newest span under that index and
+//! carrying the shortest and longest duration of those spans and whether one
+//! is an ERROR. A 10-span fragment of one service thus writes ~2 entries per
+//! span instead of ~8 (every B-tree insert is a copy-on-write page update in
+//! redb: that was the cost). A search walks the most selective index from the
+//! window's end backwards, skips entries whose summary rules the filter out
+//! (duration bounds, errors: so duration-only searches need no extra index),
+//! and checks the whole trace of each other entry exactly. A trace's first
+//! entry met carries its newest span under that index, so once `limit` traces
+//! matched at or after the entry being walked, no later entry can rank higher:
+//! the order stays exactly "most recent matching span first".
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -42,14 +54,20 @@ const BACKEND: &str = "embedded";
 /// Most index entries one search walks before it returns what it found.
 pub const MAX_SCANNED: usize = 200_000;
 
+/// The longest a trace is expected to last from its first to its last span.
+/// A search finds a trace through a span in its time window only if that
+/// span started at most this long before the newest span of the trace under
+/// the same index (in the same fragment).
+pub const MAX_TRACE_SPAN_NS: u64 = 3_600_000_000_000;
+
 /// Traces removed per pruning transaction.
 const PRUNE_CHUNK: usize = 512;
 
-const SPANS: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::new("spans");
-const TRACES: TableDefinition<'_, &[u8], u64> = TableDefinition::new("traces");
+const SPANS: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::new("fragments");
+const TRACES: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::new("trace_meta");
 const BY_END: TableDefinition<'_, &[u8], ()> = TableDefinition::new("by_end");
-const INDEX: TableDefinition<'_, &[u8], ()> = TableDefinition::new("index");
-const CHILDREN: TableDefinition<'_, &[u8], ()> = TableDefinition::new("children");
+const INDEX: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::new("trace_index");
+const ORPHANS: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::new("orphans");
 const EDGES: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::new("edges");
 const OPERATIONS: TableDefinition<'_, &[u8], u64> = TableDefinition::new("operations");
 
@@ -98,7 +116,7 @@ struct WriteRequest {
 }
 
 /// Most fragments committed in one transaction.
-const MAX_GROUP: usize = 256;
+const MAX_GROUP: usize = 4096;
 
 fn writer_loop(db: Arc<Database>, rx: std::sync::mpsc::Receiver<WriteRequest>) {
     while let Ok(first) = rx.recv() {
@@ -131,7 +149,7 @@ impl EmbeddedStorage {
         tx.open_table(TRACES).map_err(db_err)?;
         tx.open_table(BY_END).map_err(db_err)?;
         tx.open_table(INDEX).map_err(db_err)?;
-        tx.open_table(CHILDREN).map_err(db_err)?;
+        tx.open_table(ORPHANS).map_err(db_err)?;
         tx.open_table(EDGES).map_err(db_err)?;
         tx.open_table(OPERATIONS).map_err(db_err)?;
         tx.commit().map_err(db_err)?;
@@ -219,8 +237,8 @@ fn op_key(span: &Span) -> Vec<u8> {
     k
 }
 
-fn decode(blob: &[u8]) -> Result<Span> {
-    Span::decode(blob).map_err(|e| corrupt(format!("span: {e}")))
+fn decode_fragment(blob: &[u8]) -> Result<Trace> {
+    Trace::decode(blob).map_err(|e| corrupt(format!("fragment: {e}")))
 }
 
 fn tid_of(tail: &[u8]) -> Result<[u8; 16]> {
@@ -241,112 +259,339 @@ fn edge_value(parent: &str, child: &str, error: bool) -> Vec<u8> {
 /// The write-side tables, opened once per transaction.
 struct WriteTables<'t> {
     spans: Table<'t, &'static [u8], &'static [u8]>,
-    traces: Table<'t, &'static [u8], u64>,
+    traces: Table<'t, &'static [u8], &'static [u8]>,
     by_end: Table<'t, &'static [u8], ()>,
-    index: Table<'t, &'static [u8], ()>,
-    children: Table<'t, &'static [u8], ()>,
+    index: Table<'t, &'static [u8], &'static [u8]>,
+    orphans: Table<'t, &'static [u8], &'static [u8]>,
     edges: Table<'t, &'static [u8], &'static [u8]>,
-    ops: Table<'t, &'static [u8], u64>,
 }
 
-/// Writes one validated fragment inside an open write transaction.
-fn apply_fragment(t: &mut WriteTables<'_>, fragment: super::Fragment) -> Result<StoreOutcome> {
+/// What one index entry says about the spans of a fragment filed under it.
+/// The key carries `newest_start`; the value the rest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Summary {
+    newest_start: u64,
+    oldest_start: u64,
+    min_duration: u64,
+    max_duration: u64,
+    error: bool,
+}
+
+/// Length of an encoded [`Summary`] value.
+const SUMMARY_LEN: usize = 25;
+
+impl Summary {
+    fn of(span: &Span) -> Self {
+        let d = query::duration(span);
+        Summary {
+            newest_start: span.start_time_unix_nano,
+            oldest_start: span.start_time_unix_nano,
+            min_duration: d,
+            max_duration: d,
+            error: query::is_error(span),
+        }
+    }
+
+    fn add(&mut self, other: Summary) {
+        self.newest_start = self.newest_start.max(other.newest_start);
+        self.oldest_start = self.oldest_start.min(other.oldest_start);
+        self.min_duration = self.min_duration.min(other.min_duration);
+        self.max_duration = self.max_duration.max(other.max_duration);
+        self.error |= other.error;
+    }
+
+    fn encode(&self) -> [u8; SUMMARY_LEN] {
+        let mut v = [0u8; SUMMARY_LEN];
+        v[..8].copy_from_slice(&be(self.oldest_start));
+        v[8..16].copy_from_slice(&be(self.min_duration));
+        v[16..24].copy_from_slice(&be(self.max_duration));
+        v[24] = u8::from(self.error);
+        v
+    }
+
+    /// The summary of an entry whose key says `newest_start`.
+    fn decode(newest_start: u64, v: &[u8]) -> Result<Self> {
+        let word = |i: usize| {
+            v.get(i..i + 8)
+                .and_then(|b| b.try_into().ok())
+                .map(u64::from_be_bytes)
+                .ok_or_else(|| corrupt("index entry"))
+        };
+        Ok(Summary {
+            newest_start,
+            oldest_start: word(0)?,
+            min_duration: word(8)?,
+            max_duration: word(16)?,
+            error: v.get(24).ok_or_else(|| corrupt("index entry"))? == &1,
+        })
+    }
+
+    /// Whether some span under this entry may satisfy the filter's time
+    /// window (`[lo, hi]`), duration and error conditions.
+    fn may_match(&self, f: &FilterCriteria, lo: u64, hi: u64) -> bool {
+        !(self.oldest_start > hi
+            || self.newest_start < lo
+            || f.min_duration_nanos != 0 && self.max_duration < f.min_duration_nanos
+            || f.max_duration_nanos != 0 && self.min_duration > f.max_duration_nanos
+            || f.errors_only && !self.error)
+    }
+}
+
+/// A trace's `trace_meta` value: newest end ‖ next fragment number ‖ the ids
+/// of its stored spans.
+#[derive(Debug, Default)]
+struct Meta {
+    newest_end: u64,
+    next_fragment: u32,
+    span_ids: HashSet<[u8; 8]>,
+}
+
+impl Meta {
+    fn decode(v: &[u8]) -> Result<Self> {
+        let bad = || corrupt("trace meta");
+        let newest_end =
+            u64::from_be_bytes(v.get(..8).ok_or_else(bad)?.try_into().map_err(|_| bad())?);
+        let next_fragment = u32::from_be_bytes(
+            v.get(8..12)
+                .ok_or_else(bad)?
+                .try_into()
+                .map_err(|_| bad())?,
+        );
+        let ids = v.get(12..).ok_or_else(bad)?;
+        if ids.len() % 8 != 0 {
+            return Err(bad());
+        }
+        Ok(Meta {
+            newest_end,
+            next_fragment,
+            span_ids: ids
+                .chunks_exact(8)
+                .map(|c| c.try_into().unwrap_or([0; 8]))
+                .collect(),
+        })
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(12 + 8 * self.span_ids.len());
+        v.extend_from_slice(&be(self.newest_end));
+        v.extend_from_slice(&self.next_fragment.to_be_bytes());
+        for id in &self.span_ids {
+            v.extend_from_slice(id);
+        }
+        v
+    }
+}
+
+/// A child span waiting for its parent: start ‖ error flag ‖ service.
+fn orphan_value(span: &Span) -> Vec<u8> {
+    cat(&[
+        &be(span.start_time_unix_nano),
+        &[u8::from(query::is_error(span))],
+        span.service.as_bytes(),
+    ])
+}
+
+fn parse_orphan(v: &[u8]) -> Result<(u64, bool, &str)> {
+    let start = v
+        .get(..8)
+        .and_then(|b| b.try_into().ok())
+        .map(u64::from_be_bytes)
+        .ok_or_else(|| corrupt("orphan entry"))?;
+    let error = v.get(8).ok_or_else(|| corrupt("orphan entry"))? == &1;
+    let svc = std::str::from_utf8(&v[9..]).map_err(|_| corrupt("orphan entry"))?;
+    Ok((start, error, svc))
+}
+
+/// Writes one validated fragment inside an open write transaction. Operation
+/// counts are added to `op_counts` (written once per transaction).
+fn apply_fragment(
+    t: &mut WriteTables<'_>,
+    fragment: super::Fragment,
+    op_counts: &mut HashMap<Vec<u8>, i64>,
+) -> Result<StoreOutcome> {
     let WriteTables {
         spans,
         traces,
         by_end,
         index,
-        children,
+        orphans,
         edges,
-        ops,
     } = t;
     let tid = fragment.trace_id;
     let mut out = StoreOutcome {
         stored: 0,
         duplicates: fragment.duplicates,
     };
-    let old_end = traces.get(&tid[..]).map_err(db_err)?.map(|g| g.value());
+    let mut meta = match traces.get(&tid[..]).map_err(db_err)? {
+        Some(v) => Some(Meta::decode(v.value())?),
+        None => None,
+    };
+    let old_end = meta.as_ref().map(|m| m.newest_end);
     let mut newest_end = old_end.unwrap_or(0);
+    // The new spans of this fragment, by id.
+    let mut new: HashMap<[u8; 8], &Span> = HashMap::with_capacity(fragment.spans.len());
+    let mut blob = Trace::default();
+    // Index entries of this fragment: prefix -> summary of its spans there.
+    let mut entries: HashMap<Vec<u8>, Summary> = HashMap::new();
     for span in &fragment.spans {
         let sid = query::span_id(span);
-        let key = cat(&[&tid, &sid]);
-        if spans.get(key.as_slice()).map_err(db_err)?.is_some() {
+        if meta.as_ref().is_some_and(|m| m.span_ids.contains(&sid)) {
             out.duplicates += 1;
             continue;
         }
         out.stored += 1;
-        spans
-            .insert(key.as_slice(), span.encode_to_vec().as_slice())
-            .map_err(db_err)?;
+        blob.spans.push(span.clone());
         newest_end = newest_end.max(span.end_time_unix_nano);
-        let start = be(span.start_time_unix_nano);
+        let summary = Summary::of(span);
         for prefix in span_index_prefixes(span) {
-            let k = cat(&[&prefix, &start, &tid, &sid]);
-            index.insert(k.as_slice(), ()).map_err(db_err)?;
+            entries
+                .entry(prefix)
+                .and_modify(|s| s.add(summary))
+                .or_insert(summary);
         }
-        let ok = op_key(span);
-        let n = ops
-            .get(ok.as_slice())
-            .map_err(db_err)?
-            .map_or(0, |g| g.value());
-        ops.insert(ok.as_slice(), n + 1).map_err(db_err)?;
+        *op_counts.entry(op_key(span)).or_default() += 1;
+        new.insert(sid, span);
+    }
+    if out.stored == 0 {
+        return Ok(out);
+    }
+    // Services of the spans stored before, read only if a call needs them.
+    let mut stored_services: Option<HashMap<[u8; 8], String>> = None;
+    let mut meta = meta.take().unwrap_or_default();
+    let seq = meta.next_fragment;
+    spans
+        .insert(
+            cat(&[&tid, &seq.to_be_bytes()]).as_slice(),
+            blob.encode_to_vec().as_slice(),
+        )
+        .map_err(db_err)?;
+    for (prefix, summary) in &entries {
+        let k = cat(&[prefix, &be(summary.newest_start), &tid]);
+        let mut merged = *summary;
+        // Another fragment of the trace with the same newest start.
+        if old_end.is_some()
+            && let Some(old) = index.get(k.as_slice()).map_err(db_err)?
+        {
+            merged.add(Summary::decode(summary.newest_start, old.value())?);
+        }
+        index
+            .insert(k.as_slice(), merged.encode().as_slice())
+            .map_err(db_err)?;
+    }
 
-        // Calls: to the parent, if stored, and from children stored earlier.
-        if let Some(parent) = query::parent_id(span) {
-            children
-                .insert(cat(&[&tid, &parent, &sid]).as_slice(), ())
+    // Calls: each new span to its parent (in this fragment or stored), or
+    // left as an orphan until the parent arrives.
+    let mut add_edge = |parent_svc: &str, child: (&[u8; 8], u64, bool, &str)| -> Result<()> {
+        let (sid, start, error, svc) = child;
+        if parent_svc != svc {
+            edges
+                .insert(
+                    cat(&[&be(start), &tid, sid]).as_slice(),
+                    edge_value(parent_svc, svc, error).as_slice(),
+                )
                 .map_err(db_err)?;
-            if let Some(p) = spans
-                .get(cat(&[&tid, &parent]).as_slice())
-                .map_err(db_err)?
-            {
-                let p = decode(p.value())?;
-                if p.service != span.service {
-                    edges
-                        .insert(
-                            cat(&[&start, &tid, &sid]).as_slice(),
-                            edge_value(&p.service, &span.service, query::is_error(span)).as_slice(),
-                        )
-                        .map_err(db_err)?;
-                }
-            }
         }
-        let lo = cat(&[&tid, &sid, &[0; 8]]);
-        let hi = cat(&[&tid, &sid, &[0xff; 8]]);
-        let mut kids = Vec::new();
-        for entry in children
+        Ok(())
+    };
+    for (sid, span) in &new {
+        let Some(parent) = query::parent_id(span) else {
+            continue;
+        };
+        let child = (
+            sid,
+            span.start_time_unix_nano,
+            query::is_error(span),
+            span.service.as_str(),
+        );
+        if let Some(p) = new.get(&parent) {
+            add_edge(&p.service, child)?;
+        } else if meta.span_ids.contains(&parent) {
+            if stored_services.is_none() {
+                let before = read_trace(spans, &tid)?;
+                stored_services = Some(
+                    before
+                        .into_iter()
+                        .map(|s| (query::span_id(&s), s.service))
+                        .collect(),
+                );
+            }
+            if let Some(svc) = stored_services.as_ref().and_then(|m| m.get(&parent)) {
+                add_edge(svc, child)?;
+            }
+        } else {
+            orphans
+                .insert(
+                    cat(&[&tid, &parent, sid]).as_slice(),
+                    orphan_value(span).as_slice(),
+                )
+                .map_err(db_err)?;
+        }
+    }
+    // Children stored earlier whose parent is in this fragment.
+    if old_end.is_some() {
+        let lo = cat(&[&tid, &[0; 16]]);
+        let hi = cat(&[&tid, &[0xff; 16]]);
+        let mut adopted = Vec::new();
+        for entry in orphans
             .range(lo.as_slice()..=hi.as_slice())
             .map_err(db_err)?
         {
-            let (k, _) = entry.map_err(db_err)?;
-            kids.push(k.value()[24..].to_vec());
-        }
-        for kid in kids {
-            if let Some(c) = spans.get(cat(&[&tid, &kid]).as_slice()).map_err(db_err)? {
-                let c = decode(c.value())?;
-                if c.service != span.service {
-                    edges
-                        .insert(
-                            cat(&[&be(c.start_time_unix_nano), &tid, &kid]).as_slice(),
-                            edge_value(&span.service, &c.service, query::is_error(&c)).as_slice(),
-                        )
-                        .map_err(db_err)?;
-                }
+            let (k, v) = entry.map_err(db_err)?;
+            let k = k.value();
+            let parent: [u8; 8] = k[16..24].try_into().map_err(|_| corrupt("orphan key"))?;
+            if let Some(p) = new.get(&parent) {
+                let child: [u8; 8] = k[24..32].try_into().map_err(|_| corrupt("orphan key"))?;
+                let (start, error, svc) = parse_orphan(v.value())?;
+                adopted.push((
+                    k.to_vec(),
+                    p.service.clone(),
+                    child,
+                    start,
+                    error,
+                    svc.to_owned(),
+                ));
             }
         }
-    }
-    if out.stored > 0 {
-        if let Some(old) = old_end {
-            by_end
-                .remove(cat(&[&be(old), &tid]).as_slice())
-                .map_err(db_err)?;
+        for (key, parent_svc, child, start, error, svc) in adopted {
+            add_edge(&parent_svc, (&child, start, error, &svc))?;
+            orphans.remove(key.as_slice()).map_err(db_err)?;
         }
-        by_end
-            .insert(cat(&[&be(newest_end), &tid]).as_slice(), ())
-            .map_err(db_err)?;
-        traces.insert(&tid[..], newest_end).map_err(db_err)?;
     }
+    if let Some(old) = old_end {
+        by_end
+            .remove(cat(&[&be(old), &tid]).as_slice())
+            .map_err(db_err)?;
+    }
+    by_end
+        .insert(cat(&[&be(newest_end), &tid]).as_slice(), ())
+        .map_err(db_err)?;
+    meta.newest_end = newest_end;
+    meta.next_fragment = seq.wrapping_add(1);
+    meta.span_ids.extend(new.keys());
+    traces
+        .insert(&tid[..], meta.encode().as_slice())
+        .map_err(db_err)?;
     Ok(out)
+}
+
+/// Adds (or, negative, removes) operation counts.
+fn apply_op_counts(
+    ops: &mut Table<'_, &'static [u8], u64>,
+    counts: HashMap<Vec<u8>, i64>,
+) -> Result<()> {
+    for (key, delta) in counts {
+        let n = ops
+            .get(key.as_slice())
+            .map_err(db_err)?
+            .map_or(0, |g| g.value());
+        let n = n.saturating_add_signed(delta);
+        if n == 0 {
+            ops.remove(key.as_slice()).map_err(db_err)?;
+        } else {
+            ops.insert(key.as_slice(), n).map_err(db_err)?;
+        }
+    }
+    Ok(())
 }
 
 /// Stores several fragments in one write transaction: one commit (and one
@@ -403,13 +648,14 @@ fn write_group(
             traces: tx.open_table(TRACES).map_err(db_err)?,
             by_end: tx.open_table(BY_END).map_err(db_err)?,
             index: tx.open_table(INDEX).map_err(db_err)?,
-            children: tx.open_table(CHILDREN).map_err(db_err)?,
+            orphans: tx.open_table(ORPHANS).map_err(db_err)?,
             edges: tx.open_table(EDGES).map_err(db_err)?,
-            ops: tx.open_table(OPERATIONS).map_err(db_err)?,
         };
+        let mut op_counts = HashMap::new();
         for (slot, fragment) in work {
-            outcomes.push((slot, apply_fragment(&mut t, fragment)?));
+            outcomes.push((slot, apply_fragment(&mut t, fragment, &mut op_counts)?));
         }
+        apply_op_counts(&mut tx.open_table(OPERATIONS).map_err(db_err)?, op_counts)?;
     }
     tx.commit().map_err(db_err)?;
     Ok(outcomes)
@@ -419,12 +665,12 @@ fn read_trace(
     spans: &impl ReadableTable<&'static [u8], &'static [u8]>,
     tid: &[u8; 16],
 ) -> Result<Vec<Span>> {
-    let lo = cat(&[tid, &[0; 8]]);
-    let hi = cat(&[tid, &[0xff; 8]]);
+    let lo = cat(&[tid, &[0; 4]]);
+    let hi = cat(&[tid, &[0xff; 4]]);
     let mut out = Vec::new();
     for entry in spans.range(lo.as_slice()..=hi.as_slice()).map_err(db_err)? {
         let (_, v) = entry.map_err(db_err)?;
-        out.push(decode(v.value())?);
+        out.extend(decode_fragment(v.value())?.spans);
     }
     query::sort_spans(&mut out);
     Ok(out)
@@ -466,9 +712,17 @@ fn list_blocking(db: &Database, f: &FilterCriteria) -> Result<Vec<Trace>> {
     let spans = tx.open_table(SPANS).map_err(db_err)?;
     let index = tx.open_table(INDEX).map_err(db_err)?;
     let prefix = primary_index(f);
-    let from = cat(&[&prefix, &be(lo), &[0; 24]]);
-    let to = cat(&[&prefix, &be(hi), &[0xff; 24]]);
-    let mut found: Vec<[u8; 16]> = Vec::new();
+    // An entry's key is the newest start of its spans: a trace whose
+    // matching span is in the window may have its entry up to
+    // `MAX_TRACE_SPAN_NS` later.
+    let from = cat(&[&prefix, &be(lo), &[0; 16]]);
+    let to = cat(&[
+        &prefix,
+        &be(hi.saturating_add(MAX_TRACE_SPAN_NS)),
+        &[0xff; 16],
+    ]);
+    // (newest matching start, trace), kept sorted newest first.
+    let mut found: Vec<(u64, Trace)> = Vec::new();
     let mut seen: HashSet<[u8; 16]> = HashSet::new();
     for entry in index
         .range(from.as_slice()..=to.as_slice())
@@ -476,33 +730,42 @@ fn list_blocking(db: &Database, f: &FilterCriteria) -> Result<Vec<Trace>> {
         .rev()
         .take(MAX_SCANNED)
     {
-        if found.len() >= limit {
-            break;
-        }
-        let (k, _) = entry.map_err(db_err)?;
+        let (k, v) = entry.map_err(db_err)?;
         let k = k.value();
         let n = k.len();
-        let tid = tid_of(&k[n - 24..n - 8])?;
-        if seen.contains(&tid) {
+        let start = u64::from_be_bytes(
+            k[n - 24..n - 16]
+                .try_into()
+                .map_err(|_| corrupt("bad index key"))?,
+        );
+        // Every trace not seen yet has its matching spans at or before `start`.
+        if found.len() >= limit && found[limit - 1].0 > start {
+            break;
+        }
+        let tid = tid_of(&k[n - 16..])?;
+        if seen.contains(&tid) || !Summary::decode(start, v.value())?.may_match(f, lo, hi) {
             continue;
         }
-        let Some(blob) = spans.get(&k[n - 24..]).map_err(db_err)? else {
-            continue;
-        };
-        if query::span_matches(&decode(blob.value())?, f) {
-            seen.insert(tid);
-            found.push(tid);
+        seen.insert(tid);
+        let trace_spans = read_trace(&spans, &tid)?;
+        if let Some(at) = query::best_match(&trace_spans, f) {
+            let pos = found.partition_point(|(t, trace)| {
+                *t > at || *t == at && trace.trace_id.as_slice() > &tid[..]
+            });
+            found.insert(
+                pos,
+                (
+                    at,
+                    Trace {
+                        trace_id: tid.to_vec(),
+                        spans: trace_spans,
+                    },
+                ),
+            );
+            found.truncate(limit);
         }
     }
-    found
-        .iter()
-        .map(|tid| {
-            Ok(Trace {
-                trace_id: tid.to_vec(),
-                spans: read_trace(&spans, tid)?,
-            })
-        })
-        .collect()
+    Ok(found.into_iter().map(|(_, t)| t).collect())
 }
 
 fn prune_blocking(db: &Database, cut: u64) -> Result<PruneStats> {
@@ -515,9 +778,8 @@ fn prune_blocking(db: &Database, cut: u64) -> Result<PruneStats> {
             let mut traces = tx.open_table(TRACES).map_err(db_err)?;
             let mut by_end = tx.open_table(BY_END).map_err(db_err)?;
             let mut index = tx.open_table(INDEX).map_err(db_err)?;
-            let mut children = tx.open_table(CHILDREN).map_err(db_err)?;
+            let mut orphans = tx.open_table(ORPHANS).map_err(db_err)?;
             let mut edges = tx.open_table(EDGES).map_err(db_err)?;
-            let mut ops = tx.open_table(OPERATIONS).map_err(db_err)?;
             let upper = be(cut);
             let mut old: Vec<Vec<u8>> = Vec::new();
             for entry in by_end.range(..upper.as_slice()).map_err(db_err)? {
@@ -528,70 +790,46 @@ fn prune_blocking(db: &Database, cut: u64) -> Result<PruneStats> {
                 }
             }
             done = old.len() < PRUNE_CHUNK;
+            let mut op_counts: HashMap<Vec<u8>, i64> = HashMap::new();
             for end_key in old {
                 let tid = tid_of(&end_key[8..])?;
                 for span in read_trace(&spans, &tid)? {
                     stats.spans += 1;
-                    remove_span(
-                        &span,
-                        &tid,
-                        &mut spans,
-                        &mut index,
-                        &mut children,
-                        &mut edges,
-                        &mut ops,
-                    )?;
+                    let sid = query::span_id(&span);
+                    let start = be(span.start_time_unix_nano);
+                    // Each index entry of the trace is keyed by the start of
+                    // one of its spans: removing every candidate removes them.
+                    for prefix in span_index_prefixes(&span) {
+                        index
+                            .remove(cat(&[&prefix, &start, &tid]).as_slice())
+                            .map_err(db_err)?;
+                    }
+                    edges
+                        .remove(cat(&[&start, &tid, &sid]).as_slice())
+                        .map_err(db_err)?;
+                    *op_counts.entry(op_key(&span)).or_default() -= 1;
                 }
+                let lo = cat(&[&tid, &[0; 16]]);
+                let hi = cat(&[&tid, &[0xff; 16]]);
+                orphans
+                    .retain_in(lo.as_slice()..=hi.as_slice(), |_, _| false)
+                    .map_err(db_err)?;
+                let lo = cat(&[&tid, &[0; 4]]);
+                let hi = cat(&[&tid, &[0xff; 4]]);
+                spans
+                    .retain_in(lo.as_slice()..=hi.as_slice(), |_, _| false)
+                    .map_err(db_err)?;
                 traces.remove(&tid[..]).map_err(db_err)?;
                 by_end.remove(end_key.as_slice()).map_err(db_err)?;
                 stats.traces += 1;
             }
+            apply_op_counts(&mut tx.open_table(OPERATIONS).map_err(db_err)?, op_counts)?;
         }
         tx.commit().map_err(db_err)?;
         if done {
             return Ok(stats);
         }
     }
-}
-
-type BytesTable<'t, V> = Table<'t, &'static [u8], V>;
-
-fn remove_span(
-    span: &Span,
-    tid: &[u8; 16],
-    spans: &mut BytesTable<'_, &'static [u8]>,
-    index: &mut BytesTable<'_, ()>,
-    children: &mut BytesTable<'_, ()>,
-    edges: &mut BytesTable<'_, &'static [u8]>,
-    ops: &mut BytesTable<'_, u64>,
-) -> Result<()> {
-    let sid = query::span_id(span);
-    let start = be(span.start_time_unix_nano);
-    spans.remove(cat(&[tid, &sid]).as_slice()).map_err(db_err)?;
-    for prefix in span_index_prefixes(span) {
-        index
-            .remove(cat(&[&prefix, &start, tid, &sid]).as_slice())
-            .map_err(db_err)?;
-    }
-    if let Some(parent) = query::parent_id(span) {
-        children
-            .remove(cat(&[tid, &parent, &sid]).as_slice())
-            .map_err(db_err)?;
-    }
-    edges
-        .remove(cat(&[&start, tid, &sid]).as_slice())
-        .map_err(db_err)?;
-    let ok = op_key(span);
-    let n = ops
-        .get(ok.as_slice())
-        .map_err(db_err)?
-        .map_or(0, |g| g.value());
-    if n <= 1 {
-        ops.remove(ok.as_slice()).map_err(db_err)?;
-    } else {
-        ops.insert(ok.as_slice(), n - 1).map_err(db_err)?;
-    }
-    Ok(())
 }
 
 /// Splits an `operations` key into (service, kind, operation).
@@ -775,6 +1013,76 @@ mod tests {
                 stored: 0,
                 duplicates: 2
             }
+        );
+    }
+
+    #[tokio::test]
+    async fn a_late_child_finds_its_stored_parent_and_search_sees_every_fragment() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStorage::open(dir.path().join("traces.redb")).unwrap();
+        let t = trace_id(1);
+        let frag = |spans| Trace {
+            trace_id: t.0.to_vec(),
+            spans,
+        };
+        store
+            .store_trace(frag(vec![span(t, 1, None, "api", "GET", 0, 10)]))
+            .await
+            .unwrap();
+        // Fragments 2 and 3: a child of the stored root, then its own child.
+        store
+            .store_trace(frag(vec![span(t, 2, Some(1), "db", "SELECT", 5, 1)]))
+            .await
+            .unwrap();
+        let out = store
+            .store_trace(frag(vec![
+                span(t, 3, Some(2), "cache", "GET", 6, 1),
+                span(t, 2, Some(1), "db", "SELECT", 5, 1),
+            ]))
+            .await
+            .unwrap();
+        assert_eq!(
+            out,
+            StoreOutcome {
+                stored: 1,
+                duplicates: 1
+            }
+        );
+        let deps = store.dependencies(0, 0).await.unwrap();
+        let pairs: Vec<(&str, &str)> = deps
+            .iter()
+            .map(|d| (d.parent.as_str(), d.child.as_str()))
+            .collect();
+        assert_eq!(pairs, vec![("api", "db"), ("db", "cache")]);
+        assert_eq!(store.get_trace(t).await.unwrap().unwrap().spans.len(), 3);
+        // A filter met only by the span of the last fragment.
+        let found = store
+            .list_traces(&FilterCriteria {
+                service: "cache".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].spans.len(), 3);
+        // Pruning removes every fragment and index entry.
+        let stats = store.prune_traces(u64::MAX).await.unwrap();
+        assert_eq!(
+            stats,
+            PruneStats {
+                traces: 1,
+                spans: 3
+            }
+        );
+        assert!(store.get_trace(t).await.unwrap().is_none());
+        assert!(store.services().await.unwrap().is_empty());
+        assert!(store.dependencies(0, 0).await.unwrap().is_empty());
+        assert!(
+            store
+                .list_traces(&FilterCriteria::default())
+                .await
+                .unwrap()
+                .is_empty()
         );
     }
 

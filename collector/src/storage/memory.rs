@@ -28,10 +28,45 @@ struct Inner {
     traces: HashMap<[u8; 16], Entry>,
     /// (newest span end, trace): eviction and pruning order.
     by_end: BTreeSet<(u64, [u8; 16])>,
-    /// (span start, trace, span): search order.
-    by_start: BTreeSet<(u64, [u8; 16], [u8; 8])>,
+    /// (span start, trace, span) -> what a search can rule out without
+    /// looking the span up: search order.
+    by_start: BTreeMap<(u64, [u8; 16], [u8; 8]), Brief>,
     /// service -> (operation, kind) -> number of stored spans.
     operations: BTreeMap<String, BTreeMap<(String, i32), u64>>,
+}
+
+/// A span's service (hashed), duration and error flag, kept in the search
+/// index so that a search skips most spans without two hash lookups each.
+#[derive(Debug, Clone, Copy)]
+struct Brief {
+    service: u64,
+    duration: u64,
+    error: bool,
+}
+
+impl Brief {
+    fn of(span: &Span) -> Self {
+        Brief {
+            service: service_hash(&span.service),
+            duration: query::duration(span),
+            error: query::is_error(span),
+        }
+    }
+
+    /// False when the span certainly does not match (`service` is the
+    /// filter's hashed service, if it has one).
+    fn may_match(&self, f: &FilterCriteria, service: Option<u64>) -> bool {
+        service.is_none_or(|h| h == self.service)
+            && (f.min_duration_nanos == 0 || self.duration >= f.min_duration_nanos)
+            && (f.max_duration_nanos == 0 || self.duration <= f.max_duration_nanos)
+            && (!f.errors_only || self.error)
+    }
+}
+
+/// A deterministic hash of a service name (equal names, equal hashes).
+fn service_hash(service: &str) -> u64 {
+    use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+    BuildHasherDefault::<DefaultHasher>::default().hash_one(service)
 }
 
 #[derive(Debug, Default)]
@@ -114,13 +149,26 @@ impl Storage for MemoryStorage {
             }
             outcome.stored += 1;
             entry.newest_end = entry.newest_end.max(span.end_time_unix_nano);
-            inner.by_start.insert((span.start_time_unix_nano, tid, sid));
-            *inner
-                .operations
-                .entry(span.service.clone())
-                .or_default()
-                .entry((span.name.clone(), span.kind))
-                .or_default() += 1;
+            inner
+                .by_start
+                .insert((span.start_time_unix_nano, tid, sid), Brief::of(&span));
+            // Counted without allocating when the service and operation are
+            // known (nearly always).
+            let ops = match inner.operations.get_mut(&span.service) {
+                Some(ops) => ops,
+                None => inner.operations.entry(span.service.clone()).or_default(),
+            };
+            let key = (span.name, span.kind);
+            match ops.get_mut(&key) {
+                Some(n) => *n += 1,
+                None => {
+                    ops.insert(key.clone(), 1);
+                }
+            }
+            let span = Span {
+                name: key.0,
+                ..span
+            };
             entry.spans.insert(sid, span);
         }
         let new_end = entry.newest_end;
@@ -162,8 +210,9 @@ impl Storage for MemoryStorage {
         if lo > hi {
             return Ok(Vec::new());
         }
+        let service = (!filter.service.is_empty()).then(|| service_hash(&filter.service));
         let mut found: Vec<[u8; 16]> = Vec::new();
-        for &(_, tid, sid) in inner
+        for (&(_, tid, sid), brief) in inner
             .by_start
             .range((lo, [0; 16], [0; 8])..=(hi, [0xff; 16], [0xff; 8]))
             .rev()
@@ -171,7 +220,7 @@ impl Storage for MemoryStorage {
             if found.len() >= limit {
                 break;
             }
-            if found.contains(&tid) {
+            if !brief.may_match(filter, service) || found.contains(&tid) {
                 continue;
             }
             let matched = inner

@@ -16,6 +16,7 @@
 //! | `P i:t:<key>\0<value>` | zset | same, for spans carrying the tag (attributes and resource; short values only) |
 //! | `P i:e:<svc>`, `P i:e` | zset | same, for ERROR spans (of `svc`; of any service) |
 //! | `P i:d:<svc>` | zset | trace id, score = longest duration of a span of `svc` |
+//! | `P i:d:\0<svc>`, `P i:d:\0` | zset | trace id, score = shortest duration of a span (of `svc`; of any service): what max-duration searches check |
 //! | `P i:end` | zset | trace id, score = newest span end (what `prune_traces` walks) |
 //! | `P deps` | zset | one member per call (parent svc, child svc, error, tid, child span id), score = child start |
 //! | `P services` | zset | service, score = newest span end (written at most once per second of span time per process) |
@@ -24,7 +25,9 @@
 //!
 //! # Writes
 //!
-//! One `store_trace` is one pipelined round trip: an `EVALSHA` of a small Lua
+//! `store_trace` hands its fragment to a batching task, which stores every
+//! fragment waiting in one pipelined round trip (at most 4 batches in flight):
+//! an `EVALSHA` of a small Lua
 //! script, where `HSETNX` per span decides whether it is new and only new spans
 //! are stored and resolve calls against the headers of the trace's other spans
 //! (so a call is counted once however often its span is stored); then the index
@@ -61,9 +64,12 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use ::redis::{Client, ErrorKind, RedisError, RedisResult, RetryMethod, Script, ServerErrorKind};
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use parking_lot::Mutex;
 use prost::Message as _;
+use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use super::query::{self, DependencyCounter};
 use super::{
@@ -76,12 +82,13 @@ const BACKEND: &str = "redis";
 /// Most index entries one search walks before it returns what it found.
 pub const MAX_SCANNED: usize = 100_000;
 
+/// A max-duration search fetches every trace with a short enough span when
+/// there are at most this many (else it walks an index by time).
+const SHORT_CANDIDATES: usize = 2_000;
+
 /// Index entries one call of the scan script walks (bounds how long it holds
 /// Redis).
 const SCAN_BATCH: usize = 5_000;
-
-/// Spans per store script call (the script addresses them with 16-bit indices).
-const STORE_CHUNK: usize = 512;
 
 /// Traces per pruning round trip.
 const PRUNE_CHUNK: usize = 256;
@@ -153,7 +160,41 @@ enum Mode {
 }
 
 /// Stores traces in Redis. Cheap to share: clone the `Arc` holding it.
+///
+/// Writes go through one batching task: the fragments waiting when it looks
+/// are stored by one pipeline (one script call for all of them, one `ZADD`
+/// per index key with every trace in the batch), so Redis runs a few large
+/// commands instead of ~20 small ones per fragment.
 pub struct RedisStorage {
+    inner: Arc<Inner>,
+    batches: mpsc::UnboundedSender<Job>,
+}
+
+/// A fragment waiting to be stored, and who waits for the result.
+struct Job {
+    fragment: super::Fragment,
+    reply: oneshot::Sender<Result<StoreOutcome>>,
+}
+
+/// Most fragments stored by one pipeline.
+const BATCH_FRAGMENTS: usize = 256;
+
+/// Most spans stored by one pipeline (a single fragment may exceed it).
+const BATCH_SPANS: usize = 4_096;
+
+/// Batches written at once (each is one pipeline on the shared connection).
+const BATCHES_IN_FLIGHT: usize = 4;
+
+impl std::ops::Deref for RedisStorage {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.inner
+    }
+}
+
+/// The connection and state shared by the storage handle and its batching
+/// task.
+pub struct Inner {
     conn: ConnectionManager,
     cfg: RedisConfig,
     keys: Keys,
@@ -167,6 +208,12 @@ pub struct RedisStorage {
 }
 
 impl fmt::Debug for RedisStorage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.inner.fmt(f)
+    }
+}
+
+impl fmt::Debug for Inner {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisStorage")
             .field("key_prefix", &self.cfg.key_prefix)
@@ -202,7 +249,7 @@ impl RedisStorage {
             .await
             .map_err(unavailable)?;
         tracing::info!(prefix = %cfg.key_prefix, "connected to redis");
-        Ok(RedisStorage {
+        let inner = Arc::new(Inner {
             conn,
             keys: Keys(cfg.key_prefix.as_bytes().to_vec()),
             cfg,
@@ -210,9 +257,65 @@ impl RedisStorage {
             scan_script: Script::new(SCAN_LUA),
             refreshed: Mutex::new(HashMap::new()),
             catalogue: Mutex::new(HashMap::new()),
-        })
+        });
+        let (batches, rx) = mpsc::unbounded_channel();
+        tokio::spawn(run_batches(Arc::clone(&inner), rx));
+        Ok(RedisStorage { inner, batches })
     }
+}
 
+/// Takes the fragments waiting, stores them as one batch, repeats; at most
+/// [`BATCHES_IN_FLIGHT`] batches at once. Ends when the storage is dropped.
+async fn run_batches(inner: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<Job>) {
+    let slots = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT));
+    while let Some(first) = rx.recv().await {
+        let Ok(permit) = Arc::clone(&slots).acquire_owned().await else {
+            return;
+        };
+        // Whatever arrived while waiting for a slot joins the batch.
+        let mut spans = first.fragment.spans.len();
+        let mut jobs = vec![first];
+        while jobs.len() < BATCH_FRAGMENTS && spans < BATCH_SPANS {
+            match rx.try_recv() {
+                Ok(job) => {
+                    spans += job.fragment.spans.len();
+                    jobs.push(job);
+                }
+                Err(_) => break,
+            }
+        }
+        let inner = Arc::clone(&inner);
+        tokio::spawn(async move {
+            let fragments: Vec<(&[u8; 16], &[Span])> = jobs
+                .iter()
+                .map(|j| (&j.fragment.trace_id, j.fragment.spans.as_slice()))
+                .collect();
+            let result = inner.store_batch(&fragments).await;
+            drop(fragments);
+            match result {
+                Ok(outcomes) => {
+                    for (job, out) in jobs.into_iter().zip(outcomes) {
+                        let _ = job.reply.send(Ok(StoreOutcome {
+                            stored: out.stored,
+                            duplicates: out.duplicates + job.fragment.duplicates,
+                        }));
+                    }
+                }
+                Err(e) => {
+                    let detail = e.detail();
+                    for job in jobs {
+                        let _ = job
+                            .reply
+                            .send(Err(StorageError::unavailable(BACKEND, detail.clone())));
+                    }
+                }
+            }
+            drop(permit);
+        });
+    }
+}
+
+impl Inner {
     fn ttl_ms(&self) -> u64 {
         (self.cfg.retention + self.cfg.max_trace_span).as_millis() as u64
     }
@@ -288,8 +391,10 @@ impl RedisStorage {
         due
     }
 
-    async fn store_chunk(&self, tid: &[u8; 16], spans: &[Span]) -> Result<StoreOutcome> {
-        // Index writes, deduplicated across the chunk: (key, member) -> (mode, score).
+    /// Stores a batch of validated fragments (several may belong to one
+    /// trace) in one round trip; one outcome per fragment.
+    async fn store_batch(&self, fragments: &[(&[u8; 16], &[Span])]) -> Result<Vec<StoreOutcome>> {
+        // Index writes, deduplicated across the batch: (key, member) -> (mode, score).
         let mut ops: HashMap<(Vec<u8>, Vec<u8>), (Mode, u64)> = HashMap::new();
         let mut add = |key: Vec<u8>, member: &[u8], mode: Mode, score: u64| {
             let e = ops.entry((key, member.to_vec())).or_insert((mode, score));
@@ -299,48 +404,63 @@ impl RedisStorage {
             };
         };
         let k = &self.keys;
-        let mut catalogue: Vec<(Vec<u8>, Vec<u8>, u64)> = Vec::new();
+        let mut catalogue: HashMap<KeyMember, u64> = HashMap::new();
         let mut eval = ::redis::cmd("EVALSHA");
         eval.arg(self.store_script.get_hash())
-            .arg(3)
-            .arg(k.trace(tid))
-            .arg(k.orphans(tid))
-            .arg(k.deps())
-            .arg(self.ttl_ms())
-            .arg(&tid[..])
-            .arg(spans.len());
-        for span in spans {
-            let start = span.start_time_unix_nano;
-            let end = span.end_time_unix_nano;
-            let svc = span.service.as_str();
-            eval.arg(&span.span_id[..]).arg(stored_value(span));
-            add(k.all(), tid, Mode::Lt, start);
-            add(k.service(svc), tid, Mode::Lt, start);
-            add(k.operation(svc, &span.name), tid, Mode::Lt, start);
-            add(k.duration(svc), tid, Mode::Gt, query::duration(span));
-            add(k.end(), tid, Mode::Gt, end);
-            if query::is_error(span) {
-                add(k.errors(Some(svc)), tid, Mode::Lt, start);
-                add(k.errors(None), tid, Mode::Lt, start);
+            .arg(1 + 2 * fragments.len())
+            .arg(k.deps());
+        for (tid, _) in fragments {
+            eval.arg(k.trace(&tid[..])).arg(k.orphans(&tid[..]));
+        }
+        eval.arg(self.ttl_ms()).arg(fragments.len());
+        for (tid, spans) in fragments {
+            let tid: &[u8] = &tid[..];
+            eval.arg(tid).arg(spans.len());
+            for span in spans.iter() {
+                let start = span.start_time_unix_nano;
+                let end = span.end_time_unix_nano;
+                let svc = span.service.as_str();
+                eval.arg(&span.span_id[..]).arg(stored_value(span));
+                add(k.all(), tid, Mode::Lt, start);
+                add(k.service(svc), tid, Mode::Lt, start);
+                add(k.operation(svc, &span.name), tid, Mode::Lt, start);
+                add(k.duration(svc), tid, Mode::Gt, query::duration(span));
+                add(
+                    k.min_duration(Some(svc)),
+                    tid,
+                    Mode::Lt,
+                    query::duration(span),
+                );
+                add(k.min_duration(None), tid, Mode::Lt, query::duration(span));
+                add(k.end(), tid, Mode::Gt, end);
+                if query::is_error(span) {
+                    add(k.errors(Some(svc)), tid, Mode::Lt, start);
+                    add(k.errors(None), tid, Mode::Lt, start);
+                }
+                for (key, value) in query::indexed_tags(span) {
+                    add(k.tag(key, &value), tid, Mode::Lt, start);
+                }
+                for entry in [
+                    (k.services(), svc.as_bytes().to_vec()),
+                    (k.operations(svc), op_member(span)),
+                ] {
+                    let e = catalogue.entry(entry).or_insert(end);
+                    *e = (*e).max(end);
+                }
             }
-            for (key, value) in query::indexed_tags(span) {
-                add(k.tag(key, &value), tid, Mode::Lt, start);
-            }
-            catalogue.push((k.services(), svc.as_bytes().to_vec(), end));
-            catalogue.push((k.operations(svc), op_member(span), end));
         }
         // The catalogue changes rarely: skip entries this process already wrote
         // with a score at most a step older.
         let mut written = Vec::new();
         {
             let cache = self.catalogue.lock();
-            for (key, member, end) in catalogue {
+            for ((key, member), end) in catalogue {
                 let fresh = cache
                     .get(&(key.clone(), member.clone()))
                     .is_none_or(|done| end > done.saturating_add(CATALOGUE_STEP_NS));
                 if fresh {
-                    written.push((key.clone(), member.clone(), end));
-                    add(key, &member, Mode::Gt, end);
+                    add(key.clone(), &member, Mode::Gt, end);
+                    written.push((key, member, end));
                 }
             }
         }
@@ -381,7 +501,7 @@ impl RedisStorage {
                 pipe.cmd("PEXPIRE").arg(key).arg(ttl).ignore();
             }
         }
-        let ((stored, duplicates),): ((u64, u64),) = self
+        let (counts,): (Vec<u64>,) = self
             .with_retry("store_trace", |mut conn| {
                 let (pipe, script) = (&pipe, &self.store_script);
                 async move {
@@ -397,6 +517,9 @@ impl RedisStorage {
                 }
             })
             .await?;
+        if counts.len() != 2 * fragments.len() {
+            return Err(corrupt("store script reply"));
+        }
         if !written.is_empty() {
             let mut cache = self.catalogue.lock();
             if cache.len() > CACHE_MAX {
@@ -407,7 +530,13 @@ impl RedisStorage {
                 *e = (*e).max(end);
             }
         }
-        Ok(StoreOutcome { stored, duplicates })
+        Ok(counts
+            .chunks(2)
+            .map(|c| StoreOutcome {
+                stored: c[0],
+                duplicates: c[1],
+            })
+            .collect())
     }
 
     async fn fetch_traces(&self, tids: &[Vec<u8>]) -> Result<Vec<(Vec<u8>, Vec<Span>)>> {
@@ -429,6 +558,41 @@ impl RedisStorage {
             out.push((tid.clone(), decode_spans(spans)?));
         }
         Ok(out)
+    }
+
+    /// A search with a maximum duration that few traces meet: every trace
+    /// with a short enough span (of the service) is a candidate, taken from
+    /// the shortest-duration index by score, then checked exactly. `None`
+    /// when there are more than [`SHORT_CANDIDATES`]: walking by time is
+    /// cheaper then.
+    async fn by_short_spans(&self, f: &FilterCriteria, limit: usize) -> Result<Option<Vec<Trace>>> {
+        let svc = (!f.service.is_empty()).then_some(f.service.as_str());
+        let key = self.keys.min_duration(svc);
+        let max = f.max_duration_nanos;
+        let tids: Vec<Vec<u8>> = self
+            .with_retry("list_traces", |mut conn| {
+                let key = &key;
+                async move {
+                    ::redis::cmd("ZRANGEBYSCORE")
+                        .arg(key)
+                        .arg("-inf")
+                        .arg(max)
+                        .arg("LIMIT")
+                        .arg(0)
+                        .arg(SHORT_CANDIDATES + 1)
+                        .query_async(&mut conn)
+                        .await
+                }
+            })
+            .await?;
+        if tids.len() > SHORT_CANDIDATES {
+            return Ok(None);
+        }
+        let mut found: Vec<(u64, Trace)> = Vec::new();
+        for chunk in tids.chunks(256) {
+            keep_matches(&mut found, self.fetch_traces(chunk).await?, f);
+        }
+        Ok(Some(newest_first(found, limit)))
     }
 
     /// Picks the candidate indexes of a filter: (primary, others).
@@ -485,16 +649,18 @@ impl RedisStorage {
 impl Storage for RedisStorage {
     async fn store_trace(&self, trace: Trace) -> Result<StoreOutcome> {
         let fragment = validate(trace)?;
-        let mut outcome = StoreOutcome {
-            stored: 0,
-            duplicates: fragment.duplicates,
-        };
-        for chunk in fragment.spans.chunks(STORE_CHUNK) {
-            let out = self.store_chunk(&fragment.trace_id, chunk).await?;
-            outcome.stored += out.stored;
-            outcome.duplicates += out.duplicates;
+        if fragment.spans.is_empty() {
+            return Ok(StoreOutcome {
+                stored: 0,
+                duplicates: fragment.duplicates,
+            });
         }
-        Ok(outcome)
+        let (reply, rx) = oneshot::channel();
+        self.batches
+            .send(Job { fragment, reply })
+            .map_err(|_| StorageError::unavailable(BACKEND, "batch writer stopped"))?;
+        rx.await
+            .map_err(|_| StorageError::unavailable(BACKEND, "batch writer stopped"))?
     }
 
     async fn get_trace(&self, trace_id: TraceId) -> Result<Option<Trace>> {
@@ -526,6 +692,11 @@ impl Storage for RedisStorage {
         if lo > hi {
             return Ok(Vec::new());
         }
+        if f.max_duration_nanos > 0
+            && let Some(found) = self.by_short_spans(f, limit).await?
+        {
+            return Ok(found);
+        }
         let (primary, others) = self.plan(f).await?;
         // Scores are a trace's earliest matching start: a trace whose matching
         // span is in the window may have started up to `max_trace_span` earlier.
@@ -539,12 +710,25 @@ impl Storage for RedisStorage {
         } else {
             lo.saturating_sub(self.slack_ns()).to_string()
         };
-        let mut checks: Vec<(Vec<u8>, String)> =
-            others.into_iter().map(|k| (k, String::new())).collect();
+        // (index, lowest score, highest score) the trace must be in.
+        let mut checks: Vec<(Vec<u8>, String, String)> = others
+            .into_iter()
+            .map(|k| (k, String::new(), String::new()))
+            .collect();
         if !f.service.is_empty() && f.min_duration_nanos > 0 {
             checks.push((
                 self.keys.duration(&f.service),
                 f.min_duration_nanos.to_string(),
+                String::new(),
+            ));
+        }
+        if f.max_duration_nanos > 0 {
+            // The trace's shortest span (of the service) must be short enough.
+            let svc = (!f.service.is_empty()).then_some(f.service.as_str());
+            checks.push((
+                self.keys.min_duration(svc),
+                String::new(),
+                f.max_duration_nanos.to_string(),
             ));
         }
 
@@ -563,8 +747,8 @@ impl Storage for RedisStorage {
                 .arg(SCAN_BATCH)
                 .arg(want)
                 .arg(checks.len());
-            for (key, min_score) in &checks {
-                inv.arg(key).arg(min_score);
+            for (key, min_score, max_score) in &checks {
+                inv.arg(key).arg(min_score).arg(max_score);
             }
             let (next, exhausted, tids): (u64, u8, Vec<Vec<u8>>) = self
                 .with_retry("list_traces", |mut conn| {
@@ -578,18 +762,7 @@ impl Storage for RedisStorage {
                 .into_iter()
                 .filter(|t| seen.insert(t.clone()))
                 .collect();
-            for (tid, mut spans) in self.fetch_traces(&tids).await? {
-                if let Some(at) = query::best_match(&spans, f) {
-                    query::sort_spans(&mut spans);
-                    found.push((
-                        at,
-                        Trace {
-                            trace_id: tid,
-                            spans,
-                        },
-                    ));
-                }
-            }
+            keep_matches(&mut found, self.fetch_traces(&tids).await?, f);
             if found.len() >= limit || exhausted == 1 {
                 break;
             }
@@ -598,9 +771,7 @@ impl Storage for RedisStorage {
                 break;
             }
         }
-        found.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| b.1.trace_id.cmp(&a.1.trace_id)));
-        found.truncate(limit);
-        Ok(found.into_iter().map(|(_, t)| t).collect())
+        Ok(newest_first(found, limit))
     }
 
     async fn services(&self) -> Result<Vec<String>> {
@@ -706,11 +877,13 @@ impl Storage for RedisStorage {
                 let mut keys: HashSet<Vec<u8>> = HashSet::new();
                 keys.insert(k.all());
                 keys.insert(k.errors(None));
+                keys.insert(k.min_duration(None));
                 for span in spans {
                     let svc = span.service.as_str();
                     keys.insert(k.service(svc));
                     keys.insert(k.operation(svc, &span.name));
                     keys.insert(k.duration(svc));
+                    keys.insert(k.min_duration(Some(svc)));
                     keys.insert(k.errors(Some(svc)));
                     for (key, value) in query::indexed_tags(span) {
                         keys.insert(k.tag(key, &value));
@@ -754,7 +927,7 @@ impl Storage for RedisStorage {
     }
 }
 
-impl RedisStorage {
+impl Inner {
     /// Drops catalogue entries older than the cut, and index entries older than
     /// the cut by more than `max_trace_span` (left behind by traces that expired
     /// through their TTL before they could be pruned).
@@ -812,6 +985,34 @@ impl RedisStorage {
         }
         Ok(())
     }
+}
+
+/// Adds the fetched traces that match the filter, with the start of their
+/// most recent matching span.
+fn keep_matches(
+    found: &mut Vec<(u64, Trace)>,
+    fetched: Vec<(Vec<u8>, Vec<Span>)>,
+    f: &FilterCriteria,
+) {
+    for (tid, mut spans) in fetched {
+        if let Some(at) = query::best_match(&spans, f) {
+            query::sort_spans(&mut spans);
+            found.push((
+                at,
+                Trace {
+                    trace_id: tid,
+                    spans,
+                },
+            ));
+        }
+    }
+}
+
+/// The `limit` traces with the most recent matching spans, newest first.
+fn newest_first(mut found: Vec<(u64, Trace)>, limit: usize) -> Vec<Trace> {
+    found.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| b.1.trace_id.cmp(&a.1.trace_id)));
+    found.truncate(limit);
+    found.into_iter().map(|(_, t)| t).collect()
 }
 
 fn now_ms() -> u64 {
@@ -926,6 +1127,12 @@ impl Keys {
     fn duration(&self, svc: &str) -> Vec<u8> {
         self.key(&[b"i:d:", svc.as_bytes()])
     }
+    /// Shortest span duration per trace (of `svc`; of any service). Under
+    /// `i:d:` with a NUL, so that it sorts with the other duration indexes
+    /// and cannot meet a service name.
+    fn min_duration(&self, svc: Option<&str>) -> Vec<u8> {
+        self.key(&[b"i:d:\0", svc.unwrap_or("").as_bytes()])
+    }
     fn is_duration(&self, key: &[u8]) -> bool {
         key.strip_prefix(self.0.as_slice())
             .is_some_and(|rest| rest.starts_with(b"i:d:"))
@@ -941,82 +1148,93 @@ impl Keys {
     }
 }
 
-/// Stores one chunk of a fragment. See the module docs.
+/// Stores a batch of fragments. See the module docs.
 ///
-/// KEYS: trace hash, orphans hash, deps zset.
-/// ARGV: ttl ms, trace id, n, n × (span id, stored value).
-/// Returns {stored, duplicates}.
+/// KEYS: deps zset, then per fragment its trace hash and orphans hash.
+/// ARGV: ttl ms, number of fragments m, then per fragment: trace id, n,
+/// n × (span id, stored value).
+/// Returns {stored, duplicates} per fragment, flattened.
 const STORE_LUA: &str = r#"
-local tkey, wkey, dkey = KEYS[1], KEYS[2], KEYS[3]
-local ttl, tid = ARGV[1], ARGV[2]
-local n = tonumber(ARGV[3])
-local p = 4
+local dkey = KEYS[1]
+local ttl = ARGV[1]
+local m = tonumber(ARGV[2])
+local p = 3
+local root = string.rep('\0', 8)
 local function header(v)
   return string.sub(v, 3, 2 + string.byte(v, 1) * 256 + string.byte(v, 2))
 end
-local infos = {}
-local stored = 0
-for i = 0, n - 1 do
-  local sid, value = ARGV[p], ARGV[p + 1]
-  p = p + 2
-  if redis.call('HSETNX', tkey, sid, value) == 1 then
-    stored = stored + 1
-    infos[sid] = header(value)
-  end
-end
+local result = {}
 local calls = 0
-local function edge(pinfo, csid, cinfo)
-  local psvc, csvc = string.sub(pinfo, 30), string.sub(cinfo, 30)
-  if psvc ~= csvc then
-    calls = calls + 1
-    redis.call('ZADD', dkey, string.sub(cinfo, 10, 29),
-      psvc .. '\0' .. csvc .. '\0' .. string.sub(cinfo, 1, 1) .. tid .. csid)
+for f = 1, m do
+  local tkey, wkey = KEYS[2 * f], KEYS[2 * f + 1]
+  local tid = ARGV[p]
+  local n = tonumber(ARGV[p + 1])
+  p = p + 2
+  local infos = {}
+  local stored = 0
+  for i = 0, n - 1 do
+    local sid, value = ARGV[p], ARGV[p + 1]
+    p = p + 2
+    if redis.call('HSETNX', tkey, sid, value) == 1 then
+      stored = stored + 1
+      infos[sid] = header(value)
+    end
   end
-end
-if stored > 0 then
-  local root = string.rep('\0', 8)
-  for sid, info in pairs(infos) do
-    local parent = string.sub(info, 2, 9)
-    if parent ~= root then
-      local pinfo = infos[parent]
-      if not pinfo then
-        local pvalue = redis.call('HGET', tkey, parent)
-        if pvalue then
-          pinfo = header(pvalue)
+  local function edge(pinfo, csid, cinfo)
+    local psvc, csvc = string.sub(pinfo, 30), string.sub(cinfo, 30)
+    if psvc ~= csvc then
+      calls = calls + 1
+      redis.call('ZADD', dkey, string.sub(cinfo, 10, 29),
+        psvc .. '\0' .. csvc .. '\0' .. string.sub(cinfo, 1, 1) .. tid .. csid)
+    end
+  end
+  if stored > 0 then
+    for sid, info in pairs(infos) do
+      local parent = string.sub(info, 2, 9)
+      if parent ~= root then
+        local pinfo = infos[parent]
+        if not pinfo then
+          local pvalue = redis.call('HGET', tkey, parent)
+          if pvalue then
+            pinfo = header(pvalue)
+          end
+        end
+        if pinfo then
+          edge(pinfo, sid, info)
+        else
+          redis.call('HSET', wkey, sid, info)
         end
       end
+    end
+    local waiting = redis.call('HGETALL', wkey)
+    for j = 1, #waiting, 2 do
+      local csid, cinfo = waiting[j], waiting[j + 1]
+      local pinfo = infos[string.sub(cinfo, 2, 9)]
       if pinfo then
-        edge(pinfo, sid, info)
-      else
-        redis.call('HSET', wkey, sid, info)
+        edge(pinfo, csid, cinfo)
+        redis.call('HDEL', wkey, csid)
       end
     end
-  end
-  local waiting = redis.call('HGETALL', wkey)
-  for j = 1, #waiting, 2 do
-    local csid, cinfo = waiting[j], waiting[j + 1]
-    local pinfo = infos[string.sub(cinfo, 2, 9)]
-    if pinfo then
-      edge(pinfo, csid, cinfo)
-      redis.call('HDEL', wkey, csid)
+    if #waiting > 0 then
+      redis.call('PEXPIRE', wkey, ttl)
     end
+    redis.call('PEXPIRE', tkey, ttl)
   end
-  if #waiting > 0 then
-    redis.call('PEXPIRE', wkey, ttl)
-  end
-  redis.call('PEXPIRE', tkey, ttl)
-  if calls > 0 then
-    redis.call('PEXPIRE', dkey, ttl)
-  end
+  result[2 * f - 1] = stored
+  result[2 * f] = n - stored
 end
-return {stored, n - stored}
+if calls > 0 then
+  redis.call('PEXPIRE', dkey, ttl)
+end
+return result
 "#;
 
 /// Walks an index newest first, keeping the trace ids present in every other
-/// index (with at least the given score, when one is given).
+/// index (with a score within the given bounds, when they are given).
 ///
 /// KEYS: the primary index.
-/// ARGV: max score, min score, offset, budget, wanted, c, c × (index, min score or "").
+/// ARGV: max score, min score, offset, budget, wanted, c,
+/// c × (index, lowest score or "", highest score or "").
 /// Returns {next offset, exhausted (0/1), trace ids}.
 const SCAN_LUA: &str = r#"
 local max, min = ARGV[1], ARGV[2]
@@ -1024,7 +1242,7 @@ local off, budget, want = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]
 local c = tonumber(ARGV[6])
 local checks = {}
 for j = 1, c do
-  checks[j] = {ARGV[5 + 2 * j], tonumber(ARGV[6 + 2 * j])}
+  checks[j] = {ARGV[4 + 3 * j], tonumber(ARGV[5 + 3 * j]), tonumber(ARGV[6 + 3 * j])}
 end
 local out, found, scanned, done = {}, 0, 0, 0
 while scanned < budget and found < want do
@@ -1037,7 +1255,8 @@ while scanned < budget and found < want do
     local ok = true
     for _, check in ipairs(checks) do
       local score = redis.call('ZSCORE', check[1], tid)
-      if not score or (check[2] and tonumber(score) < check[2]) then
+      if not score or (check[2] and tonumber(score) < check[2])
+          or (check[3] and tonumber(score) > check[3]) then
         ok = false
         break
       end

@@ -179,6 +179,51 @@ async fn connect_fails_cleanly_without_a_server() {
     assert_eq!(err.to_string(), "storage unavailable");
 }
 
+#[tokio::test]
+async fn max_duration_search_walks_by_time_when_many_spans_are_short() {
+    let server = RedisServer::start(false).await;
+    let store = Arc::new(
+        RedisStorage::connect(config(&server, "clew:"))
+            .await
+            .unwrap(),
+    );
+    // More short traces than a max-duration search fetches by duration:
+    // it must fall back to walking the time index (and agree).
+    let n = SHORT_CANDIDATES as u64 + 100;
+    let mut tasks = Vec::new();
+    for i in 0..n {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let t = TraceId::from_u128(0x1000 + u128::from(i));
+            let dur = if i % 2 == 0 { 1 } else { 100 };
+            store
+                .store_trace(frag(t, vec![span(t, 1, None, "api", "GET", i, dur)]))
+                .await
+                .unwrap()
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap().stored, 1);
+    }
+    let f = FilterCriteria {
+        max_duration_nanos: 50_000_000,
+        limit: 5,
+        ..Default::default()
+    };
+    let got: Vec<TraceId> = store
+        .list_traces(&f)
+        .await
+        .unwrap()
+        .iter()
+        .map(|t| TraceId::from_slice(&t.trace_id).unwrap())
+        .collect();
+    // The newest traces with a 1 ms span: even i, from the top.
+    let want: Vec<TraceId> = (0..5)
+        .map(|k| TraceId::from_u128(0x1000 + u128::from(n - 2 - 2 * k)))
+        .collect();
+    assert_eq!(got, want);
+}
+
 /// Stores with the caller's retry loop, as the collector does.
 async fn store_until_ok(store: &RedisStorage, trace: Trace) -> (StoreOutcome, usize) {
     for attempt in 0..200 {

@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# End-to-end collector benchmark: starts clew-collector (and, for redis, a
+# throwaway redis-server without persistence) on loopback, drives it with
+# clew-loadgen, and prints throughput, CPU per span, storage and query
+# latency figures. Figures and the runs behind them: docs/PERFORMANCE.md.
+#
+#   scripts/bench-collector.sh <memory|embedded|redis> [spans] [queries] [loadgen args...]
+#
+# Build first: cargo build --release -p clew-collector --bins
+# Env: CLEW_BENCH_BIN (dir of the binaries; default $CARGO_TARGET_DIR/release
+# or target/release), CLEW_BENCH_DIR (scratch dir, removed afterwards),
+# CLEW_BENCH_MAX_TRACES (memory backend bound, default 300000),
+# CLEW_BENCH_WAIT=0 (do not wait for storage; for a bounded memory store,
+# whose sampled traces may be evicted).
+set -euo pipefail
+
+backend=${1:?usage: $0 <memory|embedded|redis> [spans] [queries] [loadgen args...]}
+spans=${2:-1000000}
+queries=${3:-0}
+shift $(($# < 3 ? $# : 3))
+
+bin=${CLEW_BENCH_BIN:-${CARGO_TARGET_DIR:-target}/release}
+dir=${CLEW_BENCH_DIR:-$(mktemp -d /var/tmp/clew-bench.XXXXXX)}
+mkdir -p "$dir"
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null && wait "$p" 2>/dev/null || true; done
+  rm -rf "$dir"
+}
+trap cleanup EXIT
+
+port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+pick_port() {
+  local p
+  while :; do
+    p=$((20000 + RANDOM % 20000))
+    port_free "$p" && echo "$p" && return
+  done
+}
+
+extra=()
+also=()
+if [ "$backend" = redis ]; then
+  rport=$(pick_port)
+  redis-server --port "$rport" --save '' --appendonly no --dir "$dir" >"$dir/redis.log" 2>&1 &
+  pids+=($!)
+  also=(--also-pid "$!")
+  for _ in $(seq 50); do redis-cli -p "$rport" ping >/dev/null 2>&1 && break; sleep 0.1; done
+  extra=(--redis-url "redis://127.0.0.1:$rport")
+fi
+
+grpc=$(pick_port); http=$(pick_port); query=$(pick_port); ops=$(pick_port)
+"$bin/clew-collector" --storage "$backend" --data-dir "$dir" --idle-window 1s \
+  --memory-max-traces "${CLEW_BENCH_MAX_TRACES:-300000}" \
+  --grpc-addr "127.0.0.1:$grpc" --http-addr "127.0.0.1:$http" \
+  --query-addr "127.0.0.1:$query" --ops-addr "127.0.0.1:$ops" \
+  "${extra[@]}" >"$dir/collector.log" 2>&1 &
+collector=$!
+pids=("$collector" "${pids[@]}")
+for _ in $(seq 100); do curl -sf "127.0.0.1:$ops/readyz" >/dev/null && break; sleep 0.1; done
+
+wait_flag=(--wait-stored)
+[ "${CLEW_BENCH_WAIT:-1}" = 0 ] && wait_flag=()
+"$bin/clew-loadgen" --target "127.0.0.1:$grpc" --spans "$spans" --batch 512 --concurrency 8 \
+  --collector-pid "$collector" "${also[@]}" --queries "$queries" "${wait_flag[@]}" "$@"
+if [ "$backend" = redis ]; then
+  redis-cli -p "$rport" info memory | grep used_memory_human
+fi
