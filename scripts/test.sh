@@ -6,6 +6,8 @@ cd "$(dirname "$0")/.."
 
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/clew-target}"
 export CARGO_TERM_COLOR=never
+# CI builds fresh clones: incremental caches would only fill the disk.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 
 need_apt=()
 # The Redis storage suites start a real redis-server.
