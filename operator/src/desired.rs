@@ -239,13 +239,14 @@ fn env(name: &str, value: impl Into<String>) -> EnvVar {
     }
 }
 
+/// The in-cluster DNS name of a Service of this TraceCollector's namespace.
+fn svc_host(tc: &TraceCollector, service: &str) -> String {
+    format!("{service}.{}.svc", tc.namespace().unwrap_or_default())
+}
+
 /// The in-cluster Redis URL of a managed Redis.
 pub fn managed_redis_url(tc: &TraceCollector) -> String {
-    format!(
-        "redis://{}.{}.svc:{REDIS_PORT}",
-        names::redis(tc),
-        tc.namespace().unwrap_or_default()
-    )
+    format!("redis://{}:{REDIS_PORT}", svc_host(tc, &names::redis(tc)))
 }
 
 /// The collector's configuration, read by the collector through `envFrom`.
@@ -575,9 +576,8 @@ pub fn desired_visualizer(tc: &TraceCollector, defaults: &Defaults) -> Option<De
         return None;
     }
     let query_url = format!(
-        "http://{}.{}.svc:{QUERY_PORT}",
-        names::collector(tc),
-        tc.namespace().unwrap_or_default()
+        "http://{}:{QUERY_PORT}",
+        svc_host(tc, &names::collector(tc))
     );
     let container = Container {
         name: "visualizer".to_owned(),
@@ -646,31 +646,20 @@ pub fn desired_visualizer_service(tc: &TraceCollector) -> Option<Service> {
 
 /// Where sidecars and SDKs send spans: the collectors' ClusterIP Service, OTLP gRPC.
 pub fn collector_endpoint(tc: &TraceCollector) -> String {
-    format!(
-        "http://{}.{}.svc:{GRPC_PORT}",
-        names::collector(tc),
-        tc.namespace().unwrap_or_default()
-    )
+    format!("http://{}:{GRPC_PORT}", svc_host(tc, &names::collector(tc)))
 }
 
 /// `host:port` of the headless Service, resolved by sidecars (`CLEW_SIDECAR_COLLECTOR_DNS`).
 pub fn headless_dns(tc: &TraceCollector) -> String {
-    format!(
-        "{}.{}.svc:{GRPC_PORT}",
-        names::headless(tc),
-        tc.namespace().unwrap_or_default()
-    )
+    format!("{}:{GRPC_PORT}", svc_host(tc, &names::headless(tc)))
 }
 
 /// The in-cluster URL of the web UI, when enabled.
 pub fn visualizer_url(tc: &TraceCollector) -> Option<String> {
-    tc.spec.visualizer.enabled.then(|| {
-        format!(
-            "http://{}.{}.svc",
-            names::visualizer(tc),
-            tc.namespace().unwrap_or_default()
-        )
-    })
+    tc.spec
+        .visualizer
+        .enabled
+        .then(|| format!("http://{}", svc_host(tc, &names::visualizer(tc))))
 }
 
 #[cfg(test)]

@@ -338,10 +338,14 @@ pub fn inject(pod: &Pod, tc: &TraceCollector, defaults: &Defaults, native: bool)
         sidecar.startup_probe = None;
         spec.containers.push(sidecar);
     }
+    // The kubelet evicts a pod whose emptyDir exceeds its limit: leave room above the spill cap
+    // for segment headers and the file being rotated.
+    let spill = tc.spec.sidecar.spill_max_bytes;
+    let size_limit = spill.saturating_add(spill / 4).saturating_add(16 << 20);
     spec.volumes.get_or_insert_with(Vec::new).push(Volume {
         name: SPILL_VOLUME.to_owned(),
         empty_dir: Some(EmptyDirVolumeSource {
-            size_limit: Some(Quantity(tc.spec.sidecar.spill_max_bytes.to_string())),
+            size_limit: Some(Quantity(size_limit.to_string())),
             ..EmptyDirVolumeSource::default()
         }),
         ..Volume::default()

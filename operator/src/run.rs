@@ -303,6 +303,11 @@ pub async fn run(
         },
     ));
 
+    // Deciding before the caches hold every collector would wrongly skip pods.
+    state.collectors.wait_until_ready().await?;
+    state.namespaces.wait_until_ready().await?;
+    info!("caches of TraceCollectors and namespaces are synced");
+
     // Every replica serves the webhook with the certificate in the Secret.
     let (cert, key) = webhook::wait_for_tls(&client, &cfg.namespace, &cfg.webhook_secret).await;
     let tls = axum_server::tls_rustls::RustlsConfig::from_pem(

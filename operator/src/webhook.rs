@@ -185,18 +185,40 @@ fn pod_name(pod: &Pod) -> String {
         .unwrap_or_default()
 }
 
+/// What the Event is about: the pod when it has a name; a pod created from `generateName` has
+/// none yet at admission, so its controller (e.g. the ReplicaSet), where `kubectl describe`
+/// shows it.
+fn event_subject(pod: &Pod) -> ObjectReference {
+    let owner = pod
+        .owner_references()
+        .iter()
+        .find(|o| o.controller == Some(true));
+    match (&pod.metadata.name, owner) {
+        (None, Some(o)) => ObjectReference {
+            api_version: Some(o.api_version.clone()),
+            kind: Some(o.kind.clone()),
+            name: Some(o.name.clone()),
+            uid: Some(o.uid.clone()),
+            namespace: pod.namespace(),
+            ..ObjectReference::default()
+        },
+        _ => ObjectReference {
+            api_version: Some("v1".to_owned()),
+            kind: Some("Pod".to_owned()),
+            name: Some(pod_name(pod)),
+            namespace: pod.namespace(),
+            ..ObjectReference::default()
+        },
+    }
+}
+
 async fn record_skip(recorder: &Recorder, pod: &Pod, reason: &str) {
-    let reference = ObjectReference {
-        api_version: Some("v1".to_owned()),
-        kind: Some("Pod".to_owned()),
-        name: Some(pod_name(pod)),
-        namespace: pod.namespace(),
-        ..ObjectReference::default()
-    };
+    let reference = event_subject(pod);
+    let note = format!("pod {}: {reason}", pod_name(pod));
     let ev = Event {
         type_: EventType::Warning,
         reason: "SidecarNotInjected".to_owned(),
-        note: Some(reason.chars().take(1000).collect()),
+        note: Some(note.chars().take(1000).collect()),
         action: "InjectSidecar".to_owned(),
         secondary: None,
     };
@@ -293,9 +315,35 @@ mod tests {
         v.assert_silent();
         assert_eq!(ev["type"], "Warning");
         assert_eq!(ev["reason"], "SidecarNotInjected");
-        assert_eq!(ev["note"], "TraceCollector traces/x not found");
+        assert_eq!(
+            ev["note"],
+            "pod shop-7d9f-: TraceCollector traces/x not found"
+        );
         assert_eq!(ev["regarding"]["kind"], "Pod");
         assert_eq!(ev["regarding"]["name"], "shop-7d9f-");
+    }
+
+    #[test]
+    fn events_for_unnamed_pods_go_to_their_controller() {
+        let mut pod = Pod::default();
+        pod.metadata.generate_name = Some("shop-7d9f-".to_owned());
+        pod.metadata.namespace = Some(NS.to_owned());
+        pod.metadata.owner_references = Some(vec![
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+                api_version: "apps/v1".to_owned(),
+                kind: "ReplicaSet".to_owned(),
+                name: "shop-7d9f".to_owned(),
+                uid: "rs-uid".to_owned(),
+                controller: Some(true),
+                ..Default::default()
+            },
+        ]);
+        let r = event_subject(&pod);
+        assert_eq!(r.kind.as_deref(), Some("ReplicaSet"));
+        assert_eq!(r.name.as_deref(), Some("shop-7d9f"));
+        assert_eq!(r.uid.as_deref(), Some("rs-uid"));
+        pod.metadata.name = Some("shop-7d9f-abcde".to_owned());
+        assert_eq!(event_subject(&pod).kind.as_deref(), Some("Pod"));
     }
 
     async fn handshake(addr: std::net::SocketAddr, ca_pem: &str) -> bool {

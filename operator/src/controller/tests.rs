@@ -438,6 +438,23 @@ async fn deleted_collector_is_left_to_the_garbage_collector() {
     v.assert_silent();
 }
 
+#[tokio::test]
+async fn children_owned_by_someone_else_are_never_deleted() {
+    let (ctx, mut v) = Context::test();
+    let server = tokio::spawn(async move {
+        // Same name, but no owner reference to this TraceCollector: a user's object.
+        v.expect(Method::GET, &path("Service", "main-redis"))
+            .await
+            .ok(&json!({"apiVersion": "v1", "kind": "Service",
+                        "metadata": {"name": "main-redis", "namespace": NS}, "spec": {}}));
+        v
+    });
+    remove::<Service>(&ctx.client, &tc("main"), "main-redis")
+        .await
+        .unwrap();
+    server.await.unwrap().assert_silent();
+}
+
 #[test]
 fn backoff_doubles_up_to_five_minutes() {
     let secs: Vec<u64> = (1..=9).map(|n| backoff(n).as_secs()).collect();

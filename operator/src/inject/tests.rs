@@ -165,12 +165,26 @@ fn native_injection_adds_an_init_sidecar_and_otel_env() {
     assert_eq!(ann[STATUS_ANNOTATION], "injected");
     assert_eq!(ann[COLLECTOR_ANNOTATION], "traces/main");
     assert_eq!(ann[REVISION_ANNOTATION], sidecar_revision(&t, &defaults()));
+    let spill = spec
+        .volumes
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find(|v| v.name == "clew-sidecar-spill")
+        .unwrap();
+    let limit: i64 = spill
+        .empty_dir
+        .as_ref()
+        .unwrap()
+        .size_limit
+        .as_ref()
+        .unwrap()
+        .0
+        .parse()
+        .unwrap();
     assert!(
-        spec.volumes
-            .as_ref()
-            .unwrap()
-            .iter()
-            .any(|v| v.name == "clew-sidecar-spill")
+        limit > t.spec.sidecar.spill_max_bytes,
+        "no room above the spill cap: {limit}"
     );
     assert!(is_injected(&p));
     assert_eq!(decide(&p, None, [&t]), Decision::AlreadyInjected);

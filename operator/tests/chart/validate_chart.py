@@ -4,7 +4,10 @@ sets and validates every rendered manifest against the Kubernetes 1.29-1.33 sche
 CRD's own schema. Exits non-zero with a message on the first problem.
 
 usage: validate_chart.py CHART_DIR
+       validate_chart.py --objects FILE   (a JSON list of objects, e.g. the operator's output)
 """
+
+import json
 
 import copy
 import sys
@@ -115,7 +118,23 @@ def env_of(deploy):
     return {e["name"]: e.get("value") for e in c["env"]}
 
 
+def validate_objects(path):
+    """Validates every object of a JSON list strictly against Kubernetes 1.29-1.33."""
+    with open(path) as f:
+        objects = json.load(f)
+    if not objects:
+        fail(f"{path} holds no objects")
+    for i, obj in enumerate(objects):
+        if validate(f"{path}[{i}]", obj, None) != "k8s":
+            fail(f"{path}[{i}]: {obj.get('kind')} is not a Kubernetes kind")
+    kinds = sorted({o["kind"] for o in objects})
+    print(f"objects: {len(objects)} ({', '.join(kinds)}) valid for Kubernetes {K8S_VERSIONS[0]}-{K8S_VERSIONS[-1]}")
+
+
 def main():
+    if sys.argv[1] == "--objects":
+        validate_objects(sys.argv[2])
+        return
     chart_dir = sys.argv[1]
     counts = {"k8s": 0, "crd": 0, "third-party": 0}
     with helm.Chart.load(chart_dir) as chart:

@@ -1,0 +1,108 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! Everything the operator writes into a cluster — the children of several TraceCollectors and
+//! injected pods — validated strictly (unknown fields fail) against the Kubernetes 1.29–1.33
+//! schemas. k8s-openapi's types are 1.37's, so this catches a field older clusters lack.
+
+use std::path::Path;
+use std::process::Command;
+
+use clew_operator::crd::{
+    AutoscalerSpec, ExternalRedis, ServiceType, TraceCollector, TraceCollectorSpec,
+};
+use clew_operator::desired::{self, Defaults};
+use clew_operator::inject;
+use k8s_openapi::api::core::v1::Pod;
+use serde_json::{Value, json};
+
+fn collector(spec: Value) -> TraceCollector {
+    let spec: TraceCollectorSpec = serde_json::from_value(spec).unwrap();
+    let mut tc = TraceCollector::new("main", spec);
+    tc.metadata.namespace = Some("shop".into());
+    tc.metadata.uid = Some("5f3c0a6e-0000-4000-8000-000000000001".into());
+    tc
+}
+
+fn children(tc: &TraceCollector, d: &Defaults) -> Vec<Value> {
+    let v = |o: &dyn erased::Ser| o.value();
+    let mut out = vec![
+        v(&desired::desired_config_map(tc)),
+        v(&desired::desired_deployment(tc, d)),
+        v(&desired::desired_service(tc)),
+        v(&desired::desired_headless_service(tc)),
+    ];
+    out.extend(desired::desired_pdb(tc).map(|o| v(&o)));
+    out.extend(desired::desired_hpa(tc).map(|o| v(&o)));
+    out.extend(desired::desired_redis(tc).map(|o| v(&o)));
+    out.extend(desired::desired_redis_service(tc).map(|o| v(&o)));
+    out.extend(desired::desired_visualizer(tc, d).map(|o| v(&o)));
+    out.extend(desired::desired_visualizer_service(tc).map(|o| v(&o)));
+    out
+}
+
+mod erased {
+    /// Serializes any k8s-openapi object (they all carry apiVersion and kind).
+    pub trait Ser {
+        fn value(&self) -> serde_json::Value;
+    }
+    impl<T: serde::Serialize> Ser for T {
+        fn value(&self) -> serde_json::Value {
+            serde_json::to_value(self).unwrap()
+        }
+    }
+}
+
+#[test]
+fn operator_output_is_valid_for_kubernetes_1_29_to_1_33() {
+    let d = Defaults {
+        image: "ghcr.io/clew-dev/clew:test".into(),
+    };
+    let default = collector(json!({}));
+    let mut custom = collector(json!({"imagePullPolicy": "Always", "retention": "24h",
+        "resources": {"requests": {"cpu": "200m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}}}));
+    custom.spec.autoscaler = Some(AutoscalerSpec {
+        min_replicas: 2,
+        max_replicas: 5,
+        target_cpu_utilization: 70,
+    });
+    custom.spec.storage.redis.external = Some(ExternalRedis {
+        secret_name: "redis".into(),
+        key: "url".into(),
+    });
+    custom.spec.visualizer.service_type = ServiceType::LoadBalancer;
+    let mut objects = children(&default, &d);
+    objects.extend(children(&custom, &d));
+
+    let pod: Pod = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "app", "namespace": "shop", "annotations": {"sidecar.clew.dev/inject": "true"}},
+        "spec": {"containers": [{"name": "app", "image": "app:1"}]}
+    }))
+    .unwrap();
+    // Native sidecars are only used on 1.29+, which is every version validated here.
+    objects.push(serde_json::to_value(inject::inject(&pod, &default, &d, true)).unwrap());
+    objects.push(serde_json::to_value(inject::inject(&pod, &custom, &d, false)).unwrap());
+    objects.push(serde_json::to_value(inject::annotate_skip(&pod, "no TraceCollector")).unwrap());
+
+    let file = Path::new(env!("CARGO_TARGET_TMPDIR")).join("clew-operator-objects.json");
+    std::fs::write(&file, serde_json::to_vec_pretty(&objects).unwrap()).unwrap();
+    let python = std::env::var("CLEW_PYTHON")
+        .expect("CLEW_PYTHON must name a python with kubernetes-validate (run scripts/test.sh)");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/chart/validate_chart.py");
+    let out = Command::new(&python)
+        .arg(script)
+        .arg("--objects")
+        .arg(&file)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    println!("{stdout}");
+    assert!(
+        stdout.contains(&format!("objects: {} ", objects.len())),
+        "{stdout}"
+    );
+}
