@@ -10,7 +10,9 @@ use std::process::Command;
 fn chart_renders_lints_and_validates_for_every_value_set() {
     let python = std::env::var("CLEW_PYTHON")
         .expect("CLEW_PYTHON must name a python with helm-python-sdk and kubernetes-validate (run scripts/test.sh)");
-    let here = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = std::env::var("CARGO_MANIFEST_DIR")
+        .unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_string());
+    let here = Path::new(&dir);
     let out = Command::new(&python)
         .arg(here.join("tests/chart/validate_chart.py"))
         .arg(here.join("../charts/clew"))

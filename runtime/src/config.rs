@@ -35,11 +35,11 @@ pub enum ConfigError {
     },
 }
 
-fn scalar(v: &serde_yaml::Value) -> Option<String> {
+fn scalar(v: &serde_json::Value) -> Option<String> {
     match v {
-        serde_yaml::Value::String(s) => Some(s.clone()),
-        serde_yaml::Value::Number(n) => Some(n.to_string()),
-        serde_yaml::Value::Bool(b) => Some(b.to_string()),
+        serde_json::Value::String(s) => Some(s.clone()),
+        serde_json::Value::Number(n) => Some(n.to_string()),
+        serde_json::Value::Bool(b) => Some(b.to_string()),
         _ => None,
     }
 }
@@ -81,18 +81,20 @@ pub fn args_with_file<C: clap::CommandFactory>(
         path: path.clone(),
         message,
     };
-    let doc: serde_yaml::Value = serde_yaml::from_str(&text).map_err(|e| invalid(e.to_string()))?;
+    if text.trim().is_empty() {
+        return Ok(args);
+    }
+    let doc: serde_json::Value =
+        serde_saphyr::from_str(&text).map_err(|e| invalid(e.to_string()))?;
     let map = match doc {
-        serde_yaml::Value::Mapping(m) => m,
-        serde_yaml::Value::Null => return Ok(args),
+        serde_json::Value::Object(m) => m,
+        serde_json::Value::Null => return Ok(args),
         _ => return Err(invalid("expected a mapping of flag names to values".into())),
     };
     let cmd = C::command();
     let mut out = args;
     for (k, v) in map {
-        let key = scalar(&k)
-            .ok_or_else(|| invalid("keys must be flag names".into()))?
-            .replace('_', "-");
+        let key = k.replace('_', "-");
         let arg = cmd
             .get_arguments()
             .find(|a| a.get_long() == Some(key.as_str()) && key != "config")
@@ -107,7 +109,7 @@ pub fn args_with_file<C: clap::CommandFactory>(
             continue;
         }
         let values: Vec<String> = match &v {
-            serde_yaml::Value::Sequence(items) => items
+            serde_json::Value::Array(items) => items
                 .iter()
                 .map(|i| {
                     scalar(i).ok_or_else(|| invalid(format!("{key}: list items must be scalars")))
