@@ -80,6 +80,15 @@ async fn all_in_one_serves_the_trace_of_a_request_and_keeps_it_across_restarts()
         .count();
     assert_eq!(lookups, 3, "search fans out to the three shards");
 
+    // The visualizer is up and reads the same data through its proxy.
+    let viz = format!("http://127.0.0.1:{}", 8080 + off);
+    let page = http.get(&format!("{viz}/")).await.unwrap();
+    assert_eq!(page.status, 200);
+    assert!(page.body.to_lowercase().contains("<html"), "{}", page.body);
+    let services = http.get(&format!("{viz}/api/services")).await.unwrap();
+    assert_eq!(services.status, 200, "{}", services.body);
+    assert!(services.body.contains("service-a"), "{}", services.body);
+
     // Ctrl-C: everything stops cleanly.
     local.signal("INT").await.unwrap();
     assert!(local.wait_exit(Duration::from_secs(60)).await.unwrap());

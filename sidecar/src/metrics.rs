@@ -35,7 +35,7 @@ pub struct Metrics {
     pub spill_bytes: IntGauge,
     /// Number of collector endpoints routed to.
     pub endpoints: IntGauge,
-    /// 1 while an endpoint's circuit breaker is open.
+    /// 1 while an endpoint's circuit breaker is open or half-open.
     pub breaker_open: IntGaugeVec,
     /// Latency of sends to collectors.
     pub send_seconds: Histogram,
@@ -71,7 +71,7 @@ impl Metrics {
         let breaker_open = must(IntGaugeVec::new(
             Opts::new(
                 "clew_sidecar_breaker_open",
-                "1 while the circuit breaker of a collector endpoint is open",
+                "1 while the circuit breaker of a collector endpoint is open or half-open",
             ),
             &["endpoint"],
         ));

@@ -738,7 +738,7 @@ async fn forward_loop(
         match client.export(work.body.clone()).await {
             Ok(rejected) => {
                 permit.success();
-                open_gauge.set(0);
+                open_gauge.set(i64::from(ep.breaker.state() != BreakerState::Closed));
                 failures = 0;
                 sh.metrics
                     .send_seconds
@@ -754,6 +754,8 @@ async fn forward_loop(
             }
             Err(SendError::Retryable(status)) => {
                 permit.failure();
+                // Open or half-open: either way the endpoint is not trusted.
+                open_gauge.set(i64::from(ep.breaker.state() != BreakerState::Closed));
                 sh.metrics.send_failures.with_label_values(&[&ep.url]).inc();
                 if failures == 0 {
                     tracing::warn!(endpoint = %ep.url, code = ?status.code(), message = status.message(), "sending to collector failed; buffering and retrying");

@@ -328,7 +328,7 @@ async fn a_collector_outage_spills_and_replays_everything() {
     for round in 1..6 {
         client.export(request(&traces, 2, round * 2)).await.unwrap();
     }
-    wait_until("spans spilled", Duration::from_secs(10), || async {
+    wait_until("spans spilled", Duration::from_secs(30), || async {
         sc.metric("clew_sidecar_spans_spilled_total").await >= 200.0
             && sc.metric("clew_sidecar_breaker_open").await == 1.0
     })
