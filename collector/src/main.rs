@@ -2,7 +2,6 @@
 
 use clap::Parser as _;
 use clew_collector::server::{Config, run};
-use tracing_subscriber::EnvFilter;
 
 // Ingest allocates per span on one thread and frees on another (assembly,
 // storage); glibc's malloc spent a quarter of the collector's CPU on that
@@ -13,11 +12,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .init();
+    clew_runtime::init_logging();
     let args = clew_runtime::config::args_with_file::<Config>(
         std::env::args_os().collect(),
         "CLEW_CONFIG",

@@ -9,9 +9,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use axum::extract::State;
-use axum::http::StatusCode;
-use axum::response::IntoResponse;
 use axum::serve::ListenerExt as _;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::TraceServiceServer;
 use tokio::net::TcpListener;
@@ -166,40 +163,6 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, ServerError> {
         .map_err(|source| ServerError::Bind { addr, source })
 }
 
-#[derive(Clone)]
-struct OpsState {
-    metrics: Arc<Metrics>,
-    ready: Arc<AtomicBool>,
-}
-
-fn ops_router(state: OpsState) -> axum::Router {
-    axum::Router::new()
-        .route(
-            "/metrics",
-            axum::routing::get(|State(s): State<OpsState>| async move {
-                (
-                    [(
-                        axum::http::header::CONTENT_TYPE,
-                        "text/plain; version=0.0.4",
-                    )],
-                    s.metrics.render(),
-                )
-            }),
-        )
-        .route("/healthz", axum::routing::get(|| async { "ok" }))
-        .route(
-            "/readyz",
-            axum::routing::get(|State(s): State<OpsState>| async move {
-                if s.ready.load(Ordering::Acquire) {
-                    (StatusCode::OK, "ready").into_response()
-                } else {
-                    (StatusCode::SERVICE_UNAVAILABLE, "not ready").into_response()
-                }
-            }),
-        )
-        .with_state(state)
-}
-
 /// Runs the collector until `shutdown` resolves, then stops taking spans,
 /// stores everything accepted, persists the WAL checkpoint and returns.
 /// `on_bound` is told the bound addresses once every listener is up.
@@ -303,10 +266,13 @@ pub async fn run(
         .with_graceful_shutdown(stopped(stop_rx.clone()));
     let ops = axum::serve(
         ops_listener,
-        ops_router(OpsState {
-            metrics: Arc::clone(&metrics),
-            ready: Arc::clone(&ready),
-        }),
+        clew_runtime::ops::router(
+            {
+                let metrics = Arc::clone(&metrics);
+                Arc::new(move || metrics.render())
+            },
+            Arc::clone(&ready),
+        ),
     )
     .with_graceful_shutdown(stopped(stop_rx.clone()));
 

@@ -1,9 +1,21 @@
-//! What every clew binary shares: the ops endpoint ([`ops`]), shutdown on
-//! SIGTERM or Ctrl-C ([`shutdown_signal`]), and an optional configuration
-//! file layered under flags and environment variables ([`config`]).
+//! What every clew binary shares: the ops endpoint ([`ops`]), logging
+//! ([`init_logging`]), shutdown on SIGTERM or Ctrl-C ([`shutdown_signal`]),
+//! and an optional configuration file layered under flags and environment
+//! variables ([`config`]).
 
 pub mod config;
 pub mod ops;
+
+/// Logs to stderr through `tracing`, filtered by `RUST_LOG` (default
+/// `info`).
+pub fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .init();
+}
 
 /// Resolves on Ctrl-C or SIGTERM (what Kubernetes sends before killing a
 /// pod).

@@ -27,12 +27,7 @@ pub fn tracer(service: &str) -> anyhow::Result<Tracer> {
 
 /// Logs to stderr with `RUST_LOG` (default `info`).
 pub fn init_logging() {
-    use tracing_subscriber::EnvFilter;
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .init();
+    clew_runtime::init_logging();
 }
 
 /// Ctrl-C or SIGTERM.

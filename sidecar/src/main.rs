@@ -2,16 +2,11 @@
 
 use clap::Parser as _;
 use clew_sidecar::server::{Config, run};
-use tracing_subscriber::EnvFilter;
 
 // One thread is plenty for a per-pod agent and keeps its footprint small.
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .init();
+    clew_runtime::init_logging();
     let args = clew_runtime::config::args_with_file::<Config>(
         std::env::args_os().collect(),
         "CLEW_SIDECAR_CONFIG",
