@@ -6,6 +6,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use clap::Parser as _;
+use clew_e2e::proxy::Proxy;
 use clew_proto::v1 as pb;
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, trace_service_client::TraceServiceClient,
@@ -16,6 +17,10 @@ use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
 use prost::Message as _;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+
+fn any_port() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 0))
+}
 
 struct Collector {
     grpc: SocketAddr,
@@ -313,8 +318,11 @@ async fn every_trace_lands_whole_on_one_collector() {
 async fn a_collector_outage_spills_and_replays_everything() {
     let dir = tempfile::tempdir().unwrap();
     let c = Collector::start("127.0.0.1:0", &dir.path().join("c")).await;
-    let addr = c.grpc;
-    let sc = Sidecar::start(&[addr], &dir.path().join("spill"), &[]).await;
+    // The sidecar reaches the collector through a proxy that can cut the
+    // network; the proxy keeps its port, so no other process can take it
+    // while the collector is "down".
+    let net = Proxy::start(any_port(), c.grpc).await.unwrap();
+    let sc = Sidecar::start(&[net.addr], &dir.path().join("spill"), &[]).await;
     let mut client = sc.client().await;
     let traces: Vec<Vec<u8>> = (100..120).map(trace_id).collect();
     client.export(request(&traces, 2, 0)).await.unwrap();
@@ -322,9 +330,9 @@ async fn a_collector_outage_spills_and_replays_everything() {
         sc.metric("clew_sidecar_spans_forwarded_total").await == 40.0
     })
     .await;
-    c.stop().await;
+    net.set_blocked(true);
 
-    // The collector is down: every request is still accepted.
+    // The collector is unreachable: every request is still accepted.
     for round in 1..6 {
         client.export(request(&traces, 2, round * 2)).await.unwrap();
     }
@@ -334,7 +342,7 @@ async fn a_collector_outage_spills_and_replays_everything() {
     })
     .await;
 
-    let c = Collector::start(&addr.to_string(), &dir.path().join("c")).await;
+    net.set_blocked(false);
     for t in &traces {
         let tt = t.clone();
         let cc = &c;
@@ -353,11 +361,10 @@ async fn a_collector_outage_spills_and_replays_everything() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sidecar_restart_replays_its_spill_log() {
     let dir = tempfile::tempdir().unwrap();
-    // Reserve an address, then leave it closed: the collector is down.
-    let addr = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let c = Collector::start("127.0.0.1:0", &dir.path().join("c")).await;
+    let net = Proxy::start(any_port(), c.grpc).await.unwrap();
+    net.set_blocked(true);
+    let addr = net.addr;
     let spill = dir.path().join("spill");
     let sc = Sidecar::start(&[addr], &spill, &["--shutdown-timeout=200ms"]).await;
     let mut client = sc.client().await;
@@ -367,8 +374,9 @@ async fn a_sidecar_restart_replays_its_spill_log() {
     }
     // Graceful shutdown cannot deliver, so everything goes to disk.
     sc.stop().await;
+    assert_eq!(c.spans_of(&traces[0]).await, 0);
 
-    let c = Collector::start(&addr.to_string(), &dir.path().join("c")).await;
+    net.set_blocked(false);
     let sc = Sidecar::start(&[addr], &spill, &[]).await;
     for t in &traces {
         let tt = t.clone();
@@ -392,10 +400,10 @@ async fn a_removed_endpoint_hands_its_spans_to_the_others() {
     let dir = tempfile::tempdir().unwrap();
     let metrics = clew_sidecar::metrics::Metrics::new();
     let live = Collector::start("127.0.0.1:0", &dir.path().join("c")).await;
-    let dead = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    // An endpoint nobody answers on (a proxy that refuses everything).
+    let dead_net = Proxy::start(any_port(), live.grpc).await.unwrap();
+    dead_net.set_blocked(true);
+    let dead = dead_net.addr;
     let mut cfg = clew_sidecar::PipelineConfig::new(dir.path().join("spill"));
     cfg.request_timeout = Duration::from_millis(500);
     cfg.breaker.cool_down = Duration::from_secs(60);
@@ -438,10 +446,9 @@ async fn a_removed_endpoint_hands_its_spans_to_the_others() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_buffer_and_spill_log_refuse_instead_of_losing() {
     let dir = tempfile::tempdir().unwrap();
-    let addr = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let net = Proxy::start(any_port(), any_port()).await.unwrap();
+    net.set_blocked(true);
+    let addr = net.addr;
     let sc = Sidecar::start(
         &[addr],
         &dir.path().join("spill"),
