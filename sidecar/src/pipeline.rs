@@ -724,6 +724,7 @@ async fn forward_loop(
                 open_gauge.set(1);
                 ep.park(&p, work);
                 ep.spill_queue(&p);
+                p.update_gauges();
                 let wait = open
                     .retry_after
                     .clamp(Duration::from_millis(20), Duration::from_secs(1));
@@ -761,6 +762,12 @@ async fn forward_loop(
                     tracing::warn!(endpoint = %ep.url, code = ?status.code(), message = status.message(), "sending to collector failed; buffering and retrying");
                 }
                 ep.park(&p, work);
+                if ep.breaker.state() != BreakerState::Closed {
+                    // The endpoint is not trusted: what waits in memory goes
+                    // to disk now, not after the back-off (which can outlast
+                    // the cool-down, so the loop may never see `Open`).
+                    ep.spill_queue(&p);
+                }
                 let delay = sh.cfg.retry.delay(failures, &mut rng);
                 failures = failures.saturating_add(1);
                 tokio::select! {
