@@ -709,6 +709,7 @@ mod tests {
             clock_start: clock,
             clock_end: end,
             dropped: 0,
+            ..Default::default()
         };
         let res = Resource {
             service_name: "a".into(),

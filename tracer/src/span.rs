@@ -169,7 +169,10 @@ impl Default for SpanLimits {
 }
 
 /// A finished span, as handed to exporters.
-#[derive(Clone, Debug, PartialEq)]
+///
+/// Build one with `SpanData { .., ..Default::default() }`: two hidden
+/// fields are the live span's bookkeeping (equality ignores them).
+#[derive(Clone, Debug)]
 pub struct SpanData {
     /// Trace id, span id, flags and trace state.
     pub context: SpanContext,
@@ -197,6 +200,55 @@ pub struct SpanData {
     pub clock_end: VectorClock,
     /// Attributes, events and links dropped by [`SpanLimits`].
     pub dropped: u32,
+    /// While the span is live: how many of `attributes` are its own. A
+    /// recycled span keeps its earlier attributes as slots to overwrite in
+    /// place (cheaper than building each one and moving it in); the export
+    /// worker cuts the rest off before the exporter sees the span.
+    /// `usize::MAX` outside a live span (all attributes count).
+    ///
+    /// Bookkeeping of the live span, public only so that
+    /// `SpanData { .., ..Default::default() }` works outside this crate.
+    #[doc(hidden)]
+    pub live_attributes: usize,
+    /// The node's own counter at start and end when the span had no shared
+    /// clock cell (a root span nothing asked the context of): the export
+    /// worker writes them into `clock_start` / `clock_end`, so the
+    /// application thread never builds a vector clock for such spans.
+    /// 0 means "already in the clock". Public only for `..Default::default()`.
+    #[doc(hidden)]
+    pub pending_clock: PendingClock,
+}
+
+/// Node counters not yet written into a span's vector clocks.
+#[doc(hidden)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PendingClock {
+    pub(crate) start: u64,
+    pub(crate) end: u64,
+}
+
+impl PartialEq for SpanData {
+    fn eq(&self, o: &Self) -> bool {
+        self.context == o.context
+            && self.parent_span_id == o.parent_span_id
+            && self.name == o.name
+            && self.kind == o.kind
+            && self.start_time_unix_nano == o.start_time_unix_nano
+            && self.end_time_unix_nano == o.end_time_unix_nano
+            && self.attributes == o.attributes
+            && self.events == o.events
+            && self.links == o.links
+            && self.status == o.status
+            && self.clock_start == o.clock_start
+            && self.clock_end == o.clock_end
+            && self.dropped == o.dropped
+    }
+}
+
+impl Default for SpanData {
+    fn default() -> Self {
+        SpanData::empty()
+    }
 }
 
 impl SpanData {
@@ -216,20 +268,64 @@ impl SpanData {
             clock_start: VectorClock::new(),
             clock_end: VectorClock::new(),
             dropped: 0,
+            live_attributes: usize::MAX,
+            pending_clock: PendingClock { start: 0, end: 0 },
         }
+    }
+
+    /// A new span for a live [`Span`] to record into.
+    pub(crate) fn for_recording() -> Box<Self> {
+        let mut d = Box::new(SpanData::empty());
+        d.live_attributes = 0;
+        d
     }
 
     /// Clears the span for reuse, keeping its allocations.
     pub(crate) fn reset(&mut self) {
         self.context = SpanContext::default();
         self.name = Cow::Borrowed("");
-        self.attributes.clear();
+        // The attributes stay, as slots for the next use (`live_attributes`).
+        self.live_attributes = 0;
         self.events.clear();
         self.links.clear();
         self.status = Status::Unset;
         self.clock_start.clear();
         self.clock_end.clear();
+        self.pending_clock = PendingClock::default();
         self.dropped = 0;
+    }
+
+    /// Appends attributes known at start (replacing any recycled slots).
+    pub(crate) fn start_attributes(&mut self, attributes: &mut Vec<KeyValue>) {
+        self.attributes.truncate(self.live_attributes);
+        self.attributes.append(attributes);
+        self.live_attributes = self.attributes.len();
+    }
+
+    /// Makes the span what exporters expect: drops recycled attribute slots,
+    /// applies attribute replacement, writes pending clock entries for
+    /// `node`. Called once, on the export worker.
+    pub(crate) fn settle(&mut self, node: &str) {
+        self.attributes.truncate(self.live_attributes);
+        self.dedupe_attributes();
+        self.live_attributes = self.attributes.len();
+        let PendingClock { start, end } = std::mem::take(&mut self.pending_clock);
+        if start > 0 {
+            self.clock_start.set(node, start);
+        }
+        if end > 0 {
+            self.clock_end.clone_from(&self.clock_start);
+            self.clock_end.set(node, end);
+        }
+    }
+
+    /// The span's clock at start, pending entry included.
+    pub(crate) fn start_clock(&self, node: &str) -> VectorClock {
+        let mut c = self.clock_start.clone();
+        if self.pending_clock.start > 0 {
+            c.set(node, self.pending_clock.start);
+        }
+        c
     }
 
     /// Keeps one attribute per key: the last value set, at the position the
@@ -344,9 +440,10 @@ impl Span {
             return Some(Arc::clone(c));
         }
         let data = self.recording.as_deref()?;
+        let node = self.tracer.as_ref()?.node.id();
         Some(Arc::clone(
             self.clock
-                .get_or_init(|| ClockCell::new(data.clock_start.clone())),
+                .get_or_init(|| ClockCell::new(data.start_clock(node))),
         ))
     }
 
@@ -359,11 +456,20 @@ impl Span {
     #[inline]
     pub fn set_attribute(&mut self, key: impl Into<Str>, value: impl Into<Value>) {
         if let (Some(data), Some(t)) = (self.recording.as_deref_mut(), &self.tracer) {
-            if data.attributes.len() < t.limits.max_attributes {
-                data.attributes.push(KeyValue {
-                    key: key.into(),
-                    value: value.into(),
-                });
+            let n = data.live_attributes;
+            if n < t.limits.max_attributes {
+                match data.attributes.get_mut(n) {
+                    // Written in place: no temporary to copy in.
+                    Some(slot) => {
+                        slot.key = key.into();
+                        slot.value = value.into();
+                    }
+                    None => data.attributes.push(KeyValue {
+                        key: key.into(),
+                        value: value.into(),
+                    }),
+                }
+                data.live_attributes = n + 1;
             } else {
                 data.dropped = data.dropped.saturating_add(1);
             }
@@ -463,14 +569,18 @@ impl Span {
             Some(cell) => cell.tick_into(&tracer.node, &mut data.clock_end),
             None => {
                 // Nothing shared this span's clock: the end is one more
-                // local event after the start.
-                let node = &tracer.node;
-                let v = node.next_after(data.clock_start.get(node.id()));
-                data.clock_end.clone_from(&data.clock_start);
-                data.clock_end.set(node.id(), v);
+                // local event after the start (written on the export worker).
+                data.pending_clock.end = tracer.node.next_after(data.pending_clock.start);
             }
         }
-        let end_clock = want_clock.then(|| data.clock_end.clone());
+        let end_clock = want_clock.then(|| {
+            if data.pending_clock.end == 0 {
+                return data.clock_end.clone();
+            }
+            let mut end = data.start_clock(tracer.node.id());
+            end.set(tracer.node.id(), data.pending_clock.end);
+            end
+        });
         tracer.on_end(data);
         end_clock
     }

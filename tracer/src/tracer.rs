@@ -185,7 +185,7 @@ impl Tracer {
                 d.reset();
                 d
             }
-            None => Box::new(SpanData::empty()),
+            None => SpanData::for_recording(),
         };
         data.parent_span_id = parent.map(|p| p.span_id).unwrap_or(SpanId::INVALID);
         data.context = context.clone();
@@ -199,17 +199,18 @@ impl Tracer {
                 Arc::clone(cell).into()
             }
             None => {
-                data.clock_start
-                    .set(inner.node.id(), inner.node.next_after(0));
+                data.pending_clock.start = inner.node.next_after(0);
                 std::sync::OnceLock::new()
             }
         };
-        attributes.truncate(inner.limits.max_attributes);
         if data.attributes.capacity() == 0 && attributes.capacity() < 8 {
             // One allocation instead of growing 1, 2, 4, 8.
             data.attributes.reserve_exact(8);
         }
-        data.attributes.append(&mut attributes);
+        if !attributes.is_empty() {
+            attributes.truncate(inner.limits.max_attributes);
+            data.start_attributes(&mut attributes);
+        }
         Span {
             context,
             clock,
@@ -650,6 +651,101 @@ mod tests {
             assert!(!s.parent_span_id.is_valid());
             assert_eq!(s.clock_start.len(), 1);
         }
+    }
+
+    #[test]
+    fn recycled_attribute_slots_never_leak_into_a_later_span() {
+        let (t, exp) = setup(Sampler::AlwaysOn);
+        // Many spans with 6 attributes, then fewer with 2: recycled spans
+        // keep the earlier attributes as slots, which must not be exported.
+        for round in 0..3 {
+            for i in 0..200i64 {
+                let mut s = t.start("wide");
+                for k in ["k0", "k1", "k2", "k3", "k4", "k5"] {
+                    s.set_attribute(k, format!("{round}-{i}"));
+                }
+            }
+            flush(&t);
+        }
+        for i in 0..200i64 {
+            let mut s = t.start("narrow");
+            s.set_attribute("k5", i);
+            s.set_attribute("n", true);
+        }
+        // And one built with start attributes after wide spans.
+        drop(t.span("built").attribute("only", 1i64).start());
+        flush(&t);
+        let spans = exp.finished_spans();
+        for s in spans.iter().filter(|s| s.name == "narrow") {
+            let keys: Vec<&str> = s.attributes.iter().map(|kv| &*kv.key).collect();
+            assert_eq!(keys, ["k5", "n"], "stale slots exported: {s:?}");
+            assert!(matches!(s.attribute("k5"), Some(Value::I64(_))));
+        }
+        let built = spans.iter().find(|s| s.name == "built").unwrap();
+        assert_eq!(built.attributes, vec![KeyValue::new("only", 1i64)]);
+        assert_eq!(spans.iter().filter(|s| s.name == "narrow").count(), 200);
+    }
+
+    #[test]
+    fn spans_ended_on_many_threads_are_all_exported_even_after_the_threads_exit() {
+        let (t, exp) = setup(Sampler::AlwaysOn);
+        let threads: Vec<_> = (0..8)
+            .map(|n| {
+                let t = t.clone();
+                std::thread::spawn(move || {
+                    for i in 0..500i64 {
+                        let mut s = t.start("threaded");
+                        s.set_attribute("thread", n as i64);
+                        s.set_attribute("i", i);
+                    }
+                })
+            })
+            .collect();
+        for th in threads {
+            th.join().unwrap();
+        }
+        // The threads are gone; their queued spans are not.
+        flush(&t);
+        let spans = exp.finished_spans();
+        let mut seen = std::collections::HashSet::new();
+        for s in spans.iter().filter(|s| s.name == "threaded") {
+            let (Some(Value::I64(n)), Some(Value::I64(i))) =
+                (s.attribute("thread"), s.attribute("i"))
+            else {
+                panic!("attributes lost: {s:?}");
+            };
+            assert!(seen.insert((*n, *i)), "span exported twice: {n} {i}");
+        }
+        assert_eq!(seen.len(), 8 * 500);
+        let st = t.stats();
+        assert_eq!((st.started, st.exported, st.dropped), (4000, 4000, 0));
+    }
+
+    #[test]
+    fn a_span_without_a_shared_clock_reports_the_end_clock_it_exports() {
+        let (t, exp) = setup(Sampler::AlwaysOn);
+        let mut s = t.start("solo");
+        let end = s.end_with_clock().unwrap();
+        assert!(s.end_with_clock().is_none(), "ends once");
+        flush(&t);
+        let spans = exp.finished_spans();
+        let d = spans.iter().find(|d| d.name == "solo").unwrap();
+        assert_eq!(d.clock_end, end);
+        assert_eq!(d.clock_start.len(), 1);
+        assert!(d.clock_start.happened_before(&d.clock_end));
+        // A span whose context was asked for after start (a lazily made
+        // cell) still has both clocks.
+        let mut p = t.start("parent");
+        let cx = p.context();
+        drop(t.start_with_context("child", SpanKind::Internal, &cx));
+        let end = p.end_with_clock().unwrap();
+        flush(&t);
+        let spans = exp.finished_spans();
+        let p = spans.iter().find(|d| d.name == "parent").unwrap();
+        let c = spans.iter().find(|d| d.name == "child").unwrap();
+        assert_eq!(p.clock_end, end);
+        assert!(p.clock_start.happened_before(&c.clock_start));
+        assert!(c.clock_end.happened_before(&p.clock_end));
     }
 
     #[test]

@@ -1,13 +1,14 @@
 //! The bounded queue and the batching worker thread.
 
+use std::cell::RefCell;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TryRecvError, bounded};
-use crossbeam_queue::ArrayQueue;
 use parking_lot::Mutex;
+use rtrb::{Consumer, Producer, RingBuffer};
 
 use super::{ExportBatch, Resource, SpanExporter};
 use crate::span::SpanData;
@@ -21,7 +22,8 @@ const BUSY_POLL: Duration = Duration::from_millis(1);
 /// Queue and batching settings.
 #[derive(Clone, Debug)]
 pub struct BatchConfig {
-    /// Spans waiting for export beyond this are dropped and counted.
+    /// Spans waiting for export beyond this, per thread that ends spans,
+    /// are dropped and counted.
     pub max_queue_size: usize,
     /// At most this many spans go in one export call.
     pub max_export_batch_size: usize,
@@ -34,7 +36,7 @@ pub struct BatchConfig {
 impl Default for BatchConfig {
     fn default() -> Self {
         BatchConfig {
-            max_queue_size: 8192,
+            max_queue_size: 2048,
             max_export_batch_size: 512,
             scheduled_delay: Duration::from_millis(500),
             export_timeout: Duration::from_secs(10),
@@ -58,24 +60,60 @@ enum Control {
     Shutdown(Sender<()>),
 }
 
-/// Owns the queue and the worker thread.
+/// Pushes between two looks at how full a lane is (a look reads a cache
+/// line the worker writes).
+const WAKE_CHECK_EVERY: u32 = 64;
+
+/// One thread's two single-producer single-consumer rings to the worker:
+/// ended spans one way, cleared allocations back.
+struct Lane {
+    spans: Consumer<Box<SpanData>>,
+    recycle: Producer<Box<SpanData>>,
+}
+
+/// The application thread's ends of a [`Lane`].
+struct LocalLane {
+    processor: u64,
+    spans: Producer<Box<SpanData>>,
+    recycle: Consumer<Box<SpanData>>,
+    pushes: u32,
+}
+
+thread_local! {
+    // This thread's lanes, one per live processor it ended spans for.
+    static LANES: RefCell<Vec<LocalLane>> = const { RefCell::new(Vec::new()) };
+}
+
+static NEXT_PROCESSOR: AtomicU64 = AtomicU64::new(1);
+
+/// Owns the per-thread queues and the worker thread.
 ///
-/// Ending a span is a `try_send` on a bounded lock-free queue and nothing
-/// else. The application thread almost never wakes the worker: a wake-up is
-/// a futex call plus, in a VM, an inter-processor interrupt, which costs
-/// more than many spans. Instead the worker polls every millisecond while
-/// spans flow and sleeps for the scheduled delay when idle; the application
-/// wakes it only when the queue is half full, or for a flush or shutdown.
+/// Ending a span pushes it on the ending thread's own single-producer ring
+/// (no compare-and-swap, no shared counter), and starting one takes a
+/// cleared allocation from the ring the worker hands them back on. The
+/// application thread almost never wakes the worker: a wake-up is a futex
+/// call plus, in a VM, an inter-processor interrupt, which costs more than
+/// many spans. Instead the worker polls every millisecond while spans flow
+/// and sleeps for the scheduled delay when idle; the application wakes it
+/// only when its ring is half full, or for a flush or shutdown.
 #[derive(Debug)]
 pub struct BatchProcessor {
-    spans: Arc<ArrayQueue<Box<SpanData>>>,
+    id: u64,
+    lanes: Arc<Mutex<Vec<Lane>>>,
+    capacity: usize,
     control: Sender<Control>,
     stats: Arc<PipelineStats>,
     wake_pending: Arc<AtomicBool>,
-    wake_at: usize,
-    recycle: Arc<ArrayQueue<Box<SpanData>>>,
     worker_thread: std::thread::Thread,
     worker: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for Lane {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lane")
+            .field("queued", &self.spans.slots())
+            .finish()
+    }
 }
 
 impl BatchProcessor {
@@ -85,60 +123,89 @@ impl BatchProcessor {
         resource: Arc<Resource>,
         config: BatchConfig,
     ) -> std::io::Result<Self> {
-        let spans = Arc::new(ArrayQueue::new(config.max_queue_size.max(1)));
+        let lanes = Arc::new(Mutex::new(Vec::new()));
+        let capacity = config.max_queue_size.max(1);
         let (ctx, crx) = bounded(16);
-        let recycle = Arc::new(ArrayQueue::new(
-            config.max_export_batch_size.clamp(1, 4096) * 2,
-        ));
         let stats = Arc::new(PipelineStats::default());
         let wake_pending = Arc::new(AtomicBool::new(false));
-        let wake_at = (config.max_queue_size / 2)
-            .max(config.max_export_batch_size)
-            .max(1);
         let worker = Worker {
             exporter,
             resource,
             config,
-            spans: Arc::clone(&spans),
+            lanes: Arc::clone(&lanes),
+            next_lane: 0,
             control: crx,
             stats: Arc::clone(&stats),
             wake_pending: Arc::clone(&wake_pending),
-            recycle: Arc::clone(&recycle),
         };
         let handle = std::thread::Builder::new()
             .name("clew-export".into())
             .spawn(move || worker.run())?;
         Ok(BatchProcessor {
-            spans,
+            id: NEXT_PROCESSOR.fetch_add(1, Ordering::Relaxed),
+            lanes,
+            capacity,
             control: ctx,
             stats,
             wake_pending,
-            wake_at,
-            recycle,
             worker_thread: handle.thread().clone(),
             worker: Mutex::new(Some(handle)),
         })
     }
 
+    /// Runs `f` on this thread's lane, making it on first use.
+    #[inline]
+    fn with_lane<T>(&self, f: impl FnOnce(&mut LocalLane) -> T) -> Option<T> {
+        LANES
+            .try_with(|lanes| {
+                let mut lanes = lanes.try_borrow_mut().ok()?;
+                if let Some(l) = lanes.iter_mut().find(|l| l.processor == self.id) {
+                    return Some(f(l));
+                }
+                // Rare: this thread's first span for this processor. Forget
+                // lanes of processors that are gone.
+                lanes.retain(|l| !l.spans.is_abandoned());
+                let (spans_tx, spans_rx) = RingBuffer::new(self.capacity);
+                let (recycle_tx, recycle_rx) = RingBuffer::new(self.capacity.min(1024));
+                self.lanes.lock().push(Lane {
+                    spans: spans_rx,
+                    recycle: recycle_tx,
+                });
+                lanes.push(LocalLane {
+                    processor: self.id,
+                    spans: spans_tx,
+                    recycle: recycle_rx,
+                    pushes: 0,
+                });
+                lanes.last_mut().map(f)
+            })
+            .ok()
+            .flatten()
+    }
+
     /// Queues a finished span; never blocks.
     pub fn on_end(&self, span: Box<SpanData>) {
-        match self.spans.push(span) {
-            Ok(()) => {
-                if self.spans.len() >= self.wake_at
-                    && !self.wake_pending.swap(true, Ordering::AcqRel)
-                {
-                    self.worker_thread.unpark();
-                }
+        let pushed = self.with_lane(|lane| {
+            if lane.spans.push(span).is_err() {
+                return false;
             }
-            Err(_) => {
-                self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+            lane.pushes = lane.pushes.wrapping_add(1);
+            if lane.pushes.is_multiple_of(WAKE_CHECK_EVERY)
+                && lane.spans.slots() * 2 <= self.capacity
+                && !self.wake_pending.swap(true, Ordering::AcqRel)
+            {
+                self.worker_thread.unpark();
             }
+            true
+        });
+        if pushed != Some(true) {
+            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
 
     /// A cleared span allocation from an exported batch, if one is waiting.
     pub(crate) fn recycled(&self) -> Option<Box<SpanData>> {
-        self.recycle.pop()
+        self.with_lane(|lane| lane.recycle.pop().ok()).flatten()
     }
 
     /// The pipeline's counters.
@@ -187,11 +254,13 @@ struct Worker<E> {
     exporter: E,
     resource: Arc<Resource>,
     config: BatchConfig,
-    spans: Arc<ArrayQueue<Box<SpanData>>>,
+    lanes: Arc<Mutex<Vec<Lane>>>,
+    // Where the next batch starts taking spans, so that no thread's lane
+    // waits behind a busier one.
+    next_lane: usize,
     control: Receiver<Control>,
     stats: Arc<PipelineStats>,
     wake_pending: Arc<AtomicBool>,
-    recycle: Arc<ArrayQueue<Box<SpanData>>>,
 }
 
 impl<E: SpanExporter> Worker<E> {
@@ -232,8 +301,8 @@ impl<E: SpanExporter> Worker<E> {
                 }
                 Err(TryRecvError::Empty) => {}
             }
-            if self.spans.len() >= max || (!self.spans.is_empty() && last_export.elapsed() >= delay)
-            {
+            let queued = self.queued();
+            if queued >= max || (queued > 0 && last_export.elapsed() >= delay) {
                 self.export_some(&rt, max);
                 last_export = Instant::now();
                 busy = true;
@@ -242,13 +311,14 @@ impl<E: SpanExporter> Worker<E> {
             self.wake_pending.store(false, Ordering::Release);
             // Re-check after clearing the flag: a producer that saw the flag
             // set did not unpark us.
-            if self.spans.len() >= max || !self.control.is_empty() {
+            let queued = self.queued();
+            if queued >= max || !self.control.is_empty() {
                 continue;
             }
             let wait = if busy {
                 // Spans are flowing: come back soon rather than be woken.
                 busy_poll
-            } else if self.spans.is_empty() {
+            } else if queued == 0 {
                 delay
             } else {
                 delay.saturating_sub(last_export.elapsed())
@@ -288,15 +358,44 @@ impl<E: SpanExporter> Worker<E> {
         while self.export_some(rt, max) > 0 {}
     }
 
+    /// Spans waiting in every lane. Drops the lanes of threads that ended
+    /// and have nothing left.
+    fn queued(&self) -> usize {
+        let mut lanes = self.lanes.lock();
+        lanes.retain(|l| !(l.spans.is_abandoned() && l.spans.is_empty()));
+        lanes.iter().map(|l| l.spans.slots()).sum()
+    }
+
     /// Exports up to `max` queued spans; returns how many.
     fn export_some(&mut self, rt: &tokio::runtime::Runtime, max: usize) -> usize {
-        let spans: Vec<Box<SpanData>> = std::iter::from_fn(|| self.spans.pop())
-            .take(max)
-            .map(|mut s| {
-                s.dedupe_attributes();
-                s
-            })
-            .collect();
+        let mut spans: Vec<Box<SpanData>> = Vec::with_capacity(max.min(4096));
+        // Which lane each span came from, to hand its allocation back.
+        let mut from: Vec<(usize, usize)> = Vec::new();
+        {
+            let mut lanes = self.lanes.lock();
+            let count = lanes.len();
+            for k in 0..count {
+                if spans.len() >= max {
+                    break;
+                }
+                let i = (self.next_lane + k) % count;
+                let before = spans.len();
+                let lane = &mut lanes[i];
+                while spans.len() < max {
+                    match lane.spans.pop() {
+                        Ok(mut s) => {
+                            s.settle(&self.resource.node_id);
+                            spans.push(s);
+                        }
+                        Err(_) => break,
+                    }
+                }
+                if spans.len() > before {
+                    from.push((i, spans.len() - before));
+                }
+            }
+            self.next_lane = self.next_lane.wrapping_add(1);
+        }
         let n = spans.len();
         if n == 0 {
             return 0;
@@ -308,12 +407,21 @@ impl<E: SpanExporter> Worker<E> {
         let timeout = self.config.export_timeout;
         let res =
             rt.block_on(async { tokio::time::timeout(timeout, self.exporter.export(&b)).await });
-        for span in b.spans {
+        {
             // The application clears a span when it reuses it: writing here
             // would pull the span's cache lines over to this core and make
-            // the application's next write to them a cross-core miss.
-            // Full: the application has enough spare spans; free this one.
-            let _ = self.recycle.push(span);
+            // the application's next write to them a cross-core miss. A full
+            // ring means the thread has enough spare spans: free this one.
+            // (Lanes are only removed here, by this thread, so indexes hold.)
+            let mut lanes = self.lanes.lock();
+            let mut spans = b.spans.into_iter();
+            for (i, k) in from {
+                for span in spans.by_ref().take(k) {
+                    if let Some(lane) = lanes.get_mut(i) {
+                        let _ = lane.recycle.push(span);
+                    }
+                }
+            }
         }
         match res {
             Ok(Ok(())) => {

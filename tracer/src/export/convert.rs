@@ -236,6 +236,7 @@ pub fn from_native_span(p: &pb::Span) -> Result<SpanData, ConvertError> {
             .map(VectorClock::from_proto)
             .unwrap_or_default(),
         dropped: 0,
+        ..Default::default()
     })
 }
 
@@ -411,6 +412,7 @@ mod tests {
             clock_start: clock,
             clock_end: end,
             dropped: 0,
+            ..Default::default()
         };
         let res = Resource {
             service_name: "a".into(),
