@@ -88,6 +88,14 @@ impl VectorClock {
         self.entries.clear();
     }
 
+    /// Makes the clock `{node: counter}` (`counter` > 0), reusing its memory.
+    pub(crate) fn reset_to(&mut self, node: &NodeId, counter: u64) {
+        self.entries.clear();
+        if counter > 0 {
+            self.entries.push((node.clone(), counter));
+        }
+    }
+
     /// Number of non-zero entries.
     pub fn len(&self) -> usize {
         self.entries.len()

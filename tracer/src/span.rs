@@ -3,7 +3,7 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 
-use crate::clock::VectorClock;
+use crate::clock::{NodeId, VectorClock};
 use crate::context::{ClockCell, Context};
 use crate::ids::{SpanContext, SpanId, TraceId};
 use crate::tracer::TracerInner;
@@ -83,6 +83,21 @@ pub struct KeyValue {
 }
 
 impl KeyValue {
+    /// Drops an attribute, skipping the drop glue when nothing in it owns
+    /// memory (the common case: static key, static string or scalar value).
+    #[inline]
+    fn release(self) {
+        let trivial = matches!(self.key, Cow::Borrowed(_))
+            && matches!(
+                self.value,
+                Value::String(Cow::Borrowed(_)) | Value::Bool(_) | Value::I64(_) | Value::F64(_)
+            );
+        if trivial {
+            // Nothing to free: forgetting leaks nothing.
+            std::mem::forget(self);
+        }
+    }
+
     /// A new attribute.
     pub fn new(key: impl Into<Str>, value: impl Into<Value>) -> Self {
         KeyValue {
@@ -305,17 +320,25 @@ impl SpanData {
     /// Makes the span what exporters expect: drops recycled attribute slots,
     /// applies attribute replacement, writes pending clock entries for
     /// `node`. Called once, on the export worker.
-    pub(crate) fn settle(&mut self, node: &str) {
+    pub(crate) fn settle(&mut self, node: &NodeId) {
         self.attributes.truncate(self.live_attributes);
         self.dedupe_attributes();
         self.live_attributes = self.attributes.len();
         let PendingClock { start, end } = std::mem::take(&mut self.pending_clock);
         if start > 0 {
-            self.clock_start.set(node, start);
+            if self.clock_start.is_empty() {
+                self.clock_start.reset_to(node, start);
+            } else {
+                self.clock_start.set(node.as_str(), start);
+            }
         }
         if end > 0 {
-            self.clock_end.clone_from(&self.clock_start);
-            self.clock_end.set(node, end);
+            if self.clock_start.len() == 1 {
+                self.clock_end.reset_to(node, end);
+            } else {
+                self.clock_end.clone_from(&self.clock_start);
+                self.clock_end.set(node.as_str(), end);
+            }
         }
     }
 
@@ -461,8 +484,14 @@ impl Span {
                 match data.attributes.get_mut(n) {
                     // Written in place: no temporary to copy in.
                     Some(slot) => {
-                        slot.key = key.into();
-                        slot.value = value.into();
+                        let old = std::mem::replace(
+                            slot,
+                            KeyValue {
+                                key: key.into(),
+                                value: value.into(),
+                            },
+                        );
+                        old.release();
                     }
                     None => data.attributes.push(KeyValue {
                         key: key.into(),

@@ -11,6 +11,7 @@ use parking_lot::Mutex;
 use rtrb::{Consumer, Producer, RingBuffer};
 
 use super::{ExportBatch, Resource, SpanExporter};
+use crate::clock::NodeId;
 use crate::span::SpanData;
 
 /// How often span timestamps are re-anchored to the system clock.
@@ -130,6 +131,7 @@ impl BatchProcessor {
         let wake_pending = Arc::new(AtomicBool::new(false));
         let worker = Worker {
             exporter,
+            node: NodeId::from(resource.node_id.as_str()),
             resource,
             config,
             lanes: Arc::clone(&lanes),
@@ -253,6 +255,8 @@ impl Drop for BatchProcessor {
 struct Worker<E> {
     exporter: E,
     resource: Arc<Resource>,
+    // The resource's node id, in the form clocks hold it.
+    node: NodeId,
     config: BatchConfig,
     lanes: Arc<Mutex<Vec<Lane>>>,
     // Where the next batch starts taking spans, so that no thread's lane
@@ -384,7 +388,7 @@ impl<E: SpanExporter> Worker<E> {
                 while spans.len() < max {
                     match lane.spans.pop() {
                         Ok(mut s) => {
-                            s.settle(&self.resource.node_id);
+                            s.settle(&self.node);
                             spans.push(s);
                         }
                         Err(_) => break,
