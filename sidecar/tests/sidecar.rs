@@ -22,10 +22,53 @@ fn any_port() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 0))
 }
 
-struct Collector {
-    grpc: SocketAddr,
+type Shutdown = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+type OnBound<B> = Box<dyn FnOnce(B) + Send>;
+
+/// A server running in this process (on the test's runtime) until `stop`.
+struct Running<B> {
+    bound: B,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<()>,
+}
+
+impl<B: Send + 'static> Running<B> {
+    /// Starts `run(shutdown, on_bound)` and waits until it has bound.
+    async fn spawn<F, E>(run: impl FnOnce(Shutdown, OnBound<B>) -> F) -> Self
+    where
+        F: std::future::Future<Output = Result<(), E>> + Send + 'static,
+        E: std::fmt::Debug,
+    {
+        let (stop, stop_rx) = oneshot::channel::<()>();
+        let (bound_tx, bound_rx) = oneshot::channel();
+        let server = run(
+            Box::pin(async {
+                let _ = stop_rx.await;
+            }),
+            Box::new(move |b| {
+                let _ = bound_tx.send(b);
+            }),
+        );
+        let task = tokio::spawn(async move {
+            server.await.unwrap();
+        });
+        Running {
+            bound: bound_rx.await.unwrap(),
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    /// Stops the server and waits until it has (it must exit cleanly).
+    async fn stop(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        self.task.await.unwrap();
+    }
+}
+
+struct Collector {
+    grpc: SocketAddr,
+    server: Running<clew_collector::server::Bound>,
 }
 
 impl Collector {
@@ -48,32 +91,16 @@ impl Collector {
             "--idle-window",
             "50ms",
         ]);
-        let (stop, stop_rx) = oneshot::channel::<()>();
-        let (bound_tx, bound_rx) = oneshot::channel();
-        let task = tokio::spawn(async move {
-            clew_collector::server::run(
-                cfg,
-                async {
-                    let _ = stop_rx.await;
-                },
-                move |b| {
-                    let _ = bound_tx.send(b);
-                },
-            )
-            .await
-            .unwrap();
-        });
-        let bound = bound_rx.await.unwrap();
+        let server =
+            Running::spawn(|stop, bound| clew_collector::server::run(cfg, stop, bound)).await;
         Collector {
-            grpc: bound.grpc,
-            stop: Some(stop),
-            task,
+            grpc: server.bound.grpc,
+            server,
         }
     }
 
-    async fn stop(mut self) {
-        let _ = self.stop.take().unwrap().send(());
-        self.task.await.unwrap();
+    async fn stop(self) {
+        self.server.stop().await;
     }
 
     /// Spans stored for `trace_id` (0 when unknown).
@@ -95,9 +122,7 @@ impl Collector {
 }
 
 struct Sidecar {
-    bound: clew_sidecar::server::Bound,
-    stop: Option<oneshot::Sender<()>>,
-    task: JoinHandle<()>,
+    server: Running<clew_sidecar::server::Bound>,
 }
 
 impl Sidecar {
@@ -120,42 +145,23 @@ impl Sidecar {
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
         let cfg = clew_sidecar::Config::parse_from(args);
-        let (stop, stop_rx) = oneshot::channel::<()>();
-        let (bound_tx, bound_rx) = oneshot::channel();
-        let task = tokio::spawn(async move {
-            clew_sidecar::run(
-                cfg,
-                async {
-                    let _ = stop_rx.await;
-                },
-                move |b| {
-                    let _ = bound_tx.send(b);
-                },
-            )
-            .await
-            .unwrap();
-        });
-        let bound = bound_rx.await.unwrap();
         Sidecar {
-            bound,
-            stop: Some(stop),
-            task,
+            server: Running::spawn(|stop, bound| clew_sidecar::run(cfg, stop, bound)).await,
         }
     }
 
-    async fn stop(mut self) {
-        let _ = self.stop.take().unwrap().send(());
-        self.task.await.unwrap();
+    async fn stop(self) {
+        self.server.stop().await;
     }
 
     async fn client(&self) -> TraceServiceClient<tonic::transport::Channel> {
-        TraceServiceClient::connect(format!("http://{}", self.bound.grpc))
+        TraceServiceClient::connect(format!("http://{}", self.server.bound.grpc))
             .await
             .unwrap()
     }
 
     async fn metric(&self, name: &str) -> f64 {
-        let body = http_get(self.bound.ops, "/metrics").await.1;
+        let body = http_get(self.server.bound.ops, "/metrics").await.1;
         body.lines()
             .filter(|l| l.starts_with(name) && !l.starts_with('#'))
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
@@ -479,7 +485,7 @@ async fn otlp_http_protobuf_and_json_and_bad_input() {
     let dir = tempfile::tempdir().unwrap();
     let c = Collector::start("127.0.0.1:0", &dir.path().join("c")).await;
     let sc = Sidecar::start(&[c.grpc], &dir.path().join("spill"), &[]).await;
-    let http = sc.bound.http;
+    let http = sc.server.bound.http;
 
     let t1 = trace_id(900);
     let body = request(std::slice::from_ref(&t1), 2, 0).encode_to_vec();
@@ -531,7 +537,7 @@ async fn otlp_http_protobuf_and_json_and_bad_input() {
         c.spans_of(&t1).await == 2 && c.spans_of(&t2).await == 1
     })
     .await;
-    let (status, body) = http_get(sc.bound.ops, "/healthz").await;
+    let (status, body) = http_get(sc.server.bound.ops, "/healthz").await;
     assert_eq!((status, body.as_str()), (200, "ok"));
     sc.stop().await;
     c.stop().await;
@@ -543,7 +549,7 @@ async fn native_spans_are_forwarded_as_otlp_with_their_clocks() {
     let c = Collector::start("127.0.0.1:0", &dir.path().join("c")).await;
     let sc = Sidecar::start(&[c.grpc], &dir.path().join("spill"), &[]).await;
     let mut native =
-        pb::collector_client::CollectorClient::connect(format!("http://{}", sc.bound.grpc))
+        pb::collector_client::CollectorClient::connect(format!("http://{}", sc.server.bound.grpc))
             .await
             .unwrap();
     let t = trace_id(777);
