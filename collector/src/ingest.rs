@@ -13,15 +13,15 @@ use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
 use clew_proto::v1 as pb;
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse, trace_service_server::TraceService,
 };
 
 use crate::assembly::Assembler;
-use crate::otlp::{self, Limits, OtlpError};
+use crate::otlp::{self, Encoding, Limits, OtlpError, otlp_http};
 
 /// Ingest settings.
 #[derive(Debug, Clone)]
@@ -282,46 +282,20 @@ pub fn http_router(ingest: Ingest) -> axum::Router {
 }
 
 async fn post_traces(State(ingest): State<Ingest>, headers: HeaderMap, body: Bytes) -> Response {
-    let content_type = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_string();
-    let req = match otlp::decode_http(&body, &content_type, &ingest.config.limits) {
+    let content_type = otlp_http::content_type(&headers);
+    // Errors about the media type itself are answered in protobuf.
+    let enc = Encoding::from_content_type(content_type).unwrap_or(Encoding::Protobuf);
+    let req = match otlp::decode_http(&body, content_type, &ingest.config.limits) {
         Ok(r) => r,
-        Err(e) => return http_error(&ingest, IngestError::Otlp(e), is_json(&content_type)),
+        Err(e) => return http_error(&ingest, IngestError::Otlp(e), enc),
     };
     match ingest.export_otlp(req).await {
-        Ok(resp) => {
-            let media = if is_json(&content_type) {
-                "application/json"
-            } else {
-                "application/x-protobuf"
-            };
-            let body = otlp::encode_http_response(&resp, media);
-            ([(header::CONTENT_TYPE, media)], body).into_response()
-        }
-        Err(e) => http_error(&ingest, e, is_json(&content_type)),
+        Ok(resp) => enc.ok(&resp),
+        Err(e) => http_error(&ingest, e, enc),
     }
 }
 
-fn is_json(content_type: &str) -> bool {
-    matches!(
-        otlp::Encoding::from_content_type(content_type),
-        Ok(otlp::Encoding::Json)
-    )
-}
-
-/// `google.rpc.Status`, the body OTLP/HTTP requires on 4xx/5xx.
-#[derive(Clone, PartialEq, prost::Message)]
-struct RpcStatus {
-    #[prost(int32, tag = "1")]
-    code: i32,
-    #[prost(string, tag = "2")]
-    message: String,
-}
-
-fn http_error(ingest: &Ingest, e: IngestError, json: bool) -> Response {
+fn http_error(ingest: &Ingest, e: IngestError, enc: Encoding) -> Response {
     let status = match &e {
         IngestError::Otlp(OtlpError::UnsupportedMediaType(_)) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
         IngestError::Otlp(OtlpError::TooManySpans { .. }) => StatusCode::PAYLOAD_TOO_LARGE,
@@ -329,29 +303,9 @@ fn http_error(ingest: &Ingest, e: IngestError, json: bool) -> Response {
         IngestError::Overloaded => StatusCode::TOO_MANY_REQUESTS,
         IngestError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
     };
-    let rpc = RpcStatus {
-        code: e.grpc_code() as i32,
-        message: e.to_string(),
-    };
-    let mut resp = if json {
-        let body = serde_json::json!({ "code": rpc.code, "message": rpc.message }).to_string();
-        (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
-    } else {
-        use prost::Message as _;
-        (
-            status,
-            [(header::CONTENT_TYPE, "application/x-protobuf")],
-            rpc.encode_to_vec(),
-        )
-            .into_response()
-    };
-    if matches!(e, IngestError::Overloaded | IngestError::Unavailable) {
-        let secs = ingest.config.retry_after.as_secs().max(1).to_string();
-        if let Ok(v) = HeaderValue::from_str(&secs) {
-            resp.headers_mut().insert(header::RETRY_AFTER, v);
-        }
-    }
-    resp
+    let retry_after = matches!(e, IngestError::Overloaded | IngestError::Unavailable)
+        .then_some(ingest.config.retry_after);
+    enc.error(status, e.grpc_code() as i32, &e.to_string(), retry_after)
 }
 
 #[cfg(test)]

@@ -18,6 +18,15 @@ use prost::Message;
 use tower::ServiceExt;
 
 use super::*;
+
+/// `google.rpc.Status`, decoded here independently of the code under test.
+#[derive(Clone, PartialEq, prost::Message)]
+struct RpcStatus {
+    #[prost(int32, tag = "1")]
+    code: i32,
+    #[prost(string, tag = "2")]
+    message: String,
+}
 use crate::assembly::{Assembler, AssemblerConfig};
 use crate::sink::StorageSink;
 use crate::storage::Storage;

@@ -40,7 +40,6 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 };
 use opentelemetry_proto::tonic::common::v1 as otlp_common;
 use opentelemetry_proto::tonic::trace::v1 as otlp;
-use prost::Message as _;
 
 /// Resource attribute naming the service.
 pub const ATTR_SERVICE_NAME: &str = "service.name";
@@ -49,11 +48,7 @@ pub const ATTR_SERVICE_NAME: &str = "service.name";
 /// name it.
 pub const UNKNOWN_SERVICE: &str = "unknown_service";
 
-/// Media type of OTLP/HTTP protobuf bodies.
-pub const CONTENT_TYPE_PROTOBUF: &str = "application/x-protobuf";
-
-/// Media type of OTLP/HTTP JSON bodies.
-pub const CONTENT_TYPE_JSON: &str = "application/json";
+pub use clew_runtime::otlp_http::{self, CONTENT_TYPE_JSON, CONTENT_TYPE_PROTOBUF, Encoding};
 
 /// An unsupported media type is echoed in the error up to this many bytes.
 pub const MAX_MEDIA_TYPE_ECHO: usize = 64;
@@ -225,49 +220,19 @@ pub fn partial_success(converted: &Converted) -> ExportTraceServiceResponse {
     }
 }
 
-/// The encoding of an OTLP/HTTP body.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Encoding {
-    /// Binary protobuf (`application/x-protobuf`).
-    Protobuf,
-    /// OTLP/JSON (`application/json`).
-    Json,
-}
-
-impl Encoding {
-    /// The encoding named by a `Content-Type` header value. Parameters
-    /// (`; charset=utf-8`) and letter case are ignored; `application/protobuf`
-    /// is accepted as an alias of `application/x-protobuf`.
-    ///
-    /// # Errors
-    ///
-    /// [`OtlpError::UnsupportedMediaType`] for any other media type.
-    pub fn from_content_type(content_type: &str) -> Result<Self> {
-        let essence = content_type
-            .split(';')
-            .next()
-            .unwrap_or_default()
-            .trim_matches([' ', '\t']);
-        if essence.eq_ignore_ascii_case(CONTENT_TYPE_PROTOBUF)
-            || essence.eq_ignore_ascii_case("application/protobuf")
-        {
-            Ok(Encoding::Protobuf)
-        } else if essence.eq_ignore_ascii_case(CONTENT_TYPE_JSON) {
-            Ok(Encoding::Json)
-        } else {
-            let mut echo = essence.to_string();
-            truncate_str(&mut echo, MAX_MEDIA_TYPE_ECHO);
-            Err(OtlpError::UnsupportedMediaType(echo))
-        }
-    }
-
-    /// The `Content-Type` to answer with.
-    pub fn content_type(self) -> &'static str {
-        match self {
-            Encoding::Protobuf => CONTENT_TYPE_PROTOBUF,
-            Encoding::Json => CONTENT_TYPE_JSON,
-        }
-    }
+/// The encoding named by a `Content-Type` header value (see
+/// [`Encoding::from_content_type`]).
+///
+/// # Errors
+///
+/// [`OtlpError::UnsupportedMediaType`] for any media type but protobuf and
+/// JSON, echoing at most [`MAX_MEDIA_TYPE_ECHO`] bytes of it.
+pub fn encoding(content_type: &str) -> Result<Encoding> {
+    Encoding::from_content_type(content_type).ok_or_else(|| {
+        let mut echo = otlp_http::media_type(content_type).to_string();
+        truncate_str(&mut echo, MAX_MEDIA_TYPE_ECHO);
+        OtlpError::UnsupportedMediaType(echo)
+    })
 }
 
 /// Decodes an OTLP/HTTP `/v1/traces` body.
@@ -283,39 +248,17 @@ pub fn decode_http(
     content_type: &str,
     _limits: &Limits,
 ) -> Result<ExportTraceServiceRequest> {
-    match Encoding::from_content_type(content_type)? {
-        Encoding::Protobuf => ExportTraceServiceRequest::decode(body)
-            .map_err(|_| OtlpError::Malformed("invalid protobuf".into())),
-        Encoding::Json => serde_json::from_slice(body).map_err(|e| {
-            OtlpError::Malformed(format!(
-                "invalid JSON at line {} column {}",
-                e.line(),
-                e.column()
-            ))
-        }),
-    }
+    encoding(content_type)?
+        .decode_request(body)
+        .map_err(OtlpError::Malformed)
 }
 
 /// Encodes an export response for OTLP/HTTP, in the request's encoding
 /// (JSON for a JSON `content_type`, protobuf otherwise).
 pub fn encode_http_response(resp: &ExportTraceServiceResponse, content_type: &str) -> Vec<u8> {
-    match Encoding::from_content_type(content_type) {
-        // Written by hand: the crate's serde writes `"partialSuccess":null`
-        // when absent and `rejectedSpans` (an int64) as a JSON number, where
-        // OTLP/JSON leaves absent fields out and writes int64 as a string.
-        Ok(Encoding::Json) => match &resp.partial_success {
-            None => b"{}".to_vec(),
-            Some(ps) => serde_json::json!({
-                "partialSuccess": {
-                    "rejectedSpans": ps.rejected_spans.to_string(),
-                    "errorMessage": ps.error_message,
-                }
-            })
-            .to_string()
-            .into_bytes(),
-        },
-        _ => resp.encode_to_vec(),
-    }
+    Encoding::from_content_type(content_type)
+        .unwrap_or(Encoding::Protobuf)
+        .encode_response(resp)
 }
 
 /// What every span of one `ResourceSpans` shares.
@@ -659,6 +602,7 @@ mod tests {
     use clew_tracer::span::{Event, KeyValue, Link, SpanData, SpanKind, Status, Value};
     use opentelemetry_proto::tonic::resource::v1 as otlp_resource;
     use proptest::prelude::*;
+    use prost::Message as _;
 
     fn ts(s: &str) -> TraceState {
         clew_tracer::propagation::w3c::parse_tracestate(&[s]).unwrap()
@@ -1269,14 +1213,14 @@ mod tests {
             "Application/X-Protobuf",
             "application/protobuf",
         ] {
-            assert_eq!(Encoding::from_content_type(ct), Ok(Encoding::Protobuf));
+            assert_eq!(encoding(ct), Ok(Encoding::Protobuf));
         }
         for ct in ["application/json", "application/json; charset=utf-8"] {
-            assert_eq!(Encoding::from_content_type(ct), Ok(Encoding::Json));
+            assert_eq!(encoding(ct), Ok(Encoding::Json));
         }
         for ct in ["", "text/json", "application/jsonx", "application/grpc"] {
             assert!(matches!(
-                Encoding::from_content_type(ct),
+                encoding(ct),
                 Err(OtlpError::UnsupportedMediaType(_))
             ));
         }

@@ -1,10 +1,12 @@
 //! What every clew binary shares: the ops endpoint ([`ops`]), logging
 //! ([`init_logging`]), shutdown on SIGTERM or Ctrl-C ([`shutdown_signal`]),
 //! and an optional configuration file layered under flags and environment
-//! variables ([`config`]).
+//! variables ([`config`]); OTLP/HTTP bodies for the servers that take
+//! them ([`otlp_http`]).
 
 pub mod config;
 pub mod ops;
+pub mod otlp_http;
 
 /// Logs to stderr through `tracing`, filtered by `RUST_LOG` (default
 /// `info`).

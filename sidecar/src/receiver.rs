@@ -8,15 +8,17 @@
 
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use std::time::Duration;
+
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use clew_proto::v1 as pb;
+use clew_runtime::otlp_http::Encoding;
 use clew_tracer::export::Resource;
 use clew_tracer::export::convert::{from_native_span, to_otlp_resource_spans};
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse, trace_service_server::TraceService,
 };
-use prost::Message as _;
 
 use crate::pipeline::{Error, Pipeline};
 
@@ -155,120 +157,51 @@ pub fn http_router(pipeline: Pipeline, max_body: usize) -> axum::Router {
         .with_state(pipeline)
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Encoding {
-    Protobuf,
-    Json,
-}
-
-fn encoding(headers: &HeaderMap) -> Option<Encoding> {
-    let ct = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    let essence = ct.split(';').next().unwrap_or("").trim();
-    if essence.eq_ignore_ascii_case("application/x-protobuf")
-        || essence.eq_ignore_ascii_case("application/protobuf")
-    {
-        Some(Encoding::Protobuf)
-    } else if essence.eq_ignore_ascii_case("application/json") {
-        Some(Encoding::Json)
-    } else {
-        None
-    }
-}
-
-/// `google.rpc.Status`, the body OTLP/HTTP requires on errors.
-#[derive(Clone, PartialEq, prost::Message)]
-struct RpcStatus {
-    #[prost(int32, tag = "1")]
-    code: i32,
-    #[prost(string, tag = "2")]
-    message: String,
-}
-
-fn http_error(status: StatusCode, code: tonic::Code, message: &str, enc: Encoding) -> Response {
-    let mut resp = match enc {
-        Encoding::Json => (
-            status,
-            [(header::CONTENT_TYPE, "application/json")],
-            serde_json::json!({ "code": code as i32, "message": message }).to_string(),
-        )
-            .into_response(),
-        Encoding::Protobuf => (
-            status,
-            [(header::CONTENT_TYPE, "application/x-protobuf")],
-            RpcStatus {
-                code: code as i32,
-                message: message.to_string(),
-            }
-            .encode_to_vec(),
-        )
-            .into_response(),
-    };
-    if status == StatusCode::TOO_MANY_REQUESTS
-        && let Ok(v) = header::HeaderValue::from_str("1")
-    {
-        resp.headers_mut().insert(header::RETRY_AFTER, v);
-    }
-    resp
-}
+/// How long an HTTP client is asked to wait when the buffers are full.
+const RETRY_AFTER: Duration = Duration::from_secs(1);
 
 async fn post_traces(State(p): State<Pipeline>, headers: HeaderMap, body: Bytes) -> Response {
-    let Some(enc) = encoding(&headers) else {
+    let Some(enc) = Encoding::from_headers(&headers) else {
         return (
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "content-type must be application/x-protobuf or application/json",
         )
             .into_response();
     };
-    let req = match enc {
-        Encoding::Protobuf => {
-            ExportTraceServiceRequest::decode(body).map_err(|_| "invalid protobuf".to_string())
-        }
-        Encoding::Json => serde_json::from_slice::<ExportTraceServiceRequest>(&body)
-            .map_err(|e| format!("invalid JSON at line {} column {}", e.line(), e.column())),
-    };
-    let req = match req {
+    let req = match enc.decode_request(&body) {
         Ok(r) => r,
         Err(msg) => {
-            return http_error(
+            return enc.error(
                 StatusCode::BAD_REQUEST,
-                tonic::Code::InvalidArgument,
+                tonic::Code::InvalidArgument as i32,
                 &msg,
-                enc,
+                None,
             );
         }
     };
     if let Err(s) = check_count(crate::routing::span_count(&req)) {
-        return http_error(StatusCode::PAYLOAD_TOO_LARGE, s.code(), s.message(), enc);
+        return enc.error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            s.code() as i32,
+            s.message(),
+            None,
+        );
     }
     match p.accept(req, "otlp_http") {
-        Ok(()) => match enc {
-            Encoding::Json => (
-                [(header::CONTENT_TYPE, "application/json")],
-                "{}".to_string(),
-            )
-                .into_response(),
-            Encoding::Protobuf => (
-                [(header::CONTENT_TYPE, "application/x-protobuf")],
-                ExportTraceServiceResponse::default().encode_to_vec(),
-            )
-                .into_response(),
-        },
-        Err(Error::Full) => http_error(
+        Ok(()) => enc.ok(&ExportTraceServiceResponse::default()),
+        Err(Error::Full) => enc.error(
             StatusCode::TOO_MANY_REQUESTS,
-            tonic::Code::ResourceExhausted,
+            tonic::Code::ResourceExhausted as i32,
             "sidecar buffer is full; retry later",
-            enc,
+            Some(RETRY_AFTER),
         ),
         Err(e) => {
             tracing::error!(error = %e, "cannot buffer spans");
-            http_error(
+            enc.error(
                 StatusCode::SERVICE_UNAVAILABLE,
-                tonic::Code::Unavailable,
+                tonic::Code::Unavailable as i32,
                 "sidecar cannot buffer spans right now",
-                enc,
+                None,
             )
         }
     }
