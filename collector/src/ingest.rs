@@ -261,12 +261,7 @@ impl pb::collector_server::Collector for NativeGrpc {
         let mut stream = request.into_inner();
         let mut total = pb::ExportResponse::default();
         while let Some(msg) = stream.message().await? {
-            let r = self.0.export_native(msg).await?;
-            total.accepted += r.accepted;
-            total.rejected += r.rejected;
-            if total.error_message.is_empty() {
-                total.error_message = r.error_message;
-            }
+            total.absorb(self.0.export_native(msg).await?);
         }
         Ok(tonic::Response::new(total))
     }

@@ -138,12 +138,7 @@ impl pb::collector_server::Collector for NativeGrpc {
         let mut stream = request.into_inner();
         let mut total = pb::ExportResponse::default();
         while let Some(msg) = stream.message().await? {
-            let r = self.take(msg)?;
-            total.accepted += r.accepted;
-            total.rejected += r.rejected;
-            if total.error_message.is_empty() {
-                total.error_message = r.error_message;
-            }
+            total.absorb(self.take(msg)?);
         }
         Ok(tonic::Response::new(total))
     }
