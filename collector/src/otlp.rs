@@ -486,6 +486,13 @@ fn take_clocks(
     Option<VectorClock>,
 ) {
     let (mut start, mut end) = (None, None);
+    if !attrs
+        .iter()
+        .any(|kv| kv.key == ATTR_CLOCK_START || kv.key == ATTR_CLOCK_END)
+    {
+        // Nearly always (only clew's own tracer sends clocks over OTLP).
+        return (attrs, start, end);
+    }
     let mut rest = Vec::with_capacity(attrs.len());
     for kv in attrs {
         let slot = match kv.key.as_str() {
