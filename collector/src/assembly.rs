@@ -337,7 +337,12 @@ impl State {
         for (trace_id, spans) in by_trace {
             // Spans added to the trace's current pending fragment.
             let mut added = 0u64;
+            let mut left = spans.len();
+            if let Some(entry) = self.traces.get_mut(&trace_id) {
+                entry.spans.reserve(left);
+            }
             for (span, bytes) in spans {
+                left -= 1;
                 let entry = match self.traces.get_mut(&trace_id) {
                     Some(entry) => entry,
                     None => {
@@ -345,8 +350,9 @@ impl State {
                         self.deadlines.insert((first_deadline, trace_id));
                         added = 0;
                         self.traces.entry(trace_id).or_insert(PendingTrace {
-                            spans: Vec::new(),
-                            span_ids: HashSet::new(),
+                            // Room for the rest of the batch's spans of it.
+                            spans: Vec::with_capacity(left + 1),
+                            span_ids: HashSet::with_capacity(left + 1),
                             seqs: Vec::new(),
                             bytes: 0,
                             first_at: now,

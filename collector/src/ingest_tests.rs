@@ -12,7 +12,6 @@ use clew_tracer::{Sampler, TraceId, Tracer};
 use http_body_util::BodyExt;
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, trace_service_client::TraceServiceClient,
-    trace_service_server::TraceServiceServer,
 };
 use prost::Message;
 use tower::ServiceExt;
@@ -62,7 +61,7 @@ async fn serve(ingest: Ingest) -> SocketAddr {
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     tokio::spawn(async move {
         tonic::transport::Server::builder()
-            .add_service(TraceServiceServer::new(OtlpGrpc(ingest.clone())))
+            .add_service(OtlpGrpcServer::new(ingest.clone()))
             .add_service(pb::collector_server::CollectorServer::new(NativeGrpc(
                 ingest,
             )))
