@@ -743,7 +743,9 @@ async fn store_fragment(inner: Arc<Inner>, fragment: Fragment, _permit: OwnedSem
         async move {
             let Some(trace) = trace else {
                 // Not expected: every retried failure hands the fragment back.
-                return Err(SinkError::rejected("the fragment was not handed back for a retry"));
+                return Err(SinkError::rejected(
+                    "the fragment was not handed back for a retry",
+                ));
             };
             let mut result = sink.store_trace(trace).await;
             if let Err(error) = &mut result {

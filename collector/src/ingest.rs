@@ -280,7 +280,8 @@ impl OtlpGrpcServer {
 }
 
 impl tonic::server::NamedService for OtlpGrpcServer {
-    const NAME: &'static str = opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::SERVICE_NAME;
+    const NAME: &'static str =
+        opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::SERVICE_NAME;
 }
 
 /// The method path of `TraceService/Export`.
@@ -304,9 +305,7 @@ where
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
         if req.uri().path() != OTLP_EXPORT_PATH {
-            return Box::pin(async {
-                Ok(tonic::Status::unimplemented("").into_http())
-            });
+            return Box::pin(async { Ok(tonic::Status::unimplemented("").into_http()) });
         }
         let server = self.clone();
         Box::pin(async move {

@@ -166,7 +166,11 @@ impl Converted {
     }
 
     /// What the spans of a resource with these attributes share.
-    fn resource(&mut self, attrs: Option<Vec<otlp_common::KeyValue>>, limits: &Limits) -> ResourceInfo {
+    fn resource(
+        &mut self,
+        attrs: Option<Vec<otlp_common::KeyValue>>,
+        limits: &Limits,
+    ) -> ResourceInfo {
         ResourceInfo::new(attrs.unwrap_or_default(), limits, &mut self.truncated)
     }
 
@@ -1419,8 +1423,8 @@ mod tests {
     /// A protobuf body converted both ways: decoded whole then
     /// [`from_otlp`], and through [`RawExport`] and [`from_raw`].
     fn both_ways(body: &[u8], limits: &Limits) -> (Result<Converted>, Result<Converted>) {
-        let whole = decode_http(body, CONTENT_TYPE_PROTOBUF, limits)
-            .and_then(|req| from_otlp(req, limits));
+        let whole =
+            decode_http(body, CONTENT_TYPE_PROTOBUF, limits).and_then(|req| from_otlp(req, limits));
         let raw = RawExport::decode_body(prost::bytes::Bytes::copy_from_slice(body))
             .and_then(|req| from_raw(req, limits));
         (whole, raw)

@@ -230,9 +230,7 @@ pub async fn run(
     };
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    health_reporter
-        .set_serving::<OtlpGrpcServer>()
-        .await;
+    health_reporter.set_serving::<OtlpGrpcServer>().await;
     let max = config.max_request_bytes;
     let grpc = tonic::transport::Server::builder()
         .add_service(health_service)

@@ -129,11 +129,7 @@ fn the_payload_is_the_batch_as_prost_encodes_it_with_each_span_sized() {
         let batch = batch(3, n);
         let (payload, sizes) = encode_batch(&batch);
         assert_eq!(payload, batch.encode_to_vec());
-        let expected: Vec<u64> = batch
-            .spans
-            .iter()
-            .map(|s| s.encoded_len() as u64)
-            .collect();
+        let expected: Vec<u64> = batch.spans.iter().map(|s| s.encoded_len() as u64).collect();
         assert_eq!(sizes, expected);
         assert_eq!(ExportRequest::decode(payload.as_slice()).unwrap(), batch);
     }

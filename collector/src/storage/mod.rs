@@ -271,6 +271,7 @@ fn first_occurrences(ids: &[[u8; 8]]) -> Vec<bool> {
             .map(|(i, id)| !ids[..i].contains(id))
             .collect();
     }
-    let mut seen = HashSet::with_capacity_and_hasher(ids.len(), foldhash::fast::RandomState::default());
+    let mut seen =
+        HashSet::with_capacity_and_hasher(ids.len(), foldhash::fast::RandomState::default());
     ids.iter().map(|id| seen.insert(*id)).collect()
 }
