@@ -45,8 +45,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use clew_proto::v1::{ExportRequest, Span, Trace};
-use clew_tracer::reliability::{Jitter, RetryPolicy, retry};
-use foldhash::{HashMap, HashMapExt as _, HashSet, HashSetExt as _};
+use clew_tracer::reliability::{Jitter, RetryPolicy, retry_with_rng};
+use foldhash::{HashMap, HashSet, HashSetExt as _};
 use futures_util::future::BoxFuture;
 use parking_lot::Mutex;
 use prost::Message;
@@ -296,9 +296,15 @@ struct Fragment {
     bytes: u64,
 }
 
-/// The spans of one batch grouped by trace ID (in order of first
-/// appearance), each with its encoded size.
-type ByTrace = Vec<(TraceKey, Vec<(Span, u64)>)>;
+/// The spans of one batch, in order, with their encoded sizes and the runs
+/// of consecutive spans of one trace (trace ID, length). Spans of a trace
+/// usually come together; a trace split over several runs is simply added
+/// run by run.
+struct Batch {
+    spans: Vec<Span>,
+    sizes: Vec<u64>,
+    runs: Vec<(TraceKey, usize)>,
+}
 
 #[derive(Debug, Default)]
 struct State {
@@ -328,20 +334,21 @@ impl State {
         config: &AssemblerConfig,
         stats: &AssemblerStats,
         seq: u64,
-        by_trace: ByTrace,
+        batch: Batch,
         now: Instant,
     ) -> (usize, bool) {
         let first_deadline = now + config.idle_window.min(config.max_trace_age);
         let mut wake = false;
         let mut refs = 0;
-        for (trace_id, spans) in by_trace {
+        let mut spans = batch.spans.into_iter().zip(batch.sizes);
+        for (trace_id, run) in batch.runs {
             // Spans added to the trace's current pending fragment.
             let mut added = 0u64;
-            let mut left = spans.len();
+            let mut left = run;
             if let Some(entry) = self.traces.get_mut(&trace_id) {
                 entry.spans.reserve(left);
             }
-            for (span, bytes) in spans {
+            for (span, bytes) in spans.by_ref().take(run) {
                 left -= 1;
                 let entry = match self.traces.get_mut(&trace_id) {
                     Some(entry) => entry,
@@ -511,36 +518,26 @@ impl Inner {
     /// Adds the spans of record `seq`; `sizes` are their encoded lengths
     /// (from the WAL's encoding) when known, else they are computed here.
     fn add(&self, seq: u64, spans: Vec<Span>, sizes: Option<Vec<u64>>) {
-        // Grouping and sizing happen before taking the lock.
-        let mut by_trace: ByTrace = Vec::new();
-        let mut index: HashMap<TraceKey, usize> = HashMap::new();
-        let mut sizes = sizes
-            .filter(|sizes| sizes.len() == spans.len())
-            .map(Vec::into_iter);
-        for span in spans {
-            let bytes = match sizes.as_mut().and_then(Iterator::next) {
-                Some(n) => n,
-                None => span.encoded_len() as u64,
-            };
+        // Sizing and finding the runs happen before taking the lock; the
+        // spans themselves move once, into their pending traces.
+        let sizes = match sizes {
+            Some(sizes) if sizes.len() == spans.len() => sizes,
+            _ => spans.iter().map(|s| s.encoded_len() as u64).collect(),
+        };
+        let mut runs: Vec<(TraceKey, usize)> = Vec::new();
+        for span in &spans {
             let trace_id: TraceKey = key(&span.trace_id);
-            // Spans of a trace usually come together: the last group is
-            // found without hashing.
-            let same = matches!(by_trace.last(), Some((id, _)) if *id == trace_id);
-            let i = if same {
-                by_trace.len() - 1
-            } else {
-                *index.entry(trace_id).or_insert_with(|| {
-                    by_trace.push((trace_id, Vec::new()));
-                    by_trace.len() - 1
-                })
-            };
-            by_trace[i].1.push((span, bytes));
+            match runs.last_mut() {
+                Some((id, n)) if *id == trace_id => *n += 1,
+                _ => runs.push((trace_id, 1)),
+            }
         }
+        let batch = Batch { spans, sizes, runs };
         let now = Instant::now();
         let (refs, wake) = self
             .state
             .lock()
-            .add(&self.config, &self.stats, seq, by_trace, now);
+            .add(&self.config, &self.stats, seq, batch, now);
         if refs == 0 {
             // Nothing new in it (empty, or only duplicates of pending spans).
             self.release(seq);
@@ -761,8 +758,17 @@ async fn store_fragment(inner: Arc<Inner>, fragment: Fragment, _permit: OwnedSem
         }
     };
     let retryable = |e: &SinkError| !e.is_rejected() && !inner.is_closed();
+    // Jitter only has to differ between fragments: seeded from the (random)
+    // trace id rather than from the OS, which would cost a system call per
+    // store.
+    let mut rng = {
+        use rand::SeedableRng as _;
+        let mut seed = [0u8; 8];
+        seed.copy_from_slice(&trace_id[..8]);
+        rand::rngs::SmallRng::seed_from_u64(u64::from_le_bytes(seed))
+    };
     loop {
-        match retry(&inner.config.retry, attempt, retryable).await {
+        match retry_with_rng(&inner.config.retry, &mut rng, attempt, retryable).await {
             Ok(()) => {
                 let nanos = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
                 stats.stores.fetch_add(1, Ordering::Relaxed);

@@ -26,7 +26,7 @@ pub struct MemoryStorage {
 
 /// operation -> kind -> number of stored spans (keyed by name first, so
 /// that a span is counted and uncounted without allocating).
-type Operations = BTreeMap<String, BTreeMap<i32, u64>>;
+type Operations = HashMap<String, HashMap<i32, u64>>;
 
 #[derive(Debug, Default)]
 struct Inner {
@@ -36,8 +36,9 @@ struct Inner {
     /// (span start, trace, span) -> what a search can rule out without
     /// looking the span up: search order.
     by_start: BTreeMap<(u64, [u8; 16], [u8; 8]), Brief>,
-    /// service -> operation -> kind -> number of stored spans.
-    operations: BTreeMap<String, Operations>,
+    /// service -> operation -> kind -> number of stored spans (hashed:
+    /// looked up for every span stored; sorted when queried).
+    operations: HashMap<String, Operations>,
 }
 
 /// A span's service (hashed), duration and error flag, kept in the search
@@ -148,6 +149,7 @@ impl Storage for MemoryStorage {
         let mut inner = self.inner.lock();
         let inner = &mut *inner;
         let entry = inner.traces.entry(tid).or_default();
+        entry.spans.reserve(fragment.spans.len());
         let old_end = entry.newest_end;
         let was_new = entry.spans.is_empty();
         for span in fragment.spans {
@@ -242,7 +244,9 @@ impl Storage for MemoryStorage {
     }
 
     async fn services(&self) -> Result<Vec<String>> {
-        Ok(self.inner.lock().operations.keys().cloned().collect())
+        let mut services: Vec<String> = self.inner.lock().operations.keys().cloned().collect();
+        services.sort();
+        Ok(services)
     }
 
     async fn operations(
