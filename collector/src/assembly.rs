@@ -38,14 +38,15 @@
 //! Ingest should refuse new batches (RESOURCE_EXHAUSTED / 429) above its
 //! memory limit; the WAL then stops growing too.
 
-use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, VecDeque};
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use clew_proto::v1::{ExportRequest, Span, Trace};
-use clew_tracer::reliability::{Jitter, RetryPolicy, retry};
+use clew_tracer::reliability::{Jitter, RetryPolicy, retry_with_rng};
+use foldhash::{HashMap, HashSet, HashSetExt as _};
 use futures_util::future::BoxFuture;
 use parking_lot::Mutex;
 use prost::Message;
@@ -74,27 +75,33 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// A storage failure reported by a [`TraceSink`].
 ///
-/// A failure made with [`SinkError::new`] is retried until the store
-/// succeeds. One made with [`SinkError::rejected`] says the fragment itself
+/// A failure made with [`SinkError::new`] hands the fragment back and is
+/// retried with it until the store succeeds (so the assembler keeps no copy
+/// of a fragment while it is being stored). One made with
+/// [`SinkError::rejected`] says the fragment itself
 /// can never be stored (storage's `InvalidTrace`): retrying it would hold the
 /// WAL checkpoint back forever and replay the same poison at every restart,
 /// so the assembler counts it, logs it and lets it go. Ingest should
 /// validate spans before they reach the WAL so that this does not happen.
-#[derive(Debug, thiserror::Error)]
+#[derive(thiserror::Error)]
 #[error("trace sink: {source}")]
 pub struct SinkError {
     #[source]
     source: Box<dyn std::error::Error + Send + Sync>,
     rejected: bool,
+    /// The fragment, handed back for the retry (taken by the assembler).
+    trace: Option<Trace>,
 }
 
 impl SinkError {
-    /// A failure that may pass (storage unavailable...): retried. Takes an
-    /// error or a message (`SinkError::new("redis unavailable")`).
-    pub fn new(source: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+    /// A failure that may pass (storage unavailable...): retried with
+    /// `trace`, the fragment the sink was given. Takes an error or a message
+    /// (`SinkError::new("redis unavailable", trace)`).
+    pub fn new(source: impl Into<Box<dyn std::error::Error + Send + Sync>>, trace: Trace) -> Self {
         Self {
             source: source.into(),
             rejected: false,
+            trace: Some(trace),
         }
     }
 
@@ -103,6 +110,7 @@ impl SinkError {
         Self {
             source: source.into(),
             rejected: true,
+            trace: None,
         }
     }
 
@@ -112,12 +120,23 @@ impl SinkError {
     }
 }
 
+impl fmt::Debug for SinkError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The fragment is left out: it can be large.
+        f.debug_struct("SinkError")
+            .field("source", &self.source)
+            .field("rejected", &self.rejected)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Where assembled traces go: storage, through a small adapter.
 ///
 /// `store_trace` must be idempotent and merging: storing a fragment adds its
 /// spans to whatever is stored for the trace, and a span whose ID is already
 /// stored is not stored again. It returns `Ok` only once the spans are
-/// durable; then the WAL may forget them.
+/// durable; then the WAL may forget them. A failure that may pass gives the
+/// fragment back with the error ([`SinkError::new`]) for the retry.
 pub trait TraceSink: Send + Sync + 'static {
     /// Stores (merges) one trace fragment.
     fn store_trace(&self, trace: Trace) -> BoxFuture<'_, Result<(), SinkError>>;
@@ -241,11 +260,26 @@ impl AssemblerStats {
     }
 }
 
+/// A trace ID as the assembler keys it. Ingest only lets through 16-byte
+/// IDs; any other length is zero-padded or cut to 16 bytes here (storage
+/// then refuses the fragment as invalid, as it would have anyway).
+type TraceKey = [u8; 16];
+
+/// A span ID as the assembler keys it (8 bytes, padded or cut likewise).
+type SpanKey = [u8; 8];
+
+fn key<const N: usize>(id: &[u8]) -> [u8; N] {
+    let mut out = [0u8; N];
+    let n = id.len().min(N);
+    out[..n].copy_from_slice(&id[..n]);
+    out
+}
+
 /// A trace being assembled.
 #[derive(Debug)]
 struct PendingTrace {
     spans: Vec<Span>,
-    span_ids: HashSet<Vec<u8>>,
+    span_ids: HashSet<SpanKey>,
     /// WAL records with spans in this fragment.
     seqs: Vec<u64>,
     bytes: u64,
@@ -256,20 +290,27 @@ struct PendingTrace {
 /// A flushed trace on its way to the sink.
 #[derive(Debug)]
 struct Fragment {
-    trace_id: Vec<u8>,
+    trace_id: TraceKey,
     spans: Vec<Span>,
     seqs: Vec<u64>,
     bytes: u64,
 }
 
-/// The spans of one batch by trace ID, each with its encoded size.
-type ByTrace = HashMap<Vec<u8>, Vec<(Span, u64)>>;
+/// The spans of one batch, in order, with their encoded sizes and the runs
+/// of consecutive spans of one trace (trace ID, length). Spans of a trace
+/// usually come together; a trace split over several runs is simply added
+/// run by run.
+struct Batch {
+    spans: Vec<Span>,
+    sizes: Vec<u64>,
+    runs: Vec<(TraceKey, usize)>,
+}
 
 #[derive(Debug, Default)]
 struct State {
-    traces: HashMap<Vec<u8>, PendingTrace>,
+    traces: HashMap<TraceKey, PendingTrace>,
     /// `(deadline, trace id)` of every pending trace.
-    deadlines: BTreeSet<(Instant, Vec<u8>)>,
+    deadlines: BTreeSet<(Instant, TraceKey)>,
     /// Fragments flushed by size or shutdown, waiting for the flush task.
     ready: VecDeque<Fragment>,
     /// WAL record → number of fragments (pending or in flight) holding it.
@@ -293,25 +334,32 @@ impl State {
         config: &AssemblerConfig,
         stats: &AssemblerStats,
         seq: u64,
-        by_trace: ByTrace,
+        batch: Batch,
         now: Instant,
     ) -> (usize, bool) {
         let first_deadline = now + config.idle_window.min(config.max_trace_age);
         let mut wake = false;
         let mut refs = 0;
-        for (trace_id, spans) in by_trace {
+        let mut spans = batch.spans.into_iter().zip(batch.sizes);
+        for (trace_id, run) in batch.runs {
             // Spans added to the trace's current pending fragment.
             let mut added = 0u64;
-            for (span, bytes) in spans {
+            let mut left = run;
+            if let Some(entry) = self.traces.get_mut(&trace_id) {
+                entry.spans.reserve(left);
+            }
+            for (span, bytes) in spans.by_ref().take(run) {
+                left -= 1;
                 let entry = match self.traces.get_mut(&trace_id) {
                     Some(entry) => entry,
                     None => {
                         wake |= self.wake_at.is_none_or(|at| first_deadline < at);
-                        self.deadlines.insert((first_deadline, trace_id.clone()));
+                        self.deadlines.insert((first_deadline, trace_id));
                         added = 0;
-                        self.traces.entry(trace_id.clone()).or_insert(PendingTrace {
-                            spans: Vec::new(),
-                            span_ids: HashSet::new(),
+                        self.traces.entry(trace_id).or_insert(PendingTrace {
+                            // Room for the rest of the batch's spans of it.
+                            spans: Vec::with_capacity(left + 1),
+                            span_ids: HashSet::with_capacity(left + 1),
                             seqs: Vec::new(),
                             bytes: 0,
                             first_at: now,
@@ -319,7 +367,7 @@ impl State {
                         })
                     }
                 };
-                if !entry.span_ids.insert(span.span_id.clone()) {
+                if !entry.span_ids.insert(key(&span.span_id)) {
                     stats.duplicate_spans.fetch_add(1, Ordering::Relaxed);
                     continue;
                 }
@@ -345,8 +393,8 @@ impl State {
                 let deadline =
                     (now + config.idle_window).min(entry.first_at + config.max_trace_age);
                 if deadline != entry.deadline {
-                    self.deadlines.remove(&(entry.deadline, trace_id.clone()));
-                    self.deadlines.insert((deadline, trace_id.clone()));
+                    self.deadlines.remove(&(entry.deadline, trace_id));
+                    self.deadlines.insert((deadline, trace_id));
                     entry.deadline = deadline;
                 }
             }
@@ -355,7 +403,7 @@ impl State {
             *self.records.entry(seq).or_insert(0) += refs;
         }
         while self.assembling_bytes > config.max_pending_bytes {
-            let Some((_, trace_id)) = self.deadlines.first().cloned() else {
+            let Some(&(_, trace_id)) = self.deadlines.first() else {
                 break;
             };
             self.flush(&trace_id, FlushReason::BytesCap, stats);
@@ -366,7 +414,7 @@ impl State {
     }
 
     /// Moves a pending trace to `ready`.
-    fn flush(&mut self, trace_id: &[u8], reason: FlushReason, stats: &AssemblerStats) {
+    fn flush(&mut self, trace_id: &TraceKey, reason: FlushReason, stats: &AssemblerStats) {
         if let Some(fragment) = self.take(trace_id, reason, stats) {
             self.ready.push_back(fragment);
         }
@@ -374,12 +422,12 @@ impl State {
 
     fn take(
         &mut self,
-        trace_id: &[u8],
+        trace_id: &TraceKey,
         reason: FlushReason,
         stats: &AssemblerStats,
     ) -> Option<Fragment> {
         let (trace_id, pending) = self.traces.remove_entry(trace_id)?;
-        self.deadlines.remove(&(pending.deadline, trace_id.clone()));
+        self.deadlines.remove(&(pending.deadline, trace_id));
         self.assembling_bytes -= pending.bytes;
         self.fragments += 1;
         stats.count_flush(reason);
@@ -400,7 +448,7 @@ impl State {
         stats: &AssemblerStats,
     ) -> Vec<Fragment> {
         let mut out: Vec<Fragment> = self.ready.drain(..).collect();
-        while let Some((deadline, trace_id)) = self.deadlines.first().cloned()
+        while let Some(&(deadline, trace_id)) = self.deadlines.first()
             && deadline <= now
         {
             let reason = match self.traces.get(&trace_id) {
@@ -467,21 +515,29 @@ struct Inner {
 }
 
 impl Inner {
-    fn add(&self, seq: u64, spans: Vec<Span>) {
-        // Grouping and sizing happen before taking the lock.
-        let mut by_trace: ByTrace = HashMap::new();
-        for span in spans {
-            let bytes = span.encoded_len() as u64;
-            by_trace
-                .entry(span.trace_id.clone())
-                .or_default()
-                .push((span, bytes));
+    /// Adds the spans of record `seq`; `sizes` are their encoded lengths
+    /// (from the WAL's encoding) when known, else they are computed here.
+    fn add(&self, seq: u64, spans: Vec<Span>, sizes: Option<Vec<u64>>) {
+        // Sizing and finding the runs happen before taking the lock; the
+        // spans themselves move once, into their pending traces.
+        let sizes = match sizes {
+            Some(sizes) if sizes.len() == spans.len() => sizes,
+            _ => spans.iter().map(|s| s.encoded_len() as u64).collect(),
+        };
+        let mut runs: Vec<(TraceKey, usize)> = Vec::new();
+        for span in &spans {
+            let trace_id: TraceKey = key(&span.trace_id);
+            match runs.last_mut() {
+                Some((id, n)) if *id == trace_id => *n += 1,
+                _ => runs.push((trace_id, 1)),
+            }
         }
+        let batch = Batch { spans, sizes, runs };
         let now = Instant::now();
         let (refs, wake) = self
             .state
             .lock()
-            .add(&self.config, &self.stats, seq, by_trace, now);
+            .add(&self.config, &self.stats, seq, batch, now);
         if refs == 0 {
             // Nothing new in it (empty, or only duplicates of pending spans).
             self.release(seq);
@@ -545,22 +601,24 @@ impl Assembler {
     /// Returns the record's sequence number. When this returns `Ok` the
     /// batch may be acknowledged to the client.
     pub async fn ingest(&self, batch: ExportRequest) -> Result<u64> {
-        let appended = self.inner.wal.append(&batch).await?;
+        let (sizes, appended) = self.inner.wal.append_sized(&batch);
+        let appended = appended.await?;
         let seq = appended.seq();
-        self.add(appended, batch.spans);
+        self.inner
+            .add(appended.into_held_seq(), batch.spans, Some(sizes));
         Ok(seq)
     }
 
     /// Adds the spans of a durable record (`spans` is the batch that was
     /// appended). The assembler releases the record once they are stored.
     pub fn add(&self, appended: Appended, spans: Vec<Span>) {
-        self.inner.add(appended.into_held_seq(), spans);
+        self.inner.add(appended.into_held_seq(), spans, None);
     }
 
     /// Adds the records [`Wal::open`] returned for replay.
     pub fn replay(&self, records: impl IntoIterator<Item = WalRecord>) {
         for record in records {
-            self.inner.add(record.seq, record.batch.spans);
+            self.inner.add(record.seq, record.batch.spans, None);
         }
     }
 
@@ -575,7 +633,7 @@ impl Assembler {
             stored.as_mut().enable();
             {
                 let mut state = self.inner.state.lock();
-                let trace_ids: Vec<Vec<u8>> = state.traces.keys().cloned().collect();
+                let trace_ids: Vec<TraceKey> = state.traces.keys().copied().collect();
                 for trace_id in trace_ids {
                     state.flush(&trace_id, FlushReason::Shutdown, &self.inner.stats);
                 }
@@ -667,26 +725,50 @@ async fn store_fragment(inner: Arc<Inner>, fragment: Fragment, _permit: OwnedSem
         bytes,
     } = fragment;
     let span_count = spans.len() as u64;
-    let trace = Trace { trace_id, spans };
+    // The fragment moves into each attempt and comes back with a failure
+    // that will be retried: no copy is kept while it is being stored.
+    let slot = Mutex::new(Some(Trace {
+        trace_id: trace_id.to_vec(),
+        spans,
+    }));
     let started = Instant::now();
     let sink = &inner.sink;
     let stats = &inner.stats;
     let attempt = || {
-        let trace = trace.clone();
+        let trace = slot.lock().take();
+        let slot = &slot;
         async move {
-            let result = sink.store_trace(trace).await;
-            if let Err(error) = &result
-                && !error.is_rejected()
-            {
-                stats.store_failures.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(%error, spans = span_count, "assembler: storing a trace failed; retrying");
+            let Some(trace) = trace else {
+                // Not expected: every retried failure hands the fragment back.
+                return Err(SinkError::rejected(
+                    "the fragment was not handed back for a retry",
+                ));
+            };
+            let mut result = sink.store_trace(trace).await;
+            if let Err(error) = &mut result {
+                if let Some(trace) = error.trace.take() {
+                    *slot.lock() = Some(trace);
+                }
+                if !error.is_rejected() {
+                    stats.store_failures.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(%error, spans = span_count, "assembler: storing a trace failed; retrying");
+                }
             }
             result
         }
     };
     let retryable = |e: &SinkError| !e.is_rejected() && !inner.is_closed();
+    // Jitter only has to differ between fragments: seeded from the (random)
+    // trace id rather than from the OS, which would cost a system call per
+    // store.
+    let mut rng = {
+        use rand::SeedableRng as _;
+        let mut seed = [0u8; 8];
+        seed.copy_from_slice(&trace_id[..8]);
+        rand::rngs::SmallRng::seed_from_u64(u64::from_le_bytes(seed))
+    };
     loop {
-        match retry(&inner.config.retry, attempt, retryable).await {
+        match retry_with_rng(&inner.config.retry, &mut rng, attempt, retryable).await {
             Ok(()) => {
                 let nanos = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
                 stats.stores.fetch_add(1, Ordering::Relaxed);

@@ -53,7 +53,11 @@ impl TraceSink for MemorySink {
             if self.reject_traces.lock().contains(&trace.trace_id) {
                 return Err(SinkError::rejected("invalid trace"));
             }
-            if !fail {
+            if fail {
+                self.changed.notify_waiters();
+                return Err(SinkError::new("injected failure", trace));
+            }
+            {
                 let mut traces = self.traces.lock();
                 let stored = traces.entry(trace.trace_id).or_default();
                 for span in trace.spans {
@@ -61,11 +65,7 @@ impl TraceSink for MemorySink {
                 }
             }
             self.changed.notify_waiters();
-            if fail {
-                Err(SinkError::new("injected failure"))
-            } else {
-                Ok(())
-            }
+            Ok(())
         })
     }
 }

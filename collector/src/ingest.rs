@@ -13,11 +13,11 @@ use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{self, HeaderMap, StatusCode};
 use axum::response::Response;
 use clew_proto::v1 as pb;
 use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTraceServiceRequest, ExportTraceServiceResponse, trace_service_server::TraceService,
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
 
 use crate::assembly::Assembler;
@@ -155,10 +155,31 @@ impl Ingest {
             .flat_map(|r| &r.scope_spans)
             .map(|s| s.spans.len())
             .sum();
+        let converted = otlp::from_otlp(req, &self.config.limits);
+        self.export_converted(count, converted).await
+    }
+
+    /// [`export_otlp`](Self::export_otlp) for a request whose spans are
+    /// still encoded (the protobuf paths): each is decoded and converted in
+    /// turn.
+    pub async fn export_otlp_raw(
+        &self,
+        req: otlp::RawExport,
+    ) -> Result<ExportTraceServiceResponse, IngestError> {
+        let count = req.span_count();
+        let converted = otlp::from_raw(req, &self.config.limits);
+        self.export_converted(count, converted).await
+    }
+
+    async fn export_converted(
+        &self,
+        count: usize,
+        converted: Result<otlp::Converted, OtlpError>,
+    ) -> Result<ExportTraceServiceResponse, IngestError> {
         self.stats
             .received
             .fetch_add(count as u64, Ordering::Relaxed);
-        let converted = otlp::from_otlp(req, &self.config.limits).inspect_err(|_| {
+        let converted = converted.inspect_err(|_| {
             self.stats
                 .refused
                 .fetch_add(count as u64, Ordering::Relaxed);
@@ -223,19 +244,144 @@ fn validate_native(span: &pb::Span) -> Result<(), String> {
     Ok(())
 }
 
-/// The OTLP/gRPC `TraceService`.
+/// The OTLP/gRPC `TraceService` server, as the generated
+/// `TraceServiceServer` but decoding requests into [`otlp::RawExport`]
+/// (spans left encoded, slices of tonic's receive buffer) instead of whole
+/// `ExportTraceServiceRequest`s: see [`otlp::from_raw`].
 #[derive(Clone, Debug)]
-pub struct OtlpGrpc(pub Ingest);
+pub struct OtlpGrpcServer {
+    ingest: Ingest,
+    max_decoding_message_size: Option<usize>,
+    accept: tonic::codec::EnabledCompressionEncodings,
+}
 
-#[tonic::async_trait]
-impl TraceService for OtlpGrpc {
-    async fn export(
-        &self,
-        request: tonic::Request<ExportTraceServiceRequest>,
-    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
-        Ok(tonic::Response::new(
-            self.0.export_otlp(request.into_inner()).await?,
-        ))
+impl OtlpGrpcServer {
+    /// A server feeding `ingest`, taking messages up to tonic's default
+    /// limit (4 MiB) and no compression.
+    pub fn new(ingest: Ingest) -> Self {
+        OtlpGrpcServer {
+            ingest,
+            max_decoding_message_size: None,
+            accept: Default::default(),
+        }
+    }
+
+    /// Refuses messages larger than `limit` bytes (RESOURCE_EXHAUSTED).
+    pub fn max_decoding_message_size(mut self, limit: usize) -> Self {
+        self.max_decoding_message_size = Some(limit);
+        self
+    }
+
+    /// Accepts requests compressed with `encoding`.
+    pub fn accept_compressed(mut self, encoding: tonic::codec::CompressionEncoding) -> Self {
+        self.accept.enable(encoding);
+        self
+    }
+}
+
+impl tonic::server::NamedService for OtlpGrpcServer {
+    const NAME: &'static str =
+        opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::SERVICE_NAME;
+}
+
+/// The method path of `TraceService/Export`.
+const OTLP_EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
+
+impl<B> tonic::codegen::Service<http::Request<B>> for OtlpGrpcServer
+where
+    B: tonic::codegen::Body + Send + 'static,
+    B::Error: Into<tonic::codegen::StdError> + Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = std::convert::Infallible;
+    type Future = tonic::codegen::BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(
+        &mut self,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        if req.uri().path() != OTLP_EXPORT_PATH {
+            return Box::pin(async { Ok(tonic::Status::unimplemented("").into_http()) });
+        }
+        let server = self.clone();
+        Box::pin(async move {
+            let mut grpc = tonic::server::Grpc::new(RawExportCodec)
+                .apply_compression_config(server.accept, Default::default())
+                .apply_max_message_size_config(server.max_decoding_message_size, None);
+            Ok(grpc.unary(ExportMethod(server.ingest), req).await)
+        })
+    }
+}
+
+/// `TraceService/Export` on a [`otlp::RawExport`].
+struct ExportMethod(Ingest);
+
+impl tonic::server::UnaryService<otlp::RawExport> for ExportMethod {
+    type Response = ExportTraceServiceResponse;
+    type Future =
+        tonic::codegen::BoxFuture<tonic::Response<ExportTraceServiceResponse>, tonic::Status>;
+
+    fn call(&mut self, request: tonic::Request<otlp::RawExport>) -> Self::Future {
+        let ingest = self.0.clone();
+        Box::pin(async move {
+            Ok(tonic::Response::new(
+                ingest.export_otlp_raw(request.into_inner()).await?,
+            ))
+        })
+    }
+}
+
+/// Decodes requests into [`otlp::RawExport`], encodes responses with prost.
+struct RawExportCodec;
+
+impl tonic::codec::Codec for RawExportCodec {
+    type Encode = ExportTraceServiceResponse;
+    type Decode = otlp::RawExport;
+    type Encoder = RawExportCodec;
+    type Decoder = RawExportCodec;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        RawExportCodec
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        RawExportCodec
+    }
+}
+
+impl tonic::codec::Encoder for RawExportCodec {
+    type Item = ExportTraceServiceResponse;
+    type Error = tonic::Status;
+
+    fn encode(
+        &mut self,
+        item: Self::Item,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), Self::Error> {
+        use prost::Message as _;
+        item.encode(dst)
+            .map_err(|e| tonic::Status::internal(e.to_string()))
+    }
+}
+
+impl tonic::codec::Decoder for RawExportCodec {
+    type Item = otlp::RawExport;
+    type Error = tonic::Status;
+
+    fn decode(
+        &mut self,
+        src: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<Self::Item>, Self::Error> {
+        use prost::bytes::Buf as _;
+        // A split of tonic's buffer, not a copy.
+        let body = src.copy_to_bytes(src.remaining());
+        otlp::RawExport::decode_body(body)
+            .map(Some)
+            .map_err(|e| IngestError::Otlp(e).into())
     }
 }
 
@@ -280,11 +426,18 @@ async fn post_traces(State(ingest): State<Ingest>, headers: HeaderMap, body: Byt
     let content_type = otlp_http::content_type(&headers);
     // Errors about the media type itself are answered in protobuf.
     let enc = Encoding::from_content_type(content_type).unwrap_or(Encoding::Protobuf);
-    let req = match otlp::decode_http(&body, content_type, &ingest.config.limits) {
-        Ok(r) => r,
-        Err(e) => return http_error(&ingest, IngestError::Otlp(e), enc),
+    let exported = match Encoding::from_content_type(content_type) {
+        // Protobuf takes the fast path: spans decoded one by one from the body.
+        Some(Encoding::Protobuf) => match otlp::RawExport::decode_body(body) {
+            Ok(req) => ingest.export_otlp_raw(req).await,
+            Err(e) => Err(IngestError::Otlp(e)),
+        },
+        _ => match otlp::decode_http(&body, content_type, &ingest.config.limits) {
+            Ok(req) => ingest.export_otlp(req).await,
+            Err(e) => Err(IngestError::Otlp(e)),
+        },
     };
-    match ingest.export_otlp(req).await {
+    match exported {
         Ok(resp) => enc.ok(&resp),
         Err(e) => http_error(&ingest, e, enc),
     }

@@ -12,7 +12,6 @@ use clew_tracer::{Sampler, TraceId, Tracer};
 use http_body_util::BodyExt;
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, trace_service_client::TraceServiceClient,
-    trace_service_server::TraceServiceServer,
 };
 use prost::Message;
 use tower::ServiceExt;
@@ -71,7 +70,7 @@ async fn serve(ingest: Ingest) -> SocketAddr {
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     tokio::spawn(async move {
         tonic::transport::Server::builder()
-            .add_service(TraceServiceServer::new(OtlpGrpc(ingest.clone())))
+            .add_service(OtlpGrpcServer::new(ingest.clone()))
             .add_service(pb::collector_server::CollectorServer::new(NativeGrpc(
                 ingest,
             )))
@@ -398,4 +397,45 @@ async fn the_opentelemetry_python_sdk_exports_over_grpc_and_http() {
                 .any(|kv| kv.key == "deployment.environment")
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_otlp_grpc_server_takes_gzip_and_bounds_the_message_size() {
+    use tonic::codec::CompressionEncoding::Gzip;
+    let s = setup(IngestConfig::default());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = OtlpGrpcServer::new(s.ingest.clone())
+        .accept_compressed(Gzip)
+        .max_decoding_message_size(64 << 10);
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(server)
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    let plain = TraceServiceClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+    let mut gzip = plain.clone().send_compressed(Gzip);
+    gzip.export(otlp_request(5, None)).await.unwrap();
+    assert_eq!(s.ingest.stats().accepted.load(Ordering::Relaxed), 5);
+
+    let big = otlp_request(2000, None);
+    assert!(big.encoded_len() > 64 << 10);
+    let err = plain.clone().export(big).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::OutOfRange, "{err:?}");
+    assert_eq!(s.ingest.stats().accepted.load(Ordering::Relaxed), 5);
+    s.assembler.flush_all().await;
+    let stored: usize = s
+        .storage
+        .list_traces(&pb::FilterCriteria {
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .iter()
+        .map(|t| t.spans.len())
+        .sum();
+    assert_eq!(stored, 5);
 }

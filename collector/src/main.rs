@@ -6,7 +6,9 @@ use clew_collector::server::{Config, run};
 // Ingest allocates per span on one thread and frees on another (assembly,
 // storage); glibc's malloc spent a quarter of the collector's CPU on that
 // (arena locks, consolidation). mimalloc's per-thread heaps with deferred
-// cross-thread frees do not.
+// cross-thread frees do not. It is built with `no_thp` (collector/Cargo.toml):
+// advising transparent huge pages made each fresh page fault in and zero
+// 2 MiB, which cost more than it saved (docs/PERFORMANCE.md).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -40,6 +40,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 };
 use opentelemetry_proto::tonic::common::v1 as otlp_common;
 use opentelemetry_proto::tonic::trace::v1 as otlp;
+use prost::Message as _;
 
 /// Resource attribute naming the service.
 pub const ATTR_SERVICE_NAME: &str = "service.name";
@@ -146,6 +147,41 @@ pub struct Converted {
 }
 
 impl Converted {
+    /// Room for a request of `count` spans, or the request refused whole.
+    fn for_request(count: usize, limits: &Limits) -> Result<Self> {
+        if count > limits.max_spans_per_batch {
+            return Err(OtlpError::TooManySpans {
+                count,
+                max: limits.max_spans_per_batch,
+            });
+        }
+        Ok(Converted {
+            spans: Vec::with_capacity(count),
+            ..Converted::default()
+        })
+    }
+
+    /// What the spans of a resource with these attributes share.
+    fn resource(
+        &mut self,
+        attrs: Option<Vec<otlp_common::KeyValue>>,
+        limits: &Limits,
+    ) -> ResourceInfo {
+        ResourceInfo::new(attrs.unwrap_or_default(), limits, &mut self.truncated)
+    }
+
+    /// Converts `span` and adds it, or counts it as rejected.
+    fn push(&mut self, span: otlp::Span, resource: &ResourceInfo, limits: &Limits) {
+        let mut truncated = 0;
+        match convert_span(span, resource, limits, &mut truncated) {
+            Ok(s) => {
+                self.truncated = self.truncated.saturating_add(truncated);
+                self.spans.push(s);
+            }
+            Err(reason) => self.reject(reason),
+        }
+    }
+
     fn reject(&mut self, reason: String) {
         self.rejected += 1;
         if self.rejection_reasons.len() < MAX_REJECTION_REASONS
@@ -176,34 +212,96 @@ pub fn from_otlp(req: ExportTraceServiceRequest, limits: &Limits) -> Result<Conv
         .iter()
         .flat_map(|rs| &rs.scope_spans)
         .fold(0usize, |n, ss| n.saturating_add(ss.spans.len()));
-    if count > limits.max_spans_per_batch {
-        return Err(OtlpError::TooManySpans {
-            count,
-            max: limits.max_spans_per_batch,
-        });
-    }
-    let mut out = Converted {
-        spans: Vec::with_capacity(count),
-        ..Converted::default()
-    };
+    let mut out = Converted::for_request(count, limits)?;
     for rs in req.resource_spans {
-        let resource = ResourceInfo::new(
-            rs.resource.map(|r| r.attributes).unwrap_or_default(),
-            limits,
-            &mut out.truncated,
-        );
+        let resource = out.resource(rs.resource.map(|r| r.attributes), limits);
         for span in rs.scope_spans.into_iter().flat_map(|ss| ss.spans) {
-            let mut truncated = 0;
-            match convert_span(span, &resource, limits, &mut truncated) {
-                Ok(s) => {
-                    out.truncated = out.truncated.saturating_add(truncated);
-                    out.spans.push(s);
-                }
-                Err(reason) => out.reject(reason),
-            }
+            out.push(span, &resource, limits);
         }
     }
     Ok(out)
+}
+
+/// An OTLP/protobuf `ExportTraceServiceRequest` decoded down to its spans,
+/// which stay encoded: slices of the request body (not copies) until
+/// [`from_raw`] decodes and converts them one at a time. This skips the
+/// request-wide `Vec` of OTLP spans that decoding it whole builds (grown by
+/// doubling, then moved from) on the ingest fast path.
+///
+/// Everything around the spans (resources, scopes, schema URLs) is decoded
+/// and checked here as the generated OTLP types would; each span is checked
+/// by [`from_raw`].
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct RawExport {
+    #[prost(message, repeated, tag = "1")]
+    resource_spans: Vec<RawResourceSpans>,
+}
+
+/// `ResourceSpans`, its spans left encoded.
+#[derive(Clone, PartialEq, prost::Message)]
+struct RawResourceSpans {
+    #[prost(message, optional, tag = "1")]
+    resource: Option<opentelemetry_proto::tonic::resource::v1::Resource>,
+    #[prost(message, repeated, tag = "2")]
+    scope_spans: Vec<RawScopeSpans>,
+    #[prost(string, tag = "3")]
+    schema_url: String,
+}
+
+/// `ScopeSpans`, its spans left encoded (a message and a `bytes` field look
+/// alike on the wire).
+#[derive(Clone, PartialEq, prost::Message)]
+struct RawScopeSpans {
+    #[prost(message, optional, tag = "1")]
+    scope: Option<otlp_common::InstrumentationScope>,
+    #[prost(bytes = "bytes", repeated, tag = "2")]
+    spans: Vec<prost::bytes::Bytes>,
+    #[prost(string, tag = "3")]
+    schema_url: String,
+}
+
+impl RawExport {
+    /// Decodes a protobuf body. The spans are slices of `body`.
+    ///
+    /// # Errors
+    ///
+    /// [`OtlpError::Malformed`] when the body does not decode.
+    pub fn decode_body(body: prost::bytes::Bytes) -> Result<Self> {
+        <Self as prost::Message>::decode(body).map_err(|_| malformed_protobuf())
+    }
+
+    /// Spans in the request.
+    pub fn span_count(&self) -> usize {
+        self.resource_spans
+            .iter()
+            .flat_map(|rs| &rs.scope_spans)
+            .fold(0usize, |n, ss| n.saturating_add(ss.spans.len()))
+    }
+}
+
+/// [`from_otlp`] for a [`RawExport`]: decodes each span and converts it at
+/// once. The result is the same as decoding the whole request and calling
+/// [`from_otlp`].
+///
+/// # Errors
+///
+/// [`OtlpError::TooManySpans`] as [`from_otlp`]; [`OtlpError::Malformed`]
+/// when a span does not decode (the whole request is refused then, as when
+/// decoding it whole).
+pub fn from_raw(req: RawExport, limits: &Limits) -> Result<Converted> {
+    let mut out = Converted::for_request(req.span_count(), limits)?;
+    for rs in req.resource_spans {
+        let resource = out.resource(rs.resource.map(|r| r.attributes), limits);
+        for encoded in rs.scope_spans.iter().flat_map(|ss| &ss.spans) {
+            let span = otlp::Span::decode(encoded.as_ref()).map_err(|_| malformed_protobuf())?;
+            out.push(span, &resource, limits);
+        }
+    }
+    Ok(out)
+}
+
+fn malformed_protobuf() -> OtlpError {
+    OtlpError::Malformed("invalid protobuf".into())
 }
 
 /// The response to an export: `partial_success` is set only when spans were
@@ -429,6 +527,13 @@ fn take_clocks(
     Option<VectorClock>,
 ) {
     let (mut start, mut end) = (None, None);
+    if !attrs
+        .iter()
+        .any(|kv| kv.key == ATTR_CLOCK_START || kv.key == ATTR_CLOCK_END)
+    {
+        // Nearly always (only clew's own tracer sends clocks over OTLP).
+        return (attrs, start, end);
+    }
     let mut rest = Vec::with_capacity(attrs.len());
     for kv in attrs {
         let slot = match kv.key.as_str() {
@@ -602,7 +707,6 @@ mod tests {
     use clew_tracer::span::{Event, KeyValue, Link, SpanData, SpanKind, Status, Value};
     use opentelemetry_proto::tonic::resource::v1 as otlp_resource;
     use proptest::prelude::*;
-    use prost::Message as _;
 
     fn ts(s: &str) -> TraceState {
         clew_tracer::propagation::w3c::parse_tracestate(&[s]).unwrap()
@@ -1260,15 +1364,81 @@ mod tests {
         assert!(from_otlp(req, &Limits::default()).unwrap().spans.is_empty());
     }
 
+    /// A protobuf body converted both ways: decoded whole then
+    /// [`from_otlp`], and through [`RawExport`] and [`from_raw`].
+    fn both_ways(body: &[u8], limits: &Limits) -> (Result<Converted>, Result<Converted>) {
+        let whole =
+            decode_http(body, CONTENT_TYPE_PROTOBUF, limits).and_then(|req| from_otlp(req, limits));
+        let raw = RawExport::decode_body(prost::bytes::Bytes::copy_from_slice(body))
+            .and_then(|req| from_raw(req, limits));
+        (whole, raw)
+    }
+
+    #[test]
+    fn the_raw_path_converts_as_decoding_whole_does() {
+        let (data, res) = sample();
+        let mut other = data.clone();
+        other.context.span_id = SpanId::from_u64(0x77);
+        other.name = "x".repeat(2000).into(); // rejected: name too long
+        let mut req = request_of(&[&data, &other], &res);
+        // A second resource with its own service, and an empty scope.
+        let mut second = req.resource_spans[0].clone();
+        second.resource = None;
+        second.scope_spans.push(otlp::ScopeSpans::default());
+        req.resource_spans.push(second);
+        for limits in [
+            Limits::default(),
+            Limits {
+                max_attributes: 1,
+                max_value_len: 2,
+                ..Limits::default()
+            },
+        ] {
+            let (whole, raw) = both_ways(&req.encode_to_vec(), &limits);
+            let raw = raw.unwrap();
+            assert_eq!(raw.spans.len(), 2);
+            assert_eq!(raw.rejected, 2);
+            assert_eq!(whole.unwrap(), raw);
+        }
+        let limits = Limits {
+            max_spans_per_batch: 3,
+            ..Limits::default()
+        };
+        let (whole, raw) = both_ways(&req.encode_to_vec(), &limits);
+        assert_eq!(raw, Err(OtlpError::TooManySpans { count: 4, max: 3 }));
+        assert_eq!(whole, raw);
+        // A span that does not decode (its name is not UTF-8) refuses the
+        // whole request.
+        let bad = RawExport {
+            resource_spans: vec![RawResourceSpans {
+                scope_spans: vec![RawScopeSpans {
+                    spans: vec![
+                        prost::bytes::Bytes::from(valid_otlp_span().encode_to_vec()),
+                        prost::bytes::Bytes::from_static(&[0x2a, 0x01, 0xff]),
+                    ],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        };
+        let (whole, raw) = both_ways(&bad.encode_to_vec(), &Limits::default());
+        assert_eq!(raw, Err(malformed_protobuf()));
+        assert_eq!(whole, raw);
+        assert_eq!(
+            both_ways(&[], &Limits::default()).1.unwrap(),
+            Converted::default()
+        );
+    }
+
     proptest! {
         #[test]
         fn arbitrary_bytes_never_panic(body in proptest::collection::vec(any::<u8>(), 0..512)) {
             let limits = Limits::default();
-            for ct in ["application/x-protobuf", "application/json"] {
-                if let Ok(req) = decode_http(&body, ct, &limits) {
-                    let _ = from_otlp(req, &limits);
-                }
+            if let Ok(req) = decode_http(&body, "application/json", &limits) {
+                let _ = from_otlp(req, &limits);
             }
+            let (whole, raw) = both_ways(&body, &limits);
+            prop_assert_eq!(whole, raw);
         }
 
         #[test]
@@ -1290,9 +1460,8 @@ mod tests {
                 body[i] = b;
             }
             let limits = Limits { max_attributes: 2, max_value_len: 3, ..Limits::default() };
-            if let Ok(req) = decode_http(&body, "application/x-protobuf", &limits) {
-                let _ = from_otlp(req, &limits);
-            }
+            let (whole, raw) = both_ways(&body, &limits);
+            prop_assert_eq!(whole, raw);
         }
     }
 }

@@ -10,12 +10,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::serve::ListenerExt as _;
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::TraceServiceServer;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::assembly::{Assembler, AssemblerConfig};
-use crate::ingest::{Ingest, IngestConfig, NativeGrpc, OtlpGrpc};
+use crate::ingest::{Ingest, IngestConfig, NativeGrpc, OtlpGrpcServer};
 use crate::metrics::Metrics;
 use crate::sink::StorageSink;
 use crate::storage::Storage;
@@ -231,14 +230,12 @@ pub async fn run(
     };
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    health_reporter
-        .set_serving::<TraceServiceServer<OtlpGrpc>>()
-        .await;
+    health_reporter.set_serving::<OtlpGrpcServer>().await;
     let max = config.max_request_bytes;
     let grpc = tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(
-            TraceServiceServer::new(OtlpGrpc(ingest.clone()))
+            OtlpGrpcServer::new(ingest.clone())
                 .max_decoding_message_size(max)
                 .accept_compressed(tonic::codec::CompressionEncoding::Gzip),
         )

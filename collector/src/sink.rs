@@ -6,7 +6,7 @@ use clew_proto::v1::Trace;
 use futures_util::future::BoxFuture;
 
 use crate::assembly::{SinkError, TraceSink};
-use crate::storage::{Storage, StorageError};
+use crate::storage::{Returned, Storage, StorageError};
 
 /// Flushes assembled fragments into a [`Storage`]. A fragment the storage
 /// refuses as invalid is rejected (dropped and counted, never retried);
@@ -37,12 +37,23 @@ impl TraceSink for StorageSink {
     fn store_trace(&self, trace: Trace) -> BoxFuture<'_, Result<(), SinkError>> {
         Box::pin(async move {
             let _timer = self.latency.as_ref().map(|h| h.start_timer());
-            match self.storage.store_trace(trace).await {
+            match self.storage.store_trace_returning(trace).await {
                 Ok(_) => Ok(()),
-                Err(e @ StorageError::InvalidTrace(_)) => Err(SinkError::rejected(e)),
-                Err(e) => {
-                    tracing::warn!(error = %e.detail(), "storing a trace failed; will retry");
-                    Err(SinkError::new(e))
+                Err(Returned {
+                    error: error @ StorageError::InvalidTrace(_),
+                    ..
+                }) => Err(SinkError::rejected(error)),
+                Err(Returned {
+                    error,
+                    trace: Some(trace),
+                }) => {
+                    tracing::warn!(error = %error.detail(), "storing a trace failed; will retry");
+                    Err(SinkError::new(error, trace))
+                }
+                Err(Returned { error, trace: None }) => {
+                    // Against the trait's contract: nothing left to retry.
+                    tracing::error!(error = %error.detail(), "storing a trace failed and the backend kept the fragment; dropping it");
+                    Err(SinkError::rejected(error))
                 }
             }
         })

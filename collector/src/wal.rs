@@ -402,7 +402,24 @@ impl Wal {
         &self,
         batch: &ExportRequest,
     ) -> impl Future<Output = Result<Appended>> + Send + use<> {
-        let payload = batch.encode_to_vec();
+        self.append_sized(batch).1
+    }
+
+    /// [`append`](Self::append), also returning the encoded length of each
+    /// span of `batch` (in order), which the encoding computes anyway: the
+    /// assembler accounts memory with them.
+    pub fn append_sized(
+        &self,
+        batch: &ExportRequest,
+    ) -> (
+        Vec<u64>,
+        impl Future<Output = Result<Appended>> + Send + use<>,
+    ) {
+        let (payload, sizes) = encode_batch(batch);
+        (sizes, self.queue(payload))
+    }
+
+    fn queue(&self, payload: Vec<u8>) -> impl Future<Output = Result<Appended>> + Send + use<> {
         let (ack, rx) = oneshot::channel();
         let sent = self.tx.send(Msg::Append { payload, ack }).is_ok();
         async move {
@@ -467,6 +484,30 @@ impl Wal {
     pub fn dir(&self) -> &Path {
         &self.dir
     }
+}
+
+/// `batch` as prost encodes it (`spans`, field 1, one length-delimited
+/// record per span), with each span's encoded length. Every span's length is
+/// computed once: `encode_to_vec` would size the request, then size each span
+/// again for its length prefix.
+fn encode_batch(batch: &ExportRequest) -> (Vec<u8>, Vec<u64>) {
+    use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint};
+    let sizes: Vec<u64> = batch
+        .spans
+        .iter()
+        .map(|span| span.encoded_len() as u64)
+        .collect();
+    let total: usize = sizes
+        .iter()
+        .map(|&n| 1 + encoded_len_varint(n) + n as usize)
+        .sum();
+    let mut payload = Vec::with_capacity(total);
+    for (span, &n) in batch.spans.iter().zip(&sizes) {
+        encode_key(1, WireType::LengthDelimited, &mut payload);
+        encode_varint(n, &mut payload);
+        span.encode_raw(&mut payload);
+    }
+    (payload, sizes)
 }
 
 /// The writer thread's state.

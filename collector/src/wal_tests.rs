@@ -123,6 +123,18 @@ pub(crate) fn snapshot(from: &Path, to: &Path) {
     }
 }
 
+#[test]
+fn the_payload_is_the_batch_as_prost_encodes_it_with_each_span_sized() {
+    for n in [0, 1, 7, 300] {
+        let batch = batch(3, n);
+        let (payload, sizes) = encode_batch(&batch);
+        assert_eq!(payload, batch.encode_to_vec());
+        let expected: Vec<u64> = batch.spans.iter().map(|s| s.encoded_len() as u64).collect();
+        assert_eq!(sizes, expected);
+        assert_eq!(ExportRequest::decode(payload.as_slice()).unwrap(), batch);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn group_commit_syncs_once_for_concurrent_appends_and_acks_only_durable_records() {
     let dir = tempfile::tempdir().unwrap();

@@ -1,15 +1,16 @@
 //! A bounded in-memory store, for tests and throwaway runs. Nothing survives
 //! a restart.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 
 use async_trait::async_trait;
+use foldhash::HashMap;
 use parking_lot::Mutex;
 
 use super::query::{self, DependencyCounter};
 use super::{
-    DependencyLink, FilterCriteria, PruneStats, Result, Span, SpanKind, Storage, StoreOutcome,
-    Trace, TraceId, validate,
+    DependencyLink, FilterCriteria, PruneStats, Result, Returned, Span, SpanKind, Storage,
+    StoreOutcome, Trace, TraceId, validate,
 };
 
 /// Default bound on the number of traces kept.
@@ -23,6 +24,10 @@ pub struct MemoryStorage {
     inner: Mutex<Inner>,
 }
 
+/// operation -> kind -> number of stored spans (keyed by name first, so
+/// that a span is counted and uncounted without allocating).
+type Operations = HashMap<String, HashMap<i32, u64>>;
+
 #[derive(Debug, Default)]
 struct Inner {
     traces: HashMap<[u8; 16], Entry>,
@@ -31,8 +36,9 @@ struct Inner {
     /// (span start, trace, span) -> what a search can rule out without
     /// looking the span up: search order.
     by_start: BTreeMap<(u64, [u8; 16], [u8; 8]), Brief>,
-    /// service -> (operation, kind) -> number of stored spans.
-    operations: BTreeMap<String, BTreeMap<(String, i32), u64>>,
+    /// service -> operation -> kind -> number of stored spans (hashed:
+    /// looked up for every span stored; sorted when queried).
+    operations: HashMap<String, Operations>,
 }
 
 /// A span's service (hashed), duration and error flag, kept in the search
@@ -65,8 +71,8 @@ impl Brief {
 
 /// A deterministic hash of a service name (equal names, equal hashes).
 fn service_hash(service: &str) -> u64 {
-    use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
-    BuildHasherDefault::<DefaultHasher>::default().hash_one(service)
+    use std::hash::BuildHasher;
+    foldhash::fast::FixedState::default().hash_one(service)
 }
 
 #[derive(Debug, Default)]
@@ -111,11 +117,15 @@ impl Inner {
             self.by_start
                 .remove(&(span.start_time_unix_nano, *tid, *sid));
             if let Some(ops) = self.operations.get_mut(&span.service) {
-                let key = (span.name.clone(), span.kind);
-                if let Some(n) = ops.get_mut(&key) {
-                    *n -= 1;
-                    if *n == 0 {
-                        ops.remove(&key);
+                if let Some(kinds) = ops.get_mut(&span.name) {
+                    if let Some(n) = kinds.get_mut(&span.kind) {
+                        *n -= 1;
+                        if *n == 0 {
+                            kinds.remove(&span.kind);
+                        }
+                    }
+                    if kinds.is_empty() {
+                        ops.remove(&span.name);
                     }
                 }
                 if ops.is_empty() {
@@ -139,6 +149,7 @@ impl Storage for MemoryStorage {
         let mut inner = self.inner.lock();
         let inner = &mut *inner;
         let entry = inner.traces.entry(tid).or_default();
+        entry.spans.reserve(fragment.spans.len());
         let old_end = entry.newest_end;
         let was_new = entry.spans.is_empty();
         for span in fragment.spans {
@@ -158,17 +169,11 @@ impl Storage for MemoryStorage {
                 Some(ops) => ops,
                 None => inner.operations.entry(span.service.clone()).or_default(),
             };
-            let key = (span.name, span.kind);
-            match ops.get_mut(&key) {
-                Some(n) => *n += 1,
-                None => {
-                    ops.insert(key.clone(), 1);
-                }
-            }
-            let span = Span {
-                name: key.0,
-                ..span
+            let kinds = match ops.get_mut(&span.name) {
+                Some(kinds) => kinds,
+                None => ops.entry(span.name.clone()).or_default(),
             };
+            *kinds.entry(span.kind).or_insert(0) += 1;
             entry.spans.insert(sid, span);
         }
         let new_end = entry.newest_end;
@@ -239,7 +244,9 @@ impl Storage for MemoryStorage {
     }
 
     async fn services(&self) -> Result<Vec<String>> {
-        Ok(self.inner.lock().operations.keys().cloned().collect())
+        let mut services: Vec<String> = self.inner.lock().operations.keys().cloned().collect();
+        services.sort();
+        Ok(services)
     }
 
     async fn operations(
@@ -252,11 +259,12 @@ impl Storage for MemoryStorage {
             return Ok(Vec::new());
         };
         let mut out: Vec<(String, SpanKind)> = ops
-            .keys()
+            .iter()
+            .flat_map(|(name, kinds)| kinds.keys().map(move |k| (name, *k)))
             .map(|(name, k)| {
                 (
                     name.clone(),
-                    SpanKind::try_from(*k).unwrap_or(SpanKind::Unspecified),
+                    SpanKind::try_from(k).unwrap_or(SpanKind::Unspecified),
                 )
             })
             .filter(|(_, k)| kind.is_none_or(|want| want == *k))
@@ -296,6 +304,16 @@ impl Storage for MemoryStorage {
             stats.traces += 1;
         }
         Ok(stats)
+    }
+
+    /// The memory store fails only on invalid input: nothing to hand back.
+    async fn store_trace_returning(
+        &self,
+        trace: Trace,
+    ) -> std::result::Result<StoreOutcome, Returned> {
+        self.store_trace(trace)
+            .await
+            .map_err(|error| Returned { error, trace: None })
     }
 
     fn backend(&self) -> &'static str {

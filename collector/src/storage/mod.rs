@@ -120,6 +120,16 @@ pub struct StoreOutcome {
     pub duplicates: u64,
 }
 
+/// A failed [`Storage::store_trace_returning`].
+#[derive(Debug)]
+pub struct Returned {
+    /// What went wrong.
+    pub error: StorageError,
+    /// The fragment, for a retry; `None` only when `error` is
+    /// [`StorageError::InvalidTrace`] (retrying cannot help).
+    pub trace: Option<Trace>,
+}
+
 /// What a `prune_traces` call removed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PruneStats {
@@ -140,6 +150,19 @@ pub trait Storage: Send + Sync + fmt::Debug {
     /// and counted as a duplicate. Idempotent: retrying after an error never
     /// stores a span twice.
     async fn store_trace(&self, trace: Trace) -> Result<StoreOutcome>;
+
+    /// [`store_trace`](Self::store_trace) for a caller that retries: a
+    /// failure other than [`StorageError::InvalidTrace`] hands the fragment
+    /// back, so the caller need not keep a copy of every fragment it stores.
+    /// The default keeps one (a clone); a backend that can do better
+    /// overrides it (the memory store, which fails only on invalid input).
+    async fn store_trace_returning(&self, trace: Trace) -> Result<StoreOutcome, Returned> {
+        let copy = trace.clone();
+        self.store_trace(trace).await.map_err(|error| {
+            let trace = (!matches!(error, StorageError::InvalidTrace(_))).then_some(copy);
+            Returned { error, trace }
+        })
+    }
 
     /// All stored spans of a trace, sorted by start time; `None` when none are.
     async fn get_trace(&self, trace_id: TraceId) -> Result<Option<Trace>>;
@@ -198,10 +221,9 @@ pub(crate) fn validate(trace: Trace) -> Result<Fragment> {
     if trace_id == [0; 16] {
         return Err(StorageError::InvalidTrace("trace id is all zero".into()));
     }
-    let mut seen = HashSet::with_capacity(trace.spans.len());
-    let mut spans = Vec::with_capacity(trace.spans.len());
-    let mut duplicates = 0;
-    for mut span in trace.spans {
+    let mut spans = trace.spans;
+    let mut sids = Vec::with_capacity(spans.len());
+    for span in &mut spans {
         if span.trace_id.is_empty() {
             span.trace_id = trace_id.to_vec();
         } else if span.trace_id != trace_id {
@@ -224,15 +246,32 @@ pub(crate) fn validate(trace: Trace) -> Result<Fragment> {
                 span.parent_span_id.len()
             )));
         }
-        if seen.insert(sid) {
-            spans.push(span);
-        } else {
-            duplicates += 1;
-        }
+        sids.push(sid);
     }
+    // In place: spans move only when a duplicate is removed before them.
+    let keep = first_occurrences(&sids);
+    let mut keep = keep.iter();
+    spans.retain(|_| keep.next().copied().unwrap_or(true));
+    let duplicates = (sids.len() - spans.len()) as u64;
     Ok(Fragment {
         trace_id,
         spans,
         duplicates,
     })
+}
+
+/// For each id, whether it is the first with its value.
+fn first_occurrences(ids: &[[u8; 8]]) -> Vec<bool> {
+    // Fragments are mostly a few spans: compare pairwise below this.
+    const SMALL: usize = 32;
+    if ids.len() <= SMALL {
+        return ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| !ids[..i].contains(id))
+            .collect();
+    }
+    let mut seen =
+        HashSet::with_capacity_and_hasher(ids.len(), foldhash::fast::RandomState::default());
+    ids.iter().map(|id| seen.insert(*id)).collect()
 }
