@@ -8,8 +8,8 @@
 //!
 //! | key | type | content |
 //! |---|---|---|
-//! | `P t:<tid>` | string | the trace's spans: per span, length (4 bytes, big-endian) + protobuf `Span`; fragments are appended |
-//! | `P h:<tid>` | hash | span id → header (error flag, parent id, start, service); and facts, fields of 8 zero bytes + `D<svc>` / `m<svc>` / `m`: longest / shortest span duration of `svc`, shortest of any service |
+//! | `P t:<tid>` | string | the trace's spans, a record each: span id, header length (2 bytes), header (error flag, parent id, start, service: what resolves calls), protobuf length (4 bytes), protobuf `Span`; fragments are appended |
+//! | `P f:<tid>` | hash | facts: `D<svc>` / `m<svc>` → longest / shortest span duration of `svc`, `m` → shortest of any service |
 //! | `P w:<tid>` | hash | spans whose parent has not arrived yet → their header |
 //! | `P i:all` | zset | trace id, score = earliest span start |
 //! | `P i:s:<svc>` | zset | trace id, score = earliest start of a span of `svc` |
@@ -35,15 +35,16 @@
 //! LT` (start scores) / `ZADD GT` (ends, catalogue) per index key with every
 //! trace of the batch, which are idempotent. The collector reduces each
 //! fragment to one row per index it belongs to (not one per span), and
-//! prepares its spans as one blob, its headers, facts, the calls inside it
-//! and the spans whose parent is not in it. The script stores a fragment
-//! that starts a trace (no header hash yet, the usual case: assembly hands
-//! over whole traces) with a handful of commands — one `HSET` of headers and
-//! facts, one `SET` of the blob, one `ZADD` of calls for the whole batch —
-//! whatever its size. A fragment of a known trace takes the general path:
-//! `HMGET` of its span ids decides which spans are new; only those are
-//! appended and resolve calls against the headers of the trace's other spans
-//! (so a call is counted once however often its span is stored); facts are
+//! prepares its spans as one blob (records with their headers), its facts,
+//! the calls inside it and the spans whose parent is not in it. The script
+//! stores a fragment that starts a trace (the usual case: assembly hands over
+//! whole traces) with a handful of commands whatever its size: `SET NX` of
+//! the blob (which decides that the trace is new), one `HSET` of facts, one
+//! `ZADD` of calls for the whole batch. A fragment of a known trace takes the
+//! general path: the stored blob's span ids decide which spans are new; only
+//! those are appended and resolve calls against the headers of the trace's
+//! other spans (so a call is counted once however often its span is stored);
+//! facts are
 //! merged (max / min). A failure half-way is completed by the caller's retry,
 //! and a retried fragment finds its spans present and changes nothing. (A
 //! duplicate span id with *different* content is not stored, but its index
@@ -420,7 +421,7 @@ impl Inner {
             .arg(k.deps());
         for (tid, _) in fragments {
             eval.arg(k.trace(&tid[..]))
-                .arg(k.headers(&tid[..]))
+                .arg(k.facts(&tid[..]))
                 .arg(k.orphans(&tid[..]));
         }
         eval.arg(self.ttl_ms()).arg(fragments.len());
@@ -452,9 +453,6 @@ impl Inner {
                 .arg(calls.len())
                 .arg(orphans.len())
                 .arg(spans_blob(spans));
-            for span in spans {
-                eval.arg(&span.span_id[..]).arg(header(span));
-            }
             for (field, value) in &facts {
                 eval.arg(field).arg(*value);
             }
@@ -741,7 +739,7 @@ impl Storage for RedisStorage {
             lo.saturating_sub(self.slack_ns()).to_string()
         };
         // (kind, index or fact, lowest score, highest score) the trace must meet:
-        // `z`, a member of the index; `h`, a fact of its header hash.
+        // `z`, a member of the index; `h`, a fact of its facts hash.
         let mut checks: Vec<(&str, Vec<u8>, String, String)> = others
             .into_iter()
             .map(|k| ("z", k, String::new(), String::new()))
@@ -780,7 +778,7 @@ impl Storage for RedisStorage {
                 .arg(SCAN_BATCH)
                 .arg(want)
                 .arg(checks.len())
-                .arg(self.keys.headers(b""));
+                .arg(self.keys.facts(b""));
             for (kind, name, min_score, max_score) in &checks {
                 inv.arg(*kind).arg(name).arg(min_score).arg(max_score);
             }
@@ -924,7 +922,7 @@ impl Storage for RedisStorage {
                 }
                 pipe.cmd("DEL")
                     .arg(k.trace(tid))
-                    .arg(k.headers(tid))
+                    .arg(k.facts(tid))
                     .arg(k.orphans(tid))
                     .ignore();
                 stats.traces += 1;
@@ -1039,14 +1037,19 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// The spans of a stored trace: records of length (4 bytes, big-endian) and
-/// protobuf `Span`.
+/// The spans of a stored trace, a sequence of records: span id (8 bytes),
+/// header length (2 bytes, big-endian), [`header`], protobuf length (4
+/// bytes, big-endian), protobuf `Span`.
 fn decode_spans(mut blob: &[u8]) -> Result<Vec<Span>> {
     let mut spans = Vec::new();
     while !blob.is_empty() {
-        let (len, rest) = blob
-            .split_first_chunk::<4>()
+        let body = blob
+            .get(8..10)
+            .map(|h| 10 + (usize::from(h[0]) << 8 | usize::from(h[1])))
+            .and_then(|at| blob.get(at..))
+            .and_then(|rest| rest.split_first_chunk::<4>())
             .ok_or_else(|| corrupt("span record too short"))?;
+        let (len, rest) = body;
         let len = u32::from_be_bytes(*len) as usize;
         let body = rest.get(..len).ok_or_else(|| corrupt("span record length"))?;
         spans.push(Span::decode(body).map_err(|e| corrupt(format!("span: {e}")))?);
@@ -1058,25 +1061,35 @@ fn decode_spans(mut blob: &[u8]) -> Result<Vec<Span>> {
 /// A fragment's spans as the records of [`decode_spans`].
 fn spans_blob(spans: &[Span]) -> Vec<u8> {
     let lens: Vec<usize> = spans.iter().map(|s| s.encoded_len()).collect();
-    let mut blob = Vec::with_capacity(lens.iter().map(|n| n + 4).sum());
+    let size = spans
+        .iter()
+        .zip(&lens)
+        .map(|(s, n)| 8 + 2 + 29 + s.service.len() + 4 + n)
+        .sum();
+    let mut blob = Vec::with_capacity(size);
     for (span, len) in spans.iter().zip(lens) {
+        blob.extend_from_slice(&query::span_id(span));
+        let at = blob.len();
+        blob.extend_from_slice(&[0, 0]);
+        write_header(&mut blob, span);
+        let header = (blob.len() - at - 2) as u16;
+        blob[at..at + 2].copy_from_slice(&header.to_be_bytes());
         blob.extend_from_slice(&(len as u32).to_be_bytes());
         span.encode_raw(&mut blob);
     }
     blob
 }
 
-/// A span's header in the trace's header hash: what the store script reads
-/// to find calls. Error flag (`0`/`1`), parent id (8 bytes, zero for a root),
-/// start (20 decimal digits), service.
-fn header(span: &Span) -> Vec<u8> {
+/// Appends a span's header: what the store script reads to find calls.
+/// Error flag (`0`/`1`), parent id (8 bytes, zero for a root), start (20
+/// decimal digits), service (cut to what a 16-bit header length carries).
+fn write_header(out: &mut Vec<u8>, span: &Span) {
     use std::io::Write as _;
-    let mut h = Vec::with_capacity(29 + span.service.len());
-    h.push(if query::is_error(span) { b'1' } else { b'0' });
-    h.extend_from_slice(&query::parent_id(span).unwrap_or([0; 8]));
-    let _ = write!(h, "{:020}", span.start_time_unix_nano);
-    h.extend_from_slice(span.service.as_bytes());
-    h
+    out.push(if query::is_error(span) { b'1' } else { b'0' });
+    out.extend_from_slice(&query::parent_id(span).unwrap_or([0; 8]));
+    let _ = write!(out, "{:020}", span.start_time_unix_nano);
+    let svc = span.service.as_bytes();
+    out.extend_from_slice(&svc[..svc.len().min(u16::MAX as usize - 29)]);
 }
 
 /// The calls inside a fragment (score: child start; `deps` member) and the
@@ -1108,17 +1121,15 @@ fn calls(tid: &[u8], spans: &[Span]) -> (Vec<(u64, Vec<u8>)>, Vec<usize>) {
     (calls, orphans)
 }
 
-/// Header-hash fields of per-trace facts start with 8 zero bytes (span ids,
-/// the other fields, are 8 bytes and never zero), then the kind.
+/// Facts-hash field kind: the longest span duration (of a service).
 const FACT_MAX: u8 = b'D';
-/// See [`FACT_MAX`].
+/// Facts-hash field kind: the shortest span duration (of a service; of any
+/// service when the name is empty).
 const FACT_MIN: u8 = b'm';
 
-/// A fact field: the longest ([`FACT_MAX`]) or shortest ([`FACT_MIN`]) span
-/// duration of `svc` (of any service when empty).
+/// A fact field: kind, then the service name.
 fn fact(kind: u8, svc: &str) -> Vec<u8> {
-    let mut f = Vec::with_capacity(9 + svc.len());
-    f.extend_from_slice(&[0; 8]);
+    let mut f = Vec::with_capacity(1 + svc.len());
     f.push(kind);
     f.extend_from_slice(svc.as_bytes());
     f
@@ -1277,7 +1288,7 @@ impl<'a> Summary<'a> {
         out
     }
 
-    /// Header-hash facts (field, value): longest and shortest span per
+    /// Facts (field, value): longest and shortest span per
     /// service, shortest overall. The store script keeps the maximum
     /// ([`FACT_MAX`]) or minimum of what it finds and what it is given.
     fn facts(&self) -> Vec<(Vec<u8>, u64)> {
@@ -1335,8 +1346,8 @@ impl Keys {
     fn trace(&self, tid: &[u8]) -> Vec<u8> {
         self.key(&[b"t:", tid])
     }
-    fn headers(&self, tid: &[u8]) -> Vec<u8> {
-        self.key(&[b"h:", tid])
+    fn facts(&self, tid: &[u8]) -> Vec<u8> {
+        self.key(&[b"f:", tid])
     }
     fn orphans(&self, tid: &[u8]) -> Vec<u8> {
         self.key(&[b"w:", tid])
@@ -1387,10 +1398,10 @@ impl Keys {
 
 /// Stores a batch of fragments. See the module docs.
 ///
-/// KEYS: deps zset, then per fragment its spans string, header hash and
+/// KEYS: deps zset, then per fragment its spans string, facts hash and
 /// orphans hash.
 /// ARGV: ttl ms, number of fragments m, then per fragment: trace id, n spans,
-/// nf facts, nc calls, no orphans, spans blob, n × (span id, header),
+/// nf facts, nc calls, no orphans, spans blob (records of `decode_spans`),
 /// nf × (fact field, value), nc × (score, deps member), no × position of an
 /// orphan span (1-based). Calls and orphans are the fragment's own, used
 /// when it starts a new trace; otherwise the script resolves the new spans.
@@ -1408,6 +1419,19 @@ local function chunked(cmd, key, list, from, to)
     redis.call(cmd, key, unpack(list, i, math.min(i + 999, to)))
   end
 end
+-- A blob's records: {span id, header, first byte, last byte} each.
+local function records(blob)
+  local out, off = {}, 1
+  while off <= #blob do
+    local h1, h2 = string.byte(blob, off + 8, off + 9)
+    local hend = off + 9 + h1 * 256 + h2
+    local b1, b2, b3, b4 = string.byte(blob, hend + 1, hend + 4)
+    local last = hend + 4 + ((b1 * 256 + b2) * 256 + b3) * 256 + b4
+    out[#out + 1] = {string.sub(blob, off, off + 7), string.sub(blob, off + 10, hend), off, last}
+    off = last + 1
+  end
+  return out
+end
 local function call(pinfo, csid, cinfo, tid)
   local psvc, csvc = string.sub(pinfo, 30), string.sub(cinfo, 30)
   if psvc ~= csvc then
@@ -1420,62 +1444,49 @@ for f = 1, m do
   local tid, n, nf, nc, no = ARGV[p], tonumber(ARGV[p + 1]), tonumber(ARGV[p + 2]),
     tonumber(ARGV[p + 3]), tonumber(ARGV[p + 4])
   local blob = ARGV[p + 5]
-  local s = p + 6
-  local fa = s + 2 * n
+  local fa = p + 6
   local c = fa + 2 * nf
   local o = c + 2 * nc
   p = o + no
   local stored = n
-  if redis.call('EXISTS', hkey) == 0 then
+  if redis.call('SET', tkey, blob, 'NX', 'PX', ttl) then
     -- A new trace: every span is new (fragments hold no duplicates).
-    chunked('HSET', hkey, ARGV, s, c - 1)
+    chunked('HSET', hkey, ARGV, fa, c - 1)
     redis.call('PEXPIRE', hkey, ttl)
-    redis.call('SET', tkey, blob, 'PX', ttl)
     for i = c, o - 1 do
       deps[#deps + 1] = ARGV[i]
     end
     if no > 0 then
-      local w = {}
+      local spans, w = records(blob), {}
       for i = o, p - 1 do
-        local j = s + 2 * (tonumber(ARGV[i]) - 1)
-        w[#w + 1] = ARGV[j]
-        w[#w + 1] = ARGV[j + 1]
+        local r = spans[tonumber(ARGV[i])]
+        w[#w + 1] = r[1]
+        w[#w + 1] = r[2]
       end
       chunked('HSET', wkey, w, 1, #w)
       redis.call('PEXPIRE', wkey, ttl)
     end
   else
+    local known = {}
+    for _, r in ipairs(records(redis.call('GET', tkey))) do
+      known[r[1]] = r[2]
+    end
     stored = 0
-    local infos, fields, records = {}, {}, {}
-    local off = 1
-    for from = 0, n - 1, 500 do
-      local last = math.min(from + 499, n - 1)
-      local sids = {}
-      for i = from, last do
-        sids[#sids + 1] = ARGV[s + 2 * i]
-      end
-      local have = redis.call('HMGET', hkey, unpack(sids))
-      for i = from, last do
-        local b1, b2, b3, b4 = string.byte(blob, off, off + 3)
-        local len = ((b1 * 256 + b2) * 256 + b3) * 256 + b4
-        if not have[i - from + 1] then
-          local sid, info = ARGV[s + 2 * i], ARGV[s + 2 * i + 1]
-          stored = stored + 1
-          infos[sid] = info
-          fields[#fields + 1] = sid
-          fields[#fields + 1] = info
-          records[#records + 1] = string.sub(blob, off, off + 3 + len)
-        end
-        off = off + 4 + len
+    local infos, new = {}, {}
+    for _, r in ipairs(records(blob)) do
+      if not known[r[1]] then
+        stored = stored + 1
+        infos[r[1]] = r[2]
+        new[#new + 1] = string.sub(blob, r[3], r[4])
       end
     end
     if stored > 0 then
-      chunked('HSET', hkey, fields, 1, #fields)
-      redis.call('APPEND', tkey, table.concat(records))
+      redis.call('APPEND', tkey, table.concat(new))
+      redis.call('PEXPIRE', tkey, ttl)
       for sid, info in pairs(infos) do
         local parent = string.sub(info, 2, 9)
         if parent ~= root then
-          local pinfo = infos[parent] or redis.call('HGET', hkey, parent)
+          local pinfo = infos[parent] or known[parent]
           if pinfo then
             call(pinfo, sid, info, tid)
           else
@@ -1495,16 +1506,17 @@ for f = 1, m do
       if #waiting > 0 then
         redis.call('PEXPIRE', wkey, ttl)
       end
-      redis.call('PEXPIRE', hkey, ttl)
-      redis.call('PEXPIRE', tkey, ttl)
     end
     for i = fa, c - 1, 2 do
       local field, value = ARGV[i], tonumber(ARGV[i + 1])
       local old = tonumber(redis.call('HGET', hkey, field))
-      local longest = string.byte(field, 9) == 68
+      local longest = string.byte(field, 1) == 68
       if not old or (longest and value > old) or (not longest and value < old) then
         redis.call('HSET', hkey, field, ARGV[i + 1])
       end
+    end
+    if stored > 0 then
+      redis.call('PEXPIRE', hkey, ttl)
     end
   end
   result[2 * f - 1] = stored
@@ -1518,11 +1530,11 @@ return result
 "#;
 
 /// Walks an index newest first, keeping the trace ids that meet every check:
-/// membership of another index (`z`) or a fact of the trace's header hash
+/// membership of another index (`z`) or a fact of the trace's facts hash
 /// (`h`), with a score within the given bounds, when they are given.
 ///
 /// KEYS: the primary index.
-/// ARGV: max score, min score, offset, budget, wanted, c, header-hash key
+/// ARGV: max score, min score, offset, budget, wanted, c, facts-hash key
 /// prefix, c × (kind, index or fact field, lowest score or "", highest score
 /// or "").
 /// Returns {next offset, exhausted (0/1), trace ids}.

@@ -118,7 +118,7 @@ async fn prune_sweeps_index_entries_of_traces_expired_by_ttl() {
     // The TTL of the trace's keys ran out before any prune.
     let mut conn = server.raw().await;
     let _: () = conn
-        .del(&[store.keys.trace(&t.0), store.keys.headers(&t.0)])
+        .del(&[store.keys.trace(&t.0), store.keys.facts(&t.0)])
         .await
         .unwrap();
     let stats = store.prune_traces(u64::MAX).await.unwrap();
