@@ -11,21 +11,21 @@
 //! | `P t:<tid>` | string | the trace's spans, a record each: span id, header length (2 bytes), header (error flag, parent id, start, service: what resolves calls), protobuf length (4 bytes), protobuf `Span`; fragments are appended |
 //! | `P f:<tid>` | hash | facts: `D<svc>` / `m<svc>` → longest / shortest span duration of `svc`, `m` → shortest of any service |
 //! | `P w:<tid>` | hash | spans whose parent has not arrived yet → their header |
-//! | `P i:all` | zset | trace id, score = earliest span start |
+//! | `P i:all` | zset | trace id, score = earliest span start (also what `prune_traces` walks) |
 //! | `P i:s:<svc>` | zset | trace id, score = earliest start of a span of `svc` |
 //! | `P i:o:<svc>\0<op>` | zset | same, for spans of `svc` named `op` |
 //! | `P i:t:<key>\0<value>` | zset | same, for spans carrying the tag (attributes and resource; short values only) |
 //! | `P i:e:<svc>`, `P i:e` | zset | same, for ERROR spans (of `svc`; of any service) |
-//! | `P i:m:<b>:<svc>`, `P i:m:<b>` | zset | trace id, score = earliest start (of a span of `svc`; of any span), for traces whose shortest span (of `svc`) has bit length `b` (two digits): what max-duration searches fetch when few spans are that short |
-//! | `P i:end` | zset | trace id, score = newest span end (what `prune_traces` walks) |
+//! | `P i:m:<b>:<svc>` | zset | trace id, score = earliest start of a span of `svc`, for traces whose shortest span of `svc` is in duration bucket `b` (three digits: a quarter octave, see `bucket`): what max-duration searches fetch when few spans are that short |
 //! | `P deps` | zset | one member per call (parent svc, child svc, error, tid, child span id), score = child start |
 //! | `P services` | zset | service, score = newest span end (written at most once per second of span time per process) |
 //! | `P ops:<svc>` | zset | `<kind>:<operation>`, score = newest span end (likewise) |
 //! | `P keys` | zset | index keys written recently, score = unix ms of the last write (for `prune_traces`) |
 //!
 //! Every index is scored by time (so all are walked by time and swept by
-//! score); durations live in the per-trace facts, which searches check, and in
-//! the coarse `i:m:` buckets.
+//! score, and inserts land near the end of the sorted sets); durations live
+//! in the per-trace facts, which searches check, and in the coarse `i:m:`
+//! buckets.
 //!
 //! # Writes
 //!
@@ -577,10 +577,16 @@ impl Inner {
     /// the maximum's is a candidate, checked exactly. `None` when there are
     /// more than [`SHORT_CANDIDATES`]: walking by time is cheaper then.
     async fn by_short_spans(&self, f: &FilterCriteria, limit: usize) -> Result<Option<Vec<Trace>>> {
-        let svc = (!f.service.is_empty()).then_some(f.service.as_str());
+        let services = if f.service.is_empty() {
+            self.members("list_traces", self.keys.services()).await?
+        } else {
+            vec![f.service.clone()]
+        };
         // Every span at most `max` long is in a bucket up to max's.
-        let keys: Vec<Vec<u8>> = (0..=bucket(f.max_duration_nanos))
-            .map(|b| self.keys.short(svc, b))
+        let top = bucket(f.max_duration_nanos);
+        let keys: Vec<Vec<u8>> = services
+            .iter()
+            .flat_map(|svc| (0..=top).map(|b| self.keys.short(svc, b)))
             .collect();
         let mut pipe = ::redis::pipe();
         for key in &keys {
@@ -882,18 +888,21 @@ impl Storage for RedisStorage {
         let k = &self.keys;
         let cut = format!("({older_than_unix_nanos}");
         let mut stats = PruneStats::default();
+        // Traces that started before the cut but end after it stay, first in
+        // `i:all`: the walk skips them.
+        let mut kept = 0usize;
         loop {
-            let end_key = k.end();
+            let all = k.all();
             let tids: Vec<Vec<u8>> = self
                 .with_retry("prune_traces", |mut conn| {
-                    let (end_key, cut) = (&end_key, &cut);
+                    let (all, cut) = (&all, &cut);
                     async move {
                         ::redis::cmd("ZRANGEBYSCORE")
-                            .arg(end_key)
+                            .arg(all)
                             .arg("-inf")
                             .arg(cut)
                             .arg("LIMIT")
-                            .arg(0)
+                            .arg(kept)
                             .arg(PRUNE_CHUNK)
                             .query_async(&mut conn)
                             .await
@@ -905,9 +914,17 @@ impl Storage for RedisStorage {
             }
             let traces = self.fetch_traces(&tids).await?;
             let mut pipe = ::redis::pipe();
+            let mut removed = 0;
             for (tid, spans) in &traces {
-                // Each index the trace is in (`i:all` and `i:end` even when its
-                // spans expired).
+                if spans
+                    .iter()
+                    .any(|s| s.end_time_unix_nano >= older_than_unix_nanos)
+                {
+                    kept += 1;
+                    continue;
+                }
+                // Each index the trace is in (`i:all` even when its spans
+                // expired).
                 for (key, _, _) in Summary::of(spans).index_entries(k) {
                     pipe.cmd("ZREM").arg(key).arg(tid).ignore();
                 }
@@ -927,12 +944,15 @@ impl Storage for RedisStorage {
                     .ignore();
                 stats.traces += 1;
                 stats.spans += spans.len() as u64;
+                removed += 1;
             }
-            self.with_retry("prune_traces", |mut conn| {
-                let pipe = &pipe;
-                async move { pipe.query_async::<()>(&mut conn).await }
-            })
-            .await?;
+            if removed > 0 {
+                self.with_retry("prune_traces", |mut conn| {
+                    let pipe = &pipe;
+                    async move { pipe.query_async::<()>(&mut conn).await }
+                })
+                .await?;
+            }
         }
         self.sweep(older_than_unix_nanos).await?;
         if stats.traces > 0 {
@@ -1135,10 +1155,16 @@ fn fact(kind: u8, svc: &str) -> Vec<u8> {
     f
 }
 
-/// The shortest-duration bucket of a duration: its bit length, so that a
-/// span at most `d` long is in a bucket up to `bucket(d)`.
+/// The shortest-duration bucket of a duration: a quarter of an octave
+/// (bit length, then the next two bits), so that a span at most `d` long is
+/// in a bucket up to `bucket(d)`, and one in that bucket is at most 25 %
+/// longer.
 fn bucket(d: u64) -> u32 {
-    64 - d.leading_zeros()
+    let bits = 64 - d.leading_zeros();
+    if bits <= 2 {
+        return d as u32;
+    }
+    (bits << 2) | ((d >> (bits - 3)) & 3) as u32
 }
 
 /// A tag's value as filters compare it, borrowed when it is a string.
@@ -1259,19 +1285,18 @@ impl<'a> Summary<'a> {
 
     /// (index key, mode, score) of the trace in each index it belongs to.
     fn index_entries(&self, k: &Keys) -> Vec<(Vec<u8>, Mode, u64)> {
-        let mut out = vec![(k.all(), Mode::Lt, self.start), (k.end(), Mode::Gt, self.end)];
+        let mut out = vec![(k.all(), Mode::Lt, self.start)];
         if self.services.is_empty() {
             return out;
         }
-        out.reserve(2 + 3 * self.services.len() + self.ops.len() + self.tags.len());
-        out.push((k.short(None, bucket(self.min_dur)), Mode::Lt, self.start));
+        out.reserve(1 + 3 * self.services.len() + self.ops.len() + self.tags.len());
         if let Some(at) = self.error {
             out.push((k.errors(None), Mode::Lt, at));
         }
         for svc in &self.services {
             out.push((k.service(svc.name), Mode::Lt, svc.start));
             out.push((
-                k.short(Some(svc.name), bucket(svc.min_dur)),
+                k.short(svc.name, bucket(svc.min_dur)),
                 Mode::Lt,
                 svc.start,
             ));
@@ -1358,9 +1383,6 @@ impl Keys {
     fn all(&self) -> Vec<u8> {
         self.key(&[b"i:all"])
     }
-    fn end(&self) -> Vec<u8> {
-        self.key(&[b"i:end"])
-    }
     fn service(&self, svc: &str) -> Vec<u8> {
         self.key(&[b"i:s:", svc.as_bytes()])
     }
@@ -1376,14 +1398,9 @@ impl Keys {
             None => self.key(&[b"i:e"]),
         }
     }
-    /// Traces by the bucket of their shortest span (of `svc`; of any
-    /// service), scored by start.
-    fn short(&self, svc: Option<&str>, bucket: u32) -> Vec<u8> {
-        let b = format!("i:m:{bucket:02}");
-        match svc {
-            Some(svc) => self.key(&[b.as_bytes(), b":", svc.as_bytes()]),
-            None => self.key(&[b.as_bytes()]),
-        }
+    /// Traces by the bucket of their shortest span of `svc`, scored by start.
+    fn short(&self, svc: &str, bucket: u32) -> Vec<u8> {
+        self.key(&[format!("i:m:{bucket:03}:").as_bytes(), svc.as_bytes()])
     }
     fn services(&self) -> Vec<u8> {
         self.key(&[b"services"])

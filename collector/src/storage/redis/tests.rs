@@ -337,6 +337,30 @@ async fn acknowledged_writes_survive_a_redis_restart() {
     assert_eq!(found.len(), 1);
 }
 
+#[test]
+fn duration_buckets_are_ordered_quarter_octaves() {
+    let mut durations: Vec<u64> = (0..2_000).collect();
+    for shift in 2..64 {
+        let p = 1u64 << shift;
+        durations.extend([p - 1, p, p + p / 4 - 1, p + p / 4, p + p / 2, p + 3 * (p / 4)]);
+    }
+    durations.push(u64::MAX);
+    durations.sort_unstable();
+    for pair in durations.windows(2) {
+        assert!(bucket(pair[0]) <= bucket(pair[1]), "{pair:?}");
+    }
+    assert_eq!(bucket(0), 0);
+    assert_eq!(bucket(3), 3);
+    assert_eq!(bucket(4), 12);
+    assert_eq!(bucket(5), 13);
+    // 200 µs: bit length 18, then 0b10 → [196,608 ns, 229,376 ns).
+    assert_eq!(bucket(196_607), 73);
+    assert_eq!(bucket(196_608), 74);
+    assert_eq!(bucket(229_375), 74);
+    assert_eq!(bucket(229_376), 75);
+    assert_eq!(bucket(u64::MAX), 259);
+}
+
 /// Traces of `service` (any when empty) with a span within the duration
 /// bounds (ms; 0 for none).
 async fn count_by_duration(store: &RedisStorage, service: &str, min_ms: u64, max_ms: u64) -> usize {
