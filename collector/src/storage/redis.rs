@@ -8,8 +8,7 @@
 //!
 //! | key | type | content |
 //! |---|---|---|
-//! | `P t:<tid>` | string | the trace's spans, a record each: span id, header length (2 bytes), header (error flag, parent id, start, service: what resolves calls), protobuf length (4 bytes), protobuf `Span`; fragments are appended |
-//! | `P f:<tid>` | hash | facts: `D<svc>` / `m<svc>` → longest / shortest span duration of `svc`, `m` → shortest of any service |
+//! | `P t:<tid>` | string | the trace: its facts (length-prefixed; per service the longest and shortest span duration, and the shortest of any service: what duration searches check), then its spans, a record each: span id, header (error flag, parent id, start, service: what resolves calls), protobuf `Span`; see `trace_blob`. Fragments are appended |
 //! | `P w:<tid>` | hash | spans whose parent has not arrived yet → their header |
 //! | `P i:all` | zset | trace id, score = earliest span start (also what `prune_traces` walks) |
 //! | `P i:s:<svc>` | zset | trace id, score = earliest start of a span of `svc` |
@@ -25,27 +24,26 @@
 //! Every index is scored by time (so all are walked by time and swept by
 //! score, and inserts land near the end of the sorted sets); durations live
 //! in the per-trace facts, which searches check, and in the coarse `i:m:`
-//! buckets.
+//! buckets. A trace is one key (plus `w:` while calls wait for a parent).
 //!
 //! # Writes
 //!
 //! `store_trace` hands its fragment to a batching task, which stores every
 //! fragment waiting in one pipelined round trip (at most 4 batches in flight):
 //! an `EVALSHA` of a small Lua script, then the index writes as one `ZADD
-//! LT` (start scores) / `ZADD GT` (ends, catalogue) per index key with every
-//! trace of the batch, which are idempotent. The collector reduces each
+//! LT` (start scores; `ZADD GT` for the catalogue's ends) per index key with
+//! every trace of the batch, which are idempotent. The collector reduces each
 //! fragment to one row per index it belongs to (not one per span), and
-//! prepares its spans as one blob (records with their headers), its facts,
-//! the calls inside it and the spans whose parent is not in it. The script
+//! prepares it as stored (facts, then span records with their headers), the
+//! calls inside it and the spans whose parent is not in it. The script
 //! stores a fragment that starts a trace (the usual case: assembly hands over
-//! whole traces) with a handful of commands whatever its size: `SET NX` of
-//! the blob (which decides that the trace is new), one `HSET` of facts, one
-//! `ZADD` of calls for the whole batch. A fragment of a known trace takes the
-//! general path: the stored blob's span ids decide which spans are new; only
-//! those are appended and resolve calls against the headers of the trace's
-//! other spans (so a call is counted once however often its span is stored);
-//! facts are
-//! merged (max / min). A failure half-way is completed by the caller's retry,
+//! whole traces) with one `SET NX` whatever its size (which also decides that
+//! the trace is new), and the calls of the whole batch with one `ZADD`. A
+//! fragment of a known trace takes the general path: the stored trace's span
+//! ids decide which spans are new; only those are appended and resolve calls
+//! against the headers of the trace's other spans (so a call is counted once
+//! however often its span is stored); facts are merged (max / min; a change
+//! rewrites the trace key). A failure half-way is completed by the caller's retry,
 //! and a retried fragment finds its spans present and changes nothing. (A
 //! duplicate span id with *different* content is not stored, but its index
 //! entries and facts are written: searches stay exact, as they check the
@@ -417,12 +415,10 @@ impl Inner {
         let mut catalogue: HashMap<KeyMember, u64> = HashMap::new();
         let mut eval = ::redis::cmd("EVALSHA");
         eval.arg(self.store_script.get_hash())
-            .arg(1 + 3 * fragments.len())
+            .arg(1 + 2 * fragments.len())
             .arg(k.deps());
         for (tid, _) in fragments {
-            eval.arg(k.trace(&tid[..]))
-                .arg(k.facts(&tid[..]))
-                .arg(k.orphans(&tid[..]));
+            eval.arg(k.trace(&tid[..])).arg(k.orphans(&tid[..]));
         }
         eval.arg(self.ttl_ms()).arg(fragments.len());
         for &(tid, spans) in fragments {
@@ -445,17 +441,12 @@ impl Inner {
                     *e = (*e).max(end);
                 }
             }
-            let facts = summary.facts();
             let (calls, orphans) = calls(tid, spans);
             eval.arg(tid)
                 .arg(spans.len())
-                .arg(facts.len())
                 .arg(calls.len())
                 .arg(orphans.len())
-                .arg(spans_blob(spans));
-            for (field, value) in &facts {
-                eval.arg(field).arg(*value);
-            }
+                .arg(trace_blob(&summary, spans));
             for (score, member) in &calls {
                 eval.arg(*score).arg(member);
             }
@@ -567,7 +558,10 @@ impl Inner {
             .await?;
         let mut out = Vec::with_capacity(tids.len());
         for (tid, blob) in tids.iter().zip(blobs) {
-            out.push((tid.clone(), decode_spans(blob.as_deref().unwrap_or_default())?));
+            out.push((
+                tid.clone(),
+                decode_spans(blob.as_deref().unwrap_or_default())?,
+            ));
         }
         Ok(out)
     }
@@ -745,7 +739,7 @@ impl Storage for RedisStorage {
             lo.saturating_sub(self.slack_ns()).to_string()
         };
         // (kind, index or fact, lowest score, highest score) the trace must meet:
-        // `z`, a member of the index; `h`, a fact of its facts hash.
+        // `z`, a member of the index; `h`, a fact of the trace.
         let mut checks: Vec<(&str, Vec<u8>, String, String)> = others
             .into_iter()
             .map(|k| ("z", k, String::new(), String::new()))
@@ -784,7 +778,7 @@ impl Storage for RedisStorage {
                 .arg(SCAN_BATCH)
                 .arg(want)
                 .arg(checks.len())
-                .arg(self.keys.facts(b""));
+                .arg(self.keys.trace(b""));
             for (kind, name, min_score, max_score) in &checks {
                 inv.arg(*kind).arg(name).arg(min_score).arg(max_score);
             }
@@ -939,7 +933,6 @@ impl Storage for RedisStorage {
                 }
                 pipe.cmd("DEL")
                     .arg(k.trace(tid))
-                    .arg(k.facts(tid))
                     .arg(k.orphans(tid))
                     .ignore();
                 stats.traces += 1;
@@ -1057,10 +1050,15 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// The spans of a stored trace, a sequence of records: span id (8 bytes),
-/// header length (2 bytes, big-endian), [`header`], protobuf length (4
-/// bytes, big-endian), protobuf `Span`.
-fn decode_spans(mut blob: &[u8]) -> Result<Vec<Span>> {
+/// The spans of a stored trace (see [`trace_blob`]).
+fn decode_spans(blob: &[u8]) -> Result<Vec<Span>> {
+    if blob.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut blob = blob
+        .split_first_chunk::<4>()
+        .and_then(|(len, rest)| rest.get(u32::from_be_bytes(*len) as usize..))
+        .ok_or_else(|| corrupt("trace facts"))?;
     let mut spans = Vec::new();
     while !blob.is_empty() {
         let body = blob
@@ -1071,22 +1069,43 @@ fn decode_spans(mut blob: &[u8]) -> Result<Vec<Span>> {
             .ok_or_else(|| corrupt("span record too short"))?;
         let (len, rest) = body;
         let len = u32::from_be_bytes(*len) as usize;
-        let body = rest.get(..len).ok_or_else(|| corrupt("span record length"))?;
+        let body = rest
+            .get(..len)
+            .ok_or_else(|| corrupt("span record length"))?;
         spans.push(Span::decode(body).map_err(|e| corrupt(format!("span: {e}")))?);
         blob = &rest[len..];
     }
     Ok(spans)
 }
 
-/// A fragment's spans as the records of [`decode_spans`].
-fn spans_blob(spans: &[Span]) -> Vec<u8> {
+/// A fragment as stored: its facts, length-prefixed (4 bytes, big-endian),
+/// then its spans, a record each: span id (8 bytes), header length (2
+/// bytes, big-endian), header (see [`write_header`]), protobuf length (4
+/// bytes, big-endian), protobuf `Span`. A fact is its kind ([`FACT_MAX`] or
+/// [`FACT_MIN`]), service name length (2 bytes, big-endian), service name
+/// and the duration in 20 decimal digits.
+fn trace_blob(summary: &Summary<'_>, spans: &[Span]) -> Vec<u8> {
+    use std::io::Write as _;
     let lens: Vec<usize> = spans.iter().map(|s| s.encoded_len()).collect();
     let size = spans
         .iter()
         .zip(&lens)
         .map(|(s, n)| 8 + 2 + 29 + s.service.len() + 4 + n)
-        .sum();
+        .sum::<usize>()
+        + 4
+        + 23 * (1 + 2 * summary.services.len());
     let mut blob = Vec::with_capacity(size);
+    blob.extend_from_slice(&[0; 4]);
+    for (kind, svc, duration) in summary.facts() {
+        // Service names are cut to what the 16-bit length carries.
+        let svc = &svc.as_bytes()[..svc.len().min(u16::MAX as usize)];
+        blob.push(kind);
+        blob.extend_from_slice(&(svc.len() as u16).to_be_bytes());
+        blob.extend_from_slice(svc);
+        let _ = write!(blob, "{duration:020}");
+    }
+    let facts = (blob.len() - 4) as u32;
+    blob[..4].copy_from_slice(&facts.to_be_bytes());
     for (span, len) in spans.iter().zip(lens) {
         blob.extend_from_slice(&query::span_id(span));
         let at = blob.len();
@@ -1141,13 +1160,13 @@ fn calls(tid: &[u8], spans: &[Span]) -> (Vec<(u64, Vec<u8>)>, Vec<usize>) {
     (calls, orphans)
 }
 
-/// Facts-hash field kind: the longest span duration (of a service).
+/// Fact kind: the longest span duration of a service.
 const FACT_MAX: u8 = b'D';
-/// Facts-hash field kind: the shortest span duration (of a service; of any
-/// service when the name is empty).
+/// Fact kind: the shortest span duration of a service (of any service when
+/// the name is empty).
 const FACT_MIN: u8 = b'm';
 
-/// A fact field: kind, then the service name.
+/// A fact's name as the scripts look it up: kind, then the service name.
 fn fact(kind: u8, svc: &str) -> Vec<u8> {
     let mut f = Vec::with_capacity(1 + svc.len());
     f.push(kind);
@@ -1295,11 +1314,7 @@ impl<'a> Summary<'a> {
         }
         for svc in &self.services {
             out.push((k.service(svc.name), Mode::Lt, svc.start));
-            out.push((
-                k.short(svc.name, bucket(svc.min_dur)),
-                Mode::Lt,
-                svc.start,
-            ));
+            out.push((k.short(svc.name, bucket(svc.min_dur)), Mode::Lt, svc.start));
             if let Some(at) = svc.error {
                 out.push((k.errors(Some(svc.name)), Mode::Lt, at));
             }
@@ -1313,15 +1328,16 @@ impl<'a> Summary<'a> {
         out
     }
 
-    /// Facts (field, value): longest and shortest span per
-    /// service, shortest overall. The store script keeps the maximum
-    /// ([`FACT_MAX`]) or minimum of what it finds and what it is given.
-    fn facts(&self) -> Vec<(Vec<u8>, u64)> {
+    /// Facts (kind, service, duration): longest and shortest span per
+    /// service, shortest overall (service ""). The store script keeps the
+    /// maximum ([`FACT_MAX`]) or minimum of what it finds and what it is
+    /// given.
+    fn facts(&self) -> Vec<(u8, &'a str, u64)> {
         let mut out = Vec::with_capacity(1 + 2 * self.services.len());
-        out.push((fact(FACT_MIN, ""), self.min_dur));
+        out.push((FACT_MIN, "", self.min_dur));
         for svc in &self.services {
-            out.push((fact(FACT_MAX, svc.name), svc.max_dur));
-            out.push((fact(FACT_MIN, svc.name), svc.min_dur));
+            out.push((FACT_MAX, svc.name, svc.max_dur));
+            out.push((FACT_MIN, svc.name, svc.min_dur));
         }
         out
     }
@@ -1371,9 +1387,6 @@ impl Keys {
     fn trace(&self, tid: &[u8]) -> Vec<u8> {
         self.key(&[b"t:", tid])
     }
-    fn facts(&self, tid: &[u8]) -> Vec<u8> {
-        self.key(&[b"f:", tid])
-    }
     fn orphans(&self, tid: &[u8]) -> Vec<u8> {
         self.key(&[b"w:", tid])
     }
@@ -1413,17 +1426,40 @@ impl Keys {
     }
 }
 
+/// Lua shared by the scripts: the facts of a stored trace (see
+/// [`trace_blob`]), as a table name (kind and service) → duration, and the
+/// position of its first span record.
+macro_rules! facts_lua {
+    () => {
+        r#"
+local function parse_facts(blob)
+  local b1, b2, b3, b4 = string.byte(blob, 1, 4)
+  local stop = 5 + ((b1 * 256 + b2) * 256 + b3) * 256 + b4
+  local out, off = {}, 5
+  while off < stop do
+    local slen = string.byte(blob, off + 1) * 256 + string.byte(blob, off + 2)
+    out[string.sub(blob, off, off) .. string.sub(blob, off + 3, off + 2 + slen)] =
+      tonumber(string.sub(blob, off + 3 + slen, off + 22 + slen))
+    off = off + 23 + slen
+  end
+  return out, stop
+end
+"#
+    };
+}
+
 /// Stores a batch of fragments. See the module docs.
 ///
-/// KEYS: deps zset, then per fragment its spans string, facts hash and
-/// orphans hash.
+/// KEYS: deps zset, then per fragment its trace key and orphans hash.
 /// ARGV: ttl ms, number of fragments m, then per fragment: trace id, n spans,
-/// nf facts, nc calls, no orphans, spans blob (records of `decode_spans`),
-/// nf × (fact field, value), nc × (score, deps member), no × position of an
-/// orphan span (1-based). Calls and orphans are the fragment's own, used
-/// when it starts a new trace; otherwise the script resolves the new spans.
+/// nc calls, no orphans, the fragment as stored (see [`trace_blob`]),
+/// nc × (score, deps member), no × position of an orphan span (1-based).
+/// Calls and orphans are the fragment's own, used when it starts a new
+/// trace; otherwise the script resolves the new spans.
 /// Returns {stored, duplicates} per fragment, flattened.
-const STORE_LUA: &str = r#"
+const STORE_LUA: &str = concat!(
+    facts_lua!(),
+    r#"
 local dkey = KEYS[1]
 local ttl = ARGV[1]
 local m = tonumber(ARGV[2])
@@ -1436,9 +1472,9 @@ local function chunked(cmd, key, list, from, to)
     redis.call(cmd, key, unpack(list, i, math.min(i + 999, to)))
   end
 end
--- A blob's records: {span id, header, first byte, last byte} each.
-local function records(blob)
-  local out, off = {}, 1
+-- The span records from `off` on: {span id, header, first byte, last byte} each.
+local function records(blob, off)
+  local out = {}
   while off <= #blob do
     local h1, h2 = string.byte(blob, off + 8, off + 9)
     local hend = off + 9 + h1 * 256 + h2
@@ -1456,25 +1492,26 @@ local function call(pinfo, csid, cinfo, tid)
     deps[#deps + 1] = psvc .. '\0' .. csvc .. '\0' .. string.sub(cinfo, 1, 1) .. tid .. csid
   end
 end
+local function u32(n)
+  return string.char(math.floor(n / 16777216) % 256, math.floor(n / 65536) % 256,
+    math.floor(n / 256) % 256, n % 256)
+end
 for f = 1, m do
-  local tkey, hkey, wkey = KEYS[3 * f - 1], KEYS[3 * f], KEYS[3 * f + 1]
-  local tid, n, nf, nc, no = ARGV[p], tonumber(ARGV[p + 1]), tonumber(ARGV[p + 2]),
-    tonumber(ARGV[p + 3]), tonumber(ARGV[p + 4])
-  local blob = ARGV[p + 5]
-  local fa = p + 6
-  local c = fa + 2 * nf
+  local tkey, wkey = KEYS[2 * f], KEYS[2 * f + 1]
+  local tid, n, nc, no = ARGV[p], tonumber(ARGV[p + 1]), tonumber(ARGV[p + 2]), tonumber(ARGV[p + 3])
+  local blob = ARGV[p + 4]
+  local c = p + 5
   local o = c + 2 * nc
   p = o + no
   local stored = n
   if redis.call('SET', tkey, blob, 'NX', 'PX', ttl) then
     -- A new trace: every span is new (fragments hold no duplicates).
-    chunked('HSET', hkey, ARGV, fa, c - 1)
-    redis.call('PEXPIRE', hkey, ttl)
     for i = c, o - 1 do
       deps[#deps + 1] = ARGV[i]
     end
     if no > 0 then
-      local spans, w = records(blob), {}
+      local _, first = parse_facts(blob)
+      local spans, w = records(blob, first), {}
       for i = o, p - 1 do
         local r = spans[tonumber(ARGV[i])]
         w[#w + 1] = r[1]
@@ -1484,22 +1521,45 @@ for f = 1, m do
       redis.call('PEXPIRE', wkey, ttl)
     end
   else
+    local old = redis.call('GET', tkey)
+    local facts, ofirst = parse_facts(old)
     local known = {}
-    for _, r in ipairs(records(redis.call('GET', tkey))) do
+    for _, r in ipairs(records(old, ofirst)) do
       known[r[1]] = r[2]
     end
+    local given, first = parse_facts(blob)
     stored = 0
     local infos, new = {}, {}
-    for _, r in ipairs(records(blob)) do
+    for _, r in ipairs(records(blob, first)) do
       if not known[r[1]] then
         stored = stored + 1
         infos[r[1]] = r[2]
         new[#new + 1] = string.sub(blob, r[3], r[4])
       end
     end
-    if stored > 0 then
+    local changed = false
+    for name, value in pairs(given) do
+      local was = facts[name]
+      local longest = string.byte(name, 1) == 68
+      if not was or (longest and value > was) or (not longest and value < was) then
+        facts[name] = value
+        changed = true
+      end
+    end
+    if changed then
+      local parts = {}
+      for name, value in pairs(facts) do
+        local svc = string.sub(name, 2)
+        parts[#parts + 1] = string.sub(name, 1, 1) .. string.char(math.floor(#svc / 256), #svc % 256)
+          .. svc .. string.format('%020.0f', value)
+      end
+      local fb = table.concat(parts)
+      redis.call('SET', tkey, u32(#fb) .. fb .. string.sub(old, ofirst) .. table.concat(new), 'PX', ttl)
+    elseif stored > 0 then
       redis.call('APPEND', tkey, table.concat(new))
       redis.call('PEXPIRE', tkey, ttl)
+    end
+    if stored > 0 then
       for sid, info in pairs(infos) do
         local parent = string.sub(info, 2, 9)
         if parent ~= root then
@@ -1524,17 +1584,6 @@ for f = 1, m do
         redis.call('PEXPIRE', wkey, ttl)
       end
     end
-    for i = fa, c - 1, 2 do
-      local field, value = ARGV[i], tonumber(ARGV[i + 1])
-      local old = tonumber(redis.call('HGET', hkey, field))
-      local longest = string.byte(field, 1) == 68
-      if not old or (longest and value > old) or (not longest and value < old) then
-        redis.call('HSET', hkey, field, ARGV[i + 1])
-      end
-    end
-    if stored > 0 then
-      redis.call('PEXPIRE', hkey, ttl)
-    end
   end
   result[2 * f - 1] = stored
   result[2 * f] = n - stored
@@ -1544,18 +1593,21 @@ if #deps > 0 then
   redis.call('PEXPIRE', dkey, ttl)
 end
 return result
-"#;
+"#
+);
 
 /// Walks an index newest first, keeping the trace ids that meet every check:
-/// membership of another index (`z`) or a fact of the trace's facts hash
-/// (`h`), with a score within the given bounds, when they are given.
+/// membership of another index (`z`) or a fact of the trace (`h`, read from
+/// the head of its trace key), with a score within the given bounds, when
+/// they are given.
 ///
 /// KEYS: the primary index.
-/// ARGV: max score, min score, offset, budget, wanted, c, facts-hash key
-/// prefix, c × (kind, index or fact field, lowest score or "", highest score
+/// ARGV: max score, min score, offset, budget, wanted, c, trace key prefix, c × (kind, index or fact field, lowest score or "", highest score
 /// or "").
 /// Returns {next offset, exhausted (0/1), trace ids}.
-const SCAN_LUA: &str = r#"
+const SCAN_LUA: &str = concat!(
+    facts_lua!(),
+    r#"
 local max, min = ARGV[1], ARGV[2]
 local off, budget, want = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local c = tonumber(ARGV[6])
@@ -1577,7 +1629,13 @@ while scanned < budget and found < want do
     for _, check in ipairs(checks) do
       local score
       if check[1] then
-        score = redis.call('HGET', hp .. tid, check[2])
+        local key = hp .. tid
+        local head = redis.call('GETRANGE', key, 0, 3)
+        if #head == 4 then
+          local b1, b2, b3, b4 = string.byte(head, 1, 4)
+          local len = ((b1 * 256 + b2) * 256 + b3) * 256 + b4
+          score = parse_facts(redis.call('GETRANGE', key, 0, 3 + len))[check[2]]
+        end
       else
         score = redis.call('ZSCORE', check[2], tid)
       end
@@ -1601,7 +1659,8 @@ while scanned < budget and found < want do
   end
 end
 return {off, done, out}
-"#;
+"#
+);
 
 #[cfg(test)]
 mod tests;

@@ -117,10 +117,7 @@ async fn prune_sweeps_index_entries_of_traces_expired_by_ttl() {
         .unwrap();
     // The TTL of the trace's keys ran out before any prune.
     let mut conn = server.raw().await;
-    let _: () = conn
-        .del(&[store.keys.trace(&t.0), store.keys.facts(&t.0)])
-        .await
-        .unwrap();
+    let _: () = conn.del(store.keys.trace(&t.0)).await.unwrap();
     let stats = store.prune_traces(u64::MAX).await.unwrap();
     assert_eq!(
         stats,
@@ -342,7 +339,14 @@ fn duration_buckets_are_ordered_quarter_octaves() {
     let mut durations: Vec<u64> = (0..2_000).collect();
     for shift in 2..64 {
         let p = 1u64 << shift;
-        durations.extend([p - 1, p, p + p / 4 - 1, p + p / 4, p + p / 2, p + 3 * (p / 4)]);
+        durations.extend([
+            p - 1,
+            p,
+            p + p / 4 - 1,
+            p + p / 4,
+            p + p / 2,
+            p + 3 * (p / 4),
+        ]);
     }
     durations.push(u64::MAX);
     durations.sort_unstable();
