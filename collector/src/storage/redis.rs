@@ -8,7 +8,7 @@
 //!
 //! | key | type | content |
 //! |---|---|---|
-//! | `P t:<tid>` | string | the trace: its facts (length-prefixed; per service the longest and shortest span duration, and the shortest of any service: what duration searches check), then its spans, a record each: span id, header (error flag, parent id, start, service: what resolves calls), protobuf `Span`; see `trace_blob`. Fragments are appended |
+//! | `P tr:<tid>` | string | the trace: its facts (length-prefixed; per service the longest and shortest span duration, and the shortest of any service: what duration searches check), then its spans, a record each: span id, header (error flag, parent id, start, service: what resolves calls), protobuf `Span`; see `trace_blob`. Fragments are appended |
 //! | `P w:<tid>` | hash | spans whose parent has not arrived yet → their header |
 //! | `P i:all` | zset | trace id, score = earliest span start (also what `prune_traces` walks) |
 //! | `P i:s:<svc>` | zset | trace id, score = earliest start of a span of `svc` |
@@ -1384,8 +1384,10 @@ impl Keys {
         }
         k
     }
+    /// `tr:`, not the earlier layout's `t:` (a hash): a server holding data
+    /// of that layout is read as if those traces had expired.
     fn trace(&self, tid: &[u8]) -> Vec<u8> {
-        self.key(&[b"t:", tid])
+        self.key(&[b"tr:", tid])
     }
     fn orphans(&self, tid: &[u8]) -> Vec<u8> {
         self.key(&[b"w:", tid])
