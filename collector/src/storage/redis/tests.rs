@@ -365,6 +365,41 @@ fn duration_buckets_are_ordered_quarter_octaves() {
     assert_eq!(bucket(u64::MAX), 259);
 }
 
+#[tokio::test]
+async fn traces_of_the_earlier_layout_read_as_expired() {
+    let server = RedisServer::start(false).await;
+    let store = RedisStorage::connect(config(&server, "clew:"))
+        .await
+        .unwrap();
+    // The earlier layout: a trace hash `t:<tid>` indexed in `i:all`.
+    let old = trace_id(1);
+    let mut conn = server.raw().await;
+    let _: () = conn
+        .hset(
+            b"clew:t:"
+                .iter()
+                .chain(&old.0)
+                .copied()
+                .collect::<Vec<u8>>(),
+            &[1u8; 8],
+            "x",
+        )
+        .await
+        .unwrap();
+    let _: () = conn.zadd("clew:i:all", &old.0[..], 1).await.unwrap();
+    let t = trace_id(2);
+    store
+        .store_trace(frag(t, vec![span(t, 1, None, "api", "GET", 0, 5)]))
+        .await
+        .unwrap();
+    assert!(store.get_trace(old).await.unwrap().is_none());
+    let found = store.list_traces(&FilterCriteria::default()).await.unwrap();
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0].trace_id, t.0.to_vec());
+    let stats = store.prune_traces(u64::MAX).await.unwrap();
+    assert_eq!(stats.traces, 2);
+}
+
 /// Traces of `service` (any when empty) with a span within the duration
 /// bounds (ms; 0 for none).
 async fn count_by_duration(store: &RedisStorage, service: &str, min_ms: u64, max_ms: u64) -> usize {
