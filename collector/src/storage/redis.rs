@@ -1631,12 +1631,16 @@ while scanned < budget and found < want do
     for _, check in ipairs(checks) do
       local score
       if check[1] then
+        -- The facts usually fit in the first 512 bytes.
         local key = hp .. tid
-        local head = redis.call('GETRANGE', key, 0, 3)
-        if #head == 4 then
+        local head = redis.call('GETRANGE', key, 0, 511)
+        if #head >= 4 then
           local b1, b2, b3, b4 = string.byte(head, 1, 4)
           local len = ((b1 * 256 + b2) * 256 + b3) * 256 + b4
-          score = parse_facts(redis.call('GETRANGE', key, 0, 3 + len))[check[2]]
+          if 4 + len > #head then
+            head = redis.call('GETRANGE', key, 0, 3 + len)
+          end
+          score = parse_facts(head)[check[2]]
         end
       else
         score = redis.call('ZSCORE', check[2], tid)

@@ -366,6 +366,34 @@ fn duration_buckets_are_ordered_quarter_octaves() {
 }
 
 #[tokio::test]
+async fn duration_facts_of_many_services_are_read_whole() {
+    let server = RedisServer::start(false).await;
+    let store = RedisStorage::connect(config(&server, "clew:"))
+        .await
+        .unwrap();
+    let t = trace_id(1);
+    // 30 services: the last one's facts lie beyond the first 512 bytes.
+    let spans: Vec<Span> = (1..=30u8)
+        .map(|i| {
+            let parent = (i > 1).then_some(1);
+            span(
+                t,
+                i,
+                parent,
+                &format!("service-{i:02}"),
+                "op",
+                0,
+                u64::from(i),
+            )
+        })
+        .collect();
+    store.store_trace(frag(t, spans)).await.unwrap();
+    assert_eq!(count_by_duration(&store, "service-30", 30, 0).await, 1);
+    assert_eq!(count_by_duration(&store, "service-30", 31, 0).await, 0);
+    assert_eq!(count_by_duration(&store, "service-29", 29, 0).await, 1);
+}
+
+#[tokio::test]
 async fn traces_of_the_earlier_layout_read_as_expired() {
     let server = RedisServer::start(false).await;
     let store = RedisStorage::connect(config(&server, "clew:"))
