@@ -24,11 +24,17 @@ fn config(server: &RedisServer, prefix: &str) -> RedisConfig {
     }
 }
 
-async fn fixture() -> Fixture {
+/// A fresh `redis-server` (no persistence) and a store on it, prefix `clew:`.
+async fn started() -> (RedisServer, RedisStorage) {
     let server = RedisServer::start(false).await;
     let store = RedisStorage::connect(config(&server, "clew:"))
         .await
         .unwrap();
+    (server, store)
+}
+
+async fn fixture() -> Fixture {
+    let (server, store) = started().await;
     Fixture::with_guard(Arc::new(store), server)
 }
 
@@ -100,10 +106,7 @@ async fn every_key_expires() {
 
 #[tokio::test]
 async fn prune_sweeps_index_entries_of_traces_expired_by_ttl() {
-    let server = RedisServer::start(false).await;
-    let store = RedisStorage::connect(config(&server, "clew:"))
-        .await
-        .unwrap();
+    let (server, store) = started().await;
     let t = trace_id(1);
     store
         .store_trace(frag(
@@ -367,10 +370,7 @@ fn duration_buckets_are_ordered_quarter_octaves() {
 
 #[tokio::test]
 async fn duration_facts_of_many_services_are_read_whole() {
-    let server = RedisServer::start(false).await;
-    let store = RedisStorage::connect(config(&server, "clew:"))
-        .await
-        .unwrap();
+    let (_server, store) = started().await;
     let t = trace_id(1);
     // 30 services: the last one's facts lie beyond the first 512 bytes.
     let spans: Vec<Span> = (1..=30u8)
@@ -395,10 +395,7 @@ async fn duration_facts_of_many_services_are_read_whole() {
 
 #[tokio::test]
 async fn traces_of_the_earlier_layout_read_as_expired() {
-    let server = RedisServer::start(false).await;
-    let store = RedisStorage::connect(config(&server, "clew:"))
-        .await
-        .unwrap();
+    let (server, store) = started().await;
     // The earlier layout: a trace hash `t:<tid>` indexed in `i:all`.
     let old = trace_id(1);
     let mut conn = server.raw().await;
@@ -442,10 +439,7 @@ async fn count_by_duration(store: &RedisStorage, service: &str, min_ms: u64, max
 
 #[tokio::test]
 async fn duration_facts_merge_across_fragments() {
-    let server = RedisServer::start(false).await;
-    let store = RedisStorage::connect(config(&server, "clew:"))
-        .await
-        .unwrap();
+    let (_server, store) = started().await;
     let t = trace_id(1);
     // A long api span first; a short api span and a long db span later.
     let first = frag(t, vec![span(t, 1, None, "api", "GET", 0, 500)]);
