@@ -8,38 +8,50 @@
 //!
 //! | key | type | content |
 //! |---|---|---|
-//! | `P t:<tid>` | hash | span id → call-graph header (error flag, parent id, start, service) + protobuf `Span` |
+//! | `P tr:<tid>` | string | the trace: its facts (length-prefixed; per service the longest and shortest span duration, and the shortest of any service: what duration searches check), then its spans, a record each: span id, header (error flag, parent id, start, service: what resolves calls), protobuf `Span`; see `trace_blob`. Fragments are appended |
 //! | `P w:<tid>` | hash | spans whose parent has not arrived yet → their header |
-//! | `P i:all` | zset | trace id, score = earliest span start |
+//! | `P i:all` | zset | trace id, score = earliest span start (also what `prune_traces` walks) |
 //! | `P i:s:<svc>` | zset | trace id, score = earliest start of a span of `svc` |
 //! | `P i:o:<svc>\0<op>` | zset | same, for spans of `svc` named `op` |
 //! | `P i:t:<key>\0<value>` | zset | same, for spans carrying the tag (attributes and resource; short values only) |
 //! | `P i:e:<svc>`, `P i:e` | zset | same, for ERROR spans (of `svc`; of any service) |
-//! | `P i:d:<svc>` | zset | trace id, score = longest duration of a span of `svc` |
-//! | `P i:d:\0<svc>`, `P i:d:\0` | zset | trace id, score = shortest duration of a span (of `svc`; of any service): what max-duration searches check |
-//! | `P i:end` | zset | trace id, score = newest span end (what `prune_traces` walks) |
+//! | `P i:m:<b>:<svc>` | zset | trace id, score = earliest start of a span of `svc`, for traces whose shortest span of `svc` is in duration bucket `b` (three digits: a quarter octave, see `bucket`): what max-duration searches fetch when few spans are that short |
 //! | `P deps` | zset | one member per call (parent svc, child svc, error, tid, child span id), score = child start |
 //! | `P services` | zset | service, score = newest span end (written at most once per second of span time per process) |
 //! | `P ops:<svc>` | zset | `<kind>:<operation>`, score = newest span end (likewise) |
 //! | `P keys` | zset | index keys written recently, score = unix ms of the last write (for `prune_traces`) |
 //!
+//! Every index is scored by time (so all are walked by time and swept by
+//! score, and inserts land near the end of the sorted sets); durations live
+//! in the per-trace facts, which searches check, and in the coarse `i:m:`
+//! buckets. A trace is one key (plus `w:` while calls wait for a parent).
+//!
 //! # Writes
 //!
 //! `store_trace` hands its fragment to a batching task, which stores every
 //! fragment waiting in one pipelined round trip (at most 4 batches in flight):
-//! an `EVALSHA` of a small Lua
-//! script, where `HSETNX` per span decides whether it is new and only new spans
-//! are stored and resolve calls against the headers of the trace's other spans
-//! (so a call is counted once however often its span is stored); then the index
-//! writes as plain `ZADD LT` (start scores) / `ZADD GT` (durations, ends),
-//! which are idempotent. A failure half-way is completed by the caller's retry,
+//! an `EVALSHA` of a small Lua script, then the index writes as one `ZADD
+//! LT` (start scores; `ZADD GT` for the catalogue's ends) per index key with
+//! every trace of the batch, which are idempotent. The collector reduces each
+//! fragment to one row per index it belongs to (not one per span), and
+//! prepares it as stored (facts, then span records with their headers), the
+//! calls inside it and the spans whose parent is not in it. The script
+//! stores a fragment that starts a trace (the usual case: assembly hands over
+//! whole traces) with one `SET NX` whatever its size (which also decides that
+//! the trace is new), and the calls of the whole batch with one `ZADD`. A
+//! fragment of a known trace takes the general path: the stored trace's span
+//! ids decide which spans are new; only those are appended and resolve calls
+//! against the headers of the trace's other spans (so a call is counted once
+//! however often its span is stored); facts are merged (max / min; a change
+//! rewrites the trace key). A failure half-way is completed by the caller's retry,
 //! and a retried fragment finds its spans present and changes nothing. (A
 //! duplicate span id with *different* content is not stored, but its index
-//! entries are written: searches stay exact, as they check the stored spans.)
-//! Trace keys (and `deps`) get a TTL of `retention + max_trace_span` on every
-//! write that adds to them; index keys get it at most once a minute per key and
-//! process. So everything expires on its own if nothing prunes; `prune_traces`
-//! removes expired traces' entries from the long-lived (hot) index keys.
+//! entries and facts are written: searches stay exact, as they check the
+//! stored spans.) Trace keys (and `deps`) get a TTL of `retention +
+//! max_trace_span` on every write that adds to them; index keys get it at
+//! most once a minute per key and process. So everything expires on its own
+//! if nothing prunes; `prune_traces` removes expired traces' entries from the
+//! long-lived (hot) index keys.
 //!
 //! # Search
 //!
@@ -47,7 +59,7 @@
 //! tag); the smallest one (by `ZCARD`) is walked from the window's end
 //! backwards (to `max_trace_span` before its start, as scores are a trace's
 //! *earliest* matching start) by a read-only Lua script that checks membership
-//! in the others (and the duration index) inside Redis and returns trace ids in
+//! in the others and the duration facts inside Redis and returns trace ids in
 //! batches. The collector then fetches those traces (`HVALS`, pipelined) and
 //! checks the filter exactly, on one span, and orders them by their most recent
 //! matching span. Cost: `O(log n + scanned)` per search, with `scanned` bounded
@@ -56,6 +68,7 @@
 //! order, so when more traces match than the limit, a long trace may lose its
 //! place to one that started later.
 
+use std::borrow::Cow;
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -67,6 +80,7 @@ use ::redis::{Client, ErrorKind, RedisError, RedisResult, RetryMethod, Script, S
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use clew_proto::v1::{AnyValue, any_value};
 use parking_lot::Mutex;
 use prost::Message as _;
 use tokio::sync::{Semaphore, mpsc, oneshot};
@@ -82,8 +96,9 @@ const BACKEND: &str = "redis";
 /// Most index entries one search walks before it returns what it found.
 pub const MAX_SCANNED: usize = 100_000;
 
-/// A max-duration search fetches every trace with a short enough span when
-/// there are at most this many (else it walks an index by time).
+/// A max-duration search fetches every trace whose shortest span is in a
+/// bucket up to the maximum's when there are at most this many (else it walks
+/// an index by time).
 const SHORT_CANDIDATES: usize = 2_000;
 
 /// Index entries one call of the scan script walks (bounds how long it holds
@@ -394,16 +409,9 @@ impl Inner {
     /// Stores a batch of validated fragments (several may belong to one
     /// trace) in one round trip; one outcome per fragment.
     async fn store_batch(&self, fragments: &[(&[u8; 16], &[Span])]) -> Result<Vec<StoreOutcome>> {
-        // Index writes, deduplicated across the batch: (key, member) -> (mode, score).
-        let mut ops: HashMap<(Vec<u8>, Vec<u8>), (Mode, u64)> = HashMap::new();
-        let mut add = |key: Vec<u8>, member: &[u8], mode: Mode, score: u64| {
-            let e = ops.entry((key, member.to_vec())).or_insert((mode, score));
-            e.1 = match mode {
-                Mode::Lt => e.1.min(score),
-                Mode::Gt => e.1.max(score),
-            };
-        };
         let k = &self.keys;
+        // Index writes, one `ZADD` per key and mode with every trace of the batch.
+        let mut by_key: HashMap<(Vec<u8>, Mode), Vec<ScoredMember<'_>>> = HashMap::new();
         let mut catalogue: HashMap<KeyMember, u64> = HashMap::new();
         let mut eval = ::redis::cmd("EVALSHA");
         eval.arg(self.store_script.get_hash())
@@ -413,40 +421,37 @@ impl Inner {
             eval.arg(k.trace(&tid[..])).arg(k.orphans(&tid[..]));
         }
         eval.arg(self.ttl_ms()).arg(fragments.len());
-        for (tid, spans) in fragments {
+        for &(tid, spans) in fragments {
             let tid: &[u8] = &tid[..];
-            eval.arg(tid).arg(spans.len());
-            for span in spans.iter() {
-                let start = span.start_time_unix_nano;
-                let end = span.end_time_unix_nano;
-                let svc = span.service.as_str();
-                eval.arg(&span.span_id[..]).arg(stored_value(span));
-                add(k.all(), tid, Mode::Lt, start);
-                add(k.service(svc), tid, Mode::Lt, start);
-                add(k.operation(svc, &span.name), tid, Mode::Lt, start);
-                add(k.duration(svc), tid, Mode::Gt, query::duration(span));
-                add(
-                    k.min_duration(Some(svc)),
-                    tid,
-                    Mode::Lt,
-                    query::duration(span),
-                );
-                add(k.min_duration(None), tid, Mode::Lt, query::duration(span));
-                add(k.end(), tid, Mode::Gt, end);
-                if query::is_error(span) {
-                    add(k.errors(Some(svc)), tid, Mode::Lt, start);
-                    add(k.errors(None), tid, Mode::Lt, start);
-                }
-                for (key, value) in query::indexed_tags(span) {
-                    add(k.tag(key, &value), tid, Mode::Lt, start);
-                }
-                for entry in [
-                    (k.services(), svc.as_bytes().to_vec()),
-                    (k.operations(svc), op_member(span)),
-                ] {
-                    let e = catalogue.entry(entry).or_insert(end);
+            let summary = Summary::of(spans);
+            for (key, mode, score) in summary.index_entries(k) {
+                by_key.entry((key, mode)).or_default().push((score, tid));
+            }
+            for (svc, end) in summary.services.iter().map(|s| (s.name, s.end)) {
+                let e = catalogue
+                    .entry((k.services(), svc.as_bytes().to_vec()))
+                    .or_insert(end);
+                *e = (*e).max(end);
+            }
+            for ((svc, name), op) in &summary.ops {
+                for &(kind, end) in &op.kinds {
+                    let e = catalogue
+                        .entry((k.operations(svc), op_member(kind, name)))
+                        .or_insert(end);
                     *e = (*e).max(end);
                 }
+            }
+            let (calls, orphans) = calls(tid, spans);
+            eval.arg(tid)
+                .arg(spans.len())
+                .arg(calls.len())
+                .arg(orphans.len())
+                .arg(trace_blob(&summary, spans));
+            for (score, member) in &calls {
+                eval.arg(*score).arg(member);
+            }
+            for i in &orphans {
+                eval.arg(*i);
             }
         }
         // The catalogue changes rarely: skip entries this process already wrote
@@ -459,26 +464,24 @@ impl Inner {
                     .get(&(key.clone(), member.clone()))
                     .is_none_or(|done| end > done.saturating_add(CATALOGUE_STEP_NS));
                 if fresh {
-                    add(key.clone(), &member, Mode::Gt, end);
                     written.push((key, member, end));
                 }
             }
+        }
+        for (key, member, end) in &written {
+            by_key
+                .entry((key.clone(), Mode::Gt))
+                .or_default()
+                .push((*end, member.as_slice()));
         }
         // One round trip: the script stores the spans and records calls; the
         // index writes follow in the same pipeline. They are idempotent (`ZADD
         // LT/GT` of the same member), so a retry after a failure half-way
         // completes them and a retry of a stored fragment changes nothing.
-        let mut by_key: HashMap<(&[u8], Mode), Vec<ScoredMember<'_>>> = HashMap::new();
-        for ((key, member), (mode, score)) in &ops {
-            by_key
-                .entry((key.as_slice(), *mode))
-                .or_default()
-                .push((*score, member.as_slice()));
-        }
         let mut pipe = ::redis::pipe();
         pipe.add_command(eval);
         for ((key, mode), members) in &by_key {
-            let c = pipe.cmd("ZADD").arg(*key).arg(match mode {
+            let c = pipe.cmd("ZADD").arg(key).arg(match mode {
                 Mode::Lt => "LT",
                 Mode::Gt => "GT",
             });
@@ -487,7 +490,7 @@ impl Inner {
             }
             c.ignore();
         }
-        let due = self.due_for_ttl(by_key.keys().map(|(key, _)| *key));
+        let due = self.due_for_ttl(by_key.keys().map(|(key, _)| key.as_slice()));
         if !due.is_empty() {
             let ttl = self.ttl_ms();
             let now = now_ms();
@@ -545,49 +548,71 @@ impl Inner {
         }
         let mut pipe = ::redis::pipe();
         for tid in tids {
-            pipe.cmd("HVALS").arg(self.keys.trace(tid));
+            pipe.cmd("GET").arg(self.keys.trace(tid));
         }
-        let blobs: Vec<Vec<Vec<u8>>> = self
+        let blobs: Vec<Option<Vec<u8>>> = self
             .with_retry("fetch_traces", |mut conn| {
                 let pipe = &pipe;
                 async move { pipe.query_async(&mut conn).await }
             })
             .await?;
         let mut out = Vec::with_capacity(tids.len());
-        for (tid, spans) in tids.iter().zip(blobs) {
-            out.push((tid.clone(), decode_spans(spans)?));
+        for (tid, blob) in tids.iter().zip(blobs) {
+            out.push((
+                tid.clone(),
+                decode_spans(blob.as_deref().unwrap_or_default())?,
+            ));
         }
         Ok(out)
     }
 
     /// A search with a maximum duration that few traces meet: every trace
-    /// with a short enough span (of the service) is a candidate, taken from
-    /// the shortest-duration index by score, then checked exactly. `None`
-    /// when there are more than [`SHORT_CANDIDATES`]: walking by time is
-    /// cheaper then.
+    /// whose shortest span (of the service) is in a duration bucket up to
+    /// the maximum's is a candidate, checked exactly. `None` when there are
+    /// more than [`SHORT_CANDIDATES`]: walking by time is cheaper then.
     async fn by_short_spans(&self, f: &FilterCriteria, limit: usize) -> Result<Option<Vec<Trace>>> {
-        let svc = (!f.service.is_empty()).then_some(f.service.as_str());
-        let key = self.keys.min_duration(svc);
-        let max = f.max_duration_nanos;
-        let tids: Vec<Vec<u8>> = self
+        let services = if f.service.is_empty() {
+            self.members("list_traces", self.keys.services()).await?
+        } else {
+            vec![f.service.clone()]
+        };
+        // Every span at most `max` long is in a bucket up to max's.
+        let top = bucket(f.max_duration_nanos);
+        let keys: Vec<Vec<u8>> = services
+            .iter()
+            .flat_map(|svc| (0..=top).map(|b| self.keys.short(svc, b)))
+            .collect();
+        let mut pipe = ::redis::pipe();
+        for key in &keys {
+            pipe.cmd("ZCARD").arg(key);
+        }
+        let sizes: Vec<u64> = self
             .with_retry("list_traces", |mut conn| {
-                let key = &key;
-                async move {
-                    ::redis::cmd("ZRANGEBYSCORE")
-                        .arg(key)
-                        .arg("-inf")
-                        .arg(max)
-                        .arg("LIMIT")
-                        .arg(0)
-                        .arg(SHORT_CANDIDATES + 1)
-                        .query_async(&mut conn)
-                        .await
-                }
+                let pipe = &pipe;
+                async move { pipe.query_async(&mut conn).await }
             })
             .await?;
-        if tids.len() > SHORT_CANDIDATES {
-            return Ok(None);
+        match sizes.iter().sum::<u64>() {
+            0 => return Ok(Some(Vec::new())),
+            n if n > SHORT_CANDIDATES as u64 => return Ok(None),
+            _ => {}
         }
+        let mut pipe = ::redis::pipe();
+        for (key, _) in keys.iter().zip(&sizes).filter(|(_, n)| **n > 0) {
+            pipe.cmd("ZRANGE").arg(key).arg(0).arg(-1);
+        }
+        let lists: Vec<Vec<Vec<u8>>> = self
+            .with_retry("list_traces", |mut conn| {
+                let pipe = &pipe;
+                async move { pipe.query_async(&mut conn).await }
+            })
+            .await?;
+        let mut seen = HashSet::new();
+        let tids: Vec<Vec<u8>> = lists
+            .into_iter()
+            .flatten()
+            .filter(|t| seen.insert(t.clone()))
+            .collect();
         let mut found: Vec<(u64, Trace)> = Vec::new();
         for chunk in tids.chunks(256) {
             keep_matches(&mut found, self.fetch_traces(chunk).await?, f);
@@ -665,16 +690,19 @@ impl Storage for RedisStorage {
 
     async fn get_trace(&self, trace_id: TraceId) -> Result<Option<Trace>> {
         let key = self.keys.trace(&trace_id.0);
-        let blobs: Vec<Vec<u8>> = self
+        let blob: Option<Vec<u8>> = self
             .with_retry("get_trace", |mut conn| {
                 let key = &key;
-                async move { ::redis::cmd("HVALS").arg(key).query_async(&mut conn).await }
+                async move { ::redis::cmd("GET").arg(key).query_async(&mut conn).await }
             })
             .await?;
-        if blobs.is_empty() {
+        let Some(blob) = blob else {
+            return Ok(None);
+        };
+        let mut spans = decode_spans(&blob)?;
+        if spans.is_empty() {
             return Ok(None);
         }
-        let mut spans = decode_spans(blobs)?;
         query::sort_spans(&mut spans);
         Ok(Some(Trace {
             trace_id: trace_id.0.to_vec(),
@@ -710,23 +738,26 @@ impl Storage for RedisStorage {
         } else {
             lo.saturating_sub(self.slack_ns()).to_string()
         };
-        // (index, lowest score, highest score) the trace must be in.
-        let mut checks: Vec<(Vec<u8>, String, String)> = others
+        // (kind, index or fact, lowest score, highest score) the trace must meet:
+        // `z`, a member of the index; `h`, a fact of the trace.
+        let mut checks: Vec<(&str, Vec<u8>, String, String)> = others
             .into_iter()
-            .map(|k| (k, String::new(), String::new()))
+            .map(|k| ("z", k, String::new(), String::new()))
             .collect();
         if !f.service.is_empty() && f.min_duration_nanos > 0 {
+            // The trace's longest span of the service must be long enough.
             checks.push((
-                self.keys.duration(&f.service),
+                "h",
+                fact(FACT_MAX, &f.service),
                 f.min_duration_nanos.to_string(),
                 String::new(),
             ));
         }
         if f.max_duration_nanos > 0 {
             // The trace's shortest span (of the service) must be short enough.
-            let svc = (!f.service.is_empty()).then_some(f.service.as_str());
             checks.push((
-                self.keys.min_duration(svc),
+                "h",
+                fact(FACT_MIN, &f.service),
                 String::new(),
                 f.max_duration_nanos.to_string(),
             ));
@@ -746,9 +777,10 @@ impl Storage for RedisStorage {
                 .arg(offset)
                 .arg(SCAN_BATCH)
                 .arg(want)
-                .arg(checks.len());
-            for (key, min_score, max_score) in &checks {
-                inv.arg(key).arg(min_score).arg(max_score);
+                .arg(checks.len())
+                .arg(self.keys.trace(b""));
+            for (kind, name, min_score, max_score) in &checks {
+                inv.arg(*kind).arg(name).arg(min_score).arg(max_score);
             }
             let (next, exhausted, tids): (u64, u8, Vec<Vec<u8>>) = self
                 .with_retry("list_traces", |mut conn| {
@@ -850,18 +882,21 @@ impl Storage for RedisStorage {
         let k = &self.keys;
         let cut = format!("({older_than_unix_nanos}");
         let mut stats = PruneStats::default();
+        // Traces that started before the cut but end after it stay, first in
+        // `i:all`: the walk skips them.
+        let mut kept = 0usize;
         loop {
-            let end_key = k.end();
+            let all = k.all();
             let tids: Vec<Vec<u8>> = self
                 .with_retry("prune_traces", |mut conn| {
-                    let (end_key, cut) = (&end_key, &cut);
+                    let (all, cut) = (&all, &cut);
                     async move {
                         ::redis::cmd("ZRANGEBYSCORE")
-                            .arg(end_key)
+                            .arg(all)
                             .arg("-inf")
                             .arg(cut)
                             .arg("LIMIT")
-                            .arg(0)
+                            .arg(kept)
                             .arg(PRUNE_CHUNK)
                             .query_async(&mut conn)
                             .await
@@ -873,23 +908,18 @@ impl Storage for RedisStorage {
             }
             let traces = self.fetch_traces(&tids).await?;
             let mut pipe = ::redis::pipe();
+            let mut removed = 0;
             for (tid, spans) in &traces {
-                let mut keys: HashSet<Vec<u8>> = HashSet::new();
-                keys.insert(k.all());
-                keys.insert(k.errors(None));
-                keys.insert(k.min_duration(None));
-                for span in spans {
-                    let svc = span.service.as_str();
-                    keys.insert(k.service(svc));
-                    keys.insert(k.operation(svc, &span.name));
-                    keys.insert(k.duration(svc));
-                    keys.insert(k.min_duration(Some(svc)));
-                    keys.insert(k.errors(Some(svc)));
-                    for (key, value) in query::indexed_tags(span) {
-                        keys.insert(k.tag(key, &value));
-                    }
+                if spans
+                    .iter()
+                    .any(|s| s.end_time_unix_nano >= older_than_unix_nanos)
+                {
+                    kept += 1;
+                    continue;
                 }
-                for key in keys {
+                // Each index the trace is in (`i:all` even when its spans
+                // expired).
+                for (key, _, _) in Summary::of(spans).index_entries(k) {
                     pipe.cmd("ZREM").arg(key).arg(tid).ignore();
                 }
                 let edges = query::edges(spans.iter());
@@ -905,15 +935,17 @@ impl Storage for RedisStorage {
                     .arg(k.trace(tid))
                     .arg(k.orphans(tid))
                     .ignore();
-                pipe.cmd("ZREM").arg(k.end()).arg(tid).ignore();
                 stats.traces += 1;
                 stats.spans += spans.len() as u64;
+                removed += 1;
             }
-            self.with_retry("prune_traces", |mut conn| {
-                let pipe = &pipe;
-                async move { pipe.query_async::<()>(&mut conn).await }
-            })
-            .await?;
+            if removed > 0 {
+                self.with_retry("prune_traces", |mut conn| {
+                    let pipe = &pipe;
+                    async move { pipe.query_async::<()>(&mut conn).await }
+                })
+                .await?;
+            }
         }
         self.sweep(older_than_unix_nanos).await?;
         if stats.traces > 0 {
@@ -965,10 +997,7 @@ impl Inner {
         }
         zrem_range(k.deps(), &stale);
         for key in registered {
-            // Duration indexes are scored by duration, not time.
-            if !k.is_duration(&key) {
-                zrem_range(key, &stale);
-            }
+            zrem_range(key, &stale);
         }
         let forgotten = now_ms().saturating_sub(self.ttl_ms());
         zrem_range(k.registry(), &format!("({forgotten}"));
@@ -1021,36 +1050,297 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-fn decode_spans(values: Vec<Vec<u8>>) -> Result<Vec<Span>> {
-    values
-        .into_iter()
-        .map(|v| {
-            let header = match v.as_slice() {
-                [hi, lo, ..] => 2 + (usize::from(*hi) << 8 | usize::from(*lo)),
-                _ => return Err(corrupt("span value too short")),
-            };
-            let body = v.get(header..).ok_or_else(|| corrupt("span header"))?;
-            Span::decode(body).map_err(|e| corrupt(format!("span: {e}")))
-        })
-        .collect()
+/// The spans of a stored trace (see [`trace_blob`]).
+fn decode_spans(blob: &[u8]) -> Result<Vec<Span>> {
+    if blob.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut blob = blob
+        .split_first_chunk::<4>()
+        .and_then(|(len, rest)| rest.get(u32::from_be_bytes(*len) as usize..))
+        .ok_or_else(|| corrupt("trace facts"))?;
+    let mut spans = Vec::new();
+    while !blob.is_empty() {
+        let body = blob
+            .get(8..10)
+            .map(|h| 10 + (usize::from(h[0]) << 8 | usize::from(h[1])))
+            .and_then(|at| blob.get(at..))
+            .and_then(|rest| rest.split_first_chunk::<4>())
+            .ok_or_else(|| corrupt("span record too short"))?;
+        let (len, rest) = body;
+        let len = u32::from_be_bytes(*len) as usize;
+        let body = rest
+            .get(..len)
+            .ok_or_else(|| corrupt("span record length"))?;
+        spans.push(Span::decode(body).map_err(|e| corrupt(format!("span: {e}")))?);
+        blob = &rest[len..];
+    }
+    Ok(spans)
 }
 
-/// A span as stored in the trace hash: header length (2 bytes, big-endian),
-/// header, protobuf. The header is what the store script reads to find calls:
-/// error flag (`0`/`1`), parent id (8 bytes, zero for a root), start (20
-/// decimal digits), service.
-fn stored_value(span: &Span) -> Vec<u8> {
-    // Service names are cut to what a 16-bit length can carry.
-    let svc = &span.service.as_bytes()[..span.service.len().min(u16::MAX as usize - 29)];
-    let header = 29 + svc.len();
-    let mut v = Vec::with_capacity(2 + header + span.encoded_len());
-    v.extend_from_slice(&(header as u16).to_be_bytes());
-    v.push(if query::is_error(span) { b'1' } else { b'0' });
-    v.extend_from_slice(&query::parent_id(span).unwrap_or([0; 8]));
-    v.extend_from_slice(format!("{:020}", span.start_time_unix_nano).as_bytes());
-    v.extend_from_slice(svc);
-    span.encode(&mut v).ok();
-    v
+/// A fragment as stored: its facts, length-prefixed (4 bytes, big-endian),
+/// then its spans, a record each: span id (8 bytes), header length (2
+/// bytes, big-endian), header (see [`write_header`]), protobuf length (4
+/// bytes, big-endian), protobuf `Span`. A fact is its kind ([`FACT_MAX`] or
+/// [`FACT_MIN`]), service name length (2 bytes, big-endian), service name
+/// and the duration in 20 decimal digits.
+fn trace_blob(summary: &Summary<'_>, spans: &[Span]) -> Vec<u8> {
+    use std::io::Write as _;
+    let lens: Vec<usize> = spans.iter().map(|s| s.encoded_len()).collect();
+    let size = spans
+        .iter()
+        .zip(&lens)
+        .map(|(s, n)| 8 + 2 + 29 + s.service.len() + 4 + n)
+        .sum::<usize>()
+        + 4
+        + 23 * (1 + 2 * summary.services.len());
+    let mut blob = Vec::with_capacity(size);
+    blob.extend_from_slice(&[0; 4]);
+    for (kind, svc, duration) in summary.facts() {
+        // Service names are cut to what the 16-bit length carries.
+        let svc = &svc.as_bytes()[..svc.len().min(u16::MAX as usize)];
+        blob.push(kind);
+        blob.extend_from_slice(&(svc.len() as u16).to_be_bytes());
+        blob.extend_from_slice(svc);
+        let _ = write!(blob, "{duration:020}");
+    }
+    let facts = (blob.len() - 4) as u32;
+    blob[..4].copy_from_slice(&facts.to_be_bytes());
+    for (span, len) in spans.iter().zip(lens) {
+        blob.extend_from_slice(&query::span_id(span));
+        let at = blob.len();
+        blob.extend_from_slice(&[0, 0]);
+        write_header(&mut blob, span);
+        let header = (blob.len() - at - 2) as u16;
+        blob[at..at + 2].copy_from_slice(&header.to_be_bytes());
+        blob.extend_from_slice(&(len as u32).to_be_bytes());
+        span.encode_raw(&mut blob);
+    }
+    blob
+}
+
+/// Appends a span's header: what the store script reads to find calls.
+/// Error flag (`0`/`1`), parent id (8 bytes, zero for a root), start (20
+/// decimal digits), service (cut to what a 16-bit header length carries).
+fn write_header(out: &mut Vec<u8>, span: &Span) {
+    use std::io::Write as _;
+    out.push(if query::is_error(span) { b'1' } else { b'0' });
+    out.extend_from_slice(&query::parent_id(span).unwrap_or([0; 8]));
+    let _ = write!(out, "{:020}", span.start_time_unix_nano);
+    let svc = span.service.as_bytes();
+    out.extend_from_slice(&svc[..svc.len().min(u16::MAX as usize - 29)]);
+}
+
+/// The calls inside a fragment (score: child start; `deps` member) and the
+/// 1-based positions of its spans whose parent is elsewhere: what the store
+/// script records when the fragment starts a trace.
+fn calls(tid: &[u8], spans: &[Span]) -> (Vec<(u64, Vec<u8>)>, Vec<usize>) {
+    let by_id: HashMap<[u8; 8], &Span> = spans.iter().map(|s| (query::span_id(s), s)).collect();
+    let mut calls = Vec::new();
+    let mut orphans = Vec::new();
+    for (i, child) in spans.iter().enumerate() {
+        let Some(parent) = query::parent_id(child) else {
+            continue;
+        };
+        match by_id.get(&parent) {
+            Some(parent) if parent.service != child.service => calls.push((
+                child.start_time_unix_nano,
+                dep_member(
+                    &parent.service,
+                    &child.service,
+                    query::is_error(child),
+                    tid,
+                    &child.span_id,
+                ),
+            )),
+            Some(_) => {}
+            None => orphans.push(i + 1),
+        }
+    }
+    (calls, orphans)
+}
+
+/// Fact kind: the longest span duration of a service.
+const FACT_MAX: u8 = b'D';
+/// Fact kind: the shortest span duration of a service (of any service when
+/// the name is empty).
+const FACT_MIN: u8 = b'm';
+
+/// A fact's name as the scripts look it up: kind, then the service name.
+fn fact(kind: u8, svc: &str) -> Vec<u8> {
+    let mut f = Vec::with_capacity(1 + svc.len());
+    f.push(kind);
+    f.extend_from_slice(svc.as_bytes());
+    f
+}
+
+/// The shortest-duration bucket of a duration: a quarter of an octave
+/// (bit length, then the next two bits), so that a span at most `d` long is
+/// in a bucket up to `bucket(d)`, and one in that bucket is at most 25 %
+/// longer.
+fn bucket(d: u64) -> u32 {
+    let bits = 64 - d.leading_zeros();
+    if bits <= 2 {
+        return d as u32;
+    }
+    (bits << 2) | ((d >> (bits - 3)) & 3) as u32
+}
+
+/// A tag's value as filters compare it, borrowed when it is a string.
+fn tag_value(v: Option<&AnyValue>) -> Cow<'_, str> {
+    match v.and_then(|v| v.value.as_ref()) {
+        Some(any_value::Value::StringValue(s)) => Cow::Borrowed(s),
+        _ => Cow::Owned(v.map(query::render_value).unwrap_or_default()),
+    }
+}
+
+/// What a fragment (or a stored trace) contributes to the indexes.
+#[derive(Debug)]
+struct Summary<'a> {
+    /// Earliest start.
+    start: u64,
+    /// Newest end.
+    end: u64,
+    /// Earliest start of an ERROR span.
+    error: Option<u64>,
+    /// Shortest span duration.
+    min_dur: u64,
+    services: Vec<ServiceSummary<'a>>,
+    /// (service, operation) → earliest start, and newest end per span kind.
+    ops: HashMap<(&'a str, &'a str), OpSummary>,
+    /// Indexed tag pairs → earliest start.
+    tags: HashMap<(&'a str, Cow<'a, str>), u64>,
+}
+
+/// The spans of one service in a [`Summary`].
+#[derive(Debug)]
+struct ServiceSummary<'a> {
+    name: &'a str,
+    start: u64,
+    end: u64,
+    error: Option<u64>,
+    min_dur: u64,
+    max_dur: u64,
+}
+
+/// The spans of one operation in a [`Summary`].
+#[derive(Debug)]
+struct OpSummary {
+    start: u64,
+    /// (kind, newest end).
+    kinds: Vec<(i32, u64)>,
+}
+
+fn earliest(at: &mut Option<u64>, t: u64) {
+    *at = Some(at.map_or(t, |a| a.min(t)));
+}
+
+impl<'a> Summary<'a> {
+    fn of(spans: &'a [Span]) -> Self {
+        let mut s = Summary {
+            start: u64::MAX,
+            end: 0,
+            error: None,
+            min_dur: u64::MAX,
+            services: Vec::new(),
+            ops: HashMap::new(),
+            tags: HashMap::new(),
+        };
+        for span in spans {
+            let (start, end) = (span.start_time_unix_nano, span.end_time_unix_nano);
+            let dur = query::duration(span);
+            let error = query::is_error(span);
+            s.start = s.start.min(start);
+            s.end = s.end.max(end);
+            s.min_dur = s.min_dur.min(dur);
+            if error {
+                earliest(&mut s.error, start);
+            }
+            let name = span.service.as_str();
+            let i = match s.services.iter().position(|x| x.name == name) {
+                Some(i) => i,
+                None => {
+                    s.services.push(ServiceSummary {
+                        name,
+                        start,
+                        end,
+                        error: None,
+                        min_dur: dur,
+                        max_dur: dur,
+                    });
+                    s.services.len() - 1
+                }
+            };
+            let svc = &mut s.services[i];
+            svc.start = svc.start.min(start);
+            svc.end = svc.end.max(end);
+            svc.min_dur = svc.min_dur.min(dur);
+            svc.max_dur = svc.max_dur.max(dur);
+            if error {
+                earliest(&mut svc.error, start);
+            }
+            let op = s
+                .ops
+                .entry((name, span.name.as_str()))
+                .or_insert(OpSummary {
+                    start,
+                    kinds: Vec::new(),
+                });
+            op.start = op.start.min(start);
+            match op.kinds.iter_mut().find(|(k, _)| *k == span.kind) {
+                Some((_, e)) => *e = (*e).max(end),
+                None => op.kinds.push((span.kind, end)),
+            }
+            for kv in span.attributes.iter().chain(span.resource.iter()) {
+                let value = tag_value(kv.value.as_ref());
+                if query::indexable_tag(&kv.key, &value) {
+                    let e = s.tags.entry((kv.key.as_str(), value)).or_insert(start);
+                    *e = (*e).min(start);
+                }
+            }
+        }
+        s
+    }
+
+    /// (index key, mode, score) of the trace in each index it belongs to.
+    fn index_entries(&self, k: &Keys) -> Vec<(Vec<u8>, Mode, u64)> {
+        let mut out = vec![(k.all(), Mode::Lt, self.start)];
+        if self.services.is_empty() {
+            return out;
+        }
+        out.reserve(1 + 3 * self.services.len() + self.ops.len() + self.tags.len());
+        if let Some(at) = self.error {
+            out.push((k.errors(None), Mode::Lt, at));
+        }
+        for svc in &self.services {
+            out.push((k.service(svc.name), Mode::Lt, svc.start));
+            out.push((k.short(svc.name, bucket(svc.min_dur)), Mode::Lt, svc.start));
+            if let Some(at) = svc.error {
+                out.push((k.errors(Some(svc.name)), Mode::Lt, at));
+            }
+        }
+        for ((svc, name), op) in &self.ops {
+            out.push((k.operation(svc, name), Mode::Lt, op.start));
+        }
+        for ((key, value), start) in &self.tags {
+            out.push((k.tag(key, value), Mode::Lt, *start));
+        }
+        out
+    }
+
+    /// Facts (kind, service, duration): longest and shortest span per
+    /// service, shortest overall (service ""). The store script keeps the
+    /// maximum ([`FACT_MAX`]) or minimum of what it finds and what it is
+    /// given.
+    fn facts(&self) -> Vec<(u8, &'a str, u64)> {
+        let mut out = Vec::with_capacity(1 + 2 * self.services.len());
+        out.push((FACT_MIN, "", self.min_dur));
+        for svc in &self.services {
+            out.push((FACT_MAX, svc.name, svc.max_dur));
+            out.push((FACT_MIN, svc.name, svc.min_dur));
+        }
+        out
+    }
 }
 
 /// A `deps` member: the store script builds the same bytes.
@@ -1077,8 +1367,8 @@ fn parse_dep_member(m: &[u8]) -> Option<(&str, &str, bool)> {
     Some((parent, child, error))
 }
 
-fn op_member(span: &Span) -> Vec<u8> {
-    format!("{}:{}", span.kind, span.name).into_bytes()
+fn op_member(kind: i32, name: &str) -> Vec<u8> {
+    format!("{kind}:{name}").into_bytes()
 }
 
 /// Key names under the configured prefix.
@@ -1094,8 +1384,10 @@ impl Keys {
         }
         k
     }
+    /// `tr:`, not the earlier layout's `t:` (a hash): a server holding data
+    /// of that layout is read as if those traces had expired.
     fn trace(&self, tid: &[u8]) -> Vec<u8> {
-        self.key(&[b"t:", tid])
+        self.key(&[b"tr:", tid])
     }
     fn orphans(&self, tid: &[u8]) -> Vec<u8> {
         self.key(&[b"w:", tid])
@@ -1105,9 +1397,6 @@ impl Keys {
     }
     fn all(&self) -> Vec<u8> {
         self.key(&[b"i:all"])
-    }
-    fn end(&self) -> Vec<u8> {
-        self.key(&[b"i:end"])
     }
     fn service(&self, svc: &str) -> Vec<u8> {
         self.key(&[b"i:s:", svc.as_bytes()])
@@ -1124,18 +1413,9 @@ impl Keys {
             None => self.key(&[b"i:e"]),
         }
     }
-    fn duration(&self, svc: &str) -> Vec<u8> {
-        self.key(&[b"i:d:", svc.as_bytes()])
-    }
-    /// Shortest span duration per trace (of `svc`; of any service). Under
-    /// `i:d:` with a NUL, so that it sorts with the other duration indexes
-    /// and cannot meet a service name.
-    fn min_duration(&self, svc: Option<&str>) -> Vec<u8> {
-        self.key(&[b"i:d:\0", svc.unwrap_or("").as_bytes()])
-    }
-    fn is_duration(&self, key: &[u8]) -> bool {
-        key.strip_prefix(self.0.as_slice())
-            .is_some_and(|rest| rest.starts_with(b"i:d:"))
+    /// Traces by the bucket of their shortest span of `svc`, scored by start.
+    fn short(&self, svc: &str, bucket: u32) -> Vec<u8> {
+        self.key(&[format!("i:m:{bucket:03}:").as_bytes(), svc.as_bytes()])
     }
     fn services(&self) -> Vec<u8> {
         self.key(&[b"services"])
@@ -1148,101 +1428,196 @@ impl Keys {
     }
 }
 
+/// Lua shared by the scripts: the facts of a stored trace (see
+/// [`trace_blob`]), as a table name (kind and service) → duration, and the
+/// position of its first span record.
+macro_rules! facts_lua {
+    () => {
+        r#"
+local function parse_facts(blob)
+  local b1, b2, b3, b4 = string.byte(blob, 1, 4)
+  local stop = 5 + ((b1 * 256 + b2) * 256 + b3) * 256 + b4
+  local out, off = {}, 5
+  while off < stop do
+    local slen = string.byte(blob, off + 1) * 256 + string.byte(blob, off + 2)
+    out[string.sub(blob, off, off) .. string.sub(blob, off + 3, off + 2 + slen)] =
+      tonumber(string.sub(blob, off + 3 + slen, off + 22 + slen))
+    off = off + 23 + slen
+  end
+  return out, stop
+end
+"#
+    };
+}
+
 /// Stores a batch of fragments. See the module docs.
 ///
-/// KEYS: deps zset, then per fragment its trace hash and orphans hash.
-/// ARGV: ttl ms, number of fragments m, then per fragment: trace id, n,
-/// n × (span id, stored value).
+/// KEYS: deps zset, then per fragment its trace key and orphans hash.
+/// ARGV: ttl ms, number of fragments m, then per fragment: trace id, n spans,
+/// nc calls, no orphans, the fragment as stored (see [`trace_blob`]),
+/// nc × (score, deps member), no × position of an orphan span (1-based).
+/// Calls and orphans are the fragment's own, used when it starts a new
+/// trace; otherwise the script resolves the new spans.
 /// Returns {stored, duplicates} per fragment, flattened.
-const STORE_LUA: &str = r#"
+const STORE_LUA: &str = concat!(
+    facts_lua!(),
+    r#"
 local dkey = KEYS[1]
 local ttl = ARGV[1]
 local m = tonumber(ARGV[2])
 local p = 3
 local root = string.rep('\0', 8)
-local function header(v)
-  return string.sub(v, 3, 2 + string.byte(v, 1) * 256 + string.byte(v, 2))
+local result, deps = {}, {}
+-- Commands with many arguments go in chunks (Lua's stack is bounded).
+local function chunked(cmd, key, list, from, to)
+  for i = from, to, 1000 do
+    redis.call(cmd, key, unpack(list, i, math.min(i + 999, to)))
+  end
 end
-local result = {}
-local calls = 0
+-- The span records from `off` on: {span id, header, first byte, last byte} each.
+local function records(blob, off)
+  local out = {}
+  while off <= #blob do
+    local h1, h2 = string.byte(blob, off + 8, off + 9)
+    local hend = off + 9 + h1 * 256 + h2
+    local b1, b2, b3, b4 = string.byte(blob, hend + 1, hend + 4)
+    local last = hend + 4 + ((b1 * 256 + b2) * 256 + b3) * 256 + b4
+    out[#out + 1] = {string.sub(blob, off, off + 7), string.sub(blob, off + 10, hend), off, last}
+    off = last + 1
+  end
+  return out
+end
+local function call(pinfo, csid, cinfo, tid)
+  local psvc, csvc = string.sub(pinfo, 30), string.sub(cinfo, 30)
+  if psvc ~= csvc then
+    deps[#deps + 1] = string.sub(cinfo, 10, 29)
+    deps[#deps + 1] = psvc .. '\0' .. csvc .. '\0' .. string.sub(cinfo, 1, 1) .. tid .. csid
+  end
+end
+local function u32(n)
+  return string.char(math.floor(n / 16777216) % 256, math.floor(n / 65536) % 256,
+    math.floor(n / 256) % 256, n % 256)
+end
 for f = 1, m do
   local tkey, wkey = KEYS[2 * f], KEYS[2 * f + 1]
-  local tid = ARGV[p]
-  local n = tonumber(ARGV[p + 1])
-  p = p + 2
-  local infos = {}
-  local stored = 0
-  for i = 0, n - 1 do
-    local sid, value = ARGV[p], ARGV[p + 1]
-    p = p + 2
-    if redis.call('HSETNX', tkey, sid, value) == 1 then
-      stored = stored + 1
-      infos[sid] = header(value)
+  local tid, n, nc, no = ARGV[p], tonumber(ARGV[p + 1]), tonumber(ARGV[p + 2]), tonumber(ARGV[p + 3])
+  local blob = ARGV[p + 4]
+  local c = p + 5
+  local o = c + 2 * nc
+  p = o + no
+  local stored = n
+  if redis.call('SET', tkey, blob, 'NX', 'PX', ttl) then
+    -- A new trace: every span is new (fragments hold no duplicates).
+    for i = c, o - 1 do
+      deps[#deps + 1] = ARGV[i]
     end
-  end
-  local function edge(pinfo, csid, cinfo)
-    local psvc, csvc = string.sub(pinfo, 30), string.sub(cinfo, 30)
-    if psvc ~= csvc then
-      calls = calls + 1
-      redis.call('ZADD', dkey, string.sub(cinfo, 10, 29),
-        psvc .. '\0' .. csvc .. '\0' .. string.sub(cinfo, 1, 1) .. tid .. csid)
-    end
-  end
-  if stored > 0 then
-    for sid, info in pairs(infos) do
-      local parent = string.sub(info, 2, 9)
-      if parent ~= root then
-        local pinfo = infos[parent]
-        if not pinfo then
-          local pvalue = redis.call('HGET', tkey, parent)
-          if pvalue then
-            pinfo = header(pvalue)
-          end
-        end
-        if pinfo then
-          edge(pinfo, sid, info)
-        else
-          redis.call('HSET', wkey, sid, info)
-        end
+    if no > 0 then
+      local _, first = parse_facts(blob)
+      local spans, w = records(blob, first), {}
+      for i = o, p - 1 do
+        local r = spans[tonumber(ARGV[i])]
+        w[#w + 1] = r[1]
+        w[#w + 1] = r[2]
       end
-    end
-    local waiting = redis.call('HGETALL', wkey)
-    for j = 1, #waiting, 2 do
-      local csid, cinfo = waiting[j], waiting[j + 1]
-      local pinfo = infos[string.sub(cinfo, 2, 9)]
-      if pinfo then
-        edge(pinfo, csid, cinfo)
-        redis.call('HDEL', wkey, csid)
-      end
-    end
-    if #waiting > 0 then
+      chunked('HSET', wkey, w, 1, #w)
       redis.call('PEXPIRE', wkey, ttl)
     end
-    redis.call('PEXPIRE', tkey, ttl)
+  else
+    local old = redis.call('GET', tkey)
+    local facts, ofirst = parse_facts(old)
+    local known = {}
+    for _, r in ipairs(records(old, ofirst)) do
+      known[r[1]] = r[2]
+    end
+    local given, first = parse_facts(blob)
+    stored = 0
+    local infos, new = {}, {}
+    for _, r in ipairs(records(blob, first)) do
+      if not known[r[1]] then
+        stored = stored + 1
+        infos[r[1]] = r[2]
+        new[#new + 1] = string.sub(blob, r[3], r[4])
+      end
+    end
+    local changed = false
+    for name, value in pairs(given) do
+      local was = facts[name]
+      local longest = string.byte(name, 1) == 68
+      if not was or (longest and value > was) or (not longest and value < was) then
+        facts[name] = value
+        changed = true
+      end
+    end
+    if changed then
+      local parts = {}
+      for name, value in pairs(facts) do
+        local svc = string.sub(name, 2)
+        parts[#parts + 1] = string.sub(name, 1, 1) .. string.char(math.floor(#svc / 256), #svc % 256)
+          .. svc .. string.format('%020.0f', value)
+      end
+      local fb = table.concat(parts)
+      redis.call('SET', tkey, u32(#fb) .. fb .. string.sub(old, ofirst) .. table.concat(new), 'PX', ttl)
+    elseif stored > 0 then
+      redis.call('APPEND', tkey, table.concat(new))
+      redis.call('PEXPIRE', tkey, ttl)
+    end
+    if stored > 0 then
+      for sid, info in pairs(infos) do
+        local parent = string.sub(info, 2, 9)
+        if parent ~= root then
+          local pinfo = infos[parent] or known[parent]
+          if pinfo then
+            call(pinfo, sid, info, tid)
+          else
+            redis.call('HSET', wkey, sid, info)
+          end
+        end
+      end
+      local waiting = redis.call('HGETALL', wkey)
+      for j = 1, #waiting, 2 do
+        local csid, cinfo = waiting[j], waiting[j + 1]
+        local pinfo = infos[string.sub(cinfo, 2, 9)]
+        if pinfo then
+          call(pinfo, csid, cinfo, tid)
+          redis.call('HDEL', wkey, csid)
+        end
+      end
+      if #waiting > 0 then
+        redis.call('PEXPIRE', wkey, ttl)
+      end
+    end
   end
   result[2 * f - 1] = stored
   result[2 * f] = n - stored
 end
-if calls > 0 then
+if #deps > 0 then
+  chunked('ZADD', dkey, deps, 1, #deps)
   redis.call('PEXPIRE', dkey, ttl)
 end
 return result
-"#;
+"#
+);
 
-/// Walks an index newest first, keeping the trace ids present in every other
-/// index (with a score within the given bounds, when they are given).
+/// Walks an index newest first, keeping the trace ids that meet every check:
+/// membership of another index (`z`) or a fact of the trace (`h`, read from
+/// the head of its trace key), with a score within the given bounds, when
+/// they are given.
 ///
 /// KEYS: the primary index.
-/// ARGV: max score, min score, offset, budget, wanted, c,
-/// c × (index, lowest score or "", highest score or "").
+/// ARGV: max score, min score, offset, budget, wanted, c, trace key prefix, c × (kind, index or fact field, lowest score or "", highest score
+/// or "").
 /// Returns {next offset, exhausted (0/1), trace ids}.
-const SCAN_LUA: &str = r#"
+const SCAN_LUA: &str = concat!(
+    facts_lua!(),
+    r#"
 local max, min = ARGV[1], ARGV[2]
 local off, budget, want = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local c = tonumber(ARGV[6])
+local hp = ARGV[7]
 local checks = {}
 for j = 1, c do
-  checks[j] = {ARGV[4 + 3 * j], tonumber(ARGV[5 + 3 * j]), tonumber(ARGV[6 + 3 * j])}
+  local b = 4 + 4 * j
+  checks[j] = {ARGV[b] == 'h', ARGV[b + 1], tonumber(ARGV[b + 2]), tonumber(ARGV[b + 3])}
 end
 local out, found, scanned, done = {}, 0, 0, 0
 while scanned < budget and found < want do
@@ -1254,9 +1629,24 @@ while scanned < budget and found < want do
     scanned = scanned + 1
     local ok = true
     for _, check in ipairs(checks) do
-      local score = redis.call('ZSCORE', check[1], tid)
-      if not score or (check[2] and tonumber(score) < check[2])
-          or (check[3] and tonumber(score) > check[3]) then
+      local score
+      if check[1] then
+        -- The facts usually fit in the first 512 bytes.
+        local key = hp .. tid
+        local head = redis.call('GETRANGE', key, 0, 511)
+        if #head >= 4 then
+          local b1, b2, b3, b4 = string.byte(head, 1, 4)
+          local len = ((b1 * 256 + b2) * 256 + b3) * 256 + b4
+          if 4 + len > #head then
+            head = redis.call('GETRANGE', key, 0, 3 + len)
+          end
+          score = parse_facts(head)[check[2]]
+        end
+      else
+        score = redis.call('ZSCORE', check[2], tid)
+      end
+      if not score or (check[3] and tonumber(score) < check[3])
+          or (check[4] and tonumber(score) > check[4]) then
         ok = false
         break
       end
@@ -1275,7 +1665,8 @@ while scanned < budget and found < want do
   end
 end
 return {off, done, out}
-"#;
+"#
+);
 
 #[cfg(test)]
 mod tests;

@@ -24,11 +24,17 @@ fn config(server: &RedisServer, prefix: &str) -> RedisConfig {
     }
 }
 
-async fn fixture() -> Fixture {
+/// A fresh `redis-server` (no persistence) and a store on it, prefix `clew:`.
+async fn started() -> (RedisServer, RedisStorage) {
     let server = RedisServer::start(false).await;
     let store = RedisStorage::connect(config(&server, "clew:"))
         .await
         .unwrap();
+    (server, store)
+}
+
+async fn fixture() -> Fixture {
+    let (server, store) = started().await;
     Fixture::with_guard(Arc::new(store), server)
 }
 
@@ -100,10 +106,7 @@ async fn every_key_expires() {
 
 #[tokio::test]
 async fn prune_sweeps_index_entries_of_traces_expired_by_ttl() {
-    let server = RedisServer::start(false).await;
-    let store = RedisStorage::connect(config(&server, "clew:"))
-        .await
-        .unwrap();
+    let (server, store) = started().await;
     let t = trace_id(1);
     store
         .store_trace(frag(
@@ -115,7 +118,7 @@ async fn prune_sweeps_index_entries_of_traces_expired_by_ttl() {
         ))
         .await
         .unwrap();
-    // The TTL of the trace hashes ran out before any prune.
+    // The TTL of the trace's keys ran out before any prune.
     let mut conn = server.raw().await;
     let _: () = conn.del(store.keys.trace(&t.0)).await.unwrap();
     let stats = store.prune_traces(u64::MAX).await.unwrap();
@@ -128,7 +131,8 @@ async fn prune_sweeps_index_entries_of_traces_expired_by_ttl() {
     );
     let keys: Vec<String> = conn.keys("clew:*").await.unwrap();
     let left: Vec<&String> = keys.iter().filter(|k| *k != "clew:keys").collect();
-    assert!(left.iter().all(|k| k.starts_with("clew:i:d:")), "{left:?}");
+    // Every index is scored by time, so the sweep empties them all.
+    assert!(left.is_empty(), "{left:?}");
     assert!(
         store
             .list_traces(&FilterCriteria::default())
@@ -187,7 +191,8 @@ async fn max_duration_search_walks_by_time_when_many_spans_are_short() {
             .await
             .unwrap(),
     );
-    // More short traces than a max-duration search fetches by duration:
+    // More traces in the duration buckets up to the maximum's (35 ms: 1 ms
+    // and 40 ms spans alike) than a max-duration search fetches by bucket:
     // it must fall back to walking the time index (and agree).
     let n = SHORT_CANDIDATES as u64 + 100;
     let mut tasks = Vec::new();
@@ -195,7 +200,7 @@ async fn max_duration_search_walks_by_time_when_many_spans_are_short() {
         let store = store.clone();
         tasks.push(tokio::spawn(async move {
             let t = TraceId::from_u128(0x1000 + u128::from(i));
-            let dur = if i % 2 == 0 { 1 } else { 100 };
+            let dur = if i % 2 == 0 { 1 } else { 40 };
             store
                 .store_trace(frag(t, vec![span(t, 1, None, "api", "GET", i, dur)]))
                 .await
@@ -206,7 +211,7 @@ async fn max_duration_search_walks_by_time_when_many_spans_are_short() {
         assert_eq!(t.await.unwrap().stored, 1);
     }
     let f = FilterCriteria {
-        max_duration_nanos: 50_000_000,
+        max_duration_nanos: 35_000_000,
         limit: 5,
         ..Default::default()
     };
@@ -330,6 +335,135 @@ async fn acknowledged_writes_survive_a_redis_restart() {
         .await
         .unwrap();
     assert_eq!(found.len(), 1);
+}
+
+#[test]
+fn duration_buckets_are_ordered_quarter_octaves() {
+    let mut durations: Vec<u64> = (0..2_000).collect();
+    for shift in 2..64 {
+        let p = 1u64 << shift;
+        durations.extend([
+            p - 1,
+            p,
+            p + p / 4 - 1,
+            p + p / 4,
+            p + p / 2,
+            p + 3 * (p / 4),
+        ]);
+    }
+    durations.push(u64::MAX);
+    durations.sort_unstable();
+    for pair in durations.windows(2) {
+        assert!(bucket(pair[0]) <= bucket(pair[1]), "{pair:?}");
+    }
+    assert_eq!(bucket(0), 0);
+    assert_eq!(bucket(3), 3);
+    assert_eq!(bucket(4), 12);
+    assert_eq!(bucket(5), 13);
+    // 200 µs: bit length 18, then 0b10 → [196,608 ns, 229,376 ns).
+    assert_eq!(bucket(196_607), 73);
+    assert_eq!(bucket(196_608), 74);
+    assert_eq!(bucket(229_375), 74);
+    assert_eq!(bucket(229_376), 75);
+    assert_eq!(bucket(u64::MAX), 259);
+}
+
+#[tokio::test]
+async fn duration_facts_of_many_services_are_read_whole() {
+    let (_server, store) = started().await;
+    let t = trace_id(1);
+    // 30 services: the last one's facts lie beyond the first 512 bytes.
+    let spans: Vec<Span> = (1..=30u8)
+        .map(|i| {
+            let parent = (i > 1).then_some(1);
+            span(
+                t,
+                i,
+                parent,
+                &format!("service-{i:02}"),
+                "op",
+                0,
+                u64::from(i),
+            )
+        })
+        .collect();
+    store.store_trace(frag(t, spans)).await.unwrap();
+    assert_eq!(count_by_duration(&store, "service-30", 30, 0).await, 1);
+    assert_eq!(count_by_duration(&store, "service-30", 31, 0).await, 0);
+    assert_eq!(count_by_duration(&store, "service-29", 29, 0).await, 1);
+}
+
+#[tokio::test]
+async fn traces_of_the_earlier_layout_read_as_expired() {
+    let (server, store) = started().await;
+    // The earlier layout: a trace hash `t:<tid>` indexed in `i:all`.
+    let old = trace_id(1);
+    let mut conn = server.raw().await;
+    let _: () = conn
+        .hset(
+            b"clew:t:"
+                .iter()
+                .chain(&old.0)
+                .copied()
+                .collect::<Vec<u8>>(),
+            &[1u8; 8],
+            "x",
+        )
+        .await
+        .unwrap();
+    let _: () = conn.zadd("clew:i:all", &old.0[..], 1).await.unwrap();
+    let t = trace_id(2);
+    store
+        .store_trace(frag(t, vec![span(t, 1, None, "api", "GET", 0, 5)]))
+        .await
+        .unwrap();
+    assert!(store.get_trace(old).await.unwrap().is_none());
+    let found = store.list_traces(&FilterCriteria::default()).await.unwrap();
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0].trace_id, t.0.to_vec());
+    let stats = store.prune_traces(u64::MAX).await.unwrap();
+    assert_eq!(stats.traces, 2);
+}
+
+/// Traces of `service` (any when empty) with a span within the duration
+/// bounds (ms; 0 for none).
+async fn count_by_duration(store: &RedisStorage, service: &str, min_ms: u64, max_ms: u64) -> usize {
+    let f = FilterCriteria {
+        service: service.into(),
+        min_duration_nanos: min_ms * 1_000_000,
+        max_duration_nanos: max_ms * 1_000_000,
+        ..Default::default()
+    };
+    store.list_traces(&f).await.unwrap().len()
+}
+
+#[tokio::test]
+async fn duration_facts_merge_across_fragments() {
+    let (_server, store) = started().await;
+    let t = trace_id(1);
+    // A long api span first; a short api span and a long db span later.
+    let first = frag(t, vec![span(t, 1, None, "api", "GET", 0, 500)]);
+    store.store_trace(first.clone()).await.unwrap();
+    let later = frag(
+        t,
+        vec![
+            span(t, 2, Some(1), "api", "GET", 1, 2),
+            span(t, 3, Some(1), "db", "SELECT", 2, 900),
+        ],
+    );
+    assert_eq!(store.store_trace(later).await.unwrap().stored, 2);
+    assert_eq!(count_by_duration(&store, "api", 0, 3).await, 1);
+    assert_eq!(count_by_duration(&store, "api", 400, 0).await, 1);
+    assert_eq!(count_by_duration(&store, "api", 600, 0).await, 0);
+    assert_eq!(count_by_duration(&store, "api", 3, 400).await, 0);
+    assert_eq!(count_by_duration(&store, "db", 0, 3).await, 0);
+    assert_eq!(count_by_duration(&store, "db", 800, 0).await, 1);
+    assert_eq!(count_by_duration(&store, "", 0, 3).await, 1);
+    // A retried fragment changes nothing.
+    let out = store.store_trace(first).await.unwrap();
+    assert_eq!((out.stored, out.duplicates), (0, 1));
+    assert_eq!(count_by_duration(&store, "api", 0, 3).await, 1);
+    assert_eq!(store.get_trace(t).await.unwrap().unwrap().spans.len(), 3);
 }
 
 /// Throughput and latency on this machine. Not run by default:
