@@ -10,8 +10,9 @@
 # Env: CLEW_BENCH_BIN (dir of the binaries; default $CARGO_TARGET_DIR/release
 # or target/release), CLEW_BENCH_DIR (scratch dir, removed afterwards),
 # CLEW_BENCH_MAX_TRACES (memory backend bound, default 300000),
-# CLEW_BENCH_WAIT=0 (do not wait for storage; for a bounded memory store,
-# whose sampled traces may be evicted).
+# CLEW_BENCH_WAIT=0 (do not wait for storage), CLEW_BENCH_WAIT=metrics (wait
+# until /metrics counts every span stored: for a bounded memory store, whose
+# sampled traces may be evicted).
 set -euo pipefail
 
 backend=${1:?usage: $0 <memory|embedded|redis> [spans] [queries] [loadgen args...]}
@@ -61,6 +62,9 @@ for _ in $(seq 100); do curl -sf "127.0.0.1:$ops/readyz" >/dev/null && break; sl
 
 wait_flag=(--wait-stored)
 [ "${CLEW_BENCH_WAIT:-1}" = 0 ] && wait_flag=()
+# CLEW_BENCH_WAIT=metrics: wait until the collector's metrics count every span
+# as stored (works with a store at its bound, which evicts sampled traces).
+[ "${CLEW_BENCH_WAIT:-1}" = metrics ] && wait_flag=(--wait-stored --metrics-addr "127.0.0.1:$ops")
 "$bin/clew-loadgen" --target "127.0.0.1:$grpc" --spans "$spans" --batch 512 --concurrency 8 \
   --collector-pid "$collector" "${also[@]}" --queries "$queries" "${wait_flag[@]}" "$@"
 if [ "$backend" = redis ]; then

@@ -8,8 +8,11 @@
 //!
 //! With `--wait-stored`, it then polls the collector's gRPC `Query` service
 //! until a sample of the sent traces is stored whole (end-to-end throughput
-//! and CPU include assembly and storage), and with `--queries N` it measures
-//! trace-by-ID and search latency (p50/p99) over what is stored.
+//! and CPU include assembly and storage) — or, given `--metrics-addr`, until
+//! the collector's `clew_spans_stored_total` (plus duplicates) counts every
+//! span sent, which also works for a store that evicts — and with
+//! `--queries N` it measures trace-by-ID and search latency (p50/p99) over
+//! what is stored.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -62,6 +65,11 @@ struct Args {
     /// (polled through the gRPC Query service) and report end-to-end figures.
     #[arg(long)]
     wait_stored: bool,
+    /// The collector's ops address (`host:port`): with it, waiting for
+    /// storage polls `/metrics` until every span sent is counted as stored,
+    /// instead of polling a sample of traces.
+    #[arg(long)]
+    metrics_addr: Option<String>,
     /// Give up waiting for storage after this many seconds.
     #[arg(long, default_value_t = 900)]
     wait_timeout_secs: u64,
@@ -284,7 +292,10 @@ async fn main() -> anyhow::Result<()> {
         .await
         .context("connecting to the query service")?
         .max_decoding_message_size(64 << 20);
-    wait_stored(&mut query, &acked, &args, start).await?;
+    match &args.metrics_addr {
+        Some(addr) => wait_counted(addr, spans, &args, start).await?,
+        None => wait_stored(&mut query, &acked, &args, start).await?,
+    }
     print_cpu(
         "end to end (sent, assembled, stored): ",
         cpu_before,
@@ -348,6 +359,60 @@ async fn wait_stored(
         spans as f64 / secs
     );
     Ok(())
+}
+
+/// Polls the collector's `/metrics` at `addr` until the spans it stored (or
+/// found to be duplicates) reach `spans`; prints the end-to-end rate.
+async fn wait_counted(addr: &str, spans: u64, args: &Args, start: Instant) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(args.wait_timeout_secs);
+    loop {
+        let counted = stored_spans(addr).await?;
+        if counted >= spans {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "only {counted} of {spans} spans stored after {} s",
+            args.wait_timeout_secs
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    println!(
+        "stored: every span counted as stored {secs:.2} s after the first request → {:.0} spans/s end to end",
+        spans as f64 / secs
+    );
+    Ok(())
+}
+
+/// `clew_spans_stored_total + clew_spans_duplicate_total` from the
+/// collector's Prometheus text at `http://addr/metrics`.
+async fn stored_spans(addr: &str) -> anyhow::Result<u64> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut conn = tokio::net::TcpStream::connect(addr)
+        .await
+        .with_context(|| format!("connecting to {addr}"))?;
+    conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: collector\r\nConnection: close\r\n\r\n")
+        .await?;
+    let mut body = Vec::new();
+    conn.read_to_end(&mut body).await?;
+    let text = String::from_utf8_lossy(&body);
+    anyhow::ensure!(
+        text.starts_with("HTTP/1.1 200"),
+        "GET http://{addr}/metrics did not answer 200"
+    );
+    let value = |name: &str| {
+        text.lines()
+            .find_map(|l| {
+                l.strip_prefix(name)?
+                    .strip_prefix(' ')?
+                    .trim()
+                    .parse::<f64>()
+                    .ok()
+            })
+            .unwrap_or(0.0) as u64
+    };
+    Ok(value("clew_spans_stored_total") + value("clew_spans_duplicate_total"))
 }
 
 /// Prints the CPU the collector (and the `--also-pid`s) used since
