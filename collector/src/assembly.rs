@@ -609,6 +609,18 @@ impl Assembler {
         Ok(seq)
     }
 
+    /// [`ingest`](Self::ingest) for `spans` converted whole (nothing
+    /// rejected or changed) from the OTLP/protobuf request `body`: the WAL
+    /// keeps the body instead of re-encoding the spans
+    /// ([`Wal::append_otlp`]); `sizes` are the spans' encoded lengths in it,
+    /// in order, for memory accounting.
+    pub async fn ingest_otlp(&self, spans: Vec<Span>, body: &[u8], sizes: Vec<u64>) -> Result<u64> {
+        let appended = self.inner.wal.append_otlp(body).await?;
+        let seq = appended.seq();
+        self.inner.add(appended.into_held_seq(), spans, Some(sizes));
+        Ok(seq)
+    }
+
     /// Adds the spans of a durable record (`spans` is the batch that was
     /// appended). The assembler releases the record once they are stored.
     pub fn add(&self, appended: Appended, spans: Vec<Span>) {

@@ -123,6 +123,17 @@ impl Ingest {
     /// Checks backpressure, appends `spans` to the WAL and hands them to
     /// assembly. Returns when they are durable.
     pub async fn accept(&self, spans: Vec<pb::Span>) -> Result<(), IngestError> {
+        self.accept_from(spans, None).await
+    }
+
+    /// [`accept`](Self::accept); with `otlp`, the spans are the whole
+    /// conversion of that OTLP/protobuf request (nothing rejected, dropped
+    /// or shortened), which the WAL then keeps as it came.
+    async fn accept_from(
+        &self,
+        spans: Vec<pb::Span>,
+        otlp: Option<OtlpBody>,
+    ) -> Result<(), IngestError> {
         let n = spans.len() as u64;
         if spans.is_empty() {
             return Ok(());
@@ -131,7 +142,13 @@ impl Ingest {
             self.stats.refused.fetch_add(n, Ordering::Relaxed);
             return Err(IngestError::Overloaded);
         }
-        match self.assembler.ingest(pb::ExportRequest { spans }).await {
+        let ingested = match otlp {
+            Some(OtlpBody { body, sizes }) if sizes.len() == spans.len() => {
+                self.assembler.ingest_otlp(spans, &body, sizes).await
+            }
+            _ => self.assembler.ingest(pb::ExportRequest { spans }).await,
+        };
+        match ingested {
             Ok(_) => {
                 self.stats.accepted.fetch_add(n, Ordering::Relaxed);
                 Ok(())
@@ -156,7 +173,7 @@ impl Ingest {
             .map(|s| s.spans.len())
             .sum();
         let converted = otlp::from_otlp(req, &self.config.limits);
-        self.export_converted(count, converted).await
+        self.export_converted(count, converted, None).await
     }
 
     /// [`export_otlp`](Self::export_otlp) for a request whose spans are
@@ -166,15 +183,22 @@ impl Ingest {
         &self,
         req: otlp::RawExport,
     ) -> Result<ExportTraceServiceResponse, IngestError> {
-        let count = req.span_count();
+        let body = OtlpBody {
+            body: req.body().clone(),
+            sizes: req.span_sizes(),
+        };
+        let count = body.sizes.len();
         let converted = otlp::from_raw(req, &self.config.limits);
-        self.export_converted(count, converted).await
+        self.export_converted(count, converted, Some(body)).await
     }
 
+    /// Counts and accepts what a conversion kept; `body` is the request it
+    /// came from, logged as it came when nothing was rejected or changed.
     async fn export_converted(
         &self,
         count: usize,
         converted: Result<otlp::Converted, OtlpError>,
+        body: Option<OtlpBody>,
     ) -> Result<ExportTraceServiceResponse, IngestError> {
         self.stats
             .received
@@ -188,7 +212,9 @@ impl Ingest {
             .rejected
             .fetch_add(converted.rejected, Ordering::Relaxed);
         let response = otlp::partial_success(&converted);
-        self.accept(converted.spans).await?;
+        let whole = converted.rejected == 0 && converted.truncated == 0;
+        self.accept_from(converted.spans, body.filter(|_| whole))
+            .await?;
         Ok(response)
     }
 
@@ -234,6 +260,13 @@ impl Ingest {
             error_message: first_error,
         })
     }
+}
+
+/// An OTLP/protobuf request body and the encoded length of each of its
+/// spans (for the assembler's memory accounting).
+struct OtlpBody {
+    body: Bytes,
+    sizes: Vec<u64>,
 }
 
 fn validate_native(span: &pb::Span) -> Result<(), String> {

@@ -30,7 +30,10 @@ use crate::assembly::{Assembler, AssemblerConfig};
 use crate::sink::StorageSink;
 use crate::storage::Storage;
 use crate::storage::memory::MemoryStorage;
-use crate::wal::{Wal, tests::fast_config};
+use crate::wal::{
+    Wal,
+    tests::{fast_config, records_on_disk, snapshot},
+};
 
 struct Setup {
     ingest: Ingest,
@@ -438,4 +441,64 @@ async fn the_otlp_grpc_server_takes_gzip_and_bounds_the_message_size() {
         .map(|t| t.spans.len())
         .sum();
     assert_eq!(stored, 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_wal_keeps_an_otlp_request_that_converts_whole_as_it_came() {
+    let limits = otlp::Limits::default();
+    let s = setup(IngestConfig {
+        limits: limits.clone(),
+        ..Default::default()
+    });
+    let addr = serve(s.ingest.clone()).await;
+    let mut client = TraceServiceClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+    let whole = otlp_request(3, None);
+    let mut shortened = otlp_request(2, None);
+    shortened.resource_spans[0].scope_spans[0].spans[1]
+        .attributes
+        .push(opentelemetry_proto::tonic::common::v1::KeyValue {
+            key: "payload".into(),
+            value: Some(opentelemetry_proto::tonic::common::v1::AnyValue {
+                value: Some(
+                    opentelemetry_proto::tonic::common::v1::any_value::Value::StringValue(
+                        "x".repeat(limits.max_value_len + 1),
+                    ),
+                ),
+            }),
+            ..Default::default()
+        });
+    let one_rejected = otlp_request(3, Some(1));
+    let sent = [whole, shortened, one_rejected];
+    for req in &sent {
+        client.export(req.clone()).await.unwrap();
+    }
+
+    // What kill -9 would leave now.
+    let crashed = tempfile::tempdir().unwrap();
+    snapshot(s._dir.path(), crashed.path());
+    let on_disk: Vec<Vec<u8>> = records_on_disk(crashed.path()).into_values().collect();
+    assert_eq!(on_disk.len(), 3);
+    // Converted whole: the request body itself (field 2). Shortened or
+    // partly rejected: the converted spans, encoded (field 1).
+    assert_eq!(on_disk[0][0], 0x12);
+    assert!(on_disk[0].ends_with(&sent[0].encode_to_vec()));
+    assert_eq!((on_disk[1][0], on_disk[2][0]), (0x0a, 0x0a));
+
+    let (_wal, replay) = Wal::open(crashed.path(), fast_config()).unwrap();
+    let replayed: Vec<Vec<pb::Span>> = replay.into_iter().map(|r| r.batch.spans).collect();
+    let accepted: Vec<Vec<pb::Span>> = sent
+        .iter()
+        .map(|r| otlp::from_otlp(r.clone(), &limits).unwrap().spans)
+        .collect();
+    assert_eq!(accepted.iter().map(Vec::len).collect::<Vec<_>>(), [3, 2, 2]);
+    assert_eq!(replayed, accepted);
+    // And the assembler got the same spans.
+    s.assembler.flush_all().await;
+    for span in accepted.iter().flatten() {
+        let id = TraceId::from_slice(&span.trace_id).unwrap();
+        let stored = s.storage.get_trace(id).await.unwrap().expect("stored");
+        assert!(stored.spans.contains(span), "{span:?}");
+    }
 }

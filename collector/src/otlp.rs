@@ -117,6 +117,23 @@ pub struct Limits {
     pub max_links_per_span: usize,
 }
 
+impl Limits {
+    /// No limits: converts every valid span whole. The WAL replays an OTLP
+    /// request logged as it came with these; it logs one so only when
+    /// nothing was rejected, dropped or shortened under the limits in force,
+    /// which makes the two conversions agree.
+    pub fn unbounded() -> Self {
+        Limits {
+            max_spans_per_batch: usize::MAX,
+            max_name_len: usize::MAX,
+            max_attributes: usize::MAX,
+            max_value_len: usize::MAX,
+            max_events_per_span: usize::MAX,
+            max_links_per_span: usize::MAX,
+        }
+    }
+}
+
 impl Default for Limits {
     fn default() -> Self {
         Self {
@@ -231,8 +248,16 @@ pub fn from_otlp(req: ExportTraceServiceRequest, limits: &Limits) -> Result<Conv
 /// Everything around the spans (resources, scopes, schema URLs) is decoded
 /// and checked here as the generated OTLP types would; each span is checked
 /// by [`from_raw`].
-#[derive(Clone, PartialEq, prost::Message)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct RawExport {
+    /// The whole request body (the spans are slices of it).
+    body: prost::bytes::Bytes,
+    message: RawExportMessage,
+}
+
+/// `ExportTraceServiceRequest`, its spans left encoded.
+#[derive(Clone, PartialEq, prost::Message)]
+struct RawExportMessage {
     #[prost(message, repeated, tag = "1")]
     resource_spans: Vec<RawResourceSpans>,
 }
@@ -267,15 +292,31 @@ impl RawExport {
     ///
     /// [`OtlpError::Malformed`] when the body does not decode.
     pub fn decode_body(body: prost::bytes::Bytes) -> Result<Self> {
-        <Self as prost::Message>::decode(body).map_err(|_| malformed_protobuf())
+        let message = RawExportMessage::decode(body.clone()).map_err(|_| malformed_protobuf())?;
+        Ok(RawExport { body, message })
+    }
+
+    /// The request body as it came.
+    pub fn body(&self) -> &prost::bytes::Bytes {
+        &self.body
     }
 
     /// Spans in the request.
     pub fn span_count(&self) -> usize {
-        self.resource_spans
+        self.spans().count()
+    }
+
+    /// The encoded length of each span, in request order.
+    pub fn span_sizes(&self) -> Vec<u64> {
+        self.spans().map(|s| s.len() as u64).collect()
+    }
+
+    fn spans(&self) -> impl Iterator<Item = &prost::bytes::Bytes> {
+        self.message
+            .resource_spans
             .iter()
             .flat_map(|rs| &rs.scope_spans)
-            .fold(0usize, |n, ss| n.saturating_add(ss.spans.len()))
+            .flat_map(|ss| &ss.spans)
     }
 }
 
@@ -290,7 +331,7 @@ impl RawExport {
 /// decoding it whole).
 pub fn from_raw(req: RawExport, limits: &Limits) -> Result<Converted> {
     let mut out = Converted::for_request(req.span_count(), limits)?;
-    for rs in req.resource_spans {
+    for rs in req.message.resource_spans {
         let resource = out.resource(rs.resource.map(|r| r.attributes), limits);
         for encoded in rs.scope_spans.iter().flat_map(|ss| &ss.spans) {
             let span = otlp::Span::decode(encoded.as_ref()).map_err(|_| malformed_protobuf())?;
@@ -1409,7 +1450,7 @@ mod tests {
         assert_eq!(whole, raw);
         // A span that does not decode (its name is not UTF-8) refuses the
         // whole request.
-        let bad = RawExport {
+        let bad = RawExportMessage {
             resource_spans: vec![RawResourceSpans {
                 scope_spans: vec![RawScopeSpans {
                     spans: vec![

@@ -24,7 +24,13 @@
 //! (`max_total_size = u64::MAX`): a WAL must never drop acknowledged data, so
 //! disk use is bounded by [`WalConfig::max_disk_bytes`] (appends fail with
 //! [`Error::Full`]) and by ingest backpressure on the assembler instead.
-//! A record's payload is a prost-encoded [`ExportRequest`].
+//! A record's payload is a [`RecordPayload`]: the batch's clew spans
+//! (field 1, laid out as a prost-encoded [`ExportRequest`]), or the
+//! OTLP/protobuf request body they were converted from (field 2,
+//! [`Wal::append_otlp`]), kept as it came instead of re-encoded: ingest
+//! writes it when every span of the request converted unchanged, so
+//! converting the body again at replay (without limits) gives the same
+//! spans.
 //!
 //! # Checkpoint and truncation
 //!
@@ -67,8 +73,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use clew_proto::v1::ExportRequest;
+use clew_proto::v1::{ExportRequest, Span};
 use clew_tracer::reliability::spill::{self, FRAME_HEADER_LEN, FsyncPolicy, SpillConfig, SpillLog};
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use parking_lot::Mutex;
 use prost::Message;
 use tokio::sync::oneshot;
@@ -336,7 +343,7 @@ impl Wal {
         let mut held = BTreeSet::new();
         let mut replay = Vec::with_capacity(raw.len());
         for (seq, payload) in raw {
-            match ExportRequest::decode(payload.as_slice()) {
+            match decode_record(&payload) {
                 Ok(batch) => {
                     held.insert(seq);
                     replay.push(WalRecord { seq, batch });
@@ -419,6 +426,24 @@ impl Wal {
         (sizes, self.queue(payload))
     }
 
+    /// [`append`](Self::append) for a batch converted from the
+    /// OTLP/protobuf request `body` with nothing rejected, dropped or
+    /// shortened: the record keeps `body` itself, which costs a copy instead
+    /// of encoding every span. Replay converts it again without limits
+    /// (see [`crate::otlp::from_otlp`]), which gives the same spans.
+    pub fn append_otlp(
+        &self,
+        body: &[u8],
+    ) -> impl Future<Output = Result<Appended>> + Send + use<> {
+        use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint};
+        let mut payload =
+            Vec::with_capacity(1 + encoded_len_varint(body.len() as u64) + body.len());
+        encode_key(2, WireType::LengthDelimited, &mut payload);
+        encode_varint(body.len() as u64, &mut payload);
+        payload.extend_from_slice(body);
+        self.queue(payload)
+    }
+
     fn queue(&self, payload: Vec<u8>) -> impl Future<Output = Result<Appended>> + Send + use<> {
         let (ack, rx) = oneshot::channel();
         let sent = self.tx.send(Msg::Append { payload, ack }).is_ok();
@@ -484,6 +509,32 @@ impl Wal {
     pub fn dir(&self) -> &Path {
         &self.dir
     }
+}
+
+/// A record's payload: clew spans (as in an [`ExportRequest`], which is why
+/// records written before field 2 existed read the same), or an
+/// OTLP/protobuf `ExportTraceServiceRequest` body whose spans all converted
+/// unchanged.
+#[derive(Clone, PartialEq, prost::Message)]
+struct RecordPayload {
+    #[prost(message, repeated, tag = "1")]
+    spans: Vec<Span>,
+    #[prost(bytes = "vec", tag = "2")]
+    otlp: Vec<u8>,
+}
+
+/// The batch a record holds.
+fn decode_record(payload: &[u8]) -> std::result::Result<ExportRequest, String> {
+    let record = RecordPayload::decode(payload).map_err(|e| e.to_string())?;
+    let mut spans = record.spans;
+    if !record.otlp.is_empty() {
+        let request =
+            ExportTraceServiceRequest::decode(record.otlp.as_slice()).map_err(|e| e.to_string())?;
+        let converted = crate::otlp::from_otlp(request, &crate::otlp::Limits::unbounded())
+            .map_err(|e| e.to_string())?;
+        spans.extend(converted.spans);
+    }
+    Ok(ExportRequest { spans })
 }
 
 /// `batch` as prost encodes it (`spans`, field 1, one length-delimited

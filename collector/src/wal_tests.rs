@@ -513,3 +513,100 @@ fn group_commit_throughput() {
         );
     }
 }
+
+/// An OTLP/protobuf request body of `n` spans of trace `tag` that converts
+/// with nothing rejected or shortened, and the batch it converts to.
+fn otlp_body(tag: u64, n: u64) -> (Vec<u8>, ExportRequest) {
+    use opentelemetry_proto::tonic::common::v1 as common;
+    use opentelemetry_proto::tonic::trace::v1 as trace;
+    let kv = |key: &str, value: common::any_value::Value| common::KeyValue {
+        key: key.into(),
+        value: Some(common::AnyValue { value: Some(value) }),
+        ..Default::default()
+    };
+    let spans = (0..n)
+        .map(|i| trace::Span {
+            trace_id: [tag.to_be_bytes(), 1u64.to_be_bytes()].concat(),
+            span_id: (tag * 1_000_000 + i + 1).to_be_bytes().to_vec(),
+            name: format!("op-{i}"),
+            kind: 2,
+            start_time_unix_nano: 1_700_000_000_000_000_000 + i,
+            end_time_unix_nano: 1_700_000_000_000_500_000 + i,
+            attributes: vec![
+                kv(
+                    "http.route",
+                    common::any_value::Value::StringValue("/cart".into()),
+                ),
+                kv("retries", common::any_value::Value::IntValue(i as i64)),
+            ],
+            status: Some(trace::Status {
+                code: 2,
+                message: "out of stock".into(),
+            }),
+            ..Default::default()
+        })
+        .collect();
+    let request = ExportTraceServiceRequest {
+        resource_spans: vec![trace::ResourceSpans {
+            resource: Some(opentelemetry_proto::tonic::resource::v1::Resource {
+                attributes: vec![kv(
+                    "service.name",
+                    common::any_value::Value::StringValue("checkout".into()),
+                )],
+                ..Default::default()
+            }),
+            scope_spans: vec![trace::ScopeSpans {
+                spans,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    };
+    let converted =
+        crate::otlp::from_otlp(request.clone(), &crate::otlp::Limits::default()).unwrap();
+    assert_eq!(converted.rejected + converted.truncated, 0);
+    assert_eq!(converted.spans.len() as u64, n);
+    (
+        request.encode_to_vec(),
+        ExportRequest {
+            spans: converted.spans,
+        },
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn otlp_bodies_are_logged_as_they_came_and_replay_as_converted() {
+    let dir = tempfile::tempdir().unwrap();
+    let (wal, _) = Wal::open(dir.path(), fast_config()).unwrap();
+    let (body, converted) = otlp_body(2, 5);
+    let first = wal.append(&batch(1, 3)).await.unwrap();
+    let second = wal.append_otlp(&body).await.unwrap();
+    let third = wal.append(&batch(3, 2)).await.unwrap();
+    // The record is the body itself behind one field key, not a re-encoding.
+    let on_disk = records_on_disk(dir.path());
+    let logged = &on_disk[&second.seq()];
+    assert_eq!(logged[0], 0x12, "field 2, length-delimited");
+    assert!(logged.ends_with(&body) && logged.len() < body.len() + 6);
+    let crashed = tempfile::tempdir().unwrap();
+    snapshot(dir.path(), crashed.path());
+    drop((first, second, third));
+    let (wal2, replay) = Wal::open(crashed.path(), fast_config()).unwrap();
+    let batches: Vec<ExportRequest> = replay.into_iter().map(|r| r.batch).collect();
+    assert_eq!(batches, vec![batch(1, 3), converted, batch(3, 2)]);
+    assert_eq!(wal2.stats().undecodable_records.load(Ordering::Relaxed), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_otlp_record_that_does_not_decode_is_skipped_and_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let (wal, _) = Wal::open(dir.path(), fast_config()).unwrap();
+    let bad = wal.append_otlp(&[0x0a, 0x05, 0x01]).await.unwrap();
+    let good = wal.append(&batch(4, 1)).await.unwrap();
+    let crashed = tempfile::tempdir().unwrap();
+    snapshot(dir.path(), crashed.path());
+    drop((bad, good));
+    let (wal2, replay) = Wal::open(crashed.path(), fast_config()).unwrap();
+    let batches: Vec<ExportRequest> = replay.into_iter().map(|r| r.batch).collect();
+    assert_eq!(batches, vec![batch(4, 1)]);
+    assert_eq!(wal2.stats().undecodable_records.load(Ordering::Relaxed), 1);
+}
