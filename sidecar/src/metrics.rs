@@ -35,6 +35,9 @@ pub struct Metrics {
     pub spill_bytes: IntGauge,
     /// Number of collector endpoints routed to.
     pub endpoints: IntGauge,
+    /// Periodic lookups of the collector DNS name that answered with
+    /// addresses (and set the endpoints).
+    pub dns_refreshes: IntCounter,
     /// 1 while an endpoint's circuit breaker is open or half-open.
     pub breaker_open: IntGaugeVec,
     /// Latency of sends to collectors.
@@ -136,6 +139,10 @@ impl Metrics {
             endpoints: g(
                 "clew_sidecar_endpoints",
                 "Collector endpoints currently routed to",
+            ),
+            dns_refreshes: c(
+                "clew_sidecar_dns_refreshes_total",
+                "Periodic lookups of the collector DNS name that answered with addresses",
             ),
             breaker_open,
             send_seconds,

@@ -159,8 +159,11 @@ pub async fn resolve(name: &str) -> std::io::Result<Vec<String>> {
     Ok(out)
 }
 
+/// Re-resolves `name` every `every` and sets the endpoints to the `fixed`
+/// ones (from `--collectors`) plus the answer.
 async fn dns_loop(
     pipeline: Pipeline,
+    fixed: Vec<String>,
     name: String,
     every: Duration,
     mut stop: watch::Receiver<bool>,
@@ -176,9 +179,11 @@ async fn dns_loop(
             // An empty answer during a rollout must not strand spans: keep
             // the last known set until the name resolves again.
             Ok(list) if !list.is_empty() => {
+                let list: Vec<String> = fixed.iter().cloned().chain(list).collect();
                 if let Err(e) = pipeline.set_endpoints(&list) {
                     tracing::warn!(error = %e, "collector endpoints from DNS rejected");
                 }
+                pipeline.metrics().dns_refreshes.inc();
             }
             Ok(_) => {
                 tracing::warn!(name = %name, "collector DNS name has no addresses; keeping the last set")
@@ -201,12 +206,13 @@ pub async fn run(
         return Err(ServerError::NoCollectors);
     }
     let pipeline = Pipeline::open(config.pipeline(), crate::metrics::Metrics::new())?;
-    let mut initial: Vec<String> = config
+    let fixed: Vec<String> = config
         .collectors
         .iter()
         .filter(|c| !c.trim().is_empty())
         .cloned()
         .collect();
+    let mut initial = fixed.clone();
     if let Some(name) = &config.collector_dns {
         match resolve(name).await {
             Ok(list) => initial.extend(list),
@@ -263,6 +269,7 @@ pub async fn run(
     let dns = config.collector_dns.clone().map(|name| {
         tokio::spawn(dns_loop(
             pipeline.clone(),
+            fixed,
             name,
             config.dns_refresh,
             stop_rx.clone(),
@@ -276,8 +283,23 @@ pub async fn run(
     tracing::info!("shutting down: no new spans; delivering or spilling what is held");
     ready.store(false, Ordering::Release);
     let _ = stop_tx.send(true);
-    let grpc_result = grpc.await;
-    let _ = http.await;
+    // A client holding a stream open must not keep the sidecar from
+    // delivering or spilling what it holds before the pod is killed.
+    let drain = config.shutdown_timeout;
+    let mut grpc = grpc;
+    let grpc_result = match tokio::time::timeout(drain, &mut grpc).await {
+        Ok(r) => r,
+        Err(_) => {
+            tracing::warn!("gRPC clients still connected after the shutdown timeout; closing them");
+            grpc.abort();
+            Ok(Ok(()))
+        }
+    };
+    let mut http = http;
+    if tokio::time::timeout(drain, &mut http).await.is_err() {
+        tracing::warn!("HTTP clients still connected after the shutdown timeout; closing them");
+        http.abort();
+    }
     if let Some(dns) = dns {
         let _ = dns.await;
     }

@@ -621,6 +621,32 @@ async fn endpoints_resolve_from_dns() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dns_refresh_keeps_the_collectors_given_by_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    let fixed: SocketAddr = "127.0.0.1:9".parse().unwrap();
+    let sc = Sidecar::start(
+        &[fixed],
+        dir.path(),
+        &["--collector-dns=localhost:4317", "--dns-refresh=100ms"],
+    )
+    .await;
+    let from_dns = clew_sidecar::server::resolve("localhost:4317")
+        .await
+        .unwrap()
+        .len() as f64;
+    assert!(from_dns >= 1.0);
+    // Wait for two refreshes (the first fires at once), then the set is
+    // still the flag's endpoint plus the DNS answer.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while sc.metric("clew_sidecar_dns_refreshes_total").await < 2.0 {
+        assert!(Instant::now() < deadline, "no DNS refresh");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(sc.metric("clew_sidecar_endpoints").await, 1.0 + from_dns);
+    sc.stop().await;
+}
+
 #[tokio::test]
 async fn no_collectors_is_a_clear_start_up_error() {
     let cfg = clew_sidecar::Config::parse_from(["clew-sidecar", "--spill-dir", "/tmp/x"]);

@@ -619,5 +619,21 @@ async fn the_ui_in_a_real_browser() {
         timings.to_string(),
     )
     .unwrap();
+    // Responsive, with room for a debug build on a loaded 2-core machine
+    // (measured there: first render 0.6–2.0 s, scroll 18–34 ms, collapse and
+    // expand 13–56 ms; release: 0.24–0.41 s first render).
+    let ms = |v: &Value| v.as_f64().unwrap_or(f64::INFINITY);
+    assert!(
+        ms(&t["sinceNavigation"]) < 10_000.0,
+        "first render: {timings}"
+    );
+    assert!(
+        ms(&scroll["ms"]) < 1_000.0,
+        "scroll to the middle: {timings}"
+    );
+    assert!(
+        ms(&toggle["ms"]) < 2_000.0,
+        "collapse and expand all: {timings}"
+    );
     s.close().await;
 }

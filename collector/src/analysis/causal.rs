@@ -162,6 +162,109 @@ fn event_ref(spans: &[Span], e: &Ev) -> EventRef {
     }
 }
 
+/// The services linked to `reference` by pairs, breadth first (each
+/// level sorted by name), the reference first.
+fn bfs_order<'a>(reference: &'a str, neighbours: &BTreeMap<&'a str, Vec<&'a str>>) -> Vec<&'a str> {
+    let mut order = vec![reference];
+    let mut queue: VecDeque<&str> = VecDeque::from([reference]);
+    while let Some(p) = queue.pop_front() {
+        let mut next: Vec<&str> = neighbours.get(p).cloned().unwrap_or_default();
+        next.sort_unstable();
+        next.dedup();
+        for s in next {
+            if !order.contains(&s) {
+                order.push(s);
+                queue.push_back(s);
+            }
+        }
+    }
+    order
+}
+
+/// Most services [`solve_offsets`] takes on (its cost grows with the cube).
+const MAX_SOLVED_SERVICES: usize = 256;
+
+/// Offsets for the services in `order` (the reference first) such that
+/// `o_b − o_a ≥ need[(a, b)]` for every pair, the reference at 0: the
+/// constraints are difference constraints, so all-pairs shortest paths
+/// give each service's feasible range given the others, and each service
+/// in turn takes the value in its range nearest 0 (which always leaves the
+/// rest solvable). `None` when no offsets satisfy every pair (a negative
+/// cycle) or there are too many services.
+pub(super) fn solve_offsets<'a>(
+    reference: &'a str,
+    order: &[&'a str],
+    need: &BTreeMap<(&'a str, &'a str), i128>,
+) -> Option<HashMap<&'a str, i128>> {
+    let n = order.len();
+    if n > MAX_SOLVED_SERVICES || order.first() != Some(&reference) {
+        return None;
+    }
+    let index: HashMap<&str, usize> = order.iter().enumerate().map(|(i, &s)| (s, i)).collect();
+    // d[i][j]: the least upper bound on o_j − o_i (None: unbounded).
+    let mut d: Vec<Vec<Option<i128>>> = vec![vec![None; n]; n];
+    for (i, row) in d.iter_mut().enumerate() {
+        row[i] = Some(0);
+    }
+    for (&(a, b), &g) in need {
+        // o_b − o_a ≥ g  ⇔  o_a − o_b ≤ −g: an edge b → a of weight −g.
+        if let (Some(&ia), Some(&ib)) = (index.get(a), index.get(b)) {
+            let w = g.checked_neg()?;
+            if d[ib][ia].is_none_or(|old| w < old) {
+                d[ib][ia] = Some(w);
+            }
+        }
+    }
+    for k in 0..n {
+        let row_k = d[k].clone();
+        for row in d.iter_mut() {
+            let Some(ik) = row[k] else { continue };
+            for (cell, kj) in row.iter_mut().zip(&row_k) {
+                if let Some(kj) = kj {
+                    let via = ik.checked_add(*kj)?;
+                    if cell.is_none_or(|old| via < old) {
+                        *cell = Some(via);
+                    }
+                }
+            }
+        }
+    }
+    if (0..n).any(|i| d[i][i].is_some_and(|x| x < 0)) {
+        return None;
+    }
+    // Adds the edge u → v of weight w (o_v − o_u ≤ w) to the closure.
+    fn add_edge(d: &mut [Vec<Option<i128>>], u: usize, v: usize, w: i128) -> Option<()> {
+        let row_v = d[v].clone();
+        for row in d.iter_mut() {
+            let Some(iu) = row[u] else { continue };
+            let iuw = iu.checked_add(w)?;
+            for (cell, vj) in row.iter_mut().zip(&row_v) {
+                if let Some(vj) = vj {
+                    let via = iuw.checked_add(*vj)?;
+                    if cell.is_none_or(|old| via < old) {
+                        *cell = Some(via);
+                    }
+                }
+            }
+        }
+        Some(())
+    }
+    let mut offsets = HashMap::from([(reference, 0i128)]);
+    for (s, &name) in order.iter().enumerate().skip(1) {
+        let hi = d[0][s].unwrap_or(i128::MAX);
+        let lo = d[s][0].map_or(i128::MIN, |x| -x);
+        if lo > hi {
+            return None;
+        }
+        let o = 0.clamp(lo, hi);
+        // Pin it: o_s − o_ref ≤ o and o_ref − o_s ≤ −o.
+        add_edge(&mut d, 0, s, o)?;
+        add_edge(&mut d, s, 0, -o)?;
+        offsets.insert(name, o);
+    }
+    Some(offsets)
+}
+
 fn fmt_ms(us: f64) -> String {
     format!("{:.3} ms", us / 1_000.0)
 }
@@ -273,7 +376,15 @@ pub fn causal_order(trace: &Trace) -> CausalAnalysis {
     }
     let mut offset: HashMap<&str, i128> = HashMap::new();
     let mut conflict: HashMap<&str, bool> = HashMap::new();
-    if let Some(r) = reference.as_deref() {
+    let solved = reference.as_deref().and_then(|r| {
+        let order = bfs_order(r, &neighbours);
+        solve_offsets(r, &order, &need)
+    });
+    if let Some(solved) = solved {
+        offset = solved;
+    } else if let Some(r) = reference.as_deref() {
+        // The pairs contradict each other (no offsets satisfy them all):
+        // place services one by one and flag the ones that cannot fit.
         offset.insert(r, 0);
         let mut queue: VecDeque<&str> = VecDeque::from([r]);
         // Breadth-first from the reference; then any service not reached

@@ -937,3 +937,31 @@ fn analysis_cost() {
         })
     );
 }
+
+#[test]
+fn offsets_take_every_pair_into_account_not_only_placed_neighbours() {
+    use std::collections::BTreeMap;
+    // r is the reference. Directly from r: a ≥ 3 (and ≤ 43), c ≥ −17 (and
+    // ≤ 3). Between them: a − c ≥ 30. Setting a first to the value nearest
+    // 0 that r allows (3) would leave c no room (c ≤ −27 < −17); the
+    // solution nearest 0 has c = −17 and so a = 13.
+    let need: BTreeMap<(&str, &str), i128> = BTreeMap::from([
+        (("r", "a"), 3),
+        (("a", "r"), -43),
+        (("r", "c"), -17),
+        (("c", "r"), -3),
+        (("c", "a"), 30),
+    ]);
+    let o = super::causal::solve_offsets("r", &["r", "a", "c"], &need).expect("solvable");
+    assert_eq!((o["r"], o["a"], o["c"]), (0, 13, -17));
+    for (&(x, y), &g) in &need {
+        assert!(o[y] - o[x] >= g, "{x} → {y}");
+    }
+    // Each already consistent service stays at 0.
+    let easy = BTreeMap::from([(("r", "a"), -5), (("a", "r"), -5)]);
+    let o = super::causal::solve_offsets("r", &["r", "a"], &easy).unwrap();
+    assert_eq!(o["a"], 0);
+    // Pairs no offsets satisfy: a − r ≥ 10 and r − a ≥ 0.
+    let contradiction = BTreeMap::from([(("r", "a"), 10), (("a", "r"), 0)]);
+    assert!(super::causal::solve_offsets("r", &["r", "a"], &contradiction).is_none());
+}
