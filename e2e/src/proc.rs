@@ -96,6 +96,11 @@ impl Proc {
         cmd.args(&self.args)
             .envs(self.envs.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
+            // Its own process group: a terminal's Ctrl-C reaches only the
+            // process it was typed at (clew-local), which then stops its
+            // children in order — collector last, after the services have
+            // flushed their spans to it.
+            .process_group(0)
             .kill_on_drop(true);
         if let Some(log) = &self.log {
             let f = std::fs::OpenOptions::new()
@@ -120,16 +125,32 @@ impl Proc {
 
     /// Sends `signal` (e.g. `TERM`, `INT`, `KILL`) with kill(1).
     pub async fn signal(&self, signal: &str) -> anyhow::Result<()> {
+        self.kill_with(signal, false).await
+    }
+
+    /// Sends `signal` to the process's whole process group, as a terminal's
+    /// Ctrl-C does to the foreground group.
+    pub async fn signal_group(&self, signal: &str) -> anyhow::Result<()> {
+        self.kill_with(signal, true).await
+    }
+
+    async fn kill_with(&self, signal: &str, group: bool) -> anyhow::Result<()> {
         let Some(pid) = self.pid() else {
             return Ok(());
         };
+        let target = if group {
+            format!("-{pid}")
+        } else {
+            pid.to_string()
+        };
         let st = Command::new("kill")
             .arg(format!("-{signal}"))
-            .arg(pid.to_string())
+            .arg("--")
+            .arg(&target)
             .status()
             .await?;
         if !st.success() {
-            bail!("kill -{signal} {pid} failed");
+            bail!("kill -{signal} -- {target} failed");
         }
         Ok(())
     }
@@ -151,7 +172,7 @@ impl Proc {
         if let Some(c) = &mut self.child
             && let Some(st) = c.try_wait()?
         {
-            // Already gone (a terminal's Ctrl-C reaches the whole group).
+            // Already gone by itself.
             self.child = None;
             return Ok(st.success() || st.code().is_none());
         }

@@ -98,11 +98,18 @@ async fn all_in_one_serves_the_trace_of_a_request_and_keeps_it_across_restarts()
     assert_eq!(services.status, 200, "{}", services.body);
     assert!(services.body.contains("service-a"), "{}", services.body);
 
-    // Ctrl-C: everything stops cleanly.
-    local.signal("INT").await.unwrap();
+    // Ctrl-C, as a terminal sends it (to the whole foreground process
+    // group): everything stops cleanly, the collector last.
+    local.signal_group("INT").await.unwrap();
     assert!(local.wait_exit(Duration::from_secs(60)).await.unwrap());
     let out = std::fs::read_to_string(&log).unwrap();
-    assert!(out.contains("stopped collector"), "{out}");
+    let at = |what: &str| out.find(what).unwrap_or_else(|| panic!("{what}: {out}"));
+    for service in ["service-a", "service-b", "service-c"] {
+        assert!(
+            at(&format!("stopped {service}")) < at("stopped collector"),
+            "{out}"
+        );
+    }
 
     // A second start finds the earlier data.
     local.restart().unwrap();

@@ -60,11 +60,17 @@ async fn main() -> anyhow::Result<()> {
     let mut stack = Stack { procs: Vec::new() };
     // Signals are handled from the first moment, so a Ctrl-C during
     // start-up still stops what was started.
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    // The children run in process groups of their own (so Ctrl-C stops them
+    // in order through this process): a closed terminal's SIGHUP stops
+    // them too.
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut hangup = signal(SignalKind::hangup())?;
     let result = tokio::select! {
         r = run(&args, &mut stack) => r,
         _ = tokio::signal::ctrl_c() => Ok(()),
         _ = term.recv() => Ok(()),
+        _ = hangup.recv() => Ok(()),
     };
     if let Err(e) = &result {
         eprintln!("clew-local: {e:#}");
