@@ -72,11 +72,14 @@ async fn serve(ingest: Ingest) -> SocketAddr {
     let addr = listener.local_addr().unwrap();
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     tokio::spawn(async move {
+        // Gzip accepted, as `server::run` configures both services.
+        let gzip = tonic::codec::CompressionEncoding::Gzip;
         tonic::transport::Server::builder()
-            .add_service(OtlpGrpcServer::new(ingest.clone()))
-            .add_service(pb::collector_server::CollectorServer::new(NativeGrpc(
-                ingest,
-            )))
+            .add_service(OtlpGrpcServer::new(ingest.clone()).accept_compressed(gzip))
+            .add_service(
+                pb::collector_server::CollectorServer::new(NativeGrpc(ingest))
+                    .accept_compressed(gzip),
+            )
             .serve_with_incoming(incoming)
             .await
     });
@@ -332,7 +335,7 @@ fn python() -> std::path::PathBuf {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_opentelemetry_python_sdk_exports_over_grpc_and_http() {
+async fn the_opentelemetry_python_sdk_exports_over_grpc_and_http_plain_and_gzip() {
     let s = setup(IngestConfig::default());
     let grpc = serve(s.ingest.clone()).await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -365,7 +368,12 @@ async fn the_opentelemetry_python_sdk_exports_over_grpc_and_http() {
     );
     let ids: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     s.assembler.flush_all().await;
-    for (proto, service) in [("grpc", "py-grpc"), ("http", "py-http")] {
+    for (proto, service) in [
+        ("grpc", "py-grpc"),
+        ("http", "py-http"),
+        ("grpc-gzip", "py-grpc-gzip"),
+        ("http-gzip", "py-http-gzip"),
+    ] {
         let id = TraceId::from_hex(ids[proto].as_str().unwrap()).unwrap();
         let trace = s.storage.get_trace(id).await.unwrap().expect("stored");
         assert_eq!(trace.spans.len(), 2, "{proto}");
@@ -501,4 +509,31 @@ async fn the_wal_keeps_an_otlp_request_that_converts_whole_as_it_came() {
         let stored = s.storage.get_trace(id).await.unwrap().expect("stored");
         assert!(stored.spans.contains(span), "{span:?}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn otlp_http_content_encodings_other_than_gzip_or_broken_gzip_are_refused() {
+    let s = setup(IngestConfig::default());
+    let app = http_router(s.ingest.clone());
+    let send = |encoding: &'static str, body: Vec<u8>| {
+        let app = app.clone();
+        async move {
+            app.oneshot(
+                http::Request::post("/v1/traces")
+                    .header("content-type", "application/x-protobuf")
+                    .header("content-encoding", encoding)
+                    .body(Body::from(body))
+                    .unwrap(),
+            )
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+        }
+    };
+    let plain = otlp_request(1, None).encode_to_vec();
+    assert_eq!(send("br", plain.clone()).await, 415);
+    let status = send("gzip", plain).await;
+    assert!((400..500).contains(&status), "not gzip: {status}");
+    assert_eq!(s.ingest.stats().accepted.load(Ordering::Relaxed), 0);
 }

@@ -241,7 +241,8 @@ pub async fn run(
         )
         .add_service(
             clew_proto::v1::collector_server::CollectorServer::new(NativeGrpc(ingest.clone()))
-                .max_decoding_message_size(max),
+                .max_decoding_message_size(max)
+                .accept_compressed(tonic::codec::CompressionEncoding::Gzip),
         )
         .add_service(crate::query::QueryGrpc(Arc::clone(&storage)).into_server())
         .serve_with_incoming_shutdown(

@@ -149,6 +149,10 @@ pub fn http_router(pipeline: Pipeline, max_body: usize) -> axum::Router {
     axum::Router::new()
         .route("/v1/traces", axum::routing::post(post_traces))
         .layer(DefaultBodyLimit::max(max_body))
+        // `Content-Encoding: gzip` bodies are inflated on the way in (the
+        // limit above applies to the inflated size); another encoding gets
+        // 415.
+        .layer(tower_http::decompression::RequestDecompressionLayer::new())
         .with_state(pipeline)
 }
 

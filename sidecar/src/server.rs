@@ -239,11 +239,14 @@ pub async fn run(
     let max = config.max_request_bytes;
     let grpc = tonic::transport::Server::builder()
         .add_service(
-            TraceServiceServer::new(OtlpGrpc(pipeline.clone())).max_decoding_message_size(max),
+            TraceServiceServer::new(OtlpGrpc(pipeline.clone()))
+                .max_decoding_message_size(max)
+                .accept_compressed(tonic::codec::CompressionEncoding::Gzip),
         )
         .add_service(
             clew_proto::v1::collector_server::CollectorServer::new(NativeGrpc(pipeline.clone()))
-                .max_decoding_message_size(max),
+                .max_decoding_message_size(max)
+                .accept_compressed(tonic::codec::CompressionEncoding::Gzip),
         )
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(grpc_listener),

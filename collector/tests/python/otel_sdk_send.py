@@ -1,15 +1,20 @@
 """Sends spans with the real OpenTelemetry Python SDK and its OTLP exporters.
 
 Usage: otel_sdk_send.py --grpc HOST:PORT --http URL
-Prints {"grpc": "<trace id>", "http": "<trace id>"} on success.
+Exports once per exporter, plain and gzip-compressed. Prints
+{"grpc": id, "http": id, "grpc-gzip": id, "http-gzip": id} (trace ids; the
+service of each is "py-" + its key) on success.
 """
 import argparse
 import json
 import sys
 
+import grpc
+
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
     OTLPSpanExporter as GrpcExporter,
 )
+from opentelemetry.exporter.otlp.proto.http import Compression as HttpCompression
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
     OTLPSpanExporter as HttpExporter,
 )
@@ -47,6 +52,16 @@ def main():
     for name, exporter in (
         ("grpc", GrpcExporter(endpoint=a.grpc, insecure=True, timeout=20)),
         ("http", HttpExporter(endpoint=a.http, timeout=20)),
+        (
+            "grpc-gzip",
+            GrpcExporter(
+                endpoint=a.grpc, insecure=True, timeout=20, compression=grpc.Compression.Gzip
+            ),
+        ),
+        (
+            "http-gzip",
+            HttpExporter(endpoint=a.http, timeout=20, compression=HttpCompression.Gzip),
+        ),
     ):
         trace_id, spans = make_spans("py-" + name)
         # Export through the real exporter and insist it succeeded.
