@@ -17,9 +17,14 @@ use crate::pb;
 /// The traced client B uses for C.
 pub type DataClient = pb::data_client::DataClient<TraceService<Channel>>;
 
-/// A traced, lazily connecting client for C at `url`.
-pub fn data_client(url: &str, tracer: &Tracer) -> anyhow::Result<DataClient> {
-    let channel = tonic::transport::Endpoint::from_shared(url.to_string())?.connect_lazy();
+/// A traced, lazily connecting client for C at `url`; a call that has no
+/// answer after `timeout` fails (and B answers UNAVAILABLE).
+pub fn data_client(
+    url: &str,
+    tracer: &Tracer,
+    timeout: std::time::Duration,
+) -> anyhow::Result<DataClient> {
+    let channel = crate::downstream(url, timeout)?;
     Ok(pb::data_client::DataClient::new(
         tower::ServiceBuilder::new()
             .layer(TraceLayer::grpc_client(tracer.clone()))

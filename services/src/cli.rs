@@ -31,6 +31,9 @@ pub struct ServiceAConfig {
         default_value = "http://127.0.0.1:8001"
     )]
     pub service_b: String,
+    /// How long A waits for B's answer (then 503).
+    #[arg(long, env = "CLEW_SERVICE_B_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub service_b_timeout: std::time::Duration,
     /// `/metrics` and `/healthz`.
     #[arg(long, env = "CLEW_SERVICE_A_OPS_ADDR", default_value = "0.0.0.0:9470")]
     pub ops_addr: SocketAddr,
@@ -57,6 +60,9 @@ pub struct ServiceBConfig {
         default_value = "http://127.0.0.1:8002"
     )]
     pub service_c: String,
+    /// How long B waits for each of C's answers (then UNAVAILABLE).
+    #[arg(long, env = "CLEW_SERVICE_C_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub service_c_timeout: std::time::Duration,
     /// `/metrics` and `/healthz`.
     #[arg(long, env = "CLEW_SERVICE_B_OPS_ADDR", default_value = "0.0.0.0:9471")]
     pub ops_addr: SocketAddr,
@@ -155,7 +161,8 @@ pub async fn run_a(
         &cfg.faults,
         stop,
         |tracer, metrics, listener, rx| async move {
-            let business = crate::frontend::business_client(&cfg.service_b, &tracer)?;
+            let business =
+                crate::frontend::business_client(&cfg.service_b, &tracer, cfg.service_b_timeout)?;
             let app = crate::frontend::app(
                 crate::frontend::AppState {
                     business,
@@ -186,7 +193,8 @@ pub async fn run_b(
         &cfg.faults,
         stop,
         |tracer, metrics, listener, rx| async move {
-            let data = crate::business::data_client(&cfg.service_c, &tracer)?;
+            let data =
+                crate::business::data_client(&cfg.service_c, &tracer, cfg.service_c_timeout)?;
             let svc = crate::business::BusinessService::new(tracer.clone(), data, faults, metrics);
             serve_grpc(Routes::new(svc.into_server()), tracer, listener, rx).await
         },

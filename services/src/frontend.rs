@@ -34,9 +34,14 @@ pub const MAX_DATA_CHARS: usize = 4096;
 /// The traced client A uses for B.
 pub type BusinessClient = pb::business_client::BusinessClient<TraceService<Channel>>;
 
-/// A traced, lazily connecting client for B at `url`.
-pub fn business_client(url: &str, tracer: &Tracer) -> anyhow::Result<BusinessClient> {
-    let channel = tonic::transport::Endpoint::from_shared(url.to_string())?.connect_lazy();
+/// A traced, lazily connecting client for B at `url`; a call that has no
+/// answer after `timeout` fails (and A answers 503).
+pub fn business_client(
+    url: &str,
+    tracer: &Tracer,
+    timeout: std::time::Duration,
+) -> anyhow::Result<BusinessClient> {
+    let channel = crate::downstream(url, timeout)?;
     Ok(pb::business_client::BusinessClient::new(
         tower::ServiceBuilder::new()
             .layer(TraceLayer::grpc_client(tracer.clone()))
@@ -99,6 +104,11 @@ fn upstream_error(s: &tonic::Status) -> Response {
         tonic::Code::Unavailable => error(
             StatusCode::SERVICE_UNAVAILABLE,
             "a backend service is unavailable; retry later",
+        ),
+        // The client's deadline (tonic reports its own timeout as Cancelled).
+        tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "a backend service did not answer in time; retry later",
         ),
         tonic::Code::InvalidArgument => error(StatusCode::BAD_REQUEST, "invalid request"),
         _ => error(StatusCode::BAD_GATEWAY, "a backend service failed"),

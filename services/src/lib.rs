@@ -28,3 +28,17 @@ pub use faults::Faults;
 pub mod pb {
     tonic::include_proto!("clew.demo.v1");
 }
+
+/// A lazily connecting channel to a downstream service at `url`: connecting
+/// gives up after a second (then UNAVAILABLE), and a call with no answer
+/// after `timeout` fails, so a stalled or unreachable service never leaves
+/// a request hanging.
+fn downstream(
+    url: &str,
+    timeout: std::time::Duration,
+) -> anyhow::Result<tonic::transport::Channel> {
+    Ok(tonic::transport::Endpoint::from_shared(url.to_string())?
+        .connect_timeout(std::time::Duration::from_secs(1))
+        .timeout(timeout)
+        .connect_lazy())
+}

@@ -2,6 +2,8 @@
 //! Service A's handlers in-process (`Router` + `oneshot`), with B and C as
 //! real gRPC servers on loopback, all traced into an in-memory exporter.
 
+use std::time::Duration;
+
 use axum::body::Body;
 use clew_services::Faults;
 use clew_services::business::{BusinessService, data_client};
@@ -40,7 +42,12 @@ async fn start_backends(mem: &InMemoryExporter, b_faults: Faults) -> String {
     let b_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let b_addr = b_listener.local_addr().unwrap();
     let b_tracer = tracer("service-b", mem);
-    let data = data_client(&format!("http://{c_addr}"), &b_tracer).unwrap();
+    let data = data_client(
+        &format!("http://{c_addr}"),
+        &b_tracer,
+        Duration::from_secs(10),
+    )
+    .unwrap();
     let b = BusinessService::new(b_tracer.clone(), data, b_faults, Metrics::new("service-b"));
     tokio::spawn(
         tonic::transport::Server::builder()
@@ -52,8 +59,12 @@ async fn start_backends(mem: &InMemoryExporter, b_faults: Faults) -> String {
 }
 
 fn frontend(b_url: &str, mem: &InMemoryExporter) -> axum::Router {
+    frontend_with_timeout(b_url, mem, Duration::from_secs(10))
+}
+
+fn frontend_with_timeout(b_url: &str, mem: &InMemoryExporter, timeout: Duration) -> axum::Router {
     let t = tracer("service-a", mem);
-    let business = business_client(b_url, &t).unwrap();
+    let business = business_client(b_url, &t, timeout).unwrap();
     app(
         AppState {
             business,
@@ -150,4 +161,33 @@ async fn downstream_failures_are_502_or_503_without_internals() {
         !body["error"].as_str().unwrap().contains("injected"),
         "{body}"
     );
+}
+
+#[tokio::test]
+async fn a_backend_that_never_answers_is_a_503_after_the_timeout() {
+    let mem = InMemoryExporter::new();
+    // B accepts connections and never says a word.
+    let stalled = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = stalled.local_addr().unwrap();
+    let held = tokio::spawn(async move {
+        let mut conns = Vec::new();
+        while let Ok((c, _)) = stalled.accept().await {
+            conns.push(c);
+        }
+    });
+    let a = frontend_with_timeout(&format!("http://{addr}"), &mem, Duration::from_millis(300));
+    let started = std::time::Instant::now();
+    let (status, trace, body) = get(&a, "/api/v1/search?q=example").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(trace.is_some());
+    assert_eq!(
+        body["error"],
+        "a backend service did not answer in time; retry later"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    held.abort();
 }
