@@ -143,7 +143,7 @@ log "deleting the TraceCollector"
 kill "$PF_PID" 2>/dev/null || true; PF_PID=""
 kubectl delete -n "$APP_NS" tracecollector/main --wait=true
 gone() {
-  [ -z "$(kubectl get deploy,statefulset,svc,configmap,pdb,hpa -n "$APP_NS" -l app.kubernetes.io/instance=main -o name)" ]
+  [ -z "$(kubectl get deploy,statefulset,svc,configmap,pdb,hpa,pvc -n "$APP_NS" -l app.kubernetes.io/instance=main -o name)" ]
 }
 wait_for "the TraceCollector's children to be garbage-collected" 120 gone
 log "kind e2e: PASSED"

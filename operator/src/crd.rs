@@ -89,6 +89,8 @@ pub struct TraceCollectorSpec {
     #[serde(default)]
     pub pod_disruption_budget: PdbSpec,
     /// When set, a HorizontalPodAutoscaler scales the collectors and `replicas` is ignored.
+    /// It scales on CPU utilisation of the request: without a CPU request in `resources`
+    /// the collectors request 250m.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub autoscaler: Option<AutoscalerSpec>,
 }

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{
     Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment, StatefulSet,
-    StatefulSetSpec,
+    StatefulSetPersistentVolumeClaimRetentionPolicy, StatefulSetSpec,
 };
 use k8s_openapi::api::autoscaling::v2::{
     CrossVersionObjectReference, HorizontalPodAutoscaler, HorizontalPodAutoscalerSpec, MetricSpec,
@@ -165,6 +165,26 @@ pub fn resource_requirements(r: &Resources) -> ResourceRequirements {
     }
 }
 
+/// CPU request of a collector scaled by an autoscaler when the spec sets none.
+pub const AUTOSCALED_CPU_REQUEST: &str = "250m";
+
+/// The collector container's resources: the spec's, plus a CPU request
+/// when an autoscaler is set without one (the HPA scales on utilisation of
+/// the request and would otherwise never act).
+fn collector_resources(tc: &TraceCollector) -> Option<ResourceRequirements> {
+    let mut r = tc.spec.resources.as_ref().map(resource_requirements);
+    if tc.spec.autoscaler.is_some() {
+        let requests = r
+            .get_or_insert_with(ResourceRequirements::default)
+            .requests
+            .get_or_insert_with(BTreeMap::new);
+        requests
+            .entry("cpu".to_owned())
+            .or_insert_with(|| Quantity(AUTOSCALED_CPU_REQUEST.to_owned()));
+    }
+    r
+}
+
 /// A hex SHA-256 prefix: stable across operator builds, unlike `std`'s hasher.
 pub fn short_hash(bytes: &[u8]) -> String {
     let d = ring::digest::digest(&ring::digest::SHA256, bytes);
@@ -318,7 +338,7 @@ pub fn desired_deployment(tc: &TraceCollector, defaults: &Defaults) -> Deploymen
         ]),
         readiness_probe: Some(http_probe("/readyz", "ops", 5)),
         liveness_probe: Some(http_probe("/healthz", "ops", 10)),
-        resources: tc.spec.resources.as_ref().map(resource_requirements),
+        resources: collector_resources(tc),
         security_context: Some(restricted_security_context()),
         volume_mounts: Some(vec![VolumeMount {
             name: "data".to_owned(),
@@ -563,6 +583,14 @@ pub fn desired_redis(tc: &TraceCollector) -> Option<StatefulSet> {
                 }),
                 ..PersistentVolumeClaim::default()
             }]),
+            // The data belongs to the TraceCollector: deleting it deletes
+            // the volume too (scaling, which never happens here, keeps it).
+            persistent_volume_claim_retention_policy: Some(
+                StatefulSetPersistentVolumeClaimRetentionPolicy {
+                    when_deleted: Some("Delete".to_owned()),
+                    when_scaled: Some("Retain".to_owned()),
+                },
+            ),
             ..StatefulSetSpec::default()
         },
         ..StatefulSet::default()

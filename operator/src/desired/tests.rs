@@ -141,6 +141,13 @@ fn managed_redis_gets_a_persistent_volume_of_the_requested_size_and_class() {
     });
     let sts = desired_redis(&t).unwrap();
     assert_eq!(sts.spec.service_name.as_deref(), Some("main-redis"));
+    // Deleting the TraceCollector deletes its data volume too.
+    let retention = sts
+        .spec
+        .persistent_volume_claim_retention_policy
+        .as_ref()
+        .unwrap();
+    assert_eq!(retention.when_deleted.as_deref(), Some("Delete"));
     let pvc = &sts.spec.volume_claim_templates.unwrap()[0];
     let spec = pvc.spec.as_ref().unwrap();
     assert_eq!(spec.storage_class_name.as_deref(), Some("fast"));
@@ -183,6 +190,34 @@ fn autoscaler_creates_an_hpa_and_leaves_replicas_to_it() {
         Some(60)
     );
     assert_eq!(desired_deployment(&t, &defaults()).spec.replicas, None);
+}
+
+#[test]
+fn an_autoscaled_collector_always_requests_cpu() {
+    let cpu_request = |t: &TraceCollector| {
+        let d = desired_deployment(t, &defaults());
+        let c = &d.spec.template.spec.unwrap().containers[0];
+        c.resources
+            .as_ref()
+            .and_then(|r| r.requests.as_ref())
+            .and_then(|r| r.get("cpu"))
+            .map(|q| q.0.clone())
+    };
+    let mut t = tc("main");
+    assert_eq!(cpu_request(&t), None);
+    t.spec.autoscaler = Some(AutoscalerSpec {
+        min_replicas: 1,
+        max_replicas: 4,
+        target_cpu_utilization: 75,
+    });
+    // Nothing to measure utilisation against otherwise.
+    assert_eq!(cpu_request(&t).as_deref(), Some(AUTOSCALED_CPU_REQUEST));
+    // The user's request wins, and the rest of their resources stay.
+    t.spec.resources = Some(Resources {
+        requests: BTreeMap::from([("cpu".to_owned(), "1".to_owned())]),
+        limits: BTreeMap::from([("memory".to_owned(), "1Gi".to_owned())]),
+    });
+    assert_eq!(cpu_request(&t).as_deref(), Some("1"));
 }
 
 #[test]
