@@ -188,8 +188,18 @@ fn lead(cfg: &Config, ctx: Arc<Context>) -> Vec<JoinHandle<()>> {
     let mut tasks = Vec::new();
     let c = ctx.clone();
     tasks.push(tokio::spawn(async move {
-        if let Err(e) = controller::run(c, std::future::pending()).await {
-            error!(error = %e, "controller stopped; is the TraceCollector CRD installed?");
+        // A controller that cannot start (the CRD not installed yet, say)
+        // is started again, so the leader never stays idle.
+        let mut delay = Duration::from_secs(5);
+        loop {
+            match controller::run(c.clone(), std::future::pending()).await {
+                Ok(()) => return,
+                Err(e) => {
+                    error!(error = %e, retry_in = ?delay, "controller stopped; is the TraceCollector CRD installed?");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(60));
+                }
+            }
         }
     }));
     if cfg.manage_webhook_certs {
