@@ -152,9 +152,37 @@ pub async fn reconcile(tc: Arc<TraceCollector>, ctx: Arc<Context>) -> Result<Act
                 e.to_string(),
             )
             .await;
+            // The status says so too (Degraded), rather than going stale.
+            let now = k8s_openapi::jiff::Timestamp::now().to_string();
+            let failed = status::failed_status(&tc, "ReconcileFailed", e.to_string(), &now);
+            if let Err(pe) = patch_status(&ctx.client, &tc, &failed).await {
+                warn!(tracecollector = %key(&tc), error = %pe, "could not mark the status Degraded");
+            }
             Err(e)
         }
     }
+}
+
+/// Applies `status` as `tc`'s whole status (server-side apply, one field manager).
+async fn patch_status(
+    client: &Client,
+    tc: &TraceCollector,
+    status: &crate::crd::TraceCollectorStatus,
+) -> Result<()> {
+    let api: Api<TraceCollector> =
+        Api::namespaced(client.clone(), &tc.namespace().unwrap_or_default());
+    let patch = serde_json::json!({
+        "apiVersion": TraceCollector::api_version(&()),
+        "kind": TraceCollector::kind(&()),
+        "status": status,
+    });
+    api.patch_status(
+        &tc.name_any(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await?;
+    Ok(())
 }
 
 /// Counts the failure and requeues with exponential backoff.
@@ -301,18 +329,7 @@ async fn apply_all(tc: &TraceCollector, ctx: &Context) -> Result<Action> {
         .conditions
         .iter()
         .any(|c| c.type_ == READY && c.status == "True");
-    let api: Api<TraceCollector> = Api::namespaced(client.clone(), &ns);
-    let patch = serde_json::json!({
-        "apiVersion": TraceCollector::api_version(&()),
-        "kind": TraceCollector::kind(&()),
-        "status": new_status,
-    });
-    api.patch_status(
-        &tc.name_any(),
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await?;
+    patch_status(client, tc, &new_status).await?;
 
     let observed = tc.status.as_ref().and_then(|s| s.observed_generation);
     if observed != tc.metadata.generation {

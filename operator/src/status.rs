@@ -67,6 +67,32 @@ fn condition(
     }
 }
 
+/// `tc`'s last status with `Degraded` set to True for `reason`: written
+/// when a reconcile fails, so the status says so instead of going stale.
+/// The other conditions and figures stay as they were.
+pub fn failed_status(
+    tc: &TraceCollector,
+    reason: &str,
+    message: String,
+    now: &str,
+) -> TraceCollectorStatus {
+    let mut status = tc.status.clone().unwrap_or_default();
+    let degraded = condition(
+        tc.condition(DEGRADED),
+        DEGRADED,
+        true,
+        reason,
+        message,
+        tc.metadata.generation,
+        now,
+    );
+    match status.conditions.iter_mut().find(|c| c.type_ == DEGRADED) {
+        Some(c) => *c = degraded,
+        None => status.conditions.push(degraded),
+    }
+    status
+}
+
 /// The status to write, from the applied children as the API server returned them.
 ///
 /// `now` is an RFC 3339 timestamp, passed in so the function stays pure.

@@ -394,9 +394,23 @@ async fn changed_sidecar_settings_roll_the_workloads_that_use_them() {
 }
 
 #[tokio::test]
-async fn api_failure_publishes_a_warning_and_backs_off() {
+async fn api_failure_publishes_a_warning_marks_the_status_degraded_and_backs_off() {
     let (ctx, mut v) = Context::test();
-    let obj = tc("main");
+    // Reconciled and ready before.
+    let mut obj = reconciled(tc("main"), "r1");
+    obj.status
+        .as_mut()
+        .unwrap()
+        .conditions
+        .push(crate::crd::Condition {
+            type_: "Ready".to_owned(),
+            status: "True".to_owned(),
+            reason: "Ready".to_owned(),
+            message: "2/2 collectors ready".to_owned(),
+            last_transition_time: "2026-11-24T10:00:00Z".to_owned(),
+            observed_generation: Some(1),
+        });
+    let before = obj.clone();
     let server = tokio::spawn(async move {
         v.expect(Method::PATCH, &path("ConfigMap", "main-collector"))
             .await
@@ -404,6 +418,15 @@ async fn api_failure_publishes_a_warning_and_backs_off() {
         let ev = v.event().await;
         assert_eq!(ev["type"], "Warning");
         assert_eq!(ev["reason"], "ReconcileFailed");
+        // The status says so: Degraded, the earlier conditions kept.
+        let status = v.status(&before).await;
+        let degraded = condition(&status, "Degraded");
+        assert_eq!(
+            (degraded.status.as_str(), degraded.reason.as_str()),
+            ("True", "ReconcileFailed")
+        );
+        assert!(degraded.message.contains("InternalError"), "{degraded:?}");
+        assert_eq!(condition(&status, "Ready").status, "True");
         v
     });
     let err = run(obj.clone(), ctx.clone()).await.unwrap_err();
