@@ -721,6 +721,7 @@
         el('div', { vars: { '--c': colorOf(s.service) }, style: { width: `${s.criticalShare * 100}%` }, title: `${s.service}: ${fmtDur(s.criticalUs)} (${pct(s.criticalShare)})` }))));
       box.push(el('div', { class: 'chips' }, b.services.filter((s) => s.criticalShare > 0).map((s) =>
         el('span', { class: 'chip', vars: { '--c': colorOf(s.service) }, text: `${s.service} ${pct(s.criticalShare)}` }))));
+      box.push(this.selfTimeTables(b));
       const c = a.causal;
       if (c && !c.consistent) {
         box.push(el('div', { class: 'warning', id: 'skew-warning' },
@@ -742,6 +743,26 @@
       this.analysisBox.replaceChildren(...box);
       this.renderRows();
       if (this.selected && this.byId.has(this.selected) && !this.panel.hidden) this.renderPanel(this.byId.get(this.selected));
+    }
+
+    /** Self time (a span's time not covered by its children), ranked: by span, service and operation, each with its share of the trace. */
+    selfTimeTables(b) {
+      const head = (cols) => el('tr', {}, cols.map((x) => el('th', { text: x })));
+      const num = (text) => el('td', { class: 'num', text });
+      const spanLink = (t) => el('a', { href: `/trace/${this.trace.traceID}?span=${t.spanID}`, text: `${t.service}: ${t.operation}`,
+        onclick: (e) => { e.preventDefault(); this.select(t.spanID, true); } });
+      return el('details', { id: 'self-time' },
+        el('summary', { text: `Self time: ${b.spans.length ? `${b.spans[0].service} "${b.spans[0].operation}" leads with ${pct(b.spans[0].share)} of the trace` : 'no spans'}` }),
+        el('table', { class: 'grid', id: 'self-time-spans' },
+          head(['Span', 'Self time', 'Share of trace', 'On the critical path']),
+          b.spans.map((t) => el('tr', {}, el('td', {}, spanLink(t)), num(fmtDur(t.selfUs)), num(pct(t.share)), num(fmtDur(t.criticalUs))))),
+        el('table', { class: 'grid', id: 'self-time-services' },
+          head(['Service', 'Spans', 'Self time', 'Share of trace', 'Critical-path share']),
+          b.services.map((g) => el('tr', {}, el('td', { text: g.service }), num(String(g.spans)), num(fmtDur(g.selfUs)), num(pct(g.share)), num(pct(g.criticalShare))))),
+        el('table', { class: 'grid', id: 'self-time-operations' },
+          head(['Operation', 'Spans', 'Self time', 'Share of trace', 'Critical-path share']),
+          b.operations.map((g) => el('tr', {}, el('td', { text: `${g.service}: ${g.operation}` }), num(String(g.spans)), num(fmtDur(g.selfUs)), num(pct(g.share)), num(pct(g.criticalShare))))),
+        el('div', { class: 'note', text: 'Shares of concurrent spans can add up to more than 100 %; critical-path shares add up to at most 100 %.' }));
     }
 
     evLink(ev) {
@@ -1020,6 +1041,8 @@
         const ops = b.operations.slice().sort((x, y) => y.criticalUs - x.criticalUs).slice(0, 3);
         box.append(el('div', { class: 'note' }, 'Most critical-path time: ',
           ops.map((o, k) => [k ? '; ' : '', `${o.service} "${o.operation}" ${fmtDur(o.criticalUs)} (${pct(o.criticalShare)})`])));
+        box.append(el('div', { class: 'note self-time-top' }, 'Most self time: ',
+          b.operations.slice(0, 3).map((o, k) => [k ? '; ' : '', `${o.service} "${o.operation}" ${fmtDur(o.selfUs)} (${pct(o.share)})`])));
         if (a.causal && !a.causal.consistent) box.append(el('div', { class: 'warning', text: a.causal.explanation }));
       }
       botBox.append(box);

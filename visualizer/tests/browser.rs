@@ -169,6 +169,35 @@ async fn the_ui_in_a_real_browser() {
         )
         .await;
     assert!(crit_bars.as_u64().unwrap() >= 6, "{crit_bars}");
+    // Self time, ranked: every span of the trace, each linking to its row.
+    let ranked = s
+        .js(
+            "return [...document.querySelectorAll('#self-time-spans tr a')].map(a => new URL(a.href).searchParams.get('span'))",
+            vec![],
+        )
+        .await;
+    assert_eq!(strings(&ranked).len(), 8, "{ranked}");
+    let services = s
+        .js(
+            "return [...document.querySelectorAll('#self-time-services tr td:first-child')].map(td => td.textContent)",
+            vec![],
+        )
+        .await;
+    assert!(
+        strings(&services).contains(&"payments".to_string()),
+        "{services}"
+    );
+    let first = ranked[0].as_str().unwrap().to_owned();
+    s.js("document.getElementById('self-time').open = true", vec![])
+        .await;
+    let link = s.find("#self-time-spans tr a").await;
+    s.click(&link).await;
+    s.wait_for(
+        "span panel from the self-time table",
+        &format!("const p = document.getElementById('span-panel'); return p && !p.hidden && p.dataset.spanId === '{first}'"),
+        WAIT,
+    )
+    .await;
     // The failing INSERT row is marked as an error.
     let err_row = s.js(&format!("return document.querySelector('.row[data-span-id=\"{}\"]').classList.contains('error')", hex(&span_id(6))), vec![]).await;
     assert_eq!(err_row, json!(true));
@@ -178,7 +207,15 @@ async fn the_ui_in_a_real_browser() {
         .find(&format!(".row[data-span-id=\"{}\"]", hex(&span_id(5))))
         .await;
     s.click(&row).await;
-    s.wait_for("span panel", "const p = document.getElementById('span-panel'); return p && !p.hidden && p.dataset.spanId", WAIT).await;
+    s.wait_for(
+        "span panel",
+        &format!(
+            "const p = document.getElementById('span-panel'); return p && !p.hidden && p.dataset.spanId === '{}' && document.getElementById('panel-op')",
+            hex(&span_id(5))
+        ),
+        WAIT,
+    )
+    .await;
     let panel = s
         .js(
             "return document.getElementById('span-panel').innerText",
@@ -490,6 +527,14 @@ async fn the_ui_in_a_real_browser() {
         kinds[0].contains("payments \"charge\" took 450.00 ms"),
         "{kinds:#?}"
     );
+    // Each slow trace names where its self time went.
+    let tops = s
+        .js(
+            "return [document.querySelectorAll('#bottlenecks .bottleneck').length, document.querySelectorAll('#bottlenecks .self-time-top').length]",
+            vec![],
+        )
+        .await;
+    assert_eq!(tops[0], tops[1], "{tops}");
     // The big trace has no payments span: only checkouts are listed.
     let listed = s.js("return [...document.querySelectorAll('#bottlenecks .bottleneck a')].map(a => a.textContent)", vec![]).await;
     assert!(
