@@ -950,14 +950,19 @@
           el('span', { text: `${s.requests} requests` }), el('span', { text: `${s.errors} errors (${pct(s.requests ? s.errors / s.requests : 0)})` }),
           el('span', { text: `p50 ${fmtDur(s.latency.p50Us)} · p95 ${fmtDur(s.latency.p95Us)} · p99 ${fmtDur(s.latency.p99Us)}` })),
         el('div', { class: 'charts' },
-          chart('Rate (requests/s)', s.buckets, [['rate', 'req/s', '#1f6feb', (v) => v.toFixed(2)]]),
-          chart('Errors (share of requests)', s.buckets, [['errorRate', 'errors', '#c62828', pct]]),
-          chart('Duration', s.buckets, [['p50Us', 'p50', '#2e7d32', fmtDur], ['p95Us', 'p95', '#f9a825', fmtDur], ['p99Us', 'p99', '#d84315', fmtDur]]))));
+          chart('Rate (requests/s)', s.buckets, [['rate', 'req/s', '#1f6feb', (v) => v.toFixed(2)]], red.coveredFromUs),
+          chart('Errors (share of requests)', s.buckets, [['errorRate', 'errors', '#c62828', pct]], red.coveredFromUs),
+          chart('Duration', s.buckets, [['p50Us', 'p50', '#2e7d32', fmtDur], ['p95Us', 'p95', '#f9a825', fmtDur], ['p99Us', 'p99', '#d84315', fmtDur]], red.coveredFromUs))));
     }
-    if (red.truncated) $main.append(el('p', { class: 'note', text: `Computed from the ${red.traces} most recent traces of the window.` }));
+    if (red.truncated) {
+      $main.append(el('p', { class: 'note', id: 'red-truncated', text: red.coveredFromUs
+        ? `Computed from the ${red.traces} most recent traces of the window, which start at ${fmtTime(red.coveredFromUs).slice(11, 19)}: the shaded part before that was not read, and is not drawn as zero.`
+        : `Computed from the ${red.traces} most recent traces of the window.` }));
+    }
   }
 
-  function chart(title, buckets, lines) {
+  /** A line chart of `buckets`; buckets that start before `coveredFromUs` (a part of the window that was not read) are shaded and left out of the lines. */
+  function chart(title, buckets, lines, coveredFromUs) {
     const W = 320;
     const H = 140;
     const pad = { l: 50, r: 6, t: 8, b: 18 };
@@ -973,8 +978,13 @@
         sv('text', { x: pad.l - 4, y: H - pad.b, 'text-anchor': 'end', text: '0' }),
         buckets.length ? sv('text', { x: pad.l, y: H - 4, text: fmtTime(buckets[0].startUs).slice(11, 19) }) : null,
         buckets.length ? sv('text', { x: W - pad.r, y: H - 4, 'text-anchor': 'end', text: fmtTime(buckets[buckets.length - 1].startUs).slice(11, 19) }) : null));
+    const first = coveredFromUs ? buckets.findIndex((b) => b.startUs >= coveredFromUs) : 0;
+    const from = first < 0 ? buckets.length : first;
+    if (from > 0) {
+      g.append(sv('rect', { class: 'not-read', x: pad.l, y: pad.t, width: Math.max(0, x(Math.min(from, n)) - pad.l), height: H - pad.t - pad.b, fill: '#eee' }));
+    }
     for (const [k, , color] of lines) {
-      g.append(sv('polyline', { stroke: color, points: buckets.map((b, i) => `${x(i).toFixed(1)},${y(b[k]).toFixed(1)}`).join(' ') }));
+      g.append(sv('polyline', { stroke: color, points: buckets.slice(from).map((b, i) => `${x(i + from).toFixed(1)},${y(b[k]).toFixed(1)}`).join(' ') }));
     }
     return el('div', { class: 'chart' }, el('div', { class: 'note', text: title }), g,
       el('div', { class: 'legend' }, lines.map(([, label, color]) => el('span', { vars: { '--c': color }, text: label }))));

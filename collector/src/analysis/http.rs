@@ -115,6 +115,11 @@ struct Window {
     truncated: bool,
     start_us: u64,
     end_us: u64,
+    /// When truncated: the earliest start of the traces read, so a client
+    /// can tell the part of the window the figures cover (from here to
+    /// `end_us`) from the part that was not read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    covered_from_us: Option<u64>,
 }
 
 /// The traces of `[start, end]` (with a span of `service`, unless empty),
@@ -134,11 +139,23 @@ async fn window_traces(
             ..Default::default()
         })
         .await?;
+    let truncated = traces.len() >= MAX_LIMIT;
+    let covered_from_us = truncated
+        .then(|| {
+            traces
+                .iter()
+                .flat_map(|t| &t.spans)
+                .map(|s| s.start_time_unix_nano)
+                .min()
+        })
+        .flatten()
+        .map(|ns| ns.max(start) / 1_000);
     let window = Window {
         traces: traces.len(),
-        truncated: traces.len() >= MAX_LIMIT,
+        truncated,
         start_us: start / 1_000,
         end_us: end / 1_000,
+        covered_from_us,
     };
     Ok((traces, window))
 }

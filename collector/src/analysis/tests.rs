@@ -791,6 +791,31 @@ mod routes {
         assert_eq!(db["latency"]["p50Us"], 11_000.0);
         assert_eq!(v["data"]["services"].as_array().unwrap().len(), 3);
     }
+
+    #[tokio::test]
+    async fn a_truncated_window_says_which_part_it_covers() {
+        // 1,200 traces a second apart: only the 1,000 most recent are read.
+        let app = app_with(window(1_200, |_| 10, |_| false, |_| false)).await;
+        let end_us = (T0 + 1_200_000 * MS) / 1_000;
+        let (status, v) = get(
+            &app,
+            &format!("/api/clew/red?service=db&end={end_us}&lookback=1200s&step=60s"),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{v}");
+        assert_eq!(v["data"]["truncated"], true);
+        assert_eq!(v["data"]["traces"], 1_000);
+        // Trace 200 is the oldest read.
+        assert_eq!(v["data"]["coveredFromUs"], (T0 + 200_000 * MS) / 1_000);
+        // Not truncated: no such field.
+        let (_, v) = get(
+            &app,
+            &format!("/api/clew/red?service=db&end={end_us}&lookback=100s&step=10s"),
+        )
+        .await;
+        assert_eq!(v["data"]["truncated"], false);
+        assert!(v["data"].get("coveredFromUs").is_none(), "{v}");
+    }
 }
 
 // ---- cost ---------------------------------------------------------------
