@@ -85,6 +85,22 @@ YAML
 kubectl wait -n "$APP_NS" tracecollector/main --for=condition=Ready --timeout=300s \
   || fail "TraceCollector did not become Ready"
 
+log "invalid specs are refused by the API server with the CRD's messages"
+refused() {
+  local spec="$1" message="$2" out
+  if out=$(printf 'apiVersion: clew.dev/v1alpha1\nkind: TraceCollector\nmetadata: {name: invalid}\nspec: %s\n' "$spec" \
+      | kubectl apply --dry-run=server -n "$APP_NS" -f - 2>&1); then
+    fail "accepted an invalid spec: $spec"
+  fi
+  grep -qF "$message" <<<"$out" || fail "no \"$message\" in: $out"
+}
+refused '{autoscaler: {minReplicas: 5, maxReplicas: 2}}' \
+  'spec.autoscaler.maxReplicas must be at least spec.autoscaler.minReplicas'
+refused '{sidecar: {bufferBytes: 8388608, spillMaxBytes: 1048576}}' \
+  'spec.sidecar.spillMaxBytes must be at least spec.sidecar.bufferBytes'
+refused '{storage: {redis: {managed: {size: 1Gi}, external: {secretName: r}}}}' \
+  'set only one of spec.storage.redis.managed and spec.storage.redis.external'
+
 log "deploying the demo services (namespace annotated for injection)"
 kubectl annotate namespace "$APP_NS" sidecar.clew.dev/inject=true --overwrite
 sed "s|IMAGE|$IMAGE|" e2e/kind/manifests.yaml | kubectl apply -n "$APP_NS" -f -
@@ -95,8 +111,14 @@ for d in service-a service-b service-c; do
     || fail "$d was not injected"
 done
 
-kubectl port-forward -n "$APP_NS" svc/main-collector 16686:16686 >/dev/null 2>&1 &
-PF_PID=$!
+# The port-forward goes to one collector pod; when that pod is the one killed
+# below it ends, so every query first makes sure one is running.
+port_forward() {
+  if [ -n "$PF_PID" ] && kill -0 "$PF_PID" 2>/dev/null; then return; fi
+  kubectl port-forward -n "$APP_NS" svc/main-collector 16686:16686 >/dev/null 2>&1 &
+  PF_PID=$!
+}
+port_forward
 wait_for "the query API" 60 curl -fsS http://127.0.0.1:16686/api/services
 
 # Sends N requests to service-a from inside the cluster; every one must succeed.
@@ -108,6 +130,7 @@ traffic() {
 }
 # Complete traces (spans from all three services) seen by the query API.
 complete_traces() {
+  port_forward
   curl -fsS "http://127.0.0.1:16686/api/traces?service=service-a&limit=100000&lookback=1h" | python3 -c '
 import json, sys
 data = json.load(sys.stdin)["data"]
@@ -134,10 +157,19 @@ expect_traces "$N"
 
 log "batch 2: $N requests while a collector pod is killed"
 traffic batch-2
+# Requests in flight when the collector goes.
+wait_for "batch 2 to start" 120 sh -c "kubectl get pod -n '$APP_NS' batch-2 -o jsonpath='{.status.phase}' | grep -Eq 'Running|Succeeded'"
 victim=$(kubectl get pod -n "$APP_NS" -l app.kubernetes.io/instance=main,app.kubernetes.io/component=collector -o jsonpath='{.items[0].metadata.name}')
 kubectl delete pod -n "$APP_NS" "$victim" --wait=false
 kubectl wait -n "$APP_NS" pod/batch-2 --for=jsonpath='{.status.phase}'=Succeeded --timeout=300s || fail "batch 2 failed"
 expect_traces "$((2 * N))"
+
+log "drift repair: a deleted or edited child comes back"
+kubectl delete svc -n "$APP_NS" main-collector-headless --wait=true
+wait_for "the headless Service to come back" 60 kubectl get svc -n "$APP_NS" main-collector-headless
+kubectl scale deploy -n "$APP_NS" main-collector --replicas=5
+wait_for "the collector Deployment to be set back to 2 replicas" 60 sh -c \
+  "[ \"\$(kubectl get deploy -n '$APP_NS' main-collector -o jsonpath='{.spec.replicas}')\" = 2 ]"
 
 log "deleting the TraceCollector"
 kill "$PF_PID" 2>/dev/null || true; PF_PID=""
