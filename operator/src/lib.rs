@@ -7,6 +7,7 @@
 //! - [`certs`]: the webhook's self-signed CA and serving certificate.
 //! - [`run`]: the `clew-operator` process, with leader election.
 
+pub mod audit;
 pub mod certs;
 pub mod controller;
 pub mod crd;

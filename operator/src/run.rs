@@ -183,9 +183,18 @@ where
     reader
 }
 
-/// The leader's work: the controller and (when enabled) the certificate manager.
-fn lead(cfg: &Config, ctx: Arc<Context>) -> Vec<JoinHandle<()>> {
-    let mut tasks = Vec::new();
+/// The leader's work: the controller, the watch for pods that missed their sidecar
+/// ([`crate::audit`]) and (when enabled) the certificate manager.
+fn lead(
+    cfg: &Config,
+    ctx: Arc<Context>,
+    namespaces: reflector::Store<Namespace>,
+) -> Vec<JoinHandle<()>> {
+    let mut tasks = vec![tokio::spawn(crate::audit::run(
+        ctx.client.clone(),
+        ctx.recorder.clone(),
+        namespaces,
+    ))];
     let c = ctx.clone();
     tasks.push(tokio::spawn(async move {
         // A controller that cannot start (the CRD not installed yet, say)
@@ -304,12 +313,13 @@ pub async fn run(
         .await?;
     let (leader_rx, lease_task) = manager.watch().await;
     let leader_cfg = cfg.clone();
+    let leader_namespaces = state.namespaces.clone();
     let election = tokio::spawn(follow_leadership(
         leader_rx,
         metrics.leader.clone(),
         move || {
             info!(identity = %identity, "leading: starting the controller");
-            lead(&leader_cfg, ctx.clone())
+            lead(&leader_cfg, ctx.clone(), leader_namespaces.clone())
         },
     ));
 

@@ -212,7 +212,7 @@ fn event_subject(pod: &Pod) -> ObjectReference {
     }
 }
 
-async fn record_skip(recorder: &Recorder, pod: &Pod, reason: &str) {
+pub(crate) async fn record_skip(recorder: &Recorder, pod: &Pod, reason: &str) {
     let reference = event_subject(pod);
     let note = format!("pod {}: {reason}", pod_name(pod));
     let ev = Event {

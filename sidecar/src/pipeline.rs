@@ -388,15 +388,23 @@ impl Pipeline {
             .received
             .with_label_values(&[protocol])
             .inc_by(n as u64);
-        let r = self.route(req);
+        let mut taken = 0;
+        let r = self.route(req, &mut taken);
         if r.is_err() {
-            self.0.metrics.refused.inc_by(n as u64);
+            // The parts already queued stay (the client's retry of the whole
+            // request sends them again; collectors keep one copy of each
+            // span): only the rest was refused.
+            self.0
+                .metrics
+                .refused
+                .inc_by(n.saturating_sub(taken) as u64);
         }
         r
     }
 
-    /// Routes `req` over the current endpoints.
-    fn route(&self, req: ExportTraceServiceRequest) -> Result<(), Error> {
+    /// Routes `req` over the current endpoints, adding to `taken` the spans
+    /// of each part queued or spilled.
+    fn route(&self, req: ExportTraceServiceRequest, taken: &mut usize) -> Result<(), Error> {
         let sh = &self.0;
         let mut pending = vec![req];
         // The table can change between reading it and enqueueing; a part
@@ -408,13 +416,15 @@ impl Pipeline {
                 if table.endpoints.is_empty() {
                     let spans = span_count(&req);
                     self.spill_unrouted(spans, &req.encode_to_vec())?;
+                    *taken += spans;
                     continue;
                 }
                 for (idx, part) in split(req, &table.hashes) {
                     let spans = span_count(&part);
                     let body = Bytes::from(part.encode_to_vec());
-                    if let Some(back) = table.endpoints[idx].enqueue(self, body, spans)? {
-                        retry.push(back);
+                    match table.endpoints[idx].enqueue(self, body, spans)? {
+                        Some(back) => retry.push(back),
+                        None => *taken += spans,
                     }
                 }
             }
@@ -426,6 +436,7 @@ impl Pipeline {
         for req in pending {
             let spans = span_count(&req);
             self.spill_unrouted(spans, &req.encode_to_vec())?;
+            *taken += spans;
         }
         Ok(())
     }
