@@ -887,7 +887,9 @@ fn drain_one(p: &Pipeline, log: &Mutex<SpillLog>) -> bool {
         match req {
             None => p.0.metrics.spill_corrupt.inc(),
             Some(req) => {
-                if p.route(req).is_err() {
+                // A part routed before a failure goes again with the whole
+                // record next time; collectors keep one copy of each span.
+                if p.route(req, &mut 0).is_err() {
                     break;
                 }
             }
