@@ -93,6 +93,11 @@ def validate(path, doc, tc_schema):
     if key in THIRD_PARTY:
         return "third-party"
     if doc["kind"] == "TraceCollector":
+        # Install only: a post-upgrade hook is deleted and recreated on every
+        # upgrade, and its children (Redis data included) with it.
+        hook = doc["metadata"].get("annotations", {}).get("helm.sh/hook")
+        if hook != "post-install":
+            fail(f"{path}: the default TraceCollector must be a post-install hook only, not {hook!r}")
         try:
             jsonschema.validate(doc, tc_schema)
         except jsonschema.ValidationError as e:
