@@ -319,21 +319,6 @@ async fn http_overload_is_429_with_retry_after() {
     assert_eq!(headers["retry-after"], "3");
 }
 
-/// The Python interpreter of the venv `scripts/test.sh` prepares with the
-/// OpenTelemetry SDK and its OTLP exporters.
-fn python() -> std::path::PathBuf {
-    let p = std::env::var_os("CLEW_PYTHON")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| "/var/tmp/clew-venv/bin/python".into());
-    assert!(
-        p.exists(),
-        "{} not found: run scripts/test.sh, which creates the venv with opentelemetry-sdk, \
-         or set CLEW_PYTHON",
-        p.display()
-    );
-    p
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_opentelemetry_python_sdk_exports_over_grpc_and_http_plain_and_gzip() {
     let s = setup(IngestConfig::default());
@@ -343,30 +328,7 @@ async fn the_opentelemetry_python_sdk_exports_over_grpc_and_http_plain_and_gzip(
     let app = http_router(s.ingest.clone());
     tokio::spawn(async move { axum::serve(listener, app).await });
 
-    // The runtime variable (set by cargo and nextest): a test binary reused
-    // from a build in another checkout must not look there.
-    let dir = std::env::var("CARGO_MANIFEST_DIR")
-        .unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_string());
-    let script = format!("{dir}/tests/python/otel_sdk_send.py");
-    let out = tokio::time::timeout(
-        Duration::from_secs(120),
-        tokio::process::Command::new(python())
-            .arg(&script)
-            .arg("--grpc")
-            .arg(grpc.to_string())
-            .arg("--http")
-            .arg(format!("http://{http_addr}/v1/traces"))
-            .output(),
-    )
-    .await
-    .expect("python finished")
-    .unwrap();
-    assert!(
-        out.status.success(),
-        "python failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let ids: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let ids = crate::testing::otel_sdk_send(grpc, &format!("http://{http_addr}/v1/traces")).await;
     s.assembler.flush_all().await;
     for (proto, service) in [
         ("grpc", "py-grpc"),

@@ -129,3 +129,53 @@ impl Drop for RedisServer {
         self.kill();
     }
 }
+
+/// The Python interpreter of the venv `scripts/test.sh` prepares with the
+/// OpenTelemetry SDK and its OTLP exporters (`CLEW_PYTHON`).
+pub fn python() -> std::path::PathBuf {
+    let p = std::env::var_os("CLEW_PYTHON")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| "/var/tmp/clew-venv/bin/python".into());
+    assert!(
+        p.exists(),
+        "{} not found: run scripts/test.sh, which creates the venv with opentelemetry-sdk, \
+         or set CLEW_PYTHON",
+        p.display()
+    );
+    p
+}
+
+/// Runs `collector/tests/python/otel_sdk_send.py`: the real OpenTelemetry
+/// Python SDK exports, plain and gzip, to OTLP/gRPC at `grpc` and OTLP/HTTP
+/// at `http_url`. Returns the trace id (hex) of each export, keyed `grpc`,
+/// `http`, `grpc-gzip`, `http-gzip`; panics with Python's stderr if any failed.
+pub async fn otel_sdk_send(grpc: std::net::SocketAddr, http_url: &str) -> serde_json::Value {
+    // The runtime variable (set by cargo and nextest), so a test binary reused
+    // from a build in another checkout does not look there; every crate sits
+    // in the workspace root.
+    let crate_dir = std::env::var("CARGO_MANIFEST_DIR")
+        .unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_string());
+    let script = Path::new(&crate_dir)
+        .parent()
+        .unwrap()
+        .join("collector/tests/python/otel_sdk_send.py");
+    let out = tokio::time::timeout(
+        Duration::from_secs(120),
+        tokio::process::Command::new(python())
+            .arg(&script)
+            .arg("--grpc")
+            .arg(grpc.to_string())
+            .arg("--http")
+            .arg(http_url)
+            .output(),
+    )
+    .await
+    .expect("python finished")
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "python failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}

@@ -658,35 +658,14 @@ async fn no_collectors_is_a_clear_start_up_error() {
 /// gRPC and HTTP into the sidecar, and on to the collector.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_opentelemetry_python_sdk_exports_through_the_sidecar_plain_and_gzip() {
-    let python = std::env::var_os("CLEW_PYTHON")
-        .expect("CLEW_PYTHON must name a python with the OpenTelemetry SDK (run scripts/test.sh)");
     let dir = tempfile::tempdir().unwrap();
     let c = Collector::start("127.0.0.1:0", &dir.path().join("c")).await;
     let sc = Sidecar::start(&[c.grpc], &dir.path().join("spill"), &[]).await;
-    // The runtime variable: a test binary reused from another checkout must
-    // not look there.
-    let manifest = std::env::var("CARGO_MANIFEST_DIR")
-        .unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_string());
-    let script = format!("{manifest}/../collector/tests/python/otel_sdk_send.py");
-    let out = tokio::time::timeout(
-        Duration::from_secs(120),
-        tokio::process::Command::new(python)
-            .arg(&script)
-            .arg("--grpc")
-            .arg(sc.server.bound.grpc.to_string())
-            .arg("--http")
-            .arg(format!("http://{}/v1/traces", sc.server.bound.http))
-            .output(),
+    let ids = clew_collector::testing::otel_sdk_send(
+        sc.server.bound.grpc,
+        &format!("http://{}/v1/traces", sc.server.bound.http),
     )
-    .await
-    .expect("python finished")
-    .unwrap();
-    assert!(
-        out.status.success(),
-        "python failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let ids: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    .await;
     for key in ["grpc", "http", "grpc-gzip", "http-gzip"] {
         let hex = ids[key].as_str().unwrap();
         let id: Vec<u8> = (0..16)
