@@ -129,7 +129,7 @@ fn s(v: &str) -> any_value::Value {
     any_value::Value::StringValue(v.into())
 }
 
-fn error(mut span: Span) -> Span {
+pub(crate) fn error(mut span: Span) -> Span {
     span.status = Some(Status {
         code: status::Code::Error as i32,
         message: "boom".into(),

@@ -1,10 +1,18 @@
 //! A bounded in-memory store, for tests and throwaway runs. Nothing survives
 //! a restart.
+//!
+//! Traces are spread over shards by trace id, each behind its own lock, so
+//! that stores from several runtime threads rarely wait on each other. A
+//! shard keeps its traces, an index of them by newest span end (eviction,
+//! pruning) and by newest span start (search), and the service/operation
+//! catalogue of the spans it holds. Per span the store keeps the span itself
+//! and a small [`Brief`] that a search can rule it out with.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::cmp::Reverse;
+use std::collections::{BTreeSet, BinaryHeap, HashSet as StdHashSet};
 
 use async_trait::async_trait;
-use foldhash::HashMap;
+use foldhash::{HashMap, HashSet};
 use parking_lot::Mutex;
 
 use super::query::{self, DependencyCounter};
@@ -16,12 +24,20 @@ use super::{
 /// Default bound on the number of traces kept.
 pub const DEFAULT_MAX_TRACES: usize = 10_000;
 
-/// In-memory storage holding at most `max_traces` traces: storing a new trace
-/// beyond that evicts the oldest (the one whose newest span ended first).
+/// Shards of a store large enough to have them (see [`MemoryStorage::new`]).
+const SHARDS: usize = 16;
+/// A store bounded below `SHARDS * MIN_TRACES_PER_SHARD` traces has one
+/// shard, so that its bound and eviction order are exact.
+const MIN_TRACES_PER_SHARD: usize = 64;
+
+/// In-memory storage holding at most about `max_traces` traces: storing a
+/// new trace beyond that evicts an old one (the one whose newest span ended
+/// first in its shard).
 #[derive(Debug)]
 pub struct MemoryStorage {
-    max_traces: usize,
-    inner: Mutex<Inner>,
+    shards: Box<[Mutex<Shard>]>,
+    /// Bound per shard.
+    per_shard: usize,
 }
 
 /// operation -> kind -> number of stored spans (keyed by name first, so
@@ -29,22 +45,22 @@ pub struct MemoryStorage {
 type Operations = HashMap<String, HashMap<i32, u64>>;
 
 #[derive(Debug, Default)]
-struct Inner {
+struct Shard {
     traces: HashMap<[u8; 16], Entry>,
     /// (newest span end, trace): eviction and pruning order.
     by_end: BTreeSet<(u64, [u8; 16])>,
-    /// (span start, trace, span) -> what a search can rule out without
-    /// looking the span up: search order.
-    by_start: BTreeMap<(u64, [u8; 16], [u8; 8]), Brief>,
+    /// (newest span start, trace): search order.
+    by_start: BTreeSet<(u64, [u8; 16])>,
     /// service -> operation -> kind -> number of stored spans (hashed:
     /// looked up for every span stored; sorted when queried).
     operations: HashMap<String, Operations>,
 }
 
-/// A span's service (hashed), duration and error flag, kept in the search
-/// index so that a search skips most spans without two hash lookups each.
+/// A span's start, service (hashed), duration and error flag, kept beside
+/// it so that a search skips most spans without touching them.
 #[derive(Debug, Clone, Copy)]
 struct Brief {
+    start: u64,
     service: u64,
     duration: u64,
     error: bool,
@@ -53,6 +69,7 @@ struct Brief {
 impl Brief {
     fn of(span: &Span) -> Self {
         Brief {
+            start: span.start_time_unix_nano,
             service: service_hash(&span.service),
             duration: query::duration(span),
             error: query::is_error(span),
@@ -60,9 +77,11 @@ impl Brief {
     }
 
     /// False when the span certainly does not match (`service` is the
-    /// filter's hashed service, if it has one).
-    fn may_match(&self, f: &FilterCriteria, service: Option<u64>) -> bool {
-        service.is_none_or(|h| h == self.service)
+    /// filter's hashed service, if it has one; `lo..=hi` its start range).
+    fn may_match(&self, f: &FilterCriteria, service: Option<u64>, lo: u64, hi: u64) -> bool {
+        self.start >= lo
+            && self.start <= hi
+            && service.is_none_or(|h| h == self.service)
             && (f.min_duration_nanos == 0 || self.duration >= f.min_duration_nanos)
             && (f.max_duration_nanos == 0 || self.duration <= f.max_duration_nanos)
             && (!f.errors_only || self.error)
@@ -75,29 +94,92 @@ fn service_hash(service: &str) -> u64 {
     foldhash::fast::FixedState::default().hash_one(service)
 }
 
-#[derive(Debug, Default)]
+/// One trace: its spans in arrival order, their briefs at the same index,
+/// and their ids (for de-duplication).
+#[derive(Debug)]
 struct Entry {
-    spans: HashMap<[u8; 8], Span>,
+    spans: Vec<Span>,
+    briefs: Vec<Brief>,
+    ids: HashSet<[u8; 8]>,
     newest_end: u64,
+    newest_start: u64,
+    oldest_start: u64,
+}
+
+impl Default for Entry {
+    fn default() -> Self {
+        Entry {
+            spans: Vec::new(),
+            briefs: Vec::new(),
+            ids: HashSet::default(),
+            newest_end: 0,
+            newest_start: 0,
+            oldest_start: u64::MAX,
+        }
+    }
+}
+
+impl Entry {
+    /// The start of the most recent span matching the filter.
+    fn best_match(
+        &self,
+        f: &FilterCriteria,
+        service: Option<u64>,
+        lo: u64,
+        hi: u64,
+    ) -> Option<u64> {
+        let mut best: Option<u64> = None;
+        for (brief, span) in self.briefs.iter().zip(&self.spans) {
+            if best.is_some_and(|b| brief.start <= b) || !brief.may_match(f, service, lo, hi) {
+                continue;
+            }
+            if query::span_matches(span, f) {
+                best = Some(brief.start);
+            }
+        }
+        best
+    }
 }
 
 impl MemoryStorage {
-    /// A store keeping at most `max_traces` traces (at least 1).
+    /// A store keeping at most `max_traces` traces (at least 1). A bound of
+    /// 1,024 traces or more is split evenly over 16 shards: the store then
+    /// holds at most `max_traces` rounded up to a multiple of 16, and evicts
+    /// the oldest trace of the shard it stores into (trace ids are random,
+    /// so shards fill evenly).
     pub fn new(max_traces: usize) -> Self {
+        let max_traces = max_traces.max(1);
+        let shards = if max_traces >= SHARDS * MIN_TRACES_PER_SHARD {
+            SHARDS
+        } else {
+            1
+        };
         MemoryStorage {
-            max_traces: max_traces.max(1),
-            inner: Mutex::new(Inner::default()),
+            shards: (0..shards).map(|_| Mutex::new(Shard::default())).collect(),
+            per_shard: max_traces.div_ceil(shards),
         }
     }
 
     /// Number of traces held.
     pub fn len(&self) -> usize {
-        self.inner.lock().traces.len()
+        self.shards.iter().map(|s| s.lock().traces.len()).sum()
     }
 
     /// True when no trace is held.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    fn shard(&self, tid: &[u8; 16]) -> &Mutex<Shard> {
+        let mut lo = [0u8; 8];
+        let mut hi = [0u8; 8];
+        lo.copy_from_slice(&tid[..8]);
+        hi.copy_from_slice(&tid[8..]);
+        // Both halves, mixed (Fibonacci hashing): 64-bit ids padded with
+        // zeros and ids that differ in one byte still spread.
+        let h =
+            (u64::from_le_bytes(lo) ^ u64::from_le_bytes(hi)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        &self.shards[((h >> 32) % self.shards.len() as u64) as usize]
     }
 }
 
@@ -107,15 +189,86 @@ impl Default for MemoryStorage {
     }
 }
 
-impl Inner {
-    fn remove_trace(&mut self, tid: &[u8; 16]) -> u64 {
-        let Some(entry) = self.traces.remove(tid) else {
-            return 0;
-        };
+impl Shard {
+    /// Stores the spans of one validated fragment; evicted traces go to
+    /// `evicted`, to be dropped after the lock is released.
+    fn store(
+        &mut self,
+        tid: [u8; 16],
+        spans: Vec<Span>,
+        bound: usize,
+        outcome: &mut StoreOutcome,
+        evicted: &mut Vec<Entry>,
+    ) {
+        let entry = self.traces.entry(tid).or_default();
+        let was_new = entry.spans.is_empty();
+        let (old_end, old_start) = (entry.newest_end, entry.newest_start);
+        entry.spans.reserve(spans.len());
+        entry.briefs.reserve(spans.len());
+        entry.ids.reserve(spans.len());
+        for span in spans {
+            if !entry.ids.insert(query::span_id(&span)) {
+                outcome.duplicates += 1;
+                continue;
+            }
+            outcome.stored += 1;
+            let brief = Brief::of(&span);
+            entry.newest_end = entry.newest_end.max(span.end_time_unix_nano);
+            entry.newest_start = entry.newest_start.max(brief.start);
+            entry.oldest_start = entry.oldest_start.min(brief.start);
+            // Counted without allocating when the service and operation are
+            // known (nearly always).
+            let ops = match self.operations.get_mut(&span.service) {
+                Some(ops) => ops,
+                None => self.operations.entry(span.service.clone()).or_default(),
+            };
+            let kinds = match ops.get_mut(&span.name) {
+                Some(kinds) => kinds,
+                None => ops.entry(span.name.clone()).or_default(),
+            };
+            *kinds.entry(span.kind).or_insert(0) += 1;
+            entry.briefs.push(brief);
+            entry.spans.push(span);
+        }
+        let (new_end, new_start) = (entry.newest_end, entry.newest_start);
+        if entry.spans.is_empty() {
+            // An empty fragment for an unknown trace leaves nothing behind.
+            self.traces.remove(&tid);
+            return;
+        }
+        if was_new {
+            self.by_end.insert((new_end, tid));
+            self.by_start.insert((new_start, tid));
+        } else {
+            if new_end != old_end {
+                self.by_end.remove(&(old_end, tid));
+                self.by_end.insert((new_end, tid));
+            }
+            if new_start != old_start {
+                self.by_start.remove(&(old_start, tid));
+                self.by_start.insert((new_start, tid));
+            }
+        }
+        while self.traces.len() > bound {
+            let Some(&(_, oldest)) = self.by_end.first() else {
+                break;
+            };
+            match self.remove_trace(&oldest) {
+                Some(entry) => evicted.push(entry),
+                // Not expected: an index entry without its trace.
+                None => {
+                    self.by_end.pop_first();
+                }
+            }
+        }
+    }
+
+    /// Takes a trace out of the shard and its indexes.
+    fn remove_trace(&mut self, tid: &[u8; 16]) -> Option<Entry> {
+        let entry = self.traces.remove(tid)?;
         self.by_end.remove(&(entry.newest_end, *tid));
-        for (sid, span) in &entry.spans {
-            self.by_start
-                .remove(&(span.start_time_unix_nano, *tid, *sid));
+        self.by_start.remove(&(entry.newest_start, *tid));
+        for span in &entry.spans {
             if let Some(ops) = self.operations.get_mut(&span.service) {
                 if let Some(kinds) = ops.get_mut(&span.name) {
                     if let Some(n) = kinds.get_mut(&span.kind) {
@@ -133,7 +286,39 @@ impl Inner {
                 }
             }
         }
-        entry.spans.len() as u64
+        Some(entry)
+    }
+
+    /// The shard's `limit` best matches as (start of the most recent
+    /// matching span, trace), best first.
+    fn search(&self, f: &FilterCriteria, limit: usize, lo: u64, hi: u64) -> Vec<(u64, [u8; 16])> {
+        let service = (!f.service.is_empty()).then(|| service_hash(&f.service));
+        // The `limit` best so far; the top of the heap is the worst of them.
+        let mut top: BinaryHeap<Reverse<(u64, [u8; 16])>> = BinaryHeap::with_capacity(limit + 1);
+        // Newest start first: a trace can match no later than its newest
+        // span start (nor than `hi`), so once that bound falls below the
+        // worst kept match, no later trace can enter.
+        for &(newest_start, tid) in self.by_start.range((lo, [0; 16])..).rev() {
+            let bound = newest_start.min(hi);
+            if top.len() >= limit && top.peek().is_some_and(|Reverse((w, _))| bound < *w) {
+                break;
+            }
+            let Some(entry) = self.traces.get(&tid) else {
+                continue;
+            };
+            if entry.oldest_start > hi {
+                continue;
+            }
+            if let Some(best) = entry.best_match(f, service, lo, hi) {
+                top.push(Reverse((best, tid)));
+                if top.len() > limit {
+                    top.pop();
+                }
+            }
+        }
+        let mut out: Vec<(u64, [u8; 16])> = top.into_iter().map(|Reverse(k)| k).collect();
+        out.sort_unstable_by(|a, b| b.cmp(a));
+        out
     }
 }
 
@@ -146,59 +331,23 @@ impl Storage for MemoryStorage {
             stored: 0,
             duplicates: fragment.duplicates,
         };
-        let mut inner = self.inner.lock();
-        let inner = &mut *inner;
-        let entry = inner.traces.entry(tid).or_default();
-        entry.spans.reserve(fragment.spans.len());
-        let old_end = entry.newest_end;
-        let was_new = entry.spans.is_empty();
-        for span in fragment.spans {
-            let sid = query::span_id(&span);
-            if entry.spans.contains_key(&sid) {
-                outcome.duplicates += 1;
-                continue;
-            }
-            outcome.stored += 1;
-            entry.newest_end = entry.newest_end.max(span.end_time_unix_nano);
-            inner
-                .by_start
-                .insert((span.start_time_unix_nano, tid, sid), Brief::of(&span));
-            // Counted without allocating when the service and operation are
-            // known (nearly always).
-            let ops = match inner.operations.get_mut(&span.service) {
-                Some(ops) => ops,
-                None => inner.operations.entry(span.service.clone()).or_default(),
-            };
-            let kinds = match ops.get_mut(&span.name) {
-                Some(kinds) => kinds,
-                None => ops.entry(span.name.clone()).or_default(),
-            };
-            *kinds.entry(span.kind).or_insert(0) += 1;
-            entry.spans.insert(sid, span);
-        }
-        let new_end = entry.newest_end;
-        let empty = entry.spans.is_empty();
-        if empty {
-            // An empty fragment for an unknown trace leaves nothing behind.
-            inner.traces.remove(&tid);
-            return Ok(outcome);
-        }
-        if !was_new {
-            inner.by_end.remove(&(old_end, tid));
-        }
-        inner.by_end.insert((new_end, tid));
-        while inner.traces.len() > self.max_traces {
-            let Some(&(_, oldest)) = inner.by_end.first() else {
-                break;
-            };
-            inner.remove_trace(&oldest);
-        }
+        let mut evicted = Vec::new();
+        self.shard(&tid).lock().store(
+            tid,
+            fragment.spans,
+            self.per_shard,
+            &mut outcome,
+            &mut evicted,
+        );
+        // Freeing evicted spans is the costly part of an eviction: done
+        // after the lock is released.
+        drop(evicted);
         Ok(outcome)
     }
 
     async fn get_trace(&self, trace_id: TraceId) -> Result<Option<Trace>> {
-        let inner = self.inner.lock();
-        Ok(inner
+        let shard = self.shard(&trace_id.0).lock();
+        Ok(shard
             .traces
             .get(&trace_id.0)
             .map(|e| to_trace(trace_id.0, e)))
@@ -206,7 +355,6 @@ impl Storage for MemoryStorage {
 
     async fn list_traces(&self, filter: &FilterCriteria) -> Result<Vec<Trace>> {
         let limit = query::effective_limit(filter);
-        let inner = self.inner.lock();
         let lo = filter.start_time_min_unix_nano;
         let hi = match filter.start_time_max_unix_nano {
             0 => u64::MAX,
@@ -215,36 +363,34 @@ impl Storage for MemoryStorage {
         if lo > hi {
             return Ok(Vec::new());
         }
-        let service = (!filter.service.is_empty()).then(|| service_hash(&filter.service));
-        let mut found: Vec<[u8; 16]> = Vec::new();
-        for (&(_, tid, sid), brief) in inner
-            .by_start
-            .range((lo, [0; 16], [0; 8])..=(hi, [0xff; 16], [0xff; 8]))
-            .rev()
-        {
-            if found.len() >= limit {
-                break;
-            }
-            if !brief.may_match(filter, service) || found.contains(&tid) {
-                continue;
-            }
-            let matched = inner
-                .traces
-                .get(&tid)
-                .and_then(|e| e.spans.get(&sid))
-                .is_some_and(|s| query::span_matches(s, filter));
-            if matched {
-                found.push(tid);
-            }
+        let mut found: Vec<(u64, [u8; 16])> = Vec::new();
+        for shard in self.shards.iter() {
+            found.extend(shard.lock().search(filter, limit, lo, hi));
         }
+        // Most recent matching span first; ties by trace id, highest first.
+        found.sort_unstable_by(|a, b| b.cmp(a));
+        found.truncate(limit);
+        // A trace evicted since it was found is left out.
         Ok(found
             .iter()
-            .filter_map(|tid| inner.traces.get(tid).map(|e| to_trace(*tid, e)))
+            .filter_map(|(_, tid)| {
+                let shard = self.shard(tid).lock();
+                shard.traces.get(tid).map(|e| to_trace(*tid, e))
+            })
             .collect())
     }
 
     async fn services(&self) -> Result<Vec<String>> {
-        let mut services: Vec<String> = self.inner.lock().operations.keys().cloned().collect();
+        let mut services: StdHashSet<String> = StdHashSet::new();
+        for shard in self.shards.iter() {
+            let shard = shard.lock();
+            for name in shard.operations.keys() {
+                if !services.contains(name) {
+                    services.insert(name.clone());
+                }
+            }
+        }
+        let mut services: Vec<String> = services.into_iter().collect();
         services.sort();
         Ok(services)
     }
@@ -254,21 +400,24 @@ impl Storage for MemoryStorage {
         service: &str,
         kind: Option<SpanKind>,
     ) -> Result<Vec<(String, SpanKind)>> {
-        let inner = self.inner.lock();
-        let Some(ops) = inner.operations.get(service) else {
-            return Ok(Vec::new());
-        };
-        let mut out: Vec<(String, SpanKind)> = ops
-            .iter()
-            .flat_map(|(name, kinds)| kinds.keys().map(move |k| (name, *k)))
-            .map(|(name, k)| {
-                (
-                    name.clone(),
-                    SpanKind::try_from(k).unwrap_or(SpanKind::Unspecified),
-                )
-            })
-            .filter(|(_, k)| kind.is_none_or(|want| want == *k))
-            .collect();
+        let mut out: Vec<(String, SpanKind)> = Vec::new();
+        for shard in self.shards.iter() {
+            let shard = shard.lock();
+            let Some(ops) = shard.operations.get(service) else {
+                continue;
+            };
+            out.extend(
+                ops.iter()
+                    .flat_map(|(name, kinds)| kinds.keys().map(move |k| (name, *k)))
+                    .map(|(name, k)| {
+                        (
+                            name.clone(),
+                            SpanKind::try_from(k).unwrap_or(SpanKind::Unspecified),
+                        )
+                    })
+                    .filter(|(_, k)| kind.is_none_or(|want| want == *k)),
+            );
+        }
         out.sort();
         out.dedup();
         Ok(out)
@@ -279,12 +428,14 @@ impl Storage for MemoryStorage {
         start_unix_nanos: u64,
         end_unix_nanos: u64,
     ) -> Result<Vec<DependencyLink>> {
-        let inner = self.inner.lock();
         let mut counter = DependencyCounter::default();
-        for entry in inner.traces.values() {
-            for edge in query::edges(entry.spans.values()) {
-                if query::in_window(edge.child_start, start_unix_nanos, end_unix_nanos) {
-                    counter.add(&edge.parent, &edge.child, edge.error);
+        for shard in self.shards.iter() {
+            let shard = shard.lock();
+            for entry in shard.traces.values() {
+                for edge in query::edges(entry.spans.iter()) {
+                    if query::in_window(edge.child_start, start_unix_nanos, end_unix_nanos) {
+                        counter.add(&edge.parent, &edge.child, edge.error);
+                    }
                 }
             }
         }
@@ -292,16 +443,25 @@ impl Storage for MemoryStorage {
     }
 
     async fn prune_traces(&self, older_than_unix_nanos: u64) -> Result<PruneStats> {
-        let mut inner = self.inner.lock();
-        let old: Vec<[u8; 16]> = inner
-            .by_end
-            .range(..(older_than_unix_nanos, [0; 16]))
-            .map(|&(_, tid)| tid)
-            .collect();
         let mut stats = PruneStats::default();
-        for tid in old {
-            stats.spans += inner.remove_trace(&tid);
-            stats.traces += 1;
+        for shard in self.shards.iter() {
+            let mut removed = Vec::new();
+            {
+                let mut shard = shard.lock();
+                let old: Vec<[u8; 16]> = shard
+                    .by_end
+                    .range(..(older_than_unix_nanos, [0; 16]))
+                    .map(|&(_, tid)| tid)
+                    .collect();
+                for tid in old {
+                    if let Some(entry) = shard.remove_trace(&tid) {
+                        stats.spans += entry.spans.len() as u64;
+                        stats.traces += 1;
+                        removed.push(entry);
+                    }
+                }
+            }
+            drop(removed);
         }
         Ok(stats)
     }
@@ -322,7 +482,7 @@ impl Storage for MemoryStorage {
 }
 
 fn to_trace(tid: [u8; 16], entry: &Entry) -> Trace {
-    let mut spans: Vec<Span> = entry.spans.values().cloned().collect();
+    let mut spans: Vec<Span> = entry.spans.clone();
     query::sort_spans(&mut spans);
     Trace {
         trace_id: tid.to_vec(),
@@ -335,13 +495,131 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::storage::conformance::{Fixture, span, trace_id};
+    use crate::storage::conformance::{Fixture, error, span, trace_id};
 
     async fn fixture() -> Fixture {
         Fixture::new(Arc::new(MemoryStorage::new(1_000)))
     }
 
     conformance_tests!(fixture);
+
+    /// The same suite against a store split into shards.
+    mod sharded {
+        use super::*;
+
+        async fn fixture() -> Fixture {
+            let store = MemoryStorage::new(4_096);
+            assert_eq!(store.shards.len(), SHARDS);
+            Fixture::new(Arc::new(store))
+        }
+
+        conformance_tests!(fixture);
+    }
+
+    fn random_trace(rng: &mut impl rand::Rng, start_ms: u64, services: &[&str]) -> Trace {
+        let mut t = [0u8; 16];
+        rng.fill(&mut t[..]);
+        let t = TraceId(t);
+        let spans = (0..rng.random_range(1..5u8))
+            .map(|n| {
+                let svc = services[rng.random_range(0..services.len())];
+                let start = start_ms + u64::from(n);
+                let s = span(
+                    t,
+                    n + 1,
+                    n.checked_sub(1).map(|p| p + 1),
+                    svc,
+                    "op",
+                    start,
+                    rng.random_range(1..50),
+                );
+                if rng.random_bool(0.1) { error(s) } else { s }
+            })
+            .collect();
+        Trace {
+            trace_id: t.0.to_vec(),
+            spans,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_sharded_store_keeps_its_bound_and_searches_like_a_scan() {
+        use rand::SeedableRng as _;
+        let mut rng = rand::rngs::SmallRng::seed_from_u64(7);
+        let store = MemoryStorage::new(2_000);
+        assert_eq!(store.shards.len(), SHARDS);
+        let services = ["api", "db", "cache"];
+        let mut all = Vec::new();
+        for i in 0..6_000u64 {
+            let trace = random_trace(&mut rng, i, &services);
+            all.push(trace.clone());
+            store.store_trace(trace).await.unwrap();
+        }
+        let held = store.len();
+        assert!((1_900..=2_000).contains(&held), "held {held}");
+        // Evicted traces are old ones: every held trace is among the
+        // newest 2,600 stored.
+        let mut held_ids = Vec::new();
+        for (i, t) in all.iter().enumerate() {
+            let id = TraceId(t.trace_id.as_slice().try_into().unwrap());
+            if store.get_trace(id).await.unwrap().is_some() {
+                assert!(i >= 6_000 - 2_600, "trace {i} outlived newer ones");
+                held_ids.push(id);
+            }
+        }
+        assert_eq!(held_ids.len(), held);
+        // Searches agree with a scan of every held trace.
+        let mut held_traces = Vec::new();
+        for id in &held_ids {
+            held_traces.push(store.get_trace(*id).await.unwrap().unwrap());
+        }
+        for (service, errors_only, min_ms, window) in [
+            ("", false, 0, None),
+            ("db", false, 0, None),
+            ("cache", false, 30, None),
+            ("api", false, 0, Some((5_000u64, 5_500u64))),
+            ("nope", false, 0, None),
+            ("api", true, 0, None),
+        ] {
+            for limit in [1u32, 20, 300] {
+                let mut f = FilterCriteria {
+                    service: service.into(),
+                    errors_only,
+                    min_duration_nanos: min_ms * 1_000_000,
+                    limit,
+                    ..Default::default()
+                };
+                if let Some((a, b)) = window {
+                    f.start_time_min_unix_nano = crate::storage::conformance::T0 + a * 1_000_000;
+                    f.start_time_max_unix_nano = crate::storage::conformance::T0 + b * 1_000_000;
+                }
+                let mut want: Vec<(u64, Vec<u8>)> = held_traces
+                    .iter()
+                    .filter_map(|t| {
+                        query::best_match(&t.spans, &f).map(|b| (b, t.trace_id.clone()))
+                    })
+                    .collect();
+                want.sort_by(|a, b| b.cmp(a));
+                want.truncate(limit as usize);
+                let got: Vec<(u64, Vec<u8>)> = store
+                    .list_traces(&f)
+                    .await
+                    .unwrap()
+                    .into_iter()
+                    .map(|t| (query::best_match(&t.spans, &f).unwrap(), t.trace_id))
+                    .collect();
+                assert_eq!(
+                    got, want,
+                    "{service} errors={errors_only} min={min_ms} {window:?} limit {limit}"
+                );
+            }
+        }
+        // Pruning empties every shard's part.
+        let stats = store.prune_traces(u64::MAX).await.unwrap();
+        assert_eq!(stats.traces as usize, held);
+        assert!(store.is_empty());
+        assert!(store.services().await.unwrap().is_empty());
+    }
 
     #[tokio::test]
     async fn evicts_the_oldest_trace_beyond_the_bound() {
