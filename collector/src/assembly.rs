@@ -44,9 +44,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
+use crate::storage::query::SpanIds;
 use clew_proto::v1::{ExportRequest, Span, Trace};
 use clew_tracer::reliability::{Jitter, RetryPolicy, retry_with_rng};
-use foldhash::{HashMap, HashSet, HashSetExt as _};
+use foldhash::HashMap;
 use futures_util::future::BoxFuture;
 use parking_lot::Mutex;
 use prost::Message;
@@ -265,9 +266,8 @@ impl AssemblerStats {
 /// then refuses the fragment as invalid, as it would have anyway).
 type TraceKey = [u8; 16];
 
-/// A span ID as the assembler keys it (8 bytes, padded or cut likewise).
-type SpanKey = [u8; 8];
-
+/// A trace ID (`N` = 16) or span ID (`N` = 8) as the assembler keys it:
+/// padded or cut likewise.
 fn key<const N: usize>(id: &[u8]) -> [u8; N] {
     let mut out = [0u8; N];
     let n = id.len().min(N);
@@ -279,7 +279,7 @@ fn key<const N: usize>(id: &[u8]) -> [u8; N] {
 #[derive(Debug)]
 struct PendingTrace {
     spans: Vec<Span>,
-    span_ids: HashSet<SpanKey>,
+    span_ids: SpanIds,
     /// WAL records with spans in this fragment.
     seqs: Vec<u64>,
     bytes: u64,
@@ -359,7 +359,7 @@ impl State {
                         self.traces.entry(trace_id).or_insert(PendingTrace {
                             // Room for the rest of the batch's spans of it.
                             spans: Vec::with_capacity(left + 1),
-                            span_ids: HashSet::with_capacity(left + 1),
+                            span_ids: SpanIds::default(),
                             seqs: Vec::new(),
                             bytes: 0,
                             first_at: now,
@@ -367,7 +367,12 @@ impl State {
                         })
                     }
                 };
-                if !entry.span_ids.insert(key(&span.span_id)) {
+                let spans = &entry.spans;
+                let known = || spans.iter().map(|s| key::<8>(&s.span_id));
+                if !entry
+                    .span_ids
+                    .insert(key(&span.span_id), spans.len(), known)
+                {
                     stats.duplicate_spans.fetch_add(1, Ordering::Relaxed);
                     continue;
                 }

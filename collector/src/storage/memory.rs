@@ -12,10 +12,10 @@ use std::cmp::Reverse;
 use std::collections::{BTreeSet, BinaryHeap, HashSet as StdHashSet};
 
 use async_trait::async_trait;
-use foldhash::{HashMap, HashSet};
+use foldhash::HashMap;
 use parking_lot::Mutex;
 
-use super::query::{self, DependencyCounter};
+use super::query::{self, DependencyCounter, SpanIds};
 use super::{
     DependencyLink, FilterCriteria, PruneStats, Result, Returned, Span, SpanKind, Storage,
     StoreOutcome, Trace, TraceId, validate,
@@ -60,6 +60,7 @@ struct Shard {
 /// it so that a search skips most spans without touching them.
 #[derive(Debug, Clone, Copy)]
 struct Brief {
+    id: [u8; 8],
     start: u64,
     service: u64,
     duration: u64,
@@ -69,6 +70,7 @@ struct Brief {
 impl Brief {
     fn of(span: &Span) -> Self {
         Brief {
+            id: query::span_id(span),
             start: span.start_time_unix_nano,
             service: service_hash(&span.service),
             duration: query::duration(span),
@@ -95,12 +97,12 @@ fn service_hash(service: &str) -> u64 {
 }
 
 /// One trace: its spans in arrival order, their briefs at the same index,
-/// and their ids (for de-duplication).
+/// (which hold their ids, for de-duplication).
 #[derive(Debug)]
 struct Entry {
     spans: Vec<Span>,
     briefs: Vec<Brief>,
-    ids: HashSet<[u8; 8]>,
+    ids: SpanIds,
     newest_end: u64,
     newest_start: u64,
     oldest_start: u64,
@@ -111,7 +113,7 @@ impl Default for Entry {
         Entry {
             spans: Vec::new(),
             briefs: Vec::new(),
-            ids: HashSet::default(),
+            ids: SpanIds::default(),
             newest_end: 0,
             newest_start: 0,
             oldest_start: u64::MAX,
@@ -171,15 +173,11 @@ impl MemoryStorage {
     }
 
     fn shard(&self, tid: &[u8; 16]) -> &Mutex<Shard> {
-        let mut lo = [0u8; 8];
-        let mut hi = [0u8; 8];
-        lo.copy_from_slice(&tid[..8]);
-        hi.copy_from_slice(&tid[8..]);
-        // Both halves, mixed (Fibonacci hashing): 64-bit ids padded with
-        // zeros and ids that differ in one byte still spread.
-        let h =
-            (u64::from_le_bytes(lo) ^ u64::from_le_bytes(hi)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-        &self.shards[((h >> 32) % self.shards.len() as u64) as usize]
+        use std::hash::BuildHasher;
+        // Hashed, not taken from the id's bytes: ids that differ in one
+        // byte (or 64-bit ids padded with zeros) still spread evenly.
+        let h = foldhash::fast::FixedState::default().hash_one(tid);
+        &self.shards[(h % self.shards.len() as u64) as usize]
     }
 }
 
@@ -205,14 +203,15 @@ impl Shard {
         let (old_end, old_start) = (entry.newest_end, entry.newest_start);
         entry.spans.reserve(spans.len());
         entry.briefs.reserve(spans.len());
-        entry.ids.reserve(spans.len());
         for span in spans {
-            if !entry.ids.insert(query::span_id(&span)) {
+            let brief = Brief::of(&span);
+            let briefs = &entry.briefs;
+            let known = || briefs.iter().map(|b| b.id);
+            if !entry.ids.insert(brief.id, briefs.len(), known) {
                 outcome.duplicates += 1;
                 continue;
             }
             outcome.stored += 1;
-            let brief = Brief::of(&span);
             entry.newest_end = entry.newest_end.max(span.end_time_unix_nano);
             entry.newest_start = entry.newest_start.max(brief.start);
             entry.oldest_start = entry.oldest_start.min(brief.start);
@@ -539,6 +538,29 @@ mod tests {
         Trace {
             trace_id: t.0.to_vec(),
             spans,
+        }
+    }
+
+    #[test]
+    fn ids_that_differ_in_few_bytes_spread_over_the_shards() {
+        let store = MemoryStorage::new(DEFAULT_MAX_TRACES);
+        let mut counts = [0usize; SHARDS];
+        for n in 0..16_000u32 {
+            for at in [0usize, 12] {
+                let mut tid = [0u8; 16];
+                tid[at..at + 4].copy_from_slice(&n.to_be_bytes());
+                let shard: *const Mutex<Shard> = store.shard(&tid);
+                let i = store
+                    .shards
+                    .iter()
+                    .position(|s| std::ptr::eq(s, shard))
+                    .unwrap();
+                counts[i] += 1;
+            }
+        }
+        let even = 32_000 / SHARDS;
+        for c in counts {
+            assert!(c > even * 8 / 10 && c < even * 12 / 10, "{counts:?}");
         }
     }
 

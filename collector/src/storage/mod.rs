@@ -28,7 +28,7 @@ mod conformance;
 
 pub mod embedded;
 pub mod memory;
-mod query;
+pub(crate) mod query;
 pub mod redis;
 
 /// Boxed error source kept for logs.

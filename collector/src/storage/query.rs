@@ -228,6 +228,38 @@ impl DependencyCounter {
     }
 }
 
+/// The span ids of one trace, for de-duplication. While the trace is small
+/// a new id is checked by scanning the ids the caller already holds (no
+/// allocation: most traces never need more); past [`SpanIds::SCAN`] spans a
+/// hash set takes over.
+#[derive(Debug, Default)]
+pub(crate) struct SpanIds(Option<foldhash::HashSet<[u8; 8]>>);
+
+impl SpanIds {
+    /// Up to this many spans, a trace is de-duplicated by a scan.
+    pub(crate) const SCAN: usize = 32;
+
+    /// Records `id` for a trace whose `len` ids so far are `known()`; false
+    /// when it is already there. The caller keeps the id when it is new.
+    pub(crate) fn insert<I: Iterator<Item = [u8; 8]>>(
+        &mut self,
+        id: [u8; 8],
+        len: usize,
+        known: impl FnOnce() -> I,
+    ) -> bool {
+        if let Some(set) = &mut self.0 {
+            return set.insert(id);
+        }
+        if len < Self::SCAN {
+            return !known().any(|k| k == id);
+        }
+        let mut set: foldhash::HashSet<[u8; 8]> = known().collect();
+        let new = set.insert(id);
+        self.0 = Some(set);
+        new
+    }
+}
+
 /// `end` of 0 means unbounded.
 pub(crate) fn in_window(t: u64, start: u64, end: u64) -> bool {
     t >= start && (end == 0 || t <= end)
@@ -236,6 +268,24 @@ pub(crate) fn in_window(t: u64, start: u64, end: u64) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn span_ids_find_duplicates_below_and_above_the_scan_limit() {
+        let mut ids = SpanIds::default();
+        let mut held: Vec<[u8; 8]> = Vec::new();
+        for round in 0..2 {
+            for n in 0..100u64 {
+                let id = n.to_le_bytes();
+                let new = ids.insert(id, held.len(), || held.iter().copied());
+                assert_eq!(new, round == 0, "id {n} in round {round}");
+                if new {
+                    held.push(id);
+                }
+            }
+        }
+        assert_eq!(held.len(), 100);
+        assert!(ids.0.is_some(), "a set past the scan limit");
+    }
     use clew_proto::v1::{ArrayValue, KeyValue};
 
     fn v(value: any_value::Value) -> AnyValue {
