@@ -187,6 +187,20 @@ impl Default for MemoryStorage {
     }
 }
 
+/// Counts a stored span in the service/operation catalogue, without
+/// allocating when the service and operation are known (nearly always).
+fn count_operation(operations: &mut HashMap<String, Operations>, span: &Span) {
+    let ops = match operations.get_mut(&span.service) {
+        Some(ops) => ops,
+        None => operations.entry(span.service.clone()).or_default(),
+    };
+    let kinds = match ops.get_mut(&span.name) {
+        Some(kinds) => kinds,
+        None => ops.entry(span.name.clone()).or_default(),
+    };
+    *kinds.entry(span.kind).or_insert(0) += 1;
+}
+
 impl Shard {
     /// Stores the spans of one validated fragment; evicted traces go to
     /// `evicted`, to be dropped after the lock is released.
@@ -201,9 +215,28 @@ impl Shard {
         let entry = self.traces.entry(tid).or_default();
         let was_new = entry.spans.is_empty();
         let (old_end, old_start) = (entry.newest_end, entry.newest_start);
-        entry.spans.reserve(spans.len());
         entry.briefs.reserve(spans.len());
-        for span in spans {
+        let rest = if was_new {
+            // A new trace takes the fragment's spans as they are (validation
+            // removed in-fragment duplicates): no span is moved.
+            for span in &spans {
+                let brief = Brief::of(span);
+                entry.newest_end = entry.newest_end.max(span.end_time_unix_nano);
+                entry.newest_start = entry.newest_start.max(brief.start);
+                entry.oldest_start = entry.oldest_start.min(brief.start);
+                count_operation(&mut self.operations, span);
+                entry.briefs.push(brief);
+            }
+            outcome.stored += spans.len() as u64;
+            entry.ids =
+                SpanIds::of_unique(entry.briefs.len(), || entry.briefs.iter().map(|b| b.id));
+            entry.spans = spans;
+            Vec::new()
+        } else {
+            spans
+        };
+        entry.spans.reserve(rest.len());
+        for span in rest {
             let brief = Brief::of(&span);
             let briefs = &entry.briefs;
             let known = || briefs.iter().map(|b| b.id);
@@ -215,17 +248,7 @@ impl Shard {
             entry.newest_end = entry.newest_end.max(span.end_time_unix_nano);
             entry.newest_start = entry.newest_start.max(brief.start);
             entry.oldest_start = entry.oldest_start.min(brief.start);
-            // Counted without allocating when the service and operation are
-            // known (nearly always).
-            let ops = match self.operations.get_mut(&span.service) {
-                Some(ops) => ops,
-                None => self.operations.entry(span.service.clone()).or_default(),
-            };
-            let kinds = match ops.get_mut(&span.name) {
-                Some(kinds) => kinds,
-                None => ops.entry(span.name.clone()).or_default(),
-            };
-            *kinds.entry(span.kind).or_insert(0) += 1;
+            count_operation(&mut self.operations, &span);
             entry.briefs.push(brief);
             entry.spans.push(span);
         }

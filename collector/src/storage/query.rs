@@ -239,6 +239,14 @@ impl SpanIds {
     /// Up to this many spans, a trace is de-duplicated by a scan.
     pub(crate) const SCAN: usize = 32;
 
+    /// The ids of a trace whose `len` spans, `known()`, are all distinct.
+    pub(crate) fn of_unique<I: Iterator<Item = [u8; 8]>>(
+        len: usize,
+        known: impl FnOnce() -> I,
+    ) -> Self {
+        SpanIds((len >= Self::SCAN).then(|| known().collect()))
+    }
+
     /// Records `id` for a trace whose `len` ids so far are `known()`; false
     /// when it is already there. The caller keeps the id when it is new.
     pub(crate) fn insert<I: Iterator<Item = [u8; 8]>>(
@@ -285,6 +293,13 @@ mod tests {
         }
         assert_eq!(held.len(), 100);
         assert!(ids.0.is_some(), "a set past the scan limit");
+        // Started from distinct ids, small or large, it still finds them.
+        for n in [3usize, 40] {
+            let held: Vec<[u8; 8]> = (0..n as u64).map(u64::to_le_bytes).collect();
+            let mut ids = SpanIds::of_unique(n, || held.iter().copied());
+            assert!(!ids.insert(held[n - 1], n, || held.iter().copied()));
+            assert!(ids.insert(99u64.to_le_bytes(), n, || held.iter().copied()));
+        }
     }
     use clew_proto::v1::{ArrayValue, KeyValue};
 
