@@ -32,7 +32,9 @@ async fn main() -> anyhow::Result<()> {
     // SAFETY: sets a plain integer option of the global allocator; mimalloc
     // reads options atomically, so this is sound at any time.
     #[allow(unsafe_code)]
-    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, PURGE_DELAY_MS) };
+    unsafe {
+        libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, PURGE_DELAY_MS)
+    };
     clew_runtime::init_logging();
     let args = clew_runtime::config::args_with_file::<Config>(
         std::env::args_os().collect(),
