@@ -311,15 +311,22 @@ impl Shard {
         Some(entry)
     }
 
-    /// The shard's `limit` best matches as (start of the most recent
-    /// matching span, trace), best first.
-    fn search(&self, f: &FilterCriteria, limit: usize, lo: u64, hi: u64) -> Vec<(u64, [u8; 16])> {
+    /// Adds the shard's matches to `top`, the `limit` best so far over the
+    /// shards searched (most recent matching span start, trace); the top of
+    /// the heap is the worst of them.
+    fn search(
+        &self,
+        f: &FilterCriteria,
+        limit: usize,
+        lo: u64,
+        hi: u64,
+        top: &mut BinaryHeap<Reverse<(u64, [u8; 16])>>,
+    ) {
         let service = (!f.service.is_empty()).then(|| service_hash(&f.service));
-        // The `limit` best so far; the top of the heap is the worst of them.
-        let mut top: BinaryHeap<Reverse<(u64, [u8; 16])>> = BinaryHeap::with_capacity(limit + 1);
         // Newest start first: a trace can match no later than its newest
         // span start (nor than `hi`), so once that bound falls below the
-        // worst kept match, no later trace can enter.
+        // worst kept match — from this shard or an earlier one — no later
+        // trace can enter.
         for &(newest_start, tid) in self.by_start.range((lo, [0; 16])..).rev() {
             let bound = newest_start.min(hi);
             if top.len() >= limit && top.peek().is_some_and(|Reverse((w, _))| bound < *w) {
@@ -338,9 +345,6 @@ impl Shard {
                 }
             }
         }
-        let mut out: Vec<(u64, [u8; 16])> = top.into_iter().map(|Reverse(k)| k).collect();
-        out.sort_unstable_by(|a, b| b.cmp(a));
-        out
     }
 }
 
@@ -385,13 +389,15 @@ impl Storage for MemoryStorage {
         if lo > hi {
             return Ok(Vec::new());
         }
-        let mut found: Vec<(u64, [u8; 16])> = Vec::new();
+        // One top-k over all shards: each shard's walk stops at the worst
+        // match kept so far, so later shards walk only what could enter.
+        let mut top = BinaryHeap::with_capacity(limit + 1);
         for shard in self.shards.iter() {
-            found.extend(shard.lock().search(filter, limit, lo, hi));
+            shard.lock().search(filter, limit, lo, hi, &mut top);
         }
+        let mut found: Vec<(u64, [u8; 16])> = top.into_iter().map(|Reverse(k)| k).collect();
         // Most recent matching span first; ties by trace id, highest first.
         found.sort_unstable_by(|a, b| b.cmp(a));
-        found.truncate(limit);
         // A trace evicted since it was found is left out.
         Ok(found
             .iter()
