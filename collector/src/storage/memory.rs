@@ -187,18 +187,51 @@ impl Default for MemoryStorage {
     }
 }
 
-/// Counts a stored span in the service/operation catalogue, without
-/// allocating when the service and operation are known (nearly always).
-fn count_operation(operations: &mut HashMap<String, Operations>, span: &Span) {
-    let ops = match operations.get_mut(&span.service) {
-        Some(ops) => ops,
-        None => operations.entry(span.service.clone()).or_default(),
-    };
-    let kinds = match ops.get_mut(&span.name) {
-        Some(kinds) => kinds,
-        None => ops.entry(span.name.clone()).or_default(),
-    };
-    *kinds.entry(span.kind).or_insert(0) += 1;
+/// Counts stored spans in the service/operation catalogue: one service
+/// lookup per run of spans of one service (a trace's spans usually share
+/// it), and no allocation when the service and operation are known.
+fn count_operations(operations: &mut HashMap<String, Operations>, spans: &[Span]) {
+    for run in spans.chunk_by(|a, b| a.service == b.service) {
+        let service = &run[0].service;
+        let ops = match operations.get_mut(service) {
+            Some(ops) => ops,
+            None => operations.entry(service.clone()).or_default(),
+        };
+        for span in run {
+            let kinds = match ops.get_mut(&span.name) {
+                Some(kinds) => kinds,
+                None => ops.entry(span.name.clone()).or_default(),
+            };
+            *kinds.entry(span.kind).or_insert(0) += 1;
+        }
+    }
+}
+
+/// Takes removed spans out of the catalogue, dropping what no longer has a
+/// span.
+fn uncount_operations(operations: &mut HashMap<String, Operations>, spans: &[Span]) {
+    for run in spans.chunk_by(|a, b| a.service == b.service) {
+        let service = &run[0].service;
+        let Some(ops) = operations.get_mut(service) else {
+            continue;
+        };
+        for span in run {
+            if let Some(kinds) = ops.get_mut(&span.name) {
+                if let Some(n) = kinds.get_mut(&span.kind) {
+                    *n -= 1;
+                    if *n == 0 {
+                        kinds.remove(&span.kind);
+                    }
+                }
+                if kinds.is_empty() {
+                    ops.remove(&span.name);
+                }
+            }
+        }
+        if ops.is_empty() {
+            operations.remove(service);
+        }
+    }
 }
 
 impl Shard {
@@ -224,9 +257,9 @@ impl Shard {
                 entry.newest_end = entry.newest_end.max(span.end_time_unix_nano);
                 entry.newest_start = entry.newest_start.max(brief.start);
                 entry.oldest_start = entry.oldest_start.min(brief.start);
-                count_operation(&mut self.operations, span);
                 entry.briefs.push(brief);
             }
+            count_operations(&mut self.operations, &spans);
             outcome.stored += spans.len() as u64;
             entry.ids =
                 SpanIds::of_unique(entry.briefs.len(), || entry.briefs.iter().map(|b| b.id));
@@ -248,7 +281,7 @@ impl Shard {
             entry.newest_end = entry.newest_end.max(span.end_time_unix_nano);
             entry.newest_start = entry.newest_start.max(brief.start);
             entry.oldest_start = entry.oldest_start.min(brief.start);
-            count_operation(&mut self.operations, &span);
+            count_operations(&mut self.operations, std::slice::from_ref(&span));
             entry.briefs.push(brief);
             entry.spans.push(span);
         }
@@ -290,24 +323,7 @@ impl Shard {
         let entry = self.traces.remove(tid)?;
         self.by_end.remove(&(entry.newest_end, *tid));
         self.by_start.remove(&(entry.newest_start, *tid));
-        for span in &entry.spans {
-            if let Some(ops) = self.operations.get_mut(&span.service) {
-                if let Some(kinds) = ops.get_mut(&span.name) {
-                    if let Some(n) = kinds.get_mut(&span.kind) {
-                        *n -= 1;
-                        if *n == 0 {
-                            kinds.remove(&span.kind);
-                        }
-                    }
-                    if kinds.is_empty() {
-                        ops.remove(&span.name);
-                    }
-                }
-                if ops.is_empty() {
-                    self.operations.remove(&span.service);
-                }
-            }
-        }
+        uncount_operations(&mut self.operations, &entry.spans);
         Some(entry)
     }
 
@@ -568,6 +584,46 @@ mod tests {
             trace_id: t.0.to_vec(),
             spans,
         }
+    }
+
+    #[tokio::test]
+    async fn the_catalogue_counts_runs_of_services_and_forgets_evicted_spans() {
+        let store = MemoryStorage::new(1);
+        let t = trace_id(1);
+        // Services alternate within the trace: a, a, b, a.
+        let spans = vec![
+            span(t, 1, None, "a", "x", 1, 10),
+            span(t, 2, Some(1), "a", "y", 2, 1),
+            span(t, 3, Some(1), "b", "z", 3, 1),
+            span(t, 4, Some(1), "a", "x", 4, 1),
+        ];
+        store
+            .store_trace(Trace {
+                trace_id: t.0.to_vec(),
+                spans,
+            })
+            .await
+            .unwrap();
+        assert_eq!(store.services().await.unwrap(), ["a", "b"]);
+        let ops: Vec<String> = store
+            .operations("a", None)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
+        assert_eq!(ops, ["x", "y"]);
+        // A second trace evicts the first: only its own catalogue is left.
+        let t2 = trace_id(2);
+        store
+            .store_trace(Trace {
+                trace_id: t2.0.to_vec(),
+                spans: vec![span(t2, 1, None, "c", "w", 100, 1)],
+            })
+            .await
+            .unwrap();
+        assert_eq!(store.services().await.unwrap(), ["c"]);
+        assert!(store.operations("a", None).await.unwrap().is_empty());
     }
 
     #[test]
