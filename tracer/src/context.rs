@@ -48,7 +48,9 @@ impl Node {
     /// The next counter value, strictly above both every value handed out
     /// before and `seen` (our own entry as it came back in a received clock).
     pub(crate) fn next_after(&self, seen: u64) -> u64 {
-        if seen > 0 {
+        // The counter only grows: when it is already at `seen` or above, the
+        // read-modify-write of `fetch_max` would change nothing.
+        if seen > 0 && self.counter.load(Ordering::Relaxed) < seen {
             self.counter.fetch_max(seen, Ordering::Relaxed);
         }
         self.counter
@@ -117,7 +119,13 @@ pub struct Context {
 }
 
 thread_local! {
-    static CURRENT: RefCell<Context> = RefCell::new(Context::default());
+    static CURRENT: RefCell<Context> = const {
+        RefCell::new(Context {
+            span: None,
+            clock: None,
+            baggage: None,
+        })
+    };
 }
 
 impl Context {

@@ -210,6 +210,7 @@ pub(crate) mod idgen {
     }
 
     /// A random, valid trace id.
+    #[cfg(test)]
     pub fn trace_id() -> TraceId {
         RNG.with(|r| {
             let mut r = r.borrow_mut();
@@ -217,6 +218,25 @@ pub(crate) mod idgen {
                 let v: u128 = r.random();
                 if v != 0 {
                     return TraceId::from_u128(v);
+                }
+            }
+        })
+    }
+
+    /// A random, valid trace id and span id (one look-up of the generator).
+    pub fn trace_and_span_id() -> (TraceId, SpanId) {
+        RNG.with(|r| {
+            let mut r = r.borrow_mut();
+            let t = loop {
+                let v: u128 = r.random();
+                if v != 0 {
+                    break TraceId::from_u128(v);
+                }
+            };
+            loop {
+                let v: u64 = r.random();
+                if v != 0 {
+                    return (t, SpanId::from_u64(v));
                 }
             }
         })

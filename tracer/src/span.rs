@@ -83,19 +83,15 @@ pub struct KeyValue {
 }
 
 impl KeyValue {
-    /// Drops an attribute, skipping the drop glue when nothing in it owns
-    /// memory (the common case: static key, static string or scalar value).
+    /// True when dropping the attribute frees nothing (static key, static
+    /// string or scalar value).
     #[inline]
-    fn release(self) {
-        let trivial = matches!(self.key, Cow::Borrowed(_))
+    fn is_trivial(&self) -> bool {
+        matches!(self.key, Cow::Borrowed(_))
             && matches!(
                 self.value,
                 Value::String(Cow::Borrowed(_)) | Value::Bool(_) | Value::I64(_) | Value::F64(_)
-            );
-        if trivial {
-            // Nothing to free: forgetting leaks nothing.
-            std::mem::forget(self);
-        }
+            )
     }
 
     /// A new attribute.
@@ -295,10 +291,18 @@ impl SpanData {
         d
     }
 
-    /// Clears the span for reuse, keeping its allocations.
-    pub(crate) fn reset(&mut self) {
+    /// Clears an exported span for reuse, keeping its allocations. Runs on
+    /// the export worker, which has just read the span anyway, so that the
+    /// application thread only writes to a recycled span and never waits
+    /// on reading it: afterwards every field the application overwrites
+    /// holds a value with nothing to free (see [`overwrite`]), and every
+    /// attribute kept as a slot is trivial.
+    pub(crate) fn clear_for_reuse(&mut self) {
         self.context = SpanContext::default();
         self.name = Cow::Borrowed("");
+        if !self.attributes.iter().all(KeyValue::is_trivial) {
+            self.attributes.clear();
+        }
         // The attributes stay, as slots for the next use (`live_attributes`).
         self.live_attributes = 0;
         self.events.clear();
@@ -390,6 +394,17 @@ impl SpanData {
 }
 
 pub use crate::time::now_unix_nanos;
+
+/// Writes `value` over `slot` without dropping the old value, which must
+/// have nothing to free: an attribute slot or a field of a span cleared by
+/// [`SpanData::clear_for_reuse`]. Not reading the old value matters: the
+/// slot's cache line was last touched by the export worker, and a store
+/// that misses does not stall the thread the way a load does. (Were the old
+/// value to own memory after all, it would leak, nothing worse.)
+#[inline(always)]
+pub(crate) fn overwrite<T>(slot: &mut T, value: T) {
+    std::mem::forget(std::mem::replace(slot, value));
+}
 
 /// A live span. End it with [`Span::end`]; a span that is dropped is ended
 /// then. Ending twice is harmless.
@@ -483,16 +498,13 @@ impl Span {
             if n < t.limits.max_attributes {
                 match data.attributes.get_mut(n) {
                     // Written in place: no temporary to copy in.
-                    Some(slot) => {
-                        let old = std::mem::replace(
-                            slot,
-                            KeyValue {
-                                key: key.into(),
-                                value: value.into(),
-                            },
-                        );
-                        old.release();
-                    }
+                    Some(slot) => overwrite(
+                        slot,
+                        KeyValue {
+                            key: key.into(),
+                            value: value.into(),
+                        },
+                    ),
                     None => data.attributes.push(KeyValue {
                         key: key.into(),
                         value: value.into(),

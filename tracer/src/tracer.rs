@@ -155,11 +155,14 @@ impl Tracer {
     ) -> Span {
         let inner = &self.inner;
         let parent = cx.span.as_ref().filter(|p| p.is_valid());
-        let trace_id = parent.map(|p| p.trace_id).unwrap_or_else(idgen::trace_id);
+        let (trace_id, span_id) = match parent {
+            Some(p) => (p.trace_id, idgen::span_id()),
+            None => idgen::trace_and_span_id(),
+        };
         let sampled = inner.sampler.should_sample(parent, trace_id);
         let context = SpanContext {
             trace_id,
-            span_id: idgen::span_id(),
+            span_id,
             flags: parent
                 .map(|p| p.flags)
                 .unwrap_or_default()
@@ -178,18 +181,25 @@ impl Tracer {
                 tracer: None,
             };
         }
-        inner.started.fetch_add(1, Ordering::Relaxed);
-        // A recycled span keeps its attribute capacity from earlier use.
-        let mut data = match inner.processor.as_ref().and_then(BatchProcessor::recycled) {
-            Some(mut d) => {
-                d.reset();
-                d
+        // Counted on this thread's lane when there is one (no shared
+        // counter). A recycled span was cleared by the export worker
+        // (`SpanData::clear_for_reuse`): its fields are only written here;
+        // it keeps its attribute capacity from earlier use.
+        let recycled = match inner
+            .processor
+            .as_ref()
+            .and_then(BatchProcessor::begin_span)
+        {
+            Some(recycled) => recycled,
+            None => {
+                inner.started.fetch_add(1, Ordering::Relaxed);
+                None
             }
-            None => SpanData::for_recording(),
         };
+        let mut data = recycled.unwrap_or_else(SpanData::for_recording);
         data.parent_span_id = parent.map(|p| p.span_id).unwrap_or(SpanId::INVALID);
-        data.context = context.clone();
-        data.name = name;
+        crate::span::overwrite(&mut data.context, context.clone());
+        crate::span::overwrite(&mut data.name, name);
         data.kind = kind;
         data.start_time_unix_nano = crate::span::now_unix_nanos();
         data.end_time_unix_nano = 0;
@@ -240,19 +250,20 @@ impl Tracer {
 
     /// The tracer's counters.
     pub fn stats(&self) -> TracerStats {
-        let (exported, dropped, export_failed) = match &self.inner.processor {
+        let (started, exported, dropped, export_failed) = match &self.inner.processor {
             Some(p) => {
                 let s = p.stats();
                 (
+                    p.started(),
                     s.exported.load(Ordering::Relaxed),
                     s.dropped.load(Ordering::Relaxed),
                     s.failed.load(Ordering::Relaxed),
                 )
             }
-            None => (0, 0, 0),
+            None => (0, 0, 0, 0),
         };
         TracerStats {
-            started: self.inner.started.load(Ordering::Relaxed),
+            started: started + self.inner.started.load(Ordering::Relaxed),
             unsampled: self.inner.unsampled.load(Ordering::Relaxed),
             exported,
             dropped,

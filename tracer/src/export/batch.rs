@@ -70,6 +70,16 @@ const WAKE_CHECK_EVERY: u32 = 64;
 struct Lane {
     spans: Consumer<Box<SpanData>>,
     recycle: Producer<Box<SpanData>>,
+    // Spans the thread started (see `LocalLane::started`).
+    started: Arc<AtomicU64>,
+}
+
+/// The lanes of a processor, and the spans started by threads whose lanes
+/// are gone.
+#[derive(Debug, Default)]
+struct Lanes {
+    lanes: Vec<Lane>,
+    retired_started: u64,
 }
 
 /// The application thread's ends of a [`Lane`].
@@ -78,6 +88,9 @@ struct LocalLane {
     spans: Producer<Box<SpanData>>,
     recycle: Consumer<Box<SpanData>>,
     pushes: u32,
+    // Sampled spans this thread started. Only this thread writes it, so a
+    // load and a store count one (no locked read-modify-write).
+    started: Arc<AtomicU64>,
 }
 
 thread_local! {
@@ -100,7 +113,7 @@ static NEXT_PROCESSOR: AtomicU64 = AtomicU64::new(1);
 #[derive(Debug)]
 pub struct BatchProcessor {
     id: u64,
-    lanes: Arc<Mutex<Vec<Lane>>>,
+    lanes: Arc<Mutex<Lanes>>,
     capacity: usize,
     control: Sender<Control>,
     stats: Arc<PipelineStats>,
@@ -124,7 +137,7 @@ impl BatchProcessor {
         resource: Arc<Resource>,
         config: BatchConfig,
     ) -> std::io::Result<Self> {
-        let lanes = Arc::new(Mutex::new(Vec::new()));
+        let lanes = Arc::new(Mutex::new(Lanes::default()));
         let capacity = config.max_queue_size.max(1);
         let (ctx, crx) = bounded(16);
         let stats = Arc::new(PipelineStats::default());
@@ -169,15 +182,18 @@ impl BatchProcessor {
                 lanes.retain(|l| !l.spans.is_abandoned());
                 let (spans_tx, spans_rx) = RingBuffer::new(self.capacity);
                 let (recycle_tx, recycle_rx) = RingBuffer::new(self.capacity.min(1024));
-                self.lanes.lock().push(Lane {
+                let started = Arc::new(AtomicU64::new(0));
+                self.lanes.lock().lanes.push(Lane {
                     spans: spans_rx,
                     recycle: recycle_tx,
+                    started: Arc::clone(&started),
                 });
                 lanes.push(LocalLane {
                     processor: self.id,
                     spans: spans_tx,
                     recycle: recycle_rx,
                     pushes: 0,
+                    started,
                 });
                 lanes.last_mut().map(f)
             })
@@ -205,9 +221,28 @@ impl BatchProcessor {
         }
     }
 
-    /// A cleared span allocation from an exported batch, if one is waiting.
-    pub(crate) fn recycled(&self) -> Option<Box<SpanData>> {
-        self.with_lane(|lane| lane.recycle.pop().ok()).flatten()
+    /// Counts a sampled span started on this thread and returns a cleared
+    /// span allocation from an exported batch, if one is waiting. `None`
+    /// when this thread has no lane (it is exiting): the span is not
+    /// counted then.
+    #[inline]
+    pub(crate) fn begin_span(&self) -> Option<Option<Box<SpanData>>> {
+        self.with_lane(|lane| {
+            let n = lane.started.load(Ordering::Relaxed);
+            lane.started.store(n + 1, Ordering::Relaxed);
+            lane.recycle.pop().ok()
+        })
+    }
+
+    /// Sampled spans started by [`BatchProcessor::begin_span`].
+    pub(crate) fn started(&self) -> u64 {
+        let lanes = self.lanes.lock();
+        lanes
+            .lanes
+            .iter()
+            .map(|l| l.started.load(Ordering::Relaxed))
+            .sum::<u64>()
+            + lanes.retired_started
     }
 
     /// The pipeline's counters.
@@ -258,7 +293,7 @@ struct Worker<E> {
     // The resource's node id, in the form clocks hold it.
     node: NodeId,
     config: BatchConfig,
-    lanes: Arc<Mutex<Vec<Lane>>>,
+    lanes: Arc<Mutex<Lanes>>,
     // Where the next batch starts taking spans, so that no thread's lane
     // waits behind a busier one.
     next_lane: usize,
@@ -366,7 +401,17 @@ impl<E: SpanExporter> Worker<E> {
     /// and have nothing left.
     fn queued(&self) -> usize {
         let mut lanes = self.lanes.lock();
-        lanes.retain(|l| !(l.spans.is_abandoned() && l.spans.is_empty()));
+        let Lanes {
+            lanes,
+            retired_started,
+        } = &mut *lanes;
+        lanes.retain(|l| {
+            let gone = l.spans.is_abandoned() && l.spans.is_empty();
+            if gone {
+                *retired_started += l.started.load(Ordering::Relaxed);
+            }
+            !gone
+        });
         lanes.iter().map(|l| l.spans.slots()).sum()
     }
 
@@ -377,6 +422,7 @@ impl<E: SpanExporter> Worker<E> {
         let mut from: Vec<(usize, usize)> = Vec::new();
         {
             let mut lanes = self.lanes.lock();
+            let lanes = &mut lanes.lanes;
             let count = lanes.len();
             for k in 0..count {
                 if spans.len() >= max {
@@ -412,16 +458,20 @@ impl<E: SpanExporter> Worker<E> {
         let res =
             rt.block_on(async { tokio::time::timeout(timeout, self.exporter.export(&b)).await });
         {
-            // The application clears a span when it reuses it: writing here
-            // would pull the span's cache lines over to this core and make
-            // the application's next write to them a cross-core miss. A full
-            // ring means the thread has enough spare spans: free this one.
+            // Cleared here, where the span was just read, so that the
+            // application only writes to it when it reuses it (a store that
+            // misses costs it less than a load). A full ring means the
+            // thread has enough spare spans: free this one.
             // (Lanes are only removed here, by this thread, so indexes hold.)
             let mut lanes = self.lanes.lock();
+            let lanes = &mut lanes.lanes;
             let mut spans = b.spans.into_iter();
             for (i, k) in from {
-                for span in spans.by_ref().take(k) {
-                    if let Some(lane) = lanes.get_mut(i) {
+                for mut span in spans.by_ref().take(k) {
+                    if let Some(lane) = lanes.get_mut(i)
+                        && !lane.recycle.is_full()
+                    {
+                        span.clear_for_reuse();
                         let _ = lane.recycle.push(span);
                     }
                 }
