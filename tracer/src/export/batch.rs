@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TryRecvError, bounded};
 use parking_lot::Mutex;
-use rtrb::{Consumer, Producer, RingBuffer};
+use rtrb::{Consumer, Producer, PushError, RingBuffer};
 
 use super::{ExportBatch, Resource, SpanExporter};
 use crate::clock::NodeId;
@@ -91,6 +91,8 @@ struct LocalLane {
     // Sampled spans this thread started. Only this thread writes it, so a
     // load and a store count one (no locked read-modify-write).
     started: Arc<AtomicU64>,
+    // The allocation of the last span dropped on a full ring, cleared.
+    spare: Option<Box<SpanData>>,
 }
 
 thread_local! {
@@ -194,6 +196,7 @@ impl BatchProcessor {
                     recycle: recycle_rx,
                     pushes: 0,
                     started,
+                    spare: None,
                 });
                 lanes.last_mut().map(f)
             })
@@ -204,7 +207,11 @@ impl BatchProcessor {
     /// Queues a finished span; never blocks.
     pub fn on_end(&self, span: Box<SpanData>) {
         let pushed = self.with_lane(|lane| {
-            if lane.spans.push(span).is_err() {
+            if let Err(PushError::Full(mut span)) = lane.spans.push(span) {
+                // Dropped and counted; its allocation serves the thread's
+                // next span instead of being freed now and allocated again.
+                span.clear_for_reuse();
+                lane.spare = Some(span);
                 return false;
             }
             lane.pushes = lane.pushes.wrapping_add(1);
@@ -230,7 +237,7 @@ impl BatchProcessor {
         self.with_lane(|lane| {
             let n = lane.started.load(Ordering::Relaxed);
             lane.started.store(n + 1, Ordering::Relaxed);
-            lane.recycle.pop().ok()
+            lane.recycle.pop().ok().or_else(|| lane.spare.take())
         })
     }
 
