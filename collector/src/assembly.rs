@@ -44,7 +44,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use crate::storage::query::SpanIds;
 use clew_proto::v1::{ExportRequest, Span, Trace};
 use clew_tracer::reliability::{Jitter, RetryPolicy, retry_with_rng};
 use foldhash::HashMap;
@@ -55,6 +54,7 @@ use tokio::runtime::Handle;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
+use crate::storage::query::SpanIds;
 use crate::wal::{self, Appended, Wal, WalRecord};
 
 /// Errors of the assembler.

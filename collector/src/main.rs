@@ -28,13 +28,17 @@ const PURGE_DELAY_MS: std::ffi::c_long = 10_000;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    // The workspace denies unsafe code; this is its one exception.
-    // SAFETY: sets a plain integer option of the global allocator; mimalloc
-    // reads options atomically, so this is sound at any time.
-    #[allow(unsafe_code)]
-    unsafe {
-        libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, PURGE_DELAY_MS)
-    };
+    // An operator's own MIMALLOC_PURGE_DELAY wins (mimalloc read it at
+    // start-up).
+    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+        // The workspace denies unsafe code; this is its one exception.
+        // SAFETY: sets a plain integer option of the global allocator;
+        // mimalloc reads options atomically, so this is sound at any time.
+        #[allow(unsafe_code)]
+        unsafe {
+            libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, PURGE_DELAY_MS)
+        };
+    }
     clew_runtime::init_logging();
     let args = clew_runtime::config::args_with_file::<Config>(
         std::env::args_os().collect(),
@@ -43,4 +47,21 @@ async fn main() -> anyhow::Result<()> {
     let config = Config::parse_from(args);
     run(config, clew_runtime::shutdown_signal(), |_| {}).await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    /// Option 15 is the purge delay: its mimalloc 3 default is 1,000 ms
+    /// (an upgrade that renumbered the options would make it something
+    /// else, and the start-up call would set the wrong option).
+    #[test]
+    fn option_15_is_mimallocs_purge_delay() {
+        if std::env::var_os("MIMALLOC_PURGE_DELAY").is_some() {
+            return;
+        }
+        // SAFETY: reads a plain integer option of the global allocator.
+        #[allow(unsafe_code)]
+        let delay = unsafe { libmimalloc_sys::mi_option_get(super::MI_OPTION_PURGE_DELAY) };
+        assert_eq!(delay, 1_000);
+    }
 }

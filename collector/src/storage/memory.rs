@@ -56,8 +56,9 @@ struct Shard {
     operations: HashMap<String, Operations>,
 }
 
-/// A span's start, service (hashed), duration and error flag, kept beside
-/// it so that a search skips most spans without touching them.
+/// A span's id, start, service (hashed), duration and error flag, kept
+/// beside it so that de-duplication and search skip most spans without
+/// touching them.
 #[derive(Debug, Clone, Copy)]
 struct Brief {
     id: [u8; 8],
@@ -96,8 +97,8 @@ fn service_hash(service: &str) -> u64 {
     foldhash::fast::FixedState::default().hash_one(service)
 }
 
-/// One trace: its spans in arrival order, their briefs at the same index,
-/// (which hold their ids, for de-duplication).
+/// One trace: its spans in arrival order and their briefs at the same
+/// index.
 #[derive(Debug)]
 struct Entry {
     spans: Vec<Span>,
@@ -122,6 +123,13 @@ impl Default for Entry {
 }
 
 impl Entry {
+    /// Widens the trace's time bounds by a span stored into it.
+    fn widen(&mut self, brief: &Brief, end: u64) {
+        self.newest_end = self.newest_end.max(end);
+        self.newest_start = self.newest_start.max(brief.start);
+        self.oldest_start = self.oldest_start.min(brief.start);
+    }
+
     /// The start of the most recent span matching the filter.
     fn best_match(
         &self,
@@ -254,9 +262,7 @@ impl Shard {
             // removed in-fragment duplicates): no span is moved.
             for span in &spans {
                 let brief = Brief::of(span);
-                entry.newest_end = entry.newest_end.max(span.end_time_unix_nano);
-                entry.newest_start = entry.newest_start.max(brief.start);
-                entry.oldest_start = entry.oldest_start.min(brief.start);
+                entry.widen(&brief, span.end_time_unix_nano);
                 entry.briefs.push(brief);
             }
             count_operations(&mut self.operations, &spans);
@@ -278,9 +284,7 @@ impl Shard {
                 continue;
             }
             outcome.stored += 1;
-            entry.newest_end = entry.newest_end.max(span.end_time_unix_nano);
-            entry.newest_start = entry.newest_start.max(brief.start);
-            entry.oldest_start = entry.oldest_start.min(brief.start);
+            entry.widen(&brief, span.end_time_unix_nano);
             count_operations(&mut self.operations, std::slice::from_ref(&span));
             entry.briefs.push(brief);
             entry.spans.push(span);

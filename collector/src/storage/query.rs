@@ -277,6 +277,8 @@ pub(crate) fn in_window(t: u64, start: u64, end: u64) -> bool {
 mod tests {
     use super::*;
 
+    use clew_proto::v1::{ArrayValue, KeyValue};
+
     #[test]
     fn span_ids_find_duplicates_below_and_above_the_scan_limit() {
         let mut ids = SpanIds::default();
@@ -301,7 +303,6 @@ mod tests {
             assert!(ids.insert(99u64.to_le_bytes(), n, || held.iter().copied()));
         }
     }
-    use clew_proto::v1::{ArrayValue, KeyValue};
 
     fn v(value: any_value::Value) -> AnyValue {
         AnyValue { value: Some(value) }
