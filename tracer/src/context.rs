@@ -28,7 +28,21 @@ use crate::span::Span;
 #[derive(Debug)]
 pub struct Node {
     pub(crate) id: NodeId,
-    counter: AtomicU64,
+    // Written by every span on every thread: on a cache line of its own, so
+    // that reading the id (or whatever sits beside the node) does not
+    // contend with it.
+    counter: CounterLine,
+}
+
+#[derive(Debug)]
+#[repr(align(128))]
+struct CounterLine(AtomicU64);
+
+impl std::ops::Deref for CounterLine {
+    type Target = AtomicU64;
+    fn deref(&self) -> &AtomicU64 {
+        &self.0
+    }
 }
 
 impl Node {
@@ -36,7 +50,7 @@ impl Node {
     pub fn new(id: impl Into<NodeId>) -> Self {
         Node {
             id: id.into(),
-            counter: AtomicU64::new(0),
+            counter: CounterLine(AtomicU64::new(0)),
         }
     }
 

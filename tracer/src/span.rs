@@ -6,7 +6,7 @@ use std::sync::Arc;
 use crate::clock::{NodeId, VectorClock};
 use crate::context::{ClockCell, Context};
 use crate::ids::{SpanContext, SpanId, TraceId};
-use crate::tracer::TracerInner;
+use crate::tracer::TracerShared;
 
 /// A string that is usually static: no allocation for literal keys and names.
 pub type Str = Cow<'static, str>;
@@ -228,6 +228,29 @@ pub struct SpanData {
     /// 0 means "already in the clock". Public only for `..Default::default()`.
     #[doc(hidden)]
     pub pending_clock: PendingClock,
+    /// The tracer a live span records for (none outside the pipeline).
+    /// Public only for `..Default::default()`.
+    #[doc(hidden)]
+    pub tracer: TracerLink,
+}
+
+/// The tracer a span allocation belongs to: set once when the allocation is
+/// made and kept through recycling, so no span pays for a reference count.
+#[doc(hidden)]
+#[derive(Clone, Default)]
+pub struct TracerLink(Option<Arc<TracerShared>>);
+
+impl TracerLink {
+    #[inline]
+    pub(crate) fn get(&self) -> Option<&TracerShared> {
+        self.0.as_deref()
+    }
+}
+
+impl std::fmt::Debug for TracerLink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TracerLink")
+    }
 }
 
 /// Node counters not yet written into a span's vector clocks.
@@ -281,13 +304,15 @@ impl SpanData {
             dropped: 0,
             live_attributes: usize::MAX,
             pending_clock: PendingClock { start: 0, end: 0 },
+            tracer: TracerLink(None),
         }
     }
 
-    /// A new span for a live [`Span`] to record into.
-    pub(crate) fn for_recording() -> Box<Self> {
+    /// A new span for a live [`Span`] of `tracer` to record into.
+    pub(crate) fn for_recording(tracer: Arc<TracerShared>) -> Box<Self> {
         let mut d = Box::new(SpanData::empty());
         d.live_attributes = 0;
+        d.tracer = TracerLink(Some(tracer));
         d
     }
 
@@ -419,7 +444,6 @@ pub struct Span {
     pub(crate) clock: std::sync::OnceLock<Arc<ClockCell>>,
     pub(crate) baggage: Option<Arc<crate::propagation::baggage::Baggage>>,
     pub(crate) recording: Option<Box<SpanData>>,
-    pub(crate) tracer: Option<Arc<TracerInner>>,
 }
 
 impl std::fmt::Debug for Span {
@@ -439,7 +463,6 @@ impl Span {
             clock: std::sync::OnceLock::new(),
             baggage: None,
             recording: None,
-            tracer: None,
         }
     }
 
@@ -478,7 +501,7 @@ impl Span {
             return Some(Arc::clone(c));
         }
         let data = self.recording.as_deref()?;
-        let node = self.tracer.as_ref()?.node.id();
+        let node = data.tracer.get()?.node.id();
         Some(Arc::clone(
             self.clock
                 .get_or_init(|| ClockCell::new(data.start_clock(node))),
@@ -493,9 +516,10 @@ impl Span {
     /// call counts against the limit, repeated keys included.
     #[inline]
     pub fn set_attribute(&mut self, key: impl Into<Str>, value: impl Into<Value>) {
-        if let (Some(data), Some(t)) = (self.recording.as_deref_mut(), &self.tracer) {
+        if let Some(data) = self.recording.as_deref_mut() {
             let n = data.live_attributes;
-            if n < t.limits.max_attributes {
+            let max = data.tracer.get().map_or(0, |t| t.limits.max_attributes);
+            if n < max {
                 match data.attributes.get_mut(n) {
                     // Written in place: no temporary to copy in.
                     Some(slot) => overwrite(
@@ -519,8 +543,9 @@ impl Span {
 
     /// Adds an event timestamped now.
     pub fn add_event(&mut self, name: impl Into<Str>, attributes: Vec<KeyValue>) {
-        if let (Some(data), Some(t)) = (self.recording.as_deref_mut(), &self.tracer) {
-            if data.events.len() < t.limits.max_events {
+        if let Some(data) = self.recording.as_deref_mut() {
+            let max = data.tracer.get().map_or(0, |t| t.limits.max_events);
+            if data.events.len() < max {
                 data.events.push(Event {
                     time_unix_nano: now_unix_nanos(),
                     name: name.into(),
@@ -534,8 +559,9 @@ impl Span {
 
     /// Adds a link to another span.
     pub fn add_link(&mut self, context: SpanContext, attributes: Vec<KeyValue>) {
-        if let (Some(data), Some(t)) = (self.recording.as_deref_mut(), &self.tracer) {
-            if data.links.len() < t.limits.max_links {
+        if let Some(data) = self.recording.as_deref_mut() {
+            let max = data.tracer.get().map_or(0, |t| t.limits.max_links);
+            if data.links.len() < max {
                 data.links.push(Link {
                     context,
                     attributes,
@@ -602,9 +628,9 @@ impl Span {
     }
 
     fn finish(&mut self, end_time_unix_nano: u64, want_clock: bool) -> Option<VectorClock> {
-        let (Some(mut data), Some(tracer)) = (self.recording.take(), &self.tracer) else {
-            return None;
-        };
+        let mut data = self.recording.take()?;
+        // Moved out and back (no reference count): `data` is written below.
+        let tracer = data.tracer.0.take()?;
         data.end_time_unix_nano = end_time_unix_nano.max(data.start_time_unix_nano);
         match self.clock.get() {
             Some(cell) => cell.tick_into(&tracer.node, &mut data.clock_end),
@@ -622,7 +648,8 @@ impl Span {
             end.set(tracer.node.id(), data.pending_clock.end);
             end
         });
-        tracer.on_end(data);
+        data.tracer.0 = Some(tracer);
+        crate::export::batch::end_span(data);
         end_clock
     }
 }

@@ -4,38 +4,44 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use crate::context::{Context, Node};
+use crate::context::{ClockCell, Context, Node};
+use crate::export::batch::ProcessorLink;
 use crate::export::{BatchConfig, BatchProcessor, Resource, SpanExporter};
 use crate::ids::{SpanContext, SpanId, idgen};
+use crate::propagation::baggage::Baggage;
 use crate::sampling::Sampler;
 use crate::span::{KeyValue, Span, SpanBuilder, SpanData, SpanKind, SpanLimits, Str};
 use crate::{ClewError, Result};
 
 pub(crate) struct TracerInner {
-    pub(crate) node: Node,
+    pub(crate) shared: Arc<TracerShared>,
     pub(crate) resource: Arc<Resource>,
     pub(crate) sampler: Sampler,
-    pub(crate) limits: SpanLimits,
     processor: Option<BatchProcessor>,
+    // Sampled spans started without a processor (no exporter).
     started: AtomicU64,
     unsampled: AtomicU64,
+}
+
+/// What a recording span needs of its tracer: limits, the vector-clock node
+/// and the way to its export queue. Every span allocation holds one
+/// reference, set when the allocation is made and kept while the export
+/// worker recycles it, so starting and ending a span touches no reference
+/// count. It keeps no processor alive (see [`ProcessorLink`]).
+#[derive(Debug)]
+pub(crate) struct TracerShared {
+    pub(crate) limits: SpanLimits,
+    pub(crate) processor: Option<ProcessorLink>,
+    pub(crate) node: Node,
 }
 
 impl std::fmt::Debug for TracerInner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Tracer")
             .field("service", &self.resource.service_name)
-            .field("node", &self.node.id())
+            .field("node", &self.shared.node.id())
             .field("sampler", &self.sampler.to_string())
             .finish()
-    }
-}
-
-impl TracerInner {
-    pub(crate) fn on_end(&self, data: Box<SpanData>) {
-        if let Some(p) = &self.processor {
-            p.on_end(data);
-        }
     }
 }
 
@@ -86,11 +92,11 @@ impl Tracer {
 
     /// The vector-clock node id.
     pub fn node_id(&self) -> &str {
-        self.inner.node.id()
+        self.inner.shared.node.id()
     }
 
     pub(crate) fn node(&self) -> &Node {
-        &self.inner.node
+        &self.inner.shared.node
     }
 
     /// A builder for a span named `name`. Its parent is the current context
@@ -133,6 +139,7 @@ impl Tracer {
         span
     }
 
+    #[inline]
     fn start_span(
         &self,
         name: Str,
@@ -141,8 +148,25 @@ impl Tracer {
         attributes: Vec<KeyValue>,
     ) -> Span {
         match parent {
-            Some(cx) => self.start_under(name, kind, cx, attributes),
-            None => Context::map_current(|cx| self.start_under(name, kind, cx, attributes)),
+            Some(cx) => self.start_under(
+                name,
+                kind,
+                cx.span.as_ref(),
+                cx.clock.clone(),
+                cx.baggage.clone(),
+                attributes,
+            ),
+            None => {
+                // Copied out of the thread-local rather than started inside
+                // a closure over it: the span is built in place, not moved
+                // out through the thread-local's accessor.
+                let Context {
+                    span,
+                    clock,
+                    baggage,
+                } = Context::current();
+                self.start_under(name, kind, span.as_ref(), clock, baggage, attributes)
+            }
         }
     }
 
@@ -150,11 +174,13 @@ impl Tracer {
         &self,
         name: Str,
         kind: SpanKind,
-        cx: &Context,
+        parent: Option<&SpanContext>,
+        clock: Option<Arc<ClockCell>>,
+        baggage: Option<Arc<Baggage>>,
         mut attributes: Vec<KeyValue>,
     ) -> Span {
         let inner = &self.inner;
-        let parent = cx.span.as_ref().filter(|p| p.is_valid());
+        let parent = parent.filter(|p| p.is_valid());
         let (trace_id, span_id) = match parent {
             Some(p) => (p.trace_id, idgen::span_id()),
             None => idgen::trace_and_span_id(),
@@ -175,41 +201,42 @@ impl Tracer {
             // Keep the upstream clock flowing through unsampled hops.
             return Span {
                 context,
-                clock: cx.clock.clone().map(Into::into).unwrap_or_default(),
-                baggage: cx.baggage.clone(),
+                clock: clock.map(Into::into).unwrap_or_default(),
+                baggage,
                 recording: None,
-                tracer: None,
             };
         }
-        // Counted on this thread's lane when there is one (no shared
-        // counter). A recycled span was cleared by the export worker
-        // (`SpanData::clear_for_reuse`): its fields are only written here;
-        // it keeps its attribute capacity from earlier use.
-        let recycled = match inner
-            .processor
-            .as_ref()
-            .and_then(BatchProcessor::begin_span)
-        {
-            Some(recycled) => recycled,
+        // Counted on this thread's lane (no shared counter). A recycled span
+        // was cleared by the export worker (`SpanData::clear_for_reuse`):
+        // its fields are only written here; it keeps its attribute capacity
+        // and its reference to this tracer from earlier use.
+        let recycled = match &inner.processor {
+            Some(p) => p.begin_span(),
             None => {
                 inner.started.fetch_add(1, Ordering::Relaxed);
                 None
             }
         };
-        let mut data = recycled.unwrap_or_else(SpanData::for_recording);
+        let mut data =
+            recycled.unwrap_or_else(|| SpanData::for_recording(Arc::clone(&inner.shared)));
+        debug_assert!(
+            data.tracer
+                .get()
+                .is_some_and(|s| std::ptr::eq(s, &*inner.shared))
+        );
         data.parent_span_id = parent.map(|p| p.span_id).unwrap_or(SpanId::INVALID);
         crate::span::overwrite(&mut data.context, context.clone());
         crate::span::overwrite(&mut data.name, name);
         data.kind = kind;
         data.start_time_unix_nano = crate::span::now_unix_nanos();
         data.end_time_unix_nano = 0;
-        let clock = match &cx.clock {
+        let clock = match clock {
             Some(cell) => {
-                cell.tick_into(&inner.node, &mut data.clock_start);
-                Arc::clone(cell).into()
+                cell.tick_into(&inner.shared.node, &mut data.clock_start);
+                cell.into()
             }
             None => {
-                data.pending_clock.start = inner.node.next_after(0);
+                data.pending_clock.start = inner.shared.node.next_after(0);
                 std::sync::OnceLock::new()
             }
         };
@@ -218,15 +245,14 @@ impl Tracer {
             data.attributes.reserve_exact(8);
         }
         if !attributes.is_empty() {
-            attributes.truncate(inner.limits.max_attributes);
+            attributes.truncate(inner.shared.limits.max_attributes);
             data.start_attributes(&mut attributes);
         }
         Span {
             context,
             clock,
-            baggage: cx.baggage.clone(),
+            baggage,
             recording: Some(data),
-            tracer: Some(Arc::clone(inner)),
         }
     }
 
@@ -387,10 +413,13 @@ impl TracerBuilder {
         };
         let tracer = Tracer {
             inner: Arc::new(TracerInner {
-                node: Node::new(node_id),
+                shared: Arc::new(TracerShared {
+                    limits: self.limits,
+                    processor: processor.as_ref().map(BatchProcessor::link),
+                    node: Node::new(node_id),
+                }),
                 resource,
                 sampler: self.sampler,
-                limits: self.limits,
                 processor,
                 started: AtomicU64::new(0),
                 unsampled: AtomicU64::new(0),
@@ -757,6 +786,100 @@ mod tests {
         assert_eq!(p.clock_end, end);
         assert!(p.clock_start.happened_before(&c.clock_start));
         assert!(c.clock_end.happened_before(&p.clock_end));
+    }
+
+    /// Delegates to an in-memory exporter and reports its shutdown.
+    struct Reporting {
+        spans: InMemoryExporter,
+        shut: std::sync::mpsc::Sender<()>,
+    }
+    impl SpanExporter for Reporting {
+        fn export<'a>(
+            &'a mut self,
+            batch: &'a crate::export::ExportBatch,
+        ) -> crate::export::BoxFuture<'a, Result<(), crate::export::ExportError>> {
+            self.spans.export(batch)
+        }
+        fn shutdown(
+            &mut self,
+        ) -> crate::export::BoxFuture<'_, Result<(), crate::export::ExportError>> {
+            let _ = self.shut.send(());
+            Box::pin(async { Ok(()) })
+        }
+    }
+
+    fn reporting() -> (Tracer, InMemoryExporter, std::sync::mpsc::Receiver<()>) {
+        let exp = InMemoryExporter::new();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let t = Tracer::builder("svc")
+            .sampler(Sampler::AlwaysOn)
+            .exporter(Reporting {
+                spans: exp.clone(),
+                shut: tx,
+            })
+            .build();
+        (t, exp, rx)
+    }
+
+    #[test]
+    fn a_span_that_outlives_its_tracer_is_still_exported_then_the_worker_stops() {
+        let (t, exp, shut) = reporting();
+        t.start("ended before").end();
+        let mut open = t.start("outlives the tracer");
+        open.set_attribute("k", 1i64);
+        let mut other_thread = t.start("ended on another thread");
+        drop(t);
+        // Dropping the tracer exported what had ended, before returning.
+        let names =
+            |spans: &[SpanData]| spans.iter().map(|s| s.name.to_string()).collect::<Vec<_>>();
+        assert_eq!(names(&exp.finished_spans()), ["ended before"]);
+        // The worker stays while spans are open.
+        assert!(shut.try_recv().is_err(), "stopped with spans open");
+        std::thread::spawn(move || other_thread.end())
+            .join()
+            .unwrap();
+        open.end();
+        assert!(exp.wait_for(Duration::from_secs(10), |s| s.len() == 3));
+        let spans = exp.finished_spans();
+        let late = spans
+            .iter()
+            .find(|s| s.name == "outlives the tracer")
+            .unwrap();
+        assert_eq!(late.attribute("k"), Some(&Value::I64(1)));
+        // With nothing open any more, it shuts the exporter down and stops.
+        assert!(shut.recv_timeout(Duration::from_secs(10)).is_ok());
+        // A span ended after that is dropped quietly.
+        drop(open);
+    }
+
+    #[test]
+    fn dropping_the_last_handle_with_nothing_open_shuts_down_at_once() {
+        let (t, exp, shut) = reporting();
+        for _ in 0..10 {
+            t.start("x").end();
+        }
+        drop(t);
+        assert_eq!(exp.finished_spans().len(), 10);
+        assert!(
+            shut.try_recv().is_ok(),
+            "exporter shut down before drop returned"
+        );
+    }
+
+    #[test]
+    fn spans_ended_after_shutdown_are_dropped_and_counted() {
+        let (t, exp, _shut) = reporting();
+        let open = t.start("late");
+        t.start("early").end();
+        assert!(t.shutdown(Duration::from_secs(5)));
+        drop(open);
+        // On a thread that never made a lane, too.
+        let t2 = t.clone();
+        let other = t.start("late, elsewhere");
+        std::thread::spawn(move || drop(other)).join().unwrap();
+        let s = t2.stats();
+        assert_eq!(exp.finished_spans().len(), 1);
+        assert_eq!((s.started, s.exported, s.dropped), (3, 1, 2));
     }
 
     #[test]

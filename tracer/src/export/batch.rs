@@ -1,8 +1,8 @@
 //! The bounded queue and the batching worker thread.
 
 use std::cell::RefCell;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -19,6 +19,9 @@ const REANCHOR: Duration = Duration::from_secs(1);
 
 /// How often the worker looks at the queue while spans are flowing.
 const BUSY_POLL: Duration = Duration::from_millis(1);
+
+/// How often a lingering worker looks whether its last open span ended.
+const LINGER_POLL: Duration = Duration::from_millis(20);
 
 /// Queue and batching settings.
 #[derive(Clone, Debug)]
@@ -59,7 +62,16 @@ pub struct PipelineStats {
 enum Control {
     Flush(Sender<()>),
     Shutdown(Sender<()>),
+    // The last tracer handle is gone but spans are still open: export them
+    // as they end, then stop (see `LINGER`).
+    Linger,
 }
+
+/// How long a worker whose tracer is gone keeps exporting spans that were
+/// still open then. A span outliving every handle of its tracer is still
+/// exported when it ends, as when it kept the tracer alive; a span that is
+/// never ended (leaked) keeps the worker no longer than this.
+const LINGER: Duration = Duration::from_secs(30);
 
 /// Pushes between two looks at how full a lane is (a look reads a cache
 /// line the worker writes).
@@ -80,6 +92,40 @@ struct Lane {
 struct Lanes {
     lanes: Vec<Lane>,
     retired_started: u64,
+    // The worker has stopped: no new lanes, and the threads' started
+    // counters of the lanes it let go of (those threads may still start
+    // spans, which are then dropped and counted).
+    stopped: bool,
+    stopped_started: Vec<Arc<AtomicU64>>,
+}
+
+/// What the worker and the threads that end spans share: the lanes, the
+/// counters and the way to wake the worker. Spans reach it through a
+/// [`ProcessorLink`] (a weak reference), so a span never keeps it alive.
+#[derive(Debug)]
+struct Core {
+    id: u64,
+    lanes: Mutex<Lanes>,
+    capacity: usize,
+    stats: Arc<PipelineStats>,
+    wake: Arc<Wake>,
+    // Sampled spans started on threads that had no lane (exiting threads).
+    laneless_started: AtomicU64,
+}
+
+/// Wakes the worker: set `pending`, unpark `thread`.
+#[derive(Debug)]
+struct Wake {
+    pending: AtomicBool,
+    thread: std::thread::Thread,
+}
+
+impl Wake {
+    fn wake(&self) {
+        if !self.pending.swap(true, Ordering::AcqRel) {
+            self.thread.unpark();
+        }
+    }
 }
 
 /// The application thread's ends of a [`Lane`].
@@ -93,6 +139,9 @@ struct LocalLane {
     started: Arc<AtomicU64>,
     // The allocation of the last span dropped on a full ring, cleared.
     spare: Option<Box<SpanData>>,
+    capacity: usize,
+    wake: Arc<Wake>,
+    stats: Arc<PipelineStats>,
 }
 
 thread_local! {
@@ -101,6 +150,154 @@ thread_local! {
 }
 
 static NEXT_PROCESSOR: AtomicU64 = AtomicU64::new(1);
+
+/// How a span finds the processor of the tracer that made it: the id its
+/// thread's lane is kept under, and a weak reference for a thread's first
+/// span. Holding it keeps nothing alive.
+#[derive(Clone, Debug)]
+pub(crate) struct ProcessorLink {
+    id: u64,
+    core: Weak<Core>,
+}
+
+/// Queues a finished span for export by the processor of the tracer that
+/// made it; never blocks. The span is dropped and counted when the queue is
+/// full, and dropped when the processor has stopped or there is none.
+#[inline]
+pub(crate) fn end_span(span: Box<SpanData>) {
+    let Some(id) = link_of(&span).map(|l| l.id) else {
+        return;
+    };
+    let mut slot = Some(span);
+    // The common case: this thread already has a lane to the worker.
+    let _ = LANES.try_with(|lanes| {
+        if let Ok(mut lanes) = lanes.try_borrow_mut()
+            && let Some(lane) = lanes.iter_mut().find(|l| l.processor == id)
+            && let Some(span) = slot.take()
+        {
+            lane.push(span);
+        }
+    });
+    if let Some(span) = slot {
+        end_span_slow(span);
+    }
+}
+
+fn link_of(span: &SpanData) -> Option<&ProcessorLink> {
+    span.tracer.get().and_then(|t| t.processor.as_ref())
+}
+
+/// A thread's first span for a processor, or a thread without its
+/// thread-locals (exiting).
+#[cold]
+fn end_span_slow(span: Box<SpanData>) {
+    if let Some(core) = link_of(&span).and_then(|l| l.core.upgrade()) {
+        core.on_end(span);
+    }
+}
+
+impl LocalLane {
+    #[inline]
+    fn push(&mut self, span: Box<SpanData>) {
+        if self.spans.is_abandoned() {
+            // The worker has stopped (shut down): nobody would read it.
+            self.discard(span);
+            return;
+        }
+        if let Err(PushError::Full(span)) = self.spans.push(span) {
+            self.discard(span);
+            return;
+        }
+        self.pushes = self.pushes.wrapping_add(1);
+        if self.pushes.is_multiple_of(WAKE_CHECK_EVERY) && self.spans.slots() * 2 <= self.capacity {
+            self.wake.wake();
+        }
+    }
+
+    #[cold]
+    fn discard(&mut self, mut span: Box<SpanData>) {
+        // Dropped and counted; its allocation serves the thread's next span
+        // instead of being freed now and allocated again.
+        span.clear_for_reuse();
+        self.spare = Some(span);
+        self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+impl Core {
+    /// Runs `f` on this thread's lane, making it on first use. `None` when
+    /// the thread-local is gone (the thread is exiting).
+    #[inline]
+    fn with_lane<T>(&self, f: impl FnOnce(&mut LocalLane) -> T) -> Option<T> {
+        LANES
+            .try_with(|lanes| {
+                let mut lanes = lanes.try_borrow_mut().ok()?;
+                if let Some(l) = lanes.iter_mut().find(|l| l.processor == self.id) {
+                    return Some(f(l));
+                }
+                // Rare: this thread's first span for this processor. Forget
+                // lanes of processors that are gone.
+                lanes.retain(|l| !l.spans.is_abandoned());
+                let mut registry = self.lanes.lock();
+                if registry.stopped {
+                    return None;
+                }
+                let (spans_tx, spans_rx) = RingBuffer::new(self.capacity);
+                let (recycle_tx, recycle_rx) = RingBuffer::new(self.capacity.min(1024));
+                let started = Arc::new(AtomicU64::new(0));
+                registry.lanes.push(Lane {
+                    spans: spans_rx,
+                    recycle: recycle_tx,
+                    started: Arc::clone(&started),
+                });
+                drop(registry);
+                lanes.push(LocalLane {
+                    processor: self.id,
+                    spans: spans_tx,
+                    recycle: recycle_rx,
+                    pushes: 0,
+                    started,
+                    spare: None,
+                    capacity: self.capacity,
+                    wake: Arc::clone(&self.wake),
+                    stats: Arc::clone(&self.stats),
+                });
+                lanes.last_mut().map(f)
+            })
+            .ok()
+            .flatten()
+    }
+
+    fn on_end(&self, span: Box<SpanData>) {
+        if self.with_lane(|lane| lane.push(span)).is_none() {
+            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Sampled spans started, on every thread.
+    fn started(&self) -> u64 {
+        let lanes = self.lanes.lock();
+        lanes
+            .lanes
+            .iter()
+            .map(|l| &l.started)
+            .chain(&lanes.stopped_started)
+            .map(|c| c.load(Ordering::Relaxed))
+            .sum::<u64>()
+            + lanes.retired_started
+            + self.laneless_started.load(Ordering::Relaxed)
+    }
+
+    /// Spans started and not yet accounted for as exported, failed or
+    /// dropped: still open, or ended and waiting in a lane.
+    fn unsettled(&self) -> u64 {
+        let s = &self.stats;
+        let settled = s.exported.load(Ordering::Relaxed)
+            + s.failed.load(Ordering::Relaxed)
+            + s.dropped.load(Ordering::Relaxed);
+        self.started().saturating_sub(settled)
+    }
+}
 
 /// Owns the per-thread queues and the worker thread.
 ///
@@ -112,15 +309,13 @@ static NEXT_PROCESSOR: AtomicU64 = AtomicU64::new(1);
 /// many spans. Instead the worker polls every millisecond while spans flow
 /// and sleeps for the scheduled delay when idle; the application wakes it
 /// only when its ring is half full, or for a flush or shutdown.
+///
+/// Dropping the processor exports what has ended. Spans still open then
+/// are exported as they end, for up to 30 seconds, before the worker stops.
 #[derive(Debug)]
 pub struct BatchProcessor {
-    id: u64,
-    lanes: Arc<Mutex<Lanes>>,
-    capacity: usize,
+    core: Arc<Core>,
     control: Sender<Control>,
-    stats: Arc<PipelineStats>,
-    wake_pending: Arc<AtomicBool>,
-    worker_thread: std::thread::Thread,
     worker: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -139,129 +334,93 @@ impl BatchProcessor {
         resource: Arc<Resource>,
         config: BatchConfig,
     ) -> std::io::Result<Self> {
-        let lanes = Arc::new(Mutex::new(Lanes::default()));
         let capacity = config.max_queue_size.max(1);
         let (ctx, crx) = bounded(16);
         let stats = Arc::new(PipelineStats::default());
-        let wake_pending = Arc::new(AtomicBool::new(false));
-        let worker = Worker {
-            exporter,
-            node: NodeId::from(resource.node_id.as_str()),
-            resource,
-            config,
-            lanes: Arc::clone(&lanes),
-            next_lane: 0,
-            control: crx,
-            stats: Arc::clone(&stats),
-            wake_pending: Arc::clone(&wake_pending),
-        };
+        let (core_tx, core_rx) = crossbeam_channel::bounded::<Arc<Core>>(1);
+        let node = NodeId::from(resource.node_id.as_str());
         let handle = std::thread::Builder::new()
             .name("clew-export".into())
-            .spawn(move || worker.run())?;
-        Ok(BatchProcessor {
+            .spawn(move || {
+                // The core names this thread (to wake it), so it is made
+                // here and handed back.
+                let Ok(core) = core_rx.recv() else { return };
+                Worker {
+                    exporter,
+                    node,
+                    resource,
+                    config,
+                    core,
+                    next_lane: 0,
+                    control: crx,
+                    linger_until: None,
+                }
+                .run()
+            })?;
+        let core = Arc::new(Core {
             id: NEXT_PROCESSOR.fetch_add(1, Ordering::Relaxed),
-            lanes,
+            lanes: Mutex::new(Lanes::default()),
             capacity,
-            control: ctx,
             stats,
-            wake_pending,
-            worker_thread: handle.thread().clone(),
+            wake: Arc::new(Wake {
+                pending: AtomicBool::new(false),
+                thread: handle.thread().clone(),
+            }),
+            laneless_started: AtomicU64::new(0),
+        });
+        let _ = core_tx.send(Arc::clone(&core));
+        Ok(BatchProcessor {
+            core,
+            control: ctx,
             worker: Mutex::new(Some(handle)),
         })
     }
 
-    /// Runs `f` on this thread's lane, making it on first use.
-    #[inline]
-    fn with_lane<T>(&self, f: impl FnOnce(&mut LocalLane) -> T) -> Option<T> {
-        LANES
-            .try_with(|lanes| {
-                let mut lanes = lanes.try_borrow_mut().ok()?;
-                if let Some(l) = lanes.iter_mut().find(|l| l.processor == self.id) {
-                    return Some(f(l));
-                }
-                // Rare: this thread's first span for this processor. Forget
-                // lanes of processors that are gone.
-                lanes.retain(|l| !l.spans.is_abandoned());
-                let (spans_tx, spans_rx) = RingBuffer::new(self.capacity);
-                let (recycle_tx, recycle_rx) = RingBuffer::new(self.capacity.min(1024));
-                let started = Arc::new(AtomicU64::new(0));
-                self.lanes.lock().lanes.push(Lane {
-                    spans: spans_rx,
-                    recycle: recycle_tx,
-                    started: Arc::clone(&started),
-                });
-                lanes.push(LocalLane {
-                    processor: self.id,
-                    spans: spans_tx,
-                    recycle: recycle_rx,
-                    pushes: 0,
-                    started,
-                    spare: None,
-                });
-                lanes.last_mut().map(f)
-            })
-            .ok()
-            .flatten()
+    /// How spans made for this processor find it again.
+    pub(crate) fn link(&self) -> ProcessorLink {
+        ProcessorLink {
+            id: self.core.id,
+            core: Arc::downgrade(&self.core),
+        }
     }
 
     /// Queues a finished span; never blocks.
     pub fn on_end(&self, span: Box<SpanData>) {
-        let pushed = self.with_lane(|lane| {
-            if let Err(PushError::Full(mut span)) = lane.spans.push(span) {
-                // Dropped and counted; its allocation serves the thread's
-                // next span instead of being freed now and allocated again.
-                span.clear_for_reuse();
-                lane.spare = Some(span);
-                return false;
-            }
-            lane.pushes = lane.pushes.wrapping_add(1);
-            if lane.pushes.is_multiple_of(WAKE_CHECK_EVERY)
-                && lane.spans.slots() * 2 <= self.capacity
-                && !self.wake_pending.swap(true, Ordering::AcqRel)
-            {
-                self.worker_thread.unpark();
-            }
-            true
-        });
-        if pushed != Some(true) {
-            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
-        }
+        self.core.on_end(span);
     }
 
     /// Counts a sampled span started on this thread and returns a cleared
-    /// span allocation from an exported batch, if one is waiting. `None`
-    /// when this thread has no lane (it is exiting): the span is not
-    /// counted then.
+    /// span allocation from an exported batch, if one is waiting.
     #[inline]
-    pub(crate) fn begin_span(&self) -> Option<Option<Box<SpanData>>> {
-        self.with_lane(|lane| {
-            let n = lane.started.load(Ordering::Relaxed);
-            lane.started.store(n + 1, Ordering::Relaxed);
-            lane.recycle.pop().ok().or_else(|| lane.spare.take())
-        })
+    pub(crate) fn begin_span(&self) -> Option<Box<SpanData>> {
+        self.core
+            .with_lane(|lane| {
+                let n = lane.started.load(Ordering::Relaxed);
+                lane.started.store(n + 1, Ordering::Relaxed);
+                lane.recycle.pop().ok().or_else(|| lane.spare.take())
+            })
+            .unwrap_or_else(|| {
+                // No lane (the thread is exiting): counted here instead.
+                self.core.laneless_started.fetch_add(1, Ordering::Relaxed);
+                None
+            })
     }
 
     /// Sampled spans started by [`BatchProcessor::begin_span`].
     pub(crate) fn started(&self) -> u64 {
-        let lanes = self.lanes.lock();
-        lanes
-            .lanes
-            .iter()
-            .map(|l| l.started.load(Ordering::Relaxed))
-            .sum::<u64>()
-            + lanes.retired_started
+        self.core.started()
     }
 
     /// The pipeline's counters.
     pub fn stats(&self) -> &PipelineStats {
-        &self.stats
+        &self.core.stats
     }
 
     fn send_control(&self, msg: Control, timeout: Duration) -> bool {
         if self.control.send_timeout(msg, timeout).is_err() {
             return false;
         }
-        self.worker_thread.unpark();
+        self.core.wake.thread.unpark();
         true
     }
 
@@ -273,7 +432,7 @@ impl BatchProcessor {
     }
 
     /// Exports what is queued, shuts the exporter down and stops the worker.
-    /// Later calls return true at once.
+    /// Spans ended afterwards are dropped. Later calls return true at once.
     pub fn shutdown(&self, timeout: Duration) -> bool {
         let Some(handle) = self.worker.lock().take() else {
             return true;
@@ -290,7 +449,22 @@ impl BatchProcessor {
 
 impl Drop for BatchProcessor {
     fn drop(&mut self) {
-        self.shutdown(Duration::from_secs(5));
+        const WAIT: Duration = Duration::from_secs(5);
+        if self.worker.lock().is_none() {
+            return;
+        }
+        // What has ended is exported before this returns, as before; then
+        // either nothing is open and the worker stops now, or it stays to
+        // export the open spans as they end (`LINGER`) and stops by itself.
+        self.force_flush(WAIT);
+        if self.core.unsettled() == 0 {
+            self.shutdown(WAIT);
+        } else if self.send_control(Control::Linger, WAIT) {
+            // Detached: the worker exits on its own.
+            drop(self.worker.lock().take());
+        } else {
+            self.shutdown(WAIT);
+        }
     }
 }
 
@@ -300,13 +474,13 @@ struct Worker<E> {
     // The resource's node id, in the form clocks hold it.
     node: NodeId,
     config: BatchConfig,
-    lanes: Arc<Mutex<Lanes>>,
+    core: Arc<Core>,
     // Where the next batch starts taking spans, so that no thread's lane
     // waits behind a busier one.
     next_lane: usize,
     control: Receiver<Control>,
-    stats: Arc<PipelineStats>,
-    wake_pending: Arc<AtomicBool>,
+    // Set when the processor was dropped with spans still open.
+    linger_until: Option<Instant>,
 }
 
 impl<E: SpanExporter> Worker<E> {
@@ -341,27 +515,44 @@ impl<E: SpanExporter> Worker<E> {
                     last_export = Instant::now();
                     continue;
                 }
-                Err(TryRecvError::Disconnected) => {
+                Err(TryRecvError::Disconnected) if self.linger_until.is_none() => {
                     self.drain(&rt);
+                    self.stop();
                     return;
                 }
-                Err(TryRecvError::Empty) => {}
+                Err(_) => {}
             }
             let queued = self.queued();
+            if let Some(until) = self.linger_until
+                && ((queued == 0 && self.core.unsettled() == 0) || Instant::now() >= until)
+            {
+                self.drain(&rt);
+                let open = self.core.unsettled();
+                if open > 0 {
+                    tracing::warn!(
+                        spans = open,
+                        "clew tracer dropped {}s ago with spans still open; they will not be exported",
+                        LINGER.as_secs()
+                    );
+                }
+                self.shutdown_exporter(&rt);
+                self.stop();
+                return;
+            }
             if queued >= max || (queued > 0 && last_export.elapsed() >= delay) {
                 self.export_some(&rt, max);
                 last_export = Instant::now();
                 busy = true;
                 continue;
             }
-            self.wake_pending.store(false, Ordering::Release);
+            self.core.wake.pending.store(false, Ordering::Release);
             // Re-check after clearing the flag: a producer that saw the flag
             // set did not unpark us.
             let queued = self.queued();
             if queued >= max || !self.control.is_empty() {
                 continue;
             }
-            let wait = if busy {
+            let mut wait = if busy {
                 // Spans are flowing: come back soon rather than be woken.
                 busy_poll
             } else if queued == 0 {
@@ -370,6 +561,10 @@ impl<E: SpanExporter> Worker<E> {
                 delay.saturating_sub(last_export.elapsed())
             };
             busy = false;
+            if self.linger_until.is_some() {
+                // Look for the end of the last open span now and then.
+                wait = wait.min(LINGER_POLL);
+            }
             std::thread::park_timeout(wait);
         }
     }
@@ -382,20 +577,43 @@ impl<E: SpanExporter> Worker<E> {
                 let _ = reply.send(());
                 false
             }
+            Control::Linger => {
+                self.linger_until = Some(Instant::now() + LINGER);
+                false
+            }
             Control::Shutdown(reply) => {
-                let timeout = self.config.export_timeout;
-                let res = rt.block_on(async {
-                    tokio::time::timeout(timeout, self.exporter.shutdown()).await
-                });
-                match res {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => tracing::warn!(error = %e, "clew exporter shutdown failed"),
-                    Err(_) => tracing::warn!(?timeout, "clew exporter shutdown timed out"),
-                }
+                self.shutdown_exporter(rt);
+                self.stop();
                 let _ = reply.send(());
                 true
             }
         }
+    }
+
+    fn shutdown_exporter(&mut self, rt: &tokio::runtime::Runtime) {
+        let timeout = self.config.export_timeout;
+        let res =
+            rt.block_on(async { tokio::time::timeout(timeout, self.exporter.shutdown()).await });
+        match res {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "clew exporter shutdown failed"),
+            Err(_) => tracing::warn!(?timeout, "clew exporter shutdown timed out"),
+        }
+    }
+
+    /// Lets go of the lanes, so that each thread's rings are freed (the
+    /// thread drops its ends when it next makes a lane, or exits) and a span
+    /// ended from now on is dropped at once. Their started counts are kept.
+    fn stop(&mut self) {
+        let mut lanes = self.core.lanes.lock();
+        let Lanes {
+            lanes,
+            stopped,
+            stopped_started,
+            ..
+        } = &mut *lanes;
+        *stopped = true;
+        stopped_started.extend(lanes.drain(..).map(|l| l.started));
     }
 
     /// Exports everything queued, in batches.
@@ -407,10 +625,11 @@ impl<E: SpanExporter> Worker<E> {
     /// Spans waiting in every lane. Drops the lanes of threads that ended
     /// and have nothing left.
     fn queued(&self) -> usize {
-        let mut lanes = self.lanes.lock();
+        let mut lanes = self.core.lanes.lock();
         let Lanes {
             lanes,
             retired_started,
+            ..
         } = &mut *lanes;
         lanes.retain(|l| {
             let gone = l.spans.is_abandoned() && l.spans.is_empty();
@@ -428,7 +647,7 @@ impl<E: SpanExporter> Worker<E> {
         // Which lane each span came from, to hand its allocation back.
         let mut from: Vec<(usize, usize)> = Vec::new();
         {
-            let mut lanes = self.lanes.lock();
+            let mut lanes = self.core.lanes.lock();
             let lanes = &mut lanes.lanes;
             let count = lanes.len();
             for k in 0..count {
@@ -470,7 +689,7 @@ impl<E: SpanExporter> Worker<E> {
             // misses costs it less than a load). A full ring means the
             // thread has enough spare spans: free this one.
             // (Lanes are only removed here, by this thread, so indexes hold.)
-            let mut lanes = self.lanes.lock();
+            let mut lanes = self.core.lanes.lock();
             let lanes = &mut lanes.lanes;
             let mut spans = b.spans.into_iter();
             for (i, k) in from {
@@ -486,14 +705,23 @@ impl<E: SpanExporter> Worker<E> {
         }
         match res {
             Ok(Ok(())) => {
-                self.stats.exported.fetch_add(n as u64, Ordering::Relaxed);
+                self.core
+                    .stats
+                    .exported
+                    .fetch_add(n as u64, Ordering::Relaxed);
             }
             Ok(Err(e)) => {
-                self.stats.failed.fetch_add(n as u64, Ordering::Relaxed);
+                self.core
+                    .stats
+                    .failed
+                    .fetch_add(n as u64, Ordering::Relaxed);
                 tracing::warn!(error = %e, spans = n, "clew span export failed");
             }
             Err(_) => {
-                self.stats.failed.fetch_add(n as u64, Ordering::Relaxed);
+                self.core
+                    .stats
+                    .failed
+                    .fetch_add(n as u64, Ordering::Relaxed);
                 tracing::warn!(spans = n, ?timeout, "clew span export timed out");
             }
         }

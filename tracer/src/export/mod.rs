@@ -5,7 +5,7 @@
 //! and counted ([`PipelineStats::dropped`]), as in OpenTelemetry's batch
 //! processor.
 
-mod batch;
+pub(crate) mod batch;
 pub mod convert;
 mod memory;
 mod native;
