@@ -63,6 +63,7 @@ impl RateLimiter {
 
 impl Sampler {
     /// Decides whether a new span is recorded.
+    #[inline]
     pub fn should_sample(&self, parent: Option<&SpanContext>, trace_id: TraceId) -> bool {
         match self {
             Sampler::AlwaysOn => true,

@@ -443,7 +443,9 @@ pub struct Span {
     // cell is made on the first `context()`.
     pub(crate) clock: std::sync::OnceLock<Arc<ClockCell>>,
     pub(crate) baggage: Option<Arc<crate::propagation::baggage::Baggage>>,
-    pub(crate) recording: Option<Box<SpanData>>,
+    // Dropped by hand in `Drop` (it is `None` by then unless ending failed),
+    // which spares every span an out-of-line drop call for the field.
+    pub(crate) recording: std::mem::ManuallyDrop<Option<Box<SpanData>>>,
 }
 
 impl std::fmt::Debug for Span {
@@ -462,7 +464,7 @@ impl Span {
             context: SpanContext::default(),
             clock: std::sync::OnceLock::new(),
             baggage: None,
-            recording: None,
+            recording: std::mem::ManuallyDrop::new(None),
         }
     }
 
@@ -612,22 +614,24 @@ impl Span {
     /// Ends the span now. Later calls do nothing.
     pub fn end(&mut self) {
         if self.recording.is_some() {
-            self.finish(now_unix_nanos(), false);
+            self.finish::<false>(now_unix_nanos());
         }
     }
 
     /// Ends the span with an explicit end time. Later calls do nothing.
     pub fn end_at(&mut self, end_time_unix_nano: u64) {
-        self.finish(end_time_unix_nano, false);
+        self.finish::<false>(end_time_unix_nano);
     }
 
     /// Ends the span now and returns its end clock, so a server can send
     /// exactly that clock back with its last message.
     pub(crate) fn end_with_clock(&mut self) -> Option<VectorClock> {
-        self.finish(now_unix_nanos(), true)
+        self.finish::<true>(now_unix_nanos())
     }
 
-    fn finish(&mut self, end_time_unix_nano: u64, want_clock: bool) -> Option<VectorClock> {
+    /// Ends the span; with `CLOCK`, returns its end clock.
+    #[inline]
+    fn finish<const CLOCK: bool>(&mut self, end_time_unix_nano: u64) -> Option<VectorClock> {
         let mut data = self.recording.take()?;
         // Moved out and back (no reference count): `data` is written below.
         let tracer = data.tracer.0.take()?;
@@ -640,7 +644,7 @@ impl Span {
                 data.pending_clock.end = tracer.node.next_after(data.pending_clock.start);
             }
         }
-        let end_clock = want_clock.then(|| {
+        let end_clock = CLOCK.then(|| {
             if data.pending_clock.end == 0 {
                 return data.clock_end.clone();
             }
@@ -657,6 +661,9 @@ impl Span {
 impl Drop for Span {
     fn drop(&mut self) {
         self.end();
+        if let Some(data) = self.recording.take() {
+            drop(data);
+        }
     }
 }
 

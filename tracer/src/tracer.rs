@@ -203,7 +203,7 @@ impl Tracer {
                 context,
                 clock: clock.map(Into::into).unwrap_or_default(),
                 baggage,
-                recording: None,
+                recording: std::mem::ManuallyDrop::new(None),
             };
         }
         // Counted on this thread's lane (no shared counter). A recycled span
@@ -252,7 +252,7 @@ impl Tracer {
             context,
             clock,
             baggage,
-            recording: Some(data),
+            recording: std::mem::ManuallyDrop::new(Some(data)),
         }
     }
 
