@@ -228,6 +228,11 @@ pub struct SpanData {
     /// 0 means "already in the clock". Public only for `..Default::default()`.
     #[doc(hidden)]
     pub pending_clock: PendingClock,
+    /// Start and end as raw counter readings (0: none, the Unix time field
+    /// holds the time): the export worker converts them, so the application
+    /// thread only reads the counter. Public only for `..Default::default()`.
+    #[doc(hidden)]
+    pub raw_times: RawTimes,
     /// The tracer a live span records for (none outside the pipeline).
     /// Public only for `..Default::default()`.
     #[doc(hidden)]
@@ -251,6 +256,14 @@ impl std::fmt::Debug for TracerLink {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("TracerLink")
     }
+}
+
+/// Raw counter readings not yet converted to Unix nanoseconds.
+#[doc(hidden)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RawTimes {
+    pub(crate) start: u64,
+    pub(crate) end: u64,
 }
 
 /// Node counters not yet written into a span's vector clocks.
@@ -304,6 +317,7 @@ impl SpanData {
             dropped: 0,
             live_attributes: usize::MAX,
             pending_clock: PendingClock { start: 0, end: 0 },
+            raw_times: RawTimes { start: 0, end: 0 },
             tracer: TracerLink(None),
         }
     }
@@ -336,6 +350,7 @@ impl SpanData {
         self.clock_start.clear();
         self.clock_end.clear();
         self.pending_clock = PendingClock::default();
+        self.raw_times = RawTimes::default();
         self.dropped = 0;
     }
 
@@ -350,6 +365,14 @@ impl SpanData {
     /// applies attribute replacement, writes pending clock entries for
     /// `node`. Called once, on the export worker.
     pub(crate) fn settle(&mut self, node: &NodeId) {
+        let RawTimes { start, end } = std::mem::take(&mut self.raw_times);
+        if start != 0 {
+            self.start_time_unix_nano = crate::time::raw_to_unix_nanos(start);
+        }
+        if end != 0 {
+            self.end_time_unix_nano = crate::time::raw_to_unix_nanos(end);
+        }
+        self.end_time_unix_nano = self.end_time_unix_nano.max(self.start_time_unix_nano);
         self.attributes.truncate(self.live_attributes);
         self.dedupe_attributes();
         self.live_attributes = self.attributes.len();
@@ -383,6 +406,10 @@ impl SpanData {
     /// Keeps one attribute per key: the last value set, at the position the
     /// key was first set.
     pub fn dedupe_attributes(&mut self) {
+        if !may_repeat_a_key(&self.attributes) {
+            // The common case, told apart without comparing strings.
+            return;
+        }
         let attrs = &mut self.attributes;
         let mut i = 0;
         while i + 1 < attrs.len() {
@@ -416,6 +443,39 @@ impl SpanData {
             .find(|kv| kv.key == key)
             .map(|kv| &kv.value)
     }
+}
+
+/// False when no two attributes can share a key: their keys' fingerprints
+/// (length, first and last eight bytes) all differ. True means "compare
+/// the strings" (a repeat, or two different keys alike in all three).
+fn may_repeat_a_key(attrs: &[KeyValue]) -> bool {
+    const SMALL: usize = 16;
+    match attrs.len() {
+        0 | 1 => false,
+        n if n <= SMALL => {
+            let mut fps = [0u64; SMALL];
+            for (f, kv) in fps.iter_mut().zip(attrs) {
+                *f = key_fingerprint(&kv.key);
+            }
+            (1..n).any(|j| fps[..j].contains(&fps[j]))
+        }
+        _ => {
+            let mut fps: Vec<u64> = attrs.iter().map(|kv| key_fingerprint(&kv.key)).collect();
+            fps.sort_unstable();
+            fps.windows(2).any(|w| w[0] == w[1])
+        }
+    }
+}
+
+fn key_fingerprint(key: &str) -> u64 {
+    let b = key.as_bytes();
+    let n = b.len();
+    let (head, tail) = match (b.first_chunk::<8>(), b.last_chunk::<8>()) {
+        (Some(h), Some(t)) => (u64::from_le_bytes(*h), u64::from_le_bytes(*t)),
+        // Under eight bytes: the whole key, one byte at a time.
+        _ => (b.iter().fold(0u64, |w, &c| (w << 8) | u64::from(c)), 0),
+    };
+    head ^ tail.rotate_left(29) ^ (n as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)
 }
 
 pub use crate::time::now_unix_nanos;
@@ -614,28 +674,36 @@ impl Span {
     /// Ends the span now. Later calls do nothing.
     pub fn end(&mut self) {
         if self.recording.is_some() {
-            self.finish::<false>(now_unix_nanos());
+            self.finish::<false>(None);
         }
     }
 
     /// Ends the span with an explicit end time. Later calls do nothing.
     pub fn end_at(&mut self, end_time_unix_nano: u64) {
-        self.finish::<false>(end_time_unix_nano);
+        self.finish::<false>(Some(end_time_unix_nano));
     }
 
     /// Ends the span now and returns its end clock, so a server can send
     /// exactly that clock back with its last message.
     pub(crate) fn end_with_clock(&mut self) -> Option<VectorClock> {
-        self.finish::<true>(now_unix_nanos())
+        self.finish::<true>(None)
     }
 
-    /// Ends the span; with `CLOCK`, returns its end clock.
+    /// Ends the span, now or at `end_time_unix_nano`; with `CLOCK`, returns
+    /// its end clock. (An end before the start is moved to the start, on
+    /// the export worker.)
     #[inline]
-    fn finish<const CLOCK: bool>(&mut self, end_time_unix_nano: u64) -> Option<VectorClock> {
+    fn finish<const CLOCK: bool>(
+        &mut self,
+        end_time_unix_nano: Option<u64>,
+    ) -> Option<VectorClock> {
         let mut data = self.recording.take()?;
         // Moved out and back (no reference count): `data` is written below.
         let tracer = data.tracer.0.take()?;
-        data.end_time_unix_nano = end_time_unix_nano.max(data.start_time_unix_nano);
+        match end_time_unix_nano {
+            None => data.raw_times.end = crate::time::raw_now(),
+            Some(t) => data.end_time_unix_nano = t,
+        }
         match self.clock.get() {
             Some(cell) => cell.tick_into(&tracer.node, &mut data.clock_end),
             None => {
@@ -738,17 +806,82 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    /// Keys alike in length, head or tail, so that fingerprints are put
+    /// to the test (more than 16 of them, for the sorted path too).
+    const KEYS: [&str; 24] = [
+        "k0",
+        "k1",
+        "k2",
+        "k3",
+        "k4",
+        "k5",
+        "",
+        "a",
+        "http.request.method",
+        "http.request.methoD",
+        "xttp.request.method",
+        "http.response.status_code",
+        "http.response.status_codf",
+        "user_agent.original",
+        "url.path",
+        "url.pat",
+        "url.pathh",
+        "aaaaaaaaaaaaaaaaaaaa",
+        "aaaaaaaaaaaaaaaaaaab",
+        "baaaaaaaaaaaaaaaaaaa",
+        "aaaaaaaabaaaaaaaaaaa",
+        "12345678",
+        "1234567",
+        "123456789",
+    ];
+
+    #[test]
+    fn distinct_keys_need_no_string_comparison() {
+        let attrs: Vec<KeyValue> = [
+            "http.request.method",
+            "url.path",
+            "server.address",
+            "user_agent.original",
+            "app.tenant",
+        ]
+        .into_iter()
+        .map(|k| KeyValue::new(k, "v"))
+        .collect();
+        assert!(!may_repeat_a_key(&attrs));
+        let many: Vec<KeyValue> = (0..40)
+            .map(|i| KeyValue::new(format!("key.{i}"), i))
+            .collect();
+        assert!(!may_repeat_a_key(&many));
+        assert!(may_repeat_a_key(&[many[3].clone(), many[3].clone()]));
+    }
+
+    #[test]
+    fn keys_that_differ_only_inside_still_count_as_different() {
+        // Same length, head and tail: the fingerprint collides, and the
+        // strings decide.
+        let mut d = SpanData::empty();
+        d.attributes
+            .push(KeyValue::new("aaaaaaaabaaaaaaaaaaa", 1i64));
+        d.attributes
+            .push(KeyValue::new("aaaaaaaacaaaaaaaaaaa", 2i64));
+        assert!(may_repeat_a_key(&d.attributes));
+        d.dedupe_attributes();
+        assert_eq!(d.attributes.len(), 2);
+    }
+
     proptest! {
         #[test]
-        fn dedupe_keeps_last_value_in_first_position(keys in prop::collection::vec(0u8..6, 0..20)) {
+        fn dedupe_keeps_last_value_in_first_position(
+            keys in prop::collection::vec(0usize..KEYS.len(), 0..40)
+        ) {
             let mut d = SpanData::empty();
             for (i, k) in keys.iter().enumerate() {
-                d.attributes.push(KeyValue::new(format!("k{k}"), i as i64));
+                d.attributes.push(KeyValue::new(KEYS[*k], i as i64));
             }
             d.dedupe_attributes();
             let mut expected: Vec<(String, i64)> = Vec::new();
             for (i, k) in keys.iter().enumerate() {
-                let key = format!("k{k}");
+                let key = KEYS[*k].to_string();
                 match expected.iter_mut().find(|(ek, _)| *ek == key) {
                     Some(e) => e.1 = i as i64,
                     None => expected.push((key, i as i64)),

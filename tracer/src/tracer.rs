@@ -133,6 +133,7 @@ impl Tracer {
         if let Some(data) = span.recording.as_deref_mut() {
             if let Some(t) = b.start_time {
                 data.start_time_unix_nano = t;
+                data.raw_times = crate::span::RawTimes::default();
             }
             data.links = b.links;
         }
@@ -228,7 +229,9 @@ impl Tracer {
         crate::span::overwrite(&mut data.context, context.clone());
         crate::span::overwrite(&mut data.name, name);
         data.kind = kind;
-        data.start_time_unix_nano = crate::span::now_unix_nanos();
+        // Converted to Unix time on the export worker (`SpanData::settle`).
+        data.raw_times.start = crate::time::raw_now();
+        data.start_time_unix_nano = 0;
         data.end_time_unix_nano = 0;
         let clock = match clock {
             Some(cell) => {
@@ -880,6 +883,44 @@ mod tests {
         let s = t2.stats();
         assert_eq!(exp.finished_spans().len(), 1);
         assert_eq!((s.started, s.exported, s.dropped), (3, 1, 2));
+    }
+
+    #[test]
+    fn explicit_and_measured_times_are_exported_as_unix_nanoseconds() {
+        let (t, exp) = setup(Sampler::AlwaysOn);
+        let before = crate::span::now_unix_nanos();
+        t.start("measured").end();
+        let after = crate::span::now_unix_nanos();
+        let mut both = t.span("both explicit").start_time(1_000).start();
+        both.end_at(5_000);
+        t.span("explicit start")
+            .start_time(before - 7)
+            .start()
+            .end();
+        let mut early = t.start("ends before it starts");
+        early.end_at(10);
+        flush(&t);
+        let spans = exp.finished_spans();
+        let get = |n: &str| spans.iter().find(|s| s.name == n).unwrap();
+        let m = get("measured");
+        assert!(before <= m.start_time_unix_nano, "{before} {m:?}");
+        assert!(m.start_time_unix_nano <= m.end_time_unix_nano && m.end_time_unix_nano <= after);
+        let b = get("both explicit");
+        assert_eq!(
+            (b.start_time_unix_nano, b.end_time_unix_nano),
+            (1_000, 5_000)
+        );
+        let e = get("explicit start");
+        assert_eq!(e.start_time_unix_nano, before - 7);
+        assert!(
+            e.end_time_unix_nano >= before && e.end_time_unix_nano <= crate::span::now_unix_nanos()
+        );
+        let x = get("ends before it starts");
+        assert!(x.start_time_unix_nano >= before);
+        assert_eq!(
+            x.end_time_unix_nano, x.start_time_unix_nano,
+            "clamped to the start"
+        );
     }
 
     #[test]
