@@ -89,7 +89,22 @@ impl VectorClock {
     }
 
     /// Makes the clock `{node: counter}` (`counter` > 0), reusing its memory.
+    /// For a span's clocks only: a clock with a single entry must hold
+    /// `node`'s (see below).
     pub(crate) fn reset_to(&mut self, node: &NodeId, counter: u64) {
+        if counter > 0
+            && let [(id, c)] = self.entries.as_mut_slice()
+            && id.len() == node.len()
+        {
+            // Already this node's clock: no string to drop and clone again.
+            // (Only spans recycled within one tracer keep a clock between
+            // uses, and every clock such a span holds has this node's
+            // entry, so a single entry is this node's: comparing lengths,
+            // not strings, is enough.)
+            debug_assert_eq!(id, node);
+            *c = counter;
+            return;
+        }
         self.entries.clear();
         if counter > 0 {
             self.entries.push((node.clone(), counter));

@@ -347,8 +347,15 @@ impl SpanData {
         self.events.clear();
         self.links.clear();
         self.status = Status::Unset;
-        self.clock_start.clear();
-        self.clock_end.clear();
+        // The clocks stay: every span overwrites both (`tick_into`, or
+        // `reset_to` in `settle`), and keeping this node's entry spares
+        // dropping and cloning its id for each span.
+        if self.clock_start.len() > 1 {
+            self.clock_start.clear();
+        }
+        if self.clock_end.len() > 1 {
+            self.clock_end.clear();
+        }
         self.pending_clock = PendingClock::default();
         self.raw_times = RawTimes::default();
         self.dropped = 0;
@@ -378,11 +385,9 @@ impl SpanData {
         self.live_attributes = self.attributes.len();
         let PendingClock { start, end } = std::mem::take(&mut self.pending_clock);
         if start > 0 {
-            if self.clock_start.is_empty() {
-                self.clock_start.reset_to(node, start);
-            } else {
-                self.clock_start.set(node.as_str(), start);
-            }
+            // No shared clock at start: the start clock is this node's
+            // entry alone (whatever a recycled span held before).
+            self.clock_start.reset_to(node, start);
         }
         if end > 0 {
             if self.clock_start.len() == 1 {
@@ -396,11 +401,14 @@ impl SpanData {
 
     /// The span's clock at start, pending entry included.
     pub(crate) fn start_clock(&self, node: &str) -> VectorClock {
-        let mut c = self.clock_start.clone();
         if self.pending_clock.start > 0 {
+            // No shared clock at start: this node's entry alone (what
+            // `clock_start` holds meanwhile is a recycled span's).
+            let mut c = VectorClock::new();
             c.set(node, self.pending_clock.start);
+            return c;
         }
-        c
+        self.clock_start.clone()
     }
 
     /// Keeps one attribute per key: the last value set, at the position the
@@ -457,7 +465,11 @@ fn may_repeat_a_key(attrs: &[KeyValue]) -> bool {
             for (f, kv) in fps.iter_mut().zip(attrs) {
                 *f = key_fingerprint(&kv.key);
             }
-            (1..n).any(|j| fps[..j].contains(&fps[j]))
+            let fps = &fps[..n];
+            (1..n).any(|j| {
+                let f = fps[j];
+                fps[..j].iter().any(|&g| g == f)
+            })
         }
         _ => {
             let mut fps: Vec<u64> = attrs.iter().map(|kv| key_fingerprint(&kv.key)).collect();

@@ -674,8 +674,18 @@ mod tests {
     #[test]
     fn recycled_spans_carry_nothing_over() {
         let (t, exp) = setup(Sampler::AlwaysOn);
+        // Spans under a remote parent whose clock has another node in it:
+        // their clocks have two entries.
+        let remote = SpanContext {
+            trace_id: crate::TraceId::from_u128(7),
+            span_id: SpanId::from_u64(9),
+            ..Default::default()
+        };
+        let mut upstream = crate::VectorClock::new();
+        upstream.set("upstream", 41);
+        let cx = Context::with_remote_parent(remote, Some(upstream));
         for i in 0..50i64 {
-            let mut s = t.span("full").attribute("i", i).start();
+            let mut s = t.span("full").parent(&cx).attribute("i", i).start();
             s.add_event("e", vec![]);
             s.add_link(s.span_context().clone(), vec![]);
             s.set_status(Status::Error("x".into()));
@@ -686,13 +696,20 @@ mod tests {
         }
         flush(&t);
         let spans = exp.finished_spans();
+        let full = spans.iter().find(|s| s.name == "full").unwrap();
+        assert_eq!(full.clock_start.get("upstream"), 41);
+        assert_eq!(full.clock_end.len(), 2);
         let bare: Vec<_> = spans.iter().filter(|s| s.name == "bare").collect();
         assert_eq!(bare.len(), 50);
         for s in bare {
             assert!(s.attributes.is_empty() && s.events.is_empty() && s.links.is_empty());
             assert_eq!(s.status, Status::Unset);
             assert!(!s.parent_span_id.is_valid());
+            // Only this node's entry, in both clocks, start before end.
             assert_eq!(s.clock_start.len(), 1);
+            assert_eq!(s.clock_end.len(), 1);
+            let (start, end) = (s.clock_start.get("svc#1"), s.clock_end.get("svc#1"));
+            assert!(0 < start && start < end, "{s:?}");
         }
     }
 

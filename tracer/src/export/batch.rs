@@ -694,8 +694,11 @@ impl<E: SpanExporter> Worker<E> {
             let mut spans = b.spans.into_iter();
             for (i, k) in from {
                 for mut span in spans.by_ref().take(k) {
+                    // Only spans a tracer made go back (a span handed to
+                    // `BatchProcessor::on_end` by hand has no tracer link).
                     if let Some(lane) = lanes.get_mut(i)
                         && !lane.recycle.is_full()
+                        && span.tracer.get().is_some()
                     {
                         span.clear_for_reuse();
                         let _ = lane.recycle.push(span);
