@@ -465,11 +465,7 @@ fn may_repeat_a_key(attrs: &[KeyValue]) -> bool {
             for (f, kv) in fps.iter_mut().zip(attrs) {
                 *f = key_fingerprint(&kv.key);
             }
-            let fps = &fps[..n];
-            (1..n).any(|j| {
-                let f = fps[j];
-                fps[..j].iter().any(|&g| g == f)
-            })
+            (1..n).any(|j| fps[..j].contains(&fps[j]))
         }
         _ => {
             let mut fps: Vec<u64> = attrs.iter().map(|kv| key_fingerprint(&kv.key)).collect();
