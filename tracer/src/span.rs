@@ -181,36 +181,24 @@ impl Default for SpanLimits {
 
 /// A finished span, as handed to exporters.
 ///
-/// Build one with `SpanData { .., ..Default::default() }`: two hidden
+/// Build one with `SpanData { .., ..Default::default() }`: four hidden
 /// fields are the live span's bookkeeping (equality ignores them).
+///
+/// The fields are laid out by hand, in whole cache lines: what the
+/// application thread writes for every span (bookkeeping, context, parent,
+/// name) fills the first three lines, what only some spans or only the
+/// export worker touch comes after. A recycled span's lines were last
+/// written by the worker, so each line the application needs costs it a
+/// transfer between cores.
 #[derive(Clone, Debug)]
+#[repr(C, align(64))]
 pub struct SpanData {
-    /// Trace id, span id, flags and trace state.
-    pub context: SpanContext,
-    /// The parent's id, [`SpanId::INVALID`] for a root span.
-    pub parent_span_id: SpanId,
-    /// Operation name.
-    pub name: Str,
-    /// Span kind.
-    pub kind: SpanKind,
-    /// Unix nanoseconds at start.
-    pub start_time_unix_nano: u64,
-    /// Unix nanoseconds at end.
-    pub end_time_unix_nano: u64,
+    /// The tracer a live span records for (none outside the pipeline).
+    /// Public only for `..Default::default()`.
+    #[doc(hidden)]
+    pub tracer: TracerLink,
     /// Attributes in insertion order.
     pub attributes: Vec<KeyValue>,
-    /// Events in insertion order.
-    pub events: Vec<Event>,
-    /// Links.
-    pub links: Vec<Link>,
-    /// Outcome.
-    pub status: Status,
-    /// The node's vector clock when the span started.
-    pub clock_start: VectorClock,
-    /// The node's vector clock when the span ended.
-    pub clock_end: VectorClock,
-    /// Attributes, events and links dropped by [`SpanLimits`].
-    pub dropped: u32,
     /// While the span is live: how many of `attributes` are its own. A
     /// recycled span keeps its earlier attributes as slots to overwrite in
     /// place (cheaper than building each one and moving it in); the export
@@ -221,6 +209,15 @@ pub struct SpanData {
     /// `SpanData { .., ..Default::default() }` works outside this crate.
     #[doc(hidden)]
     pub live_attributes: usize,
+    /// Trace id, span id, flags and trace state.
+    pub context: SpanContext,
+    /// The parent's id, [`SpanId::INVALID`] for a root span.
+    pub parent_span_id: SpanId,
+    /// Start and end as raw counter readings (0: none, the Unix time field
+    /// holds the time): the export worker converts them, so the application
+    /// thread only reads the counter. Public only for `..Default::default()`.
+    #[doc(hidden)]
+    pub raw_times: RawTimes,
     /// The node's own counter at start and end when the span had no shared
     /// clock cell (a root span nothing asked the context of): the export
     /// worker writes them into `clock_start` / `clock_end`, so the
@@ -228,15 +225,26 @@ pub struct SpanData {
     /// 0 means "already in the clock". Public only for `..Default::default()`.
     #[doc(hidden)]
     pub pending_clock: PendingClock,
-    /// Start and end as raw counter readings (0: none, the Unix time field
-    /// holds the time): the export worker converts them, so the application
-    /// thread only reads the counter. Public only for `..Default::default()`.
-    #[doc(hidden)]
-    pub raw_times: RawTimes,
-    /// The tracer a live span records for (none outside the pipeline).
-    /// Public only for `..Default::default()`.
-    #[doc(hidden)]
-    pub tracer: TracerLink,
+    /// Operation name.
+    pub name: Str,
+    /// Span kind.
+    pub kind: SpanKind,
+    /// Attributes, events and links dropped by [`SpanLimits`].
+    pub dropped: u32,
+    /// Unix nanoseconds at start.
+    pub start_time_unix_nano: u64,
+    /// Unix nanoseconds at end.
+    pub end_time_unix_nano: u64,
+    /// Outcome.
+    pub status: Status,
+    /// Events in insertion order.
+    pub events: Vec<Event>,
+    /// Links.
+    pub links: Vec<Link>,
+    /// The node's vector clock when the span started.
+    pub clock_start: VectorClock,
+    /// The node's vector clock when the span ended.
+    pub clock_end: VectorClock,
 }
 
 /// The tracer a span allocation belongs to: set once when the allocation is

@@ -230,9 +230,9 @@ impl Tracer {
         crate::span::overwrite(&mut data.name, name);
         data.kind = kind;
         // Converted to Unix time on the export worker (`SpanData::settle`).
+        // (Both Unix time fields are written before export: from the raw
+        // readings, or by an explicit start or end.)
         data.raw_times.start = crate::time::raw_now();
-        data.start_time_unix_nano = 0;
-        data.end_time_unix_nano = 0;
         let clock = match clock {
             Some(cell) => {
                 cell.tick_into(&inner.shared.node, &mut data.clock_start);
