@@ -46,6 +46,11 @@ impl std::fmt::Debug for TracerInner {
 }
 
 /// Starts spans for one service. Cheap to clone; clones share the pipeline.
+///
+/// Dropping the last clone exports every span that has ended before it
+/// returns. Spans still open then are exported as they end, for up to 30
+/// seconds, after which the export worker stops (call
+/// [`Tracer::shutdown`] to stop it at once).
 #[derive(Clone, Debug)]
 pub struct Tracer {
     pub(crate) inner: Arc<TracerInner>,
