@@ -5,52 +5,13 @@
 //!
 //! `cargo bench -p clew-tracer --bench span`
 
-use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 
-const ATTRS: [(&str, &str); 5] = [
-    ("http.request.method", "GET"),
-    ("url.path", "/api/v1/search"),
-    ("server.address", "service-a"),
-    ("user_agent.original", "clew-bench"),
-    ("app.tenant", "acme"),
-];
+mod common;
 
-#[derive(Debug)]
-struct ClewNoop;
-
-impl clew_tracer::export::SpanExporter for ClewNoop {
-    fn export<'a>(
-        &'a mut self,
-        batch: &'a clew_tracer::export::ExportBatch,
-    ) -> clew_tracer::export::BoxFuture<'a, Result<(), clew_tracer::export::ExportError>> {
-        black_box(batch);
-        Box::pin(async { Ok(()) })
-    }
-}
-
-#[derive(Debug)]
-struct OtelNoop;
-
-impl opentelemetry_sdk::trace::SpanExporter for OtelNoop {
-    async fn export(
-        &self,
-        batch: Vec<opentelemetry_sdk::trace::SpanData>,
-    ) -> opentelemetry_sdk::error::OTelSdkResult {
-        drop(black_box(batch));
-        Ok(())
-    }
-}
-
-struct FastraceNoop;
-
-impl fastrace::collector::Reporter for FastraceNoop {
-    fn report(&mut self, spans: Vec<fastrace::collector::SpanRecord>) {
-        drop(black_box(spans));
-    }
-}
+use common::{ATTRS, ClewNoop, FastraceNoop, OtelNoop};
 
 fn clew_tracer(sampled: bool) -> clew_tracer::Tracer {
     clew_tracer::Tracer::builder("bench")

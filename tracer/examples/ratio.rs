@@ -10,50 +10,12 @@
 //! `cargo run --release -p clew-tracer --example ratio -- [rounds] [spans per slice]`
 //! (defaults: 30 rounds of 100,000 spans).
 
-use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-const ATTRS: [(&str, &str); 5] = [
-    ("http.request.method", "GET"),
-    ("url.path", "/api/v1/search"),
-    ("server.address", "service-a"),
-    ("user_agent.original", "clew-bench"),
-    ("app.tenant", "acme"),
-];
+#[path = "../benches/common/mod.rs"]
+mod common;
 
-#[derive(Debug)]
-struct ClewNoop;
-
-impl clew_tracer::export::SpanExporter for ClewNoop {
-    fn export<'a>(
-        &'a mut self,
-        batch: &'a clew_tracer::export::ExportBatch,
-    ) -> clew_tracer::export::BoxFuture<'a, Result<(), clew_tracer::export::ExportError>> {
-        black_box(batch);
-        Box::pin(async { Ok(()) })
-    }
-}
-
-#[derive(Debug)]
-struct OtelNoop;
-
-impl opentelemetry_sdk::trace::SpanExporter for OtelNoop {
-    async fn export(
-        &self,
-        batch: Vec<opentelemetry_sdk::trace::SpanData>,
-    ) -> opentelemetry_sdk::error::OTelSdkResult {
-        drop(black_box(batch));
-        Ok(())
-    }
-}
-
-struct FastraceNoop;
-
-impl fastrace::collector::Reporter for FastraceNoop {
-    fn report(&mut self, spans: Vec<fastrace::collector::SpanRecord>) {
-        drop(black_box(spans));
-    }
-}
+use common::{ATTRS, ClewNoop, FastraceNoop, OtelNoop};
 
 /// Nanoseconds per span over `n` spans of `f`; then, untimed, `settle`
 /// exports what the slice queued, so that no library's backlog runs on

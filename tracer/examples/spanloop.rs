@@ -8,24 +8,11 @@
 
 use std::time::{Duration, Instant};
 
-use clew_tracer::export::{BoxFuture, ExportBatch, ExportError, SpanExporter};
+#[path = "../benches/common/mod.rs"]
+#[allow(dead_code)]
+mod common;
 
-struct Discard;
-
-impl SpanExporter for Discard {
-    fn export<'a>(&'a mut self, batch: &'a ExportBatch) -> BoxFuture<'a, Result<(), ExportError>> {
-        std::hint::black_box(batch);
-        Box::pin(async { Ok(()) })
-    }
-}
-
-const ATTRS: [(&str, &str); 5] = [
-    ("http.request.method", "GET"),
-    ("url.path", "/api/v1/search"),
-    ("server.address", "service-a"),
-    ("user_agent.original", "clew-bench"),
-    ("app.tenant", "acme"),
-];
+use common::{ATTRS, ClewNoop as Discard};
 
 fn main() {
     let mut args = std::env::args().skip(1);
