@@ -358,12 +358,6 @@ impl SpanData {
         // The clocks stay: every span overwrites both (`tick_into`, or
         // `reset_to` in `settle`), and keeping this node's entry spares
         // dropping and cloning its id for each span.
-        if self.clock_start.len() > 1 {
-            self.clock_start.clear();
-        }
-        if self.clock_end.len() > 1 {
-            self.clock_end.clear();
-        }
         self.pending_clock = PendingClock::default();
         self.raw_times = RawTimes::default();
         self.dropped = 0;
@@ -745,9 +739,7 @@ impl Span {
 impl Drop for Span {
     fn drop(&mut self) {
         self.end();
-        if let Some(data) = self.recording.take() {
-            drop(data);
-        }
+        drop(self.recording.take());
     }
 }
 

@@ -170,17 +170,23 @@ pub(crate) fn end_span(span: Box<SpanData>) {
     };
     let mut slot = Some(span);
     // The common case: this thread already has a lane to the worker.
-    let _ = LANES.try_with(|lanes| {
-        if let Ok(mut lanes) = lanes.try_borrow_mut()
-            && let Some(lane) = lanes.iter_mut().find(|l| l.processor == id)
-            && let Some(span) = slot.take()
-        {
-            lane.push(span);
-        }
-    });
+    on_local_lane(id, |lane| slot.take().map(|span| lane.push(span)));
     if let Some(span) = slot {
         end_span_slow(span);
     }
+}
+
+/// Runs `f` on this thread's lane to processor `id`, if it has one and its
+/// thread-locals are still there; `f` is not called otherwise.
+#[inline]
+fn on_local_lane<T>(id: u64, f: impl FnOnce(&mut LocalLane) -> T) -> Option<T> {
+    LANES
+        .try_with(|lanes| {
+            let mut lanes = lanes.try_borrow_mut().ok()?;
+            lanes.iter_mut().find(|l| l.processor == id).map(f)
+        })
+        .ok()
+        .flatten()
 }
 
 fn link_of(span: &SpanData) -> Option<&ProcessorLink> {
@@ -229,14 +235,21 @@ impl Core {
     /// the thread-local is gone (the thread is exiting).
     #[inline]
     fn with_lane<T>(&self, f: impl FnOnce(&mut LocalLane) -> T) -> Option<T> {
+        let mut f = Some(f);
+        if let Some(out) = on_local_lane(self.id, |l| f.take().map(|f| f(l))).flatten() {
+            return Some(out);
+        }
+        self.new_lane(f?)
+    }
+
+    /// This thread's first span for this processor: makes its lane and runs
+    /// `f` on it.
+    #[cold]
+    fn new_lane<T>(&self, f: impl FnOnce(&mut LocalLane) -> T) -> Option<T> {
         LANES
             .try_with(|lanes| {
                 let mut lanes = lanes.try_borrow_mut().ok()?;
-                if let Some(l) = lanes.iter_mut().find(|l| l.processor == self.id) {
-                    return Some(f(l));
-                }
-                // Rare: this thread's first span for this processor. Forget
-                // lanes of processors that are gone.
+                // Forget lanes of processors that are gone.
                 lanes.retain(|l| !l.spans.is_abandoned());
                 let mut registry = self.lanes.lock();
                 if registry.stopped {
