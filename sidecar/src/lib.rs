@@ -14,5 +14,5 @@ pub mod receiver;
 pub mod routing;
 pub mod server;
 
-pub use pipeline::{Pipeline, PipelineConfig};
+pub use pipeline::{Durability, Pipeline, PipelineConfig};
 pub use server::{Config, run};

@@ -23,8 +23,10 @@ pub struct Metrics {
     pub refused: IntCounter,
     /// Spans a collector rejected as invalid (not retried).
     pub rejected: IntCounter,
-    /// Spans dropped after a collector refused them for good.
-    pub dropped: IntCounter,
+    /// Acknowledged spans dropped, by reason: `refused` (a collector
+    /// refused a single span for good), `disk_error` (they could not be
+    /// parked for re-routing), `spill_full_at_shutdown` (memory durability).
+    pub dropped: IntCounterVec,
     /// Spill records unreadable after a crash or corruption.
     pub spill_corrupt: IntCounter,
     /// Failed sends, by endpoint.
@@ -101,7 +103,7 @@ impl Metrics {
             ),
             spilled: c(
                 "clew_sidecar_spans_spilled_total",
-                "Spans written to the disk spill log",
+                "Spans kept only on disk until sent (collector unreachable or memory buffer full)",
             ),
             replayed: c(
                 "clew_sidecar_spans_replayed_total",
@@ -109,15 +111,16 @@ impl Metrics {
             ),
             refused: c(
                 "clew_sidecar_spans_refused_total",
-                "Spans refused to applications because the buffer and the spill log were full",
+                "Spans refused to applications with a retryable answer (buffer, spill log or disk full, or not durable in time)",
             ),
             rejected: c(
                 "clew_sidecar_spans_rejected_total",
                 "Spans collectors rejected as invalid",
             ),
-            dropped: c(
+            dropped: cv(
                 "clew_sidecar_spans_dropped_total",
-                "Spans dropped because a collector refused them for good",
+                "Acknowledged spans dropped, by reason",
+                "reason",
             ),
             spill_corrupt: c(
                 "clew_sidecar_spill_corrupt_records_total",

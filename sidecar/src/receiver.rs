@@ -2,9 +2,12 @@
 //! native `Collector` service (unary and client-streaming), and OTLP/HTTP
 //! `POST /v1/traces` (protobuf and JSON).
 //!
-//! Requests are answered once their spans are in the memory buffer or the
-//! spill log. When both are full the answer is `RESOURCE_EXHAUSTED` (gRPC)
-//! or 429 with `Retry-After` (HTTP), which OpenTelemetry SDKs retry.
+//! Requests are answered once their spans are durable in the disk log
+//! (disk durability) or in the memory buffer or the spill log (memory
+//! durability). When there is no room (buffer, spill cap or disk full) the
+//! answer is `RESOURCE_EXHAUSTED` (gRPC) or 429 with `Retry-After` (HTTP);
+//! when the disk is too slow to confirm in time, `UNAVAILABLE` / 503 with
+//! `Retry-After`. OpenTelemetry SDKs retry both.
 
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, State};
@@ -27,7 +30,12 @@ pub const MAX_SPANS_PER_REQUEST: usize = 100_000;
 
 fn status(e: Error) -> tonic::Status {
     match e {
-        Error::Full => tonic::Status::resource_exhausted("sidecar buffer is full; retry later"),
+        Error::Full | Error::DiskFull => {
+            tonic::Status::resource_exhausted("sidecar buffer is full; retry later")
+        }
+        Error::NotDurable => {
+            tonic::Status::unavailable("sidecar is slow to store spans; retry later")
+        }
         other => {
             tracing::error!(error = %other, "cannot buffer spans");
             tonic::Status::unavailable("sidecar cannot buffer spans right now")
@@ -47,7 +55,7 @@ impl TraceService for OtlpGrpc {
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
         let req = request.into_inner();
         check_count(crate::routing::span_count(&req))?;
-        self.0.accept(req, "otlp_grpc").map_err(status)?;
+        self.0.accept(req, "otlp_grpc").await.map_err(status)?;
         Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
     }
 }
@@ -109,11 +117,11 @@ pub fn native_to_otlp(spans: &[pb::Span]) -> (ExportTraceServiceRequest, u64, St
 pub struct NativeGrpc(pub Pipeline);
 
 impl NativeGrpc {
-    fn take(&self, req: pb::ExportRequest) -> Result<pb::ExportResponse, tonic::Status> {
+    async fn take(&self, req: pb::ExportRequest) -> Result<pb::ExportResponse, tonic::Status> {
         check_count(req.spans.len())?;
         let (otlp, rejected, error_message) = native_to_otlp(&req.spans);
         let accepted = req.spans.len() as u64 - rejected;
-        self.0.accept(otlp, "native").map_err(status)?;
+        self.0.accept(otlp, "native").await.map_err(status)?;
         Ok(pb::ExportResponse {
             accepted,
             rejected,
@@ -128,7 +136,7 @@ impl pb::collector_server::Collector for NativeGrpc {
         &self,
         request: tonic::Request<pb::ExportRequest>,
     ) -> Result<tonic::Response<pb::ExportResponse>, tonic::Status> {
-        Ok(tonic::Response::new(self.take(request.into_inner())?))
+        Ok(tonic::Response::new(self.take(request.into_inner()).await?))
     }
 
     async fn export_stream(
@@ -138,7 +146,7 @@ impl pb::collector_server::Collector for NativeGrpc {
         let mut stream = request.into_inner();
         let mut total = pb::ExportResponse::default();
         while let Some(msg) = stream.message().await? {
-            total.absorb(self.take(msg)?);
+            total.absorb(self.take(msg).await?);
         }
         Ok(tonic::Response::new(total))
     }
@@ -186,12 +194,18 @@ async fn post_traces(State(p): State<Pipeline>, headers: HeaderMap, body: Bytes)
             None,
         );
     }
-    match p.accept(req, "otlp_http") {
+    match p.accept(req, "otlp_http").await {
         Ok(()) => enc.ok(&ExportTraceServiceResponse::default()),
-        Err(Error::Full) => enc.error(
+        Err(Error::Full | Error::DiskFull) => enc.error(
             StatusCode::TOO_MANY_REQUESTS,
             tonic::Code::ResourceExhausted as i32,
             "sidecar buffer is full; retry later",
+            Some(RETRY_AFTER),
+        ),
+        Err(Error::NotDurable) => enc.error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            tonic::Code::Unavailable as i32,
+            "sidecar is slow to store spans; retry later",
             Some(RETRY_AFTER),
         ),
         Err(e) => {
@@ -200,7 +214,7 @@ async fn post_traces(State(p): State<Pipeline>, headers: HeaderMap, body: Bytes)
                 StatusCode::SERVICE_UNAVAILABLE,
                 tonic::Code::Unavailable as i32,
                 "sidecar cannot buffer spans right now",
-                None,
+                Some(RETRY_AFTER),
             )
         }
     }

@@ -66,6 +66,22 @@ pub struct Config {
     /// Largest request sent to a collector, in bytes.
     #[arg(long, env = "CLEW_SIDECAR_BATCH_MAX_BYTES", default_value_t = 2 << 20)]
     pub batch_max_bytes: usize,
+    /// Most spans in one request sent to a collector; keep it at most the
+    /// collectors' `--max-spans-per-batch` (a collector that refuses a
+    /// request as too large gets it again in halves).
+    #[arg(long, env = "CLEW_SIDECAR_BATCH_MAX_SPANS", default_value_t = crate::pipeline::DEFAULT_BATCH_MAX_SPANS)]
+    pub batch_max_spans: usize,
+    /// When a request is acknowledged to the application: `disk` once its
+    /// spans are fsynced to the spill log (group commit; nothing
+    /// acknowledged is lost to kill -9), `memory` once they are in memory
+    /// or the spill log (spans only in memory die with the process).
+    #[arg(
+        long,
+        env = "CLEW_SIDECAR_DURABILITY",
+        value_enum,
+        default_value = "disk"
+    )]
+    pub durability: crate::pipeline::Durability,
     /// Largest request accepted from an application, in bytes.
     #[arg(long, env = "CLEW_SIDECAR_MAX_REQUEST_BYTES", default_value_t = 16 << 20)]
     pub max_request_bytes: usize,
@@ -126,6 +142,8 @@ impl Config {
         p.buffer_bytes = self.buffer_bytes;
         p.spill_max_bytes = self.spill_max_bytes;
         p.batch_max_bytes = self.batch_max_bytes;
+        p.batch_max_spans = self.batch_max_spans.max(1);
+        p.durability = self.durability;
         p.request_timeout = self.request_timeout;
         p.breaker = CircuitBreakerConfig {
             consecutive_failures: self.breaker_failures,

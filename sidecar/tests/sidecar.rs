@@ -73,7 +73,11 @@ struct Collector {
 
 impl Collector {
     async fn start(grpc: &str, data: &Path) -> Self {
-        let cfg = clew_collector::server::Config::parse_from([
+        Self::start_with(grpc, data, &[]).await
+    }
+
+    async fn start_with(grpc: &str, data: &Path, extra: &[&str]) -> Self {
+        let mut args = vec![
             "clew-collector",
             "--grpc-addr",
             grpc,
@@ -90,7 +94,9 @@ impl Collector {
             data.to_str().unwrap(),
             "--idle-window",
             "50ms",
-        ]);
+        ];
+        args.extend_from_slice(extra);
+        let cfg = clew_collector::server::Config::parse_from(args);
         let server =
             Running::spawn(|stop, bound| clew_collector::server::run(cfg, stop, bound)).await;
         Collector {
@@ -417,12 +423,13 @@ async fn a_removed_endpoint_hands_its_spans_to_the_others() {
     p.set_endpoints(&[live.grpc.to_string(), dead.to_string()])
         .unwrap();
     let traces: Vec<Vec<u8>> = (300..340).map(trace_id).collect();
-    p.accept(request(&traces, 2, 0), "test").unwrap();
+    p.accept(request(&traces, 2, 0), "test").await.unwrap();
     // Part of the traces are stuck for the dead endpoint.
+    let dead_url = format!("http://{dead}");
     wait_until(
-        "dead endpoint's share spilled",
+        "dead endpoint's share stuck",
         Duration::from_secs(10),
-        || async { metrics.spilled.get() > 0 },
+        || async { metrics.send_failures.with_label_values(&[&dead_url]).get() > 0 },
     )
     .await;
     p.set_endpoints(&[live.grpc.to_string()]).unwrap();
@@ -447,6 +454,50 @@ async fn a_removed_endpoint_hands_its_spans_to_the_others() {
         "{dirs:?}"
     );
     live.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_stay_within_the_collector_limit_and_refusals_are_halved_not_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Collector::start_with(
+        "127.0.0.1:0",
+        &dir.path().join("c"),
+        &["--max-spans-per-batch", "100"],
+    )
+    .await;
+    let net = Proxy::start(any_port(), c.grpc).await.unwrap();
+    // The sidecar's span limit (8192) is above the collector's (100): the
+    // first request of 1,000 spans is refused and sent again in halves.
+    let sc = Sidecar::start(&[net.addr], &dir.path().join("spill"), &[]).await;
+    let mut client = sc.client().await;
+    let traces: Vec<Vec<u8>> = (500..600).map(trace_id).collect();
+    client.export(request(&traces, 10, 0)).await.unwrap();
+    // An outage builds a backlog far larger than one request may be; the
+    // replay must send it in requests the collector takes.
+    net.set_blocked(true);
+    for round in 1..=20 {
+        client
+            .export(request(&traces, 1, 10 + round))
+            .await
+            .unwrap();
+    }
+    net.set_blocked(false);
+    for t in &traces {
+        let tt = t.clone();
+        let cc = &c;
+        wait_until("every span stored", Duration::from_secs(20), || {
+            let t = tt.clone();
+            async move { cc.spans_of(&t).await == 30 }
+        })
+        .await;
+    }
+    assert_eq!(sc.metric("clew_sidecar_spans_dropped_total").await, 0.0);
+    assert_eq!(
+        sc.metric("clew_sidecar_spans_forwarded_total").await,
+        3000.0
+    );
+    sc.stop().await;
+    c.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,9 +7,15 @@
 //! - segment files named `{first_seq:020}.log`, where `first_seq` is the
 //!   sequence number of the segment's first record. Records within a segment
 //!   have consecutive sequence numbers, so a record's number is implicit.
-//! - `cursor`: the first unconsumed sequence number, as `u64 LE | crc32 LE`
-//!   (CRC over the 8 value bytes). It is replaced atomically (write
-//!   `cursor.tmp`, fsync, rename, fsync the directory).
+//! - `cursor`: the first unconsumed sequence number, in two 16-byte slots,
+//!   each `u64 LE | crc32 LE | 4 zero bytes` (CRC over the 8 value bytes).
+//!   The file is made once (write `cursor.tmp`, fsync, rename, fsync the
+//!   directory); afterwards each commit overwrites the slot holding the
+//!   older value in place, so committing needs no new disk space and works
+//!   on a full disk. The cursor only grows, so the larger valid slot is the
+//!   current one; a torn write leaves the other slot's earlier value. A
+//!   12-byte file (`u64 LE | crc32 LE`, the earlier format) is read too and
+//!   rewritten in the new format.
 //!
 //! # Record framing
 //!
@@ -38,9 +44,15 @@
 //! [`SpillLog::read_batch`] returns the oldest unconsumed records without
 //! consuming them (calling it again returns the same records);
 //! [`SpillLog::commit`] marks everything up to a sequence number consumed,
-//! persists the cursor and deletes segments that are wholly consumed.
-//! Delivery is at-least-once: records read but not committed before a crash
-//! are replayed.
+//! writes the cursor and deletes segments that are wholly consumed. The
+//! cursor is forced to stable storage by the next [`SpillLog::sync`] (and
+//! on drop), not by each commit: a power loss can only make already
+//! delivered records replay. When writing the cursor fails (a full disk
+//! before the cursor file could be made, an I/O error), the commit still
+//! takes effect in memory, consumed segments are still deleted, and the
+//! error is returned as [`Error::CursorNotPersisted`]; the next commit
+//! tries again. Delivery is at-least-once: records read but not committed
+//! before a crash are replayed.
 //!
 //! # Size cap
 //!
@@ -108,6 +120,10 @@ pub enum Error {
     /// The configuration is unusable.
     #[error("spill log: invalid configuration: {0}")]
     InvalidConfig(&'static str),
+    /// A commit took effect in memory, but the cursor could not be written;
+    /// after a crash the records since the last written cursor replay.
+    #[error("spill log: cursor not persisted (records may replay after a crash): {0}")]
+    CursorNotPersisted(Box<Error>),
     /// Another process (or another `SpillLog` in this one) has the
     /// directory open.
     #[error("spill log: {} is in use by another process", .0.display())]
@@ -369,6 +385,10 @@ pub struct SpillLog {
     reader: Option<(u64, File)>,
     /// First unconsumed sequence number.
     cursor: u64,
+    /// The two-slot cursor file, once it exists in that format.
+    cursor_file: Option<CursorFile>,
+    /// The cursor was written since the last sync.
+    cursor_unsynced: bool,
     /// Sequence number of the next append.
     next_seq: u64,
     /// Sum of `file_len` over `segments`.
@@ -406,7 +426,7 @@ impl SpillLog {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(io_err("remove", &tmp)(e)),
         }
-        let cursor = read_cursor(&dir)?;
+        let (cursor, cursor_file) = open_cursor(&dir, config.fsync != FsyncPolicy::Never)?;
 
         let mut names = Vec::new();
         for entry in fs::read_dir(&dir).map_err(io_err("read directory", &dir))? {
@@ -436,6 +456,8 @@ impl SpillLog {
             writer: None,
             reader: None,
             cursor,
+            cursor_file,
+            cursor_unsynced: false,
             next_seq,
             total_bytes,
             unsynced: 0,
@@ -543,7 +565,8 @@ impl SpillLog {
         Ok(seq)
     }
 
-    /// Forces appended data to stable storage now (whatever the policy).
+    /// Forces appended data and the cursor to stable storage now (whatever
+    /// the policy).
     pub fn sync(&mut self) -> Result<()> {
         if self.unsynced > 0
             && let (Some(writer), Some(back)) = (&self.writer, self.segments.back())
@@ -552,7 +575,39 @@ impl SpillLog {
         }
         self.unsynced = 0;
         self.last_sync = Instant::now();
+        if self.cursor_unsynced
+            && let Some(c) = &self.cursor_file
+        {
+            let path = self.dir.join(CURSOR_FILE);
+            c.file.sync_data().map_err(io_err("fsync", &path))?;
+            self.cursor_unsynced = false;
+        }
         Ok(())
+    }
+
+    /// For group commit off the log's lock: the sequence number every record
+    /// before which a sync of the returned file makes durable (with the
+    /// earlier segments, synced when they were closed), and a handle on the
+    /// active segment; `None` when nothing was appended since the last
+    /// sync. Call [`SpillLog::mark_synced`] with the number afterwards.
+    pub fn sync_handle(&mut self) -> Result<Option<(u64, File)>> {
+        if self.unsynced == 0 {
+            return Ok(None);
+        }
+        let (Some(writer), Some(back)) = (&self.writer, self.segments.back()) else {
+            return Ok(None);
+        };
+        let file = writer.try_clone().map_err(io_err("dup", &back.path))?;
+        Ok(Some((self.next_seq, file)))
+    }
+
+    /// Records before `upto` were made durable through a
+    /// [`SpillLog::sync_handle`] file.
+    pub fn mark_synced(&mut self, upto: u64) {
+        if upto >= self.next_seq {
+            self.unsynced = 0;
+            self.last_sync = Instant::now();
+        }
     }
 
     /// Returns up to `max_records` of the oldest unconsumed records, oldest
@@ -650,13 +705,26 @@ impl SpillLog {
         if new_cursor <= self.cursor {
             return Ok(());
         }
-        write_cursor(
-            &self.dir,
-            new_cursor,
-            self.config.fsync != FsyncPolicy::Never,
-        )?;
         self.cursor = new_cursor;
-        self.delete_consumed()
+        let written = self.write_cursor();
+        self.delete_consumed()?;
+        written.map_err(|e| Error::CursorNotPersisted(Box::new(e)))
+    }
+
+    /// Writes `self.cursor` in place, making the two-slot file first if an
+    /// earlier attempt could not.
+    fn write_cursor(&mut self) -> Result<()> {
+        let durable = self.config.fsync != FsyncPolicy::Never;
+        if self.cursor_file.is_none() {
+            self.cursor_file = Some(create_cursor_file(&self.dir, self.cursor, durable)?);
+            return Ok(());
+        }
+        if let Some(c) = self.cursor_file.as_mut() {
+            c.write(self.cursor)
+                .map_err(io_err("write", &self.dir.join(CURSOR_FILE)))?;
+            self.cursor_unsynced = durable;
+        }
+        Ok(())
     }
 
     /// Number of unconsumed records.
@@ -960,46 +1028,117 @@ fn read_range(
     Ok(buf)
 }
 
-fn read_cursor(dir: &Path) -> Result<u64> {
+/// Bytes of one cursor slot: `u64 LE | crc32 LE | 4 zero bytes`.
+const CURSOR_SLOT: usize = 16;
+
+/// The open two-slot cursor file.
+#[derive(Debug)]
+struct CursorFile {
+    file: File,
+    /// The slot holding the older value: the next write goes there.
+    next_slot: u64,
+}
+
+impl CursorFile {
+    fn write(&mut self, cursor: u64) -> io::Result<()> {
+        use std::os::unix::fs::FileExt as _;
+        self.file
+            .write_all_at(&cursor_slot(cursor), self.next_slot * CURSOR_SLOT as u64)?;
+        self.next_slot ^= 1;
+        Ok(())
+    }
+}
+
+fn cursor_slot(cursor: u64) -> [u8; CURSOR_SLOT] {
+    let value = cursor.to_le_bytes();
+    let mut buf = [0u8; CURSOR_SLOT];
+    buf[..8].copy_from_slice(&value);
+    buf[8..12].copy_from_slice(&crc32fast::hash(&value).to_le_bytes());
+    buf
+}
+
+/// The value of a `u64 LE | crc32 LE` slot, if its CRC holds.
+fn parse_slot(bytes: &[u8]) -> Option<u64> {
+    let value = <[u8; 8]>::try_from(bytes.get(..8)?).ok()?;
+    let crc = read_u32(bytes, 8)?;
+    (crc32fast::hash(&value) == crc).then(|| u64::from_le_bytes(value))
+}
+
+/// Reads the cursor and opens its file for in-place writes; makes the file
+/// (or converts an earlier-format one) when it is missing. A file that
+/// cannot be made now (a full disk) is made by a later commit.
+fn open_cursor(dir: &Path, durable: bool) -> Result<(u64, Option<CursorFile>)> {
     let path = dir.join(CURSOR_FILE);
     let bytes = match fs::read(&path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+        Ok(b) => Some(b),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
         Err(e) => return Err(io_err("read", &path)(e)),
     };
-    let value = bytes.get(..8).and_then(|b| <[u8; 8]>::try_from(b).ok());
-    let crc = read_u32(&bytes, 8);
-    match (value, crc) {
-        (Some(value), Some(crc)) if bytes.len() == 12 && crc32fast::hash(&value) == crc => {
-            Ok(u64::from_le_bytes(value))
+    let slots = bytes.as_deref().and_then(|b| match b.len() {
+        12 => parse_slot(b).map(|v| (v, None)),
+        32 => {
+            let a = parse_slot(&b[..CURSOR_SLOT]);
+            let c = parse_slot(&b[CURSOR_SLOT..]);
+            match (a, c) {
+                (None, None) => None,
+                // The slot with the smaller (or no) value is written next.
+                (a, c) => Some((a.max(c).unwrap_or(0), Some(u64::from(a >= c)))),
+            }
         }
-        _ => {
+        _ => None,
+    });
+    let (cursor, next_slot) = match (&bytes, slots) {
+        (None, _) => (0, None),
+        (Some(_), Some(v)) => v,
+        (Some(_), None) => {
             // Falling back to 0 replays whatever is left: at-least-once.
             tracing::warn!(path = %path.display(), "spill log: invalid cursor file; replaying from the oldest record");
-            Ok(0)
+            (0, None)
+        }
+    };
+    if let Some(next_slot) = next_slot {
+        let file = OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .map_err(io_err("open", &path))?;
+        return Ok((cursor, Some(CursorFile { file, next_slot })));
+    }
+    match create_cursor_file(dir, cursor, durable) {
+        Ok(f) => Ok((cursor, Some(f))),
+        Err(e) => {
+            tracing::warn!(error = %e, "spill log: cannot write the cursor file yet; will retry on commit");
+            Ok((cursor, None))
         }
     }
 }
 
-fn write_cursor(dir: &Path, cursor: u64, durable: bool) -> Result<()> {
+/// Makes the two-slot cursor file holding `cursor` (atomically: a temporary
+/// file renamed over the old one).
+fn create_cursor_file(dir: &Path, cursor: u64, durable: bool) -> Result<CursorFile> {
     let tmp = dir.join(CURSOR_TMP_FILE);
     let dst = dir.join(CURSOR_FILE);
-    let value = cursor.to_le_bytes();
-    let mut buf = [0u8; 12];
-    buf[..8].copy_from_slice(&value);
-    buf[8..].copy_from_slice(&crc32fast::hash(&value).to_le_bytes());
-    {
+    let mut buf = [0u8; 2 * CURSOR_SLOT];
+    buf[..CURSOR_SLOT].copy_from_slice(&cursor_slot(cursor));
+    buf[CURSOR_SLOT..].copy_from_slice(&cursor_slot(cursor));
+    let written = (|| {
         let mut file = File::create(&tmp).map_err(io_err("create", &tmp))?;
         file.write_all(&buf).map_err(io_err("write", &tmp))?;
         if durable {
             file.sync_data().map_err(io_err("fsync", &tmp))?;
         }
+        fs::rename(&tmp, &dst).map_err(io_err("rename", &dst))?;
+        if durable {
+            sync_dir(dir)?;
+        }
+        Ok(file)
+    })();
+    match written {
+        Ok(file) => Ok(CursorFile { file, next_slot: 1 }),
+        Err(e) => {
+            let _ = fs::remove_file(&tmp);
+            Err(e)
+        }
     }
-    fs::rename(&tmp, &dst).map_err(io_err("rename", &dst))?;
-    if durable {
-        sync_dir(dir)?;
-    }
-    Ok(())
 }
 
 fn sync_dir(dir: &Path) -> Result<()> {

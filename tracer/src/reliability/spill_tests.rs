@@ -753,3 +753,116 @@ fn a_second_open_of_the_same_directory_is_refused_until_the_first_closes() {
     let recs = again.read_batch(10, 1 << 20).unwrap();
     assert_eq!(recs.len(), 1, "the lock file is not mistaken for a segment");
 }
+
+#[test]
+fn cursor_is_written_in_place_and_survives_a_torn_slot() {
+    let dir = tempfile::tempdir().unwrap();
+    let cursor_path = dir.path().join(CURSOR_FILE);
+    {
+        let mut log = SpillLog::open(dir.path(), cfg(1 << 20)).unwrap();
+        for i in 0..5u8 {
+            log.append(&[i]).unwrap();
+        }
+        let inode = |p: &Path| std::os::unix::fs::MetadataExt::ino(&fs::metadata(p).unwrap());
+        let before = inode(&cursor_path);
+        log.commit(0).unwrap();
+        log.commit(1).unwrap();
+        log.commit(2).unwrap();
+        // Commits overwrite the same file: no new inode, no growth.
+        assert_eq!(inode(&cursor_path), before);
+        assert_eq!(fs::metadata(&cursor_path).unwrap().len(), 32);
+    }
+    // Cursor 3 went to the slot that held 1; tearing it leaves cursor 2.
+    let mut bytes = fs::read(&cursor_path).unwrap();
+    let torn = if parse_slot(&bytes[..16]) == Some(3) {
+        0
+    } else {
+        16
+    };
+    bytes[torn + 3] ^= 0xff;
+    fs::write(&cursor_path, &bytes).unwrap();
+    let mut log = SpillLog::open(dir.path(), cfg(1 << 20)).unwrap();
+    assert_eq!(log.cursor(), 2);
+    assert_eq!(
+        read_all(&mut log),
+        vec![(2, vec![2]), (3, vec![3]), (4, vec![4])]
+    );
+}
+
+#[test]
+fn earlier_twelve_byte_cursor_is_read_and_converted() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mut log = SpillLog::open(dir.path(), cfg(1 << 20)).unwrap();
+        for i in 0..4u8 {
+            log.append(&[i]).unwrap();
+        }
+    }
+    let value = 2u64.to_le_bytes();
+    let mut old = value.to_vec();
+    old.extend_from_slice(&crc32fast::hash(&value).to_le_bytes());
+    fs::write(dir.path().join(CURSOR_FILE), &old).unwrap();
+    let mut log = SpillLog::open(dir.path(), cfg(1 << 20)).unwrap();
+    assert_eq!(read_all(&mut log), vec![(2, vec![2]), (3, vec![3])]);
+    assert_eq!(
+        fs::metadata(dir.path().join(CURSOR_FILE)).unwrap().len(),
+        32
+    );
+    log.commit(2).unwrap();
+    drop(log);
+    let mut log = SpillLog::open(dir.path(), cfg(1 << 20)).unwrap();
+    assert_eq!(read_all(&mut log), vec![(3, vec![3])]);
+}
+
+#[test]
+fn commit_on_a_full_disk_takes_effect_and_frees_segments() {
+    // A real full file system: a 1 MiB tmpfs (needs root; skipped otherwise).
+    let dir = tempfile::tempdir().unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
+        .arg(dir.path())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        eprintln!("SKIPPED: cannot mount a tmpfs (not root?)");
+        return;
+    }
+    struct Unmount<'a>(&'a Path);
+    impl Drop for Unmount<'_> {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(self.0).status();
+        }
+    }
+    let _guard = Unmount(dir.path());
+    let config = SpillConfig {
+        segment_size: 64 << 10,
+        max_total_size: 64 << 20,
+        fsync: FsyncPolicy::Always,
+    };
+    let mut log = SpillLog::open(dir.path(), config).unwrap();
+    let record = vec![7u8; 4000];
+    let mut appended = 0u64;
+    loop {
+        match log.append(&record) {
+            Ok(_) => appended += 1,
+            Err(Error::Io { source, .. }) if source.raw_os_error() == Some(28) => break,
+            Err(e) => panic!("unexpected error: {e}"),
+        }
+        assert!(appended < 1000, "the 1 MiB tmpfs never filled");
+    }
+    assert!(appended > 100);
+    // Consume everything while the disk is full: every commit succeeds and
+    // the consumed segments are deleted, so appends work again.
+    let mut consumed = 0;
+    while consumed < appended {
+        let batch = log.read_batch(10, usize::MAX).unwrap();
+        let last = batch.last().unwrap().0;
+        log.commit(last).unwrap();
+        consumed += batch.len() as u64;
+    }
+    assert!(log.is_empty());
+    log.append(&record).unwrap();
+    drop(log);
+    let mut log = SpillLog::open(dir.path(), cfg(1 << 20)).unwrap();
+    assert_eq!(read_all(&mut log), vec![(appended, record)]);
+}
