@@ -329,6 +329,30 @@ fn start_collector(ns: &NetNs, dir: &Path) -> Proc {
 /// Load after the outage heals, before stopping it.
 const AFTER_HEAL: Duration = Duration::from_secs(5);
 
+/// The harness itself: with no fault, every acknowledged span is read back
+/// exactly once — so when a fault test fails, the sidecar lost the spans.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_without_fault() {
+    let Some(rig) = Rig::start("control_without_fault", None, &[]).await else {
+        return;
+    };
+    let shape = LoadShape::new(RATE);
+    let load = Load::start(rig.sidecar_grpc, shape).unwrap();
+    rig.wait_forwarding().await;
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    let report = load.stop().await.unwrap();
+
+    let o = rig.outcome(&shape, report).await;
+    o.assert_exactly_once(rig.name);
+    assert_eq!(
+        o.report.refused_total(),
+        0,
+        "nothing to refuse without a fault"
+    );
+    assert!(o.drained, "the sidecar's spill and buffer never emptied");
+    assert_eq!(o.dropped, 0.0, "the sidecar dropped spans");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn blackhole_45s() {
     let Some(rig) = Rig::start("blackhole_45s", None, &[]).await else {
