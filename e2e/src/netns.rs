@@ -47,6 +47,42 @@ pub struct NetNs {
 /// Namespaces made by this process, to name each uniquely.
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
+/// Every namespace made here is named `clew-chaos-<pid>-<n>`.
+const NS_PREFIX: &str = "clew-chaos-";
+
+/// True while process `pid` exists.
+fn alive(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// Removes the namespaces (with what runs in them and their veth pairs)
+/// of test processes that no longer run: a test killed before its guards
+/// could clean up.
+fn remove_stale() {
+    let Ok(list) = run("ip", &["netns", "list"]) else {
+        return;
+    };
+    for line in list.lines() {
+        let name = line.split_whitespace().next().unwrap_or_default();
+        let Some((pid, n)) = name
+            .strip_prefix(NS_PREFIX)
+            .and_then(|rest| rest.split_once('-'))
+            .and_then(|(pid, n)| Some((pid.parse().ok()?, n.parse().ok()?)))
+        else {
+            continue;
+        };
+        if !alive(pid) {
+            // Dropping it removes it.
+            drop(NetNs::named(
+                pid,
+                n,
+                Ipv4Addr::UNSPECIFIED,
+                Ipv4Addr::UNSPECIFIED,
+            ));
+        }
+    }
+}
+
 impl NetNs {
     /// Makes namespace `clew-chaos-<pid>-<n>` with its loopback up and a
     /// veth pair on a link-local /30 no other interface uses. An error
@@ -59,27 +95,31 @@ impl NetNs {
         }
         run("ip", &["-V"]).context("iproute2 (`ip`) is not installed")?;
         run("iptables", &["-V"]).context("`iptables` is not installed")?;
+        remove_stale();
         let pid = std::process::id();
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let name = format!("clew-chaos-{pid}-{n}");
-        // Interface names hold at most 15 bytes.
-        let tag = format!("{}{n}", pid % 1_000_000);
-        let (host_if, ns_if) = (format!("cch{tag}"), format!("ccn{tag}"));
         let (host_addr, addr) = free_link_local_pair(pid, n)?;
+        let ns = NetNs::named(pid, n, host_addr, addr);
         // A leftover of a crashed run with the same name is ours too.
-        let _ = run("ip", &["netns", "del", &name]);
-        let _ = run("ip", &["link", "del", &host_if]);
-        run("ip", &["netns", "add", &name])?;
-        let ns = NetNs {
-            name,
-            host_addr,
-            addr,
-            host_if,
-            ns_if,
-        };
+        let _ = run("ip", &["netns", "del", &ns.name]);
+        let _ = run("ip", &["link", "del", &ns.host_if]);
+        run("ip", &["netns", "add", &ns.name])?;
         ns.wire()
             .with_context(|| format!("setting up namespace {}", ns.name))?;
         Ok(ns)
+    }
+
+    /// Namespace `n` of process `pid` and its interfaces' names.
+    fn named(pid: u32, n: u32, host_addr: Ipv4Addr, addr: Ipv4Addr) -> NetNs {
+        // Interface names hold at most 15 bytes.
+        let tag = format!("{}{n}", pid % 1_000_000);
+        NetNs {
+            name: format!("{NS_PREFIX}{pid}-{n}"),
+            host_addr,
+            addr,
+            host_if: format!("cch{tag}"),
+            ns_if: format!("ccn{tag}"),
+        }
     }
 
     fn wire(&self) -> anyhow::Result<()> {
@@ -231,6 +271,31 @@ impl Tmpfs {
         Ok(Tmpfs {
             dir: dir.to_path_buf(),
         })
+    }
+
+    /// Unmounts the tmpfs mounts whose path holds `<marker><pid>-` for a
+    /// process that no longer runs: left by a test killed before its
+    /// guards could clean up.
+    pub fn remove_stale(marker: &str) {
+        let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+        for line in mounts.lines() {
+            let mut fields = line.split_whitespace();
+            let (Some("tmpfs"), Some(point)) = (fields.next(), fields.next()) else {
+                continue;
+            };
+            let Some(pid) = point
+                .split_once(marker)
+                .and_then(|(_, rest)| rest.split_once('-'))
+                .and_then(|(pid, _)| pid.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if !alive(pid) {
+                drop(Tmpfs {
+                    dir: PathBuf::from(point),
+                });
+            }
+        }
     }
 }
 

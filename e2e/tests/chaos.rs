@@ -37,6 +37,9 @@ const COLLECTOR_GRPC: u16 = 4317;
 const COLLECTOR_QUERY: u16 = 16686;
 const COLLECTOR_OPS: u16 = 9464;
 
+/// Work directories are `<tmp>/clew-e2e-chaos-<pid>-<test>`.
+const DIR_PREFIX: &str = "clew-e2e-chaos-";
+
 fn s(v: &str) -> String {
     v.to_string()
 }
@@ -94,8 +97,8 @@ impl Rig {
             Ok(ns) => ns,
             Err(e) => return skip(name, &e),
         };
-        let dir =
-            std::env::temp_dir().join(format!("clew-e2e-chaos-{}-{name}", std::process::id()));
+        Tmpfs::remove_stale(DIR_PREFIX);
+        let dir = std::env::temp_dir().join(format!("{DIR_PREFIX}{}-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let dir = WorkDir(dir);
