@@ -164,3 +164,101 @@ pub async fn wait_for_spans(
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
 }
+
+/// How the stored spans of a set of traces compare with what was expected.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Tally {
+    /// Spans expected.
+    pub expected: u64,
+    /// Expected spans found (each counted once).
+    pub stored: u64,
+    /// Expected spans not found.
+    pub missing: u64,
+    /// Extra copies of a span id within its trace.
+    pub duplicates: u64,
+    /// Spans found that were not expected.
+    pub unexpected: u64,
+    /// Traces the query API could not be asked about (errors, not 404s).
+    pub errors: u64,
+}
+
+/// Reads each of `traces` (hex trace id, its hex span ids) from the query
+/// API at `base`, `workers` at a time, and counts what is missing or
+/// stored more than once.
+pub async fn tally(
+    http: &HttpClient,
+    base: &str,
+    traces: Vec<(String, Vec<String>)>,
+    workers: usize,
+) -> Tally {
+    let traces = std::sync::Arc::new(traces);
+    let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..workers.max(1) {
+        let (http, base, traces, next) =
+            (http.clone(), base.to_string(), traces.clone(), next.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut t = Tally::default();
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some((id, want)) = traces.get(i) else {
+                    return t;
+                };
+                t.expected += want.len() as u64;
+                let found = match trace(&http, &base, id).await {
+                    Ok(found) => found.unwrap_or_default(),
+                    Err(_) => {
+                        t.errors += 1;
+                        t.missing += want.len() as u64;
+                        continue;
+                    }
+                };
+                let mut seen: BTreeMap<&str, u64> = BTreeMap::new();
+                for s in &found {
+                    *seen.entry(s.span_id.as_str()).or_default() += 1;
+                }
+                for w in want {
+                    match seen.remove(w.as_str()) {
+                        Some(n) => {
+                            t.stored += 1;
+                            t.duplicates += n - 1;
+                        }
+                        None => t.missing += 1,
+                    }
+                }
+                t.unexpected += seen.values().sum::<u64>();
+            }
+        }));
+    }
+    let mut all = Tally::default();
+    for task in tasks {
+        if let Ok(t) = task.await {
+            all.expected += t.expected;
+            all.stored += t.stored;
+            all.missing += t.missing;
+            all.duplicates += t.duplicates;
+            all.unexpected += t.unexpected;
+            all.errors += t.errors;
+        }
+    }
+    all
+}
+
+/// The value of metric `name` (summed over its label sets) in the
+/// Prometheus text at `{ops}/metrics`; `None` when it cannot be read.
+pub async fn metric(http: &HttpClient, ops: &str, name: &str) -> Option<f64> {
+    let a = http.get(&format!("{ops}/metrics")).await.ok()?;
+    if a.status != 200 {
+        return None;
+    }
+    let mut found = None;
+    for line in a.body.lines() {
+        let series = line.split([' ', '{']).next().unwrap_or_default();
+        if series == name
+            && let Some(v) = line.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok())
+        {
+            *found.get_or_insert(0.0) += v;
+        }
+    }
+    found
+}
