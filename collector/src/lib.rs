@@ -2,10 +2,19 @@
 //! assembly, storage backends (Redis, embedded, memory), retention, analysis
 //! and the query API.
 //!
-//! Built so far: ingest ([`ingest`]: OTLP/gRPC, native gRPC, OTLP/HTTP, with
-//! [`otlp`] conversion), the write-ahead log with group commit ([`wal`]),
-//! trace assembly ([`assembly`]) and the storage layer ([`storage`]). The
-//! query API, metrics endpoint, configuration and the binary are next.
+//! - [`ingest`]: OTLP/gRPC, native gRPC and OTLP/HTTP, with [`otlp`]
+//!   conversion and backpressure.
+//! - [`wal`]: the write-ahead log with group commit; a batch is acknowledged
+//!   once it is fsynced.
+//! - [`assembly`]: spans grouped by trace and flushed to storage through
+//!   [`sink`].
+//! - [`storage`]: the `Storage` trait and its backends.
+//! - [`query`]: the Jaeger-compatible HTTP API and the gRPC `Query` service;
+//!   [`analysis`]: critical path, causal order, anomalies, dependencies and
+//!   RED, served under `/api/clew/`.
+//! - [`server`]: wires it all into the `clew-collector` binary (flags and
+//!   configuration file, listeners, retention, graceful shutdown), with
+//!   [`metrics`] on the ops endpoint.
 
 pub mod analysis;
 pub mod assembly;

@@ -8,7 +8,7 @@ use clew_collector::server::{Config, run};
 // (arena locks, consolidation). mimalloc's per-thread heaps with deferred
 // cross-thread frees do not. It is built with `no_thp` (collector/Cargo.toml):
 // advising transparent huge pages made each fresh page fault in and zero
-// 2 MiB, which cost more than it saved (docs/PERFORMANCE.md).
+// 2 MiB, which cost more than it saved (docs/ARCHITECTURE.md, trace assembly).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

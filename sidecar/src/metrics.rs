@@ -14,8 +14,9 @@ pub struct Metrics {
     pub received: IntCounterVec,
     /// Spans the collectors acknowledged.
     pub forwarded: IntCounter,
-    /// Spans written to the spill log (a collector unreachable or the
-    /// memory buffer full).
+    /// Spans kept only on disk until sent (a collector unreachable or the
+    /// memory buffer full); with disk durability every span is logged, and
+    /// only those not also cached in memory count here.
     pub spilled: IntCounter,
     /// Spans sent from the spill log and acknowledged.
     pub replayed: IntCounter,
