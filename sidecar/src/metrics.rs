@@ -47,6 +47,9 @@ pub struct Metrics {
     pub send_seconds: Histogram,
 }
 
+/// The values of `clew_sidecar_spans_dropped_total`'s `reason` label.
+pub const DROP_REASONS: [&str; 3] = ["refused", "disk_error", "spill_full_at_shutdown"];
+
 fn must<T>(r: prometheus::Result<T>) -> T {
     match r {
         Ok(v) => v,
@@ -92,6 +95,15 @@ impl Metrics {
             ]),
         ));
         must(registry.register(Box::new(send_seconds.clone())));
+        let dropped = cv(
+            "clew_sidecar_spans_dropped_total",
+            "Acknowledged spans dropped, by reason",
+            "reason",
+        );
+        // Every reason is exported from the start, at 0.
+        for reason in DROP_REASONS {
+            dropped.with_label_values(&[reason]);
+        }
         Metrics {
             received: cv(
                 "clew_sidecar_spans_received_total",
@@ -118,11 +130,7 @@ impl Metrics {
                 "clew_sidecar_spans_rejected_total",
                 "Spans collectors rejected as invalid",
             ),
-            dropped: cv(
-                "clew_sidecar_spans_dropped_total",
-                "Acknowledged spans dropped, by reason",
-                "reason",
-            ),
+            dropped,
             spill_corrupt: c(
                 "clew_sidecar_spill_corrupt_records_total",
                 "Spill records that could not be read back",
