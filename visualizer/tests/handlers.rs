@@ -96,9 +96,6 @@ async fn pages_and_assets_are_served_from_the_binary() {
         assert_eq!(status, StatusCode::NOT_FOUND, "{missing}");
         assert_eq!(json(&body)["errors"][0]["msg"], "not found");
     }
-    let (status, _, body) = call(&router, "GET", "/assets/nope.js").await;
-    assert_eq!(status, StatusCode::NOT_FOUND);
-    assert_eq!(json(&body)["errors"][0]["msg"], "not found");
     let (status, _, _) = call(&router, "POST", "/search").await;
     assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
 }
