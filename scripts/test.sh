@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Runs every test of clew: formatting, clippy, unit/property/integration tests
-# and doc tests. Installs what the tests need when it is missing.
+# Runs every test of clew: formatting, clippy, unit/property/integration tests,
+# doc tests and the web UI's JavaScript unit tests. Installs what the tests
+# need when it is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,6 +16,8 @@ command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
 # The visualizer's end-to-end tests drive a real headless Chromium over WebDriver.
 command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || need_apt+=(chromium-driver)
+# The visualizer's JavaScript unit tests run on Node's built-in test runner.
+command -v node >/dev/null 2>&1 || need_apt+=(nodejs)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "test.sh: installing ${need_apt[*]}"
   if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
@@ -63,3 +66,6 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
   cargo test --workspace --locked --no-fail-fast
 fi
+
+echo "== UI unit tests (node --test)"
+node --test visualizer/assets/tests/

@@ -8,13 +8,42 @@ use crate::AppError;
 
 const INDEX: &str = include_str!("../assets/index.html");
 
-/// `(name, content type, body)` of every asset under `/assets/`.
+const JS: &str = "text/javascript; charset=utf-8";
+
+/// A JavaScript module under `assets/`, served at `/assets/<path>`.
+macro_rules! module {
+    ($path:literal) => {
+        ($path, JS, include_str!(concat!("../assets/", $path)))
+    };
+}
+
+/// `(path, content type, body)` of every asset under `/assets/`. The UI is
+/// native ES modules loaded by `<script type="module">` (`app.js` imports
+/// the rest), so every module must be listed here; a handler test checks
+/// that every `.js` file under `assets/` (tests aside) is.
 const ASSETS: &[(&str, &str, &str)] = &[
-    (
-        "app.js",
-        "text/javascript; charset=utf-8",
-        include_str!("../assets/app.js"),
-    ),
+    module!("app.js"),
+    module!("api.js"),
+    module!("charts.js"),
+    module!("dom.js"),
+    module!("format.js"),
+    module!("router.js"),
+    module!("tags.js"),
+    module!("upload.js"),
+    module!("windows.js"),
+    module!("graph/layout.js"),
+    module!("pages/dependencies.js"),
+    module!("pages/insights.js"),
+    module!("pages/search.js"),
+    module!("pages/services.js"),
+    module!("pages/trace.js"),
+    module!("trace/analysis.js"),
+    module!("trace/model.js"),
+    module!("trace/panel.js"),
+    module!("trace/rows.js"),
+    module!("trace/state.js"),
+    module!("trace/view.js"),
+    module!("trace/waterfall.js"),
     (
         "app.css",
         "text/css; charset=utf-8",
@@ -29,6 +58,7 @@ const ASSETS: &[(&str, &str, &str)] = &[
 
 /// Only our own scripts and styles; inline styles only through the CSSOM
 /// (which CSP allows), so injected markup could not style or script itself.
+/// `script-src 'self'` covers module scripts and their same-origin imports.
 const CSP: &str = "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'";
 
 fn with_headers(content_type: &'static str, body: &'static str, cache: &'static str) -> Response {
@@ -47,10 +77,10 @@ fn with_headers(content_type: &'static str, body: &'static str, cache: &'static 
     resp
 }
 
-pub(crate) async fn asset(Path(file): Path<String>) -> Result<Response, AppError> {
+pub(crate) async fn asset(Path(path): Path<String>) -> Result<Response, AppError> {
     let (_, ct, body) = ASSETS
         .iter()
-        .find(|(name, _, _)| *name == file)
+        .find(|(name, _, _)| *name == path)
         .ok_or(AppError::NotFound)?;
     // Not fingerprinted, so revalidate: a new binary must not serve stale JS.
     Ok(with_headers(ct, body, "no-cache"))

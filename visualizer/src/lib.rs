@@ -97,7 +97,7 @@ impl AppState {
 pub fn app(state: AppState) -> Router {
     Router::new()
         .route("/api/{*path}", get(proxy::forward))
-        .route("/assets/{file}", get(assets::asset))
+        .route("/assets/{*path}", get(assets::asset))
         .route("/metrics", get(metrics::render))
         .route("/healthz", get(|| async { "ok" }))
         // Ready as soon as it serves: the UI must stay reachable while the
@@ -117,7 +117,7 @@ async fn count(State(st): State<AppState>, req: Request, next: Next) -> Response
         .map(MatchedPath::as_str)
     {
         Some("/api/{*path}") => "api",
-        Some("/assets/{file}") => "asset",
+        Some("/assets/{*path}") => "asset",
         Some("/metrics" | "/healthz" | "/readyz") => "ops",
         _ => "page",
     };

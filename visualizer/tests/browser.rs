@@ -1,7 +1,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 //! End to end in a real headless Chromium (driven over WebDriver through
 //! chromedriver): the visualizer in front of a real collector query API
-//! with memory storage holding known traces.
+//! with memory storage holding known traces. One test per scenario, each
+//! on a fresh page; the fixture is `common/ui.rs`.
 //!
 //! Screenshots go to `$CARGO_TARGET_DIR/clew-artifacts/visualizer/` (or
 //! `target/clew-artifacts/visualizer/`); the 10,000-span render timings are
@@ -9,83 +10,35 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use common::webdriver::{Driver, Session};
+use common::ui::{
+    Ui, WAIT, artifacts, banner, count, finish, row_ids, row_of, shot, span_hex, strings, text_of,
+    wait_for_css, wait_for_panel,
+};
+use common::webdriver::Session;
 use common::{CHECKOUTS, CRITICAL, NOT_CRITICAL, hex, span_id, trace_id};
 use serde_json::{Value, json};
 
-const WAIT: Duration = Duration::from_secs(20);
-
-fn artifacts() -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
-    let dir = target.join("clew-artifacts").join("visualizer");
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+/// The checkout whose INSERT is 400 ms slower (the only one over 300 ms).
+fn slow_checkout() -> String {
+    hex(&trace_id(0xc0, 10))
 }
 
-async fn shot(s: &Session<'_>, name: &str) {
-    s.screenshot(&artifacts().join(format!("{name}.png"))).await;
-}
-
-async fn no_page_errors(s: &Session<'_>) {
-    let errs = s.js("return window.__clewErrors || []", vec![]).await;
-    assert_eq!(errs, json!([]), "JavaScript errors on the page");
-}
-
-fn strings(v: &Value) -> Vec<String> {
-    let mut out: Vec<String> = v
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_str().unwrap().to_owned())
-        .collect();
-    out.sort();
-    out
-}
-
-/// Opens the insights page at `url` and returns the anomalies' texts.
-async fn insights(s: &Session<'_>, url: &str) -> Vec<String> {
-    s.goto(url).await;
+/// Waits until the trace's analysis is drawn.
+async fn wait_for_analysis(s: &Session<'_>) {
     s.wait_for(
-        "bottlenecks",
-        "return document.querySelectorAll('#bottlenecks .bottleneck').length",
+        "critical path",
+        "return document.body.dataset.criticalSpans",
         WAIT,
     )
     .await;
-    let v = s
-        .js(
-            "return [...document.querySelectorAll('#anomalies .anomaly')].map(a => a.innerText)",
-            vec![],
-        )
-        .await;
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|a| a.as_str().unwrap().to_owned())
-        .collect()
-}
-
-fn span_hex(ns: &[u16]) -> Vec<String> {
-    let mut v: Vec<String> = ns.iter().map(|n| hex(&span_id(*n))).collect();
-    v.sort();
-    v
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_ui_in_a_real_browser() {
-    let collector = common::collector(common::known_storage().await).await;
-    let ui = common::serve(clew_visualizer::app(common::state(collector))).await;
-    let base = format!("http://{ui}");
-    let driver = Driver::start().await;
-    let s = driver.session().await;
-
-    // ---- search: results list and scatter plot
-    s.goto(&format!("{base}/search?service=frontend&limit=50"))
-        .await;
+async fn search_lists_and_plots_the_matching_traces() {
+    let ui = Ui::start().await;
+    let s = ui.open("/search?service=frontend&limit=50").await;
     let n = s
         .wait_for(
             "search results",
@@ -95,33 +48,18 @@ async fn the_ui_in_a_real_browser() {
         .await;
     // 20 checkouts and the skewed report trace have frontend spans.
     assert_eq!(n, json!(CHECKOUTS + 1));
-    assert_eq!(
-        s.js(
-            "return document.querySelectorAll('#scatter circle').length",
-            vec![]
-        )
-        .await,
-        json!(CHECKOUTS + 1)
-    );
+    assert_eq!(count(&s, "#scatter circle").await, json!(CHECKOUTS + 1));
     // Checkouts 3, 10 and 17 have a failing INSERT: red dots.
-    assert_eq!(
-        s.js(
-            "return document.querySelectorAll('#scatter circle.error').length",
-            vec![]
-        )
-        .await,
-        json!(3)
-    );
+    assert_eq!(count(&s, "#scatter circle.error").await, json!(3));
     // The form reflects the URL.
-    assert_eq!(
-        s.js("return document.getElementById('f-service').value", vec![])
-            .await,
-        json!("frontend")
-    );
+    let service = s
+        .js("return document.getElementById('f-service').value", vec![])
+        .await;
+    assert_eq!(service, json!("frontend"));
     shot(&s, "01-search").await;
 
     // A duration filter narrows to the slow checkout.
-    s.goto(&format!("{base}/search?service=frontend&minDuration=300ms"))
+    s.goto(&ui.url("/search?service=frontend&minDuration=300ms"))
         .await;
     s.wait_for(
         "one result",
@@ -129,47 +67,55 @@ async fn the_ui_in_a_real_browser() {
         WAIT,
     )
     .await;
-    let slow = hex(&trace_id(0xc0, 10));
-    assert_eq!(
-        s.js(
-            "return document.querySelector('#result-list .result').dataset.traceId",
-            vec![]
-        )
-        .await,
-        json!(slow)
-    );
-
-    // ---- open a trace from the results (a real click)
-    let link = s.find("#result-list .result a.title").await;
-    s.click(&link).await;
-    s.wait_for(
-        "critical path",
-        "return document.body.dataset.criticalSpans",
-        WAIT,
-    )
-    .await;
-    assert!(s.url().await.ends_with(&format!("/trace/{slow}")));
-    assert_eq!(
-        s.js(
-            "return document.querySelectorAll('#wf-scroll .row').length",
-            vec![]
-        )
-        .await,
-        json!(8)
-    );
-    let critical = s.js("return [...document.querySelectorAll('#wf-scroll .row.critical')].map(r => r.dataset.spanId)", vec![]).await;
-    assert_eq!(strings(&critical), span_hex(&CRITICAL));
-    let plain = s.js("return [...document.querySelectorAll('#wf-scroll .row:not(.critical)')].map(r => r.dataset.spanId)", vec![]).await;
-    assert_eq!(strings(&plain), span_hex(&NOT_CRITICAL));
-    // Critical sections are drawn in the bars.
-    let crit_bars = s
+    let id = s
         .js(
-            "return document.querySelectorAll('#wf-scroll .row .crit').length",
+            "return document.querySelector('#result-list .result').dataset.traceId",
             vec![],
         )
         .await;
+    assert_eq!(id, json!(slow_checkout()));
+    finish(s).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clicked_search_result_shows_the_critical_path_and_self_time() {
+    let ui = Ui::start().await;
+    let s = ui.open("/search?service=frontend&minDuration=300ms").await;
+    wait_for_css(&s, "one result", "#result-list .result a.title").await;
+    let link = s.find("#result-list .result a.title").await;
+    s.click(&link).await;
+    wait_for_analysis(&s).await;
+    assert!(
+        s.url()
+            .await
+            .ends_with(&format!("/trace/{}", slow_checkout()))
+    );
+    assert_eq!(count(&s, "#wf-scroll .row").await, json!(8));
+    assert_eq!(row_ids(&s, ".row.critical").await, span_hex(&CRITICAL));
+    assert_eq!(
+        row_ids(&s, ".row:not(.critical)").await,
+        span_hex(&NOT_CRITICAL)
+    );
+    // Critical sections are drawn in the bars.
+    let crit_bars = count(&s, "#wf-scroll .row .crit").await;
     assert!(crit_bars.as_u64().unwrap() >= 6, "{crit_bars}");
-    // Self time, ranked: every span of the trace, each linking to its row.
+    // The failing INSERT row is marked as an error.
+    let err_row = s
+        .js(
+            &format!(
+                "return document.querySelector('{}').classList.contains('error')",
+                row_of(6)
+            ),
+            vec![],
+        )
+        .await;
+    assert_eq!(err_row, json!(true));
+    self_time_is_ranked_and_links_to_rows(&s).await;
+    finish(s).await;
+}
+
+/// Self time, ranked: every span of the trace, each linking to its row.
+async fn self_time_is_ranked_and_links_to_rows(s: &Session<'_>) {
     let ranked = s
         .js(
             "return [...document.querySelectorAll('#self-time-spans tr a')].map(a => new URL(a.href).searchParams.get('span'))",
@@ -198,39 +144,18 @@ async fn the_ui_in_a_real_browser() {
         WAIT,
     )
     .await;
-    // The failing INSERT row is marked as an error.
-    let err_row = s.js(&format!("return document.querySelector('.row[data-span-id=\"{}\"]').classList.contains('error')", hex(&span_id(6))), vec![]).await;
-    assert_eq!(err_row, json!(true));
+}
 
-    // ---- the span panel, by clicking the payments row
-    let row = s
-        .find(&format!(".row[data-span-id=\"{}\"]", hex(&span_id(5))))
-        .await;
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clicked_row_opens_the_span_panel_and_collapses() {
+    let ui = Ui::start().await;
+    let s = ui.open(&format!("/trace/{}", slow_checkout())).await;
+    wait_for_analysis(&s).await;
+    let row = s.find(&row_of(5)).await;
     s.click(&row).await;
-    s.wait_for(
-        "span panel",
-        &format!(
-            "const p = document.getElementById('span-panel'); return p && !p.hidden && p.dataset.spanId === '{}' && document.getElementById('panel-op')",
-            hex(&span_id(5))
-        ),
-        WAIT,
-    )
-    .await;
-    let panel = s
-        .js(
-            "return document.getElementById('span-panel').innerText",
-            vec![],
-        )
-        .await;
-    let panel = panel.as_str().unwrap();
-    assert_eq!(
-        s.js(
-            "return document.getElementById('panel-op').textContent",
-            vec![]
-        )
-        .await,
-        json!("charge")
-    );
+    wait_for_panel(&s, 5).await;
+    let panel = text_of(&s, "span-panel").await;
+    assert_eq!(text_of(&s, "panel-op").await, "charge");
     for needle in [
         "payments",
         "payment.amount",
@@ -256,12 +181,7 @@ async fn the_ui_in_a_real_browser() {
     shot(&s, "02-trace-critical-path-and-span-panel").await;
 
     // Collapsing the charge hides its two children.
-    let toggle = s
-        .find(&format!(
-            ".row[data-span-id=\"{}\"] .toggle",
-            hex(&span_id(5))
-        ))
-        .await;
+    let toggle = s.find(&format!("{} .toggle", row_of(5))).await;
     s.click(&toggle).await;
     s.wait_for(
         "collapsed",
@@ -269,27 +189,34 @@ async fn the_ui_in_a_real_browser() {
         WAIT,
     )
     .await;
+    finish(s).await;
+}
 
-    // ---- deep link straight to a span
-    s.goto(&format!("{base}/trace/{slow}?span={}", hex(&span_id(6))))
-        .await;
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_span_deep_link_opens_and_selects_that_span() {
+    let ui = Ui::start().await;
+    let path = format!("/trace/{}?span={}", slow_checkout(), hex(&span_id(6)));
+    let s = ui.open(&path).await;
     s.wait_for("deep-linked span", "const p = document.getElementById('span-panel'); return p && !p.hidden && document.getElementById('panel-op').textContent === 'INSERT payments'", WAIT).await;
-    let status = s
+    assert_eq!(text_of(&s, "panel-status").await, "ERROR: deadlock");
+    let selected = s
         .js(
-            "return document.getElementById('panel-status').textContent",
+            &format!(
+                "return document.querySelector('{}').classList.contains('selected')",
+                row_of(6)
+            ),
             vec![],
         )
         .await;
-    assert_eq!(status, json!("ERROR: deadlock"));
-    assert_eq!(
-        s.js(&format!("return document.querySelector('.row[data-span-id=\"{}\"]').classList.contains('selected')", hex(&span_id(6))), vec![]).await,
-        json!(true)
-    );
+    assert_eq!(selected, json!(true));
+    finish(s).await;
+}
 
-    // ---- download the trace JSON, then upload it again
-    let dl = s.js_async(
-        // Catch the Blob and the anchor's click instead of saving a file
-        // (the page's CSP would not let a script fetch the blob: URL).
+/// Clicks "Download JSON", catching the Blob and the anchor's click
+/// instead of saving a file (the page's CSP would not let a script fetch
+/// the blob: URL); returns `{name, text}`.
+async fn download(s: &Session<'_>) -> Value {
+    s.js_async(
         "const done = arguments[arguments.length - 1];
          const origUrl = URL.createObjectURL;
          let blob = null;
@@ -303,7 +230,17 @@ async fn the_ui_in_a_real_browser() {
          };
          document.getElementById('download').click();",
         vec![],
-    ).await;
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_downloaded_trace_opens_again_from_upload() {
+    let ui = Ui::start().await;
+    let slow = slow_checkout();
+    let s = ui.open(&format!("/trace/{slow}")).await;
+    wait_for_analysis(&s).await;
+    let dl = download(&s).await;
     assert_eq!(dl["name"], json!(format!("trace-{slow}.json")));
     let bundle: Value = serde_json::from_str(dl["text"].as_str().unwrap()).unwrap();
     assert_eq!(bundle["format"], "clew-trace/v1");
@@ -311,7 +248,8 @@ async fn the_ui_in_a_real_browser() {
     assert!(bundle["analysis"]["bottlenecks"]["criticalPath"].is_array());
     let file = artifacts().join(format!("trace-{slow}.json"));
     std::fs::write(&file, dl["text"].as_str().unwrap()).unwrap();
-    s.goto(&format!("{base}/dependencies")).await;
+
+    s.goto(&ui.url("/dependencies")).await;
     let input = s.find("#upload").await;
     s.send_keys(&input, file.to_str().unwrap()).await;
     s.wait_for(
@@ -320,65 +258,34 @@ async fn the_ui_in_a_real_browser() {
         WAIT,
     )
     .await;
-    let critical = s.js("return [...document.querySelectorAll('#wf-scroll .row.critical')].map(r => r.dataset.spanId)", vec![]).await;
-    assert_eq!(strings(&critical), span_hex(&CRITICAL));
-    assert!(
-        s.js(
-            "return document.getElementById('trace-view').innerText",
-            vec![]
-        )
-        .await
-        .as_str()
-        .unwrap()
-        .contains("uploaded file")
-    );
+    assert_eq!(row_ids(&s, ".row.critical").await, span_hex(&CRITICAL));
+    assert!(text_of(&s, "trace-view").await.contains("uploaded file"));
+
     // A file that is not a trace is refused with a message.
     let junk = artifacts().join("not-a-trace.json");
     std::fs::write(&junk, r#"{"hello": "world"}"#).unwrap();
     let input = s.find("#upload").await;
     s.send_keys(&input, junk.to_str().unwrap()).await;
-    let msg = s
-        .wait_for(
-            "upload error",
-            "const e = document.getElementById('error'); return !e.hidden && e.textContent",
-            WAIT,
-        )
-        .await;
+    let msg = banner(&s).await;
     assert!(
-        msg.as_str()
-            .unwrap()
-            .contains("Cannot open not-a-trace.json: not a trace"),
+        msg.contains("Cannot open not-a-trace.json: not a trace"),
         "{msg}"
     );
+    finish(s).await;
+}
 
-    // ---- clock skew: warning, evidence with raw timestamps, corrected view
-    let skewed = hex(&trace_id(0x5e, 1));
-    s.goto(&format!("{base}/trace/{skewed}")).await;
-    s.wait_for(
-        "skew warning",
-        "return document.getElementById('skew-warning')",
-        WAIT,
-    )
-    .await;
-    let warning = s
-        .js(
-            "return document.getElementById('skew-warning').innerText",
-            vec![],
-        )
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clock_skew_shows_evidence_and_a_corrected_timeline() {
+    let ui = Ui::start().await;
+    let s = ui
+        .open(&format!("/trace/{}", hex(&trace_id(0x5e, 1))))
         .await;
-    assert!(
-        warning.as_str().unwrap().contains("backend by +15.000 ms"),
-        "{warning}"
-    );
+    wait_for_css(&s, "skew warning", "#skew-warning").await;
+    let warning = text_of(&s, "skew-warning").await;
+    assert!(warning.contains("backend by +15.000 ms"), "{warning}");
     let summary = s.find("#skew-evidence summary").await;
     s.click(&summary).await;
-    let evidence = s
-        .js(
-            "return document.getElementById('violations').innerText",
-            vec![],
-        )
-        .await;
-    let evidence = evidence.as_str().unwrap();
+    let evidence = text_of(&s, "violations").await;
     assert!(
         evidence.contains("frontend: GET /report (start)")
             && evidence.contains("backend: build report (start)"),
@@ -386,9 +293,7 @@ async fn the_ui_in_a_real_browser() {
     );
     assert!(evidence.contains("b=1,f=2"), "{evidence}");
     // The backend span's panel shows its evidence with the raw timestamps.
-    let row = s
-        .find(&format!(".row[data-span-id=\"{}\"]", hex(&span_id(2))))
-        .await;
+    let row = s.find(&row_of(2)).await;
     s.click(&row).await;
     let panel_skew = s
         .wait_for(
@@ -401,9 +306,15 @@ async fn the_ui_in_a_real_browser() {
         panel_skew.as_str().unwrap().contains("backend start @ "),
         "{panel_skew}"
     );
-    let bar_left = "return document.querySelector('.row[data-span-id=\"' + arguments[0] + '\"] .bar').style.left";
+    corrected_view_moves_the_bars(&s).await;
+    shot(&s, "03-clock-skew-evidence").await;
+    finish(s).await;
+}
+
+async fn corrected_view_moves_the_bars(s: &Session<'_>) {
+    let bar_left = "return document.querySelector(arguments[0] + ' .bar').style.left";
     // Recorded: backend starts first (0%), frontend 15 ms of 115 ms later.
-    let raw_left = s.js(bar_left, vec![json!(hex(&span_id(1)))]).await;
+    let raw_left = s.js(bar_left, vec![json!(row_of(1))]).await;
     assert!(
         raw_left.as_str().unwrap().starts_with("13.04"),
         "{raw_left}"
@@ -417,44 +328,36 @@ async fn the_ui_in_a_real_browser() {
     )
     .await;
     // Corrected (backend +15 ms): both start together.
-    let corrected_left = s.js(bar_left, vec![json!(hex(&span_id(1)))]).await;
+    let corrected_left = s.js(bar_left, vec![json!(row_of(1))]).await;
     assert_eq!(corrected_left, json!("0%"));
-    shot(&s, "03-clock-skew-evidence").await;
+}
 
-    // ---- dependency graph with per-edge figures (via the nav link)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dependency_graph_has_per_edge_figures() {
+    let ui = Ui::start().await;
+    let s = ui.open("/search").await;
+    // Through the nav link.
     let nav = s.find("#nav-deps").await;
     s.click(&nav).await;
-    s.wait_for(
-        "dependency graph",
-        "return document.querySelectorAll('#depgraph .edge').length",
-        WAIT,
-    )
-    .await;
+    wait_for_css(&s, "dependency graph", "#depgraph .edge").await;
     let edges = s
         .js(
             "return [...document.querySelectorAll('#depgraph .edge')].map(e => e.dataset.edge)",
             vec![],
         )
         .await;
-    assert_eq!(
-        strings(&edges),
-        vec![
-            "frontend>backend",
-            "frontend>inventory",
-            "frontend>payments",
-            "gateway>worker-0",
-            "gateway>worker-1",
-            "gateway>worker-2",
-            "gateway>worker-3",
-            "gateway>worker-4",
-            "payments>db",
-            "worker-0>store",
-            "worker-1>store",
-            "worker-2>store",
-            "worker-3>store",
-            "worker-4>store"
-        ]
-    );
+    let mut expected = vec![
+        "frontend>backend",
+        "frontend>inventory",
+        "frontend>payments",
+        "payments>db",
+    ];
+    let workers: Vec<String> = (0..5)
+        .flat_map(|w| [format!("gateway>worker-{w}"), format!("worker-{w}>store")])
+        .collect();
+    expected.extend(workers.iter().map(String::as_str));
+    expected.sort();
+    assert_eq!(strings(&edges), expected);
     let row = s
         .js(
             "return document.querySelector('#deps-table tr[data-edge=\"payments>db\"]').innerText",
@@ -473,16 +376,22 @@ async fn the_ui_in_a_real_browser() {
         "{label}"
     );
     shot(&s, "04-dependencies").await;
+    finish(s).await;
+}
 
-    // ---- service dashboard (click the payments node)
-    let node = s.find("#depgraph .node[data-service=\"payments\"]").await;
-    s.click(&node).await;
-    s.wait_for(
-        "RED charts",
-        "return document.querySelectorAll('.red-series').length",
-        WAIT,
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graph_node_opens_its_red_dashboard() {
+    let ui = Ui::start().await;
+    let s = ui.open("/dependencies").await;
+    wait_for_css(
+        &s,
+        "payments node",
+        "#depgraph .node[data-service=\"payments\"]",
     )
     .await;
+    let node = s.find("#depgraph .node[data-service=\"payments\"]").await;
+    s.click(&node).await;
+    wait_for_css(&s, "RED charts", ".red-series").await;
     let series = s
         .js(
             "return [...document.querySelectorAll('.red-series')].map(e => e.dataset.operation)",
@@ -490,28 +399,46 @@ async fn the_ui_in_a_real_browser() {
         )
         .await;
     assert_eq!(series, json!(["", "charge"]));
-    assert!(
-        s.js(
+    let first = s
+        .js(
             "return document.querySelector('.red-series').innerText",
-            vec![]
+            vec![],
         )
-        .await
-        .as_str()
-        .unwrap()
-        .contains(&format!("{CHECKOUTS} requests"))
+        .await;
+    assert!(
+        first
+            .as_str()
+            .unwrap()
+            .contains(&format!("{CHECKOUTS} requests")),
+        "{first}"
     );
-    assert_eq!(
-        s.js(
-            "return document.querySelectorAll('.red-series polyline').length",
-            vec![]
-        )
-        .await,
-        json!(10)
-    );
+    assert_eq!(count(&s, ".red-series polyline").await, json!(10));
     shot(&s, "05-service-dashboard").await;
+    finish(s).await;
+}
 
-    // ---- anomalies and bottlenecks
-    let anomalies = insights(&s, &format!("{base}/insights")).await;
+/// Opens the insights page at `path` and returns the anomalies' texts.
+async fn insights(ui: &Ui, s: &Session<'_>, path: &str) -> Vec<String> {
+    s.goto(&ui.url(path)).await;
+    wait_for_css(s, "bottlenecks", "#bottlenecks .bottleneck").await;
+    let v = s
+        .js(
+            "return [...document.querySelectorAll('#anomalies .anomaly')].map(a => a.innerText)",
+            vec![],
+        )
+        .await;
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anomalies_and_bottlenecks_name_the_slow_insert() {
+    let ui = Ui::start().await;
+    let s = ui.open("/search").await;
+    let anomalies = insights(&ui, &s, "/insights").await;
     assert!(
         anomalies
             .iter()
@@ -521,20 +448,15 @@ async fn the_ui_in_a_real_browser() {
     );
     shot(&s, "06-anomalies-and-bottlenecks").await;
     // One service's anomalies only.
-    let kinds = insights(&s, &format!("{base}/insights?service=payments")).await;
+    let kinds = insights(&ui, &s, "/insights?service=payments").await;
     assert_eq!(kinds.len(), 1, "{kinds:#?}");
     assert!(
         kinds[0].contains("payments \"charge\" took 450.00 ms"),
         "{kinds:#?}"
     );
     // Each slow trace names where its self time went.
-    let tops = s
-        .js(
-            "return [document.querySelectorAll('#bottlenecks .bottleneck').length, document.querySelectorAll('#bottlenecks .self-time-top').length]",
-            vec![],
-        )
-        .await;
-    assert_eq!(tops[0], tops[1], "{tops}");
+    let bottlenecks = count(&s, "#bottlenecks .bottleneck").await;
+    assert_eq!(bottlenecks, count(&s, "#bottlenecks .self-time-top").await);
     // The big trace has no payments span: only checkouts are listed.
     let listed = s.js("return [...document.querySelectorAll('#bottlenecks .bottleneck a')].map(a => a.textContent)", vec![]).await;
     assert!(
@@ -545,52 +467,53 @@ async fn the_ui_in_a_real_browser() {
             .all(|t| t == "frontend: GET /checkout"),
         "{listed}"
     );
+    finish(s).await;
+}
 
-    // Every window choice is a valid query (7d is not a Go duration: the
-    // pages send milliseconds).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_window_choice_is_a_valid_query() {
+    // 7d is not a Go duration: the pages send milliseconds.
+    let ui = Ui::start().await;
+    let s = ui.open("/search").await;
     for (page, ready) in [
         ("/insights?lookback=7d", "#bottlenecks .bottleneck"),
         ("/dependencies?lookback=7d", "#depgraph .edge"),
         ("/services/payments?lookback=7d", ".red-series"),
     ] {
-        s.goto(&format!("{base}{page}")).await;
-        s.wait_for(
-            page,
-            &format!("return document.querySelector('{ready}')"),
-            WAIT,
-        )
-        .await;
+        s.goto(&ui.url(page)).await;
+        wait_for_css(&s, page, ready).await;
         let err = s
             .js("return document.getElementById('error').hidden", vec![])
             .await;
         assert_eq!(err, json!(true), "{page} shows an error");
     }
+    finish(s).await;
+}
 
-    // ---- collector errors are a clear message, never a blank page
-    s.goto(&format!("{base}/trace/ffffffffffffffffffffffffffffffff"))
-        .await;
-    let msg = s
-        .wait_for(
-            "error message",
-            "const e = document.getElementById('error'); return !e.hidden && e.textContent",
-            WAIT,
-        )
-        .await;
-    assert_eq!(msg, json!("The collector answered 404: trace not found"));
-    no_page_errors(&s).await;
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collector_error_is_a_clear_message() {
+    let ui = Ui::start().await;
+    let s = ui.open("/trace/ffffffffffffffffffffffffffffffff").await;
+    assert_eq!(
+        banner(&s).await,
+        "The collector answered 404: trace not found"
+    );
+    finish(s).await;
+}
 
-    // ---- the 10,000-span trace: time to first render, and staying responsive
-    let big = hex(&trace_id(0xb1, 1));
+/// Time to first render of the 10,000-span trace, as the page measured it.
+async fn big_trace_first_render(ui: &Ui, s: &Session<'_>) -> Value {
     let started = Instant::now();
-    s.goto(&format!("{base}/trace/{big}")).await;
+    s.goto(&ui.url(&format!("/trace/{}", hex(&trace_id(0xb1, 1)))))
+        .await;
     s.wait_for(
         "big trace rows",
         "return document.body.dataset.traceRenderMs",
         Duration::from_secs(60),
     )
     .await;
-    let wall_ms = started.elapsed().as_millis();
-    let t = s
+    let wall_ms = started.elapsed().as_millis() as u64;
+    let mut t = s
         .js(
             "const nav = performance.getEntriesByType('navigation')[0];
          return { render: +document.body.dataset.traceRenderMs, fetch: +document.body.dataset.traceFetchMs,
@@ -603,6 +526,45 @@ async fn the_ui_in_a_real_browser() {
             vec![],
         )
         .await;
+    t["wallMs"] = json!(wall_ms);
+    t
+}
+
+/// Scrolls to the middle; the rows there render within a couple of frames.
+async fn scroll_to_middle(s: &Session<'_>) -> Value {
+    s.js_async(
+        "const done = arguments[arguments.length - 1];
+         const sc = document.getElementById('wf-scroll');
+         const t = performance.now();
+         sc.scrollTop = sc.scrollHeight / 2;
+         requestAnimationFrame(() => requestAnimationFrame(() => {
+           const first = sc.querySelector('.row');
+           done({ ms: performance.now() - t, top: first ? parseInt(first.style.top) : -1, scrollTop: sc.scrollTop });
+         }));",
+        vec![],
+    )
+    .await
+}
+
+/// Collapses everything and expands again.
+async fn collapse_and_expand_all(s: &Session<'_>) -> Value {
+    s.js_async(
+        "const done = arguments[arguments.length - 1];
+         const t = performance.now();
+         document.getElementById('collapse-all').click();
+         const collapsed = document.getElementById('wf-scroll').firstChild.style.height;
+         document.getElementById('expand-all').click();
+         requestAnimationFrame(() => done({ ms: performance.now() - t, collapsedHeight: collapsed }));",
+        vec![],
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_10000_span_trace_renders_fast_and_stays_responsive() {
+    let ui = Ui::start().await;
+    let s = ui.open("/search").await;
+    let t = big_trace_first_render(&ui, &s).await;
     assert_eq!(t["spans"], json!("10000 spans"));
     let dom_rows = t["domRows"].as_u64().unwrap();
     assert!(
@@ -618,45 +580,31 @@ async fn the_ui_in_a_real_browser() {
     let analysis_ms = s
         .js("return +document.body.dataset.analysisRenderMs", vec![])
         .await;
-    // Scroll to the middle: rows there render within a couple of frames.
-    let scroll = s.js_async(
-        "const done = arguments[arguments.length - 1];
-         const sc = document.getElementById('wf-scroll');
-         const t = performance.now();
-         sc.scrollTop = sc.scrollHeight / 2;
-         requestAnimationFrame(() => requestAnimationFrame(() => {
-           const first = sc.querySelector('.row');
-           done({ ms: performance.now() - t, top: first ? parseInt(first.style.top) : -1, scrollTop: sc.scrollTop });
-         }));",
-        vec![],
-    ).await;
+    let scroll = scroll_to_middle(&s).await;
     assert!(scroll["top"].as_f64().unwrap() > 100_000.0, "{scroll}");
-    // Collapse everything and expand again.
-    let toggle = s.js_async(
-        "const done = arguments[arguments.length - 1];
-         const t = performance.now();
-         document.getElementById('collapse-all').click();
-         const collapsed = document.getElementById('wf-scroll').firstChild.style.height;
-         document.getElementById('expand-all').click();
-         requestAnimationFrame(() => done({ ms: performance.now() - t, collapsedHeight: collapsed }));",
-        vec![],
-    ).await;
+    let toggle = collapse_and_expand_all(&s).await;
     // Root and its 99 children.
     assert_eq!(toggle["collapsedHeight"], json!(format!("{}px", 100 * 24)));
     shot(&s, "07-big-trace").await;
-    no_page_errors(&s).await;
+    finish(s).await;
 
+    report_big_trace_timings(&t, &analysis_ms, &scroll, &toggle);
+}
+
+/// Prints the 10,000-span trace's timings, writes them to
+/// `big-trace-timings.json` and asserts they stay responsive.
+fn report_big_trace_timings(t: &Value, analysis_ms: &Value, scroll: &Value, toggle: &Value) {
     let timings = json!({
         "spans": 10_000,
         "firstRenderMs": t["render"],
         "traceJsonArrivedMs": t["fetch"],
         "traceJsonBytes": t["jsonBytes"],
         "firstRenderSinceNavigationMs": t["sinceNavigation"],
-        "testWallClockMs": wall_ms as u64,
+        "testWallClockMs": t["wallMs"],
         "analysisShownMs": analysis_ms,
         "scrollToMiddleMs": scroll["ms"],
         "collapseExpandAllMs": toggle["ms"],
-        "domRows": dom_rows,
+        "domRows": t["domRows"],
     });
     println!("10,000-span trace timings: {timings}");
     std::fs::write(
@@ -680,5 +628,4 @@ async fn the_ui_in_a_real_browser() {
         ms(&toggle["ms"]) < 2_000.0,
         "collapse and expand all: {timings}"
     );
-    s.close().await;
 }

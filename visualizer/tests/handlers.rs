@@ -67,15 +67,16 @@ async fn pages_and_assets_are_served_from_the_binary() {
             "{csp}"
         );
         let html = String::from_utf8(body).unwrap();
-        assert!(html.contains(r#"<script src="/assets/app.js"></script>"#));
+        assert!(html.contains(r#"<script type="module" src="/assets/app.js"></script>"#));
         // Nothing from a CDN.
         assert!(!html.contains("http://") && !html.contains("https://"));
     }
     for (asset, ct, needle) in [
+        ("app.js", "text/javascript; charset=utf-8", "createRouter("),
         (
-            "app.js",
+            "trace/waterfall.js",
             "text/javascript; charset=utf-8",
-            "class TraceView",
+            "export function createWaterfall",
         ),
         ("app.css", "text/css; charset=utf-8", ".waterfall"),
         ("favicon.svg", "image/svg+xml", "<svg"),
@@ -86,11 +87,64 @@ async fn pages_and_assets_are_served_from_the_binary() {
         assert_eq!(headers[header::X_CONTENT_TYPE_OPTIONS], "nosniff");
         assert!(String::from_utf8(body).unwrap().contains(needle));
     }
-    let (status, _, body) = call(&router, "GET", "/assets/nope.js").await;
-    assert_eq!(status, StatusCode::NOT_FOUND);
-    assert_eq!(json(&body)["errors"][0]["msg"], "not found");
+    for missing in [
+        "/assets/nope.js",
+        "/assets/trace/nope.js",
+        "/assets/../Cargo.toml",
+    ] {
+        let (status, _, body) = call(&router, "GET", missing).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{missing}");
+        assert_eq!(json(&body)["errors"][0]["msg"], "not found");
+    }
     let (status, _, _) = call(&router, "POST", "/search").await;
     assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+}
+
+/// Every file under `assets/` (the `node --test` suite aside), as a path
+/// relative to it.
+fn asset_files(dir: &std::path::Path, rel: &str, out: &mut Vec<(String, std::path::PathBuf)>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_str().unwrap().to_owned();
+        let rel = if rel.is_empty() {
+            name.clone()
+        } else {
+            format!("{rel}/{name}")
+        };
+        if path.is_dir() {
+            if name != "tests" {
+                asset_files(&path, &rel, out);
+            }
+        } else {
+            out.push((rel, path));
+        }
+    }
+}
+
+#[tokio::test]
+async fn every_module_is_embedded_and_served_as_javascript() {
+    let router = app(AppState::new("http://127.0.0.1:9", Duration::from_secs(1)).unwrap());
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("assets");
+    let mut files = Vec::new();
+    asset_files(&dir, "", &mut files);
+    let modules: Vec<_> = files
+        .iter()
+        .filter(|(rel, _)| rel.ends_with(".js"))
+        .collect();
+    assert!(modules.len() > 10, "{files:?}");
+    for (rel, path) in modules {
+        let (status, headers, body) = call(&router, "GET", &format!("/assets/{rel}")).await;
+        assert_eq!(status, StatusCode::OK, "{rel} is not embedded in assets.rs");
+        assert_eq!(
+            headers[header::CONTENT_TYPE],
+            "text/javascript; charset=utf-8",
+            "{rel}"
+        );
+        assert_eq!(headers[header::CACHE_CONTROL], "no-cache", "{rel}");
+        assert_eq!(headers[header::X_CONTENT_TYPE_OPTIONS], "nosniff", "{rel}");
+        // The binary serves what is on disk (a stale build would not).
+        assert_eq!(body, std::fs::read(path).unwrap(), "{rel}");
+    }
 }
 
 #[tokio::test]

@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod ui;
 pub mod webdriver;
 
 use std::net::SocketAddr;
