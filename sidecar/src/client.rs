@@ -122,13 +122,10 @@ impl CollectorClient {
     }
 }
 
-/// Frames a spill/queue payload: the span count (u32 LE) then the encoded
-/// request.
-pub fn frame(spans: usize, encoded: &[u8]) -> Vec<u8> {
-    let mut v = Vec::with_capacity(4 + encoded.len());
-    v.put_u32_le(u32::try_from(spans).unwrap_or(u32::MAX));
-    v.extend_from_slice(encoded);
-    v
+/// The head of a spill record: the span count (u32 LE); the encoded
+/// request follows it.
+pub fn frame_head(spans: usize) -> [u8; 4] {
+    u32::try_from(spans).unwrap_or(u32::MAX).to_le_bytes()
 }
 
 /// Splits a framed payload into (span count, encoded request); `None` when

@@ -17,8 +17,6 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use clew_proto::v1 as pb;
 use clew_runtime::otlp_http::Encoding;
-use clew_tracer::export::Resource;
-use clew_tracer::export::convert::{from_native_span, to_otlp_resource_spans};
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse, trace_service_server::TraceService,
 };
@@ -69,49 +67,6 @@ fn check_count(n: usize) -> Result<(), tonic::Status> {
     Ok(())
 }
 
-/// Native spans as one OTLP request, one resource per (service, node).
-/// Invalid spans are counted out and described by the first reason.
-pub fn native_to_otlp(spans: &[pb::Span]) -> (ExportTraceServiceRequest, u64, String) {
-    let mut groups: Vec<(Resource, Vec<clew_tracer::span::SpanData>)> = Vec::new();
-    let mut rejected = 0;
-    let mut first_error = String::new();
-    for s in spans {
-        match from_native_span(s) {
-            Ok(data) => {
-                let at = groups
-                    .iter()
-                    .position(|(r, _)| r.service_name == s.service && r.node_id == s.node);
-                match at {
-                    Some(i) => groups[i].1.push(data),
-                    None => groups.push((
-                        Resource {
-                            service_name: s.service.clone(),
-                            node_id: s.node.clone(),
-                            attributes: Vec::new(),
-                        },
-                        vec![data],
-                    )),
-                }
-            }
-            Err(e) => {
-                rejected += 1;
-                if first_error.is_empty() {
-                    first_error = e.to_string();
-                }
-            }
-        }
-    }
-    let resource_spans = groups
-        .iter()
-        .map(|(r, spans)| to_otlp_resource_spans(spans.iter(), r))
-        .collect();
-    (
-        ExportTraceServiceRequest { resource_spans },
-        rejected,
-        first_error,
-    )
-}
-
 /// clew's native `Collector` service.
 #[derive(Debug, Clone)]
 pub struct NativeGrpc(pub Pipeline);
@@ -119,13 +74,13 @@ pub struct NativeGrpc(pub Pipeline);
 impl NativeGrpc {
     async fn take(&self, req: pb::ExportRequest) -> Result<pb::ExportResponse, tonic::Status> {
         check_count(req.spans.len())?;
-        let (otlp, rejected, error_message) = native_to_otlp(&req.spans);
-        let accepted = req.spans.len() as u64 - rejected;
-        self.0.accept(otlp, "native").await.map_err(status)?;
+        let c = clew_model::otlp::from_native(&req.spans);
+        let accepted = req.spans.len() as u64 - c.rejected;
+        self.0.accept(c.request, "native").await.map_err(status)?;
         Ok(pb::ExportResponse {
             accepted,
-            rejected,
-            error_message,
+            rejected: c.rejected,
+            error_message: c.first_error,
         })
     }
 }

@@ -31,13 +31,16 @@
 //!   disk spill log (also used by the sidecar agent).
 //! - [`instrument`]: tonic, tower/axum HTTP and `tracing` integrations.
 
-pub mod clock;
+pub use clew_model::clock;
 pub mod context;
 pub mod export;
-pub mod ids;
+mod idgen;
+pub use clew_model::ids;
 pub mod instrument;
 pub mod propagation;
-pub mod reliability;
+/// The reliability primitives (`clew-reliability`), for applications
+/// that buffer or retry around their own exports.
+pub use clew_reliability as reliability;
 pub mod sampling;
 pub mod span;
 mod time;

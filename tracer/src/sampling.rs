@@ -180,7 +180,8 @@ fn ratio_decision(ratio: f64, trace_id: TraceId) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ids::{SpanId, TraceFlags, idgen};
+    use crate::idgen;
+    use crate::ids::{SpanId, TraceFlags};
     use std::time::Duration;
 
     #[test]

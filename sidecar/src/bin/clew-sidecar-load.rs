@@ -67,7 +67,7 @@ fn attr(key: &str, v: Value) -> KeyValue {
 /// A batch like an instrumented HTTP service sends: traces of 8 spans with
 /// the usual semantic-convention attributes.
 fn batch(rng: &mut rand::rngs::SmallRng, n: usize) -> ExportTraceServiceRequest {
-    let now = clew_tracer::span::now_unix_nanos();
+    let now = clew_model::now_unix_nanos();
     let mut spans = Vec::with_capacity(n);
     let mut trace = [0u8; 16];
     for i in 0..n {

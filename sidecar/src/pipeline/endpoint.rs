@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use clew_tracer::reliability::{BreakerState, CircuitBreaker, SpillLog};
+use clew_reliability::{BreakerState, CircuitBreaker, SpillLog};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use parking_lot::Mutex;
 use prost::Message as _;

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use clew_tracer::reliability::BreakerState;
+use clew_reliability::BreakerState;
 use rand::SeedableRng as _;
 use rand::rngs::SmallRng;
 use tokio::sync::watch;

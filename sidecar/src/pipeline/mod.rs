@@ -42,7 +42,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use clew_tracer::reliability::{
+use clew_reliability::{
     CircuitBreaker, CircuitBreakerConfig, FsyncPolicy, RetryPolicy, SpillConfig, SpillLog,
 };
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
@@ -51,7 +51,7 @@ use prost::Message as _;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
-use crate::client::{CollectorClient, frame};
+use crate::client::{CollectorClient, frame_head};
 use crate::metrics::Metrics;
 use crate::routing::{endpoint_hash, span_count, split};
 pub use batch::Limits;
@@ -145,7 +145,7 @@ pub enum Error {
     NotDurable,
     /// The spill log failed.
     #[error("spill log: {0}")]
-    Spill(#[from] clew_tracer::reliability::SpillError),
+    Spill(#[from] clew_reliability::SpillError),
     /// An endpoint address is not a valid URI.
     #[error("invalid collector endpoint {0:?}")]
     InvalidEndpoint(String),
@@ -573,8 +573,8 @@ fn open_log(cfg: &PipelineConfig, dir: &Path) -> Result<SpillLog, Error> {
 
 /// A spill error, with a full file system told apart (the client is asked
 /// to retry).
-fn disk_error(e: clew_tracer::reliability::SpillError) -> Error {
-    use clew_tracer::reliability::SpillError;
+fn disk_error(e: clew_reliability::SpillError) -> Error {
+    use clew_reliability::SpillError;
     const ENOSPC: i32 = 28;
     const EDQUOT: i32 = 122;
     match &e {
@@ -594,10 +594,10 @@ fn append_checked(
     spans: usize,
     encoded: &[u8],
 ) -> Result<u64, Error> {
-    let record = frame(spans, encoded);
-    let need = record.len() as u64 + clew_tracer::reliability::spill::FRAME_HEADER_LEN as u64;
+    let head = frame_head(spans);
+    let need = (head.len() + encoded.len() + clew_reliability::spill::FRAME_HEADER_LEN) as u64;
     if log.disk_bytes() + need > cfg.spill_max_bytes {
         return Err(Error::Full);
     }
-    log.append(&record).map_err(disk_error)
+    log.append_parts(&[&head, encoded]).map_err(disk_error)
 }

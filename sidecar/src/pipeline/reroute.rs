@@ -10,7 +10,7 @@ use prost::Message as _;
 
 use super::Pipeline;
 use crate::client::unframe;
-use clew_tracer::reliability::SpillLog;
+use clew_reliability::SpillLog;
 
 /// Runs until the pipeline shuts down.
 pub(super) async fn reroute_loop(p: Pipeline) {

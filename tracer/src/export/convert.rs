@@ -244,7 +244,7 @@ fn trace_state(s: &str) -> TraceState {
     if s.is_empty() {
         TraceState::EMPTY
     } else {
-        TraceState(Some(s.into()))
+        TraceState::from_validated(s.into())
     }
 }
 
@@ -387,7 +387,7 @@ mod tests {
                 trace_id: TraceId::from_u128(0xabc),
                 span_id: SpanId::from_u64(0x12),
                 flags: TraceFlags::SAMPLED,
-                trace_state: TraceState(Some("k=v".into())),
+                trace_state: TraceState::from_validated("k=v".into()),
                 is_remote: false,
             },
             parent_span_id: SpanId::from_u64(0x11),

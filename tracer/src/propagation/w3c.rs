@@ -220,7 +220,7 @@ pub fn parse_tracestate(values: &[&str]) -> Result<TraceState, TracestateError> 
     if out.is_empty() {
         Ok(TraceState::EMPTY)
     } else {
-        Ok(TraceState(Some(Arc::from(out))))
+        Ok(TraceState::from_validated(Arc::from(out)))
     }
 }
 

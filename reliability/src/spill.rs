@@ -264,6 +264,47 @@ fn frame_crc(len: [u8; 4], payload: &[u8]) -> u32 {
     h.finalize()
 }
 
+/// The frame header of a payload made of `parts` (`len` ≤ `u32::MAX`,
+/// checked by the caller).
+fn frame_header(parts: &[&[u8]], len: u64) -> [u8; FRAME_HEADER_LEN] {
+    let len = u32::try_from(len).unwrap_or(u32::MAX).to_le_bytes();
+    let mut h = crc32fast::Hasher::new();
+    h.update(&len);
+    for p in parts {
+        h.update(p);
+    }
+    let mut out = [0u8; FRAME_HEADER_LEN];
+    out[..4].copy_from_slice(&len);
+    out[4..].copy_from_slice(&h.finalize().to_le_bytes());
+    out
+}
+
+/// Writes `header` then every part, with vectored writes.
+fn write_all_parts(w: &mut File, header: &[u8], parts: &[&[u8]]) -> io::Result<()> {
+    let mut bufs: Vec<&[u8]> = Vec::with_capacity(parts.len() + 1);
+    bufs.push(header);
+    bufs.extend(parts.iter().copied().filter(|p| !p.is_empty()));
+    let mut first = 0;
+    while first < bufs.len() {
+        let slices: Vec<io::IoSlice<'_>> =
+            bufs[first..].iter().map(|b| io::IoSlice::new(b)).collect();
+        let mut n = w.write_vectored(&slices)?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        while first < bufs.len() && n >= bufs[first].len() {
+            n -= bufs[first].len();
+            first += 1;
+        }
+        if n > 0
+            && let Some(b) = bufs.get_mut(first)
+        {
+            *b = &b[n..];
+        }
+    }
+    Ok(())
+}
+
 /// Appends the frame of `payload` to `out`.
 pub fn encode_record(payload: &[u8], out: &mut Vec<u8>) -> Result<()> {
     let len = u32::try_from(payload.len()).map_err(|_| Error::RecordTooLarge {
@@ -496,7 +537,13 @@ impl SpillLog {
     /// error from the fsync after a successful write is returned, but the
     /// record stays in the log.
     pub fn append(&mut self, payload: &[u8]) -> Result<u64> {
-        let payload_len = payload.len() as u64;
+        self.append_parts(&[payload])
+    }
+
+    /// Appends one record whose payload is the concatenation of `parts`,
+    /// written with one vectored write and no copy of the parts.
+    pub fn append_parts(&mut self, parts: &[&[u8]]) -> Result<u64> {
+        let payload_len: u64 = parts.iter().map(|p| p.len() as u64).sum();
         let limit = (self.config.max_total_size - HEADER).min(u64::from(u32::MAX));
         if payload_len > limit {
             return Err(Error::RecordTooLarge {
@@ -507,28 +554,9 @@ impl SpillLog {
         let frame_len = HEADER + payload_len;
         let seq = self.next_seq;
         let after = seq.checked_add(1).ok_or(Error::SequenceExhausted)?;
+        self.make_room(frame_len, seq)?;
 
-        let mut roll = match (&self.writer, self.segments.back()) {
-            (Some(_), Some(back)) => {
-                back.file_len > 0
-                    && back.file_len.saturating_add(frame_len) > self.config.segment_size
-            }
-            _ => true,
-        };
-        while self.total_bytes.saturating_add(frame_len) > self.config.max_total_size
-            && !self.segments.is_empty()
-        {
-            if self.segments.len() == 1 {
-                roll = true;
-            }
-            self.evict_front()?;
-        }
-        if roll {
-            self.roll(seq)?;
-        }
-
-        let mut frame = Vec::new();
-        encode_record(payload, &mut frame)?;
+        let header = frame_header(parts, payload_len);
         let (Some(writer), Some(back)) = (self.writer.as_mut(), self.segments.back_mut()) else {
             return Err(Error::Io {
                 op: "append",
@@ -536,7 +564,7 @@ impl SpillLog {
                 source: io::Error::other("no active segment"),
             });
         };
-        if let Err(e) = writer.write_all(&frame) {
+        if let Err(e) = write_all_parts(writer, &header, parts) {
             // Take the partial frame back off so later appends follow valid
             // data; if even that fails, stop appending to this segment.
             let restored = writer
@@ -563,6 +591,30 @@ impl SpillLog {
             self.sync()?;
         }
         Ok(seq)
+    }
+
+    /// Evicts segments to stay under the size cap and starts a new segment
+    /// when the next frame does not fit the active one.
+    fn make_room(&mut self, frame_len: u64, seq: u64) -> Result<()> {
+        let mut roll = match (&self.writer, self.segments.back()) {
+            (Some(_), Some(back)) => {
+                back.file_len > 0
+                    && back.file_len.saturating_add(frame_len) > self.config.segment_size
+            }
+            _ => true,
+        };
+        while self.total_bytes.saturating_add(frame_len) > self.config.max_total_size
+            && !self.segments.is_empty()
+        {
+            if self.segments.len() == 1 {
+                roll = true;
+            }
+            self.evict_front()?;
+        }
+        if roll {
+            self.roll(seq)?;
+        }
+        Ok(())
     }
 
     /// Forces appended data and the cursor to stable storage now (whatever
@@ -1156,5 +1208,4 @@ fn sync_dir(dir: &Path) -> Result<()> {
 }
 
 #[cfg(test)]
-#[path = "spill_tests.rs"]
 mod tests;

@@ -79,11 +79,13 @@ pub struct VectorClock {
 
 impl VectorClock {
     /// The empty clock (all counters zero).
+    #[inline]
     pub fn new() -> Self {
         Self::default()
     }
 
     /// Resets every counter to zero.
+    #[inline]
     pub fn clear(&mut self) {
         self.entries.clear();
     }
@@ -91,7 +93,9 @@ impl VectorClock {
     /// Makes the clock `{node: counter}` (`counter` > 0), reusing its memory.
     /// For a span's clocks only: a clock with a single entry must hold
     /// `node`'s (see below).
-    pub(crate) fn reset_to(&mut self, node: &NodeId, counter: u64) {
+    #[doc(hidden)]
+    #[inline]
+    pub fn reset_to(&mut self, node: &NodeId, counter: u64) {
         if counter > 0
             && let [(id, c)] = self.entries.as_mut_slice()
             && id.len() == node.len()
@@ -112,21 +116,25 @@ impl VectorClock {
     }
 
     /// Number of non-zero entries.
+    #[inline]
     pub fn len(&self) -> usize {
         self.entries.len()
     }
 
     /// True when every counter is zero.
+    #[inline]
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
 
     /// The counter of `node` (0 when absent).
+    #[inline]
     pub fn get(&self, node: &str) -> u64 {
         self.find(node).map(|i| self.entries[i].1).unwrap_or(0)
     }
 
     /// Entries in node order.
+    #[inline]
     pub fn iter(&self) -> impl Iterator<Item = (&str, u64)> + '_ {
         self.entries.iter().map(|(n, c)| (&**n, *c))
     }

@@ -1,18 +1,16 @@
-//! Reliability building blocks for exporters and the sidecar agent.
+//! Reliability building blocks shared by the tracer's users, the sidecar
+//! and the collector.
 //!
 //! - [`circuit_breaker`]: stop calling a collector that keeps failing, probe it
 //!   again after a cool-down.
 //! - [`retry`](mod@retry): exponential backoff with jitter around a fallible async call.
-//! - [`buffer`]: a bounded (items and bytes) FIFO of spans held in memory that
-//!   hands back what does not fit instead of dropping it.
-//! - [`spill`]: an append-only, crash-safe on-disk log that takes what the
-//!   memory buffer cannot hold and replays it, in order, after recovery or a
-//!   restart.
+//! - [`spill`]: an append-only, crash-safe log of CRC-framed records in
+//!   segment files, with a cursor: the sidecar's per-endpoint log and the
+//!   base of the collector's write-ahead log.
 //!
 //! Time-dependent pieces read time through the [`Clock`] trait so tests can
 //! drive them with a [`ManualClock`] instead of sleeping.
 
-pub mod buffer;
 pub mod circuit_breaker;
 pub mod retry;
 pub mod spill;
@@ -22,7 +20,6 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
-pub use buffer::MemoryBuffer;
 pub use circuit_breaker::{
     BreakerOpen, BreakerState, CircuitBreaker, CircuitBreakerConfig, CircuitError, Permit,
 };

@@ -521,7 +521,7 @@ impl Drop for Permit<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::reliability::ManualClock;
+    use crate::ManualClock;
 
     fn breaker(config: CircuitBreakerConfig) -> (CircuitBreaker, Arc<ManualClock>) {
         let clock = Arc::new(ManualClock::new());
