@@ -263,25 +263,13 @@ impl Ingest {
         let whole = converted.rejected == 0 && truncated.is_empty();
         self.accept_from(converted.spans, body.filter(|_| whole))
             .await?;
-        // Counted once the spans are accepted: a refused request stores
-        // nothing, so nothing of it was truncated.
-        if !truncated.is_empty() {
-            self.stats.truncated.add(&truncated);
-            tracing::debug!(
-                spans = truncated.spans,
-                attributes = truncated.attributes,
-                values = truncated.values,
-                events = truncated.events,
-                links = truncated.links,
-                invalid_links = truncated.invalid_links,
-                event_names = truncated.event_names,
-                "spans truncated to fit the limits"
-            );
-        }
+        self.count_truncated(&truncated);
         Ok(response)
     }
 
-    /// Native spans in: each is validated like an OTLP span.
+    /// Native spans in: each is validated like an OTLP span and truncated
+    /// to the same limits; `error_message` says what was cut, as OTLP's
+    /// partial success does.
     pub async fn export_native(
         &self,
         req: pb::ExportRequest,
@@ -300,12 +288,17 @@ impl Ingest {
             }
             .into());
         }
+        let limits = &self.config.limits;
         let mut ok = Vec::with_capacity(count);
         let mut first_error = String::new();
         let mut rejected = 0u64;
-        for span in req.spans {
+        let mut truncated = otlp::Truncation::default();
+        for mut span in req.spans {
             match validate_native(&span) {
-                Ok(()) => ok.push(span),
+                Ok(()) => {
+                    truncated.add(&otlp::truncate_native(&mut span, limits));
+                    ok.push(span);
+                }
                 Err(reason) => {
                     rejected += 1;
                     if first_error.is_empty() {
@@ -317,11 +310,40 @@ impl Ingest {
         self.stats.rejected.fetch_add(rejected, Ordering::Relaxed);
         let accepted = ok.len() as u64;
         self.accept(ok).await?;
+        self.count_truncated(&truncated);
+        // As OTLP's partial success: the rejection reason, then what was cut.
+        let error_message = [
+            Some(first_error).filter(|e| !e.is_empty()),
+            truncated.message(limits),
+        ]
+        .into_iter()
+        .flatten()
+        .collect::<Vec<_>>()
+        .join("; ");
         Ok(pb::ExportResponse {
             accepted,
             rejected,
-            error_message: first_error,
+            error_message,
         })
+    }
+
+    /// Counts what the limits cut from spans just accepted (a refused
+    /// request stores nothing, so nothing of it was truncated).
+    fn count_truncated(&self, truncated: &otlp::Truncation) {
+        if truncated.is_empty() {
+            return;
+        }
+        self.stats.truncated.add(truncated);
+        tracing::debug!(
+            spans = truncated.spans,
+            attributes = truncated.attributes,
+            values = truncated.values,
+            events = truncated.events,
+            links = truncated.links,
+            invalid_links = truncated.invalid_links,
+            event_names = truncated.event_names,
+            "spans truncated to fit the limits"
+        );
     }
 }
 

@@ -576,6 +576,17 @@ async fn http_post(addr: SocketAddr, content_type: &str, body: &[u8]) -> (u16, S
     (status, content_type, answer[split + 4..].to_vec())
 }
 
+/// The collector's `/metrics` text for this setup.
+fn render_metrics(s: &Setup) -> String {
+    crate::metrics::Metrics::new(
+        s.ingest.clone(),
+        Arc::clone(&s.assembler),
+        s.wal.clone(),
+        crate::metrics::Metrics::store_latency_histogram(),
+    )
+    .render()
+}
+
 /// The value of one sample line of the Prometheus text.
 fn sample(metrics: &str, series: &str) -> u64 {
     metrics
@@ -636,13 +647,7 @@ async fn oversized_spans_are_truncated_reported_counted_and_stored_at_the_limits
     assert_eq!(v["partialSuccess"]["errorMessage"], attrs_cut.as_str());
 
     // Counted per reason.
-    let metrics = crate::metrics::Metrics::new(
-        s.ingest.clone(),
-        Arc::clone(&s.assembler),
-        s.wal.clone(),
-        crate::metrics::Metrics::store_latency_histogram(),
-    )
-    .render();
+    let metrics = render_metrics(&s);
     let dropped = (100_000 - limits.max_attributes) as u64;
     assert_eq!(
         sample(&metrics, r#"clew_truncated_total{reason="attributes"}"#),
@@ -695,4 +700,124 @@ async fn oversized_spans_are_truncated_reported_counted_and_stored_at_the_limits
         };
         assert_eq!(v.len(), limits.max_value_len);
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_spans_from_the_opentelemetry_python_sdk_are_stored_truncated_and_counted() {
+    let s = setup(IngestConfig::default());
+    let limits = s.ingest.config().limits.clone();
+    let grpc = serve(s.ingest.clone()).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let http = listener.local_addr().unwrap();
+    let app = http_router(s.ingest.clone());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let ids =
+        crate::testing::otel_sdk_send_oversized(grpc, &format!("http://{http}/v1/traces")).await;
+    s.assembler.flush_all().await;
+    let stored = |key: &str| {
+        let id = TraceId::from_hex(ids[key].as_str().unwrap()).unwrap();
+        let storage = Arc::clone(&s.storage);
+        async move { storage.get_trace(id).await.unwrap().expect("stored").spans }
+    };
+    for proto in ["grpc", "http"] {
+        let spans = stored(&format!("{proto}-attributes")).await;
+        assert_eq!(spans[0].attributes.len(), limits.max_attributes, "{proto}");
+        let spans = stored(&format!("{proto}-value")).await;
+        let payload = spans[0].attributes.iter().find(|kv| kv.key == "payload");
+        let value = payload.and_then(|kv| kv.value.as_ref()?.value.as_ref());
+        let Some(pb::any_value::Value::StringValue(v)) = value else {
+            panic!("{proto}: {value:?}");
+        };
+        assert_eq!(v.len(), limits.max_value_len, "{proto}");
+    }
+    let metrics = render_metrics(&s);
+    let dropped = (100_000 - limits.max_attributes) as u64;
+    assert_eq!(
+        sample(&metrics, r#"clew_truncated_total{reason="attributes"}"#),
+        2 * dropped
+    );
+    assert_eq!(
+        sample(&metrics, r#"clew_truncated_total{reason="values"}"#),
+        2
+    );
+    assert_eq!(sample(&metrics, "clew_spans_truncated_total"), 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn native_spans_are_truncated_to_the_same_limits_and_told() {
+    let s = setup(IngestConfig::default());
+    let limits = s.ingest.config().limits.clone();
+    let addr = serve(s.ingest.clone()).await;
+    let mut client = pb::collector_client::CollectorClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+    let kv = |key: String, value: pb::any_value::Value| pb::KeyValue {
+        key,
+        value: Some(pb::AnyValue { value: Some(value) }),
+    };
+    let span = |n: u8, attributes: Vec<pb::KeyValue>| pb::Span {
+        trace_id: vec![n; 16],
+        span_id: vec![n; 8],
+        name: "huge".into(),
+        service: "native".into(),
+        start_time_unix_nano: 1_000,
+        end_time_unix_nano: 2_000,
+        attributes,
+        ..Default::default()
+    };
+    let many = (0..100_000)
+        .map(|i| kv(format!("attr.{i}"), pb::any_value::Value::IntValue(i)))
+        .collect();
+    let huge = vec![kv(
+        "payload".into(),
+        pb::any_value::Value::StringValue("x".repeat(15_000_000)),
+    )];
+    let mut bad = span(3, Vec::new());
+    bad.span_id = vec![0; 8];
+    let dropped = 100_000 - limits.max_attributes;
+    for (spans, rejected, want) in [
+        (
+            vec![span(1, many)],
+            0,
+            format!("1 span truncated: {dropped} attributes over the limit of 128 dropped"),
+        ),
+        (
+            vec![span(2, huge), bad],
+            1,
+            "span_id must be 8 bytes and not all zero; 1 span truncated: 1 value shortened to 16384 bytes".to_string(),
+        ),
+    ] {
+        let resp = client
+            .export(pb::ExportRequest { spans })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!((resp.accepted, resp.rejected), (1, rejected));
+        assert_eq!(resp.error_message, want);
+    }
+    s.assembler.flush_all().await;
+    let stored = |n: u8| {
+        let storage = Arc::clone(&s.storage);
+        async move {
+            let id = TraceId::from_slice(&[n; 16]).unwrap();
+            storage.get_trace(id).await.unwrap().expect("stored").spans
+        }
+    };
+    assert_eq!(stored(1).await[0].attributes.len(), limits.max_attributes);
+    let value = stored(2).await[0].attributes[0].value.clone();
+    let Some(pb::any_value::Value::StringValue(v)) = value.and_then(|v| v.value) else {
+        panic!("not a string");
+    };
+    assert_eq!(v.len(), limits.max_value_len);
+    let metrics = render_metrics(&s);
+    assert_eq!(
+        sample(&metrics, r#"clew_truncated_total{reason="attributes"}"#),
+        dropped as u64
+    );
+    assert_eq!(
+        sample(&metrics, r#"clew_truncated_total{reason="values"}"#),
+        1
+    );
+    assert_eq!(sample(&metrics, "clew_spans_truncated_total"), 2);
 }

@@ -524,6 +524,61 @@ pub fn encode_http_response(resp: &ExportTraceServiceResponse, content_type: &st
         .encode_response(resp)
 }
 
+/// Applies the truncation [`Limits`] to a native span in place, as
+/// [`from_otlp`] does to an OTLP span (attributes, values, events, links,
+/// event names), so that a span stores alike whichever way it came; returns
+/// what was cut (`spans` 1 if anything was).
+pub fn truncate_native(span: &mut pb::Span, limits: &Limits) -> Truncation {
+    let mut cut = Truncation::default();
+    for s in [&mut span.service, &mut span.node, &mut span.trace_state] {
+        cut.values += u64::from(truncate_str(s, limits.max_value_len));
+    }
+    if let Some(status) = &mut span.status {
+        cut.values += u64::from(truncate_str(&mut status.message, limits.max_value_len));
+    }
+    truncate_native_attributes(&mut span.attributes, limits, &mut cut);
+    truncate_native_attributes(&mut span.resource, limits, &mut cut);
+    cut.events += truncate_vec(&mut span.events, limits.max_events_per_span);
+    for e in &mut span.events {
+        cut.event_names += u64::from(truncate_str(&mut e.name, limits.max_name_len));
+        truncate_native_attributes(&mut e.attributes, limits, &mut cut);
+    }
+    cut.links += truncate_vec(&mut span.links, limits.max_links_per_span);
+    for l in &mut span.links {
+        cut.values += u64::from(truncate_str(&mut l.trace_state, limits.max_value_len));
+        truncate_native_attributes(&mut l.attributes, limits, &mut cut);
+    }
+    if !cut.is_empty() {
+        cut.spans = 1;
+    }
+    cut
+}
+
+fn truncate_native_attributes(
+    attrs: &mut Vec<pb::KeyValue>,
+    limits: &Limits,
+    cut: &mut Truncation,
+) {
+    cut.attributes += truncate_vec(attrs, limits.max_attributes);
+    for v in attrs.iter_mut().filter_map(|kv| kv.value.as_mut()) {
+        truncate_native_value(v, limits, cut);
+    }
+}
+
+fn truncate_native_value(v: &mut pb::AnyValue, limits: &Limits, cut: &mut Truncation) {
+    use pb::any_value::Value as N;
+    match &mut v.value {
+        Some(N::StringValue(s)) => cut.values += u64::from(truncate_str(s, limits.max_value_len)),
+        Some(N::BytesValue(b)) => cut.values += truncate_vec(b, limits.max_value_len).min(1),
+        Some(N::ArrayValue(a)) => {
+            for v in &mut a.values {
+                truncate_native_value(v, limits, cut);
+            }
+        }
+        _ => {}
+    }
+}
+
 /// What every span of one `ResourceSpans` shares.
 struct ResourceInfo {
     service: String,
