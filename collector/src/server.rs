@@ -86,8 +86,8 @@ pub struct Config {
     #[arg(long, env = "CLEW_MEMORY_MAX_TRACES", default_value_t = 100_000)]
     pub memory_max_traces: usize,
     /// Bytes of spans kept by the memory backend (an estimate of their
-    /// heap: encoded size plus per-span overhead) before the oldest traces
-    /// go.
+    /// heap: their strings' lengths plus a fixed overhead per span and
+    /// attribute) before the oldest traces go.
     #[arg(long, env = "CLEW_MEMORY_MAX_BYTES", default_value_t = 256 << 20)]
     pub memory_max_bytes: u64,
     /// fsync the WAL before acknowledging (turn off only for throwaway runs).

@@ -17,6 +17,7 @@ use std::cmp::Reverse;
 use std::collections::{BTreeSet, BinaryHeap, HashSet as StdHashSet};
 
 use async_trait::async_trait;
+use clew_proto::v1 as pb;
 use foldhash::HashMap;
 use parking_lot::Mutex;
 
@@ -41,40 +42,75 @@ const MIN_TRACES_PER_SHARD: usize = 64;
 /// (a shard's share must hold a large trace).
 const MIN_BYTES_PER_SHARD: u64 = 4 << 20;
 
-/// What a stored span is accounted for beyond its encoded length: the
-/// structs holding it (`Span`, its `Brief` and its slot in the trace's id
-/// index) and the slack of its vectors and strings.
+/// What a stored span is accounted for beyond the bytes of its strings and
+/// ids: the structs holding it (`Span` and its `Brief`) and the allocator's
+/// rounding of its ids, name and service.
 const SPAN_OVERHEAD: u64 =
-    (std::mem::size_of::<Span>() + std::mem::size_of::<Brief>() + 3 * SLACK) as u64;
-/// Likewise per attribute, event or link: its struct, and the allocator's
-/// rounding of its strings.
-const KEY_VALUE_OVERHEAD: u64 = (std::mem::size_of::<clew_proto::v1::KeyValue>() + SLACK) as u64;
-const EVENT_OVERHEAD: u64 = (std::mem::size_of::<clew_proto::v1::Event>() + SLACK) as u64;
-const LINK_OVERHEAD: u64 = (std::mem::size_of::<clew_proto::v1::Link>() + 2 * SLACK) as u64;
+    (std::mem::size_of::<Span>() + std::mem::size_of::<Brief>() + 5 * SLACK) as u64;
+/// Likewise per attribute, event, link and clock entry: its struct, and the
+/// allocator's rounding of its strings.
+const KEY_VALUE_OVERHEAD: u64 = (std::mem::size_of::<pb::KeyValue>() + 2 * SLACK) as u64;
+const EVENT_OVERHEAD: u64 = (std::mem::size_of::<pb::Event>() + SLACK) as u64;
+const LINK_OVERHEAD: u64 = (std::mem::size_of::<pb::Link>() + 2 * SLACK) as u64;
+const CLOCK_ENTRY_OVERHEAD: u64 = (std::mem::size_of::<pb::ClockEntry>() + SLACK) as u64;
 /// The allocator's average rounding up of one allocation.
 const SLACK: usize = 8;
 
-/// The bytes a stored span is accounted for: its encoded protobuf length
-/// (its strings, ids and numbers) plus a fixed overhead per span, attribute,
-/// event and link for the structs that hold them in memory. An estimate of
-/// the heap the span takes in the store, within tens of percent of it for
-/// both small and large spans (it leaves out allocator metadata and the
-/// per-trace maps).
+/// The bytes a stored span is accounted for: the lengths of its strings,
+/// ids and byte values plus a fixed overhead per span, attribute, event,
+/// link and clock entry for the structs that hold them in memory. An
+/// estimate of the heap the span takes in the store, within tens of percent
+/// of it for small and large spans alike (it leaves out allocator metadata
+/// and the per-trace maps); a few times cheaper to compute than the span's
+/// encoded length, which it is close to plus the overheads.
 pub fn span_bytes(span: &Span) -> u64 {
-    use prost::Message as _;
-    let attributes = span.attributes.len()
-        + span.resource.len()
-        + span
-            .events
+    let lens = [
+        span.trace_id.len(),
+        span.span_id.len(),
+        span.parent_span_id.len(),
+        span.name.len(),
+        span.service.len(),
+        span.trace_state.len(),
+        span.node.len(),
+        span.status.as_ref().map_or(0, |s| s.message.len()),
+    ];
+    let mut bytes = SPAN_OVERHEAD + lens.iter().sum::<usize>() as u64;
+    bytes += attributes_bytes(&span.attributes) + attributes_bytes(&span.resource);
+    for e in &span.events {
+        bytes += EVENT_OVERHEAD + e.name.len() as u64 + attributes_bytes(&e.attributes);
+    }
+    for l in &span.links {
+        let ids = l.trace_id.len() + l.span_id.len() + l.trace_state.len();
+        bytes += LINK_OVERHEAD + ids as u64 + attributes_bytes(&l.attributes);
+    }
+    for clock in [&span.clock_start, &span.clock_end].into_iter().flatten() {
+        for e in &clock.entries {
+            bytes += CLOCK_ENTRY_OVERHEAD + e.node.len() as u64;
+        }
+    }
+    bytes
+}
+
+fn attributes_bytes(attributes: &[pb::KeyValue]) -> u64 {
+    attributes
+        .iter()
+        .map(|kv| {
+            KEY_VALUE_OVERHEAD + kv.key.len() as u64 + kv.value.as_ref().map_or(0, value_bytes)
+        })
+        .sum()
+}
+
+fn value_bytes(v: &pb::AnyValue) -> u64 {
+    match &v.value {
+        Some(pb::any_value::Value::StringValue(s)) => s.len() as u64,
+        Some(pb::any_value::Value::BytesValue(b)) => b.len() as u64,
+        Some(pb::any_value::Value::ArrayValue(a)) => a
+            .values
             .iter()
-            .map(|e| e.attributes.len())
-            .sum::<usize>()
-        + span.links.iter().map(|l| l.attributes.len()).sum::<usize>();
-    span.encoded_len() as u64
-        + SPAN_OVERHEAD
-        + KEY_VALUE_OVERHEAD * attributes as u64
-        + EVENT_OVERHEAD * span.events.len() as u64
-        + LINK_OVERHEAD * span.links.len() as u64
+            .map(|v| std::mem::size_of::<pb::AnyValue>() as u64 + value_bytes(v))
+            .sum(),
+        _ => 0,
+    }
 }
 
 /// In-memory storage holding at most about `max_traces` traces and
