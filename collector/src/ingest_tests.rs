@@ -584,6 +584,7 @@ fn render_metrics(s: &Setup) -> String {
         s.wal.clone(),
         crate::metrics::Metrics::store_latency_histogram(),
     )
+    .with_storage(Arc::clone(&s.storage))
     .render()
 }
 
@@ -700,6 +701,18 @@ async fn oversized_spans_are_truncated_reported_counted_and_stored_at_the_limits
         };
         assert_eq!(v.len(), limits.max_value_len);
     }
+    // The memory store reports what it holds.
+    let mut want = 0;
+    for n in 1..=5 {
+        let trace = s
+            .storage
+            .get_trace(TraceId::from_slice(&[n; 16]).unwrap())
+            .await;
+        want += crate::storage::memory::span_bytes(&trace.unwrap().unwrap().spans[0]);
+    }
+    let metrics = render_metrics(&s);
+    assert_eq!(sample(&metrics, "clew_storage_memory_traces"), 5);
+    assert_eq!(sample(&metrics, "clew_storage_memory_bytes"), want);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
