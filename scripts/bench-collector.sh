@@ -10,6 +10,8 @@
 # Env: CLEW_BENCH_BIN (dir of the binaries; default $CARGO_TARGET_DIR/release
 # or target/release), CLEW_BENCH_DIR (scratch dir, removed afterwards),
 # CLEW_BENCH_MAX_TRACES (memory backend bound, default 300000),
+# CLEW_BENCH_MAX_BYTES (memory backend byte bound, default 4 GiB: above the
+# figures' runs, so only the trace bound evicts),
 # CLEW_BENCH_WAIT=0 (do not wait for storage), CLEW_BENCH_WAIT=metrics (wait
 # until /metrics counts every span stored: for a bounded memory store, whose
 # sampled traces may be evicted).
@@ -53,6 +55,7 @@ fi
 grpc=$(pick_port); http=$(pick_port); query=$(pick_port); ops=$(pick_port)
 "$bin/clew-collector" --storage "$backend" --data-dir "$dir" --idle-window 1s \
   --memory-max-traces "${CLEW_BENCH_MAX_TRACES:-300000}" \
+  --memory-max-bytes "${CLEW_BENCH_MAX_BYTES:-4294967296}" \
   --grpc-addr "127.0.0.1:$grpc" --http-addr "127.0.0.1:$http" \
   --query-addr "127.0.0.1:$query" --ops-addr "127.0.0.1:$ops" \
   "${extra[@]}" >"$dir/collector.log" 2>&1 &

@@ -5,7 +5,9 @@
 //! A request is answered only after its spans are durable in the WAL.
 //! Invalid spans are refused one by one (partial success) and never reach
 //! the WAL; a whole request is refused only when it is malformed, too
-//! large, or the collector is over its memory limit.
+//! large, or the collector is over its memory limit. What the limits cut
+//! from accepted spans is counted by reason and told to the client in the
+//! same `partial_success`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -59,6 +61,51 @@ pub struct IngestStats {
     pub rejected: AtomicU64,
     /// Spans in requests refused whole (limits, backpressure, WAL errors).
     pub refused: AtomicU64,
+    /// What the limits cut from accepted spans, by reason.
+    pub truncated: TruncationStats,
+}
+
+/// [`otlp::Truncation`] counters, summed over every accepted request.
+#[derive(Debug, Default)]
+pub struct TruncationStats {
+    spans: AtomicU64,
+    attributes: AtomicU64,
+    values: AtomicU64,
+    events: AtomicU64,
+    links: AtomicU64,
+    invalid_links: AtomicU64,
+    event_names: AtomicU64,
+}
+
+impl TruncationStats {
+    fn add(&self, t: &otlp::Truncation) {
+        let add = |a: &AtomicU64, n: u64| {
+            if n > 0 {
+                a.fetch_add(n, Ordering::Relaxed);
+            }
+        };
+        add(&self.spans, t.spans);
+        add(&self.attributes, t.attributes);
+        add(&self.values, t.values);
+        add(&self.events, t.events);
+        add(&self.links, t.links);
+        add(&self.invalid_links, t.invalid_links);
+        add(&self.event_names, t.event_names);
+    }
+
+    /// The totals so far.
+    pub fn snapshot(&self) -> otlp::Truncation {
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        otlp::Truncation {
+            spans: load(&self.spans),
+            attributes: load(&self.attributes),
+            values: load(&self.values),
+            events: load(&self.events),
+            links: load(&self.links),
+            invalid_links: load(&self.invalid_links),
+            event_names: load(&self.event_names),
+        }
+    }
 }
 
 /// Why a whole request was refused.
@@ -211,14 +258,18 @@ impl Ingest {
         self.stats
             .rejected
             .fetch_add(converted.rejected, Ordering::Relaxed);
-        let response = otlp::partial_success(&converted);
-        let whole = converted.rejected == 0 && converted.truncated == 0;
+        let response = otlp::partial_success(&converted, &self.config.limits);
+        let truncated = converted.truncated;
+        let whole = converted.rejected == 0 && truncated.is_empty();
         self.accept_from(converted.spans, body.filter(|_| whole))
             .await?;
+        self.count_truncated(&truncated);
         Ok(response)
     }
 
-    /// Native spans in: each is validated like an OTLP span.
+    /// Native spans in: each is validated like an OTLP span and truncated
+    /// to the same limits; `error_message` says what was cut, as OTLP's
+    /// partial success does.
     pub async fn export_native(
         &self,
         req: pb::ExportRequest,
@@ -237,12 +288,17 @@ impl Ingest {
             }
             .into());
         }
+        let limits = &self.config.limits;
         let mut ok = Vec::with_capacity(count);
         let mut first_error = String::new();
         let mut rejected = 0u64;
-        for span in req.spans {
+        let mut truncated = otlp::Truncation::default();
+        for mut span in req.spans {
             match validate_native(&span) {
-                Ok(()) => ok.push(span),
+                Ok(()) => {
+                    truncated.add(&otlp::truncate_native(&mut span, limits));
+                    ok.push(span);
+                }
                 Err(reason) => {
                     rejected += 1;
                     if first_error.is_empty() {
@@ -254,11 +310,40 @@ impl Ingest {
         self.stats.rejected.fetch_add(rejected, Ordering::Relaxed);
         let accepted = ok.len() as u64;
         self.accept(ok).await?;
+        self.count_truncated(&truncated);
+        // As OTLP's partial success: the rejection reason, then what was cut.
+        let error_message = [
+            Some(first_error).filter(|e| !e.is_empty()),
+            truncated.message(limits),
+        ]
+        .into_iter()
+        .flatten()
+        .collect::<Vec<_>>()
+        .join("; ");
         Ok(pb::ExportResponse {
             accepted,
             rejected,
-            error_message: first_error,
+            error_message,
         })
+    }
+
+    /// Counts what the limits cut from spans just accepted (a refused
+    /// request stores nothing, so nothing of it was truncated).
+    fn count_truncated(&self, truncated: &otlp::Truncation) {
+        if truncated.is_empty() {
+            return;
+        }
+        self.stats.truncated.add(truncated);
+        tracing::debug!(
+            spans = truncated.spans,
+            attributes = truncated.attributes,
+            values = truncated.values,
+            events = truncated.events,
+            links = truncated.links,
+            invalid_links = truncated.invalid_links,
+            event_names = truncated.event_names,
+            "spans truncated to fit the limits"
+        );
     }
 }
 

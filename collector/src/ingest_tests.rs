@@ -39,6 +39,7 @@ struct Setup {
     ingest: Ingest,
     assembler: Arc<Assembler>,
     storage: Arc<dyn Storage>,
+    wal: Wal,
     _dir: tempfile::TempDir,
 }
 
@@ -55,7 +56,7 @@ fn setup(config: IngestConfig) -> Setup {
                 ..AssemblerConfig::default()
             },
             Arc::new(StorageSink::new(Arc::clone(&storage))),
-            wal,
+            wal.clone(),
         )
         .unwrap(),
     );
@@ -63,6 +64,7 @@ fn setup(config: IngestConfig) -> Setup {
         ingest: Ingest::new(Arc::clone(&assembler), config),
         assembler,
         storage,
+        wal,
         _dir: dir,
     }
 }
@@ -72,13 +74,20 @@ async fn serve(ingest: Ingest) -> SocketAddr {
     let addr = listener.local_addr().unwrap();
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     tokio::spawn(async move {
-        // Gzip accepted, as `server::run` configures both services.
+        // Gzip and the request size limit, as `server::run` configures both
+        // services.
         let gzip = tonic::codec::CompressionEncoding::Gzip;
+        let max = ingest.config().max_request_bytes;
         tonic::transport::Server::builder()
-            .add_service(OtlpGrpcServer::new(ingest.clone()).accept_compressed(gzip))
+            .add_service(
+                OtlpGrpcServer::new(ingest.clone())
+                    .accept_compressed(gzip)
+                    .max_decoding_message_size(max),
+            )
             .add_service(
                 pb::collector_server::CollectorServer::new(NativeGrpc(ingest))
-                    .accept_compressed(gzip),
+                    .accept_compressed(gzip)
+                    .max_decoding_message_size(max),
             )
             .serve_with_incoming(incoming)
             .await
@@ -498,4 +507,330 @@ async fn otlp_http_content_encodings_other_than_gzip_or_broken_gzip_are_refused(
     let status = send("gzip", plain).await;
     assert!((400..500).contains(&status), "not gzip: {status}");
     assert_eq!(s.ingest.stats().accepted.load(Ordering::Relaxed), 0);
+}
+
+/// One span of trace `n` with `attributes` integer attributes and, when
+/// `value_len` > 0, a string attribute that long.
+fn oversized_request(n: u8, attributes: usize, value_len: usize) -> ExportTraceServiceRequest {
+    use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value::Value};
+    use opentelemetry_proto::tonic::trace::v1 as otlp_trace;
+    let kv = |key: String, value: Value| KeyValue {
+        key,
+        value: Some(AnyValue { value: Some(value) }),
+        ..Default::default()
+    };
+    let mut attrs: Vec<KeyValue> = (0..attributes)
+        .map(|i| kv(format!("attr.{i}"), Value::IntValue(i as i64)))
+        .collect();
+    if value_len > 0 {
+        attrs.push(kv(
+            "payload".into(),
+            Value::StringValue("x".repeat(value_len)),
+        ));
+    }
+    let span = otlp_trace::Span {
+        trace_id: vec![n; 16],
+        span_id: vec![n; 8],
+        name: "huge".into(),
+        start_time_unix_nano: 1_000,
+        end_time_unix_nano: 2_000,
+        attributes: attrs,
+        ..Default::default()
+    };
+    ExportTraceServiceRequest {
+        resource_spans: vec![otlp_trace::ResourceSpans {
+            scope_spans: vec![otlp_trace::ScopeSpans {
+                spans: vec![span],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    }
+}
+
+/// POSTs `body` to `/v1/traces` over a plain TCP connection (HTTP/1.1,
+/// `Connection: close`): the status, the content type and the body.
+async fn http_post(addr: SocketAddr, content_type: &str, body: &[u8]) -> (u16, String, Vec<u8>) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "POST /v1/traces HTTP/1.1\r\nhost: {addr}\r\ncontent-type: {content_type}\r\n\
+         content-length: {}\r\nconnection: close\r\n\r\n",
+        body.len()
+    );
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    tcp.write_all(body).await.unwrap();
+    let mut answer = Vec::new();
+    tcp.read_to_end(&mut answer).await.unwrap();
+    let split = answer.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    let head = String::from_utf8(answer[..split].to_vec()).unwrap();
+    let status = head[9..12].parse().unwrap();
+    let content_type = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-type: ")
+                .map(str::to_string)
+        })
+        .unwrap_or_default();
+    (status, content_type, answer[split + 4..].to_vec())
+}
+
+/// The collector's `/metrics` text for this setup.
+fn render_metrics(s: &Setup) -> String {
+    crate::metrics::Metrics::new(
+        s.ingest.clone(),
+        Arc::clone(&s.assembler),
+        s.wal.clone(),
+        crate::metrics::Metrics::store_latency_histogram(),
+    )
+    .with_storage(Arc::clone(&s.storage))
+    .render()
+}
+
+/// The value of one sample line of the Prometheus text.
+fn sample(metrics: &str, series: &str) -> u64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("{series} missing from\n{metrics}"))
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_spans_are_truncated_reported_counted_and_stored_at_the_limits() {
+    // The collector's defaults: 16 MiB requests, 128 attributes, 16 KiB values.
+    let s = setup(IngestConfig::default());
+    let limits = s.ingest.config().limits.clone();
+    let grpc = serve(s.ingest.clone()).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let http = listener.local_addr().unwrap();
+    let app = http_router(s.ingest.clone());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let mut client = TraceServiceClient::connect(format!("http://{grpc}"))
+        .await
+        .unwrap();
+
+    let attrs_cut = format!(
+        "1 span truncated: {} attributes over the limit of 128 dropped",
+        100_000 - limits.max_attributes
+    );
+    let value_cut = "1 span truncated: 1 value shortened to 16384 bytes";
+    let many = |n| oversized_request(n, 100_000, 0);
+    let huge = |n| oversized_request(n, 0, 15_000_000);
+    let mut answers = Vec::new();
+    // OTLP/HTTP, protobuf.
+    for (req, want) in [(many(1), &attrs_cut[..]), (huge(2), value_cut)] {
+        let (status, ct, body) =
+            http_post(http, "application/x-protobuf", &req.encode_to_vec()).await;
+        assert_eq!((status, ct.as_str()), (200, "application/x-protobuf"));
+        answers.push((
+            ExportTraceServiceResponse::decode(body.as_slice()).unwrap(),
+            want,
+        ));
+    }
+    // OTLP/gRPC.
+    for (req, want) in [(many(3), &attrs_cut[..]), (huge(4), value_cut)] {
+        answers.push((client.export(req).await.unwrap().into_inner(), want));
+    }
+    for (answer, want) in answers {
+        let ps = answer.partial_success.expect("truncation is reported");
+        assert_eq!(ps.rejected_spans, 0, "a truncated span is not rejected");
+        assert_eq!(ps.error_message, want);
+    }
+    // OTLP/HTTP, JSON: the warning in JSON.
+    let json = serde_json::to_vec(&many(5)).unwrap();
+    let (status, ct, body) = http_post(http, "application/json", &json).await;
+    assert_eq!((status, ct.as_str()), (200, "application/json"));
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["partialSuccess"]["rejectedSpans"], "0");
+    assert_eq!(v["partialSuccess"]["errorMessage"], attrs_cut.as_str());
+
+    // Counted per reason.
+    let metrics = render_metrics(&s);
+    let dropped = (100_000 - limits.max_attributes) as u64;
+    assert_eq!(
+        sample(&metrics, r#"clew_truncated_total{reason="attributes"}"#),
+        3 * dropped
+    );
+    assert_eq!(
+        sample(&metrics, r#"clew_truncated_total{reason="values"}"#),
+        2
+    );
+    assert_eq!(
+        sample(&metrics, r#"clew_truncated_total{reason="events"}"#),
+        0
+    );
+    assert_eq!(sample(&metrics, "clew_spans_truncated_total"), 5);
+    assert_eq!(
+        sample(&metrics, r#"clew_spans_total{outcome="accepted"}"#),
+        5
+    );
+    assert_eq!(
+        sample(&metrics, r#"clew_spans_total{outcome="rejected"}"#),
+        0
+    );
+
+    // Stored at the limits.
+    s.assembler.flush_all().await;
+    for n in [1, 3, 5] {
+        let trace = s
+            .storage
+            .get_trace(TraceId::from_slice(&[n; 16]).unwrap())
+            .await
+            .unwrap();
+        let span = &trace.expect("stored").spans[0];
+        assert_eq!(span.attributes.len(), limits.max_attributes);
+        assert_eq!(span.attributes[127].key, "attr.127");
+    }
+    for n in [2, 4] {
+        let trace = s
+            .storage
+            .get_trace(TraceId::from_slice(&[n; 16]).unwrap())
+            .await
+            .unwrap();
+        let span = &trace.expect("stored").spans[0];
+        assert_eq!(span.attributes.len(), 1);
+        let value = span.attributes[0]
+            .value
+            .as_ref()
+            .and_then(|v| v.value.as_ref());
+        let Some(pb::any_value::Value::StringValue(v)) = value else {
+            panic!("{value:?}");
+        };
+        assert_eq!(v.len(), limits.max_value_len);
+    }
+    // The memory store reports what it holds.
+    let mut want = 0;
+    for n in 1..=5 {
+        let trace = s
+            .storage
+            .get_trace(TraceId::from_slice(&[n; 16]).unwrap())
+            .await;
+        want += crate::storage::memory::span_bytes(&trace.unwrap().unwrap().spans[0]);
+    }
+    let metrics = render_metrics(&s);
+    assert_eq!(sample(&metrics, "clew_storage_memory_traces"), 5);
+    assert_eq!(sample(&metrics, "clew_storage_memory_bytes"), want);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_spans_from_the_opentelemetry_python_sdk_are_stored_truncated_and_counted() {
+    let s = setup(IngestConfig::default());
+    let limits = s.ingest.config().limits.clone();
+    let grpc = serve(s.ingest.clone()).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let http = listener.local_addr().unwrap();
+    let app = http_router(s.ingest.clone());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let ids =
+        crate::testing::otel_sdk_send_oversized(grpc, &format!("http://{http}/v1/traces")).await;
+    s.assembler.flush_all().await;
+    let stored = |key: &str| {
+        let id = TraceId::from_hex(ids[key].as_str().unwrap()).unwrap();
+        let storage = Arc::clone(&s.storage);
+        async move { storage.get_trace(id).await.unwrap().expect("stored").spans }
+    };
+    for proto in ["grpc", "http"] {
+        let spans = stored(&format!("{proto}-attributes")).await;
+        assert_eq!(spans[0].attributes.len(), limits.max_attributes, "{proto}");
+        let spans = stored(&format!("{proto}-value")).await;
+        let payload = spans[0].attributes.iter().find(|kv| kv.key == "payload");
+        let value = payload.and_then(|kv| kv.value.as_ref()?.value.as_ref());
+        let Some(pb::any_value::Value::StringValue(v)) = value else {
+            panic!("{proto}: {value:?}");
+        };
+        assert_eq!(v.len(), limits.max_value_len, "{proto}");
+    }
+    let metrics = render_metrics(&s);
+    let dropped = (100_000 - limits.max_attributes) as u64;
+    assert_eq!(
+        sample(&metrics, r#"clew_truncated_total{reason="attributes"}"#),
+        2 * dropped
+    );
+    assert_eq!(
+        sample(&metrics, r#"clew_truncated_total{reason="values"}"#),
+        2
+    );
+    assert_eq!(sample(&metrics, "clew_spans_truncated_total"), 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn native_spans_are_truncated_to_the_same_limits_and_told() {
+    let s = setup(IngestConfig::default());
+    let limits = s.ingest.config().limits.clone();
+    let addr = serve(s.ingest.clone()).await;
+    let mut client = pb::collector_client::CollectorClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+    let kv = |key: String, value: pb::any_value::Value| pb::KeyValue {
+        key,
+        value: Some(pb::AnyValue { value: Some(value) }),
+    };
+    let span = |n: u8, attributes: Vec<pb::KeyValue>| pb::Span {
+        trace_id: vec![n; 16],
+        span_id: vec![n; 8],
+        name: "huge".into(),
+        service: "native".into(),
+        start_time_unix_nano: 1_000,
+        end_time_unix_nano: 2_000,
+        attributes,
+        ..Default::default()
+    };
+    let many = (0..100_000)
+        .map(|i| kv(format!("attr.{i}"), pb::any_value::Value::IntValue(i)))
+        .collect();
+    let huge = vec![kv(
+        "payload".into(),
+        pb::any_value::Value::StringValue("x".repeat(15_000_000)),
+    )];
+    let mut bad = span(3, Vec::new());
+    bad.span_id = vec![0; 8];
+    let dropped = 100_000 - limits.max_attributes;
+    for (spans, rejected, want) in [
+        (
+            vec![span(1, many)],
+            0,
+            format!("1 span truncated: {dropped} attributes over the limit of 128 dropped"),
+        ),
+        (
+            vec![span(2, huge), bad],
+            1,
+            "span_id must be 8 bytes and not all zero; 1 span truncated: 1 value shortened to 16384 bytes".to_string(),
+        ),
+    ] {
+        let resp = client
+            .export(pb::ExportRequest { spans })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!((resp.accepted, resp.rejected), (1, rejected));
+        assert_eq!(resp.error_message, want);
+    }
+    s.assembler.flush_all().await;
+    let stored = |n: u8| {
+        let storage = Arc::clone(&s.storage);
+        async move {
+            let id = TraceId::from_slice(&[n; 16]).unwrap();
+            storage.get_trace(id).await.unwrap().expect("stored").spans
+        }
+    };
+    assert_eq!(stored(1).await[0].attributes.len(), limits.max_attributes);
+    let value = stored(2).await[0].attributes[0].value.clone();
+    let Some(pb::any_value::Value::StringValue(v)) = value.and_then(|v| v.value) else {
+        panic!("not a string");
+    };
+    assert_eq!(v.len(), limits.max_value_len);
+    let metrics = render_metrics(&s);
+    assert_eq!(
+        sample(&metrics, r#"clew_truncated_total{reason="attributes"}"#),
+        dropped as u64
+    );
+    assert_eq!(
+        sample(&metrics, r#"clew_truncated_total{reason="values"}"#),
+        1
+    );
+    assert_eq!(sample(&metrics, "clew_spans_truncated_total"), 2);
 }

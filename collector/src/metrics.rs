@@ -12,6 +12,7 @@ use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, Opts, Registry, T
 
 use crate::assembly::Assembler;
 use crate::ingest::Ingest;
+use crate::storage::Storage;
 use crate::wal::Wal;
 
 /// The collector's registry and the sources it reads at scrape time.
@@ -22,6 +23,8 @@ pub struct Metrics {
     assembler: Arc<Assembler>,
     wal: Wal,
     spans: IntCounterVec,
+    truncated_spans: IntCounter,
+    truncated: IntCounterVec,
     wal_bytes: IntCounter,
     wal_records: IntCounter,
     wal_fsyncs: IntCounter,
@@ -36,6 +39,7 @@ pub struct Metrics {
     pruned_traces: IntCounter,
     pruned_spans: IntCounter,
     pruned: (AtomicU64, AtomicU64),
+    memory: Option<MemoryStoreMetrics>,
     // Serialises scrapes so counter deltas are computed once.
     scrape: Mutex<()>,
 }
@@ -62,6 +66,34 @@ fn counter_vec(registry: &Registry, name: &str, help: &str, label: &str) -> IntC
         .unwrap_or_else(|_| unreachable_metric());
     let _ = registry.register(Box::new(c.clone()));
     c
+}
+
+/// The memory store's gauges and eviction counter, read from
+/// [`Storage::memory_stats`] at scrape time.
+#[derive(Debug)]
+struct MemoryStoreMetrics {
+    storage: Arc<dyn Storage>,
+    bytes: IntGauge,
+    traces: IntGauge,
+    evicted: IntCounterVec,
+}
+
+impl MemoryStoreMetrics {
+    fn render(&self) {
+        let Some(m) = self.storage.memory_stats() else {
+            return;
+        };
+        self.bytes.set(i64::try_from(m.bytes).unwrap_or(i64::MAX));
+        self.traces.set(i64::try_from(m.traces).unwrap_or(i64::MAX));
+        sync(
+            &self.evicted.with_label_values(&["traces"]),
+            m.evicted_for_traces,
+        );
+        sync(
+            &self.evicted.with_label_values(&["bytes"]),
+            m.evicted_for_bytes,
+        );
+    }
 }
 
 /// Brings a counter up to `total` (counters only go up).
@@ -109,6 +141,17 @@ impl Metrics {
                 "Spans by outcome: received, accepted (durable), rejected (invalid span), refused (whole request refused).",
                 "outcome",
             ),
+            truncated_spans: counter(
+                &r,
+                "clew_spans_truncated_total",
+                "Accepted spans stored with something cut to fit the ingest limits.",
+            ),
+            truncated: counter_vec(
+                &r,
+                "clew_truncated_total",
+                "What the ingest limits cut from accepted spans, by reason: attributes, values, events, links (over their limits), invalid_links (dropped), event_names (shortened).",
+                "reason",
+            ),
             wal_bytes: counter(&r, "clew_wal_bytes_total", "Bytes appended to the WAL."),
             wal_records: counter(&r, "clew_wal_records_total", "Batches appended to the WAL."),
             wal_fsyncs: counter(
@@ -148,12 +191,42 @@ impl Metrics {
             ),
             pruned_spans: counter(&r, "clew_pruned_spans_total", "Spans removed by retention."),
             pruned: (AtomicU64::new(0), AtomicU64::new(0)),
+            memory: None,
             registry: r,
             ingest,
             assembler,
             wal,
             scrape: Mutex::new(()),
         }
+    }
+
+    /// Also reports what `storage` holds when it is the memory store
+    /// (`clew_storage_memory_*`); other backends add nothing.
+    pub fn with_storage(mut self, storage: Arc<dyn Storage>) -> Self {
+        if storage.memory_stats().is_none() {
+            return self;
+        }
+        let r = &self.registry;
+        self.memory = Some(MemoryStoreMetrics {
+            bytes: gauge(
+                r,
+                "clew_storage_memory_bytes",
+                "Bytes of spans the memory store holds (estimated heap; bounded by --memory-max-bytes).",
+            ),
+            traces: gauge(
+                r,
+                "clew_storage_memory_traces",
+                "Traces the memory store holds (bounded by --memory-max-traces).",
+            ),
+            evicted: counter_vec(
+                r,
+                "clew_storage_memory_evicted_traces_total",
+                "Traces the memory store evicted, by the bound that was passed: traces or bytes.",
+                "bound",
+            ),
+            storage,
+        });
+        self
     }
 
     /// Counts what a retention pass removed.
@@ -174,6 +247,11 @@ impl Metrics {
             ("refused", &i.refused),
         ] {
             sync(&self.spans.with_label_values(&[outcome]), load(v));
+        }
+        let t = i.truncated.snapshot();
+        sync(&self.truncated_spans, t.spans);
+        for (reason, n) in t.by_reason() {
+            sync(&self.truncated.with_label_values(&[reason]), n);
         }
         let w = self.wal.stats();
         sync(&self.wal_bytes, load(&w.bytes));
@@ -205,6 +283,9 @@ impl Metrics {
             .set(i64::try_from(self.assembler.pending_traces()).unwrap_or(i64::MAX));
         sync(&self.pruned_traces, load(&self.pruned.0));
         sync(&self.pruned_spans, load(&self.pruned.1));
+        if let Some(memory) = &self.memory {
+            memory.render();
+        }
 
         let mut buf = Vec::new();
         if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {

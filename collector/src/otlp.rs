@@ -12,8 +12,10 @@
 //! [`Limits::max_spans_per_batch`], or one that does not decode, is refused
 //! as a whole. The body size is the transport's to bound (axum's body limit,
 //! tonic's `max_decoding_message_size`) before anything here runs. Oversized attribute lists, values,
-//! event and link lists are truncated, as OpenTelemetry collectors do, and
-//! counted in [`Converted::truncated`].
+//! event and link lists are truncated, as OpenTelemetry collectors do,
+//! counted by reason in [`Converted::truncated`] and reported back in
+//! `partial_success` too (with `rejected_spans` 0 when nothing was
+//! rejected: the OTLP warning form).
 //!
 //! What clew's model has no place for is dropped: the instrumentation scope,
 //! span `flags`, `schema_url`s and the client's `dropped_*_count` fields (the
@@ -157,10 +159,113 @@ pub struct Converted {
     /// The first few distinct rejection reasons (at most
     /// [`MAX_REJECTION_REASONS`]), for the `partial_success` message.
     pub rejection_reasons: Vec<String>,
-    /// Attributes, events and links dropped and values shortened to fit the
-    /// [`Limits`], for a metric (span-level ones for accepted spans only;
-    /// resource-level ones once per `ResourceSpans`).
-    pub truncated: u64,
+    /// What was cut to fit the [`Limits`] (span-level cuts for accepted
+    /// spans only; resource-level ones once per `ResourceSpans`).
+    pub truncated: Truncation,
+}
+
+/// What the [`Limits`] cut from a request, by reason. Truncation does not
+/// reject a span: it is stored with what fits.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Truncation {
+    /// Accepted spans stored with something cut (from the span or from its
+    /// resource).
+    pub spans: u64,
+    /// Attributes (of spans, events, links and resources) dropped over
+    /// [`Limits::max_attributes`].
+    pub attributes: u64,
+    /// String and bytes values (and trace states, status messages, service
+    /// and node names) shortened to [`Limits::max_value_len`].
+    pub values: u64,
+    /// Events dropped over [`Limits::max_events_per_span`].
+    pub events: u64,
+    /// Links dropped over [`Limits::max_links_per_span`].
+    pub links: u64,
+    /// Links dropped because their trace or span id is invalid.
+    pub invalid_links: u64,
+    /// Event names shortened to [`Limits::max_name_len`].
+    pub event_names: u64,
+}
+
+impl Truncation {
+    /// The metric label of each reason, with its count (spans excluded).
+    pub fn by_reason(&self) -> [(&'static str, u64); 6] {
+        [
+            ("attributes", self.attributes),
+            ("values", self.values),
+            ("events", self.events),
+            ("links", self.links),
+            ("invalid_links", self.invalid_links),
+            ("event_names", self.event_names),
+        ]
+    }
+
+    /// True when nothing was cut.
+    pub fn is_empty(&self) -> bool {
+        self.by_reason().iter().all(|&(_, n)| n == 0)
+    }
+
+    /// Adds `other`'s counts to these.
+    pub fn add(&mut self, other: &Truncation) {
+        self.spans = self.spans.saturating_add(other.spans);
+        self.attributes = self.attributes.saturating_add(other.attributes);
+        self.values = self.values.saturating_add(other.values);
+        self.events = self.events.saturating_add(other.events);
+        self.links = self.links.saturating_add(other.links);
+        self.invalid_links = self.invalid_links.saturating_add(other.invalid_links);
+        self.event_names = self.event_names.saturating_add(other.event_names);
+    }
+
+    /// What was cut, for the client ("2 spans truncated: 99872 attributes
+    /// over the limit of 128 dropped, 1 value shortened to 16384 bytes"),
+    /// or `None` when nothing was.
+    pub fn message(&self, limits: &Limits) -> Option<String> {
+        if self.is_empty() {
+            return None;
+        }
+        let parts: Vec<String> = [
+            (self.attributes, "attribute", over(limits.max_attributes)),
+            (self.values, "value", shortened(limits.max_value_len)),
+            (self.events, "event", over(limits.max_events_per_span)),
+            (self.links, "link", over(limits.max_links_per_span)),
+            (
+                self.invalid_links,
+                "link",
+                "with an invalid id dropped".into(),
+            ),
+            (
+                self.event_names,
+                "event name",
+                shortened(limits.max_name_len),
+            ),
+        ]
+        .into_iter()
+        .filter(|(n, _, _)| *n > 0)
+        .map(|(n, what, how)| format!("{} {how}", count(n, what)))
+        .collect();
+        let parts = parts.join(", ");
+        Some(match self.spans {
+            0 => format!("truncated: {parts}"),
+            n => format!("{} truncated: {parts}", count(n, "span")),
+        })
+    }
+}
+
+/// "1 value", "2 values".
+fn count(n: u64, what: &str) -> String {
+    if n == 1 {
+        format!("1 {what}")
+    } else {
+        format!("{n} {what}s")
+    }
+}
+
+fn over(max: usize) -> String {
+    format!("over the limit of {max} dropped")
+}
+
+fn shortened(max: usize) -> String {
+    format!("shortened to {max} bytes")
 }
 
 impl Converted {
@@ -184,15 +289,21 @@ impl Converted {
         attrs: Option<Vec<otlp_common::KeyValue>>,
         limits: &Limits,
     ) -> ResourceInfo {
-        ResourceInfo::new(attrs.unwrap_or_default(), limits, &mut self.truncated)
+        let mut cut = Truncation::default();
+        let resource = ResourceInfo::new(attrs.unwrap_or_default(), limits, &mut cut);
+        self.truncated.add(&cut);
+        resource
     }
 
     /// Converts `span` and adds it, or counts it as rejected.
     fn push(&mut self, span: otlp::Span, resource: &ResourceInfo, limits: &Limits) {
-        let mut truncated = 0;
-        match convert_span(span, resource, limits, &mut truncated) {
+        let mut cut = Truncation::default();
+        match convert_span(span, resource, limits, &mut cut) {
             Ok(s) => {
-                self.truncated = self.truncated.saturating_add(truncated);
+                if resource.truncated || !cut.is_empty() {
+                    cut.spans = 1;
+                }
+                self.truncated.add(&cut);
                 self.spans.push(s);
             }
             Err(reason) => self.reject(reason),
@@ -346,15 +457,28 @@ fn malformed_protobuf() -> OtlpError {
 }
 
 /// The response to an export: `partial_success` is set only when spans were
-/// rejected, as the OTLP specification asks.
-pub fn partial_success(converted: &Converted) -> ExportTraceServiceResponse {
-    if converted.rejected == 0 {
+/// rejected or something was truncated under `limits` (the limits the
+/// conversion used). `rejected_spans` counts rejected spans only (a
+/// truncated span is accepted); `error_message` gives the rejection reasons,
+/// then what was truncated ([`Truncation::message`]). With nothing rejected,
+/// that is the OTLP specification's warning form: `rejected_spans` 0 and a
+/// message.
+pub fn partial_success(converted: &Converted, limits: &Limits) -> ExportTraceServiceResponse {
+    let truncation = converted.truncated.message(limits);
+    if converted.rejected == 0 && truncation.is_none() {
         return ExportTraceServiceResponse::default();
     }
+    let error_message = converted
+        .rejection_reasons
+        .iter()
+        .cloned()
+        .chain(truncation)
+        .collect::<Vec<_>>()
+        .join("; ");
     ExportTraceServiceResponse {
         partial_success: Some(ExportTracePartialSuccess {
             rejected_spans: i64::try_from(converted.rejected).unwrap_or(i64::MAX),
-            error_message: converted.rejection_reasons.join("; "),
+            error_message,
         }),
     }
 }
@@ -400,15 +524,72 @@ pub fn encode_http_response(resp: &ExportTraceServiceResponse, content_type: &st
         .encode_response(resp)
 }
 
+/// Applies the truncation [`Limits`] to a native span in place, as
+/// [`from_otlp`] does to an OTLP span (attributes, values, events, links,
+/// event names), so that a span stores alike whichever way it came; returns
+/// what was cut (`spans` 1 if anything was).
+pub fn truncate_native(span: &mut pb::Span, limits: &Limits) -> Truncation {
+    let mut cut = Truncation::default();
+    for s in [&mut span.service, &mut span.node, &mut span.trace_state] {
+        cut.values += u64::from(truncate_str(s, limits.max_value_len));
+    }
+    if let Some(status) = &mut span.status {
+        cut.values += u64::from(truncate_str(&mut status.message, limits.max_value_len));
+    }
+    truncate_native_attributes(&mut span.attributes, limits, &mut cut);
+    truncate_native_attributes(&mut span.resource, limits, &mut cut);
+    cut.events += truncate_vec(&mut span.events, limits.max_events_per_span);
+    for e in &mut span.events {
+        cut.event_names += u64::from(truncate_str(&mut e.name, limits.max_name_len));
+        truncate_native_attributes(&mut e.attributes, limits, &mut cut);
+    }
+    cut.links += truncate_vec(&mut span.links, limits.max_links_per_span);
+    for l in &mut span.links {
+        cut.values += u64::from(truncate_str(&mut l.trace_state, limits.max_value_len));
+        truncate_native_attributes(&mut l.attributes, limits, &mut cut);
+    }
+    if !cut.is_empty() {
+        cut.spans = 1;
+    }
+    cut
+}
+
+fn truncate_native_attributes(
+    attrs: &mut Vec<pb::KeyValue>,
+    limits: &Limits,
+    cut: &mut Truncation,
+) {
+    cut.attributes += truncate_vec(attrs, limits.max_attributes);
+    for v in attrs.iter_mut().filter_map(|kv| kv.value.as_mut()) {
+        truncate_native_value(v, limits, cut);
+    }
+}
+
+fn truncate_native_value(v: &mut pb::AnyValue, limits: &Limits, cut: &mut Truncation) {
+    use pb::any_value::Value as N;
+    match &mut v.value {
+        Some(N::StringValue(s)) => cut.values += u64::from(truncate_str(s, limits.max_value_len)),
+        Some(N::BytesValue(b)) => cut.values += truncate_vec(b, limits.max_value_len).min(1),
+        Some(N::ArrayValue(a)) => {
+            for v in &mut a.values {
+                truncate_native_value(v, limits, cut);
+            }
+        }
+        _ => {}
+    }
+}
+
 /// What every span of one `ResourceSpans` shares.
 struct ResourceInfo {
     service: String,
     node: String,
     attributes: Vec<pb::KeyValue>,
+    /// Something of the resource was cut: each of its spans is truncated.
+    truncated: bool,
 }
 
 impl ResourceInfo {
-    fn new(attrs: Vec<otlp_common::KeyValue>, limits: &Limits, truncated: &mut u64) -> Self {
+    fn new(attrs: Vec<otlp_common::KeyValue>, limits: &Limits, cut: &mut Truncation) -> Self {
         let mut service = None;
         let mut node = None;
         let mut rest = Vec::with_capacity(attrs.len());
@@ -429,12 +610,14 @@ impl ResourceInfo {
             .filter(|s| !s.is_empty())
             .unwrap_or_else(|| UNKNOWN_SERVICE.to_string());
         let mut node = node.unwrap_or_default();
-        *truncated += u64::from(truncate_str(&mut service, limits.max_value_len));
-        *truncated += u64::from(truncate_str(&mut node, limits.max_value_len));
+        cut.values += u64::from(truncate_str(&mut service, limits.max_value_len));
+        cut.values += u64::from(truncate_str(&mut node, limits.max_value_len));
+        let attributes = convert_attributes(rest, limits, cut);
         Self {
             service,
             node,
-            attributes: convert_attributes(rest, limits, truncated),
+            attributes,
+            truncated: !cut.is_empty(),
         }
     }
 }
@@ -454,7 +637,7 @@ fn convert_span(
     span: otlp::Span,
     resource: &ResourceInfo,
     limits: &Limits,
-    truncated: &mut u64,
+    cut: &mut Truncation,
 ) -> Result<pb::Span, String> {
     if !valid_id(&span.trace_id, 16) {
         return Err("trace_id must be 16 bytes and not all zero".into());
@@ -480,19 +663,19 @@ fn convert_span(
 
     let (attributes, clock_start, clock_end) = take_clocks(span.attributes);
     let mut trace_state = span.trace_state;
-    *truncated += u64::from(truncate_str(&mut trace_state, limits.max_value_len));
+    cut.values += u64::from(truncate_str(&mut trace_state, limits.max_value_len));
 
     let mut events = span.events;
-    *truncated += truncate_vec(&mut events, limits.max_events_per_span);
+    cut.events += truncate_vec(&mut events, limits.max_events_per_span);
     let events = events
         .into_iter()
         .map(|e| {
             let mut name = e.name;
-            *truncated += u64::from(truncate_str(&mut name, limits.max_name_len));
+            cut.event_names += u64::from(truncate_str(&mut name, limits.max_name_len));
             pb::Event {
                 time_unix_nano: e.time_unix_nano,
                 name,
-                attributes: convert_attributes(e.attributes, limits, truncated),
+                attributes: convert_attributes(e.attributes, limits, cut),
             }
         })
         .collect();
@@ -500,18 +683,18 @@ fn convert_span(
     let mut links = span.links;
     let before = links.len();
     links.retain(|l| valid_id(&l.trace_id, 16) && valid_id(&l.span_id, 8));
-    *truncated += (before - links.len()) as u64;
-    *truncated += truncate_vec(&mut links, limits.max_links_per_span);
+    cut.invalid_links += (before - links.len()) as u64;
+    cut.links += truncate_vec(&mut links, limits.max_links_per_span);
     let links = links
         .into_iter()
         .map(|l| {
             let mut trace_state = l.trace_state;
-            *truncated += u64::from(truncate_str(&mut trace_state, limits.max_value_len));
+            cut.values += u64::from(truncate_str(&mut trace_state, limits.max_value_len));
             pb::Link {
                 trace_id: l.trace_id,
                 span_id: l.span_id,
                 trace_state,
-                attributes: convert_attributes(l.attributes, limits, truncated),
+                attributes: convert_attributes(l.attributes, limits, cut),
             }
         })
         .collect();
@@ -525,7 +708,7 @@ fn convert_span(
                 _ => pb::status::Code::Unset,
             };
             let mut message = s.message;
-            *truncated += u64::from(truncate_str(&mut message, limits.max_value_len));
+            cut.values += u64::from(truncate_str(&mut message, limits.max_value_len));
             pb::Status {
                 code: code as i32,
                 message,
@@ -545,7 +728,7 @@ fn convert_span(
         kind: kind as i32,
         start_time_unix_nano: span.start_time_unix_nano,
         end_time_unix_nano: span.end_time_unix_nano,
-        attributes: convert_attributes(attributes, limits, truncated),
+        attributes: convert_attributes(attributes, limits, cut),
         events,
         links,
         status: Some(status),
@@ -622,48 +805,48 @@ fn truncate_str(s: &mut String, max: usize) -> bool {
 fn convert_attributes(
     mut attrs: Vec<otlp_common::KeyValue>,
     limits: &Limits,
-    truncated: &mut u64,
+    cut: &mut Truncation,
 ) -> Vec<pb::KeyValue> {
-    *truncated += truncate_vec(&mut attrs, limits.max_attributes);
+    cut.attributes += truncate_vec(&mut attrs, limits.max_attributes);
     attrs
         .into_iter()
         .map(|kv| pb::KeyValue {
             key: kv.key,
             value: Some(
                 kv.value
-                    .map(|v| convert_value(v, limits, truncated))
+                    .map(|v| convert_value(v, limits, cut))
                     .unwrap_or_default(),
             ),
         })
         .collect()
 }
 
-fn convert_value(v: otlp_common::AnyValue, limits: &Limits, truncated: &mut u64) -> pb::AnyValue {
+fn convert_value(v: otlp_common::AnyValue, limits: &Limits, cut: &mut Truncation) -> pb::AnyValue {
     use otlp_common::any_value::Value as O;
     use pb::any_value::Value as N;
     let value = v.value.and_then(|v| match v {
         O::StringValue(mut s) => {
-            *truncated += u64::from(truncate_str(&mut s, limits.max_value_len));
+            cut.values += u64::from(truncate_str(&mut s, limits.max_value_len));
             Some(N::StringValue(s))
         }
         O::BoolValue(b) => Some(N::BoolValue(b)),
         O::IntValue(i) => Some(N::IntValue(i)),
         O::DoubleValue(d) => Some(N::DoubleValue(d)),
         O::BytesValue(mut b) => {
-            *truncated += truncate_vec(&mut b, limits.max_value_len).min(1);
+            cut.values += truncate_vec(&mut b, limits.max_value_len).min(1);
             Some(N::BytesValue(b))
         }
         O::ArrayValue(a) => Some(N::ArrayValue(pb::ArrayValue {
             values: a
                 .values
                 .into_iter()
-                .map(|v| convert_value(v, limits, truncated))
+                .map(|v| convert_value(v, limits, cut))
                 .collect(),
         })),
         O::KvlistValue(kvs) => {
             let mut json = String::new();
             write_kvlist_json(&mut json, &kvs);
-            *truncated += u64::from(truncate_str(&mut json, limits.max_value_len));
+            cut.values += u64::from(truncate_str(&mut json, limits.max_value_len));
             Some(N::StringValue(json))
         }
         // An index into a profiles string table: meaningless in a trace.
@@ -861,11 +1044,14 @@ mod tests {
         let spans = [&data, &root, &unset];
         let got = from_otlp(request_of(&spans, &res), &Limits::default()).unwrap();
         assert_eq!(got.rejected, 0);
-        assert_eq!(got.truncated, 0);
+        assert!(got.truncated.is_empty());
         let want: Vec<_> = spans.iter().map(|s| to_native_span(s, &res)).collect();
         assert_eq!(got.spans, want);
         assert_eq!(got.spans[0].clock_start, Some(data.clock_start.to_proto()));
-        assert_eq!(partial_success(&got), ExportTraceServiceResponse::default());
+        assert_eq!(
+            partial_success(&got, &Limits::default()),
+            ExportTraceServiceResponse::default()
+        );
     }
 
     #[test]
@@ -984,7 +1170,7 @@ mod tests {
         assert_eq!(got.rejected, 1);
         assert_eq!(got.spans.len(), 1, "the valid span is kept");
         assert_eq!(got.spans[0].span_id, vec![7; 8]);
-        let resp = partial_success(&got);
+        let resp = partial_success(&got, &Limits::default());
         let ps = resp.partial_success.unwrap();
         assert_eq!(ps.rejected_spans, 1);
         assert_eq!(got.rejection_reasons.len(), 1);
@@ -1041,7 +1227,7 @@ mod tests {
         assert_eq!(got.rejected, 40);
         assert!(got.spans.is_empty());
         assert_eq!(got.rejection_reasons.len(), 2);
-        let resp = partial_success(&got);
+        let resp = partial_success(&got, &limits);
         assert_eq!(resp.partial_success.unwrap().rejected_spans, 40);
     }
 
@@ -1074,8 +1260,26 @@ mod tests {
         assert!(s.links.is_empty());
         assert_eq!(native_str(s.resource[1].value.as_ref().unwrap()), "01234");
         // 3 attributes, 1 event, 1 link, 1 resource value.
-        assert_eq!(got.truncated, 6);
-        assert!(partial_success(&got).partial_success.is_none());
+        assert_eq!(
+            got.truncated,
+            Truncation {
+                spans: 1,
+                attributes: 3,
+                values: 1,
+                events: 1,
+                links: 1,
+                ..Truncation::default()
+            }
+        );
+        // Nothing rejected, yet the client is told what was cut.
+        let ps = partial_success(&got, &limits).partial_success.unwrap();
+        assert_eq!(ps.rejected_spans, 0);
+        assert_eq!(
+            ps.error_message,
+            "1 span truncated: 3 attributes over the limit of 3 dropped, \
+             1 value shortened to 5 bytes, 1 event over the limit of 0 dropped, \
+             1 link over the limit of 0 dropped"
+        );
 
         let mut span = valid_otlp_span();
         span.attributes = vec![str_attr("long", "ééééé")];
@@ -1128,6 +1332,32 @@ mod tests {
     }
 
     #[test]
+    fn rejections_and_truncations_share_the_partial_success() {
+        let limits = Limits {
+            max_attributes: 2,
+            max_name_len: 3,
+            ..Limits::default()
+        };
+        let mut cut = valid_otlp_span();
+        cut.name = "op".into();
+        cut.events[0].name = "long name".into();
+        let mut bad = cut.clone();
+        bad.span_id = vec![0; 8];
+        let mut req = one_span(cut);
+        req.resource_spans[0].resource = None;
+        req.resource_spans[0].scope_spans[0].spans.push(bad);
+        let got = from_otlp(req, &limits).unwrap();
+        assert_eq!((got.rejected, got.spans.len()), (1, 1));
+        let ps = partial_success(&got, &limits).partial_success.unwrap();
+        assert_eq!(ps.rejected_spans, 1);
+        assert_eq!(
+            ps.error_message,
+            "span_id must be 8 bytes and not all zero; 1 span truncated: \
+             3 attributes over the limit of 2 dropped, 1 event name shortened to 3 bytes"
+        );
+    }
+
+    #[test]
     fn invalid_links_are_dropped_not_rejected() {
         let mut span = valid_otlp_span();
         let mut bad = span.links[0].clone();
@@ -1135,7 +1365,8 @@ mod tests {
         span.links.push(bad);
         let got = from_otlp(one_span(span), &Limits::default()).unwrap();
         assert_eq!(got.spans[0].links.len(), 1);
-        assert_eq!(got.truncated, 1);
+        assert_eq!(got.truncated.invalid_links, 1);
+        assert_eq!(got.truncated.spans, 1);
     }
 
     #[test]
@@ -1382,7 +1613,7 @@ mod tests {
             rejection_reasons: vec!["a".into(), "b".into()],
             ..Converted::default()
         };
-        let resp = partial_success(&converted);
+        let resp = partial_success(&converted, &Limits::default());
         let json = encode_http_response(&resp, "application/json");
         let v: serde_json::Value = serde_json::from_slice(&json).unwrap();
         assert_eq!(v["partialSuccess"]["errorMessage"], "a; b");

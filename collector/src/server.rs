@@ -85,6 +85,11 @@ pub struct Config {
     /// Traces kept by the memory backend before the oldest go.
     #[arg(long, env = "CLEW_MEMORY_MAX_TRACES", default_value_t = 100_000)]
     pub memory_max_traces: usize,
+    /// Bytes of spans kept by the memory backend (an estimate of their
+    /// heap: their strings' lengths plus a fixed overhead per span and
+    /// attribute) before the oldest traces go.
+    #[arg(long, env = "CLEW_MEMORY_MAX_BYTES", default_value_t = 256 << 20)]
+    pub memory_max_bytes: u64,
     /// fsync the WAL before acknowledging (turn off only for throwaway runs).
     #[arg(long, env = "CLEW_WAL_FSYNC", default_value_t = true, action = clap::ArgAction::Set)]
     pub wal_fsync: bool,
@@ -131,7 +136,10 @@ pub struct Bound {
 async fn open_storage(config: &Config) -> Result<Arc<dyn Storage>, ServerError> {
     use crate::storage::{embedded::EmbeddedStorage, memory::MemoryStorage, redis};
     Ok(match config.storage {
-        StorageKind::Memory => Arc::new(MemoryStorage::new(config.memory_max_traces)),
+        StorageKind::Memory => Arc::new(MemoryStorage::bounded(
+            config.memory_max_traces,
+            config.memory_max_bytes,
+        )),
         StorageKind::Embedded => {
             let path = config.data_dir.join("traces.redb");
             let store = tokio::task::spawn_blocking(move || EmbeddedStorage::open(path))
@@ -204,12 +212,15 @@ pub async fn run(
             ..IngestConfig::default()
         },
     );
-    let metrics = Arc::new(Metrics::new(
-        ingest.clone(),
-        Arc::clone(&assembler),
-        wal.clone(),
-        store_latency,
-    ));
+    let metrics = Arc::new(
+        Metrics::new(
+            ingest.clone(),
+            Arc::clone(&assembler),
+            wal.clone(),
+            store_latency,
+        )
+        .with_storage(Arc::clone(&storage)),
+    );
     let ready = Arc::new(AtomicBool::new(false));
 
     let grpc_listener = bind(config.grpc_addr).await?;

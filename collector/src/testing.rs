@@ -150,6 +150,25 @@ pub fn python() -> std::path::PathBuf {
 /// at `http_url`. Returns the trace id (hex) of each export, keyed `grpc`,
 /// `http`, `grpc-gzip`, `http-gzip`; panics with Python's stderr if any failed.
 pub async fn otel_sdk_send(grpc: std::net::SocketAddr, http_url: &str) -> serde_json::Value {
+    run_otel_sdk_send(grpc, http_url, &[]).await
+}
+
+/// [`otel_sdk_send`] `--oversized`: the SDK, its own limits lifted, exports
+/// over OTLP/gRPC and OTLP/HTTP a span of 100,000 attributes and a span
+/// with a 15 MB string value, each its own trace. Returns the trace ids,
+/// keyed `grpc-attributes`, `grpc-value`, `http-attributes`, `http-value`.
+pub async fn otel_sdk_send_oversized(
+    grpc: std::net::SocketAddr,
+    http_url: &str,
+) -> serde_json::Value {
+    run_otel_sdk_send(grpc, http_url, &["--oversized"]).await
+}
+
+async fn run_otel_sdk_send(
+    grpc: std::net::SocketAddr,
+    http_url: &str,
+    extra: &[&str],
+) -> serde_json::Value {
     // The runtime variable (set by cargo and nextest), so a test binary reused
     // from a build in another checkout does not look there; every crate sits
     // in the workspace root.
@@ -167,6 +186,7 @@ pub async fn otel_sdk_send(grpc: std::net::SocketAddr, http_url: &str) -> serde_
             .arg(grpc.to_string())
             .arg("--http")
             .arg(http_url)
+            .args(extra)
             .output(),
     )
     .await

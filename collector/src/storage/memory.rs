@@ -7,11 +7,17 @@
 //! pruning) and by newest span start (search), and the service/operation
 //! catalogue of the spans it holds. Per span the store keeps the span itself
 //! and a small [`Brief`] that a search can rule it out with.
+//!
+//! The store is bounded twice: in traces and in bytes, the bytes being an
+//! estimate of the heap its spans take ([`span_bytes`]). Each shard keeps
+//! its share of both bounds and its own byte count under its own lock, and
+//! evicts its oldest traces when storing passes either.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeSet, BinaryHeap, HashSet as StdHashSet};
 
 use async_trait::async_trait;
+use clew_proto::v1 as pb;
 use foldhash::HashMap;
 use parking_lot::Mutex;
 
@@ -24,20 +30,117 @@ use super::{
 /// Default bound on the number of traces kept.
 pub const DEFAULT_MAX_TRACES: usize = 10_000;
 
+/// Default bound on the bytes of spans kept (256 MiB, by [`span_bytes`]).
+pub const DEFAULT_MAX_BYTES: u64 = 256 << 20;
+
 /// Shards of a store large enough to have them (see [`MemoryStorage::new`]).
 const SHARDS: usize = 16;
 /// A store bounded below `SHARDS * MIN_TRACES_PER_SHARD` traces has one
 /// shard, so that its bound and eviction order are exact.
 const MIN_TRACES_PER_SHARD: usize = 64;
+/// Likewise for a store bounded below `SHARDS * MIN_BYTES_PER_SHARD` bytes
+/// (a shard's share must hold a large trace).
+const MIN_BYTES_PER_SHARD: u64 = 4 << 20;
 
-/// In-memory storage holding at most about `max_traces` traces: storing a
-/// new trace beyond that evicts an old one (the one whose newest span ended
-/// first in its shard).
+/// What a stored span is accounted for beyond the bytes of its strings and
+/// ids: the structs holding it (`Span` and its `Brief`) and the allocator's
+/// rounding of its ids, name and service.
+const SPAN_OVERHEAD: u64 =
+    (std::mem::size_of::<Span>() + std::mem::size_of::<Brief>() + 5 * SLACK) as u64;
+/// Likewise per attribute, event, link and clock entry: its struct, and the
+/// allocator's rounding of its strings.
+const KEY_VALUE_OVERHEAD: u64 = (std::mem::size_of::<pb::KeyValue>() + 2 * SLACK) as u64;
+const EVENT_OVERHEAD: u64 = (std::mem::size_of::<pb::Event>() + SLACK) as u64;
+const LINK_OVERHEAD: u64 = (std::mem::size_of::<pb::Link>() + 2 * SLACK) as u64;
+const CLOCK_ENTRY_OVERHEAD: u64 = (std::mem::size_of::<pb::ClockEntry>() + SLACK) as u64;
+/// The allocator's average rounding up of one allocation.
+const SLACK: usize = 8;
+
+/// The bytes a stored span is accounted for: the lengths of its strings,
+/// ids and byte values plus a fixed overhead per span, attribute, event,
+/// link and clock entry for the structs that hold them in memory. An
+/// estimate of the heap the span takes in the store, within tens of percent
+/// of it for small and large spans alike (it leaves out allocator metadata
+/// and the per-trace maps); a few times cheaper to compute than the span's
+/// encoded length, which it is close to plus the overheads.
+pub fn span_bytes(span: &Span) -> u64 {
+    let lens = [
+        span.trace_id.len(),
+        span.span_id.len(),
+        span.parent_span_id.len(),
+        span.name.len(),
+        span.service.len(),
+        span.trace_state.len(),
+        span.node.len(),
+        span.status.as_ref().map_or(0, |s| s.message.len()),
+    ];
+    let mut bytes = SPAN_OVERHEAD + lens.iter().sum::<usize>() as u64;
+    bytes += attributes_bytes(&span.attributes) + attributes_bytes(&span.resource);
+    for e in &span.events {
+        bytes += EVENT_OVERHEAD + e.name.len() as u64 + attributes_bytes(&e.attributes);
+    }
+    for l in &span.links {
+        let ids = l.trace_id.len() + l.span_id.len() + l.trace_state.len();
+        bytes += LINK_OVERHEAD + ids as u64 + attributes_bytes(&l.attributes);
+    }
+    for clock in [&span.clock_start, &span.clock_end].into_iter().flatten() {
+        for e in &clock.entries {
+            bytes += CLOCK_ENTRY_OVERHEAD + e.node.len() as u64;
+        }
+    }
+    bytes
+}
+
+fn attributes_bytes(attributes: &[pb::KeyValue]) -> u64 {
+    attributes
+        .iter()
+        .map(|kv| {
+            KEY_VALUE_OVERHEAD + kv.key.len() as u64 + kv.value.as_ref().map_or(0, value_bytes)
+        })
+        .sum()
+}
+
+fn value_bytes(v: &pb::AnyValue) -> u64 {
+    match &v.value {
+        Some(pb::any_value::Value::StringValue(s)) => s.len() as u64,
+        Some(pb::any_value::Value::BytesValue(b)) => b.len() as u64,
+        Some(pb::any_value::Value::ArrayValue(a)) => a
+            .values
+            .iter()
+            .map(|v| std::mem::size_of::<pb::AnyValue>() as u64 + value_bytes(v))
+            .sum(),
+        _ => 0,
+    }
+}
+
+/// In-memory storage holding at most about `max_traces` traces and
+/// `max_bytes` bytes of spans (by [`span_bytes`]): storing beyond either
+/// evicts old traces (those whose newest span ended first in the shard).
 #[derive(Debug)]
 pub struct MemoryStorage {
     shards: Box<[Mutex<Shard>]>,
-    /// Bound per shard.
-    per_shard: usize,
+    /// Bounds per shard.
+    per_shard: Bounds,
+}
+
+/// A shard's share of the store's bounds.
+#[derive(Debug, Clone, Copy)]
+struct Bounds {
+    traces: usize,
+    bytes: u64,
+}
+
+/// What a memory store holds and has evicted (for metrics).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MemoryStats {
+    /// Traces held.
+    pub traces: u64,
+    /// Bytes of spans held, by [`span_bytes`].
+    pub bytes: u64,
+    /// Traces evicted because the store held too many traces.
+    pub evicted_for_traces: u64,
+    /// Traces evicted because the store held too many bytes.
+    pub evicted_for_bytes: u64,
 }
 
 /// operation -> kind -> number of stored spans (keyed by name first, so
@@ -54,6 +157,10 @@ struct Shard {
     /// service -> operation -> kind -> number of stored spans (hashed:
     /// looked up for every span stored; sorted when queried).
     operations: HashMap<String, Operations>,
+    /// Sum of the traces' `bytes`.
+    bytes: u64,
+    /// Traces evicted over the trace bound, and over the byte bound.
+    evicted: (u64, u64),
 }
 
 /// A span's id, start, service (hashed), duration and error flag, kept
@@ -107,6 +214,8 @@ struct Entry {
     newest_end: u64,
     newest_start: u64,
     oldest_start: u64,
+    /// Sum of the spans' [`span_bytes`].
+    bytes: u64,
 }
 
 impl Default for Entry {
@@ -118,6 +227,7 @@ impl Default for Entry {
             newest_end: 0,
             newest_start: 0,
             oldest_start: u64::MAX,
+            bytes: 0,
         }
     }
 }
@@ -152,22 +262,48 @@ impl Entry {
 }
 
 impl MemoryStorage {
-    /// A store keeping at most `max_traces` traces (at least 1). A bound of
-    /// 1,024 traces or more is split evenly over 16 shards: the store then
-    /// holds at most `max_traces` rounded up to a multiple of 16, and evicts
-    /// the oldest trace of the shard it stores into (trace ids are random,
-    /// so shards fill evenly).
+    /// A store keeping at most `max_traces` traces (at least 1) and
+    /// [`DEFAULT_MAX_BYTES`] bytes: [`MemoryStorage::bounded`].
     pub fn new(max_traces: usize) -> Self {
+        MemoryStorage::bounded(max_traces, DEFAULT_MAX_BYTES)
+    }
+
+    /// A store keeping at most `max_traces` traces (at least 1) and
+    /// `max_bytes` bytes of spans by [`span_bytes`]. Bounds of 1,024 traces
+    /// and 64 MiB or more are split evenly over 16 shards: the store then
+    /// holds at most `max_traces` rounded up to a multiple of 16 and
+    /// `max_bytes`, and evicts the oldest traces of the shard it stores
+    /// into (trace ids are random, so shards fill evenly). A trace larger
+    /// than its shard's share of `max_bytes` is evicted as it is stored.
+    pub fn bounded(max_traces: usize, max_bytes: u64) -> Self {
         let max_traces = max_traces.max(1);
-        let shards = if max_traces >= SHARDS * MIN_TRACES_PER_SHARD {
+        let shards = if max_traces >= SHARDS * MIN_TRACES_PER_SHARD
+            && max_bytes >= SHARDS as u64 * MIN_BYTES_PER_SHARD
+        {
             SHARDS
         } else {
             1
         };
         MemoryStorage {
             shards: (0..shards).map(|_| Mutex::new(Shard::default())).collect(),
-            per_shard: max_traces.div_ceil(shards),
+            per_shard: Bounds {
+                traces: max_traces.div_ceil(shards),
+                bytes: max_bytes / shards as u64,
+            },
         }
+    }
+
+    /// What the store holds and has evicted (locks each shard in turn).
+    pub fn stats(&self) -> MemoryStats {
+        let mut stats = MemoryStats::default();
+        for shard in self.shards.iter() {
+            let shard = shard.lock();
+            stats.traces += shard.traces.len() as u64;
+            stats.bytes += shard.bytes;
+            stats.evicted_for_traces += shard.evicted.0;
+            stats.evicted_for_bytes += shard.evicted.1;
+        }
+        stats
     }
 
     /// Number of traces held.
@@ -243,13 +379,14 @@ fn uncount_operations(operations: &mut HashMap<String, Operations>, spans: &[Spa
 }
 
 impl Shard {
-    /// Stores the spans of one validated fragment; evicted traces go to
-    /// `evicted`, to be dropped after the lock is released.
+    /// Stores the spans of one validated fragment (`sizes`: their
+    /// [`span_bytes`]); evicted traces go to `evicted`, to be dropped after
+    /// the lock is released.
     fn store(
         &mut self,
         tid: [u8; 16],
-        spans: Vec<Span>,
-        bound: usize,
+        (spans, sizes): (Vec<Span>, Vec<u64>),
+        bounds: Bounds,
         outcome: &mut StoreOutcome,
         evicted: &mut Vec<Entry>,
     ) {
@@ -267,6 +404,8 @@ impl Shard {
             }
             count_operations(&mut self.operations, &spans);
             outcome.stored += spans.len() as u64;
+            entry.bytes = sizes.iter().sum();
+            self.bytes += entry.bytes;
             entry.ids =
                 SpanIds::of_unique(entry.briefs.len(), || entry.briefs.iter().map(|b| b.id));
             entry.spans = spans;
@@ -275,7 +414,7 @@ impl Shard {
             spans
         };
         entry.spans.reserve(rest.len());
-        for span in rest {
+        for (span, size) in rest.into_iter().zip(sizes) {
             let brief = Brief::of(&span);
             let briefs = &entry.briefs;
             let known = || briefs.iter().map(|b| b.id);
@@ -284,6 +423,8 @@ impl Shard {
                 continue;
             }
             outcome.stored += 1;
+            entry.bytes += size;
+            self.bytes += size;
             entry.widen(&brief, span.end_time_unix_nano);
             count_operations(&mut self.operations, std::slice::from_ref(&span));
             entry.briefs.push(brief);
@@ -308,12 +449,29 @@ impl Shard {
                 self.by_start.insert((new_start, tid));
             }
         }
-        while self.traces.len() > bound {
+        self.evict(bounds, evicted);
+    }
+
+    /// Evicts the traces whose newest span ended first until the shard is
+    /// within `bounds`.
+    fn evict(&mut self, bounds: Bounds, evicted: &mut Vec<Entry>) {
+        loop {
+            let over_traces = self.traces.len() > bounds.traces;
+            if !over_traces && self.bytes <= bounds.bytes {
+                break;
+            }
             let Some(&(_, oldest)) = self.by_end.first() else {
                 break;
             };
             match self.remove_trace(&oldest) {
-                Some(entry) => evicted.push(entry),
+                Some(entry) => {
+                    if over_traces {
+                        self.evicted.0 += 1;
+                    } else {
+                        self.evicted.1 += 1;
+                    }
+                    evicted.push(entry);
+                }
                 // Not expected: an index entry without its trace.
                 None => {
                     self.by_end.pop_first();
@@ -325,6 +483,7 @@ impl Shard {
     /// Takes a trace out of the shard and its indexes.
     fn remove_trace(&mut self, tid: &[u8; 16]) -> Option<Entry> {
         let entry = self.traces.remove(tid)?;
+        self.bytes -= entry.bytes;
         self.by_end.remove(&(entry.newest_end, *tid));
         self.by_start.remove(&(entry.newest_start, *tid));
         uncount_operations(&mut self.operations, &entry.spans);
@@ -378,9 +537,11 @@ impl Storage for MemoryStorage {
             duplicates: fragment.duplicates,
         };
         let mut evicted = Vec::new();
+        // Sized before taking the lock.
+        let sizes = fragment.spans.iter().map(span_bytes).collect();
         self.shard(&tid).lock().store(
             tid,
-            fragment.spans,
+            (fragment.spans, sizes),
             self.per_shard,
             &mut outcome,
             &mut evicted,
@@ -526,6 +687,10 @@ impl Storage for MemoryStorage {
 
     fn backend(&self) -> &'static str {
         "memory"
+    }
+
+    fn memory_stats(&self) -> Option<MemoryStats> {
+        Some(self.stats())
     }
 }
 
@@ -730,6 +895,228 @@ mod tests {
         assert_eq!(stats.traces as usize, held);
         assert!(store.is_empty());
         assert!(store.services().await.unwrap().is_empty());
+    }
+
+    /// Trace `i` (distinct for every `u32`): one span starting `i` ms after
+    /// T0, with `attrs` small attributes and, when `value_len` > 0, one of
+    /// `value_len` bytes.
+    fn sized_trace(i: u32, attrs: usize, value_len: usize) -> Trace {
+        let mut t = [0xa1; 16];
+        t[12..].copy_from_slice(&i.to_be_bytes());
+        let t = TraceId(t);
+        let mut s = span(t, 1, None, "svc", "op", u64::from(i), 1);
+        s.attributes = (0..attrs)
+            .map(|n| kv(&format!("key.{n}"), "value"))
+            .collect();
+        if value_len > 0 {
+            s.attributes.push(kv("payload", &"x".repeat(value_len)));
+        }
+        Trace {
+            trace_id: t.0.to_vec(),
+            spans: vec![s],
+        }
+    }
+
+    fn kv(key: &str, value: &str) -> clew_proto::v1::KeyValue {
+        clew_proto::v1::KeyValue {
+            key: key.into(),
+            value: Some(clew_proto::v1::AnyValue {
+                value: Some(clew_proto::v1::any_value::Value::StringValue(value.into())),
+            }),
+        }
+    }
+
+    fn id_of(trace: &Trace) -> TraceId {
+        TraceId(trace.trace_id.as_slice().try_into().unwrap())
+    }
+
+    #[tokio::test]
+    async fn a_byte_bound_holds_the_accounted_bytes_under_it_evicting_the_oldest_first() {
+        let bound = 256 << 10;
+        let store = MemoryStorage::bounded(1_000_000, bound);
+        assert_eq!(store.shards.len(), 1);
+        let n = 2_000u32; // about 1.6 KiB each: 12 times the bound
+        for i in 0..n {
+            store.store_trace(sized_trace(i, 4, 1024)).await.unwrap();
+            assert!(store.stats().bytes <= bound, "over the bound after {i}");
+        }
+        let stats = store.stats();
+        let held = u32::try_from(stats.traces).unwrap();
+        assert!(held > 100 && held < n / 4, "held {held}");
+        // Exactly the newest `held` traces are left.
+        for i in 0..n {
+            let stored = store.get_trace(id_of(&sized_trace(i, 0, 0))).await.unwrap();
+            assert_eq!(stored.is_some(), i >= n - held, "trace {i}");
+        }
+        assert_eq!(stats.evicted_for_bytes, u64::from(n - held));
+        assert_eq!(stats.evicted_for_traces, 0);
+        // The count is the sum of the held spans' estimates, and near the
+        // bound (the next trace would not have fitted).
+        let want: u64 = (n - held..n)
+            .map(|i| span_bytes(&sized_trace(i, 4, 1024).spans[0]))
+            .sum();
+        assert_eq!(stats.bytes, want);
+        assert!(stats.bytes > bound - want / u64::from(held));
+        // Whatever leaves the store leaves the count.
+        store.prune_traces(u64::MAX).await.unwrap();
+        assert_eq!(store.stats().bytes, 0);
+    }
+
+    #[tokio::test]
+    async fn a_sharded_store_keeps_its_byte_bound_and_the_newest_traces() {
+        let bound = 64 << 20;
+        let store = MemoryStorage::bounded(1_000_000, bound);
+        assert_eq!(store.shards.len(), SHARDS);
+        let n = 8_000u32; // 16 KiB each: twice the bound
+        for i in 0..n {
+            store
+                .store_trace(sized_trace(i, 0, 16 << 10))
+                .await
+                .unwrap();
+        }
+        let stats = store.stats();
+        let one = span_bytes(&sized_trace(0, 0, 16 << 10).spans[0]);
+        assert!(stats.bytes <= bound);
+        // Every shard is full to within one trace.
+        assert!(stats.bytes > bound - SHARDS as u64 * one, "{stats:?}");
+        assert_eq!(stats.evicted_for_bytes, u64::from(n) - stats.traces);
+        // Evicted traces are old ones: every held trace is among the newest
+        // 130 % of what is held.
+        let held = u32::try_from(stats.traces).unwrap();
+        for i in 0..n - held * 13 / 10 {
+            let stored = store.get_trace(id_of(&sized_trace(i, 0, 0))).await.unwrap();
+            assert!(stored.is_none(), "trace {i} outlived newer ones");
+        }
+    }
+
+    #[tokio::test]
+    async fn the_trace_bound_still_applies_under_the_byte_bound() {
+        let store = MemoryStorage::bounded(3, 1 << 30);
+        for i in 0..10 {
+            store.store_trace(sized_trace(i, 1, 0)).await.unwrap();
+        }
+        let stats = store.stats();
+        assert_eq!((stats.traces, stats.evicted_for_traces), (3, 7));
+        assert_eq!(stats.evicted_for_bytes, 0);
+    }
+
+    fn alloc(bytes: usize) -> usize {
+        bytes.next_multiple_of(16)
+    }
+
+    fn vec_heap<T>(v: &[T]) -> usize {
+        alloc(std::mem::size_of_val(v))
+    }
+
+    fn kvs_heap(kvs: &[clew_proto::v1::KeyValue]) -> usize {
+        use clew_proto::v1::any_value::Value;
+        let value = |v: &Option<clew_proto::v1::AnyValue>| match v
+            .as_ref()
+            .and_then(|v| v.value.as_ref())
+        {
+            Some(Value::StringValue(s)) => alloc(s.len()),
+            Some(Value::BytesValue(b)) => alloc(b.len()),
+            _ => 0,
+        };
+        vec_heap(kvs)
+            + kvs
+                .iter()
+                .map(|kv| alloc(kv.key.len()) + value(&kv.value))
+                .sum::<usize>()
+    }
+
+    /// What a stored span takes on the heap, counted field by field (its
+    /// strings and vectors at their lengths, rounded up to 16 bytes as
+    /// allocators do), with its slot in the trace's spans and its brief.
+    fn heap(span: &Span) -> usize {
+        let strings = [&span.name, &span.service, &span.trace_state, &span.node];
+        let clock = |c: &Option<clew_proto::v1::VectorClock>| {
+            c.as_ref().map_or(0, |c| {
+                vec_heap(&c.entries) + c.entries.iter().map(|e| alloc(e.node.len())).sum::<usize>()
+            })
+        };
+        std::mem::size_of::<Span>()
+            + std::mem::size_of::<Brief>()
+            + [&span.trace_id, &span.span_id, &span.parent_span_id]
+                .iter()
+                .map(|v| vec_heap(v))
+                .sum::<usize>()
+            + strings.iter().map(|s| alloc(s.len())).sum::<usize>()
+            + kvs_heap(&span.attributes)
+            + kvs_heap(&span.resource)
+            + vec_heap(&span.events)
+            + span
+                .events
+                .iter()
+                .map(|e| alloc(e.name.len()) + kvs_heap(&e.attributes))
+                .sum::<usize>()
+            + vec_heap(&span.links)
+            + span
+                .links
+                .iter()
+                .map(|l| {
+                    vec_heap(&l.trace_id)
+                        + vec_heap(&l.span_id)
+                        + alloc(l.trace_state.len())
+                        + kvs_heap(&l.attributes)
+                })
+                .sum::<usize>()
+            + span.status.as_ref().map_or(0, |s| alloc(s.message.len()))
+            + clock(&span.clock_start)
+            + clock(&span.clock_end)
+    }
+
+    #[tokio::test]
+    async fn the_byte_estimate_tracks_the_heap_spans_take() {
+        use prost::Message as _;
+        let typical = {
+            let mut s = sized_trace(1, 8, 0).spans.remove(0);
+            s.resource = vec![
+                kv("host.name", "node-12"),
+                kv("k8s.pod.name", "checkout-7d9f"),
+            ];
+            s.events.push(clew_proto::v1::Event {
+                time_unix_nano: 5,
+                name: "retry".into(),
+                attributes: vec![kv("attempt", "2")],
+            });
+            error(s)
+        };
+        let spans = [
+            ("a bare span", sized_trace(2, 0, 0).spans.remove(0)),
+            ("a typical span", typical),
+            ("128 attributes", sized_trace(3, 128, 0).spans.remove(0)),
+            (
+                "a 16 KiB value",
+                sized_trace(4, 2, 16 << 10).spans.remove(0),
+            ),
+        ];
+        let store = MemoryStorage::new(100);
+        let mut encoded = 0;
+        for (what, span) in &spans {
+            let (estimate, real) = (span_bytes(span) as f64, heap(span) as f64);
+            assert!(
+                (0.75..1.33).contains(&(estimate / real)),
+                "{what}: estimated {estimate} bytes, takes {real}"
+            );
+            encoded += span.encoded_len() as u64;
+            store
+                .store_trace(Trace {
+                    trace_id: span.trace_id.clone(),
+                    spans: vec![span.clone()],
+                })
+                .await
+                .unwrap();
+        }
+        // The store counts the estimates: more than the encoded lengths, by
+        // the fixed overheads only.
+        let held = store.stats().bytes;
+        let want: u64 = spans.iter().map(|(_, s)| span_bytes(s)).sum();
+        assert_eq!(held, want);
+        assert!(
+            held > encoded && held < encoded + 200 * SPAN_OVERHEAD,
+            "{held} vs {encoded}"
+        );
     }
 
     #[tokio::test]

@@ -199,6 +199,12 @@ pub trait Storage: Send + Sync + fmt::Debug {
 
     /// Short backend name for logs and metrics ("memory", "embedded", "redis").
     fn backend(&self) -> &'static str;
+
+    /// What a store held in memory holds and has evicted, for metrics;
+    /// `None` for the other backends.
+    fn memory_stats(&self) -> Option<memory::MemoryStats> {
+        None
+    }
 }
 
 /// A validated fragment: ids checked, in-fragment duplicates removed.

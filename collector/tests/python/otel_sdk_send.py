@@ -1,9 +1,14 @@
 """Sends spans with the real OpenTelemetry Python SDK and its OTLP exporters.
 
-Usage: otel_sdk_send.py --grpc HOST:PORT --http URL
+Usage: otel_sdk_send.py --grpc HOST:PORT --http URL [--oversized]
 Exports once per exporter, plain and gzip-compressed. Prints
 {"grpc": id, "http": id, "grpc-gzip": id, "http-gzip": id} (trace ids; the
 service of each is "py-" + its key) on success.
+
+With --oversized, the SDK's own limits are lifted and each plain exporter
+sends two one-span traces over the collector's limits: a span of 100,000
+attributes and a span with a 15 MB string value. Prints {"grpc-attributes":
+id, "grpc-value": id, "http-attributes": id, "http-value": id}.
 """
 import argparse
 import json
@@ -19,7 +24,7 @@ from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
     OTLPSpanExporter as HttpExporter,
 )
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import SpanLimits, TracerProvider
 from opentelemetry.sdk.trace.export import SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -43,11 +48,56 @@ def make_spans(service):
     return trace_id, memory.get_finished_spans()
 
 
+def make_oversized(service, attributes, value_len):
+    """One span over the collector's limits, the SDK's own limits lifted."""
+    memory = InMemorySpanExporter()
+    provider = TracerProvider(
+        resource=Resource.create({"service.name": service}),
+        span_limits=SpanLimits(
+            max_span_attributes=attributes + 1,
+            max_span_attribute_length=SpanLimits.UNSET,
+        ),
+    )
+    provider.add_span_processor(SimpleSpanProcessor(memory))
+    tracer = provider.get_tracer("clew-e2e")
+    with tracer.start_as_current_span("huge") as span:
+        for i in range(attributes):
+            span.set_attribute(f"attr.{i}", i)
+        if value_len:
+            span.set_attribute("payload", "x" * value_len)
+        trace_id = format(span.get_span_context().trace_id, "032x")
+    provider.shutdown()
+    return trace_id, memory.get_finished_spans()
+
+
+def oversized(a):
+    out = {}
+    for name, make in (
+        ("grpc", lambda: GrpcExporter(endpoint=a.grpc, insecure=True, timeout=60)),
+        ("http", lambda: HttpExporter(endpoint=a.http, timeout=60)),
+    ):
+        for what, attributes, value_len in (("attributes", 100_000, 0), ("value", 0, 15_000_000)):
+            key = f"{name}-{what}"
+            trace_id, spans = make_oversized("py-" + key, attributes, value_len)
+            exporter = make()
+            result = exporter.export(spans)
+            exporter.shutdown()
+            if result != SpanExportResult.SUCCESS:
+                print(f"{key} export failed: {result}", file=sys.stderr)
+                return 1
+            out[key] = trace_id
+    print(json.dumps(out))
+    return 0
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--grpc", required=True)
     p.add_argument("--http", required=True)
+    p.add_argument("--oversized", action="store_true")
     a = p.parse_args()
+    if a.oversized:
+        return oversized(a)
     out = {}
     for name, exporter in (
         ("grpc", GrpcExporter(endpoint=a.grpc, insecure=True, timeout=20)),
