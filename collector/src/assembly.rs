@@ -24,7 +24,7 @@
 //! Each WAL record is tracked until every fragment holding one of its spans
 //! is stored; then it is [released](Wal::release), which lets the WAL's
 //! checkpoint move past it. A failed store is retried with backoff
-//! ([`retry()`](clew_tracer::reliability::retry())) until it succeeds: nothing is
+//! ([`retry()`](clew_reliability::retry())) until it succeeds: nothing is
 //! dropped, and the checkpoint does not pass a record whose spans are not
 //! stored. (The one exception is a fragment the sink
 //! [rejects](SinkError::rejected) as invalid, which can never be stored.) If the assembler is dropped without [`Assembler::flush_all`] (or
@@ -45,7 +45,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use clew_proto::v1::{ExportRequest, Span, Trace};
-use clew_tracer::reliability::{Jitter, RetryPolicy, retry_with_rng};
+use clew_reliability::{Jitter, RetryPolicy, retry_with_rng};
 use foldhash::HashMap;
 use futures_util::future::BoxFuture;
 use parking_lot::Mutex;

@@ -355,7 +355,7 @@ struct OtlpBody {
 }
 
 fn validate_native(span: &pb::Span) -> Result<(), String> {
-    clew_tracer::export::convert::from_native_span(span).map_err(|e| e.to_string())?;
+    clew_model::otlp::check(span).map_err(|e| e.to_string())?;
     if span.end_time_unix_nano < span.start_time_unix_nano {
         return Err("end_time_unix_nano is before start_time_unix_nano".into());
     }

@@ -2,7 +2,7 @@
 //! converting an `ExportTraceServiceRequest` into clew native spans.
 //!
 //! The conversion is the inverse of the tracer's
-//! [`to_otlp_resource_spans`](clew_tracer::export::convert::to_otlp_resource_spans):
+//! `clew-tracer`'s OTLP exporter:
 //! a span exported by `clew-tracer` over OTLP is stored exactly as if it had
 //! been exported natively (vector clocks included, carried in OTLP as the
 //! `clew.clock.start` / `clew.clock.end` span attributes).
@@ -34,9 +34,11 @@
 
 use std::fmt::Write as _;
 
+use clew_model::VectorClock;
+use clew_model::attrs::{
+    CLOCK_END as ATTR_CLOCK_END, CLOCK_START as ATTR_CLOCK_START, NODE as ATTR_NODE,
+};
 use clew_proto::v1 as pb;
-use clew_tracer::clock::VectorClock;
-use clew_tracer::export::convert::{ATTR_CLOCK_END, ATTR_CLOCK_START, ATTR_NODE};
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
 };

@@ -338,7 +338,7 @@ async fn retention_loop(
             _ = tick.tick() => {}
             _ = stop.wait_for(|s| *s) => return,
         }
-        let cut = clew_tracer::span::now_unix_nanos()
+        let cut = clew_model::now_unix_nanos()
             .saturating_sub(u64::try_from(retention.as_nanos()).unwrap_or(u64::MAX));
         match storage.prune_traces(cut).await {
             Ok(stats) => {

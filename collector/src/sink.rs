@@ -66,7 +66,7 @@ mod tests {
     use crate::assembly::{Assembler, AssemblerConfig};
     use crate::storage::memory::MemoryStorage;
     use crate::wal::{Wal, tests::batch, tests::fast_config, tests::snapshot};
-    use clew_tracer::TraceId;
+    use clew_model::TraceId;
 
     #[tokio::test]
     async fn ingested_batches_reach_storage_and_survive_a_restart() {

@@ -74,7 +74,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use clew_proto::v1::{ExportRequest, Span};
-use clew_tracer::reliability::spill::{self, FRAME_HEADER_LEN, FsyncPolicy, SpillConfig, SpillLog};
+use clew_reliability::spill::{self, FRAME_HEADER_LEN, FsyncPolicy, SpillConfig, SpillLog};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use parking_lot::Mutex;
 use prost::Message;

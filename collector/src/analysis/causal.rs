@@ -23,8 +23,8 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
+use clew_model::VectorClock;
 use clew_proto::v1::{Span, Trace};
-use clew_tracer::VectorClock;
 use serde::Serialize;
 
 use super::{Tree, hex, us_signed};

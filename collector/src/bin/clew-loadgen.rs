@@ -95,7 +95,7 @@ fn request(
     n: usize,
     ids: &mut Vec<([u8; 16], usize)>,
 ) -> ExportTraceServiceRequest {
-    let now = clew_tracer::span::now_unix_nanos();
+    let now = clew_model::now_unix_nanos();
     let service = rng.random_range(0..args.services);
     let mut spans = Vec::with_capacity(n);
     let mut trace_id = [0u8; 16];
@@ -201,7 +201,7 @@ async fn main() -> anyhow::Result<()> {
     // collector's, not the generator's.
     let per_worker = requests_total.div_ceil(args.concurrency as u64) as usize;
     // Span times are taken while requests are prepared.
-    let load_start = clew_tracer::span::now_unix_nanos().saturating_sub(1_000_000_000);
+    let load_start = clew_model::now_unix_nanos().saturating_sub(1_000_000_000);
     let mut prepared = Vec::new();
     // Trace ids of each prepared request, in the order requests are sent.
     let mut trace_ids: Vec<Vec<Vec<SentTrace>>> = Vec::new();

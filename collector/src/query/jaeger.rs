@@ -5,8 +5,8 @@
 use std::collections::HashMap;
 use std::fmt::Write as _;
 
+use clew_model::VectorClock;
 use clew_proto::v1::{AnyValue, Span, SpanKind, Trace, any_value, status};
-use clew_tracer::VectorClock;
 use serde::Serialize;
 
 /// Tag carrying the vector clock at the span's start (`clew-vclock` form).

@@ -18,8 +18,8 @@ use std::fmt;
 
 use async_trait::async_trait;
 
+pub use clew_model::TraceId;
 pub use clew_proto::v1::{DependencyLink, FilterCriteria, Span, SpanKind, Trace};
-pub use clew_tracer::TraceId;
 
 // First, so that its macro is in scope in the backends' test modules.
 #[cfg(test)]

@@ -87,7 +87,10 @@ fn a_native_span_keeps_every_field_and_its_clocks() {
     );
     assert_eq!(s.trace_state, "k=v");
     assert_eq!(str_attr(&s.attributes, "s"), Some("v"));
-    assert_eq!(str_attr(&s.attributes, attrs::CLOCK_START), Some("svc%231=3"));
+    assert_eq!(
+        str_attr(&s.attributes, attrs::CLOCK_START),
+        Some("svc%231=3")
+    );
     assert_eq!(str_attr(&s.attributes, attrs::CLOCK_END), Some("svc%231=4"));
     assert_eq!(s.events[0].name, "retry");
     assert_eq!(s.links.len(), 1, "the link with a bad id is left out");
