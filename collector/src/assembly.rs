@@ -54,7 +54,7 @@ use tokio::runtime::Handle;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
-use crate::storage::query::SpanIds;
+use crate::storage::filter::SpanIds;
 use crate::wal::{self, Appended, Wal, WalRecord};
 
 /// Errors of the assembler.

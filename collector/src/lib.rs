@@ -24,7 +24,8 @@ pub mod otlp;
 pub mod query;
 pub mod server;
 pub mod sink;
-pub mod storage;
+/// Trace storage (`clew-storage`).
+pub use clew_storage as storage;
 #[cfg(any(test, feature = "testing"))]
 #[doc(hidden)]
 pub mod testing;

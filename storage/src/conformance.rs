@@ -70,7 +70,7 @@ macro_rules! conformance_tests {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $case() {
                     let fixture = super::$make().await;
-                    crate::storage::conformance::$case(fixture.storage.clone()).await;
+                    crate::conformance::$case(fixture.storage.clone()).await;
                     drop(fixture);
                 }
             )*

@@ -85,11 +85,11 @@ use parking_lot::Mutex;
 use prost::Message as _;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
-use super::query::{self, DependencyCounter};
 use super::{
     DependencyLink, FilterCriteria, PruneStats, Result, Span, SpanKind, Storage, StorageError,
     StoreOutcome, Trace, TraceId, validate,
 };
+use crate::filter::{self, DependencyCounter};
 
 const BACKEND: &str = "redis";
 
@@ -639,7 +639,7 @@ impl Inner {
         let mut tags: Vec<(&String, &String)> = f.tags.iter().collect();
         tags.sort();
         for (key, value) in tags {
-            if query::indexable_tag(key, value) {
+            if filter::indexable_tag(key, value) {
                 cands.push(k.tag(key, value));
             }
         }
@@ -703,7 +703,7 @@ impl Storage for RedisStorage {
         if spans.is_empty() {
             return Ok(None);
         }
-        query::sort_spans(&mut spans);
+        filter::sort_spans(&mut spans);
         Ok(Some(Trace {
             trace_id: trace_id.0.to_vec(),
             spans,
@@ -711,7 +711,7 @@ impl Storage for RedisStorage {
     }
 
     async fn list_traces(&self, f: &FilterCriteria) -> Result<Vec<Trace>> {
-        let limit = query::effective_limit(f);
+        let limit = filter::effective_limit(f);
         let lo = f.start_time_min_unix_nano;
         let hi = match f.start_time_max_unix_nano {
             0 => u64::MAX,
@@ -922,7 +922,7 @@ impl Storage for RedisStorage {
                 for (key, _, _) in Summary::of(spans).index_entries(k) {
                     pipe.cmd("ZREM").arg(key).arg(tid).ignore();
                 }
-                let edges = query::edges(spans.iter());
+                let edges = filter::edges(spans.iter());
                 if !edges.is_empty() {
                     let mut cmd = ::redis::cmd("ZREM");
                     cmd.arg(k.deps());
@@ -1024,8 +1024,8 @@ fn keep_matches(
     f: &FilterCriteria,
 ) {
     for (tid, mut spans) in fetched {
-        if let Some(at) = query::best_match(&spans, f) {
-            query::sort_spans(&mut spans);
+        if let Some(at) = filter::best_match(&spans, f) {
+            filter::sort_spans(&mut spans);
             found.push((
                 at,
                 Trace {
@@ -1107,7 +1107,7 @@ fn trace_blob(summary: &Summary<'_>, spans: &[Span]) -> Vec<u8> {
     let facts = (blob.len() - 4) as u32;
     blob[..4].copy_from_slice(&facts.to_be_bytes());
     for (span, len) in spans.iter().zip(lens) {
-        blob.extend_from_slice(&query::span_id(span));
+        blob.extend_from_slice(&filter::span_id(span));
         let at = blob.len();
         blob.extend_from_slice(&[0, 0]);
         write_header(&mut blob, span);
@@ -1124,8 +1124,8 @@ fn trace_blob(summary: &Summary<'_>, spans: &[Span]) -> Vec<u8> {
 /// decimal digits), service (cut to what a 16-bit header length carries).
 fn write_header(out: &mut Vec<u8>, span: &Span) {
     use std::io::Write as _;
-    out.push(if query::is_error(span) { b'1' } else { b'0' });
-    out.extend_from_slice(&query::parent_id(span).unwrap_or([0; 8]));
+    out.push(if filter::is_error(span) { b'1' } else { b'0' });
+    out.extend_from_slice(&filter::parent_id(span).unwrap_or([0; 8]));
     let _ = write!(out, "{:020}", span.start_time_unix_nano);
     let svc = span.service.as_bytes();
     out.extend_from_slice(&svc[..svc.len().min(u16::MAX as usize - 29)]);
@@ -1135,11 +1135,11 @@ fn write_header(out: &mut Vec<u8>, span: &Span) {
 /// 1-based positions of its spans whose parent is elsewhere: what the store
 /// script records when the fragment starts a trace.
 fn calls(tid: &[u8], spans: &[Span]) -> (Vec<(u64, Vec<u8>)>, Vec<usize>) {
-    let by_id: HashMap<[u8; 8], &Span> = spans.iter().map(|s| (query::span_id(s), s)).collect();
+    let by_id: HashMap<[u8; 8], &Span> = spans.iter().map(|s| (filter::span_id(s), s)).collect();
     let mut calls = Vec::new();
     let mut orphans = Vec::new();
     for (i, child) in spans.iter().enumerate() {
-        let Some(parent) = query::parent_id(child) else {
+        let Some(parent) = filter::parent_id(child) else {
             continue;
         };
         match by_id.get(&parent) {
@@ -1148,7 +1148,7 @@ fn calls(tid: &[u8], spans: &[Span]) -> (Vec<(u64, Vec<u8>)>, Vec<usize>) {
                 dep_member(
                     &parent.service,
                     &child.service,
-                    query::is_error(child),
+                    filter::is_error(child),
                     tid,
                     &child.span_id,
                 ),
@@ -1190,7 +1190,7 @@ fn bucket(d: u64) -> u32 {
 fn tag_value(v: Option<&AnyValue>) -> Cow<'_, str> {
     match v.and_then(|v| v.value.as_ref()) {
         Some(any_value::Value::StringValue(s)) => Cow::Borrowed(s),
-        _ => Cow::Owned(v.map(query::render_value).unwrap_or_default()),
+        _ => Cow::Owned(v.map(filter::render_value).unwrap_or_default()),
     }
 }
 
@@ -1248,8 +1248,8 @@ impl<'a> Summary<'a> {
         };
         for span in spans {
             let (start, end) = (span.start_time_unix_nano, span.end_time_unix_nano);
-            let dur = query::duration(span);
-            let error = query::is_error(span);
+            let dur = filter::duration(span);
+            let error = filter::is_error(span);
             s.start = s.start.min(start);
             s.end = s.end.max(end);
             s.min_dur = s.min_dur.min(dur);
@@ -1293,7 +1293,7 @@ impl<'a> Summary<'a> {
             }
             for kv in span.attributes.iter().chain(span.resource.iter()) {
                 let value = tag_value(kv.value.as_ref());
-                if query::indexable_tag(&kv.key, &value) {
+                if filter::indexable_tag(&kv.key, &value) {
                     let e = s.tags.entry((kv.key.as_str(), value)).or_insert(start);
                     *e = (*e).min(start);
                 }

@@ -43,11 +43,11 @@ use async_trait::async_trait;
 use prost::Message as _;
 use redb::{Database, ReadableDatabase, ReadableTable, Table, TableDefinition};
 
-use super::query::{self, DependencyCounter};
 use super::{
     BoxError, DependencyLink, FilterCriteria, PruneStats, Result, Span, SpanKind, Storage,
     StorageError, StoreOutcome, Trace, TraceId, validate,
 };
+use crate::filter::{self, DependencyCounter};
 
 const BACKEND: &str = "embedded";
 
@@ -215,12 +215,12 @@ fn span_index_prefixes(span: &Span) -> Vec<Vec<u8>> {
         index_prefix(b's', &[svc]),
         index_prefix(b'o', &[svc, b"\0", span.name.as_bytes()]),
     ];
-    if query::is_error(span) {
+    if filter::is_error(span) {
         out.push(index_prefix(b'e', &[svc]));
         out.push(index_prefix(b'E', &[]));
     }
     let mut seen = HashSet::new();
-    for (k, v) in query::indexed_tags(span) {
+    for (k, v) in filter::indexed_tags(span) {
         let p = index_prefix(b't', &[k.as_bytes(), b"\0", v.as_bytes()]);
         if seen.insert(p.clone()) {
             out.push(p);
@@ -232,7 +232,7 @@ fn span_index_prefixes(span: &Span) -> Vec<Vec<u8>> {
 fn op_key(span: &Span) -> Vec<u8> {
     let mut k = index_prefix(b'O', &[span.service.as_bytes()]);
     k.remove(0);
-    k.push(query::kind(span) as i32 as u8);
+    k.push(filter::kind(span) as i32 as u8);
     k.extend_from_slice(span.name.as_bytes());
     k
 }
@@ -282,13 +282,13 @@ const SUMMARY_LEN: usize = 25;
 
 impl Summary {
     fn of(span: &Span) -> Self {
-        let d = query::duration(span);
+        let d = filter::duration(span);
         Summary {
             newest_start: span.start_time_unix_nano,
             oldest_start: span.start_time_unix_nano,
             min_duration: d,
             max_duration: d,
-            error: query::is_error(span),
+            error: filter::is_error(span),
         }
     }
 
@@ -386,7 +386,7 @@ impl Meta {
 fn orphan_value(span: &Span) -> Vec<u8> {
     cat(&[
         &be(span.start_time_unix_nano),
-        &[u8::from(query::is_error(span))],
+        &[u8::from(filter::is_error(span))],
         span.service.as_bytes(),
     ])
 }
@@ -434,7 +434,7 @@ fn apply_fragment(
     // Index entries of this fragment: prefix -> summary of its spans there.
     let mut entries: HashMap<Vec<u8>, Summary> = HashMap::new();
     for span in &fragment.spans {
-        let sid = query::span_id(span);
+        let sid = filter::span_id(span);
         if meta.as_ref().is_some_and(|m| m.span_ids.contains(&sid)) {
             out.duplicates += 1;
             continue;
@@ -494,13 +494,13 @@ fn apply_fragment(
         Ok(())
     };
     for (sid, span) in &new {
-        let Some(parent) = query::parent_id(span) else {
+        let Some(parent) = filter::parent_id(span) else {
             continue;
         };
         let child = (
             sid,
             span.start_time_unix_nano,
-            query::is_error(span),
+            filter::is_error(span),
             span.service.as_str(),
         );
         if let Some(p) = new.get(&parent) {
@@ -511,7 +511,7 @@ fn apply_fragment(
                 stored_services = Some(
                     before
                         .into_iter()
-                        .map(|s| (query::span_id(&s), s.service))
+                        .map(|s| (filter::span_id(&s), s.service))
                         .collect(),
                 );
             }
@@ -672,7 +672,7 @@ fn read_trace(
         let (_, v) = entry.map_err(db_err)?;
         out.extend(decode_fragment(v.value())?.spans);
     }
-    query::sort_spans(&mut out);
+    filter::sort_spans(&mut out);
     Ok(out)
 }
 
@@ -688,7 +688,7 @@ fn primary_index(f: &FilterCriteria) -> Vec<u8> {
     }
     let mut tags: Vec<(&String, &String)> = f.tags.iter().collect();
     tags.sort();
-    if let Some((k, v)) = tags.into_iter().find(|(k, v)| query::indexable_tag(k, v)) {
+    if let Some((k, v)) = tags.into_iter().find(|(k, v)| filter::indexable_tag(k, v)) {
         return index_prefix(b't', &[k.as_bytes(), b"\0", v.as_bytes()]);
     }
     match (f.service.is_empty(), f.operation.is_empty()) {
@@ -699,7 +699,7 @@ fn primary_index(f: &FilterCriteria) -> Vec<u8> {
 }
 
 fn list_blocking(db: &Database, f: &FilterCriteria) -> Result<Vec<Trace>> {
-    let limit = query::effective_limit(f);
+    let limit = filter::effective_limit(f);
     let lo = f.start_time_min_unix_nano;
     let hi = match f.start_time_max_unix_nano {
         0 => u64::MAX,
@@ -748,7 +748,7 @@ fn list_blocking(db: &Database, f: &FilterCriteria) -> Result<Vec<Trace>> {
         }
         seen.insert(tid);
         let trace_spans = read_trace(&spans, &tid)?;
-        if let Some(at) = query::best_match(&trace_spans, f) {
+        if let Some(at) = filter::best_match(&trace_spans, f) {
             let pos = found.partition_point(|(t, trace)| {
                 *t > at || *t == at && trace.trace_id.as_slice() > &tid[..]
             });
@@ -795,7 +795,7 @@ fn prune_blocking(db: &Database, cut: u64) -> Result<PruneStats> {
                 let tid = tid_of(&end_key[8..])?;
                 for span in read_trace(&spans, &tid)? {
                     stats.spans += 1;
-                    let sid = query::span_id(&span);
+                    let sid = filter::span_id(&span);
                     let start = be(span.start_time_unix_nano);
                     // Each index entry of the trace is keyed by the start of
                     // one of its spans: removing every candidate removes them.
@@ -965,7 +965,7 @@ impl Storage for EmbeddedStorage {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::storage::conformance::{Fixture, span, trace_id};
+    use crate::conformance::{Fixture, span, trace_id};
 
     async fn fixture() -> Fixture {
         let dir = tempfile::tempdir().unwrap();

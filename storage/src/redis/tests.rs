@@ -8,7 +8,7 @@ use std::time::Duration;
 use ::redis::AsyncCommands as _;
 
 use super::*;
-use crate::storage::conformance::{Fixture, span, trace_id};
+use crate::conformance::{Fixture, span, trace_id};
 
 use crate::testing::RedisServer;
 

@@ -27,9 +27,11 @@ pub use clew_proto::v1::{DependencyLink, FilterCriteria, Span, SpanKind, Trace};
 mod conformance;
 
 pub mod embedded;
+pub mod filter;
 pub mod memory;
-pub(crate) mod query;
 pub mod redis;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 
 /// Boxed error source kept for logs.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;

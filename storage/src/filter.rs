@@ -233,23 +233,20 @@ impl DependencyCounter {
 /// allocation: most traces never need more); past [`SpanIds::SCAN`] spans a
 /// hash set takes over.
 #[derive(Debug, Default)]
-pub(crate) struct SpanIds(Option<foldhash::HashSet<[u8; 8]>>);
+pub struct SpanIds(Option<foldhash::HashSet<[u8; 8]>>);
 
 impl SpanIds {
     /// Up to this many spans, a trace is de-duplicated by a scan.
     pub(crate) const SCAN: usize = 32;
 
     /// The ids of a trace whose `len` spans, `known()`, are all distinct.
-    pub(crate) fn of_unique<I: Iterator<Item = [u8; 8]>>(
-        len: usize,
-        known: impl FnOnce() -> I,
-    ) -> Self {
+    pub fn of_unique<I: Iterator<Item = [u8; 8]>>(len: usize, known: impl FnOnce() -> I) -> Self {
         SpanIds((len >= Self::SCAN).then(|| known().collect()))
     }
 
     /// Records `id` for a trace whose `len` ids so far are `known()`; false
     /// when it is already there. The caller keeps the id when it is new.
-    pub(crate) fn insert<I: Iterator<Item = [u8; 8]>>(
+    pub fn insert<I: Iterator<Item = [u8; 8]>>(
         &mut self,
         id: [u8; 8],
         len: usize,

@@ -21,11 +21,11 @@ use clew_proto::v1 as pb;
 use foldhash::HashMap;
 use parking_lot::Mutex;
 
-use super::query::{self, DependencyCounter, SpanIds};
 use super::{
     DependencyLink, FilterCriteria, PruneStats, Result, Returned, Span, SpanKind, Storage,
     StoreOutcome, Trace, TraceId, validate,
 };
+use crate::filter::{self, DependencyCounter, SpanIds};
 
 /// Default bound on the number of traces kept.
 pub const DEFAULT_MAX_TRACES: usize = 10_000;
@@ -178,11 +178,11 @@ struct Brief {
 impl Brief {
     fn of(span: &Span) -> Self {
         Brief {
-            id: query::span_id(span),
+            id: filter::span_id(span),
             start: span.start_time_unix_nano,
             service: service_hash(&span.service),
-            duration: query::duration(span),
-            error: query::is_error(span),
+            duration: filter::duration(span),
+            error: filter::is_error(span),
         }
     }
 
@@ -253,7 +253,7 @@ impl Entry {
             if best.is_some_and(|b| brief.start <= b) || !brief.may_match(f, service, lo, hi) {
                 continue;
             }
-            if query::span_matches(span, f) {
+            if filter::span_matches(span, f) {
                 best = Some(brief.start);
             }
         }
@@ -561,7 +561,7 @@ impl Storage for MemoryStorage {
     }
 
     async fn list_traces(&self, filter: &FilterCriteria) -> Result<Vec<Trace>> {
-        let limit = query::effective_limit(filter);
+        let limit = filter::effective_limit(filter);
         let lo = filter.start_time_min_unix_nano;
         let hi = match filter.start_time_max_unix_nano {
             0 => u64::MAX,
@@ -641,8 +641,8 @@ impl Storage for MemoryStorage {
         for shard in self.shards.iter() {
             let shard = shard.lock();
             for entry in shard.traces.values() {
-                for edge in query::edges(entry.spans.iter()) {
-                    if query::in_window(edge.child_start, start_unix_nanos, end_unix_nanos) {
+                for edge in filter::edges(entry.spans.iter()) {
+                    if filter::in_window(edge.child_start, start_unix_nanos, end_unix_nanos) {
                         counter.add(&edge.parent, &edge.child, edge.error);
                     }
                 }
@@ -696,7 +696,7 @@ impl Storage for MemoryStorage {
 
 fn to_trace(tid: [u8; 16], entry: &Entry) -> Trace {
     let mut spans: Vec<Span> = entry.spans.clone();
-    query::sort_spans(&mut spans);
+    filter::sort_spans(&mut spans);
     Trace {
         trace_id: tid.to_vec(),
         spans,
@@ -708,7 +708,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::storage::conformance::{Fixture, error, span, trace_id};
+    use crate::conformance::{Fixture, error, span, trace_id};
 
     async fn fixture() -> Fixture {
         Fixture::new(Arc::new(MemoryStorage::new(1_000)))
@@ -866,13 +866,13 @@ mod tests {
                     ..Default::default()
                 };
                 if let Some((a, b)) = window {
-                    f.start_time_min_unix_nano = crate::storage::conformance::T0 + a * 1_000_000;
-                    f.start_time_max_unix_nano = crate::storage::conformance::T0 + b * 1_000_000;
+                    f.start_time_min_unix_nano = crate::conformance::T0 + a * 1_000_000;
+                    f.start_time_max_unix_nano = crate::conformance::T0 + b * 1_000_000;
                 }
                 let mut want: Vec<(u64, Vec<u8>)> = held_traces
                     .iter()
                     .filter_map(|t| {
-                        query::best_match(&t.spans, &f).map(|b| (b, t.trace_id.clone()))
+                        filter::best_match(&t.spans, &f).map(|b| (b, t.trace_id.clone()))
                     })
                     .collect();
                 want.sort_by(|a, b| b.cmp(a));
@@ -882,7 +882,7 @@ mod tests {
                     .await
                     .unwrap()
                     .into_iter()
-                    .map(|t| (query::best_match(&t.spans, &f).unwrap(), t.trace_id))
+                    .map(|t| (filter::best_match(&t.spans, &f).unwrap(), t.trace_id))
                     .collect();
                 assert_eq!(
                     got, want,
