@@ -16,7 +16,8 @@
 //!   configuration file, listeners, retention, graceful shutdown), with
 //!   [`metrics`] on the ops endpoint.
 
-pub mod analysis;
+/// Trace analysis (`clew-analysis`).
+pub use clew_analysis as analysis;
 pub mod assembly;
 pub mod ingest;
 pub mod metrics;

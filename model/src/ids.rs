@@ -73,6 +73,17 @@ impl SpanId {
     }
 }
 
+/// Lowercase hex of any bytes (an id in Jaeger's and clew's JSON).
+pub fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(char::from(DIGITS[usize::from(b >> 4)]));
+        s.push(char::from(DIGITS[usize::from(b & 0xf)]));
+    }
+    s
+}
+
 /// Decodes exactly `2 * out.len()` lowercase hex digits into `out`.
 pub fn decode_lower_hex(s: &[u8], out: &mut [u8]) -> bool {
     if s.len() != out.len() * 2 {

@@ -3,7 +3,6 @@
 //! model is richer (span kind, status, trace state, links, resource).
 
 use std::collections::HashMap;
-use std::fmt::Write as _;
 
 use clew_model::VectorClock;
 use clew_proto::v1::{AnyValue, Span, SpanKind, Trace, any_value, status};
@@ -203,11 +202,7 @@ pub fn parse_span_kind(s: &str) -> Option<Option<SpanKind>> {
 
 /// Lowercase hex of `bytes`.
 pub fn hex(bytes: &[u8]) -> String {
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        let _ = write!(s, "{b:02x}");
-    }
-    s
+    clew_model::ids::hex(bytes)
 }
 
 /// Parses a Jaeger trace id: 1 to 32 hex digits (either case), left-padded

@@ -11,7 +11,7 @@
 //! | `GET /api/traces?service=&operation=&tags=&tag=&minDuration=&maxDuration=&start=&end=&limit=&lookback=&traceID=` | traces |
 //! | `GET /api/traces/{traceID}` | `[trace]`, or 404 |
 //! | `GET /api/dependencies?endTs=&lookback=` | `[{parent, child, callCount}]` |
-//! | `GET /api/clew/…` | analysis: see [`crate::analysis::http`] |
+//! | `GET /api/clew/…` | analysis: see [`analysis`] |
 //!
 //! Differences from Jaeger: `service` may be omitted from a search (any
 //! service); without `start` and `lookback` a search is unbounded in time
@@ -34,6 +34,7 @@ use clew_proto::v1::FilterCriteria;
 
 use crate::storage::{MAX_LIMIT, Storage, StorageError, TraceId};
 
+pub mod analysis;
 pub mod grpc;
 pub mod jaeger;
 #[cfg(test)]
@@ -133,8 +134,8 @@ pub fn router(storage: Arc<dyn Storage>) -> Router {
         .with_state(AppState {
             storage: storage.clone(),
         })
-        // clew's analysis routes under /api/clew/ (see crate::analysis::http).
-        .merge(crate::analysis::http::routes(storage))
+        // clew's analysis routes under /api/clew/.
+        .merge(analysis::routes(storage))
 }
 
 /// Query parameters in order, repeated keys kept (`tag=` may repeat).

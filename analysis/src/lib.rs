@@ -8,9 +8,10 @@
 //! | [`dependency_graph`] | service-to-service edges with calls, error rate and latency percentiles |
 //! | [`red_metrics`] | rate, errors and duration percentiles per service and operation over time |
 //!
-//! Everything here is a pure function of spans (no I/O), so it is tested with
-//! hand-built traces whose answers are known. The HTTP routes under
-//! `/api/clew/` ([`http`]) fetch traces from storage and call these.
+//! Everything here is a pure function of spans (no I/O, no HTTP), so it is
+//! tested with hand-built traces whose answers are known ([`fixtures`],
+//! feature `testing`). The collector's query API serves these under
+//! `/api/clew/`.
 //!
 //! Units in the JSON answers: absolute times are Unix **microseconds**
 //! (integers, as Jaeger's `startTime`, exact in a JavaScript number);
@@ -24,7 +25,8 @@ use clew_proto::v1::{Span, SpanKind, status};
 mod anomalies;
 mod bottlenecks;
 mod causal;
-pub mod http;
+#[cfg(any(test, feature = "testing"))]
+pub mod fixtures;
 mod red;
 #[cfg(test)]
 mod tests;
@@ -50,8 +52,8 @@ pub(crate) fn us_signed(ns: i128) -> f64 {
 }
 
 /// Lowercase hex of an id.
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    crate::query::jaeger::hex(bytes)
+pub fn hex(bytes: &[u8]) -> String {
+    clew_model::ids::hex(bytes)
 }
 
 /// A span id as an integer key (0 for a malformed id).

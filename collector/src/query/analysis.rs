@@ -25,13 +25,13 @@ use axum::routing::get;
 use clew_proto::v1::{FilterCriteria, Trace};
 use serde::Serialize;
 
-use super::{
-    AnomalyConfig, Bottlenecks, CausalAnalysis, DependencyEdge, Percentiles, causal_order,
-    dependency_graph, detect_anomalies, detect_bottlenecks, red_metrics,
-};
 use crate::query::jaeger::{self, Envelope};
 use crate::query::{AppError, Params, Result, dependency_window, now_nanos};
 use crate::storage::{MAX_LIMIT, Storage, TraceId};
+use clew_analysis::{
+    AnomalyConfig, Bottlenecks, CausalAnalysis, DependencyEdge, Percentiles, causal_order,
+    dependency_graph, detect_anomalies, detect_bottlenecks, red_metrics,
+};
 
 /// Default window of anomalies and RED metrics: one hour.
 const DEFAULT_LOOKBACK_NS: u64 = 3_600 * 1_000_000_000;
@@ -163,7 +163,7 @@ async fn window_traces(
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 struct AnomalyAnswer {
-    anomalies: Vec<super::Anomaly>,
+    anomalies: Vec<clew_analysis::Anomaly>,
     #[serde(flatten)]
     window: Window,
 }
@@ -193,7 +193,7 @@ async fn anomalies(State(st): St, q: Q) -> Result<Response> {
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 struct RedAnswer {
-    series: Vec<super::RedSeries>,
+    series: Vec<clew_analysis::RedSeries>,
     #[serde(flatten)]
     window: Window,
     step_us: u64,
@@ -228,7 +228,7 @@ async fn red(State(st): St, q: Q) -> Result<Response> {
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 struct DependencyAnswer {
-    services: Vec<super::ServiceNode>,
+    services: Vec<clew_analysis::ServiceNode>,
     edges: Vec<DependencyEdge>,
     #[serde(flatten)]
     window: Window,
@@ -269,7 +269,7 @@ async fn dependencies(State(st): St, q: Q) -> Result<Response> {
         };
         for svc in [&e.parent, &e.child] {
             if !graph.services.iter().any(|n| &n.service == svc) {
-                graph.services.push(super::ServiceNode {
+                graph.services.push(clew_analysis::ServiceNode {
                     service: svc.clone(),
                     spans: 0,
                     errors: 0,
@@ -287,3 +287,6 @@ async fn dependencies(State(st): St, q: Q) -> Result<Response> {
         window,
     }))
 }
+
+#[cfg(test)]
+mod tests;

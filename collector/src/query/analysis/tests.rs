@@ -1,0 +1,172 @@
+use std::sync::Arc;
+
+use axum::Router;
+use axum::http::StatusCode;
+use serde_json::Value;
+
+use clew_analysis::fixtures::*;
+use clew_analysis::hex;
+use clew_proto::v1::Trace;
+
+use crate::query::tests::get;
+use crate::storage::Storage;
+use crate::storage::memory::MemoryStorage;
+
+async fn app_with(traces: Vec<Trace>) -> Router {
+    let storage = Arc::new(MemoryStorage::new(10_000));
+    for t in traces {
+        storage.store_trace(t).await.unwrap();
+    }
+    crate::query::router(storage)
+}
+
+fn error_msg(v: &Value) -> &str {
+    v["errors"][0]["msg"].as_str().unwrap()
+}
+
+#[tokio::test]
+async fn trace_analysis_has_critical_path_and_causal_order() {
+    let app = app_with(vec![rpc(-25)]).await;
+    let (status, v) = get(&app, &format!("/api/clew/traces/{}/analysis", hex(&TRACE))).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    let d = &v["data"];
+    assert_eq!(d["traceID"], hex(&TRACE));
+    assert_eq!(d["spans"], 2);
+    // The backend's span starts before the root here (skewed clock), so
+    // the trace starts at -15 ms and lasts 115 ms.
+    assert_eq!(d["bottlenecks"]["durationUs"], 115_000.0);
+    assert_eq!(d["bottlenecks"]["rootSpanID"], h(1));
+    let path: Vec<&str> = d["bottlenecks"]["criticalPath"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["spanID"].as_str().unwrap())
+        .collect();
+    // The child is clipped to its parent (0..65): it starts the path.
+    assert_eq!(path, vec![h(2), h(1)]);
+    assert_eq!(d["causal"]["consistent"], false);
+    assert_eq!(d["causal"]["violationCount"], 1);
+    assert_eq!(
+        d["causal"]["violations"][0]["after"]["wallNs"],
+        (T0 - 15 * MS).to_string()
+    );
+    assert_eq!(d["causal"]["offsets"][1]["service"], "backend");
+    assert_eq!(d["causal"]["offsets"][1]["offsetUs"], 15_000.0);
+    assert_eq!(d["causal"]["order"].as_array().unwrap().len(), 4);
+}
+
+#[tokio::test]
+async fn errors_follow_the_jaeger_conventions() {
+    let app = app_with(vec![fan_out()]).await;
+    let (status, v) = get(
+        &app,
+        "/api/clew/traces/00000000000000000000000000000abc/analysis",
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(error_msg(&v), "trace not found");
+    let (status, v) = get(&app, "/api/clew/traces/xyz/analysis").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(
+        error_msg(&v).starts_with("unable to parse param 'traceID'"),
+        "{v}"
+    );
+    for (uri, param) in [
+        ("/api/clew/anomalies?lookback=soon", "lookback"),
+        ("/api/clew/anomalies?limit=-1", "limit"),
+        ("/api/clew/red?step=1ms&lookback=1h", "step"),
+        ("/api/clew/red?step=0", "step"),
+        ("/api/clew/red?end=x", "end"),
+        ("/api/clew/dependencies?endTs=yesterday", "endTs"),
+        ("/api/clew/dependencies?lookback=1h", "lookback"),
+    ] {
+        let (status, v) = get(&app, uri).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{uri}: {v}");
+        let msg = error_msg(&v);
+        assert!(
+            msg.starts_with(&format!("unable to parse param '{param}'")),
+            "{uri}: {msg}"
+        );
+        assert_eq!(v["errors"][0]["code"], 400);
+    }
+}
+
+#[tokio::test]
+async fn window_routes_answer_over_stored_traces() {
+    let traces = window(
+        100,
+        |i| if i == 50 { 200 } else { 10 + u64::from(i % 3) },
+        |i| i % 10 == 0,
+        |_| false,
+    );
+    let app = app_with(traces).await;
+    // The window: T0 .. T0 + 100 s, in µs / ms as each route takes it.
+    let end_us = (T0 + 100_000 * MS) / 1_000;
+    let (status, v) = get(
+        &app,
+        &format!("/api/clew/anomalies?service=db&end={end_us}&lookback=5m"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert_eq!(v["data"]["traces"], 100);
+    let anomalies = v["data"]["anomalies"].as_array().unwrap();
+    assert_eq!(anomalies.len(), 1, "{v}");
+    assert_eq!(anomalies[0]["kind"], "latencyOutlier");
+    assert_eq!(anomalies[0]["service"], "db");
+
+    let (status, v) = get(
+        &app,
+        &format!("/api/clew/red?service=db&end={end_us}&lookback=100s&step=10s"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    let series = v["data"]["series"].as_array().unwrap();
+    assert_eq!(series.len(), 2);
+    assert_eq!(series[0]["requests"], 100);
+    assert_eq!(series[0]["errors"], 10);
+    assert_eq!(series[0]["buckets"].as_array().unwrap().len(), 10);
+    assert_eq!(v["data"]["stepUs"], 10_000_000);
+
+    let (status, v) = get(
+        &app,
+        &format!(
+            "/api/clew/dependencies?endTs={}&lookback=200000",
+            end_us / 1_000
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    let edges = v["data"]["edges"].as_array().unwrap();
+    let db = edges.iter().find(|e| e["child"] == "db").unwrap();
+    assert_eq!(db["parent"], "api");
+    assert_eq!(db["callCount"], 100);
+    assert_eq!(db["errorCount"], 10);
+    assert_eq!(db["errorRate"], 0.1);
+    assert_eq!(db["latency"]["p50Us"], 11_000.0);
+    assert_eq!(v["data"]["services"].as_array().unwrap().len(), 3);
+}
+
+#[tokio::test]
+async fn a_truncated_window_says_which_part_it_covers() {
+    // 1,200 traces a second apart: only the 1,000 most recent are read.
+    let app = app_with(window(1_200, |_| 10, |_| false, |_| false)).await;
+    let end_us = (T0 + 1_200_000 * MS) / 1_000;
+    let (status, v) = get(
+        &app,
+        &format!("/api/clew/red?service=db&end={end_us}&lookback=1200s&step=60s"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert_eq!(v["data"]["truncated"], true);
+    assert_eq!(v["data"]["traces"], 1_000);
+    // Trace 200 is the oldest read.
+    assert_eq!(v["data"]["coveredFromUs"], (T0 + 200_000 * MS) / 1_000);
+    // Not truncated: no such field.
+    let (_, v) = get(
+        &app,
+        &format!("/api/clew/red?service=db&end={end_us}&lookback=100s&step=10s"),
+    )
+    .await;
+    assert_eq!(v["data"]["truncated"], false);
+    assert!(v["data"].get("coveredFromUs").is_none(), "{v}");
+}
