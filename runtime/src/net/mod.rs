@@ -19,6 +19,8 @@ mod nofile;
 mod serve;
 mod tracked;
 
+#[cfg(feature = "testing")]
+pub mod testing;
 #[cfg(test)]
 mod tests;
 
