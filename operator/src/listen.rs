@@ -1,7 +1,8 @@
 //! The webhook's HTTPS server with bounded connections: axum-server's
 //! accept step admits each TCP connection through a [`ConnTracker`] (a
 //! limit with eviction of idle connections, idle reaping) before the TLS
-//! handshake, and its HTTP builder gets the header-read timeout and HTTP/2
+//! handshake (itself bounded by the header-read timeout), and its HTTP
+//! builder gets the header-read timeout and HTTP/2
 //! limits of every clew server.
 
 use std::io;
@@ -50,7 +51,10 @@ pub fn webhook_server(
     conns: &ConnMetrics,
 ) -> axum_server::Server<SocketAddr, RustlsAcceptor<TrackingAcceptor>> {
     let tracker = ConnTracker::new("webhook", limits.clone(), conns);
-    let acceptor = RustlsAcceptor::new(tls).acceptor(TrackingAcceptor::new(tracker));
+    // A TLS handshake is held to the same deadline as HTTP/1 headers.
+    let acceptor = RustlsAcceptor::new(tls)
+        .handshake_timeout(limits.header_read_timeout)
+        .acceptor(TrackingAcceptor::new(tracker));
     let mut server = axum_server::bind(addr).acceptor(acceptor);
     clew_runtime::net::configure_http(server.http_builder(), limits);
     server

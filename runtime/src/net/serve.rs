@@ -31,7 +31,7 @@ pub fn configure_http(builder: &mut Builder<TokioExecutor>, limits: &ConnLimits)
 /// A hyper connection builder (HTTP/1 and HTTP/2) configured by `limits`.
 pub fn http_builder(limits: &ConnLimits) -> Builder<TokioExecutor> {
     let mut b = Builder::new(TokioExecutor::new());
-    configure_http(&mut b, &limits.clone());
+    configure_http(&mut b, limits);
     b
 }
 
