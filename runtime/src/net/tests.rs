@@ -229,3 +229,45 @@ fn the_soft_open_file_limit_is_raised_to_the_hard_one() {
     assert_eq!(l.soft, l.hard);
     assert!(l.soft >= l.soft_before);
 }
+
+#[tokio::test]
+async fn http2_keepalive_pings_do_not_keep_an_idle_connection_open() {
+    use http_body_util::{BodyExt as _, Empty};
+    let m = ConnMetrics::new();
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let idle = Duration::from_millis(600);
+    let lim = ConnLimits {
+        idle_timeout: idle,
+        // Pings (and their acks) several times per idle timeout.
+        http2_keepalive_interval: Duration::from_millis(100),
+        http2_keepalive_timeout: Duration::from_secs(5),
+        ..ConnLimits::default()
+    };
+    let l = TrackedListener::new(l, "test", lim, &m);
+    let addr = l.local_addr().unwrap();
+    let app = axum::Router::new().route("/", axum::routing::get(|| async { "ok" }));
+    tokio::spawn(serve_http(l, app, std::future::pending()));
+
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    let conn = tokio::spawn(conn);
+    let req = axum::http::Request::get("http://x/")
+        .body(Empty::<axum::body::Bytes>::new())
+        .unwrap();
+    let resp = send.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.into_body().collect().await.unwrap().to_bytes(), "ok");
+    let served = Instant::now();
+    // The connection ends (the server closed it) although pings kept
+    // flowing on it.
+    let _ = tokio::time::timeout(DEADLINE, conn)
+        .await
+        .expect("connection still open");
+    assert!(served.elapsed() >= idle, "closed before the idle timeout");
+    assert_eq!(metric(&m, "clew_connections_idle_closed_total"), 1);
+}
