@@ -242,11 +242,27 @@ impl<S> TrackedStream<S> {
         &self.io
     }
 
+    /// Records that `bytes` moved, unless they are nothing or a lone
+    /// HTTP/2 ping.
     fn touch(&self, bytes: &[u8]) {
         if !bytes.is_empty() && !is_h2_ping(bytes) {
-            let now = self.tracker.now_ms();
-            self.slot.last_active.store(now, Ordering::Relaxed);
+            self.mark_active();
         }
+    }
+
+    /// [`Self::touch`] for a vectored write of `n` bytes: a lone ping lies
+    /// within the first slice; more than that is activity.
+    fn touch_vectored(&self, bufs: &[io::IoSlice<'_>], n: usize) {
+        match bufs.iter().find(|b| !b.is_empty()) {
+            Some(first) if n <= first.len() => self.touch(&first[..n]),
+            _ if n > 0 => self.mark_active(),
+            _ => {}
+        }
+    }
+
+    fn mark_active(&self) {
+        let now = self.tracker.now_ms();
+        self.slot.last_active.store(now, Ordering::Relaxed);
     }
 }
 
@@ -325,11 +341,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for TrackedStream<S> {
         }
         let r = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
         if let Poll::Ready(Ok(n)) = r {
-            match bufs.iter().find(|b| !b.is_empty()) {
-                Some(first) if n == first.len() => this.touch(first),
-                _ if n > 0 => this.touch(b"data"),
-                _ => {}
-            }
+            this.touch_vectored(bufs, n);
         }
         r
     }
