@@ -85,10 +85,11 @@ async fn idle_connections_are_closed_after_the_idle_timeout() {
     let idle = Duration::from_millis(300);
     let (addr, tracker) = echo_server(limits(10, idle, idle), &m).await;
     let mut c = TcpStream::connect(addr).await.unwrap();
+    // The server's last activity is after this instant.
+    let before = Instant::now();
     assert!(echo(&mut c).await);
-    let active = Instant::now();
     assert!(closed_by_server(&mut c).await, "idle connection not closed");
-    assert!(active.elapsed() >= idle, "closed before the idle timeout");
+    assert!(before.elapsed() >= idle, "closed before the idle timeout");
     wait_open(&tracker, 0).await;
     assert_eq!(metric(&m, "clew_connections_idle_closed_total"), 1);
     assert_eq!(metric(&m, "clew_connections_open"), 0);
@@ -259,15 +260,16 @@ async fn http2_keepalive_pings_do_not_keep_an_idle_connection_open() {
     let req = axum::http::Request::get("http://x/")
         .body(Empty::<axum::body::Bytes>::new())
         .unwrap();
+    // The server's last activity is after this instant.
+    let sent = Instant::now();
     let resp = send.send_request(req).await.unwrap();
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.into_body().collect().await.unwrap().to_bytes(), "ok");
-    let served = Instant::now();
     // The connection ends (the server closed it) although pings kept
     // flowing on it.
     let _ = tokio::time::timeout(DEADLINE, conn)
         .await
         .expect("connection still open");
-    assert!(served.elapsed() >= idle, "closed before the idle timeout");
+    assert!(sent.elapsed() >= idle, "closed before the idle timeout");
     assert_eq!(metric(&m, "clew_connections_idle_closed_total"), 1);
 }
