@@ -40,6 +40,9 @@ async fn main() -> anyhow::Result<()> {
         };
     }
     clew_runtime::init_logging();
+    // Every connection is a descriptor: the connection limits, not a soft
+    // limit of 1024, must bound the collector.
+    clew_runtime::net::raise_nofile_limit_logged();
     let args = clew_runtime::config::args_with_file::<Config>(
         std::env::args_os().collect(),
         "CLEW_CONFIG",

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use axum::serve::ListenerExt as _;
+use clew_runtime::net::{ConnMetrics, TrackedListener};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -30,6 +30,12 @@ pub enum StorageKind {
     /// In memory; lost on restart.
     Memory,
 }
+
+clew_runtime::conn_limit_flags!(
+    /// Connection limits of the collector's listeners.
+    pub struct ConnFlags,
+    env = "CLEW_"
+);
 
 /// Collector settings: flags, or `CLEW_*` environment variables.
 #[derive(Debug, Clone, clap::Parser)]
@@ -93,6 +99,13 @@ pub struct Config {
     /// fsync the WAL before acknowledging (turn off only for throwaway runs).
     #[arg(long, env = "CLEW_WAL_FSYNC", default_value_t = true, action = clap::ArgAction::Set)]
     pub wal_fsync: bool,
+    /// Connection limits of the gRPC, OTLP/HTTP and query listeners.
+    #[command(flatten)]
+    pub conn: ConnFlags,
+    /// Most connections of the ops listener, apart from the others so that
+    /// `/healthz` and `/metrics` answer even when ingest is saturated.
+    #[arg(long, env = "CLEW_OPS_MAX_CONNECTIONS", default_value_t = 64)]
+    pub ops_max_connections: usize,
 }
 
 /// Why the collector could not start or stopped with an error.
@@ -223,10 +236,18 @@ pub async fn run(
     );
     let ready = Arc::new(AtomicBool::new(false));
 
-    let grpc_listener = bind(config.grpc_addr).await?;
-    let http_listener = bind(config.http_addr).await?;
-    let query_listener = bind(config.query_addr).await?;
-    let ops_listener = bind(config.ops_addr).await?;
+    // Every listener bounds its connections; ops has its own small limit
+    // so that it is never starved by ingest.
+    let conns = ConnMetrics::new();
+    let limits = config.conn.limits();
+    let ops_limits = limits
+        .clone()
+        .with_max_connections(config.ops_max_connections);
+    let track = |l, name, limits| TrackedListener::new(l, name, limits, &conns);
+    let grpc_listener = track(bind(config.grpc_addr).await?, "grpc", limits.clone());
+    let http_listener = track(bind(config.http_addr).await?, "http", limits.clone());
+    let query_listener = track(bind(config.query_addr).await?, "query", limits.clone());
+    let ops_listener = track(bind(config.ops_addr).await?, "ops", ops_limits);
     let bound = Bound {
         grpc: local(&grpc_listener)?,
         http: local(&http_listener)?,
@@ -243,7 +264,7 @@ pub async fn run(
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<OtlpGrpcServer>().await;
     let max = config.max_request_bytes;
-    let grpc = tonic::transport::Server::builder()
+    let grpc = clew_runtime::net::grpc_server(&limits)
         .add_service(health_service)
         .add_service(
             OtlpGrpcServer::new(ingest.clone())
@@ -256,39 +277,34 @@ pub async fn run(
                 .accept_compressed(tonic::codec::CompressionEncoding::Gzip),
         )
         .add_service(crate::query::QueryGrpc(Arc::clone(&storage)).into_server())
-        .serve_with_incoming_shutdown(
-            // Small replies (acks, query results) must not wait for Nagle's
-            // algorithm: without TCP_NODELAY a lookup took 40 ms (the peer's
-            // delayed ACK) instead of well under one.
-            tokio_stream::StreamExt::map(
-                tokio_stream::wrappers::TcpListenerStream::new(grpc_listener),
-                |conn| conn.inspect(|tcp| drop(tcp.set_nodelay(true))),
-            ),
-            stopped(stop_rx.clone()),
-        );
-    let nodelay = |tcp: &mut tokio::net::TcpStream| drop(tcp.set_nodelay(true));
-    let http_listener = http_listener.tap_io(nodelay);
-    let query_listener = query_listener.tap_io(nodelay);
-    let http = axum::serve(http_listener, crate::ingest::http_router(ingest.clone()))
-        .with_graceful_shutdown(stopped(stop_rx.clone()));
-    let query = axum::serve(query_listener, crate::query::router(Arc::clone(&storage)))
-        .with_graceful_shutdown(stopped(stop_rx.clone()));
-    let ops = axum::serve(
+        // Tracked connections set TCP_NODELAY: small replies (acks, query
+        // results) must not wait 40 ms for the peer's delayed ACK.
+        .serve_with_incoming_shutdown(grpc_listener.into_incoming(), stopped(stop_rx.clone()));
+    let serve = clew_runtime::net::serve_http;
+    let http = serve(
+        http_listener,
+        crate::ingest::http_router(ingest.clone()),
+        stopped(stop_rx.clone()),
+    );
+    let query = serve(
+        query_listener,
+        crate::query::router(Arc::clone(&storage)),
+        stopped(stop_rx.clone()),
+    );
+    let render = {
+        let metrics = Arc::clone(&metrics);
+        Arc::new(move || metrics.render() + &conns.render())
+    };
+    let ops = serve(
         ops_listener,
-        clew_runtime::ops::router(
-            {
-                let metrics = Arc::clone(&metrics);
-                Arc::new(move || metrics.render())
-            },
-            Arc::clone(&ready),
-        ),
-    )
-    .with_graceful_shutdown(stopped(stop_rx.clone()));
+        clew_runtime::ops::router(render, Arc::clone(&ready)),
+        stopped(stop_rx.clone()),
+    );
 
     let grpc = tokio::spawn(grpc);
-    let http = tokio::spawn(async move { http.await });
-    let ops = tokio::spawn(async move { ops.await });
-    let query = tokio::spawn(async move { query.await });
+    let http = tokio::spawn(http);
+    let ops = tokio::spawn(ops);
+    let query = tokio::spawn(query);
     let retention = tokio::spawn(retention_loop(
         Arc::clone(&storage),
         Arc::clone(&metrics),
@@ -320,7 +336,7 @@ pub async fn run(
     }
 }
 
-fn local(l: &TcpListener) -> Result<SocketAddr, ServerError> {
+fn local(l: &TrackedListener) -> Result<SocketAddr, ServerError> {
     l.local_addr()
         .map_err(|e| ServerError::Serve(format!("local address: {e}")))
 }

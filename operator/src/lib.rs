@@ -16,6 +16,7 @@ mod error;
 #[cfg(test)]
 mod fixtures;
 pub mod inject;
+pub mod listen;
 pub mod metrics;
 pub mod run;
 pub mod status;

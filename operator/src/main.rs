@@ -13,6 +13,7 @@ async fn main() -> anyhow::Result<()> {
         .with(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
         .with(tracing_subscriber::fmt::layer())
         .init();
+    clew_runtime::net::raise_nofile_limit_logged();
     // One process-wide TLS provider for the API client and the webhook server.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

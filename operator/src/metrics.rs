@@ -11,6 +11,8 @@ use crate::Result;
 #[derive(Clone, Debug)]
 pub struct Metrics {
     registry: Registry,
+    /// Connections of the webhook and ops listeners.
+    pub conns: clew_runtime::net::ConnMetrics,
     /// Reconciliations started.
     pub reconciliations: IntCounter,
     /// Failed reconciliations by error kind.
@@ -84,6 +86,7 @@ impl Metrics {
         registry.register(Box::new(cert_rotations.clone()))?;
         Ok(Self {
             registry,
+            conns: clew_runtime::net::ConnMetrics::new(),
             reconciliations,
             reconcile_errors,
             reconcile_duration,
@@ -100,6 +103,6 @@ impl Metrics {
         let mut buf = Vec::new();
         // Encoding into a Vec cannot fail for well-formed metrics.
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
-        String::from_utf8(buf).unwrap_or_default()
+        String::from_utf8(buf).unwrap_or_default() + &self.conns.render()
     }
 }

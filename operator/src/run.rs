@@ -39,6 +39,12 @@ pub enum NativeSidecars {
     Never,
 }
 
+clew_runtime::conn_limit_flags!(
+    /// Connection limits of the operator's webhook listener.
+    pub struct ConnFlags,
+    env = "CLEW_OPERATOR_"
+);
+
 /// Configuration of `clew-operator` (flags or environment).
 #[derive(Clone, Debug, clap::Parser)]
 #[command(
@@ -110,6 +116,12 @@ pub struct Config {
         default_value = "auto"
     )]
     pub native_sidecars: NativeSidecars,
+    /// Connection limits of the webhook listener.
+    #[command(flatten)]
+    pub conn: ConnFlags,
+    /// Most connections of the ops listener, apart from the webhook's.
+    #[arg(long, env = "CLEW_OPERATOR_OPS_MAX_CONNECTIONS", default_value_t = 64)]
+    pub ops_max_connections: usize,
 }
 
 impl Config {
@@ -271,9 +283,19 @@ pub async fn run(
     };
 
     let (ready_tx, ready_rx) = watch::channel(false);
-    let ops = tokio::net::TcpListener::bind(cfg.ops_addr).await?;
+    let limits = cfg.conn.limits();
+    let ops = clew_runtime::net::TrackedListener::new(
+        tokio::net::TcpListener::bind(cfg.ops_addr).await?,
+        "ops",
+        limits.clone().with_max_connections(cfg.ops_max_connections),
+        &metrics.conns,
+    );
     info!(addr = %cfg.ops_addr, "ops server listening");
-    tokio::spawn(axum::serve(ops, ops_app(metrics.clone(), ready_rx)).into_future());
+    tokio::spawn(clew_runtime::net::serve_http(
+        ops,
+        ops_app(metrics.clone(), ready_rx),
+        std::future::pending(),
+    ));
 
     let native = match cfg.native_sidecars {
         NativeSidecars::Always => true,
@@ -351,7 +373,7 @@ pub async fn run(
     });
     info!(addr = %cfg.webhook_addr, "webhook listening (HTTPS)");
     let _ = ready_tx.send(true);
-    axum_server::bind_rustls(cfg.webhook_addr, tls)
+    crate::listen::webhook_server(cfg.webhook_addr, tls, &limits, &metrics.conns)
         .handle(handle)
         .serve(webhook::app(state).into_make_service())
         .await?;

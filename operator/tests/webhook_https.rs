@@ -14,6 +14,7 @@ use clew_operator::crd::{TraceCollector, TraceCollectorSpec};
 use clew_operator::desired::Defaults;
 use clew_operator::metrics::Metrics;
 use clew_operator::webhook::{self, WebhookState};
+use clew_runtime::net::ConnLimits;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
@@ -51,6 +52,10 @@ fn collector(name: &str, ns: &str) -> TraceCollector {
 }
 
 async fn start(native: bool) -> Server {
+    start_with(native, ConnLimits::default()).await
+}
+
+async fn start_with(native: bool, limits: ConnLimits) -> Server {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let bundle = certs::generate(
         SERVICE,
@@ -94,7 +99,8 @@ async fn start(native: bool) -> Server {
     .await
     .unwrap();
     let handle = axum_server::Handle::new();
-    let server = axum_server::bind_rustls("127.0.0.1:0".parse::<SocketAddr>().unwrap(), tls)
+    let addr = "127.0.0.1:0".parse::<SocketAddr>().unwrap();
+    let server = clew_operator::listen::webhook_server(addr, tls, &limits, &metrics.conns)
         .handle(handle.clone())
         .serve(webhook::app(state).into_make_service());
     tokio::spawn(server);
@@ -418,4 +424,65 @@ async fn garbage_is_a_clear_400_and_untrusted_clients_cannot_connect() {
     .await
     .unwrap_err();
     assert!(err.to_lowercase().contains("certificate"), "{err}");
+}
+
+/// Waits (bounded) until `conn` sees the server close it.
+async fn closed_by_server(conn: &mut tokio::net::TcpStream) -> bool {
+    use tokio::io::AsyncReadExt as _;
+    let mut buf = [0u8; 64];
+    matches!(
+        tokio::time::timeout(Duration::from_secs(5), conn.read(&mut buf)).await,
+        Ok(Ok(0) | Err(_))
+    )
+}
+
+fn conn_metric(s: &Server, name: &str) -> u64 {
+    let prefix = format!("{name}{{listener=\"webhook\"}} ");
+    s.metrics
+        .render()
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix).map(|v| v.trim().parse().unwrap()))
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn excess_and_idle_connections_are_closed_and_https_still_answers() {
+    let idle = Duration::from_millis(500);
+    let s = start_with(
+        true,
+        ConnLimits {
+            max_connections: 2,
+            idle_timeout: idle,
+            // Nothing is evictable: the excess connection is refused.
+            evict_after: Duration::from_secs(60),
+            ..ConnLimits::default()
+        },
+    )
+    .await;
+    // Two connections that never start TLS hold the limit.
+    let mut a = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    let mut b = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while conn_metric(&s, "clew_connections_open") < 2 {
+        assert!(std::time::Instant::now() < deadline, "not admitted");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut c = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    assert!(
+        closed_by_server(&mut c).await,
+        "the excess connection stays open"
+    );
+    assert_eq!(conn_metric(&s, "clew_connections_refused_total"), 1);
+    // The silent ones are closed after the idle timeout...
+    assert!(closed_by_server(&mut a).await && closed_by_server(&mut b).await);
+    assert_eq!(conn_metric(&s, "clew_connections_idle_closed_total"), 2);
+    // ...and the webhook answers again.
+    let body = review(
+        "uid-1",
+        "CREATE",
+        "shop",
+        pod("shop", json!({"sidecar.clew.dev/inject": "true"})),
+    );
+    let (code, _) = post(s.addr, &s.ca_pem, body).await.unwrap();
+    assert_eq!(code, 200);
 }

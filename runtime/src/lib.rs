@@ -2,9 +2,11 @@
 //! ([`init_logging`]), shutdown on SIGTERM or Ctrl-C ([`shutdown_signal`]),
 //! and an optional configuration file layered under flags and environment
 //! variables ([`config`]); OTLP/HTTP bodies for the servers that take
-//! them ([`otlp_http`]).
+//! them ([`otlp_http`]); bounded, idle-reaped connections for every
+//! listener ([`net`]).
 
 pub mod config;
+pub mod net;
 pub mod ops;
 pub mod otlp_http;
 

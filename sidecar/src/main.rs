@@ -7,6 +7,9 @@ use clew_sidecar::server::{Config, run};
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     clew_runtime::init_logging();
+    // Every connection is a descriptor: the connection limits, not a soft
+    // limit of 1024, must bound the sidecar.
+    clew_runtime::net::raise_nofile_limit_logged();
     let args = clew_runtime::config::args_with_file::<Config>(
         std::env::args_os().collect(),
         "CLEW_SIDECAR_CONFIG",

@@ -9,12 +9,19 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use clew_reliability::CircuitBreakerConfig;
+use clew_runtime::net::{ConnMetrics, TrackedListener};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::TraceServiceServer;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::pipeline::{Pipeline, PipelineConfig};
 use crate::receiver::{NativeGrpc, OtlpGrpc, http_router};
+
+clew_runtime::conn_limit_flags!(
+    /// Connection limits of the sidecar's listeners.
+    pub struct ConnFlags,
+    env = "CLEW_SIDECAR_"
+);
 
 /// Sidecar settings: flags, or `CLEW_SIDECAR_*` environment variables.
 #[derive(Debug, Clone, clap::Parser)]
@@ -98,6 +105,13 @@ pub struct Config {
     /// spilling what is left.
     #[arg(long, env = "CLEW_SIDECAR_SHUTDOWN_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
     pub shutdown_timeout: Duration,
+    /// Connection limits of the gRPC and OTLP/HTTP listeners.
+    #[command(flatten)]
+    pub conn: ConnFlags,
+    /// Most connections of the ops listener, apart from the others so that
+    /// `/healthz` and `/metrics` answer even when ingest is saturated.
+    #[arg(long, env = "CLEW_SIDECAR_OPS_MAX_CONNECTIONS", default_value_t = 64)]
+    pub ops_max_connections: usize,
 }
 
 /// Start-up errors.
@@ -161,7 +175,7 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, ServerError> {
         .map_err(|source| ServerError::Bind { addr, source })
 }
 
-fn local(l: &TcpListener) -> Result<SocketAddr, ServerError> {
+fn local(l: &TrackedListener) -> Result<SocketAddr, ServerError> {
     l.local_addr()
         .map_err(|e| ServerError::Serve(format!("local address: {e}")))
 }
@@ -241,9 +255,17 @@ pub async fn run(
     }
     pipeline.set_endpoints(&initial)?;
 
-    let grpc_listener = bind(config.grpc_addr).await?;
-    let http_listener = bind(config.http_addr).await?;
-    let ops_listener = bind(config.ops_addr).await?;
+    // Every listener bounds its connections; ops has its own small limit
+    // so that it is never starved by ingest.
+    let conns = ConnMetrics::new();
+    let limits = config.conn.limits();
+    let ops_limits = limits
+        .clone()
+        .with_max_connections(config.ops_max_connections);
+    let track = |l, name, limits| TrackedListener::new(l, name, limits, &conns);
+    let grpc_listener = track(bind(config.grpc_addr).await?, "grpc", limits.clone());
+    let http_listener = track(bind(config.http_addr).await?, "http", limits.clone());
+    let ops_listener = track(bind(config.ops_addr).await?, "ops", ops_limits);
     let bound = Bound {
         grpc: local(&grpc_listener)?,
         http: local(&http_listener)?,
@@ -255,7 +277,7 @@ pub async fn run(
     };
     let ready = Arc::new(AtomicBool::new(false));
     let max = config.max_request_bytes;
-    let grpc = tonic::transport::Server::builder()
+    let grpc = clew_runtime::net::grpc_server(&limits)
         .add_service(
             TraceServiceServer::new(OtlpGrpc(pipeline.clone()))
                 .max_decoding_message_size(max)
@@ -266,27 +288,26 @@ pub async fn run(
                 .max_decoding_message_size(max)
                 .accept_compressed(tonic::codec::CompressionEncoding::Gzip),
         )
-        .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(grpc_listener),
-            stopped(stop_rx.clone()),
-        );
-    let http = axum::serve(http_listener, http_router(pipeline.clone(), max))
-        .with_graceful_shutdown(stopped(stop_rx.clone()));
+        .serve_with_incoming_shutdown(grpc_listener.into_incoming(), stopped(stop_rx.clone()));
+    let serve = clew_runtime::net::serve_http;
+    let http = serve(
+        http_listener,
+        http_router(pipeline.clone(), max),
+        stopped(stop_rx.clone()),
+    );
     let render_pipeline = pipeline.clone();
-    let ops = axum::serve(
+    let render = Arc::new(move || {
+        render_pipeline.pending();
+        render_pipeline.metrics().render() + &conns.render()
+    });
+    let ops = serve(
         ops_listener,
-        clew_runtime::ops::router(
-            Arc::new(move || {
-                render_pipeline.pending();
-                render_pipeline.metrics().render()
-            }),
-            Arc::clone(&ready),
-        ),
-    )
-    .with_graceful_shutdown(stopped(stop_rx.clone()));
+        clew_runtime::ops::router(render, Arc::clone(&ready)),
+        stopped(stop_rx.clone()),
+    );
     let grpc = tokio::spawn(grpc);
-    let http = tokio::spawn(async move { http.await });
-    let ops = tokio::spawn(async move { ops.await });
+    let http = tokio::spawn(http);
+    let ops = tokio::spawn(ops);
     let dns = config.collector_dns.clone().map(|name| {
         tokio::spawn(dns_loop(
             pipeline.clone(),

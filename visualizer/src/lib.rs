@@ -22,6 +22,7 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use clew_runtime::net::TrackedListener;
 use tokio::net::TcpListener;
 
 mod assets;
@@ -32,6 +33,12 @@ mod proxy;
 pub use error::AppError;
 pub use metrics::Metrics;
 pub use proxy::Upstream;
+
+clew_runtime::conn_limit_flags!(
+    /// Connection limits of the visualizer's listener.
+    pub struct ConnFlags,
+    env = "CLEW_VISUALIZER_"
+);
 
 /// Visualizer settings: flags, or `CLEW_*` environment variables.
 #[derive(Debug, Clone, clap::Parser)]
@@ -48,6 +55,10 @@ pub struct Config {
     /// How long to wait for the collector's answer.
     #[arg(long, env = "CLEW_QUERY_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub query_timeout: Duration,
+    /// Connection limits of the listener (it serves `/healthz` too: at the
+    /// limit a new connection evicts an idle one).
+    #[command(flatten)]
+    pub conn: ConnFlags,
 }
 
 /// Why the visualizer could not start.
@@ -69,7 +80,7 @@ pub enum ServeError {
         /// The OS error.
         source: std::io::Error,
     },
-    /// The server failed while running.
+    /// The bound listener could not be read back.
     #[error("server failed: {0}")]
     Serve(#[source] std::io::Error),
 }
@@ -140,13 +151,12 @@ pub async fn run(
             addr: config.addr,
             source,
         })?;
+    let listener = TrackedListener::new(listener, "ui", config.conn.limits(), &state.metrics.conns);
     let addr = listener.local_addr().map_err(ServeError::Serve)?;
     tracing::info!(%addr, query_url = %config.query_url, "clew-visualizer listening");
     on_bound(addr);
-    axum::serve(listener, app(state).into_make_service())
-        .with_graceful_shutdown(shutdown)
-        .await
-        .map_err(ServeError::Serve)
+    clew_runtime::net::serve_http(listener, app(state), shutdown).await;
+    Ok(())
 }
 
 /// A JSON error response in the collector's envelope, so the page shows

@@ -6,6 +6,7 @@ use clew_visualizer::{Config, run};
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     clew_runtime::init_logging();
+    clew_runtime::net::raise_nofile_limit_logged();
     let config = Config::parse();
     run(config, shutdown_signal(), |_| {}).await?;
     Ok(())

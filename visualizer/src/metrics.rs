@@ -18,6 +18,8 @@ pub struct Metrics {
     requests: IntCounterVec,
     upstream_errors: IntCounterVec,
     upstream_seconds: HistogramVec,
+    /// Connections of the listener (`listener="ui"`).
+    pub conns: clew_runtime::net::ConnMetrics,
 }
 
 impl Default for Metrics {
@@ -69,6 +71,7 @@ impl Metrics {
             requests,
             upstream_errors,
             upstream_seconds,
+            conns: clew_runtime::net::ConnMetrics::new(),
         }
     }
 
@@ -100,7 +103,7 @@ impl Metrics {
         if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
             tracing::warn!(error = %e, "cannot encode metrics");
         }
-        String::from_utf8(buf).unwrap_or_default()
+        String::from_utf8(buf).unwrap_or_default() + &self.conns.render()
     }
 }
 

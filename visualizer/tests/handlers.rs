@@ -327,11 +327,12 @@ async fn run_serves_until_shutdown_and_then_returns() {
     let collector = common::collector(common::known_storage().await).await;
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let (addr_tx, addr_rx) = tokio::sync::oneshot::channel();
-    let config = clew_visualizer::Config {
-        addr: "127.0.0.1:0".parse().unwrap(),
-        query_url: format!("http://{collector}"),
-        query_timeout: Duration::from_secs(5),
-    };
+    let config = <clew_visualizer::Config as clap::Parser>::parse_from([
+        "clew-visualizer".to_string(),
+        "--addr=127.0.0.1:0".into(),
+        format!("--query-url=http://{collector}"),
+        "--query-timeout=5s".into(),
+    ]);
     let server = tokio::spawn(clew_visualizer::run(
         config,
         async move {
@@ -357,4 +358,51 @@ async fn run_serves_until_shutdown_and_then_returns() {
         .unwrap()
         .unwrap()
         .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_and_slow_connections_are_closed_and_metrics_still_served() {
+    use clew_runtime::net::testing::{HttpClient, metric, open_idle, slowloris, wait_all_closed};
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let (addr_tx, addr_rx) = tokio::sync::oneshot::channel();
+    let config = <clew_visualizer::Config as clap::Parser>::parse_from([
+        "clew-visualizer",
+        "--addr=127.0.0.1:0",
+        "--max-connections=20",
+        "--conn-idle-timeout=1s",
+        "--header-read-timeout=500ms",
+    ]);
+    let server = tokio::spawn(clew_visualizer::run(
+        config,
+        async move {
+            let _ = rx.await;
+        },
+        move |a| {
+            let _ = addr_tx.send(a);
+        },
+    ));
+    let addr = addr_rx.await.unwrap();
+    let (cut, left, metrics) = tokio::task::spawn_blocking(move || {
+        let slow = std::thread::spawn(move || slowloris(addr, Duration::from_millis(200), 50));
+        // More idle connections than the limit: the excess is refused or
+        // evicts, the rest are closed when idle.
+        let (mut idle, err) = open_idle(addr, 40);
+        assert!(err.is_none(), "{err:?}");
+        let cut = slow.join().unwrap();
+        let left = wait_all_closed(&mut idle, Duration::from_secs(10));
+        let (status, body) = HttpClient::new(addr, Duration::from_secs(5))
+            .request("GET", "/metrics", "text/plain", b"")
+            .unwrap();
+        assert_eq!(status, 200);
+        (cut, left, String::from_utf8(body).unwrap())
+    })
+    .await
+    .unwrap();
+    assert!(cut.is_some_and(|c| c < Duration::from_secs(3)), "{cut:?}");
+    assert_eq!(left, 0, "idle connections left open");
+    let closed = ["refused", "evicted", "idle_closed"]
+        .map(|m| metric(&metrics, &format!("clew_connections_{m}_total"), "ui"));
+    assert!(closed[0] + closed[1] > 0 && closed[2] > 0, "{metrics}");
+    tx.send(()).unwrap();
+    server.await.unwrap().unwrap();
 }

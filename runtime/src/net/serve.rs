@@ -1,0 +1,79 @@
+//! Serving HTTP (axum) and gRPC (tonic) over tracked listeners.
+
+use std::future::Future;
+
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto::Builder;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+
+use super::{ConnLimits, TrackedListener};
+
+/// Applies `limits` to a hyper connection builder: the HTTP/1 header-read
+/// timeout (which needs a timer to take effect at all) and keep-alive;
+/// HTTP/2 keepalive pings and concurrent streams.
+pub fn configure_http(builder: &mut Builder<TokioExecutor>, limits: &ConnLimits) {
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(limits.http2_keepalive_interval)
+        .keep_alive_timeout(limits.http2_keepalive_timeout)
+        .max_concurrent_streams(limits.http2_max_concurrent_streams)
+        // As axum::serve: the CONNECT protocol, for HTTP/2 WebSockets.
+        .enable_connect_protocol();
+}
+
+/// A hyper connection builder (HTTP/1 and HTTP/2) configured by `limits`.
+pub fn http_builder(limits: &ConnLimits) -> Builder<TokioExecutor> {
+    let mut b = Builder::new(TokioExecutor::new());
+    configure_http(&mut b, limits);
+    b
+}
+
+/// Serves `app` on `listener` until `shutdown` resolves; then stops
+/// accepting, lets every connection finish its requests, and returns once
+/// all are closed (as `axum::serve(..).with_graceful_shutdown`).
+pub async fn serve_http(
+    listener: TrackedListener,
+    app: axum::Router,
+    shutdown: impl Future<Output = ()>,
+) {
+    let builder = http_builder(listener.tracker().limits());
+    let graceful = GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        tokio::select! {
+            stream = listener.accept() => {
+                let service = TowerToHyperService::new(app.clone());
+                let conn = builder
+                    .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                    .into_owned();
+                let conn = graceful.watch(conn);
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::trace!(error = %e, "connection ended with an error");
+                    }
+                });
+            }
+            () = &mut shutdown => break,
+        }
+    }
+    drop(listener);
+    graceful.shutdown().await;
+}
+
+/// A tonic server builder configured by `limits` (HTTP/2 keepalive and
+/// concurrent streams); serve it with `serve_with_incoming_shutdown` over
+/// [`TrackedListener::into_incoming`].
+#[cfg(feature = "grpc")]
+pub fn grpc_server(limits: &ConnLimits) -> tonic::transport::Server {
+    tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(limits.http2_keepalive_interval))
+        .http2_keepalive_timeout(Some(limits.http2_keepalive_timeout))
+        .max_concurrent_streams(limits.http2_max_concurrent_streams)
+}
