@@ -9,7 +9,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use clew_runtime::net::testing::{
-    HttpClient, ProbeReport, Prober, fd_budget, metric, open_idle, slowloris, wait_all_closed,
+    HttpClient, ProbeReport, Prober, fd_budget, get_status, metric, open_idle, otlp_json_span,
+    slowloris, wait_all_closed, wait_ready,
 };
 
 /// Idle connections opened to OTLP/HTTP (the open-file limit of the chaos
@@ -76,34 +77,8 @@ fn start(data_dir: &std::path::Path) -> Collector {
         query: addr(query),
         ops: addr(ops),
     };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while get(c.ops, "/readyz").ok() != Some(200) {
-        assert!(Instant::now() < deadline, "collector never became ready");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_ready(c.ops, "collector");
     c
-}
-
-/// A GET on a fresh connection.
-fn get(addr: SocketAddr, path: &str) -> Result<u16, String> {
-    HttpClient::new(addr, TIMEOUT)
-        .request("GET", path, "text/plain", b"")
-        .map(|(s, _)| s)
-        .map_err(|e| e.to_string())
-}
-
-/// One OTLP/JSON export of one span.
-fn export_body(n: u64) -> Vec<u8> {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!(
-        r#"{{"resourceSpans":[{{"resource":{{"attributes":[{{"key":"service.name","value":{{"stringValue":"probe"}}}}]}},"scopeSpans":[{{"spans":[{{"traceId":"{:032x}","spanId":"{:016x}","name":"probe","startTimeUnixNano":"{now}","endTimeUnixNano":"{now}"}}]}}]}}]}}"#,
-        n + 1,
-        n + 1
-    )
-    .into_bytes()
 }
 
 fn expect_ok(r: std::io::Result<(u16, Vec<u8>)>) -> Result<(), String> {
@@ -119,15 +94,22 @@ fn expect_ok(r: std::io::Result<(u16, Vec<u8>)>) -> Result<(), String> {
 fn probers(c: &Collector) -> Vec<(&'static str, Prober)> {
     let every = Duration::from_millis(100);
     let ops = c.ops;
-    let health = Prober::start(every, TIMEOUT, move || match get(ops, "/healthz")? {
-        200 => Ok(()),
-        s => Err(format!("healthz {s}")),
+    let health = Prober::start(every, TIMEOUT, move || {
+        match get_status(ops, "/healthz", TIMEOUT)? {
+            200 => Ok(()),
+            s => Err(format!("healthz {s}")),
+        }
     });
     let mut exporter = HttpClient::new(c.http, TIMEOUT);
     let mut n = 0;
     let export = Prober::start(every, TIMEOUT, move || {
         n += 1;
-        expect_ok(exporter.request("POST", "/v1/traces", "application/json", &export_body(n)))
+        expect_ok(exporter.request(
+            "POST",
+            "/v1/traces",
+            "application/json",
+            &otlp_json_span(n, "probe"),
+        ))
     });
     let mut querier = HttpClient::new(c.query, TIMEOUT);
     let query = Prober::start(every, TIMEOUT, move || {

@@ -6,10 +6,11 @@
 
 use std::net::{SocketAddr, TcpListener};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use clew_runtime::net::testing::{
-    HttpClient, Prober, fd_budget, metric, open_idle, slowloris, wait_all_closed,
+    HttpClient, Prober, fd_budget, get_status, metric, open_idle, otlp_json_span, slowloris,
+    wait_all_closed, wait_ready,
 };
 
 const FLOOD: usize = 3_000;
@@ -53,32 +54,8 @@ fn start(spill: &std::path::Path) -> Sidecar {
         .spawn()
         .unwrap();
     let s = Sidecar { child, http, ops };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while get(s.ops, "/readyz").ok() != Some(200) {
-        assert!(Instant::now() < deadline, "sidecar never became ready");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_ready(s.ops, "sidecar");
     s
-}
-
-fn get(addr: SocketAddr, path: &str) -> Result<u16, String> {
-    HttpClient::new(addr, TIMEOUT)
-        .request("GET", path, "text/plain", b"")
-        .map(|(s, _)| s)
-        .map_err(|e| e.to_string())
-}
-
-fn export_body(n: u64) -> Vec<u8> {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!(
-        r#"{{"resourceSpans":[{{"scopeSpans":[{{"spans":[{{"traceId":"{:032x}","spanId":"{:016x}","name":"probe","startTimeUnixNano":"{now}","endTimeUnixNano":"{now}"}}]}}]}}]}}"#,
-        n + 1,
-        n + 1
-    )
-    .into_bytes()
 }
 
 #[test]
@@ -88,15 +65,22 @@ fn idle_floods_and_slowloris_do_not_stop_the_sidecar() {
     let s = start(dir.path());
     let every = Duration::from_millis(100);
     let ops = s.ops;
-    let health = Prober::start(every, TIMEOUT, move || match get(ops, "/healthz")? {
-        200 => Ok(()),
-        code => Err(format!("healthz {code}")),
+    let health = Prober::start(every, TIMEOUT, move || {
+        match get_status(ops, "/healthz", TIMEOUT)? {
+            200 => Ok(()),
+            code => Err(format!("healthz {code}")),
+        }
     });
     let mut exporter = HttpClient::new(s.http, TIMEOUT);
     let mut n = 0;
     let export = Prober::start(every, TIMEOUT, move || {
         n += 1;
-        match exporter.request("POST", "/v1/traces", "application/json", &export_body(n)) {
+        match exporter.request(
+            "POST",
+            "/v1/traces",
+            "application/json",
+            &otlp_json_span(n, "probe"),
+        ) {
             Ok((200, _)) => Ok(()),
             Ok((code, b)) => Err(format!("{code}: {}", String::from_utf8_lossy(&b))),
             Err(e) => Err(e.to_string()),

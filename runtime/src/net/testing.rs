@@ -287,3 +287,34 @@ pub fn metric(text: &str, name: &str, listener: &str) -> u64 {
         .and_then(|v| v.trim().parse::<f64>().ok())
         .map_or(0, |v| v as u64)
 }
+
+/// The status of a GET of `path` on a fresh connection.
+pub fn get_status(addr: SocketAddr, path: &str, timeout: Duration) -> Result<u16, String> {
+    HttpClient::new(addr, timeout)
+        .request("GET", path, "text/plain", b"")
+        .map(|(s, _)| s)
+        .map_err(|e| e.to_string())
+}
+
+/// Polls `ops`'s `/readyz` until it answers 200, for at most 30 s.
+pub fn wait_ready(ops: SocketAddr, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while get_status(ops, "/readyz", Duration::from_secs(5)).ok() != Some(200) {
+        assert!(Instant::now() < deadline, "{what} never became ready");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// An OTLP/JSON export of one span, numbered `n` (its ids), now.
+pub fn otlp_json_span(n: u64, service: &str) -> Vec<u8> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!(
+        r#"{{"resourceSpans":[{{"resource":{{"attributes":[{{"key":"service.name","value":{{"stringValue":"{service}"}}}}]}},"scopeSpans":[{{"spans":[{{"traceId":"{:032x}","spanId":"{:016x}","name":"probe","startTimeUnixNano":"{now}","endTimeUnixNano":"{now}"}}]}}]}}]}}"#,
+        n + 1,
+        n + 1
+    )
+    .into_bytes()
+}
