@@ -2,7 +2,7 @@
 //! assembly, storage backends (Redis, embedded, memory), retention, analysis
 //! and the query API.
 //!
-//! - [`ingest`]: OTLP/gRPC, native gRPC and OTLP/HTTP, with [`otlp`]
+//! - [`ingest`]: OTLP/gRPC, native gRPC and OTLP/HTTP, with [`ingest::otlp`]
 //!   conversion and backpressure.
 //! - [`wal`]: the write-ahead log with group commit; a batch is acknowledged
 //!   once it is fsynced.
@@ -21,7 +21,6 @@ pub use clew_analysis as analysis;
 pub mod assembly;
 pub mod ingest;
 pub mod metrics;
-pub mod otlp;
 pub mod query;
 pub mod server;
 pub mod sink;

@@ -216,7 +216,7 @@ pub async fn run(
     let ingest = Ingest::new(
         Arc::clone(&assembler),
         IngestConfig {
-            limits: crate::otlp::Limits {
+            limits: crate::ingest::otlp::Limits {
                 max_spans_per_batch: config.max_spans_per_batch,
                 ..Default::default()
             },

@@ -27,8 +27,9 @@
 //! - [`sampling`]: head samplers.
 //! - [`export`]: the non-blocking batch pipeline and exporters (OTLP gRPC,
 //!   clew native gRPC, in-memory).
-//! - [`reliability`]: circuit breaker, retry with backoff, memory buffer and
-//!   disk spill log (also used by the sidecar agent).
+//! - [`reliability`]: circuit breaker, retry with backoff and the disk
+//!   spill log (the `clew-reliability` crate, also used by the sidecar and
+//!   the collector).
 //! - [`instrument`]: tonic, tower/axum HTTP and `tracing` integrations.
 
 pub use clew_model::clock;

@@ -430,7 +430,7 @@ impl Wal {
     /// OTLP/protobuf request `body` with nothing rejected, dropped or
     /// shortened: the record keeps `body` itself, which costs a copy instead
     /// of encoding every span. Replay converts it again without limits
-    /// (see [`crate::otlp::from_otlp`]), which gives the same spans.
+    /// (see [`crate::ingest::otlp::from_otlp`]), which gives the same spans.
     pub fn append_otlp(
         &self,
         body: &[u8],
@@ -530,8 +530,9 @@ fn decode_record(payload: &[u8]) -> std::result::Result<ExportRequest, String> {
     if !record.otlp.is_empty() {
         let request =
             ExportTraceServiceRequest::decode(record.otlp.as_slice()).map_err(|e| e.to_string())?;
-        let converted = crate::otlp::from_otlp(request, &crate::otlp::Limits::unbounded())
-            .map_err(|e| e.to_string())?;
+        let converted =
+            crate::ingest::otlp::from_otlp(request, &crate::ingest::otlp::Limits::unbounded())
+                .map_err(|e| e.to_string())?;
         spans.extend(converted.spans);
     }
     Ok(ExportRequest { spans })
@@ -781,5 +782,4 @@ impl Writer {
 }
 
 #[cfg(test)]
-#[path = "wal_tests.rs"]
 pub(crate) mod tests;

@@ -23,7 +23,9 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 };
 
 use crate::assembly::Assembler;
-use crate::otlp::{self, Encoding, Limits, OtlpError, otlp_http};
+pub mod otlp;
+
+use otlp::{Encoding, Limits, OtlpError, otlp_http};
 
 /// Ingest settings.
 #[derive(Debug, Clone)]
@@ -579,5 +581,4 @@ fn http_error(ingest: &Ingest, e: IngestError, enc: Encoding) -> Response {
 }
 
 #[cfg(test)]
-#[path = "ingest_tests.rs"]
 mod tests;

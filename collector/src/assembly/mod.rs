@@ -815,5 +815,4 @@ async fn store_fragment(inner: Arc<Inner>, fragment: Fragment, _permit: OwnedSem
 }
 
 #[cfg(test)]
-#[path = "assembly_tests.rs"]
 mod tests;

@@ -563,7 +563,8 @@ fn otlp_body(tag: u64, n: u64) -> (Vec<u8>, ExportRequest) {
         }],
     };
     let converted =
-        crate::otlp::from_otlp(request.clone(), &crate::otlp::Limits::default()).unwrap();
+        crate::ingest::otlp::from_otlp(request.clone(), &crate::ingest::otlp::Limits::default())
+            .unwrap();
     assert_eq!(converted.rejected, 0);
     assert!(converted.truncated.is_empty());
     assert_eq!(converted.spans.len() as u64, n);
