@@ -183,15 +183,20 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, ServerError> {
         .map_err(|source| ServerError::Bind { addr, source })
 }
 
-/// Runs the collector until `shutdown` resolves, then stops taking spans,
-/// stores everything accepted, persists the WAL checkpoint and returns.
-/// `on_bound` is told the bound addresses once every listener is up.
-pub async fn run(
-    config: Config,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-    on_bound: impl FnOnce(Bound) + Send,
-) -> Result<(), ServerError> {
-    let storage = open_storage(&config).await?;
+/// The data path: storage, the WAL (replayed), assembly, ingest and the
+/// metrics that read them.
+struct Core {
+    storage: Arc<dyn Storage>,
+    wal: Wal,
+    assembler: Arc<Assembler>,
+    ingest: Ingest,
+    metrics: Arc<Metrics>,
+}
+
+/// Opens storage and the WAL, replays what the WAL holds into assembly,
+/// and builds ingest on top.
+async fn open_core(config: &Config) -> Result<Core, ServerError> {
+    let storage = open_storage(config).await?;
     let wal_dir = config.data_dir.join("wal");
     let wal_config = WalConfig {
         fsync: config.wal_fsync,
@@ -201,12 +206,13 @@ pub async fn run(
         .await
         .map_err(|e| ServerError::Serve(e.to_string()))??;
     let store_latency = Metrics::store_latency_histogram();
+    let sink = StorageSink::new(Arc::clone(&storage)).with_latency(store_latency.clone());
     let assembler = Arc::new(Assembler::new(
         AssemblerConfig {
             idle_window: config.idle_window,
             ..AssemblerConfig::default()
         },
-        Arc::new(StorageSink::new(Arc::clone(&storage)).with_latency(store_latency.clone())),
+        Arc::new(sink),
         wal.clone(),
     )?);
     if !replay.is_empty() {
@@ -225,93 +231,164 @@ pub async fn run(
             ..IngestConfig::default()
         },
     );
-    let metrics = Arc::new(
-        Metrics::new(
-            ingest.clone(),
-            Arc::clone(&assembler),
-            wal.clone(),
-            store_latency,
-        )
-        .with_storage(Arc::clone(&storage)),
-    );
-    let ready = Arc::new(AtomicBool::new(false));
+    let metrics = Metrics::new(
+        ingest.clone(),
+        Arc::clone(&assembler),
+        wal.clone(),
+        store_latency,
+    )
+    .with_storage(Arc::clone(&storage));
+    Ok(Core {
+        storage,
+        wal,
+        assembler,
+        ingest,
+        metrics: Arc::new(metrics),
+    })
+}
 
-    // Every listener bounds its connections; ops has its own small limit
-    // so that it is never starved by ingest.
-    let conns = ConnMetrics::new();
+/// The four listeners, bound and tracked.
+struct Listeners {
+    grpc: TrackedListener,
+    http: TrackedListener,
+    query: TrackedListener,
+    ops: TrackedListener,
+}
+
+/// Binds every listener. Each bounds its connections; ops has its own
+/// small limit so that it is never starved by ingest.
+async fn bind_all(config: &Config, conns: &ConnMetrics) -> Result<(Listeners, Bound), ServerError> {
     let limits = config.conn.limits();
     let ops_limits = limits
         .clone()
         .with_max_connections(config.ops_max_connections);
-    let track = |l, name, limits| TrackedListener::new(l, name, limits, &conns);
-    let grpc_listener = track(bind(config.grpc_addr).await?, "grpc", limits.clone());
-    let http_listener = track(bind(config.http_addr).await?, "http", limits.clone());
-    let query_listener = track(bind(config.query_addr).await?, "query", limits.clone());
-    let ops_listener = track(bind(config.ops_addr).await?, "ops", ops_limits);
+    let track = |l, name, limits| TrackedListener::new(l, name, limits, conns);
+    let l = Listeners {
+        grpc: track(bind(config.grpc_addr).await?, "grpc", limits.clone()),
+        http: track(bind(config.http_addr).await?, "http", limits.clone()),
+        query: track(bind(config.query_addr).await?, "query", limits),
+        ops: track(bind(config.ops_addr).await?, "ops", ops_limits),
+    };
     let bound = Bound {
-        grpc: local(&grpc_listener)?,
-        http: local(&http_listener)?,
-        query: local(&query_listener)?,
-        ops: local(&ops_listener)?,
+        grpc: local(&l.grpc)?,
+        http: local(&l.http)?,
+        query: local(&l.query)?,
+        ops: local(&l.ops)?,
     };
+    Ok((l, bound))
+}
 
-    // One shutdown signal fanned out to every server.
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let stopped = |mut rx: watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|s| *s).await;
-    };
+/// Resolves once `rx` says stop.
+async fn stopped(mut rx: watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await;
+}
 
+/// The running servers and background tasks.
+struct Servers {
+    grpc: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+    others: Vec<tokio::task::JoinHandle<()>>,
+    retention: tokio::task::JoinHandle<()>,
+}
+
+/// gRPC ingest (OTLP and native) and the gRPC query service.
+async fn spawn_grpc(
+    config: &Config,
+    core: &Core,
+    listener: TrackedListener,
+    stop: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<Result<(), tonic::transport::Error>> {
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<OtlpGrpcServer>().await;
     let max = config.max_request_bytes;
-    let grpc = clew_runtime::net::grpc_server(&limits)
+    let gzip = tonic::codec::CompressionEncoding::Gzip;
+    let native =
+        clew_proto::v1::collector_server::CollectorServer::new(NativeGrpc(core.ingest.clone()));
+    let grpc = clew_runtime::net::grpc_server(&config.conn.limits())
         .add_service(health_service)
         .add_service(
-            OtlpGrpcServer::new(ingest.clone())
+            OtlpGrpcServer::new(core.ingest.clone())
                 .max_decoding_message_size(max)
-                .accept_compressed(tonic::codec::CompressionEncoding::Gzip),
+                .accept_compressed(gzip),
         )
         .add_service(
-            clew_proto::v1::collector_server::CollectorServer::new(NativeGrpc(ingest.clone()))
+            native
                 .max_decoding_message_size(max)
-                .accept_compressed(tonic::codec::CompressionEncoding::Gzip),
+                .accept_compressed(gzip),
         )
-        .add_service(crate::query::QueryGrpc(Arc::clone(&storage)).into_server())
+        .add_service(crate::query::QueryGrpc(Arc::clone(&core.storage)).into_server())
         // Tracked connections set TCP_NODELAY: small replies (acks, query
         // results) must not wait 40 ms for the peer's delayed ACK.
-        .serve_with_incoming_shutdown(grpc_listener.into_incoming(), stopped(stop_rx.clone()));
-    let serve = clew_runtime::net::serve_http;
-    let http = serve(
-        http_listener,
-        crate::ingest::http_router(ingest.clone()),
-        stopped(stop_rx.clone()),
-    );
-    let query = serve(
-        query_listener,
-        crate::query::router(Arc::clone(&storage)),
-        stopped(stop_rx.clone()),
-    );
-    let render = {
-        let metrics = Arc::clone(&metrics);
-        Arc::new(move || metrics.render() + &conns.render())
-    };
-    let ops = serve(
-        ops_listener,
-        clew_runtime::ops::router(render, Arc::clone(&ready)),
-        stopped(stop_rx.clone()),
-    );
+        .serve_with_incoming_shutdown(listener.into_incoming(), stopped(stop));
+    tokio::spawn(grpc)
+}
 
-    let grpc = tokio::spawn(grpc);
-    let http = tokio::spawn(http);
-    let ops = tokio::spawn(ops);
-    let query = tokio::spawn(query);
+/// Starts every server and the retention loop.
+async fn spawn_servers(
+    config: &Config,
+    core: &Core,
+    l: Listeners,
+    conns: ConnMetrics,
+    ready: Arc<AtomicBool>,
+    stop: watch::Receiver<bool>,
+) -> Servers {
+    let grpc = spawn_grpc(config, core, l.grpc, stop.clone()).await;
+    let serve = clew_runtime::net::serve_http;
+    let metrics = Arc::clone(&core.metrics);
+    let render = Arc::new(move || metrics.render() + &conns.render());
+    let others = vec![
+        tokio::spawn(serve(
+            l.http,
+            crate::ingest::http_router(core.ingest.clone()),
+            stopped(stop.clone()),
+        )),
+        tokio::spawn(serve(
+            l.query,
+            crate::query::router(Arc::clone(&core.storage)),
+            stopped(stop.clone()),
+        )),
+        tokio::spawn(serve(
+            l.ops,
+            clew_runtime::ops::router(render, ready),
+            stopped(stop.clone()),
+        )),
+    ];
     let retention = tokio::spawn(retention_loop(
-        Arc::clone(&storage),
-        Arc::clone(&metrics),
+        Arc::clone(&core.storage),
+        Arc::clone(&core.metrics),
         config.retention,
         config.prune_interval,
-        stop_rx.clone(),
+        stop,
     ));
+    Servers {
+        grpc,
+        others,
+        retention,
+    }
+}
+
+/// Runs the collector until `shutdown` resolves, then stops taking spans,
+/// stores everything accepted, persists the WAL checkpoint and returns.
+/// `on_bound` is told the bound addresses once every listener is up.
+pub async fn run(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    on_bound: impl FnOnce(Bound) + Send,
+) -> Result<(), ServerError> {
+    let core = open_core(&config).await?;
+    let conns = ConnMetrics::new();
+    let (listeners, bound) = bind_all(&config, &conns).await?;
+    let ready = Arc::new(AtomicBool::new(false));
+    // One shutdown signal fanned out to every server.
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let servers = spawn_servers(
+        &config,
+        &core,
+        listeners,
+        conns,
+        Arc::clone(&ready),
+        stop_rx,
+    )
+    .await;
 
     ready.store(true, Ordering::Release);
     tracing::info!(grpc = %bound.grpc, http = %bound.http, query = %bound.query, ops = %bound.ops, storage = ?config.storage, "collector listening");
@@ -321,13 +398,18 @@ pub async fn run(
     tracing::info!("shutting down: no new spans; storing what was accepted");
     ready.store(false, Ordering::Release);
     let _ = stop_tx.send(true);
-    let grpc_result = grpc.await;
-    let _ = http.await;
-    assembler.flush_all().await;
-    let _ = retention.await;
-    let _ = query.await;
-    let _ = ops.await;
-    wal.shutdown().await?;
+    let grpc_result = servers.grpc.await;
+    // Ingest has stopped (gRPC above, HTTP here): store what was accepted.
+    let mut others = servers.others.into_iter();
+    if let Some(http) = others.next() {
+        let _ = http.await;
+    }
+    core.assembler.flush_all().await;
+    let _ = servers.retention.await;
+    for task in others {
+        let _ = task.await;
+    }
+    core.wal.shutdown().await?;
     tracing::info!("collector stopped");
     match grpc_result {
         Ok(Ok(())) => Ok(()),

@@ -89,6 +89,12 @@ pub struct Config {
         default_value = "disk"
     )]
     pub durability: crate::pipeline::Durability,
+    /// With disk durability, how long written spans wait for the
+    /// collector's acknowledgement before they are fsynced: a request is
+    /// answered once its spans are acknowledged by a collector or fsynced,
+    /// whichever comes first.
+    #[arg(long, env = "CLEW_SIDECAR_FSYNC_DELAY", default_value = "20ms", value_parser = humantime::parse_duration)]
+    pub fsync_delay: Duration,
     /// Largest request accepted from an application, in bytes.
     #[arg(long, env = "CLEW_SIDECAR_MAX_REQUEST_BYTES", default_value_t = 16 << 20)]
     pub max_request_bytes: usize,
@@ -158,6 +164,7 @@ impl Config {
         p.batch_max_bytes = self.batch_max_bytes;
         p.batch_max_spans = self.batch_max_spans.max(1);
         p.durability = self.durability;
+        p.fsync_delay = self.fsync_delay;
         p.request_timeout = self.request_timeout;
         p.breaker = CircuitBreakerConfig {
             consecutive_failures: self.breaker_failures,

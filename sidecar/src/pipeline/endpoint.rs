@@ -87,6 +87,9 @@ pub(super) struct Endpoint {
     pub(super) stop: watch::Sender<Stop>,
     /// Every record with a lower sequence number is on stable storage.
     pub(super) durable: watch::Sender<u64>,
+    /// Every record with a lower sequence number was acknowledged by the
+    /// collector (the log's cursor).
+    pub(super) delivered: watch::Sender<u64>,
     /// Wakes the group-commit task.
     pub(super) sync_wanted: Notify,
     /// Most spans per request: the configured limit, lowered to what the
@@ -113,6 +116,7 @@ impl Endpoint {
             notify: Notify::new(),
             stop,
             durable: watch::channel(next).0,
+            delivered: watch::channel(0).0,
             sync_wanted: Notify::new(),
             max_spans: AtomicUsize::new(max_spans),
         }
@@ -185,13 +189,25 @@ impl Endpoint {
         Ok(Enqueued::Taken(taken))
     }
 
-    /// Waits until the record `seq` is on stable storage.
+    /// Waits until the record `seq` is on stable storage or acknowledged
+    /// by the collector, whichever comes first.
     pub(super) async fn wait_durable(&self, seq: u64, timeout: Duration) -> Result<(), Error> {
-        let mut rx = self.durable.subscribe();
-        match tokio::time::timeout(timeout, rx.wait_for(|&d| d > seq)).await {
-            Ok(Ok(_)) => Ok(()),
-            _ => Err(Error::NotDurable),
-        }
+        let mut durable = self.durable.subscribe();
+        let mut delivered = self.delivered.subscribe();
+        let safe = async {
+            loop {
+                if *durable.borrow_and_update() > seq || *delivered.borrow_and_update() > seq {
+                    return;
+                }
+                tokio::select! {
+                    r = durable.changed() => if r.is_err() { std::future::pending::<()>().await },
+                    r = delivered.changed() => if r.is_err() { std::future::pending::<()>().await },
+                }
+            }
+        };
+        tokio::time::timeout(timeout, safe)
+            .await
+            .map_err(|_| Error::NotDurable)
     }
 
     /// The next batch. Memory durability: the spill log first (it holds
@@ -282,11 +298,13 @@ impl Endpoint {
                         sh.mem_bytes.fetch_sub(q.body.len(), Ordering::Relaxed);
                     }
                 }
-                if let Some(log) = st.spill.as_mut()
-                    && let Err(e) = log.commit(last_seq)
-                {
-                    // The commit took effect in memory: replay moves on.
-                    tracing::warn!(endpoint = %self.url, error = %e, "writing the spill cursor failed; delivered spans may be sent again after a crash");
+                if let Some(log) = st.spill.as_mut() {
+                    if let Err(e) = log.commit(last_seq) {
+                        // The commit took effect in memory: replay moves on.
+                        tracing::warn!(endpoint = %self.url, error = %e, "writing the spill cursor failed; delivered spans may be sent again after a crash");
+                    }
+                    let cursor = log.cursor();
+                    self.delivered.send_if_modified(|d| advance(d, cursor));
                 }
             }
         }
@@ -394,46 +412,33 @@ fn read_log(
     })
 }
 
-/// Group commit (disk durability): whenever records were appended, one
-/// `fsync` of the log's active segment, off the endpoint's lock, makes all
-/// of them durable and wakes every request waiting for them.
-pub(super) async fn sync_loop(ep: Arc<Endpoint>, mut stop: watch::Receiver<Stop>) {
+/// Group commit (disk durability). Once records are appended, it waits
+/// `delay` (the collector's acknowledgement usually comes first: then no
+/// fsync is needed for them), then one `fsync` of the log's active segment,
+/// off the endpoint's lock, makes every undelivered record durable and
+/// wakes every request waiting for them.
+pub(super) async fn sync_loop(ep: Arc<Endpoint>, delay: Duration, mut stop: watch::Receiver<Stop>) {
     loop {
-        let handle = {
-            let mut st = ep.state.lock();
-            match st.spill.as_mut() {
-                None => return,
-                Some(log) => match log.sync_handle() {
-                    Ok(Some(h)) => Some(h),
-                    Ok(None) => {
-                        // Nothing unsynced: everything appended is durable.
-                        let next = log.next_seq();
-                        ep.durable.send_if_modified(|d| advance(d, next));
-                        None
+        match next_sync(&ep) {
+            Ok(None) => {}
+            Ok(Some((upto, file))) => {
+                match tokio::task::spawn_blocking(move || file.sync_data()).await {
+                    Ok(Ok(())) => {
+                        if let Some(log) = ep.state.lock().spill.as_mut() {
+                            log.mark_synced(upto);
+                        }
+                        ep.durable.send_if_modified(|d| advance(d, upto));
+                        continue;
                     }
-                    Err(e) => {
-                        tracing::error!(endpoint = %ep.url, error = %e, "cannot sync the spill log");
-                        None
+                    Ok(Err(e)) => {
+                        tracing::error!(endpoint = %ep.url, error = %e, "fsync of the spill log failed; retrying")
                     }
-                },
-            }
-        };
-        if let Some((upto, file)) = handle {
-            match tokio::task::spawn_blocking(move || file.sync_data()).await {
-                Ok(Ok(())) => {
-                    if let Some(log) = ep.state.lock().spill.as_mut() {
-                        log.mark_synced(upto);
-                    }
-                    ep.durable.send_if_modified(|d| advance(d, upto));
-                    continue;
+                    Err(e) => tracing::error!(endpoint = %ep.url, error = %e, "fsync task failed"),
                 }
-                Ok(Err(e)) => {
-                    tracing::error!(endpoint = %ep.url, error = %e, "fsync of the spill log failed; retrying")
-                }
-                Err(e) => tracing::error!(endpoint = %ep.url, error = %e, "fsync task failed"),
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            continue;
+            Err(()) => return,
         }
         if *stop.borrow() != Stop::Run {
             return;
@@ -441,6 +446,36 @@ pub(super) async fn sync_loop(ep: Arc<Endpoint>, mut stop: watch::Receiver<Stop>
         tokio::select! {
             _ = ep.sync_wanted.notified() => {}
             r = stop.changed() => if r.is_err() { return },
+        }
+        // The group-commit window: appends gather, and the collector may
+        // acknowledge them meanwhile.
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = stop.changed() => {}
+        }
+    }
+}
+
+/// What the group commit must sync now: `None` when nothing appended is
+/// both unsynced and undelivered (then everything appended counts as
+/// durable); `Err` once the endpoint is retired.
+fn next_sync(ep: &Endpoint) -> Result<Option<(u64, std::fs::File)>, ()> {
+    let mut st = ep.state.lock();
+    let log = st.spill.as_mut().ok_or(())?;
+    let next = log.next_seq();
+    if log.cursor() >= next {
+        // Every record appended was acknowledged by the collector.
+        log.mark_synced(next);
+    }
+    match log.sync_handle() {
+        Ok(Some(h)) => Ok(Some(h)),
+        Ok(None) => {
+            ep.durable.send_if_modified(|d| advance(d, next));
+            Ok(None)
+        }
+        Err(e) => {
+            tracing::error!(endpoint = %ep.url, error = %e, "cannot sync the spill log");
+            Ok(None)
         }
     }
 }

@@ -76,6 +76,9 @@ pub struct PipelineConfig {
     pub batch_max_spans: usize,
     /// When a request is acknowledged to the application.
     pub durability: Durability,
+    /// Disk durability: how long appended records wait for the collector's
+    /// acknowledgement before they are fsynced (the group-commit window).
+    pub fsync_delay: Duration,
     /// Deadline of one export request.
     pub request_timeout: Duration,
     /// Per-endpoint circuit breaker.
@@ -114,6 +117,7 @@ impl PipelineConfig {
             batch_max_bytes: 2 << 20,
             batch_max_spans: DEFAULT_BATCH_MAX_SPANS,
             durability: Durability::Disk,
+            fsync_delay: Duration::from_millis(20),
             request_timeout: Duration::from_secs(5),
             breaker: CircuitBreakerConfig {
                 consecutive_failures: 3,
@@ -307,7 +311,11 @@ impl Pipeline {
                 stop_rx.clone(),
             )));
             if sh.cfg.durability == Durability::Disk {
-                tasks.push(tokio::spawn(endpoint::sync_loop(ep.clone(), stop_rx)));
+                tasks.push(tokio::spawn(endpoint::sync_loop(
+                    ep.clone(),
+                    sh.cfg.fsync_delay,
+                    stop_rx,
+                )));
             }
             drop(tasks);
             tracing::info!(endpoint = %url, "collector endpoint added");
