@@ -700,14 +700,9 @@ fn primary_index(f: &FilterCriteria) -> Vec<u8> {
 
 fn list_blocking(db: &Database, f: &FilterCriteria) -> Result<Vec<Trace>> {
     let limit = filter::effective_limit(f);
-    let lo = f.start_time_min_unix_nano;
-    let hi = match f.start_time_max_unix_nano {
-        0 => u64::MAX,
-        t => t,
-    };
-    if lo > hi {
+    let Some((lo, hi)) = filter::start_window(f) else {
         return Ok(Vec::new());
-    }
+    };
     let tx = db.begin_read().map_err(db_err)?;
     let spans = tx.open_table(SPANS).map_err(db_err)?;
     let index = tx.open_table(INDEX).map_err(db_err)?;
@@ -907,8 +902,7 @@ impl Storage for EmbeddedStorage {
                     out.push((op.to_owned(), k_kind));
                 }
             }
-            out.sort();
-            Ok(out)
+            Ok(filter::sorted_operations(out))
         })
         .await
     }
@@ -919,17 +913,13 @@ impl Storage for EmbeddedStorage {
         end_unix_nanos: u64,
     ) -> Result<Vec<DependencyLink>> {
         self.blocking(move |db| {
-            let end = match end_unix_nanos {
-                0 => u64::MAX,
-                t => t,
-            };
             let mut counter = DependencyCounter::default();
-            if start_unix_nanos > end {
+            let Some((start, end)) = filter::window(start_unix_nanos, end_unix_nanos) else {
                 return Ok(counter.finish());
-            }
+            };
             let tx = db.begin_read().map_err(db_err)?;
             let edges = tx.open_table(EDGES).map_err(db_err)?;
-            let lo = cat(&[&be(start_unix_nanos), &[0; 24]]);
+            let lo = cat(&[&be(start), &[0; 24]]);
             let hi = cat(&[&be(end), &[0xff; 24]]);
             for entry in edges.range(lo.as_slice()..=hi.as_slice()).map_err(db_err)? {
                 let (_, v) = entry.map_err(db_err)?;

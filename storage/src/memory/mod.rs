@@ -562,14 +562,9 @@ impl Storage for MemoryStorage {
 
     async fn list_traces(&self, filter: &FilterCriteria) -> Result<Vec<Trace>> {
         let limit = filter::effective_limit(filter);
-        let lo = filter.start_time_min_unix_nano;
-        let hi = match filter.start_time_max_unix_nano {
-            0 => u64::MAX,
-            t => t,
-        };
-        if lo > hi {
+        let Some((lo, hi)) = filter::start_window(filter) else {
             return Ok(Vec::new());
-        }
+        };
         // One top-k over all shards: each shard's walk stops at the worst
         // match kept so far, so later shards walk only what could enter.
         let mut top = BinaryHeap::with_capacity(limit + 1);
@@ -627,9 +622,7 @@ impl Storage for MemoryStorage {
                     .filter(|(_, k)| kind.is_none_or(|want| want == *k)),
             );
         }
-        out.sort();
-        out.dedup();
-        Ok(out)
+        Ok(filter::sorted_operations(out))
     }
 
     async fn dependencies(
