@@ -222,16 +222,7 @@ impl Inner {
             .iter()
             .flat_map(|svc| (0..=top).map(|b| self.keys.short(svc, b)))
             .collect();
-        let mut pipe = ::redis::pipe();
-        for key in &keys {
-            pipe.cmd("ZCARD").arg(key);
-        }
-        let sizes: Vec<u64> = self
-            .with_retry("list_traces", |mut conn| {
-                let pipe = &pipe;
-                async move { pipe.query_async(&mut conn).await }
-            })
-            .await?;
+        let sizes = self.sizes(&keys).await?;
         match sizes.iter().sum::<u64>() {
             0 => return Ok(Some(Vec::new())),
             n if n > SHORT_CANDIDATES as u64 => return Ok(None),
@@ -258,6 +249,19 @@ impl Inner {
             keep_matches(&mut found, self.fetch_traces(chunk).await?, f);
         }
         Ok(Some(newest_first(found, limit)))
+    }
+
+    /// The size (`ZCARD`) of each sorted set, in one round trip.
+    async fn sizes(&self, keys: &[Vec<u8>]) -> Result<Vec<u64>> {
+        let mut pipe = ::redis::pipe();
+        for key in keys {
+            pipe.cmd("ZCARD").arg(key);
+        }
+        self.with_retry("list_traces", |mut conn| {
+            let pipe = &pipe;
+            async move { pipe.query_async(&mut conn).await }
+        })
+        .await
     }
 
     /// Picks the candidate indexes of a filter: (primary, others).
@@ -287,16 +291,7 @@ impl Inner {
             return Ok((k.all(), Vec::new()));
         }
         if cands.len() > 1 {
-            let mut pipe = ::redis::pipe();
-            for c in &cands {
-                pipe.cmd("ZCARD").arg(c);
-            }
-            let sizes: Vec<u64> = self
-                .with_retry("list_traces", |mut conn| {
-                    let pipe = &pipe;
-                    async move { pipe.query_async(&mut conn).await }
-                })
-                .await?;
+            let sizes = self.sizes(&cands).await?;
             let smallest = sizes
                 .iter()
                 .enumerate()
