@@ -295,98 +295,137 @@ fn structural(traces: &[Trace], cfg: &AnomalyConfig, out: &mut Vec<Anomaly>) {
         return;
     };
     let recent_from = hi - ((hi - lo) as f64 * cfg.recent) as u64;
-    type Op<'a> = (&'a str, &'a str);
-    // Caller op → runs (before the recent part / all), and per callee op the
-    // runs that called it.
-    let mut runs_before: HashMap<Op<'_>, usize> = HashMap::new();
-    let mut runs_all: HashMap<Op<'_>, usize> = HashMap::new();
-    let mut edge_before: HashSet<(Op<'_>, Op<'_>)> = HashSet::new();
-    let mut edge_runs: HashMap<(Op<'_>, Op<'_>), usize> = HashMap::new();
-    let mut first_recent: BTreeMap<(Op<'_>, Op<'_>), (&Trace, &Span)> = BTreeMap::new();
-    let mut run_children: Vec<(&Trace, &Span, HashSet<Op<'_>>)> = Vec::new();
-    for t in traces {
-        let tree = Tree::new(&t.spans);
-        for (i, p) in t.spans.iter().enumerate() {
-            let pop: Op<'_> = (&p.service, &p.name);
-            let before = p.start_time_unix_nano < recent_from;
-            *runs_all.entry(pop).or_default() += 1;
-            if before {
-                *runs_before.entry(pop).or_default() += 1;
-            }
-            let mut kids: HashSet<Op<'_>> = HashSet::new();
-            for &c in &tree.children[i] {
-                let k: Op<'_> = (&t.spans[c].service, &t.spans[c].name);
-                if !kids.insert(k) {
-                    continue;
-                }
-                *edge_runs.entry((pop, k)).or_default() += 1;
-                if before {
-                    edge_before.insert((pop, k));
-                } else {
-                    first_recent.entry((pop, k)).or_insert((t, &t.spans[c]));
-                }
-            }
-            run_children.push((t, p, kids));
-        }
-    }
-    for ((from, to), (t, s)) in first_recent {
-        let before = runs_before.get(&from).copied().unwrap_or(0);
-        if edge_before.contains(&(from, to)) || before < cfg.min_samples {
-            continue;
-        }
-        out.push(Anomaly {
-            kind: AnomalyKind::NewEdge,
-            service: from.0.to_owned(),
-            operation: from.1.to_owned(),
-            trace_id: Some(hex(&t.trace_id)),
-            span_id: Some(hex(&s.span_id)),
-            time_us: s.start_time_unix_nano / 1_000,
-            score: before as f64,
-            value: edge_runs.get(&(from, to)).copied().unwrap_or(0) as f64,
-            baseline: Baseline {
-                samples: before,
-                median_us: None,
-                mad_us: None,
-                rate: Some(0.0),
-            },
-            message: format!(
-                "{} \"{}\" called {} \"{}\", a call not seen in its {before} earlier runs.",
-                from.0, from.1, to.0, to.1
-            ),
-        });
-    }
-    // Per caller, the calls it makes in enough of its runs, sorted.
-    let mut expected: HashMap<Op<'_>, Vec<(Op<'_>, usize)>> = HashMap::new();
-    for (&(from, to), &n) in &edge_runs {
-        let runs = runs_all.get(&from).copied().unwrap_or(0);
-        if runs >= cfg.min_samples && n as f64 >= cfg.expected_share * runs as f64 {
-            expected.entry(from).or_default().push((to, n));
-        }
-    }
-    expected.values_mut().for_each(|v| v.sort_unstable());
-    for (t, p, kids) in run_children {
-        let pop: Op<'_> = (&p.service, &p.name);
-        let runs = runs_all.get(&pop).copied().unwrap_or(0);
-        let Some(calls) = expected.get(&pop) else {
-            continue;
+    let calls = Calls::of(traces, recent_from);
+    calls.new_edges(cfg, out);
+    calls.missing_children(cfg, out);
+}
+
+/// A (service, operation).
+type Op<'a> = (&'a str, &'a str);
+
+/// Who calls whom across a window, before its recent part and in all of it.
+struct Calls<'a> {
+    /// Caller op → runs before the recent part.
+    runs_before: HashMap<Op<'a>, usize>,
+    /// Caller op → runs in the whole window.
+    runs_all: HashMap<Op<'a>, usize>,
+    /// Calls seen before the recent part.
+    edge_before: HashSet<(Op<'a>, Op<'a>)>,
+    /// Per call, the runs of its caller that made it.
+    edge_runs: HashMap<(Op<'a>, Op<'a>), usize>,
+    /// Per call, its first child span in the recent part.
+    first_recent: BTreeMap<(Op<'a>, Op<'a>), (&'a Trace, &'a Span)>,
+    /// Every run with the ops it called.
+    run_children: Vec<(&'a Trace, &'a Span, HashSet<Op<'a>>)>,
+}
+
+impl<'a> Calls<'a> {
+    fn of(traces: &'a [Trace], recent_from: u64) -> Self {
+        let mut calls = Calls {
+            runs_before: HashMap::new(),
+            runs_all: HashMap::new(),
+            edge_before: HashSet::new(),
+            edge_runs: HashMap::new(),
+            first_recent: BTreeMap::new(),
+            run_children: Vec::new(),
         };
-        for &(to, n) in calls.iter().filter(|(to, _)| !kids.contains(to)) {
-            let share = n as f64 / runs as f64;
+        for t in traces {
+            let tree = Tree::new(&t.spans);
+            for (i, p) in t.spans.iter().enumerate() {
+                let pop: Op<'_> = (&p.service, &p.name);
+                let before = p.start_time_unix_nano < recent_from;
+                *calls.runs_all.entry(pop).or_default() += 1;
+                if before {
+                    *calls.runs_before.entry(pop).or_default() += 1;
+                }
+                let mut kids: HashSet<Op<'_>> = HashSet::new();
+                for &c in &tree.children[i] {
+                    let k: Op<'_> = (&t.spans[c].service, &t.spans[c].name);
+                    if !kids.insert(k) {
+                        continue;
+                    }
+                    *calls.edge_runs.entry((pop, k)).or_default() += 1;
+                    if before {
+                        calls.edge_before.insert((pop, k));
+                    } else {
+                        calls
+                            .first_recent
+                            .entry((pop, k))
+                            .or_insert((t, &t.spans[c]));
+                    }
+                }
+                calls.run_children.push((t, p, kids));
+            }
+        }
+        calls
+    }
+
+    /// Calls seen in the recent part only, from callers with enough runs
+    /// before it.
+    fn new_edges(&self, cfg: &AnomalyConfig, out: &mut Vec<Anomaly>) {
+        for (&(from, to), &(t, s)) in &self.first_recent {
+            let before = self.runs_before.get(&from).copied().unwrap_or(0);
+            if self.edge_before.contains(&(from, to)) || before < cfg.min_samples {
+                continue;
+            }
             out.push(Anomaly {
-                kind: AnomalyKind::MissingChild,
-                service: pop.0.to_owned(),
-                operation: pop.1.to_owned(),
+                kind: AnomalyKind::NewEdge,
+                service: from.0.to_owned(),
+                operation: from.1.to_owned(),
                 trace_id: Some(hex(&t.trace_id)),
-                span_id: Some(hex(&p.span_id)),
-                time_us: p.start_time_unix_nano / 1_000,
-                score: share,
-                value: 0.0,
-                baseline: Baseline { samples: runs, median_us: None, mad_us: None, rate: Some(share) },
+                span_id: Some(hex(&s.span_id)),
+                time_us: s.start_time_unix_nano / 1_000,
+                score: before as f64,
+                value: self.edge_runs.get(&(from, to)).copied().unwrap_or(0) as f64,
+                baseline: Baseline {
+                    samples: before,
+                    median_us: None,
+                    mad_us: None,
+                    rate: Some(0.0),
+                },
                 message: format!(
-                    "{} \"{}\" did not call {} \"{}\", which it called in {n} of its {runs} runs ({:.0}%).",
-                    pop.0, pop.1, to.0, to.1, share * 100.0
+                    "{} \"{}\" called {} \"{}\", a call not seen in its {before} earlier runs.",
+                    from.0, from.1, to.0, to.1
                 ),
             });
+        }
+    }
+
+    /// Runs missing a call their caller makes in enough of its runs.
+    fn missing_children(&self, cfg: &AnomalyConfig, out: &mut Vec<Anomaly>) {
+        // Per caller, the calls it makes in enough of its runs, sorted.
+        let mut expected: HashMap<Op<'_>, Vec<(Op<'_>, usize)>> = HashMap::new();
+        for (&(from, to), &n) in &self.edge_runs {
+            let runs = self.runs_all.get(&from).copied().unwrap_or(0);
+            if runs >= cfg.min_samples && n as f64 >= cfg.expected_share * runs as f64 {
+                expected.entry(from).or_default().push((to, n));
+            }
+        }
+        expected.values_mut().for_each(|v| v.sort_unstable());
+        for (t, p, kids) in &self.run_children {
+            let pop: Op<'_> = (&p.service, &p.name);
+            let runs = self.runs_all.get(&pop).copied().unwrap_or(0);
+            let Some(calls) = expected.get(&pop) else {
+                continue;
+            };
+            for &(to, n) in calls.iter().filter(|(to, _)| !kids.contains(to)) {
+                let share = n as f64 / runs as f64;
+                out.push(Anomaly {
+                    kind: AnomalyKind::MissingChild,
+                    service: pop.0.to_owned(),
+                    operation: pop.1.to_owned(),
+                    trace_id: Some(hex(&t.trace_id)),
+                    span_id: Some(hex(&p.span_id)),
+                    time_us: p.start_time_unix_nano / 1_000,
+                    score: share,
+                    value: 0.0,
+                    baseline: Baseline { samples: runs, median_us: None, mad_us: None, rate: Some(share) },
+                    message: format!(
+                        "{} \"{}\" did not call {} \"{}\", which it called in {n} of its {runs} runs ({:.0}%).",
+                        pop.0, pop.1, to.0, to.1, share * 100.0
+                    ),
+                });
+            }
         }
     }
 }

@@ -115,83 +115,139 @@ pub fn detect_bottlenecks(trace: &Trace) -> Bottlenecks {
         .max()
         .unwrap_or(0);
     let total = trace_end.saturating_sub(trace_start);
+    let clipped = Clipped::new(spans, &tree);
+    let self_ns = clipped.self_times();
+    let root = tree.root(spans);
+    let path = root.map_or_else(Vec::new, |root| clipped.critical_path(&tree, root));
+    let mut critical_ns = vec![0u64; spans.len()];
+    for &(i, a, b) in &path {
+        critical_ns[i] += b - a;
+    }
+    let times = Times {
+        spans,
+        self_ns: &self_ns,
+        critical_ns: &critical_ns,
+        total,
+    };
+    Bottlenecks {
+        trace_start_us: trace_start / 1_000,
+        duration_us: us(total),
+        root_span_id: root.map(|r| hex(&spans[r].span_id)),
+        critical_path: path
+            .iter()
+            .map(|&(i, a, b)| CriticalSection {
+                span_id: hex(&spans[i].span_id),
+                service: spans[i].service.clone(),
+                operation: spans[i].name.clone(),
+                start_us: us(a - trace_start),
+                end_us: us(b - trace_start),
+            })
+            .collect(),
+        spans: times.top_spans(),
+        services: times.group(&|s| (s.service.clone(), None)),
+        operations: times.group(&|s| (s.service.clone(), Some(s.name.clone()))),
+    }
+}
 
-    // Each span's interval after clipping into its ancestors, top down.
-    let mut bounds: Vec<(u64, u64)> = spans
-        .iter()
-        .map(|s| {
-            (
-                s.start_time_unix_nano,
-                s.end_time_unix_nano.max(s.start_time_unix_nano),
-            )
-        })
-        .collect();
-    let mut reachable = vec![true; spans.len()];
-    let mut order: Vec<usize> = (0..spans.len())
-        .filter(|&i| tree.parent[i].is_none())
-        .collect();
-    let mut k = 0;
-    while k < order.len() {
-        let p = order[k];
-        k += 1;
-        let (ps, pe) = bounds[p];
-        for &c in &tree.children[p] {
-            let (cs, ce) = bounds[c];
-            if !reachable[p] || ce < ps || cs > pe {
-                reachable[c] = false;
-            } else {
-                bounds[c] = (cs.max(ps), ce.min(pe));
+/// Each span's interval clipped into its ancestors.
+struct Clipped {
+    /// (start, end) of each span after clipping.
+    bounds: Vec<(u64, u64)>,
+    /// False for a span left out: it (or an ancestor) lies entirely
+    /// outside its parent.
+    reachable: Vec<bool>,
+    /// Each span's children that are kept, as (child, start, end).
+    kids: Vec<Vec<(usize, u64, u64)>>,
+}
+
+impl Clipped {
+    fn new(spans: &[Span], tree: &Tree) -> Self {
+        // Top down, so that a parent is clipped before its children.
+        let mut bounds: Vec<(u64, u64)> = spans
+            .iter()
+            .map(|s| {
+                (
+                    s.start_time_unix_nano,
+                    s.end_time_unix_nano.max(s.start_time_unix_nano),
+                )
+            })
+            .collect();
+        let mut reachable = vec![true; spans.len()];
+        let mut order: Vec<usize> = (0..spans.len())
+            .filter(|&i| tree.parent[i].is_none())
+            .collect();
+        let mut k = 0;
+        while k < order.len() {
+            let p = order[k];
+            k += 1;
+            let (ps, pe) = bounds[p];
+            for &c in &tree.children[p] {
+                let (cs, ce) = bounds[c];
+                if !reachable[p] || ce < ps || cs > pe {
+                    reachable[c] = false;
+                } else {
+                    bounds[c] = (cs.max(ps), ce.min(pe));
+                }
+                order.push(c);
             }
-            order.push(c);
+        }
+        // Children clipped into their parent; a child entirely outside is
+        // left out with its subtree.
+        let kids = tree
+            .children
+            .iter()
+            .map(|v| {
+                v.iter()
+                    .filter(|&&c| reachable[c])
+                    .map(|&c| (c, bounds[c].0, bounds[c].1))
+                    .collect()
+            })
+            .collect();
+        Clipped {
+            bounds,
+            reachable,
+            kids,
         }
     }
-    // Children clipped into their parent; a child entirely outside is left
-    // out with its subtree.
-    let kids: Vec<Vec<(usize, u64, u64)>> = tree
-        .children
-        .iter()
-        .map(|v| {
-            v.iter()
-                .filter(|&&c| reachable[c])
-                .map(|&c| (c, bounds[c].0, bounds[c].1))
-                .collect()
-        })
-        .collect();
 
-    // Self time: duration minus the union of the children's intervals.
-    let self_ns: Vec<u64> = (0..spans.len())
-        .map(|i| {
-            let (s, e) = bounds[i];
-            let mut iv: Vec<(u64, u64)> = kids[i].iter().map(|&(_, a, b)| (a, b)).collect();
-            iv.sort_unstable();
-            let mut covered = 0;
-            let mut cur: Option<(u64, u64)> = None;
-            for (a, b) in iv {
-                match &mut cur {
-                    Some((_, ce)) if a <= *ce => *ce = (*ce).max(b),
-                    _ => {
-                        if let Some((ca, cb)) = cur {
-                            covered += cb - ca;
+    /// Self time: each span's duration minus the union of its children's
+    /// intervals.
+    fn self_times(&self) -> Vec<u64> {
+        (0..self.bounds.len())
+            .map(|i| {
+                let (s, e) = self.bounds[i];
+                let mut iv: Vec<(u64, u64)> =
+                    self.kids[i].iter().map(|&(_, a, b)| (a, b)).collect();
+                iv.sort_unstable();
+                let mut covered = 0;
+                let mut cur: Option<(u64, u64)> = None;
+                for (a, b) in iv {
+                    match &mut cur {
+                        Some((_, ce)) if a <= *ce => *ce = (*ce).max(b),
+                        _ => {
+                            if let Some((ca, cb)) = cur {
+                                covered += cb - ca;
+                            }
+                            cur = Some((a, b));
                         }
-                        cur = Some((a, b));
                     }
                 }
-            }
-            if let Some((ca, cb)) = cur {
-                covered += cb - ca;
-            }
-            (e - s).saturating_sub(covered)
-        })
-        .collect();
+                if let Some((ca, cb)) = cur {
+                    covered += cb - ca;
+                }
+                (e - s).saturating_sub(covered)
+            })
+            .collect()
+    }
 
-    // Critical path, iteratively (a deep trace must not overflow the stack).
-    let mut critical_ns = vec![0u64; spans.len()];
-    let mut path: Vec<(usize, u64, u64)> = Vec::new();
-    let root = tree.root(spans);
-    if let Some(root) = root {
+    /// The critical path from `root` as (span, start, end) sections in time
+    /// order, found iteratively (a deep trace must not overflow the stack).
+    fn critical_path(&self, tree: &Tree, root: usize) -> Vec<(usize, u64, u64)> {
+        let bounds = &self.bounds;
         // Children by end, latest first; a cursor per span, because the
         // "returning child start" only moves earlier.
-        let by_end: Vec<Vec<(usize, u64, u64)>> = kids
+        let by_end: Vec<Vec<(usize, u64, u64)>> = self
+            .kids
             .iter()
             .map(|v| {
                 let mut v = v.clone();
@@ -199,7 +255,8 @@ pub fn detect_bottlenecks(trace: &Trace) -> Bottlenecks {
                 v
             })
             .collect();
-        let mut cursor = vec![0usize; spans.len()];
+        let mut path = Vec::new();
+        let mut cursor = vec![0usize; bounds.len()];
         let mut cur = root;
         let mut returning: Option<u64> = None;
         loop {
@@ -227,7 +284,7 @@ pub fn detect_bottlenecks(trace: &Trace) -> Bottlenecks {
                         path.push((cur, bounds[cur].0, section_end));
                     }
                     match tree.parent[cur] {
-                        Some(p) if reachable[cur] => {
+                        Some(p) if self.reachable[cur] => {
                             returning = Some(bounds[cur].0);
                             cur = p;
                         }
@@ -237,56 +294,60 @@ pub fn detect_bottlenecks(trace: &Trace) -> Bottlenecks {
             }
         }
         path.reverse();
-        for &(i, a, b) in &path {
-            critical_ns[i] += b - a;
+        path
+    }
+}
+
+/// Self and critical-path time per span, and the trace's duration.
+struct Times<'a> {
+    spans: &'a [Span],
+    self_ns: &'a [u64],
+    critical_ns: &'a [u64],
+    total: u64,
+}
+
+impl Times<'_> {
+    /// `ns` over the trace's duration.
+    fn share(&self, ns: u64) -> f64 {
+        if self.total == 0 {
+            0.0
+        } else {
+            ns as f64 / self.total as f64
         }
     }
 
-    let share = |ns: u64| {
-        if total == 0 {
-            0.0
-        } else {
-            ns as f64 / total as f64
-        }
-    };
-    let critical_path = path
-        .iter()
-        .map(|&(i, a, b)| CriticalSection {
-            span_id: hex(&spans[i].span_id),
-            service: spans[i].service.clone(),
-            operation: spans[i].name.clone(),
-            start_us: us(a - trace_start),
-            end_us: us(b - trace_start),
-        })
-        .collect();
+    /// The spans with the most self time (then critical time), most first.
+    fn top_spans(&self) -> Vec<SpanTime> {
+        let (spans, self_ns, critical_ns) = (self.spans, self.self_ns, self.critical_ns);
+        let mut ranked: Vec<usize> = (0..spans.len()).collect();
+        ranked.sort_by(|&a, &b| {
+            self_ns[b]
+                .cmp(&self_ns[a])
+                .then(critical_ns[b].cmp(&critical_ns[a]))
+                .then(a.cmp(&b))
+        });
+        ranked
+            .iter()
+            .take(TOP_SPANS)
+            .map(|&i| SpanTime {
+                span_id: hex(&spans[i].span_id),
+                service: spans[i].service.clone(),
+                operation: spans[i].name.clone(),
+                self_us: us(self_ns[i]),
+                critical_us: us(critical_ns[i]),
+                share: self.share(self_ns[i]),
+            })
+            .collect()
+    }
 
-    let mut ranked: Vec<usize> = (0..spans.len()).collect();
-    ranked.sort_by(|&a, &b| {
-        self_ns[b]
-            .cmp(&self_ns[a])
-            .then(critical_ns[b].cmp(&critical_ns[a]))
-            .then(a.cmp(&b))
-    });
-    let top = ranked
-        .iter()
-        .take(TOP_SPANS)
-        .map(|&i| SpanTime {
-            span_id: hex(&spans[i].span_id),
-            service: spans[i].service.clone(),
-            operation: spans[i].name.clone(),
-            self_us: us(self_ns[i]),
-            critical_us: us(critical_ns[i]),
-            share: share(self_ns[i]),
-        })
-        .collect();
-
-    let group = |key: &dyn Fn(&Span) -> (String, Option<String>)| {
+    /// Time summed per `key` (service, operation), most self time first.
+    fn group(&self, key: &dyn Fn(&Span) -> (String, Option<String>)) -> Vec<GroupTime> {
         let mut m: HashMap<(String, Option<String>), (usize, u64, u64)> = HashMap::new();
-        for (i, s) in spans.iter().enumerate() {
+        for (i, s) in self.spans.iter().enumerate() {
             let e = m.entry(key(s)).or_default();
             e.0 += 1;
-            e.1 += self_ns[i];
-            e.2 += critical_ns[i];
+            e.1 += self.self_ns[i];
+            e.2 += self.critical_ns[i];
         }
         let mut v: Vec<GroupTime> = m
             .into_iter()
@@ -296,8 +357,8 @@ pub fn detect_bottlenecks(trace: &Trace) -> Bottlenecks {
                 spans: n,
                 self_us: us(s),
                 critical_us: us(c),
-                share: share(s),
-                critical_share: share(c),
+                share: self.share(s),
+                critical_share: self.share(c),
             })
             .collect();
         v.sort_by(|a, b| {
@@ -307,15 +368,5 @@ pub fn detect_bottlenecks(trace: &Trace) -> Bottlenecks {
                 .then_with(|| a.operation.cmp(&b.operation))
         });
         v
-    };
-
-    Bottlenecks {
-        trace_start_us: trace_start / 1_000,
-        duration_us: us(total),
-        root_span_id: root.map(|r| hex(&spans[r].span_id)),
-        critical_path,
-        spans: top,
-        services: group(&|s| (s.service.clone(), None)),
-        operations: group(&|s| (s.service.clone(), Some(s.name.clone()))),
     }
 }

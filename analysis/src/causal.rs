@@ -273,6 +273,59 @@ fn fmt_ms(us: f64) -> String {
 /// module docs.
 pub fn causal_order(trace: &Trace) -> CausalAnalysis {
     let spans = &trace.spans;
+    let (evs, clocked) = clock_events(spans);
+    let pairs = direct_pairs(spans, &evs);
+    let violating = violating_pairs(&evs, &pairs);
+    let services = clocked_services(spans, &evs);
+    let reference = reference_service(spans, &evs, &services);
+    let (need, neighbours) = offset_bounds(spans, &evs, &pairs);
+    let placement = place_services(reference.as_deref(), &need, &neighbours);
+    let residual = pairs
+        .iter()
+        .filter(|&&(e, f)| {
+            let (e, f) = (&evs[e], &evs[f]);
+            i128::from(f.wall) + placement.offset(&spans[f.span].service)
+                < i128::from(e.wall) + placement.offset(&spans[e.span].service)
+        })
+        .count();
+    let clocks = Clocks { spans, evs: &evs };
+    let offsets = service_offsets(
+        &clocks,
+        &services,
+        reference.as_deref(),
+        &violating,
+        &placement,
+    );
+    let explanation = summary(&evs, &violating, pairs.len(), &offsets, residual);
+    CausalAnalysis {
+        spans_with_clocks: clocked,
+        constraints: pairs.len(),
+        consistent: violating.is_empty(),
+        violation_count: violating.len(),
+        violations: violating
+            .iter()
+            .take(MAX_VIOLATIONS)
+            .map(|&(e, f)| Violation {
+                before: event_ref(spans, &evs[e]),
+                after: event_ref(spans, &evs[f]),
+                by_us: us_signed(gap(&evs[e], &evs[f])),
+            })
+            .collect(),
+        offsets,
+        residual_violations: residual,
+        explanation,
+        order: causal_events(spans, &evs),
+    }
+}
+
+/// How much earlier `f`'s timestamp is than `e`'s, nanoseconds.
+fn gap(e: &Ev, f: &Ev) -> i128 {
+    i128::from(e.wall) - i128::from(f.wall)
+}
+
+/// The start and end events of every span that carries a clock, and the
+/// number of such spans.
+fn clock_events(spans: &[Span]) -> (Vec<Ev>, usize) {
     let mut evs: Vec<Ev> = Vec::with_capacity(spans.len() * 2);
     let mut clocked = 0;
     for (i, s) in spans.iter().enumerate() {
@@ -297,7 +350,11 @@ pub fn causal_order(trace: &Trace) -> CausalAnalysis {
         }
         clocked += usize::from(any);
     }
+    (evs, clocked)
+}
 
+/// Direct cross-service happened-before pairs (e, f), by event index.
+fn direct_pairs(spans: &[Span], evs: &[Ev]) -> Vec<(usize, usize)> {
     // Events of each node by own counter.
     let mut by_node: HashMap<&str, Vec<(u64, usize)>> = HashMap::new();
     for (k, e) in evs.iter().enumerate() {
@@ -311,8 +368,6 @@ pub fn causal_order(trace: &Trace) -> CausalAnalysis {
     for v in by_node.values_mut() {
         v.sort_unstable();
     }
-
-    // Direct cross-service happened-before pairs (e, f).
     let mut pairs: Vec<(usize, usize)> = Vec::new();
     for (fk, f) in evs.iter().enumerate() {
         let f_node = spans[f.span].node.as_str();
@@ -334,26 +389,36 @@ pub fn causal_order(trace: &Trace) -> CausalAnalysis {
             }
         }
     }
+    pairs
+}
 
-    let gap = |e: &Ev, f: &Ev| i128::from(e.wall) - i128::from(f.wall);
+/// The pairs whose wall clocks contradict them, largest gap first.
+fn violating_pairs(evs: &[Ev], pairs: &[(usize, usize)]) -> Vec<(usize, usize)> {
     let mut violating: Vec<(usize, usize)> = pairs
         .iter()
         .copied()
         .filter(|&(e, f)| evs[f].wall < evs[e].wall)
         .collect();
     violating.sort_by_key(|&(e, f)| std::cmp::Reverse(gap(&evs[e], &evs[f])));
+    violating
+}
 
-    // Per service: the reference, and the bound each ordered pair of services
-    // puts on their offsets: o_b − o_a ≥ need[(a, b)].
-    let tree = Tree::new(spans);
+/// The services with clocked events, in order of their first event.
+fn clocked_services(spans: &[Span], evs: &[Ev]) -> Vec<String> {
     let mut services: Vec<String> = Vec::new();
-    for e in &evs {
+    for e in evs {
         let s = &spans[e.span].service;
         if !services.contains(s) {
             services.push(s.clone());
         }
     }
-    let reference = tree
+    services
+}
+
+/// The reference clock: the root span's service when it has clocked
+/// events, else the service of the earliest event.
+fn reference_service(spans: &[Span], evs: &[Ev], services: &[String]) -> Option<String> {
+    Tree::new(spans)
         .root(spans)
         .map(|r| spans[r].service.clone())
         .filter(|s| services.contains(s))
@@ -361,10 +426,25 @@ pub fn causal_order(trace: &Trace) -> CausalAnalysis {
             evs.iter()
                 .min_by_key(|e| e.wall)
                 .map(|e| spans[e.span].service.clone())
-        });
-    let mut need: BTreeMap<(&str, &str), i128> = BTreeMap::new();
-    let mut neighbours: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
-    for &(e, f) in &pairs {
+        })
+}
+
+/// `o_b − o_a ≥ need[(a, b)]` for each ordered pair of services.
+type Need<'a> = BTreeMap<(&'a str, &'a str), i128>;
+
+/// The services each service shares a pair with (repeats included).
+type Neighbours<'a> = BTreeMap<&'a str, Vec<&'a str>>;
+
+/// The bound each ordered pair of services puts on their offsets, and
+/// which services are linked by pairs.
+fn offset_bounds<'a>(
+    spans: &'a [Span],
+    evs: &[Ev],
+    pairs: &[(usize, usize)],
+) -> (Need<'a>, Neighbours<'a>) {
+    let mut need: Need<'a> = BTreeMap::new();
+    let mut neighbours: Neighbours<'a> = BTreeMap::new();
+    for &(e, f) in pairs {
         let a = spans[evs[e].span].service.as_str();
         let b = spans[evs[f].span].service.as_str();
         let g = gap(&evs[e], &evs[f]);
@@ -374,104 +454,123 @@ pub fn causal_order(trace: &Trace) -> CausalAnalysis {
         neighbours.entry(a).or_default().push(b);
         neighbours.entry(b).or_default().push(a);
     }
-    let mut offset: HashMap<&str, i128> = HashMap::new();
-    let mut conflict: HashMap<&str, bool> = HashMap::new();
-    let solved = reference.as_deref().and_then(|r| {
-        let order = bfs_order(r, &neighbours);
-        solve_offsets(r, &order, &need)
-    });
-    if let Some(solved) = solved {
-        offset = solved;
-    } else if let Some(r) = reference.as_deref() {
-        // The pairs contradict each other (no offsets satisfy them all):
-        // place services one by one and flag the ones that cannot fit.
-        offset.insert(r, 0);
-        let mut queue: VecDeque<&str> = VecDeque::from([r]);
-        // Breadth-first from the reference; then any service not reached
-        // (no pairs link it) keeps 0.
-        while let Some(p) = queue.pop_front() {
-            let mut next: Vec<&str> = neighbours.get(p).cloned().unwrap_or_default();
-            next.sort_unstable();
-            next.dedup();
-            for s in next {
-                if offset.contains_key(s) {
-                    continue;
-                }
-                let (mut lo, mut hi) = (i128::MIN, i128::MAX);
-                for (&placed, &o) in &offset {
-                    if let Some(n) = need.get(&(placed, s)) {
-                        lo = lo.max(o + n);
-                    }
-                    if let Some(n) = need.get(&(s, placed)) {
-                        hi = hi.min(o - n);
-                    }
-                }
-                let o = if lo <= hi {
-                    0.clamp(lo, hi)
-                } else {
-                    conflict.insert(s, true);
-                    lo / 2 + hi / 2
-                };
-                offset.insert(s, o);
-                queue.push_back(s);
+    (need, neighbours)
+}
+
+/// The offset of each service placed, and the services no offset fits.
+#[derive(Default)]
+struct Placement<'a> {
+    offset: HashMap<&'a str, i128>,
+    conflict: HashMap<&'a str, bool>,
+}
+
+impl Placement<'_> {
+    /// A service's offset (0 when it was not placed).
+    fn offset(&self, svc: &str) -> i128 {
+        self.offset.get(svc).copied().unwrap_or(0)
+    }
+
+    /// Whether the service's pairs contradict each other.
+    fn conflict(&self, svc: &str) -> bool {
+        self.conflict.get(svc).copied().unwrap_or(false)
+    }
+}
+
+/// Offsets for every service linked to the reference: exact when the
+/// pairs allow it, else one by one with the misfits flagged.
+fn place_services<'a>(
+    reference: Option<&'a str>,
+    need: &Need<'a>,
+    neighbours: &Neighbours<'a>,
+) -> Placement<'a> {
+    let Some(r) = reference else {
+        return Placement::default();
+    };
+    let order = bfs_order(r, neighbours);
+    match solve_offsets(r, &order, need) {
+        Some(offset) => Placement {
+            offset,
+            conflict: HashMap::new(),
+        },
+        None => place_one_by_one(r, need, neighbours),
+    }
+}
+
+/// The pairs contradict each other (no offsets satisfy them all): places
+/// services one by one and flags the ones that cannot fit.
+fn place_one_by_one<'a>(r: &'a str, need: &Need<'a>, neighbours: &Neighbours<'a>) -> Placement<'a> {
+    let mut offset = HashMap::from([(r, 0i128)]);
+    let mut conflict = HashMap::new();
+    let mut queue: VecDeque<&str> = VecDeque::from([r]);
+    // Breadth-first from the reference; then any service not reached
+    // (no pairs link it) keeps 0.
+    while let Some(p) = queue.pop_front() {
+        let mut next: Vec<&str> = neighbours.get(p).cloned().unwrap_or_default();
+        next.sort_unstable();
+        next.dedup();
+        for s in next {
+            if offset.contains_key(s) {
+                continue;
             }
+            let (mut lo, mut hi) = (i128::MIN, i128::MAX);
+            for (&placed, &o) in &offset {
+                if let Some(n) = need.get(&(placed, s)) {
+                    lo = lo.max(o + n);
+                }
+                if let Some(n) = need.get(&(s, placed)) {
+                    hi = hi.min(o - n);
+                }
+            }
+            let o = if lo <= hi {
+                0.clamp(lo, hi)
+            } else {
+                conflict.insert(s, true);
+                lo / 2 + hi / 2
+            };
+            offset.insert(s, o);
+            queue.push_back(s);
         }
     }
-    let off = |svc: &str| offset.get(svc).copied().unwrap_or(0);
-    let residual = pairs
-        .iter()
-        .filter(|&&(e, f)| {
-            let (e, f) = (&evs[e], &evs[f]);
-            i128::from(f.wall) + off(&spans[f.span].service)
-                < i128::from(e.wall) + off(&spans[e.span].service)
-        })
-        .count();
+    Placement { offset, conflict }
+}
 
+/// A trace's spans and their clocked events.
+struct Clocks<'a> {
+    spans: &'a [Span],
+    evs: &'a [Ev],
+}
+
+impl Clocks<'_> {
+    /// The span of event `k`.
+    fn span(&self, k: usize) -> &Span {
+        &self.spans[self.evs[k].span]
+    }
+}
+
+/// One entry per service with clocked events, the reference first.
+fn service_offsets(
+    clocks: &Clocks<'_>,
+    services: &[String],
+    reference: Option<&str>,
+    violating: &[(usize, usize)],
+    placement: &Placement<'_>,
+) -> Vec<ServiceOffset> {
     let mut offsets: Vec<ServiceOffset> = services
         .iter()
         .map(|svc| {
-            let o = off(svc);
+            let o = placement.offset(svc);
             let involved: Vec<&(usize, usize)> = violating
                 .iter()
-                .filter(|(e, f)| spans[evs[*e].span].service == *svc || spans[evs[*f].span].service == *svc)
+                .filter(|(e, f)| clocks.span(*e).service == *svc || clocks.span(*f).service == *svc)
                 .collect();
-            let is_ref = reference.as_deref() == Some(svc.as_str());
-            let explanation = if is_ref {
-                format!("{svc} is the reference clock (the root span's service); other services are corrected relative to it.")
-            } else if o == 0 {
-                format!("{svc}'s timestamps agree with the causal order relative to the reference; no correction is needed.")
-            } else {
-                let (e, f) = involved.first().map(|&&p| p).unwrap_or((0, 0));
-                let evidence = if involved.is_empty() {
-                    String::new()
-                } else {
-                    format!(
-                        ", e.g. {} {} of \"{}\" happened after {} {} of \"{}\" yet is stamped {} earlier",
-                        spans[evs[f].span].service,
-                        if evs[f].kind == ClockEvent::Start { "start" } else { "end" },
-                        spans[evs[f].span].name,
-                        spans[evs[e].span].service,
-                        if evs[e].kind == ClockEvent::Start { "start" } else { "end" },
-                        spans[evs[e].span].name,
-                        fmt_ms(us_signed(gap(&evs[e], &evs[f]))),
-                    )
-                };
-                format!(
-                    "{svc}'s clock looks {} by about {}: adding {} to its timestamps makes them agree with causality ({} violating pair{}{evidence}).",
-                    if o > 0 { "behind" } else { "ahead" },
-                    fmt_ms(us_signed(o.abs())),
-                    fmt_ms(us_signed(o)),
-                    involved.len(),
-                    if involved.len() == 1 { "" } else { "s" },
-                )
-            };
+            let is_ref = reference == Some(svc.as_str());
             ServiceOffset {
                 service: svc.clone(),
                 offset_us: us_signed(o),
                 reference: is_ref,
                 violations: involved.len(),
-                conflict: conflict.get(svc.as_str()).copied().unwrap_or(false),
-                explanation,
+                conflict: placement.conflict(svc),
+                explanation: offset_explanation(clocks, svc, o, is_ref, &involved),
             }
         })
         .collect();
@@ -480,70 +579,118 @@ pub fn causal_order(trace: &Trace) -> CausalAnalysis {
             .cmp(&a.reference)
             .then_with(|| a.service.cmp(&b.service))
     });
+    offsets
+}
 
-    let explanation = if evs.is_empty() {
-        "No span carries a vector clock, so causal order cannot be checked.".to_owned()
-    } else if violating.is_empty() {
-        format!(
-            "Wall-clock timestamps agree with the vector clocks ({} cross-service happened-before pair{} checked).",
-            pairs.len(),
-            if pairs.len() == 1 { "" } else { "s" }
-        )
+/// One sentence on a service's offset `o`, with the largest violation it
+/// takes part in as evidence.
+fn offset_explanation(
+    clocks: &Clocks<'_>,
+    svc: &str,
+    o: i128,
+    is_ref: bool,
+    involved: &[&(usize, usize)],
+) -> String {
+    if is_ref {
+        return format!(
+            "{svc} is the reference clock (the root span's service); other services are corrected relative to it."
+        );
+    }
+    if o == 0 {
+        return format!(
+            "{svc}'s timestamps agree with the causal order relative to the reference; no correction is needed."
+        );
+    }
+    let evs = clocks.evs;
+    let (e, f) = involved.first().map(|&&p| p).unwrap_or((0, 0));
+    let evidence = if involved.is_empty() {
+        String::new()
     } else {
-        let fixes: Vec<String> = offsets
-            .iter()
-            .filter(|o| o.offset_us != 0.0)
-            .map(|o| format!("{} by {:+.3} ms", o.service, o.offset_us / 1_000.0))
-            .collect();
         format!(
-            "{} of {} cross-service happened-before pairs contradict wall-clock time (clock skew); shifting {} would make the trace consistent{}. Timestamps are shown as recorded.",
-            violating.len(),
-            pairs.len(),
-            if fixes.is_empty() {
-                "nothing".to_owned()
+            ", e.g. {} {} of \"{}\" happened after {} {} of \"{}\" yet is stamped {} earlier",
+            clocks.span(f).service,
+            if evs[f].kind == ClockEvent::Start {
+                "start"
             } else {
-                fixes.join(", ")
+                "end"
             },
-            if residual > 0 {
-                format!(" except {residual} pairs whose clocks drift")
+            clocks.span(f).name,
+            clocks.span(e).service,
+            if evs[e].kind == ClockEvent::Start {
+                "start"
             } else {
-                String::new()
+                "end"
             },
+            clocks.span(e).name,
+            fmt_ms(us_signed(gap(&evs[e], &evs[f]))),
         )
     };
+    format!(
+        "{svc}'s clock looks {} by about {}: adding {} to its timestamps makes them agree with causality ({} violating pair{}{evidence}).",
+        if o > 0 { "behind" } else { "ahead" },
+        fmt_ms(us_signed(o.abs())),
+        fmt_ms(us_signed(o)),
+        involved.len(),
+        if involved.len() == 1 { "" } else { "s" },
+    )
+}
 
+/// One sentence summing up the trace.
+fn summary(
+    evs: &[Ev],
+    violating: &[(usize, usize)],
+    pairs: usize,
+    offsets: &[ServiceOffset],
+    residual: usize,
+) -> String {
+    if evs.is_empty() {
+        return "No span carries a vector clock, so causal order cannot be checked.".to_owned();
+    }
+    if violating.is_empty() {
+        return format!(
+            "Wall-clock timestamps agree with the vector clocks ({} cross-service happened-before pair{} checked).",
+            pairs,
+            if pairs == 1 { "" } else { "s" }
+        );
+    }
+    let fixes: Vec<String> = offsets
+        .iter()
+        .filter(|o| o.offset_us != 0.0)
+        .map(|o| format!("{} by {:+.3} ms", o.service, o.offset_us / 1_000.0))
+        .collect();
+    format!(
+        "{} of {} cross-service happened-before pairs contradict wall-clock time (clock skew); shifting {} would make the trace consistent{}. Timestamps are shown as recorded.",
+        violating.len(),
+        pairs,
+        if fixes.is_empty() {
+            "nothing".to_owned()
+        } else {
+            fixes.join(", ")
+        },
+        if residual > 0 {
+            format!(" except {residual} pairs whose clocks drift")
+        } else {
+            String::new()
+        },
+    )
+}
+
+/// Every event ranked in causal order: by the sum of its clock's entries,
+/// then wall time.
+fn causal_events(spans: &[Span], evs: &[Ev]) -> Vec<CausalEvent> {
     let mut order: Vec<usize> = (0..evs.len()).collect();
     let sums: Vec<u128> = evs
         .iter()
         .map(|e| e.clock.iter().map(|(_, c)| u128::from(c)).sum())
         .collect();
     order.sort_by_key(|&k| (sums[k], evs[k].wall, evs[k].span, evs[k].kind));
-
-    CausalAnalysis {
-        spans_with_clocks: clocked,
-        constraints: pairs.len(),
-        consistent: violating.is_empty(),
-        violation_count: violating.len(),
-        violations: violating
-            .iter()
-            .take(MAX_VIOLATIONS)
-            .map(|&(e, f)| Violation {
-                before: event_ref(spans, &evs[e]),
-                after: event_ref(spans, &evs[f]),
-                by_us: us_signed(gap(&evs[e], &evs[f])),
-            })
-            .collect(),
-        offsets,
-        residual_violations: residual,
-        explanation,
-        order: order
-            .into_iter()
-            .enumerate()
-            .map(|(rank, k)| CausalEvent {
-                rank,
-                span_id: hex(&spans[evs[k].span].span_id),
-                event: evs[k].kind,
-            })
-            .collect(),
-    }
+    order
+        .into_iter()
+        .enumerate()
+        .map(|(rank, k)| CausalEvent {
+            rank,
+            span_id: hex(&spans[evs[k].span].span_id),
+            event: evs[k].kind,
+        })
+        .collect()
 }

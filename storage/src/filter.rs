@@ -270,6 +270,29 @@ pub(crate) fn in_window(t: u64, start: u64, end: u64) -> bool {
     t >= start && (end == 0 || t <= end)
 }
 
+/// The window `[start, end]` with an `end` of 0 read as unbounded
+/// (`u64::MAX`); `None` when it is empty (`start` after `end`).
+pub(crate) fn window(start: u64, end: u64) -> Option<(u64, u64)> {
+    let end = match end {
+        0 => u64::MAX,
+        t => t,
+    };
+    (start <= end).then_some((start, end))
+}
+
+/// The window of span starts a search looks in, as [`window`] reads it.
+pub(crate) fn start_window(f: &FilterCriteria) -> Option<(u64, u64)> {
+    window(f.start_time_min_unix_nano, f.start_time_max_unix_nano)
+}
+
+/// A service's operations as `Storage::operations` answers them: sorted,
+/// each (name, kind) once.
+pub(crate) fn sorted_operations(mut ops: Vec<(String, SpanKind)>) -> Vec<(String, SpanKind)> {
+    ops.sort();
+    ops.dedup();
+    ops
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -358,6 +381,19 @@ mod tests {
         f.tags.clear();
         f.errors_only = true;
         assert!(!span_matches(&span, &f));
+    }
+
+    #[test]
+    fn windows_read_an_end_of_zero_as_unbounded_and_may_be_empty() {
+        assert_eq!(window(0, 0), Some((0, u64::MAX)));
+        assert_eq!(window(5, 9), Some((5, 9)));
+        assert_eq!(window(9, 9), Some((9, 9)));
+        assert_eq!(window(10, 9), None);
+        let f = FilterCriteria {
+            start_time_min_unix_nano: 7,
+            ..Default::default()
+        };
+        assert_eq!(start_window(&f), Some((7, u64::MAX)));
     }
 
     #[test]

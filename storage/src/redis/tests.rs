@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use ::redis::AsyncCommands as _;
 
+use super::keys::bucket;
+use super::search::SHORT_CANDIDATES;
 use super::*;
 use crate::conformance::{Fixture, span, trace_id};
 
