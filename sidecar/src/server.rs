@@ -13,6 +13,7 @@ use clew_runtime::net::{ConnMetrics, TrackedListener};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::TraceServiceServer;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
 use crate::pipeline::{Pipeline, PipelineConfig};
 use crate::receiver::{NativeGrpc, OtlpGrpc, http_router};
@@ -234,13 +235,10 @@ async fn dns_loop(
     }
 }
 
-/// Runs the sidecar until `shutdown` resolves; then stops taking spans,
-/// delivers or spills what it holds, and returns.
-pub async fn run(
-    config: Config,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-    on_bound: impl FnOnce(Bound) + Send,
-) -> Result<(), ServerError> {
+/// Opens the pipeline and sets its first endpoints: the `--collectors`
+/// ones (returned, for the DNS refreshes) plus what the DNS name resolves
+/// to now.
+async fn open_pipeline(config: &Config) -> Result<(Pipeline, Vec<String>), ServerError> {
     if config.collectors.iter().all(|c| c.trim().is_empty()) && config.collector_dns.is_none() {
         return Err(ServerError::NoCollectors);
     }
@@ -261,46 +259,74 @@ pub async fn run(
         }
     }
     pipeline.set_endpoints(&initial)?;
+    Ok((pipeline, fixed))
+}
 
-    // Every listener bounds its connections; ops has its own small limit
-    // so that it is never starved by ingest.
-    let conns = ConnMetrics::new();
+/// The three listeners, bound and tracked.
+struct Listeners {
+    grpc: TrackedListener,
+    http: TrackedListener,
+    ops: TrackedListener,
+}
+
+/// Binds every listener. Each bounds its connections; ops has its own
+/// small limit so that it is never starved by ingest.
+async fn bind_all(config: &Config, conns: &ConnMetrics) -> Result<(Listeners, Bound), ServerError> {
     let limits = config.conn.limits();
     let ops_limits = limits
         .clone()
         .with_max_connections(config.ops_max_connections);
-    let track = |l, name, limits| TrackedListener::new(l, name, limits, &conns);
-    let grpc_listener = track(bind(config.grpc_addr).await?, "grpc", limits.clone());
-    let http_listener = track(bind(config.http_addr).await?, "http", limits.clone());
-    let ops_listener = track(bind(config.ops_addr).await?, "ops", ops_limits);
+    let track = |l, name, limits| TrackedListener::new(l, name, limits, conns);
+    let l = Listeners {
+        grpc: track(bind(config.grpc_addr).await?, "grpc", limits.clone()),
+        http: track(bind(config.http_addr).await?, "http", limits),
+        ops: track(bind(config.ops_addr).await?, "ops", ops_limits),
+    };
     let bound = Bound {
-        grpc: local(&grpc_listener)?,
-        http: local(&http_listener)?,
-        ops: local(&ops_listener)?,
+        grpc: local(&l.grpc)?,
+        http: local(&l.http)?,
+        ops: local(&l.ops)?,
     };
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let stopped = |mut rx: watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|s| *s).await;
-    };
-    let ready = Arc::new(AtomicBool::new(false));
+    Ok((l, bound))
+}
+
+/// Resolves once `rx` says stop.
+async fn stopped(mut rx: watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await;
+}
+
+type GrpcTask = JoinHandle<Result<(), tonic::transport::Error>>;
+
+/// Starts the receivers (gRPC, HTTP) and the ops endpoint.
+fn spawn_servers(
+    config: &Config,
+    pipeline: &Pipeline,
+    l: Listeners,
+    conns: ConnMetrics,
+    ready: Arc<AtomicBool>,
+    stop: &watch::Receiver<bool>,
+) -> (GrpcTask, JoinHandle<()>, JoinHandle<()>) {
     let max = config.max_request_bytes;
-    let grpc = clew_runtime::net::grpc_server(&limits)
+    let gzip = tonic::codec::CompressionEncoding::Gzip;
+    let native =
+        clew_proto::v1::collector_server::CollectorServer::new(NativeGrpc(pipeline.clone()));
+    let grpc = clew_runtime::net::grpc_server(&config.conn.limits())
         .add_service(
             TraceServiceServer::new(OtlpGrpc(pipeline.clone()))
                 .max_decoding_message_size(max)
-                .accept_compressed(tonic::codec::CompressionEncoding::Gzip),
+                .accept_compressed(gzip),
         )
         .add_service(
-            clew_proto::v1::collector_server::CollectorServer::new(NativeGrpc(pipeline.clone()))
+            native
                 .max_decoding_message_size(max)
-                .accept_compressed(tonic::codec::CompressionEncoding::Gzip),
+                .accept_compressed(gzip),
         )
-        .serve_with_incoming_shutdown(grpc_listener.into_incoming(), stopped(stop_rx.clone()));
+        .serve_with_incoming_shutdown(l.grpc.into_incoming(), stopped(stop.clone()));
     let serve = clew_runtime::net::serve_http;
     let http = serve(
-        http_listener,
+        l.http,
         http_router(pipeline.clone(), max),
-        stopped(stop_rx.clone()),
+        stopped(stop.clone()),
     );
     let render_pipeline = pipeline.clone();
     let render = Arc::new(move || {
@@ -308,16 +334,58 @@ pub async fn run(
         render_pipeline.metrics().render() + &conns.render()
     });
     let ops = serve(
-        ops_listener,
-        clew_runtime::ops::router(render, Arc::clone(&ready)),
-        stopped(stop_rx.clone()),
+        l.ops,
+        clew_runtime::ops::router(render, ready),
+        stopped(stop.clone()),
     );
-    let grpc = tokio::spawn(grpc);
-    let http = tokio::spawn(http);
-    let ops = tokio::spawn(ops);
+    (tokio::spawn(grpc), tokio::spawn(http), tokio::spawn(ops))
+}
+
+/// Waits up to `drain` for a server to stop, then closes what is still
+/// connected: a client holding a stream open must not keep the sidecar
+/// from delivering or spilling what it holds before the pod is killed.
+async fn drain_server<T>(
+    mut task: JoinHandle<T>,
+    drain: Duration,
+    what: &str,
+) -> Option<Result<T, tokio::task::JoinError>> {
+    match tokio::time::timeout(drain, &mut task).await {
+        Ok(r) => Some(r),
+        Err(_) => {
+            tracing::warn!(
+                server = what,
+                "clients still connected after the shutdown timeout; closing them"
+            );
+            task.abort();
+            None
+        }
+    }
+}
+
+/// Runs the sidecar until `shutdown` resolves; then stops taking spans,
+/// delivers or spills what it holds, and returns.
+pub async fn run(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    on_bound: impl FnOnce(Bound) + Send,
+) -> Result<(), ServerError> {
+    let (pipeline, fixed) = open_pipeline(&config).await?;
+    let conns = ConnMetrics::new();
+    let (listeners, bound) = bind_all(&config, &conns).await?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let ready = Arc::new(AtomicBool::new(false));
+    let (grpc, http, ops) = spawn_servers(
+        &config,
+        &pipeline,
+        listeners,
+        conns,
+        Arc::clone(&ready),
+        &stop_rx,
+    );
     let dns = config.collector_dns.clone().map(|name| {
+        let p = pipeline.clone();
         tokio::spawn(dns_loop(
-            pipeline.clone(),
+            p,
             fixed,
             name,
             config.dns_refresh,
@@ -332,23 +400,8 @@ pub async fn run(
     tracing::info!("shutting down: no new spans; delivering or spilling what is held");
     ready.store(false, Ordering::Release);
     let _ = stop_tx.send(true);
-    // A client holding a stream open must not keep the sidecar from
-    // delivering or spilling what it holds before the pod is killed.
-    let drain = config.shutdown_timeout;
-    let mut grpc = grpc;
-    let grpc_result = match tokio::time::timeout(drain, &mut grpc).await {
-        Ok(r) => r,
-        Err(_) => {
-            tracing::warn!("gRPC clients still connected after the shutdown timeout; closing them");
-            grpc.abort();
-            Ok(Ok(()))
-        }
-    };
-    let mut http = http;
-    if tokio::time::timeout(drain, &mut http).await.is_err() {
-        tracing::warn!("HTTP clients still connected after the shutdown timeout; closing them");
-        http.abort();
-    }
+    let grpc_result = drain_server(grpc, config.shutdown_timeout, "grpc").await;
+    drain_server(http, config.shutdown_timeout, "http").await;
     if let Some(dns) = dns {
         let _ = dns.await;
     }
@@ -357,8 +410,8 @@ pub async fn run(
     let (mem, spill) = pipeline.pending();
     tracing::info!(memory_bytes = mem, spill_bytes = spill, "sidecar stopped");
     match grpc_result {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(ServerError::Serve(e.to_string())),
-        Err(e) => Err(ServerError::Serve(e.to_string())),
+        Some(Ok(Err(e))) => Err(ServerError::Serve(e.to_string())),
+        Some(Err(e)) => Err(ServerError::Serve(e.to_string())),
+        _ => Ok(()),
     }
 }

@@ -277,80 +277,81 @@ impl Pipeline {
         }
         let mut endpoints = Vec::with_capacity(urls.len());
         for url in &urls {
-            if let Some(e) = old.endpoints.iter().find(|e| &e.url == url) {
-                endpoints.push(e.clone());
-                continue;
+            match old.endpoints.iter().find(|e| &e.url == url) {
+                Some(e) => endpoints.push(e.clone()),
+                None => endpoints.push(self.add_endpoint(url)?),
             }
-            let dir = sh.cfg.spill_dir.join(dir_name(url));
-            // A log being re-routed may belong to an endpoint that is back.
-            let adopted = {
-                let mut orphans = sh.orphans.lock();
-                orphans
-                    .iter()
-                    .position(|l| l.dir() == dir)
-                    .map(|i| orphans.swap_remove(i))
-            };
-            let spill = match adopted {
-                Some(l) => l,
-                None => open_log(&sh.cfg, &dir)?,
-            };
-            let client = CollectorClient::new(url, sh.cfg.request_timeout)
-                .map_err(|_| Error::InvalidEndpoint(url.clone()))?;
-            let ep = Arc::new(Endpoint::new(
-                url.clone(),
-                CircuitBreaker::new(sh.cfg.breaker.clone()),
-                spill,
-                sh.cfg.batch_max_spans,
-            ));
-            let stop_rx = ep.stop.subscribe();
-            let mut tasks = sh.tasks.lock();
-            tasks.push(tokio::spawn(forward::forward_loop(
-                ep.clone(),
-                self.clone(),
-                client,
-                stop_rx.clone(),
-            )));
-            if sh.cfg.durability == Durability::Disk {
-                tasks.push(tokio::spawn(endpoint::sync_loop(
-                    ep.clone(),
-                    sh.cfg.fsync_delay,
-                    stop_rx,
-                )));
-            }
-            drop(tasks);
-            tracing::info!(endpoint = %url, "collector endpoint added");
-            endpoints.push(ep);
         }
         let hashes = endpoints.iter().map(|e| endpoint_hash(&e.url)).collect();
         *sh.table.write() = Arc::new(Table { endpoints, hashes });
         sh.metrics.endpoints.set(urls.len() as i64);
-
-        for ep in &old.endpoints {
-            if urls.contains(&ep.url) {
-                continue;
-            }
-            tracing::info!(endpoint = %ep.url, "collector endpoint removed; re-routing its spans");
-            let _ = ep.stop.send(Stop::Remove);
-            let _ = sh.metrics.breaker_open.remove_label_values(&[&ep.url]);
-            let (queue, spill) = {
-                let mut st = ep.state.lock();
-                (std::mem::take(&mut st.queue), st.spill.take())
-            };
-            for q in queue {
-                sh.mem_bytes.fetch_sub(q.body.len(), Ordering::Relaxed);
-                // With disk durability the queue only caches the log.
-                if q.seq.is_none() {
-                    self.park_unrouted(q.spans, &q.body);
-                }
-            }
-            if let Some(log) = spill {
-                sh.orphans.lock().push(log);
-            }
+        for ep in old.endpoints.iter().filter(|e| !urls.contains(&e.url)) {
+            self.retire_endpoint(ep);
         }
         self.adopt_stray_logs();
         self.update_gauges();
         sh.reroute.notify_one();
         Ok(())
+    }
+
+    /// A new endpoint with its forwarder (and group commit), replaying the
+    /// log an earlier run, or a re-routing in progress, left for it.
+    fn add_endpoint(&self, url: &str) -> Result<Arc<Endpoint>, Error> {
+        let sh = &self.0;
+        let dir = sh.cfg.spill_dir.join(dir_name(url));
+        // A log being re-routed may belong to an endpoint that is back.
+        let adopted = {
+            let mut orphans = sh.orphans.lock();
+            orphans
+                .iter()
+                .position(|l| l.dir() == dir)
+                .map(|i| orphans.swap_remove(i))
+        };
+        let spill = match adopted {
+            Some(l) => l,
+            None => open_log(&sh.cfg, &dir)?,
+        };
+        let client = CollectorClient::new(url, sh.cfg.request_timeout)
+            .map_err(|_| Error::InvalidEndpoint(url.to_string()))?;
+        let ep = Arc::new(Endpoint::new(
+            url.to_string(),
+            CircuitBreaker::new(sh.cfg.breaker.clone()),
+            spill,
+            sh.cfg.batch_max_spans,
+        ));
+        let stop_rx = ep.stop.subscribe();
+        let mut tasks = sh.tasks.lock();
+        let forward = forward::forward_loop(ep.clone(), self.clone(), client, stop_rx.clone());
+        tasks.push(tokio::spawn(forward));
+        if sh.cfg.durability == Durability::Disk {
+            let sync = endpoint::sync_loop(ep.clone(), sh.cfg.fsync_delay, stop_rx);
+            tasks.push(tokio::spawn(sync));
+        }
+        tracing::info!(endpoint = %url, "collector endpoint added");
+        Ok(ep)
+    }
+
+    /// Stops an endpoint that left the set and hands its spans to the
+    /// re-router.
+    fn retire_endpoint(&self, ep: &Endpoint) {
+        let sh = &self.0;
+        tracing::info!(endpoint = %ep.url, "collector endpoint removed; re-routing its spans");
+        let _ = ep.stop.send(Stop::Remove);
+        let _ = sh.metrics.breaker_open.remove_label_values(&[&ep.url]);
+        let (queue, spill) = {
+            let mut st = ep.state.lock();
+            (std::mem::take(&mut st.queue), st.spill.take())
+        };
+        for q in queue {
+            sh.mem_bytes.fetch_sub(q.body.len(), Ordering::Relaxed);
+            // With disk durability the queue only caches the log.
+            if q.seq.is_none() {
+                self.park_unrouted(q.spans, &q.body);
+            }
+        }
+        if let Some(log) = spill {
+            sh.orphans.lock().push(log);
+        }
     }
 
     /// Opens spill logs on disk that belong to no current endpoint and are
