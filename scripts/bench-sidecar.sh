@@ -6,7 +6,9 @@
 # rounds: RSS idle and under load, CPU per span.
 #
 # Usage: scripts/bench-sidecar.sh [DURATION] [ROUNDS] [RATE...]
-#   defaults: 20s, 2 rounds, rates 10000 and 100000 spans/s.
+#   defaults: 20s, 2 rounds, rates 10000 and 100000 spans/s; CONCURRENCY
+#   clients share each rate (default 4: several applications behind one
+#   agent; each waits for its answer before its next request).
 # ROTEL=path/to/rotel-agent overrides where rotel-agent is found (default:
 # the test venv, /var/tmp/clew-venv, where it is installed when missing).
 set -euo pipefail
@@ -16,6 +18,7 @@ DURATION="${1:-20s}"
 ROUNDS="${2:-2}"
 shift 2 || shift $#
 RATES=("$@")
+CONCURRENCY="${CONCURRENCY:-4}"
 [ ${#RATES[@]} -gt 0 ] || RATES=(10000 100000)
 
 VENV="${CLEW_VENV:-/var/tmp/clew-venv}"
@@ -65,7 +68,7 @@ for rate in "${RATES[@]}"; do
       PID=$(start_agent "$kind" "$P")
       wait_port "$P"
       sleep 3
-      OUT=$("$BIN/clew-sidecar-load" --target "127.0.0.1:$P" --rate "$rate" --duration "$DURATION" --pid "$PID")
+      OUT=$("$BIN/clew-sidecar-load" --target "127.0.0.1:$P" --rate "$rate" --duration "$DURATION" --concurrency "$CONCURRENCY" --pid "$PID")
       kill "$PID" 2>/dev/null || true
       wait "$PID" 2>/dev/null || true
       python3 - "$kind" "$rate" "$round" "$OUT" <<'PY'

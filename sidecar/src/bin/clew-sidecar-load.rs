@@ -38,6 +38,40 @@ struct Args {
     /// The sidecar's pid, to sample its memory and CPU.
     #[arg(long)]
     pid: Option<u32>,
+    /// Clients sending at once (each `--rate / --concurrency` spans/s), as
+    /// several application processes behind one agent.
+    #[arg(long, default_value_t = 1)]
+    concurrency: u64,
+}
+
+/// What one client sent and had refused.
+#[derive(Default)]
+struct Sent {
+    sent: u64,
+    refused: u64,
+}
+
+/// One client sending `rate` spans/s in batches of `batch` until `until`.
+async fn client_loop(
+    target: String,
+    rate: u64,
+    batch_len: usize,
+    until: Instant,
+) -> anyhow::Result<Sent> {
+    let mut client = TraceServiceClient::connect(format!("http://{target}")).await?;
+    let mut rng = rand::rngs::SmallRng::from_os_rng();
+    let every = Duration::from_secs_f64(batch_len as f64 / rate as f64);
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut out = Sent::default();
+    while Instant::now() < until {
+        tick.tick().await;
+        match client.export(batch(&mut rng, batch_len)).await {
+            Ok(_) => out.sent += batch_len as u64,
+            Err(_) => out.refused += batch_len as u64,
+        }
+    }
+    Ok(out)
 }
 
 /// (RSS bytes, CPU seconds) of `pid`.
@@ -110,31 +144,34 @@ fn batch(rng: &mut rand::rngs::SmallRng, n: usize) -> ExportTraceServiceRequest 
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     anyhow::ensure!(
-        args.rate > 0 && args.batch > 0,
-        "--rate and --batch must be positive"
+        args.rate > 0 && args.batch > 0 && args.concurrency > 0,
+        "--rate, --batch and --concurrency must be positive"
     );
-    let mut client = TraceServiceClient::connect(format!("http://{}", args.target)).await?;
     let idle = args.pid.and_then(sample);
-    let mut rng = rand::rngs::SmallRng::from_os_rng();
-    let every = Duration::from_secs_f64(args.batch as f64 / args.rate as f64);
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     let start = Instant::now();
+    let until = start + args.duration;
+    let clients: Vec<_> = (0..args.concurrency)
+        .map(|_| {
+            let rate = (args.rate / args.concurrency).max(1);
+            tokio::spawn(client_loop(args.target.clone(), rate, args.batch, until))
+        })
+        .collect();
     let cpu0 = idle.map(|s| s.1);
-    let (mut sent, mut refused, mut peak) = (0u64, 0u64, 0u64);
-    let mut rss_sum = 0u64;
-    let mut rss_n = 0u64;
-    while start.elapsed() < args.duration {
-        tick.tick().await;
-        match client.export(batch(&mut rng, args.batch)).await {
-            Ok(_) => sent += args.batch as u64,
-            Err(_) => refused += args.batch as u64,
-        }
+    let (mut peak, mut rss_sum, mut rss_n) = (0u64, 0u64, 0u64);
+    let mut every = tokio::time::interval(Duration::from_millis(10));
+    while Instant::now() < until {
+        every.tick().await;
         if let Some((rss, _)) = args.pid.and_then(sample) {
             peak = peak.max(rss);
             rss_sum += rss;
             rss_n += 1;
         }
+    }
+    let (mut sent, mut refused) = (0u64, 0u64);
+    for c in clients {
+        let c = c.await??;
+        sent += c.sent;
+        refused += c.refused;
     }
     let secs = start.elapsed().as_secs_f64();
     println!(
