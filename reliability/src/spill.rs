@@ -44,7 +44,9 @@
 //! [`SpillLog::read_batch`] returns the oldest unconsumed records without
 //! consuming them (calling it again returns the same records);
 //! [`SpillLog::commit`] marks everything up to a sequence number consumed,
-//! writes the cursor and deletes segments that are wholly consumed. The
+//! writes the cursor and deletes segments that are wholly consumed (all but
+//! the segment being appended to while it has room, so that a log consumed
+//! as fast as it is written makes no file per record). The
 //! cursor is forced to stable storage by the next [`SpillLog::sync`] (and
 //! on drop), not by each commit: a power loss can only make already
 //! delivered records replay. When writing the cursor fails (a full disk
@@ -916,12 +918,25 @@ impl SpillLog {
         Ok(())
     }
 
+    /// Deletes wholly consumed segments, except the one being appended to
+    /// while it has room: a log that is consumed as fast as it is written
+    /// (a healthy collector behind the sidecar) would otherwise create,
+    /// sync and delete a segment file for every record.
     fn delete_consumed(&mut self) -> Result<()> {
         while self
             .segments
             .front()
             .is_some_and(|s| s.end_seq() <= self.cursor)
         {
+            let active = self.segments.len() == 1 && self.writer.is_some();
+            if active
+                && self
+                    .segments
+                    .front()
+                    .is_some_and(|s| s.file_len < self.config.segment_size)
+            {
+                break;
+            }
             self.remove_front()?;
         }
         Ok(())

@@ -221,11 +221,12 @@ fn committed_records_are_not_replayed_after_reopen() {
     let mut log = SpillLog::open(dir.path(), cfg(64)).unwrap();
     assert_eq!(log.cursor(), 25);
     assert_eq!(read_all(&mut log), numbered(&records[25..], 25));
-    // Commit past the end consumes everything; all segments go.
+    // Commit past the end consumes everything; all segments go but the one
+    // being appended to, while it has room.
     log.commit(u64::MAX).unwrap();
     assert!(log.is_empty());
-    assert_eq!(log.segment_count(), 0);
-    assert!(segment_files(dir.path()).is_empty());
+    assert!(log.segment_count() <= 1);
+    assert_eq!(segment_files(dir.path()).len(), log.segment_count());
     assert_eq!(log.append(b"next").unwrap(), 40);
     drop(log);
     let mut log = SpillLog::open(dir.path(), cfg(64)).unwrap();
@@ -865,4 +866,28 @@ fn commit_on_a_full_disk_takes_effect_and_frees_segments() {
     drop(log);
     let mut log = SpillLog::open(dir.path(), cfg(1 << 20)).unwrap();
     assert_eq!(read_all(&mut log), vec![(appended, record)]);
+}
+
+#[test]
+fn a_log_consumed_as_fast_as_written_keeps_its_active_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = SpillLog::open(dir.path(), cfg(1 << 20)).unwrap();
+    for i in 0..100u64 {
+        let seq = log.append(&i.to_le_bytes()).unwrap();
+        log.commit(seq).unwrap();
+        assert_eq!(
+            log.segment_count(),
+            1,
+            "no segment made and deleted per record"
+        );
+    }
+    assert_eq!(
+        segment_files(dir.path()),
+        vec![dir.path().join(segment_file_name(0))]
+    );
+    drop(log);
+    // Reopened, the consumed segment goes.
+    let log = SpillLog::open(dir.path(), cfg(1 << 20)).unwrap();
+    assert!(log.is_empty());
+    assert!(segment_files(dir.path()).is_empty());
 }
