@@ -14,6 +14,7 @@ mod catalogue;
 #[cfg(test)]
 mod tests;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -65,6 +66,8 @@ pub struct Described {
 pub struct Registry {
     inner: prometheus::Registry,
     described: Arc<Mutex<Vec<Described>>>,
+    /// Names of the labels every metric carries (added at gathering).
+    const_labels: Vec<String>,
 }
 
 // Names, help strings, labels and buckets are constants known to be valid
@@ -88,6 +91,17 @@ impl Registry {
     /// An empty registry.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An empty registry whose every metric carries the label
+    /// `name="value"` (a demo service's name, for instance).
+    pub fn with_const_label(name: &str, value: &str) -> Self {
+        let labels = HashMap::from([(name.to_string(), value.to_string())]);
+        Self {
+            inner: must(prometheus::Registry::new_custom(None, Some(labels))),
+            described: Arc::default(),
+            const_labels: vec![name.to_string()],
+        }
     }
 
     /// Registers `metric`, remembering it as a `kind`, and returns it.
@@ -152,6 +166,12 @@ impl Registry {
     /// Registers a histogram made by [`histogram`] and returns it.
     pub fn add_histogram(&self, histogram: Histogram) -> Histogram {
         self.register(Kind::Histogram, histogram)
+    }
+
+    /// The names of the labels every metric carries
+    /// ([`Registry::with_const_label`]); not in [`Registry::described`].
+    pub fn const_labels(&self) -> &[String] {
+        &self.const_labels
     }
 
     /// Every registered metric, sorted by name.

@@ -110,6 +110,7 @@ fn gathered_disagreements(registry: &Registry, registered: &[Described]) -> Vec<
                 .get_label()
                 .iter()
                 .map(|l| l.name().to_string())
+                .filter(|l| !registry.const_labels().contains(l))
                 .collect();
             if sorted(&labels) != sorted(&d.labels) {
                 problems.push(format!("`{name}` is gathered with labels {labels:?}"));

@@ -72,6 +72,21 @@ fn the_registry_registers_renders_and_remembers_every_kind() {
 }
 
 #[test]
+fn a_const_label_is_on_every_metric_and_not_in_the_catalogue() {
+    let r = Registry::with_const_label("service", "a");
+    r.counter_vec("t_errors_total", "Errors.", &["reason"])
+        .with_label_values(&["x"])
+        .inc();
+    assert!(
+        r.render()
+            .contains("t_errors_total{reason=\"x\",service=\"a\"} 1")
+    );
+    let doc = "## c\n\n| metric | type | labels | meaning |\n|---|---|---|---|\n\
+               | `t_errors_total` | counter | `reason` | Errors. |\n";
+    assert_eq!(check_catalogue(doc, "c", &r), Ok(()));
+}
+
+#[test]
 #[should_panic(expected = "invalid metric definition")]
 fn registering_a_name_twice_is_a_bug() {
     let r = Registry::new();
