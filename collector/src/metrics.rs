@@ -7,13 +7,17 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use clew_runtime::metrics::Registry;
 use parking_lot::Mutex;
-use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+use prometheus::{IntCounter, IntCounterVec, IntGauge};
 
 use crate::assembly::Assembler;
 use crate::ingest::Ingest;
 use crate::storage::Storage;
 use crate::wal::Wal;
+
+#[cfg(test)]
+mod tests;
 
 /// The collector's registry and the sources it reads at scrape time.
 #[derive(Debug)]
@@ -42,30 +46,6 @@ pub struct Metrics {
     memory: Option<MemoryStoreMetrics>,
     // Serialises scrapes so counter deltas are computed once.
     scrape: Mutex<()>,
-}
-
-fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
-    let c = IntCounter::new(name, help).unwrap_or_else(|_| unreachable_metric());
-    let _ = registry.register(Box::new(c.clone()));
-    c
-}
-
-// Metric names and help strings are constants known to be valid.
-fn unreachable_metric<T>() -> T {
-    panic!("invalid metric definition")
-}
-
-fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
-    let g = IntGauge::new(name, help).unwrap_or_else(|_| unreachable_metric());
-    let _ = registry.register(Box::new(g.clone()));
-    g
-}
-
-fn counter_vec(registry: &Registry, name: &str, help: &str, label: &str) -> IntCounterVec {
-    let c = IntCounterVec::new(Opts::new(name, help), &[label])
-        .unwrap_or_else(|_| unreachable_metric());
-    let _ = registry.register(Box::new(c.clone()));
-    c
 }
 
 /// The memory store's gauges and eviction counter, read from
@@ -108,16 +88,13 @@ impl Metrics {
     /// The histogram of storage write latency, to hand to the
     /// [`StorageSink`](crate::sink::StorageSink) before [`Metrics::new`].
     pub fn store_latency_histogram() -> prometheus::Histogram {
-        prometheus::Histogram::with_opts(
-            prometheus::HistogramOpts::new(
-                "clew_storage_store_seconds",
-                "Latency of one storage write of a trace fragment (each retry observed).",
-            )
-            .buckets(vec![
+        clew_runtime::metrics::histogram(
+            "clew_storage_store_seconds",
+            "Latency of one storage write of a trace fragment (each retry observed).",
+            &[
                 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-            ]),
+            ],
         )
-        .unwrap_or_else(|_| unreachable_metric())
     }
 
     /// Registers every metric; `store_latency` comes from
@@ -129,67 +106,55 @@ impl Metrics {
         store_latency: prometheus::Histogram,
     ) -> Self {
         let r = Registry::new();
-        let _ = r.register(Box::new(store_latency));
-        let fsync_seconds =
-            prometheus::Counter::new("clew_wal_fsync_seconds_total", "Time spent in WAL fsync.")
-                .unwrap_or_else(|_| unreachable_metric());
-        let _ = r.register(Box::new(fsync_seconds.clone()));
+        r.add_histogram(store_latency);
         Metrics {
-            spans: counter_vec(
-                &r,
+            spans: r.counter_vec(
                 "clew_spans_total",
                 "Spans by outcome: received, accepted (durable), rejected (invalid span), refused (whole request refused).",
-                "outcome",
+                &["outcome"],
             ),
-            truncated_spans: counter(
-                &r,
+            truncated_spans: r.counter(
                 "clew_spans_truncated_total",
                 "Accepted spans stored with something cut to fit the ingest limits.",
             ),
-            truncated: counter_vec(
-                &r,
+            truncated: r.counter_vec(
                 "clew_truncated_total",
                 "What the ingest limits cut from accepted spans, by reason: attributes, values, events, links (over their limits), invalid_links (dropped), event_names (shortened).",
-                "reason",
+                &["reason"],
             ),
-            wal_bytes: counter(&r, "clew_wal_bytes_total", "Bytes appended to the WAL."),
-            wal_records: counter(&r, "clew_wal_records_total", "Batches appended to the WAL."),
-            wal_fsyncs: counter(
-                &r,
+            wal_bytes: r.counter("clew_wal_bytes_total", "Bytes appended to the WAL."),
+            wal_records: r.counter("clew_wal_records_total", "Batches appended to the WAL."),
+            wal_fsyncs: r.counter(
                 "clew_wal_fsyncs_total",
                 "WAL fsyncs (one per commit group).",
             ),
-            wal_fsync_seconds: fsync_seconds,
-            wal_disk_bytes: gauge(&r, "clew_wal_disk_bytes", "Bytes of WAL segments on disk."),
-            stored: counter(&r, "clew_spans_stored_total", "Spans written to storage."),
-            duplicates: counter(
-                &r,
+            wal_fsync_seconds: r
+                .float_counter("clew_wal_fsync_seconds_total", "Time spent in WAL fsync."),
+            wal_disk_bytes: r.gauge("clew_wal_disk_bytes", "Bytes of WAL segments on disk."),
+            stored: r.counter("clew_spans_stored_total", "Spans written to storage."),
+            duplicates: r.counter(
                 "clew_spans_duplicate_total",
                 "Duplicate spans dropped by assembly.",
             ),
-            store_failures: counter(
-                &r,
+            store_failures: r.counter(
                 "clew_storage_failures_total",
                 "Failed storage writes (retried).",
             ),
-            flushes: counter_vec(
-                &r,
+            flushes: r.counter_vec(
                 "clew_flushes_total",
                 "Trace fragments flushed to storage, by reason.",
-                "reason",
+                &["reason"],
             ),
-            pending_bytes: gauge(
-                &r,
+            pending_bytes: r.gauge(
                 "clew_pending_bytes",
                 "Bytes of spans waiting for storage.",
             ),
-            pending_traces: gauge(&r, "clew_pending_traces", "Traces waiting for storage."),
-            pruned_traces: counter(
-                &r,
+            pending_traces: r.gauge("clew_pending_traces", "Traces waiting for storage."),
+            pruned_traces: r.counter(
                 "clew_pruned_traces_total",
                 "Traces removed by retention.",
             ),
-            pruned_spans: counter(&r, "clew_pruned_spans_total", "Spans removed by retention."),
+            pruned_spans: r.counter("clew_pruned_spans_total", "Spans removed by retention."),
             pruned: (AtomicU64::new(0), AtomicU64::new(0)),
             memory: None,
             registry: r,
@@ -208,21 +173,18 @@ impl Metrics {
         }
         let r = &self.registry;
         self.memory = Some(MemoryStoreMetrics {
-            bytes: gauge(
-                r,
+            bytes: r.gauge(
                 "clew_storage_memory_bytes",
                 "Bytes of spans the memory store holds (estimated heap; bounded by --memory-max-bytes).",
             ),
-            traces: gauge(
-                r,
+            traces: r.gauge(
                 "clew_storage_memory_traces",
                 "Traces the memory store holds (bounded by --memory-max-traces).",
             ),
-            evicted: counter_vec(
-                r,
+            evicted: r.counter_vec(
                 "clew_storage_memory_evicted_traces_total",
                 "Traces the memory store evicted, by the bound that was passed: traces or bytes.",
-                "bound",
+                &["bound"],
             ),
             storage,
         });
@@ -238,7 +200,18 @@ impl Metrics {
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
         let _g = self.scrape.lock();
-        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        self.copy_ingest();
+        self.copy_wal();
+        self.copy_assembly();
+        sync(&self.pruned_traces, load(&self.pruned.0));
+        sync(&self.pruned_spans, load(&self.pruned.1));
+        if let Some(memory) = &self.memory {
+            memory.render();
+        }
+        self.registry.render()
+    }
+
+    fn copy_ingest(&self) {
         let i = self.ingest.stats();
         for (outcome, v) in [
             ("received", &i.received),
@@ -253,6 +226,9 @@ impl Metrics {
         for (reason, n) in t.by_reason() {
             sync(&self.truncated.with_label_values(&[reason]), n);
         }
+    }
+
+    fn copy_wal(&self) {
         let w = self.wal.stats();
         sync(&self.wal_bytes, load(&w.bytes));
         sync(&self.wal_records, load(&w.records));
@@ -264,6 +240,9 @@ impl Metrics {
         }
         self.wal_disk_bytes
             .set(i64::try_from(load(&w.disk_bytes)).unwrap_or(i64::MAX));
+    }
+
+    fn copy_assembly(&self) {
         let a = self.assembler.stats();
         sync(&self.stored, load(&a.spans_stored));
         sync(&self.duplicates, load(&a.duplicate_spans));
@@ -281,16 +260,9 @@ impl Metrics {
             .set(i64::try_from(self.assembler.pending_bytes()).unwrap_or(i64::MAX));
         self.pending_traces
             .set(i64::try_from(self.assembler.pending_traces()).unwrap_or(i64::MAX));
-        sync(&self.pruned_traces, load(&self.pruned.0));
-        sync(&self.pruned_spans, load(&self.pruned.1));
-        if let Some(memory) = &self.memory {
-            memory.render();
-        }
-
-        let mut buf = Vec::new();
-        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
-            tracing::warn!(error = %e, "encoding metrics failed");
-        }
-        String::from_utf8(buf).unwrap_or_default()
     }
+}
+
+fn load(a: &AtomicU64) -> u64 {
+    a.load(Ordering::Relaxed)
 }

@@ -69,7 +69,7 @@ fn state() -> (WebhookState, reflector::store::Writer<TraceCollector>) {
         namespaces,
         defaults: defaults(),
         native_sidecars: true,
-        metrics: ok(Metrics::new()),
+        metrics: Metrics::new(),
         recorder: None,
     };
     (state, w)

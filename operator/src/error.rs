@@ -21,9 +21,6 @@ pub enum Error {
     /// YAML serialization failed.
     #[error("YAML: {0}")]
     Yaml(String),
-    /// Registering or encoding metrics failed.
-    #[error("metrics: {0}")]
-    Metrics(#[from] prometheus::Error),
 }
 
 impl Error {
@@ -36,7 +33,6 @@ impl Error {
             Self::MissingNamespace(_) => "invalid",
             Self::Cert(_) | Self::BadSecret(..) => "cert",
             Self::Json(_) | Self::Yaml(_) => "serialization",
-            Self::Metrics(_) => "metrics",
         }
     }
 }

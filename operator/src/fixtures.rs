@@ -210,12 +210,7 @@ impl Context {
     pub(crate) fn test() -> (Arc<Self>, ApiServerVerifier) {
         let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
         let client = Client::new(service, "default");
-        let ctx = Context::new(
-            client,
-            Metrics::new().unwrap(),
-            defaults(),
-            Some("test".to_owned()),
-        );
+        let ctx = Context::new(client, Metrics::new(), defaults(), Some("test".to_owned()));
         (Arc::new(ctx), ApiServerVerifier(handle))
     }
 }

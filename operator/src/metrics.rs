@@ -1,11 +1,10 @@
 //! Prometheus metrics of the operator (bounded label sets only).
 
-use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
-};
+use clew_runtime::metrics::Registry;
+use prometheus::{Histogram, IntCounter, IntCounterVec, IntGauge};
 
-use crate::Result;
+#[cfg(test)]
+mod tests;
 
 /// The operator's metrics, registered in their own registry.
 #[derive(Clone, Debug)]
@@ -33,76 +32,57 @@ pub struct Metrics {
 
 impl Metrics {
     /// Creates and registers every metric.
-    pub fn new() -> Result<Self> {
-        let registry = Registry::new();
-        let reconciliations = IntCounter::new(
-            "clew_operator_reconciliations_total",
-            "TraceCollector reconciliations started",
-        )?;
-        let reconcile_errors = IntCounterVec::new(
-            Opts::new(
+    pub fn new() -> Self {
+        let r = Registry::new();
+        Self {
+            conns: clew_runtime::net::ConnMetrics::new(),
+            reconciliations: r.counter(
+                "clew_operator_reconciliations_total",
+                "TraceCollector reconciliations started",
+            ),
+            reconcile_errors: r.counter_vec(
                 "clew_operator_reconcile_errors_total",
                 "Failed TraceCollector reconciliations by error kind",
+                &["error"],
             ),
-            &["error"],
-        )?;
-        let reconcile_duration = Histogram::with_opts(
-            HistogramOpts::new(
+            reconcile_duration: r.histogram(
                 "clew_operator_reconcile_duration_seconds",
                 "Duration of one TraceCollector reconciliation",
-            )
-            .buckets(vec![0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
-        )?;
-        let workload_rollouts = IntCounter::new(
-            "clew_operator_workload_rollouts_total",
-            "Workloads rolled because their sidecar settings changed",
-        )?;
-        let leader = IntGauge::new(
-            "clew_operator_leader",
-            "1 while this replica holds the leader lease",
-        )?;
-        let admissions = IntCounterVec::new(
-            Opts::new(
+                &[0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0],
+            ),
+            workload_rollouts: r.counter(
+                "clew_operator_workload_rollouts_total",
+                "Workloads rolled because their sidecar settings changed",
+            ),
+            leader: r.gauge(
+                "clew_operator_leader",
+                "1 while this replica holds the leader lease",
+            ),
+            admissions: r.counter_vec(
                 "clew_operator_admissions_total",
                 "Pod admission requests by result",
+                &["result"],
             ),
-            &["result"],
-        )?;
-        let cert_not_after = IntGauge::new(
-            "clew_operator_webhook_cert_not_after_seconds",
-            "Unix time at which the webhook serving certificate expires",
-        )?;
-        let cert_rotations = IntCounter::new(
-            "clew_operator_webhook_cert_rotations_total",
-            "Webhook certificates generated",
-        )?;
-        registry.register(Box::new(reconciliations.clone()))?;
-        registry.register(Box::new(reconcile_errors.clone()))?;
-        registry.register(Box::new(reconcile_duration.clone()))?;
-        registry.register(Box::new(workload_rollouts.clone()))?;
-        registry.register(Box::new(leader.clone()))?;
-        registry.register(Box::new(admissions.clone()))?;
-        registry.register(Box::new(cert_not_after.clone()))?;
-        registry.register(Box::new(cert_rotations.clone()))?;
-        Ok(Self {
-            registry,
-            conns: clew_runtime::net::ConnMetrics::new(),
-            reconciliations,
-            reconcile_errors,
-            reconcile_duration,
-            workload_rollouts,
-            leader,
-            admissions,
-            cert_not_after,
-            cert_rotations,
-        })
+            cert_not_after: r.gauge(
+                "clew_operator_webhook_cert_not_after_seconds",
+                "Unix time at which the webhook serving certificate expires",
+            ),
+            cert_rotations: r.counter(
+                "clew_operator_webhook_cert_rotations_total",
+                "Webhook certificates generated",
+            ),
+            registry: r,
+        }
     }
 
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
-        let mut buf = Vec::new();
-        // Encoding into a Vec cannot fail for well-formed metrics.
-        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
-        String::from_utf8(buf).unwrap_or_default() + &self.conns.render()
+        self.registry.render() + &self.conns.render()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
     }
 }

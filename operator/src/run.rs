@@ -273,7 +273,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let client = Client::try_default().await?;
-    let metrics = Metrics::new()?;
+    let metrics = Metrics::new();
     let identity = cfg
         .pod_name
         .clone()
@@ -460,7 +460,7 @@ mod tests {
 
     #[tokio::test]
     async fn ops_server_reports_readiness_and_metrics() {
-        let metrics = Metrics::new().unwrap();
+        let metrics = Metrics::new();
         metrics.leader.set(1);
         let (ready, rx) = watch::channel(false);
         let app = ops_app(metrics, rx);

@@ -81,7 +81,7 @@ async fn start_with(native: bool, limits: ConnLimits) -> Server {
     ns.metadata.annotations = None;
     nw.apply_watcher_event(&watcher::Event::Apply(ns));
 
-    let metrics = Metrics::new().unwrap();
+    let metrics = Metrics::new();
     let state = Arc::new(WebhookState {
         collectors,
         namespaces,

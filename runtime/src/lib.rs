@@ -1,11 +1,13 @@
 //! What every clew binary shares: the ops endpoint ([`ops`]), logging
 //! ([`init_logging`]), shutdown on SIGTERM or Ctrl-C ([`shutdown_signal`]),
 //! and an optional configuration file layered under flags and environment
-//! variables ([`config`]); OTLP/HTTP bodies for the servers that take
-//! them ([`otlp_http`]); bounded, idle-reaped connections for every
+//! variables ([`config`]); the Prometheus registry helper every binary's
+//! metrics go through ([`metrics`]); OTLP/HTTP bodies for the servers that
+//! take them ([`otlp_http`]); bounded, idle-reaped connections for every
 //! listener ([`net`]).
 
 pub mod config;
+pub mod metrics;
 pub mod net;
 pub mod ops;
 pub mod otlp_http;

@@ -4,9 +4,8 @@
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
-};
+use clew_runtime::metrics::Registry;
+use prometheus::{HistogramVec, IntCounterVec};
 
 /// Per-operation request counters and latency.
 #[derive(Debug, Clone)]
@@ -16,34 +15,23 @@ pub struct Metrics {
     seconds: HistogramVec,
 }
 
-fn must<T>(r: prometheus::Result<T>) -> T {
-    match r {
-        Ok(v) => v,
-        // Constant names and labels, known to be valid.
-        Err(e) => panic!("invalid metric definition: {e}"),
-    }
-}
-
 impl Metrics {
     /// Metrics of `service` (a constant label).
     pub fn new(service: &str) -> Self {
-        let registry = Registry::new();
-        let requests = must(IntCounterVec::new(
-            Opts::new("clew_demo_requests_total", "Requests handled")
-                .const_label("service", service),
-            &["operation", "outcome"],
-        ));
-        let seconds = must(HistogramVec::new(
-            HistogramOpts::new("clew_demo_request_duration_seconds", "Request latency")
-                .const_label("service", service),
-            &["operation"],
-        ));
-        must(registry.register(Box::new(requests.clone())));
-        must(registry.register(Box::new(seconds.clone())));
+        let registry = Registry::with_const_label("service", service);
         Metrics {
+            requests: registry.counter_vec(
+                "clew_demo_requests_total",
+                "Requests handled",
+                &["operation", "outcome"],
+            ),
+            seconds: registry.histogram_vec(
+                "clew_demo_request_duration_seconds",
+                "Request latency",
+                prometheus::DEFAULT_BUCKETS,
+                &["operation"],
+            ),
             registry,
-            requests,
-            seconds,
         }
     }
 
@@ -59,9 +47,7 @@ impl Metrics {
 
     /// Text exposition.
     pub fn render(&self) -> String {
-        let mut buf = Vec::new();
-        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
-        String::from_utf8(buf).unwrap_or_default()
+        self.registry.render()
     }
 }
 

@@ -1,10 +1,11 @@
 //! Prometheus metrics of the sidecar. Label sets are bounded: `protocol`
 //! has three values and `endpoint` one per collector endpoint.
 
-use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
-};
+use clew_runtime::metrics::Registry;
+use prometheus::{Histogram, IntCounter, IntCounterVec, IntGauge, IntGaugeVec};
+
+#[cfg(test)]
+mod tests;
 
 /// The sidecar's metrics.
 #[derive(Debug, Clone)]
@@ -50,51 +51,25 @@ pub struct Metrics {
 /// The values of `clew_sidecar_spans_dropped_total`'s `reason` label.
 pub const DROP_REASONS: [&str; 3] = ["refused", "disk_error", "spill_full_at_shutdown"];
 
-fn must<T>(r: prometheus::Result<T>) -> T {
-    match r {
-        Ok(v) => v,
-        // Names and help strings are constants known to be valid.
-        Err(e) => panic!("invalid metric definition: {e}"),
-    }
-}
-
 impl Metrics {
     /// A fresh registry with every metric registered.
     pub fn new() -> Self {
-        let registry = Registry::new();
-        let c = |name: &str, help: &str| {
-            let m = must(IntCounter::new(name, help));
-            must(registry.register(Box::new(m.clone())));
-            m
-        };
-        let cv = |name: &str, help: &str, label: &str| {
-            let m = must(IntCounterVec::new(Opts::new(name, help), &[label]));
-            must(registry.register(Box::new(m.clone())));
-            m
-        };
-        let g = |name: &str, help: &str| {
-            let m = must(IntGauge::new(name, help));
-            must(registry.register(Box::new(m.clone())));
-            m
-        };
-        let breaker_open = must(IntGaugeVec::new(
-            Opts::new(
-                "clew_sidecar_breaker_open",
-                "1 while the circuit breaker of a collector endpoint is open or half-open",
-            ),
+        let r = Registry::new();
+        let c = |name: &str, help: &str| r.counter(name, help);
+        let cv = |name: &str, help: &str, label: &str| r.counter_vec(name, help, &[label]);
+        let g = |name: &str, help: &str| r.gauge(name, help);
+        let breaker_open = r.gauge_vec(
+            "clew_sidecar_breaker_open",
+            "1 while the circuit breaker of a collector endpoint is open or half-open",
             &["endpoint"],
-        ));
-        must(registry.register(Box::new(breaker_open.clone())));
-        let send_seconds = must(Histogram::with_opts(
-            HistogramOpts::new(
-                "clew_sidecar_send_duration_seconds",
-                "Latency of export requests to collectors",
-            )
-            .buckets(vec![
+        );
+        let send_seconds = r.histogram(
+            "clew_sidecar_send_duration_seconds",
+            "Latency of export requests to collectors",
+            &[
                 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-            ]),
-        ));
-        must(registry.register(Box::new(send_seconds.clone())));
+            ],
+        );
         let dropped = cv(
             "clew_sidecar_spans_dropped_total",
             "Acknowledged spans dropped, by reason",
@@ -158,17 +133,13 @@ impl Metrics {
             ),
             breaker_open,
             send_seconds,
-            registry,
+            registry: r,
         }
     }
 
     /// The text exposition of every metric.
     pub fn render(&self) -> String {
-        let mut buf = Vec::new();
-        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
-            tracing::warn!(error = %e, "metrics encoding failed");
-        }
-        String::from_utf8(buf).unwrap_or_default()
+        self.registry.render()
     }
 }
 

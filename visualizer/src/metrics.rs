@@ -5,11 +5,13 @@ use std::time::Duration;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
-use prometheus::{
-    Encoder as _, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
-};
+use clew_runtime::metrics::Registry;
+use prometheus::{HistogramVec, IntCounterVec};
 
 use crate::AppState;
+
+#[cfg(test)]
+mod tests;
 
 /// The visualizer's metrics, in their own registry.
 #[derive(Debug)]
@@ -30,47 +32,26 @@ impl Default for Metrics {
 
 impl Metrics {
     /// Registers every metric.
-    // The names and labels are constants: registering them cannot fail.
-    #[allow(clippy::expect_used)]
     pub fn new() -> Self {
-        let registry = Registry::new();
-        let requests = IntCounterVec::new(
-            Opts::new(
+        let r = Registry::new();
+        Metrics {
+            requests: r.counter_vec(
                 "clew_visualizer_requests_total",
                 "HTTP requests served, by kind (page, asset, api, ops) and status class",
+                &["kind", "code"],
             ),
-            &["kind", "code"],
-        )
-        .expect("valid metric");
-        let upstream_errors = IntCounterVec::new(
-            Opts::new(
+            upstream_errors: r.counter_vec(
                 "clew_visualizer_upstream_errors_total",
                 "Proxied requests the collector did not answer, by reason (unreachable, timeout)",
+                &["reason"],
             ),
-            &["reason"],
-        )
-        .expect("valid metric");
-        let upstream_seconds = HistogramVec::new(
-            HistogramOpts::new(
+            upstream_seconds: r.histogram_vec(
                 "clew_visualizer_upstream_seconds",
                 "Time to the collector's response headers",
-            )
-            .buckets(vec![0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0]),
-            &["code"],
-        )
-        .expect("valid metric");
-        for c in [
-            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
-            Box::new(upstream_errors.clone()),
-            Box::new(upstream_seconds.clone()),
-        ] {
-            registry.register(c).expect("unique metric");
-        }
-        Metrics {
-            registry,
-            requests,
-            upstream_errors,
-            upstream_seconds,
+                &[0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0],
+                &["code"],
+            ),
+            registry: r,
             conns: clew_runtime::net::ConnMetrics::new(),
         }
     }
@@ -98,12 +79,7 @@ impl Metrics {
 
     /// The text exposition format.
     pub fn render(&self) -> String {
-        let mut buf = Vec::new();
-        // Encoding into a Vec fails only on invalid metric data.
-        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
-            tracing::warn!(error = %e, "cannot encode metrics");
-        }
-        String::from_utf8(buf).unwrap_or_default() + &self.conns.render()
+        self.registry.render() + &self.conns.render()
     }
 }
 
