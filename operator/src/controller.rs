@@ -262,6 +262,26 @@ where
 }
 
 async fn apply_all(tc: &TraceCollector, ctx: &Context) -> Result<Action> {
+    let children = apply_children(tc, ctx).await?;
+    let revision = inject::sidecar_revision(tc, &ctx.defaults);
+    roll_on_new_revision(tc, ctx, &revision).await?;
+    let ready = write_status(tc, ctx, &children, &revision).await?;
+    publish_progress(tc, ctx, ready).await;
+    Ok(Action::requeue(if ready { RESYNC } else { PROGRESS_POLL }))
+}
+
+/// The applied workloads whose state the status reports.
+struct Applied {
+    /// The collector Deployment.
+    collector: Deployment,
+    /// The managed Redis, in managed mode.
+    redis: Option<StatefulSet>,
+    /// The visualizer Deployment, when enabled.
+    visualizer: Option<Deployment>,
+}
+
+/// Applies every wanted child and removes the unwanted ones.
+async fn apply_children(tc: &TraceCollector, ctx: &Context) -> Result<Applied> {
     let client = &ctx.client;
     let ns = tc.namespace().unwrap_or_default();
     let defaults = &ctx.defaults;
@@ -296,11 +316,18 @@ async fn apply_all(tc: &TraceCollector, ctx: &Context) -> Result<Action> {
         desired::desired_visualizer_service(tc),
     )
     .await?;
+    Ok(Applied {
+        collector,
+        redis,
+        visualizer,
+    })
+}
 
-    let revision = inject::sidecar_revision(tc, defaults);
+/// Rolls the workloads using the sidecar when its settings (`revision`) changed.
+async fn roll_on_new_revision(tc: &TraceCollector, ctx: &Context, revision: &str) -> Result<()> {
     let previous_revision = tc.status.as_ref().and_then(|s| s.sidecar_revision.clone());
-    if previous_revision.as_deref() != Some(revision.as_str()) {
-        let rolled = roll_workloads(client, tc, &revision).await?;
+    if previous_revision.as_deref() != Some(revision) {
+        let rolled = roll_workloads(&ctx.client, tc, revision).await?;
         ctx.metrics.workload_rollouts.inc_by(rolled);
         if rolled > 0 {
             ctx.publish(
@@ -315,22 +342,35 @@ async fn apply_all(tc: &TraceCollector, ctx: &Context) -> Result<Action> {
             .await;
         }
     }
+    Ok(())
+}
 
+/// Writes the status of the applied children; returns whether it says Ready.
+async fn write_status(
+    tc: &TraceCollector,
+    ctx: &Context,
+    children: &Applied,
+    revision: &str,
+) -> Result<bool> {
     let now = k8s_openapi::jiff::Timestamp::now().to_string();
     let new_status = status::desired_status(
         tc,
-        &collector,
-        redis.as_ref(),
-        visualizer.as_ref(),
-        &revision,
+        &children.collector,
+        children.redis.as_ref(),
+        children.visualizer.as_ref(),
+        revision,
         &now,
     );
     let ready = new_status
         .conditions
         .iter()
         .any(|c| c.type_ == READY && c.status == "True");
-    patch_status(client, tc, &new_status).await?;
+    patch_status(&ctx.client, tc, &new_status).await?;
+    Ok(ready)
+}
 
+/// Publishes `Applied` for a new generation and `Ready` when the collectors became ready.
+async fn publish_progress(tc: &TraceCollector, ctx: &Context, ready: bool) {
     let observed = tc.status.as_ref().and_then(|s| s.observed_generation);
     if observed != tc.metadata.generation {
         info!(tracecollector = %key(tc), generation = ?tc.metadata.generation, "applied");
@@ -357,7 +397,6 @@ async fn apply_all(tc: &TraceCollector, ctx: &Context) -> Result<Action> {
         )
         .await;
     }
-    Ok(Action::requeue(if ready { RESYNC } else { PROGRESS_POLL }))
 }
 
 /// Whether a pod template in namespace `ns` asks for this TraceCollector's sidecar, through its

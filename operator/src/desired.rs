@@ -25,7 +25,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
 
-use crate::crd::{Resources, TraceCollector};
+use crate::crd::{ManagedRedis, Resources, TraceCollector};
 
 /// The field manager of every server-side apply the operator makes.
 pub const FIELD_MANAGER: &str = "clew-operator";
@@ -301,6 +301,33 @@ pub fn desired_config_map(tc: &TraceCollector) -> ConfigMap {
 pub fn desired_deployment(tc: &TraceCollector, defaults: &Defaults) -> Deployment {
     let config = desired_config_map(tc);
     let config_hash = short_hash(&serde_json::to_vec(&config.data).unwrap_or_default());
+    Deployment {
+        metadata: meta(tc, names::collector(tc), Component::Collector),
+        spec: DeploymentSpec {
+            replicas: tc.spec.autoscaler.is_none().then_some(tc.spec.replicas),
+            selector: LabelSelector {
+                match_labels: Some(selector_labels(tc, Component::Collector)),
+                ..LabelSelector::default()
+            },
+            strategy: Some(DeploymentStrategy {
+                type_: Some("RollingUpdate".to_owned()),
+                rolling_update: Some(RollingUpdateDeployment {
+                    max_unavailable: Some(IntOrString::Int(0)),
+                    max_surge: Some(IntOrString::Int(1)),
+                }),
+            }),
+            template: PodTemplateSpec {
+                metadata: Some(collector_template_meta(tc, config_hash)),
+                spec: Some(collector_pod_spec(collector_container(tc, defaults))),
+            },
+            ..DeploymentSpec::default()
+        },
+        ..Deployment::default()
+    }
+}
+
+/// `CLEW_REDIS_URL` from the external Redis's Secret, when Redis is external.
+fn external_redis_env(tc: &TraceCollector) -> Vec<EnvVar> {
     let mut env = Vec::new();
     if let Some(ext) = &tc.spec.storage.redis.external {
         // The URL may carry a password: it stays in the Secret, never in the ConfigMap.
@@ -317,7 +344,13 @@ pub fn desired_deployment(tc: &TraceCollector, defaults: &Defaults) -> Deploymen
             ..EnvVar::default()
         });
     }
-    let container = Container {
+    env
+}
+
+/// The collector container, configured from its ConfigMap.
+fn collector_container(tc: &TraceCollector, defaults: &Defaults) -> Container {
+    let env = external_redis_env(tc);
+    Container {
         name: "collector".to_owned(),
         image: Some(image(tc, defaults)),
         image_pull_policy: pull_policy(tc),
@@ -346,7 +379,11 @@ pub fn desired_deployment(tc: &TraceCollector, defaults: &Defaults) -> Deploymen
             ..VolumeMount::default()
         }]),
         ..Container::default()
-    };
+    }
+}
+
+/// The collector pod template's labels and annotations (the config hash rolls pods on change).
+fn collector_template_meta(tc: &TraceCollector, config_hash: String) -> ObjectMeta {
     let mut template_meta = ObjectMeta {
         labels: Some(labels(tc, Component::Collector)),
         annotations: Some(BTreeMap::from([(
@@ -360,39 +397,22 @@ pub fn desired_deployment(tc: &TraceCollector, defaults: &Defaults) -> Deploymen
         crate::inject::INJECT_ANNOTATION.to_owned(),
         "false".to_owned(),
     );
-    Deployment {
-        metadata: meta(tc, names::collector(tc), Component::Collector),
-        spec: DeploymentSpec {
-            replicas: tc.spec.autoscaler.is_none().then_some(tc.spec.replicas),
-            selector: LabelSelector {
-                match_labels: Some(selector_labels(tc, Component::Collector)),
-                ..LabelSelector::default()
-            },
-            strategy: Some(DeploymentStrategy {
-                type_: Some("RollingUpdate".to_owned()),
-                rolling_update: Some(RollingUpdateDeployment {
-                    max_unavailable: Some(IntOrString::Int(0)),
-                    max_surge: Some(IntOrString::Int(1)),
-                }),
-            }),
-            template: PodTemplateSpec {
-                metadata: Some(template_meta),
-                spec: Some(PodSpec {
-                    containers: vec![container],
-                    security_context: Some(pod_security_context(65532)),
-                    // The collector drains its WAL into storage on SIGTERM.
-                    termination_grace_period_seconds: Some(30),
-                    volumes: Some(vec![Volume {
-                        name: "data".to_owned(),
-                        empty_dir: Some(EmptyDirVolumeSource::default()),
-                        ..Volume::default()
-                    }]),
-                    ..PodSpec::default()
-                }),
-            },
-            ..DeploymentSpec::default()
-        },
-        ..Deployment::default()
+    template_meta
+}
+
+/// The collector pod: its container and the WAL's data volume.
+fn collector_pod_spec(container: Container) -> PodSpec {
+    PodSpec {
+        containers: vec![container],
+        security_context: Some(pod_security_context(65532)),
+        // The collector drains its WAL into storage on SIGTERM.
+        termination_grace_period_seconds: Some(30),
+        volumes: Some(vec![Volume {
+            name: "data".to_owned(),
+            empty_dir: Some(EmptyDirVolumeSource::default()),
+            ..Volume::default()
+        }]),
+        ..PodSpec::default()
     }
 }
 
@@ -503,7 +523,34 @@ pub fn desired_redis(tc: &TraceCollector) -> Option<StatefulSet> {
         return None;
     }
     let managed = tc.spec.storage.redis.managed.clone().unwrap_or_default();
-    let container = Container {
+    Some(StatefulSet {
+        metadata: meta(tc, names::redis(tc), Component::Redis),
+        spec: StatefulSetSpec {
+            replicas: Some(1),
+            service_name: Some(names::redis(tc)),
+            selector: LabelSelector {
+                match_labels: Some(selector_labels(tc, Component::Redis)),
+                ..LabelSelector::default()
+            },
+            template: redis_template(tc, redis_container(tc, &managed)),
+            volume_claim_templates: Some(vec![redis_volume_claim(tc, &managed)]),
+            // The data belongs to the TraceCollector: deleting it deletes
+            // the volume too (scaling, which never happens here, keeps it).
+            persistent_volume_claim_retention_policy: Some(
+                StatefulSetPersistentVolumeClaimRetentionPolicy {
+                    when_deleted: Some("Delete".to_owned()),
+                    when_scaled: Some("Retain".to_owned()),
+                },
+            ),
+            ..StatefulSetSpec::default()
+        },
+        ..StatefulSet::default()
+    })
+}
+
+/// The Redis container: AOF persistence in `/data`, ready when it answers `PING`.
+fn redis_container(tc: &TraceCollector, managed: &ManagedRedis) -> Container {
+    Container {
         name: "redis".to_owned(),
         image: Some(managed.image.clone()),
         image_pull_policy: pull_policy(tc),
@@ -535,66 +582,53 @@ pub fn desired_redis(tc: &TraceCollector) -> Option<StatefulSet> {
             ..VolumeMount::default()
         }]),
         ..Container::default()
-    };
+    }
+}
+
+/// The Redis pod template, never injected with a sidecar.
+fn redis_template(tc: &TraceCollector, container: Container) -> PodTemplateSpec {
     let mut template_annotations = BTreeMap::new();
     template_annotations.insert(
         crate::inject::INJECT_ANNOTATION.to_owned(),
         "false".to_owned(),
     );
-    Some(StatefulSet {
-        metadata: meta(tc, names::redis(tc), Component::Redis),
-        spec: StatefulSetSpec {
-            replicas: Some(1),
-            service_name: Some(names::redis(tc)),
-            selector: LabelSelector {
-                match_labels: Some(selector_labels(tc, Component::Redis)),
-                ..LabelSelector::default()
-            },
-            template: PodTemplateSpec {
-                metadata: Some(ObjectMeta {
-                    labels: Some(labels(tc, Component::Redis)),
-                    annotations: Some(template_annotations),
-                    ..ObjectMeta::default()
-                }),
-                spec: Some(PodSpec {
-                    containers: vec![container],
-                    // The official image's redis user.
-                    security_context: Some(pod_security_context(999)),
-                    ..PodSpec::default()
-                }),
-            },
-            volume_claim_templates: Some(vec![PersistentVolumeClaim {
-                metadata: ObjectMeta {
-                    name: Some("data".to_owned()),
-                    labels: Some(labels(tc, Component::Redis)),
-                    ..ObjectMeta::default()
-                },
-                spec: Some(PersistentVolumeClaimSpec {
-                    access_modes: Some(vec!["ReadWriteOnce".to_owned()]),
-                    storage_class_name: managed.storage_class.clone(),
-                    resources: Some(VolumeResourceRequirements {
-                        requests: Some(BTreeMap::from([(
-                            "storage".to_owned(),
-                            Quantity(managed.size.clone()),
-                        )])),
-                        ..VolumeResourceRequirements::default()
-                    }),
-                    ..PersistentVolumeClaimSpec::default()
-                }),
-                ..PersistentVolumeClaim::default()
-            }]),
-            // The data belongs to the TraceCollector: deleting it deletes
-            // the volume too (scaling, which never happens here, keeps it).
-            persistent_volume_claim_retention_policy: Some(
-                StatefulSetPersistentVolumeClaimRetentionPolicy {
-                    when_deleted: Some("Delete".to_owned()),
-                    when_scaled: Some("Retain".to_owned()),
-                },
-            ),
-            ..StatefulSetSpec::default()
+    PodTemplateSpec {
+        metadata: Some(ObjectMeta {
+            labels: Some(labels(tc, Component::Redis)),
+            annotations: Some(template_annotations),
+            ..ObjectMeta::default()
+        }),
+        spec: Some(PodSpec {
+            containers: vec![container],
+            // The official image's redis user.
+            security_context: Some(pod_security_context(999)),
+            ..PodSpec::default()
+        }),
+    }
+}
+
+/// The claim template of Redis's data volume.
+fn redis_volume_claim(tc: &TraceCollector, managed: &ManagedRedis) -> PersistentVolumeClaim {
+    PersistentVolumeClaim {
+        metadata: ObjectMeta {
+            name: Some("data".to_owned()),
+            labels: Some(labels(tc, Component::Redis)),
+            ..ObjectMeta::default()
         },
-        ..StatefulSet::default()
-    })
+        spec: Some(PersistentVolumeClaimSpec {
+            access_modes: Some(vec!["ReadWriteOnce".to_owned()]),
+            storage_class_name: managed.storage_class.clone(),
+            resources: Some(VolumeResourceRequirements {
+                requests: Some(BTreeMap::from([(
+                    "storage".to_owned(),
+                    Quantity(managed.size.clone()),
+                )])),
+                ..VolumeResourceRequirements::default()
+            }),
+            ..PersistentVolumeClaimSpec::default()
+        }),
+        ..PersistentVolumeClaim::default()
+    }
 }
 
 /// The visualizer Deployment, when enabled.

@@ -9,13 +9,14 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::routing::get;
+use clew_runtime::net::ConnLimits;
 use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::Client;
 use kube::api::Api;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::{WatchStreamExt, reflector, watcher};
-use kube_lease_manager::LeaseManagerBuilder;
+use kube_lease_manager::{LeaseManager, LeaseManagerBuilder};
 use prometheus::IntGauge;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -284,6 +285,49 @@ pub async fn run(
 
     let (ready_tx, ready_rx) = watch::channel(false);
     let limits = cfg.conn.limits();
+    serve_ops(&cfg, &limits, &metrics, ready_rx).await?;
+    let state = webhook_state(&cfg, &client, &defaults, &metrics, &identity).await?;
+    let election = elect(
+        &cfg,
+        &client,
+        &metrics,
+        defaults,
+        identity,
+        state.namespaces.clone(),
+    )
+    .await?;
+
+    // Deciding before the caches hold every collector would wrongly skip pods.
+    state.collectors.wait_until_ready().await?;
+    state.namespaces.wait_until_ready().await?;
+    info!("caches of TraceCollectors and namespaces are synced");
+
+    let tls = webhook_tls(&cfg, &client).await?;
+    let handle = axum_server::Handle::new();
+    let h = handle.clone();
+    tokio::spawn(async move {
+        shutdown.await;
+        h.graceful_shutdown(Some(Duration::from_secs(10)));
+    });
+    info!(addr = %cfg.webhook_addr, "webhook listening (HTTPS)");
+    let _ = ready_tx.send(true);
+    crate::listen::webhook_server(cfg.webhook_addr, tls, &limits, &metrics.conns)
+        .handle(handle)
+        .serve(webhook::app(state).into_make_service())
+        .await?;
+
+    election.release().await;
+    info!("stopped");
+    Ok(())
+}
+
+/// Binds the ops listener and serves `/metrics`, `/healthz` and `/readyz` on it.
+async fn serve_ops(
+    cfg: &Config,
+    limits: &ConnLimits,
+    metrics: &Metrics,
+    ready: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
     let ops = clew_runtime::net::TrackedListener::new(
         tokio::net::TcpListener::bind(cfg.ops_addr).await?,
         "ops",
@@ -293,18 +337,28 @@ pub async fn run(
     info!(addr = %cfg.ops_addr, "ops server listening");
     tokio::spawn(clew_runtime::net::serve_http(
         ops,
-        ops_app(metrics.clone(), ready_rx),
+        ops_app(metrics.clone(), ready),
         std::future::pending(),
     ));
+    Ok(())
+}
 
+/// The webhook's state: the sidecar mode and caches of TraceCollectors and namespaces.
+async fn webhook_state(
+    cfg: &Config,
+    client: &Client,
+    defaults: &Defaults,
+    metrics: &Metrics,
+    identity: &str,
+) -> anyhow::Result<Arc<WebhookState>> {
     let native = match cfg.native_sidecars {
         NativeSidecars::Always => true,
         NativeSidecars::Never => false,
-        NativeSidecars::Auto => webhook::detect_native_sidecars(&client).await?,
+        NativeSidecars::Auto => webhook::detect_native_sidecars(client).await?,
     };
     info!(native_sidecars = native, "sidecar mode");
 
-    let state = Arc::new(WebhookState {
+    Ok(Arc::new(WebhookState {
         collectors: cache(Api::<TraceCollector>::all(client.clone())),
         namespaces: cache(Api::<Namespace>::all(client.clone())),
         defaults: defaults.clone(),
@@ -314,11 +368,40 @@ pub async fn run(
             client.clone(),
             Reporter {
                 controller: FIELD_MANAGER.to_owned(),
-                instance: Some(identity.clone()),
+                instance: Some(identity.to_owned()),
             },
         )),
-    });
+    }))
+}
 
+/// The leader election this replica takes part in.
+struct Election {
+    /// Starts and stops the leader's work as leadership comes and goes.
+    follower: JoinHandle<()>,
+    /// Renews the Lease; releases it when it ends.
+    lease: JoinHandle<kube_lease_manager::Result<LeaseManager>>,
+}
+
+impl Election {
+    /// Release the Lease so another replica takes over at once.
+    async fn release(self) {
+        self.follower.abort();
+        match self.lease.await {
+            Ok(Ok(_)) | Err(_) => {}
+            Ok(Err(e)) => warn!(error = %e, "releasing the lease"),
+        }
+    }
+}
+
+/// Joins the leader election; while leading, runs [`lead`].
+async fn elect(
+    cfg: &Config,
+    client: &Client,
+    metrics: &Metrics,
+    defaults: Defaults,
+    identity: String,
+    namespaces: reflector::Store<Namespace>,
+) -> anyhow::Result<Election> {
     // Leader election: only one replica reconciles and manages certificates at a time.
     let ctx = Arc::new(Context::new(
         client.clone(),
@@ -333,25 +416,26 @@ pub async fn run(
         .with_grace(cfg.lease_seconds.div_ceil(3).max(1))
         .build()
         .await?;
-    let (leader_rx, lease_task) = manager.watch().await;
+    let (leader_rx, lease) = manager.watch().await;
     let leader_cfg = cfg.clone();
-    let leader_namespaces = state.namespaces.clone();
-    let election = tokio::spawn(follow_leadership(
+    let follower = tokio::spawn(follow_leadership(
         leader_rx,
         metrics.leader.clone(),
         move || {
             info!(identity = %identity, "leading: starting the controller");
-            lead(&leader_cfg, ctx.clone(), leader_namespaces.clone())
+            lead(&leader_cfg, ctx.clone(), namespaces.clone())
         },
     ));
+    Ok(Election { follower, lease })
+}
 
-    // Deciding before the caches hold every collector would wrongly skip pods.
-    state.collectors.wait_until_ready().await?;
-    state.namespaces.wait_until_ready().await?;
-    info!("caches of TraceCollectors and namespaces are synced");
-
+/// The webhook's TLS configuration from its Secret, kept current as the Secret changes.
+async fn webhook_tls(
+    cfg: &Config,
+    client: &Client,
+) -> anyhow::Result<axum_server::tls_rustls::RustlsConfig> {
     // Every replica serves the webhook with the certificate in the Secret.
-    let (cert, key) = webhook::wait_for_tls(&client, &cfg.namespace, &cfg.webhook_secret).await;
+    let (cert, key) = webhook::wait_for_tls(client, &cfg.namespace, &cfg.webhook_secret).await;
     let tls = axum_server::tls_rustls::RustlsConfig::from_pem(
         cert.clone().into_bytes(),
         key.into_bytes(),
@@ -365,27 +449,7 @@ pub async fn run(
         cert,
         Duration::from_secs(30),
     ));
-    let handle = axum_server::Handle::new();
-    let h = handle.clone();
-    tokio::spawn(async move {
-        shutdown.await;
-        h.graceful_shutdown(Some(Duration::from_secs(10)));
-    });
-    info!(addr = %cfg.webhook_addr, "webhook listening (HTTPS)");
-    let _ = ready_tx.send(true);
-    crate::listen::webhook_server(cfg.webhook_addr, tls, &limits, &metrics.conns)
-        .handle(handle)
-        .serve(webhook::app(state).into_make_service())
-        .await?;
-
-    // Release the Lease so another replica takes over at once.
-    election.abort();
-    match lease_task.await {
-        Ok(Ok(_)) | Err(_) => {}
-        Ok(Err(e)) => warn!(error = %e, "releasing the lease"),
-    }
-    info!("stopped");
-    Ok(())
+    Ok(tls)
 }
 
 #[cfg(test)]

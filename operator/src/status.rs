@@ -104,13 +104,36 @@ pub fn desired_status(
     sidecar_revision: &str,
     now: &str,
 ) -> TraceCollectorStatus {
-    let generation = tc.metadata.generation;
-    let (want, ready, updated) = ready_of_deployment(collector);
-    let observed = collector
-        .status
-        .as_ref()
-        .and_then(|s| s.observed_generation)
-        >= collector.metadata.generation;
+    let (_, ready, _) = ready_of_deployment(collector);
+    TraceCollectorStatus {
+        observed_generation: tc.metadata.generation,
+        replicas: collector
+            .status
+            .as_ref()
+            .and_then(|s| s.replicas)
+            .unwrap_or(0),
+        ready_replicas: ready,
+        selector: Some(desired::selector_string(tc)),
+        collector_endpoint: Some(desired::collector_endpoint(tc)),
+        visualizer_url: desired::visualizer_url(tc),
+        sidecar_revision: Some(sidecar_revision.to_owned()),
+        conditions: vec![
+            ready_condition(tc, collector, redis, visualizer, now),
+            progressing_condition(tc, collector, now),
+            degraded_condition(tc, collector, visualizer, now),
+        ],
+    }
+}
+
+/// `Ready`: every collector is ready, and so are Redis and the visualizer where they exist.
+fn ready_condition(
+    tc: &TraceCollector,
+    collector: &Deployment,
+    redis: Option<&StatefulSet>,
+    visualizer: Option<&Deployment>,
+    now: &str,
+) -> Condition {
+    let (want, ready, _) = ready_of_deployment(collector);
     let redis_ready = redis.is_none_or(|s| {
         s.status
             .as_ref()
@@ -141,55 +164,56 @@ pub fn desired_status(
     } else {
         (true, "Ready", format!("{ready}/{want} collectors ready"))
     };
+    condition(
+        tc.condition(READY),
+        READY,
+        ready_ok,
+        ready_reason,
+        ready_msg,
+        tc.metadata.generation,
+        now,
+    )
+}
 
+/// `Progressing`: the collector Deployment is not yet observed, updated and ready.
+fn progressing_condition(tc: &TraceCollector, collector: &Deployment, now: &str) -> Condition {
+    let (want, ready, updated) = ready_of_deployment(collector);
+    let observed = collector
+        .status
+        .as_ref()
+        .and_then(|s| s.observed_generation)
+        >= collector.metadata.generation;
     let rolling = !observed || updated < want || ready < want;
-    let failure = deployment_failure(collector).or_else(|| visualizer.and_then(deployment_failure));
+    condition(
+        tc.condition(PROGRESSING),
+        PROGRESSING,
+        rolling,
+        if rolling { "RollingOut" } else { "Stable" },
+        format!("{updated}/{want} collectors updated, {ready} ready"),
+        tc.metadata.generation,
+        now,
+    )
+}
 
-    let prev = |t: &str| tc.condition(t);
-    TraceCollectorStatus {
-        observed_generation: generation,
-        replicas: collector
-            .status
-            .as_ref()
-            .and_then(|s| s.replicas)
-            .unwrap_or(0),
-        ready_replicas: ready,
-        selector: Some(desired::selector_string(tc)),
-        collector_endpoint: Some(desired::collector_endpoint(tc)),
-        visualizer_url: desired::visualizer_url(tc),
-        sidecar_revision: Some(sidecar_revision.to_owned()),
-        conditions: vec![
-            condition(
-                prev(READY),
-                READY,
-                ready_ok,
-                ready_reason,
-                ready_msg,
-                generation,
-                now,
-            ),
-            condition(
-                prev(PROGRESSING),
-                PROGRESSING,
-                rolling,
-                if rolling { "RollingOut" } else { "Stable" },
-                format!("{updated}/{want} collectors updated, {ready} ready"),
-                generation,
-                now,
-            ),
-            condition(
-                prev(DEGRADED),
-                DEGRADED,
-                failure.is_some(),
-                if failure.is_some() {
-                    "ChildFailing"
-                } else {
-                    "AsExpected"
-                },
-                failure.unwrap_or_else(|| "no child reports a failure".to_owned()),
-                generation,
-                now,
-            ),
-        ],
-    }
+/// `Degraded`: the collector or visualizer Deployment reports a failure.
+fn degraded_condition(
+    tc: &TraceCollector,
+    collector: &Deployment,
+    visualizer: Option<&Deployment>,
+    now: &str,
+) -> Condition {
+    let failure = deployment_failure(collector).or_else(|| visualizer.and_then(deployment_failure));
+    condition(
+        tc.condition(DEGRADED),
+        DEGRADED,
+        failure.is_some(),
+        if failure.is_some() {
+            "ChildFailing"
+        } else {
+            "AsExpected"
+        },
+        failure.unwrap_or_else(|| "no child reports a failure".to_owned()),
+        tc.metadata.generation,
+        now,
+    )
 }

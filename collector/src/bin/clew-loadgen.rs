@@ -14,6 +14,7 @@
 //! `--queries N` it measures trace-by-ID and search latency (p50/p99) over
 //! what is stored.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -112,38 +113,14 @@ fn request(
         if is_root {
             span_id = root;
         }
-        let dur = rng.random_range(100_000..50_000_000u64);
-        let error = rng.random_ratio(1, 50);
-        spans.push(Span {
-            trace_id: trace_id.to_vec(),
-            span_id: span_id.to_vec(),
-            parent_span_id: if is_root { Vec::new() } else { root.to_vec() },
-            name: format!("op-{}", rng.random_range(0..20)),
-            kind: if is_root {
-                span::SpanKind::Server as i32
-            } else {
-                span::SpanKind::Client as i32
-            },
-            start_time_unix_nano: now - dur,
-            end_time_unix_nano: now,
-            attributes: vec![
-                kv("http.request.method", Value::StringValue("GET".into())),
-                kv(
-                    "http.response.status_code",
-                    Value::IntValue(if error { 500 } else { 200 }),
-                ),
-                kv(
-                    "customer.tier",
-                    Value::StringValue(["free", "pro", "enterprise"][i % 3].into()),
-                ),
-                kv("retry", Value::BoolValue(false)),
-            ],
-            status: Some(Status {
-                code: if error { 2 } else { 0 },
-                message: String::new(),
-            }),
-            ..Default::default()
-        });
+        spans.push(span(
+            rng,
+            now,
+            i,
+            trace_id,
+            span_id,
+            (!is_root).then_some(root),
+        ));
     }
     ExportTraceServiceRequest {
         resource_spans: vec![ResourceSpans {
@@ -160,6 +137,51 @@ fn request(
             }],
             ..Default::default()
         }],
+    }
+}
+
+/// The `i`-th span of a request, a child of `parent` (a root without one),
+/// with a random operation, duration and (one in 50) error.
+fn span(
+    rng: &mut SmallRng,
+    now: u64,
+    i: usize,
+    trace_id: [u8; 16],
+    span_id: [u8; 8],
+    parent: Option<[u8; 8]>,
+) -> Span {
+    let is_root = parent.is_none();
+    let dur = rng.random_range(100_000..50_000_000u64);
+    let error = rng.random_ratio(1, 50);
+    Span {
+        trace_id: trace_id.to_vec(),
+        span_id: span_id.to_vec(),
+        parent_span_id: parent.map(|p| p.to_vec()).unwrap_or_default(),
+        name: format!("op-{}", rng.random_range(0..20)),
+        kind: if is_root {
+            span::SpanKind::Server as i32
+        } else {
+            span::SpanKind::Client as i32
+        },
+        start_time_unix_nano: now - dur,
+        end_time_unix_nano: now,
+        attributes: vec![
+            kv("http.request.method", Value::StringValue("GET".into())),
+            kv(
+                "http.response.status_code",
+                Value::IntValue(if error { 500 } else { 200 }),
+            ),
+            kv(
+                "customer.tier",
+                Value::StringValue(["free", "pro", "enterprise"][i % 3].into()),
+            ),
+            kv("retry", Value::BoolValue(false)),
+        ],
+        status: Some(Status {
+            code: if error { 2 } else { 0 },
+            message: String::new(),
+        }),
+        ..Default::default()
     }
 }
 
@@ -181,120 +203,41 @@ fn total_cpu(pids: &[u32]) -> Option<f64> {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let mut args = Args::parse();
-    args.wait_stored |= args.queries > 0;
-    let args = Arc::new(args);
-    anyhow::ensure!(
-        args.batch > 0 && args.trace_size > 0 && args.concurrency > 0,
-        "sizes must be positive"
-    );
+    let args = parse_args()?;
     let endpoint = format!("http://{}", args.target);
     let requests_total = args.spans.div_ceil(args.batch as u64);
-    let next = Arc::new(AtomicU64::new(0));
-    let sent = Arc::new(AtomicU64::new(0));
-    let refused = Arc::new(AtomicU64::new(0));
     let mut pids: Vec<u32> = args.collector_pid.into_iter().collect();
     pids.extend(&args.also_pid);
     let cpu_before = total_cpu(&pids);
 
     // Requests are generated before the clock starts, so the figure is the
     // collector's, not the generator's.
-    let per_worker = requests_total.div_ceil(args.concurrency as u64) as usize;
     // Span times are taken while requests are prepared.
     let load_start = clew_model::now_unix_nanos().saturating_sub(1_000_000_000);
-    let mut prepared = Vec::new();
-    // Trace ids of each prepared request, in the order requests are sent.
-    let mut trace_ids: Vec<Vec<Vec<SentTrace>>> = Vec::new();
-    for w in 0..args.concurrency {
-        let mut rng = SmallRng::seed_from_u64(w as u64 + 1);
-        let mut ids = Vec::new();
-        prepared.push(
-            (0..per_worker)
-                .map(|_| {
-                    let mut these = Vec::new();
-                    let req = request(&mut rng, &args, args.batch, &mut these);
-                    ids.push(these);
-                    req
-                })
-                .collect::<Vec<_>>(),
-        );
-        trace_ids.push(ids);
-    }
-    let sent_requests: Vec<Arc<AtomicU64>> = (0..args.concurrency)
-        .map(|_| Arc::new(AtomicU64::new(0)))
-        .collect();
-    let start = Instant::now();
-    let mut tasks = Vec::new();
-    for (batch, done) in prepared.into_iter().zip(&sent_requests) {
-        let (next, sent, refused, endpoint, done) = (
-            Arc::clone(&next),
-            Arc::clone(&sent),
-            Arc::clone(&refused),
-            endpoint.clone(),
-            Arc::clone(done),
-        );
-        let args = Arc::clone(&args);
-        tasks.push(tokio::spawn(async move {
-            let mut client = TraceServiceClient::connect(endpoint)
-                .await
-                .context("connecting to the collector")?
-                .max_encoding_message_size(64 << 20);
-            for req in batch {
-                if next.fetch_add(1, Ordering::Relaxed) >= requests_total {
-                    break;
-                }
-                loop {
-                    match client.export(req.clone()).await {
-                        Ok(_) => {
-                            sent.fetch_add(args.batch as u64, Ordering::Relaxed);
-                            done.fetch_add(1, Ordering::Relaxed);
-                            break;
-                        }
-                        Err(s) if s.code() == tonic::Code::ResourceExhausted => {
-                            // Backpressure: back off and resend.
-                            refused.fetch_add(1, Ordering::Relaxed);
-                            tokio::time::sleep(Duration::from_millis(20)).await;
-                        }
-                        Err(s) => anyhow::bail!("export failed: {s}"),
-                    }
-                }
-            }
-            anyhow::Ok(())
-        }));
-    }
-    for t in tasks {
-        t.await??;
-    }
-    let elapsed = start.elapsed().as_secs_f64();
-    let spans = sent.load(Ordering::Relaxed);
+    let (prepared, trace_ids) = prepare(&args, requests_total);
+    let sent = send(&args, &endpoint, prepared, requests_total).await?;
+    let (spans, elapsed) = (sent.spans, sent.elapsed);
     println!(
         "sent {spans} spans in {elapsed:.2} s: {:.0} spans/s ({} requests of {}, {} connections, {} refused with RESOURCE_EXHAUSTED and resent)",
         spans as f64 / elapsed,
         requests_total,
         args.batch,
         args.concurrency,
-        refused.load(Ordering::Relaxed)
+        sent.refused
     );
     print_cpu("", cpu_before, &pids, &args, spans);
     if !args.wait_stored && args.queries == 0 {
         return Ok(());
     }
-    // The ids of every trace that was acknowledged.
-    let acked: Vec<([u8; 16], usize)> = trace_ids
-        .iter()
-        .zip(&sent_requests)
-        .flat_map(|(ids, n)| ids.iter().take(n.load(Ordering::Relaxed) as usize))
-        .flatten()
-        .copied()
-        .collect();
+    let acked = acked_traces(&trace_ids, &sent.requests);
     anyhow::ensure!(!acked.is_empty(), "nothing was sent");
     let mut query = QueryClient::connect(endpoint.clone())
         .await
         .context("connecting to the query service")?
         .max_decoding_message_size(64 << 20);
     match &args.metrics_addr {
-        Some(addr) => wait_counted(addr, spans, &args, start).await?,
-        None => wait_stored(&mut query, &acked, &args, start).await?,
+        Some(addr) => wait_counted(addr, spans, &args, sent.start).await?,
+        None => wait_stored(&mut query, &acked, &args, sent.start).await?,
     }
     print_cpu(
         "end to end (sent, assembled, stored): ",
@@ -307,6 +250,165 @@ async fn main() -> anyhow::Result<()> {
         query_latency(&mut query, &acked, &args, load_start).await?;
     }
     Ok(())
+}
+
+/// The command line, checked; `--queries` implies `--wait-stored`.
+fn parse_args() -> anyhow::Result<Args> {
+    let mut args = Args::parse();
+    args.wait_stored |= args.queries > 0;
+    anyhow::ensure!(
+        args.batch > 0 && args.trace_size > 0 && args.concurrency > 0,
+        "sizes must be positive"
+    );
+    Ok(args)
+}
+
+/// The requests of each connection, and the traces of each of its requests
+/// (in the order the requests are sent).
+type Prepared = (
+    Vec<Vec<ExportTraceServiceRequest>>,
+    Vec<Vec<Vec<SentTrace>>>,
+);
+
+/// Generates every request up front, one seeded generator per connection.
+fn prepare(args: &Args, requests_total: u64) -> Prepared {
+    let per_worker = requests_total.div_ceil(args.concurrency as u64) as usize;
+    let mut prepared = Vec::new();
+    let mut trace_ids: Vec<Vec<Vec<SentTrace>>> = Vec::new();
+    for w in 0..args.concurrency {
+        let mut rng = SmallRng::seed_from_u64(w as u64 + 1);
+        let mut ids = Vec::new();
+        prepared.push(
+            (0..per_worker)
+                .map(|_| {
+                    let mut these = Vec::new();
+                    let req = request(&mut rng, args, args.batch, &mut these);
+                    ids.push(these);
+                    req
+                })
+                .collect::<Vec<_>>(),
+        );
+        trace_ids.push(ids);
+    }
+    (prepared, trace_ids)
+}
+
+/// State the sending connections share.
+struct Shared {
+    /// Requests to send in all.
+    requests_total: u64,
+    /// Spans in each request.
+    batch: u64,
+    /// Requests claimed so far.
+    next: AtomicU64,
+    /// Spans acknowledged.
+    sent: AtomicU64,
+    /// Requests refused with RESOURCE_EXHAUSTED (each resent).
+    refused: AtomicU64,
+}
+
+/// What sending achieved.
+struct Sent {
+    /// When the first connection started.
+    start: Instant,
+    /// Seconds from `start` until every request was acknowledged.
+    elapsed: f64,
+    /// Spans acknowledged.
+    spans: u64,
+    /// Requests refused with RESOURCE_EXHAUSTED and resent.
+    refused: u64,
+    /// Requests acknowledged on each connection.
+    requests: Vec<u64>,
+}
+
+/// Sends the prepared requests over one connection each, concurrently.
+async fn send(
+    args: &Args,
+    endpoint: &str,
+    prepared: Vec<Vec<ExportTraceServiceRequest>>,
+    requests_total: u64,
+) -> anyhow::Result<Sent> {
+    let shared = Arc::new(Shared {
+        requests_total,
+        batch: args.batch as u64,
+        next: AtomicU64::new(0),
+        sent: AtomicU64::new(0),
+        refused: AtomicU64::new(0),
+    });
+    let sent_requests: Vec<Arc<AtomicU64>> = (0..args.concurrency)
+        .map(|_| Arc::new(AtomicU64::new(0)))
+        .collect();
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for (batch, done) in prepared.into_iter().zip(&sent_requests) {
+        tasks.push(tokio::spawn(send_connection(
+            endpoint.to_string(),
+            batch,
+            Arc::clone(&shared),
+            Arc::clone(done),
+        )));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    Ok(Sent {
+        start,
+        elapsed,
+        spans: shared.sent.load(Ordering::Relaxed),
+        refused: shared.refused.load(Ordering::Relaxed),
+        requests: sent_requests
+            .iter()
+            .map(|n| n.load(Ordering::Relaxed))
+            .collect(),
+    })
+}
+
+/// One connection: sends its requests until all are claimed, counting each
+/// acknowledged one in `done`.
+async fn send_connection(
+    endpoint: String,
+    batch: Vec<ExportTraceServiceRequest>,
+    shared: Arc<Shared>,
+    done: Arc<AtomicU64>,
+) -> anyhow::Result<()> {
+    let mut client = TraceServiceClient::connect(endpoint)
+        .await
+        .context("connecting to the collector")?
+        .max_encoding_message_size(64 << 20);
+    for req in batch {
+        if shared.next.fetch_add(1, Ordering::Relaxed) >= shared.requests_total {
+            break;
+        }
+        loop {
+            match client.export(req.clone()).await {
+                Ok(_) => {
+                    shared.sent.fetch_add(shared.batch, Ordering::Relaxed);
+                    done.fetch_add(1, Ordering::Relaxed);
+                    break;
+                }
+                Err(s) if s.code() == tonic::Code::ResourceExhausted => {
+                    // Backpressure: back off and resend.
+                    shared.refused.fetch_add(1, Ordering::Relaxed);
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(s) => anyhow::bail!("export failed: {s}"),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The ids of every trace that was acknowledged: those of the first
+/// `requests[w]` requests of each connection `w`.
+fn acked_traces(trace_ids: &[Vec<Vec<SentTrace>>], requests: &[u64]) -> Vec<SentTrace> {
+    trace_ids
+        .iter()
+        .zip(requests)
+        .flat_map(|(ids, &n)| ids.iter().take(n as usize))
+        .flatten()
+        .copied()
+        .collect()
 }
 
 /// Polls a sample of `acked` (trace ids with their span counts) until each
@@ -452,6 +554,20 @@ async fn query_latency(
     args: &Args,
     load_start: u64,
 ) -> anyhow::Result<()> {
+    time_lookups(query, acked, args).await?;
+    let runs = (args.queries / 10).max(20);
+    for (name, make) in &searches(args.services, load_start) {
+        time_search(query, name, make, runs).await?;
+    }
+    Ok(())
+}
+
+/// Times `--queries` lookups of random stored traces by ID.
+async fn time_lookups(
+    query: &mut QueryClient<Channel>,
+    acked: &[([u8; 16], usize)],
+    args: &Args,
+) -> anyhow::Result<()> {
     let mut rng = SmallRng::seed_from_u64(42);
     let mut lat = Vec::with_capacity(args.queries);
     for _ in 0..args.queries {
@@ -472,28 +588,78 @@ async fn query_latency(
         "query trace by id ({} lookups): p50 {p50:.2} ms, p99 {p99:.2} ms",
         args.queries
     );
-    let svc = |i: usize| format!("service-{}", i % args.services);
-    let tag = |k: &str, v: &str| [(k.to_string(), v.to_string())].into_iter().collect();
-    let searches: Vec<(&str, MakeFilter<'_>)> = vec![
+    Ok(())
+}
+
+/// Times `runs` runs of one search and prints how many traces each found.
+async fn time_search(
+    query: &mut QueryClient<Channel>,
+    name: &str,
+    make: &MakeFilter<'_>,
+    runs: usize,
+) -> anyhow::Result<()> {
+    let mut lat = Vec::with_capacity(runs);
+    let mut found = 0;
+    for i in 0..runs {
+        let t = Instant::now();
+        let traces = query
+            .find_traces(pb::FindTracesRequest {
+                filter: Some(make(i)),
+            })
+            .await
+            .with_context(|| format!("find_traces ({name})"))?
+            .into_inner()
+            .traces;
+        lat.push(t.elapsed().as_secs_f64() * 1e3);
+        found += traces.len();
+    }
+    let (p50, p99) = percentiles(lat);
+    println!(
+        "query search {name} (limit 20, {runs} runs, {:.1} traces each): p50 {p50:.2} ms, p99 {p99:.2} ms",
+        found as f64 / runs as f64
+    );
+    Ok(())
+}
+
+/// The i-th run's service, cycling through the `services` generated.
+fn svc(i: usize, services: usize) -> String {
+    format!("service-{}", i % services)
+}
+
+/// A tag filter of one key and value.
+fn tag(k: &str, v: &str) -> HashMap<String, String> {
+    [(k.to_string(), v.to_string())].into_iter().collect()
+}
+
+/// The searches timed, in the order they are reported.
+fn searches(services: usize, load_start: u64) -> Vec<(&'static str, MakeFilter<'static>)> {
+    let mut all = name_and_tag_searches(services);
+    all.extend(status_and_time_searches(services, load_start));
+    all
+}
+
+/// Searches by service, operation and tag.
+fn name_and_tag_searches(services: usize) -> Vec<(&'static str, MakeFilter<'static>)> {
+    vec![
         (
             "service",
-            Box::new(|i| pb::FilterCriteria {
-                service: svc(i),
+            Box::new(move |i| pb::FilterCriteria {
+                service: svc(i, services),
                 ..Default::default()
             }),
         ),
         (
             "service+operation",
-            Box::new(|i| pb::FilterCriteria {
-                service: svc(i),
+            Box::new(move |i| pb::FilterCriteria {
+                service: svc(i, services),
                 operation: format!("op-{}", i % 20),
                 ..Default::default()
             }),
         ),
         (
             "service+tag (1 in 50 spans)",
-            Box::new(|i| pb::FilterCriteria {
-                service: svc(i),
+            Box::new(move |i| pb::FilterCriteria {
+                service: svc(i, services),
                 tags: tag("http.response.status_code", "500"),
                 ..Default::default()
             }),
@@ -505,26 +671,35 @@ async fn query_latency(
                 ..Default::default()
             }),
         ),
+    ]
+}
+
+/// Searches by error status, duration and time window.
+fn status_and_time_searches(
+    services: usize,
+    load_start: u64,
+) -> Vec<(&'static str, MakeFilter<'static>)> {
+    vec![
         (
             "service+errors only",
-            Box::new(|i| pb::FilterCriteria {
-                service: svc(i),
+            Box::new(move |i| pb::FilterCriteria {
+                service: svc(i, services),
                 errors_only: true,
                 ..Default::default()
             }),
         ),
         (
             "service+min duration 49 ms",
-            Box::new(|i| pb::FilterCriteria {
-                service: svc(i),
+            Box::new(move |i| pb::FilterCriteria {
+                service: svc(i, services),
                 min_duration_nanos: 49_000_000,
                 ..Default::default()
             }),
         ),
         (
             "service+max duration 0.2 ms",
-            Box::new(|i| pb::FilterCriteria {
-                service: svc(i),
+            Box::new(move |i| pb::FilterCriteria {
+                service: svc(i, services),
                 max_duration_nanos: 200_000,
                 ..Default::default()
             }),
@@ -539,35 +714,11 @@ async fn query_latency(
         (
             "service+10 s window",
             Box::new(move |i| pb::FilterCriteria {
-                service: svc(i),
+                service: svc(i, services),
                 start_time_min_unix_nano: load_start,
                 start_time_max_unix_nano: load_start + 10_000_000_000,
                 ..Default::default()
             }),
         ),
-    ];
-    let runs = (args.queries / 10).max(20);
-    for (name, make) in &searches {
-        let mut lat = Vec::with_capacity(runs);
-        let mut found = 0;
-        for i in 0..runs {
-            let t = Instant::now();
-            let traces = query
-                .find_traces(pb::FindTracesRequest {
-                    filter: Some(make(i)),
-                })
-                .await
-                .with_context(|| format!("find_traces ({name})"))?
-                .into_inner()
-                .traces;
-            lat.push(t.elapsed().as_secs_f64() * 1e3);
-            found += traces.len();
-        }
-        let (p50, p99) = percentiles(lat);
-        println!(
-            "query search {name} (limit 20, {runs} runs, {:.1} traces each): p50 {p50:.2} ms, p99 {p99:.2} ms",
-            found as f64 / runs as f64
-        );
-    }
-    Ok(())
+    ]
 }

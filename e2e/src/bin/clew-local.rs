@@ -80,65 +80,112 @@ async fn main() -> anyhow::Result<()> {
     result
 }
 
-async fn run(args: &Args, stack: &mut Stack) -> anyhow::Result<()> {
-    let off = args.port_offset;
-    let host = &args.host;
-    let port =
-        |p: u16| -> anyhow::Result<u16> { p.checked_add(off).context("--port-offset too large") };
-    let addr = |p: u16| -> anyhow::Result<String> { Ok(format!("{host}:{}", port(p)?)) };
-    std::fs::create_dir_all(&args.data_dir)
-        .with_context(|| format!("creating {}", args.data_dir.display()))?;
-    let data_dir = args.data_dir.canonicalize()?;
-    let logs = data_dir.join("logs");
-    std::fs::create_dir_all(&logs)?;
-    let http = HttpClient::new(Duration::from_secs(2));
-    let s = |v: &str| v.to_string();
+/// Where everything runs: the hosts, ports, data and log directories.
+struct Local {
+    host: String,
+    port_offset: u16,
+    data_dir: PathBuf,
+    logs: PathBuf,
+    http: HttpClient,
+}
 
-    // Collector: embedded storage, a short idle window so traces show up fast.
+impl Local {
+    /// Creates the data and log directories.
+    fn prepare(args: &Args) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(&args.data_dir)
+            .with_context(|| format!("creating {}", args.data_dir.display()))?;
+        let data_dir = args.data_dir.canonicalize()?;
+        let logs = data_dir.join("logs");
+        std::fs::create_dir_all(&logs)?;
+        Ok(Self {
+            host: args.host.clone(),
+            port_offset: args.port_offset,
+            data_dir,
+            logs,
+            http: HttpClient::new(Duration::from_secs(2)),
+        })
+    }
+
+    /// Default port `p` moved by `--port-offset`.
+    fn port(&self, p: u16) -> anyhow::Result<u16> {
+        p.checked_add(self.port_offset)
+            .context("--port-offset too large")
+    }
+
+    /// `host:port` for default port `p`.
+    fn addr(&self, p: u16) -> anyhow::Result<String> {
+        Ok(format!("{}:{}", self.host, self.port(p)?))
+    }
+
+    /// The log file of the component called `name`.
+    fn log(&self, name: &str) -> PathBuf {
+        self.logs.join(format!("{name}.log"))
+    }
+}
+
+/// Shorthand for the owned strings of environment variables.
+fn s(v: &str) -> String {
+    v.to_string()
+}
+
+async fn run(args: &Args, stack: &mut Stack) -> anyhow::Result<()> {
+    let local = Local::prepare(args)?;
+    start_collector(&local, stack).await?;
+    start_services(&local, stack).await?;
+    let has_viz = start_visualizer(&local, stack).await?;
+    if args.rps > 0.0 {
+        start_traffic(&local, args.rps, stack)?;
+    }
+    print_urls(&local, args.rps, has_viz)?;
+    watch(&local, stack).await
+}
+
+/// Collector: embedded storage, a short idle window so traces show up fast.
+async fn start_collector(local: &Local, stack: &mut Stack) -> anyhow::Result<()> {
     let collector = Proc::spawn(
         "collector",
         "clew-collector",
         &[],
         &[
-            (s("CLEW_GRPC_ADDR"), addr(4317)?),
-            (s("CLEW_HTTP_ADDR"), addr(4318)?),
-            (s("CLEW_QUERY_ADDR"), addr(16686)?),
-            (s("CLEW_OPS_ADDR"), addr(9464)?),
+            (s("CLEW_GRPC_ADDR"), local.addr(4317)?),
+            (s("CLEW_HTTP_ADDR"), local.addr(4318)?),
+            (s("CLEW_QUERY_ADDR"), local.addr(16686)?),
+            (s("CLEW_OPS_ADDR"), local.addr(9464)?),
             (s("CLEW_STORAGE"), s("embedded")),
             (
                 s("CLEW_DATA_DIR"),
-                data_dir.join("collector").display().to_string(),
+                local.data_dir.join("collector").display().to_string(),
             ),
             (s("CLEW_IDLE_WINDOW"), s("1s")),
         ],
-        Some(&logs.join("collector.log")),
+        Some(&local.log("collector")),
     )?;
     stack.procs.push(collector);
-    let ready = format!("http://{}/readyz", addr(9464)?);
-    wait_for("the collector", Duration::from_secs(60), || http.ok(&ready)).await?;
+    let ready = format!("http://{}/readyz", local.addr(9464)?);
+    wait_for("the collector", Duration::from_secs(60), || {
+        local.http.ok(&ready)
+    })
+    .await
+}
 
-    let otlp = format!("http://{}", addr(4317)?);
+/// Demo services C, B and A (callees first), each exporting to the collector.
+async fn start_services(local: &Local, stack: &mut Stack) -> anyhow::Result<()> {
+    let otlp = format!("http://{}", local.addr(4317)?);
     let service = |name: &str, extra: Vec<(String, String)>| -> anyhow::Result<Proc> {
         let mut env = vec![
             (s("OTEL_EXPORTER_OTLP_ENDPOINT"), otlp.clone()),
             (s("OTEL_SERVICE_NAME"), name.to_string()),
         ];
         env.extend(extra);
-        Proc::spawn(
-            name,
-            name,
-            &[],
-            &env,
-            Some(&logs.join(format!("{name}.log"))),
-        )
+        Proc::spawn(name, name, &[], &env, Some(&local.log(name)))
     };
     // C has occasional latency spikes and B a few errors, so the analysis
     // pages have bottlenecks and anomalies to show.
     stack.procs.push(service(
         "service-c",
         vec![
-            (s("CLEW_SERVICE_C_ADDR"), addr(8002)?),
-            (s("CLEW_SERVICE_C_OPS_ADDR"), addr(9472)?),
+            (s("CLEW_SERVICE_C_ADDR"), local.addr(8002)?),
+            (s("CLEW_SERVICE_C_OPS_ADDR"), local.addr(9472)?),
             (s("CLEW_DEMO_LATENCY"), s("4ms")),
             (s("CLEW_DEMO_SPIKE_RATE"), s("0.02")),
             (s("CLEW_DEMO_SPIKE_LATENCY"), s("120ms")),
@@ -147,18 +194,24 @@ async fn run(args: &Args, stack: &mut Stack) -> anyhow::Result<()> {
     stack.procs.push(service(
         "service-b",
         vec![
-            (s("CLEW_SERVICE_B_ADDR"), addr(8001)?),
-            (s("CLEW_SERVICE_B_OPS_ADDR"), addr(9471)?),
-            (s("CLEW_SERVICE_C_URL"), format!("http://{}", addr(8002)?)),
+            (s("CLEW_SERVICE_B_ADDR"), local.addr(8001)?),
+            (s("CLEW_SERVICE_B_OPS_ADDR"), local.addr(9471)?),
+            (
+                s("CLEW_SERVICE_C_URL"),
+                format!("http://{}", local.addr(8002)?),
+            ),
             (s("CLEW_DEMO_ERROR_RATE"), s("0.01")),
         ],
     )?);
     stack.procs.push(service(
         "service-a",
         vec![
-            (s("CLEW_SERVICE_A_ADDR"), addr(8000)?),
-            (s("CLEW_SERVICE_A_OPS_ADDR"), addr(9470)?),
-            (s("CLEW_SERVICE_B_URL"), format!("http://{}", addr(8001)?)),
+            (s("CLEW_SERVICE_A_ADDR"), local.addr(8000)?),
+            (s("CLEW_SERVICE_A_OPS_ADDR"), local.addr(9470)?),
+            (
+                s("CLEW_SERVICE_B_URL"),
+                format!("http://{}", local.addr(8001)?),
+            ),
         ],
     )?);
     for (name, p) in [
@@ -166,64 +219,87 @@ async fn run(args: &Args, stack: &mut Stack) -> anyhow::Result<()> {
         ("service-b", 9471),
         ("service-a", 9470),
     ] {
-        let url = format!("http://{}/healthz", addr(p)?);
-        wait_for(name, Duration::from_secs(30), || http.ok(&url)).await?;
+        let url = format!("http://{}/healthz", local.addr(p)?);
+        wait_for(name, Duration::from_secs(30), || local.http.ok(&url)).await?;
     }
+    Ok(())
+}
 
-    let viz_url = format!("http://{}", addr(8080)?);
-    let has_viz = bin_dir()?.join("clew-visualizer").is_file();
-    if has_viz {
-        stack.procs.push(Proc::spawn(
-            "visualizer",
-            "clew-visualizer",
-            &[],
-            &[
-                (s("CLEW_VISUALIZER_ADDR"), addr(8080)?),
-                (s("CLEW_QUERY_URL"), format!("http://{}", addr(16686)?)),
-            ],
-            Some(&logs.join("visualizer.log")),
-        )?);
-        let url = format!("{viz_url}/healthz");
-        wait_for("the visualizer", Duration::from_secs(30), || http.ok(&url)).await?;
+/// The visualizer, when built; returns whether it runs.
+async fn start_visualizer(local: &Local, stack: &mut Stack) -> anyhow::Result<bool> {
+    if !bin_dir()?.join("clew-visualizer").is_file() {
+        return Ok(false);
     }
-    if args.rps > 0.0 {
-        stack.procs.push(Proc::spawn(
-            "traffic",
-            "clew-traffic",
-            &[],
-            &[
-                (s("CLEW_TRAFFIC_TARGET"), format!("http://{}", addr(8000)?)),
-                (s("CLEW_TRAFFIC_RPS"), args.rps.to_string()),
-            ],
-            Some(&logs.join("traffic.log")),
-        )?);
-    }
+    stack.procs.push(Proc::spawn(
+        "visualizer",
+        "clew-visualizer",
+        &[],
+        &[
+            (s("CLEW_VISUALIZER_ADDR"), local.addr(8080)?),
+            (
+                s("CLEW_QUERY_URL"),
+                format!("http://{}", local.addr(16686)?),
+            ),
+        ],
+        Some(&local.log("visualizer")),
+    )?);
+    let url = format!("http://{}/healthz", local.addr(8080)?);
+    wait_for("the visualizer", Duration::from_secs(30), || {
+        local.http.ok(&url)
+    })
+    .await?;
+    Ok(true)
+}
 
+/// The traffic generator, sending `rps` requests a second to service A.
+fn start_traffic(local: &Local, rps: f64, stack: &mut Stack) -> anyhow::Result<()> {
+    stack.procs.push(Proc::spawn(
+        "traffic",
+        "clew-traffic",
+        &[],
+        &[
+            (
+                s("CLEW_TRAFFIC_TARGET"),
+                format!("http://{}", local.addr(8000)?),
+            ),
+            (s("CLEW_TRAFFIC_RPS"), rps.to_string()),
+        ],
+        Some(&local.log("traffic")),
+    )?);
+    Ok(())
+}
+
+/// Prints where to find each part of the running stack.
+fn print_urls(local: &Local, rps: f64, has_viz: bool) -> anyhow::Result<()> {
     println!("clew is running (Ctrl-C stops everything):");
     if has_viz {
-        println!("  visualizer      {viz_url}/");
+        println!("  visualizer      http://{}/", local.addr(8080)?);
     } else {
         println!("  visualizer      not built (cargo build -p clew-visualizer)");
     }
     println!(
         "  query API       http://{}/api/services  (Jaeger-compatible)",
-        addr(16686)?
+        local.addr(16686)?
     );
     println!(
         "  OTLP ingest     grpc://{}  http://{}/v1/traces",
-        addr(4317)?,
-        addr(4318)?
+        local.addr(4317)?,
+        local.addr(4318)?
     );
     println!(
         "  service A       http://{}/api/v1/search?q=example",
-        addr(8000)?
+        local.addr(8000)?
     );
-    println!("  metrics         http://{}/metrics", addr(9464)?);
-    println!("  data and logs   {}", data_dir.display());
-    if args.rps > 0.0 {
-        println!("  traffic         {} requests/s to service A", args.rps);
+    println!("  metrics         http://{}/metrics", local.addr(9464)?);
+    println!("  data and logs   {}", local.data_dir.display());
+    if rps > 0.0 {
+        println!("  traffic         {rps} requests/s to service A");
     }
+    Ok(())
+}
 
+/// Fails as soon as any component exits; otherwise runs until cancelled.
+async fn watch(local: &Local, stack: &mut Stack) -> anyhow::Result<()> {
     let mut check = tokio::time::interval(Duration::from_millis(500));
     loop {
         check.tick().await;
@@ -232,7 +308,7 @@ async fn run(args: &Args, stack: &mut Stack) -> anyhow::Result<()> {
                 anyhow::bail!(
                     "{} exited unexpectedly; see {}",
                     p.name,
-                    logs.join(format!("{}.log", p.name)).display()
+                    local.log(&p.name).display()
                 );
             }
         }
