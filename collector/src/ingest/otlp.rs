@@ -635,12 +635,9 @@ fn valid_id(id: &[u8], len: usize) -> bool {
     id.len() == len && id.iter().any(|&b| b != 0)
 }
 
-fn convert_span(
-    span: otlp::Span,
-    resource: &ResourceInfo,
-    limits: &Limits,
-    cut: &mut Truncation,
-) -> Result<pb::Span, String> {
+/// Checks a span's ids, times and name; returns its parent id (empty for a
+/// root, including SDKs' all-zero parent).
+fn check_span(span: &mut otlp::Span, limits: &Limits) -> Result<Vec<u8>, String> {
     if !valid_id(&span.trace_id, 16) {
         return Err("trace_id must be 16 bytes and not all zero".into());
     }
@@ -650,7 +647,7 @@ fn convert_span(
     let parent_span_id = match span.parent_span_id.len() {
         // Some SDKs write an all-zero parent for a root span.
         8 if span.parent_span_id.iter().all(|&b| b == 0) => Vec::new(),
-        0 | 8 => span.parent_span_id,
+        0 | 8 => std::mem::take(&mut span.parent_span_id),
         _ => return Err("parent_span_id must be empty or 8 bytes".into()),
     };
     if span.end_time_unix_nano < span.start_time_unix_nano {
@@ -662,14 +659,17 @@ fn convert_span(
             limits.max_name_len
         ));
     }
+    Ok(parent_span_id)
+}
 
-    let (attributes, clock_start, clock_end) = take_clocks(span.attributes);
-    let mut trace_state = span.trace_state;
-    cut.values += u64::from(truncate_str(&mut trace_state, limits.max_value_len));
-
-    let mut events = span.events;
+/// Events within the limits, their names and attributes cut to them.
+fn convert_events(
+    mut events: Vec<otlp::span::Event>,
+    limits: &Limits,
+    cut: &mut Truncation,
+) -> Vec<pb::Event> {
     cut.events += truncate_vec(&mut events, limits.max_events_per_span);
-    let events = events
+    events
         .into_iter()
         .map(|e| {
             let mut name = e.name;
@@ -680,14 +680,20 @@ fn convert_span(
                 attributes: convert_attributes(e.attributes, limits, cut),
             }
         })
-        .collect();
+        .collect()
+}
 
-    let mut links = span.links;
+/// Links with valid ids, within the limits.
+fn convert_links(
+    mut links: Vec<otlp::span::Link>,
+    limits: &Limits,
+    cut: &mut Truncation,
+) -> Vec<pb::Link> {
     let before = links.len();
     links.retain(|l| valid_id(&l.trace_id, 16) && valid_id(&l.span_id, 8));
     cut.invalid_links += (before - links.len()) as u64;
     cut.links += truncate_vec(&mut links, limits.max_links_per_span);
-    let links = links
+    links
         .into_iter()
         .map(|l| {
             let mut trace_state = l.trace_state;
@@ -699,10 +705,16 @@ fn convert_span(
                 attributes: convert_attributes(l.attributes, limits, cut),
             }
         })
-        .collect();
+        .collect()
+}
 
-    let status = span
-        .status
+/// The status, its message cut to the value limit.
+fn convert_status(
+    status: Option<otlp::Status>,
+    limits: &Limits,
+    cut: &mut Truncation,
+) -> pb::Status {
+    status
         .map(|s| {
             let code = match otlp::status::StatusCode::try_from(s.code) {
                 Ok(otlp::status::StatusCode::Ok) => pb::status::Code::Ok,
@@ -716,11 +728,24 @@ fn convert_span(
                 message,
             }
         })
-        .unwrap_or_default();
+        .unwrap_or_default()
+}
 
+fn convert_span(
+    mut span: otlp::Span,
+    resource: &ResourceInfo,
+    limits: &Limits,
+    cut: &mut Truncation,
+) -> Result<pb::Span, String> {
+    let parent_span_id = check_span(&mut span, limits)?;
+    let (attributes, clock_start, clock_end) = take_clocks(span.attributes);
+    let mut trace_state = span.trace_state;
+    cut.values += u64::from(truncate_str(&mut trace_state, limits.max_value_len));
+    let events = convert_events(span.events, limits, cut);
+    let links = convert_links(span.links, limits, cut);
+    let status = convert_status(span.status, limits, cut);
     // OTLP and clew number span kinds alike; an unknown kind is unspecified.
     let kind = pb::SpanKind::try_from(span.kind).unwrap_or(pb::SpanKind::Unspecified);
-
     Ok(pb::Span {
         trace_id: span.trace_id,
         span_id: span.span_id,
