@@ -2,8 +2,9 @@
 //! native `Collector` service (unary and client-streaming), and OTLP/HTTP
 //! `POST /v1/traces` (protobuf and JSON).
 //!
-//! Requests are answered once their spans are durable in the disk log
-//! (disk durability) or in the memory buffer or the spill log (memory
+//! Requests are answered once their spans, written to the disk log, are
+//! acknowledged by a collector or fsynced (disk durability), or once they
+//! are in the memory buffer or the spill log (memory
 //! durability). When there is no room (buffer, spill cap or disk full) the
 //! answer is `RESOURCE_EXHAUSTED` (gRPC) or 429 with `Retry-After` (HTTP);
 //! when the disk is too slow to confirm in time, `UNAVAILABLE` / 503 with

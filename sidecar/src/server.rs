@@ -80,8 +80,9 @@ pub struct Config {
     #[arg(long, env = "CLEW_SIDECAR_BATCH_MAX_SPANS", default_value_t = crate::pipeline::DEFAULT_BATCH_MAX_SPANS)]
     pub batch_max_spans: usize,
     /// When a request is acknowledged to the application: `disk` once its
-    /// spans are fsynced to the spill log (group commit; nothing
-    /// acknowledged is lost to kill -9), `memory` once they are in memory
+    /// spans, written to the spill log, are acknowledged by a collector or
+    /// fsynced, whichever comes first (nothing acknowledged is lost to
+    /// kill -9 or a power loss), `memory` once they are in memory
     /// or the spill log (spans only in memory die with the process).
     #[arg(
         long,

@@ -4,7 +4,8 @@
 //! accept(request) ─ split by trace ID (rendezvous hash) ─▶ one part per endpoint
 //!   ─ cut into records within the collector's limits (spans and bytes)
 //!   disk durability: append to the endpoint's log (+ memory cache while it
-//!     has room); answer once a group-commit fsync covers the record
+//!     has room); answer once a collector acknowledged the record or a
+//!     group-commit fsync covers it, whichever comes first
 //!   memory durability: memory queue, or the spill log when the breaker is
 //!     open or memory is full; answer at once
 //!                                                                ▼
@@ -99,8 +100,9 @@ pub const DEFAULT_BATCH_MAX_SPANS: usize = 8192;
 /// When the sidecar acknowledges a request to the application.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Durability {
-    /// Once its spans are in the endpoint's disk log and fsynced (group
-    /// commit): nothing acknowledged is lost to `kill -9` or a power loss.
+    /// Once its spans, written to the endpoint's disk log, are acknowledged
+    /// by a collector or fsynced (group commit), whichever comes first:
+    /// nothing acknowledged is lost to `kill -9` or a power loss.
     Disk,
     /// Once its spans are in memory or in the spill log: faster to answer,
     /// but spans only in memory are lost if the process dies.
