@@ -22,6 +22,7 @@ pub mod assembly;
 pub mod ingest;
 pub mod metrics;
 pub mod query;
+pub mod replication;
 pub mod server;
 pub mod sink;
 /// Trace storage (`clew-storage`).

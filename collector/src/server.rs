@@ -11,11 +11,14 @@ use std::time::Duration;
 
 use clew_runtime::net::{ConnMetrics, TrackedListener};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 use crate::assembly::{Assembler, AssemblerConfig};
 use crate::ingest::{Ingest, IngestConfig, NativeGrpc, OtlpGrpcServer};
 use crate::metrics::Metrics;
+use crate::replication::{
+    Copies, Members, ReplicaStore, ReplicationConfig, ReplicationMetrics, Replicator,
+};
 use crate::sink::StorageSink;
 use crate::storage::Storage;
 use crate::wal::{Wal, WalConfig};
@@ -106,6 +109,90 @@ pub struct Config {
     /// `/healthz` and `/metrics` answer even when ingest is saturated.
     #[arg(long, env = "CLEW_OPS_MAX_CONNECTIONS", default_value_t = 64)]
     pub ops_max_connections: usize,
+    /// Replication between collectors.
+    #[command(flatten)]
+    pub replication: ReplicationFlags,
+}
+
+/// Replication flags: with `--peers` or `--peer-dns`, every accepted span
+/// is kept on more than one collector before it is acknowledged.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ReplicationFlags {
+    /// The collector set: every collector's gRPC address (`host:port`,
+    /// comma-separated), this one included. Sidecars must be given the
+    /// same addresses: traces are placed by them.
+    #[arg(long, env = "CLEW_PEERS", value_delimiter = ',')]
+    pub peers: Vec<String>,
+    /// The collector set from DNS: a name (`name:port`) resolving to every
+    /// collector, such as a headless Service's; resolved again every
+    /// `--peer-dns-refresh`.
+    #[arg(long, env = "CLEW_PEER_DNS")]
+    pub peer_dns: Option<String>,
+    /// How often `--peer-dns` is resolved.
+    #[arg(long, env = "CLEW_PEER_DNS_REFRESH", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub peer_dns_refresh: Duration,
+    /// This collector's gRPC address as the set names it (`host:port`;
+    /// on Kubernetes `$(POD_IP):4317`). Defaults to `--grpc-addr` when
+    /// that is a specific address.
+    #[arg(long, env = "CLEW_ADVERTISE_ADDR")]
+    pub advertise_addr: Option<String>,
+    /// Copies of each span, this collector's included (0: 2 when the set
+    /// has two or more members, else 1). Shrinks to the set's size.
+    #[arg(long, env = "CLEW_REPLICATION_FACTOR", default_value_t = 0)]
+    pub replication_factor: usize,
+    /// Copies that must be durable before a batch is acknowledged (0: the
+    /// factor in force).
+    #[arg(long, env = "CLEW_REPLICATION_MIN_COPIES", default_value_t = 0)]
+    pub replication_min_copies: usize,
+    /// Longest wait for a peer to acknowledge a copy.
+    #[arg(long, env = "CLEW_REPLICATION_TIMEOUT", default_value = "2s", value_parser = humantime::parse_duration)]
+    pub replication_timeout: Duration,
+    /// A peer's unreleased batches are stored by this collector once the
+    /// peer has not been heard from for this long.
+    #[arg(long, env = "CLEW_REPLICATION_TAKEOVER_AFTER", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub replication_takeover_after: Duration,
+}
+
+impl ReplicationFlags {
+    /// Whether a collector set is configured.
+    pub fn enabled(&self) -> bool {
+        !self.peers.is_empty() || self.peer_dns.is_some()
+    }
+
+    /// The settings, or what is wrong with the flags (named).
+    pub fn config(&self, grpc_addr: SocketAddr) -> Result<ReplicationConfig, ServerError> {
+        let bad = |m: String| Err(ServerError::Config(m));
+        if self.replication_factor > 0 && self.replication_min_copies > self.replication_factor {
+            return bad(format!(
+                "--replication-min-copies ({}) is above --replication-factor ({})",
+                self.replication_min_copies, self.replication_factor
+            ));
+        }
+        if self.replication_timeout.is_zero() {
+            return bad("--replication-timeout must be above 0".into());
+        }
+        let me = match &self.advertise_addr {
+            Some(a) if !a.trim().is_empty() => {
+                clew_model::placement::member_key(a.trim()).to_owned()
+            }
+            _ if !grpc_addr.ip().is_unspecified() => grpc_addr.to_string(),
+            _ => {
+                return bad(
+                    "--advertise-addr is required with --peers or --peer-dns when --grpc-addr listens on every address".into(),
+                );
+            }
+        };
+        Ok(ReplicationConfig {
+            me,
+            copies: Copies {
+                configured: self.replication_factor,
+                min: self.replication_min_copies,
+            },
+            timeout: self.replication_timeout,
+            takeover_after: self.replication_takeover_after,
+            ..ReplicationConfig::default()
+        })
+    }
 }
 
 /// Why the collector could not start or stopped with an error.
@@ -131,6 +218,9 @@ pub enum ServerError {
     /// A server failed while running.
     #[error("server: {0}")]
     Serve(String),
+    /// The settings are inconsistent.
+    #[error("configuration: {0}")]
+    Config(String),
 }
 
 /// Addresses actually bound (ports may have been 0).
@@ -191,6 +281,72 @@ struct Core {
     assembler: Arc<Assembler>,
     ingest: Ingest,
     metrics: Arc<Metrics>,
+    replication: Option<Replication>,
+}
+
+/// Replication's parts, when a collector set is configured.
+struct Replication {
+    replicator: Replicator,
+    replicas: ReplicaStore,
+    members: Arc<watch::Sender<Arc<Members>>>,
+    takeovers: parking_lot::Mutex<Option<mpsc::UnboundedReceiver<crate::replication::Takeover>>>,
+    metrics: Arc<ReplicationMetrics>,
+}
+
+/// Opens replication when a collector set is configured: the set, this
+/// WAL's incarnation, the replica logs.
+async fn open_replication(
+    config: &Config,
+    wal_dir: PathBuf,
+    replay_end: u64,
+) -> Result<Option<Replication>, ServerError> {
+    let flags = &config.replication;
+    if !flags.enabled() {
+        return Ok(None);
+    }
+    let rc = flags.config(config.grpc_addr)?;
+    let mut initial = flags.peers.clone();
+    if let Some(dns) = &flags.peer_dns {
+        match crate::replication::members::resolve(dns).await {
+            Ok(list) => initial.extend(list),
+            Err(e) => {
+                tracing::warn!(name = %dns, error = %e, "resolving the peer DNS name failed; retrying")
+            }
+        }
+    }
+    let members = Members::new(initial, &rc.me);
+    tracing::info!(me = %rc.me, members = ?members.names(), "collector set");
+    let (tx, rx) = watch::channel(Arc::new(members));
+    let incarnation = tokio::task::spawn_blocking(move || crate::wal::incarnation(&wal_dir))
+        .await
+        .map_err(|e| ServerError::Serve(e.to_string()))?
+        .map_err(|e| ServerError::Wal(crate::wal::Error::Io(e)))?;
+    let metrics = Arc::new(ReplicationMetrics::new());
+    let replicator = Replicator::new(
+        rc.clone(),
+        incarnation,
+        replay_end,
+        rx.clone(),
+        Arc::clone(&metrics),
+    );
+    let (takeover_tx, takeover_rx) = mpsc::unbounded_channel();
+    let (dir, fsync, m) = (
+        config.data_dir.join("replicas"),
+        config.wal_fsync,
+        Arc::clone(&metrics),
+    );
+    let replicas = tokio::task::spawn_blocking(move || {
+        ReplicaStore::open(dir, fsync, rx, rc.takeover_after, m, takeover_tx)
+    })
+    .await
+    .map_err(|e| ServerError::Serve(e.to_string()))??;
+    Ok(Some(Replication {
+        replicator,
+        replicas,
+        members: Arc::new(tx),
+        takeovers: parking_lot::Mutex::new(Some(takeover_rx)),
+        metrics,
+    }))
 }
 
 /// Opens storage and the WAL, replays what the WAL holds into assembly,
@@ -202,9 +358,12 @@ async fn open_core(config: &Config) -> Result<Core, ServerError> {
         fsync: config.wal_fsync,
         ..WalConfig::default()
     };
-    let (wal, replay) = tokio::task::spawn_blocking(move || Wal::open(wal_dir, wal_config))
+    let dir = wal_dir.clone();
+    let (wal, replay) = tokio::task::spawn_blocking(move || Wal::open(dir, wal_config))
         .await
         .map_err(|e| ServerError::Serve(e.to_string()))??;
+    let replay_end = replay.last().map_or(0, |r| r.seq + 1);
+    let replication = open_replication(config, wal_dir, replay_end).await?;
     let store_latency = Metrics::store_latency_histogram();
     let sink = StorageSink::new(Arc::clone(&storage)).with_latency(store_latency.clone());
     let assembler = Arc::new(Assembler::new(
@@ -219,7 +378,7 @@ async fn open_core(config: &Config) -> Result<Core, ServerError> {
         tracing::info!(records = replay.len(), "replaying WAL");
         assembler.replay(replay);
     }
-    let ingest = Ingest::new(
+    let mut ingest = Ingest::new(
         Arc::clone(&assembler),
         IngestConfig {
             limits: crate::ingest::otlp::Limits {
@@ -231,6 +390,9 @@ async fn open_core(config: &Config) -> Result<Core, ServerError> {
             ..IngestConfig::default()
         },
     );
+    if let Some(r) = &replication {
+        ingest = ingest.with_replication(r.replicator.clone());
+    }
     let metrics = Metrics::new(
         ingest.clone(),
         Arc::clone(&assembler),
@@ -244,6 +406,7 @@ async fn open_core(config: &Config) -> Result<Core, ServerError> {
         assembler,
         ingest,
         metrics: Arc::new(metrics),
+        replication,
     })
 }
 
@@ -316,10 +479,57 @@ async fn spawn_grpc(
                 .accept_compressed(gzip),
         )
         .add_service(crate::query::QueryGrpc(Arc::clone(&core.storage)).into_server())
+        .add_optional_service(core.replication.as_ref().map(|r| {
+            crate::replication::ReplicationService(r.replicas.clone()).into_server(2 * max)
+        }))
         // Tracked connections set TCP_NODELAY: small replies (acks, query
         // results) must not wait 40 ms for the peer's delayed ACK.
         .serve_with_incoming_shutdown(listener.into_incoming(), stopped(stop));
     tokio::spawn(grpc)
+}
+
+/// Replication's background tasks: heartbeats, the replica logs' check,
+/// takeovers and, with `--peer-dns`, the set's refresh.
+fn spawn_replication(
+    config: &Config,
+    core: &Core,
+    r: &Replication,
+    stop: &watch::Receiver<bool>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let every = Duration::from_secs(1);
+    let mut tasks = vec![
+        tokio::spawn(
+            r.replicator
+                .clone()
+                .heartbeat_loop(core.wal.clone(), stop.clone()),
+        ),
+        tokio::spawn(r.replicas.clone().check_loop(every, stop.clone())),
+    ];
+    if let Some(jobs) = r.takeovers.lock().take() {
+        tasks.push(tokio::spawn(crate::replication::run_takeovers(
+            jobs,
+            core.ingest.clone(),
+            Arc::clone(&r.metrics),
+            stop.clone(),
+        )));
+    }
+    if let Some(dns) = config.replication.peer_dns.clone() {
+        let refresh = crate::replication::members::dns_loop(
+            Arc::clone(&r.members),
+            config.replication.peers.clone(),
+            dns,
+            r.replicator.me().to_owned(),
+            config.replication.peer_dns_refresh,
+        );
+        let stop = stop.clone();
+        tasks.push(tokio::spawn(async move {
+            tokio::select! {
+                _ = refresh => {}
+                _ = stopped(stop) => {}
+            }
+        }));
+    }
+    tasks
 }
 
 /// Starts every server and the retention loop.
@@ -334,8 +544,12 @@ async fn spawn_servers(
     let grpc = spawn_grpc(config, core, l.grpc, stop.clone()).await;
     let serve = clew_runtime::net::serve_http;
     let metrics = Arc::clone(&core.metrics);
-    let render = Arc::new(move || metrics.render() + &conns.render());
-    let others = vec![
+    let replication_metrics = core.replication.as_ref().map(|r| Arc::clone(&r.metrics));
+    let render = Arc::new(move || {
+        let replication = replication_metrics.as_ref().map(|m| m.render());
+        metrics.render() + &conns.render() + replication.as_deref().unwrap_or_default()
+    });
+    let mut others = vec![
         tokio::spawn(serve(
             l.http,
             crate::ingest::http_router(core.ingest.clone()),
@@ -352,6 +566,9 @@ async fn spawn_servers(
             stopped(stop.clone()),
         )),
     ];
+    if let Some(r) = &core.replication {
+        others.extend(spawn_replication(config, core, r, &stop));
+    }
     let retention = tokio::spawn(retention_loop(
         Arc::clone(&core.storage),
         Arc::clone(&core.metrics),
@@ -408,6 +625,11 @@ pub async fn run(
     let _ = servers.retention.await;
     for task in others {
         let _ = task.await;
+    }
+    if let Some(r) = &core.replication {
+        // Everything accepted is stored: the peers can drop their copies.
+        r.replicator.final_heartbeat(&core.wal).await;
+        r.replicas.shutdown().await;
     }
     core.wal.shutdown().await?;
     tracing::info!("collector stopped");

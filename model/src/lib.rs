@@ -6,12 +6,15 @@
 //! - [`clock`]: vector clocks and their `clew-vclock` codec;
 //! - [`attrs`]: the attribute keys clew adds to OTLP;
 //! - [`otlp`]: clew native spans as an OTLP export request;
+//! - [`placement`]: which collector a trace goes to, and which keep its
+//!   copies (rendezvous hashing by trace ID);
 //! - [`now_unix_nanos`]: the wall clock in Unix nanoseconds.
 
 pub mod attrs;
 pub mod clock;
 pub mod ids;
 pub mod otlp;
+pub mod placement;
 
 pub use clock::{ClockOrdering, NodeId, VectorClock};
 pub use ids::{SpanContext, SpanId, TraceFlags, TraceId, TraceState};

@@ -20,8 +20,8 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use prometheus::core::Collector;
 use prometheus::{
-    Counter, Encoder as _, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
-    IntGauge, IntGaugeVec, Opts, TextEncoder,
+    Counter, Encoder as _, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter,
+    IntCounterVec, IntGauge, IntGaugeVec, Opts, TextEncoder,
 };
 
 #[cfg(any(test, feature = "testing"))]
@@ -142,6 +142,13 @@ impl Registry {
     /// An integer gauge with a child per value of `labels`.
     pub fn gauge_vec(&self, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
         let g = must(IntGaugeVec::new(Opts::new(name, help), labels));
+        self.register(Kind::Gauge, g)
+    }
+
+    /// A float gauge (seconds, for instance) with a child per value of
+    /// `labels`.
+    pub fn float_gauge_vec(&self, name: &str, help: &str, labels: &[&str]) -> GaugeVec {
+        let g = must(GaugeVec::new(Opts::new(name, help), labels));
         self.register(Kind::Gauge, g)
     }
 

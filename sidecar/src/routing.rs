@@ -1,67 +1,10 @@
-//! Routing by trace ID: rendezvous (highest-random-weight) hashing.
-//!
-//! Every span of a trace must reach the same collector, from every sidecar,
-//! so the hash is a fixed function of the endpoint's address and the trace
-//! ID (no per-process seed). Rendezvous hashing scores each endpoint for a
-//! trace and picks the highest score. When an endpoint joins, it takes only
-//! the traces for which it now scores highest (about `1/n` of them); when
-//! one leaves, only its own traces move. That is the "consistent hashing"
-//! property, without a ring to rebuild, and exact for the few endpoints a
-//! collector Deployment has.
+//! Routing by trace ID: every span goes to the collector its trace is placed
+//! on, by the rendezvous hash of [`clew_model::placement`] that the
+//! collectors also use to choose a trace's replicas.
 
+pub use clew_model::placement::{member_hash as endpoint_hash, pick};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans};
-
-/// FNV-1a over `bytes`.
-fn fnv1a(bytes: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in bytes {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h
-}
-
-/// The SplitMix64 finaliser: a bijective 64-bit mixer.
-fn mix(mut z: u64) -> u64 {
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
-
-/// The stable hash of an endpoint address.
-pub fn endpoint_hash(endpoint: &str) -> u64 {
-    mix(fnv1a(endpoint.as_bytes()))
-}
-
-/// The hash of a trace ID (any length; OTLP's is 16 bytes).
-pub fn trace_hash(trace_id: &[u8]) -> u64 {
-    if let Ok(b) = <[u8; 16]>::try_from(trace_id) {
-        let (hi, lo) = b.split_at(8);
-        let hi = u64::from_be_bytes(hi.try_into().unwrap_or_default());
-        let lo = u64::from_be_bytes(lo.try_into().unwrap_or_default());
-        mix(hi ^ mix(lo))
-    } else {
-        mix(fnv1a(trace_id))
-    }
-}
-
-/// The score of endpoint (by its [`endpoint_hash`]) for a trace (by its
-/// [`trace_hash`]).
-fn score(endpoint: u64, trace: u64) -> u64 {
-    mix(endpoint ^ trace)
-}
-
-/// Picks the index of the endpoint (given by hashes) a trace goes to, or
-/// `None` when there is no endpoint.
-pub fn pick(endpoints: &[u64], trace_id: &[u8]) -> Option<usize> {
-    let t = trace_hash(trace_id);
-    endpoints
-        .iter()
-        .enumerate()
-        .max_by_key(|(_, e)| (score(**e, t), **e))
-        .map(|(i, _)| i)
-}
 
 /// Number of spans in a request.
 pub fn span_count(req: &ExportTraceServiceRequest) -> usize {
@@ -177,6 +120,7 @@ mod tests {
     use opentelemetry_proto::tonic::trace::v1::Span;
 
     fn tid(i: u64) -> Vec<u8> {
+        use clew_model::placement::mix;
         let mut v = mix(i).to_be_bytes().to_vec();
         v.extend_from_slice(&mix(i + 7).to_be_bytes());
         v
@@ -184,58 +128,6 @@ mod tests {
 
     fn eps(names: &[&str]) -> Vec<u64> {
         names.iter().map(|n| endpoint_hash(n)).collect()
-    }
-
-    #[test]
-    fn same_trace_same_endpoint_and_even_spread() {
-        let e = eps(&[
-            "http://10.0.0.1:4317",
-            "http://10.0.0.2:4317",
-            "http://10.0.0.3:4317",
-        ]);
-        let mut counts = [0usize; 3];
-        for i in 0..30_000 {
-            let a = pick(&e, &tid(i));
-            assert_eq!(a, pick(&e, &tid(i)));
-            counts[a.unwrap()] += 1;
-        }
-        for c in counts {
-            assert!((9_000..11_000).contains(&c), "uneven spread {counts:?}");
-        }
-    }
-
-    #[test]
-    fn adding_an_endpoint_moves_only_its_share() {
-        let before = eps(&["a:1", "b:1", "c:1"]);
-        let after = eps(&["a:1", "b:1", "c:1", "d:1"]);
-        let n = 20_000;
-        let mut moved = 0;
-        for i in 0..n {
-            let b = pick(&before, &tid(i)).unwrap();
-            let a = pick(&after, &tid(i)).unwrap();
-            if a != b {
-                // A trace only ever moves to the new endpoint.
-                assert_eq!(a, 3);
-                moved += 1;
-            }
-        }
-        // About a quarter moves.
-        assert!((4_000..6_000).contains(&moved), "moved {moved}");
-    }
-
-    #[test]
-    fn removing_an_endpoint_moves_only_its_traces() {
-        let before = eps(&["a:1", "b:1", "c:1"]);
-        let after = eps(&["a:1", "c:1"]);
-        for i in 0..10_000 {
-            let b = pick(&before, &tid(i)).unwrap();
-            let a = pick(&after, &tid(i)).unwrap();
-            match b {
-                0 => assert_eq!(a, 0),
-                2 => assert_eq!(a, 1),
-                _ => {}
-            }
-        }
     }
 
     #[test]

@@ -23,6 +23,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 };
 
 use crate::assembly::Assembler;
+use crate::replication::Replicator;
 pub mod otlp;
 
 use otlp::{Encoding, Limits, OtlpError, otlp_http};
@@ -122,6 +123,9 @@ pub enum IngestError {
     /// The WAL could not take the batch.
     #[error("collector cannot accept spans right now")]
     Unavailable,
+    /// Too few peers answer to keep the copies the batch needs.
+    #[error("collector cannot replicate spans right now; retry later")]
+    NoCopies,
 }
 
 impl IngestError {
@@ -130,7 +134,7 @@ impl IngestError {
         match self {
             IngestError::Otlp(_) => tonic::Code::InvalidArgument,
             IngestError::Overloaded => tonic::Code::ResourceExhausted,
-            IngestError::Unavailable => tonic::Code::Unavailable,
+            IngestError::Unavailable | IngestError::NoCopies => tonic::Code::Unavailable,
         }
     }
 }
@@ -147,6 +151,7 @@ pub struct Ingest {
     assembler: Arc<Assembler>,
     config: Arc<IngestConfig>,
     stats: Arc<IngestStats>,
+    replicator: Option<Replicator>,
 }
 
 impl Ingest {
@@ -156,7 +161,15 @@ impl Ingest {
             assembler,
             config: Arc::new(config),
             stats: Arc::default(),
+            replicator: None,
         }
+    }
+
+    /// Ingest that acknowledges a batch only once `replicator` made its
+    /// copies on peers (see [`crate::replication`]).
+    pub fn with_replication(mut self, replicator: Replicator) -> Self {
+        self.replicator = Some(replicator);
+        self
     }
 
     /// The counters.
@@ -191,12 +204,40 @@ impl Ingest {
             self.stats.refused.fetch_add(n, Ordering::Relaxed);
             return Err(IngestError::Overloaded);
         }
-        let ingested = match otlp {
-            Some(OtlpBody { body, sizes }) if sizes.len() == spans.len() => {
-                self.assembler.ingest_otlp(spans, &body, sizes).await
+        let outgoing = match self.replicator.as_ref().map(|r| (r, r.begin(&spans))) {
+            None | Some((_, Ok(None))) => None,
+            Some((_, Ok(Some(out)))) => Some(out),
+            Some((r, Err(e))) => {
+                tracing::warn!(error = %e, spans = n, "too few peers for the copies; refusing batch");
+                r.count_refused(n as usize);
+                self.stats.refused.fetch_add(n, Ordering::Relaxed);
+                return Err(IngestError::NoCopies);
             }
-            _ => self.assembler.ingest(pb::ExportRequest { spans }).await,
         };
+        let ingested = async {
+            match otlp {
+                Some(OtlpBody { body, sizes }) if sizes.len() == spans.len() => {
+                    self.assembler.ingest_otlp(spans, &body, sizes).await
+                }
+                _ => self.assembler.ingest(pb::ExportRequest { spans }).await,
+            }
+        };
+        let (ingested, copies) = match outgoing {
+            None => (ingested.await, Ok(())),
+            Some(mut out) => {
+                let (ingested, copies) = tokio::join!(ingested, out.send());
+                out.wal_done(ingested.as_ref().ok().copied());
+                (ingested, copies)
+            }
+        };
+        if let Err(e) = copies {
+            tracing::warn!(error = %e, spans = n, "batch did not get its copies; refusing it");
+            if let Some(r) = &self.replicator {
+                r.count_refused(n as usize);
+            }
+            self.stats.refused.fetch_add(n, Ordering::Relaxed);
+            return Err(IngestError::NoCopies);
+        }
         match ingested {
             Ok(_) => {
                 self.stats.accepted.fetch_add(n, Ordering::Relaxed);
@@ -573,10 +614,13 @@ fn http_error(ingest: &Ingest, e: IngestError, enc: Encoding) -> Response {
         IngestError::Otlp(OtlpError::TooManySpans { .. }) => StatusCode::PAYLOAD_TOO_LARGE,
         IngestError::Otlp(OtlpError::Malformed(_)) => StatusCode::BAD_REQUEST,
         IngestError::Overloaded => StatusCode::TOO_MANY_REQUESTS,
-        IngestError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        IngestError::Unavailable | IngestError::NoCopies => StatusCode::SERVICE_UNAVAILABLE,
     };
-    let retry_after = matches!(e, IngestError::Overloaded | IngestError::Unavailable)
-        .then_some(ingest.config.retry_after);
+    let retry_after = matches!(
+        e,
+        IngestError::Overloaded | IngestError::Unavailable | IngestError::NoCopies
+    )
+    .then_some(ingest.config.retry_after);
     enc.error(status, e.grpc_code() as i32, &e.to_string(), retry_after)
 }
 

@@ -30,7 +30,16 @@
 //! [`Wal::append_otlp`]), kept as it came instead of re-encoded: ingest
 //! writes it when every span of the request converted unchanged, so
 //! converting the body again at replay (without limits) gives the same
-//! spans.
+//! spans. Field 3 is a tag ([`Wal::append_tagged`]): the replica logs of
+//! [`crate::replication`] are WALs too, and keep there the origin's number
+//! of the batch.
+//!
+//! # Incarnation
+//!
+//! [`incarnation`] gives the WAL directory's identity, a random number
+//! written beside the segments when the directory is first used. A
+//! collector whose disk was lost starts with a new one, which tells its
+//! peers that the copies they keep of its batches are the only ones left.
 //!
 //! # Checkpoint and truncation
 //!
@@ -105,6 +114,9 @@ pub enum Error {
     /// The writer thread could not be started.
     #[error("wal: cannot start the writer thread: {0}")]
     Spawn(#[source] std::io::Error),
+    /// A file of the log's directory could not be read or written.
+    #[error("wal: {0}")]
+    Io(#[from] std::io::Error),
     /// The configuration is unusable.
     #[error("wal: invalid configuration: {0}")]
     InvalidConfig(&'static str),
@@ -206,6 +218,8 @@ pub struct WalRecord {
     pub seq: u64,
     /// The ingest batch.
     pub batch: ExportRequest,
+    /// The tag it was appended with ([`Wal::append_tagged`]; 0 otherwise).
+    pub tag: u64,
 }
 
 /// Which records are still needed, shared by the handles, the writer and
@@ -344,9 +358,9 @@ impl Wal {
         let mut replay = Vec::with_capacity(raw.len());
         for (seq, payload) in raw {
             match decode_record(&payload) {
-                Ok(batch) => {
+                Ok((batch, tag)) => {
                     held.insert(seq);
-                    replay.push(WalRecord { seq, batch });
+                    replay.push(WalRecord { seq, batch, tag });
                 }
                 Err(error) => {
                     // The frame's CRC matched, so this is not disk damage but
@@ -424,6 +438,21 @@ impl Wal {
     ) {
         let (payload, sizes) = encode_batch(batch);
         (sizes, self.queue(payload))
+    }
+
+    /// [`append`](Self::append), keeping `tag` with the record (a replica
+    /// log keeps the origin's batch number there); [`WalRecord::tag`] gives
+    /// it back at open.
+    pub fn append_tagged(
+        &self,
+        batch: &ExportRequest,
+        tag: u64,
+    ) -> impl Future<Output = Result<Appended>> + Send + use<> {
+        use prost::encoding::{WireType, encode_key, encode_varint};
+        let (mut payload, _) = encode_batch(batch);
+        encode_key(3, WireType::Varint, &mut payload);
+        encode_varint(tag, &mut payload);
+        self.queue(payload)
     }
 
     /// [`append`](Self::append) for a batch converted from the
@@ -511,6 +540,46 @@ impl Wal {
     }
 }
 
+/// The incarnation of the WAL in `dir`: read from its `incarnation` file,
+/// or made (random, never 0) and written durably when there is none.
+/// Blocking file I/O: call it at start-up.
+pub fn incarnation(dir: &Path) -> std::io::Result<u64> {
+    let path = dir.join("incarnation");
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            return u64::from_str_radix(text.trim(), 16)
+                .ok()
+                .filter(|n| *n != 0)
+                .ok_or_else(|| {
+                    std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        format!("{}: not a WAL incarnation", path.display()),
+                    )
+                });
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    std::fs::create_dir_all(dir)?;
+    let id = {
+        use rand::TryRngCore as _;
+        rand::rngs::OsRng
+            .try_next_u64()
+            .map_err(std::io::Error::other)?
+            .max(1)
+    };
+    let tmp = dir.join("incarnation.tmp");
+    {
+        use std::io::Write as _;
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(format!("{id:016x}\n").as_bytes())?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, &path)?;
+    std::fs::File::open(dir)?.sync_all()?;
+    Ok(id)
+}
+
 /// A record's payload: clew spans (as in an [`ExportRequest`], which is why
 /// records written before field 2 existed read the same), or an
 /// OTLP/protobuf `ExportTraceServiceRequest` body whose spans all converted
@@ -521,10 +590,12 @@ struct RecordPayload {
     spans: Vec<Span>,
     #[prost(bytes = "vec", tag = "2")]
     otlp: Vec<u8>,
+    #[prost(uint64, tag = "3")]
+    tag: u64,
 }
 
-/// The batch a record holds.
-fn decode_record(payload: &[u8]) -> std::result::Result<ExportRequest, String> {
+/// The batch a record holds, and its tag.
+fn decode_record(payload: &[u8]) -> std::result::Result<(ExportRequest, u64), String> {
     let record = RecordPayload::decode(payload).map_err(|e| e.to_string())?;
     let mut spans = record.spans;
     if !record.otlp.is_empty() {
@@ -535,7 +606,7 @@ fn decode_record(payload: &[u8]) -> std::result::Result<ExportRequest, String> {
                 .map_err(|e| e.to_string())?;
         spans.extend(converted.spans);
     }
-    Ok(ExportRequest { spans })
+    Ok((ExportRequest { spans }, record.tag))
 }
 
 /// `batch` as prost encodes it (`spans`, field 1, one length-delimited
