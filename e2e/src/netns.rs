@@ -138,6 +138,18 @@ impl NetNs {
         Ok(())
     }
 
+    /// Routes everything the namespace sends through the host (a default
+    /// route via the host end, and forwarding turned on in the host), so
+    /// servers in two namespaces reach each other. Forwarding stays on
+    /// afterwards: other namespaces of parallel tests may rely on it.
+    pub fn route_via_host(&self) -> anyhow::Result<()> {
+        std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
+            .context("turning on IPv4 forwarding")?;
+        let via = self.host_addr.to_string();
+        self.exec("ip", &["route", "replace", "default", "via", &via])
+            .map(drop)
+    }
+
     /// Runs `program args` inside the namespace.
     pub fn exec(&self, program: &str, args: &[&str]) -> anyhow::Result<String> {
         let mut all = vec!["netns", "exec", &self.name, program];
