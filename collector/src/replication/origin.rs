@@ -654,3 +654,43 @@ pub(super) fn encode_for_test(
     }
     .encode(spans.iter())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_watermark_waits_for_the_oldest_unstored_batch() {
+        let mut r = Releases {
+            next: 100,
+            first: 100,
+            replay_end: 0,
+            open: BTreeMap::new(),
+        };
+        assert_eq!(r.watermark(0), 100, "nothing open: everything below next");
+        // Batches 100..103 sent; 100 and 102 in WAL records 5 and 7, 101
+        // still being written.
+        r.next = 103;
+        r.open.extend([(100, Some(5)), (101, None), (102, Some(7))]);
+        assert_eq!(r.watermark(5), 100, "record 5 not released");
+        assert_eq!(r.watermark(6), 101, "101 is not in the WAL yet");
+        r.open.insert(101, Some(6));
+        assert_eq!(r.watermark(7), 102);
+        assert_eq!(r.watermark(8), 103);
+        assert!(r.open.is_empty());
+    }
+
+    #[test]
+    fn replayed_records_hold_the_watermark_at_the_runs_first_batch() {
+        let mut r = Releases {
+            next: 500,
+            first: 500,
+            replay_end: 10,
+            open: BTreeMap::new(),
+        };
+        assert_eq!(r.watermark(9), 500);
+        r.next = 502;
+        assert_eq!(r.watermark(9), 500, "an earlier run's record is unstored");
+        assert_eq!(r.watermark(10), 502);
+    }
+}

@@ -244,3 +244,194 @@ fn a_request_encoded_from_borrowed_spans_decodes_as_prost_would() {
         }
     );
 }
+
+/// A replica collector on loopback: its store served over real gRPC.
+struct Peer {
+    name: String,
+    fixture: Fixture,
+    server: tokio::task::JoinHandle<()>,
+}
+
+async fn serve_peer(all: &[String]) -> Peer {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let name = listener.local_addr().unwrap().to_string();
+    let f = fixture(Duration::from_secs(3600));
+    let names: Vec<String> = all.iter().cloned().chain([name.clone()]).collect();
+    f.members
+        .send(Arc::new(Members::new(names, &name)))
+        .unwrap();
+    let svc = ReplicationService(f.store.clone()).into_server(64 << 20);
+    let server = tokio::spawn(async move {
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        let _ = tonic::transport::Server::builder()
+            .add_service(svc)
+            .serve_with_incoming(incoming)
+            .await;
+    });
+    Peer {
+        name,
+        fixture: f,
+        server,
+    }
+}
+
+const ORIGIN_ME: &str = "127.0.0.1:1";
+
+fn replicator(members: &[String], factor: usize, min: usize) -> Replicator {
+    let (_tx, rx) = watch::channel(Arc::new(Members::new(
+        members.iter().cloned().chain([ORIGIN_ME.to_owned()]),
+        ORIGIN_ME,
+    )));
+    std::mem::forget(_tx);
+    Replicator::new(
+        ReplicationConfig {
+            me: ORIGIN_ME.into(),
+            copies: Copies {
+                configured: factor,
+                min,
+            },
+            timeout: Duration::from_secs(2),
+            ..ReplicationConfig::default()
+        },
+        42,
+        0,
+        rx,
+        Arc::new(ReplicationMetrics::new()),
+    )
+}
+
+fn spans_of(traces: std::ops::Range<u8>) -> Vec<Span> {
+    traces.map(|t| span(t, t)).collect()
+}
+
+fn kept_spans(p: &Peer) -> u64 {
+    p.fixture
+        .metrics
+        .replica_spans
+        .with_label_values(&[ORIGIN_ME])
+        .get()
+}
+
+#[tokio::test]
+async fn each_trace_is_copied_to_its_first_peer_in_placement_order() {
+    let a = serve_peer(&[ORIGIN_ME.to_owned()]).await;
+    let b = serve_peer(&[ORIGIN_ME.to_owned(), a.name.clone()]).await;
+    let names = vec![a.name.clone(), b.name.clone()];
+    let r = replicator(&names, 2, 0);
+    let spans = spans_of(1..101);
+    let mut out = r.begin(&spans).unwrap().expect("copies needed");
+    out.send().await.unwrap();
+    out.wal_done(Some(0));
+    // Each span went to exactly one peer: the first of its trace's ranking
+    // other than the origin.
+    let members = r.members();
+    let mut expect_a = 0;
+    for s in &spans {
+        let first = members.peers_for(&s.trace_id).next().unwrap();
+        if members.names()[first] == a.name {
+            expect_a += 1;
+        }
+    }
+    assert_eq!(kept_spans(&a), expect_a);
+    assert_eq!(kept_spans(&b), 100 - expect_a);
+    assert!(expect_a > 20 && expect_a < 80, "spread {expect_a}");
+    a.server.abort();
+    b.server.abort();
+}
+
+#[tokio::test]
+async fn a_dead_peer_fails_the_batch_then_is_passed_over() {
+    let a = serve_peer(&[ORIGIN_ME.to_owned()]).await;
+    let b = serve_peer(&[ORIGIN_ME.to_owned(), a.name.clone()]).await;
+    let names = vec![a.name.clone(), b.name.clone()];
+    let r = replicator(&names, 2, 0);
+    b.server.abort();
+    let _ = b.server.await;
+    let spans = spans_of(1..41);
+    let mut out = r.begin(&spans).unwrap().expect("copies needed");
+    let e = out.send().await.unwrap_err();
+    assert!(e.why.contains(&b.name), "names the peer: {e}");
+    drop(out);
+    // The dead peer is passed over: its traces' copies go to the next peer.
+    let mut out = r.begin(&spans).unwrap().expect("copies needed");
+    out.send().await.unwrap();
+    out.wal_done(Some(1));
+    // Every span of the second batch, and of the first at most those whose
+    // call to it was not cut short by the failure.
+    let kept = kept_spans(&a) as usize;
+    assert!(
+        (spans.len()..=spans.len() + a_share(&r, &a.name, &spans)).contains(&kept),
+        "kept {kept}"
+    );
+    a.server.abort();
+}
+
+/// Spans of `spans` whose first copy goes to `peer` while every peer is up.
+fn a_share(r: &Replicator, peer: &str, spans: &[Span]) -> usize {
+    let members = r.members();
+    spans
+        .iter()
+        .filter(|s| members.names()[members.peers_for(&s.trace_id).next().unwrap()] == peer)
+        .count()
+}
+
+#[tokio::test]
+async fn min_copies_below_the_factor_needs_only_that_many() {
+    let a = serve_peer(&[ORIGIN_ME.to_owned()]).await;
+    let b = serve_peer(&[ORIGIN_ME.to_owned(), a.name.clone()]).await;
+    let names = vec![a.name.clone(), b.name.clone()];
+    // Factor 3 (both peers get every span), 2 copies needed: one peer is
+    // enough.
+    let r = replicator(&names, 3, 2);
+    b.server.abort();
+    let _ = b.server.await;
+    let spans = spans_of(1..11);
+    let mut out = r.begin(&spans).unwrap().expect("copies needed");
+    out.send().await.unwrap();
+    assert_eq!(kept_spans(&a), 10);
+    // With every copy required, the same loss refuses the batch.
+    let strict = replicator(&names, 3, 3);
+    let mut out = strict.begin(&spans).unwrap().expect("copies needed");
+    assert!(out.send().await.is_err());
+    a.server.abort();
+}
+
+#[test]
+fn a_factor_of_one_needs_no_copy() {
+    let r = replicator(&["127.0.0.1:2".to_owned()], 1, 0);
+    assert!(r.begin(&spans_of(1..3)).unwrap().is_none());
+}
+
+#[test]
+fn the_sidecars_owner_is_first_in_the_collectors_ranking() {
+    let names: Vec<String> = (1..=5).map(|i| format!("10.0.0.{i}:4317")).collect();
+    let urls: Vec<u64> = names
+        .iter()
+        .map(|n| clew_model::placement::member_hash(&format!("http://{n}")))
+        .collect();
+    for i in 0u8..200 {
+        let trace = [i; 16];
+        let owner = clew_model::placement::pick(&urls, &trace).unwrap();
+        // Seen from any non-owner, the owner is the first peer.
+        let other = names.iter().find(|n| **n != names[owner]).unwrap();
+        let m = Members::new(names.clone(), other);
+        let first = m.peers_for(&trace).next().unwrap();
+        assert_eq!(m.names()[first], names[owner]);
+    }
+}
+
+#[test]
+fn the_registry_matches_the_catalogue() {
+    let m = ReplicationMetrics::new();
+    // Children for the labelled metrics, as a running collector has.
+    m.batches.with_label_values(&["a:1", "ok"]);
+    m.spans.with_label_values(&["a:1"]);
+    m.bytes.with_label_values(&["a:1"]);
+    m.ack_seconds.with_label_values(&["a:1"]);
+    m.lag_seconds.with_label_values(&["a:1"]);
+    m.peer_up.with_label_values(&["a:1"]);
+    m.replica_batches.with_label_values(&["a:1"]);
+    m.replica_spans.with_label_values(&["a:1"]);
+    m.replica_held.with_label_values(&["a:1"]);
+    clew_runtime::metrics::catalogue_check("collector replication", m.registry());
+}
