@@ -14,7 +14,7 @@ use k8s_openapi::api::autoscaling::v2::{
 };
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMap, ConfigMapEnvSource, Container, ContainerPort, EmptyDirVolumeSource,
-    EnvFromSource, EnvVar, EnvVarSource, HTTPGetAction, PersistentVolumeClaim,
+    EnvFromSource, EnvVar, EnvVarSource, HTTPGetAction, ObjectFieldSelector, PersistentVolumeClaim,
     PersistentVolumeClaimSpec, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
     ResourceRequirements, SeccompProfile, SecretKeySelector, SecurityContext, Service, ServicePort,
     ServiceSpec, Volume, VolumeMount, VolumeResourceRequirements,
@@ -290,11 +290,30 @@ pub fn desired_config_map(tc: &TraceCollector) -> ConfigMap {
     if redis.external.is_none() {
         data.insert("CLEW_REDIS_URL".to_owned(), managed_redis_url(tc));
     }
+    data.extend(replication_config(tc));
     ConfigMap {
         metadata: meta(tc, names::collector(tc), Component::Collector),
         data: Some(data),
         ..ConfigMap::default()
     }
+}
+
+/// Replication settings: the collector set is the headless Service, the one the sidecars
+/// resolve, so copies are placed over the same members that spans are routed to.
+fn replication_config(tc: &TraceCollector) -> BTreeMap<String, String> {
+    let r = &tc.spec.replication;
+    let mut data = BTreeMap::from([
+        ("CLEW_PEER_DNS".to_owned(), headless_dns(tc)),
+        ("CLEW_REPLICATION_FACTOR".to_owned(), r.factor.to_string()),
+        (
+            "CLEW_REPLICATION_TAKEOVER_AFTER".to_owned(),
+            r.takeover_after.clone(),
+        ),
+    ]);
+    if let Some(min) = r.min_copies {
+        data.insert("CLEW_REPLICATION_MIN_COPIES".to_owned(), min.to_string());
+    }
+    data
 }
 
 /// The collector Deployment. `replicas` is left to the HPA when an autoscaler is set.
@@ -326,6 +345,27 @@ pub fn desired_deployment(tc: &TraceCollector, defaults: &Defaults) -> Deploymen
     }
 }
 
+/// The collector's address in the collector set, `$(POD_IP):4317`: what its peers
+/// resolve through the headless Service (kept out of the ConfigMap, which is shared by
+/// every pod, since only the downward API knows it).
+fn advertise_env() -> Vec<EnvVar> {
+    vec![
+        EnvVar {
+            name: "POD_IP".to_owned(),
+            value_from: Some(EnvVarSource {
+                field_ref: Some(ObjectFieldSelector {
+                    field_path: "status.podIP".to_owned(),
+                    ..ObjectFieldSelector::default()
+                }),
+                ..EnvVarSource::default()
+            }),
+            ..EnvVar::default()
+        },
+        // Dependent variable: POD_IP must come first.
+        env("CLEW_ADVERTISE_ADDR", format!("$(POD_IP):{GRPC_PORT}")),
+    ]
+}
+
 /// `CLEW_REDIS_URL` from the external Redis's Secret, when Redis is external.
 fn external_redis_env(tc: &TraceCollector) -> Vec<EnvVar> {
     let mut env = Vec::new();
@@ -349,7 +389,8 @@ fn external_redis_env(tc: &TraceCollector) -> Vec<EnvVar> {
 
 /// The collector container, configured from its ConfigMap.
 fn collector_container(tc: &TraceCollector, defaults: &Defaults) -> Container {
-    let env = external_redis_env(tc);
+    let mut env = advertise_env();
+    env.extend(external_redis_env(tc));
     Container {
         name: "collector".to_owned(),
         image: Some(image(tc, defaults)),
@@ -362,7 +403,7 @@ fn collector_container(tc: &TraceCollector, defaults: &Defaults) -> Container {
             }),
             ..EnvFromSource::default()
         }]),
-        env: (!env.is_empty()).then_some(env),
+        env: Some(env),
         ports: Some(vec![
             port("otlp-grpc", GRPC_PORT),
             port("otlp-http", HTTP_PORT),

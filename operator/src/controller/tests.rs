@@ -292,8 +292,13 @@ async fn external_redis_replaces_the_managed_one() {
     };
     let (res, _) = scenario(settled(obj), move |mut v, t| async move {
         let d = children(&mut v, &t, no_redis).await;
-        let env = &d["spec"]["template"]["spec"]["containers"][0]["env"][0];
-        assert_eq!(env["name"], "CLEW_REDIS_URL");
+        let env = d["spec"]["template"]["spec"]["containers"][0]["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == "CLEW_REDIS_URL")
+            .unwrap()
+            .clone();
         assert_eq!(env["valueFrom"]["secretKeyRef"]["name"], "redis-url");
         // No managed Redis to wait for.
         let status = v.status(&t).await;

@@ -1,5 +1,5 @@
 use super::*;
-use crate::crd::{AutoscalerSpec, ExternalRedis, ManagedRedis, ServiceType};
+use crate::crd::{AutoscalerSpec, ExternalRedis, ManagedRedis, ReplicationSpec, ServiceType};
 use crate::fixtures::{UID, defaults, tc};
 use crate::status::desired_status;
 
@@ -83,6 +83,87 @@ fn config_map_points_the_collector_at_managed_redis() {
     assert_eq!(data["CLEW_RETENTION"], "72h");
     assert_eq!(data["CLEW_QUERY_ADDR"], "0.0.0.0:16686");
     assert!(!data.contains_key("CLEW_REDIS_PREFIX"));
+}
+
+/// The collector container's environment as the collector sees it: the ConfigMap
+/// (`envFrom`), overridden by the container's own `env` (values, or the source's debug form).
+fn collector_env(t: &TraceCollector, pod: &PodSpec) -> BTreeMap<String, String> {
+    let mut out = desired_config_map(t).data.unwrap();
+    for e in pod.containers[0].env.iter().flatten() {
+        let v = e
+            .value
+            .clone()
+            .unwrap_or_else(|| format!("{:?}", e.value_from));
+        out.insert(e.name.clone(), v);
+    }
+    out
+}
+
+#[test]
+fn collectors_replicate_over_the_set_the_sidecars_route_to() {
+    let t = tc("main");
+    let pod = desired_deployment(&t, &defaults())
+        .spec
+        .template
+        .spec
+        .unwrap();
+    let env = collector_env(&t, &pod);
+    // The same name the injected sidecars resolve: placement follows routing.
+    assert_eq!(env["CLEW_PEER_DNS"], headless_dns(&t));
+    assert_eq!(
+        env["CLEW_PEER_DNS"],
+        "main-collector-headless.traces.svc:4317"
+    );
+    assert_eq!(env["CLEW_REPLICATION_FACTOR"], "2");
+    assert_eq!(env["CLEW_REPLICATION_TAKEOVER_AFTER"], "30s");
+    assert!(!env.contains_key("CLEW_REPLICATION_MIN_COPIES"));
+    assert_eq!(env["CLEW_ADVERTISE_ADDR"], "$(POD_IP):4317");
+    assert_eq!(env["CLEW_DATA_DIR"], "/var/lib/clew");
+}
+
+#[test]
+fn the_advertised_address_is_the_pod_ip_declared_before_it() {
+    let t = tc("main");
+    let pod = desired_deployment(&t, &defaults())
+        .spec
+        .template
+        .spec
+        .unwrap();
+    let env = pod.containers[0].env.clone().unwrap();
+    let at = |name: &str| env.iter().position(|e| e.name == name).unwrap();
+    // `$(POD_IP)` only expands when POD_IP is defined earlier in the list.
+    assert!(at("POD_IP") < at("CLEW_ADVERTISE_ADDR"));
+    let field = env[at("POD_IP")]
+        .value_from
+        .as_ref()
+        .and_then(|s| s.field_ref.as_ref())
+        .unwrap();
+    assert_eq!(field.field_path, "status.podIP");
+}
+
+#[test]
+fn replication_settings_come_from_the_spec_and_roll_the_collectors() {
+    let mut t = tc("main");
+    t.spec.replication = ReplicationSpec {
+        factor: 3,
+        min_copies: Some(2),
+        takeover_after: "1m30s".to_owned(),
+    };
+    let data = desired_config_map(&t).data.unwrap();
+    assert_eq!(data["CLEW_REPLICATION_FACTOR"], "3");
+    assert_eq!(data["CLEW_REPLICATION_MIN_COPIES"], "2");
+    assert_eq!(data["CLEW_REPLICATION_TAKEOVER_AFTER"], "1m30s");
+    let hash = |t: &TraceCollector| {
+        desired_deployment(t, &defaults())
+            .spec
+            .template
+            .metadata
+            .unwrap()
+            .annotations
+            .unwrap()[CONFIG_HASH_ANNOTATION]
+            .clone()
+    };
+    assert_ne!(hash(&t), hash(&tc("main")));
 }
 
 #[test]
