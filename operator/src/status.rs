@@ -12,6 +12,8 @@ pub const READY: &str = "Ready";
 pub const PROGRESSING: &str = "Progressing";
 /// Condition type: a child is failing.
 pub const DEGRADED: &str = "Degraded";
+/// Condition type: enough collectors are ready for every span to get its configured copies.
+pub const REPLICATED: &str = "Replicated";
 
 /// How far a workload's rollout is, whichever kind it is.
 #[derive(Debug)]
@@ -157,6 +159,7 @@ pub fn desired_status(
             ready_condition(tc, &collectors, redis, visualizer.as_ref(), now),
             progressing_condition(tc, &collectors, now),
             degraded_condition(tc, &collectors, visualizer.as_ref(), now),
+            replicated_condition(tc, collectors.ready, now),
         ],
     }
 }
@@ -253,6 +256,46 @@ fn degraded_condition(
         tc.metadata.generation,
         now,
     )
+}
+
+/// `Replicated`: at least `spec.replication.factor` collectors are ready. With fewer, the
+/// collectors shrink the factor to their number, so each span has one copy per collector.
+fn replicated_condition(tc: &TraceCollector, ready: i32, now: &str) -> Condition {
+    let factor = tc.spec.replication.factor;
+    let collectors = counted(ready, "ready collector", "ready collectors");
+    let (ok, reason, consequence) = if ready >= factor {
+        (
+            true,
+            "Replicated",
+            format!("each span has {}", counted(factor, "copy", "copies")),
+        )
+    } else if ready == 0 {
+        (
+            false,
+            "FewerMembersThanFactor",
+            "no collector takes spans".to_owned(),
+        )
+    } else {
+        (
+            false,
+            "FewerMembersThanFactor",
+            format!("each span has at most {}", counted(ready, "copy", "copies")),
+        )
+    };
+    condition(
+        tc.condition(REPLICATED),
+        REPLICATED,
+        ok,
+        reason,
+        format!("{collectors}, replication factor {factor}: {consequence}"),
+        tc.metadata.generation,
+        now,
+    )
+}
+
+/// `n` and the noun in the right number.
+fn counted(n: i32, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
 }
 
 #[cfg(test)]

@@ -210,6 +210,10 @@ async fn create_applies_every_child_and_reports_progress() {
         assert_eq!(condition(&status, "Ready").message, "0/2 collectors ready");
         assert_eq!(condition(&status, "Progressing").status, "True");
         assert_eq!(
+            condition(&status, "Replicated").reason,
+            "FewerMembersThanFactor"
+        );
+        assert_eq!(
             status.collector_endpoint.as_deref(),
             Some("http://main-collector.traces.svc:4317")
         );
@@ -242,6 +246,10 @@ async fn ready_children_make_the_collector_ready() {
         assert_eq!(condition(&status, "Ready").status, "True");
         assert_eq!(condition(&status, "Progressing").status, "False");
         assert_eq!(condition(&status, "Degraded").status, "False");
+        assert_eq!(
+            condition(&status, "Replicated").message,
+            "2 ready collectors, replication factor 2: each span has 2 copies"
+        );
         assert_eq!(v.event().await["reason"], "Ready");
         v
     })

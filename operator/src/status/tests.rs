@@ -120,3 +120,77 @@ fn a_statefulset_of_collectors_reports_like_a_deployment() {
     let s = desired_status(&t, &w, None, None, "r", "2026-01-01T00:00:00Z");
     assert_eq!(condition(&s, PROGRESSING).reason, "Stable");
 }
+
+#[test]
+fn replicated_when_enough_collectors_are_ready_for_the_factor() {
+    let mut t = tc("main");
+    let replicated = |t: &TraceCollector, ready: i32| {
+        let c = replicated_condition(t, ready, "2026-01-01T00:00:00Z");
+        (c.status, c.reason, c.message)
+    };
+    let no = |m: &str| {
+        (
+            "False".to_owned(),
+            "FewerMembersThanFactor".to_owned(),
+            m.to_owned(),
+        )
+    };
+    // The default factor is 2.
+    assert_eq!(
+        replicated(&t, 3),
+        (
+            "True".to_owned(),
+            "Replicated".to_owned(),
+            "3 ready collectors, replication factor 2: each span has 2 copies".to_owned()
+        )
+    );
+    assert_eq!(
+        replicated(&t, 2).2,
+        "2 ready collectors, replication factor 2: each span has 2 copies"
+    );
+    assert_eq!(
+        replicated(&t, 1),
+        no("1 ready collector, replication factor 2: each span has at most 1 copy")
+    );
+    assert_eq!(
+        replicated(&t, 0),
+        no("0 ready collectors, replication factor 2: no collector takes spans")
+    );
+    t.spec.replication.factor = 3;
+    assert_eq!(
+        replicated(&t, 2),
+        no("2 ready collectors, replication factor 3: each span has at most 2 copies")
+    );
+    t.spec.replication.factor = 1;
+    assert_eq!(
+        replicated(&t, 1).2,
+        "1 ready collector, replication factor 1: each span has 1 copy"
+    );
+}
+
+#[test]
+fn the_status_reports_replication_from_the_ready_collectors() {
+    let mut t = tc("main");
+    t.spec.replication.factor = 3;
+    let d = CollectorWorkload::Deployment(deployment_with(2, 3, None));
+    let s1 = desired_status(&t, &d, None, None, "r", "2026-01-01T00:00:00Z");
+    let c = condition(&s1, REPLICATED);
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_str()),
+        ("False", "FewerMembersThanFactor")
+    );
+    assert_eq!(c.observed_generation, Some(1));
+    // The transition time moves when the condition flips, not before.
+    t.status = Some(s1);
+    let d = CollectorWorkload::Deployment(deployment_with(3, 3, None));
+    let s2 = desired_status(&t, &d, None, None, "r", "2026-01-01T00:05:00Z");
+    let c = condition(&s2, REPLICATED);
+    assert_eq!(c.status, "True");
+    assert_eq!(c.last_transition_time, "2026-01-01T00:05:00Z");
+    t.status = Some(s2);
+    let s3 = desired_status(&t, &d, None, None, "r", "2026-01-01T00:09:00Z");
+    assert_eq!(
+        condition(&s3, REPLICATED).last_transition_time,
+        "2026-01-01T00:05:00Z"
+    );
+}
