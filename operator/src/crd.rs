@@ -439,8 +439,9 @@ fn default_takeover_after() -> String {
 #[x_kube(validation = Rule::new("!self.persistent || !oldSelf.persistent || (self.size == oldSelf.size && (has(self.storageClass) ? self.storageClass : '') == (has(oldSelf.storageClass) ? oldSelf.storageClass : ''))").message("spec.wal.size and spec.wal.storageClass cannot change while spec.wal.persistent stays true (volume claim templates are immutable); set persistent to false, then back to true with the new values"))]
 #[serde(rename_all = "camelCase")]
 pub struct WalSpec {
-    /// Keep each collector's data on a PersistentVolumeClaim of its own, so it survives the
-    /// loss of the node; the collectors then run as a StatefulSet. When false, the data is
+    /// Keep each collector's data on a PersistentVolumeClaim of its own, so it outlives the
+    /// pod (and, on network-attached storage, the node); the collectors then run as a
+    /// StatefulSet. When false, the data is
     /// on an emptyDir and the collectors run as a Deployment. Switching replaces one with the
     /// other (the old pods drain their WAL into storage as they stop).
     #[serde(default)]
@@ -559,7 +560,7 @@ mod tests {
     }
 
     #[test]
-    fn durations_the_schema_accepts_parse_as_the_collector_parses_them() {
+    fn takeover_after_is_a_duration_like_retention() {
         let spec = &schema()["openAPIV3Schema"]["properties"]["spec"]["properties"];
         let replication = &spec["replication"]["properties"];
         assert_eq!(replication["factor"]["minimum"], 1.0);

@@ -78,7 +78,7 @@ pub mod names {
     use super::TraceCollector;
     use kube::ResourceExt;
 
-    /// Collector Deployment, ClusterIP Service, ConfigMap, PDB and HPA.
+    /// Collector Deployment or StatefulSet, ClusterIP Service, ConfigMap, PDB and HPA.
     pub fn collector(tc: &TraceCollector) -> String {
         format!("{}-collector", tc.name_any())
     }
@@ -396,9 +396,9 @@ pub fn desired_collector_statefulset(tc: &TraceCollector, defaults: &Defaults) -
                 &wal.size,
                 wal.storage_class.clone(),
             )]),
-            // A collector scaled away keeps its volume for when it comes back (its peers
-            // have taken over its copies meanwhile); the TraceCollector's deletion, or
-            // turning persistence off, deletes them all.
+            // A collector scaled away keeps its volume and finds its log again when it
+            // comes back; deleting the StatefulSet (the TraceCollector's deletion, or
+            // turning persistence off) deletes every claim.
             persistent_volume_claim_retention_policy: Some(claims_deleted_with_the_owner()),
             ..StatefulSetSpec::default()
         },
@@ -428,9 +428,9 @@ fn empty_dir(name: &str) -> Volume {
     }
 }
 
-/// The collector's address in the collector set, `$(POD_IP):4317`: what its peers
-/// resolve through the headless Service (kept out of the ConfigMap, which is shared by
-/// every pod, since only the downward API knows it).
+/// The collector's own address in the collector set, `$(POD_IP):4317`: the headless
+/// Service resolves to pod IPs, so this is how a collector finds itself among them. In the
+/// container's `env` rather than the ConfigMap every pod shares, since it differs per pod.
 fn advertise_env() -> Vec<EnvVar> {
     vec![
         EnvVar {
