@@ -23,7 +23,7 @@ use serde::de::DeserializeOwned;
 use tracing::{info, warn};
 
 use crate::crd::TraceCollector;
-use crate::desired::{self, Defaults, FIELD_MANAGER};
+use crate::desired::{self, CollectorWorkload, Defaults, FIELD_MANAGER};
 use crate::inject::{self, INJECT_ANNOTATION, REVISION_ANNOTATION, Selection};
 use crate::metrics::Metrics;
 use crate::status::{self, READY};
@@ -272,8 +272,8 @@ async fn apply_all(tc: &TraceCollector, ctx: &Context) -> Result<Action> {
 
 /// The applied workloads whose state the status reports.
 struct Applied {
-    /// The collector Deployment.
-    collector: Deployment,
+    /// The collectors' Deployment or StatefulSet.
+    collectors: CollectorWorkload,
     /// The managed Redis, in managed mode.
     redis: Option<StatefulSet>,
     /// The visualizer Deployment, when enabled.
@@ -299,7 +299,7 @@ async fn apply_children(tc: &TraceCollector, ctx: &Context) -> Result<Applied> {
     )
     .await?;
     let redis = apply_or_remove(client, tc, names::redis(tc), desired::desired_redis(tc)).await?;
-    let collector = apply(client, &ns, &desired::desired_deployment(tc, defaults)).await?;
+    let collectors = apply_collectors(tc, ctx).await?;
     apply_or_remove(client, tc, names::collector(tc), desired::desired_pdb(tc)).await?;
     apply_or_remove(client, tc, names::collector(tc), desired::desired_hpa(tc)).await?;
     let visualizer = apply_or_remove(
@@ -317,9 +317,29 @@ async fn apply_children(tc: &TraceCollector, ctx: &Context) -> Result<Applied> {
     )
     .await?;
     Ok(Applied {
-        collector,
+        collectors,
         redis,
         visualizer,
+    })
+}
+
+/// Applies the collectors' workload, then removes the other kind, left from before
+/// `spec.wal.persistent` changed (the new collectors come up before the old ones stop).
+async fn apply_collectors(tc: &TraceCollector, ctx: &Context) -> Result<CollectorWorkload> {
+    let client = &ctx.client;
+    let ns = tc.namespace().unwrap_or_default();
+    let name = desired::names::collector(tc);
+    Ok(match desired::desired_collectors(tc, &ctx.defaults) {
+        CollectorWorkload::Deployment(d) => {
+            let applied = apply(client, &ns, &d).await?;
+            remove::<StatefulSet>(client, tc, &name).await?;
+            CollectorWorkload::Deployment(applied)
+        }
+        CollectorWorkload::StatefulSet(s) => {
+            let applied = apply(client, &ns, &s).await?;
+            remove::<Deployment>(client, tc, &name).await?;
+            CollectorWorkload::StatefulSet(applied)
+        }
     })
 }
 
@@ -355,7 +375,7 @@ async fn write_status(
     let now = k8s_openapi::jiff::Timestamp::now().to_string();
     let new_status = status::desired_status(
         tc,
-        &children.collector,
+        &children.collectors,
         children.redis.as_ref(),
         children.visualizer.as_ref(),
         revision,
@@ -380,8 +400,9 @@ async fn publish_progress(tc: &TraceCollector, ctx: &Context, ready: bool) {
             "Applied",
             "Reconcile",
             format!(
-                "applied generation {} to the collector Deployment and its children",
-                tc.metadata.generation.unwrap_or_default()
+                "applied generation {} to the collector {} and its children",
+                tc.metadata.generation.unwrap_or_default(),
+                desired::collector_kind(tc)
             ),
         )
         .await;

@@ -93,6 +93,13 @@ pub struct TraceCollectorSpec {
     /// the collectors request 250m.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub autoscaler: Option<AutoscalerSpec>,
+    /// Collector-to-collector replication: each accepted span is made durable on `factor`
+    /// collectors, placed by trace ID over the same collector set the sidecars route to.
+    #[serde(default)]
+    pub replication: ReplicationSpec,
+    /// Where each collector keeps its write-ahead log and the copies it holds for its peers.
+    #[serde(default)]
+    pub wal: WalSpec,
 }
 
 fn default_replicas() -> i32 {
@@ -386,6 +393,84 @@ fn default_cpu_target() -> i32 {
     75
 }
 
+/// Collector-to-collector replication.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, KubeSchema)]
+#[x_kube(validation = Rule::new("!has(self.minCopies) || self.minCopies <= self.factor").message("spec.replication.minCopies must be at most spec.replication.factor"))]
+#[serde(rename_all = "camelCase")]
+pub struct ReplicationSpec {
+    /// Copies of each span, each on a different collector (the accepting collector's own WAL
+    /// is one; 1 turns replication off). With fewer ready collectors than this, each span
+    /// gets one copy per collector and the `Replicated` condition is False.
+    #[serde(default = "default_replication_factor")]
+    #[schemars(range(min = 1, max = 5))]
+    pub factor: i32,
+    /// Copies that must be durable before a span is acknowledged (the accepting collector's
+    /// own WAL counts as one); the effective factor when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 5))]
+    pub min_copies: Option<i32>,
+    /// How long a collector holding copies for a peer waits after last hearing from it
+    /// before it stores those copies itself, as a duration such as `30s` or `2m`.
+    #[serde(default = "default_takeover_after")]
+    #[schemars(regex(pattern = r"^([0-9]+(s|m|h|d))+$"))]
+    pub takeover_after: String,
+}
+
+impl Default for ReplicationSpec {
+    fn default() -> Self {
+        Self {
+            factor: default_replication_factor(),
+            min_copies: None,
+            takeover_after: default_takeover_after(),
+        }
+    }
+}
+
+fn default_replication_factor() -> i32 {
+    2
+}
+
+fn default_takeover_after() -> String {
+    "30s".to_owned()
+}
+
+/// The collectors' data directory: the write-ahead log and the copies held for peers.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, KubeSchema)]
+#[x_kube(validation = Rule::new("!self.persistent || !oldSelf.persistent || (self.size == oldSelf.size && (has(self.storageClass) ? self.storageClass : '') == (has(oldSelf.storageClass) ? oldSelf.storageClass : ''))").message("spec.wal.size and spec.wal.storageClass cannot change while spec.wal.persistent stays true (volume claim templates are immutable); set persistent to false, then back to true with the new values"))]
+#[serde(rename_all = "camelCase")]
+pub struct WalSpec {
+    /// Keep each collector's data on a PersistentVolumeClaim of its own, so it outlives the
+    /// pod (and, on network-attached storage, the node); the collectors then run as a
+    /// StatefulSet. When false, the data is
+    /// on an emptyDir and the collectors run as a Deployment. Switching replaces one with the
+    /// other (the old pods drain their WAL into storage as they stop).
+    #[serde(default)]
+    pub persistent: bool,
+    /// Size of each collector's volume, a Kubernetes quantity (with `persistent`).
+    #[serde(default = "default_wal_size")]
+    #[schemars(regex(pattern = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|k|M|G|T)?$"))]
+    #[schemars(length(max = 32))]
+    pub size: String,
+    /// StorageClass of the volumes; the cluster default when unset (with `persistent`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub storage_class: Option<String>,
+}
+
+impl Default for WalSpec {
+    fn default() -> Self {
+        Self {
+            persistent: false,
+            size: default_wal_size(),
+            storage_class: None,
+        }
+    }
+}
+
+fn default_wal_size() -> String {
+    "10Gi".to_owned()
+}
+
 /// What the operator last observed.
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -411,7 +496,7 @@ pub struct TraceCollectorStatus {
     /// Hash of the sidecar settings; workloads are rolled when it changes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sidecar_revision: Option<String>,
-    /// `Ready`, `Progressing` and `Degraded`.
+    /// `Ready`, `Progressing`, `Degraded` and `Replicated`.
     #[serde(default)]
     pub conditions: Vec<Condition>,
 }
@@ -420,7 +505,7 @@ pub struct TraceCollectorStatus {
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Condition {
-    /// `Ready`, `Progressing` or `Degraded`.
+    /// `Ready`, `Progressing`, `Degraded` or `Replicated`.
     #[serde(rename = "type")]
     pub type_: String,
     /// `True`, `False` or `Unknown`.
@@ -467,6 +552,25 @@ mod tests {
         assert!(spec.pod_disruption_budget.enabled);
         assert_eq!(spec.sidecar.buffer_bytes, 8 << 20);
         assert!(spec.storage.redis.external.is_none());
+        assert_eq!(spec.replication.factor, 2);
+        assert_eq!(spec.replication.min_copies, None);
+        assert_eq!(spec.replication.takeover_after, "30s");
+        assert!(!spec.wal.persistent);
+        assert_eq!(spec.wal.size, "10Gi");
+    }
+
+    #[test]
+    fn takeover_after_is_a_duration_like_retention() {
+        let spec = &schema()["openAPIV3Schema"]["properties"]["spec"]["properties"];
+        let replication = &spec["replication"]["properties"];
+        assert_eq!(replication["factor"]["minimum"], 1.0);
+        assert_eq!(replication["factor"]["maximum"], 5.0);
+        let pattern = replication["takeoverAfter"]["pattern"].as_str().unwrap();
+        assert_eq!(pattern, spec["retention"]["pattern"].as_str().unwrap());
+        // The collector reads `CLEW_REPLICATION_TAKEOVER_AFTER` with humantime.
+        for ok in ["30s", "2m", "1m30s", "1h", "1d"] {
+            assert!(humantime::parse_duration(ok).is_ok(), "{ok}");
+        }
     }
 
     #[test]
@@ -500,6 +604,8 @@ mod tests {
             "set only one of spec.storage.redis.managed and spec.storage.redis.external",
             "spec.autoscaler.maxReplicas must be at least spec.autoscaler.minReplicas",
             "spec.sidecar.spillMaxBytes must be at least spec.sidecar.bufferBytes",
+            "spec.replication.minCopies must be at most spec.replication.factor",
+            "spec.wal.size and spec.wal.storageClass cannot change",
         ] {
             assert!(s.contains(msg), "missing rule message {msg:?}");
         }

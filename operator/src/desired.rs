@@ -14,7 +14,7 @@ use k8s_openapi::api::autoscaling::v2::{
 };
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMap, ConfigMapEnvSource, Container, ContainerPort, EmptyDirVolumeSource,
-    EnvFromSource, EnvVar, EnvVarSource, HTTPGetAction, PersistentVolumeClaim,
+    EnvFromSource, EnvVar, EnvVarSource, HTTPGetAction, ObjectFieldSelector, PersistentVolumeClaim,
     PersistentVolumeClaimSpec, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
     ResourceRequirements, SeccompProfile, SecretKeySelector, SecurityContext, Service, ServicePort,
     ServiceSpec, Volume, VolumeMount, VolumeResourceRequirements,
@@ -78,7 +78,7 @@ pub mod names {
     use super::TraceCollector;
     use kube::ResourceExt;
 
-    /// Collector Deployment, ClusterIP Service, ConfigMap, PDB and HPA.
+    /// Collector Deployment or StatefulSet, ClusterIP Service, ConfigMap, PDB and HPA.
     pub fn collector(tc: &TraceCollector) -> String {
         format!("{}-collector", tc.name_any())
     }
@@ -290,6 +290,7 @@ pub fn desired_config_map(tc: &TraceCollector) -> ConfigMap {
     if redis.external.is_none() {
         data.insert("CLEW_REDIS_URL".to_owned(), managed_redis_url(tc));
     }
+    data.extend(replication_config(tc));
     ConfigMap {
         metadata: meta(tc, names::collector(tc), Component::Collector),
         data: Some(data),
@@ -297,18 +298,71 @@ pub fn desired_config_map(tc: &TraceCollector) -> ConfigMap {
     }
 }
 
-/// The collector Deployment. `replicas` is left to the HPA when an autoscaler is set.
+/// Replication settings: the collector set is the headless Service, the one the sidecars
+/// resolve, so copies are placed over the same members that spans are routed to.
+fn replication_config(tc: &TraceCollector) -> BTreeMap<String, String> {
+    let r = &tc.spec.replication;
+    let mut data = BTreeMap::from([
+        ("CLEW_PEER_DNS".to_owned(), headless_dns(tc)),
+        ("CLEW_REPLICATION_FACTOR".to_owned(), r.factor.to_string()),
+        (
+            "CLEW_REPLICATION_TAKEOVER_AFTER".to_owned(),
+            r.takeover_after.clone(),
+        ),
+    ]);
+    if let Some(min) = r.min_copies {
+        data.insert("CLEW_REPLICATION_MIN_COPIES".to_owned(), min.to_string());
+    }
+    data
+}
+
+/// The collectors' workload, as wanted or as the API server returned it.
+#[derive(Clone, Debug)]
+pub enum CollectorWorkload {
+    /// Data on an emptyDir (`spec.wal.persistent` false).
+    Deployment(Deployment),
+    /// Data on a PersistentVolumeClaim per collector (`spec.wal.persistent` true).
+    StatefulSet(StatefulSet),
+}
+
+/// The kind of the collectors' workload: a StatefulSet when the WAL is persistent.
+pub fn collector_kind(tc: &TraceCollector) -> &'static str {
+    if tc.spec.wal.persistent {
+        "StatefulSet"
+    } else {
+        "Deployment"
+    }
+}
+
+/// The collectors: a Deployment, or with `spec.wal.persistent` a StatefulSet.
+pub fn desired_collectors(tc: &TraceCollector, defaults: &Defaults) -> CollectorWorkload {
+    if tc.spec.wal.persistent {
+        CollectorWorkload::StatefulSet(desired_collector_statefulset(tc, defaults))
+    } else {
+        CollectorWorkload::Deployment(desired_deployment(tc, defaults))
+    }
+}
+
+/// The collectors' replica count: none when an autoscaler owns it.
+fn collector_replicas(tc: &TraceCollector) -> Option<i32> {
+    tc.spec.autoscaler.is_none().then_some(tc.spec.replicas)
+}
+
+fn collector_selector(tc: &TraceCollector) -> LabelSelector {
+    LabelSelector {
+        match_labels: Some(selector_labels(tc, Component::Collector)),
+        ..LabelSelector::default()
+    }
+}
+
+/// The collector Deployment, its data on an emptyDir (used while `spec.wal.persistent` is
+/// false). `replicas` is left to the HPA when an autoscaler is set.
 pub fn desired_deployment(tc: &TraceCollector, defaults: &Defaults) -> Deployment {
-    let config = desired_config_map(tc);
-    let config_hash = short_hash(&serde_json::to_vec(&config.data).unwrap_or_default());
     Deployment {
         metadata: meta(tc, names::collector(tc), Component::Collector),
         spec: DeploymentSpec {
-            replicas: tc.spec.autoscaler.is_none().then_some(tc.spec.replicas),
-            selector: LabelSelector {
-                match_labels: Some(selector_labels(tc, Component::Collector)),
-                ..LabelSelector::default()
-            },
+            replicas: collector_replicas(tc),
+            selector: collector_selector(tc),
             strategy: Some(DeploymentStrategy {
                 type_: Some("RollingUpdate".to_owned()),
                 rolling_update: Some(RollingUpdateDeployment {
@@ -316,14 +370,83 @@ pub fn desired_deployment(tc: &TraceCollector, defaults: &Defaults) -> Deploymen
                     max_surge: Some(IntOrString::Int(1)),
                 }),
             }),
-            template: PodTemplateSpec {
-                metadata: Some(collector_template_meta(tc, config_hash)),
-                spec: Some(collector_pod_spec(collector_container(tc, defaults))),
-            },
+            template: collector_template(tc, defaults, Some(empty_dir("data"))),
             ..DeploymentSpec::default()
         },
         ..Deployment::default()
     }
+}
+
+/// The collector StatefulSet, each collector's data on a PersistentVolumeClaim of its own
+/// (used while `spec.wal.persistent` is true). Governed by the headless Service; pods start
+/// and stop in parallel, since collectors need no order.
+pub fn desired_collector_statefulset(tc: &TraceCollector, defaults: &Defaults) -> StatefulSet {
+    let wal = &tc.spec.wal;
+    StatefulSet {
+        metadata: meta(tc, names::collector(tc), Component::Collector),
+        spec: StatefulSetSpec {
+            replicas: collector_replicas(tc),
+            service_name: Some(names::headless(tc)),
+            pod_management_policy: Some("Parallel".to_owned()),
+            selector: collector_selector(tc),
+            template: collector_template(tc, defaults, None),
+            volume_claim_templates: Some(vec![data_volume_claim(
+                tc,
+                Component::Collector,
+                &wal.size,
+                wal.storage_class.clone(),
+            )]),
+            // A collector scaled away keeps its volume and finds its log again when it
+            // comes back; deleting the StatefulSet (the TraceCollector's deletion, or
+            // turning persistence off) deletes every claim.
+            persistent_volume_claim_retention_policy: Some(claims_deleted_with_the_owner()),
+            ..StatefulSetSpec::default()
+        },
+        ..StatefulSet::default()
+    }
+}
+
+/// The collector pod template; `data` is the data volume unless a claim template provides it.
+fn collector_template(
+    tc: &TraceCollector,
+    defaults: &Defaults,
+    data: Option<Volume>,
+) -> PodTemplateSpec {
+    let config = desired_config_map(tc);
+    let config_hash = short_hash(&serde_json::to_vec(&config.data).unwrap_or_default());
+    PodTemplateSpec {
+        metadata: Some(collector_template_meta(tc, config_hash)),
+        spec: Some(collector_pod_spec(collector_container(tc, defaults), data)),
+    }
+}
+
+fn empty_dir(name: &str) -> Volume {
+    Volume {
+        name: name.to_owned(),
+        empty_dir: Some(EmptyDirVolumeSource::default()),
+        ..Volume::default()
+    }
+}
+
+/// The collector's own address in the collector set, `$(POD_IP):4317`: the headless
+/// Service resolves to pod IPs, so this is how a collector finds itself among them. In the
+/// container's `env` rather than the ConfigMap every pod shares, since it differs per pod.
+fn advertise_env() -> Vec<EnvVar> {
+    vec![
+        EnvVar {
+            name: "POD_IP".to_owned(),
+            value_from: Some(EnvVarSource {
+                field_ref: Some(ObjectFieldSelector {
+                    field_path: "status.podIP".to_owned(),
+                    ..ObjectFieldSelector::default()
+                }),
+                ..EnvVarSource::default()
+            }),
+            ..EnvVar::default()
+        },
+        // Dependent variable: POD_IP must come first.
+        env("CLEW_ADVERTISE_ADDR", format!("$(POD_IP):{GRPC_PORT}")),
+    ]
 }
 
 /// `CLEW_REDIS_URL` from the external Redis's Secret, when Redis is external.
@@ -349,7 +472,8 @@ fn external_redis_env(tc: &TraceCollector) -> Vec<EnvVar> {
 
 /// The collector container, configured from its ConfigMap.
 fn collector_container(tc: &TraceCollector, defaults: &Defaults) -> Container {
-    let env = external_redis_env(tc);
+    let mut env = advertise_env();
+    env.extend(external_redis_env(tc));
     Container {
         name: "collector".to_owned(),
         image: Some(image(tc, defaults)),
@@ -362,7 +486,7 @@ fn collector_container(tc: &TraceCollector, defaults: &Defaults) -> Container {
             }),
             ..EnvFromSource::default()
         }]),
-        env: (!env.is_empty()).then_some(env),
+        env: Some(env),
         ports: Some(vec![
             port("otlp-grpc", GRPC_PORT),
             port("otlp-http", HTTP_PORT),
@@ -400,18 +524,14 @@ fn collector_template_meta(tc: &TraceCollector, config_hash: String) -> ObjectMe
     template_meta
 }
 
-/// The collector pod: its container and the WAL's data volume.
-fn collector_pod_spec(container: Container) -> PodSpec {
+/// The collector pod: its container and, without a claim template, its data volume.
+fn collector_pod_spec(container: Container, data: Option<Volume>) -> PodSpec {
     PodSpec {
         containers: vec![container],
         security_context: Some(pod_security_context(65532)),
         // The collector drains its WAL into storage on SIGTERM.
         termination_grace_period_seconds: Some(30),
-        volumes: Some(vec![Volume {
-            name: "data".to_owned(),
-            empty_dir: Some(EmptyDirVolumeSource::default()),
-            ..Volume::default()
-        }]),
+        volumes: data.map(|v| vec![v]),
         ..PodSpec::default()
     }
 }
@@ -482,7 +602,7 @@ pub fn desired_hpa(tc: &TraceCollector) -> Option<HorizontalPodAutoscaler> {
             max_replicas: a.max_replicas,
             scale_target_ref: CrossVersionObjectReference {
                 api_version: Some("apps/v1".to_owned()),
-                kind: "Deployment".to_owned(),
+                kind: collector_kind(tc).to_owned(),
                 name: names::collector(tc),
             },
             metrics: Some(vec![MetricSpec {
@@ -533,15 +653,15 @@ pub fn desired_redis(tc: &TraceCollector) -> Option<StatefulSet> {
                 ..LabelSelector::default()
             },
             template: redis_template(tc, redis_container(tc, &managed)),
-            volume_claim_templates: Some(vec![redis_volume_claim(tc, &managed)]),
+            volume_claim_templates: Some(vec![data_volume_claim(
+                tc,
+                Component::Redis,
+                &managed.size,
+                managed.storage_class.clone(),
+            )]),
             // The data belongs to the TraceCollector: deleting it deletes
             // the volume too (scaling, which never happens here, keeps it).
-            persistent_volume_claim_retention_policy: Some(
-                StatefulSetPersistentVolumeClaimRetentionPolicy {
-                    when_deleted: Some("Delete".to_owned()),
-                    when_scaled: Some("Retain".to_owned()),
-                },
-            ),
+            persistent_volume_claim_retention_policy: Some(claims_deleted_with_the_owner()),
             ..StatefulSetSpec::default()
         },
         ..StatefulSet::default()
@@ -607,21 +727,34 @@ fn redis_template(tc: &TraceCollector, container: Container) -> PodTemplateSpec 
     }
 }
 
-/// The claim template of Redis's data volume.
-fn redis_volume_claim(tc: &TraceCollector, managed: &ManagedRedis) -> PersistentVolumeClaim {
+/// Volume claims deleted with their StatefulSet, kept when it scales down.
+fn claims_deleted_with_the_owner() -> StatefulSetPersistentVolumeClaimRetentionPolicy {
+    StatefulSetPersistentVolumeClaimRetentionPolicy {
+        when_deleted: Some("Delete".to_owned()),
+        when_scaled: Some("Retain".to_owned()),
+    }
+}
+
+/// The claim template of a StatefulSet's `data` volume.
+fn data_volume_claim(
+    tc: &TraceCollector,
+    component: Component,
+    size: &str,
+    storage_class: Option<String>,
+) -> PersistentVolumeClaim {
     PersistentVolumeClaim {
         metadata: ObjectMeta {
             name: Some("data".to_owned()),
-            labels: Some(labels(tc, Component::Redis)),
+            labels: Some(labels(tc, component)),
             ..ObjectMeta::default()
         },
         spec: Some(PersistentVolumeClaimSpec {
             access_modes: Some(vec!["ReadWriteOnce".to_owned()]),
-            storage_class_name: managed.storage_class.clone(),
+            storage_class_name: storage_class,
             resources: Some(VolumeResourceRequirements {
                 requests: Some(BTreeMap::from([(
                     "storage".to_owned(),
-                    Quantity(managed.size.clone()),
+                    Quantity(size.to_owned()),
                 )])),
                 ..VolumeResourceRequirements::default()
             }),

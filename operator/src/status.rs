@@ -4,7 +4,7 @@ use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use kube::ResourceExt;
 
 use crate::crd::{Condition, TraceCollector, TraceCollectorStatus};
-use crate::desired;
+use crate::desired::{self, CollectorWorkload};
 
 /// Condition type: the pipeline can take spans and answer queries.
 pub const READY: &str = "Ready";
@@ -12,15 +12,56 @@ pub const READY: &str = "Ready";
 pub const PROGRESSING: &str = "Progressing";
 /// Condition type: a child is failing.
 pub const DEGRADED: &str = "Degraded";
+/// Condition type: enough collectors are ready for every span to get its configured copies.
+pub const REPLICATED: &str = "Replicated";
 
-fn ready_of_deployment(d: &Deployment) -> (i32, i32, i32) {
-    let want = d.spec.replicas.unwrap_or(1);
-    let st = d.status.clone().unwrap_or_default();
-    (
-        want,
-        st.ready_replicas.unwrap_or(0),
-        st.updated_replicas.unwrap_or(0),
-    )
+/// How far a workload's rollout is, whichever kind it is.
+#[derive(Debug)]
+struct Rollout {
+    /// Replicas wanted (`spec.replicas`, as the HPA may have set it).
+    want: i32,
+    /// Replicas that exist.
+    replicas: i32,
+    ready: i32,
+    updated: i32,
+    /// Whether the workload's controller has seen its latest spec.
+    observed: bool,
+    /// A failure the workload reports in its conditions.
+    failure: Option<String>,
+}
+
+impl Rollout {
+    fn of_deployment(d: &Deployment) -> Self {
+        let st = d.status.clone().unwrap_or_default();
+        Self {
+            want: d.spec.replicas.unwrap_or(1),
+            replicas: st.replicas.unwrap_or(0),
+            ready: st.ready_replicas.unwrap_or(0),
+            updated: st.updated_replicas.unwrap_or(0),
+            observed: st.observed_generation >= d.metadata.generation,
+            failure: deployment_failure(d),
+        }
+    }
+
+    /// A StatefulSet reports no progress deadline, so it never has a `failure`.
+    fn of_statefulset(s: &StatefulSet) -> Self {
+        let st = s.status.clone().unwrap_or_default();
+        Self {
+            want: s.spec.replicas.unwrap_or(1),
+            replicas: st.replicas,
+            ready: st.ready_replicas.unwrap_or(0),
+            updated: st.updated_replicas.unwrap_or(0),
+            observed: st.observed_generation >= s.metadata.generation,
+            failure: None,
+        }
+    }
+
+    fn of_collectors(w: &CollectorWorkload) -> Self {
+        match w {
+            CollectorWorkload::Deployment(d) => Self::of_deployment(d),
+            CollectorWorkload::StatefulSet(s) => Self::of_statefulset(s),
+        }
+    }
 }
 
 /// A deployment's failure, if its own conditions report one.
@@ -98,29 +139,27 @@ pub fn failed_status(
 /// `now` is an RFC 3339 timestamp, passed in so the function stays pure.
 pub fn desired_status(
     tc: &TraceCollector,
-    collector: &Deployment,
+    collectors: &CollectorWorkload,
     redis: Option<&StatefulSet>,
     visualizer: Option<&Deployment>,
     sidecar_revision: &str,
     now: &str,
 ) -> TraceCollectorStatus {
-    let (_, ready, _) = ready_of_deployment(collector);
+    let collectors = Rollout::of_collectors(collectors);
+    let visualizer = visualizer.map(Rollout::of_deployment);
     TraceCollectorStatus {
         observed_generation: tc.metadata.generation,
-        replicas: collector
-            .status
-            .as_ref()
-            .and_then(|s| s.replicas)
-            .unwrap_or(0),
-        ready_replicas: ready,
+        replicas: collectors.replicas,
+        ready_replicas: collectors.ready,
         selector: Some(desired::selector_string(tc)),
         collector_endpoint: Some(desired::collector_endpoint(tc)),
         visualizer_url: desired::visualizer_url(tc),
         sidecar_revision: Some(sidecar_revision.to_owned()),
         conditions: vec![
-            ready_condition(tc, collector, redis, visualizer, now),
-            progressing_condition(tc, collector, now),
-            degraded_condition(tc, collector, visualizer, now),
+            ready_condition(tc, &collectors, redis, visualizer.as_ref(), now),
+            progressing_condition(tc, &collectors, now),
+            degraded_condition(tc, &collectors, visualizer.as_ref(), now),
+            replicated_condition(tc, collectors.ready, now),
         ],
     }
 }
@@ -128,12 +167,12 @@ pub fn desired_status(
 /// `Ready`: every collector is ready, and so are Redis and the visualizer where they exist.
 fn ready_condition(
     tc: &TraceCollector,
-    collector: &Deployment,
+    collectors: &Rollout,
     redis: Option<&StatefulSet>,
-    visualizer: Option<&Deployment>,
+    visualizer: Option<&Rollout>,
     now: &str,
 ) -> Condition {
-    let (want, ready, _) = ready_of_deployment(collector);
+    let (want, ready) = (collectors.want, collectors.ready);
     let redis_ready = redis.is_none_or(|s| {
         s.status
             .as_ref()
@@ -141,10 +180,7 @@ fn ready_condition(
             .unwrap_or(0)
             >= 1
     });
-    let visualizer_ready = visualizer.is_none_or(|d| {
-        let (w, r, _) = ready_of_deployment(d);
-        r >= w
-    });
+    let visualizer_ready = visualizer.is_none_or(|v| v.ready >= v.want);
 
     let collectors_ready = want > 0 && ready >= want;
     let (ready_ok, ready_reason, ready_msg) = if !collectors_ready {
@@ -175,14 +211,15 @@ fn ready_condition(
     )
 }
 
-/// `Progressing`: the collector Deployment is not yet observed, updated and ready.
-fn progressing_condition(tc: &TraceCollector, collector: &Deployment, now: &str) -> Condition {
-    let (want, ready, updated) = ready_of_deployment(collector);
-    let observed = collector
-        .status
-        .as_ref()
-        .and_then(|s| s.observed_generation)
-        >= collector.metadata.generation;
+/// `Progressing`: the collectors' workload is not yet observed, updated and ready.
+fn progressing_condition(tc: &TraceCollector, collectors: &Rollout, now: &str) -> Condition {
+    let Rollout {
+        want,
+        ready,
+        updated,
+        observed,
+        ..
+    } = *collectors;
     let rolling = !observed || updated < want || ready < want;
     condition(
         tc.condition(PROGRESSING),
@@ -198,11 +235,14 @@ fn progressing_condition(tc: &TraceCollector, collector: &Deployment, now: &str)
 /// `Degraded`: the collector or visualizer Deployment reports a failure.
 fn degraded_condition(
     tc: &TraceCollector,
-    collector: &Deployment,
-    visualizer: Option<&Deployment>,
+    collectors: &Rollout,
+    visualizer: Option<&Rollout>,
     now: &str,
 ) -> Condition {
-    let failure = deployment_failure(collector).or_else(|| visualizer.and_then(deployment_failure));
+    let failure = collectors
+        .failure
+        .clone()
+        .or_else(|| visualizer.and_then(|v| v.failure.clone()));
     condition(
         tc.condition(DEGRADED),
         DEGRADED,
@@ -217,3 +257,46 @@ fn degraded_condition(
         now,
     )
 }
+
+/// `Replicated`: at least `spec.replication.factor` collectors are ready. With fewer, the
+/// collectors shrink the factor to their number, so each span has one copy per collector.
+fn replicated_condition(tc: &TraceCollector, ready: i32, now: &str) -> Condition {
+    let factor = tc.spec.replication.factor;
+    let collectors = counted(ready, "ready collector", "ready collectors");
+    let (ok, reason, consequence) = if ready >= factor {
+        (
+            true,
+            "Replicated",
+            format!("each span has {}", counted(factor, "copy", "copies")),
+        )
+    } else if ready == 0 {
+        (
+            false,
+            "FewerMembersThanFactor",
+            "no collector takes spans".to_owned(),
+        )
+    } else {
+        (
+            false,
+            "FewerMembersThanFactor",
+            format!("each span has at most {}", counted(ready, "copy", "copies")),
+        )
+    };
+    condition(
+        tc.condition(REPLICATED),
+        REPLICATED,
+        ok,
+        reason,
+        format!("{collectors}, replication factor {factor}: {consequence}"),
+        tc.metadata.generation,
+        now,
+    )
+}
+
+/// `n` and the noun in the right number.
+fn counted(n: i32, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
+#[cfg(test)]
+mod tests;

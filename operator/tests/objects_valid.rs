@@ -1,7 +1,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
-//! Everything the operator writes into a cluster — the children of several TraceCollectors and
-//! injected pods — validated strictly (unknown fields fail) against the Kubernetes 1.29–1.33
-//! schemas. k8s-openapi's types are 1.37's, so this catches a field older clusters lack.
+//! Everything the operator writes into a cluster — the children of several TraceCollectors
+//! (collectors as a Deployment and as a StatefulSet) and injected pods — validated strictly
+//! (unknown fields fail) against the Kubernetes 1.29–1.33 schemas. k8s-openapi's types are 1.37's, so this catches a field older clusters lack.
 
 use std::path::Path;
 use std::process::Command;
@@ -9,7 +9,7 @@ use std::process::Command;
 use clew_operator::crd::{
     AutoscalerSpec, ExternalRedis, ServiceType, TraceCollector, TraceCollectorSpec,
 };
-use clew_operator::desired::{self, Defaults};
+use clew_operator::desired::{self, CollectorWorkload, Defaults};
 use clew_operator::inject;
 use k8s_openapi::api::core::v1::Pod;
 use serde_json::{Value, json};
@@ -26,7 +26,10 @@ fn children(tc: &TraceCollector, d: &Defaults) -> Vec<Value> {
     let v = |o: &dyn erased::Ser| o.value();
     let mut out = vec![
         v(&desired::desired_config_map(tc)),
-        v(&desired::desired_deployment(tc, d)),
+        match desired::desired_collectors(tc, d) {
+            CollectorWorkload::Deployment(o) => v(&o),
+            CollectorWorkload::StatefulSet(o) => v(&o),
+        },
         v(&desired::desired_service(tc)),
         v(&desired::desired_headless_service(tc)),
     ];
@@ -69,8 +72,18 @@ fn operator_output_is_valid_for_kubernetes_1_29_to_1_33() {
         key: "url".into(),
     });
     custom.spec.visualizer.service_type = ServiceType::LoadBalancer;
+    // Collectors with persistent volumes, replication settings and an autoscaler.
+    let persistent = collector(json!({
+        "wal": {"persistent": true, "size": "20Gi", "storageClass": "fast"},
+        "replication": {"factor": 3, "minCopies": 2, "takeoverAfter": "1m"},
+        "autoscaler": {"minReplicas": 3, "maxReplicas": 6},
+    }));
     let mut objects = children(&default, &d);
     objects.extend(children(&custom, &d));
+    objects.extend(children(&persistent, &d));
+    assert!(objects.iter().any(|o| o["kind"] == "StatefulSet"
+        && o["metadata"]["name"] == "main-collector"
+        && o["spec"]["volumeClaimTemplates"][0]["spec"]["storageClassName"] == "fast"));
 
     let pod: Pod = serde_json::from_value(json!({
         "apiVersion": "v1", "kind": "Pod",

@@ -18,6 +18,27 @@ use crate::fixtures::{ApiServerVerifier, NS, UID, defaults, path, reconciled, tc
 struct Cluster {
     collectors_ready: i32,
     redis_ready: bool,
+    /// The collectors' other workload kind still exists, from before `spec.wal.persistent`
+    /// changed.
+    previous_workload: bool,
+}
+
+/// An existing object owned by the test TraceCollector, as a GET returns it.
+fn owned(api_version: &str, kind: &str, name: &str) -> Value {
+    json!({
+        "apiVersion": api_version, "kind": kind,
+        "metadata": {"name": name, "namespace": NS,
+                     "ownerReferences": [{"apiVersion": "clew.dev/v1alpha1", "kind": "TraceCollector",
+                                          "name": "main", "uid": UID, "controller": true}]},
+        "spec": {}
+    })
+}
+
+/// A GET of `path` answered with the owned `obj`, then its DELETE.
+async fn deleted(v: &mut ApiServerVerifier, path: &str, obj: Value) {
+    v.expect(Method::GET, path).await.ok(&obj);
+    let del = v.expect(Method::DELETE, path).await;
+    del.ok(&json!({"apiVersion": "v1", "kind": "Status", "status": "Success"}));
 }
 
 fn assert_owned(obj: &Value) {
@@ -31,7 +52,7 @@ fn assert_owned(obj: &Value) {
     );
 }
 
-/// The children in the controller's order; returns the applied collector Deployment.
+/// The children in the controller's order; returns the applied collector workload.
 async fn children(v: &mut ApiServerVerifier, tc: &TraceCollector, c: Cluster) -> Value {
     let n = tc.name_any();
     let mut applied = vec![
@@ -55,20 +76,8 @@ async fn children(v: &mut ApiServerVerifier, tc: &TraceCollector, c: Cluster) ->
         );
     } else {
         // The managed Redis of an earlier spec is removed, but only when this collector owns it.
-        let svc = v
-            .expect(Method::GET, &path("Service", &format!("{n}-redis")))
-            .await;
-        svc.ok(&json!({
-            "apiVersion": "v1", "kind": "Service",
-            "metadata": {"name": format!("{n}-redis"), "namespace": NS,
-                         "ownerReferences": [{"apiVersion": "clew.dev/v1alpha1", "kind": "TraceCollector",
-                                              "name": n, "uid": UID, "controller": true}]},
-            "spec": {}
-        }));
-        let del = v
-            .expect(Method::DELETE, &path("Service", &format!("{n}-redis")))
-            .await;
-        del.ok(&json!({"apiVersion": "v1", "kind": "Status", "status": "Success"}));
+        let redis = format!("{n}-redis");
+        deleted(v, &path("Service", &redis), owned("v1", "Service", &redis)).await;
         v.not_found(&path("StatefulSet", &format!("{n}-redis")))
             .await;
     }
@@ -77,14 +86,31 @@ async fn children(v: &mut ApiServerVerifier, tc: &TraceCollector, c: Cluster) ->
     } else {
         tc.spec.replicas
     };
-    let deployment = v
-        .apply(&path("Deployment", &format!("{n}-collector")), |o| {
+    let (kind, other) = if tc.spec.wal.persistent {
+        ("StatefulSet", "Deployment")
+    } else {
+        ("Deployment", "StatefulSet")
+    };
+    let collectors = format!("{n}-collector");
+    let workload = v
+        .apply(&path(kind, &collectors), |o| {
             o["metadata"]["generation"] = json!(1);
             o["status"] = json!({"observedGeneration": 1, "replicas": want,
                                  "updatedReplicas": want, "readyReplicas": c.collectors_ready});
         })
         .await;
-    applied.push(deployment.clone());
+    applied.push(workload.clone());
+    // The other kind is removed once the wanted one is applied.
+    if c.previous_workload {
+        deleted(
+            v,
+            &path(other, &collectors),
+            owned("apps/v1", other, &collectors),
+        )
+        .await;
+    } else {
+        v.not_found(&path(other, &collectors)).await;
+    }
     applied.push(
         v.apply(
             &path("PodDisruptionBudget", &format!("{n}-collector")),
@@ -117,7 +143,7 @@ async fn children(v: &mut ApiServerVerifier, tc: &TraceCollector, c: Cluster) ->
     for obj in &applied {
         assert_owned(obj);
     }
-    deployment
+    workload
 }
 
 async fn no_workloads(v: &mut ApiServerVerifier) {
@@ -159,6 +185,7 @@ fn settled(t: TraceCollector) -> TraceCollector {
 const READY: Cluster = Cluster {
     collectors_ready: 2,
     redis_ready: true,
+    previous_workload: false,
 };
 
 fn condition<'a>(s: &'a crate::crd::TraceCollectorStatus, t: &str) -> &'a crate::crd::Condition {
@@ -170,6 +197,7 @@ async fn create_applies_every_child_and_reports_progress() {
     let starting = Cluster {
         collectors_ready: 0,
         redis_ready: false,
+        previous_workload: false,
     };
     let (res, _) = scenario(tc("main"), move |mut v, t| async move {
         let d = children(&mut v, &t, starting).await;
@@ -181,6 +209,10 @@ async fn create_applies_every_child_and_reports_progress() {
         assert_eq!(condition(&status, "Ready").reason, "CollectorsNotReady");
         assert_eq!(condition(&status, "Ready").message, "0/2 collectors ready");
         assert_eq!(condition(&status, "Progressing").status, "True");
+        assert_eq!(
+            condition(&status, "Replicated").reason,
+            "FewerMembersThanFactor"
+        );
         assert_eq!(
             status.collector_endpoint.as_deref(),
             Some("http://main-collector.traces.svc:4317")
@@ -214,6 +246,10 @@ async fn ready_children_make_the_collector_ready() {
         assert_eq!(condition(&status, "Ready").status, "True");
         assert_eq!(condition(&status, "Progressing").status, "False");
         assert_eq!(condition(&status, "Degraded").status, "False");
+        assert_eq!(
+            condition(&status, "Replicated").message,
+            "2 ready collectors, replication factor 2: each span has 2 copies"
+        );
         assert_eq!(v.event().await["reason"], "Ready");
         v
     })
@@ -292,8 +328,13 @@ async fn external_redis_replaces_the_managed_one() {
     };
     let (res, _) = scenario(settled(obj), move |mut v, t| async move {
         let d = children(&mut v, &t, no_redis).await;
-        let env = &d["spec"]["template"]["spec"]["containers"][0]["env"][0];
-        assert_eq!(env["name"], "CLEW_REDIS_URL");
+        let env = d["spec"]["template"]["spec"]["containers"][0]["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == "CLEW_REDIS_URL")
+            .unwrap()
+            .clone();
         assert_eq!(env["valueFrom"]["secretKeyRef"]["name"], "redis-url");
         // No managed Redis to wait for.
         let status = v.status(&t).await;
@@ -303,6 +344,69 @@ async fn external_redis_replaces_the_managed_one() {
     })
     .await;
     res.unwrap();
+}
+
+#[tokio::test]
+async fn a_persistent_wal_runs_the_collectors_as_a_statefulset() {
+    let mut obj = tc("main");
+    obj.spec.wal.persistent = true;
+    obj.spec.wal.storage_class = Some("fast".to_owned());
+    let (res, _) = scenario(settled(obj), |mut v, t| async move {
+        let sts = children(&mut v, &t, READY).await;
+        assert_eq!(sts["kind"], "StatefulSet");
+        let spec = &sts["spec"];
+        assert_eq!(spec["replicas"], 2);
+        assert_eq!(spec["serviceName"], "main-collector-headless");
+        assert_eq!(spec["podManagementPolicy"], "Parallel");
+        let claim = &spec["volumeClaimTemplates"][0];
+        assert_eq!(claim["metadata"]["name"], "data");
+        assert_eq!(claim["spec"]["storageClassName"], "fast");
+        assert_eq!(claim["spec"]["resources"]["requests"]["storage"], "10Gi");
+        // The status follows the StatefulSet (the scale subresource reads it).
+        let status = v.status(&t).await;
+        assert_eq!((status.replicas, status.ready_replicas), (2, 2));
+        assert_eq!(condition(&status, "Ready").status, "True");
+        assert_eq!(condition(&status, "Progressing").status, "False");
+        assert_eq!(v.event().await["reason"], "Ready");
+        v
+    })
+    .await;
+    assert_eq!(res.unwrap(), Action::requeue(RESYNC));
+}
+
+#[tokio::test]
+async fn switching_persistence_replaces_the_collector_workload() {
+    for persistent in [true, false] {
+        let mut obj = settled(tc("main"));
+        obj.spec.wal.persistent = persistent;
+        obj.metadata.generation = Some(2);
+        let switching = Cluster {
+            previous_workload: true,
+            ..READY
+        };
+        let (res, _) = scenario(obj, move |mut v, t| async move {
+            // children() checks the order: the new kind applied, then the old one deleted.
+            let w = children(&mut v, &t, switching).await;
+            let kind = if persistent {
+                "StatefulSet"
+            } else {
+                "Deployment"
+            };
+            assert_eq!(w["kind"], kind);
+            v.status(&t).await;
+            let ev = v.event().await;
+            assert_eq!(ev["reason"], "Applied");
+            assert!(
+                ev["note"].as_str().unwrap().contains(kind),
+                "{}",
+                ev["note"]
+            );
+            assert_eq!(v.event().await["reason"], "Ready");
+            v
+        })
+        .await;
+        res.unwrap();
+    }
 }
 
 fn workload(name: &str, ns: &str, inject: Option<&str>, revision: Option<&str>) -> Value {

@@ -1,7 +1,6 @@
 use super::*;
-use crate::crd::{AutoscalerSpec, ExternalRedis, ManagedRedis, ServiceType};
+use crate::crd::{AutoscalerSpec, ExternalRedis, ManagedRedis, ReplicationSpec, ServiceType};
 use crate::fixtures::{UID, defaults, tc};
-use crate::status::desired_status;
 
 fn env_of(c: &Container) -> BTreeMap<String, EnvVar> {
     c.env
@@ -83,6 +82,87 @@ fn config_map_points_the_collector_at_managed_redis() {
     assert_eq!(data["CLEW_RETENTION"], "72h");
     assert_eq!(data["CLEW_QUERY_ADDR"], "0.0.0.0:16686");
     assert!(!data.contains_key("CLEW_REDIS_PREFIX"));
+}
+
+/// The collector container's environment as the collector sees it: the ConfigMap
+/// (`envFrom`), overridden by the container's own `env` (values, or the source's debug form).
+fn collector_env(t: &TraceCollector, pod: &PodSpec) -> BTreeMap<String, String> {
+    let mut out = desired_config_map(t).data.unwrap();
+    for e in pod.containers[0].env.iter().flatten() {
+        let v = e
+            .value
+            .clone()
+            .unwrap_or_else(|| format!("{:?}", e.value_from));
+        out.insert(e.name.clone(), v);
+    }
+    out
+}
+
+#[test]
+fn collectors_replicate_over_the_set_the_sidecars_route_to() {
+    let t = tc("main");
+    let pod = desired_deployment(&t, &defaults())
+        .spec
+        .template
+        .spec
+        .unwrap();
+    let env = collector_env(&t, &pod);
+    // The same name the injected sidecars resolve: placement follows routing.
+    assert_eq!(env["CLEW_PEER_DNS"], headless_dns(&t));
+    assert_eq!(
+        env["CLEW_PEER_DNS"],
+        "main-collector-headless.traces.svc:4317"
+    );
+    assert_eq!(env["CLEW_REPLICATION_FACTOR"], "2");
+    assert_eq!(env["CLEW_REPLICATION_TAKEOVER_AFTER"], "30s");
+    assert!(!env.contains_key("CLEW_REPLICATION_MIN_COPIES"));
+    assert_eq!(env["CLEW_ADVERTISE_ADDR"], "$(POD_IP):4317");
+    assert_eq!(env["CLEW_DATA_DIR"], "/var/lib/clew");
+}
+
+#[test]
+fn the_advertised_address_is_the_pod_ip_declared_before_it() {
+    let t = tc("main");
+    let pod = desired_deployment(&t, &defaults())
+        .spec
+        .template
+        .spec
+        .unwrap();
+    let env = pod.containers[0].env.clone().unwrap();
+    let at = |name: &str| env.iter().position(|e| e.name == name).unwrap();
+    // `$(POD_IP)` only expands when POD_IP is defined earlier in the list.
+    assert!(at("POD_IP") < at("CLEW_ADVERTISE_ADDR"));
+    let field = env[at("POD_IP")]
+        .value_from
+        .as_ref()
+        .and_then(|s| s.field_ref.as_ref())
+        .unwrap();
+    assert_eq!(field.field_path, "status.podIP");
+}
+
+#[test]
+fn replication_settings_come_from_the_spec_and_roll_the_collectors() {
+    let mut t = tc("main");
+    t.spec.replication = ReplicationSpec {
+        factor: 3,
+        min_copies: Some(2),
+        takeover_after: "1m30s".to_owned(),
+    };
+    let data = desired_config_map(&t).data.unwrap();
+    assert_eq!(data["CLEW_REPLICATION_FACTOR"], "3");
+    assert_eq!(data["CLEW_REPLICATION_MIN_COPIES"], "2");
+    assert_eq!(data["CLEW_REPLICATION_TAKEOVER_AFTER"], "1m30s");
+    let hash = |t: &TraceCollector| {
+        desired_deployment(t, &defaults())
+            .spec
+            .template
+            .metadata
+            .unwrap()
+            .annotations
+            .unwrap()[CONFIG_HASH_ANNOTATION]
+            .clone()
+    };
+    assert_ne!(hash(&t), hash(&tc("main")));
 }
 
 #[test]
@@ -221,6 +301,84 @@ fn an_autoscaled_collector_always_requests_cpu() {
 }
 
 #[test]
+fn the_collectors_are_a_deployment_with_an_emptydir_by_default() {
+    let t = tc("main");
+    let CollectorWorkload::Deployment(dep) = desired_collectors(&t, &defaults()) else {
+        panic!("a Deployment without spec.wal.persistent");
+    };
+    assert_eq!(collector_kind(&t), "Deployment");
+    let volumes = dep.spec.template.spec.unwrap().volumes.unwrap();
+    assert_eq!(volumes[0].name, "data");
+    assert!(volumes[0].empty_dir.is_some());
+}
+
+#[test]
+fn a_persistent_wal_gives_each_collector_a_volume_claim_in_a_statefulset() {
+    let mut t = tc("main");
+    t.spec.wal.persistent = true;
+    t.spec.wal.size = "20Gi".to_owned();
+    t.spec.wal.storage_class = Some("fast".to_owned());
+    let CollectorWorkload::StatefulSet(sts) = desired_collectors(&t, &defaults()) else {
+        panic!("a StatefulSet with spec.wal.persistent");
+    };
+    assert_eq!(collector_kind(&t), "StatefulSet");
+    assert_eq!(sts.metadata.name.as_deref(), Some("main-collector"));
+    assert_eq!(sts.spec.replicas, Some(2));
+    // Governed by the headless Service the sidecars and the peers resolve.
+    assert_eq!(
+        sts.spec.service_name.as_deref(),
+        Some("main-collector-headless")
+    );
+    assert_eq!(sts.spec.pod_management_policy.as_deref(), Some("Parallel"));
+    let claim = &sts.spec.volume_claim_templates.as_ref().unwrap()[0];
+    assert_eq!(claim.metadata.name.as_deref(), Some("data"));
+    let claim_spec = claim.spec.as_ref().unwrap();
+    assert_eq!(claim_spec.storage_class_name.as_deref(), Some("fast"));
+    assert_eq!(
+        claim_spec
+            .resources
+            .as_ref()
+            .unwrap()
+            .requests
+            .as_ref()
+            .unwrap()["storage"],
+        Quantity("20Gi".to_owned())
+    );
+    let retention = sts.spec.persistent_volume_claim_retention_policy.unwrap();
+    assert_eq!(retention.when_deleted.as_deref(), Some("Delete"));
+    // The claim provides the data volume; the pod is otherwise the Deployment's.
+    let pod = sts.spec.template.spec.unwrap();
+    assert!(pod.volumes.is_none());
+    let dep = desired_deployment(&t, &defaults());
+    assert_eq!(pod.containers, dep.spec.template.spec.unwrap().containers);
+    assert_eq!(sts.spec.template.metadata, dep.spec.template.metadata);
+    let mount = &pod.containers[0].volume_mounts.as_ref().unwrap()[0];
+    assert_eq!(
+        (mount.name.as_str(), mount.mount_path.as_str()),
+        ("data", "/var/lib/clew")
+    );
+}
+
+#[test]
+fn the_autoscaler_scales_whichever_workload_runs_the_collectors() {
+    let mut t = tc("main");
+    t.spec.autoscaler = Some(AutoscalerSpec {
+        min_replicas: 2,
+        max_replicas: 4,
+        target_cpu_utilization: 75,
+    });
+    let target = |t: &TraceCollector| desired_hpa(t).unwrap().spec.scale_target_ref;
+    assert_eq!(target(&t).kind, "Deployment");
+    t.spec.wal.persistent = true;
+    assert_eq!(target(&t).kind, "StatefulSet");
+    assert_eq!(target(&t).name, "main-collector");
+    assert_eq!(
+        desired_collector_statefulset(&t, &defaults()).spec.replicas,
+        None
+    );
+}
+
+#[test]
 fn pdb_and_visualizer_can_be_turned_off() {
     let mut t = tc("main");
     assert_eq!(
@@ -273,64 +431,4 @@ fn spec_image_and_pull_policy_override_the_defaults() {
         .containers[0];
     assert_eq!(c.image.as_deref(), Some("registry.local/clew:dev"));
     assert_eq!(c.image_pull_policy.as_deref(), Some("Never"));
-}
-
-fn deployment_with(ready: i32, want: i32, failure: Option<&str>) -> Deployment {
-    let mut d = desired_deployment(&tc("main"), &defaults());
-    d.spec.replicas = Some(want);
-    d.status = Some(k8s_openapi::api::apps::v1::DeploymentStatus {
-        ready_replicas: Some(ready),
-        updated_replicas: Some(want),
-        replicas: Some(want),
-        conditions: failure.map(|m| {
-            vec![k8s_openapi::api::apps::v1::DeploymentCondition {
-                type_: Some("Progressing".to_owned()),
-                status: Some("False".to_owned()),
-                reason: Some("ProgressDeadlineExceeded".to_owned()),
-                message: Some(m.to_owned()),
-                ..Default::default()
-            }]
-        }),
-        ..Default::default()
-    });
-    d
-}
-
-#[test]
-fn status_keeps_transition_times_until_a_condition_flips() {
-    let mut t = tc("main");
-    let d = deployment_with(1, 2, None);
-    let s1 = desired_status(&t, &d, None, None, "r", "2026-01-01T00:00:00Z");
-    t.status = Some(s1.clone());
-    let s2 = desired_status(&t, &d, None, None, "r", "2026-01-01T00:05:00Z");
-    let ready = |s: &crate::crd::TraceCollectorStatus| {
-        s.conditions
-            .iter()
-            .find(|c| c.type_ == "Ready")
-            .unwrap()
-            .clone()
-    };
-    assert_eq!(ready(&s2).last_transition_time, "2026-01-01T00:00:00Z");
-    t.status = Some(s2);
-    let s3 = desired_status(
-        &t,
-        &deployment_with(2, 2, None),
-        None,
-        None,
-        "r",
-        "2026-01-01T00:09:00Z",
-    );
-    assert_eq!(ready(&s3).status, "True");
-    assert_eq!(ready(&s3).last_transition_time, "2026-01-01T00:09:00Z");
-}
-
-#[test]
-fn a_stuck_rollout_is_degraded_with_its_message() {
-    let t = tc("main");
-    let d = deployment_with(0, 2, Some("ReplicaSet has timed out progressing"));
-    let s = desired_status(&t, &d, None, None, "r", "2026-01-01T00:00:00Z");
-    let degraded = s.conditions.iter().find(|c| c.type_ == "Degraded").unwrap();
-    assert_eq!(degraded.status, "True");
-    assert_eq!(degraded.reason, "ChildFailing");
-    assert!(degraded.message.contains("timed out progressing"));
 }

@@ -43,8 +43,12 @@ VALUE_SETS = {
             "visualizer": {"serviceType": "LoadBalancer"},
             "sidecar": {"bufferBytes": 1048576, "spillMaxBytes": 67108864},
             "sampling": {"ratio": 0.25},
+            "replication": {"factor": 3, "minCopies": 2, "takeoverAfter": "1m"},
+            "wal": {"persistent": True, "size": "20Gi", "storageClass": "fast"},
         }},
     },
+    # The default TraceCollector exactly as values.yaml describes it.
+    "default-collector": {"defaultCollector": {"enabled": True}},
     "cluster-issuer": {"webhook": {"certManager": {"enabled": True,
                                                    "issuerRef": {"name": "ca", "kind": "ClusterIssuer"}}}},
 }
@@ -55,6 +59,12 @@ BAD_VALUES = [
     {"unknownKey": 1},
     {"webhook": {"certValidity": "one year"}},
     {"defaultCollector": {"name": "Not_A_Name"}},
+    {"defaultCollector": {"spec": {"replication": {"factor": 0}}}},
+    {"defaultCollector": {"spec": {"replication": {"factor": 6}}}},
+    {"defaultCollector": {"spec": {"replication": {"minCopies": 0}}}},
+    {"defaultCollector": {"spec": {"replication": {"takeoverAfter": "soon"}}}},
+    {"defaultCollector": {"spec": {"wal": {"size": "ten gigs"}}}},
+    {"defaultCollector": {"spec": {"wal": {"persistant": True}}}},
 ]
 
 
@@ -203,10 +213,21 @@ def main():
         fail("defaultCollector / serviceMonitor not rendered")
     if by_kind(rendered["cluster-issuer"], "Issuer"):
         fail("an issuerRef must replace the self-signed Issuer")
+    tc = by_kind(e, "TraceCollector")[0]["spec"]
+    if tc["replication"] != {"factor": 3, "minCopies": 2, "takeoverAfter": "1m"}:
+        fail(f"defaultCollector.spec.replication not passed through: {tc['replication']}")
+    if tc["wal"] != {"persistent": True, "size": "20Gi", "storageClass": "fast"}:
+        fail(f"defaultCollector.spec.wal not passed through: {tc['wal']}")
+    tc = by_kind(rendered["default-collector"], "TraceCollector")[0]["spec"]
+    if tc["replication"]["factor"] != 2 or tc["wal"]["persistent"] is not False:
+        fail(f"values.yaml's default collector changed: {tc}")
 
     # The CRD schema itself rejects what users get wrong.
     for bad in [{"replicas": 0}, {"sampling": {"ratio": 2}}, {"imagePullPolicy": "Sometimes"},
-                {"retention": "three days"}]:
+                {"retention": "three days"}, {"replication": {"factor": 0}},
+                {"replication": {"factor": 6}}, {"replication": {"minCopies": 0}},
+                {"replication": {"takeoverAfter": "soon"}}, {"wal": {"size": "ten gigs"}},
+                {"wal": {"persistent": "yes"}}]:
         doc = {"apiVersion": "clew.dev/v1alpha1", "kind": "TraceCollector",
                "metadata": {"name": "x"}, "spec": bad}
         try:
