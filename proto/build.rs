@@ -13,6 +13,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     std::fs::write(&fds_path, fds.encode_to_vec())?;
     let mut config = prost_build::Config::new();
     config.file_descriptor_set_path(&fds_path).skip_protoc_run();
+    // Replicated spans stay encoded: slices of the request, written to the
+    // replica log as they came.
+    config.bytes([
+        ".clew.v1.ReplicateRequest.spans",
+        ".clew.v1.ReplicateRequest.otlp",
+    ]);
     tonic_prost_build::configure().compile_with_config(config, &protos, &includes)?;
     Ok(())
 }

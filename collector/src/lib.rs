@@ -6,6 +6,8 @@
 //!   conversion and backpressure.
 //! - [`wal`]: the write-ahead log with group commit; a batch is acknowledged
 //!   once it is fsynced.
+//! - [`replication`]: copies of each accepted batch on the next collectors
+//!   of its traces, replica logs, truncation and takeover.
 //! - [`assembly`]: spans grouped by trace and flushed to storage through
 //!   [`sink`].
 //! - [`storage`]: the `Storage` trait and its backends.

@@ -218,13 +218,17 @@ async fn main() -> anyhow::Result<()> {
     let sent = send(&args, &endpoint, prepared, requests_total).await?;
     let (spans, elapsed) = (sent.spans, sent.elapsed);
     println!(
-        "sent {spans} spans in {elapsed:.2} s: {:.0} spans/s ({} requests of {}, {} connections, {} refused with RESOURCE_EXHAUSTED and resent)",
+        "sent {spans} spans in {elapsed:.2} s: {:.0} spans/s ({} requests of {}, {} connections, {} refused with RESOURCE_EXHAUSTED or UNAVAILABLE and resent)",
         spans as f64 / elapsed,
         requests_total,
         args.batch,
         args.concurrency,
         sent.refused
     );
+    if !sent.latencies.is_empty() {
+        let (p50, p99) = percentiles(sent.latencies.clone());
+        println!("acknowledgement latency: p50 {p50:.2} ms, p99 {p99:.2} ms");
+    }
     print_cpu("", cpu_before, &pids, &args, spans);
     if !args.wait_stored && args.queries == 0 {
         return Ok(());
@@ -303,8 +307,11 @@ struct Shared {
     next: AtomicU64,
     /// Spans acknowledged.
     sent: AtomicU64,
-    /// Requests refused with RESOURCE_EXHAUSTED (each resent).
+    /// Requests refused with RESOURCE_EXHAUSTED or UNAVAILABLE (each
+    /// resent).
     refused: AtomicU64,
+    /// Milliseconds from sending each acknowledged request to its answer.
+    latencies: parking_lot::Mutex<Vec<f64>>,
 }
 
 /// What sending achieved.
@@ -315,10 +322,12 @@ struct Sent {
     elapsed: f64,
     /// Spans acknowledged.
     spans: u64,
-    /// Requests refused with RESOURCE_EXHAUSTED and resent.
+    /// Requests refused with RESOURCE_EXHAUSTED or UNAVAILABLE and resent.
     refused: u64,
     /// Requests acknowledged on each connection.
     requests: Vec<u64>,
+    /// Milliseconds from sending each acknowledged request to its answer.
+    latencies: Vec<f64>,
 }
 
 /// Sends the prepared requests over one connection each, concurrently.
@@ -334,6 +343,7 @@ async fn send(
         next: AtomicU64::new(0),
         sent: AtomicU64::new(0),
         refused: AtomicU64::new(0),
+        latencies: parking_lot::Mutex::new(Vec::with_capacity(requests_total as usize)),
     });
     let sent_requests: Vec<Arc<AtomicU64>> = (0..args.concurrency)
         .map(|_| Arc::new(AtomicU64::new(0)))
@@ -361,6 +371,7 @@ async fn send(
             .iter()
             .map(|n| n.load(Ordering::Relaxed))
             .collect(),
+        latencies: std::mem::take(&mut *shared.latencies.lock()),
     })
 }
 
@@ -381,14 +392,22 @@ async fn send_connection(
             break;
         }
         loop {
+            let sent_at = Instant::now();
             match client.export(req.clone()).await {
                 Ok(_) => {
+                    let ms = sent_at.elapsed().as_secs_f64() * 1e3;
+                    shared.latencies.lock().push(ms);
                     shared.sent.fetch_add(shared.batch, Ordering::Relaxed);
                     done.fetch_add(1, Ordering::Relaxed);
                     break;
                 }
-                Err(s) if s.code() == tonic::Code::ResourceExhausted => {
-                    // Backpressure: back off and resend.
+                Err(s)
+                    if matches!(
+                        s.code(),
+                        tonic::Code::ResourceExhausted | tonic::Code::Unavailable
+                    ) =>
+                {
+                    // Backpressure, or copies missing: back off and resend.
                     shared.refused.fetch_add(1, Ordering::Relaxed);
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }

@@ -204,7 +204,15 @@ impl Ingest {
             self.stats.refused.fetch_add(n, Ordering::Relaxed);
             return Err(IngestError::Overloaded);
         }
-        let outgoing = match self.replicator.as_ref().map(|r| (r, r.begin(&spans))) {
+        let whole = otlp
+            .as_ref()
+            .filter(|o| o.sizes.len() == spans.len())
+            .map(|o| &o.body);
+        let outgoing = match self
+            .replicator
+            .as_ref()
+            .map(|r| (r, r.begin(&spans, whole)))
+        {
             None | Some((_, Ok(None))) => None,
             Some((_, Ok(Some(out)))) => Some(out),
             Some((r, Err(e))) => {

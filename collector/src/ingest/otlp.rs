@@ -398,6 +398,17 @@ struct RawScopeSpans {
     schema_url: String,
 }
 
+/// The ids of an OTLP `Span`, decoded alone.
+#[derive(Clone, PartialEq, prost::Message)]
+struct OtlpSpanIds {
+    #[prost(bytes = "vec", tag = "1")]
+    trace_id: Vec<u8>,
+    #[prost(bytes = "vec", tag = "2")]
+    span_id: Vec<u8>,
+    #[prost(bytes = "vec", tag = "4")]
+    parent_span_id: Vec<u8>,
+}
+
 impl RawExport {
     /// Decodes a protobuf body. The spans are slices of `body`.
     ///
@@ -422,6 +433,66 @@ impl RawExport {
     /// The encoded length of each span, in request order.
     pub fn span_sizes(&self) -> Vec<u64> {
         self.spans().map(|s| s.len() as u64).collect()
+    }
+
+    /// The request with only the spans whose position (in request order)
+    /// `keep` marks, encoded: their resources and scopes are kept, the spans
+    /// copied as they came.
+    pub fn subset(&self, keep: &[bool]) -> Vec<u8> {
+        let mut at = 0;
+        let mut resource_spans = Vec::new();
+        for rs in &self.message.resource_spans {
+            let mut scope_spans = Vec::new();
+            for ss in &rs.scope_spans {
+                let mut spans = Vec::new();
+                for span in &ss.spans {
+                    if keep.get(at).copied().unwrap_or(false) {
+                        spans.push(span.clone());
+                    }
+                    at += 1;
+                }
+                if !spans.is_empty() {
+                    scope_spans.push(RawScopeSpans {
+                        scope: ss.scope.clone(),
+                        spans,
+                        schema_url: ss.schema_url.clone(),
+                    });
+                }
+            }
+            if !scope_spans.is_empty() {
+                resource_spans.push(RawResourceSpans {
+                    resource: rs.resource.clone(),
+                    scope_spans,
+                    schema_url: rs.schema_url.clone(),
+                });
+            }
+        }
+        RawExportMessage { resource_spans }.encode_to_vec()
+    }
+
+    /// Checks each span's ids as OTLP requires them (a 16-byte trace id, an
+    /// 8-byte span id, none all zero; a parent id empty or 8 bytes),
+    /// decoding only the ids. The error names the span's position.
+    pub fn check_ids(&self) -> std::result::Result<(), String> {
+        for (i, encoded) in self.spans().enumerate() {
+            let ids = OtlpSpanIds::decode(encoded.as_ref())
+                .map_err(|_| format!("span {i}: not an OTLP span"))?;
+            let id_ok = |b: &[u8], n: usize| b.len() == n && b.iter().any(|x| *x != 0);
+            if !id_ok(&ids.trace_id, 16) {
+                return Err(format!(
+                    "span {i}: trace_id must be 16 bytes and not all zero"
+                ));
+            }
+            if !id_ok(&ids.span_id, 8) {
+                return Err(format!(
+                    "span {i}: span_id must be 8 bytes and not all zero"
+                ));
+            }
+            if !ids.parent_span_id.is_empty() && ids.parent_span_id.len() != 8 {
+                return Err(format!("span {i}: parent_span_id must be empty or 8 bytes"));
+            }
+        }
+        Ok(())
     }
 
     fn spans(&self) -> impl Iterator<Item = &prost::bytes::Bytes> {

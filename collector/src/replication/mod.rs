@@ -55,7 +55,7 @@ use tokio::sync::{mpsc, watch};
 pub use members::{Copies, Members};
 pub use metrics::ReplicationMetrics;
 pub use origin::{CopiesMissing, Outgoing, ReplicationConfig, Replicator};
-pub use replica::{ReplicaStore, Takeover};
+pub use replica::{Copy, ReplicaStore, Takeover};
 pub use service::ReplicationService;
 
 use crate::ingest::Ingest;

@@ -246,7 +246,14 @@ impl Replicator {
 
     /// Plans the copies of `spans`: `Ok(None)` when none is needed (a
     /// factor of 1), an error when the peers that answer are too few.
-    pub fn begin(&self, spans: &[Span]) -> Result<Option<Outgoing>, CopiesMissing> {
+    /// `otlp` is the OTLP/protobuf request `spans` were converted from,
+    /// whole and in order, when there is one: its spans are forwarded as
+    /// they came instead of encoding `spans`.
+    pub fn begin(
+        &self,
+        spans: &[Span],
+        otlp: Option<&Bytes>,
+    ) -> Result<Option<Outgoing>, CopiesMissing> {
         let members = self.members();
         let copies = self.inner.config.copies;
         let size = members.size();
@@ -264,7 +271,12 @@ impl Replicator {
             r.open.insert(seq, None);
             seq
         };
-        Ok(Some(self.encode(batch_seq, spans, targets, &peers, needed)))
+        let batch = Batch {
+            spans,
+            otlp,
+            raw: std::cell::OnceCell::new(),
+        };
+        Ok(Some(self.encode(batch_seq, batch, targets, &peers, needed)))
     }
 
     /// The peer of each member (`None` for this collector), made on first
@@ -293,19 +305,15 @@ impl Replicator {
     fn encode(
         &self,
         batch_seq: u64,
-        spans: &[Span],
-        targets: Vec<Vec<usize>>,
+        batch: Batch<'_>,
+        targets: Targets,
         peers: &[Option<Arc<Peer>>],
         needed: usize,
     ) -> Outgoing {
-        let mut by_peer: BTreeMap<usize, Vec<&Span>> = BTreeMap::new();
-        let mut set_keys: Vec<Vec<usize>> = Vec::new();
-        for (span, set) in spans.iter().zip(&targets) {
-            for t in set {
-                by_peer.entry(*t).or_default().push(span);
-            }
-            if !set_keys.contains(set) {
-                set_keys.push(set.clone());
+        let mut by_peer: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+        for (i, set) in targets.of_span.iter().enumerate() {
+            for t in &targets.sets[*set] {
+                by_peer.entry(*t).or_default().push(i);
             }
         }
         let slots: Vec<usize> = by_peer.keys().copied().collect();
@@ -317,13 +325,14 @@ impl Replicator {
         };
         let sends = by_peer
             .into_iter()
-            .filter_map(|(member, spans)| {
+            .filter_map(|(member, picked)| {
                 let peer = peers.get(member).cloned().flatten()?;
-                let n = spans.len();
-                Some((peer, header.encode(spans.into_iter()), n))
+                let n = picked.len();
+                Some((peer, batch.encode(&header, &picked), n))
             })
             .collect();
-        let sets = set_keys
+        let sets = targets
+            .sets
             .into_iter()
             .map(|set| {
                 let idx = set
@@ -382,7 +391,7 @@ impl Replicator {
             batch_seq: 0,
             released_below,
         };
-        let body = header.encode(std::iter::empty());
+        let body = header.encode(&[]);
         let timeout = self.inner.config.timeout;
         let calls = peers.into_iter().flatten().map(|peer| {
             let body = body.clone();
@@ -556,25 +565,36 @@ impl Drop for Outgoing {
     }
 }
 
-/// The up peers each span's trace is copied to (member indexes), best
-/// first: at most `wanted`, and an error when fewer than `needed` answer.
+/// Where a batch's spans are copied: the distinct sets of target peers
+/// (member indexes, best first) and, for each span, the index of its set.
+#[derive(Debug, Default)]
+struct Targets {
+    sets: Vec<Vec<usize>>,
+    of_span: Vec<usize>,
+}
+
+/// The up peers each span's trace is copied to: at most `wanted`, and an
+/// error when fewer than `needed` answer.
 fn targets(
     members: &Members,
     peers: &[Option<Arc<Peer>>],
     spans: &[Span],
     wanted: usize,
     needed: usize,
-) -> Result<Vec<Vec<usize>>, CopiesMissing> {
+) -> Result<Targets, CopiesMissing> {
     let up = |i: &usize| {
         peers[*i]
             .as_ref()
             .is_some_and(|p| !p.down.load(Ordering::Relaxed))
     };
-    let mut last: Option<(&[u8], Vec<usize>)> = None;
-    let mut out = Vec::with_capacity(spans.len());
+    let mut t = Targets {
+        sets: Vec::new(),
+        of_span: Vec::with_capacity(spans.len()),
+    };
+    let mut last: Option<(&[u8], usize)> = None;
     for span in spans {
-        let set = match &last {
-            Some((t, set)) if *t == span.trace_id.as_slice() => set.clone(),
+        let set = match last {
+            Some((trace, set)) if trace == span.trace_id.as_slice() => set,
             _ => {
                 let set: Vec<usize> = members
                     .peers_for(&span.trace_id)
@@ -592,13 +612,60 @@ fn targets(
                         ),
                     });
                 }
-                last = Some((span.trace_id.as_slice(), set.clone()));
-                set
+                let at = match t.sets.iter().position(|s| *s == set) {
+                    Some(at) => at,
+                    None => {
+                        t.sets.push(set);
+                        t.sets.len() - 1
+                    }
+                };
+                last = Some((span.trace_id.as_slice(), at));
+                at
             }
         };
-        out.push(set);
+        t.of_span.push(set);
     }
-    Ok(out)
+    Ok(t)
+}
+
+/// The spans of an accepted batch, and the OTLP request they came from.
+struct Batch<'a> {
+    spans: &'a [Span],
+    otlp: Option<&'a Bytes>,
+    /// `otlp` decoded, once a peer needs a part of it.
+    raw: std::cell::OnceCell<Option<crate::ingest::otlp::RawExport>>,
+}
+
+impl Batch<'_> {
+    /// A `ReplicateRequest` with the spans at positions `picked`: the OTLP
+    /// request as it came when it has them all, a subset of it when it has
+    /// some, else the spans encoded.
+    fn encode(&self, header: &Header<'_>, picked: &[usize]) -> Bytes {
+        let Some(body) = self.otlp else {
+            return self.encode_spans(header, picked);
+        };
+        if picked.len() == self.spans.len() {
+            return header.encode_otlp(body);
+        }
+        let raw = self
+            .raw
+            .get_or_init(|| crate::ingest::otlp::RawExport::decode_body(body.clone()).ok());
+        match raw {
+            Some(raw) => {
+                let mut keep = vec![false; self.spans.len()];
+                for i in picked {
+                    keep[*i] = true;
+                }
+                header.encode_otlp(&raw.subset(&keep))
+            }
+            None => self.encode_spans(header, picked),
+        }
+    }
+
+    fn encode_spans(&self, header: &Header<'_>, picked: &[usize]) -> Bytes {
+        let spans: Vec<&Span> = picked.iter().map(|i| &self.spans[*i]).collect();
+        header.encode(&spans)
+    }
 }
 
 /// The fields of a `ReplicateRequest` other than its spans.
@@ -611,17 +678,26 @@ struct Header<'a> {
 
 impl Header<'_> {
     /// A `ReplicateRequest` as prost would encode it, from borrowed spans
-    /// (no copy of a span is made).
-    fn encode<'s>(&self, spans: impl Iterator<Item = &'s Span>) -> Bytes {
+    /// (no copy of a span is made), into a buffer of the exact size.
+    fn encode(&self, spans: &[&Span]) -> Bytes {
         use prost::Message as _;
-        use prost::encoding::{WireType, encode_key, encode_varint};
-        let mut buf = Vec::new();
+        use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint};
+        let lens: Vec<usize> = spans.iter().map(|s| s.encoded_len()).collect();
+        let field = |len: usize| 1 + encoded_len_varint(len as u64) + len;
+        let size = field(self.source.len())
+            + lens.iter().map(|l| field(*l)).sum::<usize>()
+            + 1
+            + encoded_len_varint(self.batch_seq)
+            + 9
+            + 1
+            + encoded_len_varint(self.released_below);
+        let mut buf = Vec::with_capacity(size);
         encode_key(1, WireType::LengthDelimited, &mut buf);
         encode_varint(self.source.len() as u64, &mut buf);
         buf.extend_from_slice(self.source.as_bytes());
-        for span in spans {
+        for (span, len) in spans.iter().zip(lens) {
             encode_key(2, WireType::LengthDelimited, &mut buf);
-            encode_varint(span.encoded_len() as u64, &mut buf);
+            encode_varint(len as u64, &mut buf);
             span.encode_raw(&mut buf);
         }
         if self.batch_seq != 0 {
@@ -634,6 +710,17 @@ impl Header<'_> {
             encode_key(5, WireType::Varint, &mut buf);
             encode_varint(self.released_below, &mut buf);
         }
+        Bytes::from(buf)
+    }
+
+    /// A `ReplicateRequest` carrying an OTLP request body (field 6).
+    fn encode_otlp(&self, body: &[u8]) -> Bytes {
+        use prost::encoding::{WireType, encode_key, encode_varint};
+        let mut buf = self.encode(&[]).to_vec();
+        buf.reserve(11 + body.len());
+        encode_key(6, WireType::LengthDelimited, &mut buf);
+        encode_varint(body.len() as u64, &mut buf);
+        buf.extend_from_slice(body);
         Bytes::from(buf)
     }
 }
@@ -652,7 +739,7 @@ pub(super) fn encode_for_test(
         batch_seq,
         released_below,
     }
-    .encode(spans.iter())
+    .encode(&spans.iter().collect::<Vec<_>>())
 }
 
 #[cfg(test)]

@@ -15,8 +15,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use clew_proto::v1::{ExportRequest, Span};
 use parking_lot::{Mutex, RwLock};
+use prost::bytes::Bytes;
 use tokio::sync::{mpsc, watch};
 
 use super::members::Members;
@@ -87,6 +87,24 @@ impl OriginLog {
 
     fn held(&self) -> usize {
         self.held.lock().len()
+    }
+}
+
+/// The spans of a copy, as they came.
+#[derive(Debug, Clone)]
+pub enum Copy {
+    /// Encoded clew `Span`s.
+    Spans(Vec<Bytes>),
+    /// An OTLP/protobuf request body, and how many spans it holds.
+    Otlp(Bytes, usize),
+}
+
+impl Copy {
+    fn len(&self) -> usize {
+        match self {
+            Copy::Spans(spans) => spans.len(),
+            Copy::Otlp(_, n) => *n,
+        }
     }
 }
 
@@ -202,7 +220,7 @@ impl ReplicaStore {
         &self.inner.metrics
     }
 
-    /// Keeps `spans` (batch `batch_seq`, none for a heartbeat) for
+    /// Keeps `spans` (encoded; batch `batch_seq`, none for a heartbeat) for
     /// `origin`'s incarnation `incarnation` and releases what it says is
     /// stored. Returns once the copy is durable.
     pub async fn keep(
@@ -211,7 +229,7 @@ impl ReplicaStore {
         incarnation: u64,
         batch_seq: u64,
         released_below: u64,
-        spans: Vec<Span>,
+        spans: Copy,
     ) -> Result<(), ReplicaError> {
         let log = self.active_log(origin, incarnation).await?;
         for l in self.inner.logs.read().iter() {
@@ -220,14 +238,14 @@ impl ReplicaStore {
                 l.release_below(released_below);
             }
         }
-        if spans.is_empty() || batch_seq < log.released_below.load(Ordering::Acquire) {
+        if spans.len() == 0 || batch_seq < log.released_below.load(Ordering::Acquire) {
             return Ok(());
         }
         let n = spans.len() as u64;
-        let appended = log
-            .wal
-            .append_tagged(&ExportRequest { spans }, batch_seq)
-            .await?;
+        let appended = match &spans {
+            Copy::Spans(spans) => log.wal.append_encoded_tagged(spans, batch_seq).await?,
+            Copy::Otlp(body, _) => log.wal.append_otlp_tagged(body, batch_seq).await?,
+        };
         log.hold(batch_seq, appended.into_held_seq());
         let m = &self.inner.metrics;
         m.replica_batches.with_label_values(&[origin]).inc();

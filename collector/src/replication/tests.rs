@@ -7,6 +7,15 @@ use tokio::sync::{mpsc, watch};
 
 use super::*;
 
+fn encoded(spans: Vec<Span>) -> Vec<prost::bytes::Bytes> {
+    use prost::Message as _;
+    spans.iter().map(|s| s.encode_to_vec().into()).collect()
+}
+
+fn enc(spans: Vec<Span>) -> Copy {
+    Copy::Spans(encoded(spans))
+}
+
 fn span(trace: u8, id: u8) -> Span {
     Span {
         trace_id: [trace; 16].to_vec(),
@@ -68,19 +77,22 @@ async fn copies_are_released_by_the_origins_watermark() {
     let f = fixture(Duration::from_secs(3600));
     for b in 10..15u64 {
         f.store
-            .keep(ORIGIN, 7, b, 0, vec![span(1, b as u8)])
+            .keep(ORIGIN, 7, b, 0, enc(vec![span(1, b as u8)]))
             .await
             .unwrap();
     }
     f.store.check();
     assert_eq!(held(&f.metrics), 5);
     // A heartbeat: batches below 13 are stored on the origin.
-    f.store.keep(ORIGIN, 7, 0, 13, vec![]).await.unwrap();
+    f.store
+        .keep(ORIGIN, 7, 0, 13, Copy::Spans(vec![]))
+        .await
+        .unwrap();
     f.store.check();
     assert_eq!(held(&f.metrics), 2);
     // A late copy of a released batch is not kept.
     f.store
-        .keep(ORIGIN, 7, 11, 0, vec![span(1, 99)])
+        .keep(ORIGIN, 7, 11, 0, enc(vec![span(1, 99)]))
         .await
         .unwrap();
     f.store.check();
@@ -92,14 +104,17 @@ async fn copies_are_released_by_the_origins_watermark() {
 async fn unreleased_copies_survive_a_restart_and_are_taken_over() {
     let mut f = fixture(Duration::from_secs(3600));
     f.store
-        .keep(ORIGIN, 7, 1, 0, vec![span(1, 1), span(1, 2)])
+        .keep(ORIGIN, 7, 1, 0, enc(vec![span(1, 1), span(1, 2)]))
         .await
         .unwrap();
     f.store
-        .keep(ORIGIN, 7, 2, 0, vec![span(2, 3)])
+        .keep(ORIGIN, 7, 2, 0, enc(vec![span(2, 3)]))
         .await
         .unwrap();
-    f.store.keep(ORIGIN, 7, 0, 2, vec![]).await.unwrap();
+    f.store
+        .keep(ORIGIN, 7, 0, 2, Copy::Spans(vec![]))
+        .await
+        .unwrap();
     f.store.shutdown().await;
     drop(f.store);
     // Reopened: batch 2 is still held; unreachable at once (takeover after 0).
@@ -131,12 +146,12 @@ async fn unreleased_copies_survive_a_restart_and_are_taken_over() {
 async fn a_new_incarnation_takes_over_the_old_ones_copies() {
     let mut f = fixture(Duration::from_secs(3600));
     f.store
-        .keep(ORIGIN, 7, 5, 0, vec![span(1, 1)])
+        .keep(ORIGIN, 7, 5, 0, enc(vec![span(1, 1)]))
         .await
         .unwrap();
     // The origin lost its disk: a new incarnation.
     f.store
-        .keep(ORIGIN, 8, 1, 0, vec![span(2, 2)])
+        .keep(ORIGIN, 8, 1, 0, enc(vec![span(2, 2)]))
         .await
         .unwrap();
     let job = f.takeovers.try_recv().expect("a takeover");
@@ -159,7 +174,7 @@ async fn a_new_incarnation_takes_over_the_old_ones_copies() {
 async fn an_origin_that_left_the_set_is_taken_over() {
     let mut f = fixture(Duration::from_secs(3600));
     f.store
-        .keep(ORIGIN, 7, 5, 0, vec![span(1, 1)])
+        .keep(ORIGIN, 7, 5, 0, enc(vec![span(1, 1)]))
         .await
         .unwrap();
     f.store.check();
@@ -176,10 +191,11 @@ async fn an_origin_that_left_the_set_is_taken_over() {
 fn request(source: &str, spans: Vec<Span>) -> tonic::Request<ReplicateRequest> {
     tonic::Request::new(ReplicateRequest {
         source: source.into(),
-        spans,
+        spans: encoded(spans),
         batch_seq: 1,
         incarnation: 7,
         released_below: 0,
+        otlp: Default::default(),
     })
 }
 
@@ -237,10 +253,11 @@ fn a_request_encoded_from_borrowed_spans_decodes_as_prost_would() {
         decoded,
         ReplicateRequest {
             source: "a:1".into(),
-            spans,
+            spans: encoded(spans),
             batch_seq: 3,
             incarnation: 9,
             released_below: 2,
+            otlp: Default::default(),
         }
     );
 }
@@ -319,7 +336,7 @@ async fn each_trace_is_copied_to_its_first_peer_in_placement_order() {
     let names = vec![a.name.clone(), b.name.clone()];
     let r = replicator(&names, 2, 0);
     let spans = spans_of(1..101);
-    let mut out = r.begin(&spans).unwrap().expect("copies needed");
+    let mut out = r.begin(&spans, None).unwrap().expect("copies needed");
     out.send().await.unwrap();
     out.wal_done(Some(0));
     // Each span went to exactly one peer: the first of its trace's ranking
@@ -348,12 +365,12 @@ async fn a_dead_peer_fails_the_batch_then_is_passed_over() {
     b.server.abort();
     let _ = b.server.await;
     let spans = spans_of(1..41);
-    let mut out = r.begin(&spans).unwrap().expect("copies needed");
+    let mut out = r.begin(&spans, None).unwrap().expect("copies needed");
     let e = out.send().await.unwrap_err();
     assert!(e.why.contains(&b.name), "names the peer: {e}");
     drop(out);
     // The dead peer is passed over: its traces' copies go to the next peer.
-    let mut out = r.begin(&spans).unwrap().expect("copies needed");
+    let mut out = r.begin(&spans, None).unwrap().expect("copies needed");
     out.send().await.unwrap();
     out.wal_done(Some(1));
     // Every span of the second batch, and of the first at most those whose
@@ -386,12 +403,12 @@ async fn min_copies_below_the_factor_needs_only_that_many() {
     b.server.abort();
     let _ = b.server.await;
     let spans = spans_of(1..11);
-    let mut out = r.begin(&spans).unwrap().expect("copies needed");
+    let mut out = r.begin(&spans, None).unwrap().expect("copies needed");
     out.send().await.unwrap();
     assert_eq!(kept_spans(&a), 10);
     // With every copy required, the same loss refuses the batch.
     let strict = replicator(&names, 3, 3);
-    let mut out = strict.begin(&spans).unwrap().expect("copies needed");
+    let mut out = strict.begin(&spans, None).unwrap().expect("copies needed");
     assert!(out.send().await.is_err());
     a.server.abort();
 }
@@ -399,7 +416,7 @@ async fn min_copies_below_the_factor_needs_only_that_many() {
 #[test]
 fn a_factor_of_one_needs_no_copy() {
     let r = replicator(&["127.0.0.1:2".to_owned()], 1, 0);
-    assert!(r.begin(&spans_of(1..3)).unwrap().is_none());
+    assert!(r.begin(&spans_of(1..3), None).unwrap().is_none());
 }
 
 #[test]
@@ -434,4 +451,113 @@ fn the_registry_matches_the_catalogue() {
     m.replica_spans.with_label_values(&["a:1"]);
     m.replica_held.with_label_values(&["a:1"]);
     clew_runtime::metrics::catalogue_check("collector replication", m.registry());
+}
+
+/// An OTLP/protobuf request of one resource with `traces` traces of two
+/// spans each, and its spans as ingest converts them.
+fn otlp_request(traces: std::ops::Range<u8>) -> (prost::bytes::Bytes, Vec<Span>) {
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use opentelemetry_proto::tonic::trace::v1 as otlp;
+    use prost::Message as _;
+    let spans = traces
+        .flat_map(|t| {
+            (1..=2u8).map(move |i| otlp::Span {
+                trace_id: vec![t; 16],
+                span_id: vec![t, i, 1, 1, 1, 1, 1, 1],
+                name: format!("op{i}"),
+                start_time_unix_nano: 1,
+                end_time_unix_nano: 2,
+                ..Default::default()
+            })
+        })
+        .collect();
+    let req = ExportTraceServiceRequest {
+        resource_spans: vec![otlp::ResourceSpans {
+            scope_spans: vec![otlp::ScopeSpans {
+                spans,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    };
+    let body: prost::bytes::Bytes = req.encode_to_vec().into();
+    let raw = crate::ingest::otlp::RawExport::decode_body(body.clone()).unwrap();
+    let converted =
+        crate::ingest::otlp::from_raw(raw, &crate::ingest::otlp::Limits::default()).unwrap();
+    (body, converted.spans)
+}
+
+#[tokio::test]
+async fn otlp_requests_are_forwarded_as_they_came_and_taken_over_whole() {
+    let a = serve_peer(&[ORIGIN_ME.to_owned()]).await;
+    let b = serve_peer(&[ORIGIN_ME.to_owned(), a.name.clone()]).await;
+    let names = vec![a.name.clone(), b.name.clone()];
+    let r = replicator(&names, 2, 0);
+    let (body, spans) = otlp_request(1..41);
+    let mut out = r
+        .begin(&spans, Some(&body))
+        .unwrap()
+        .expect("copies needed");
+    out.send().await.unwrap();
+    drop(out);
+    // Each peer kept its traces' spans (a subset of the request), and
+    // nothing else.
+    let share = a_share(&r, &a.name, &spans);
+    assert_eq!(kept_spans(&a) as usize, share);
+    assert_eq!(kept_spans(&b) as usize, spans.len() - share);
+    // Taken over, the copies give back the very spans ingest converted.
+    let mut got = Vec::new();
+    for p in [&a, &b] {
+        p.fixture
+            .members
+            .send(Arc::new(Members::new([p.name.clone()], &p.name)))
+            .unwrap();
+        p.fixture.store.check();
+    }
+    let mut jobs = Vec::new();
+    let mut fixtures = Vec::new();
+    for p in [a, b] {
+        p.server.abort();
+        let mut f = p.fixture;
+        jobs.push(f.takeovers.try_recv().expect("a takeover"));
+        fixtures.push(f);
+    }
+    for job in jobs {
+        for record in job.records().await.unwrap() {
+            got.extend(record.batch.spans);
+        }
+    }
+    let key = |s: &Span| s.span_id.clone();
+    got.sort_by_key(key);
+    let mut want = spans.clone();
+    want.sort_by_key(key);
+    assert_eq!(got, want);
+}
+
+#[tokio::test]
+async fn a_malformed_otlp_copy_is_refused_naming_the_span() {
+    let f = fixture(Duration::from_secs(3600));
+    let svc = ReplicationService(f.store.clone());
+    // A request whose second span has a 3-byte span id.
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use prost::Message as _;
+    let mut req = ExportTraceServiceRequest::decode(otlp_request(1..3).0).unwrap();
+    req.resource_spans[0].scope_spans[0].spans[1].span_id = vec![1, 2, 3];
+    let mut bad = request(ORIGIN, vec![]).into_inner();
+    bad.otlp = req.encode_to_vec().into();
+    let e = svc.replicate(tonic::Request::new(bad)).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    assert_eq!(
+        e.message(),
+        "otlp: span 1: span_id must be 8 bytes and not all zero"
+    );
+    let mut garbage = request(ORIGIN, vec![]).into_inner();
+    garbage.otlp = vec![0xff, 0xff, 0xff].into();
+    let e = svc
+        .replicate(tonic::Request::new(garbage))
+        .await
+        .unwrap_err();
+    assert!(e.message().starts_with("otlp: "), "{}", e.message());
+    f.store.check();
+    assert_eq!(held(&f.metrics), 0, "nothing kept");
 }

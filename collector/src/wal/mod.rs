@@ -455,6 +455,31 @@ impl Wal {
         self.queue(payload)
     }
 
+    /// [`append_tagged`](Self::append_tagged) for spans that are already
+    /// encoded (each a prost-encoded [`Span`]): they are written as they
+    /// are, without decoding.
+    pub fn append_encoded_tagged(
+        &self,
+        spans: &[prost::bytes::Bytes],
+        tag: u64,
+    ) -> impl Future<Output = Result<Appended>> + Send + use<> {
+        use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint};
+        let total: usize = spans
+            .iter()
+            .map(|s| 1 + encoded_len_varint(s.as_ref().len() as u64) + s.as_ref().len())
+            .sum();
+        let mut payload = Vec::with_capacity(total + 11);
+        for span in spans {
+            let span = span.as_ref();
+            encode_key(1, WireType::LengthDelimited, &mut payload);
+            encode_varint(span.len() as u64, &mut payload);
+            payload.extend_from_slice(span);
+        }
+        encode_key(3, WireType::Varint, &mut payload);
+        encode_varint(tag, &mut payload);
+        self.queue(payload)
+    }
+
     /// [`append`](Self::append) for a batch converted from the
     /// OTLP/protobuf request `body` with nothing rejected, dropped or
     /// shortened: the record keeps `body` itself, which costs a copy instead
@@ -470,6 +495,24 @@ impl Wal {
         encode_key(2, WireType::LengthDelimited, &mut payload);
         encode_varint(body.len() as u64, &mut payload);
         payload.extend_from_slice(body);
+        self.queue(payload)
+    }
+
+    /// [`append_otlp`](Self::append_otlp) with a tag, as
+    /// [`append_tagged`](Self::append_tagged).
+    pub fn append_otlp_tagged(
+        &self,
+        body: &[u8],
+        tag: u64,
+    ) -> impl Future<Output = Result<Appended>> + Send + use<> {
+        use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint};
+        let mut payload =
+            Vec::with_capacity(1 + encoded_len_varint(body.len() as u64) + body.len() + 11);
+        encode_key(2, WireType::LengthDelimited, &mut payload);
+        encode_varint(body.len() as u64, &mut payload);
+        payload.extend_from_slice(body);
+        encode_key(3, WireType::Varint, &mut payload);
+        encode_varint(tag, &mut payload);
         self.queue(payload)
     }
 
