@@ -25,21 +25,7 @@ shift $(($# < 3 ? $# : 3))
 bin=${CLEW_BENCH_BIN:-${CARGO_TARGET_DIR:-target}/release}
 dir=${CLEW_BENCH_DIR:-$(mktemp -d /var/tmp/clew-bench.XXXXXX)}
 mkdir -p "$dir"
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null && wait "$p" 2>/dev/null || true; done
-  rm -rf "$dir"
-}
-trap cleanup EXIT
-
-port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-pick_port() {
-  local p
-  while :; do
-    p=$((20000 + RANDOM % 20000))
-    port_free "$p" && echo "$p" && return
-  done
-}
+source "$(dirname "$0")/bench-lib.sh"
 
 extra=()
 also=()

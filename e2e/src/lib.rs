@@ -4,6 +4,7 @@
 //! read the query API; and the chaos tests' tools: network namespaces,
 //! blackholes, small disks, and span load whose every span is checked.
 
+pub mod chaos;
 pub mod http;
 pub mod jaeger;
 pub mod netns;

@@ -20,9 +20,10 @@
 
 use std::cell::Cell;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
+use clew_e2e::chaos::{WorkDir, assert_exactly_once, sidecar_drained, skip};
 use clew_e2e::http::HttpClient;
 use clew_e2e::jaeger::{Tally, metric, tally};
 use clew_e2e::netns::{NetNs, Tmpfs};
@@ -42,19 +43,6 @@ const DIR_PREFIX: &str = "clew-e2e-chaos-";
 
 fn s(v: &str) -> String {
     v.to_string()
-}
-
-/// A directory for logs and spill, removed at the end unless the test failed.
-struct WorkDir(PathBuf);
-
-impl Drop for WorkDir {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!("logs kept in {}", self.0.display());
-        } else {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
 }
 
 /// A collector in its namespace and a sidecar on the host in front of it.
@@ -103,10 +91,7 @@ impl Rig {
             Err(e) => return skip(name, &e),
         };
         Tmpfs::remove_stale(DIR_PREFIX);
-        let dir = std::env::temp_dir().join(format!("{DIR_PREFIX}{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let dir = WorkDir(dir);
+        let dir = WorkDir::new(DIR_PREFIX, name).unwrap();
         let spill = dir.0.join("spill");
         let spill_disk = match spill_disk.map(|b| Tmpfs::mount(&spill, b)).transpose() {
             Ok(t) => t,
@@ -206,16 +191,7 @@ impl Rig {
     /// Waits up to `timeout` until the sidecar holds nothing: spill and
     /// memory empty on three scrapes in a row. False if it never does.
     async fn drain(&self, timeout: Duration) -> bool {
-        let zeros = &Cell::new(0);
-        wait_for("the sidecar to drain", timeout, || async move {
-            let spill = self.sidecar_metric("clew_sidecar_spill_bytes").await;
-            let buffer = self.sidecar_metric("clew_sidecar_buffer_bytes").await;
-            let empty = spill == Some(0.0) && buffer == Some(0.0);
-            zeros.set(if empty { zeros.get() + 1 } else { 0 });
-            zeros.get() >= 3
-        })
-        .await
-        .is_ok()
+        sidecar_drained(&self.http, &self.sidecar_ops, timeout).await
     }
 
     /// Waits (up to 30 s) until the collector has stored what it took: no
@@ -289,29 +265,8 @@ impl Rig {
 impl Outcome {
     /// The promise: every acknowledged span stored exactly once.
     fn assert_exactly_once(&self, test: &str) {
-        assert!(
-            self.tally.expected >= u64::from(RATE) * 10,
-            "{test}: too little load acknowledged ({} spans) to prove anything",
-            self.tally.expected
-        );
-        assert_eq!(self.tally.errors, 0, "{test}: query API errors");
-        assert_eq!(
-            (self.tally.missing, self.tally.duplicates),
-            (0, 0),
-            "{test}: acknowledged spans missing / duplicated"
-        );
-        assert_eq!(self.tally.stored, self.tally.expected, "{test}");
+        assert_exactly_once(test, &self.tally, u64::from(RATE) * 10);
     }
-}
-
-/// Prints why the test cannot run here, or fails when `CLEW_CHAOS_REQUIRE`
-/// is set.
-fn skip<T>(test: &str, why: &anyhow::Error) -> Option<T> {
-    if std::env::var_os("CLEW_CHAOS_REQUIRE").is_some() {
-        panic!("{test}: cannot set up the chaos test: {why:#}");
-    }
-    println!("SKIPPED: {test}: {why:#}");
-    None
 }
 
 /// The collector inside `ns`: memory storage, a short idle window, its

@@ -26,6 +26,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use clew_e2e::chaos::{WorkDir, assert_exactly_once, sidecar_drained, skip};
 use clew_e2e::http::HttpClient;
 use clew_e2e::jaeger::{Tally, metric, tally};
 use clew_e2e::netns::NetNs;
@@ -40,20 +41,6 @@ const COLLECTORS: usize = 3;
 
 fn s(v: &str) -> String {
     v.to_string()
-}
-
-/// A directory for logs and data, removed at the end unless the test
-/// failed.
-struct WorkDir(PathBuf);
-
-impl Drop for WorkDir {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!("logs kept in {}", self.0.display());
-        } else {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
 }
 
 /// A collector and its namespace (the process drops first).
@@ -81,14 +68,6 @@ struct Cluster {
     sidecar_ops: String,
 }
 
-fn skip<T>(test: &str, why: &anyhow::Error) -> Option<T> {
-    if std::env::var_os("CLEW_CHAOS_REQUIRE").is_some() {
-        panic!("{test}: cannot set up the replication test: {why:#}");
-    }
-    println!("SKIPPED: {test}: {why:#}");
-    None
-}
-
 fn factor() -> String {
     std::env::var("CLEW_E2E_REPLICATION_FACTOR").unwrap_or_else(|_| s("2"))
 }
@@ -102,13 +81,7 @@ impl Cluster {
                 Err(e) => return skip(name, &e),
             }
         }
-        let dir = std::env::temp_dir().join(format!(
-            "clew-e2e-replication-{}-{name}",
-            std::process::id()
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let dir = WorkDir(dir);
+        let dir = WorkDir::new("clew-e2e-replication-", name).unwrap();
         let redis_port = free_port();
         let redis = match start_redis(&dir.0, redis_port) {
             Ok(r) => r,
@@ -174,20 +147,7 @@ impl Cluster {
     /// Waits until the sidecar holds nothing and the collectors stored what
     /// they took (nothing pending, the stored count still for 2 s).
     async fn settle(&self) -> bool {
-        let zeros = &Cell::new(0);
-        let drained = wait_for(
-            "the sidecar to drain",
-            Duration::from_secs(90),
-            || async move {
-                let spill = self.sidecar_metric("clew_sidecar_spill_bytes").await;
-                let buffer = self.sidecar_metric("clew_sidecar_buffer_bytes").await;
-                let empty = spill == Some(0.0) && buffer == Some(0.0);
-                zeros.set(if empty { zeros.get() + 1 } else { 0 });
-                zeros.get() >= 3
-            },
-        )
-        .await
-        .is_ok();
+        let drained = sidecar_drained(&self.http, &self.sidecar_ops, Duration::from_secs(90)).await;
         let last = &Cell::new((-1.0, Instant::now()));
         let _ = wait_for(
             "the collectors to settle",
@@ -244,22 +204,6 @@ impl Cluster {
         assert!(drained, "{}: the sidecar never drained", self.name);
         (t, report)
     }
-}
-
-/// Every acknowledged span stored exactly once.
-fn assert_exactly_once(test: &str, t: &Tally) {
-    assert!(
-        t.expected >= u64::from(RATE) * 10,
-        "{test}: too little load acknowledged ({} spans)",
-        t.expected
-    );
-    assert_eq!(t.errors, 0, "{test}: query API errors");
-    assert_eq!(
-        (t.missing, t.duplicates),
-        (0, 0),
-        "{test}: acknowledged spans missing / duplicated"
-    );
-    assert_eq!(t.stored, t.expected, "{test}");
 }
 
 fn start_redis(dir: &Path, port: u16) -> anyhow::Result<Proc> {
@@ -381,7 +325,7 @@ async fn kill9_and_lost_disk() {
     let report = load.stop().await.unwrap();
 
     let (t, _) = c.outcome(&shape, report).await;
-    assert_exactly_once(c.name, &t);
+    assert_exactly_once(c.name, &t, u64::from(RATE) * 10);
     if factor() != "1" {
         let taken = c
             .collectors_metric("clew_replication_takeovers_total")
@@ -410,7 +354,7 @@ async fn blackhole_45s() {
     let report = load.stop().await.unwrap();
 
     let (t, _) = c.outcome(&shape, report).await;
-    assert_exactly_once(c.name, &t);
+    assert_exactly_once(c.name, &t, u64::from(RATE) * 10);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -434,5 +378,5 @@ async fn rolling_restart() {
     let report = load.stop().await.unwrap();
 
     let (t, _) = c.outcome(&shape, report).await;
-    assert_exactly_once(c.name, &t);
+    assert_exactly_once(c.name, &t, u64::from(RATE) * 10);
 }
