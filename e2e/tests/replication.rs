@@ -355,6 +355,14 @@ async fn blackhole_45s() {
 
     let (t, _) = c.outcome(&shape, report).await;
     assert_exactly_once(c.name, &t, u64::from(RATE) * 10);
+    if factor() != "1" {
+        // Copies sent to the collector as it went silent got no answer:
+        // their batches were refused (and sent again), not acknowledged.
+        let refused = c
+            .collectors_metric("clew_replication_refused_batches_total")
+            .await;
+        assert!(refused > 0.0, "no batch was refused for missing copies");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -212,3 +212,40 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod dns_tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_set_follows_a_dns_name() {
+        // `localhost` resolves through /etc/hosts on every machine.
+        let (tx, mut rx) = watch::channel(Arc::new(Members::new(
+            Vec::<String>::new(),
+            "127.0.0.1:4317",
+        )));
+        let task = tokio::spawn(dns_loop(
+            Arc::new(tx),
+            vec!["10.9.9.9:4317".into()],
+            "localhost:4317".into(),
+            "127.0.0.1:4317".into(),
+            Duration::from_millis(100),
+        ));
+        rx.changed().await.unwrap();
+        let m = rx.borrow().clone();
+        task.abort();
+        assert!(
+            m.names().contains(&"127.0.0.1:4317".to_owned()),
+            "{:?}",
+            m.names()
+        );
+        assert!(
+            m.names().contains(&"10.9.9.9:4317".to_owned()),
+            "fixed peers stay"
+        );
+        assert!(
+            m.me().is_some(),
+            "this collector found itself in the answer"
+        );
+    }
+}
