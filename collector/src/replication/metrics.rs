@@ -15,7 +15,7 @@ pub struct ReplicationMetrics {
     pub bytes: IntCounterVec,
     /// Time from sending a batch to a peer to its answer, by `peer`.
     pub ack_seconds: HistogramVec,
-    /// Age of the oldest request to a peer not yet answered, by `peer`.
+    /// Time since a peer last answered a request, by `peer`.
     pub lag_seconds: GaugeVec,
     /// 1 while a peer answers, 0 after a failed call until a heartbeat
     /// succeeds, by `peer`.
@@ -104,7 +104,7 @@ impl ReplicationMetrics {
             ),
             lag_seconds: r.float_gauge_vec(
                 "clew_replication_lag_seconds",
-                "Age of the oldest replication request to a peer not yet answered, by peer",
+                "Seconds since a peer last answered a replication request or heartbeat, by peer",
                 peer,
             ),
             peer_up: r.gauge_vec(

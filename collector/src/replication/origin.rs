@@ -69,8 +69,8 @@ struct Peer {
     name: String,
     channel: Channel,
     down: AtomicBool,
-    calls: AtomicU64,
-    in_flight: Mutex<BTreeMap<u64, Instant>>,
+    /// When the peer last answered a request (a copy or a heartbeat).
+    last_answer: Mutex<Instant>,
 }
 
 impl Peer {
@@ -85,30 +85,27 @@ impl Peer {
             name: name.to_owned(),
             channel: endpoint.connect_lazy(),
             down: AtomicBool::new(false),
-            calls: AtomicU64::new(0),
-            in_flight: Mutex::new(BTreeMap::new()),
+            last_answer: Mutex::new(Instant::now()),
         }))
     }
 
     /// Sends one encoded request; the peer's answer or why there is none.
     async fn call(&self, body: Bytes, timeout: Duration) -> Result<ReplicateResponse, String> {
-        let id = self.calls.fetch_add(1, Ordering::Relaxed);
-        self.in_flight.lock().insert(id, Instant::now());
         let result = tokio::time::timeout(timeout, unary(self.channel.clone(), body)).await;
-        self.in_flight.lock().remove(&id);
         match result {
-            Ok(Ok(r)) => Ok(r),
+            Ok(Ok(r)) => {
+                *self.last_answer.lock() = Instant::now();
+                Ok(r)
+            }
             Ok(Err(status)) => Err(format!("{}: {}", status.code(), status.message())),
             Err(_) => Err(format!("no answer within {timeout:?}")),
         }
     }
 
+    /// Time since the peer last answered: with a heartbeat every second,
+    /// above that it is behind or unreachable.
     fn lag(&self) -> Duration {
-        self.in_flight
-            .lock()
-            .values()
-            .next()
-            .map_or(Duration::ZERO, Instant::elapsed)
+        self.last_answer.lock().elapsed()
     }
 }
 
