@@ -425,7 +425,7 @@ impl Replicator {
 
     /// Sets the set's gauges; logs when the set becomes too small for the
     /// factor, or big enough again. Returns whether it is degraded.
-    fn publish_gauges(&self, was_degraded: bool) -> bool {
+    pub(super) fn publish_gauges(&self, was_degraded: bool) -> bool {
         let members = self.members();
         let copies = self.inner.config.copies;
         let size = members.size();

@@ -561,3 +561,55 @@ async fn a_malformed_otlp_copy_is_refused_naming_the_span() {
     f.store.check();
     assert_eq!(held(&f.metrics), 0, "nothing kept");
 }
+
+#[test]
+fn inconsistent_replication_flags_are_refused_naming_the_flag() {
+    use clap::Parser as _;
+    let parse = |args: &[&str]| {
+        crate::server::Config::try_parse_from(["clew-collector"].iter().chain(args)).unwrap()
+    };
+    let c = parse(&[
+        "--peers",
+        "a:1,b:1",
+        "--replication-factor",
+        "2",
+        "--replication-min-copies",
+        "3",
+    ]);
+    let e = c.replication.config(c.grpc_addr).unwrap_err().to_string();
+    assert!(e.contains("--replication-min-copies (3)"), "{e}");
+    let c = parse(&["--peers", "a:1,b:1"]);
+    let e = c.replication.config(c.grpc_addr).unwrap_err().to_string();
+    assert!(e.contains("--advertise-addr is required"), "{e}");
+    let c = parse(&["--peers", "a:1,b:1", "--grpc-addr", "10.0.0.1:4317"]);
+    assert_eq!(
+        c.replication.config(c.grpc_addr).unwrap().me,
+        "10.0.0.1:4317"
+    );
+    let c = parse(&["--peers", "a:1,b:1", "--advertise-addr", "http://b:1"]);
+    assert_eq!(c.replication.config(c.grpc_addr).unwrap().me, "b:1");
+    assert!(!parse(&[]).replication.enabled());
+}
+
+#[test]
+fn a_set_smaller_than_the_factor_is_degraded() {
+    let r = replicator(&[], 2, 0);
+    assert!(r.publish_gauges(false));
+    let m = r.metrics();
+    assert_eq!(
+        (m.members.get(), m.factor.get(), m.degraded.get()),
+        (1, 1, 1)
+    );
+    let r = replicator(&["127.0.0.1:2".to_owned()], 2, 0);
+    assert!(!r.publish_gauges(true));
+    let m = r.metrics();
+    assert_eq!(
+        (
+            m.members.get(),
+            m.factor.get(),
+            m.required_copies.get(),
+            m.degraded.get()
+        ),
+        (2, 2, 2, 0)
+    );
+}
