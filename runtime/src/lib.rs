@@ -4,13 +4,16 @@
 //! variables ([`config`]); the Prometheus registry helper every binary's
 //! metrics go through ([`metrics`]); OTLP/HTTP bodies for the servers that
 //! take them ([`otlp_http`]); bounded, idle-reaped connections for every
-//! listener ([`net`]).
+//! listener ([`net`]); TLS and mTLS with certificates re-read when they
+//! change (`tls`, feature `tls`).
 
 pub mod config;
 pub mod metrics;
 pub mod net;
 pub mod ops;
 pub mod otlp_http;
+#[cfg(feature = "tls")]
+pub mod tls;
 
 /// Logs to stderr through `tracing`, filtered by `RUST_LOG` (default
 /// `info`).

@@ -30,6 +30,8 @@ pub use metrics::ConnMetrics;
 pub use nofile::{NofileLimit, raise_nofile_limit, raise_nofile_limit_logged, set_nofile_limit};
 #[cfg(feature = "grpc")]
 pub use serve::grpc_server;
+#[cfg(feature = "tls")]
+pub use serve::serve_https;
 pub use serve::{configure_http, http_builder, serve_http};
 pub use tracked::{ConnTracker, TrackedListener, TrackedStream};
 

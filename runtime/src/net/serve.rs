@@ -43,12 +43,48 @@ pub async fn serve_http(
     app: axum::Router,
     shutdown: impl Future<Output = ()>,
 ) {
-    let builder = http_builder(listener.tracker().limits());
+    let limits = listener.tracker().limits().clone();
+    let incoming = futures_util::stream::unfold(listener, |l| async move {
+        let s = l.accept().await;
+        Some((s, l))
+    });
+    serve_http_incoming(incoming, &limits, app, shutdown).await;
+}
+
+/// [`serve_http`] over TLS: each connection of `listener` is served once
+/// its handshake with `tls` completed.
+#[cfg(feature = "tls")]
+pub async fn serve_https(
+    listener: TrackedListener,
+    tls: crate::tls::ServerTls,
+    app: axum::Router,
+    shutdown: impl Future<Output = ()>,
+) {
+    use futures_util::StreamExt as _;
+    let limits = listener.tracker().limits().clone();
+    let incoming = crate::tls::TlsIncoming::new(listener, tls).filter_map(|s| async { s.ok() });
+    serve_http_incoming(incoming, &limits, app, shutdown).await;
+}
+
+/// Serves `app` on every connection `incoming` yields, as [`serve_http`].
+async fn serve_http_incoming<S, IO>(
+    incoming: S,
+    limits: &ConnLimits,
+    app: axum::Router,
+    shutdown: impl Future<Output = ()>,
+) where
+    S: futures_util::Stream<Item = IO>,
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
+    use futures_util::StreamExt as _;
+    let builder = http_builder(limits);
     let graceful = GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);
+    let mut incoming = Box::pin(incoming);
     loop {
         tokio::select! {
-            stream = listener.accept() => {
+            stream = incoming.next() => {
+                let Some(stream) = stream else { break };
                 let service = TowerToHyperService::new(app.clone());
                 let conn = builder
                     .serve_connection_with_upgrades(TokioIo::new(stream), service)
@@ -63,7 +99,7 @@ pub async fn serve_http(
             () = &mut shutdown => break,
         }
     }
-    drop(listener);
+    drop(incoming);
     graceful.shutdown().await;
 }
 

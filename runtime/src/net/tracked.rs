@@ -210,6 +210,11 @@ impl ConnTracker {
     pub fn limits(&self) -> &ConnLimits {
         &self.inner.limits
     }
+
+    /// The listener's name (its metric label).
+    pub fn name(&self) -> &'static str {
+        self.inner.name
+    }
 }
 
 async fn reap(inner: Weak<Inner>, every: Duration) {
