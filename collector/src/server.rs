@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use clew_runtime::net::{ConnMetrics, TrackedListener};
+use clew_runtime::tls::{ServerTls, TlsIncoming};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
@@ -37,6 +38,13 @@ pub enum StorageKind {
 clew_runtime::conn_limit_flags!(
     /// Connection limits of the collector's listeners.
     pub struct ConnFlags,
+    env = "CLEW_"
+);
+
+clew_runtime::server_tls_flags!(
+    /// TLS of the gRPC, OTLP/HTTP and query listeners (and of the ops
+    /// listener with `--tls-ops`).
+    pub struct TlsFlags,
     env = "CLEW_"
 );
 
@@ -112,6 +120,13 @@ pub struct Config {
     /// Replication between collectors.
     #[command(flatten)]
     pub replication: ReplicationFlags,
+    /// TLS of the listeners.
+    #[command(flatten)]
+    pub tls: TlsFlags,
+    /// Serve the ops port (`/metrics`, `/healthz`, `/readyz`) over TLS
+    /// too; probes and scrapers must then use HTTPS.
+    #[arg(long, env = "CLEW_TLS_OPS", requires = "tls_cert")]
+    pub tls_ops: bool,
 }
 
 /// Replication flags: with `--peers` or `--peer-dns`, every accepted span
@@ -147,6 +162,15 @@ pub struct ReplicationFlags {
     /// Longest wait for a peer to acknowledge a copy.
     #[arg(long, env = "CLEW_REPLICATION_TIMEOUT", default_value = "2s", value_parser = humantime::parse_duration)]
     pub replication_timeout: Duration,
+    /// PEM CA certificates the peers' certificates chain to: replication
+    /// to peers goes over TLS (with this collector's `--tls-cert` as its
+    /// client certificate when peers require one).
+    #[arg(long, env = "CLEW_PEER_TLS_CA")]
+    pub peer_tls_ca: Option<PathBuf>,
+    /// The name the peers' certificates carry (e.g. the headless Service's
+    /// DNS name), when it is not the address they are dialled at.
+    #[arg(long, env = "CLEW_PEER_TLS_SERVER_NAME", requires = "peer_tls_ca")]
+    pub peer_tls_server_name: Option<String>,
     /// A peer's unreleased batches are stored by this collector once the
     /// peer has not been heard from for this long.
     #[arg(long, env = "CLEW_REPLICATION_TAKEOVER_AFTER", default_value = "30s", value_parser = humantime::parse_duration)]
@@ -159,8 +183,14 @@ impl ReplicationFlags {
         !self.peers.is_empty() || self.peer_dns.is_some()
     }
 
-    /// The settings, or what is wrong with the flags (named).
-    pub fn config(&self, grpc_addr: SocketAddr) -> Result<ReplicationConfig, ServerError> {
+    /// The settings, or what is wrong with the flags (named); `identity`
+    /// is this collector's certificate and key, its client certificate
+    /// towards peers over TLS.
+    pub fn config(
+        &self,
+        grpc_addr: SocketAddr,
+        identity: Option<(PathBuf, PathBuf)>,
+    ) -> Result<ReplicationConfig, ServerError> {
         let bad = |m: String| Err(ServerError::Config(m));
         if self.replication_factor > 0 && self.replication_min_copies > self.replication_factor {
             return bad(format!(
@@ -190,8 +220,27 @@ impl ReplicationFlags {
             },
             timeout: self.replication_timeout,
             takeover_after: self.replication_takeover_after,
+            tls: self.peer_tls(identity)?,
             ..ReplicationConfig::default()
         })
+    }
+
+    /// The TLS configuration towards peers, with `--peer-tls-ca`.
+    fn peer_tls(
+        &self,
+        identity: Option<(PathBuf, PathBuf)>,
+    ) -> Result<Option<clew_runtime::tls::ClientTls>, ServerError> {
+        let Some(ca) = &self.peer_tls_ca else {
+            return Ok(None);
+        };
+        let files = clew_runtime::tls::ClientTlsFiles {
+            ca: ca.clone(),
+            identity,
+            server_name: self.peer_tls_server_name.clone(),
+        };
+        clew_runtime::tls::ClientTls::load(files)
+            .map(Some)
+            .map_err(|e| ServerError::Config(format!("--peer-tls-ca: {e}")))
     }
 }
 
@@ -304,7 +353,8 @@ async fn open_replication(
     if !flags.enabled() {
         return Ok(None);
     }
-    let rc = flags.config(config.grpc_addr)?;
+    let identity = config.tls.tls_cert.clone().zip(config.tls.tls_key.clone());
+    let rc = flags.config(config.grpc_addr, identity)?;
     let mut initial = flags.peers.clone();
     if let Some(dns) = &flags.peer_dns {
         match crate::replication::members::resolve(dns).await {
@@ -453,11 +503,59 @@ struct Servers {
     retention: tokio::task::JoinHandle<()>,
 }
 
+/// The listeners' TLS, with `--tls-cert`: one configuration offering `h2`
+/// (gRPC) and one offering `h2` and `http/1.1`, each re-read every
+/// `--tls-reload-interval`.
+struct ServingTls {
+    grpc: ServerTls,
+    http: ServerTls,
+    reloaders: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl ServingTls {
+    fn load(config: &Config) -> Result<Option<ServingTls>, ServerError> {
+        let Some(files) = config.tls.files() else {
+            return Ok(None);
+        };
+        let load = |alpn: &[&[u8]]| {
+            ServerTls::load(files.clone(), alpn).map_err(|e| {
+                ServerError::Config(format!("--tls-cert/--tls-key/--tls-client-ca: {e}"))
+            })
+        };
+        let grpc = load(&[b"h2"])?;
+        let http = load(&[b"h2", b"http/1.1"])?;
+        let every = config.tls.tls_reload_interval;
+        let reloaders = vec![
+            grpc.spawn_reloader(every, "grpc"),
+            http.spawn_reloader(every, "http"),
+        ];
+        tracing::info!(
+            mtls = files.client_ca.is_some(),
+            ops = config.tls_ops,
+            "serving TLS"
+        );
+        Ok(Some(ServingTls {
+            grpc,
+            http,
+            reloaders,
+        }))
+    }
+}
+
+impl Drop for ServingTls {
+    fn drop(&mut self) {
+        for r in &self.reloaders {
+            r.abort();
+        }
+    }
+}
+
 /// gRPC ingest (OTLP and native) and the gRPC query service.
 async fn spawn_grpc(
     config: &Config,
     core: &Core,
     listener: TrackedListener,
+    tls: Option<ServerTls>,
     stop: watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<Result<(), tonic::transport::Error>> {
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
@@ -466,7 +564,8 @@ async fn spawn_grpc(
     let gzip = tonic::codec::CompressionEncoding::Gzip;
     let native =
         clew_proto::v1::collector_server::CollectorServer::new(NativeGrpc(core.ingest.clone()));
-    let grpc = clew_runtime::net::grpc_server(&config.conn.limits())
+    let mut grpc = clew_runtime::net::grpc_server(&config.conn.limits());
+    let grpc = grpc
         .add_service(health_service)
         .add_service(
             OtlpGrpcServer::new(core.ingest.clone())
@@ -481,11 +580,17 @@ async fn spawn_grpc(
         .add_service(crate::query::QueryGrpc(Arc::clone(&core.storage)).into_server())
         .add_optional_service(core.replication.as_ref().map(|r| {
             crate::replication::ReplicationService(r.replicas.clone()).into_server(2 * max)
-        }))
-        // Tracked connections set TCP_NODELAY: small replies (acks, query
-        // results) must not wait 40 ms for the peer's delayed ACK.
-        .serve_with_incoming_shutdown(listener.into_incoming(), stopped(stop));
-    tokio::spawn(grpc)
+        }));
+    // Tracked connections set TCP_NODELAY: small replies (acks, query
+    // results) must not wait 40 ms for the peer's delayed ACK.
+    match tls {
+        Some(tls) => tokio::spawn(
+            grpc.serve_with_incoming_shutdown(TlsIncoming::new(listener, tls), stopped(stop)),
+        ),
+        None => {
+            tokio::spawn(grpc.serve_with_incoming_shutdown(listener.into_incoming(), stopped(stop)))
+        }
+    }
 }
 
 /// Replication's background tasks: heartbeats, the replica logs' check,
@@ -539,10 +644,14 @@ async fn spawn_servers(
     l: Listeners,
     conns: ConnMetrics,
     ready: Arc<AtomicBool>,
+    tls: Option<&ServingTls>,
     stop: watch::Receiver<bool>,
 ) -> Servers {
-    let grpc = spawn_grpc(config, core, l.grpc, stop.clone()).await;
-    let serve = clew_runtime::net::serve_http;
+    let grpc_tls = tls.map(|t| t.grpc.clone());
+    let grpc = spawn_grpc(config, core, l.grpc, grpc_tls, stop.clone()).await;
+    let serve = clew_runtime::net::serve_http_with;
+    let http_tls = tls.map(|t| t.http.clone());
+    let ops_tls = http_tls.clone().filter(|_| config.tls_ops);
     let metrics = Arc::clone(&core.metrics);
     let replication_metrics = core.replication.as_ref().map(|r| Arc::clone(&r.metrics));
     let render = Arc::new(move || {
@@ -552,16 +661,19 @@ async fn spawn_servers(
     let mut others = vec![
         tokio::spawn(serve(
             l.http,
+            http_tls.clone(),
             crate::ingest::http_router(core.ingest.clone()),
             stopped(stop.clone()),
         )),
         tokio::spawn(serve(
             l.query,
+            http_tls,
             crate::query::router(Arc::clone(&core.storage)),
             stopped(stop.clone()),
         )),
         tokio::spawn(serve(
             l.ops,
+            ops_tls,
             clew_runtime::ops::router(render, ready),
             stopped(stop.clone()),
         )),
@@ -591,6 +703,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
     on_bound: impl FnOnce(Bound) + Send,
 ) -> Result<(), ServerError> {
+    let tls = ServingTls::load(&config)?;
     let core = open_core(&config).await?;
     let conns = ConnMetrics::new();
     let (listeners, bound) = bind_all(&config, &conns).await?;
@@ -603,6 +716,7 @@ pub async fn run(
         listeners,
         conns,
         Arc::clone(&ready),
+        tls.as_ref(),
         stop_rx,
     )
     .await;

@@ -43,11 +43,48 @@ pub async fn otel_sdk_send_oversized(
     run_otel_sdk_send(grpc, http_url, &["--oversized"]).await
 }
 
+/// [`otel_sdk_send`] over TLS, trusting the CA certificates in `ca`
+/// (`None`: plain-text exporters, as a client that does not know TLS is
+/// on). `Ok` with the trace ids when every export succeeded, else `Err`
+/// with Python's stderr. `timeout` bounds each export.
+pub async fn otel_sdk_send_tls(
+    grpc: std::net::SocketAddr,
+    https_url: &str,
+    ca: Option<&Path>,
+    timeout: Duration,
+) -> Result<serde_json::Value, String> {
+    let mut extra = vec!["--timeout".to_owned(), timeout.as_secs_f64().to_string()];
+    if let Some(ca) = ca {
+        extra.extend(["--ca".to_owned(), ca.display().to_string()]);
+    }
+    let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+    let out = otel_sdk_command(grpc, https_url, &extra).await;
+    if out.status.success() {
+        Ok(serde_json::from_slice(&out.stdout).unwrap())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
 async fn run_otel_sdk_send(
     grpc: std::net::SocketAddr,
     http_url: &str,
     extra: &[&str],
 ) -> serde_json::Value {
+    let out = otel_sdk_command(grpc, http_url, extra).await;
+    assert!(
+        out.status.success(),
+        "python failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+async fn otel_sdk_command(
+    grpc: std::net::SocketAddr,
+    http_url: &str,
+    extra: &[&str],
+) -> std::process::Output {
     // The runtime variable (set by cargo and nextest), so a test binary reused
     // from a build in another checkout does not look there; every crate sits
     // in the workspace root.
@@ -57,7 +94,7 @@ async fn run_otel_sdk_send(
         .parent()
         .unwrap()
         .join("collector/tests/python/otel_sdk_send.py");
-    let out = tokio::time::timeout(
+    tokio::time::timeout(
         Duration::from_secs(120),
         tokio::process::Command::new(python())
             .arg(&script)
@@ -66,15 +103,14 @@ async fn run_otel_sdk_send(
             .arg("--http")
             .arg(http_url)
             .args(extra)
+            // requests prefers these to the exporter's own CA file (its
+            // session's `verify`): a machine that sets them would make the
+            // exporter ignore `--ca`.
+            .env_remove("REQUESTS_CA_BUNDLE")
+            .env_remove("CURL_CA_BUNDLE")
             .output(),
     )
     .await
     .expect("python finished")
-    .unwrap();
-    assert!(
-        out.status.success(),
-        "python failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    .unwrap()
 }

@@ -34,6 +34,8 @@ pub struct ReplicationConfig {
     /// A replica takes over an origin's batches once it has not heard from
     /// it for this long.
     pub takeover_after: Duration,
+    /// TLS towards peers (`--peer-tls-ca`), else plain text.
+    pub tls: Option<clew_runtime::tls::ClientTls>,
 }
 
 impl Default for ReplicationConfig {
@@ -47,6 +49,7 @@ impl Default for ReplicationConfig {
             timeout: Duration::from_secs(2),
             heartbeat: Duration::from_secs(1),
             takeover_after: Duration::from_secs(30),
+            tls: None,
         }
     }
 }
@@ -74,16 +77,25 @@ struct Peer {
 }
 
 impl Peer {
-    fn new(name: &str, timeout: Duration) -> Option<Arc<Peer>> {
+    fn new(
+        name: &str,
+        timeout: Duration,
+        tls: Option<&clew_runtime::tls::ClientTls>,
+    ) -> Option<Arc<Peer>> {
         let endpoint = Endpoint::from_shared(format!("http://{name}"))
             .ok()?
             .connect_timeout(timeout)
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(10))
             .keep_alive_timeout(timeout);
+        let channel = match tls {
+            // The connector does the TCP connect and the TLS handshake.
+            Some(tls) => endpoint.connect_with_connector_lazy(tls.connector()),
+            None => endpoint.connect_lazy(),
+        };
         Some(Arc::new(Peer {
             name: name.to_owned(),
-            channel: endpoint.connect_lazy(),
+            channel,
             down: AtomicBool::new(false),
             last_answer: Mutex::new(Instant::now()),
         }))
@@ -288,7 +300,7 @@ impl Replicator {
             }
             let known = self.inner.peers.read().get(name).cloned();
             let peer = known.or_else(|| {
-                let peer = Peer::new(name, timeout)?;
+                let peer = Peer::new(name, timeout, self.inner.config.tls.as_ref())?;
                 let mut map = self.inner.peers.write();
                 Some(Arc::clone(map.entry(name.clone()).or_insert(peer)))
             });

@@ -576,18 +576,26 @@ fn inconsistent_replication_flags_are_refused_naming_the_flag() {
         "--replication-min-copies",
         "3",
     ]);
-    let e = c.replication.config(c.grpc_addr).unwrap_err().to_string();
+    let e = c
+        .replication
+        .config(c.grpc_addr, None)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("--replication-min-copies (3)"), "{e}");
     let c = parse(&["--peers", "a:1,b:1"]);
-    let e = c.replication.config(c.grpc_addr).unwrap_err().to_string();
+    let e = c
+        .replication
+        .config(c.grpc_addr, None)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("--advertise-addr is required"), "{e}");
     let c = parse(&["--peers", "a:1,b:1", "--grpc-addr", "10.0.0.1:4317"]);
     assert_eq!(
-        c.replication.config(c.grpc_addr).unwrap().me,
+        c.replication.config(c.grpc_addr, None).unwrap().me,
         "10.0.0.1:4317"
     );
     let c = parse(&["--peers", "a:1,b:1", "--advertise-addr", "http://b:1"]);
-    assert_eq!(c.replication.config(c.grpc_addr).unwrap().me, "b:1");
+    assert_eq!(c.replication.config(c.grpc_addr, None).unwrap().me, "b:1");
     assert!(!parse(&[]).replication.enabled());
 }
 

@@ -1,9 +1,15 @@
 """Sends spans with the real OpenTelemetry Python SDK and its OTLP exporters.
 
-Usage: otel_sdk_send.py --grpc HOST:PORT --http URL [--oversized]
+Usage: otel_sdk_send.py --grpc HOST:PORT --http URL [--oversized] [--ca FILE]
+                        [--timeout SECONDS]
 Exports once per exporter, plain and gzip-compressed. Prints
 {"grpc": id, "http": id, "grpc-gzip": id, "http-gzip": id} (trace ids; the
 service of each is "py-" + its key) on success.
+
+With --ca, both exporters use TLS and trust the CA certificates in FILE
+(the gRPC exporter through grpc.ssl_channel_credentials, the HTTP exporter
+through certificate_file; --http is then an https:// URL). Any failed
+export exits 1 with the reason on stderr.
 
 With --oversized, the SDK's own limits are lifted and each plain exporter
 sends two one-span traces over the collector's limits: a span of 100,000
@@ -95,22 +101,35 @@ def main():
     p.add_argument("--grpc", required=True)
     p.add_argument("--http", required=True)
     p.add_argument("--oversized", action="store_true")
+    p.add_argument("--ca")
+    p.add_argument("--timeout", type=float, default=20)
     a = p.parse_args()
     if a.oversized:
         return oversized(a)
     out = {}
+    t = a.timeout
+    if a.ca:
+        with open(a.ca, "rb") as f:
+            creds = grpc.ssl_channel_credentials(root_certificates=f.read())
+        grpc_tls = {"insecure": False, "credentials": creds}
+        http_tls = {"certificate_file": a.ca}
+    else:
+        grpc_tls = {"insecure": True}
+        http_tls = {}
     for name, exporter in (
-        ("grpc", GrpcExporter(endpoint=a.grpc, insecure=True, timeout=20)),
-        ("http", HttpExporter(endpoint=a.http, timeout=20)),
+        ("grpc", GrpcExporter(endpoint=a.grpc, timeout=t, **grpc_tls)),
+        ("http", HttpExporter(endpoint=a.http, timeout=t, **http_tls)),
         (
             "grpc-gzip",
             GrpcExporter(
-                endpoint=a.grpc, insecure=True, timeout=20, compression=grpc.Compression.Gzip
+                endpoint=a.grpc, timeout=t, compression=grpc.Compression.Gzip, **grpc_tls
             ),
         ),
         (
             "http-gzip",
-            HttpExporter(endpoint=a.http, timeout=20, compression=HttpCompression.Gzip),
+            HttpExporter(
+                endpoint=a.http, timeout=t, compression=HttpCompression.Gzip, **http_tls
+            ),
         ),
     ):
         trace_id, spans = make_spans("py-" + name)

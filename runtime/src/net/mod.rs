@@ -30,9 +30,9 @@ pub use metrics::ConnMetrics;
 pub use nofile::{NofileLimit, raise_nofile_limit, raise_nofile_limit_logged, set_nofile_limit};
 #[cfg(feature = "grpc")]
 pub use serve::grpc_server;
-#[cfg(feature = "tls")]
-pub use serve::serve_https;
 pub use serve::{configure_http, http_builder, serve_http};
+#[cfg(feature = "tls")]
+pub use serve::{serve_http_with, serve_https};
 pub use tracked::{ConnTracker, TrackedListener, TrackedStream};
 
 /// Connection limits of one listener.

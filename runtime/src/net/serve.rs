@@ -66,6 +66,20 @@ pub async fn serve_https(
     serve_http_incoming(incoming, &limits, app, shutdown).await;
 }
 
+/// [`serve_https`] with `tls`, else [`serve_http`].
+#[cfg(feature = "tls")]
+pub async fn serve_http_with(
+    listener: TrackedListener,
+    tls: Option<crate::tls::ServerTls>,
+    app: axum::Router,
+    shutdown: impl Future<Output = ()>,
+) {
+    match tls {
+        Some(tls) => serve_https(listener, tls, app, shutdown).await,
+        None => serve_http(listener, app, shutdown).await,
+    }
+}
+
 /// Serves `app` on every connection `incoming` yields, as [`serve_http`].
 async fn serve_http_incoming<S, IO>(
     incoming: S,
