@@ -83,11 +83,19 @@ pub struct CollectorClient {
 impl CollectorClient {
     /// A client for `url` (`http://host:port`). Connects on first use and
     /// reconnects after failures.
-    pub fn new(url: &str, timeout: Duration) -> Result<Self, tonic::transport::Error> {
-        let channel = Endpoint::from_shared(url.to_string())?
+    /// With `tls`, the connection is TLS (the URL's scheme is ignored).
+    pub fn new(
+        url: &str,
+        timeout: Duration,
+        tls: Option<&clew_runtime::tls::ClientTls>,
+    ) -> Result<Self, tonic::transport::Error> {
+        let endpoint = Endpoint::from_shared(url.to_string())?
             .connect_timeout(timeout)
-            .tcp_nodelay(true)
-            .connect_lazy();
+            .tcp_nodelay(true);
+        let channel = match tls {
+            Some(tls) => endpoint.connect_with_connector_lazy(tls.connector()),
+            None => endpoint.connect_lazy(),
+        };
         Ok(CollectorClient {
             grpc: tonic::client::Grpc::new(channel),
             timeout,

@@ -56,6 +56,27 @@ pub struct Config {
     /// How often the collector DNS name is resolved again.
     #[arg(long, env = "CLEW_SIDECAR_DNS_REFRESH", default_value = "10s", value_parser = humantime::parse_duration)]
     pub dns_refresh: Duration,
+    /// PEM CA certificates the collectors' certificates chain to: the
+    /// sidecar talks to collectors over TLS. Re-read when it changes.
+    #[arg(long, env = "CLEW_SIDECAR_COLLECTOR_CA")]
+    pub collector_ca: Option<PathBuf>,
+    /// PEM client certificate for collectors that require one (mTLS).
+    #[arg(long, env = "CLEW_SIDECAR_COLLECTOR_CERT", requires_all = ["collector_ca", "collector_key"])]
+    pub collector_cert: Option<PathBuf>,
+    /// PEM private key of `--collector-cert`.
+    #[arg(long, env = "CLEW_SIDECAR_COLLECTOR_KEY", requires = "collector_cert")]
+    pub collector_key: Option<PathBuf>,
+    /// The name the collectors' certificates carry (e.g. the headless
+    /// Service's DNS name), when it is not the address dialled.
+    #[arg(
+        long,
+        env = "CLEW_SIDECAR_COLLECTOR_SERVER_NAME",
+        requires = "collector_ca"
+    )]
+    pub collector_server_name: Option<String>,
+    /// How often the TLS files are checked for changes.
+    #[arg(long, env = "CLEW_SIDECAR_TLS_RELOAD_INTERVAL", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub tls_reload_interval: Duration,
     /// Directory of the disk spill logs (one per collector endpoint).
     #[arg(
         long,
@@ -144,6 +165,9 @@ pub enum ServerError {
     /// A server failed.
     #[error("server error: {0}")]
     Serve(String),
+    /// The TLS files towards the collectors are unusable.
+    #[error("--collector-ca/--collector-cert/--collector-key: {0}")]
+    Tls(#[from] clew_runtime::tls::TlsError),
 }
 
 /// The addresses the sidecar listens on.
@@ -158,6 +182,19 @@ pub struct Bound {
 }
 
 impl Config {
+    /// TLS towards the collectors, with `--collector-ca`.
+    pub fn collector_tls(&self) -> Result<Option<clew_runtime::tls::ClientTls>, ServerError> {
+        let Some(ca) = &self.collector_ca else {
+            return Ok(None);
+        };
+        let files = clew_runtime::tls::ClientTlsFiles {
+            ca: ca.clone(),
+            identity: self.collector_cert.clone().zip(self.collector_key.clone()),
+            server_name: self.collector_server_name.clone(),
+        };
+        Ok(Some(clew_runtime::tls::ClientTls::load(files)?))
+    }
+
     /// The pipeline settings these flags describe.
     pub fn pipeline(&self) -> PipelineConfig {
         let mut p = PipelineConfig::new(self.spill_dir.clone());
@@ -243,7 +280,13 @@ async fn open_pipeline(config: &Config) -> Result<(Pipeline, Vec<String>), Serve
     if config.collectors.iter().all(|c| c.trim().is_empty()) && config.collector_dns.is_none() {
         return Err(ServerError::NoCollectors);
     }
-    let pipeline = Pipeline::open(config.pipeline(), crate::metrics::Metrics::new())?;
+    let mut settings = config.pipeline();
+    settings.tls = config.collector_tls()?;
+    if let Some(tls) = &settings.tls {
+        // Lives as long as the process: new connections use the files in force.
+        tls.spawn_reloader(config.tls_reload_interval, "collectors");
+    }
+    let pipeline = Pipeline::open(settings, crate::metrics::Metrics::new())?;
     let fixed: Vec<String> = config
         .collectors
         .iter()

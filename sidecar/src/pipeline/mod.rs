@@ -91,6 +91,8 @@ pub struct PipelineConfig {
     /// When spill appends are forced to disk (memory durability; disk
     /// durability syncs every append by group commit).
     pub fsync: FsyncPolicy,
+    /// TLS towards the collectors, else plain text.
+    pub tls: Option<clew_runtime::tls::ClientTls>,
 }
 
 /// Default of [`PipelineConfig::batch_max_spans`]: below the collector's
@@ -133,6 +135,7 @@ impl PipelineConfig {
             },
             shutdown_timeout: Duration::from_secs(5),
             fsync: FsyncPolicy::Interval(Duration::from_secs(1)),
+            tls: None,
         }
     }
 }
@@ -313,7 +316,7 @@ impl Pipeline {
             Some(l) => l,
             None => open_log(&sh.cfg, &dir)?,
         };
-        let client = CollectorClient::new(url, sh.cfg.request_timeout)
+        let client = CollectorClient::new(url, sh.cfg.request_timeout, sh.cfg.tls.as_ref())
             .map_err(|_| Error::InvalidEndpoint(url.to_string()))?;
         let ep = Arc::new(Endpoint::new(
             url.to_string(),
