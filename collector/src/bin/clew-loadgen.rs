@@ -78,6 +78,14 @@ struct Args {
     /// 0: none. Implies `--wait-stored`.
     #[arg(long, default_value_t = 0)]
     queries: usize,
+    /// PEM CA certificates of the collector's TLS certificate: connect over
+    /// TLS.
+    #[arg(long)]
+    tls_ca: Option<std::path::PathBuf>,
+    /// The name the collector's certificate carries, when it is not the
+    /// target's host.
+    #[arg(long, requires = "tls_ca")]
+    tls_server_name: Option<String>,
 }
 
 fn kv(key: &str, v: Value) -> KeyValue {
@@ -235,10 +243,8 @@ async fn main() -> anyhow::Result<()> {
     }
     let acked = acked_traces(&trace_ids, &sent.requests);
     anyhow::ensure!(!acked.is_empty(), "nothing was sent");
-    let mut query = QueryClient::connect(endpoint.clone())
-        .await
-        .context("connecting to the query service")?
-        .max_decoding_message_size(64 << 20);
+    let mut query =
+        QueryClient::new(connect(&args, &endpoint).await?).max_decoding_message_size(64 << 20);
     match &args.metrics_addr {
         Some(addr) => wait_counted(addr, spans, &args, sent.start).await?,
         None => wait_stored(&mut query, &acked, &args, sent.start).await?,
@@ -257,6 +263,24 @@ async fn main() -> anyhow::Result<()> {
 }
 
 /// The command line, checked; `--queries` implies `--wait-stored`.
+/// A connection to `endpoint` (`http://host:port`), over TLS with
+/// `--tls-ca`.
+async fn connect(args: &Args, endpoint: &str) -> anyhow::Result<Channel> {
+    let e = tonic::transport::Endpoint::from_shared(endpoint.to_string())?;
+    let channel = match &args.tls_ca {
+        Some(ca) => {
+            let tls = clew_runtime::tls::ClientTls::load(clew_runtime::tls::ClientTlsFiles {
+                ca: ca.clone(),
+                identity: None,
+                server_name: args.tls_server_name.clone(),
+            })?;
+            e.connect_with_connector(tls.connector()).await
+        }
+        None => e.connect().await,
+    };
+    channel.context("connecting to the collector")
+}
+
 fn parse_args() -> anyhow::Result<Args> {
     let mut args = Args::parse();
     args.wait_stored |= args.queries > 0;
@@ -352,7 +376,7 @@ async fn send(
     let mut tasks = Vec::new();
     for (batch, done) in prepared.into_iter().zip(&sent_requests) {
         tasks.push(tokio::spawn(send_connection(
-            endpoint.to_string(),
+            connect(args, endpoint).await?,
             batch,
             Arc::clone(&shared),
             Arc::clone(done),
@@ -378,15 +402,12 @@ async fn send(
 /// One connection: sends its requests until all are claimed, counting each
 /// acknowledged one in `done`.
 async fn send_connection(
-    endpoint: String,
+    channel: Channel,
     batch: Vec<ExportTraceServiceRequest>,
     shared: Arc<Shared>,
     done: Arc<AtomicU64>,
 ) -> anyhow::Result<()> {
-    let mut client = TraceServiceClient::connect(endpoint)
-        .await
-        .context("connecting to the collector")?
-        .max_encoding_message_size(64 << 20);
+    let mut client = TraceServiceClient::new(channel).max_encoding_message_size(64 << 20);
     for req in batch {
         if shared.next.fetch_add(1, Ordering::Relaxed) >= shared.requests_total {
             break;
