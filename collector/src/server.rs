@@ -80,6 +80,24 @@ pub struct Config {
     /// Prefix of every Redis key.
     #[arg(long, env = "CLEW_REDIS_PREFIX", default_value = "clew:")]
     pub redis_prefix: String,
+    /// PEM CA certificates of the Redis server's certificate (with a
+    /// `rediss://` URL; without it the system's trust store is used).
+    #[arg(long, env = "CLEW_REDIS_CA")]
+    pub redis_ca: Option<PathBuf>,
+    /// PEM client certificate for a Redis that requires one
+    /// (`tls-auth-clients yes`).
+    #[arg(long, env = "CLEW_REDIS_CERT", requires = "redis_key")]
+    pub redis_cert: Option<PathBuf>,
+    /// PEM private key of `--redis-cert`.
+    #[arg(long, env = "CLEW_REDIS_KEY", requires = "redis_cert")]
+    pub redis_key: Option<PathBuf>,
+    /// Redis ACL user (instead of one in the URL).
+    #[arg(long, env = "CLEW_REDIS_USERNAME")]
+    pub redis_username: Option<String>,
+    /// A file holding the Redis password (its first line), instead of one
+    /// in the URL; `CLEW_REDIS_PASSWORD` gives it directly.
+    #[arg(long, env = "CLEW_REDIS_PASSWORD_FILE")]
+    pub redis_password_file: Option<PathBuf>,
     /// How long traces are kept (e.g. `72h`).
     #[arg(long, env = "CLEW_RETENTION", default_value = "72h", value_parser = humantime::parse_duration)]
     pub retention: Duration,
@@ -285,6 +303,30 @@ pub struct Bound {
     pub ops: SocketAddr,
 }
 
+/// TLS towards Redis, when a CA or a client certificate is given.
+fn redis_tls(config: &Config) -> Option<crate::storage::redis::RedisTls> {
+    let client = config.redis_cert.clone().zip(config.redis_key.clone());
+    (config.redis_ca.is_some() || client.is_some()).then(|| crate::storage::redis::RedisTls {
+        ca: config.redis_ca.clone(),
+        client,
+    })
+}
+
+/// The Redis password: `CLEW_REDIS_PASSWORD`, else the first line of
+/// `--redis-password-file`.
+fn redis_password(config: &Config) -> Result<Option<String>, ServerError> {
+    if let Ok(p) = std::env::var("CLEW_REDIS_PASSWORD") {
+        return Ok(Some(p));
+    }
+    let Some(file) = &config.redis_password_file else {
+        return Ok(None);
+    };
+    let text = std::fs::read_to_string(file).map_err(|e| {
+        ServerError::Config(format!("--redis-password-file {}: {e}", file.display()))
+    })?;
+    Ok(Some(text.lines().next().unwrap_or_default().to_owned()))
+}
+
 async fn open_storage(config: &Config) -> Result<Arc<dyn Storage>, ServerError> {
     use crate::storage::{embedded::EmbeddedStorage, memory::MemoryStorage, redis};
     Ok(match config.storage {
@@ -305,6 +347,9 @@ async fn open_storage(config: &Config) -> Result<Arc<dyn Storage>, ServerError> 
                 url: config.redis_url.clone(),
                 key_prefix: config.redis_prefix.clone(),
                 retention: config.retention,
+                tls: redis_tls(config),
+                username: config.redis_username.clone(),
+                password: redis_password(config)?,
                 ..redis::RedisConfig::default()
             };
             Arc::new(

@@ -130,6 +130,24 @@ pub struct RedisConfig {
     pub retries: u32,
     /// Delay before the first retry; doubled for each further one.
     pub retry_backoff: Duration,
+    /// TLS (with a `rediss://` URL): the CA to verify the server by, and a
+    /// client certificate for servers that require one.
+    pub tls: Option<RedisTls>,
+    /// ACL user (Redis 6+), instead of one in the URL.
+    pub username: Option<String>,
+    /// Its password (or the `requirepass` password without a user),
+    /// instead of one in the URL.
+    pub password: Option<String>,
+}
+
+/// TLS towards Redis.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RedisTls {
+    /// PEM CA certificates the server's certificate chains to (else the
+    /// system's trust store).
+    pub ca: Option<std::path::PathBuf>,
+    /// PEM client certificate and key, for `tls-auth-clients yes`.
+    pub client: Option<(std::path::PathBuf, std::path::PathBuf)>,
 }
 
 impl Default for RedisConfig {
@@ -143,6 +161,9 @@ impl Default for RedisConfig {
             response_timeout: Duration::from_secs(5),
             retries: 2,
             retry_backoff: Duration::from_millis(50),
+            tls: None,
+            username: None,
+            password: None,
         }
     }
 }
@@ -206,12 +227,58 @@ fn corrupt(detail: impl Into<String>) -> StorageError {
     }
 }
 
+/// The client for `cfg`: its URL, the ACL credentials, and TLS with a CA
+/// and client certificate read from their files.
+fn client(cfg: &RedisConfig) -> Result<Client> {
+    use ::redis::IntoConnectionInfo as _;
+    let bad = |detail: String| StorageError::unavailable(BACKEND, detail);
+    let mut info = cfg
+        .url
+        .as_str()
+        .into_connection_info()
+        .map_err(|e| bad(format!("redis URL: {e}")))?;
+    let mut settings = info.redis_settings().clone();
+    if let Some(user) = &cfg.username {
+        settings = settings.set_username(user);
+    }
+    if let Some(password) = &cfg.password {
+        settings = settings.set_password(password);
+    }
+    info = info.set_redis_settings(settings);
+    let Some(tls) = &cfg.tls else {
+        return Client::open(info).map_err(unavailable);
+    };
+    if !cfg.url.starts_with("rediss://") {
+        return Err(bad(
+            "a CA or client certificate for Redis needs a rediss:// URL".into(),
+        ));
+    }
+    let read =
+        |p: &std::path::Path| std::fs::read(p).map_err(|e| bad(format!("{}: {e}", p.display())));
+    let client_tls = match &tls.client {
+        Some((cert, key)) => Some(::redis::ClientTlsConfig {
+            client_cert: read(cert)?,
+            client_key: read(key)?,
+        }),
+        None => None,
+    };
+    let root_cert = tls.ca.as_deref().map(read).transpose()?;
+    Client::build_with_tls(
+        info,
+        ::redis::TlsCertificates {
+            client_tls,
+            root_cert,
+        },
+    )
+    .map_err(|e| bad(format!("redis TLS: {e}")))
+}
+
 impl RedisStorage {
     /// Connects to Redis. Fails when the server cannot be reached within the
     /// connect timeout (after the configured retries). Once connected, a lost
     /// connection is re-established in the background.
     pub async fn connect(cfg: RedisConfig) -> Result<Self> {
-        let client = Client::open(cfg.url.as_str()).map_err(unavailable)?;
+        let client = client(&cfg)?;
         let manager_cfg = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(cfg.connect_timeout))
             .set_response_timeout(Some(cfg.response_timeout))
@@ -354,3 +421,5 @@ impl Storage for RedisStorage {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tls_tests;
