@@ -4,8 +4,10 @@
 //! variables ([`config`]); the Prometheus registry helper every binary's
 //! metrics go through ([`metrics`]); OTLP/HTTP bodies for the servers that
 //! take them ([`otlp_http`]); bounded, idle-reaped connections for every
-//! listener ([`net`]).
+//! listener ([`net`]); bearer authentication ([`auth`], feature `auth`).
 
+#[cfg(feature = "auth")]
+pub mod auth;
 pub mod config;
 pub mod metrics;
 pub mod net;

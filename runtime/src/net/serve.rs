@@ -2,6 +2,9 @@
 
 use std::future::Future;
 
+use axum::extract::ConnectInfo;
+use tower_layer::Layer as _;
+
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::server::graceful::GracefulShutdown;
@@ -49,7 +52,12 @@ pub async fn serve_http(
     loop {
         tokio::select! {
             stream = listener.accept() => {
-                let service = TowerToHyperService::new(app.clone());
+                // The peer's address for handlers and middleware (a refused
+                // credential is logged with it).
+                let peer: std::net::SocketAddr =
+                    stream.get_ref().peer_addr().unwrap_or(([0, 0, 0, 0], 0).into());
+                let app = axum::Extension(ConnectInfo(peer)).layer(app.clone());
+                let service = TowerToHyperService::new(app);
                 let conn = builder
                     .serve_connection_with_upgrades(TokioIo::new(stream), service)
                     .into_owned();
