@@ -48,6 +48,19 @@ async fn run_otel_sdk_send(
     http_url: &str,
     extra: &[&str],
 ) -> serde_json::Value {
+    match try_otel_sdk_send(grpc, http_url, extra).await {
+        Ok(ids) => ids,
+        Err(stderr) => panic!("python failed: {stderr}"),
+    }
+}
+
+/// [`otel_sdk_send`] with `extra` arguments of the script (`--header
+/// authorization=Bearer …`); Python's stderr when an export failed.
+pub async fn try_otel_sdk_send(
+    grpc: std::net::SocketAddr,
+    http_url: &str,
+    extra: &[&str],
+) -> Result<serde_json::Value, String> {
     // The runtime variable (set by cargo and nextest), so a test binary reused
     // from a build in another checkout does not look there; every crate sits
     // in the workspace root.
@@ -71,10 +84,8 @@ async fn run_otel_sdk_send(
     .await
     .expect("python finished")
     .unwrap();
-    assert!(
-        out.status.success(),
-        "python failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    Ok(serde_json::from_slice(&out.stdout).unwrap())
 }

@@ -1,9 +1,11 @@
 """Sends spans with the real OpenTelemetry Python SDK and its OTLP exporters.
 
-Usage: otel_sdk_send.py --grpc HOST:PORT --http URL [--oversized]
+Usage: otel_sdk_send.py --grpc HOST:PORT --http URL [--oversized] [--header KEY=VALUE]...
 Exports once per exporter, plain and gzip-compressed. Prints
 {"grpc": id, "http": id, "grpc-gzip": id, "http-gzip": id} (trace ids; the
 service of each is "py-" + its key) on success.
+
+Each --header is sent with every export (as `authorization=Bearer …`).
 
 With --oversized, the SDK's own limits are lifted and each plain exporter
 sends two one-span traces over the collector's limits: a span of 100,000
@@ -95,22 +97,28 @@ def main():
     p.add_argument("--grpc", required=True)
     p.add_argument("--http", required=True)
     p.add_argument("--oversized", action="store_true")
+    p.add_argument("--header", action="append", default=[])
     a = p.parse_args()
+    h = dict(kv.split("=", 1) for kv in a.header)
     if a.oversized:
         return oversized(a)
     out = {}
     for name, exporter in (
-        ("grpc", GrpcExporter(endpoint=a.grpc, insecure=True, timeout=20)),
-        ("http", HttpExporter(endpoint=a.http, timeout=20)),
+        ("grpc", GrpcExporter(endpoint=a.grpc, insecure=True, timeout=20, headers=h)),
+        ("http", HttpExporter(endpoint=a.http, timeout=20, headers=h)),
         (
             "grpc-gzip",
             GrpcExporter(
-                endpoint=a.grpc, insecure=True, timeout=20, compression=grpc.Compression.Gzip
+                endpoint=a.grpc,
+                insecure=True,
+                timeout=20,
+                compression=grpc.Compression.Gzip,
+                headers=h,
             ),
         ),
         (
             "http-gzip",
-            HttpExporter(endpoint=a.http, timeout=20, compression=HttpCompression.Gzip),
+            HttpExporter(endpoint=a.http, timeout=20, compression=HttpCompression.Gzip, headers=h),
         ),
     ):
         trace_id, spans = make_spans("py-" + name)

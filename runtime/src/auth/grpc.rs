@@ -20,12 +20,12 @@ use super::Authenticator;
 #[derive(Debug, Clone)]
 pub struct RequireBearer<S> {
     inner: S,
-    auth: Authenticator,
+    auth: Option<Authenticator>,
 }
 
 impl<S> RequireBearer<S> {
-    /// Guards `inner` with `auth`.
-    pub fn new(inner: S, auth: Authenticator) -> Self {
+    /// Guards `inner` with `auth`; with `None`, every request goes through.
+    pub fn new(inner: S, auth: Option<Authenticator>) -> Self {
         RequireBearer { inner, auth }
     }
 }
@@ -52,7 +52,9 @@ where
         // The clone that was polled ready serves this request.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        let auth = self.auth.clone();
+        let Some(auth) = self.auth.clone() else {
+            return Box::pin(inner.call(req));
+        };
         Box::pin(async move {
             let peer = req
                 .extensions()

@@ -30,6 +30,15 @@ pub async fn require_bearer(
     }
 }
 
+/// `router` with every route behind `auth` ([`require_bearer`]); unchanged
+/// when `auth` is `None`.
+pub fn protect(router: axum::Router, auth: Option<Authenticator>) -> axum::Router {
+    match auth {
+        Some(auth) => router.layer(axum::middleware::from_fn_with_state(auth, require_bearer)),
+        None => router,
+    }
+}
+
 /// 401 with `WWW-Authenticate: Bearer realm="clew"` (and
 /// `error="invalid_token"` when a credential was given), and the query
 /// API's JSON error envelope saying only that.

@@ -31,7 +31,7 @@ mod tests;
 
 #[cfg(feature = "grpc")]
 pub use grpc::RequireBearer;
-pub use http::{refusal_response, require_bearer};
+pub use http::{protect, refusal_response, require_bearer};
 pub use metrics::AuthMetrics;
 
 /// What a server accepts as a credential.
