@@ -21,6 +21,7 @@
 /// Trace analysis (`clew-analysis`).
 pub use clew_analysis as analysis;
 pub mod assembly;
+mod auth;
 pub mod ingest;
 pub mod metrics;
 pub mod query;

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use clew_runtime::auth::RequireBearer;
 use clew_runtime::net::{ConnMetrics, TrackedListener};
 use clew_runtime::tls::{ServerTls, TlsIncoming};
 use tokio::net::TcpListener;
@@ -145,6 +146,31 @@ pub struct Config {
     /// too; probes and scrapers must then use HTTPS.
     #[arg(long, env = "CLEW_TLS_OPS", requires = "tls_cert")]
     pub tls_ops: bool,
+    /// Bearer authentication of reads and ingest.
+    #[command(flatten)]
+    pub auth: AuthFlags,
+}
+
+clew_runtime::read_auth_flags!(
+    /// Who may read: the query HTTP API (`/api/...`) and gRPC `Query`
+    /// take `Authorization: Bearer` with one of these; none set, reads
+    /// are open.
+    pub struct QueryAuthFlags,
+    env = "CLEW_"
+);
+
+/// Authentication flags: reads, and optionally ingest.
+#[derive(Debug, Clone, clap::Args)]
+pub struct AuthFlags {
+    /// Reads.
+    #[command(flatten)]
+    pub query: QueryAuthFlags,
+    /// Ingest (OTLP gRPC and HTTP, native gRPC) takes `Authorization:
+    /// Bearer` with one of the static tokens of this file, one a line
+    /// (re-read when it changes; JWTs are not accepted on ingest). Unset,
+    /// ingest is open.
+    #[arg(long, env = "CLEW_INGEST_TOKEN_FILE")]
+    pub ingest_token_file: Option<PathBuf>,
 }
 
 /// Replication flags: with `--peers` or `--peer-dns`, every accepted span
@@ -376,6 +402,7 @@ struct Core {
     ingest: Ingest,
     metrics: Arc<Metrics>,
     replication: Option<Replication>,
+    auth: crate::auth::Guards,
 }
 
 /// Replication's parts, when a collector set is configured.
@@ -447,6 +474,7 @@ async fn open_replication(
 /// Opens storage and the WAL, replays what the WAL holds into assembly,
 /// and builds ingest on top.
 async fn open_core(config: &Config) -> Result<Core, ServerError> {
+    let auth = crate::auth::Guards::open(&config.auth).await?;
     let storage = open_storage(config).await?;
     let wal_dir = config.data_dir.join("wal");
     let wal_config = WalConfig {
@@ -502,6 +530,7 @@ async fn open_core(config: &Config) -> Result<Core, ServerError> {
         ingest,
         metrics: Arc::new(metrics),
         replication,
+        auth,
     })
 }
 
@@ -609,20 +638,27 @@ async fn spawn_grpc(
     let gzip = tonic::codec::CompressionEncoding::Gzip;
     let native =
         clew_proto::v1::collector_server::CollectorServer::new(NativeGrpc(core.ingest.clone()));
+    // Health and replication stay open; ingest and queries check tokens.
+    let (ingest_auth, query_auth) = (&core.auth.ingest, &core.auth.query);
     let mut grpc = clew_runtime::net::grpc_server(&config.conn.limits());
     let grpc = grpc
         .add_service(health_service)
-        .add_service(
+        .add_service(RequireBearer::new(
             OtlpGrpcServer::new(core.ingest.clone())
                 .max_decoding_message_size(max)
                 .accept_compressed(gzip),
-        )
-        .add_service(
+            ingest_auth.clone(),
+        ))
+        .add_service(RequireBearer::new(
             native
                 .max_decoding_message_size(max)
                 .accept_compressed(gzip),
-        )
-        .add_service(crate::query::QueryGrpc(Arc::clone(&core.storage)).into_server())
+            ingest_auth.clone(),
+        ))
+        .add_service(RequireBearer::new(
+            crate::query::QueryGrpc(Arc::clone(&core.storage)).into_server(),
+            query_auth.clone(),
+        ))
         .add_optional_service(core.replication.as_ref().map(|r| {
             crate::replication::ReplicationService(r.replicas.clone()).into_server(2 * max)
         }));
@@ -699,21 +735,32 @@ async fn spawn_servers(
     let ops_tls = http_tls.clone().filter(|_| config.tls_ops);
     let metrics = Arc::clone(&core.metrics);
     let replication_metrics = core.replication.as_ref().map(|r| Arc::clone(&r.metrics));
+    let auth_metrics = core.auth.metrics.clone();
     let render = Arc::new(move || {
         let replication = replication_metrics.as_ref().map(|m| m.render());
-        metrics.render() + &conns.render() + replication.as_deref().unwrap_or_default()
+        metrics.render()
+            + &conns.render()
+            + &auth_metrics.render()
+            + replication.as_deref().unwrap_or_default()
     });
+    let protect = clew_runtime::auth::protect;
     let mut others = vec![
         tokio::spawn(serve(
             l.http,
             http_tls.clone(),
-            crate::ingest::http_router(core.ingest.clone()),
+            protect(
+                crate::ingest::http_router(core.ingest.clone()),
+                core.auth.ingest.clone(),
+            ),
             stopped(stop.clone()),
         )),
         tokio::spawn(serve(
             l.query,
             http_tls,
-            crate::query::router(Arc::clone(&core.storage)),
+            protect(
+                crate::query::router(Arc::clone(&core.storage)),
+                core.auth.query.clone(),
+            ),
             stopped(stop.clone()),
         )),
         tokio::spawn(serve(

@@ -71,13 +71,24 @@ async fn run_otel_sdk_send(
     http_url: &str,
     extra: &[&str],
 ) -> serde_json::Value {
+    match try_otel_sdk_send(grpc, http_url, extra).await {
+        Ok(ids) => ids,
+        Err(stderr) => panic!("python failed: {stderr}"),
+    }
+}
+
+/// [`otel_sdk_send`] with `extra` arguments of the script (`--header
+/// authorization=Bearer …`); Python's stderr when an export failed.
+pub async fn try_otel_sdk_send(
+    grpc: std::net::SocketAddr,
+    http_url: &str,
+    extra: &[&str],
+) -> Result<serde_json::Value, String> {
     let out = otel_sdk_command(grpc, http_url, extra).await;
-    assert!(
-        out.status.success(),
-        "python failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    Ok(serde_json::from_slice(&out.stdout).unwrap())
 }
 
 async fn otel_sdk_command(

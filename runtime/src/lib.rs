@@ -5,8 +5,11 @@
 //! metrics go through ([`metrics`]); OTLP/HTTP bodies for the servers that
 //! take them ([`otlp_http`]); bounded, idle-reaped connections for every
 //! listener ([`net`]); TLS and mTLS with certificates re-read when they
-//! change (`tls`, feature `tls`).
+//! change (`tls`, feature `tls`); bearer authentication (`auth`, feature
+//! `auth`).
 
+#[cfg(feature = "auth")]
+pub mod auth;
 pub mod config;
 pub mod metrics;
 pub mod net;

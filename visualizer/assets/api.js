@@ -1,6 +1,9 @@
 // @ts-check
 // The collector's query API as the visualizer proxies it under /api/: fetch
-// wrappers and the shapes of their answers.
+// wrappers and the shapes of their answers. Every call carries the
+// signed-in token; a 401 sends the user to the sign-in page.
+
+import { authHeaders, clearToken } from './auth.js';
 
 /**
  * @typedef {{ key: string, value: unknown, type?: string }} Tag
@@ -71,9 +74,15 @@ export class ApiError extends Error {
 export async function getJson(path) {
   let resp;
   try {
-    resp = await fetch(path, { headers: { accept: 'application/json' } });
+    resp = await fetch(path, { headers: authHeaders(sessionStorage) });
   } catch (e) {
     throw new ApiError(`Cannot reach clew's visualizer (${errorText(e)}).`, 0);
+  }
+  if (resp.status === 401) {
+    clearToken(sessionStorage);
+    // app.js navigates to the sign-in page.
+    window.dispatchEvent(new CustomEvent('clew:unauthorized'));
+    throw new ApiError('Sign in to read traces.', 401);
   }
   let body = null;
   try {

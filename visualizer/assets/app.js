@@ -3,11 +3,13 @@
 // third-party code). This entry module wires the routes, the upload input
 // and the error banner; the pages live in pages/, the waterfall in trace/.
 
+import { signInUrl } from './auth.js';
 import { showError } from './dom.js';
 import { depsPage } from './pages/dependencies.js';
 import { insightsPage } from './pages/insights.js';
 import { searchPage } from './pages/search.js';
 import { servicesPage } from './pages/services.js';
+import { signInPage } from './pages/signin.js';
 import { tracePage, uploadedPage } from './pages/trace.js';
 import { createRouter } from './router.js';
 import { parseUpload } from './upload.js';
@@ -20,6 +22,7 @@ const ROUTES = [
   [/^\/dependencies$/, depsPage],
   [/^\/services(?:\/([^/]+))?$/, servicesPage],
   [/^\/insights$/, insightsPage],
+  [/^\/signin$/, signInPage],
 ];
 
 /** Uncaught errors are shown, never a blank page (and counted for the tests). */
@@ -66,6 +69,10 @@ function main() {
   const session = { uploaded: null };
   const router = createRouter(root, ROUTES, session);
   wireUpload(upload, session, router.navigate);
+  // A 401 from the API: sign in, then come back here.
+  window.addEventListener('clew:unauthorized', () => {
+    if (location.pathname !== '/signin') router.navigate(signInUrl(location.pathname + location.search));
+  });
   router.start();
 }
 

@@ -24,6 +24,7 @@ macro_rules! module {
 const ASSETS: &[(&str, &str, &str)] = &[
     module!("app.js"),
     module!("api.js"),
+    module!("auth.js"),
     module!("charts.js"),
     module!("dom.js"),
     module!("format.js"),
@@ -36,6 +37,7 @@ const ASSETS: &[(&str, &str, &str)] = &[
     module!("pages/insights.js"),
     module!("pages/search.js"),
     module!("pages/services.js"),
+    module!("pages/signin.js"),
     module!("pages/trace.js"),
     module!("trace/analysis.js"),
     module!("trace/model.js"),

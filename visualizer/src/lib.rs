@@ -22,6 +22,7 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use clew_runtime::auth::{Authenticator, require_bearer};
 use clew_runtime::net::TrackedListener;
 use tokio::net::TcpListener;
 
@@ -59,11 +60,35 @@ pub struct Config {
     /// limit a new connection evicts an idle one).
     #[command(flatten)]
     pub conn: ConnFlags,
+    /// Who may read through the visualizer.
+    #[command(flatten)]
+    pub auth: AuthFlags,
+    /// A file holding the bearer token the visualizer sends to the
+    /// collector's query API in place of the browser's (re-read when it
+    /// changes). Unset, the browser's `Authorization` is passed on.
+    #[arg(long, env = "CLEW_VISUALIZER_UPSTREAM_TOKEN_FILE")]
+    pub upstream_token_file: Option<std::path::PathBuf>,
 }
+
+clew_runtime::read_auth_flags!(
+    /// Who may read: `/api/` takes `Authorization: Bearer` with one of
+    /// these (the pages and assets hold no data and stay open, so the
+    /// sign-in page loads); none set, `/api/` is open.
+    pub struct AuthFlags,
+    env = "CLEW_VISUALIZER_"
+);
 
 /// Why the visualizer could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
+    /// A token file or the JWKS could not be read.
+    #[error("{flag}: {source}")]
+    Auth {
+        /// The flag naming it.
+        flag: &'static str,
+        /// Why.
+        source: clew_runtime::auth::AuthError,
+    },
     /// `--query-url` is not a usable `http://` URL.
     #[error("invalid --query-url {url:?}: {reason}")]
     QueryUrl {
@@ -92,22 +117,53 @@ pub struct AppState {
     pub upstream: Upstream,
     /// Prometheus metrics.
     pub metrics: Arc<Metrics>,
+    /// Checks the credential of `/api/` calls; `None`: open.
+    pub auth: Option<Authenticator>,
 }
 
 impl AppState {
-    /// State proxying to `query_url`.
+    /// State proxying to `query_url`, `/api/` open.
     pub fn new(query_url: &str, timeout: Duration) -> Result<Self, ServeError> {
         Ok(AppState {
             upstream: Upstream::new(query_url, timeout)?,
             metrics: Arc::new(Metrics::new()),
+            auth: None,
         })
+    }
+
+    /// Reads the token files and the JWKS of `config` and starts watching
+    /// them.
+    pub async fn with_auth(mut self, config: &Config) -> Result<Self, ServeError> {
+        let bad = |flag| move |source| ServeError::Auth { flag, source };
+        self.auth = Authenticator::start("query", &config.auth.auth_config(), &self.metrics.auth)
+            .await
+            .map_err(bad("--query-token-file / --query-jwks"))?;
+        if self.auth.is_none() {
+            tracing::warn!(
+                "/api/ is unauthenticated: anyone who reaches the visualizer reads what the collector answers it (set --query-token-file or --query-jwks)"
+            );
+        }
+        if let Some(path) = &config.upstream_token_file {
+            self.upstream = self
+                .upstream
+                .with_token_file(path)
+                .await
+                .map_err(bad("--upstream-token-file"))?;
+        }
+        Ok(self)
     }
 }
 
 /// The whole visualizer as a router (tests call it with `oneshot`).
 pub fn app(state: AppState) -> Router {
+    let mut api = get(proxy::forward);
+    if let Some(auth) = state.auth.clone() {
+        // Only the API: pages and assets hold no data, and the sign-in
+        // page must load without a token.
+        api = api.layer(middleware::from_fn_with_state(auth, require_bearer));
+    }
     Router::new()
-        .route("/api/{*path}", get(proxy::forward))
+        .route("/api/{*path}", api)
         .route("/assets/{*path}", get(assets::asset))
         .route("/metrics", get(metrics::render))
         .route("/healthz", get(|| async { "ok" }))
@@ -144,7 +200,9 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
     on_bound: impl FnOnce(SocketAddr),
 ) -> Result<(), ServeError> {
-    let state = AppState::new(&config.query_url, config.query_timeout)?;
+    let state = AppState::new(&config.query_url, config.query_timeout)?
+        .with_auth(&config)
+        .await?;
     let listener = TcpListener::bind(config.addr)
         .await
         .map_err(|source| ServeError::Bind {

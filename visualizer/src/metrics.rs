@@ -22,6 +22,8 @@ pub struct Metrics {
     upstream_seconds: HistogramVec,
     /// Connections of the listener (`listener="ui"`).
     pub conns: clew_runtime::net::ConnMetrics,
+    /// Refused credentials (`surface="query"`).
+    pub auth: clew_runtime::auth::AuthMetrics,
 }
 
 impl Default for Metrics {
@@ -53,6 +55,7 @@ impl Metrics {
             ),
             registry: r,
             conns: clew_runtime::net::ConnMetrics::new(),
+            auth: clew_runtime::auth::AuthMetrics::new(),
         }
     }
 
@@ -79,7 +82,7 @@ impl Metrics {
 
     /// The text exposition format.
     pub fn render(&self) -> String {
-        self.registry.render() + &self.conns.render()
+        self.registry.render() + &self.conns.render() + &self.auth.render()
     }
 }
 

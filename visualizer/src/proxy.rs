@@ -1,16 +1,21 @@
-//! Forwards `GET /api/...` to the collector's query API.
+//! Forwards `GET /api/...` to the collector's query API, with the
+//! browser's `Authorization` or the visualizer's own token.
 
+use std::io::ErrorKind;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::{HeaderValue, Request, Uri, header};
+use axum::http::{HeaderMap, HeaderValue, Request, Uri, header};
 use axum::response::Response;
 use bytes::Bytes;
+use clew_runtime::auth::AuthError;
 use http_body_util::Empty;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use tokio::sync::watch;
 
 use crate::{AppError, AppState, ServeError};
 
@@ -21,6 +26,9 @@ pub struct Upstream {
     base: String,
     client: Client<HttpConnector, Empty<Bytes>>,
     timeout: Duration,
+    /// `Bearer <token>` from `--upstream-token-file`, sent in place of the
+    /// browser's credential; `None`: the browser's is passed on.
+    token: Option<watch::Receiver<HeaderValue>>,
 }
 
 impl Upstream {
@@ -47,19 +55,82 @@ impl Upstream {
             base: url.trim_end_matches('/').to_owned(),
             client: Client::builder(TokioExecutor::new()).build(connector),
             timeout,
+            token: None,
         })
+    }
+
+    /// Sends the token of `path` (its first line that is not blank or a
+    /// `#` comment) to the collector; the file is read again every 2 s and
+    /// a failed read keeps the token read before.
+    pub async fn with_token_file(mut self, path: &Path) -> Result<Self, AuthError> {
+        let first = read_token(path).await?;
+        let (tx, rx) = watch::channel(first);
+        let path = path.to_owned();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(2));
+            while !tx.is_closed() {
+                tick.tick().await;
+                match read_token(&path).await {
+                    Ok(v) => {
+                        tx.send_if_modified(|old| (*old != v).then(|| *old = v).is_some());
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "re-reading --upstream-token-file failed; keeping the token read before")
+                    }
+                }
+            }
+        });
+        self.token = Some(rx);
+        Ok(self)
     }
 }
 
-pub(crate) async fn forward(State(st): State<AppState>, uri: Uri) -> Result<Response, AppError> {
+async fn read_token(path: &Path) -> Result<HeaderValue, AuthError> {
+    let bad = |source| AuthError::Read {
+        path: path.to_owned(),
+        source,
+    };
+    let text = tokio::fs::read_to_string(path).await.map_err(bad)?;
+    let token = text
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty() && !l.starts_with('#'))
+        .ok_or_else(|| {
+            bad(std::io::Error::new(
+                ErrorKind::InvalidData,
+                "holds no token",
+            ))
+        })?;
+    let mut value = HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| {
+        bad(std::io::Error::new(
+            ErrorKind::InvalidData,
+            "not a header value",
+        ))
+    })?;
+    value.set_sensitive(true);
+    Ok(value)
+}
+
+pub(crate) async fn forward(
+    State(st): State<AppState>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Result<Response, AppError> {
     let pq = uri.path_and_query().map_or("/", |p| p.as_str());
     let target: Uri = format!("{}{pq}", st.upstream.base)
         .parse()
         .map_err(|_| AppError::BadPath)?;
-    let req = Request::get(target)
+    let mut req = Request::get(target)
         .header(header::ACCEPT, "application/json")
         .body(Empty::new())
         .map_err(|_| AppError::BadPath)?;
+    let credential = match &st.upstream.token {
+        Some(rx) => Some(rx.borrow().clone()),
+        None => headers.get(header::AUTHORIZATION).cloned(),
+    };
+    if let Some(c) = credential {
+        req.headers_mut().insert(header::AUTHORIZATION, c);
+    }
     let started = Instant::now();
     let resp =
         match tokio::time::timeout(st.upstream.timeout, st.upstream.client.request(req)).await {

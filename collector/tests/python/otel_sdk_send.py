@@ -1,7 +1,7 @@
 """Sends spans with the real OpenTelemetry Python SDK and its OTLP exporters.
 
 Usage: otel_sdk_send.py --grpc HOST:PORT --http URL [--oversized] [--ca FILE]
-                        [--timeout SECONDS]
+                        [--timeout SECONDS] [--header KEY=VALUE]...
 Exports once per exporter, plain and gzip-compressed. Prints
 {"grpc": id, "http": id, "grpc-gzip": id, "http-gzip": id} (trace ids; the
 service of each is "py-" + its key) on success.
@@ -10,6 +10,8 @@ With --ca, both exporters use TLS and trust the CA certificates in FILE
 (the gRPC exporter through grpc.ssl_channel_credentials, the HTTP exporter
 through certificate_file; --http is then an https:// URL). Any failed
 export exits 1 with the reason on stderr.
+
+Each --header is sent with every export (as `authorization=Bearer …`).
 
 With --oversized, the SDK's own limits are lifted and each plain exporter
 sends two one-span traces over the collector's limits: a span of 100,000
@@ -103,7 +105,9 @@ def main():
     p.add_argument("--oversized", action="store_true")
     p.add_argument("--ca")
     p.add_argument("--timeout", type=float, default=20)
+    p.add_argument("--header", action="append", default=[])
     a = p.parse_args()
+    h = dict(kv.split("=", 1) for kv in a.header)
     if a.oversized:
         return oversized(a)
     out = {}
@@ -117,18 +121,26 @@ def main():
         grpc_tls = {"insecure": True}
         http_tls = {}
     for name, exporter in (
-        ("grpc", GrpcExporter(endpoint=a.grpc, timeout=t, **grpc_tls)),
-        ("http", HttpExporter(endpoint=a.http, timeout=t, **http_tls)),
+        ("grpc", GrpcExporter(endpoint=a.grpc, timeout=t, headers=h, **grpc_tls)),
+        ("http", HttpExporter(endpoint=a.http, timeout=t, headers=h, **http_tls)),
         (
             "grpc-gzip",
             GrpcExporter(
-                endpoint=a.grpc, timeout=t, compression=grpc.Compression.Gzip, **grpc_tls
+                endpoint=a.grpc,
+                timeout=t,
+                compression=grpc.Compression.Gzip,
+                headers=h,
+                **grpc_tls,
             ),
         ),
         (
             "http-gzip",
             HttpExporter(
-                endpoint=a.http, timeout=t, compression=HttpCompression.Gzip, **http_tls
+                endpoint=a.http,
+                timeout=t,
+                compression=HttpCompression.Gzip,
+                headers=h,
+                **http_tls,
             ),
         ),
     ):

@@ -2,6 +2,9 @@
 
 use std::future::Future;
 
+use axum::extract::ConnectInfo;
+use tower_layer::Layer as _;
+
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::server::graceful::GracefulShutdown;
@@ -46,7 +49,8 @@ pub async fn serve_http(
     let limits = listener.tracker().limits().clone();
     let incoming = futures_util::stream::unfold(listener, |l| async move {
         let s = l.accept().await;
-        Some((s, l))
+        let peer = s.get_ref().peer_addr().unwrap_or(UNKNOWN_PEER);
+        Some(((s, peer), l))
     });
     serve_http_incoming(incoming, &limits, app, shutdown).await;
 }
@@ -62,7 +66,11 @@ pub async fn serve_https(
 ) {
     use futures_util::StreamExt as _;
     let limits = listener.tracker().limits().clone();
-    let incoming = crate::tls::TlsIncoming::new(listener, tls).filter_map(|s| async { s.ok() });
+    let incoming = crate::tls::TlsIncoming::new(listener, tls).filter_map(|s| async {
+        let s = s.ok()?;
+        let peer = s.peer_addr().unwrap_or(UNKNOWN_PEER);
+        Some((s, peer))
+    });
     serve_http_incoming(incoming, &limits, app, shutdown).await;
 }
 
@@ -80,14 +88,19 @@ pub async fn serve_http_with(
     }
 }
 
-/// Serves `app` on every connection `incoming` yields, as [`serve_http`].
+/// The address given to handlers when a connection's peer is unknown.
+const UNKNOWN_PEER: std::net::SocketAddr =
+    std::net::SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 0);
+
+/// Serves `app` on every connection `incoming` yields (with its peer's
+/// address), as [`serve_http`].
 async fn serve_http_incoming<S, IO>(
     incoming: S,
     limits: &ConnLimits,
     app: axum::Router,
     shutdown: impl Future<Output = ()>,
 ) where
-    S: futures_util::Stream<Item = IO>,
+    S: futures_util::Stream<Item = (IO, std::net::SocketAddr)>,
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
 {
     use futures_util::StreamExt as _;
@@ -98,8 +111,11 @@ async fn serve_http_incoming<S, IO>(
     loop {
         tokio::select! {
             stream = incoming.next() => {
-                let Some(stream) = stream else { break };
-                let service = TowerToHyperService::new(app.clone());
+                let Some((stream, peer)) = stream else { break };
+                // The peer's address for handlers and middleware (a refused
+                // credential is logged with it).
+                let app = axum::Extension(ConnectInfo(peer)).layer(app.clone());
+                let service = TowerToHyperService::new(app);
                 let conn = builder
                     .serve_connection_with_upgrades(TokioIo::new(stream), service)
                     .into_owned();

@@ -20,6 +20,11 @@ impl ServerTlsStream {
     pub fn session(&self) -> &rustls::ServerConnection {
         self.0.get_ref().1
     }
+
+    /// The client's address.
+    pub fn peer_addr(&self) -> io::Result<std::net::SocketAddr> {
+        self.0.get_ref().0.get_ref().peer_addr()
+    }
 }
 
 impl AsyncRead for ServerTlsStream {
