@@ -41,6 +41,12 @@ clew_runtime::conn_limit_flags!(
     env = "CLEW_VISUALIZER_"
 );
 
+clew_runtime::server_tls_flags!(
+    /// HTTPS of the UI listener.
+    pub struct TlsFlags,
+    env = "CLEW_VISUALIZER_"
+);
+
 /// Visualizer settings: flags, or `CLEW_*` environment variables.
 #[derive(Debug, Clone, clap::Parser)]
 #[command(name = "clew-visualizer", version, about = "clew's web UI")]
@@ -68,6 +74,9 @@ pub struct Config {
     /// changes). Unset, the browser's `Authorization` is passed on.
     #[arg(long, env = "CLEW_VISUALIZER_UPSTREAM_TOKEN_FILE")]
     pub upstream_token_file: Option<std::path::PathBuf>,
+    /// HTTPS: the UI, the API proxy and the ops routes over TLS.
+    #[command(flatten)]
+    pub tls: TlsFlags,
 }
 
 clew_runtime::read_auth_flags!(
@@ -108,6 +117,9 @@ pub enum ServeError {
     /// The bound listener could not be read back.
     #[error("server failed: {0}")]
     Serve(#[source] std::io::Error),
+    /// The TLS certificate or key is unusable.
+    #[error("--tls-cert/--tls-key/--tls-client-ca: {0}")]
+    Tls(#[from] clew_runtime::tls::TlsError),
 }
 
 /// Shared state of the handlers.
@@ -203,6 +215,13 @@ pub async fn run(
     let state = AppState::new(&config.query_url, config.query_timeout)?
         .with_auth(&config)
         .await?;
+    let tls = match config.tls.files() {
+        Some(files) => Some(clew_runtime::tls::ServerTls::load(
+            files,
+            &[b"h2", b"http/1.1"],
+        )?),
+        None => None,
+    };
     let listener = TcpListener::bind(config.addr)
         .await
         .map_err(|source| ServeError::Bind {
@@ -213,7 +232,13 @@ pub async fn run(
     let addr = listener.local_addr().map_err(ServeError::Serve)?;
     tracing::info!(%addr, query_url = %config.query_url, "clew-visualizer listening");
     on_bound(addr);
-    clew_runtime::net::serve_http(listener, app(state), shutdown).await;
+    let reloader = tls
+        .as_ref()
+        .map(|t| t.spawn_reloader(config.tls.tls_reload_interval, "ui"));
+    clew_runtime::net::serve_http_with(listener, tls, app(state), shutdown).await;
+    if let Some(r) = reloader {
+        r.abort();
+    }
     Ok(())
 }
 
