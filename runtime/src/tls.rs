@@ -29,7 +29,7 @@ mod incoming;
 #[cfg(feature = "testing")]
 pub mod testing;
 
-pub use connector::TlsConnector;
+pub use connector::{TlsConnection, TlsConnector};
 pub use incoming::{ServerTlsStream, TlsIncoming};
 
 /// Why a TLS configuration could not be built.
@@ -273,17 +273,26 @@ pub struct ClientTls {
 #[derive(Debug)]
 struct ClientInner {
     files: ClientTlsFiles,
+    alpn: Vec<Vec<u8>>,
     current: RwLock<(Arc<ClientConfig>, Files)>,
 }
 
 impl ClientTls {
-    /// Reads `files` and builds the configuration (ALPN `h2`).
+    /// Reads `files` and builds the configuration (ALPN `h2`: gRPC).
     pub fn load(files: ClientTlsFiles) -> Result<ClientTls, TlsError> {
+        Self::load_with_alpn(files, &[b"h2"])
+    }
+
+    /// Reads `files` and builds the configuration offering the protocols
+    /// `alpn` (e.g. `http/1.1` for an HTTP/1 client).
+    pub fn load_with_alpn(files: ClientTlsFiles, alpn: &[&[u8]]) -> Result<ClientTls, TlsError> {
+        let alpn: Vec<Vec<u8>> = alpn.iter().map(|p| p.to_vec()).collect();
         let read = Files::read(client_paths(&files))?;
-        let config = client_config(&files, &read)?;
+        let config = client_config(&files, &alpn, &read)?;
         Ok(ClientTls {
             inner: Arc::new(ClientInner {
                 files,
+                alpn,
                 current: RwLock::new((config, read)),
             }),
         })
@@ -307,7 +316,7 @@ impl ClientTls {
         reload(
             &self.inner.current,
             client_paths(&self.inner.files),
-            |read| client_config(&self.inner.files, read),
+            |read| client_config(&self.inner.files, &self.inner.alpn, read),
         )
     }
 
@@ -335,7 +344,11 @@ fn client_paths(files: &ClientTlsFiles) -> Vec<PathBuf> {
     paths
 }
 
-fn client_config(files: &ClientTlsFiles, read: &Files) -> Result<Arc<ClientConfig>, TlsError> {
+fn client_config(
+    files: &ClientTlsFiles,
+    alpn: &[Vec<u8>],
+    read: &Files,
+) -> Result<Arc<ClientConfig>, TlsError> {
     let roots = roots(&files.ca, read.get(&files.ca))?;
     let builder = ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
@@ -350,7 +363,7 @@ fn client_config(files: &ClientTlsFiles, read: &Files) -> Result<Arc<ClientConfi
             .map_err(|e| TlsError::Rustls(format!("{}: {e}", cert.display())))?,
         None => builder.with_no_client_auth(),
     };
-    config.alpn_protocols = vec![b"h2".to_vec()];
+    config.alpn_protocols = alpn.to_vec();
     Ok(Arc::new(config))
 }
 

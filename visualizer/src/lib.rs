@@ -55,10 +55,13 @@ pub struct Config {
     /// `/readyz` on.
     #[arg(long, env = "CLEW_VISUALIZER_ADDR", default_value = "0.0.0.0:8080")]
     pub addr: SocketAddr,
-    /// The collector's query HTTP API, proxied under `/api/` (plain
-    /// `http://`).
+    /// The collector's query HTTP API, proxied under `/api/`: `http://`,
+    /// or `https://` with `--query-ca`.
     #[arg(long, env = "CLEW_QUERY_URL", default_value = "http://127.0.0.1:16686")]
     pub query_url: String,
+    /// TLS to the query API.
+    #[command(flatten)]
+    pub query_tls: QueryTlsFlags,
     /// How long to wait for the collector's answer.
     #[arg(long, env = "CLEW_QUERY_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub query_timeout: Duration,
@@ -77,6 +80,43 @@ pub struct Config {
     /// HTTPS: the UI, the API proxy and the ops routes over TLS.
     #[command(flatten)]
     pub tls: TlsFlags,
+}
+
+/// TLS of the connections to the collector's query API.
+#[derive(Debug, Clone, clap::Args)]
+pub struct QueryTlsFlags {
+    /// PEM CA certificates the collector's certificate must chain to:
+    /// `--query-url` is then `https://`. Re-read when it changes (every
+    /// `--tls-reload-interval`).
+    #[arg(long, env = "CLEW_QUERY_CA")]
+    pub query_ca: Option<std::path::PathBuf>,
+    /// PEM client certificate for a collector that requires one (mTLS).
+    #[arg(long, env = "CLEW_QUERY_CERT", requires_all = ["query_ca", "query_key"])]
+    pub query_cert: Option<std::path::PathBuf>,
+    /// PEM private key of `--query-cert`.
+    #[arg(long, env = "CLEW_QUERY_KEY", requires = "query_cert")]
+    pub query_key: Option<std::path::PathBuf>,
+    /// The name the collector's certificate carries, when it is not the
+    /// host of `--query-url`.
+    #[arg(long, env = "CLEW_QUERY_SERVER_NAME", requires = "query_ca")]
+    pub query_server_name: Option<String>,
+}
+
+impl QueryTlsFlags {
+    /// The client configuration (HTTP/1.1), when `--query-ca` is set.
+    pub fn load(&self) -> Result<Option<clew_runtime::tls::ClientTls>, ServeError> {
+        let Some(ca) = self.query_ca.clone() else {
+            return Ok(None);
+        };
+        let files = clew_runtime::tls::ClientTlsFiles {
+            ca,
+            identity: self.query_cert.clone().zip(self.query_key.clone()),
+            server_name: self.query_server_name.clone(),
+        };
+        clew_runtime::tls::ClientTls::load_with_alpn(files, &[b"http/1.1"])
+            .map(Some)
+            .map_err(ServeError::QueryTls)
+    }
 }
 
 clew_runtime::read_auth_flags!(
@@ -98,7 +138,7 @@ pub enum ServeError {
         /// Why.
         source: clew_runtime::auth::AuthError,
     },
-    /// `--query-url` is not a usable `http://` URL.
+    /// `--query-url` is not a usable `http://` or `https://` URL.
     #[error("invalid --query-url {url:?}: {reason}")]
     QueryUrl {
         /// The value given.
@@ -120,6 +160,9 @@ pub enum ServeError {
     /// The TLS certificate or key is unusable.
     #[error("--tls-cert/--tls-key/--tls-client-ca: {0}")]
     Tls(#[from] clew_runtime::tls::TlsError),
+    /// The query API's CA or the client certificate is unusable.
+    #[error("--query-ca/--query-cert/--query-key: {0}")]
+    QueryTls(#[source] clew_runtime::tls::TlsError),
 }
 
 /// Shared state of the handlers.
@@ -134,13 +177,18 @@ pub struct AppState {
 }
 
 impl AppState {
-    /// State proxying to `query_url`, `/api/` open.
+    /// State proxying to `query_url` (plain `http://`), `/api/` open.
     pub fn new(query_url: &str, timeout: Duration) -> Result<Self, ServeError> {
-        Ok(AppState {
-            upstream: Upstream::new(query_url, timeout)?,
+        Ok(Self::proxying(Upstream::new(query_url, timeout, None)?))
+    }
+
+    /// State proxying to `upstream`, `/api/` open.
+    pub fn proxying(upstream: Upstream) -> Self {
+        AppState {
+            upstream,
             metrics: Arc::new(Metrics::new()),
             auth: None,
-        })
+        }
     }
 
     /// Reads the token files and the JWKS of `config` and starts watching
@@ -212,9 +260,9 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
     on_bound: impl FnOnce(SocketAddr),
 ) -> Result<(), ServeError> {
-    let state = AppState::new(&config.query_url, config.query_timeout)?
-        .with_auth(&config)
-        .await?;
+    let query_tls = config.query_tls.load()?;
+    let upstream = Upstream::new(&config.query_url, config.query_timeout, query_tls.clone())?;
+    let state = AppState::proxying(upstream).with_auth(&config).await?;
     let tls = match config.tls.files() {
         Some(files) => Some(clew_runtime::tls::ServerTls::load(
             files,
@@ -232,11 +280,15 @@ pub async fn run(
     let addr = listener.local_addr().map_err(ServeError::Serve)?;
     tracing::info!(%addr, query_url = %config.query_url, "clew-visualizer listening");
     on_bound(addr);
-    let reloader = tls
+    let every = config.tls.tls_reload_interval;
+    let reloaders: Vec<_> = (tls
         .as_ref()
-        .map(|t| t.spawn_reloader(config.tls.tls_reload_interval, "ui"));
+        .map(|t| t.spawn_reloader(every, "ui"))
+        .into_iter())
+    .chain(query_tls.map(|t| t.spawn_reloader(every, "query client")))
+    .collect();
     clew_runtime::net::serve_http_with(listener, tls, app(state), shutdown).await;
-    if let Some(r) = reloader {
+    for r in reloaders {
         r.abort();
     }
     Ok(())

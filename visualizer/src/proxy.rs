@@ -11,9 +11,10 @@ use axum::http::{HeaderMap, HeaderValue, Request, Uri, header};
 use axum::response::Response;
 use bytes::Bytes;
 use clew_runtime::auth::AuthError;
+use clew_runtime::tls::{ClientTls, TlsConnector};
 use http_body_util::Empty;
-use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::{Client, ResponseFuture};
 use hyper_util::rt::TokioExecutor;
 use tokio::sync::watch;
 
@@ -22,25 +23,47 @@ use crate::{AppError, AppState, ServeError};
 /// The collector's query API and a pooled HTTP/1 client to it.
 #[derive(Debug, Clone)]
 pub struct Upstream {
-    /// `http://host:port` plus an optional path prefix, no trailing slash.
+    /// `http(s)://host:port` plus an optional path prefix, no trailing
+    /// slash.
     base: String,
-    client: Client<HttpConnector, Empty<Bytes>>,
+    client: Pool,
     timeout: Duration,
     /// `Bearer <token>` from `--upstream-token-file`, sent in place of the
     /// browser's credential; `None`: the browser's is passed on.
     token: Option<watch::Receiver<HeaderValue>>,
 }
 
+/// Plain-text or TLS connections to the collector.
+#[derive(Debug, Clone)]
+enum Pool {
+    Plain(Client<HttpConnector, Empty<Bytes>>),
+    Tls(Client<TlsConnector, Empty<Bytes>>),
+}
+
+impl Pool {
+    fn request(&self, req: Request<Empty<Bytes>>) -> ResponseFuture {
+        match self {
+            Pool::Plain(c) => c.request(req),
+            Pool::Tls(c) => c.request(req),
+        }
+    }
+}
+
 impl Upstream {
-    /// Checks `url` (an `http://` URL without query) and builds the client.
-    pub fn new(url: &str, timeout: Duration) -> Result<Self, ServeError> {
+    /// Checks `url` (an `http://` URL without query, or `https://` when
+    /// `tls` is given) and builds the client; with `tls`, every connection
+    /// is TLS with the client configuration in force when it is made.
+    pub fn new(url: &str, timeout: Duration, tls: Option<ClientTls>) -> Result<Self, ServeError> {
         let bad = |reason| ServeError::QueryUrl {
             url: url.to_owned(),
             reason,
         };
         let uri: Uri = url.parse().map_err(|_| bad("not a URL"))?;
-        if uri.scheme_str() != Some("http") {
-            return Err(bad("must start with http://"));
+        match (uri.scheme_str(), &tls) {
+            (Some("http"), None) | (Some("https"), Some(_)) => {}
+            (Some("https"), None) => return Err(bad("https:// needs --query-ca")),
+            (Some("http"), Some(_)) => return Err(bad("--query-ca is set: use https://")),
+            _ => return Err(bad("must start with http:// or https://")),
         }
         if uri.authority().is_none() {
             return Err(bad("has no host"));
@@ -48,12 +71,19 @@ impl Upstream {
         if uri.query().is_some() {
             return Err(bad("must not have a query"));
         }
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(timeout.min(Duration::from_secs(5))));
-        connector.set_nodelay(true);
+        let builder = Client::builder(TokioExecutor::new());
+        let client = match tls {
+            Some(tls) => Pool::Tls(builder.build(tls.connector())),
+            None => {
+                let mut connector = HttpConnector::new();
+                connector.set_connect_timeout(Some(timeout.min(Duration::from_secs(5))));
+                connector.set_nodelay(true);
+                Pool::Plain(builder.build(connector))
+            }
+        };
         Ok(Upstream {
             base: url.trim_end_matches('/').to_owned(),
-            client: Client::builder(TokioExecutor::new()).build(connector),
+            client,
             timeout,
             token: None,
         })

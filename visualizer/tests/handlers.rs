@@ -307,8 +307,8 @@ async fn a_hung_collector_times_out_with_504() {
 #[test]
 fn bad_query_urls_stop_start_up_with_a_clear_message() {
     for (url, why) in [
-        ("https://collector:16686", "must start with http://"),
-        ("collector:16686", "must start with http://"),
+        ("https://collector:16686", "https:// needs --query-ca"),
+        ("collector:16686", "must start with http:// or https://"),
         ("http://", "not a URL"),
         ("http://collector:16686/?x=1", "must not have a query"),
     ] {

@@ -187,6 +187,6 @@ async fn the_tonic_connector_reaches_a_tls_server() {
         .parse()
         .unwrap();
     let io = tower::Service::call(&mut connector, uri).await.unwrap();
-    let (_, session) = io.inner().get_ref();
+    let (_, session) = io.get_ref().get_ref();
     assert_eq!(session.alpn_protocol(), Some(&b"h2"[..]));
 }
