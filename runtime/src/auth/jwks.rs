@@ -3,7 +3,7 @@
 //! the cache does not hold (at most once per `min_refresh`).
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
@@ -160,9 +160,10 @@ impl Jwks {
         source: Source,
         rules: Rules,
         min_refresh: Duration,
+        ca: Option<&Path>,
     ) -> Result<Arc<Self>, AuthError> {
         let client = match &source {
-            Source::Url(uri) => Some(https_client(uri.scheme_str() == Some("https"))?),
+            Source::Url(uri) => Some(https_client(uri.scheme_str() == Some("https"), ca)?),
             Source::File(_) => None,
         };
         let jwks = Arc::new(Jwks {
@@ -325,26 +326,55 @@ fn reason(kind: &ErrorKind) -> Reason {
     }
 }
 
-/// A client for the JWKS URL: rustls (ring) with the system's CA
-/// certificates for `https`; for plain `http` no CA is loaded.
-fn https_client(tls: bool) -> Result<HttpsClient, AuthError> {
+/// A client for the JWKS URL: rustls (ring) with the CA certificates of
+/// `ca`, or else the system's, for `https`; for plain `http` no CA is
+/// loaded.
+fn https_client(tls: bool, ca: Option<&Path>) -> Result<HttpsClient, AuthError> {
     let builder = hyper_rustls::HttpsConnectorBuilder::new();
-    let builder = if tls {
-        builder
+    let builder = match (tls, ca) {
+        (true, None) => builder
             .with_provider_and_native_roots(rustls::crypto::ring::default_provider())
-            .map_err(|e| AuthError::Jwks(format!("no CA certificates for https: {e}")))?
-    } else {
-        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| AuthError::Jwks(e.to_string()))?
-        .with_root_certificates(rustls::RootCertStore::empty())
-        .with_no_client_auth();
-        builder.with_tls_config(config)
+            .map_err(|e| AuthError::Jwks(format!("no CA certificates for https: {e}")))?,
+        (true, Some(ca)) => builder.with_tls_config(client_config(roots(ca)?)?),
+        (false, _) => builder.with_tls_config(client_config(rustls::RootCertStore::empty())?),
     };
     let connector = builder.https_or_http().enable_http1().build();
     Ok(Client::builder(TokioExecutor::new()).build(connector))
+}
+
+fn client_config(roots: rustls::RootCertStore) -> Result<rustls::ClientConfig, AuthError> {
+    Ok(rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| AuthError::Jwks(e.to_string()))?
+    .with_root_certificates(roots)
+    .with_no_client_auth())
+}
+
+/// The CA certificates of a PEM file.
+fn roots(path: &Path) -> Result<rustls::RootCertStore, AuthError> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject as _;
+    let bad = |what: String| AuthError::Read {
+        path: path.to_owned(),
+        source: std::io::Error::new(std::io::ErrorKind::InvalidData, what),
+    };
+    let pem = std::fs::read(path).map_err(|source| AuthError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    let mut store = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(&pem) {
+        let cert = cert.map_err(|e| bad(format!("not PEM certificates: {e}")))?;
+        store
+            .add(cert)
+            .map_err(|e| bad(format!("not a usable CA certificate: {e}")))?;
+    }
+    if store.is_empty() {
+        return Err(bad("no certificate in the file".into()));
+    }
+    Ok(store)
 }
 
 async fn get(client: &HttpsClient, uri: &hyper::Uri) -> Result<Vec<u8>, String> {

@@ -41,6 +41,9 @@ pub struct AuthConfig {
     pub token_file: Option<PathBuf>,
     /// A JWKS file or `http(s)://` URL whose keys sign accepted JWTs.
     pub jwks: Option<String>,
+    /// PEM CA certificates an `https` JWKS URL's certificate must chain
+    /// to; `None`: the system's.
+    pub jwks_ca: Option<PathBuf>,
     /// The `iss` a JWT must carry.
     pub issuer: Option<String>,
     /// A value the JWT's `aud` must contain.
@@ -58,6 +61,7 @@ impl Default for AuthConfig {
         AuthConfig {
             token_file: None,
             jwks: None,
+            jwks_ca: None,
             issuer: None,
             audience: None,
             file_poll: Duration::from_secs(2),
@@ -275,7 +279,8 @@ async fn open_jwks(s: &str, config: &AuthConfig) -> Result<Arc<jwks::Jwks>, Auth
         issuer: config.issuer.clone(),
         audience: config.audience.clone(),
     };
-    let jwks = jwks::Jwks::open(source, rules, config.jwks_min_refresh).await?;
+    let ca = config.jwks_ca.as_deref();
+    let jwks = jwks::Jwks::open(source, rules, config.jwks_min_refresh, ca).await?;
     jwks::Jwks::watch(&jwks, every);
     Ok(jwks)
 }
@@ -288,8 +293,8 @@ fn bearer(header: &HeaderValue) -> Option<&str> {
     (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
 
-/// Defines a clap flag struct with the four read-authentication flags
-/// (`--query-token-file`, `--query-jwks`, `--query-jwt-issuer`,
+/// Defines a clap flag struct with the read-authentication flags
+/// (`--query-token-file`, `--query-jwks`, `--query-jwks-ca`, `--query-jwt-issuer`,
 /// `--query-jwt-audience`), each binary with its own environment prefix.
 #[macro_export]
 macro_rules! read_auth_flags {
@@ -306,6 +311,11 @@ macro_rules! read_auth_flags {
             /// minutes and when a token names an unknown key).
             #[arg(long, env = concat!($prefix, "QUERY_JWKS"))]
             pub query_jwks: Option<String>,
+            /// PEM CA certificates the `https` JWKS URL's certificate must
+            /// chain to (an identity provider with a private CA); unset,
+            /// the system's trust store.
+            #[arg(long, env = concat!($prefix, "QUERY_JWKS_CA"), requires = "query_jwks")]
+            pub query_jwks_ca: Option<::std::path::PathBuf>,
             /// The issuer (`iss`) a JWT must name.
             #[arg(long, env = concat!($prefix, "QUERY_JWT_ISSUER"), requires = "query_jwks")]
             pub query_jwt_issuer: Option<String>,
@@ -320,6 +330,7 @@ macro_rules! read_auth_flags {
                 $crate::auth::AuthConfig {
                     token_file: self.query_token_file.clone(),
                     jwks: self.query_jwks.clone(),
+                    jwks_ca: self.query_jwks_ca.clone(),
                     issuer: self.query_jwt_issuer.clone(),
                     audience: self.query_jwt_audience.clone(),
                     ..$crate::auth::AuthConfig::default()

@@ -145,6 +145,7 @@ pub fn claims(iss: &str, aud: &str, expires_in: i64) -> Value {
 pub struct JwksServer {
     /// Where it listens.
     pub addr: SocketAddr,
+    scheme: &'static str,
     body: Arc<RwLock<String>>,
     hits: Arc<AtomicUsize>,
 }
@@ -152,6 +153,29 @@ pub struct JwksServer {
 impl JwksServer {
     /// Serves `body` on a loopback port until the runtime ends.
     pub async fn start(body: String) -> Self {
+        let (server, app, listener) = Self::parts(body).await;
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        server
+    }
+
+    /// Serves `body` over HTTPS with `tls` until the runtime ends.
+    #[cfg(feature = "tls")]
+    pub async fn start_https(body: String, tls: crate::tls::ServerTls) -> Self {
+        use crate::net::{ConnLimits, ConnMetrics, TrackedListener};
+        let (mut server, app, listener) = Self::parts(body).await;
+        let listener =
+            TrackedListener::new(listener, "jwks", ConnLimits::default(), &ConnMetrics::new());
+        tokio::spawn(crate::net::serve_https(
+            listener,
+            tls,
+            app,
+            std::future::pending(),
+        ));
+        server.scheme = "https";
+        server
+    }
+
+    async fn parts(body: String) -> (Self, axum::Router, tokio::net::TcpListener) {
         let body = Arc::new(RwLock::new(body));
         let hits = Arc::new(AtomicUsize::new(0));
         let (b, h) = (Arc::clone(&body), Arc::clone(&hits));
@@ -172,13 +196,18 @@ impl JwksServer {
             .await
             .expect("bind");
         let addr = listener.local_addr().expect("local addr");
-        tokio::spawn(async move { axum::serve(listener, app).await });
-        JwksServer { addr, body, hits }
+        let server = JwksServer {
+            addr,
+            scheme: "http",
+            body,
+            hits,
+        };
+        (server, app, listener)
     }
 
     /// The JWKS URL.
     pub fn url(&self) -> String {
-        format!("http://{}/jwks.json", self.addr)
+        format!("{}://{}/jwks.json", self.scheme, self.addr)
     }
 
     /// Publishes another document (a key rotation).

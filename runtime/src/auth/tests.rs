@@ -210,3 +210,46 @@ fn auth_metrics_match_the_catalogue() {
     let m = AuthMetrics::new();
     crate::metrics::catalogue_check("authentication", &m.registry);
 }
+
+#[cfg(feature = "tls")]
+#[tokio::test]
+async fn an_https_jwks_url_is_trusted_through_the_given_ca_only() {
+    use crate::tls::testing::Pki;
+    use crate::tls::{ServerTls, ServerTlsFiles, TlsVersion};
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path(), "idp");
+    let other = Pki::new(dir.path(), "other");
+    let (cert, key) = pki.server("idp", &["127.0.0.1"]);
+    let files = ServerTlsFiles {
+        cert,
+        key,
+        client_ca: None,
+        min_version: TlsVersion::V1_2,
+    };
+    let tls = ServerTls::load(files, &[b"http/1.1"]).unwrap();
+    let signer = SigningKey::ec("idp-key");
+    let server = JwksServer::start_https(jwks(&[&signer]), tls).await;
+    assert!(server.url().starts_with("https://"));
+    let token = signer.sign(&claims(ISS, AUD, 300));
+    let with_ca = |ca: &std::path::Path| AuthConfig {
+        jwks_ca: Some(ca.to_owned()),
+        jwks_min_refresh: Duration::ZERO,
+        ..jwt_config(server.url())
+    };
+    let (auth, _) = start(with_ca(&pki.ca)).await;
+    assert_eq!(check(&auth, &token).await, Ok(()));
+    assert_eq!(server.hits(), 1);
+    // Trusting another CA, the fetch fails the handshake: the key is never
+    // learned and the token is refused (start-up goes on).
+    let (auth, _) = start(with_ca(&other.ca)).await;
+    assert_eq!(check(&auth, &token).await, Err(Reason::UnknownKey));
+    assert_eq!(server.hits(), 1);
+    // A CA file that is not PEM stops start-up, naming the file.
+    let junk = dir.path().join("junk.pem");
+    std::fs::write(&junk, "not a certificate").unwrap();
+    let metrics = AuthMetrics::new();
+    let e = Authenticator::start("query", &with_ca(&junk), &metrics)
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("junk.pem"), "{e}");
+}
