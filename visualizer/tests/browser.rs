@@ -501,6 +501,52 @@ async fn a_collector_error_is_a_clear_message() {
     finish(s).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sign_in_asks_for_a_token_refuses_a_wrong_one_and_returns_to_the_page() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens");
+    std::fs::write(&tokens, "# readers\nreader-token-1\n").unwrap();
+    let ui = Ui::start_with(&["--query-token-file", tokens.to_str().unwrap()]).await;
+    // A deep link without a token: the API answers 401, the page goes to
+    // sign-in, remembering where it was.
+    let s = ui.open("/search?service=frontend&limit=50").await;
+    wait_for_css(&s, "sign-in form", "#signin-form").await;
+    let here = s.url().await;
+    assert!(
+        here.contains("/signin?next=%2Fsearch%3Fservice%3Dfrontend"),
+        "{here}"
+    );
+    let note = "return document.getElementById('signin-note').textContent";
+    // A wrong token is refused and not kept.
+    let input = s.find("#signin-token").await;
+    s.send_keys(&input, "not-a-reader").await;
+    s.click(&s.find("#signin-submit").await).await;
+    let refused = format!("{note} === 'That token was refused.'");
+    s.wait_for("refusal", &refused, WAIT).await;
+    let kept = "return sessionStorage.getItem('clew.token')";
+    assert_eq!(s.js(kept, vec![]).await, Value::Null);
+    shot(&s, "20-signin-refused").await;
+    // The right one (pasted with its scheme) signs in and returns to the
+    // search, which now lists the traces.
+    s.js("document.getElementById('signin-token').value = ''", vec![])
+        .await;
+    let input = s.find("#signin-token").await;
+    s.send_keys(&input, "Bearer reader-token-1").await;
+    s.click(&s.find("#signin-submit").await).await;
+    let n = s
+        .wait_for(
+            "search results after sign-in",
+            "return document.querySelectorAll('#result-list .result').length",
+            WAIT,
+        )
+        .await;
+    assert_eq!(n, json!(CHECKOUTS + 1));
+    assert!(s.url().await.ends_with("/search?service=frontend&limit=50"));
+    assert_eq!(s.js(kept, vec![]).await, json!("reader-token-1"));
+    shot(&s, "21-signed-in").await;
+    finish(s).await;
+}
+
 /// Time to first render of the 10,000-span trace, as the page measured it.
 async fn big_trace_first_render(ui: &Ui, s: &Session<'_>) -> Value {
     let started = Instant::now();

@@ -41,13 +41,23 @@ impl Ui {
     /// Waits for its turn, then starts the collector, the visualizer and
     /// chromedriver.
     pub async fn start() -> Ui {
+        Self::start_with(&[]).await
+    }
+
+    /// [`start`](Self::start) with the visualizer's `flags` (its
+    /// authentication: `--query-token-file`, ...).
+    pub async fn start_with(flags: &[&str]) -> Ui {
         let file = File::create(artifacts().join(".browser-tests.lock")).unwrap();
         let turn = tokio::task::spawn_blocking(move || file.lock().map(|()| file))
             .await
             .unwrap()
             .unwrap();
         let collector = super::collector(super::known_storage().await).await;
-        let ui = super::serve(clew_visualizer::app(super::state(collector))).await;
+        let mut args = vec!["clew-visualizer"];
+        args.extend_from_slice(flags);
+        let config = <clew_visualizer::Config as clap::Parser>::try_parse_from(args).unwrap();
+        let state = super::state(collector).with_auth(&config).await.unwrap();
+        let ui = super::serve(clew_visualizer::app(state)).await;
         Ui {
             base: format!("http://{ui}"),
             driver: Driver::start().await,
