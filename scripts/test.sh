@@ -40,7 +40,18 @@ if ! "$VENV/bin/python" -c "import helm_python, kubernetes_validate" >/dev/null 
   echo "test.sh: installing helm-python-sdk and kubernetes-validate into $VENV"
   "$VENV/bin/pip" install -q helm-python-sdk kubernetes-validate
 fi
+# Third-party Parquet readers for the cold tier's open-format test.
+if ! "$VENV/bin/python" -c "import pyarrow, duckdb" >/dev/null 2>&1; then
+  echo "test.sh: installing pyarrow and duckdb into $VENV"
+  "$VENV/bin/pip" install -q pyarrow duckdb
+fi
 export CLEW_PYTHON="$VENV/bin/python"
+# A real S3 server on loopback for the cold tier (the newest s3s-fs needs a
+# newer rustc than this toolchain).
+if ! command -v s3s-fs >/dev/null 2>&1; then
+  echo "test.sh: installing s3s-fs 0.14.1"
+  cargo install s3s-fs@0.14.1 --locked --features binary
+fi
 export CLEW_CHROMIUM="$(command -v chromium)"
 export CLEW_CHROMEDRIVER="$(command -v chromedriver)"
 

@@ -13,7 +13,7 @@ use super::{DEFAULT_LIMIT, MAX_LIMIT};
 pub(crate) const MAX_INDEXED_TAG_LEN: usize = 128;
 
 /// The number of traces a filter asks for.
-pub(crate) fn effective_limit(filter: &FilterCriteria) -> usize {
+pub fn effective_limit(filter: &FilterCriteria) -> usize {
     match filter.limit as usize {
         0 => DEFAULT_LIMIT,
         n => n.min(MAX_LIMIT),
@@ -23,7 +23,7 @@ pub(crate) fn effective_limit(filter: &FilterCriteria) -> usize {
 /// A value rendered the way tag filters compare it: strings as they are,
 /// booleans as `true`/`false`, numbers in decimal, bytes in lowercase hex,
 /// arrays as `[a,b]`.
-pub(crate) fn render_value(v: &AnyValue) -> String {
+pub fn render_value(v: &AnyValue) -> String {
     let mut out = String::new();
     render_into(v, &mut out);
     out
@@ -59,30 +59,30 @@ fn render_into(v: &AnyValue, out: &mut String) {
 }
 
 /// Span duration in nanoseconds (0 when the end precedes the start).
-pub(crate) fn duration(span: &Span) -> u64 {
+pub fn duration(span: &Span) -> u64 {
     span.end_time_unix_nano
         .saturating_sub(span.start_time_unix_nano)
 }
 
 /// True when the span's status is ERROR.
-pub(crate) fn is_error(span: &Span) -> bool {
+pub fn is_error(span: &Span) -> bool {
     span.status
         .as_ref()
         .is_some_and(|s| s.code == status::Code::Error as i32)
 }
 
 /// The span's kind (unknown values read as UNSPECIFIED).
-pub(crate) fn kind(span: &Span) -> SpanKind {
+pub fn kind(span: &Span) -> SpanKind {
     SpanKind::try_from(span.kind).unwrap_or(SpanKind::Unspecified)
 }
 
 /// The span's id as an array (validated on store, so zeroes never show up).
-pub(crate) fn span_id(span: &Span) -> [u8; 8] {
+pub fn span_id(span: &Span) -> [u8; 8] {
     span.span_id.as_slice().try_into().unwrap_or([0; 8])
 }
 
 /// The parent span id, `None` for a root (empty or all-zero parent).
-pub(crate) fn parent_id(span: &Span) -> Option<[u8; 8]> {
+pub fn parent_id(span: &Span) -> Option<[u8; 8]> {
     let p: [u8; 8] = span.parent_span_id.as_slice().try_into().ok()?;
     (p != [0; 8]).then_some(p)
 }
@@ -117,7 +117,7 @@ fn tag_matches(span: &Span, key: &str, want: &str) -> bool {
 }
 
 /// Jaeger semantics: one span must satisfy every set field of the filter.
-pub(crate) fn span_matches(span: &Span, f: &FilterCriteria) -> bool {
+pub fn span_matches(span: &Span, f: &FilterCriteria) -> bool {
     if !f.service.is_empty() && span.service != f.service {
         return false;
     }
@@ -145,7 +145,7 @@ pub(crate) fn span_matches(span: &Span, f: &FilterCriteria) -> bool {
 }
 
 /// The start of the most recent span of the trace matching the filter.
-pub(crate) fn best_match<'a>(
+pub fn best_match<'a>(
     spans: impl IntoIterator<Item = &'a Span>,
     f: &FilterCriteria,
 ) -> Option<u64> {
@@ -157,7 +157,7 @@ pub(crate) fn best_match<'a>(
 }
 
 /// Sorts spans by start time (then span id, so the order is deterministic).
-pub(crate) fn sort_spans(spans: &mut [Span]) {
+pub fn sort_spans(spans: &mut [Span]) {
     spans.sort_by(|a, b| {
         a.start_time_unix_nano
             .cmp(&b.start_time_unix_nano)
@@ -167,7 +167,7 @@ pub(crate) fn sort_spans(spans: &mut [Span]) {
 
 /// One service-to-service call: a span whose parent is in another service.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Edge {
+pub struct Edge {
     pub parent: String,
     pub child: String,
     pub child_span: [u8; 8],
@@ -176,7 +176,7 @@ pub(crate) struct Edge {
 }
 
 /// The calls inside one trace (each child span once).
-pub(crate) fn edges<'a>(spans: impl IntoIterator<Item = &'a Span> + Clone) -> Vec<Edge> {
+pub fn edges<'a>(spans: impl IntoIterator<Item = &'a Span> + Clone) -> Vec<Edge> {
     let by_id: HashMap<[u8; 8], &Span> =
         spans.clone().into_iter().map(|s| (span_id(s), s)).collect();
     let mut out = Vec::new();
@@ -199,11 +199,11 @@ pub(crate) fn edges<'a>(spans: impl IntoIterator<Item = &'a Span> + Clone) -> Ve
 
 /// Adds up calls into links, sorted by (parent, child).
 #[derive(Debug, Default)]
-pub(crate) struct DependencyCounter(BTreeMap<(String, String), (u64, u64)>);
+pub struct DependencyCounter(BTreeMap<(String, String), (u64, u64)>);
 
 impl DependencyCounter {
     /// Counts one call.
-    pub(crate) fn add(&mut self, parent: &str, child: &str, error: bool) {
+    pub fn add(&mut self, parent: &str, child: &str, error: bool) {
         let e = self
             .0
             .entry((parent.to_owned(), child.to_owned()))
@@ -213,7 +213,7 @@ impl DependencyCounter {
     }
 
     /// The links.
-    pub(crate) fn finish(self) -> Vec<DependencyLink> {
+    pub fn finish(self) -> Vec<DependencyLink> {
         self.0
             .into_iter()
             .map(
@@ -266,13 +266,13 @@ impl SpanIds {
 }
 
 /// `end` of 0 means unbounded.
-pub(crate) fn in_window(t: u64, start: u64, end: u64) -> bool {
+pub fn in_window(t: u64, start: u64, end: u64) -> bool {
     t >= start && (end == 0 || t <= end)
 }
 
 /// The window `[start, end]` with an `end` of 0 read as unbounded
 /// (`u64::MAX`); `None` when it is empty (`start` after `end`).
-pub(crate) fn window(start: u64, end: u64) -> Option<(u64, u64)> {
+pub fn window(start: u64, end: u64) -> Option<(u64, u64)> {
     let end = match end {
         0 => u64::MAX,
         t => t,
@@ -281,13 +281,13 @@ pub(crate) fn window(start: u64, end: u64) -> Option<(u64, u64)> {
 }
 
 /// The window of span starts a search looks in, as [`window`] reads it.
-pub(crate) fn start_window(f: &FilterCriteria) -> Option<(u64, u64)> {
+pub fn start_window(f: &FilterCriteria) -> Option<(u64, u64)> {
     window(f.start_time_min_unix_nano, f.start_time_max_unix_nano)
 }
 
 /// A service's operations as `Storage::operations` answers them: sorted,
 /// each (name, kind) once.
-pub(crate) fn sorted_operations(mut ops: Vec<(String, SpanKind)>) -> Vec<(String, SpanKind)> {
+pub fn sorted_operations(mut ops: Vec<(String, SpanKind)>) -> Vec<(String, SpanKind)> {
     ops.sort();
     ops.dedup();
     ops

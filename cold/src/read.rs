@@ -1,0 +1,524 @@
+//! Reading the cold tier: the list of blocks (their `meta.json`, cached
+//! and refreshed by listing), a trace by id (block trace-id range, row
+//! group statistics, then the row group's bloom filter, then only the
+//! matching rows), searches (blocks pruned by time range and services
+//! before any is opened) and dependencies.
+//!
+//! A block that cannot be read (truncated, corrupt, another version) is
+//! skipped with an error log naming it and counted in
+//! [`ColdStore::skipped_blocks`]; the answer comes from the rest.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use arrow_array::{Array as _, BooleanArray, RecordBatch};
+use clew_proto::v1::{DependencyLink, FilterCriteria, Span, SpanKind};
+use clew_storage::filter;
+use futures_util::{StreamExt as _, TryStreamExt as _};
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt as _};
+use parking_lot::{Mutex, RwLock};
+use parquet::arrow::ParquetRecordBatchStreamBuilder;
+use parquet::arrow::ProjectionMask;
+use parquet::arrow::arrow_reader::{
+    ArrowPredicateFn, ArrowReaderMetadata, ArrowReaderOptions, RowFilter,
+};
+use parquet::bloom_filter::Sbbf;
+use parquet::file::statistics::Statistics;
+
+use crate::block::{data_path, meta_path};
+use crate::meta::BlockMeta;
+use crate::reader::ObjectReader;
+use crate::schema::{self, Columns, col};
+use crate::{ColdError, json};
+
+/// One listed block and what is cached of it.
+#[derive(Debug)]
+pub struct Block {
+    /// Its metadata object.
+    pub meta: BlockMeta,
+    footer: tokio::sync::OnceCell<ArrowReaderMetadata>,
+    blooms: Mutex<HashMap<usize, Option<Arc<Sbbf>>>>,
+}
+
+/// The cold tier of one store prefix.
+#[derive(Debug)]
+pub struct ColdStore {
+    store: Arc<dyn ObjectStore>,
+    prefix: Path,
+    blocks: RwLock<Arc<BTreeMap<String, Arc<Block>>>>,
+    skipped: AtomicU64,
+}
+
+type Blocks = Arc<BTreeMap<String, Arc<Block>>>;
+
+impl ColdStore {
+    /// The cold tier under `prefix` of `store` (nothing is read yet: call
+    /// [`refresh`](Self::refresh)).
+    pub fn new(store: Arc<dyn ObjectStore>, prefix: Path) -> Self {
+        ColdStore {
+            store,
+            prefix,
+            blocks: RwLock::new(Arc::default()),
+            skipped: AtomicU64::new(0),
+        }
+    }
+
+    /// The object store.
+    pub fn store(&self) -> &Arc<dyn ObjectStore> {
+        &self.store
+    }
+
+    /// The prefix blocks live under.
+    pub fn prefix(&self) -> &Path {
+        &self.prefix
+    }
+
+    /// Blocks skipped because they could not be read, since start.
+    pub fn skipped_blocks(&self) -> u64 {
+        self.skipped.load(Ordering::Relaxed)
+    }
+
+    /// The blocks listed, by id (those replaced by a compacted block left
+    /// out).
+    pub fn blocks(&self) -> Blocks {
+        Arc::clone(&self.blocks.read())
+    }
+
+    /// Lists the blocks again: new `meta.json` objects are read, deleted
+    /// blocks forgotten. A `meta.json` that does not parse is skipped (and
+    /// logged) until it is replaced.
+    pub async fn refresh(&self) -> Result<Blocks, ColdError> {
+        let listed: Vec<_> = self
+            .store
+            .list(Some(&self.prefix.clone().join("blocks")))
+            .try_collect()
+            .await?;
+        let ids: HashSet<String> = listed
+            .iter()
+            .filter(|o| o.location.filename() == Some("meta.json"))
+            .filter_map(|o| block_id(&o.location))
+            .collect();
+        let old = self.blocks();
+        let mut all: BTreeMap<String, Arc<Block>> = BTreeMap::new();
+        for id in ids {
+            match old.get(&id) {
+                Some(b) => {
+                    all.insert(id, Arc::clone(b));
+                }
+                None => {
+                    if let Some(b) = self.load_meta(&id).await? {
+                        all.insert(id, Arc::new(b));
+                    }
+                }
+            }
+        }
+        let replaced: HashSet<String> = all
+            .values()
+            .flat_map(|b| b.meta.replaces.iter().cloned())
+            .collect();
+        all.retain(|id, _| !replaced.contains(id));
+        let all = Arc::new(all);
+        *self.blocks.write() = Arc::clone(&all);
+        Ok(all)
+    }
+
+    async fn load_meta(&self, id: &str) -> Result<Option<Block>, ColdError> {
+        let bytes = match self.store.get(&meta_path(&self.prefix, id)).await {
+            Ok(r) => r.bytes().await?,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        match BlockMeta::parse(&bytes) {
+            Ok(meta) => Ok(Some(Block {
+                meta,
+                footer: tokio::sync::OnceCell::new(),
+                blooms: Mutex::new(HashMap::new()),
+            })),
+            Err(e) => {
+                self.skip(id, &e);
+                Ok(None)
+            }
+        }
+    }
+
+    fn skip(&self, id: &str, e: &ColdError) {
+        self.skipped.fetch_add(1, Ordering::Relaxed);
+        tracing::error!(block = id, error = %e, "skipping an unreadable cold block");
+    }
+
+    /// Runs `read` on a block; an unreadable block is skipped (`None`),
+    /// an object-store failure other than a vanished block is returned.
+    async fn guarded<T>(
+        &self,
+        block: &Block,
+        read: impl Future<Output = Result<T, ColdError>>,
+    ) -> Result<Option<T>, ColdError> {
+        match read.await {
+            Ok(v) => Ok(Some(v)),
+            Err(ColdError::Store(object_store::Error::NotFound { .. })) => Ok(None),
+            Err(e @ ColdError::Store(_)) => Err(e),
+            Err(e) => {
+                self.skip(&block.meta.id, &e);
+                Ok(None)
+            }
+        }
+    }
+
+    fn reader(&self, block: &Block) -> ObjectReader {
+        ObjectReader::new(
+            Arc::clone(&self.store),
+            data_path(&self.prefix, &block.meta.id),
+        )
+    }
+
+    /// A stream builder over `block`, its footer read once and cached.
+    async fn builder(
+        &self,
+        block: &Block,
+    ) -> Result<ParquetRecordBatchStreamBuilder<ObjectReader>, ColdError> {
+        let footer = block
+            .footer
+            .get_or_try_init(|| async {
+                let mut reader = self.reader(block);
+                let options = ArrowReaderOptions::new().with_schema(schema::schema());
+                ArrowReaderMetadata::load_async(&mut reader, options).await
+            })
+            .await?;
+        Ok(ParquetRecordBatchStreamBuilder::new_with_metadata(
+            self.reader(block),
+            footer.clone(),
+        ))
+    }
+
+    /// Every span of `trace_id` in the cold tier, unsorted (a trace may
+    /// be in several blocks).
+    pub async fn trace_spans(&self, trace_id: &[u8; 16]) -> Result<Vec<Span>, ColdError> {
+        let hex = json::hex(trace_id);
+        let mut out = Vec::new();
+        for block in self.blocks().values().filter(|b| b.meta.may_hold(&hex)) {
+            if let Some(spans) = self
+                .guarded(block, self.block_trace(block, trace_id))
+                .await?
+            {
+                out.extend(spans);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn block_trace(&self, block: &Block, id: &[u8; 16]) -> Result<Vec<Span>, ColdError> {
+        let mut builder = self.builder(block).await?;
+        let mut groups = Vec::new();
+        for rg in 0..builder.metadata().num_row_groups() {
+            if !stats_may_hold(builder.metadata().row_group(rg).column(0).statistics(), id) {
+                continue;
+            }
+            if bloom(block, &mut builder, rg)
+                .await?
+                .is_none_or(|b| b.check(&id[..]))
+            {
+                groups.push(rg);
+            }
+        }
+        if groups.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mask = ProjectionMask::roots(builder.parquet_schema(), [0]);
+        let want = *id;
+        let predicate = ArrowPredicateFn::new(mask, move |batch: RecordBatch| {
+            let ids = Columns::new(&batch)
+                .binary(col::TRACE_ID)
+                .map_err(|e| arrow_schema::ArrowError::ExternalError(Box::new(e)))?;
+            Ok(ids
+                .iter()
+                .map(|v| Some(v == Some(&want[..])))
+                .collect::<BooleanArray>())
+        });
+        let stream = builder
+            .with_row_groups(groups)
+            .with_row_filter(RowFilter::new(vec![Box::new(predicate)]))
+            .build()?;
+        let batches: Vec<RecordBatch> = stream.try_collect().await?;
+        let mut spans = Vec::new();
+        for b in &batches {
+            spans.extend(schema::from_batch(b)?);
+        }
+        Ok(spans)
+    }
+
+    /// Trace ids with a span matching `f`, each with the start of its most
+    /// recent matching span (not limited: the caller merges tiers).
+    pub async fn search(&self, f: &FilterCriteria) -> Result<HashMap<[u8; 16], u64>, ColdError> {
+        let mut best: HashMap<[u8; 16], u64> = HashMap::new();
+        let Some((min, max)) = filter::start_window(f) else {
+            return Ok(best);
+        };
+        let blocks = self.blocks();
+        let candidates = blocks.values().filter(|b| {
+            b.meta.overlaps(min, if max == u64::MAX { 0 } else { max })
+                && b.meta.has(&f.service, &f.operation)
+        });
+        for block in candidates {
+            if let Some(found) = self
+                .guarded(block, self.block_search(block, f, (min, max)))
+                .await?
+            {
+                for (id, start) in found {
+                    let e = best.entry(id).or_insert(start);
+                    *e = (*e).max(start);
+                }
+            }
+        }
+        Ok(best)
+    }
+
+    async fn block_search(
+        &self,
+        block: &Block,
+        f: &FilterCriteria,
+        (min, max): (u64, u64),
+    ) -> Result<Vec<([u8; 16], u64)>, ColdError> {
+        let builder = self.builder(block).await?;
+        let groups: Vec<usize> = (0..builder.metadata().num_row_groups())
+            .filter(|rg| {
+                let stats = builder.metadata().row_group(*rg).column(6).statistics();
+                u64_range(stats).is_none_or(|(lo, hi)| hi >= min && lo <= max)
+            })
+            .collect();
+        let mut cols = vec![0, 3, 4, 6, 7, 9];
+        if !f.tags.is_empty() {
+            cols.extend([13, 14]);
+        }
+        let mask = ProjectionMask::roots(builder.parquet_schema(), cols);
+        let mut stream = builder
+            .with_row_groups(groups)
+            .with_projection(mask)
+            .build()?;
+        let mut out = Vec::new();
+        while let Some(batch) = stream.next().await {
+            let batch = batch?;
+            for (id, span) in SearchRows::new(&batch, !f.tags.is_empty())?.spans()? {
+                if filter::span_matches(&span, f) {
+                    out.push((id, span.start_time_unix_nano));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Services with spans in the cold tier, sorted.
+    pub fn services(&self) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .blocks()
+            .values()
+            .flat_map(|b| b.meta.services.keys().cloned())
+            .collect();
+        out.sort();
+        out.dedup();
+        out
+    }
+
+    /// A service's operations in the cold tier, of `kind` when given.
+    pub fn operations(&self, service: &str, kind: Option<SpanKind>) -> Vec<(String, SpanKind)> {
+        let ops = self
+            .blocks()
+            .values()
+            .filter_map(|b| b.meta.services.get(service).cloned())
+            .flatten()
+            .filter_map(|o| Some((o.name, SpanKind::try_from(o.kind).ok()?)))
+            .filter(|(_, k)| kind.is_none_or(|want| *k == want))
+            .collect();
+        filter::sorted_operations(ops)
+    }
+
+    /// Service calls whose child span started in `[start, end]` (0:
+    /// unbounded), from the blocks overlapping the window; a trace split
+    /// across blocks counts the calls whose parent is in the same block.
+    pub async fn dependencies(
+        &self,
+        start: u64,
+        end: u64,
+    ) -> Result<Vec<DependencyLink>, ColdError> {
+        let mut counter = filter::DependencyCounter::default();
+        let blocks = self.blocks();
+        for block in blocks.values().filter(|b| b.meta.overlaps(start, end)) {
+            let Some(spans) = self.guarded(block, self.block_edges_spans(block)).await? else {
+                continue;
+            };
+            for trace in spans.chunk_by(|a, b| a.trace_id == b.trace_id) {
+                for e in filter::edges(trace.iter()) {
+                    if filter::in_window(e.child_start, start, end) {
+                        counter.add(&e.parent, &e.child, e.error);
+                    }
+                }
+            }
+        }
+        Ok(counter.finish())
+    }
+
+    /// The spans of a block with the columns dependencies need.
+    async fn block_edges_spans(&self, block: &Block) -> Result<Vec<Span>, ColdError> {
+        let builder = self.builder(block).await?;
+        let mask = ProjectionMask::roots(builder.parquet_schema(), [0, 1, 2, 3, 6, 9]);
+        let batches: Vec<RecordBatch> =
+            builder.with_projection(mask).build()?.try_collect().await?;
+        let mut out = Vec::new();
+        for b in &batches {
+            out.extend(edge_spans(b)?);
+        }
+        Ok(out)
+    }
+
+    /// Deletes blocks (data first, then metadata: a block whose data is
+    /// gone is never listed).
+    pub async fn delete_block(&self, id: &str) -> Result<(), ColdError> {
+        for path in [data_path(&self.prefix, id), meta_path(&self.prefix, id)] {
+            match self.store.delete(&path).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `blocks/<id>/meta.json` → `<id>`.
+fn block_id(path: &Path) -> Option<String> {
+    let parts: Vec<_> = path.parts().collect();
+    let n = parts.len();
+    (n >= 3 && parts[n - 3].as_ref() == "blocks").then(|| parts[n - 2].as_ref().to_owned())
+}
+
+/// Whether a row group's trace-id statistics allow `id`.
+fn stats_may_hold(stats: Option<&Statistics>, id: &[u8; 16]) -> bool {
+    match stats {
+        Some(Statistics::FixedLenByteArray(s)) => match (s.min_opt(), s.max_opt()) {
+            (Some(lo), Some(hi)) => lo.data() <= &id[..] && &id[..] <= hi.data(),
+            _ => true,
+        },
+        _ => true,
+    }
+}
+
+/// A row group's `u64` column range (unsigned statistics are stored as
+/// INT64 with an unsigned logical type; the min/max are the unsigned
+/// order).
+fn u64_range(stats: Option<&Statistics>) -> Option<(u64, u64)> {
+    match stats {
+        Some(Statistics::Int64(s)) => {
+            let (lo, hi) = (s.min_opt()?, s.max_opt()?);
+            Some((*lo as u64, *hi as u64))
+        }
+        _ => None,
+    }
+}
+
+/// The bloom filter of `trace_id` in row group `rg`, read once.
+async fn bloom(
+    block: &Block,
+    builder: &mut ParquetRecordBatchStreamBuilder<ObjectReader>,
+    rg: usize,
+) -> Result<Option<Arc<Sbbf>>, ColdError> {
+    if let Some(b) = block.blooms.lock().get(&rg) {
+        return Ok(b.clone());
+    }
+    let b = builder
+        .get_row_group_column_bloom_filter(rg, 0)
+        .await?
+        .map(Arc::new);
+    block.blooms.lock().insert(rg, b.clone());
+    Ok(b)
+}
+
+/// The rows of a search projection.
+struct SearchRows<'a> {
+    batch: &'a RecordBatch,
+    tags: bool,
+}
+
+impl<'a> SearchRows<'a> {
+    fn new(batch: &'a RecordBatch, tags: bool) -> Result<Self, ColdError> {
+        Ok(SearchRows { batch, tags })
+    }
+
+    /// Each row as a span holding what a filter looks at.
+    fn spans(&self) -> Result<Vec<([u8; 16], Span)>, ColdError> {
+        let c = Columns::new(self.batch);
+        let ids = c.binary(col::TRACE_ID)?;
+        let (service, name) = (c.string(col::SERVICE)?, c.string(col::NAME)?);
+        let (start, end, code) = (
+            c.u64(col::START)?,
+            c.u64(col::END)?,
+            c.i32(col::STATUS_CODE)?,
+        );
+        let attrs = if self.tags {
+            Some((c.string(col::ATTRIBUTES)?, c.string(col::RESOURCE)?))
+        } else {
+            None
+        };
+        let kv = |a: &arrow_array::StringArray, i: usize, name: &str| {
+            serde_json::from_str(a.value(i))
+                .map_err(|e| ColdError::Corrupt(format!("column {name}: {e}")))
+                .and_then(|v| json::parse_key_values(&v).map_err(|e| ColdError::Corrupt(e.0)))
+        };
+        (0..self.batch.num_rows())
+            .map(|i| {
+                let id: [u8; 16] = ids
+                    .value(i)
+                    .try_into()
+                    .map_err(|_| ColdError::Corrupt("trace id is not 16 bytes".into()))?;
+                let mut span = Span {
+                    service: service.value(i).to_owned(),
+                    name: name.value(i).to_owned(),
+                    start_time_unix_nano: start.value(i),
+                    end_time_unix_nano: end.value(i),
+                    status: (!code.is_null(i)).then(|| clew_proto::v1::Status {
+                        code: code.value(i),
+                        message: String::new(),
+                    }),
+                    ..Span::default()
+                };
+                if let Some((a, r)) = attrs {
+                    span.attributes = kv(a, i, col::ATTRIBUTES)?;
+                    span.resource = kv(r, i, col::RESOURCE)?;
+                }
+                Ok((id, span))
+            })
+            .collect()
+    }
+}
+
+/// Spans with the ids, service, start and status of each row.
+fn edge_spans(batch: &RecordBatch) -> Result<Vec<Span>, ColdError> {
+    let c = Columns::new(batch);
+    let (trace, span, parent) = (
+        c.binary(col::TRACE_ID)?,
+        c.binary(col::SPAN_ID)?,
+        c.binary(col::PARENT_SPAN_ID)?,
+    );
+    let (service, start, code) = (
+        c.string(col::SERVICE)?,
+        c.u64(col::START)?,
+        c.i32(col::STATUS_CODE)?,
+    );
+    Ok((0..batch.num_rows())
+        .map(|i| Span {
+            trace_id: trace.value(i).to_vec(),
+            span_id: span.value(i).to_vec(),
+            parent_span_id: if parent.is_null(i) {
+                Vec::new()
+            } else {
+                parent.value(i).to_vec()
+            },
+            service: service.value(i).to_owned(),
+            start_time_unix_nano: start.value(i),
+            status: (!code.is_null(i)).then(|| clew_proto::v1::Status {
+                code: code.value(i),
+                message: String::new(),
+            }),
+            ..Span::default()
+        })
+        .collect())
+}
