@@ -10,10 +10,13 @@
 //!   once it is whole.
 //! - [`read`]: finds a trace by id and searches blocks, caching metadata,
 //!   Parquet footers and bloom filters.
+//! - [`maintain`]: compaction of small blocks, retention, and the sweep of
+//!   what compactions and crashes leave behind.
 //! - [`url`]: opens `file:///…` or `s3://bucket/prefix` as an object store.
 
 pub mod block;
 pub mod json;
+pub mod maintain;
 pub mod meta;
 pub mod read;
 pub mod reader;

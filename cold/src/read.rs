@@ -48,6 +48,12 @@ pub struct ColdStore {
     store: Arc<dyn ObjectStore>,
     prefix: Path,
     blocks: RwLock<Arc<BTreeMap<String, Arc<Block>>>>,
+    /// Listed blocks that a listed compacted block replaces, with the
+    /// creation time of the block replacing them (deleted after a grace).
+    replaced: RwLock<BTreeMap<String, u64>>,
+    /// Block directories without `meta.json` at the last listing, with
+    /// their data's last-modified time.
+    partial: RwLock<BTreeMap<String, u64>>,
     skipped: AtomicU64,
 }
 
@@ -61,6 +67,8 @@ impl ColdStore {
             store,
             prefix,
             blocks: RwLock::new(Arc::default()),
+            replaced: RwLock::new(BTreeMap::new()),
+            partial: RwLock::new(BTreeMap::new()),
             skipped: AtomicU64::new(0),
         }
     }
@@ -100,6 +108,17 @@ impl ColdStore {
             .filter(|o| o.location.filename() == Some("meta.json"))
             .filter_map(|o| block_id(&o.location))
             .collect();
+        *self.partial.write() = listed
+            .iter()
+            .filter_map(|o| Some((block_id(&o.location)?, o)))
+            .filter(|(id, _)| !ids.contains(id))
+            .map(|(id, o)| {
+                (
+                    id,
+                    u64::try_from(o.last_modified.timestamp_nanos_opt().unwrap_or(0)).unwrap_or(0),
+                )
+            })
+            .collect();
         let old = self.blocks();
         let mut all: BTreeMap<String, Arc<Block>> = BTreeMap::new();
         for id in ids {
@@ -114,11 +133,18 @@ impl ColdStore {
                 }
             }
         }
-        let replaced: HashSet<String> = all
+        let replaced: BTreeMap<String, u64> = all
             .values()
-            .flat_map(|b| b.meta.replaces.iter().cloned())
+            .flat_map(|b| {
+                b.meta
+                    .replaces
+                    .iter()
+                    .map(|r| (r.clone(), b.meta.created_unix_nano))
+            })
+            .filter(|(r, _)| all.contains_key(r))
             .collect();
-        all.retain(|id, _| !replaced.contains(id));
+        all.retain(|id, _| !replaced.contains_key(id));
+        *self.replaced.write() = replaced;
         let all = Arc::new(all);
         *self.blocks.write() = Arc::clone(&all);
         Ok(all)
@@ -205,6 +231,10 @@ impl ColdStore {
                 out.extend(spans);
             }
         }
+        // A span moved twice (a crash before its hot copy was deleted) is
+        // in two blocks: keep one.
+        out.sort_by(|a, b| a.span_id.cmp(&b.span_id));
+        out.dedup_by(|a, b| a.span_id == b.span_id);
         Ok(out)
     }
 
@@ -356,6 +386,27 @@ impl ColdStore {
             }
         }
         Ok(counter.finish())
+    }
+
+    /// Every span of a block.
+    pub(crate) async fn block_spans(&self, block: &Block) -> Result<Vec<Span>, ColdError> {
+        let batches: Vec<RecordBatch> = self.builder(block).await?.build()?.try_collect().await?;
+        let mut out = Vec::new();
+        for b in &batches {
+            out.extend(schema::from_batch(b)?);
+        }
+        Ok(out)
+    }
+
+    /// Blocks a listed compacted block replaces, with the creation time of
+    /// the block replacing each.
+    pub fn replaced(&self) -> BTreeMap<String, u64> {
+        self.replaced.read().clone()
+    }
+
+    /// Block directories without `meta.json`, with their data's age stamp.
+    pub fn partial(&self) -> BTreeMap<String, u64> {
+        self.partial.read().clone()
     }
 
     /// The spans of a block with the columns dependencies need.

@@ -108,7 +108,9 @@ fn rich_span(trace: [u8; 16], n: u8) -> Span {
 
 fn dir_store() -> (tempfile::TempDir, Arc<dyn ObjectStore>) {
     let dir = tempfile::tempdir().unwrap();
-    let fs = LocalFileSystem::new_with_prefix(dir.path()).unwrap();
+    let fs = LocalFileSystem::new_with_prefix(dir.path())
+        .unwrap()
+        .with_automatic_cleanup(true);
     (dir, Arc::new(fs))
 }
 
@@ -342,4 +344,107 @@ async fn an_unreadable_block_is_skipped_and_the_rest_answers() {
     let (id, spans) = by_trace(&held[good]).into_iter().next().unwrap();
     let got = fresh.trace_spans(&id).await.unwrap();
     assert!(got.len() >= spans.len());
+}
+
+fn listed_dirs(dir: &std::path::Path) -> usize {
+    std::fs::read_dir(dir.join("blocks")).map_or(0, |d| d.count())
+}
+
+#[tokio::test]
+async fn compaction_merges_small_blocks_and_the_sweep_removes_them_after_the_grace() {
+    use crate::maintain::MaintainOptions;
+    use std::time::Duration;
+    let spans = many(400, 3);
+    let (dir, cold) = store_with(&spans, 4).await;
+    let before = cold.search(&FilterCriteria::default()).await.unwrap();
+    let options = MaintainOptions {
+        compact_below_bytes: u64::MAX,
+        ..MaintainOptions::default()
+    };
+    let merged = cold.compact(&options).await.unwrap().unwrap();
+    assert_eq!(merged.replaces.len(), 4);
+    assert_eq!(merged.spans as usize, spans.len());
+    // Listed: only the merged block; the sources stay on disk for readers
+    // of the old listing until the grace has passed.
+    assert_eq!(cold.blocks().keys().collect::<Vec<_>>(), [&merged.id]);
+    assert_eq!(listed_dirs(dir.path()), 5);
+    assert_eq!(
+        cold.search(&FilterCriteria::default()).await.unwrap(),
+        before
+    );
+    for (id, want) in by_trace(&spans) {
+        let got = sorted(cold.trace_spans(&id).await.unwrap());
+        assert!(same(&got, &sorted(want)));
+    }
+    let now = merged.created_unix_nano;
+    assert_eq!(cold.sweep(now, Duration::from_secs(60)).await.unwrap(), 0);
+    assert_eq!(
+        cold.sweep(now + 61 * SEC, Duration::from_secs(60))
+            .await
+            .unwrap(),
+        4
+    );
+    assert_eq!(listed_dirs(dir.path()), 1);
+    // One block is not compacted with itself.
+    assert_eq!(cold.compact(&options).await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn a_trace_moved_twice_is_read_and_compacted_once() {
+    use crate::maintain::MaintainOptions;
+    let spans = many(50, 2);
+    let (_dir, cold) = store_with(&spans, 1).await;
+    // The same spans again (a crash between the block and the hot delete).
+    block::write(
+        cold.store(),
+        &Path::default(),
+        spans.clone(),
+        vec![],
+        &BlockOptions::default(),
+    )
+    .await
+    .unwrap();
+    cold.refresh().await.unwrap();
+    for (id, want) in by_trace(&spans) {
+        assert!(same(
+            &sorted(cold.trace_spans(&id).await.unwrap()),
+            &sorted(want)
+        ));
+    }
+    let options = MaintainOptions {
+        compact_below_bytes: u64::MAX,
+        ..MaintainOptions::default()
+    };
+    let merged = cold.compact(&options).await.unwrap().unwrap();
+    assert_eq!(merged.spans as usize, spans.len());
+}
+
+#[tokio::test]
+async fn retention_deletes_old_blocks_and_the_sweep_removes_partial_ones() {
+    use std::time::Duration;
+    let spans = many(300, 2);
+    let (dir, cold) = store_with(&spans, 3).await;
+    let mut metas: Vec<_> = cold.blocks().values().map(|b| b.meta.clone()).collect();
+    metas.sort_by_key(|m| m.max_end_unix_nano);
+    // Everything of the oldest block ended before the cutoff; the others
+    // have spans after it.
+    let cutoff = metas[0].max_end_unix_nano + 1;
+    assert!(metas[1].max_end_unix_nano >= cutoff);
+    assert_eq!(cold.expire(cutoff).await.unwrap(), 1);
+    let left: Vec<_> = cold.blocks().keys().cloned().collect();
+    assert_eq!(left.len(), 2);
+    assert!(!left.contains(&metas[0].id));
+    // A block whose writer died before meta.json: never listed, swept.
+    let partial = &metas[1].id;
+    std::fs::remove_file(dir.path().join("blocks").join(partial).join("meta.json")).unwrap();
+    assert_eq!(cold.refresh().await.unwrap().len(), 1);
+    let far = u64::MAX / 2;
+    assert_eq!(cold.sweep(far, Duration::from_secs(1)).await.unwrap(), 1);
+    assert!(
+        !dir.path()
+            .join("blocks")
+            .join(partial)
+            .join("data.parquet")
+            .exists()
+    );
 }
