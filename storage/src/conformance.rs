@@ -14,7 +14,7 @@ use clew_proto::v1::{
 };
 
 use super::{
-    DEFAULT_LIMIT, DependencyLink, FilterCriteria, PruneStats, Span, SpanKind, Storage,
+    DEFAULT_LIMIT, DependencyLink, FilterCriteria, Moved, PruneStats, Span, SpanKind, Storage,
     StorageError, StoreOutcome, Trace, TraceId,
 };
 
@@ -62,6 +62,9 @@ macro_rules! conformance_tests {
             services_and_operations,
             dependencies_count_calls_and_errors,
             prune_removes_old_traces_and_their_index_entries,
+            movable_traces_are_the_ended_ones_and_leave_when_moved,
+            a_trace_that_grew_after_it_was_read_is_not_removed,
+            a_lease_has_one_holder_until_it_expires,
         );
     };
     (@cases $make:ident; $($case:ident),* $(,)?) => {
@@ -838,4 +841,127 @@ pub(crate) async fn prune_removes_old_traces_and_their_index_entries(st: Arc<dyn
     );
     assert!(st.list_traces(&all).await.unwrap().is_empty());
     assert!(st.services().await.unwrap().is_empty());
+}
+
+pub(crate) async fn movable_traces_are_the_ended_ones_and_leave_when_moved(st: Arc<dyn Storage>) {
+    let (old, older, spanning, young) = (trace_id(1), trace_id(2), trace_id(3), trace_id(4));
+    store(
+        &st,
+        old,
+        vec![
+            span(old, 1, None, "legacy", "GET", 100, 10),
+            span(old, 2, Some(1), "api", "call", 101, 5),
+        ],
+    )
+    .await;
+    store(&st, older, vec![span(older, 1, None, "api", "GET", 0, 10)]).await;
+    store(
+        &st,
+        spanning,
+        vec![span(spanning, 1, None, "api", "GET", 5, 10_000)],
+    )
+    .await;
+    store(
+        &st,
+        young,
+        vec![span(young, 1, None, "api", "GET", 20_000, 10)],
+    )
+    .await;
+    let cut = T0 + 1_000 * MS;
+    let movable = st.movable(cut, 10).await.unwrap();
+    let got: Vec<TraceId> = movable
+        .iter()
+        .map(|m| TraceId::from_slice(&m.trace.trace_id).unwrap())
+        .collect();
+    // Oldest first; the trace ending after the cut and the young one stay.
+    assert_eq!(got, vec![older, old]);
+    assert_eq!(movable[1].trace.spans.len(), 2);
+    assert_eq!(st.movable(cut, 1).await.unwrap().len(), 1);
+    let moved: Vec<Moved> = movable
+        .iter()
+        .map(|m| Moved {
+            trace_id: TraceId::from_slice(&m.trace.trace_id).unwrap(),
+            version: m.version,
+        })
+        .collect();
+    assert_eq!(
+        st.remove_moved(&moved).await.unwrap(),
+        PruneStats {
+            traces: 2,
+            spans: 3
+        }
+    );
+    assert!(st.get_trace(old).await.unwrap().is_none());
+    assert!(st.get_trace(older).await.unwrap().is_none());
+    assert!(st.list_traces(&filter("legacy")).await.unwrap().is_empty());
+    let mut f = filter("api");
+    f.limit = 100;
+    assert_eq!(
+        ids(&st.list_traces(&f).await.unwrap()),
+        vec![young, spanning]
+    );
+    assert!(st.movable(cut, 10).await.unwrap().is_empty());
+    // Removing again changes nothing.
+    assert_eq!(
+        st.remove_moved(&moved).await.unwrap(),
+        PruneStats::default()
+    );
+}
+
+pub(crate) async fn a_trace_that_grew_after_it_was_read_is_not_removed(st: Arc<dyn Storage>) {
+    let t = trace_id(5);
+    store(&st, t, vec![span(t, 1, None, "api", "GET", 0, 10)]).await;
+    let read = st.movable(T0 + 1_000 * MS, 10).await.unwrap();
+    assert_eq!(read.len(), 1);
+    // A late span arrives between the read and the removal.
+    store(&st, t, vec![span(t, 2, Some(1), "db", "SELECT", 1, 2)]).await;
+    let moved = [Moved {
+        trace_id: t,
+        version: read[0].version,
+    }];
+    assert_eq!(
+        st.remove_moved(&moved).await.unwrap(),
+        PruneStats::default()
+    );
+    assert_eq!(st.get_trace(t).await.unwrap().unwrap().spans.len(), 2);
+    // Read again, it goes.
+    let again = st.movable(T0 + 1_000 * MS, 10).await.unwrap();
+    let moved = [Moved {
+        trace_id: t,
+        version: again[0].version,
+    }];
+    assert_eq!(
+        st.remove_moved(&moved).await.unwrap(),
+        PruneStats {
+            traces: 1,
+            spans: 2
+        }
+    );
+}
+
+pub(crate) async fn a_lease_has_one_holder_until_it_expires(st: Arc<dyn Storage>) {
+    use std::time::{Duration, Instant};
+    let long = Duration::from_secs(60);
+    assert!(st.lease("mover", "a", long).await.unwrap());
+    assert!(!st.lease("mover", "b", long).await.unwrap());
+    assert!(
+        st.lease("mover", "a", long).await.unwrap(),
+        "the holder extends it"
+    );
+    assert!(
+        st.lease("other", "b", long).await.unwrap(),
+        "leases are per name"
+    );
+    // A short lease lapses and another holder takes it.
+    assert!(
+        st.lease("short", "a", Duration::from_millis(50))
+            .await
+            .unwrap()
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !st.lease("short", "b", long).await.unwrap() {
+        assert!(Instant::now() < deadline, "the lease never expired");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(!st.lease("short", "a", long).await.unwrap());
 }

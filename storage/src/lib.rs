@@ -141,6 +141,26 @@ pub struct PruneStats {
     pub spans: u64,
 }
 
+/// A trace the cold tier may take: its spans, and the version of what is
+/// stored that [`Storage::remove_moved`] checks.
+#[derive(Debug, Clone)]
+pub struct Movable {
+    /// The trace as stored.
+    pub trace: Trace,
+    /// Changes whenever a span is added to the stored trace (opaque).
+    pub version: u64,
+}
+
+/// A trace the cold tier has taken: removed from hot storage only if it
+/// is still at `version`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Moved {
+    /// The trace.
+    pub trace_id: TraceId,
+    /// [`Movable::version`] as it was read.
+    pub version: u64,
+}
+
 /// A trace store. Object safe: the collector holds an `Arc<dyn Storage>`.
 #[async_trait]
 pub trait Storage: Send + Sync + fmt::Debug {
@@ -199,6 +219,29 @@ pub trait Storage: Send + Sync + fmt::Debug {
     /// with their index entries.
     async fn prune_traces(&self, older_than_unix_nanos: u64) -> Result<PruneStats>;
 
+    /// Up to `limit` traces whose newest span ended before
+    /// `ended_before_unix_nanos`, those ended longest ago first: what the
+    /// cold tier takes next.
+    async fn movable(&self, ended_before_unix_nanos: u64, limit: usize) -> Result<Vec<Movable>>;
+
+    /// Removes the traces the cold tier has durably taken, each with its
+    /// index entries, but only while it is still at the version read: a
+    /// trace that received a span since stays (in both tiers; reads merge
+    /// them) and is taken again later. Atomic per trace against
+    /// concurrent stores.
+    async fn remove_moved(&self, moved: &[Moved]) -> Result<PruneStats>;
+
+    /// Bytes the store holds, when it can tell (for `--hot-max-bytes`).
+    async fn stored_bytes(&self) -> Result<Option<u64>> {
+        Ok(None)
+    }
+
+    /// Holds the lease `name` for `ttl` as `holder` (taking it when free
+    /// or expired, extending it when `holder` has it); false when another
+    /// holder has it. Kept in the store, so collectors sharing a store
+    /// agree on one holder.
+    async fn lease(&self, name: &str, holder: &str, ttl: std::time::Duration) -> Result<bool>;
+
     /// Short backend name for logs and metrics ("memory", "embedded", "redis").
     fn backend(&self) -> &'static str;
 
@@ -206,6 +249,26 @@ pub trait Storage: Send + Sync + fmt::Debug {
     /// `None` for the other backends.
     fn memory_stats(&self) -> Option<memory::MemoryStats> {
         None
+    }
+}
+
+/// Leases for a store only one process opens (memory, embedded).
+#[derive(Debug, Default)]
+pub(crate) struct LocalLeases(
+    parking_lot::Mutex<std::collections::HashMap<String, (String, std::time::Instant)>>,
+);
+
+impl LocalLeases {
+    pub(crate) fn lease(&self, name: &str, holder: &str, ttl: std::time::Duration) -> bool {
+        let now = std::time::Instant::now();
+        let mut held = self.0.lock();
+        match held.get(name) {
+            Some((h, until)) if h != holder && *until > now => false,
+            _ => {
+                held.insert(name.to_owned(), (holder.to_owned(), now + ttl));
+                true
+            }
+        }
     }
 }
 

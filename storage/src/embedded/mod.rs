@@ -49,8 +49,8 @@ use async_trait::async_trait;
 use redb::{Database, ReadableDatabase, ReadableTable};
 
 use super::{
-    BoxError, DependencyLink, FilterCriteria, PruneStats, Result, Span, SpanKind, Storage,
-    StorageError, StoreOutcome, Trace, TraceId, validate,
+    BoxError, DependencyLink, FilterCriteria, Movable, Moved, PruneStats, Result, Span, SpanKind,
+    Storage, StorageError, StoreOutcome, Trace, TraceId, validate,
 };
 use crate::filter::{self, DependencyCounter};
 use tables::{
@@ -96,6 +96,7 @@ pub struct EmbeddedStorage {
     db: Arc<Database>,
     path: PathBuf,
     writer: std::sync::mpsc::Sender<WriteRequest>,
+    leases: Arc<crate::LocalLeases>,
     // Declared after `writer`: when the last handle drops, the sender goes
     // first (ending the writer loop), then this joins the thread, so the
     // database file is closed once the storage is gone.
@@ -143,6 +144,7 @@ impl EmbeddedStorage {
             db,
             path,
             writer,
+            leases: Arc::default(),
             _writer_thread: Arc::new(WriterThread(parking_lot::Mutex::new(Some(handle)))),
         })
     }
@@ -275,6 +277,27 @@ impl Storage for EmbeddedStorage {
             tracing::info!(traces = stats.traces, spans = stats.spans, "pruned traces");
         }
         Ok(stats)
+    }
+
+    async fn movable(&self, ended_before_unix_nanos: u64, limit: usize) -> Result<Vec<Movable>> {
+        self.blocking(move |db| prune::movable_blocking(db, ended_before_unix_nanos, limit))
+            .await
+    }
+
+    async fn remove_moved(&self, moved: &[Moved]) -> Result<PruneStats> {
+        let moved = moved.to_vec();
+        self.blocking(move |db| prune::remove_moved_blocking(db, &moved))
+            .await
+    }
+
+    async fn stored_bytes(&self) -> Result<Option<u64>> {
+        let path = self.path.clone();
+        self.blocking(move |_| Ok(Some(std::fs::metadata(&path).map_err(db_err)?.len())))
+            .await
+    }
+
+    async fn lease(&self, name: &str, holder: &str, ttl: std::time::Duration) -> Result<bool> {
+        Ok(self.leases.lease(name, holder, ttl))
     }
 
     fn backend(&self) -> &'static str {

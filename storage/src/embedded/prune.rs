@@ -6,11 +6,13 @@ use std::collections::HashMap;
 use redb::{Database, ReadableTable};
 
 use super::tables::{
-    OPERATIONS, WriteTables, be, cat, op_key, read_trace, span_index_prefixes, tid_of,
+    BY_END, Meta, OPERATIONS, SPANS, TRACES, WriteTables, be, cat, op_key, read_trace,
+    span_index_prefixes, tid_of,
 };
 use super::write::apply_op_counts;
-use super::{PruneStats, Result, db_err};
+use super::{PruneStats, Result, Trace, db_err};
 use crate::filter;
+use crate::{Movable, Moved};
 
 /// Traces removed per pruning transaction.
 const PRUNE_CHUNK: usize = 512;
@@ -45,6 +47,62 @@ pub(super) fn prune_blocking(db: &Database, cut: u64) -> Result<PruneStats> {
             return Ok(stats);
         }
     }
+}
+
+/// Up to `limit` traces whose newest span ended before `cut`, oldest end
+/// first; the version is the number of spans stored.
+pub(super) fn movable_blocking(db: &Database, cut: u64, limit: usize) -> Result<Vec<Movable>> {
+    use redb::ReadableDatabase as _;
+    let tx = db.begin_read().map_err(db_err)?;
+    let by_end = tx.open_table(BY_END).map_err(db_err)?;
+    let traces = tx.open_table(TRACES).map_err(db_err)?;
+    let spans = tx.open_table(SPANS).map_err(db_err)?;
+    let upper = be(cut);
+    let mut out = Vec::new();
+    for entry in by_end
+        .range(..upper.as_slice())
+        .map_err(db_err)?
+        .take(limit)
+    {
+        let (k, _) = entry.map_err(db_err)?;
+        let tid = tid_of(k.value().get(8..).unwrap_or_default())?;
+        let version = match traces.get(&tid[..]).map_err(db_err)? {
+            Some(v) => Meta::decode(v.value())?.span_ids.len() as u64,
+            None => continue,
+        };
+        let trace = Trace {
+            trace_id: tid.to_vec(),
+            spans: read_trace(&spans, &tid)?,
+        };
+        out.push(Movable { trace, version });
+    }
+    Ok(out)
+}
+
+/// Removes each moved trace still holding the number of spans it was read
+/// with, in one write transaction (writes are serialised with it).
+pub(super) fn remove_moved_blocking(db: &Database, moved: &[Moved]) -> Result<PruneStats> {
+    let mut stats = PruneStats::default();
+    let tx = db.begin_write().map_err(db_err)?;
+    {
+        let mut t = WriteTables::open(&tx)?;
+        let mut op_counts: HashMap<Vec<u8>, i64> = HashMap::new();
+        for m in moved {
+            let tid = m.trace_id.0;
+            let meta = match t.traces.get(&tid[..]).map_err(db_err)? {
+                Some(v) => Meta::decode(v.value())?,
+                None => continue,
+            };
+            if meta.span_ids.len() as u64 != m.version {
+                continue;
+            }
+            let end_key = cat(&[&be(meta.newest_end), &tid]);
+            remove_trace(&mut t, &end_key, &mut op_counts, &mut stats)?;
+        }
+        apply_op_counts(&mut tx.open_table(OPERATIONS).map_err(db_err)?, op_counts)?;
+    }
+    tx.commit().map_err(db_err)?;
+    Ok(stats)
 }
 
 /// Removes the trace of a `by_end` key from every table; its operations are

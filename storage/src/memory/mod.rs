@@ -22,8 +22,8 @@ use foldhash::HashMap;
 use parking_lot::Mutex;
 
 use super::{
-    DependencyLink, FilterCriteria, PruneStats, Result, Returned, Span, SpanKind, Storage,
-    StoreOutcome, Trace, TraceId, validate,
+    DependencyLink, FilterCriteria, Movable, Moved, PruneStats, Result, Returned, Span, SpanKind,
+    Storage, StoreOutcome, Trace, TraceId, validate,
 };
 use crate::filter::{self, DependencyCounter, SpanIds};
 
@@ -121,6 +121,7 @@ pub struct MemoryStorage {
     shards: Box<[Mutex<Shard>]>,
     /// Bounds per shard.
     per_shard: Bounds,
+    leases: crate::LocalLeases,
 }
 
 /// A shard's share of the store's bounds.
@@ -290,6 +291,7 @@ impl MemoryStorage {
                 traces: max_traces.div_ceil(shards),
                 bytes: max_bytes / shards as u64,
             },
+            leases: crate::LocalLeases::default(),
         }
     }
 
@@ -678,6 +680,50 @@ impl Storage for MemoryStorage {
             drop(removed);
         }
         Ok(stats)
+    }
+
+    async fn movable(&self, ended_before_unix_nanos: u64, limit: usize) -> Result<Vec<Movable>> {
+        let mut found: Vec<(u64, Movable)> = Vec::new();
+        for shard in self.shards.iter() {
+            let shard = shard.lock();
+            for &(end, tid) in shard
+                .by_end
+                .range(..(ended_before_unix_nanos, [0; 16]))
+                .take(limit)
+            {
+                if let Some(entry) = shard.traces.get(&tid) {
+                    let trace = to_trace(tid, entry);
+                    let version = entry.spans.len() as u64;
+                    found.push((end, Movable { trace, version }));
+                }
+            }
+        }
+        found.sort_by_key(|(end, m)| (*end, m.trace.trace_id.clone()));
+        Ok(found.into_iter().take(limit).map(|(_, m)| m).collect())
+    }
+
+    async fn remove_moved(&self, moved: &[Moved]) -> Result<PruneStats> {
+        let mut stats = PruneStats::default();
+        for m in moved {
+            let tid = m.trace_id.0;
+            let mut shard = self.shard(&tid).lock();
+            let current = shard.traces.get(&tid).map(|e| e.spans.len() as u64);
+            if current == Some(m.version)
+                && let Some(entry) = shard.remove_trace(&tid)
+            {
+                stats.traces += 1;
+                stats.spans += entry.spans.len() as u64;
+            }
+        }
+        Ok(stats)
+    }
+
+    async fn stored_bytes(&self) -> Result<Option<u64>> {
+        Ok(Some(self.stats().bytes))
+    }
+
+    async fn lease(&self, name: &str, holder: &str, ttl: std::time::Duration) -> Result<bool> {
+        Ok(self.leases.lease(name, holder, ttl))
     }
 
     /// The memory store fails only on invalid input: nothing to hand back.

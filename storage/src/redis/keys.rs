@@ -77,6 +77,10 @@ impl Keys {
     pub(super) fn orphans(&self, tid: &[u8]) -> Vec<u8> {
         self.key(&[b"w:", tid])
     }
+    /// `lease:<name>`: the holder of a lease.
+    pub(super) fn lease(&self, name: &str) -> Vec<u8> {
+        self.key(&[b"lease:", name.as_bytes()])
+    }
     pub(super) fn deps(&self) -> Vec<u8> {
         self.key(&[b"deps"])
     }

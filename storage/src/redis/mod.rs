@@ -20,6 +20,7 @@
 //! | `P services` | zset | service, score = newest span end (written at most once per second of span time per process) |
 //! | `P ops:<svc>` | zset | `<kind>:<operation>`, score = newest span end (likewise) |
 //! | `P keys` | zset | index keys written recently, score = unix ms of the last write (for `prune_traces`) |
+//! | `P lease:<name>` | string | the holder of a lease (the cold tier's one mover), with a TTL |
 //!
 //! Every index is scored by time (so all are walked by time and swept by
 //! score, and inserts land near the end of the sorted sets); durations live
@@ -73,7 +74,9 @@
 //! `keys.rs` the key layout above; `summary.rs` what a fragment adds to the
 //! indexes; `blob.rs` the trace key's format; `write.rs` the batching task
 //! and the store pipeline, with `store.lua`; `search.rs` the reads, with
-//! `scan.lua`; `prune.rs` pruning. `facts.lua` is the part both scripts
+//! `scan.lua`; `prune.rs` pruning; `tiering.rs` what the cold tier needs
+//! (traces it may take, their guarded removal with `remove.lua`, the lease
+//! with `lease.lua`). `facts.lua` is the part both scripts
 //! share (each script is it followed by its own file).
 
 use std::collections::HashMap;
@@ -89,8 +92,8 @@ use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    DependencyLink, FilterCriteria, PruneStats, Result, Span, SpanKind, Storage, StorageError,
-    StoreOutcome, Trace, TraceId, validate,
+    DependencyLink, FilterCriteria, Movable, Moved, PruneStats, Result, Span, SpanKind, Storage,
+    StorageError, StoreOutcome, Trace, TraceId, validate,
 };
 use keys::{KeyMember, Keys};
 use write::Job;
@@ -100,6 +103,7 @@ mod keys;
 mod prune;
 mod search;
 mod summary;
+mod tiering;
 mod write;
 
 pub use search::MAX_SCANNED;
@@ -194,6 +198,8 @@ pub struct Inner {
     keys: Keys,
     store_script: Script,
     scan_script: Script,
+    remove_script: Script,
+    lease_script: Script,
     /// Index keys whose TTL this process refreshed, and when.
     refreshed: Mutex<HashMap<Vec<u8>, Instant>>,
     /// Catalogue entries (services, operations) this process wrote, with the
@@ -295,6 +301,8 @@ impl RedisStorage {
             cfg,
             store_script: Script::new(write::STORE_LUA),
             scan_script: Script::new(search::SCAN_LUA),
+            remove_script: Script::new(tiering::REMOVE_LUA),
+            lease_script: Script::new(tiering::LEASE_LUA),
             refreshed: Mutex::new(HashMap::new()),
             catalogue: Mutex::new(HashMap::new()),
         });
@@ -412,6 +420,22 @@ impl Storage for RedisStorage {
 
     async fn prune_traces(&self, older_than_unix_nanos: u64) -> Result<PruneStats> {
         self.inner.prune(older_than_unix_nanos).await
+    }
+
+    async fn movable(&self, ended_before_unix_nanos: u64, limit: usize) -> Result<Vec<Movable>> {
+        self.inner.movable(ended_before_unix_nanos, limit).await
+    }
+
+    async fn remove_moved(&self, moved: &[Moved]) -> Result<PruneStats> {
+        self.inner.remove_moved(moved).await
+    }
+
+    async fn stored_bytes(&self) -> Result<Option<u64>> {
+        self.inner.used_memory().await.map(Some)
+    }
+
+    async fn lease(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool> {
+        self.inner.lease(name, holder, ttl).await
     }
 
     fn backend(&self) -> &'static str {

@@ -56,7 +56,7 @@ impl Inner {
 
     /// Up to [`PRUNE_CHUNK`] traces of `i:all` that started before `cut`,
     /// past the first `kept`.
-    async fn started_before(&self, cut: &str, kept: usize) -> Result<Vec<Vec<u8>>> {
+    pub(super) async fn started_before(&self, cut: &str, kept: usize) -> Result<Vec<Vec<u8>>> {
         let all = self.keys.all();
         self.with_retry("prune_traces", |mut conn| {
             let all = &all;

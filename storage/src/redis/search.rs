@@ -183,19 +183,7 @@ impl Inner {
 
     /// The stored spans of each trace (none for a trace that is gone).
     pub(super) async fn fetch_traces(&self, tids: &[Vec<u8>]) -> Result<Vec<(Vec<u8>, Vec<Span>)>> {
-        if tids.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut pipe = ::redis::pipe();
-        for tid in tids {
-            pipe.cmd("GET").arg(self.keys.trace(tid));
-        }
-        let blobs: Vec<Option<Vec<u8>>> = self
-            .with_retry("fetch_traces", |mut conn| {
-                let pipe = &pipe;
-                async move { pipe.query_async(&mut conn).await }
-            })
-            .await?;
+        let blobs = self.fetch_blobs(tids).await?;
         let mut out = Vec::with_capacity(tids.len());
         for (tid, blob) in tids.iter().zip(blobs) {
             out.push((
