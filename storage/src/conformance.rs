@@ -3,7 +3,12 @@
 //! A backend's test module defines `async fn fixture() -> Fixture` (a fresh,
 //! empty store, plus whatever must live as long as it, such as a Redis server)
 //! and invokes `conformance_tests!(fixture)`, which makes one `#[tokio::test]`
-//! per case below.
+//! per case below. Other crates (feature `testing`) run it on stores built
+//! over these backends: `clew_storage::conformance_tests!(fixture)`, or
+//! `conformance_tests!(core fixture)` for a store that is not itself hot
+//! storage (without the cases of what a cold tier needs of hot storage).
+
+#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::any::Any;
 use std::collections::HashSet;
@@ -19,20 +24,28 @@ use super::{
 };
 
 /// A fresh store and what must outlive it.
-pub(crate) struct Fixture {
+pub struct Fixture {
     pub storage: Arc<dyn Storage>,
     pub _guard: Option<Box<dyn Any + Send + Sync>>,
 }
 
+impl std::fmt::Debug for Fixture {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Fixture")
+            .field("storage", &self.storage)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Fixture {
-    pub(crate) fn new(storage: Arc<dyn Storage>) -> Self {
+    pub fn new(storage: Arc<dyn Storage>) -> Self {
         Fixture {
             storage,
             _guard: None,
         }
     }
 
-    pub(crate) fn with_guard(storage: Arc<dyn Storage>, guard: impl Any + Send + Sync) -> Self {
+    pub fn with_guard(storage: Arc<dyn Storage>, guard: impl Any + Send + Sync) -> Self {
         Fixture {
             storage,
             _guard: Some(Box::new(guard)),
@@ -41,9 +54,18 @@ impl Fixture {
 }
 
 /// Instantiates every conformance case as a test, given a fixture function.
+#[macro_export]
 macro_rules! conformance_tests {
     ($make:ident) => {
-        conformance_tests!(@cases $make;
+        $crate::conformance_tests!(core $make);
+        $crate::conformance_tests!(@cases $make, hot;
+            movable_traces_are_the_ended_ones_and_leave_when_moved,
+            a_trace_that_grew_after_it_was_read_is_not_removed,
+            a_lease_has_one_holder_until_it_expires,
+        );
+    };
+    (core $make:ident) => {
+        $crate::conformance_tests!(@cases $make, conformance;
             round_trip_keeps_every_field,
             missing_trace_is_none,
             fragments_merge_sorted_by_start,
@@ -62,18 +84,15 @@ macro_rules! conformance_tests {
             services_and_operations,
             dependencies_count_calls_and_errors,
             prune_removes_old_traces_and_their_index_entries,
-            movable_traces_are_the_ended_ones_and_leave_when_moved,
-            a_trace_that_grew_after_it_was_read_is_not_removed,
-            a_lease_has_one_holder_until_it_expires,
         );
     };
-    (@cases $make:ident; $($case:ident),* $(,)?) => {
-        mod conformance {
+    (@cases $make:ident, $module:ident; $($case:ident),* $(,)?) => {
+        mod $module {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $case() {
                     let fixture = super::$make().await;
-                    crate::conformance::$case(fixture.storage.clone()).await;
+                    $crate::conformance::$case(fixture.storage.clone()).await;
                     drop(fixture);
                 }
             )*
@@ -82,11 +101,11 @@ macro_rules! conformance_tests {
 }
 
 /// A base time (2023-11-14) so that scores look like real timestamps.
-pub(crate) const T0: u64 = 1_700_000_000_000_000_000;
+pub const T0: u64 = 1_700_000_000_000_000_000;
 const MS: u64 = 1_000_000;
 
 /// A distinct, valid trace id.
-pub(crate) fn trace_id(n: u8) -> TraceId {
+pub fn trace_id(n: u8) -> TraceId {
     let mut b = [0u8; 16];
     b[0] = 0xa0;
     b[15] = n;
@@ -99,7 +118,7 @@ fn sid(n: u8) -> Vec<u8> {
 
 /// A span of trace `t` with id `n`, starting `start_ms` after [`T0`] and
 /// lasting `dur_ms`.
-pub(crate) fn span(
+pub fn span(
     t: TraceId,
     n: u8,
     parent: Option<u8>,
@@ -132,7 +151,7 @@ fn s(v: &str) -> any_value::Value {
     any_value::Value::StringValue(v.into())
 }
 
-pub(crate) fn error(mut span: Span) -> Span {
+pub fn error(mut span: Span) -> Span {
     span.status = Some(Status {
         code: status::Code::Error as i32,
         message: "boom".into(),
@@ -165,7 +184,7 @@ fn filter(service: &str) -> FilterCriteria {
     }
 }
 
-pub(crate) async fn round_trip_keeps_every_field(st: Arc<dyn Storage>) {
+pub async fn round_trip_keeps_every_field(st: Arc<dyn Storage>) {
     let t = trace_id(1);
     let mut full = span(t, 1, None, "api", "GET /users", 0, 30);
     full.kind = SpanKind::Client as i32;
@@ -227,14 +246,14 @@ pub(crate) async fn round_trip_keeps_every_field(st: Arc<dyn Storage>) {
     assert_eq!(got.spans, vec![full, child]);
 }
 
-pub(crate) async fn missing_trace_is_none(st: Arc<dyn Storage>) {
+pub async fn missing_trace_is_none(st: Arc<dyn Storage>) {
     assert!(st.get_trace(trace_id(42)).await.unwrap().is_none());
     let t = trace_id(1);
     store(&st, t, vec![span(t, 1, None, "a", "x", 0, 1)]).await;
     assert!(st.get_trace(trace_id(42)).await.unwrap().is_none());
 }
 
-pub(crate) async fn fragments_merge_sorted_by_start(st: Arc<dyn Storage>) {
+pub async fn fragments_merge_sorted_by_start(st: Arc<dyn Storage>) {
     let t = trace_id(1);
     let other = trace_id(2);
     store(&st, t, vec![span(t, 3, Some(1), "b", "y", 20, 5)]).await;
@@ -259,7 +278,7 @@ pub(crate) async fn fragments_merge_sorted_by_start(st: Arc<dyn Storage>) {
     assert_eq!(st.get_trace(other).await.unwrap().unwrap().spans.len(), 1);
 }
 
-pub(crate) async fn duplicates_are_dropped_and_counted(st: Arc<dyn Storage>) {
+pub async fn duplicates_are_dropped_and_counted(st: Arc<dyn Storage>) {
     let t = trace_id(1);
     let a = span(t, 1, None, "a", "x", 0, 10);
     let b = span(t, 2, Some(1), "b", "y", 1, 5);
@@ -297,7 +316,7 @@ pub(crate) async fn duplicates_are_dropped_and_counted(st: Arc<dyn Storage>) {
     assert_eq!(got.spans, vec![a, b, c]);
 }
 
-pub(crate) async fn invalid_fragments_are_rejected(st: Arc<dyn Storage>) {
+pub async fn invalid_fragments_are_rejected(st: Arc<dyn Storage>) {
     let t = trace_id(1);
     let good = span(t, 1, None, "a", "x", 0, 1);
     let cases = vec![
@@ -362,14 +381,14 @@ pub(crate) async fn invalid_fragments_are_rejected(st: Arc<dyn Storage>) {
     );
 }
 
-pub(crate) async fn empty_fragment_stores_nothing(st: Arc<dyn Storage>) {
+pub async fn empty_fragment_stores_nothing(st: Arc<dyn Storage>) {
     let t = trace_id(1);
     assert_eq!(store(&st, t, vec![]).await, StoreOutcome::default());
     assert!(st.get_trace(t).await.unwrap().is_none());
     assert!(st.services().await.unwrap().is_empty());
 }
 
-pub(crate) async fn concurrent_overlapping_stores_store_each_span_once(st: Arc<dyn Storage>) {
+pub async fn concurrent_overlapping_stores_store_each_span_once(st: Arc<dyn Storage>) {
     let t = trace_id(1);
     let spans: Vec<Span> = (1..=40u8)
         .map(|i| span(t, i, (i > 1).then_some(1), "svc", "op", u64::from(i), 1))
@@ -419,7 +438,7 @@ async fn seed_search(st: &Arc<dyn Storage>) -> [TraceId; 3] {
     [t1, t2, t3]
 }
 
-pub(crate) async fn search_by_service_and_operation(st: Arc<dyn Storage>) {
+pub async fn search_by_service_and_operation(st: Arc<dyn Storage>) {
     let [t1, t2, t3] = seed_search(&st).await;
     assert_eq!(
         ids(&st.list_traces(&filter("api")).await.unwrap()),
@@ -445,7 +464,7 @@ pub(crate) async fn search_by_service_and_operation(st: Arc<dyn Storage>) {
     );
 }
 
-pub(crate) async fn search_by_tags_on_attributes_and_resource(st: Arc<dyn Storage>) {
+pub async fn search_by_tags_on_attributes_and_resource(st: Arc<dyn Storage>) {
     let (t1, t2) = (trace_id(1), trace_id(2));
     let mut a = span(t1, 1, None, "api", "GET", 0, 10);
     a.attributes = vec![
@@ -499,7 +518,7 @@ pub(crate) async fn search_by_tags_on_attributes_and_resource(st: Arc<dyn Storag
     assert_eq!(q(f).await, vec![t2]);
 }
 
-pub(crate) async fn search_conditions_hold_on_one_span(st: Arc<dyn Storage>) {
+pub async fn search_conditions_hold_on_one_span(st: Arc<dyn Storage>) {
     // api/GET has the tag on its child only, in another service: no match.
     let t = trace_id(1);
     let root = span(t, 1, None, "api", "GET", 0, 10);
@@ -518,7 +537,7 @@ pub(crate) async fn search_conditions_hold_on_one_span(st: Arc<dyn Storage>) {
     assert_eq!(ids(&st.list_traces(&f).await.unwrap()), vec![t]);
 }
 
-pub(crate) async fn search_duration_bounds(st: Arc<dyn Storage>) {
+pub async fn search_duration_bounds(st: Arc<dyn Storage>) {
     let ts: Vec<TraceId> = (1..=4).map(trace_id).collect();
     for (i, t) in ts.iter().enumerate() {
         let dur = [5, 50, 500, 5000][i];
@@ -550,7 +569,7 @@ pub(crate) async fn search_duration_bounds(st: Arc<dyn Storage>) {
     assert_eq!(ids(&st.list_traces(&f).await.unwrap()), vec![ts[3]]);
 }
 
-pub(crate) async fn search_time_window(st: Arc<dyn Storage>) {
+pub async fn search_time_window(st: Arc<dyn Storage>) {
     let ts: Vec<TraceId> = (1..=5).map(trace_id).collect();
     for (i, t) in ts.iter().enumerate() {
         store(
@@ -589,7 +608,7 @@ pub(crate) async fn search_time_window(st: Arc<dyn Storage>) {
     assert_eq!(q(Some(1001), Some(1999)).await, vec![long]);
 }
 
-pub(crate) async fn search_errors_only(st: Arc<dyn Storage>) {
+pub async fn search_errors_only(st: Arc<dyn Storage>) {
     let (t1, t2, t3) = (trace_id(1), trace_id(2), trace_id(3));
     store(
         &st,
@@ -617,7 +636,7 @@ pub(crate) async fn search_errors_only(st: Arc<dyn Storage>) {
     assert_eq!(ids(&st.list_traces(&f).await.unwrap()), vec![t2, t1]);
 }
 
-pub(crate) async fn search_orders_most_recent_first_and_limits(st: Arc<dyn Storage>) {
+pub async fn search_orders_most_recent_first_and_limits(st: Arc<dyn Storage>) {
     let ts: Vec<TraceId> = (1..=30).map(trace_id).collect();
     for (i, t) in ts.iter().enumerate() {
         store(&st, *t, vec![span(*t, 1, None, "api", "GET", i as u64, 1)]).await;
@@ -658,7 +677,7 @@ pub(crate) async fn search_orders_most_recent_first_and_limits(st: Arc<dyn Stora
     assert_eq!(got[0], t_old);
 }
 
-pub(crate) async fn search_returns_whole_traces(st: Arc<dyn Storage>) {
+pub async fn search_returns_whole_traces(st: Arc<dyn Storage>) {
     let [t1, ..] = seed_search(&st).await;
     let got = st.list_traces(&filter("db")).await.unwrap();
     assert_eq!(got.len(), 1);
@@ -666,7 +685,7 @@ pub(crate) async fn search_returns_whole_traces(st: Arc<dyn Storage>) {
     assert_eq!(got[0].spans.len(), 2);
 }
 
-pub(crate) async fn services_and_operations(st: Arc<dyn Storage>) {
+pub async fn services_and_operations(st: Arc<dyn Storage>) {
     let t = trace_id(1);
     let mut client = span(t, 2, Some(1), "api", "GET /users", 1, 5);
     client.kind = SpanKind::Client as i32;
@@ -706,7 +725,7 @@ pub(crate) async fn services_and_operations(st: Arc<dyn Storage>) {
     assert!(st.operations("nope", None).await.unwrap().is_empty());
 }
 
-pub(crate) async fn dependencies_count_calls_and_errors(st: Arc<dyn Storage>) {
+pub async fn dependencies_count_calls_and_errors(st: Arc<dyn Storage>) {
     let (t1, t2) = (trace_id(1), trace_id(2));
     // t1: api -> users (ok), api -> users (error), users -> db, api -> api (same
     // service: no edge). The children arrive before their parents.
@@ -770,7 +789,7 @@ pub(crate) async fn dependencies_count_calls_and_errors(st: Arc<dyn Storage>) {
     );
 }
 
-pub(crate) async fn prune_removes_old_traces_and_their_index_entries(st: Arc<dyn Storage>) {
+pub async fn prune_removes_old_traces_and_their_index_entries(st: Arc<dyn Storage>) {
     let (old, spanning, young) = (trace_id(1), trace_id(2), trace_id(3));
     store(
         &st,
@@ -843,7 +862,7 @@ pub(crate) async fn prune_removes_old_traces_and_their_index_entries(st: Arc<dyn
     assert!(st.services().await.unwrap().is_empty());
 }
 
-pub(crate) async fn movable_traces_are_the_ended_ones_and_leave_when_moved(st: Arc<dyn Storage>) {
+pub async fn movable_traces_are_the_ended_ones_and_leave_when_moved(st: Arc<dyn Storage>) {
     let (old, older, spanning, young) = (trace_id(1), trace_id(2), trace_id(3), trace_id(4));
     store(
         &st,
@@ -908,7 +927,7 @@ pub(crate) async fn movable_traces_are_the_ended_ones_and_leave_when_moved(st: A
     );
 }
 
-pub(crate) async fn a_trace_that_grew_after_it_was_read_is_not_removed(st: Arc<dyn Storage>) {
+pub async fn a_trace_that_grew_after_it_was_read_is_not_removed(st: Arc<dyn Storage>) {
     let t = trace_id(5);
     store(&st, t, vec![span(t, 1, None, "api", "GET", 0, 10)]).await;
     let read = st.movable(T0 + 1_000 * MS, 10).await.unwrap();
@@ -939,7 +958,7 @@ pub(crate) async fn a_trace_that_grew_after_it_was_read_is_not_removed(st: Arc<d
     );
 }
 
-pub(crate) async fn a_lease_has_one_holder_until_it_expires(st: Arc<dyn Storage>) {
+pub async fn a_lease_has_one_holder_until_it_expires(st: Arc<dyn Storage>) {
     use std::time::{Duration, Instant};
     let long = Duration::from_secs(60);
     assert!(st.lease("mover", "a", long).await.unwrap());

@@ -22,9 +22,9 @@ pub use clew_model::TraceId;
 pub use clew_proto::v1::{DependencyLink, FilterCriteria, Span, SpanKind, Trace};
 
 // First, so that its macro is in scope in the backends' test modules.
-#[cfg(test)]
+#[cfg(any(test, feature = "testing"))]
 #[macro_use]
-mod conformance;
+pub mod conformance;
 
 pub mod embedded;
 pub mod filter;
