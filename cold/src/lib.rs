@@ -12,15 +12,19 @@
 //!   Parquet footers and bloom filters.
 //! - [`maintain`]: compaction of small blocks, retention, and the sweep of
 //!   what compactions and crashes leave behind.
+//! - [`tiered`]: hot storage and the cold tier as one `Storage`.
 //! - [`url`]: opens `file:///…` or `s3://bucket/prefix` as an object store.
 
 pub mod block;
 pub mod json;
 pub mod maintain;
 pub mod meta;
+pub mod metrics;
+pub mod mover;
 pub mod read;
 pub mod reader;
 pub mod schema;
+pub mod tiered;
 pub mod url;
 
 #[cfg(test)]

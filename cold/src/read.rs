@@ -55,6 +55,7 @@ pub struct ColdStore {
     /// their data's last-modified time.
     partial: RwLock<BTreeMap<String, u64>>,
     skipped: AtomicU64,
+    metrics: Option<crate::metrics::ColdMetrics>,
 }
 
 type Blocks = Arc<BTreeMap<String, Arc<Block>>>;
@@ -70,7 +71,25 @@ impl ColdStore {
             replaced: RwLock::new(BTreeMap::new()),
             partial: RwLock::new(BTreeMap::new()),
             skipped: AtomicU64::new(0),
+            metrics: None,
         }
+    }
+
+    /// Counts into `metrics`.
+    pub fn with_metrics(mut self, metrics: crate::metrics::ColdMetrics) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// The metrics, when counted.
+    pub fn metrics(&self) -> Option<&crate::metrics::ColdMetrics> {
+        self.metrics.as_ref()
+    }
+
+    fn timed(&self, op: &str) -> Option<prometheus::HistogramTimer> {
+        self.metrics
+            .as_ref()
+            .map(|m| m.read_seconds.with_label_values(&[op]).start_timer())
     }
 
     /// The object store.
@@ -145,6 +164,11 @@ impl ColdStore {
             .collect();
         all.retain(|id, _| !replaced.contains_key(id));
         *self.replaced.write() = replaced;
+        if let Some(m) = &self.metrics {
+            m.blocks.set(i64::try_from(all.len()).unwrap_or(i64::MAX));
+            let bytes: u64 = all.values().map(|b| b.meta.bytes).sum();
+            m.bytes.set(i64::try_from(bytes).unwrap_or(i64::MAX));
+        }
         let all = Arc::new(all);
         *self.blocks.write() = Arc::clone(&all);
         Ok(all)
@@ -171,6 +195,9 @@ impl ColdStore {
 
     fn skip(&self, id: &str, e: &ColdError) {
         self.skipped.fetch_add(1, Ordering::Relaxed);
+        if let Some(m) = &self.metrics {
+            m.unreadable.inc();
+        }
         tracing::error!(block = id, error = %e, "skipping an unreadable cold block");
     }
 
@@ -221,6 +248,7 @@ impl ColdStore {
     /// Every span of `trace_id` in the cold tier, unsorted (a trace may
     /// be in several blocks).
     pub async fn trace_spans(&self, trace_id: &[u8; 16]) -> Result<Vec<Span>, ColdError> {
+        let _t = self.timed("trace");
         let hex = json::hex(trace_id);
         let mut out = Vec::new();
         for block in self.blocks().values().filter(|b| b.meta.may_hold(&hex)) {
@@ -281,6 +309,7 @@ impl ColdStore {
     /// Trace ids with a span matching `f`, each with the start of its most
     /// recent matching span (not limited: the caller merges tiers).
     pub async fn search(&self, f: &FilterCriteria) -> Result<HashMap<[u8; 16], u64>, ColdError> {
+        let _t = self.timed("search");
         let mut best: HashMap<[u8; 16], u64> = HashMap::new();
         let Some((min, max)) = filter::start_window(f) else {
             return Ok(best);
@@ -371,6 +400,7 @@ impl ColdStore {
         start: u64,
         end: u64,
     ) -> Result<Vec<DependencyLink>, ColdError> {
+        let _t = self.timed("dependencies");
         let mut counter = filter::DependencyCounter::default();
         let blocks = self.blocks();
         for block in blocks.values().filter(|b| b.meta.overlaps(start, end)) {

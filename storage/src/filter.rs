@@ -212,6 +212,17 @@ impl DependencyCounter {
         e.1 += u64::from(error);
     }
 
+    /// Counts `calls` calls, `errors` of them failed (links of another
+    /// count, merged).
+    pub fn add_many(&mut self, parent: &str, child: &str, calls: u64, errors: u64) {
+        let e = self
+            .0
+            .entry((parent.to_owned(), child.to_owned()))
+            .or_default();
+        e.0 += calls;
+        e.1 += errors;
+    }
+
     /// The links.
     pub fn finish(self) -> Vec<DependencyLink> {
         self.0
