@@ -26,6 +26,7 @@ use crate::crd::TraceCollector;
 use crate::desired::Defaults;
 use crate::inject::{self, Decision, INJECT_ANNOTATION};
 use crate::metrics::Metrics;
+use crate::tls;
 
 /// What the webhook needs to decide and mutate.
 #[derive(Clone)]
@@ -42,6 +43,26 @@ pub struct WebhookState {
     pub metrics: Metrics,
     /// Publishes an Event for pods that asked for a sidecar and did not get one.
     pub recorder: Option<Recorder>,
+    /// Writes the sidecars' TLS Secret into a pod's namespace before a pod of a TraceCollector
+    /// with `spec.tls` is injected; without it such pods are not injected.
+    pub tls: Option<SidecarTls>,
+}
+
+/// What the webhook needs to give sidecars their TLS Secret.
+#[derive(Clone)]
+pub struct SidecarTls {
+    /// The API client.
+    pub client: Client,
+    /// The operator's CA and what it issues.
+    pub pki: tls::Pki,
+}
+
+impl std::fmt::Debug for SidecarTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SidecarTls")
+            .field("pki", &self.pki)
+            .finish_non_exhaustive()
+    }
 }
 
 impl std::fmt::Debug for WebhookState {
@@ -89,7 +110,13 @@ async fn mutate(State(state): State<Arc<WebhookState>>, body: Bytes) -> Response
             return invalid("AdmissionReview without a request");
         }
     };
-    let (resp, skipped) = admit(&state, &req);
+    let (resp, skipped) = match prepare(&state, &req) {
+        None => (AdmissionResponse::from(&req), None),
+        Some((view, decision)) => {
+            let decision = secure(&state, &view, decision).await;
+            answer(&state, &req, &view, decision)
+        }
+    };
     if let (Some((pod, reason)), Some(recorder)) = (skipped, state.recorder.clone()) {
         // Off the request path: the API server is waiting for the answer.
         tokio::spawn(async move { record_skip(&recorder, &pod, &reason).await });
@@ -109,20 +136,49 @@ pub fn review_json(resp: AdmissionResponse) -> serde_json::Value {
     v
 }
 
-/// Answers one admission request. Returns the response and, when a requested sidecar was not
-/// injected, the pod and the reason (for an Event).
+/// Answers one admission request as a pure function: it writes no sidecar TLS Secret (the
+/// webhook's handler does, see `secure`). Returns the response and, when a requested sidecar
+/// was not injected, the pod and the reason (for an Event).
 pub fn admit(
     state: &WebhookState,
     req: &AdmissionRequest<Pod>,
 ) -> (AdmissionResponse, Option<(Pod, String)>) {
-    let allow = AdmissionResponse::from(req);
-    let Some(pod) = req
+    match prepare(state, req) {
+        None => (AdmissionResponse::from(req), None),
+        Some((view, decision)) => answer(state, req, &view, decision),
+    }
+}
+
+/// With `spec.tls`, the sidecar's TLS Secret must be in the pod's namespace before the pod
+/// is: written here, before the answer. Failing that the pod is not injected (a pod waiting
+/// for a Secret volume forever would be worse than one without a sidecar).
+async fn secure(state: &WebhookState, view: &Pod, decision: Decision) -> Decision {
+    let Decision::Inject(tc) = decision else {
+        return decision;
+    };
+    if !tc.spec.tls.enabled {
+        return Decision::Inject(tc);
+    }
+    let Some(t) = &state.tls else {
+        return Decision::Skip("the webhook cannot write the sidecar's TLS Secret".to_owned());
+    };
+    let ns = view.namespace().unwrap_or_default();
+    match tls::ensure_sidecar(&t.client, &t.pki, &tc, &ns, &state.metrics).await {
+        Ok(()) => Decision::Inject(tc),
+        Err(e) => {
+            warn!(namespace = %ns, error = %e, "writing the sidecar TLS secret");
+            Decision::Skip(format!("could not write the sidecar's TLS Secret: {e}"))
+        }
+    }
+}
+
+/// The pod as the webhook sees it (with its namespace) and what to do with it; `None` for
+/// anything but the CREATE of a pod.
+fn prepare(state: &WebhookState, req: &AdmissionRequest<Pod>) -> Option<(Pod, Decision)> {
+    let pod = req
         .object
         .as_ref()
-        .filter(|_| req.operation == Operation::Create)
-    else {
-        return (allow, None);
-    };
+        .filter(|_| req.operation == Operation::Create)?;
     // The object of a CREATE may lack its namespace; the request carries it.
     let mut view = pod.clone();
     if view.metadata.namespace.is_none() {
@@ -139,6 +195,21 @@ pub fn admit(
         ns_value.as_deref(),
         collectors.iter().map(|c| c.as_ref()),
     );
+    Some((view, decision))
+}
+
+/// The response for a decision: the JSON patch, or the pod admitted unchanged.
+fn answer(
+    state: &WebhookState,
+    req: &AdmissionRequest<Pod>,
+    view: &Pod,
+    decision: Decision,
+) -> (AdmissionResponse, Option<(Pod, String)>) {
+    let allow = AdmissionResponse::from(req);
+    let Some(pod) = req.object.as_ref() else {
+        return (allow, None);
+    };
+    let ns = view.namespace().unwrap_or_default();
     let (label, mutated, skipped) = match decision {
         Decision::NotRequested => ("not_requested", None, None),
         Decision::AlreadyInjected => ("already_injected", None, None),
@@ -159,7 +230,7 @@ pub fn admit(
         ),
     };
     state.metrics.admissions.with_label_values(&[label]).inc();
-    debug!(namespace = %ns, pod = %pod_name(&view), result = label, "admission");
+    debug!(namespace = %ns, pod = %pod_name(view), result = label, "admission");
     let Some(mutated) = mutated else {
         return (allow, skipped);
     };

@@ -67,10 +67,7 @@ fn operator_output_is_valid_for_kubernetes_1_29_to_1_33() {
         max_replicas: 5,
         target_cpu_utilization: 70,
     });
-    custom.spec.storage.redis.external = Some(ExternalRedis {
-        secret_name: "redis".into(),
-        key: "url".into(),
-    });
+    custom.spec.storage.redis.external = Some(ExternalRedis::new("redis"));
     custom.spec.visualizer.service_type = ServiceType::LoadBalancer;
     // Collectors with persistent volumes, replication settings and an autoscaler.
     let persistent = collector(json!({

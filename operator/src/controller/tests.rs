@@ -318,10 +318,7 @@ async fn autoscaler_gets_an_hpa_and_owns_the_replica_count() {
 #[tokio::test]
 async fn external_redis_replaces_the_managed_one() {
     let mut obj = tc("main");
-    obj.spec.storage.redis.external = Some(ExternalRedis {
-        secret_name: "redis-url".to_owned(),
-        key: "url".to_owned(),
-    });
+    obj.spec.storage.redis.external = Some(ExternalRedis::new("redis-url"));
     let no_redis = Cluster {
         redis_ready: false,
         ..READY

@@ -188,8 +188,8 @@ fn config_change_changes_the_pod_template_hash() {
 fn external_redis_reads_the_url_from_the_secret_and_drops_the_statefulset() {
     let mut t = tc("main");
     t.spec.storage.redis.external = Some(ExternalRedis {
-        secret_name: "redis".to_owned(),
         key: "uri".to_owned(),
+        ..ExternalRedis::new("redis")
     });
     t.spec.storage.redis.prefix = Some("team-a:".to_owned());
     assert!(desired_redis(&t).is_none());
