@@ -282,7 +282,7 @@ async fn apply_all(tc: &TraceCollector, ctx: &Context) -> Result<Action> {
 }
 
 /// With `spec.tls`, the certificates and the Redis password, before the pods that mount them;
-/// an Event for each certificate issued.
+/// an Event naming the certificates issued.
 async fn ensure_certificates(tc: &TraceCollector, ctx: &Context) -> Result<()> {
     if !tc.spec.tls.enabled {
         return Ok(());
@@ -293,13 +293,18 @@ async fn ensure_certificates(tc: &TraceCollector, ctx: &Context) -> Result<()> {
             "this operator issues no certificates".to_owned(),
         )
     })?;
-    for (kind, reason) in tls::ensure_for_collector(&ctx.client, pki, tc, &ctx.metrics).await? {
+    let issued = tls::ensure_for_collector(&ctx.client, pki, tc, &ctx.metrics).await?;
+    if !issued.is_empty() {
+        let what: Vec<String> = issued
+            .iter()
+            .map(|(kind, reason)| format!("{} ({reason})", kind.as_str()))
+            .collect();
         ctx.publish(
             tc,
             EventType::Normal,
-            "CertificateIssued",
-            "IssueCertificate",
-            format!("issued the {} certificate ({reason})", kind.as_str()),
+            "CertificatesIssued",
+            "IssueCertificates",
+            format!("issued certificates: {}", what.join(", ")),
         )
         .await;
     }

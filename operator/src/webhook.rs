@@ -498,4 +498,218 @@ mod tests {
         reloader.abort();
         handle.shutdown();
     }
+
+    /// An AdmissionReview v1 request as kube-apiserver sends it for a Pod CREATE in `ns`.
+    fn review(ns: &str, pod: &serde_json::Value) -> Vec<u8> {
+        serde_json::to_vec(&serde_json::json!({
+            "kind": "AdmissionReview",
+            "apiVersion": "admission.k8s.io/v1",
+            "request": {
+                "uid": "0df28fbd-5f5f-11e8-a0b5-0800275bfc01",
+                "kind": {"group": "", "version": "v1", "kind": "Pod"},
+                "resource": {"group": "", "version": "v1", "resource": "pods"},
+                "requestKind": {"group": "", "version": "v1", "kind": "Pod"},
+                "requestResource": {"group": "", "version": "v1", "resource": "pods"},
+                "name": "",
+                "namespace": ns,
+                "operation": "CREATE",
+                "userInfo": {"username": "system:serviceaccount:kube-system:replicaset-controller",
+                             "uid": "a1b2", "groups": ["system:serviceaccounts", "system:authenticated"]},
+                "object": pod,
+                "oldObject": null,
+                "dryRun": false,
+                "options": {"kind": "CreateOptions", "apiVersion": "meta.k8s.io/v1"}
+            }
+        }))
+        .unwrap()
+    }
+
+    fn app_pod() -> serde_json::Value {
+        serde_json::json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"generateName": "shop-7d9f8b6c4-", "namespace": "shop",
+                         "labels": {"app": "shop"},
+                         "annotations": {"sidecar.clew.dev/inject": "traces/main"}},
+            "spec": {"containers": [{"name": "app", "image": "shop:1"}]}
+        })
+    }
+
+    /// The webhook's state with one TraceCollector `traces/main` and the mock API server.
+    fn state_with(
+        tc: TraceCollector,
+    ) -> (
+        Arc<WebhookState>,
+        crate::fixtures::ApiServerVerifier,
+        kube::runtime::reflector::store::Writer<TraceCollector>,
+    ) {
+        use kube::runtime::{reflector, watcher};
+        let (ctx, v) = Context::test();
+        let (collectors, mut w) = reflector::store();
+        w.apply_watcher_event(&watcher::Event::Apply(tc));
+        let (namespaces, _nw) = reflector::store();
+        let state = WebhookState {
+            collectors,
+            namespaces,
+            defaults: crate::fixtures::defaults(),
+            native_sidecars: true,
+            metrics: ctx.metrics.clone(),
+            recorder: None,
+            tls: Some(SidecarTls {
+                client: ctx.client.clone(),
+                pki: crate::fixtures::pki(),
+            }),
+        };
+        (Arc::new(state), v, w)
+    }
+
+    /// Posts the review to `/mutate`; returns the pod after the answer's patch (if any).
+    async fn mutate_pod(state: Arc<WebhookState>, pod: &serde_json::Value) -> serde_json::Value {
+        use base64::Engine;
+        use http_body_util::BodyExt;
+        use tower::ServiceExt;
+        let req = axum::http::Request::post("/mutate")
+            .header("content-type", "application/json")
+            .body(axum::body::Body::from(review("shop", pod)))
+            .unwrap();
+        let resp = app(state).oneshot(req).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        let review: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(review["response"]["allowed"], true);
+        let mut doc = pod.clone();
+        if let Some(p) = review["response"]["patch"].as_str() {
+            let bytes = base64::engine::general_purpose::STANDARD.decode(p).unwrap();
+            let patch: json_patch::Patch = serde_json::from_slice(&bytes).unwrap();
+            json_patch::patch(&mut doc, &patch).unwrap();
+        }
+        doc
+    }
+
+    fn ca_secret_json() -> serde_json::Value {
+        let cfg = certs::CertConfig {
+            namespace: "clew-system".into(),
+            service: "clew-operator-webhook".into(),
+            secret: crate::fixtures::CA_SECRET.into(),
+            webhook_configuration: "clew-operator".into(),
+            validity: Duration::from_secs(365 * 86400),
+            renew_before: Duration::from_secs(30 * 86400),
+        };
+        let now = time::OffsetDateTime::now_utc();
+        let b = certs::generate(&cfg.service, &cfg.namespace, now, cfg.validity).unwrap();
+        let mut v = serde_json::to_value(certs::secret_for(&cfg, &b, None)).unwrap();
+        v["apiVersion"] = "v1".into();
+        v["kind"] = "Secret".into();
+        v
+    }
+
+    const CA_PATH: &str = "/api/v1/namespaces/clew-system/secrets/clew-operator-webhook-tls";
+    const SIDECAR_SECRET: &str = "/api/v1/namespaces/shop/secrets/clew-sidecar-tls-traces-main";
+
+    #[tokio::test]
+    async fn a_tls_collector_s_pod_gets_its_secret_written_first_then_the_tls_sidecar() {
+        let mut tc = crate::fixtures::tc("main");
+        tc.spec.tls.enabled = true;
+        let (state, mut v, _w) = state_with(tc);
+        let server = tokio::spawn(async move {
+            v.expect(http::Method::GET, CA_PATH)
+                .await
+                .ok(&ca_secret_json());
+            v.not_found(SIDECAR_SECRET).await;
+            let secret = v.apply(SIDECAR_SECRET, |_| {}).await;
+            (v, secret)
+        });
+        let pod = mutate_pod(state.clone(), &app_pod()).await;
+        let (mut v, secret) = server.await.unwrap();
+        v.assert_silent();
+        assert_eq!(
+            secret["metadata"]["labels"]["clew.dev/certificate"],
+            "sidecar"
+        );
+        for key in ["ca.crt", "tls.crt", "tls.key"] {
+            assert!(secret["data"][key].is_string(), "{key}");
+        }
+        let sidecar = &pod["spec"]["initContainers"][0];
+        assert_eq!(sidecar["name"], "clew-sidecar");
+        let env: std::collections::BTreeMap<String, serde_json::Value> = sidecar["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| (e["name"].as_str().unwrap().to_owned(), e["value"].clone()))
+            .collect();
+        assert_eq!(
+            env["CLEW_SIDECAR_COLLECTOR_CA"],
+            "/etc/clew/sidecar-tls/ca.crt"
+        );
+        assert_eq!(
+            env["CLEW_SIDECAR_COLLECTOR_CERT"],
+            "/etc/clew/sidecar-tls/tls.crt"
+        );
+        assert_eq!(
+            env["CLEW_SIDECAR_COLLECTOR_KEY"],
+            "/etc/clew/sidecar-tls/tls.key"
+        );
+        assert_eq!(
+            env["CLEW_SIDECAR_COLLECTOR_SERVER_NAME"],
+            "main-collector-headless.traces.svc"
+        );
+        let volumes = pod["spec"]["volumes"].as_array().unwrap();
+        let tls = volumes
+            .iter()
+            .find(|v| v["name"] == "clew-sidecar-tls")
+            .unwrap();
+        assert_eq!(tls["secret"]["secretName"], "clew-sidecar-tls-traces-main");
+        // The app still talks plain text to its own sidecar.
+        let app_env = pod["spec"]["containers"][0]["env"].as_array().unwrap();
+        let endpoint = app_env
+            .iter()
+            .find(|e| e["name"] == "OTEL_EXPORTER_OTLP_ENDPOINT")
+            .unwrap();
+        assert_eq!(endpoint["value"], "http://127.0.0.1:4317");
+        assert_eq!(
+            state
+                .metrics
+                .certificates_issued
+                .with_label_values(&["sidecar", "new"])
+                .get(),
+            1
+        );
+    }
+
+    #[tokio::test]
+    async fn without_tls_the_webhook_writes_nothing_and_mounts_no_certificate() {
+        let (state, mut v, _w) = state_with(crate::fixtures::tc("main"));
+        let pod = mutate_pod(state, &app_pod()).await;
+        v.assert_silent();
+        let sidecar = &pod["spec"]["initContainers"][0];
+        assert_eq!(sidecar["name"], "clew-sidecar");
+        assert!(!sidecar["env"].to_string().contains("COLLECTOR_CA"));
+        assert!(
+            !pod["spec"]["volumes"]
+                .to_string()
+                .contains("clew-sidecar-tls")
+        );
+    }
+
+    #[tokio::test]
+    async fn a_secret_that_cannot_be_written_leaves_the_pod_uninjected() {
+        let mut tc = crate::fixtures::tc("main");
+        tc.spec.tls.enabled = true;
+        let (state, mut v, _w) = state_with(tc);
+        let server = tokio::spawn(async move {
+            v.expect(http::Method::GET, CA_PATH)
+                .await
+                .status(http::StatusCode::FORBIDDEN, "Forbidden");
+            v
+        });
+        let pod = mutate_pod(state, &app_pod()).await;
+        server.await.unwrap().assert_silent();
+        assert!(pod["spec"].get("initContainers").is_none(), "{pod}");
+        let status = pod["metadata"]["annotations"]["sidecar.clew.dev/status"]
+            .as_str()
+            .unwrap();
+        assert!(
+            status.starts_with("skipped: could not write the sidecar's TLS Secret"),
+            "{status}"
+        );
+    }
 }
