@@ -545,9 +545,10 @@ pub struct TlsSpec {
     #[serde(default)]
     pub enabled: bool,
     /// An existing `kubernetes.io/tls` Secret in this namespace (`tls.crt`, `tls.key`,
-    /// `ca.crt`; e.g. from cert-manager) for the collectors and the web UI, instead of one
-    /// the operator issues. It must carry the DNS names of the collector Services (and of
-    /// the visualizer Service), and both server and client auth usages.
+    /// `ca.crt`; e.g. from cert-manager) for the collectors, the web UI and the managed
+    /// Redis, instead of certificates the operator issues. It must carry the DNS names of the
+    /// collector, headless and visualizer Services (and of the managed Redis's, and
+    /// `localhost`, with managed Redis), and both server and client auth usages.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253))]
     pub secret_name: Option<String>,

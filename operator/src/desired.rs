@@ -100,9 +100,18 @@ pub mod names {
     pub fn collector_tls(tc: &TraceCollector) -> String {
         format!("{}-collector-tls", tc.name_any())
     }
-    /// Secret with the managed Redis's serving certificate.
+    /// Secret with the managed Redis's serving certificate, when the operator issues it.
     pub fn redis_tls(tc: &TraceCollector) -> String {
         format!("{}-redis-tls", tc.name_any())
+    }
+    /// The Secret the managed Redis serves with: `spec.tls.secretName` or the one the
+    /// operator issues.
+    pub fn redis_serving_tls(tc: &TraceCollector) -> String {
+        tc.spec
+            .tls
+            .secret_name
+            .clone()
+            .unwrap_or_else(|| redis_tls(tc))
     }
     /// Secret with the managed Redis's password and ACL file.
     pub fn redis_auth(tc: &TraceCollector) -> String {

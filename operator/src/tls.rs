@@ -169,10 +169,12 @@ pub fn wanted_collector(tc: &TraceCollector) -> Option<Wanted> {
     })
 }
 
-/// The managed Redis's Secret, with TLS on and Redis managed.
+/// The managed Redis's Secret, with TLS on, Redis managed and no `spec.tls.secretName` (whose
+/// certificate then serves Redis too).
 pub fn wanted_redis(tc: &TraceCollector) -> Option<Wanted> {
+    let t = &tc.spec.tls;
     let managed = tc.spec.storage.redis.external.is_none();
-    (tc.spec.tls.enabled && managed).then(|| Wanted {
+    (t.enabled && managed && t.secret_name.is_none()).then(|| Wanted {
         kind: Kind::Redis,
         name: names::redis_tls(tc),
         namespace: tc.namespace().unwrap_or_default(),

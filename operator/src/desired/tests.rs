@@ -598,6 +598,13 @@ fn tls_without_client_auth_or_with_your_own_secret() {
         .spec
         .unwrap();
     assert_eq!(secret_volumes(&vis)["tls"], "clew-cert-manager");
+    // The same certificate serves the managed Redis.
+    let redis = desired_redis(&own).unwrap().spec.template.spec.unwrap();
+    assert_eq!(secret_volumes(&redis)["tls"], "clew-cert-manager");
+    assert_eq!(
+        secret_volumes(&collector_pod(&own))["redis-ca"],
+        "clew-cert-manager"
+    );
 }
 
 #[test]

@@ -153,7 +153,7 @@ pub fn collector_volumes(tc: &TraceCollector) -> (Vec<Volume>, Vec<VolumeMount>)
     if managed_redis_tls(tc) {
         add(
             "redis-ca",
-            &names::redis_tls(tc),
+            &names::redis_serving_tls(tc),
             &[(CA_KEY, CA_KEY)],
             REDIS_CA_DIR,
         );
@@ -206,7 +206,7 @@ pub fn redis_args() -> Vec<String> {
 
 /// The managed Redis's volumes and mounts with TLS: its certificate and its ACL file.
 pub fn redis_volumes(tc: &TraceCollector) -> (Vec<Volume>, Vec<VolumeMount>) {
-    let tls = names::redis_tls(tc);
+    let tls = names::redis_serving_tls(tc);
     let acl = names::redis_auth(tc);
     (
         vec![

@@ -158,7 +158,7 @@ fn what_is_issued_follows_the_spec() {
     own.spec.tls.secret_name = Some("clew-tls".into());
     assert!(wanted_collector(&own).is_none());
     assert!(!wanted_sidecar(&own, "shop").unwrap().with_cert);
-    assert!(wanted_redis(&own).is_some());
+    assert!(wanted_redis(&own).is_none());
     let mut external = tls_tc("main");
     external.spec.storage.redis.external = Some(crate::crd::ExternalRedis::new("redis"));
     assert!(wanted_redis(&external).is_none());
