@@ -11,7 +11,7 @@ use std::time::Duration;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
-use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::{Client, Resource, ResourceExt};
 use time::OffsetDateTime;
 use tracing::{info, warn};
@@ -480,25 +480,80 @@ pub fn wanted_from_secret(secret: &Secret) -> Option<Wanted> {
     })
 }
 
-/// One rotation pass: every Secret the operator issued, in any namespace, re-issued in place
-/// when it expires within `renew_before` or was issued under another CA. Returns how many.
-pub async fn rotate_all(client: &Client, pki: &Pki, metrics: &Metrics) -> Result<u64> {
-    let ca = pki.authority(client).await?;
+/// Whether the TraceCollector still wants this Secret (it exists, with `spec.tls`, and would
+/// issue this kind); TraceCollectors are looked up once per pass.
+async fn still_wanted(
+    client: &Client,
+    seen: &mut BTreeMap<(String, String), Option<TraceCollector>>,
+    wanted: &Wanted,
+) -> Result<bool> {
+    let key = wanted.collector.clone();
+    if !seen.contains_key(&key) {
+        let api: Api<TraceCollector> = Api::namespaced(client.clone(), &key.0);
+        let tc = api.get_opt(&key.1).await?;
+        seen.insert(key.clone(), tc);
+    }
+    let Some(tc) = seen.get(&key).and_then(Option::as_ref) else {
+        return Ok(false);
+    };
+    Ok(match wanted.kind {
+        Kind::Collector => wanted_collector(tc).is_some(),
+        Kind::Redis => wanted_redis(tc).is_some(),
+        Kind::Sidecar => tc.spec.tls.enabled,
+    })
+}
+
+/// Deletes a Secret no TraceCollector wants any more (the sidecars' live outside the
+/// TraceCollector's namespace, so no owner reference collects them).
+async fn remove(client: &Client, wanted: &Wanted) -> Result<()> {
+    let api: Api<Secret> = Api::namespaced(client.clone(), &wanted.namespace);
+    match api.delete(&wanted.name, &DeleteParams::default()).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.is_not_found() => {}
+        Err(e) => return Err(e.into()),
+    }
+    info!(secret = %wanted.name, namespace = %wanted.namespace, "removed a certificate no TraceCollector uses");
+    Ok(())
+}
+
+/// Re-issues one Secret if due, or removes it if unwanted; whether it was re-issued.
+async fn rotate_one(
+    client: &Client,
+    pki: &Pki,
+    ca: &Authority,
+    seen: &mut BTreeMap<(String, String), Option<TraceCollector>>,
+    wanted: &Wanted,
+    metrics: &Metrics,
+) -> Result<bool> {
+    if !still_wanted(client, seen, wanted).await? {
+        remove(client, wanted).await?;
+        return Ok(false);
+    }
     let trust = Trust {
         pem: ca.bundle.clone(),
         copied: false,
     };
+    let issued = ensure(client, wanted, Some(ca), &trust, &pki.policy, metrics).await?;
+    Ok(issued.is_some())
+}
+
+/// One rotation pass: every Secret the operator issued, in any namespace, re-issued in place
+/// when it expires within `renew_before` or was issued under another CA, and removed when
+/// its TraceCollector is gone or no longer uses it. Returns how many were re-issued.
+pub async fn rotate_all(client: &Client, pki: &Pki, metrics: &Metrics) -> Result<u64> {
+    let ca = pki.authority(client).await?;
     let secrets = Api::<Secret>::all(client.clone())
         .list(&ListParams::default().labels(CERTIFICATE_LABEL))
         .await?;
+    let mut seen = BTreeMap::new();
     let mut rotated = 0;
     for s in &secrets {
         let Some(wanted) = wanted_from_secret(s) else {
             continue;
         };
-        match ensure(client, &wanted, Some(&ca), &trust, &pki.policy, metrics).await {
-            Ok(Some(_)) => rotated += 1,
-            Ok(None) => {}
+        match rotate_one(client, pki, &ca, &mut seen, &wanted, metrics).await {
+            Ok(true) => rotated += 1,
+            Ok(false) => {}
             Err(e) => {
                 warn!(secret = %wanted.name, namespace = %wanted.namespace, error = %e, "re-issuing a certificate")
             }

@@ -311,7 +311,10 @@ async fn rotation_reissues_in_place_what_expires_or_has_another_ca_and_leaves_th
     let stale_s = issued_at(&old_ca, &stale_ca, now - 10 * DAY);
 
     let (ctx, mut v) = Context::test();
-    let items: Vec<Value> = [&fresh_s, &expiring_s, &stale_s].map(to_json).to_vec();
+    let orphan_s = issued_at(&ca, &wanted_sidecar(&tls_tc("gone"), "shop").unwrap(), now);
+    let mut items: Vec<Value> = [&fresh_s, &expiring_s, &stale_s].map(to_json).to_vec();
+    items.push(to_json(&orphan_s));
+    let t = t.clone();
     let (fresh_j, expiring_j, stale_j) = (items[0].clone(), items[1].clone(), items[2].clone());
     let ca_j = to_json(&ca_secret_obj);
     let server = tokio::spawn(async move {
@@ -325,6 +328,11 @@ async fn rotation_reissues_in_place_what_expires_or_has_another_ca_and_leaves_th
             list.uri
         );
         list.ok(&json!({"apiVersion": "v1", "kind": "SecretList", "metadata": {}, "items": items}));
+        // The TraceCollector is looked up once for its three Secrets.
+        let tc_path = format!("/apis/clew.dev/v1alpha1/namespaces/{NS}/tracecollectors/main");
+        v.expect(Method::GET, &tc_path)
+            .await
+            .ok(&serde_json::to_value(&t).unwrap());
         // Far from expiry under the current CA: read, left alone.
         v.expect(Method::GET, &secret_path(NS, "main-collector-tls"))
             .await
@@ -337,6 +345,13 @@ async fn rotation_reissues_in_place_what_expires_or_has_another_ca_and_leaves_th
         let redis = secret_path(NS, "main-redis-tls");
         v.expect(Method::GET, &redis).await.ok(&stale_j);
         let reissued = v.apply(&redis, |_| {}).await;
+        // The sidecars' Secret of a TraceCollector that is gone: removed.
+        let gone = format!("/apis/clew.dev/v1alpha1/namespaces/{NS}/tracecollectors/gone");
+        v.not_found(&gone).await;
+        let orphan = secret_path("shop", "clew-sidecar-tls-traces-gone");
+        v.expect(Method::DELETE, &orphan)
+            .await
+            .ok(&json!({"apiVersion": "v1", "kind": "Status", "status": "Success"}));
         (v, renewed, reissued)
     });
     let n = rotate_all(&ctx.client, &pki(), &ctx.metrics).await.unwrap();

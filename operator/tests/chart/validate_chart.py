@@ -199,8 +199,8 @@ def main():
     if any("*" in r["verbs"] or "*" in r["resources"] for r in rules):
         fail("RBAC must not use wildcards")
     secret_rules = [r for r in rules if r["resources"] == ["secrets"]]
-    if len(secret_rules) != 1 or sorted(secret_rules[0]["verbs"]) != ["create", "get", "list", "patch"]:
-        fail(f"spec.tls needs get/list/create/patch on secrets cluster-wide, nothing more: {secret_rules}")
+    if len(secret_rules) != 1 or sorted(secret_rules[0]["verbs"]) != ["create", "delete", "get", "list", "patch"]:
+        fail(f"spec.tls needs get/list/create/patch/delete on secrets cluster-wide, nothing more: {secret_rules}")
     if not by_kind(d, "CustomResourceDefinition"):
         fail("crds.create=true must render the CRD")
     tests = [doc for _, doc in d if doc["metadata"].get("annotations", {}).get("helm.sh/hook") == "test"]
