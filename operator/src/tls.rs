@@ -545,13 +545,14 @@ pub async fn rotate_all(client: &Client, pki: &Pki, metrics: &Metrics) -> Result
     let secrets = Api::<Secret>::all(client.clone())
         .list(&ListParams::default().labels(CERTIFICATE_LABEL))
         .await?;
+    let mut wanted: Vec<Wanted> = secrets.iter().filter_map(wanted_from_secret).collect();
+    // Collectors first: they trust the old and the new CA at once, so sidecars still on the
+    // old CA keep reaching them while their own Secrets are re-issued.
+    wanted.sort_by_key(|w| w.kind == Kind::Sidecar);
     let mut seen = BTreeMap::new();
     let mut rotated = 0;
-    for s in &secrets {
-        let Some(wanted) = wanted_from_secret(s) else {
-            continue;
-        };
-        match rotate_one(client, pki, &ca, &mut seen, &wanted, metrics).await {
+    for wanted in &wanted {
+        match rotate_one(client, pki, &ca, &mut seen, wanted, metrics).await {
             Ok(true) => rotated += 1,
             Ok(false) => {}
             Err(e) => {

@@ -337,14 +337,14 @@ async fn rotation_reissues_in_place_what_expires_or_has_another_ca_and_leaves_th
         v.expect(Method::GET, &secret_path(NS, "main-collector-tls"))
             .await
             .ok(&fresh_j);
+        // Under the previous CA: re-issued (collectors and Redis before the sidecars).
+        let redis = secret_path(NS, "main-redis-tls");
+        v.expect(Method::GET, &redis).await.ok(&stale_j);
+        let reissued = v.apply(&redis, |_| {}).await;
         // Expiring: the same Secret, re-issued in place.
         let sidecar = secret_path("shop", "clew-sidecar-tls-traces-main");
         v.expect(Method::GET, &sidecar).await.ok(&expiring_j);
         let renewed = v.apply(&sidecar, |_| {}).await;
-        // Under the previous CA: re-issued too.
-        let redis = secret_path(NS, "main-redis-tls");
-        v.expect(Method::GET, &redis).await.ok(&stale_j);
-        let reissued = v.apply(&redis, |_| {}).await;
         // The sidecars' Secret of a TraceCollector that is gone: removed.
         let gone = format!("/apis/clew.dev/v1alpha1/namespaces/{NS}/tracecollectors/gone");
         v.not_found(&gone).await;
