@@ -289,8 +289,8 @@ async fn ensure_certificates(tc: &TraceCollector, ctx: &Context) -> Result<()> {
     }
     let pki = ctx.pki.as_ref().ok_or_else(|| {
         Error::BadSecret(
-            "operator CA".to_owned(),
-            "this operator issues no certificates".to_owned(),
+            tc.name_any(),
+            "spec.tls: this operator has no CA to issue certificates with".to_owned(),
         )
     })?;
     let issued = tls::ensure_for_collector(&ctx.client, pki, tc, &ctx.metrics).await?;

@@ -476,3 +476,19 @@ async fn without_tls_nothing_is_read_or_written() {
     assert!(issued.is_empty());
     v.assert_silent();
 }
+
+#[test]
+fn a_webhook_secret_without_the_ca_key_issues_nothing_and_is_renewed() {
+    let now = OffsetDateTime::now_utc();
+    let (mut s, _) = ca_secret(now, None);
+    assert!(!certs::needs_renewal(Some(&s), now, 30 * DAY));
+    // As cert-manager (or an operator from before spec.tls) writes it: no CA key.
+    s.data.as_mut().unwrap().remove(certs::CA_PRIVATE_KEY);
+    let err = Authority::from_secret(&s).unwrap_err().to_string();
+    assert!(
+        err.contains("no ca.key") && err.contains("spec.tls.secretName"),
+        "{err}"
+    );
+    // The operator's own Secret then gets a new CA (with its key) on the next check.
+    assert!(certs::needs_renewal(Some(&s), now, 30 * DAY));
+}
