@@ -71,6 +71,7 @@ fn state() -> (WebhookState, reflector::store::Writer<TraceCollector>) {
         native_sidecars: true,
         metrics: Metrics::new(),
         recorder: None,
+        tls: None,
     };
     (state, w)
 }

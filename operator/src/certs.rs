@@ -33,6 +33,11 @@ pub const CA_KEY: &str = "ca.crt";
 pub const CERT_KEY: &str = "tls.crt";
 /// Secret key of the serving key.
 pub const KEY_KEY: &str = "tls.key";
+/// Secret key of the CA's private key (in the operator's own Secret only): the CA signs the
+/// collectors', sidecars' and Redis's certificates too (see [`crate::tls`]).
+pub const CA_PRIVATE_KEY: &str = "ca.key";
+/// Common name of the operator's CA.
+const CA_COMMON_NAME: &str = "clew-operator webhook CA";
 
 /// Where the webhook certificate lives and how long it lasts.
 #[derive(Clone, Debug)]
@@ -56,6 +61,8 @@ pub struct CertConfig {
 pub struct Bundle {
     /// The CA certificate.
     pub ca_pem: String,
+    /// The CA's private key.
+    pub ca_key_pem: String,
     /// The serving certificate.
     pub cert_pem: String,
     /// The serving certificate's private key.
@@ -85,12 +92,8 @@ pub fn generate(
     let not_after = now + validity;
 
     let ca_key = KeyPair::generate()?;
-    let mut ca = CertificateParams::new(Vec::<String>::new())?;
-    let mut dn = DistinguishedName::new();
-    dn.push(DnType::CommonName, "clew-operator webhook CA");
-    ca.distinguished_name = dn;
-    ca.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let ca_key_pem = ca_key.serialize_pem();
+    let mut ca = ca_params()?;
     ca.not_before = not_before;
     ca.not_after = not_after;
     let ca_cert = ca.self_signed(&ca_key)?;
@@ -109,13 +112,144 @@ pub fn generate(
 
     Ok(Bundle {
         ca_pem: ca_cert.pem(),
+        ca_key_pem,
         cert_pem: cert.pem(),
         key_pem: key.serialize_pem(),
         not_after: not_after.unix_timestamp(),
     })
 }
 
-fn data(secret: &Secret, key: &str) -> Option<String> {
+/// The CA's name and constraints; what an issuer needs besides the key (the certificates it
+/// signs name the CA by this distinguished name and key identifier).
+fn ca_params() -> Result<CertificateParams> {
+    let mut ca = CertificateParams::new(Vec::<String>::new())?;
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, CA_COMMON_NAME);
+    ca.distinguished_name = dn;
+    ca.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    Ok(ca)
+}
+
+/// What a certificate the operator issues is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Usage {
+    /// A server (Redis).
+    Server,
+    /// A client (sidecars).
+    Client,
+    /// Both: collectors serve, and present the same certificate to their peers.
+    ServerAndClient,
+}
+
+/// A certificate and key issued by the operator's CA, PEM-encoded.
+#[derive(Clone, Debug)]
+pub struct Issued {
+    /// The certificate.
+    pub cert_pem: String,
+    /// Its private key.
+    pub key_pem: String,
+    /// Unix time at which it expires.
+    pub not_after: i64,
+}
+
+/// The operator's CA, as read from its Secret: it signs certificates for the pipeline.
+#[derive(Clone)]
+pub struct Authority {
+    /// The CA bundle to trust: the current CA, then the previous one during a rotation.
+    pub bundle: String,
+    /// Unix time at which the CA expires; nothing it issues outlives it.
+    pub not_after: i64,
+    key_pem: String,
+}
+
+impl std::fmt::Debug for Authority {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authority")
+            .field("not_after", &self.not_after)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Authority {
+    /// The CA in the operator's Secret; an error when the Secret has no CA key (cert-manager
+    /// manages the webhook certificate, so the operator has nothing to sign with).
+    pub fn from_secret(secret: &Secret) -> Result<Self> {
+        let name = secret.metadata.name.clone().unwrap_or_default();
+        let missing = |k: &str| {
+            Error::BadSecret(
+                name.clone(),
+                format!(
+                    "no {k}: the operator has no CA to issue certificates with (is cert-manager managing the webhook certificate? then set spec.tls.secretName)"
+                ),
+            )
+        };
+        let bundle = data(secret, CA_KEY).ok_or_else(|| missing(CA_KEY))?;
+        let key_pem = data(secret, CA_PRIVATE_KEY).ok_or_else(|| missing(CA_PRIVATE_KEY))?;
+        let not_after = not_after(secret).ok_or_else(|| missing(NOT_AFTER_ANNOTATION))?;
+        Ok(Self {
+            bundle,
+            not_after,
+            key_pem,
+        })
+    }
+
+    /// Issues a certificate for `dns_names` (and `common_name`) valid from `now` for
+    /// `validity`, but never beyond the CA's own expiry.
+    pub fn issue(
+        &self,
+        common_name: &str,
+        dns_names: &[String],
+        usage: Usage,
+        now: OffsetDateTime,
+        validity: Duration,
+    ) -> Result<Issued> {
+        let not_after = (now + validity).min(
+            OffsetDateTime::from_unix_timestamp(self.not_after)
+                .map_err(|e| Error::BadSecret("CA".to_owned(), e.to_string()))?,
+        );
+        let issuer = Issuer::new(ca_params()?, KeyPair::from_pem(&self.key_pem)?);
+        let key = KeyPair::generate()?;
+        let mut leaf = CertificateParams::new(dns_names.to_vec())?;
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, common_name);
+        leaf.distinguished_name = dn;
+        leaf.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        leaf.extended_key_usages = match usage {
+            Usage::Server => vec![ExtendedKeyUsagePurpose::ServerAuth],
+            Usage::Client => vec![ExtendedKeyUsagePurpose::ClientAuth],
+            Usage::ServerAndClient => vec![
+                ExtendedKeyUsagePurpose::ServerAuth,
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ],
+        };
+        leaf.not_before = now - time::Duration::minutes(5);
+        leaf.not_after = not_after;
+        let cert = leaf.signed_by(&key, &issuer)?;
+        Ok(Issued {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+            not_after: not_after.unix_timestamp(),
+        })
+    }
+}
+
+/// The `clew.dev/not-after` annotation of a Secret.
+pub fn not_after(secret: &Secret) -> Option<i64> {
+    secret
+        .metadata
+        .annotations
+        .as_ref()?
+        .get(NOT_AFTER_ANNOTATION)?
+        .parse()
+        .ok()
+}
+
+/// A key of a Secret's data as UTF-8.
+pub fn data(secret: &Secret, key: &str) -> Option<String> {
     let bytes = secret.data.as_ref()?.get(key)?;
     String::from_utf8(bytes.0.clone()).ok()
 }
@@ -123,19 +257,14 @@ fn data(secret: &Secret, key: &str) -> Option<String> {
 /// Whether the Secret is missing, incomplete, or expires within `renew_before` of `now`.
 pub fn needs_renewal(secret: Option<&Secret>, now: OffsetDateTime, renew_before: Duration) -> bool {
     let Some(s) = secret else { return true };
-    if [CA_KEY, CERT_KEY, KEY_KEY]
+    // A Secret from before the operator issued certificates has no CA key: a new CA.
+    if [CA_KEY, CERT_KEY, KEY_KEY, CA_PRIVATE_KEY]
         .iter()
         .any(|k| data(s, k).is_none())
     {
         return true;
     }
-    let not_after = s
-        .metadata
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get(NOT_AFTER_ANNOTATION))
-        .and_then(|v| v.parse::<i64>().ok());
-    match not_after {
+    match not_after(s) {
         Some(t) => t - (now.unix_timestamp()) < renew_before.as_secs() as i64,
         None => true,
     }
@@ -184,12 +313,17 @@ pub fn secret_for(cfg: &CertConfig, bundle: &Bundle, previous_ca: Option<&str>) 
                 KEY_KEY.to_owned(),
                 ByteString(bundle.key_pem.clone().into_bytes()),
             ),
+            (
+                CA_PRIVATE_KEY.to_owned(),
+                ByteString(bundle.ca_key_pem.clone().into_bytes()),
+            ),
         ])),
         ..Secret::default()
     }
 }
 
-fn first_pem(bundle: &str) -> Option<String> {
+/// The first certificate of a PEM bundle.
+pub fn first_pem(bundle: &str) -> Option<String> {
     const END: &str = "-----END CERTIFICATE-----";
     let end = bundle.find(END)? + END.len();
     Some(format!("{}\n", bundle[..end].trim_start()))
@@ -218,13 +352,7 @@ pub async fn ensure(client: &Client, cfg: &CertConfig, metrics: &Metrics) -> Res
     } else {
         existing.ok_or_else(|| Error::BadSecret(cfg.secret.clone(), "vanished".to_owned()))?
     };
-    if let Some(t) = secret
-        .metadata
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get(NOT_AFTER_ANNOTATION))
-        .and_then(|v| v.parse().ok())
-    {
+    if let Some(t) = not_after(&secret) {
         metrics.cert_not_after.set(t);
     }
     let ca = data(&secret, CA_KEY)

@@ -27,6 +27,7 @@ use crate::desired::{self, CollectorWorkload, Defaults, FIELD_MANAGER};
 use crate::inject::{self, INJECT_ANNOTATION, REVISION_ANNOTATION, Selection};
 use crate::metrics::Metrics;
 use crate::status::{self, READY};
+use crate::tls;
 use crate::{Error, Result};
 
 /// Requeue interval of a ready TraceCollector (drift is also repaired on watch events).
@@ -47,6 +48,8 @@ pub struct Context {
     pub metrics: Metrics,
     /// Operator-level defaults (image).
     pub defaults: Defaults,
+    /// The CA that issues the certificates of TraceCollectors with `spec.tls`.
+    pub pki: Option<tls::Pki>,
     failures: Arc<Mutex<HashMap<String, u32>>>,
 }
 
@@ -78,8 +81,15 @@ impl Context {
             recorder,
             metrics,
             defaults,
+            pki: None,
             failures: Arc::default(),
         }
+    }
+
+    /// The context issuing certificates from `pki`.
+    pub fn with_pki(mut self, pki: tls::Pki) -> Self {
+        self.pki = Some(pki);
+        self
     }
 
     fn record_failure(&self, key: &str) -> u32 {
@@ -262,12 +272,43 @@ where
 }
 
 async fn apply_all(tc: &TraceCollector, ctx: &Context) -> Result<Action> {
+    ensure_certificates(tc, ctx).await?;
     let children = apply_children(tc, ctx).await?;
     let revision = inject::sidecar_revision(tc, &ctx.defaults);
     roll_on_new_revision(tc, ctx, &revision).await?;
     let ready = write_status(tc, ctx, &children, &revision).await?;
     publish_progress(tc, ctx, ready).await;
     Ok(Action::requeue(if ready { RESYNC } else { PROGRESS_POLL }))
+}
+
+/// With `spec.tls`, the certificates and the Redis password, before the pods that mount them;
+/// an Event naming the certificates issued.
+async fn ensure_certificates(tc: &TraceCollector, ctx: &Context) -> Result<()> {
+    if !tc.spec.tls.enabled {
+        return Ok(());
+    }
+    let pki = ctx.pki.as_ref().ok_or_else(|| {
+        Error::BadSecret(
+            tc.name_any(),
+            "spec.tls: this operator has no CA to issue certificates with".to_owned(),
+        )
+    })?;
+    let issued = tls::ensure_for_collector(&ctx.client, pki, tc, &ctx.metrics).await?;
+    if !issued.is_empty() {
+        let what: Vec<String> = issued
+            .iter()
+            .map(|(kind, reason)| format!("{} ({reason})", kind.as_str()))
+            .collect();
+        ctx.publish(
+            tc,
+            EventType::Normal,
+            "CertificatesIssued",
+            "IssueCertificates",
+            format!("issued certificates: {}", what.join(", ")),
+        )
+        .await;
+    }
+    Ok(())
 }
 
 /// The applied workloads whose state the status reports.

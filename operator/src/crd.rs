@@ -100,6 +100,11 @@ pub struct TraceCollectorSpec {
     /// Where each collector keeps its write-ahead log and the copies it holds for its peers.
     #[serde(default)]
     pub wal: WalSpec,
+    /// TLS on every hop: sidecars to collectors (mTLS by default), collector to collector,
+    /// the query API, the web UI, and the managed Redis. Certificates come from the
+    /// operator's CA (re-issued before they expire) unless `secretName` names your own.
+    #[serde(default)]
+    pub tls: TlsSpec,
 }
 
 fn default_replicas() -> i32 {
@@ -213,12 +218,70 @@ fn default_redis_image() -> String {
 #[serde(rename_all = "camelCase")]
 pub struct ExternalRedis {
     /// Name of a Secret in the TraceCollector's namespace holding the Redis URL
-    /// (`redis://[:password@]host:port[/db]`).
+    /// (`redis://[:password@]host:port[/db]`, or `rediss://` with `tls`).
     #[schemars(length(min = 1, max = 253))]
     pub secret_name: String,
     /// Key of the URL in that Secret.
     #[serde(default = "default_secret_key")]
     pub key: String,
+    /// TLS to Redis: the CA that signed the server's certificate and, for a Redis with
+    /// `tls-auth-clients yes`, a client certificate. The URL must be `rediss://`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ExternalRedisTls>,
+    /// Redis ACL user (instead of one in the URL).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 128))]
+    pub username: Option<String>,
+    /// The Redis password, from a Secret in the TraceCollector's namespace; mounted as a file
+    /// (`--redis-password-file`), never put in an environment variable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_secret: Option<SecretKeyRef>,
+}
+
+impl ExternalRedis {
+    /// An external Redis whose URL is under `url` in the Secret `secret_name`, nothing else set.
+    pub fn new(secret_name: impl Into<String>) -> Self {
+        Self {
+            secret_name: secret_name.into(),
+            key: default_secret_key(),
+            tls: None,
+            username: None,
+            password_secret: None,
+        }
+    }
+}
+
+/// TLS to an external Redis.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ExternalRedisTls {
+    /// A Secret (in the TraceCollector's namespace) with the CA certificate under `ca.crt`;
+    /// the system trust store when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub ca_secret_name: Option<String>,
+    /// A `kubernetes.io/tls` Secret (`tls.crt`, `tls.key`) with a client certificate, for a
+    /// Redis that requires one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub client_cert_secret_name: Option<String>,
+}
+
+/// A key of a Secret in the TraceCollector's namespace.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyRef {
+    /// Name of the Secret.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Key in the Secret.
+    #[serde(default = "default_password_key")]
+    #[schemars(length(min = 1, max = 253))]
+    pub key: String,
+}
+
+fn default_password_key() -> String {
+    "password".to_owned()
 }
 
 fn default_secret_key() -> String {
@@ -469,6 +532,39 @@ impl Default for WalSpec {
 
 fn default_wal_size() -> String {
     "10Gi".to_owned()
+}
+
+/// TLS on every hop of the pipeline.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[x_kube(validation = Rule::new("!has(self.secretName) || !has(self.clientAuth) || !self.clientAuth").message("spec.tls.clientAuth needs certificates the operator issues: unset it (or set false) with spec.tls.secretName"))]
+#[serde(rename_all = "camelCase")]
+pub struct TlsSpec {
+    /// Serve TLS on the collectors' ingest, replication and query ports and on the web UI,
+    /// have sidecars and the UI verify it, and run the managed Redis TLS-only with a password.
+    /// Probes and `/metrics` stay plain HTTP on the ops port.
+    #[serde(default)]
+    pub enabled: bool,
+    /// An existing `kubernetes.io/tls` Secret in this namespace (`tls.crt`, `tls.key`,
+    /// `ca.crt`; e.g. from cert-manager) for the collectors, the web UI and the managed
+    /// Redis, instead of certificates the operator issues. It must carry the DNS names of the
+    /// collector, headless and visualizer Services (and of the managed Redis's, and
+    /// `localhost`, with managed Redis), and both server and client auth usages.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub secret_name: Option<String>,
+    /// Collectors require a client certificate (mTLS) from sidecars, peers and the web UI;
+    /// the operator issues one to every injected pod. Defaults to true, and to false with
+    /// `secretName` (whose CA does not issue the sidecars' certificates). With it, readers
+    /// of the query API also need a client certificate from the operator's CA.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_auth: Option<bool>,
+}
+
+impl TlsSpec {
+    /// Whether collectors require client certificates.
+    pub fn mtls(&self) -> bool {
+        self.enabled && self.client_auth.unwrap_or(self.secret_name.is_none())
+    }
 }
 
 /// What the operator last observed.

@@ -27,6 +27,8 @@ use kube::{Resource, ResourceExt};
 
 use crate::crd::{ManagedRedis, Resources, TraceCollector};
 
+pub mod tls;
+
 /// The field manager of every server-side apply the operator makes.
 pub const FIELD_MANAGER: &str = "clew-operator";
 /// Pod-template annotation carrying a hash of the collector configuration (rolls pods on change).
@@ -93,6 +95,46 @@ pub mod names {
     /// Visualizer Deployment and Service.
     pub fn visualizer(tc: &TraceCollector) -> String {
         format!("{}-visualizer", tc.name_any())
+    }
+    /// Secret with the collectors' (and visualizer's) certificate, when the operator issues it.
+    pub fn collector_tls(tc: &TraceCollector) -> String {
+        format!("{}-collector-tls", tc.name_any())
+    }
+    /// Secret with the managed Redis's serving certificate, when the operator issues it.
+    pub fn redis_tls(tc: &TraceCollector) -> String {
+        format!("{}-redis-tls", tc.name_any())
+    }
+    /// The Secret the managed Redis serves with: `spec.tls.secretName` or the one the
+    /// operator issues.
+    pub fn redis_serving_tls(tc: &TraceCollector) -> String {
+        tc.spec
+            .tls
+            .secret_name
+            .clone()
+            .unwrap_or_else(|| redis_tls(tc))
+    }
+    /// Secret with the managed Redis's password and ACL file.
+    pub fn redis_auth(tc: &TraceCollector) -> String {
+        format!("{}-redis-auth", tc.name_any())
+    }
+    /// Secret with the sidecars' CA and client certificate, in each namespace with injected
+    /// pods; named after the TraceCollector's namespace and name, so two collectors of the
+    /// same name never share one.
+    pub fn sidecar_tls(tc: &TraceCollector) -> String {
+        format!(
+            "clew-sidecar-tls-{}-{}",
+            tc.namespace().unwrap_or_default(),
+            tc.name_any()
+        )
+    }
+    /// The Secret the collectors and the visualizer mount for TLS: `spec.tls.secretName` or
+    /// the one the operator issues.
+    pub fn serving_tls(tc: &TraceCollector) -> String {
+        tc.spec
+            .tls
+            .secret_name
+            .clone()
+            .unwrap_or_else(|| collector_tls(tc))
     }
 }
 
@@ -264,9 +306,9 @@ fn svc_host(tc: &TraceCollector, service: &str) -> String {
     format!("{service}.{}.svc", tc.namespace().unwrap_or_default())
 }
 
-/// The in-cluster Redis URL of a managed Redis.
+/// The in-cluster Redis URL of a managed Redis (`rediss://` with `spec.tls`).
 pub fn managed_redis_url(tc: &TraceCollector) -> String {
-    format!("redis://{}:{REDIS_PORT}", svc_host(tc, &names::redis(tc)))
+    tls::managed_redis_url(tc)
 }
 
 /// The collector's configuration, read by the collector through `envFrom`.
@@ -291,6 +333,7 @@ pub fn desired_config_map(tc: &TraceCollector) -> ConfigMap {
         data.insert("CLEW_REDIS_URL".to_owned(), managed_redis_url(tc));
     }
     data.extend(replication_config(tc));
+    data.extend(tls::collector_config(tc));
     ConfigMap {
         metadata: meta(tc, names::collector(tc), Component::Collector),
         data: Some(data),
@@ -414,9 +457,19 @@ fn collector_template(
 ) -> PodTemplateSpec {
     let config = desired_config_map(tc);
     let config_hash = short_hash(&serde_json::to_vec(&config.data).unwrap_or_default());
+    let (secrets, mounts) = tls::collector_volumes(tc);
+    let mut container = collector_container(tc, defaults);
+    container
+        .volume_mounts
+        .get_or_insert_default()
+        .extend(mounts);
+    let mut pod = collector_pod_spec(container, data);
+    if !secrets.is_empty() {
+        pod.volumes.get_or_insert_default().extend(secrets);
+    }
     PodTemplateSpec {
         metadata: Some(collector_template_meta(tc, config_hash)),
-        spec: Some(collector_pod_spec(collector_container(tc, defaults), data)),
+        spec: Some(pod),
     }
 }
 
@@ -652,7 +705,7 @@ pub fn desired_redis(tc: &TraceCollector) -> Option<StatefulSet> {
                 match_labels: Some(selector_labels(tc, Component::Redis)),
                 ..LabelSelector::default()
             },
-            template: redis_template(tc, redis_container(tc, &managed)),
+            template: redis_template(tc, &managed),
             volume_claim_templates: Some(vec![data_volume_claim(
                 tc,
                 Component::Redis,
@@ -668,8 +721,22 @@ pub fn desired_redis(tc: &TraceCollector) -> Option<StatefulSet> {
     })
 }
 
-/// The Redis container: AOF persistence in `/data`, ready when it answers `PING`.
+/// The Redis container: AOF persistence in `/data`, ready when it answers `PING`. With
+/// `spec.tls`, TLS-only with the ACL file and the probe logged in ([`tls::redis_args`]).
 fn redis_container(tc: &TraceCollector, managed: &ManagedRedis) -> Container {
+    let mut c = plain_redis_container(tc, managed);
+    if tls::managed_redis_tls(tc) {
+        c.args.get_or_insert_default().extend(tls::redis_args());
+        c.readiness_probe = Some(tls::redis_probe());
+        c.env = Some(tls::redis_probe_env(tc));
+        c.volume_mounts
+            .get_or_insert_default()
+            .extend(tls::redis_volumes(tc).1);
+    }
+    c
+}
+
+fn plain_redis_container(tc: &TraceCollector, managed: &ManagedRedis) -> Container {
     Container {
         name: "redis".to_owned(),
         image: Some(managed.image.clone()),
@@ -706,7 +773,9 @@ fn redis_container(tc: &TraceCollector, managed: &ManagedRedis) -> Container {
 }
 
 /// The Redis pod template, never injected with a sidecar.
-fn redis_template(tc: &TraceCollector, container: Container) -> PodTemplateSpec {
+fn redis_template(tc: &TraceCollector, managed: &ManagedRedis) -> PodTemplateSpec {
+    let container = redis_container(tc, managed);
+    let volumes = tls::managed_redis_tls(tc).then(|| tls::redis_volumes(tc).0);
     let mut template_annotations = BTreeMap::new();
     template_annotations.insert(
         crate::inject::INJECT_ANNOTATION.to_owned(),
@@ -720,6 +789,7 @@ fn redis_template(tc: &TraceCollector, container: Container) -> PodTemplateSpec 
         }),
         spec: Some(PodSpec {
             containers: vec![container],
+            volumes,
             // The official image's redis user.
             security_context: Some(pod_security_context(999)),
             ..PodSpec::default()
@@ -770,25 +840,7 @@ pub fn desired_visualizer(tc: &TraceCollector, defaults: &Defaults) -> Option<De
     if !v.enabled {
         return None;
     }
-    let query_url = format!(
-        "http://{}:{QUERY_PORT}",
-        svc_host(tc, &names::collector(tc))
-    );
-    let container = Container {
-        name: "visualizer".to_owned(),
-        image: Some(image(tc, defaults)),
-        image_pull_policy: pull_policy(tc),
-        command: Some(vec!["/usr/local/bin/clew-visualizer".to_owned()]),
-        env: Some(vec![
-            env("CLEW_VISUALIZER_ADDR", format!("0.0.0.0:{VISUALIZER_PORT}")),
-            env("CLEW_QUERY_URL", query_url),
-        ]),
-        ports: Some(vec![port("http", VISUALIZER_PORT)]),
-        readiness_probe: Some(http_probe("/readyz", "http", 5)),
-        liveness_probe: Some(http_probe("/healthz", "http", 10)),
-        security_context: Some(restricted_security_context()),
-        ..Container::default()
-    };
+    let (container, volumes) = visualizer_container(tc, defaults);
     Some(Deployment {
         metadata: meta(tc, names::visualizer(tc), Component::Visualizer),
         spec: DeploymentSpec {
@@ -808,6 +860,7 @@ pub fn desired_visualizer(tc: &TraceCollector, defaults: &Defaults) -> Option<De
                 }),
                 spec: Some(PodSpec {
                     containers: vec![container],
+                    volumes,
                     security_context: Some(pod_security_context(65532)),
                     ..PodSpec::default()
                 }),
@@ -816,6 +869,56 @@ pub fn desired_visualizer(tc: &TraceCollector, defaults: &Defaults) -> Option<De
         },
         ..Deployment::default()
     })
+}
+
+/// The visualizer container and, with `spec.tls`, its certificate volume: HTTPS with the
+/// collectors' certificate (whose names include the visualizer Service's), probed over HTTPS.
+fn visualizer_container(
+    tc: &TraceCollector,
+    defaults: &Defaults,
+) -> (Container, Option<Vec<Volume>>) {
+    let query_url = format!(
+        "{}://{}:{QUERY_PORT}",
+        tls::scheme(tc),
+        svc_host(tc, &names::collector(tc))
+    );
+    let mut envs = vec![
+        env("CLEW_VISUALIZER_ADDR", format!("0.0.0.0:{VISUALIZER_PORT}")),
+        env("CLEW_QUERY_URL", query_url),
+    ];
+    envs.extend(tls::visualizer_env(tc).into_iter().map(|(k, v)| env(k, v)));
+    let probe = |path: &str, period: i32| {
+        let mut p = http_probe(path, "http", period);
+        if let Some(get) = p.http_get.as_mut().filter(|_| tc.spec.tls.enabled) {
+            // The kubelet does not verify the certificate of an HTTPS probe.
+            get.scheme = Some("HTTPS".to_owned());
+        }
+        p
+    };
+    let mut container = Container {
+        name: "visualizer".to_owned(),
+        image: Some(image(tc, defaults)),
+        image_pull_policy: pull_policy(tc),
+        command: Some(vec!["/usr/local/bin/clew-visualizer".to_owned()]),
+        env: Some(envs),
+        ports: Some(vec![port("http", VISUALIZER_PORT)]),
+        readiness_probe: Some(probe("/readyz", 5)),
+        liveness_probe: Some(probe("/healthz", 10)),
+        security_context: Some(restricted_security_context()),
+        ..Container::default()
+    };
+    if !tc.spec.tls.enabled {
+        return (container, None);
+    }
+    let secret = names::serving_tls(tc);
+    container.volume_mounts = Some(vec![tls::mount("tls", tls::TLS_DIR)]);
+    let volume = tls::secret_volume("tls", &secret, &[], 0o440);
+    (container, Some(vec![volume]))
+}
+
+/// The visualizer Service's port: 443 with `spec.tls`, else 80.
+fn visualizer_service_port(tc: &TraceCollector) -> i32 {
+    if tc.spec.tls.enabled { 443 } else { 80 }
 }
 
 /// The visualizer Service, when the visualizer is enabled.
@@ -828,7 +931,7 @@ pub fn desired_visualizer_service(tc: &TraceCollector) -> Option<Service> {
             selector: Some(selector_labels(tc, Component::Visualizer)),
             ports: Some(vec![ServicePort {
                 name: Some("http".to_owned()),
-                port: 80,
+                port: visualizer_service_port(tc),
                 target_port: Some(IntOrString::String("http".to_owned())),
                 protocol: Some("TCP".to_owned()),
                 ..ServicePort::default()
@@ -841,7 +944,11 @@ pub fn desired_visualizer_service(tc: &TraceCollector) -> Option<Service> {
 
 /// Where sidecars and SDKs send spans: the collectors' ClusterIP Service, OTLP gRPC.
 pub fn collector_endpoint(tc: &TraceCollector) -> String {
-    format!("http://{}:{GRPC_PORT}", svc_host(tc, &names::collector(tc)))
+    format!(
+        "{}://{}:{GRPC_PORT}",
+        tls::scheme(tc),
+        svc_host(tc, &names::collector(tc))
+    )
 }
 
 /// `host:port` of the headless Service, resolved by sidecars (`CLEW_SIDECAR_COLLECTOR_DNS`).
@@ -851,10 +958,13 @@ pub fn headless_dns(tc: &TraceCollector) -> String {
 
 /// The in-cluster URL of the web UI, when enabled.
 pub fn visualizer_url(tc: &TraceCollector) -> Option<String> {
-    tc.spec
-        .visualizer
-        .enabled
-        .then(|| format!("http://{}", svc_host(tc, &names::visualizer(tc))))
+    tc.spec.visualizer.enabled.then(|| {
+        format!(
+            "{}://{}",
+            tls::scheme(tc),
+            svc_host(tc, &names::visualizer(tc))
+        )
+    })
 }
 
 #[cfg(test)]

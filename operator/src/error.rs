@@ -12,8 +12,8 @@ pub enum Error {
     /// Creating a certificate failed.
     #[error("certificate: {0}")]
     Cert(#[from] rcgen::Error),
-    /// A Secret with webhook certificates is unusable.
-    #[error("webhook TLS secret {0}: {1}")]
+    /// A Secret with certificates (the webhook's, the operator's CA, a pipeline's) is unusable.
+    #[error("TLS secret {0}: {1}")]
     BadSecret(String, String),
     /// JSON (de)serialization failed.
     #[error("JSON: {0}")]

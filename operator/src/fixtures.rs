@@ -26,6 +26,23 @@ pub fn defaults() -> Defaults {
     }
 }
 
+/// Namespace of the operator in tests.
+pub const OPERATOR_NS: &str = "clew-system";
+/// The operator's Secret (its CA) in tests.
+pub const CA_SECRET: &str = "clew-operator-webhook-tls";
+
+/// The operator's CA as tests configure it: certificates for a year, renewed 30 days ahead.
+pub fn pki() -> crate::tls::Pki {
+    crate::tls::Pki {
+        namespace: OPERATOR_NS.to_owned(),
+        secret: CA_SECRET.to_owned(),
+        policy: crate::tls::Policy {
+            validity: std::time::Duration::from_secs(365 * 86400),
+            renew_before: std::time::Duration::from_secs(30 * 86400),
+        },
+    }
+}
+
 /// A TraceCollector `name` in [`NS`] with an all-default spec, generation 1 and no status.
 pub fn tc(name: &str) -> TraceCollector {
     let spec: TraceCollectorSpec = serde_json::from_str("{}").unwrap();
@@ -210,7 +227,8 @@ impl Context {
     pub(crate) fn test() -> (Arc<Self>, ApiServerVerifier) {
         let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
         let client = Client::new(service, "default");
-        let ctx = Context::new(client, Metrics::new(), defaults(), Some("test".to_owned()));
+        let ctx = Context::new(client, Metrics::new(), defaults(), Some("test".to_owned()))
+            .with_pki(pki());
         (Arc::new(ctx), ApiServerVerifier(handle))
     }
 }

@@ -12,6 +12,7 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
 
+use crate::certs;
 use crate::crd::TraceCollector;
 use crate::desired::{self, Defaults};
 
@@ -30,6 +31,10 @@ pub const SIDECAR_NAME: &str = "clew-sidecar";
 pub const SIDECAR_OPS_PORT: i32 = 9465;
 const SPILL_VOLUME: &str = "clew-sidecar-spill";
 const SPILL_DIR: &str = "/var/lib/clew-sidecar";
+/// Volume of the sidecar's CA and client certificate (`spec.tls`).
+pub const TLS_VOLUME: &str = "clew-sidecar-tls";
+/// Where the sidecar finds them.
+pub const TLS_DIR: &str = "/etc/clew/sidecar-tls";
 
 /// Which collector a pod's annotation names.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -198,21 +203,7 @@ pub fn sidecar_container(tc: &TraceCollector, defaults: &Defaults) -> Container 
         ),
         image_pull_policy: tc.spec.image_pull_policy.map(|p| p.as_str().to_owned()),
         command: Some(vec!["/usr/local/bin/clew-sidecar".to_owned()]),
-        env: Some(vec![
-            env("CLEW_SIDECAR_GRPC_ADDR", "127.0.0.1:4317"),
-            env("CLEW_SIDECAR_HTTP_ADDR", "127.0.0.1:4318"),
-            env(
-                "CLEW_SIDECAR_OPS_ADDR",
-                format!("0.0.0.0:{SIDECAR_OPS_PORT}"),
-            ),
-            env("CLEW_SIDECAR_COLLECTOR_DNS", desired::headless_dns(tc)),
-            env("CLEW_SIDECAR_SPILL_DIR", SPILL_DIR),
-            env("CLEW_SIDECAR_BUFFER_BYTES", s.buffer_bytes.to_string()),
-            env(
-                "CLEW_SIDECAR_SPILL_MAX_BYTES",
-                s.spill_max_bytes.to_string(),
-            ),
-        ]),
+        env: Some(sidecar_env(tc)),
         ports: Some(vec![k8s_openapi::api::core::v1::ContainerPort {
             name: Some("clew-ops".to_owned()),
             container_port: SIDECAR_OPS_PORT,
@@ -228,13 +219,55 @@ pub fn sidecar_container(tc: &TraceCollector, defaults: &Defaults) -> Container 
         readiness_probe: Some(probe("/readyz")),
         resources: Some(desired::resource_requirements(&s.resources)),
         security_context: Some(security),
-        volume_mounts: Some(vec![VolumeMount {
-            name: SPILL_VOLUME.to_owned(),
-            mount_path: SPILL_DIR.to_owned(),
-            ..VolumeMount::default()
-        }]),
+        volume_mounts: Some(sidecar_mounts(tc)),
         ..Container::default()
     }
+}
+
+/// The sidecar's environment: its listeners, the collectors and its buffers; with
+/// `spec.tls`, TLS to the collectors under the headless Service's name (collectors are
+/// dialled by pod IP) and, with mTLS, its client certificate.
+fn sidecar_env(tc: &TraceCollector) -> Vec<EnvVar> {
+    let s = &tc.spec.sidecar;
+    let mut out = vec![
+        env("CLEW_SIDECAR_GRPC_ADDR", "127.0.0.1:4317"),
+        env("CLEW_SIDECAR_HTTP_ADDR", "127.0.0.1:4318"),
+        env(
+            "CLEW_SIDECAR_OPS_ADDR",
+            format!("0.0.0.0:{SIDECAR_OPS_PORT}"),
+        ),
+        env("CLEW_SIDECAR_COLLECTOR_DNS", desired::headless_dns(tc)),
+        env("CLEW_SIDECAR_SPILL_DIR", SPILL_DIR),
+        env("CLEW_SIDECAR_BUFFER_BYTES", s.buffer_bytes.to_string()),
+        env(
+            "CLEW_SIDECAR_SPILL_MAX_BYTES",
+            s.spill_max_bytes.to_string(),
+        ),
+    ];
+    if tc.spec.tls.enabled {
+        let file = |f: &str| format!("{TLS_DIR}/{f}");
+        out.push(env("CLEW_SIDECAR_COLLECTOR_CA", file(certs::CA_KEY)));
+        if tc.spec.tls.mtls() {
+            out.push(env("CLEW_SIDECAR_COLLECTOR_CERT", file(certs::CERT_KEY)));
+            out.push(env("CLEW_SIDECAR_COLLECTOR_KEY", file(certs::KEY_KEY)));
+        }
+        let host = desired::headless_dns(tc);
+        let name = host.rsplit_once(':').map_or(host.as_str(), |(h, _)| h);
+        out.push(env("CLEW_SIDECAR_COLLECTOR_SERVER_NAME", name));
+    }
+    out
+}
+
+fn sidecar_mounts(tc: &TraceCollector) -> Vec<VolumeMount> {
+    let mut out = vec![VolumeMount {
+        name: SPILL_VOLUME.to_owned(),
+        mount_path: SPILL_DIR.to_owned(),
+        ..VolumeMount::default()
+    }];
+    if tc.spec.tls.enabled {
+        out.push(desired::tls::mount(TLS_VOLUME, TLS_DIR));
+    }
+    out
 }
 
 fn probe(path: &str) -> k8s_openapi::api::core::v1::Probe {
@@ -350,6 +383,14 @@ pub fn inject(pod: &Pod, tc: &TraceCollector, defaults: &Defaults, native: bool)
         }),
         ..Volume::default()
     });
+    if tc.spec.tls.enabled {
+        // The Secret the webhook wrote into the pod's namespace before answering; readable
+        // by the sidecar's user whatever the pod's fsGroup.
+        let secret = desired::names::sidecar_tls(tc);
+        spec.volumes
+            .get_or_insert_with(Vec::new)
+            .push(desired::tls::secret_volume(TLS_VOLUME, &secret, &[], 0o444));
+    }
     pod
 }
 

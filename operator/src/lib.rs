@@ -4,7 +4,8 @@
 //! - [`desired`] and [`status`]: pure functions from a TraceCollector to its children and status.
 //! - [`controller`]: server-side applies them, with Events, metrics and backoff.
 //! - [`inject`] and [`webhook`]: the mutating webhook that injects the clew sidecar.
-//! - [`certs`]: the webhook's self-signed CA and serving certificate.
+//! - [`certs`]: the operator's self-signed CA and the webhook's serving certificate.
+//! - [`tls`]: the certificates that CA issues to a pipeline (`spec.tls`), and their rotation.
 //! - [`run`]: the `clew-operator` process, with leader election.
 
 pub mod audit;
@@ -20,6 +21,7 @@ pub mod listen;
 pub mod metrics;
 pub mod run;
 pub mod status;
+pub mod tls;
 pub mod webhook;
 
 pub use error::{Error, Result};

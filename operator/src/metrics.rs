@@ -28,6 +28,8 @@ pub struct Metrics {
     pub cert_not_after: IntGauge,
     /// Webhook certificates (re)generated.
     pub cert_rotations: IntCounter,
+    /// Pipeline certificates issued, by `kind` and `reason`.
+    pub certificates_issued: IntCounterVec,
 }
 
 impl Metrics {
@@ -70,6 +72,11 @@ impl Metrics {
             cert_rotations: r.counter(
                 "clew_operator_webhook_cert_rotations_total",
                 "Webhook certificates generated",
+            ),
+            certificates_issued: r.counter_vec(
+                "clew_operator_certificates_issued_total",
+                "Pipeline certificates issued by the operator's CA, by kind and reason",
+                &["kind", "reason"],
             ),
             registry: r,
         }

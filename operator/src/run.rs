@@ -27,7 +27,8 @@ use crate::controller::{self, Context};
 use crate::crd::TraceCollector;
 use crate::desired::{Defaults, FIELD_MANAGER};
 use crate::metrics::Metrics;
-use crate::webhook::{self, WebhookState};
+use crate::tls;
+use crate::webhook::{self, SidecarTls, WebhookState};
 
 /// When to inject native sidecars.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -136,6 +137,19 @@ impl Config {
             renew_before: self.cert_renew_before,
         }
     }
+
+    /// The operator's CA (in the webhook Secret) and what it issues to pipelines: certificates
+    /// as long-lived as the webhook's, renewed as early.
+    fn pki(&self) -> tls::Pki {
+        tls::Pki {
+            namespace: self.namespace.clone(),
+            secret: self.webhook_secret.clone(),
+            policy: tls::Policy {
+                validity: self.cert_validity,
+                renew_before: self.cert_renew_before,
+            },
+        }
+    }
 }
 
 /// The ops routes: `/metrics`, `/healthz`, `/readyz` (ready once the webhook serves).
@@ -226,12 +240,20 @@ fn lead(
     }));
     if cfg.manage_webhook_certs {
         let cert_cfg = cfg.cert_config();
+        let pki = cfg.pki();
         tasks.push(tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(600));
             loop {
                 tick.tick().await;
                 if let Err(e) = certs::ensure(&ctx.client, &cert_cfg, &ctx.metrics).await {
                     warn!(error = %e, "webhook certificate");
+                    continue;
+                }
+                // After the CA: a rotated CA re-issues every pipeline certificate at once.
+                match tls::rotate_all(&ctx.client, &pki, &ctx.metrics).await {
+                    Ok(0) => {}
+                    Ok(n) => info!(reissued = n, "pipeline certificates re-issued"),
+                    Err(e) => warn!(error = %e, "pipeline certificates"),
                 }
             }
         }));
@@ -371,6 +393,10 @@ async fn webhook_state(
                 instance: Some(identity.to_owned()),
             },
         )),
+        tls: Some(SidecarTls {
+            client: client.clone(),
+            pki: cfg.pki(),
+        }),
     }))
 }
 
@@ -403,12 +429,15 @@ async fn elect(
     namespaces: reflector::Store<Namespace>,
 ) -> anyhow::Result<Election> {
     // Leader election: only one replica reconciles and manages certificates at a time.
-    let ctx = Arc::new(Context::new(
-        client.clone(),
-        metrics.clone(),
-        defaults,
-        Some(identity.clone()),
-    ));
+    let ctx = Arc::new(
+        Context::new(
+            client.clone(),
+            metrics.clone(),
+            defaults,
+            Some(identity.clone()),
+        )
+        .with_pki(cfg.pki()),
+    );
     let manager = LeaseManagerBuilder::new(client.clone(), cfg.lease.clone())
         .with_namespace(cfg.namespace.clone())
         .with_identity(identity.clone())

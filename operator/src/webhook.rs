@@ -26,6 +26,7 @@ use crate::crd::TraceCollector;
 use crate::desired::Defaults;
 use crate::inject::{self, Decision, INJECT_ANNOTATION};
 use crate::metrics::Metrics;
+use crate::tls;
 
 /// What the webhook needs to decide and mutate.
 #[derive(Clone)]
@@ -42,6 +43,26 @@ pub struct WebhookState {
     pub metrics: Metrics,
     /// Publishes an Event for pods that asked for a sidecar and did not get one.
     pub recorder: Option<Recorder>,
+    /// Writes the sidecars' TLS Secret into a pod's namespace before a pod of a TraceCollector
+    /// with `spec.tls` is injected; without it such pods are not injected.
+    pub tls: Option<SidecarTls>,
+}
+
+/// What the webhook needs to give sidecars their TLS Secret.
+#[derive(Clone)]
+pub struct SidecarTls {
+    /// The API client.
+    pub client: Client,
+    /// The operator's CA and what it issues.
+    pub pki: tls::Pki,
+}
+
+impl std::fmt::Debug for SidecarTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SidecarTls")
+            .field("pki", &self.pki)
+            .finish_non_exhaustive()
+    }
 }
 
 impl std::fmt::Debug for WebhookState {
@@ -89,7 +110,13 @@ async fn mutate(State(state): State<Arc<WebhookState>>, body: Bytes) -> Response
             return invalid("AdmissionReview without a request");
         }
     };
-    let (resp, skipped) = admit(&state, &req);
+    let (resp, skipped) = match prepare(&state, &req) {
+        None => (AdmissionResponse::from(&req), None),
+        Some((view, decision)) => {
+            let decision = secure(&state, &view, decision).await;
+            answer(&state, &req, &view, decision)
+        }
+    };
     if let (Some((pod, reason)), Some(recorder)) = (skipped, state.recorder.clone()) {
         // Off the request path: the API server is waiting for the answer.
         tokio::spawn(async move { record_skip(&recorder, &pod, &reason).await });
@@ -109,20 +136,49 @@ pub fn review_json(resp: AdmissionResponse) -> serde_json::Value {
     v
 }
 
-/// Answers one admission request. Returns the response and, when a requested sidecar was not
-/// injected, the pod and the reason (for an Event).
+/// Answers one admission request as a pure function: it writes no sidecar TLS Secret (the
+/// webhook's handler does, see `secure`). Returns the response and, when a requested sidecar
+/// was not injected, the pod and the reason (for an Event).
 pub fn admit(
     state: &WebhookState,
     req: &AdmissionRequest<Pod>,
 ) -> (AdmissionResponse, Option<(Pod, String)>) {
-    let allow = AdmissionResponse::from(req);
-    let Some(pod) = req
+    match prepare(state, req) {
+        None => (AdmissionResponse::from(req), None),
+        Some((view, decision)) => answer(state, req, &view, decision),
+    }
+}
+
+/// With `spec.tls`, the sidecar's TLS Secret must be in the pod's namespace before the pod
+/// is: written here, before the answer. Failing that the pod is not injected (a pod waiting
+/// for a Secret volume forever would be worse than one without a sidecar).
+async fn secure(state: &WebhookState, view: &Pod, decision: Decision) -> Decision {
+    let Decision::Inject(tc) = decision else {
+        return decision;
+    };
+    if !tc.spec.tls.enabled {
+        return Decision::Inject(tc);
+    }
+    let Some(t) = &state.tls else {
+        return Decision::Skip("the webhook cannot write the sidecar's TLS Secret".to_owned());
+    };
+    let ns = view.namespace().unwrap_or_default();
+    match tls::ensure_sidecar(&t.client, &t.pki, &tc, &ns, &state.metrics).await {
+        Ok(()) => Decision::Inject(tc),
+        Err(e) => {
+            warn!(namespace = %ns, error = %e, "writing the sidecar TLS secret");
+            Decision::Skip(format!("could not write the sidecar's TLS Secret: {e}"))
+        }
+    }
+}
+
+/// The pod as the webhook sees it (with its namespace) and what to do with it; `None` for
+/// anything but the CREATE of a pod.
+fn prepare(state: &WebhookState, req: &AdmissionRequest<Pod>) -> Option<(Pod, Decision)> {
+    let pod = req
         .object
         .as_ref()
-        .filter(|_| req.operation == Operation::Create)
-    else {
-        return (allow, None);
-    };
+        .filter(|_| req.operation == Operation::Create)?;
     // The object of a CREATE may lack its namespace; the request carries it.
     let mut view = pod.clone();
     if view.metadata.namespace.is_none() {
@@ -139,6 +195,21 @@ pub fn admit(
         ns_value.as_deref(),
         collectors.iter().map(|c| c.as_ref()),
     );
+    Some((view, decision))
+}
+
+/// The response for a decision: the JSON patch, or the pod admitted unchanged.
+fn answer(
+    state: &WebhookState,
+    req: &AdmissionRequest<Pod>,
+    view: &Pod,
+    decision: Decision,
+) -> (AdmissionResponse, Option<(Pod, String)>) {
+    let allow = AdmissionResponse::from(req);
+    let Some(pod) = req.object.as_ref() else {
+        return (allow, None);
+    };
+    let ns = view.namespace().unwrap_or_default();
     let (label, mutated, skipped) = match decision {
         Decision::NotRequested => ("not_requested", None, None),
         Decision::AlreadyInjected => ("already_injected", None, None),
@@ -159,7 +230,7 @@ pub fn admit(
         ),
     };
     state.metrics.admissions.with_label_values(&[label]).inc();
-    debug!(namespace = %ns, pod = %pod_name(&view), result = label, "admission");
+    debug!(namespace = %ns, pod = %pod_name(view), result = label, "admission");
     let Some(mutated) = mutated else {
         return (allow, skipped);
     };
@@ -426,5 +497,219 @@ mod tests {
         assert!(!handshake(addr, &old.ca_pem).await);
         reloader.abort();
         handle.shutdown();
+    }
+
+    /// An AdmissionReview v1 request as kube-apiserver sends it for a Pod CREATE in `ns`.
+    fn review(ns: &str, pod: &serde_json::Value) -> Vec<u8> {
+        serde_json::to_vec(&serde_json::json!({
+            "kind": "AdmissionReview",
+            "apiVersion": "admission.k8s.io/v1",
+            "request": {
+                "uid": "0df28fbd-5f5f-11e8-a0b5-0800275bfc01",
+                "kind": {"group": "", "version": "v1", "kind": "Pod"},
+                "resource": {"group": "", "version": "v1", "resource": "pods"},
+                "requestKind": {"group": "", "version": "v1", "kind": "Pod"},
+                "requestResource": {"group": "", "version": "v1", "resource": "pods"},
+                "name": "",
+                "namespace": ns,
+                "operation": "CREATE",
+                "userInfo": {"username": "system:serviceaccount:kube-system:replicaset-controller",
+                             "uid": "a1b2", "groups": ["system:serviceaccounts", "system:authenticated"]},
+                "object": pod,
+                "oldObject": null,
+                "dryRun": false,
+                "options": {"kind": "CreateOptions", "apiVersion": "meta.k8s.io/v1"}
+            }
+        }))
+        .unwrap()
+    }
+
+    fn app_pod() -> serde_json::Value {
+        serde_json::json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"generateName": "shop-7d9f8b6c4-", "namespace": "shop",
+                         "labels": {"app": "shop"},
+                         "annotations": {"sidecar.clew.dev/inject": "traces/main"}},
+            "spec": {"containers": [{"name": "app", "image": "shop:1"}]}
+        })
+    }
+
+    /// The webhook's state with one TraceCollector `traces/main` and the mock API server.
+    fn state_with(
+        tc: TraceCollector,
+    ) -> (
+        Arc<WebhookState>,
+        crate::fixtures::ApiServerVerifier,
+        kube::runtime::reflector::store::Writer<TraceCollector>,
+    ) {
+        use kube::runtime::{reflector, watcher};
+        let (ctx, v) = Context::test();
+        let (collectors, mut w) = reflector::store();
+        w.apply_watcher_event(&watcher::Event::Apply(tc));
+        let (namespaces, _nw) = reflector::store();
+        let state = WebhookState {
+            collectors,
+            namespaces,
+            defaults: crate::fixtures::defaults(),
+            native_sidecars: true,
+            metrics: ctx.metrics.clone(),
+            recorder: None,
+            tls: Some(SidecarTls {
+                client: ctx.client.clone(),
+                pki: crate::fixtures::pki(),
+            }),
+        };
+        (Arc::new(state), v, w)
+    }
+
+    /// Posts the review to `/mutate`; returns the pod after the answer's patch (if any).
+    async fn mutate_pod(state: Arc<WebhookState>, pod: &serde_json::Value) -> serde_json::Value {
+        use base64::Engine;
+        use http_body_util::BodyExt;
+        use tower::ServiceExt;
+        let req = axum::http::Request::post("/mutate")
+            .header("content-type", "application/json")
+            .body(axum::body::Body::from(review("shop", pod)))
+            .unwrap();
+        let resp = app(state).oneshot(req).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        let review: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(review["response"]["allowed"], true);
+        let mut doc = pod.clone();
+        if let Some(p) = review["response"]["patch"].as_str() {
+            let bytes = base64::engine::general_purpose::STANDARD.decode(p).unwrap();
+            let patch: json_patch::Patch = serde_json::from_slice(&bytes).unwrap();
+            json_patch::patch(&mut doc, &patch).unwrap();
+        }
+        doc
+    }
+
+    fn ca_secret_json() -> serde_json::Value {
+        let cfg = certs::CertConfig {
+            namespace: "clew-system".into(),
+            service: "clew-operator-webhook".into(),
+            secret: crate::fixtures::CA_SECRET.into(),
+            webhook_configuration: "clew-operator".into(),
+            validity: Duration::from_secs(365 * 86400),
+            renew_before: Duration::from_secs(30 * 86400),
+        };
+        let now = time::OffsetDateTime::now_utc();
+        let b = certs::generate(&cfg.service, &cfg.namespace, now, cfg.validity).unwrap();
+        let mut v = serde_json::to_value(certs::secret_for(&cfg, &b, None)).unwrap();
+        v["apiVersion"] = "v1".into();
+        v["kind"] = "Secret".into();
+        v
+    }
+
+    const CA_PATH: &str = "/api/v1/namespaces/clew-system/secrets/clew-operator-webhook-tls";
+    const SIDECAR_SECRET: &str = "/api/v1/namespaces/shop/secrets/clew-sidecar-tls-traces-main";
+
+    #[tokio::test]
+    async fn a_tls_collector_s_pod_gets_its_secret_written_first_then_the_tls_sidecar() {
+        let mut tc = crate::fixtures::tc("main");
+        tc.spec.tls.enabled = true;
+        let (state, mut v, _w) = state_with(tc);
+        let server = tokio::spawn(async move {
+            v.expect(http::Method::GET, CA_PATH)
+                .await
+                .ok(&ca_secret_json());
+            v.not_found(SIDECAR_SECRET).await;
+            let secret = v.apply(SIDECAR_SECRET, |_| {}).await;
+            (v, secret)
+        });
+        let pod = mutate_pod(state.clone(), &app_pod()).await;
+        let (mut v, secret) = server.await.unwrap();
+        v.assert_silent();
+        assert_eq!(
+            secret["metadata"]["labels"]["clew.dev/certificate"],
+            "sidecar"
+        );
+        for key in ["ca.crt", "tls.crt", "tls.key"] {
+            assert!(secret["data"][key].is_string(), "{key}");
+        }
+        let sidecar = &pod["spec"]["initContainers"][0];
+        assert_eq!(sidecar["name"], "clew-sidecar");
+        let env: std::collections::BTreeMap<String, serde_json::Value> = sidecar["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| (e["name"].as_str().unwrap().to_owned(), e["value"].clone()))
+            .collect();
+        assert_eq!(
+            env["CLEW_SIDECAR_COLLECTOR_CA"],
+            "/etc/clew/sidecar-tls/ca.crt"
+        );
+        assert_eq!(
+            env["CLEW_SIDECAR_COLLECTOR_CERT"],
+            "/etc/clew/sidecar-tls/tls.crt"
+        );
+        assert_eq!(
+            env["CLEW_SIDECAR_COLLECTOR_KEY"],
+            "/etc/clew/sidecar-tls/tls.key"
+        );
+        assert_eq!(
+            env["CLEW_SIDECAR_COLLECTOR_SERVER_NAME"],
+            "main-collector-headless.traces.svc"
+        );
+        let volumes = pod["spec"]["volumes"].as_array().unwrap();
+        let tls = volumes
+            .iter()
+            .find(|v| v["name"] == "clew-sidecar-tls")
+            .unwrap();
+        assert_eq!(tls["secret"]["secretName"], "clew-sidecar-tls-traces-main");
+        // The app still talks plain text to its own sidecar.
+        let app_env = pod["spec"]["containers"][0]["env"].as_array().unwrap();
+        let endpoint = app_env
+            .iter()
+            .find(|e| e["name"] == "OTEL_EXPORTER_OTLP_ENDPOINT")
+            .unwrap();
+        assert_eq!(endpoint["value"], "http://127.0.0.1:4317");
+        assert_eq!(
+            state
+                .metrics
+                .certificates_issued
+                .with_label_values(&["sidecar", "new"])
+                .get(),
+            1
+        );
+    }
+
+    #[tokio::test]
+    async fn without_tls_the_webhook_writes_nothing_and_mounts_no_certificate() {
+        let (state, mut v, _w) = state_with(crate::fixtures::tc("main"));
+        let pod = mutate_pod(state, &app_pod()).await;
+        v.assert_silent();
+        let sidecar = &pod["spec"]["initContainers"][0];
+        assert_eq!(sidecar["name"], "clew-sidecar");
+        assert!(!sidecar["env"].to_string().contains("COLLECTOR_CA"));
+        assert!(
+            !pod["spec"]["volumes"]
+                .to_string()
+                .contains("clew-sidecar-tls")
+        );
+    }
+
+    #[tokio::test]
+    async fn a_secret_that_cannot_be_written_leaves_the_pod_uninjected() {
+        let mut tc = crate::fixtures::tc("main");
+        tc.spec.tls.enabled = true;
+        let (state, mut v, _w) = state_with(tc);
+        let server = tokio::spawn(async move {
+            v.expect(http::Method::GET, CA_PATH)
+                .await
+                .status(http::StatusCode::FORBIDDEN, "Forbidden");
+            v
+        });
+        let pod = mutate_pod(state, &app_pod()).await;
+        server.await.unwrap().assert_silent();
+        assert!(pod["spec"].get("initContainers").is_none(), "{pod}");
+        let status = pod["metadata"]["annotations"]["sidecar.clew.dev/status"]
+            .as_str()
+            .unwrap();
+        assert!(
+            status.starts_with("skipped: could not write the sidecar's TLS Secret"),
+            "{status}"
+        );
     }
 }

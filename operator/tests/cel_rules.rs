@@ -124,6 +124,14 @@ fn valid_collectors_pass_every_rule() {
         json!({"replication": {"factor": 1}, "wal": {"persistent": true, "size": "20Gi"}}),
         // minCopies against the defaulted factor of 2.
         json!({"replication": {"minCopies": 2}}),
+        json!({"tls": {"enabled": true}}),
+        json!({"tls": {"enabled": true, "clientAuth": false}}),
+        // Your own certificate: mTLS off, by default or explicitly.
+        json!({"tls": {"enabled": true, "secretName": "clew-tls"}}),
+        json!({"tls": {"enabled": true, "secretName": "clew-tls", "clientAuth": false}}),
+        json!({"storage": {"redis": {"external": {"secretName": "redis-url",
+            "tls": {"caSecretName": "redis-ca", "clientCertSecretName": "redis-client"},
+            "username": "clew", "passwordSecret": {"name": "redis-auth"}}}}}),
     ] {
         assert_eq!(check(spec.clone()), Vec::<String>::new(), "{spec}");
     }
@@ -160,6 +168,10 @@ fn invalid_collectors_get_the_rule_message() {
         (
             json!({"replication": {"minCopies": 4}}),
             "spec.replication.minCopies must be at most spec.replication.factor",
+        ),
+        (
+            json!({"tls": {"enabled": true, "secretName": "clew-tls", "clientAuth": true}}),
+            "spec.tls.clientAuth needs certificates the operator issues: unset it (or set false) with spec.tls.secretName",
         ),
     ];
     for (spec, message) in cases {
@@ -230,12 +242,13 @@ fn every_rule_in_the_crd_is_exercised() {
     let spec = json!({
         "storage": {"redis": {"managed": {}}},
         "autoscaler": {"minReplicas": 1, "maxReplicas": 1},
+        "tls": {"enabled": true},
     });
     let (old, new) = (defaulted(&schema, spec.clone()), defaulted(&schema, spec));
     let mut seen = Vec::new();
     assert!(violations(&schema, &new, Some(&old), &mut seen).is_empty());
     let text = schema.to_string();
     let total = text.matches("x-kubernetes-validations").count();
-    assert_eq!(seen.len(), 5, "rules evaluated: {seen:?}");
-    assert_eq!(total, 5, "a rule was added: give it cases above");
+    assert_eq!(seen.len(), 6, "rules evaluated: {seen:?}");
+    assert_eq!(total, 6, "a rule was added: give it cases above");
 }

@@ -10,7 +10,7 @@ use clew_operator::crd::{
     AutoscalerSpec, ExternalRedis, ServiceType, TraceCollector, TraceCollectorSpec,
 };
 use clew_operator::desired::{self, CollectorWorkload, Defaults};
-use clew_operator::inject;
+use clew_operator::{certs, inject, tls};
 use k8s_openapi::api::core::v1::Pod;
 use serde_json::{Value, json};
 
@@ -42,6 +42,48 @@ fn children(tc: &TraceCollector, d: &Defaults) -> Vec<Value> {
     out
 }
 
+/// The Secrets the operator writes for a TraceCollector with `spec.tls`.
+fn secrets(tc: &TraceCollector) -> Vec<Value> {
+    let now = time::OffsetDateTime::now_utc();
+    let day = std::time::Duration::from_secs(86400);
+    let cfg = certs::CertConfig {
+        namespace: "clew-system".into(),
+        service: "clew-operator-webhook".into(),
+        secret: "clew-operator-webhook-tls".into(),
+        webhook_configuration: "clew-operator".into(),
+        validity: 365 * day,
+        renew_before: 30 * day,
+    };
+    let bundle = certs::generate(&cfg.service, &cfg.namespace, now, cfg.validity).unwrap();
+    let ca_secret = certs::secret_for(&cfg, &bundle, None);
+    let ca = certs::Authority::from_secret(&ca_secret).unwrap();
+    let mut out = vec![serde_json::to_value(&ca_secret).unwrap()];
+    let wanted = [
+        tls::wanted_collector(tc).unwrap(),
+        tls::wanted_redis(tc).unwrap(),
+        tls::wanted_sidecar(tc, "shop").unwrap(),
+    ];
+    for w in wanted {
+        let usage = match w.kind {
+            tls::Kind::Collector => certs::Usage::ServerAndClient,
+            tls::Kind::Redis => certs::Usage::Server,
+            tls::Kind::Sidecar => certs::Usage::Client,
+        };
+        let issued = ca
+            .issue(&w.common_name, &w.dns_names, usage, now, 365 * day)
+            .unwrap();
+        out.push(
+            serde_json::to_value(tls::secret_for(&w, &ca.bundle, Some(&issued), false)).unwrap(),
+        );
+    }
+    out.push(serde_json::to_value(tls::redis_auth_secret(tc, "not-a-real-password")).unwrap());
+    for o in &mut out {
+        o["apiVersion"] = json!("v1");
+        o["kind"] = json!("Secret");
+    }
+    out
+}
+
 mod erased {
     /// Serializes any k8s-openapi object (they all carry apiVersion and kind).
     pub trait Ser {
@@ -67,10 +109,7 @@ fn operator_output_is_valid_for_kubernetes_1_29_to_1_33() {
         max_replicas: 5,
         target_cpu_utilization: 70,
     });
-    custom.spec.storage.redis.external = Some(ExternalRedis {
-        secret_name: "redis".into(),
-        key: "url".into(),
-    });
+    custom.spec.storage.redis.external = Some(ExternalRedis::new("redis"));
     custom.spec.visualizer.service_type = ServiceType::LoadBalancer;
     // Collectors with persistent volumes, replication settings and an autoscaler.
     let persistent = collector(json!({
@@ -78,9 +117,22 @@ fn operator_output_is_valid_for_kubernetes_1_29_to_1_33() {
         "replication": {"factor": 3, "minCopies": 2, "takeoverAfter": "1m"},
         "autoscaler": {"minReplicas": 3, "maxReplicas": 6},
     }));
+    // TLS everywhere: issued certificates, managed Redis TLS-only with a password.
+    let tls = collector(json!({"tls": {"enabled": true}}));
+    // Your own certificate, and an external Redis over TLS with a user and a password file.
+    let tls_external = collector(json!({
+        "tls": {"enabled": true, "secretName": "clew-cert-manager"},
+        "wal": {"persistent": true},
+        "storage": {"redis": {"external": {"secretName": "redis-url",
+            "tls": {"caSecretName": "redis-ca", "clientCertSecretName": "redis-client"},
+            "username": "clew", "passwordSecret": {"name": "redis-auth", "key": "pw"}}}},
+    }));
     let mut objects = children(&default, &d);
     objects.extend(children(&custom, &d));
     objects.extend(children(&persistent, &d));
+    objects.extend(children(&tls, &d));
+    objects.extend(children(&tls_external, &d));
+    objects.extend(secrets(&tls));
     assert!(objects.iter().any(|o| o["kind"] == "StatefulSet"
         && o["metadata"]["name"] == "main-collector"
         && o["spec"]["volumeClaimTemplates"][0]["spec"]["storageClassName"] == "fast"));
@@ -94,6 +146,8 @@ fn operator_output_is_valid_for_kubernetes_1_29_to_1_33() {
     // Native sidecars are only used on 1.29+, which is every version validated here.
     objects.push(serde_json::to_value(inject::inject(&pod, &default, &d, true)).unwrap());
     objects.push(serde_json::to_value(inject::inject(&pod, &custom, &d, false)).unwrap());
+    objects.push(serde_json::to_value(inject::inject(&pod, &tls, &d, true)).unwrap());
+    objects.push(serde_json::to_value(inject::inject(&pod, &tls_external, &d, false)).unwrap());
     objects.push(serde_json::to_value(inject::annotate_skip(&pod, "no TraceCollector")).unwrap());
 
     let file = Path::new(env!("CARGO_TARGET_TMPDIR")).join("clew-operator-objects.json");

@@ -91,6 +91,7 @@ async fn start_with(native: bool, limits: ConnLimits) -> Server {
         native_sidecars: native,
         metrics: metrics.clone(),
         recorder: None,
+        tls: None,
     });
     let tls = axum_server::tls_rustls::RustlsConfig::from_pem(
         bundle.cert_pem.clone().into_bytes(),

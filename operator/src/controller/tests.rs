@@ -318,10 +318,7 @@ async fn autoscaler_gets_an_hpa_and_owns_the_replica_count() {
 #[tokio::test]
 async fn external_redis_replaces_the_managed_one() {
     let mut obj = tc("main");
-    obj.spec.storage.redis.external = Some(ExternalRedis {
-        secret_name: "redis-url".to_owned(),
-        key: "url".to_owned(),
-    });
+    obj.spec.storage.redis.external = Some(ExternalRedis::new("redis-url"));
     let no_redis = Cluster {
         redis_ready: false,
         ..READY
@@ -607,4 +604,74 @@ fn template_selection_matches_names_and_namespaces() {
     let bare = k8s_openapi::api::core::v1::PodTemplateSpec::default();
     assert!(template_uses(&bare, NS, Some("true"), &main));
     assert!(!template_uses(&bare, NS, None, &main));
+}
+
+/// The operator's Secret with a fresh CA, as JSON.
+fn ca_secret() -> Value {
+    let cfg = crate::certs::CertConfig {
+        namespace: crate::fixtures::OPERATOR_NS.into(),
+        service: "clew-operator-webhook".into(),
+        secret: crate::fixtures::CA_SECRET.into(),
+        webhook_configuration: "clew-operator".into(),
+        validity: Duration::from_secs(365 * 86400),
+        renew_before: Duration::from_secs(30 * 86400),
+    };
+    let now = time::OffsetDateTime::now_utc();
+    let bundle = crate::certs::generate(&cfg.service, &cfg.namespace, now, cfg.validity).unwrap();
+    let mut v = serde_json::to_value(crate::certs::secret_for(&cfg, &bundle, None)).unwrap();
+    v["apiVersion"] = json!("v1");
+    v["kind"] = json!("Secret");
+    v
+}
+
+#[tokio::test]
+async fn tls_issues_the_certificates_before_the_pods_that_mount_them() {
+    let mut obj = tc("main");
+    obj.spec.tls.enabled = true;
+    let (res, ctx) = scenario(settled(obj), |mut v, t| async move {
+        let secret = |name: &str| format!("/api/v1/namespaces/{NS}/secrets/{name}");
+        v.expect(
+            Method::GET,
+            "/api/v1/namespaces/clew-system/secrets/clew-operator-webhook-tls",
+        )
+        .await
+        .ok(&ca_secret());
+        for name in ["main-collector-tls", "main-redis-tls", "main-redis-auth"] {
+            v.not_found(&secret(name)).await;
+            let applied = v.apply(&secret(name), |_| {}).await;
+            assert_owned(&applied);
+        }
+        let ev = v.event().await;
+        assert_eq!(ev["reason"], "CertificatesIssued");
+        assert_eq!(
+            ev["note"],
+            "issued certificates: collector (new), redis (new)"
+        );
+        let workload = children(&mut v, &t, READY).await;
+        let pod = &workload["spec"]["template"]["spec"];
+        assert_eq!(
+            pod["volumes"][1]["secret"]["secretName"],
+            "main-collector-tls"
+        );
+        let status = v.status(&t).await;
+        assert_eq!(
+            status.collector_endpoint.as_deref(),
+            Some("https://main-collector.traces.svc:4317")
+        );
+        assert_eq!(
+            status.visualizer_url.as_deref(),
+            Some("https://main-visualizer.traces.svc")
+        );
+        assert_eq!(v.event().await["reason"], "Ready");
+        v
+    })
+    .await;
+    assert_eq!(res.unwrap(), Action::requeue(RESYNC));
+    let issued = |kind| {
+        ctx.metrics
+            .certificates_issued
+            .with_label_values(&[kind, "new"])
+            .get()
+    };
+    assert_eq!((issued("collector"), issued("redis")), (1, 1));
 }

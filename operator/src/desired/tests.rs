@@ -188,8 +188,8 @@ fn config_change_changes_the_pod_template_hash() {
 fn external_redis_reads_the_url_from_the_secret_and_drops_the_statefulset() {
     let mut t = tc("main");
     t.spec.storage.redis.external = Some(ExternalRedis {
-        secret_name: "redis".to_owned(),
         key: "uri".to_owned(),
+        ..ExternalRedis::new("redis")
     });
     t.spec.storage.redis.prefix = Some("team-a:".to_owned());
     assert!(desired_redis(&t).is_none());
@@ -431,4 +431,334 @@ fn spec_image_and_pull_policy_override_the_defaults() {
         .containers[0];
     assert_eq!(c.image.as_deref(), Some("registry.local/clew:dev"));
     assert_eq!(c.image_pull_policy.as_deref(), Some("Never"));
+}
+
+fn tls_tc() -> TraceCollector {
+    let mut t = tc("main");
+    t.spec.tls.enabled = true;
+    t
+}
+
+fn collector_pod(t: &TraceCollector) -> PodSpec {
+    desired_deployment(t, &defaults())
+        .spec
+        .template
+        .spec
+        .unwrap()
+}
+
+fn secret_volumes(pod: &PodSpec) -> BTreeMap<String, String> {
+    pod.volumes
+        .iter()
+        .flatten()
+        .filter_map(|v| {
+            let s = v.secret.as_ref()?;
+            Some((v.name.clone(), s.secret_name.clone()?))
+        })
+        .collect()
+}
+
+fn mounts(c: &Container) -> BTreeMap<String, String> {
+    c.volume_mounts
+        .iter()
+        .flatten()
+        .map(|m| (m.name.clone(), m.mount_path.clone()))
+        .collect()
+}
+
+#[test]
+fn without_tls_nothing_mounts_a_certificate() {
+    let t = tc("main");
+    let config = desired_config_map(&t).data.unwrap();
+    assert!(
+        config
+            .keys()
+            .all(|k| !k.contains("TLS") && !k.contains("REDIS_CA"))
+    );
+    assert_eq!(
+        config["CLEW_REDIS_URL"],
+        "redis://main-redis.traces.svc:6379"
+    );
+    assert!(secret_volumes(&collector_pod(&t)).is_empty());
+    let redis = desired_redis(&t).unwrap().spec.template.spec.unwrap();
+    assert!(redis.volumes.is_none());
+    assert!(
+        !redis.containers[0]
+            .args
+            .as_ref()
+            .unwrap()
+            .contains(&"--tls-port".to_owned())
+    );
+    let vis = desired_visualizer(&t, &defaults())
+        .unwrap()
+        .spec
+        .template
+        .spec
+        .unwrap();
+    assert!(vis.volumes.is_none());
+    assert_eq!(
+        desired_visualizer_service(&t)
+            .unwrap()
+            .spec
+            .unwrap()
+            .ports
+            .unwrap()[0]
+            .port,
+        80
+    );
+    assert_eq!(
+        collector_endpoint(&t),
+        "http://main-collector.traces.svc:4317"
+    );
+}
+
+#[test]
+fn tls_collectors_serve_with_mtls_and_replicate_over_tls() {
+    let t = tls_tc();
+    let config = desired_config_map(&t).data.unwrap();
+    assert_eq!(config["CLEW_TLS_CERT"], "/etc/clew/tls/tls.crt");
+    assert_eq!(config["CLEW_TLS_KEY"], "/etc/clew/tls/tls.key");
+    assert_eq!(config["CLEW_TLS_CLIENT_CA"], "/etc/clew/tls/ca.crt");
+    assert_eq!(config["CLEW_PEER_TLS_CA"], "/etc/clew/tls/ca.crt");
+    assert_eq!(
+        config["CLEW_PEER_TLS_SERVER_NAME"],
+        "main-collector-headless.traces.svc"
+    );
+    // Probes and scrapes stay plain HTTP on the ops port.
+    assert!(!config.contains_key("CLEW_TLS_OPS"));
+    let pod = collector_pod(&t);
+    let c = &pod.containers[0];
+    assert_eq!(
+        c.readiness_probe
+            .as_ref()
+            .unwrap()
+            .http_get
+            .as_ref()
+            .unwrap()
+            .scheme,
+        None
+    );
+    assert_eq!(secret_volumes(&pod)["tls"], "main-collector-tls");
+    assert_eq!(mounts(c)["tls"], "/etc/clew/tls");
+    let tls = pod
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == "tls")
+        .unwrap();
+    assert_eq!(tls.secret.as_ref().unwrap().default_mode, Some(0o440));
+    assert_eq!(pod.security_context.as_ref().unwrap().fs_group, Some(65532));
+    // The same on the StatefulSet.
+    let sts = desired_collector_statefulset(&t, &defaults());
+    assert_eq!(
+        secret_volumes(&sts.spec.template.spec.unwrap())["tls"],
+        "main-collector-tls"
+    );
+    assert_eq!(
+        collector_endpoint(&t),
+        "https://main-collector.traces.svc:4317"
+    );
+    // Turning TLS on changes the configuration, so the collectors roll.
+    let hash = |t: &TraceCollector| {
+        desired_deployment(t, &defaults())
+            .spec
+            .template
+            .metadata
+            .unwrap()
+            .annotations
+            .unwrap()[CONFIG_HASH_ANNOTATION]
+            .clone()
+    };
+    assert_ne!(hash(&t), hash(&tc("main")));
+}
+
+#[test]
+fn tls_without_client_auth_or_with_your_own_secret() {
+    let mut t = tls_tc();
+    t.spec.tls.client_auth = Some(false);
+    let config = desired_config_map(&t).data.unwrap();
+    assert!(!config.contains_key("CLEW_TLS_CLIENT_CA"));
+    assert!(config.contains_key("CLEW_TLS_CERT"));
+    let mut own = tls_tc();
+    own.spec.tls.secret_name = Some("clew-cert-manager".into());
+    assert!(
+        !desired_config_map(&own)
+            .data
+            .unwrap()
+            .contains_key("CLEW_TLS_CLIENT_CA")
+    );
+    assert_eq!(
+        secret_volumes(&collector_pod(&own))["tls"],
+        "clew-cert-manager"
+    );
+    let vis = desired_visualizer(&own, &defaults())
+        .unwrap()
+        .spec
+        .template
+        .spec
+        .unwrap();
+    assert_eq!(secret_volumes(&vis)["tls"], "clew-cert-manager");
+    // The same certificate serves the managed Redis.
+    let redis = desired_redis(&own).unwrap().spec.template.spec.unwrap();
+    assert_eq!(secret_volumes(&redis)["tls"], "clew-cert-manager");
+    assert_eq!(
+        secret_volumes(&collector_pod(&own))["redis-ca"],
+        "clew-cert-manager"
+    );
+}
+
+#[test]
+fn tls_managed_redis_is_tls_only_with_a_password_never_in_the_pod_spec() {
+    let t = tls_tc();
+    let config = desired_config_map(&t).data.unwrap();
+    assert_eq!(
+        config["CLEW_REDIS_URL"],
+        "rediss://main-redis.traces.svc:6379"
+    );
+    assert_eq!(config["CLEW_REDIS_CA"], "/etc/clew/redis-ca/ca.crt");
+    assert_eq!(config["CLEW_REDIS_USERNAME"], "clew");
+    assert_eq!(
+        config["CLEW_REDIS_PASSWORD_FILE"],
+        "/etc/clew/redis-auth/password"
+    );
+    let pod = collector_pod(&t);
+    assert_eq!(secret_volumes(&pod)["redis-ca"], "main-redis-tls");
+    assert_eq!(secret_volumes(&pod)["redis-auth"], "main-redis-auth");
+
+    let sts = desired_redis(&t).unwrap();
+    let redis = sts.spec.template.spec.clone().unwrap();
+    let c = &redis.containers[0];
+    let args = c.args.clone().unwrap().join(" ");
+    for want in [
+        "--port 0",
+        "--tls-port 6379",
+        "--tls-cert-file /etc/redis/tls/tls.crt",
+        "--tls-key-file /etc/redis/tls/tls.key",
+        "--tls-ca-cert-file /etc/redis/tls/ca.crt",
+        "--tls-auth-clients no",
+        "--aclfile /etc/redis/acl/users.acl",
+    ] {
+        assert!(args.contains(want), "{want} not in {args}");
+    }
+    assert_eq!(secret_volumes(&redis)["tls"], "main-redis-tls");
+    assert_eq!(secret_volumes(&redis)["acl"], "main-redis-auth");
+    let probe = c.readiness_probe.as_ref().unwrap().exec.as_ref().unwrap();
+    assert!(
+        probe
+            .command
+            .as_ref()
+            .unwrap()
+            .contains(&"--tls".to_owned())
+    );
+    // The password reaches the probe by reference only: no literal value anywhere.
+    let env = env_of(c);
+    let auth = env["REDISCLI_AUTH"].value_from.as_ref().unwrap();
+    assert_eq!(
+        auth.secret_key_ref.as_ref().unwrap().name,
+        "main-redis-auth"
+    );
+    assert!(env.values().all(|e| e.value.is_none()));
+    let whole = serde_json::to_string(&sts.spec).unwrap();
+    assert!(
+        !whole.contains("requirepass") && !whole.contains(">"),
+        "{whole}"
+    );
+}
+
+#[test]
+fn external_redis_gets_its_ca_client_certificate_user_and_password_file() {
+    let mut t = tc("main");
+    t.spec.storage.redis.external = Some(ExternalRedis {
+        tls: Some(crate::crd::ExternalRedisTls {
+            ca_secret_name: Some("redis-ca".into()),
+            client_cert_secret_name: Some("redis-client".into()),
+        }),
+        username: Some("tracing".into()),
+        password_secret: Some(crate::crd::SecretKeyRef {
+            name: "redis-creds".into(),
+            key: "pass".into(),
+        }),
+        ..ExternalRedis::new("redis-url")
+    });
+    let config = desired_config_map(&t).data.unwrap();
+    assert_eq!(config["CLEW_REDIS_CA"], "/etc/clew/redis-ca/ca.crt");
+    assert_eq!(config["CLEW_REDIS_CERT"], "/etc/clew/redis-client/tls.crt");
+    assert_eq!(config["CLEW_REDIS_KEY"], "/etc/clew/redis-client/tls.key");
+    assert_eq!(config["CLEW_REDIS_USERNAME"], "tracing");
+    assert_eq!(
+        config["CLEW_REDIS_PASSWORD_FILE"],
+        "/etc/clew/redis-auth/password"
+    );
+    let pod = collector_pod(&t);
+    let vols = secret_volumes(&pod);
+    assert_eq!(vols["redis-ca"], "redis-ca");
+    assert_eq!(vols["redis-client"], "redis-client");
+    assert_eq!(vols["redis-auth"], "redis-creds");
+    // The password's key is mounted as the file the collector reads.
+    let auth = pod
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == "redis-auth")
+        .unwrap();
+    let item = &auth.secret.as_ref().unwrap().items.as_ref().unwrap()[0];
+    assert_eq!(
+        (item.key.as_str(), item.path.as_str()),
+        ("pass", "password")
+    );
+    assert_eq!(
+        mounts(&pod.containers[0])["redis-auth"],
+        "/etc/clew/redis-auth"
+    );
+    // Not in the environment.
+    assert!(!env_of(&pod.containers[0]).contains_key("CLEW_REDIS_PASSWORD"));
+}
+
+#[test]
+fn tls_visualizer_serves_https_and_reads_the_query_api_over_mtls() {
+    let t = tls_tc();
+    let pod = desired_visualizer(&t, &defaults())
+        .unwrap()
+        .spec
+        .template
+        .spec
+        .unwrap();
+    let c = &pod.containers[0];
+    let env = env_of(c);
+    let val = |k: &str| env[k].value.clone().unwrap();
+    assert_eq!(
+        val("CLEW_QUERY_URL"),
+        "https://main-collector.traces.svc:16686"
+    );
+    assert_eq!(val("CLEW_QUERY_CA"), "/etc/clew/tls/ca.crt");
+    assert_eq!(val("CLEW_QUERY_CERT"), "/etc/clew/tls/tls.crt");
+    assert_eq!(val("CLEW_QUERY_KEY"), "/etc/clew/tls/tls.key");
+    assert_eq!(val("CLEW_VISUALIZER_TLS_CERT"), "/etc/clew/tls/tls.crt");
+    assert_eq!(val("CLEW_VISUALIZER_TLS_KEY"), "/etc/clew/tls/tls.key");
+    let scheme = |p: &Option<Probe>| {
+        p.as_ref()
+            .unwrap()
+            .http_get
+            .as_ref()
+            .unwrap()
+            .scheme
+            .clone()
+    };
+    assert_eq!(scheme(&c.readiness_probe).as_deref(), Some("HTTPS"));
+    assert_eq!(scheme(&c.liveness_probe).as_deref(), Some("HTTPS"));
+    assert_eq!(secret_volumes(&pod)["tls"], "main-collector-tls");
+    assert_eq!(
+        desired_visualizer_service(&t)
+            .unwrap()
+            .spec
+            .unwrap()
+            .ports
+            .unwrap()[0]
+            .port,
+        443
+    );
+    assert_eq!(
+        visualizer_url(&t).as_deref(),
+        Some("https://main-visualizer.traces.svc")
+    );
 }

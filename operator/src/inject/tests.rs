@@ -240,3 +240,99 @@ fn native_sidecars_from_1_29() {
     assert!(!supports_native_sidecars("1", "27+"));
     assert!(!supports_native_sidecars("", ""));
 }
+
+fn sidecar_of(p: &Pod) -> &Container {
+    p.spec
+        .as_ref()
+        .unwrap()
+        .init_containers
+        .iter()
+        .flatten()
+        .chain(&p.spec.as_ref().unwrap().containers)
+        .find(|c| c.name == SIDECAR_NAME)
+        .unwrap()
+}
+
+fn env_names(c: &Container) -> Vec<String> {
+    c.env.iter().flatten().map(|e| e.name.clone()).collect()
+}
+
+#[test]
+fn tls_collectors_give_their_sidecars_a_certificate_and_the_ca() {
+    let mut t = in_ns("main", "traces");
+    t.spec.tls.enabled = true;
+    for native in [true, false] {
+        let p = inject(&pod("shop", Some("traces/main")), &t, &defaults(), native);
+        let s = sidecar_of(&p);
+        let env: BTreeMap<_, _> = s
+            .env
+            .iter()
+            .flatten()
+            .map(|e| (e.name.as_str(), e.value.clone().unwrap_or_default()))
+            .collect();
+        assert_eq!(
+            env["CLEW_SIDECAR_COLLECTOR_CA"],
+            "/etc/clew/sidecar-tls/ca.crt"
+        );
+        assert_eq!(
+            env["CLEW_SIDECAR_COLLECTOR_CERT"],
+            "/etc/clew/sidecar-tls/tls.crt"
+        );
+        assert_eq!(
+            env["CLEW_SIDECAR_COLLECTOR_KEY"],
+            "/etc/clew/sidecar-tls/tls.key"
+        );
+        assert_eq!(
+            env["CLEW_SIDECAR_COLLECTOR_SERVER_NAME"],
+            "main-collector-headless.traces.svc"
+        );
+        let m = s.volume_mounts.as_ref().unwrap();
+        assert!(
+            m.iter()
+                .any(|m| m.name == TLS_VOLUME && m.read_only == Some(true))
+        );
+        let v = p.spec.as_ref().unwrap().volumes.as_ref().unwrap();
+        let secret = v.iter().find(|v| v.name == TLS_VOLUME).unwrap();
+        let src = secret.secret.as_ref().unwrap();
+        assert_eq!(
+            src.secret_name.as_deref(),
+            Some("clew-sidecar-tls-traces-main")
+        );
+        // Readable by the sidecar's user whatever the app pod's fsGroup.
+        assert_eq!(src.default_mode, Some(0o444));
+        // The app keeps talking plain text to localhost.
+        let app = &p.spec.as_ref().unwrap().containers[0];
+        let endpoint = app
+            .env
+            .iter()
+            .flatten()
+            .find(|e| e.name == "OTEL_EXPORTER_OTLP_ENDPOINT")
+            .unwrap();
+        assert_eq!(endpoint.value.as_deref(), Some("http://127.0.0.1:4317"));
+    }
+    // Without mTLS: the CA only.
+    t.spec.tls.client_auth = Some(false);
+    let p = inject(&pod("shop", Some("traces/main")), &t, &defaults(), true);
+    let names = env_names(sidecar_of(&p));
+    assert!(names.contains(&"CLEW_SIDECAR_COLLECTOR_CA".to_owned()));
+    assert!(!names.contains(&"CLEW_SIDECAR_COLLECTOR_CERT".to_owned()));
+}
+
+#[test]
+fn plain_collectors_inject_no_tls_and_turning_tls_on_rolls_the_workloads() {
+    let plain = in_ns("main", "traces");
+    let p = inject(&pod("shop", Some("traces/main")), &plain, &defaults(), true);
+    assert!(
+        env_names(sidecar_of(&p))
+            .iter()
+            .all(|n| !n.contains("COLLECTOR_CA"))
+    );
+    let volumes = p.spec.as_ref().unwrap().volumes.as_ref().unwrap();
+    assert!(volumes.iter().all(|v| v.secret.is_none()));
+    let mut tls = plain.clone();
+    tls.spec.tls.enabled = true;
+    assert_ne!(
+        sidecar_revision(&plain, &defaults()),
+        sidecar_revision(&tls, &defaults())
+    );
+}

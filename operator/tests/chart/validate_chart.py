@@ -26,7 +26,8 @@ THIRD_PARTY = {("monitoring.coreos.com/v1", "ServiceMonitor"),
 VALUE_SETS = {
     "defaults": {},
     "minimal": {"replicaCount": 1, "crds": {"create": False}, "webhook": {"enabled": False},
-                "serviceAccount": {"create": False, "name": "existing"}},
+                "serviceAccount": {"create": False, "name": "existing"},
+                "collectorTls": {"secretsClusterWide": False}},
     "everything": {
         "image": {"repository": "registry.local/clew", "tag": "dev", "pullPolicy": "Always"},
         "imagePullSecrets": [{"name": "regcred"}],
@@ -49,6 +50,14 @@ VALUE_SETS = {
     },
     # The default TraceCollector exactly as values.yaml describes it.
     "default-collector": {"defaultCollector": {"enabled": True}},
+    # spec.tls with certificates from the operator's CA (mTLS).
+    "tls": {"defaultCollector": {"enabled": True}, "collectorTls": {"enabled": True}},
+    # spec.tls with cert-manager issuing the collectors' certificate from its own CA.
+    "tls-cert-manager": {"defaultCollector": {"enabled": True, "spec": {"visualizer": {"enabled": False}}},
+                         "collectorTls": {"enabled": True, "certManager": {"enabled": True}}},
+    "tls-cert-manager-issuer": {"defaultCollector": {"enabled": True},
+                                "collectorTls": {"enabled": True, "certManager": {
+                                    "enabled": True, "issuerRef": {"name": "corp-ca", "kind": "ClusterIssuer"}}}},
     "cluster-issuer": {"webhook": {"certManager": {"enabled": True,
                                                    "issuerRef": {"name": "ca", "kind": "ClusterIssuer"}}}},
 }
@@ -65,6 +74,8 @@ BAD_VALUES = [
     {"defaultCollector": {"spec": {"replication": {"takeoverAfter": "soon"}}}},
     {"defaultCollector": {"spec": {"wal": {"size": "ten gigs"}}}},
     {"defaultCollector": {"spec": {"wal": {"persistant": True}}}},
+    {"collectorTls": {"enable": True}},
+    {"collectorTls": {"certManager": {"duration": "90d"}}},
 ]
 
 
@@ -187,8 +198,9 @@ def main():
             fail(f"ClusterRole lacks {needed}")
     if any("*" in r["verbs"] or "*" in r["resources"] for r in rules):
         fail("RBAC must not use wildcards")
-    if any(r["resources"] == ["secrets"] for r in rules):
-        fail("secrets belong in the namespaced Role only")
+    secret_rules = [r for r in rules if r["resources"] == ["secrets"]]
+    if len(secret_rules) != 1 or sorted(secret_rules[0]["verbs"]) != ["create", "delete", "get", "list", "patch"]:
+        fail(f"spec.tls needs get/list/create/patch/delete on secrets cluster-wide, nothing more: {secret_rules}")
     if not by_kind(d, "CustomResourceDefinition"):
         fail("crds.create=true must render the CRD")
     tests = [doc for _, doc in d if doc["metadata"].get("annotations", {}).get("helm.sh/hook") == "test"]
@@ -198,6 +210,8 @@ def main():
         fail("self-signed certificates by default")
 
     m = rendered["minimal"]
+    if any(r["resources"] == ["secrets"] for cr in by_kind(m, "ClusterRole") for r in cr["rules"]):
+        fail("collectorTls.secretsClusterWide=false must keep secrets in the namespaced Role only")
     if by_kind(m, "CustomResourceDefinition") or by_kind(m, "MutatingWebhookConfiguration"):
         fail("crds.create=false / webhook.enabled=false must drop the CRD and the webhook")
     if by_kind(m, "ServiceAccount") or by_kind(m, "PodDisruptionBudget"):
@@ -221,6 +235,48 @@ def main():
     tc = by_kind(rendered["default-collector"], "TraceCollector")[0]["spec"]
     if tc["replication"]["factor"] != 2 or tc["wal"]["persistent"] is not False:
         fail(f"values.yaml's default collector changed: {tc}")
+
+    tc = by_kind(rendered["tls"], "TraceCollector")[0]["spec"]
+    if tc.get("tls") != {"enabled": True, "clientAuth": True}:
+        fail(f"collectorTls not set on the default TraceCollector: {tc.get('tls')}")
+    if by_kind(rendered["tls"], "Certificate"):
+        fail("without certManager the operator issues the collectors' certificate")
+    cm = rendered["tls-cert-manager"]
+    tc = by_kind(cm, "TraceCollector")[0]["spec"]
+    if tc.get("tls") != {"enabled": True, "secretName": "clew-collector-cert-manager"}:
+        fail(f"with cert-manager spec.tls must name its Secret (and leave mTLS off): {tc.get('tls')}")
+    certs = {c["metadata"]["name"]: c["spec"] for c in by_kind(cm, "Certificate")}
+    leaf = certs.get("clew-collector-cert-manager")
+    if not leaf or leaf["secretName"] != "clew-collector-cert-manager":
+        fail(f"no collector Certificate: {list(certs)}")
+    for name in ["clew-collector", "clew-collector.clew-system.svc", "clew-collector-headless.clew-system.svc",
+                 "clew-collector-headless.clew-system.svc.cluster.local"]:
+        if name not in leaf["dnsNames"]:
+            fail(f"collector Certificate lacks {name}: {leaf['dnsNames']}")
+    if any("visualizer" in n for n in leaf["dnsNames"]):
+        fail("the visualizer is disabled: its names do not belong in the certificate")
+    if "clew-redis.clew-system.svc" not in leaf["dnsNames"] or "localhost" not in leaf["dnsNames"]:
+        fail(f"the managed Redis serves with the collector certificate: {leaf['dnsNames']}")
+    if not {"server auth", "client auth"} <= set(leaf["usages"]):
+        fail(f"the collector certificate needs server and client auth: {leaf['usages']}")
+    if leaf["issuerRef"] != {"name": "clew-operator-collector-ca", "kind": "Issuer"}:
+        fail(f"the collector certificate must come from the chart's CA Issuer: {leaf['issuerRef']}")
+    if not certs.get("clew-operator-collector-ca", {}).get("isCA"):
+        fail("no CA Certificate for the collector Issuer")
+    issuer = rendered["tls-cert-manager-issuer"]
+    leaf = {c["metadata"]["name"]: c["spec"] for c in by_kind(issuer, "Certificate")}
+    if list(leaf) != ["clew-collector-cert-manager"] or by_kind(issuer, "Issuer"):
+        fail("an issuerRef must replace the chart's CA")
+    if leaf["clew-collector-cert-manager"]["issuerRef"] != {"name": "corp-ca", "kind": "ClusterIssuer"}:
+        fail("collectorTls.certManager.issuerRef not used")
+    if not any("clew-visualizer.clew-system.svc" == n for n in leaf["clew-collector-cert-manager"]["dnsNames"]):
+        fail("the visualizer serves with the collector certificate: its names belong in it")
+    ext = {"defaultCollector": {"enabled": True, "spec": {"storage": {"redis": {"external": {"secretName": "r"}}}}},
+           "collectorTls": {"enabled": True, "certManager": {"enabled": True}}}
+    with helm.Chart.load(chart_dir) as chart:
+        leaf = [c["spec"] for c in by_kind(render(chart, ext), "Certificate") if c["spec"].get("dnsNames")][0]
+    if any("redis" in n for n in leaf["dnsNames"]) or "localhost" in leaf["dnsNames"]:
+        fail(f"with an external Redis no Redis names belong in the certificate: {leaf['dnsNames']}")
 
     # The CRD schema itself rejects what users get wrong.
     for bad in [{"replicas": 0}, {"sampling": {"ratio": 2}}, {"imagePullPolicy": "Sometimes"},
