@@ -201,8 +201,10 @@ impl Mover {
         .await?;
         // Listed before anything leaves hot storage: reads see the trace in
         // one tier or both, never in neither.
+        let exclusive = self.tiered.exclusive().await;
         cold.refresh().await?;
         let stats = self.tiered.hot().remove_moved(&moved).await?;
+        drop(exclusive);
         round.traces += stats.traces;
         round.spans += stats.spans;
         round.blocks += 1;

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use arrow_array::{Array as _, BooleanArray, RecordBatch};
-use clew_proto::v1::{DependencyLink, FilterCriteria, Span, SpanKind};
+use clew_proto::v1::{FilterCriteria, Span, SpanKind};
 use clew_storage::filter;
 use futures_util::{StreamExt as _, TryStreamExt as _};
 use object_store::path::Path;
@@ -393,29 +393,23 @@ impl ColdStore {
     }
 
     /// Service calls whose child span started in `[start, end]` (0:
-    /// unbounded), from the blocks overlapping the window; a trace split
-    /// across blocks counts the calls whose parent is in the same block.
-    pub async fn dependencies(
-        &self,
-        start: u64,
-        end: u64,
-    ) -> Result<Vec<DependencyLink>, ColdError> {
+    /// unbounded), from the blocks overlapping the window: the calls whose
+    /// parent is in the child's block, and the children whose parent is
+    /// not (a trace split across blocks or tiers), for the caller to
+    /// resolve.
+    pub async fn dependencies(&self, start: u64, end: u64) -> Result<ColdDependencies, ColdError> {
         let _t = self.timed("dependencies");
-        let mut counter = filter::DependencyCounter::default();
+        let mut out = ColdDependencies::default();
         let blocks = self.blocks();
         for block in blocks.values().filter(|b| b.meta.overlaps(start, end)) {
             let Some(spans) = self.guarded(block, self.block_edges_spans(block)).await? else {
                 continue;
             };
             for trace in spans.chunk_by(|a, b| a.trace_id == b.trace_id) {
-                for e in filter::edges(trace.iter()) {
-                    if filter::in_window(e.child_start, start, end) {
-                        counter.add(&e.parent, &e.child, e.error);
-                    }
-                }
+                out.add_trace(trace, start, end);
             }
         }
-        Ok(counter.finish())
+        Ok(out)
     }
 
     /// Every span of a block.
@@ -462,6 +456,35 @@ impl ColdStore {
             }
         }
         Ok(())
+    }
+}
+
+/// Calls found in the cold tier, and children whose parent is elsewhere.
+#[derive(Debug, Default)]
+pub struct ColdDependencies {
+    /// Calls whose parent and child are in one block.
+    pub calls: filter::DependencyCounter,
+    /// Children in the window whose parent span is not in their block.
+    pub dangling: Vec<Span>,
+}
+
+impl ColdDependencies {
+    fn add_trace(&mut self, trace: &[Span], start: u64, end: u64) {
+        for e in filter::edges(trace.iter()) {
+            if filter::in_window(e.child_start, start, end) {
+                self.calls.add(&e.parent, &e.child, e.error);
+            }
+        }
+        let ids: HashSet<&[u8]> = trace.iter().map(|s| s.span_id.as_slice()).collect();
+        self.dangling.extend(
+            trace
+                .iter()
+                .filter(|s| {
+                    !s.parent_span_id.is_empty() && !ids.contains(s.parent_span_id.as_slice())
+                })
+                .filter(|s| filter::in_window(s.start_time_unix_nano, start, end))
+                .cloned(),
+        );
     }
 }
 

@@ -309,7 +309,9 @@ async fn services_operations_and_dependencies_come_from_the_blocks() {
             want.add(&e.parent, &e.child, e.error);
         }
     }
-    assert_eq!(cold.dependencies(0, 0).await.unwrap(), want.finish());
+    let found = cold.dependencies(0, 0).await.unwrap();
+    assert_eq!(found.calls.finish(), want.finish());
+    assert!(found.dangling.is_empty());
 }
 
 #[tokio::test]

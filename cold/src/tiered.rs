@@ -25,6 +25,11 @@ pub struct Tiered {
     /// Spans that ended longer ago than this may belong to a trace already
     /// moved cold: a store of them is checked against the cold tier.
     hot_retention: Duration,
+    /// Held (shared) by a store of late spans from its check of the cold
+    /// tier to its hot write, and (exclusive) by the mover from listing a
+    /// block to removing its traces from hot storage: a late duplicate is
+    /// seen in one tier or the other, never missed in both.
+    moving: Arc<tokio::sync::RwLock<()>>,
 }
 
 pub(crate) fn cold_error(e: ColdError) -> StorageError {
@@ -44,7 +49,14 @@ impl Tiered {
             hot,
             cold,
             hot_retention,
+            moving: Arc::default(),
         }
+    }
+
+    /// Excludes stores of late spans while the mover lists a block and
+    /// removes its traces from hot storage.
+    pub(crate) async fn exclusive(&self) -> tokio::sync::RwLockWriteGuard<'_, ()> {
+        self.moving.write().await
     }
 
     /// The hot store.
@@ -57,16 +69,20 @@ impl Tiered {
         &self.cold
     }
 
+    /// Whether `trace` has a span old enough for its trace to have moved.
+    fn is_late(&self, trace: &Trace) -> bool {
+        let cut = now_nanos()
+            .saturating_sub(u64::try_from(self.hot_retention.as_nanos()).unwrap_or(u64::MAX));
+        trace.spans.iter().any(|s| s.end_time_unix_nano < cut)
+    }
+
     /// Drops the spans of a late fragment that the cold tier already holds
     /// (counted as duplicates, as hot storage counts its own).
     async fn without_cold_spans(&self, mut trace: Trace) -> Result<(Trace, u64)> {
-        let cut = now_nanos()
-            .saturating_sub(u64::try_from(self.hot_retention.as_nanos()).unwrap_or(u64::MAX));
-        let late = trace.spans.iter().any(|s| s.end_time_unix_nano < cut);
         let Ok(id) = <[u8; 16]>::try_from(trace.trace_id.as_slice()) else {
             return Ok((trace, 0));
         };
-        if !late || self.cold.blocks().is_empty() {
+        if self.cold.blocks().is_empty() {
             return Ok((trace, 0));
         }
         let cold = self.cold.trace_spans(&id).await.map_err(cold_error)?;
@@ -79,6 +95,62 @@ impl Tiered {
             .retain(|s| !cold.iter().any(|c| c.span_id == s.span_id));
         let dropped = (before - trace.spans.len()) as u64;
         Ok((trace, dropped))
+    }
+
+    /// Stores a late fragment: its spans the cold tier holds are
+    /// duplicates, the rest go hot.
+    async fn store_late(&self, trace: Trace) -> Result<StoreOutcome> {
+        let _shared = self.moving.read().await;
+        let (trace, cold_dups) = self.without_cold_spans(trace).await?;
+        let mut out = if trace.spans.is_empty() && cold_dups > 0 {
+            StoreOutcome::default()
+        } else {
+            self.hot.store_trace(trace).await?
+        };
+        out.duplicates += cold_dups;
+        Ok(out)
+    }
+}
+
+/// Most traces whose split calls one dependencies query resolves.
+const MAX_DANGLING_TRACES: usize = 10_000;
+
+impl Tiered {
+    /// Counts the calls of cold children whose parent is in another block
+    /// or in hot storage (a trace split across blocks or tiers).
+    async fn resolve_dangling(
+        &self,
+        dangling: Vec<Span>,
+        counter: &mut DependencyCounter,
+    ) -> Result<()> {
+        let mut by_trace: HashMap<Vec<u8>, Vec<Span>> = HashMap::new();
+        for s in dangling {
+            by_trace.entry(s.trace_id.clone()).or_default().push(s);
+        }
+        if by_trace.len() > MAX_DANGLING_TRACES {
+            tracing::warn!(
+                traces = by_trace.len(),
+                "dependencies: too many traces split across cold blocks; counting the first {MAX_DANGLING_TRACES}"
+            );
+        }
+        for (tid, children) in by_trace.into_iter().take(MAX_DANGLING_TRACES) {
+            let Some(id) = TraceId::from_slice(&tid) else {
+                continue;
+            };
+            let Some(whole) = self.get_trace(id).await? else {
+                continue;
+            };
+            for child in children {
+                let parent = whole
+                    .spans
+                    .iter()
+                    .find(|p| p.span_id == child.parent_span_id);
+                if let Some(p) = parent.filter(|p| p.service != child.service) {
+                    counter.add(&p.service, &child.service, filter::is_error(&child));
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -96,14 +168,10 @@ fn merge(mut a: Vec<Span>, b: Vec<Span>) -> Vec<Span> {
 #[async_trait]
 impl Storage for Tiered {
     async fn store_trace(&self, trace: Trace) -> Result<StoreOutcome> {
-        let (trace, cold_dups) = self.without_cold_spans(trace).await?;
-        let mut out = if trace.spans.is_empty() && cold_dups > 0 {
-            StoreOutcome::default()
-        } else {
-            self.hot.store_trace(trace).await?
-        };
-        out.duplicates += cold_dups;
-        Ok(out)
+        if self.is_late(&trace) {
+            return self.store_late(trace).await;
+        }
+        self.hot.store_trace(trace).await
     }
 
     async fn get_trace(&self, trace_id: TraceId) -> Result<Option<Trace>> {
@@ -180,16 +248,17 @@ impl Storage for Tiered {
     }
 
     async fn dependencies(&self, start: u64, end: u64) -> Result<Vec<DependencyLink>> {
-        let mut counter = DependencyCounter::default();
         let hot = self.hot.dependencies(start, end).await?;
         let cold = self
             .cold
             .dependencies(start, end)
             .await
             .map_err(cold_error)?;
-        for link in hot.into_iter().chain(cold) {
+        let mut counter = cold.calls;
+        for link in hot {
             counter.add_many(&link.parent, &link.child, link.call_count, link.error_count);
         }
+        self.resolve_dangling(cold.dangling, &mut counter).await?;
         Ok(counter.finish())
     }
 
