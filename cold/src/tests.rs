@@ -450,3 +450,10 @@ async fn retention_deletes_old_blocks_and_the_sweep_removes_partial_ones() {
             .exists()
     );
 }
+
+#[test]
+fn the_metrics_match_the_catalogue() {
+    let m = crate::metrics::ColdMetrics::new();
+    m.read_seconds.with_label_values(&["trace"]);
+    clew_runtime::metrics::catalogue_check("collector cold tier", m.registry());
+}

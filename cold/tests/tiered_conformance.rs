@@ -4,110 +4,24 @@
 //! memory store and over a real redis-server), once with every other
 //! store moved, so traces are split across the tiers.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+mod common;
 
-use async_trait::async_trait;
-use clew_cold::maintain::MaintainOptions;
-use clew_cold::mover::{Mover, MoverConfig};
-use clew_cold::read::ColdStore;
-use clew_cold::tiered::Tiered;
+use std::sync::Arc;
+
 use clew_storage::conformance::Fixture;
 use clew_storage::memory::MemoryStorage;
-use clew_storage::{
-    DependencyLink, FilterCriteria, Movable, Moved, PruneStats, Result, SpanKind, Storage,
-    StoreOutcome, Trace, TraceId,
-};
-use object_store::local::LocalFileSystem;
-use object_store::path::Path;
-
-/// A tiered store whose mover runs after every `every`-th store.
-#[derive(Debug)]
-struct Moving {
-    tiered: Tiered,
-    mover: Mover,
-    every: u64,
-    stores: AtomicU64,
-}
-
-fn tiered(hot: Arc<dyn Storage>, dir: &std::path::Path, every: u64) -> Moving {
-    let fs = LocalFileSystem::new_with_prefix(dir)
-        .unwrap()
-        .with_automatic_cleanup(true);
-    let cold = Arc::new(ColdStore::new(Arc::new(fs), Path::default()));
-    let tiered = Tiered::new(hot, cold, Duration::ZERO);
-    let config = MoverConfig {
-        hot_retention: Duration::ZERO,
-        hot_max_bytes: None,
-        // Far longer than the suite's timestamps are old: prune decides.
-        cold_retention: Duration::from_secs(100 * 365 * 86_400),
-        block_traces: 1_000,
-        interval: Duration::from_secs(1),
-        holder: "test".into(),
-        // One block per move: pruning goes block by block.
-        maintain: MaintainOptions {
-            compact_below_bytes: 0,
-            ..MaintainOptions::default()
-        },
-    };
-    let mover = Mover::new(tiered.clone(), config);
-    Moving {
-        tiered,
-        mover,
-        every,
-        stores: AtomicU64::new(0),
-    }
-}
-
-#[async_trait]
-impl Storage for Moving {
-    async fn store_trace(&self, trace: Trace) -> Result<StoreOutcome> {
-        let out = self.tiered.store_trace(trace).await?;
-        if self.stores.fetch_add(1, Ordering::SeqCst) % self.every == 0 {
-            let round = self.mover.round().await.unwrap();
-            assert!(round.leader);
-        }
-        Ok(out)
-    }
-    async fn get_trace(&self, id: TraceId) -> Result<Option<Trace>> {
-        self.tiered.get_trace(id).await
-    }
-    async fn list_traces(&self, f: &FilterCriteria) -> Result<Vec<Trace>> {
-        self.tiered.list_traces(f).await
-    }
-    async fn services(&self) -> Result<Vec<String>> {
-        self.tiered.services().await
-    }
-    async fn operations(&self, s: &str, k: Option<SpanKind>) -> Result<Vec<(String, SpanKind)>> {
-        self.tiered.operations(s, k).await
-    }
-    async fn dependencies(&self, start: u64, end: u64) -> Result<Vec<DependencyLink>> {
-        self.tiered.dependencies(start, end).await
-    }
-    async fn prune_traces(&self, cut: u64) -> Result<PruneStats> {
-        self.tiered.prune_traces(cut).await
-    }
-    async fn movable(&self, cut: u64, limit: usize) -> Result<Vec<Movable>> {
-        self.tiered.movable(cut, limit).await
-    }
-    async fn remove_moved(&self, moved: &[Moved]) -> Result<PruneStats> {
-        self.tiered.remove_moved(moved).await
-    }
-    async fn lease(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool> {
-        self.tiered.lease(name, holder, ttl).await
-    }
-    fn backend(&self) -> &'static str {
-        "tiered"
-    }
-}
+use common::moving::{dir_tier, moving};
 
 mod all_cold {
     use super::*;
 
     async fn fixture() -> Fixture {
         let dir = tempfile::tempdir().unwrap();
-        let store = tiered(Arc::new(MemoryStorage::new(10_000)), dir.path(), 1);
+        let store = moving(
+            Arc::new(MemoryStorage::new(10_000)),
+            dir_tier(dir.path()),
+            1,
+        );
         Fixture::with_guard(Arc::new(store), dir)
     }
 
@@ -128,7 +42,7 @@ mod all_cold_over_redis {
         })
         .await
         .unwrap();
-        let store = tiered(Arc::new(hot), dir.path(), 1);
+        let store = moving(Arc::new(hot), dir_tier(dir.path()), 1);
         Fixture::with_guard(Arc::new(store), (dir, server))
     }
 
@@ -140,7 +54,11 @@ mod split_across_tiers {
 
     async fn fixture() -> Fixture {
         let dir = tempfile::tempdir().unwrap();
-        let store = tiered(Arc::new(MemoryStorage::new(10_000)), dir.path(), 2);
+        let store = moving(
+            Arc::new(MemoryStorage::new(10_000)),
+            dir_tier(dir.path()),
+            2,
+        );
         Fixture::with_guard(Arc::new(store), dir)
     }
 
