@@ -10,7 +10,8 @@
 //!   of its traces, replica logs, truncation and takeover.
 //! - [`assembly`]: spans grouped by trace and flushed to storage through
 //!   [`sink`].
-//! - [`storage`]: the `Storage` trait and its backends.
+//! - [`storage`]: the `Storage` trait and its backends; [`cold`]: the
+//!   cold tier in front of them (`clew-cold`), with its mover.
 //! - [`query`]: the Jaeger-compatible HTTP API and the gRPC `Query` service;
 //!   [`analysis`]: critical path, causal order, anomalies, dependencies and
 //!   RED, served under `/api/clew/`.
@@ -22,6 +23,7 @@
 pub use clew_analysis as analysis;
 pub mod assembly;
 mod auth;
+pub mod cold;
 pub mod ingest;
 pub mod metrics;
 pub mod query;

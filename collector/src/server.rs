@@ -149,6 +149,9 @@ pub struct Config {
     /// Bearer authentication of reads and ingest.
     #[command(flatten)]
     pub auth: AuthFlags,
+    /// The cold tier.
+    #[command(flatten)]
+    pub cold: crate::cold::ColdFlags,
 }
 
 clew_runtime::read_auth_flags!(
@@ -403,6 +406,7 @@ struct Core {
     metrics: Arc<Metrics>,
     replication: Option<Replication>,
     auth: crate::auth::Guards,
+    cold: Option<crate::cold::Cold>,
 }
 
 /// Replication's parts, when a collector set is configured.
@@ -471,11 +475,28 @@ async fn open_replication(
     }))
 }
 
+/// Who this collector is to the cold tier's lease: its advertised address,
+/// else its host name, with its process id.
+fn lease_holder(config: &Config) -> String {
+    let name = config
+        .replication
+        .advertise_addr
+        .clone()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "collector".into());
+    format!("{name}/{}", std::process::id())
+}
+
 /// Opens storage and the WAL, replays what the WAL holds into assembly,
 /// and builds ingest on top.
 async fn open_core(config: &Config) -> Result<Core, ServerError> {
     let auth = crate::auth::Guards::open(&config.auth).await?;
-    let storage = open_storage(config).await?;
+    let hot = open_storage(config).await?;
+    let cold = config
+        .cold
+        .open(Arc::clone(&hot), lease_holder(config))
+        .await?;
+    let storage = cold.as_ref().map_or(hot, |c| Arc::clone(&c.storage));
     let wal_dir = config.data_dir.join("wal");
     let wal_config = WalConfig {
         fsync: config.wal_fsync,
@@ -531,6 +552,7 @@ async fn open_core(config: &Config) -> Result<Core, ServerError> {
         metrics: Arc::new(metrics),
         replication,
         auth,
+        cold,
     })
 }
 
@@ -736,12 +758,15 @@ async fn spawn_servers(
     let metrics = Arc::clone(&core.metrics);
     let replication_metrics = core.replication.as_ref().map(|r| Arc::clone(&r.metrics));
     let auth_metrics = core.auth.metrics.clone();
+    let cold_metrics = core.cold.as_ref().map(|c| c.metrics.clone());
     let render = Arc::new(move || {
         let replication = replication_metrics.as_ref().map(|m| m.render());
+        let cold = cold_metrics.as_ref().map(|m| m.render());
         metrics.render()
             + &conns.render()
             + &auth_metrics.render()
             + replication.as_deref().unwrap_or_default()
+            + cold.as_deref().unwrap_or_default()
     });
     let protect = clew_runtime::auth::protect;
     let mut others = vec![
@@ -773,10 +798,13 @@ async fn spawn_servers(
     if let Some(r) = &core.replication {
         others.extend(spawn_replication(config, core, r, &stop));
     }
+    if let Some(c) = &core.cold {
+        others.push(tokio::spawn(c.mover.clone().run(stopped(stop.clone()))));
+    }
     let retention = tokio::spawn(retention_loop(
         Arc::clone(&core.storage),
         Arc::clone(&core.metrics),
-        config.retention,
+        config.cold.total_retention(config.retention),
         config.prune_interval,
         stop,
     ));
