@@ -166,7 +166,9 @@ async fn kill_9_in_the_middle_of_a_move_loses_nothing_and_shows_nothing_twice() 
     let ops = format!("http://127.0.0.1:{}", p.ops);
     let ready = format!("{ops}/readyz");
     let mut c = collector(&dir.0, &p, "collector-1.log");
-    wait_for("collector ready", Duration::from_secs(30), || http.ok(&ready))
+    wait_for("collector ready", Duration::from_secs(30), || {
+        http.ok(&ready)
+    })
     .await
     .unwrap();
     let base = clew_model_now() - 60 * SEC;
@@ -186,7 +188,9 @@ async fn kill_9_in_the_middle_of_a_move_loses_nothing_and_shows_nothing_twice() 
     );
 
     let mut c = collector(&dir.0, &p, "collector-2.log");
-    wait_for("collector ready again", Duration::from_secs(30), || http.ok(&ready))
+    wait_for("collector ready again", Duration::from_secs(30), || {
+        http.ok(&ready)
+    })
     .await
     .unwrap();
     // The restarted mover writes the rest, then finds nothing due.

@@ -715,6 +715,27 @@ impl Storage for Down {
     async fn prune_traces(&self, _: u64) -> crate::storage::Result<PruneStats> {
         Err(self.err())
     }
+    async fn movable(
+        &self,
+        _: u64,
+        _: usize,
+    ) -> crate::storage::Result<Vec<crate::storage::Movable>> {
+        Err(self.err())
+    }
+    async fn remove_moved(
+        &self,
+        _: &[crate::storage::Moved],
+    ) -> crate::storage::Result<PruneStats> {
+        Err(self.err())
+    }
+    async fn lease(
+        &self,
+        _: &str,
+        _: &str,
+        _: std::time::Duration,
+    ) -> crate::storage::Result<bool> {
+        Err(self.err())
+    }
     fn backend(&self) -> &'static str {
         "down"
     }
