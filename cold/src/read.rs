@@ -309,17 +309,36 @@ impl ColdStore {
     /// Trace ids with a span matching `f`, each with the start of its most
     /// recent matching span (not limited: the caller merges tiers).
     pub async fn search(&self, f: &FilterCriteria) -> Result<HashMap<[u8; 16], u64>, ColdError> {
+        self.search_top(f, usize::MAX).await
+    }
+
+    /// [`search`](Self::search) for the `limit` traces with the most recent
+    /// matching spans (and maybe a few more): blocks are read newest
+    /// first, and no block is opened whose spans all started before the
+    /// `limit`-th best match found so far.
+    pub async fn search_top(
+        &self,
+        f: &FilterCriteria,
+        limit: usize,
+    ) -> Result<HashMap<[u8; 16], u64>, ColdError> {
         let _t = self.timed("search");
         let mut best: HashMap<[u8; 16], u64> = HashMap::new();
         let Some((min, max)) = filter::start_window(f) else {
             return Ok(best);
         };
         let blocks = self.blocks();
-        let candidates = blocks.values().filter(|b| {
-            b.meta.overlaps(min, if max == u64::MAX { 0 } else { max })
-                && b.meta.has(&f.service, &f.operation)
-        });
+        let mut candidates: Vec<&Arc<Block>> = blocks
+            .values()
+            .filter(|b| {
+                b.meta.overlaps(min, if max == u64::MAX { 0 } else { max })
+                    && b.meta.has(&f.service, &f.operation)
+            })
+            .collect();
+        candidates.sort_by_key(|b| std::cmp::Reverse(b.meta.max_start_unix_nano));
         for block in candidates {
+            if kth_best(&best, limit).is_some_and(|kth| block.meta.max_start_unix_nano < kth) {
+                break;
+            }
             if let Some(found) = self
                 .guarded(block, self.block_search(block, f, (min, max)))
                 .await?
@@ -486,6 +505,16 @@ impl ColdDependencies {
                 .cloned(),
         );
     }
+}
+
+/// The `limit`-th most recent best match, once there are that many.
+fn kth_best(best: &HashMap<[u8; 16], u64>, limit: usize) -> Option<u64> {
+    if limit == 0 || best.len() < limit {
+        return None;
+    }
+    let mut starts: Vec<u64> = best.values().copied().collect();
+    let (_, kth, _) = starts.select_nth_unstable_by(limit - 1, |a, b| b.cmp(a));
+    Some(*kth)
 }
 
 /// `blocks/<id>/meta.json` → `<id>`.

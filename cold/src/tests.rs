@@ -286,7 +286,18 @@ async fn searches_find_what_the_raw_spans_say() {
         },
     ];
     for f in &filters {
-        assert_eq!(cold.search(f).await.unwrap(), expected(&spans, f), "{f:?}");
+        let want = expected(&spans, f);
+        assert_eq!(cold.search(f).await.unwrap(), want, "{f:?}");
+        // The newest 20: the top of what the raw spans say.
+        let top = cold.search_top(f, 20).await.unwrap();
+        let mut want_top: Vec<u64> = want.values().copied().collect();
+        want_top.sort_unstable_by(|a, b| b.cmp(a));
+        want_top.truncate(20);
+        let mut got_top: Vec<u64> = top.values().copied().collect();
+        got_top.sort_unstable_by(|a, b| b.cmp(a));
+        got_top.truncate(20);
+        assert_eq!(got_top, want_top, "{f:?}");
+        assert!(top.iter().all(|(id, start)| want.get(id) == Some(start)));
     }
 }
 

@@ -193,7 +193,8 @@ impl Storage for Tiered {
 
     async fn list_traces(&self, f: &FilterCriteria) -> Result<Vec<Trace>> {
         let limit = filter::effective_limit(f);
-        let mut best: HashMap<[u8; 16], u64> = self.cold.search(f).await.map_err(cold_error)?;
+        let mut best: HashMap<[u8; 16], u64> =
+            self.cold.search_top(f, limit).await.map_err(cold_error)?;
         let hot = self.hot.list_traces(f).await?;
         for t in &hot {
             if let (Ok(id), Some(b)) = (
