@@ -376,12 +376,7 @@ impl ColdStore {
             .build()?;
         let mut out = Vec::new();
         while let Some(batch) = stream.next().await {
-            let batch = batch?;
-            for (id, span) in SearchRows::new(&batch, !f.tags.is_empty())?.spans()? {
-                if filter::span_matches(&span, f) {
-                    out.push((id, span.start_time_unix_nano));
-                }
-            }
+            SearchRows::new(&batch?)?.matches(f, &mut out)?;
         }
         Ok(out)
     }
@@ -567,60 +562,109 @@ async fn bloom(
 
 /// The rows of a search projection.
 struct SearchRows<'a> {
-    batch: &'a RecordBatch,
-    tags: bool,
+    ids: &'a arrow_array::FixedSizeBinaryArray,
+    service: &'a arrow_array::StringArray,
+    name: &'a arrow_array::StringArray,
+    start: &'a arrow_array::UInt64Array,
+    end: &'a arrow_array::UInt64Array,
+    code: &'a arrow_array::Int32Array,
+    /// Attributes and resource, when the batch has them (tag filters).
+    tags: Option<(&'a arrow_array::StringArray, &'a arrow_array::StringArray)>,
 }
 
 impl<'a> SearchRows<'a> {
-    fn new(batch: &'a RecordBatch, tags: bool) -> Result<Self, ColdError> {
-        Ok(SearchRows { batch, tags })
+    fn new(batch: &'a RecordBatch) -> Result<Self, ColdError> {
+        let c = Columns::new(batch);
+        let tags = match (c.string(col::ATTRIBUTES), c.string(col::RESOURCE)) {
+            (Ok(a), Ok(r)) => Some((a, r)),
+            _ => None,
+        };
+        Ok(SearchRows {
+            ids: c.binary(col::TRACE_ID)?,
+            service: c.string(col::SERVICE)?,
+            name: c.string(col::NAME)?,
+            start: c.u64(col::START)?,
+            end: c.u64(col::END)?,
+            code: c.i32(col::STATUS_CODE)?,
+            tags,
+        })
     }
 
-    /// Each row as a span holding what a filter looks at.
-    fn spans(&self) -> Result<Vec<([u8; 16], Span)>, ColdError> {
-        let c = Columns::new(self.batch);
-        let ids = c.binary(col::TRACE_ID)?;
-        let (service, name) = (c.string(col::SERVICE)?, c.string(col::NAME)?);
-        let (start, end, code) = (
-            c.u64(col::START)?,
-            c.u64(col::END)?,
-            c.i32(col::STATUS_CODE)?,
-        );
-        let attrs = if self.tags {
-            Some((c.string(col::ATTRIBUTES)?, c.string(col::RESOURCE)?))
-        } else {
-            None
+    /// Adds (trace id, start) of each row matching `f` to `out`: the
+    /// columns are checked in place, the attributes parsed only for rows
+    /// that pass everything else and whose JSON can hold the tag values.
+    fn matches(&self, f: &FilterCriteria, out: &mut Vec<([u8; 16], u64)>) -> Result<(), ColdError> {
+        for i in 0..self.ids.len() {
+            if !self.plain_match(i, f) || !self.tags_match(i, f)? {
+                continue;
+            }
+            let id: [u8; 16] = self
+                .ids
+                .value(i)
+                .try_into()
+                .map_err(|_| ColdError::Corrupt("trace id is not 16 bytes".into()))?;
+            out.push((id, self.start.value(i)));
+        }
+        Ok(())
+    }
+
+    /// Every condition of `f` but its tags.
+    fn plain_match(&self, i: usize, f: &FilterCriteria) -> bool {
+        let (start, end) = (self.start.value(i), self.end.value(i));
+        let d = end.saturating_sub(start);
+        (f.service.is_empty() || self.service.value(i) == f.service)
+            && (f.operation.is_empty() || self.name.value(i) == f.operation)
+            && (f.start_time_min_unix_nano == 0 || start >= f.start_time_min_unix_nano)
+            && (f.start_time_max_unix_nano == 0 || start <= f.start_time_max_unix_nano)
+            && (f.min_duration_nanos == 0 || d >= f.min_duration_nanos)
+            && (f.max_duration_nanos == 0 || d <= f.max_duration_nanos)
+            && (!f.errors_only || (!self.code.is_null(i) && self.code.value(i) == 2))
+    }
+
+    fn tags_match(&self, i: usize, f: &FilterCriteria) -> Result<bool, ColdError> {
+        if f.tags.is_empty() {
+            return Ok(true);
+        }
+        let Some((a, r)) = self.tags else {
+            return Ok(false);
         };
-        let kv = |a: &arrow_array::StringArray, i: usize, name: &str| {
-            serde_json::from_str(a.value(i))
+        let (a, r) = (a.value(i), r.value(i));
+        if !f.tags.iter().all(|(k, v)| may_hold(a, r, k, v)) {
+            return Ok(false);
+        }
+        let kv = |text: &str, name: &str| {
+            serde_json::from_str(text)
                 .map_err(|e| ColdError::Corrupt(format!("column {name}: {e}")))
                 .and_then(|v| json::parse_key_values(&v).map_err(|e| ColdError::Corrupt(e.0)))
         };
-        (0..self.batch.num_rows())
-            .map(|i| {
-                let id: [u8; 16] = ids
-                    .value(i)
-                    .try_into()
-                    .map_err(|_| ColdError::Corrupt("trace id is not 16 bytes".into()))?;
-                let mut span = Span {
-                    service: service.value(i).to_owned(),
-                    name: name.value(i).to_owned(),
-                    start_time_unix_nano: start.value(i),
-                    end_time_unix_nano: end.value(i),
-                    status: (!code.is_null(i)).then(|| clew_proto::v1::Status {
-                        code: code.value(i),
-                        message: String::new(),
-                    }),
-                    ..Span::default()
-                };
-                if let Some((a, r)) = attrs {
-                    span.attributes = kv(a, i, col::ATTRIBUTES)?;
-                    span.resource = kv(r, i, col::RESOURCE)?;
-                }
-                Ok((id, span))
-            })
-            .collect()
+        let span = Span {
+            attributes: kv(a, col::ATTRIBUTES)?,
+            resource: kv(r, col::RESOURCE)?,
+            ..Span::default()
+        };
+        let tags_only = FilterCriteria {
+            tags: f.tags.clone(),
+            ..FilterCriteria::default()
+        };
+        Ok(filter::span_matches(&span, &tags_only))
     }
+}
+
+/// Whether the JSON of a row's attributes and resource can hold tag
+/// `key`=`value`: both appear in it as text, unless a value is of a kind
+/// whose JSON differs from how filters render it (doubles, bytes, arrays)
+/// or the text needs escaping.
+fn may_hold(attributes: &str, resource: &str, key: &str, value: &str) -> bool {
+    let plain = |t: &str| !t.chars().any(|c| c == '"' || c == '\\' || c.is_control());
+    let typed =
+        |j: &str| j.contains("doubleValue") || j.contains("bytesValue") || j.contains("arrayValue");
+    if !plain(key) || !plain(value) || typed(attributes) || typed(resource) {
+        return true;
+    }
+    let quoted = format!("\"{key}\"");
+    [attributes, resource]
+        .iter()
+        .any(|j| j.contains(&quoted) && j.contains(value))
 }
 
 /// Spans with the ids, service, start and status of each row.

@@ -468,3 +468,39 @@ fn the_metrics_match_the_catalogue() {
     m.read_seconds.with_label_values(&["trace"]);
     clew_runtime::metrics::catalogue_check("collector cold tier", m.registry());
 }
+
+#[tokio::test]
+async fn tag_searches_match_typed_and_escaped_values() {
+    let (_dir, store) = dir_store();
+    let trace = [5; 16];
+    let spans: Vec<Span> = (1..=3).map(|n| rich_span(trace, n)).collect();
+    block::write(
+        &store,
+        &Path::default(),
+        spans,
+        vec![],
+        &BlockOptions::default(),
+    )
+    .await
+    .unwrap();
+    let cold = ColdStore::new(store, Path::default());
+    cold.refresh().await.unwrap();
+    let min = i64::MIN.to_string();
+    for (k, v, found) in [
+        ("dbl", "0.1", true),
+        ("str", "a \"quoted\" \n line", true),
+        ("str", "duplicate key kept", true),
+        ("bool", "false", true),
+        ("int", min.as_str(), true),
+        ("bytes", "00ff07", true),
+        ("host.name", "h1", true),
+        ("host.name", "h2", false),
+        ("absent", "x", false),
+    ] {
+        let f = FilterCriteria {
+            tags: [(k.to_owned(), v.to_owned())].into(),
+            ..Default::default()
+        };
+        assert_eq!(!cold.search(&f).await.unwrap().is_empty(), found, "{k}={v}");
+    }
+}

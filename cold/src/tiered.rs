@@ -36,7 +36,8 @@ pub(crate) fn cold_error(e: ColdError) -> StorageError {
     StorageError::unavailable("cold", e)
 }
 
-pub(crate) fn now_nanos() -> u64 {
+/// Now, in nanoseconds since the Unix epoch.
+pub fn now_nanos() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
