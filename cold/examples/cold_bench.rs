@@ -66,7 +66,7 @@ fn trace(t: u64, traces: u64, end: u64) -> Trace {
                     kv("http.method", any_value::Value::StringValue("GET".into())),
                     kv(
                         "http.status_code",
-                        any_value::Value::IntValue(if t % 50 == 0 { 500 } else { 200 }),
+                        any_value::Value::IntValue(if t.is_multiple_of(50) { 500 } else { 200 }),
                     ),
                     kv(
                         "customer",
@@ -77,7 +77,7 @@ fn trace(t: u64, traces: u64, end: u64) -> Trace {
                     "host.name",
                     any_value::Value::StringValue(format!("{svc}-{}", t % 4)),
                 )],
-                status: (t % 50 == 0 && n == 0).then(|| Status {
+                status: (t.is_multiple_of(50) && n == 0).then(|| Status {
                     code: 2,
                     message: "boom".into(),
                 }),
