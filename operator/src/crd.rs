@@ -187,7 +187,8 @@ pub struct ColdSpec {
     #[schemars(range(min = 0))]
     pub hot_max_bytes: i64,
     /// Cold blocks whose every span ended longer ago than this are deleted, as a duration such
-    /// as `720h` or `30d`. Traces are kept this long in all (at least `spec.retention`).
+    /// as `720h` or `30d`; make it longer than `hotRetention`, or blocks are deleted soon after
+    /// they are written. Traces are kept this long in all (at least `spec.retention`).
     #[serde(default = "default_cold_retention")]
     #[schemars(regex(pattern = r"^([0-9]+(s|m|h|d))+$"))]
     pub retention: String,
