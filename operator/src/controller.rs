@@ -340,6 +340,11 @@ async fn apply_children(tc: &TraceCollector, ctx: &Context) -> Result<Applied> {
     )
     .await?;
     let redis = apply_or_remove(client, tc, names::redis(tc), desired::desired_redis(tc)).await?;
+    // The cold tier's volume before the collectors that mount it. Never removed here: the
+    // blocks are data; the claim goes with the TraceCollector (its owner).
+    if let Some(claim) = desired::cold::desired_claim(tc) {
+        apply(client, &ns, &claim).await?;
+    }
     let collectors = apply_collectors(tc, ctx).await?;
     apply_or_remove(client, tc, names::collector(tc), desired::desired_pdb(tc)).await?;
     apply_or_remove(client, tc, names::collector(tc), desired::desired_hpa(tc)).await?;

@@ -52,6 +52,7 @@ pub const GROUP: &str = "clew.dev";
     )
 )]
 #[x_kube(validation = Rule::new("!has(self.autoscaler) || self.autoscaler.maxReplicas >= self.autoscaler.minReplicas").message("spec.autoscaler.maxReplicas must be at least spec.autoscaler.minReplicas"))]
+#[x_kube(validation = Rule::new("!has(self.storage.cold) || !has(self.storage.cold.filesystem) || has(self.storage.cold.filesystem.existingClaim) || 'ReadWriteMany' in self.storage.cold.filesystem.accessModes || (has(self.autoscaler) ? self.autoscaler.maxReplicas : self.replicas) <= 1").message("spec.storage.cold.filesystem with more than one collector (spec.replicas, or spec.autoscaler.maxReplicas) needs ReadWriteMany in accessModes: every collector reads and writes the same cold blocks"))]
 #[serde(rename_all = "camelCase")]
 pub struct TraceCollectorSpec {
     /// Number of collector replicas (ignored while `autoscaler` is set). Also settable with
@@ -156,6 +157,261 @@ pub struct StorageSpec {
     /// Redis, run by the operator (`managed`) or provided by you (`external`).
     #[serde(default)]
     pub redis: RedisSpec,
+    /// The cold tier: traces older than `hotRetention` move from Redis to Parquet blocks on a
+    /// volume (`filesystem`) or in an S3 bucket (`s3`), and every query reads both tiers.
+    /// Unset: traces stay in Redis until `spec.retention`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cold: Option<ColdSpec>,
+}
+
+/// The cold tier: exactly one of `filesystem` or `s3`. One collector at a time moves traces
+/// (it holds a lease in Redis), so every collector shares the same blocks.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, KubeSchema)]
+#[x_kube(validation = Rule::new("has(self.filesystem) != has(self.s3)").message("spec.storage.cold needs exactly one of filesystem and s3"))]
+#[serde(rename_all = "camelCase")]
+pub struct ColdSpec {
+    /// Blocks on a PersistentVolumeClaim mounted by every collector.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filesystem: Option<ColdFilesystem>,
+    /// Blocks in an S3 (or S3-compatible) bucket.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub s3: Option<ColdS3>,
+    /// Traces whose newest span ended longer ago than this move cold, as a duration such as
+    /// `1h` or `30m`.
+    #[serde(default = "default_hot_retention")]
+    #[schemars(regex(pattern = r"^([0-9]+(s|m|h|d))+$"))]
+    pub hot_retention: String,
+    /// While Redis uses more than this many bytes (its `used_memory`), its oldest traces move
+    /// cold too, before `hotRetention`. 0: no bound.
+    #[serde(default)]
+    #[schemars(range(min = 0))]
+    pub hot_max_bytes: i64,
+    /// Cold blocks whose every span ended longer ago than this are deleted, as a duration such
+    /// as `720h` or `30d`; make it longer than `hotRetention`, or blocks are deleted soon after
+    /// they are written. Traces are kept this long in all (at least `spec.retention`).
+    #[serde(default = "default_cold_retention")]
+    #[schemars(regex(pattern = r"^([0-9]+(s|m|h|d))+$"))]
+    pub retention: String,
+    /// Traces per block the mover writes; the collector's default (20000) when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 10000000))]
+    pub block_traces: Option<i32>,
+    /// How often the mover runs, as a duration such as `30s`; the collector's default (30s)
+    /// when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9]+(s|m|h|d))+$"))]
+    pub interval: Option<String>,
+    /// Blocks smaller than this many bytes are compacted together; the collector's default
+    /// (64 MiB) when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub compact_below_bytes: Option<i64>,
+}
+
+impl ColdSpec {
+    /// A cold tier on `filesystem` or `s3` with default retentions.
+    pub fn new(filesystem: Option<ColdFilesystem>, s3: Option<ColdS3>) -> Self {
+        Self {
+            filesystem,
+            s3,
+            hot_retention: default_hot_retention(),
+            hot_max_bytes: 0,
+            retention: default_cold_retention(),
+            block_traces: None,
+            interval: None,
+            compact_below_bytes: None,
+        }
+    }
+}
+
+fn default_hot_retention() -> String {
+    "1h".to_owned()
+}
+
+fn default_cold_retention() -> String {
+    "720h".to_owned()
+}
+
+/// Cold blocks on a volume. Every collector mounts the same claim: with more than one
+/// collector it must be `ReadWriteMany` (NFS, CephFS, EFS, ...). With `ReadWriteOnce` and
+/// one collector, the collector Deployment is replaced rather than rolled (`Recreate`), since
+/// a second pod could not attach the volume on another node.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, KubeSchema)]
+#[x_kube(validation = Rule::new("has(self.existingClaim) || has(oldSelf.existingClaim) || ((has(self.storageClassName) ? self.storageClassName : '') == (has(oldSelf.storageClassName) ? oldSelf.storageClassName : '') && self.accessModes == oldSelf.accessModes)").message("spec.storage.cold.filesystem.storageClassName and accessModes cannot change once the claim exists (a PersistentVolumeClaim's class and access modes are immutable); to move the blocks to another volume, create it yourself and name it in existingClaim"))]
+#[serde(rename_all = "camelCase")]
+pub struct ColdFilesystem {
+    /// Size of the claim the operator creates, a Kubernetes quantity (it can grow where the
+    /// StorageClass allows expansion, never shrink).
+    #[serde(default = "default_cold_size")]
+    #[schemars(regex(pattern = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|k|M|G|T|P)?$"))]
+    #[schemars(length(max = 32))]
+    pub size: String,
+    /// StorageClass of the claim; the cluster default when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub storage_class_name: Option<String>,
+    /// Access modes of the claim: `ReadWriteMany` is needed with more than one collector.
+    #[serde(default = "default_cold_access_modes")]
+    #[schemars(length(min = 1, max = 2))]
+    pub access_modes: Vec<AccessMode>,
+    /// A PersistentVolumeClaim you created, in the TraceCollector's namespace, used instead of
+    /// one the operator creates (`size`, `storageClassName` and `accessModes` are then
+    /// ignored); it must be `ReadWriteMany` with more than one collector.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub existing_claim: Option<String>,
+}
+
+impl Default for ColdFilesystem {
+    fn default() -> Self {
+        Self {
+            size: default_cold_size(),
+            storage_class_name: None,
+            access_modes: default_cold_access_modes(),
+            existing_claim: None,
+        }
+    }
+}
+
+impl ColdFilesystem {
+    /// Whether every collector can mount the claim at once (`ReadWriteMany`).
+    pub fn shared(&self) -> bool {
+        self.existing_claim.is_some() || self.access_modes.contains(&AccessMode::ReadWriteMany)
+    }
+}
+
+fn default_cold_size() -> String {
+    "50Gi".to_owned()
+}
+
+fn default_cold_access_modes() -> Vec<AccessMode> {
+    vec![AccessMode::ReadWriteOnce]
+}
+
+/// A PersistentVolumeClaim access mode.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum AccessMode {
+    /// Mounted read-write by the pods of one node.
+    ReadWriteOnce,
+    /// Mounted read-write by pods on many nodes.
+    ReadWriteMany,
+}
+
+impl AccessMode {
+    /// The Kubernetes spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ReadWriteOnce => "ReadWriteOnce",
+            Self::ReadWriteMany => "ReadWriteMany",
+        }
+    }
+}
+
+/// Cold blocks in an S3 or S3-compatible bucket (MinIO, Ceph RGW, R2, ...). Several
+/// collectors, and several clews with different prefixes, can share one bucket.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, KubeSchema)]
+#[x_kube(validation = Rule::new("!self.bucket.contains('/')").message("spec.storage.cold.s3.bucket is a bucket name without '/': put a path in spec.storage.cold.s3.prefix"))]
+#[x_kube(validation = Rule::new("!has(self.endpoint) || self.endpoint.startsWith('https://') || self.endpoint.startsWith('http://')").message("spec.storage.cold.s3.endpoint must be an http:// or https:// URL, such as https://minio.storage.svc:9000"))]
+#[serde(rename_all = "camelCase")]
+pub struct ColdS3 {
+    /// The bucket; it must exist.
+    #[schemars(length(min = 1, max = 255))]
+    pub bucket: String,
+    /// Path inside the bucket the blocks go under (lets several clews share a bucket).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 512))]
+    pub prefix: Option<String>,
+    /// URL of an S3-compatible server (`https://minio.storage.svc:9000`); AWS when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 2048))]
+    pub endpoint: Option<String>,
+    /// Region; `us-east-1` when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 64))]
+    pub region: Option<String>,
+    /// A Secret in the TraceCollector's namespace with the access key; passed to the
+    /// collectors as `AWS_ACCESS_KEY_ID` and `AWS_SECRET_ACCESS_KEY` from the Secret (the
+    /// keys never appear in the spec or the pod template). Unset: the pod's ambient
+    /// credentials (e.g. EKS web identity).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_secret: Option<S3CredentialsSecret>,
+    /// A Secret in the TraceCollector's namespace with the PEM CA certificate that signed the
+    /// endpoint's certificate (a private CA); the system trust store when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_secret: Option<CaSecretRef>,
+    /// Longest wait for one S3 request, as a duration such as `30s`; the collector's default
+    /// (30s) when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9]+(s|m|h|d))+$"))]
+    pub timeout: Option<String>,
+}
+
+impl ColdS3 {
+    /// A bucket on AWS with ambient credentials, nothing else set.
+    pub fn new(bucket: impl Into<String>) -> Self {
+        Self {
+            bucket: bucket.into(),
+            prefix: None,
+            endpoint: None,
+            region: None,
+            credentials_secret: None,
+            ca_secret: None,
+            timeout: None,
+        }
+    }
+}
+
+/// The Secret with the S3 access key.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct S3CredentialsSecret {
+    /// Name of the Secret.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Key of the access key id in the Secret.
+    #[serde(default = "default_access_key_id_key")]
+    #[schemars(length(min = 1, max = 253))]
+    pub access_key_id_key: String,
+    /// Key of the secret access key in the Secret.
+    #[serde(default = "default_secret_access_key_key")]
+    #[schemars(length(min = 1, max = 253))]
+    pub secret_access_key_key: String,
+}
+
+impl S3CredentialsSecret {
+    /// The Secret `name` with the keys `AWS_ACCESS_KEY_ID` and `AWS_SECRET_ACCESS_KEY`.
+    pub fn new(name: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            access_key_id_key: default_access_key_id_key(),
+            secret_access_key_key: default_secret_access_key_key(),
+        }
+    }
+}
+
+fn default_access_key_id_key() -> String {
+    "AWS_ACCESS_KEY_ID".to_owned()
+}
+
+fn default_secret_access_key_key() -> String {
+    "AWS_SECRET_ACCESS_KEY".to_owned()
+}
+
+/// A CA certificate in a Secret.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CaSecretRef {
+    /// Name of the Secret.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Key of the PEM certificate in the Secret.
+    #[serde(default = "default_ca_key")]
+    #[schemars(length(min = 1, max = 253))]
+    pub key: String,
+}
+
+fn default_ca_key() -> String {
+    "ca.crt".to_owned()
 }
 
 /// Redis storage: exactly one of `managed` or `external`; managed with defaults when neither is set.
@@ -670,6 +926,38 @@ mod tests {
     }
 
     #[test]
+    fn the_cold_tier_defaults_to_the_collectors_retentions_and_a_single_node_volume() {
+        let spec: TraceCollectorSpec =
+            serde_json::from_str(r#"{"storage": {"cold": {"filesystem": {}}}}"#).unwrap();
+        let cold = spec.storage.cold.unwrap();
+        // The collector's own defaults (`--hot-retention 1h`, `--cold-retention 720h`).
+        assert_eq!(cold.hot_retention, "1h");
+        assert_eq!(cold.retention, "720h");
+        assert_eq!(cold.hot_max_bytes, 0);
+        let fs = cold.filesystem.unwrap();
+        assert_eq!(fs.access_modes, [AccessMode::ReadWriteOnce]);
+        assert_eq!(fs.size, "50Gi");
+        assert!(!fs.shared());
+        let s3: ColdS3 = serde_json::from_str(
+            r#"{"bucket": "b", "credentialsSecret": {"name": "s3"}, "caSecret": {"name": "ca"}}"#,
+        )
+        .unwrap();
+        let creds = s3.credentials_secret.unwrap();
+        assert_eq!(creds.access_key_id_key, "AWS_ACCESS_KEY_ID");
+        assert_eq!(creds.secret_access_key_key, "AWS_SECRET_ACCESS_KEY");
+        assert_eq!(s3.ca_secret.unwrap().key, "ca.crt");
+        // Unknown to the collector's humantime parser is refused by the schema's pattern;
+        // what the pattern admits, humantime reads.
+        let pattern = schema()["openAPIV3Schema"]["properties"]["spec"]["properties"]["storage"]
+            ["properties"]["cold"]["properties"]["retention"]["pattern"]
+            .clone();
+        assert_eq!(pattern, r"^([0-9]+(s|m|h|d))+$");
+        for ok in ["30d", "720h", "1d12h", "90m"] {
+            assert!(humantime::parse_duration(ok).is_ok(), "{ok}");
+        }
+    }
+
+    #[test]
     fn crd_has_scale_status_and_printer_columns() {
         let crd = TraceCollector::crd();
         assert_eq!(crd.spec.group, "clew.dev");
@@ -702,6 +990,11 @@ mod tests {
             "spec.sidecar.spillMaxBytes must be at least spec.sidecar.bufferBytes",
             "spec.replication.minCopies must be at most spec.replication.factor",
             "spec.wal.size and spec.wal.storageClass cannot change",
+            "spec.storage.cold needs exactly one of filesystem and s3",
+            "spec.storage.cold.filesystem with more than one collector",
+            "spec.storage.cold.filesystem.storageClassName and accessModes cannot change",
+            "spec.storage.cold.s3.bucket is a bucket name without '/'",
+            "spec.storage.cold.s3.endpoint must be an http:// or https:// URL",
         ] {
             assert!(s.contains(msg), "missing rule message {msg:?}");
         }

@@ -27,6 +27,7 @@ use kube::{Resource, ResourceExt};
 
 use crate::crd::{ManagedRedis, Resources, TraceCollector};
 
+pub mod cold;
 pub mod tls;
 
 /// The field manager of every server-side apply the operator makes.
@@ -87,6 +88,10 @@ pub mod names {
     /// Headless Service the sidecars resolve to reach every collector.
     pub fn headless(tc: &TraceCollector) -> String {
         format!("{}-collector-headless", tc.name_any())
+    }
+    /// PersistentVolumeClaim of a filesystem cold tier (unless `existingClaim` is set).
+    pub fn cold(tc: &TraceCollector) -> String {
+        format!("{}-cold", tc.name_any())
     }
     /// Redis StatefulSet and its governing Service.
     pub fn redis(tc: &TraceCollector) -> String {
@@ -334,6 +339,7 @@ pub fn desired_config_map(tc: &TraceCollector) -> ConfigMap {
     }
     data.extend(replication_config(tc));
     data.extend(tls::collector_config(tc));
+    data.extend(cold::collector_config(tc));
     ConfigMap {
         metadata: meta(tc, names::collector(tc), Component::Collector),
         data: Some(data),
@@ -406,17 +412,31 @@ pub fn desired_deployment(tc: &TraceCollector, defaults: &Defaults) -> Deploymen
         spec: DeploymentSpec {
             replicas: collector_replicas(tc),
             selector: collector_selector(tc),
-            strategy: Some(DeploymentStrategy {
-                type_: Some("RollingUpdate".to_owned()),
-                rolling_update: Some(RollingUpdateDeployment {
-                    max_unavailable: Some(IntOrString::Int(0)),
-                    max_surge: Some(IntOrString::Int(1)),
-                }),
-            }),
+            strategy: Some(collector_strategy(tc)),
             template: collector_template(tc, defaults, Some(empty_dir("data"))),
             ..DeploymentSpec::default()
         },
         ..Deployment::default()
+    }
+}
+
+/// How the collector Deployment rolls: a new collector up before an old one stops, unless
+/// they share a cold volume that attaches on one node only (`ReadWriteOnce`), which the new
+/// pod could wait for forever on another node; then the old collector stops first (its WAL
+/// drains into storage, sidecars buffer meanwhile).
+fn collector_strategy(tc: &TraceCollector) -> DeploymentStrategy {
+    if cold::single_node_volume(tc) {
+        return DeploymentStrategy {
+            type_: Some("Recreate".to_owned()),
+            rolling_update: None,
+        };
+    }
+    DeploymentStrategy {
+        type_: Some("RollingUpdate".to_owned()),
+        rolling_update: Some(RollingUpdateDeployment {
+            max_unavailable: Some(IntOrString::Int(0)),
+            max_surge: Some(IntOrString::Int(1)),
+        }),
     }
 }
 
@@ -457,15 +477,18 @@ fn collector_template(
 ) -> PodTemplateSpec {
     let config = desired_config_map(tc);
     let config_hash = short_hash(&serde_json::to_vec(&config.data).unwrap_or_default());
-    let (secrets, mounts) = tls::collector_volumes(tc);
+    let (mut volumes, mut mounts) = tls::collector_volumes(tc);
+    let (cold_volumes, cold_mounts) = cold::collector_volumes(tc);
+    volumes.extend(cold_volumes);
+    mounts.extend(cold_mounts);
     let mut container = collector_container(tc, defaults);
     container
         .volume_mounts
         .get_or_insert_default()
         .extend(mounts);
     let mut pod = collector_pod_spec(container, data);
-    if !secrets.is_empty() {
-        pod.volumes.get_or_insert_default().extend(secrets);
+    if !volumes.is_empty() {
+        pod.volumes.get_or_insert_default().extend(volumes);
     }
     PodTemplateSpec {
         metadata: Some(collector_template_meta(tc, config_hash)),
@@ -527,6 +550,7 @@ fn external_redis_env(tc: &TraceCollector) -> Vec<EnvVar> {
 fn collector_container(tc: &TraceCollector, defaults: &Defaults) -> Container {
     let mut env = advertise_env();
     env.extend(external_redis_env(tc));
+    env.extend(cold::collector_env(tc));
     Container {
         name: "collector".to_owned(),
         image: Some(image(tc, defaults)),

@@ -212,6 +212,7 @@ impl ApiServerVerifier {
 pub fn path(kind: &str, name: &str) -> String {
     let (group, plural) = match kind {
         "ConfigMap" => ("api/v1", "configmaps"),
+        "PersistentVolumeClaim" => ("api/v1", "persistentvolumeclaims"),
         "Service" => ("api/v1", "services"),
         "Deployment" => ("apis/apps/v1", "deployments"),
         "StatefulSet" => ("apis/apps/v1", "statefulsets"),

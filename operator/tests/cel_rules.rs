@@ -132,6 +132,19 @@ fn valid_collectors_pass_every_rule() {
         json!({"storage": {"redis": {"external": {"secretName": "redis-url",
             "tls": {"caSecretName": "redis-ca", "clientCertSecretName": "redis-client"},
             "username": "clew", "passwordSecret": {"name": "redis-auth"}}}}}),
+        // A cold tier on one node's volume with one collector, on a shared volume with many,
+        // on a claim of yours, and in S3.
+        json!({"replicas": 1, "storage": {"cold": {"filesystem": {}}}}),
+        json!({"autoscaler": {"minReplicas": 1, "maxReplicas": 1},
+               "storage": {"cold": {"filesystem": {"size": "1Ti"}}}}),
+        json!({"replicas": 3, "storage": {"cold": {"filesystem": {
+            "accessModes": ["ReadWriteMany"], "storageClassName": "nfs"}}}}),
+        json!({"replicas": 3, "storage": {"cold": {"filesystem": {"existingClaim": "nfs-blocks"}}}}),
+        json!({"storage": {"cold": {"s3": {"bucket": "traces"}}}}),
+        json!({"storage": {"cold": {"s3": {"bucket": "traces", "prefix": "prod/eu",
+            "endpoint": "http://minio.storage.svc:9000", "region": "eu-west-1",
+            "credentialsSecret": {"name": "s3-creds"}, "caSecret": {"name": "minio-ca"}},
+            "hotRetention": "30m", "hotMaxBytes": 1073741824, "retention": "30d"}}}),
     ] {
         assert_eq!(check(spec.clone()), Vec::<String>::new(), "{spec}");
     }
@@ -174,8 +187,92 @@ fn invalid_collectors_get_the_rule_message() {
             "spec.tls.clientAuth needs certificates the operator issues: unset it (or set false) with spec.tls.secretName",
         ),
     ];
-    for (spec, message) in cases {
+    for (spec, message) in cases.into_iter().chain(cold_cases()) {
         assert_eq!(check(spec.clone()), vec![message.to_string()], "{spec}");
+    }
+}
+
+const COLD_SHARED: &str = "spec.storage.cold.filesystem with more than one collector (spec.replicas, or spec.autoscaler.maxReplicas) needs ReadWriteMany in accessModes: every collector reads and writes the same cold blocks";
+
+/// Cold tiers the API server refuses, each with the one message it gives.
+fn cold_cases() -> Vec<(Value, &'static str)> {
+    let cold = |c: Value| json!({"storage": {"cold": c}});
+    let one_of = "spec.storage.cold needs exactly one of filesystem and s3";
+    vec![
+        (cold(json!({})), one_of),
+        (cold(json!({"hotRetention": "2h"})), one_of),
+        (
+            json!({"replicas": 1, "storage": {"cold": {"filesystem": {}, "s3": {"bucket": "traces"}}}}),
+            one_of,
+        ),
+        // The default two collectors on the default ReadWriteOnce volume.
+        (cold(json!({"filesystem": {}})), COLD_SHARED),
+        (
+            json!({"replicas": 1, "autoscaler": {"minReplicas": 1, "maxReplicas": 3},
+                   "storage": {"cold": {"filesystem": {"accessModes": ["ReadWriteOnce"]}}}}),
+            COLD_SHARED,
+        ),
+        (
+            cold(json!({"s3": {"bucket": "traces/prod"}})),
+            "spec.storage.cold.s3.bucket is a bucket name without '/': put a path in spec.storage.cold.s3.prefix",
+        ),
+        (
+            cold(json!({"s3": {"bucket": "traces", "endpoint": "minio:9000"}})),
+            "spec.storage.cold.s3.endpoint must be an http:// or https:// URL, such as https://minio.storage.svc:9000",
+        ),
+    ]
+}
+
+const COLD_IMMUTABLE: &str = "spec.storage.cold.filesystem.storageClassName and accessModes cannot change once the claim exists (a PersistentVolumeClaim's class and access modes are immutable); to move the blocks to another volume, create it yourself and name it in existingClaim";
+
+#[test]
+fn a_cold_claim_keeps_its_class_and_access_modes() {
+    let fs = |f: Value| json!({"replicas": 1, "storage": {"cold": {"filesystem": f}}});
+    let ok = [
+        // Growing, and other cold settings.
+        (fs(json!({"size": "10Gi"})), fs(json!({"size": "20Gi"}))),
+        (
+            fs(json!({"storageClassName": "nfs"})),
+            json!({"replicas": 1, "storage": {"cold": {"filesystem": {"storageClassName": "nfs"},
+                   "retention": "60d"}}}),
+        ),
+        // Moving to a claim of yours, or from one.
+        (
+            fs(json!({"storageClassName": "nfs"})),
+            fs(json!({"existingClaim": "new-blocks"})),
+        ),
+        (
+            fs(json!({"existingClaim": "old-blocks"})),
+            fs(json!({"storageClassName": "fast"})),
+        ),
+        // From S3, or none, to a volume.
+        (
+            json!({"storage": {"cold": {"s3": {"bucket": "traces"}}}}),
+            fs(json!({"storageClassName": "fast"})),
+        ),
+        (json!({}), fs(json!({}))),
+    ];
+    for (old, new) in ok {
+        assert_eq!(
+            check_update(old.clone(), new.clone()),
+            Vec::<String>::new(),
+            "{old} -> {new}"
+        );
+    }
+    let bad = [
+        (fs(json!({})), fs(json!({"storageClassName": "nfs"}))),
+        (
+            fs(json!({"storageClassName": "nfs"})),
+            fs(json!({"storageClassName": "fast"})),
+        ),
+        (fs(json!({})), fs(json!({"accessModes": ["ReadWriteMany"]}))),
+    ];
+    for (old, new) in bad {
+        assert_eq!(
+            check_update(old.clone(), new.clone()),
+            vec![COLD_IMMUTABLE.to_string()],
+            "{old} -> {new}"
+        );
     }
 }
 
@@ -238,17 +335,25 @@ fn persistent_volumes_keep_their_size_and_class() {
 #[test]
 fn every_rule_in_the_crd_is_exercised() {
     // All rules are reached by an update of a spec that sets every guarded object.
+    // (The cold tier is a volume or a bucket, so two specs reach its rules.)
     let schema = schema();
-    let spec = json!({
-        "storage": {"redis": {"managed": {}}},
-        "autoscaler": {"minReplicas": 1, "maxReplicas": 1},
-        "tls": {"enabled": true},
-    });
-    let (old, new) = (defaulted(&schema, spec.clone()), defaulted(&schema, spec));
     let mut seen = Vec::new();
-    assert!(violations(&schema, &new, Some(&old), &mut seen).is_empty());
+    for cold in [
+        json!({"filesystem": {}}),
+        json!({"s3": {"bucket": "traces", "endpoint": "https://s3.local"}}),
+    ] {
+        let spec = json!({
+            "storage": {"redis": {"managed": {}}, "cold": cold},
+            "autoscaler": {"minReplicas": 1, "maxReplicas": 1},
+            "tls": {"enabled": true},
+        });
+        let (old, new) = (defaulted(&schema, spec.clone()), defaulted(&schema, spec));
+        assert!(violations(&schema, &new, Some(&old), &mut seen).is_empty());
+    }
+    seen.sort();
+    seen.dedup();
     let text = schema.to_string();
-    let total = text.matches("x-kubernetes-validations").count();
-    assert_eq!(seen.len(), 6, "rules evaluated: {seen:?}");
-    assert_eq!(total, 6, "a rule was added: give it cases above");
+    let total = text.matches("\"rule\"").count();
+    assert_eq!(seen.len(), 11, "rules evaluated: {seen:?}");
+    assert_eq!(total, 11, "a rule was added: give it cases above");
 }

@@ -39,6 +39,7 @@ fn children(tc: &TraceCollector, d: &Defaults) -> Vec<Value> {
     out.extend(desired::desired_redis_service(tc).map(|o| v(&o)));
     out.extend(desired::desired_visualizer(tc, d).map(|o| v(&o)));
     out.extend(desired::desired_visualizer_service(tc).map(|o| v(&o)));
+    out.extend(desired::cold::desired_claim(tc).map(|o| v(&o)));
     out
 }
 
@@ -127,7 +128,30 @@ fn operator_output_is_valid_for_kubernetes_1_29_to_1_33() {
             "tls": {"caSecretName": "redis-ca", "clientCertSecretName": "redis-client"},
             "username": "clew", "passwordSecret": {"name": "redis-auth", "key": "pw"}}}},
     }));
+    // The cold tier: on a volume the operator claims (one collector, ReadWriteOnce: the
+    // Deployment recreates), on a shared volume under a StatefulSet, and in S3 with the key
+    // from a Secret and a private CA.
+    let cold_rwo = collector(json!({"replicas": 1, "storage": {"cold": {
+        "filesystem": {"size": "100Gi", "storageClassName": "standard"},
+        "hotRetention": "2h", "retention": "30d"}}}));
+    let cold_rwx = collector(json!({"wal": {"persistent": true}, "storage": {"cold": {
+        "filesystem": {"accessModes": ["ReadWriteMany"]}, "interval": "1m"}}}));
+    let cold_s3 = collector(json!({"tls": {"enabled": true}, "storage": {"cold": {
+        "s3": {"bucket": "traces", "prefix": "clew", "endpoint": "https://minio:9000",
+               "credentialsSecret": {"name": "s3"}, "caSecret": {"name": "minio-ca"}},
+        "hotMaxBytes": 1073741824}}}));
     let mut objects = children(&default, &d);
+    for tc in [&cold_rwo, &cold_rwx, &cold_s3] {
+        objects.extend(children(tc, &d));
+    }
+    let kinds_of = |kind: &str| objects.iter().filter(|o| o["kind"] == kind).count();
+    assert_eq!(kinds_of("PersistentVolumeClaim"), 2);
+    assert!(
+        objects
+            .iter()
+            .any(|o| o["kind"] == "Deployment"
+                && o["spec"]["strategy"] == json!({"type": "Recreate"}))
+    );
     objects.extend(children(&custom, &d));
     objects.extend(children(&persistent, &d));
     objects.extend(children(&tls, &d));

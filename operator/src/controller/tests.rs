@@ -81,6 +81,12 @@ async fn children(v: &mut ApiServerVerifier, tc: &TraceCollector, c: Cluster) ->
         v.not_found(&path("StatefulSet", &format!("{n}-redis")))
             .await;
     }
+    if crate::desired::cold::desired_claim(tc).is_some() {
+        applied.push(
+            v.apply(&path("PersistentVolumeClaim", &format!("{n}-cold")), |_| {})
+                .await,
+        );
+    }
     let want = if tc.spec.autoscaler.is_some() {
         1
     } else {
@@ -369,6 +375,65 @@ async fn a_persistent_wal_runs_the_collectors_as_a_statefulset() {
     })
     .await;
     assert_eq!(res.unwrap(), Action::requeue(RESYNC));
+}
+
+#[tokio::test]
+async fn a_filesystem_cold_tier_gets_its_claim_before_the_collectors_mount_it() {
+    let mut obj = tc("main");
+    obj.spec.storage.cold = Some(crate::crd::ColdSpec::new(
+        Some(crate::crd::ColdFilesystem {
+            storage_class_name: Some("nfs".to_owned()),
+            access_modes: vec![crate::crd::AccessMode::ReadWriteMany],
+            ..crate::crd::ColdFilesystem::default()
+        }),
+        None,
+    ));
+    let (res, _) = scenario(settled(obj), |mut v, t| async move {
+        // children() expects the claim after Redis and before the collectors, and checks
+        // that every applied child, the claim included, is owned by the TraceCollector.
+        let deployment = children(&mut v, &t, READY).await;
+        let pod = &deployment["spec"]["template"]["spec"];
+        assert_eq!(
+            pod["volumes"][1]["persistentVolumeClaim"]["claimName"],
+            "main-cold"
+        );
+        assert_eq!(deployment["spec"]["strategy"]["type"], "RollingUpdate");
+        v.status(&t).await;
+        assert_eq!(v.event().await["reason"], "Ready");
+        v
+    })
+    .await;
+    assert_eq!(res.unwrap(), Action::requeue(RESYNC));
+}
+
+#[tokio::test]
+async fn an_s3_cold_tier_or_an_existing_claim_creates_no_claim() {
+    let mut s3 = tc("main");
+    s3.spec.storage.cold = Some(crate::crd::ColdSpec::new(
+        None,
+        Some(crate::crd::ColdS3::new("traces")),
+    ));
+    let mut existing = tc("main");
+    existing.spec.storage.cold = Some(crate::crd::ColdSpec::new(
+        Some(crate::crd::ColdFilesystem {
+            existing_claim: Some("my-nfs".to_owned()),
+            ..crate::crd::ColdFilesystem::default()
+        }),
+        None,
+    ));
+    for obj in [s3, existing] {
+        let (res, _) = scenario(settled(obj), |mut v, t| async move {
+            // The mock server fails the test on any request children() does not expect,
+            // a claim's included.
+            let deployment = children(&mut v, &t, READY).await;
+            assert_eq!(deployment["spec"]["strategy"]["type"], "RollingUpdate");
+            v.status(&t).await;
+            assert_eq!(v.event().await["reason"], "Ready");
+            v
+        })
+        .await;
+        assert_eq!(res.unwrap(), Action::requeue(RESYNC));
+    }
 }
 
 #[tokio::test]

@@ -762,3 +762,266 @@ fn tls_visualizer_serves_https_and_reads_the_query_api_over_mtls() {
         Some("https://main-visualizer.traces.svc")
     );
 }
+
+fn cold_tc(cold: serde_json::Value) -> TraceCollector {
+    let mut t = tc("main");
+    t.spec.storage.cold = Some(serde_json::from_value(cold).unwrap());
+    t
+}
+
+fn s3_tc() -> TraceCollector {
+    cold_tc(serde_json::json!({
+        "s3": {"bucket": "traces", "prefix": "/prod/eu/", "endpoint": "https://minio.storage.svc:9000",
+               "region": "eu-west-1", "timeout": "10s",
+               "credentialsSecret": {"name": "s3-creds", "accessKeyIdKey": "id"},
+               "caSecret": {"name": "minio-ca", "key": "root.pem"}},
+        "hotRetention": "2h", "hotMaxBytes": 1073741824, "retention": "30d",
+        "blockTraces": 5000, "interval": "1m", "compactBelowBytes": 1048576,
+    }))
+}
+
+#[test]
+fn without_a_cold_tier_the_collector_gets_no_cold_setting_volume_or_claim() {
+    let t = tc("main");
+    let pod = collector_pod(&t);
+    let env = collector_env(&t, &pod);
+    assert!(
+        !env.keys()
+            .any(|k| k.contains("COLD") || k.contains("HOT_") || k.starts_with("AWS_")),
+        "{env:?}"
+    );
+    assert!(!mounts(&pod.containers[0]).contains_key("cold"));
+    assert!(cold::desired_claim(&t).is_none());
+    assert_eq!(
+        desired_deployment(&t, &defaults())
+            .spec
+            .strategy
+            .unwrap()
+            .type_
+            .as_deref(),
+        Some("RollingUpdate")
+    );
+}
+
+#[test]
+fn a_filesystem_cold_tier_mounts_its_claim_writable_and_points_the_url_at_it() {
+    let t = cold_tc(serde_json::json!({
+        "filesystem": {"size": "200Gi", "storageClassName": "nfs", "accessModes": ["ReadWriteMany"]},
+    }));
+    let claim = cold::desired_claim(&t).unwrap();
+    assert_eq!(claim.metadata.name.as_deref(), Some("main-cold"));
+    assert_eq!(claim.metadata.owner_references.unwrap()[0].uid, UID);
+    let spec = claim.spec.unwrap();
+    assert_eq!(spec.access_modes.unwrap(), ["ReadWriteMany"]);
+    assert_eq!(spec.storage_class_name.as_deref(), Some("nfs"));
+    assert_eq!(
+        spec.resources.unwrap().requests.unwrap()["storage"],
+        Quantity("200Gi".to_owned())
+    );
+
+    let pod = collector_pod(&t);
+    let env = collector_env(&t, &pod);
+    assert_eq!(env["CLEW_COLD_URL"], "file:///var/lib/clew-cold");
+    // The defaults of the spec, written out: the collector's own defaults are the same.
+    assert_eq!(env["CLEW_HOT_RETENTION"], "1h");
+    assert_eq!(env["CLEW_COLD_RETENTION"], "720h");
+    assert_eq!(env["CLEW_HOT_MAX_BYTES"], "0");
+    assert!(!env.contains_key("CLEW_COLD_S3_ENDPOINT"));
+    assert!(!env.contains_key("CLEW_COLD_INTERVAL"));
+    let volume = pod
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == "cold")
+        .unwrap();
+    let source = volume.persistent_volume_claim.as_ref().unwrap();
+    assert_eq!(source.claim_name, "main-cold");
+    assert_eq!(source.read_only, Some(false));
+    let c = &pod.containers[0];
+    let mount = c
+        .volume_mounts
+        .iter()
+        .flatten()
+        .find(|m| m.name == "cold")
+        .unwrap();
+    assert_eq!(mount.mount_path, cold::COLD_DIR);
+    assert_ne!(mount.read_only, Some(true));
+    // The root filesystem stays read-only; the blocks go on the volume, which the pod's
+    // fsGroup makes writable for the collector's user.
+    let sc = c.security_context.as_ref().unwrap();
+    assert_eq!(sc.read_only_root_filesystem, Some(true));
+    assert_eq!(pod.security_context.as_ref().unwrap().fs_group, Some(65532));
+    // Shared by every node: collectors still roll one new before one old.
+    let strategy = desired_deployment(&t, &defaults()).spec.strategy.unwrap();
+    assert_eq!(strategy.type_.as_deref(), Some("RollingUpdate"));
+}
+
+#[test]
+fn a_read_write_once_cold_volume_replaces_the_collector_instead_of_rolling_it() {
+    let mut t = cold_tc(serde_json::json!({"filesystem": {}}));
+    t.spec.replicas = 1;
+    let claim = cold::desired_claim(&t).unwrap().spec.unwrap();
+    assert_eq!(claim.access_modes.unwrap(), ["ReadWriteOnce"]);
+    assert_eq!(
+        claim.resources.unwrap().requests.unwrap()["storage"],
+        Quantity("50Gi".to_owned())
+    );
+    let strategy = desired_deployment(&t, &defaults()).spec.strategy.unwrap();
+    assert_eq!(strategy.type_.as_deref(), Some("Recreate"));
+    assert!(strategy.rolling_update.is_none());
+}
+
+#[test]
+fn an_existing_claim_is_mounted_and_no_claim_is_created() {
+    let t = cold_tc(serde_json::json!({"filesystem": {"existingClaim": "blocks-nfs"}}));
+    assert!(cold::desired_claim(&t).is_none());
+    let pod = collector_pod(&t);
+    let volume = pod
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == "cold")
+        .unwrap();
+    assert_eq!(
+        volume.persistent_volume_claim.as_ref().unwrap().claim_name,
+        "blocks-nfs"
+    );
+    // Yours, so assumed shared (documented: ReadWriteMany with more than one collector).
+    let strategy = desired_deployment(&t, &defaults()).spec.strategy.unwrap();
+    assert_eq!(strategy.type_.as_deref(), Some("RollingUpdate"));
+}
+
+#[test]
+fn an_s3_cold_tier_is_configured_and_its_key_comes_only_from_the_secret() {
+    let t = s3_tc();
+    assert!(cold::desired_claim(&t).is_none());
+    let pod = collector_pod(&t);
+    let env = collector_env(&t, &pod);
+    assert_eq!(env["CLEW_COLD_URL"], "s3://traces/prod/eu");
+    assert_eq!(
+        env["CLEW_COLD_S3_ENDPOINT"],
+        "https://minio.storage.svc:9000"
+    );
+    assert_eq!(env["CLEW_COLD_S3_REGION"], "eu-west-1");
+    assert_eq!(env["CLEW_COLD_S3_TIMEOUT"], "10s");
+    assert_eq!(env["CLEW_COLD_S3_CA"], "/etc/clew/cold-ca/ca.crt");
+    assert_eq!(env["CLEW_HOT_RETENTION"], "2h");
+    assert_eq!(env["CLEW_HOT_MAX_BYTES"], "1073741824");
+    assert_eq!(env["CLEW_COLD_RETENTION"], "30d");
+    assert_eq!(env["CLEW_COLD_BLOCK_TRACES"], "5000");
+    assert_eq!(env["CLEW_COLD_INTERVAL"], "1m");
+    assert_eq!(env["CLEW_COLD_COMPACT_BELOW_BYTES"], "1048576");
+
+    // The key as references into the Secret, under the names the S3 client reads.
+    let c = &pod.containers[0];
+    let vars = env_of(c);
+    for (name, key) in [
+        ("AWS_ACCESS_KEY_ID", "id"),
+        ("AWS_SECRET_ACCESS_KEY", "AWS_SECRET_ACCESS_KEY"),
+    ] {
+        let v = &vars[name];
+        assert_eq!(v.value, None, "{name} has a plain value");
+        let r = v
+            .value_from
+            .as_ref()
+            .unwrap()
+            .secret_key_ref
+            .as_ref()
+            .unwrap();
+        assert_eq!((r.name.as_str(), r.key.as_str()), ("s3-creds", key));
+        assert_eq!(r.optional, Some(false));
+    }
+    // Nothing in the ConfigMap or a plain env value names a key or a secret.
+    let config = desired_config_map(&t).data.unwrap();
+    assert!(
+        !config
+            .keys()
+            .any(|k| k.contains("ACCESS_KEY") || k.contains("CREDENTIALS")),
+        "{config:?}"
+    );
+    assert!(
+        c.env
+            .iter()
+            .flatten()
+            .filter(|e| e.value.is_some())
+            .all(|e| !e.name.contains("ACCESS_KEY")),
+    );
+
+    // The CA, mounted read-only under the file name CLEW_COLD_S3_CA names.
+    assert_eq!(secret_volumes(&pod)["cold-ca"], "minio-ca");
+    let ca = pod
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == "cold-ca")
+        .unwrap();
+    let item = &ca.secret.as_ref().unwrap().items.as_ref().unwrap()[0];
+    assert_eq!(
+        (item.key.as_str(), item.path.as_str()),
+        ("root.pem", "ca.crt")
+    );
+    assert_eq!(mounts(c)["cold-ca"], "/etc/clew/cold-ca");
+    assert!(!mounts(c).contains_key("cold"));
+}
+
+#[test]
+fn s3_without_a_prefix_credentials_or_ca_uses_the_bucket_root_and_ambient_credentials() {
+    let t = cold_tc(serde_json::json!({"s3": {"bucket": "traces", "prefix": "/"}}));
+    let pod = collector_pod(&t);
+    let env = collector_env(&t, &pod);
+    assert_eq!(env["CLEW_COLD_URL"], "s3://traces");
+    for absent in [
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "CLEW_COLD_S3_CA",
+        "CLEW_COLD_S3_ENDPOINT",
+    ] {
+        assert!(!env.contains_key(absent), "{absent}");
+    }
+    assert!(!secret_volumes(&pod).contains_key("cold-ca"));
+}
+
+#[test]
+fn cold_settings_roll_the_collectors_and_reach_a_persistent_wal_statefulset() {
+    let plain = tc("main");
+    let hash = |t: &TraceCollector| {
+        desired_deployment(t, &defaults())
+            .spec
+            .template
+            .metadata
+            .unwrap()
+            .annotations
+            .unwrap()[CONFIG_HASH_ANNOTATION]
+            .clone()
+    };
+    let mut longer = s3_tc();
+    longer.spec.storage.cold.as_mut().unwrap().retention = "60d".to_owned();
+    assert_ne!(hash(&plain), hash(&s3_tc()));
+    assert_ne!(hash(&s3_tc()), hash(&longer));
+
+    let mut t = cold_tc(serde_json::json!({"filesystem": {"accessModes": ["ReadWriteMany"]}}));
+    t.spec.wal.persistent = true;
+    let sts = desired_collector_statefulset(&t, &defaults());
+    let pod = sts.spec.template.spec.unwrap();
+    // Each collector's own WAL claim from the template, the cold claim shared by all.
+    assert_eq!(
+        sts.spec.volume_claim_templates.unwrap()[0]
+            .metadata
+            .name
+            .as_deref(),
+        Some("data")
+    );
+    let cold = pod
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == "cold")
+        .unwrap();
+    assert_eq!(
+        cold.persistent_volume_claim.as_ref().unwrap().claim_name,
+        "main-cold"
+    );
+    let m = mounts(&pod.containers[0]);
+    assert_eq!(m["data"], "/var/lib/clew");
+    assert_eq!(m["cold"], "/var/lib/clew-cold");
+}

@@ -48,6 +48,16 @@ VALUE_SETS = {
             "wal": {"persistent": True, "size": "20Gi", "storageClass": "fast"},
         }},
     },
+    # The cold tier on a shared volume, and in S3 with a key Secret and a private CA.
+    "cold-filesystem": {"defaultCollector": {"enabled": True, "spec": {"storage": {"cold": {
+        "filesystem": {"size": "200Gi", "storageClassName": "nfs", "accessModes": ["ReadWriteMany"]},
+        "hotRetention": "2h", "retention": "30d"}}}}},
+    "cold-s3": {"defaultCollector": {"enabled": True, "spec": {
+        "storage": {"redis": {"managed": {"size": "2Gi"}}, "cold": {
+            "s3": {"bucket": "traces", "prefix": "clew/prod", "endpoint": "https://minio.storage.svc:9000",
+                   "region": "eu-west-1", "credentialsSecret": {"name": "clew-s3"},
+                   "caSecret": {"name": "minio-ca"}},
+            "hotMaxBytes": 1073741824}}}}},
     # The default TraceCollector exactly as values.yaml describes it.
     "default-collector": {"defaultCollector": {"enabled": True}},
     # spec.tls with certificates from the operator's CA (mTLS).
@@ -75,6 +85,15 @@ BAD_VALUES = [
     {"defaultCollector": {"spec": {"wal": {"size": "ten gigs"}}}},
     {"defaultCollector": {"spec": {"wal": {"persistant": True}}}},
     {"collectorTls": {"enable": True}},
+    # The cold tier: one of a volume or a bucket, a bucket without a path, humantime durations.
+    {"defaultCollector": {"spec": {"storage": {"cold": {"hotRetention": "1h"}}}}},
+    {"defaultCollector": {"spec": {"storage": {"cold": {"filesystem": {}, "s3": {"bucket": "b"}}}}}},
+    {"defaultCollector": {"spec": {"storage": {"cold": {"s3": {"bucket": ""}}}}}},
+    {"defaultCollector": {"spec": {"storage": {"cold": {"s3": {"bucket": "b/prefix"}}}}}},
+    {"defaultCollector": {"spec": {"storage": {"cold": {"s3": {"bucket": "b", "endpoint": "minio:9000"}}}}}},
+    {"defaultCollector": {"spec": {"storage": {"cold": {"s3": {"bucket": "b", "secretAccessKey": "x"}}}}}},
+    {"defaultCollector": {"spec": {"storage": {"cold": {"filesystem": {}, "retention": "a month"}}}}},
+    {"defaultCollector": {"spec": {"storage": {"cold": {"filesystem": {"accessModes": ["ReadOnlyMany"]}}}}}},
     {"collectorTls": {"certManager": {"duration": "90d"}}},
 ]
 
@@ -235,6 +254,19 @@ def main():
     tc = by_kind(rendered["default-collector"], "TraceCollector")[0]["spec"]
     if tc["replication"]["factor"] != 2 or tc["wal"]["persistent"] is not False:
         fail(f"values.yaml's default collector changed: {tc}")
+    if "cold" in tc["storage"]:
+        fail(f"the cold tier must be off by default: {tc['storage']}")
+    cold = by_kind(rendered["cold-filesystem"], "TraceCollector")[0]["spec"]["storage"]["cold"]
+    if cold != {"filesystem": {"size": "200Gi", "storageClassName": "nfs", "accessModes": ["ReadWriteMany"]},
+                "hotRetention": "2h", "retention": "30d"}:
+        fail(f"defaultCollector.spec.storage.cold (filesystem) not passed through: {cold}")
+    storage = by_kind(rendered["cold-s3"], "TraceCollector")[0]["spec"]["storage"]
+    if storage["cold"]["s3"]["credentialsSecret"] != {"name": "clew-s3"} or "redis" not in storage:
+        fail(f"defaultCollector.spec.storage.cold (s3) not passed through beside redis: {storage}")
+    pvc_rules = [r for cr in by_kind(d, "ClusterRole") for r in cr["rules"]
+                 if r["resources"] == ["persistentvolumeclaims"]]
+    if len(pvc_rules) != 1 or sorted(pvc_rules[0]["verbs"]) != ["create", "get", "patch"]:
+        fail(f"the cold tier's claim needs get/create/patch on persistentvolumeclaims, nothing more: {pvc_rules}")
 
     tc = by_kind(rendered["tls"], "TraceCollector")[0]["spec"]
     if tc.get("tls") != {"enabled": True, "clientAuth": True}:
