@@ -48,7 +48,7 @@ fn trace(t: u64, traces: u64, end: u64) -> Trace {
     let spans = (0..SPANS_PER_TRACE)
         .map(|n| {
             let svc = SERVICES[((t + n) % SERVICES.len() as u64) as usize];
-            let dur = 1_000_000 + (t * 7 + n * 13) % 50_000_000;
+            let dur = 1_000_000 + (t / 3 + n * 13) % 50 * 1_000_000;
             Span {
                 trace_id: id.to_vec(),
                 span_id: (n + 1 + (t << 8)).to_be_bytes().to_vec(),
@@ -77,7 +77,7 @@ fn trace(t: u64, traces: u64, end: u64) -> Trace {
                     "host.name",
                     any_value::Value::StringValue(format!("{svc}-{}", t % 4)),
                 )],
-                status: (t.is_multiple_of(50) && n == 0).then(|| Status {
+                status: (t.is_multiple_of(50) && n == (t / 50) % SPANS_PER_TRACE).then(|| Status {
                     code: 2,
                     message: "boom".into(),
                 }),
