@@ -68,11 +68,20 @@ impl ColdStore {
             .filter(|b| b.meta.bytes < options.compact_below_bytes)
             .collect();
         small.sort_by_key(|b| b.meta.min_start_unix_nano);
+        // The first run of neighbours (in time) that fits in one block; a
+        // block that cannot grow starts the next run.
         let mut chosen = Vec::new();
         let mut spans_total = 0u64;
         for b in small {
-            if !chosen.is_empty() && spans_total + b.meta.spans > options.compact_max_spans {
-                break;
+            if spans_total + b.meta.spans > options.compact_max_spans {
+                if chosen.len() >= 2 {
+                    break;
+                }
+                chosen.clear();
+                spans_total = 0;
+                if b.meta.spans >= options.compact_max_spans {
+                    continue;
+                }
             }
             spans_total += b.meta.spans;
             chosen.push(b);

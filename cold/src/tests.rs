@@ -504,3 +504,29 @@ async fn tag_searches_match_typed_and_escaped_values() {
         assert_eq!(!cold.search(&f).await.unwrap().is_empty(), found, "{k}={v}");
     }
 }
+
+#[tokio::test]
+async fn compaction_goes_on_past_a_block_that_is_full() {
+    use crate::maintain::MaintainOptions;
+    let spans = many(400, 3);
+    let (_dir, cold) = store_with(&spans, 4).await;
+    let per_block = cold.blocks().values().map(|b| b.meta.spans).max().unwrap();
+    // Room for two blocks in one: the first merge fills a block, which
+    // the next pass leaves alone and merges the other two.
+    let options = MaintainOptions {
+        compact_below_bytes: u64::MAX,
+        compact_max_spans: 2 * per_block,
+        ..MaintainOptions::default()
+    };
+    let mut merges = 0;
+    while cold.compact(&options).await.unwrap().is_some() {
+        merges += 1;
+        assert!(merges <= 2, "compaction does not settle");
+    }
+    assert_eq!(merges, 2);
+    assert_eq!(cold.blocks().len(), 2);
+    assert_eq!(
+        cold.search(&FilterCriteria::default()).await.unwrap(),
+        expected(&spans, &FilterCriteria::default())
+    );
+}
