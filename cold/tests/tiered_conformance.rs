@@ -12,17 +12,20 @@ use clew_storage::conformance::Fixture;
 use clew_storage::memory::MemoryStorage;
 use common::moving::{dir_tier, moving};
 
+/// A memory store in front of a directory tier, moved every `every`-th
+/// store.
+fn over_memory(every: u64) -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let hot = Arc::new(MemoryStorage::new(10_000));
+    let store = moving(hot, dir_tier(dir.path()), every);
+    Fixture::with_guard(Arc::new(store), dir)
+}
+
 mod all_cold {
     use super::*;
 
     async fn fixture() -> Fixture {
-        let dir = tempfile::tempdir().unwrap();
-        let store = moving(
-            Arc::new(MemoryStorage::new(10_000)),
-            dir_tier(dir.path()),
-            1,
-        );
-        Fixture::with_guard(Arc::new(store), dir)
+        over_memory(1)
     }
 
     clew_storage::conformance_tests!(core fixture);
@@ -53,13 +56,7 @@ mod split_across_tiers {
     use super::*;
 
     async fn fixture() -> Fixture {
-        let dir = tempfile::tempdir().unwrap();
-        let store = moving(
-            Arc::new(MemoryStorage::new(10_000)),
-            dir_tier(dir.path()),
-            2,
-        );
-        Fixture::with_guard(Arc::new(store), dir)
+        over_memory(2)
     }
 
     clew_storage::conformance_tests!(core fixture);
