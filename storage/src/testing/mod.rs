@@ -1,4 +1,5 @@
-//! Test support (feature `testing`): a real `redis-server` child process.
+//! Test support (feature `testing`): a real `redis-server` child process,
+//! and a real Redis Cluster of several ([`cluster`]).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
@@ -6,6 +7,10 @@ use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
+
+mod cluster;
+
+pub use cluster::{ClusterNode, RedisCluster};
 
 const REDIS_SERVER: &str = "/usr/bin/redis-server";
 

@@ -1,0 +1,255 @@
+//! A real Redis Cluster on loopback: `masters` masters with one replica
+//! each, `redis-server --cluster-enabled yes` processes joined by
+//! `redis-cli --cluster create … --cluster-replicas 1`, with AOF on.
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const REDIS_CLI: &str = "/usr/bin/redis-cli";
+
+/// One node of a [`RedisCluster`].
+#[derive(Debug)]
+pub struct ClusterNode {
+    child: Option<Child>,
+    /// Its port on 127.0.0.1.
+    pub port: u16,
+}
+
+/// A running Redis Cluster, its processes killed on drop.
+#[derive(Debug)]
+pub struct RedisCluster {
+    /// Every node, masters first as created (roles change on failover).
+    pub nodes: Vec<ClusterNode>,
+    dir: tempfile::TempDir,
+}
+
+/// A free port whose cluster bus port (`port + 10000`) is free too: below
+/// the ephemeral range, so the bus port exists.
+fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let base = 20_000 + (std::process::id() % 2_000) as u16 * 10;
+    for _ in 0..10_000 {
+        let port = base + NEXT.fetch_add(1, Ordering::Relaxed) % 20_000;
+        let free = |p: u16| TcpListener::bind(("127.0.0.1", p)).is_ok();
+        if free(port) && free(port + 10_000) {
+            return port;
+        }
+    }
+    panic!("no free port pair for a cluster node")
+}
+
+fn spawn_node(dir: &std::path::Path, port: u16) -> Child {
+    let node_dir = dir.join(port.to_string());
+    std::fs::create_dir_all(&node_dir).unwrap();
+    Command::new(super::REDIS_SERVER)
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args([
+            "--cluster-enabled",
+            "yes",
+            "--cluster-config-file",
+            "nodes.conf",
+        ])
+        .args(["--cluster-node-timeout", "2000"])
+        .args(["--dir", node_dir.to_str().unwrap()])
+        .args([
+            "--save",
+            "",
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "always",
+        ])
+        .args(["--protected-mode", "no", "--repl-diskless-sync-delay", "0"])
+        .args(["--logfile", node_dir.join("redis.log").to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot run {} (apt-get install redis-server): {e}",
+                super::REDIS_SERVER
+            )
+        })
+}
+
+/// `redis-cli -p port <args>`, its stdout.
+fn cli(port: u16, args: &[&str]) -> String {
+    let out = Command::new(REDIS_CLI)
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {REDIS_CLI}: {e}"));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+impl RedisCluster {
+    /// Starts `masters` masters and as many replicas, joins them and waits
+    /// until every node sees the cluster whole (`cluster_state:ok`).
+    pub async fn start(masters: usize) -> RedisCluster {
+        let dir = tempfile::tempdir().unwrap();
+        let mut nodes = Vec::new();
+        for _ in 0..masters * 2 {
+            let port = free_port();
+            nodes.push(ClusterNode {
+                child: Some(spawn_node(dir.path(), port)),
+                port,
+            });
+        }
+        let cluster = RedisCluster { nodes, dir };
+        for n in &cluster.nodes {
+            wait(&format!("node {} answering", n.port), || {
+                cli(n.port, &["PING"]).trim() == "PONG"
+            })
+            .await;
+        }
+        let addrs: Vec<String> = cluster
+            .nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        let mut create: Vec<&str> = vec!["--cluster", "create"];
+        create.extend(addrs.iter().map(String::as_str));
+        create.extend(["--cluster-replicas", "1", "--cluster-yes"]);
+        let out = cli(cluster.nodes[0].port, &create);
+        assert!(
+            out.contains("[OK] All 16384 slots covered"),
+            "redis-cli --cluster create: {out}"
+        );
+        for n in &cluster.nodes {
+            wait(&format!("node {} in a whole cluster", n.port), || {
+                cluster.info(n.port).contains("cluster_state:ok")
+            })
+            .await;
+        }
+        // Every replica synced with its master: one that has not may not
+        // take over when its master dies.
+        wait("every replica synced", || {
+            cluster.synced_replicas() == masters
+        })
+        .await;
+        cluster
+    }
+
+    /// Replicas whose link to their master is up.
+    fn synced_replicas(&self) -> usize {
+        self.nodes
+            .iter()
+            .filter(|n| {
+                let r = cli(n.port, &["INFO", "replication"]);
+                r.contains("role:slave") && r.contains("master_link_status:up")
+            })
+            .count()
+    }
+
+    /// `CLUSTER INFO` of the node on `port`.
+    pub fn info(&self, port: u16) -> String {
+        cli(port, &["CLUSTER", "INFO"])
+    }
+
+    /// Seed URLs of every node (`redis://127.0.0.1:<port>`).
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes
+            .iter()
+            .map(|n| format!("redis://127.0.0.1:{}", n.port))
+            .collect()
+    }
+
+    /// The ports of the nodes that serve slots as masters now, as a live
+    /// node sees them.
+    pub fn masters(&self) -> Vec<u16> {
+        let port = self
+            .nodes
+            .iter()
+            .find(|n| n.child.is_some())
+            .map_or(0, |n| n.port);
+        let mut out: Vec<u16> = cli(port, &["CLUSTER", "NODES"])
+            .lines()
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                let flags: Vec<&str> = f.get(2)?.split(',').collect();
+                let serving = flags.contains(&"master")
+                    && !flags.iter().any(|x| x.starts_with("fail"))
+                    && f.len() > 8;
+                serving.then(|| f[1].split(['@', ':']).nth(1)?.parse().ok())?
+            })
+            .collect();
+        out.sort_unstable();
+        out
+    }
+
+    /// SIGKILLs the node on `port`.
+    pub fn kill(&mut self, port: u16) {
+        if let Some(n) = self.nodes.iter_mut().find(|n| n.port == port)
+            && let Some(mut child) = n.child.take()
+        {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Where the nodes keep their data.
+    pub fn dir(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        for n in &mut self.nodes {
+            if let Some(mut child) = n.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}
+
+/// Polls `ok` until it holds (at most 30 s).
+async fn wait(what: &str, mut ok: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !ok() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn six_processes_form_a_cluster_of_three_masters_with_a_replica_each() {
+        let mut cluster = RedisCluster::start(3).await;
+        let info = cluster.info(cluster.nodes[0].port);
+        assert!(info.contains("cluster_size:3"), "{info}");
+        assert!(info.contains("cluster_known_nodes:6"), "{info}");
+        assert_eq!(cluster.masters().len(), 3);
+        // A key written through one node is read through another
+        // (redis-cli -c follows the MOVED redirection).
+        let (a, b) = (cluster.nodes[0].port, cluster.nodes[4].port);
+        assert_eq!(cli(a, &["-c", "SET", "clew:k", "v"]).trim(), "OK");
+        assert_eq!(cli(b, &["-c", "GET", "clew:k"]).trim(), "v");
+        // kill -9 of a master: its replica takes over.
+        let victim = cluster.masters()[0];
+        cluster.kill(victim);
+
+        wait("a replica promoted", || {
+            let m = cluster.masters();
+            m.len() == 3 && !m.contains(&victim)
+        })
+        .await;
+        let alive = cluster
+            .nodes
+            .iter()
+            .find(|n| n.port != victim)
+            .unwrap()
+            .port;
+        wait("the cluster whole again", || {
+            cluster.info(alive).contains("cluster_state:ok")
+        })
+        .await;
+        assert_eq!(cli(alive, &["-c", "GET", "clew:k"]).trim(), "v");
+    }
+}
