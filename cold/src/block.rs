@@ -118,7 +118,11 @@ fn properties(options: &BlockOptions, traces: u64) -> WriterProperties {
             VERSION_KEY.to_owned(),
             FORMAT_VERSION.to_string(),
         )]))
-        .set_sorting_columns(Some(vec![sorting(0), sorting(6)]));
+        .set_sorting_columns(Some(
+            schema::indices([col::TRACE_ID, col::START])
+                .map(sorting)
+                .to_vec(),
+        ));
     for c in [col::TRACE_ID, col::SERVICE] {
         let path = ColumnPath::from(c);
         b = b
@@ -141,9 +145,9 @@ fn properties(options: &BlockOptions, traces: u64) -> WriterProperties {
 }
 
 /// Ascending on column `i`.
-fn sorting(i: i32) -> parquet::file::metadata::SortingColumn {
+fn sorting(i: usize) -> parquet::file::metadata::SortingColumn {
     parquet::file::metadata::SortingColumn {
-        column_idx: i,
+        column_idx: i32::try_from(i).unwrap_or(i32::MAX),
         descending: false,
         nulls_first: false,
     }

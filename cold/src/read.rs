@@ -270,7 +270,14 @@ impl ColdStore {
         let mut builder = self.builder(block).await?;
         let mut groups = Vec::new();
         for rg in 0..builder.metadata().num_row_groups() {
-            if !stats_may_hold(builder.metadata().row_group(rg).column(0).statistics(), id) {
+            if !stats_may_hold(
+                builder
+                    .metadata()
+                    .row_group(rg)
+                    .column(schema::indices([col::TRACE_ID])[0])
+                    .statistics(),
+                id,
+            ) {
                 continue;
             }
             if bloom(block, &mut builder, rg)
@@ -283,7 +290,8 @@ impl ColdStore {
         if groups.is_empty() {
             return Ok(Vec::new());
         }
-        let mask = ProjectionMask::roots(builder.parquet_schema(), [0]);
+        let mask =
+            ProjectionMask::roots(builder.parquet_schema(), schema::indices([col::TRACE_ID]));
         let want = *id;
         let predicate = ArrowPredicateFn::new(mask, move |batch: RecordBatch| {
             let ids = Columns::new(&batch)
@@ -361,13 +369,22 @@ impl ColdStore {
         let builder = self.builder(block).await?;
         let groups: Vec<usize> = (0..builder.metadata().num_row_groups())
             .filter(|rg| {
-                let stats = builder.metadata().row_group(*rg).column(6).statistics();
+                let [start] = schema::indices([col::START]);
+                let stats = builder.metadata().row_group(*rg).column(start).statistics();
                 u64_range(stats).is_none_or(|(lo, hi)| hi >= min && lo <= max)
             })
             .collect();
-        let mut cols = vec![0, 3, 4, 6, 7, 9];
+        let mut cols = schema::indices([
+            col::TRACE_ID,
+            col::SERVICE,
+            col::NAME,
+            col::START,
+            col::END,
+            col::STATUS_CODE,
+        ])
+        .to_vec();
         if !f.tags.is_empty() {
-            cols.extend([13, 14]);
+            cols.extend(schema::indices([col::ATTRIBUTES, col::RESOURCE]));
         }
         let mask = ProjectionMask::roots(builder.parquet_schema(), cols);
         let mut stream = builder
@@ -450,7 +467,17 @@ impl ColdStore {
     /// The spans of a block with the columns dependencies need.
     async fn block_edges_spans(&self, block: &Block) -> Result<Vec<Span>, ColdError> {
         let builder = self.builder(block).await?;
-        let mask = ProjectionMask::roots(builder.parquet_schema(), [0, 1, 2, 3, 6, 9]);
+        let mask = ProjectionMask::roots(
+            builder.parquet_schema(),
+            schema::indices([
+                col::TRACE_ID,
+                col::SPAN_ID,
+                col::PARENT_SPAN_ID,
+                col::SERVICE,
+                col::START,
+                col::STATUS_CODE,
+            ]),
+        );
         let batches: Vec<RecordBatch> =
             builder.with_projection(mask).build()?.try_collect().await?;
         let mut out = Vec::new();
@@ -553,7 +580,7 @@ async fn bloom(
         return Ok(b.clone());
     }
     let b = builder
-        .get_row_group_column_bloom_filter(rg, 0)
+        .get_row_group_column_bloom_filter(rg, schema::indices([col::TRACE_ID])[0])
         .await?
         .map(Arc::new);
     block.blooms.lock().insert(rg, b.clone());

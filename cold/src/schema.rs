@@ -74,6 +74,12 @@ pub fn schema() -> SchemaRef {
     Arc::clone(&SCHEMA)
 }
 
+/// The position of columns in the schema (and in a block's Parquet
+/// schema, which is flat), for projections and row-group statistics.
+pub fn indices<const N: usize>(names: [&str; N]) -> [usize; N] {
+    names.map(|n| SCHEMA.index_of(n).unwrap_or(usize::MAX))
+}
+
 /// Builders for one record batch.
 struct Builders {
     trace_id: FixedSizeBinaryBuilder,

@@ -3,7 +3,7 @@
 //! ordering searches across them, so the query API and the UI see no
 //! difference but speed.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -90,10 +90,9 @@ impl Tiered {
         if cold.is_empty() {
             return Ok((trace, 0));
         }
+        let held: HashSet<&Vec<u8>> = cold.iter().map(|c| &c.span_id).collect();
         let before = trace.spans.len();
-        trace
-            .spans
-            .retain(|s| !cold.iter().any(|c| c.span_id == s.span_id));
+        trace.spans.retain(|s| !held.contains(&s.span_id));
         let dropped = (before - trace.spans.len()) as u64;
         Ok((trace, dropped))
     }
@@ -157,11 +156,8 @@ impl Tiered {
 
 /// `a` and `b`'s spans, each span id once, sorted by start.
 fn merge(mut a: Vec<Span>, b: Vec<Span>) -> Vec<Span> {
-    for s in b {
-        if !a.iter().any(|x| x.span_id == s.span_id) {
-            a.push(s);
-        }
-    }
+    let known: HashSet<Vec<u8>> = a.iter().map(|s| s.span_id.clone()).collect();
+    a.extend(b.into_iter().filter(|s| !known.contains(&s.span_id)));
     filter::sort_spans(&mut a);
     a
 }

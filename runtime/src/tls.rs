@@ -164,45 +164,25 @@ pub struct ServerTlsFiles {
 /// A server's TLS configuration, re-read when its files change.
 #[derive(Debug, Clone)]
 pub struct ServerTls {
-    inner: Arc<ServerInner>,
-}
-
-#[derive(Debug)]
-struct ServerInner {
-    files: ServerTlsFiles,
-    alpn: Vec<Vec<u8>>,
-    current: RwLock<(Arc<ServerConfig>, Files)>,
+    inner: Arc<Reloading<ServerTlsFiles>>,
 }
 
 impl ServerTls {
     /// Reads `files` and builds the configuration; `alpn` are the
     /// protocols offered (`h2` for gRPC; `h2`, `http/1.1` for HTTP).
     pub fn load(files: ServerTlsFiles, alpn: &[&[u8]]) -> Result<ServerTls, TlsError> {
-        let alpn: Vec<Vec<u8>> = alpn.iter().map(|p| p.to_vec()).collect();
-        let read = Files::read(server_paths(&files))?;
-        let config = server_config(&files, &read, &alpn)?;
-        Ok(ServerTls {
-            inner: Arc::new(ServerInner {
-                files,
-                alpn,
-                current: RwLock::new((config, read)),
-            }),
-        })
+        Reloading::load(files, alpn).map(|r| ServerTls { inner: Arc::new(r) })
     }
 
     /// The configuration for a new handshake.
     pub fn config(&self) -> Arc<ServerConfig> {
-        Arc::clone(&self.inner.current.read().0)
+        self.inner.config()
     }
 
     /// Re-reads the files; when they changed, builds and installs a new
     /// configuration. `Ok(true)`: a new one is in force.
     pub fn reload(&self) -> Result<bool, TlsError> {
-        reload(
-            &self.inner.current,
-            server_paths(&self.inner.files),
-            |read| server_config(&self.inner.files, read, &self.inner.alpn),
-        )
+        self.inner.reload()
     }
 
     /// Calls [`reload`](Self::reload) every `every`, logging what happens.
@@ -213,6 +193,74 @@ impl ServerTls {
     ) -> tokio::task::JoinHandle<()> {
         let tls = self.clone();
         spawn_reloader(every, what, move || tls.reload())
+    }
+}
+
+/// The files of a TLS configuration and how to build it from them.
+trait TlsFiles {
+    /// The rustls configuration built.
+    type Config;
+    /// The files read (and compared on reload).
+    fn paths(&self) -> Vec<PathBuf>;
+    /// The configuration from the files' contents.
+    fn build(&self, read: &Files, alpn: &[Vec<u8>]) -> Result<Arc<Self::Config>, TlsError>;
+}
+
+/// A configuration and the files it was built from, rebuilt when their
+/// contents change.
+#[derive(Debug)]
+struct Reloading<F: TlsFiles> {
+    files: F,
+    alpn: Vec<Vec<u8>>,
+    current: RwLock<(Arc<F::Config>, Files)>,
+}
+
+impl<F: TlsFiles> Reloading<F> {
+    fn load(files: F, alpn: &[&[u8]]) -> Result<Self, TlsError> {
+        let alpn: Vec<Vec<u8>> = alpn.iter().map(|p| p.to_vec()).collect();
+        let read = Files::read(files.paths())?;
+        let config = files.build(&read, &alpn)?;
+        Ok(Reloading {
+            files,
+            alpn,
+            current: RwLock::new((config, read)),
+        })
+    }
+
+    fn config(&self) -> Arc<F::Config> {
+        Arc::clone(&self.current.read().0)
+    }
+
+    /// Re-reads the files; when their contents differ from the current
+    /// ones, builds a configuration from them and installs it.
+    fn reload(&self) -> Result<bool, TlsError> {
+        let read = Files::read(self.files.paths())?;
+        if read.contents == self.current.read().1.contents {
+            return Ok(false);
+        }
+        let config = self.files.build(&read, &self.alpn)?;
+        *self.current.write() = (config, read);
+        Ok(true)
+    }
+}
+
+impl TlsFiles for ServerTlsFiles {
+    type Config = ServerConfig;
+    fn paths(&self) -> Vec<PathBuf> {
+        server_paths(self)
+    }
+    fn build(&self, read: &Files, alpn: &[Vec<u8>]) -> Result<Arc<ServerConfig>, TlsError> {
+        server_config(self, read, alpn)
+    }
+}
+
+impl TlsFiles for ClientTlsFiles {
+    type Config = ClientConfig;
+    fn paths(&self) -> Vec<PathBuf> {
+        client_paths(self)
+    }
+    fn build(&self, read: &Files, alpn: &[Vec<u8>]) -> Result<Arc<ClientConfig>, TlsError> {
+        client_config(self, alpn, read)
     }
 }
 
@@ -267,14 +315,7 @@ pub struct ClientTlsFiles {
 /// A client's TLS configuration, re-read when its files change.
 #[derive(Debug, Clone)]
 pub struct ClientTls {
-    inner: Arc<ClientInner>,
-}
-
-#[derive(Debug)]
-struct ClientInner {
-    files: ClientTlsFiles,
-    alpn: Vec<Vec<u8>>,
-    current: RwLock<(Arc<ClientConfig>, Files)>,
+    inner: Arc<Reloading<ClientTlsFiles>>,
 }
 
 impl ClientTls {
@@ -286,21 +327,12 @@ impl ClientTls {
     /// Reads `files` and builds the configuration offering the protocols
     /// `alpn` (e.g. `http/1.1` for an HTTP/1 client).
     pub fn load_with_alpn(files: ClientTlsFiles, alpn: &[&[u8]]) -> Result<ClientTls, TlsError> {
-        let alpn: Vec<Vec<u8>> = alpn.iter().map(|p| p.to_vec()).collect();
-        let read = Files::read(client_paths(&files))?;
-        let config = client_config(&files, &alpn, &read)?;
-        Ok(ClientTls {
-            inner: Arc::new(ClientInner {
-                files,
-                alpn,
-                current: RwLock::new((config, read)),
-            }),
-        })
+        Reloading::load(files, alpn).map(|r| ClientTls { inner: Arc::new(r) })
     }
 
     /// The configuration for a new connection.
     pub fn config(&self) -> Arc<ClientConfig> {
-        Arc::clone(&self.inner.current.read().0)
+        self.inner.config()
     }
 
     /// The name to verify a server `host` by.
@@ -313,11 +345,7 @@ impl ClientTls {
 
     /// Re-reads the files; `Ok(true)` when a new configuration is in force.
     pub fn reload(&self) -> Result<bool, TlsError> {
-        reload(
-            &self.inner.current,
-            client_paths(&self.inner.files),
-            |read| client_config(&self.inner.files, &self.inner.alpn, read),
-        )
+        self.inner.reload()
     }
 
     /// Calls [`reload`](Self::reload) every `every`, logging what happens.
@@ -365,22 +393,6 @@ fn client_config(
     };
     config.alpn_protocols = alpn.to_vec();
     Ok(Arc::new(config))
-}
-
-/// Re-reads `paths`; when their contents differ from the current ones,
-/// builds a configuration from them and installs it.
-fn reload<C>(
-    current: &RwLock<(Arc<C>, Files)>,
-    paths: Vec<PathBuf>,
-    build: impl FnOnce(&Files) -> Result<Arc<C>, TlsError>,
-) -> Result<bool, TlsError> {
-    let read = Files::read(paths)?;
-    if read.contents == current.read().1.contents {
-        return Ok(false);
-    }
-    let config = build(&read)?;
-    *current.write() = (config, read);
-    Ok(true)
 }
 
 fn spawn_reloader(
