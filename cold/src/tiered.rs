@@ -305,4 +305,12 @@ impl Storage for Tiered {
     fn memory_stats(&self) -> Option<clew_storage::memory::MemoryStats> {
         self.hot.memory_stats()
     }
+
+    fn ready(&self) -> bool {
+        self.hot.ready()
+    }
+
+    fn render_metrics(&self) -> String {
+        self.hot.render_metrics()
+    }
 }

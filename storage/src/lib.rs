@@ -250,6 +250,20 @@ pub trait Storage: Send + Sync + fmt::Debug {
     fn memory_stats(&self) -> Option<memory::MemoryStats> {
         None
     }
+
+    /// Whether the store can take writes now, for `/readyz`: false while
+    /// no master of a Redis Cluster answers for a shard; true otherwise
+    /// (a store that fails a write says so on the write).
+    fn ready(&self) -> bool {
+        true
+    }
+
+    /// The backend's own metrics in the Prometheus text format (Redis:
+    /// reconnects and, on a cluster, redirects, failovers and per-node
+    /// latency); empty for the others.
+    fn render_metrics(&self) -> String {
+        String::new()
+    }
 }
 
 /// Leases for a store only one process opens (memory, embedded).

@@ -13,8 +13,6 @@ pub(super) type ScoredMember<'a> = (u64, &'a [u8]);
 pub(super) enum Mode {
     /// Keep the lowest score (earliest start).
     Lt,
-    /// Keep the highest score (newest end, longest duration).
-    Gt,
 }
 
 /// A `deps` member: the store script builds the same bytes.
@@ -52,22 +50,152 @@ pub(super) fn op_member(kind: i32, name: &str) -> Vec<u8> {
 }
 
 /// Key names under the configured prefix.
+///
+/// A deployment's keys are split into shards: every key of a trace and
+/// every index entry of that trace live in the shard of its trace id, so a
+/// trace's writes, its removal and a search's walk of one shard each touch
+/// one hash slot. On a single server there is one shard and no hash tag
+/// (the layout of earlier versions, unchanged); on a Redis Cluster each
+/// shard's keys carry a hash tag chosen so that the shards' slots spread
+/// evenly over the 16,384 slots, and the catalogue (services, operations,
+/// the index registry, leases and the layout record) carries its own tag.
 #[derive(Debug, Clone)]
-pub(super) struct Keys(Vec<u8>);
+pub(super) struct Keys {
+    prefix: Vec<u8>,
+    /// Per shard: its hash tag (`{…}`), or empty on a single server.
+    tags: Vec<Vec<u8>>,
+    /// The catalogue's hash tag, or empty.
+    global: Vec<u8>,
+}
+
+/// Hash slots of a Redis Cluster.
+const SLOTS: usize = 16_384;
+
+/// The hash tag of shard `shard` of `shards`: the first `{shard.j}` whose
+/// slot is in the shard's even share of the slot space.
+fn shard_tag(shard: usize, shards: usize) -> Vec<u8> {
+    let (lo, hi) = (shard * SLOTS / shards, (shard + 1) * SLOTS / shards);
+    (0u32..)
+        .map(|j| format!("{shard}.{j}"))
+        .find(|t| (lo..hi).contains(&slot(t.as_bytes())))
+        .map(|t| format!("{{{t}}}").into_bytes())
+        .unwrap_or_default()
+}
+
+/// The cluster hash slot of `key`: CRC16 (XMODEM) of its hash tag (the
+/// bytes between the first `{` and the next `}`, when not empty), else of
+/// the whole key, modulo 16,384.
+pub(super) fn slot(key: &[u8]) -> usize {
+    let tagged = key.iter().position(|b| *b == b'{').and_then(|open| {
+        let rest = &key[open + 1..];
+        let close = rest.iter().position(|b| *b == b'}')?;
+        (close > 0).then(|| &rest[..close])
+    });
+    usize::from(crc16::State::<crc16::XMODEM>::calculate(
+        tagged.unwrap_or(key),
+    )) % SLOTS
+}
 
 impl Keys {
-    /// The keys under `prefix`.
-    pub(super) fn new(prefix: &str) -> Self {
-        Keys(prefix.as_bytes().to_vec())
+    /// The keys under `prefix`: one untagged shard when `shards` is `None`
+    /// (a single server), else that many tagged shards.
+    pub(super) fn new(prefix: &str, shards: Option<usize>) -> Self {
+        let (tags, global) = match shards {
+            None => (vec![Vec::new()], Vec::new()),
+            Some(n) => {
+                let n = n.max(1);
+                (
+                    (0..n).map(|s| shard_tag(s, n)).collect(),
+                    b"{clew}".to_vec(),
+                )
+            }
+        };
+        Keys {
+            prefix: prefix.as_bytes().to_vec(),
+            tags,
+            global,
+        }
+    }
+
+    /// How many shards there are.
+    pub(super) fn shards(&self) -> usize {
+        self.tags.len()
+    }
+
+    /// The shard of a trace id.
+    pub(super) fn shard_of(&self, tid: &[u8]) -> usize {
+        if self.tags.len() == 1 {
+            return 0;
+        }
+        let h = tid.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3)
+        });
+        (h % self.tags.len() as u64) as usize
+    }
+
+    /// The keys of shard `shard`.
+    pub(super) fn shard(&self, shard: usize) -> ShardKeys<'_> {
+        let shard = shard % self.tags.len();
+        ShardKeys {
+            shard,
+            prefix: &self.prefix,
+            tag: &self.tags[shard],
+        }
+    }
+
+    /// The keys of the shard of `tid`.
+    pub(super) fn of_trace(&self, tid: &[u8]) -> ShardKeys<'_> {
+        self.shard(self.shard_of(tid))
     }
 
     fn key(&self, parts: &[&[u8]]) -> Vec<u8> {
-        let mut k = Vec::with_capacity(self.0.len() + parts.iter().map(|p| p.len()).sum::<usize>());
-        k.extend_from_slice(&self.0);
-        for p in parts {
-            k.extend_from_slice(p);
-        }
-        k
+        join(&self.prefix, &self.global, parts)
+    }
+    /// `lease:<name>`: the holder of a lease.
+    pub(super) fn lease(&self, name: &str) -> Vec<u8> {
+        self.key(&[b"lease:", name.as_bytes()])
+    }
+    /// `layout`: the shard count every collector of the deployment uses.
+    pub(super) fn layout(&self) -> Vec<u8> {
+        self.key(&[b"layout"])
+    }
+    pub(super) fn services(&self) -> Vec<u8> {
+        self.key(&[b"services"])
+    }
+    pub(super) fn operations(&self, svc: &str) -> Vec<u8> {
+        self.key(&[b"ops:", svc.as_bytes()])
+    }
+    pub(super) fn registry(&self) -> Vec<u8> {
+        self.key(&[b"keys"])
+    }
+}
+
+fn join(prefix: &[u8], tag: &[u8], parts: &[&[u8]]) -> Vec<u8> {
+    let len = prefix.len() + tag.len() + parts.iter().map(|p| p.len()).sum::<usize>();
+    let mut k = Vec::with_capacity(len);
+    k.extend_from_slice(prefix);
+    k.extend_from_slice(tag);
+    for p in parts {
+        k.extend_from_slice(p);
+    }
+    k
+}
+
+/// The keys of one shard: its traces and its indexes.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct ShardKeys<'a> {
+    shard: usize,
+    prefix: &'a [u8],
+    tag: &'a [u8],
+}
+
+impl ShardKeys<'_> {
+    /// Which shard these are the keys of.
+    pub(super) fn index(&self) -> usize {
+        self.shard
+    }
+    fn key(&self, parts: &[&[u8]]) -> Vec<u8> {
+        join(self.prefix, self.tag, parts)
     }
     /// `tr:`, not the earlier layout's `t:` (a hash): a server holding data
     /// of that layout is read as if those traces had expired.
@@ -76,10 +204,6 @@ impl Keys {
     }
     pub(super) fn orphans(&self, tid: &[u8]) -> Vec<u8> {
         self.key(&[b"w:", tid])
-    }
-    /// `lease:<name>`: the holder of a lease.
-    pub(super) fn lease(&self, name: &str) -> Vec<u8> {
-        self.key(&[b"lease:", name.as_bytes()])
     }
     pub(super) fn deps(&self) -> Vec<u8> {
         self.key(&[b"deps"])
@@ -105,15 +229,6 @@ impl Keys {
     /// Traces by the bucket of their shortest span of `svc`, scored by start.
     pub(super) fn short(&self, svc: &str, bucket: u32) -> Vec<u8> {
         self.key(&[format!("i:m:{bucket:03}:").as_bytes(), svc.as_bytes()])
-    }
-    pub(super) fn services(&self) -> Vec<u8> {
-        self.key(&[b"services"])
-    }
-    pub(super) fn operations(&self, svc: &str) -> Vec<u8> {
-        self.key(&[b"ops:", svc.as_bytes()])
-    }
-    pub(super) fn registry(&self) -> Vec<u8> {
-        self.key(&[b"keys"])
     }
 }
 

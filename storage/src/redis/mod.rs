@@ -85,8 +85,9 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use ::redis::{Client, RedisError, RedisResult, RetryMethod, Script};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use ::redis::{RedisError, RedisResult, RetryMethod, Script};
 use async_trait::async_trait;
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot};
@@ -95,10 +96,14 @@ use super::{
     DependencyLink, FilterCriteria, Movable, Moved, PruneStats, Result, Span, SpanKind, Storage,
     StorageError, StoreOutcome, Trace, TraceId, validate,
 };
+use cluster::RedisMetrics;
+use conn::Conn;
 use keys::{KeyMember, Keys};
 use write::Job;
 
 mod blob;
+mod cluster;
+mod conn;
 mod keys;
 mod prune;
 mod search;
@@ -110,11 +115,25 @@ pub use search::MAX_SCANNED;
 
 const BACKEND: &str = "redis";
 
+/// Shards of a new deployment on a Redis Cluster: enough to spread over a
+/// few dozen masters, few enough that a search's fan-out stays cheap.
+pub const DEFAULT_SHARDS: usize = 16;
+
 /// Connection and retention settings of the Redis backend.
 #[derive(Debug, Clone)]
 pub struct RedisConfig {
-    /// Server URL, `redis://[user:password@]host:port[/db]`.
+    /// Server URL, `redis://[user:password@]host:port[/db]`; with
+    /// `cluster`, a comma-separated list of seed nodes.
     pub url: String,
+    /// The URL names a Redis Cluster's seed nodes.
+    pub cluster: bool,
+    /// With a cluster: how many shards the keys are split into, when this
+    /// deployment (key prefix) is new; an existing one keeps the count
+    /// recorded in its `layout` key.
+    pub shards: usize,
+    /// After each write, `WAIT` for this many replicas to acknowledge it
+    /// before it counts as stored (0: do not wait).
+    pub wait_replicas: u32,
     /// Prefix of every key, so that several deployments can share a server.
     pub key_prefix: String,
     /// How long traces are kept: every key expires this long (plus
@@ -158,6 +177,9 @@ impl Default for RedisConfig {
     fn default() -> Self {
         RedisConfig {
             url: "redis://127.0.0.1:6379".into(),
+            cluster: false,
+            shards: DEFAULT_SHARDS,
+            wait_replicas: 0,
             key_prefix: "clew:".into(),
             retention: Duration::from_secs(72 * 3600),
             max_trace_span: Duration::from_secs(3600),
@@ -193,7 +215,7 @@ impl std::ops::Deref for RedisStorage {
 /// The connection and state shared by the storage handle and its batching
 /// task.
 pub struct Inner {
-    conn: ConnectionManager,
+    conn: Conn,
     cfg: RedisConfig,
     keys: Keys,
     store_script: Script,
@@ -205,6 +227,9 @@ pub struct Inner {
     /// Catalogue entries (services, operations) this process wrote, with the
     /// score written.
     catalogue: Mutex<HashMap<KeyMember, u64>>,
+    metrics: RedisMetrics,
+    /// Whether a master answers for every shard (always, on one server).
+    ready: AtomicBool,
 }
 
 impl fmt::Debug for RedisStorage {
@@ -233,71 +258,20 @@ fn corrupt(detail: impl Into<String>) -> StorageError {
     }
 }
 
-/// The client for `cfg`: its URL, the ACL credentials, and TLS with a CA
-/// and client certificate read from their files.
-fn client(cfg: &RedisConfig) -> Result<Client> {
-    use ::redis::IntoConnectionInfo as _;
-    let bad = |detail: String| StorageError::unavailable(BACKEND, detail);
-    let mut info = cfg
-        .url
-        .as_str()
-        .into_connection_info()
-        .map_err(|e| bad(format!("redis URL: {e}")))?;
-    let mut settings = info.redis_settings().clone();
-    if let Some(user) = &cfg.username {
-        settings = settings.set_username(user);
-    }
-    if let Some(password) = &cfg.password {
-        settings = settings.set_password(password);
-    }
-    info = info.set_redis_settings(settings);
-    let Some(tls) = &cfg.tls else {
-        return Client::open(info).map_err(unavailable);
-    };
-    if !cfg.url.starts_with("rediss://") {
-        return Err(bad(
-            "a CA or client certificate for Redis needs a rediss:// URL".into(),
-        ));
-    }
-    let read =
-        |p: &std::path::Path| std::fs::read(p).map_err(|e| bad(format!("{}: {e}", p.display())));
-    let client_tls = match &tls.client {
-        Some((cert, key)) => Some(::redis::ClientTlsConfig {
-            client_cert: read(cert)?,
-            client_key: read(key)?,
-        }),
-        None => None,
-    };
-    let root_cert = tls.ca.as_deref().map(read).transpose()?;
-    Client::build_with_tls(
-        info,
-        ::redis::TlsCertificates {
-            client_tls,
-            root_cert,
-        },
-    )
-    .map_err(|e| bad(format!("redis TLS: {e}")))
-}
-
 impl RedisStorage {
     /// Connects to Redis. Fails when the server cannot be reached within the
     /// connect timeout (after the configured retries). Once connected, a lost
     /// connection is re-established in the background.
     pub async fn connect(cfg: RedisConfig) -> Result<Self> {
-        let client = client(&cfg)?;
-        let manager_cfg = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(cfg.connect_timeout))
-            .set_response_timeout(Some(cfg.response_timeout))
-            .set_number_of_retries(cfg.retries as usize)
-            .set_min_delay(cfg.retry_backoff)
-            .set_max_delay(cfg.retry_backoff * 16);
-        let conn = ConnectionManager::new_with_config(client, manager_cfg)
-            .await
-            .map_err(unavailable)?;
-        tracing::info!(prefix = %cfg.key_prefix, "connected to redis");
+        let conn = conn::connect(&cfg).await?;
+        let shards = match cfg.cluster {
+            true => Some(conn::agree_shards(&conn, &cfg.key_prefix, cfg.shards).await?),
+            false => None,
+        };
+        tracing::info!(prefix = %cfg.key_prefix, cluster = cfg.cluster, ?shards, "connected to redis");
         let inner = Arc::new(Inner {
             conn,
-            keys: Keys::new(&cfg.key_prefix),
+            keys: Keys::new(&cfg.key_prefix, shards),
             cfg,
             store_script: Script::new(write::STORE_LUA),
             scan_script: Script::new(search::SCAN_LUA),
@@ -305,7 +279,12 @@ impl RedisStorage {
             lease_script: Script::new(tiering::LEASE_LUA),
             refreshed: Mutex::new(HashMap::new()),
             catalogue: Mutex::new(HashMap::new()),
+            metrics: RedisMetrics::new(),
+            ready: AtomicBool::new(true),
         });
+        if inner.cfg.cluster {
+            tokio::spawn(cluster::watch(Arc::downgrade(&inner)));
+        }
         let (batches, rx) = mpsc::unbounded_channel();
         tokio::spawn(write::run_batches(Arc::clone(&inner), rx));
         Ok(RedisStorage { inner, batches })
@@ -340,7 +319,7 @@ impl Inner {
     /// Runs `op` with a connection, retrying errors that a reconnect may cure.
     async fn with_retry<T, F, Fut>(&self, what: &'static str, mut op: F) -> Result<T>
     where
-        F: FnMut(ConnectionManager) -> Fut,
+        F: FnMut(Conn) -> Fut,
         Fut: Future<Output = RedisResult<T>>,
     {
         let mut delay = self.cfg.retry_backoff;
@@ -350,6 +329,9 @@ impl Inner {
                 Ok(v) => return Ok(v),
                 Err(e) => {
                     let retryable = !matches!(e.retry_method(), RetryMethod::NoRetry);
+                    if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() {
+                        self.metrics.reconnects.inc();
+                    }
                     if !retryable || attempt >= self.cfg.retries {
                         tracing::warn!(op = what, error = %e, attempt, "redis call failed");
                         return Err(unavailable(e));
@@ -441,8 +423,18 @@ impl Storage for RedisStorage {
     fn backend(&self) -> &'static str {
         BACKEND
     }
+
+    fn ready(&self) -> bool {
+        self.inner.ready.load(Ordering::Relaxed)
+    }
+
+    fn render_metrics(&self) -> String {
+        self.inner.metrics.render()
+    }
 }
 
+#[cfg(test)]
+mod cluster_tests;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]

@@ -1,7 +1,11 @@
 //! Pruning: old traces with their index entries, then the stale entries
 //! that traces expired through their TTL left behind.
 
-use super::keys::dep_member;
+use std::collections::BTreeMap;
+
+use futures_util::future::join_all;
+
+use super::keys::{dep_member, slot};
 use super::summary::Summary;
 use super::{Inner, PruneStats, Result, Span, now_ms};
 use crate::filter;
@@ -13,24 +17,39 @@ impl Inner {
     /// Removes the traces whose newest span ended before
     /// `older_than_unix_nanos`, with their index entries.
     pub(super) async fn prune(&self, older_than_unix_nanos: u64) -> Result<PruneStats> {
-        let cut = format!("({older_than_unix_nanos}");
         let mut stats = PruneStats::default();
+        for shard in 0..self.keys.shards() {
+            self.prune_shard(shard, older_than_unix_nanos, &mut stats)
+                .await?;
+        }
+        self.sweep(older_than_unix_nanos).await?;
+        if stats.traces > 0 {
+            tracing::info!(traces = stats.traces, spans = stats.spans, "pruned traces");
+        }
+        Ok(stats)
+    }
+
+    /// Prunes one shard's traces (see [`Inner::prune`]).
+    async fn prune_shard(
+        &self,
+        shard: usize,
+        older_than: u64,
+        stats: &mut PruneStats,
+    ) -> Result<()> {
+        let cut = format!("({older_than}");
         // Traces that started before the cut but end after it stay, first in
         // `i:all`: the walk skips them.
         let mut kept = 0usize;
         loop {
-            let tids = self.started_before(&cut, kept).await?;
+            let tids = self.started_before(shard, &cut, kept).await?;
             if tids.is_empty() {
-                break;
+                return Ok(());
             }
             let traces = self.fetch_traces(&tids).await?;
             let mut pipe = ::redis::pipe();
             let mut removed = 0;
             for (tid, spans) in &traces {
-                if spans
-                    .iter()
-                    .any(|s| s.end_time_unix_nano >= older_than_unix_nanos)
-                {
+                if spans.iter().any(|s| s.end_time_unix_nano >= older_than) {
                     kept += 1;
                     continue;
                 }
@@ -47,17 +66,17 @@ impl Inner {
                 .await?;
             }
         }
-        self.sweep(older_than_unix_nanos).await?;
-        if stats.traces > 0 {
-            tracing::info!(traces = stats.traces, spans = stats.spans, "pruned traces");
-        }
-        Ok(stats)
     }
 
-    /// Up to [`PRUNE_CHUNK`] traces of `i:all` that started before `cut`,
-    /// past the first `kept`.
-    pub(super) async fn started_before(&self, cut: &str, kept: usize) -> Result<Vec<Vec<u8>>> {
-        let all = self.keys.all();
+    /// Up to [`PRUNE_CHUNK`] traces of a shard's `i:all` that started
+    /// before `cut`, past the first `kept`.
+    pub(super) async fn started_before(
+        &self,
+        shard: usize,
+        cut: &str,
+        kept: usize,
+    ) -> Result<Vec<Vec<u8>>> {
+        let all = self.keys.shard(shard).all();
         self.with_retry("prune_traces", |mut conn| {
             let all = &all;
             async move {
@@ -78,10 +97,10 @@ impl Inner {
     /// Adds to `pipe` the removal of a trace: its index entries, its calls
     /// and its keys.
     fn remove_trace(&self, pipe: &mut ::redis::Pipeline, tid: &[u8], spans: &[Span]) {
-        let k = &self.keys;
+        let k = self.keys.of_trace(tid);
         // Each index the trace is in (`i:all` even when its spans
         // expired).
-        for (key, _, _) in Summary::of(spans).index_entries(k) {
+        for (key, _, _) in Summary::of(spans).index_entries(&k) {
             pipe.cmd("ZREM").arg(key).arg(tid).ignore();
         }
         let edges = filter::edges(spans.iter());
@@ -124,33 +143,55 @@ impl Inner {
                 }
             })
             .await?;
-        let mut cmds: Vec<::redis::Cmd> = Vec::new();
+        let mut cmds: Vec<(Vec<u8>, ::redis::Cmd)> = Vec::new();
         let mut zrem_range = |key: Vec<u8>, max: &str| {
             let mut c = ::redis::cmd("ZREMRANGEBYSCORE");
-            c.arg(key).arg("-inf").arg(max);
-            cmds.push(c);
+            c.arg(&key).arg("-inf").arg(max);
+            cmds.push((key, c));
         };
         zrem_range(k.services(), &cut);
         for svc in &services {
             zrem_range(k.operations(svc), &cut);
         }
-        zrem_range(k.deps(), &stale);
+        for shard in 0..k.shards() {
+            zrem_range(k.shard(shard).deps(), &stale);
+        }
         for key in registered {
             zrem_range(key, &stale);
         }
         let forgotten = now_ms().saturating_sub(self.ttl_ms());
         zrem_range(k.registry(), &format!("({forgotten}"));
-        for chunk in cmds.chunks(1_000) {
-            let mut pipe = ::redis::pipe();
-            for c in chunk {
-                pipe.add_command(c.clone()).ignore();
-            }
-            self.with_retry("prune_traces", |mut conn| {
-                let pipe = &pipe;
-                async move { pipe.query_async::<()>(&mut conn).await }
-            })
-            .await?;
+        self.run_by_slot("prune_traces", cmds).await
+    }
+
+    /// Runs commands (each with its key) as pipelines of at most 1,000,
+    /// one per hash slot on a cluster; their replies are ignored.
+    pub(super) async fn run_by_slot(
+        &self,
+        what: &'static str,
+        cmds: Vec<(Vec<u8>, ::redis::Cmd)>,
+    ) -> Result<()> {
+        let mut groups: BTreeMap<usize, Vec<::redis::Cmd>> = BTreeMap::new();
+        for (key, cmd) in cmds {
+            let group = if self.cfg.cluster { slot(&key) } else { 0 };
+            groups.entry(group).or_default().push(cmd);
         }
-        Ok(())
+        let pipes: Vec<::redis::Pipeline> = groups
+            .values()
+            .flat_map(|cmds| cmds.chunks(1_000))
+            .map(|chunk| {
+                let mut pipe = ::redis::pipe();
+                for c in chunk {
+                    pipe.add_command(c.clone()).ignore();
+                }
+                pipe
+            })
+            .collect();
+        let runs = pipes.iter().map(|pipe| {
+            self.with_retry(what, move |mut conn| async move {
+                pipe.query_async::<()>(&mut conn).await
+            })
+        });
+        join_all(runs).await.into_iter().collect()
     }
 }

@@ -9,12 +9,14 @@ for j = 1, c do
   local b = 4 + 4 * j
   checks[j] = {ARGV[b] == 'h', ARGV[b + 1], tonumber(ARGV[b + 2]), tonumber(ARGV[b + 3])}
 end
-local out, found, scanned, done = {}, 0, 0, 0
+local out, scores, found, scanned, done, low = {}, {}, 0, 0, 0, ''
 while scanned < budget and found < want do
   local chunk = math.min(256, budget - scanned)
-  local page = redis.call('ZREVRANGEBYSCORE', KEYS[1], max, min, 'LIMIT', off, chunk)
-  for j = 1, #page do
-    local tid = page[j]
+  local page = redis.call('ZREVRANGEBYSCORE', KEYS[1], max, min, 'WITHSCORES', 'LIMIT', off, chunk)
+  local n = #page / 2
+  for j = 1, n do
+    local tid = page[2 * j - 1]
+    low = page[2 * j]
     off = off + 1
     scanned = scanned + 1
     local ok = true
@@ -44,14 +46,15 @@ while scanned < budget and found < want do
     if ok then
       found = found + 1
       out[found] = tid
+      scores[found] = low
       if found >= want then
         break
       end
     end
   end
-  if found < want and #page < chunk then
+  if found < want and n < chunk then
     done = 1
     break
   end
 end
-return {off, done, out}
+return {off, done, out, scores, low}

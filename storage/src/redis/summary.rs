@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use clew_proto::v1::{AnyValue, any_value};
 
 use super::Span;
-use super::keys::{FACT_MAX, FACT_MIN, Keys, Mode, bucket};
+use super::keys::{FACT_MAX, FACT_MIN, Mode, ShardKeys, bucket};
 use crate::filter;
 
 /// A tag's value as filters compare it, borrowed when it is a string.
@@ -138,7 +138,7 @@ impl<'a> Summary<'a> {
     }
 
     /// (index key, mode, score) of the trace in each index it belongs to.
-    pub(super) fn index_entries(&self, k: &Keys) -> Vec<(Vec<u8>, Mode, u64)> {
+    pub(super) fn index_entries(&self, k: &ShardKeys<'_>) -> Vec<(Vec<u8>, Mode, u64)> {
         let mut out = vec![(k.all(), Mode::Lt, self.start)];
         if self.services.is_empty() {
             return out;

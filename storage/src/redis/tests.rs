@@ -122,7 +122,10 @@ async fn prune_sweeps_index_entries_of_traces_expired_by_ttl() {
         .unwrap();
     // The TTL of the trace's keys ran out before any prune.
     let mut conn = server.raw().await;
-    let _: () = conn.del(store.keys.trace(&t.0)).await.unwrap();
+    let _: () = conn
+        .del(store.keys.of_trace(&t.0).trace(&t.0))
+        .await
+        .unwrap();
     let stats = store.prune_traces(u64::MAX).await.unwrap();
     assert_eq!(
         stats,

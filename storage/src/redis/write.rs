@@ -1,12 +1,12 @@
 //! Writes: the batching task and the pipeline that stores a batch (see the
 //! module docs' "Writes").
 
-use std::collections::HashMap;
 use std::collections::hash_map::Entry;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ::redis::{Cmd, ErrorKind, Pipeline, ServerErrorKind};
+use ::redis::{Cmd, ErrorKind, Pipeline, ServerErrorKind, Value};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use super::blob::trace_blob;
@@ -115,43 +115,127 @@ async fn store_jobs(inner: &Inner, jobs: Vec<Job>) {
 
 impl Inner {
     /// Stores a batch of validated fragments (several may belong to one
-    /// trace) in one round trip; one outcome per fragment.
+    /// trace); one outcome per fragment. Each shard's fragments are one
+    /// pipeline (one slot of a cluster), the catalogue another (on one
+    /// server, the same); they run at once.
     async fn store_batch(&self, fragments: &[(&[u8; 16], &[Span])]) -> Result<Vec<StoreOutcome>> {
-        // Index writes, one `ZADD` per key and mode with every trace of the batch.
-        let mut by_key: IndexWrites<'_> = HashMap::new();
-        let mut catalogue: HashMap<KeyMember, u64> = HashMap::new();
-        let eval = self.store_call(fragments, &mut by_key, &mut catalogue);
-        let written = self.catalogue_to_write(catalogue);
-        for (key, member, end) in &written {
-            by_key
-                .entry((key.clone(), Mode::Gt))
+        let mut by_shard: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+        for (i, (tid, _)) in fragments.iter().enumerate() {
+            by_shard
+                .entry(self.keys.shard_of(&tid[..]))
                 .or_default()
-                .push((*end, member.as_slice()));
+                .push(i);
         }
-        let pipe = self.store_pipeline(eval, &by_key);
-        let counts = self.run_store(&pipe).await?;
-        if counts.len() != 2 * fragments.len() {
-            return Err(corrupt("store script reply"));
+        let mut catalogue: HashMap<KeyMember, u64> = HashMap::new();
+        let mut due = Vec::new();
+        let mut groups: Vec<(Pipeline, Vec<usize>)> = Vec::new();
+        for (shard, idxs) in by_shard {
+            let frags: Vec<(&[u8; 16], &[Span])> = idxs.iter().map(|&i| fragments[i]).collect();
+            let mut by_key: IndexWrites<'_> = HashMap::new();
+            let eval = self.store_call(shard, &frags, &mut by_key, &mut catalogue);
+            groups.push((self.shard_pipeline(eval, &by_key, &mut due), idxs));
+        }
+        let written = self.catalogue_to_write(catalogue);
+        let global = self.global_commands(&written, &due);
+        let mut global_pipe = ::redis::pipe();
+        let target = match (self.cfg.cluster, groups.first_mut()) {
+            (false, Some((first, _))) => first,
+            _ => &mut global_pipe,
+        };
+        for cmd in global {
+            target.add_command(cmd).ignore();
+        }
+        let wait = self.cfg.wait_replicas;
+        if wait > 0 {
+            let timeout = self.cfg.response_timeout.as_millis() as u64 / 2;
+            for (pipe, _) in &mut groups {
+                pipe.cmd("WAIT").arg(wait).arg(timeout.max(1));
+            }
+        }
+        let (outcomes, catalogued) = tokio::join!(
+            futures_util::future::join_all(groups.iter().map(|(pipe, _)| self.run_store(pipe))),
+            self.run_global(&global_pipe),
+        );
+        catalogued?;
+        let mut out = vec![StoreOutcome::default(); fragments.len()];
+        for ((_, idxs), counts) in groups.iter().zip(outcomes) {
+            let counts = counts?;
+            if counts.len() != 2 * idxs.len() {
+                return Err(corrupt("store script reply"));
+            }
+            for (&i, c) in idxs.iter().zip(counts.chunks(2)) {
+                out[i] = StoreOutcome {
+                    stored: c[0],
+                    duplicates: c[1],
+                };
+            }
         }
         self.remember_catalogue(written);
-        Ok(counts
-            .chunks(2)
-            .map(|c| StoreOutcome {
-                stored: c[0],
-                duplicates: c[1],
-            })
-            .collect())
+        Ok(out)
+    }
+
+    /// The catalogue entries to write (with the TTL refresh of catalogue
+    /// keys due for one) and the registry of the keys whose TTL is
+    /// refreshed.
+    fn global_commands(&self, written: &[CatalogueEntry], due: &[Vec<u8>]) -> Vec<Cmd> {
+        let mut by_key: HashMap<&[u8], Cmd> = HashMap::new();
+        for (key, member, end) in written {
+            by_key
+                .entry(key.as_slice())
+                .or_insert_with(|| {
+                    let mut c = ::redis::cmd("ZADD");
+                    c.arg(key).arg("GT");
+                    c
+                })
+                .arg(*end)
+                .arg(member);
+        }
+        let ttl = self.ttl_ms();
+        let fresh = self.due_for_ttl(by_key.keys().copied());
+        let mut cmds: Vec<Cmd> = by_key.into_values().collect();
+        for key in &fresh {
+            let mut c = ::redis::cmd("PEXPIRE");
+            c.arg(key).arg(ttl);
+            cmds.push(c);
+        }
+        if due.is_empty() && fresh.is_empty() {
+            return cmds;
+        }
+        let k = &self.keys;
+        let mut reg = ::redis::cmd("ZADD");
+        reg.arg(k.registry());
+        let now = now_ms();
+        for key in due.iter().chain(&fresh) {
+            reg.arg(now).arg(key);
+        }
+        cmds.push(reg);
+        let mut c = ::redis::cmd("PEXPIRE");
+        c.arg(k.registry()).arg(ttl);
+        cmds.push(c);
+        cmds
+    }
+
+    /// Runs the catalogue's pipeline, when it has commands.
+    async fn run_global(&self, pipe: &Pipeline) -> Result<()> {
+        if pipe.cmd_iter().next().is_none() {
+            return Ok(());
+        }
+        self.with_retry("store_trace", |mut conn| async move {
+            pipe.query_async::<()>(&mut conn).await
+        })
+        .await
     }
 
     /// The store script's call for the batch; the index entries of its
     /// fragments go to `by_key`, their catalogue entries to `catalogue`.
     fn store_call<'f>(
         &self,
+        shard: usize,
         fragments: &[(&'f [u8; 16], &'f [Span])],
         by_key: &mut IndexWrites<'f>,
         catalogue: &mut HashMap<KeyMember, u64>,
     ) -> Cmd {
-        let k = &self.keys;
+        let k = self.keys.shard(shard);
         let mut eval = ::redis::cmd("EVALSHA");
         eval.arg(self.store_script.get_hash())
             .arg(1 + 2 * fragments.len())
@@ -163,10 +247,10 @@ impl Inner {
         for &(tid, spans) in fragments {
             let tid: &[u8] = &tid[..];
             let summary = Summary::of(spans);
-            for (key, mode, score) in summary.index_entries(k) {
+            for (key, mode, score) in summary.index_entries(&k) {
                 by_key.entry((key, mode)).or_default().push((score, tid));
             }
-            add_catalogue(k, &summary, catalogue);
+            add_catalogue(&self.keys, &summary, catalogue);
             add_fragment(&mut eval, tid, spans, &summary);
         }
         eval
@@ -203,50 +287,48 @@ impl Inner {
         }
     }
 
-    /// One round trip: the script stores the spans and records calls; the
-    /// index writes follow in the same pipeline. They are idempotent (`ZADD
-    /// LT/GT` of the same member), so a retry after a failure half-way
-    /// completes them and a retry of a stored fragment changes nothing.
-    fn store_pipeline(&self, eval: Cmd, by_key: &IndexWrites<'_>) -> Pipeline {
+    /// A shard's pipeline: the script stores the spans and records calls;
+    /// the index writes follow, and the TTL refresh of index keys due for
+    /// one (added to `due`, for the registry). The index writes are
+    /// idempotent (`ZADD LT/GT` of the same member), so a retry after a
+    /// failure half-way completes them and a retry of a stored fragment
+    /// changes nothing.
+    fn shard_pipeline(
+        &self,
+        eval: Cmd,
+        by_key: &IndexWrites<'_>,
+        due: &mut Vec<Vec<u8>>,
+    ) -> Pipeline {
         let mut pipe = ::redis::pipe();
         pipe.add_command(eval);
         for ((key, mode), members) in by_key {
             let c = pipe.cmd("ZADD").arg(key).arg(match mode {
                 Mode::Lt => "LT",
-                Mode::Gt => "GT",
             });
             for (score, member) in members {
                 c.arg(*score).arg(*member);
             }
             c.ignore();
         }
-        let due = self.due_for_ttl(by_key.keys().map(|(key, _)| key.as_slice()));
-        if !due.is_empty() {
-            let k = &self.keys;
-            let ttl = self.ttl_ms();
-            let now = now_ms();
-            let reg = pipe.cmd("ZADD").arg(k.registry());
-            for key in &due {
-                reg.arg(now).arg(key);
-            }
-            reg.ignore();
-            pipe.cmd("PEXPIRE").arg(k.registry()).arg(ttl).ignore();
-            for key in &due {
-                pipe.cmd("PEXPIRE").arg(key).arg(ttl).ignore();
-            }
+        let ttl = self.ttl_ms();
+        for key in self.due_for_ttl(by_key.keys().map(|(key, _)| key.as_slice())) {
+            pipe.cmd("PEXPIRE").arg(&key).arg(ttl).ignore();
+            due.push(key);
         }
         pipe
     }
 
-    /// Runs a store pipeline; the store script's counts.
+    /// Runs a shard's store pipeline; the store script's counts. With
+    /// `wait_replicas`, fails unless that many replicas acknowledged the
+    /// writes (the caller retries; the writes are idempotent).
     async fn run_store(&self, pipe: &Pipeline) -> Result<Vec<u64>> {
-        let (counts,): (Vec<u64>,) = self
+        let reply: Vec<Value> = self
             .with_retry("store_trace", |mut conn| {
                 let script = &self.store_script;
                 async move {
                     match pipe.query_async(&mut conn).await {
-                        // Redis restarted and lost its script cache: load it and
-                        // run the (idempotent) pipeline again.
+                        // Redis restarted (or failed over) without its script
+                        // cache: load it and run the (idempotent) pipeline again.
                         Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
                             script.load_async(&mut conn).await?;
                             pipe.query_async(&mut conn).await
@@ -256,6 +338,25 @@ impl Inner {
                 }
             })
             .await?;
+        let mut reply = reply.into_iter();
+        let counts: Vec<u64> = reply
+            .next()
+            .and_then(|v| ::redis::from_redis_value(v).ok())
+            .ok_or_else(|| corrupt("store script reply"))?;
+        let wanted = i64::from(self.cfg.wait_replicas);
+        if wanted > 0 {
+            let acked: i64 = reply
+                .next()
+                .and_then(|v| ::redis::from_redis_value(v).ok())
+                .unwrap_or(0);
+            if acked < wanted {
+                self.metrics.unreplicated.inc();
+                return Err(StorageError::unavailable(
+                    BACKEND,
+                    format!("write acknowledged by {acked} of {wanted} replicas"),
+                ));
+            }
+        }
         Ok(counts)
     }
 

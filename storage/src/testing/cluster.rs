@@ -189,6 +189,119 @@ impl RedisCluster {
         }
     }
 
+    /// A cluster of `masters` masters shared by the tests of a process
+    /// that run at the same time: started by the first, stopped when the
+    /// last lets go (so nothing outlives the test binary). Tests sharing
+    /// it must use key prefixes of their own and must not kill its nodes.
+    pub async fn shared(masters: usize) -> std::sync::Arc<RedisCluster> {
+        use std::sync::{Arc, Weak};
+        static SHARED: tokio::sync::Mutex<Option<Weak<RedisCluster>>> =
+            tokio::sync::Mutex::const_new(None);
+        let mut slot = SHARED.lock().await;
+        if let Some(live) = slot.as_ref().and_then(Weak::upgrade)
+            && live.masters().len() == masters
+        {
+            return live;
+        }
+        let cluster = Arc::new(RedisCluster::start(masters).await);
+        *slot = Some(Arc::downgrade(&cluster));
+        cluster
+    }
+
+    /// The node id of the node on `port`.
+    pub fn node_id(&self, port: u16) -> String {
+        cli(port, &["CLUSTER", "MYID"]).trim().to_owned()
+    }
+
+    /// `redis-cli --cluster reshard`: moves `slots` slots (with their
+    /// keys) from the master on `from` to the master on `to`; its output.
+    pub fn reshard(&self, from: u16, to: u16, slots: usize) -> String {
+        let (from_id, to_id) = (self.node_id(from), self.node_id(to));
+        let at = format!("127.0.0.1:{from}");
+        let slots = slots.to_string();
+        let out = Command::new(REDIS_CLI)
+            .args(["--cluster", "reshard", &at, "--cluster-from", &from_id])
+            .args(["--cluster-to", &to_id, "--cluster-slots", &slots])
+            .args(["--cluster-yes", "--cluster-pipeline", "100"])
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {REDIS_CLI}: {e}"));
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster reshard: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// How many keys matching `pattern` the node on `port` holds.
+    pub fn count_keys(&self, port: u16, pattern: &str) -> usize {
+        cli(port, &["--scan", "--pattern", pattern]).lines().count()
+    }
+
+    /// The port of the replica of the master on `port`.
+    pub fn replica_of(&self, port: u16) -> u16 {
+        let id = self.node_id(port);
+        cli(port, &["CLUSTER", "NODES"])
+            .lines()
+            .find_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                (f.get(3) == Some(&id.as_str()))
+                    .then(|| f.get(1)?.split(['@', ':']).nth(1)?.parse().ok())?
+            })
+            .unwrap_or_else(|| panic!("master {port} has no replica"))
+    }
+
+    /// The port of the master serving `slot`, as the first live node sees it.
+    pub fn owner_of(&self, slot: usize) -> u16 {
+        let port = self
+            .nodes
+            .iter()
+            .find(|n| n.child.is_some())
+            .map_or(0, |n| n.port);
+        cli(port, &["CLUSTER", "NODES"])
+            .lines()
+            .find_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                let serves = f.iter().skip(8).any(|r| {
+                    let (lo, hi) = r.split_once('-').unwrap_or((r, r));
+                    matches!((lo.parse::<usize>(), hi.parse::<usize>()), (Ok(lo), Ok(hi)) if (lo..=hi).contains(&slot))
+                });
+                serves.then(|| f.get(1)?.split(['@', ':']).nth(1)?.parse().ok())?
+            })
+            .unwrap_or(0)
+    }
+
+    /// `CLUSTER COUNTKEYSINSLOT` on the node on `port`.
+    pub fn keys_in_slot(&self, port: u16, slot: usize) -> u64 {
+        cli(port, &["CLUSTER", "COUNTKEYSINSLOT", &slot.to_string()])
+            .trim()
+            .parse()
+            .unwrap_or(0)
+    }
+
+    /// `DBSIZE` of the node on `port`.
+    pub fn dbsize(&self, port: u16) -> u64 {
+        cli(port, &["DBSIZE"]).trim().parse().unwrap_or(0)
+    }
+
+    /// Starts again the node on `port` (after [`RedisCluster::kill`]), on
+    /// its data directory: it rejoins the cluster (as a replica, when its
+    /// replica took over).
+    pub fn restart(&mut self, port: u16) {
+        let dir = self.dir.path().to_path_buf();
+        if let Some(n) = self.nodes.iter_mut().find(|n| n.port == port)
+            && n.child.is_none()
+        {
+            n.child = Some(spawn_node(&dir, port));
+        }
+    }
+
+    /// Waits until every master has a replica in sync with it again.
+    pub async fn wait_synced(&self) {
+        let masters = self.nodes.len() / 2;
+        wait("every replica synced", || self.synced_replicas() == masters).await;
+    }
+
     /// Where the nodes keep their data.
     pub fn dir(&self) -> &std::path::Path {
         self.dir.path()
