@@ -75,9 +75,23 @@ pub struct Config {
     /// Directory for the WAL and the embedded store.
     #[arg(long, env = "CLEW_DATA_DIR", default_value = "./clew-data")]
     pub data_dir: PathBuf,
-    /// Redis URL for `--storage redis`.
+    /// Redis URL for `--storage redis`; with `--redis-cluster`, the
+    /// cluster's seed nodes, comma-separated (`redis://h1:6379,redis://h2:6379`).
     #[arg(long, env = "CLEW_REDIS_URL", default_value = "redis://127.0.0.1:6379")]
     pub redis_url: String,
+    /// The Redis is a Redis Cluster: keys are spread over its masters in
+    /// shards, a search fans out to every shard.
+    #[arg(long, env = "CLEW_REDIS_CLUSTER")]
+    pub redis_cluster: bool,
+    /// With `--redis-cluster`: how many shards a new deployment's keys are
+    /// split into (an existing one keeps the count it recorded).
+    #[arg(long, env = "CLEW_REDIS_SHARDS", default_value_t = crate::storage::redis::DEFAULT_SHARDS as u16, value_parser = clap::value_parser!(u16).range(1..=4096))]
+    pub redis_shards: u16,
+    /// After each write, wait until this many Redis replicas acknowledged
+    /// it (`WAIT`) before the WAL lets it go; a write they do not
+    /// acknowledge in time is retried. 0: do not wait.
+    #[arg(long, env = "CLEW_REDIS_WAIT_REPLICAS", default_value_t = 0)]
+    pub redis_wait_replicas: u32,
     /// Prefix of every Redis key.
     #[arg(long, env = "CLEW_REDIS_PREFIX", default_value = "clew:")]
     pub redis_prefix: String,
@@ -374,6 +388,9 @@ async fn open_storage(config: &Config) -> Result<Arc<dyn Storage>, ServerError> 
         StorageKind::Redis => {
             let cfg = redis::RedisConfig {
                 url: config.redis_url.clone(),
+                cluster: config.redis_cluster,
+                shards: usize::from(config.redis_shards),
+                wait_replicas: config.redis_wait_replicas,
                 key_prefix: config.redis_prefix.clone(),
                 retention: config.retention,
                 tls: redis_tls(config),
@@ -759,6 +776,7 @@ async fn spawn_servers(
     let replication_metrics = core.replication.as_ref().map(|r| Arc::clone(&r.metrics));
     let auth_metrics = core.auth.metrics.clone();
     let cold_metrics = core.cold.as_ref().map(|c| c.metrics.clone());
+    let storage = Arc::clone(&core.storage);
     let render = Arc::new(move || {
         let replication = replication_metrics.as_ref().map(|m| m.render());
         let cold = cold_metrics.as_ref().map(|m| m.render());
@@ -767,7 +785,10 @@ async fn spawn_servers(
             + &auth_metrics.render()
             + replication.as_deref().unwrap_or_default()
             + cold.as_deref().unwrap_or_default()
+            + &storage.render_metrics()
     });
+    let storage = Arc::clone(&core.storage);
+    let ready = Arc::new(move || ready.load(Ordering::Acquire) && storage.ready());
     let protect = clew_runtime::auth::protect;
     let mut others = vec![
         tokio::spawn(serve(
@@ -791,7 +812,7 @@ async fn spawn_servers(
         tokio::spawn(serve(
             l.ops,
             ops_tls,
-            clew_runtime::ops::router(render, ready),
+            clew_runtime::ops::router_with(render, ready),
             stopped(stop.clone()),
         )),
     ];

@@ -14,12 +14,21 @@ pub type Render = Arc<dyn Fn() -> String + Send + Sync>;
 #[derive(Clone)]
 struct OpsState {
     render: Render,
-    ready: Arc<AtomicBool>,
+    ready: Ready,
 }
 
 /// The ops router: `render` answers `/metrics`; `/readyz` is 200 while
 /// `ready` is true and 503 otherwise.
 pub fn router(render: Render, ready: Arc<AtomicBool>) -> axum::Router {
+    router_with(render, Arc::new(move || ready.load(Ordering::Acquire)))
+}
+
+/// Whether the process is ready, asked on every `/readyz`.
+pub type Ready = Arc<dyn Fn() -> bool + Send + Sync>;
+
+/// [`router`] with readiness asked of a function (a flag and, say, the
+/// storage's own readiness).
+pub fn router_with(render: Render, ready: Ready) -> axum::Router {
     axum::Router::new()
         .route(
             "/metrics",
@@ -34,7 +43,7 @@ pub fn router(render: Render, ready: Arc<AtomicBool>) -> axum::Router {
         .route(
             "/readyz",
             axum::routing::get(|State(s): State<OpsState>| async move {
-                if s.ready.load(Ordering::Acquire) {
+                if (s.ready)() {
                     (StatusCode::OK, "ready").into_response()
                 } else {
                     (StatusCode::SERVICE_UNAVAILABLE, "not ready").into_response()
