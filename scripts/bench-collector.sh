@@ -4,7 +4,11 @@
 # clew-loadgen, and prints throughput, CPU per span, storage and query
 # latency figures. Figures and the runs behind them: docs/PERFORMANCE.md.
 #
-#   scripts/bench-collector.sh <memory|embedded|redis> [spans] [queries] [loadgen args...]
+#   scripts/bench-collector.sh <memory|embedded|redis|redis-cluster> [spans] [queries] [loadgen args...]
+#
+# redis-cluster: six redis-server --cluster-enabled processes (three masters
+# with a replica each, no persistence) joined by redis-cli --cluster create;
+# the collector runs with --redis-cluster; the CPU figure includes every node.
 #
 # Build first: cargo build --release -p clew-collector --bins
 # Env: CLEW_BENCH_BIN (dir of the binaries; default $CARGO_TARGET_DIR/release
@@ -17,7 +21,7 @@
 # sampled traces may be evicted).
 set -euo pipefail
 
-backend=${1:?usage: $0 <memory|embedded|redis> [spans] [queries] [loadgen args...]}
+backend=${1:?usage: $0 <memory|embedded|redis|redis-cluster> [spans] [queries] [loadgen args...]}
 spans=${2:-1000000}
 queries=${3:-0}
 shift $(($# < 3 ? $# : 3))
@@ -38,6 +42,30 @@ if [ "$backend" = redis ]; then
   extra=(--redis-url "redis://127.0.0.1:$rport")
 fi
 
+if [ "$backend" = redis-cluster ]; then
+  nodes=()
+  for _ in 1 2 3 4 5 6; do
+    # A port whose cluster bus port (+10000) is free too.
+    while :; do p=$((20000 + RANDOM % 10000)); port_free "$p" && port_free $((p + 10000)) && break; done
+    mkdir -p "$dir/node-$p"
+    redis-server --port "$p" --bind 127.0.0.1 --cluster-enabled yes --cluster-config-file nodes.conf \
+      --save '' --appendonly no --dir "$dir/node-$p" >"$dir/node-$p/redis.log" 2>&1 &
+    pids+=($!)
+    also+=(--also-pid "$!")
+    nodes+=("$p")
+  done
+  for p in "${nodes[@]}"; do
+    for _ in $(seq 50); do redis-cli -p "$p" ping >/dev/null 2>&1 && break; sleep 0.1; done
+  done
+  redis-cli --cluster create $(printf '127.0.0.1:%s ' "${nodes[@]}") --cluster-replicas 1 --cluster-yes >"$dir/create.log"
+  for p in "${nodes[@]}"; do
+    for _ in $(seq 100); do redis-cli -p "$p" cluster info | grep -q cluster_state:ok && break; sleep 0.1; done
+  done
+  extra=(--redis-cluster --redis-url "$(printf 'redis://127.0.0.1:%s,' "${nodes[@]}" | sed 's/,$//')")
+  backend=redis
+  cluster=1
+fi
+
 grpc=$(pick_port); http=$(pick_port); query=$(pick_port); ops=$(pick_port)
 "$bin/clew-collector" --storage "$backend" --data-dir "$dir" --idle-window 1s \
   --memory-max-traces "${CLEW_BENCH_MAX_TRACES:-300000}" \
@@ -56,6 +84,11 @@ wait_flag=(--wait-stored)
 [ "${CLEW_BENCH_WAIT:-1}" = metrics ] && wait_flag=(--wait-stored --metrics-addr "127.0.0.1:$ops")
 "$bin/clew-loadgen" --target "127.0.0.1:$grpc" --spans "$spans" --batch 512 --concurrency 8 \
   --collector-pid "$collector" "${also[@]}" --queries "$queries" "${wait_flag[@]}" "$@"
-if [ "$backend" = redis ]; then
+if [ -n "${cluster:-}" ]; then
+  for p in "${nodes[@]}"; do
+    redis-cli -p "$p" info replication | grep -q role:master &&
+      echo "node $p (master): $(redis-cli -p "$p" info memory | grep 'used_memory_human' | tr -d '\r')"
+  done
+elif [ "$backend" = redis ]; then
   redis-cli -p "$rport" info memory | grep used_memory_human
 fi

@@ -2,7 +2,11 @@
 //!
 //! # Layout
 //!
-//! Every key starts with the configured prefix `P` (default `clew:`). Trace and
+//! Every key starts with the configured prefix `P` (default `clew:`). On a
+//! Redis Cluster the prefix is followed by a hash tag: a shard's tag
+//! (`{k.j}`, see `keys.rs`) for a trace's keys and its shard's indexes, and
+//! `{clew}` for the catalogue (`services`, `ops:`, `keys`, `lease:`,
+//! `layout`); on one server there is one shard and no tag. Trace and
 //! span ids are stored as raw bytes, scores are unix nanoseconds (as Redis
 //! doubles: ~256 ns resolution, which only affects ordering; matching is exact).
 //!
@@ -21,6 +25,7 @@
 //! | `P ops:<svc>` | zset | `<kind>:<operation>`, score = newest span end (likewise) |
 //! | `P keys` | zset | index keys written recently, score = unix ms of the last write (for `prune_traces`) |
 //! | `P lease:<name>` | string | the holder of a lease (the cold tier's one mover), with a TTL |
+//! | `P layout` | string | cluster only: `shards=<S>`, the shard count every collector of the deployment uses (written once, `SET NX`) |
 //!
 //! Every index is scored by time (so all are walked by time and swept by
 //! score, and inserts land near the end of the sorted sets); durations live
@@ -30,7 +35,9 @@
 //! # Writes
 //!
 //! `store_trace` hands its fragment to a batching task, which stores every
-//! fragment waiting in one pipelined round trip (at most 4 batches in flight):
+//! fragment waiting in one pipelined round trip per shard, the catalogue's
+//! writes in one more (on one server, in the same; at most 4 batches in
+//! flight; with `wait_replicas`, each shard's pipeline ends with `WAIT`):
 //! an `EVALSHA` of a small Lua script, then the index writes as one `ZADD
 //! LT` (start scores; `ZADD GT` for the catalogue's ends) per index key with
 //! every trace of the batch, which are idempotent. The collector reduces each
@@ -71,7 +78,9 @@
 //!
 //! # Files
 //!
-//! `keys.rs` the key layout above; `summary.rs` what a fragment adds to the
+//! `keys.rs` the key layout above (shards and hash tags); `conn.rs` the
+//! connection (one server or a cluster) and the shard count's agreement;
+//! `cluster.rs` the metrics and the watch over a cluster; `summary.rs` what a fragment adds to the
 //! indexes; `blob.rs` the trace key's format; `write.rs` the batching task
 //! and the store pipeline, with `store.lua`; `search.rs` the reads, with
 //! `scan.lua`; `prune.rs` pruning; `tiering.rs` what the cold tier needs
