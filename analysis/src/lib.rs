@@ -7,6 +7,7 @@
 //! | [`detect_anomalies`] | latency outliers against robust per-operation baselines, error-rate spikes, new call edges, missing expected children — each explained in one sentence |
 //! | [`dependency_graph`] | service-to-service edges with calls, error rate and latency percentiles |
 //! | [`red_metrics`] | rate, errors and duration percentiles per service and operation over time |
+//! | [`rollup`] | RED and dependency roll-ups per time bucket: a mergeable latency sketch (DDSketch, 1 %), buckets with a cardinality guard, tiers, and summaries over any window |
 //! | [`sampling`] | the tail-sampling policy engine: which assembled traces to keep, by the OpenTelemetry `tail_sampling` processor's policies |
 //!
 //! Everything here is a pure function of spans (no I/O, no HTTP), so it is
@@ -29,6 +30,7 @@ mod causal;
 #[cfg(any(test, feature = "testing"))]
 pub mod fixtures;
 mod red;
+pub mod rollup;
 pub mod sampling;
 #[cfg(test)]
 mod tests;

@@ -1,0 +1,479 @@
+//! A DDSketch of durations in nanoseconds: relative-accuracy quantiles,
+//! exact merge, sparse bins, a compact encoding. See the module docs of
+//! [`super`] for the guarantee and the format.
+
+use super::RollupError;
+use super::codec::{Reader, put_u64, put_u128};
+
+/// Relative accuracy α: a quantile is within α of the true value at its
+/// rank (plus the half nanosecond of rounding to whole nanoseconds).
+pub const RELATIVE_ACCURACY: f64 = 0.01;
+
+/// At most this many non-empty bins; beyond, the lowest bins are folded
+/// into one (only the lowest quantiles lose accuracy).
+pub const MAX_BINS: usize = 2048;
+
+/// γ = (1 + α) / (1 − α): each bin's upper bound is γ times the previous.
+/// A hair (10⁻¹²) narrower than that, so the float rounding of the table
+/// can never widen a bin past the bound.
+const GAMMA: f64 = (1.0 + RELATIVE_ACCURACY) / (1.0 - RELATIVE_ACCURACY) * (1.0 - 1e-12);
+
+/// 2^64 as a float: the first power of γ past it closes the last bin.
+const TWO_POW_64: f64 = 18_446_744_073_709_551_616.0;
+
+/// Bins needed to cover 1..=u64::MAX.
+const NUM_BINS: usize = bin_count();
+
+/// `BOUNDS[i]` is the largest value in bin `i`: ⌊γ^i⌋ with γ^i computed by
+/// repeated IEEE multiplication at compile time, so identical on every
+/// platform (bin `i` holds the integers in `(BOUNDS[i-1], BOUNDS[i]]`;
+/// bins whose range holds no integer stay empty). The last is `u64::MAX`.
+static BOUNDS: [u64; NUM_BINS] = bounds();
+
+const fn bin_count() -> usize {
+    let mut p = 1.0;
+    let mut n = 1;
+    while p < TWO_POW_64 {
+        p *= GAMMA;
+        n += 1;
+    }
+    n
+}
+
+const fn bounds() -> [u64; NUM_BINS] {
+    let mut out = [0u64; NUM_BINS];
+    let mut p = 1.0;
+    let mut i = 0;
+    while i < NUM_BINS {
+        // `as` saturates: powers past 2^64 give u64::MAX.
+        out[i] = p as u64;
+        p *= GAMMA;
+        i += 1;
+    }
+    out[NUM_BINS - 1] = u64::MAX;
+    out
+}
+
+/// The bin of a value ≥ 1: the first whose upper bound is ≥ it. A
+/// logarithm guesses; the table decides, so the answer is exact and the
+/// same everywhere whatever the platform's `ln`.
+fn bin_of(v: u64) -> usize {
+    let guess = ((v as f64).ln() / GAMMA.ln()).ceil();
+    let mut i = (guess.max(0.0) as usize).min(NUM_BINS - 1);
+    // The last bound is u64::MAX, so this stops inside the table.
+    while BOUNDS[i] < v {
+        i += 1;
+    }
+    while i > 0 && BOUNDS[i - 1] >= v {
+        i -= 1;
+    }
+    i
+}
+
+/// The smallest and largest integers in bin `i`.
+fn bin_range(i: usize) -> (u64, u64) {
+    let lo = if i == 0 { 1 } else { BOUNDS[i - 1] + 1 };
+    (lo, BOUNDS[i])
+}
+
+/// The value reported for bin `i`: 2·lo·hi/(lo+hi) rounded to the nearest
+/// integer, in exact integer arithmetic; its relative distance to both
+/// ends is (hi−lo)/(hi+lo) < α (before the rounding).
+fn bin_value(i: usize) -> u64 {
+    let (lo, hi) = bin_range(i);
+    if lo >= hi {
+        return hi; // one integer (or none: never reported)
+    }
+    let (l, h) = (u128::from(lo), u128::from(hi));
+    // lo + (hi−lo)·lo/(lo+hi), rounded half up; (hi−lo)·lo < 2^123.
+    let num = 2 * (h - l) * l + (l + h);
+    let offset = num / (2 * (l + h));
+    lo + offset as u64
+}
+
+/// A non-empty bin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Bin {
+    index: u16,
+    count: u64,
+}
+
+/// A mergeable latency sketch (DDSketch, α = [`RELATIVE_ACCURACY`]) over
+/// durations in nanoseconds; count, min, max and sum are exact.
+///
+/// ```
+/// use clew_analysis::rollup::Sketch;
+///
+/// let mut s = Sketch::new();
+/// for v in 1..=1000u64 {
+///     s.insert(v * 1_000);
+/// }
+/// let p99 = s.quantile(0.99).unwrap_or(0);
+/// assert!(p99.abs_diff(990_000) <= 9_900);
+/// assert_eq!((s.min(), s.max()), (Some(1_000), Some(1_000_000)));
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Sketch {
+    count: u64,
+    zeros: u64,
+    min: u64,
+    max: u64,
+    sum: u128,
+    /// Sorted by index, no zero counts, at most [`MAX_BINS`].
+    bins: Vec<Bin>,
+}
+
+impl Sketch {
+    /// An empty sketch.
+    pub fn new() -> Self {
+        Sketch::default()
+    }
+
+    /// Adds one value.
+    pub fn insert(&mut self, v: u64) {
+        self.insert_n(v, 1);
+    }
+
+    /// Adds `n` copies of a value (nothing when `n` is 0). Counts saturate
+    /// at `u64::MAX`.
+    pub fn insert_n(&mut self, v: u64, n: u64) {
+        if n == 0 {
+            return;
+        }
+        self.note_extremes(v);
+        self.count = self.count.saturating_add(n);
+        self.sum = self.sum.saturating_add(u128::from(v) * u128::from(n));
+        if v == 0 {
+            self.zeros = self.zeros.saturating_add(n);
+            return;
+        }
+        let index = bin_of(v) as u16;
+        match self.bins.binary_search_by_key(&index, |b| b.index) {
+            Ok(k) => self.bins[k].count = self.bins[k].count.saturating_add(n),
+            Err(k) => {
+                self.bins.insert(k, Bin { index, count: n });
+                self.collapse();
+            }
+        }
+    }
+
+    fn note_extremes(&mut self, v: u64) {
+        if self.count == 0 {
+            (self.min, self.max) = (v, v);
+        } else {
+            self.min = self.min.min(v);
+            self.max = self.max.max(v);
+        }
+    }
+
+    /// Adds every value of `other`. Exact: the result equals the sketch of
+    /// all the values inserted into either, whatever the order.
+    pub fn merge(&mut self, other: &Sketch) {
+        if other.count == 0 {
+            return;
+        }
+        if self.count == 0 {
+            *self = other.clone();
+            return;
+        }
+        self.note_extremes(other.min);
+        self.note_extremes(other.max);
+        self.count = self.count.saturating_add(other.count);
+        self.zeros = self.zeros.saturating_add(other.zeros);
+        self.sum = self.sum.saturating_add(other.sum);
+        let (a, b) = (&self.bins, &other.bins);
+        let mut merged = Vec::with_capacity(a.len() + b.len());
+        let (mut i, mut j) = (0, 0);
+        loop {
+            let bin = match (a.get(i), b.get(j)) {
+                (Some(x), Some(y)) if x.index == y.index => {
+                    (i, j) = (i + 1, j + 1);
+                    Bin {
+                        index: x.index,
+                        count: x.count.saturating_add(y.count),
+                    }
+                }
+                (Some(x), Some(y)) if x.index < y.index => {
+                    i += 1;
+                    *x
+                }
+                (Some(x), None) => {
+                    i += 1;
+                    *x
+                }
+                (_, Some(y)) => {
+                    j += 1;
+                    *y
+                }
+                (None, None) => break,
+            };
+            merged.push(bin);
+        }
+        self.bins = merged;
+        self.collapse();
+    }
+
+    /// Folds the lowest bins into the lowest kept one while there are more
+    /// than [`MAX_BINS`]. The result depends only on the multiset of values
+    /// (the top `MAX_BINS` indexes are kept, everything below lands in the
+    /// lowest of them), which keeps merge exact.
+    fn collapse(&mut self) {
+        if self.bins.len() <= MAX_BINS {
+            return;
+        }
+        let extra = self.bins.len() - MAX_BINS;
+        let folded = self.bins[..extra]
+            .iter()
+            .fold(0u64, |acc, b| acc.saturating_add(b.count));
+        self.bins[extra].count = self.bins[extra].count.saturating_add(folded);
+        self.bins.drain(..extra);
+    }
+
+    /// Values inserted.
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+
+    /// Whether nothing was inserted.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// The smallest value (exact); `None` when empty.
+    pub fn min(&self) -> Option<u64> {
+        (self.count > 0).then_some(self.min)
+    }
+
+    /// The largest value (exact); `None` when empty.
+    pub fn max(&self) -> Option<u64> {
+        (self.count > 0).then_some(self.max)
+    }
+
+    /// The sum of the values (exact; saturates at `u128::MAX`, which takes
+    /// more than 2^64 values).
+    pub fn sum(&self) -> u128 {
+        self.sum
+    }
+
+    /// The mean (exact up to `f64` rounding); `None` when empty.
+    pub fn mean(&self) -> Option<f64> {
+        (self.count > 0).then(|| self.sum as f64 / self.count as f64)
+    }
+
+    /// Non-empty bins (without the zero bin): the size of the sketch.
+    pub fn bin_count(&self) -> usize {
+        self.bins.len()
+    }
+
+    /// The `q` quantile, `0 ≤ q ≤ 1`: an estimate of the value of rank
+    /// r = max(1, ⌈q·n⌉) among the n sorted values (nearest rank: q = 0 is
+    /// the minimum, q = 1 the maximum, both exact). `None` when empty or
+    /// when `q` is outside [0, 1] or NaN. See the module docs for the bound.
+    pub fn quantile(&self, q: f64) -> Option<u64> {
+        if self.count == 0 || !(0.0..=1.0).contains(&q) {
+            return None;
+        }
+        let rank = ((q * self.count as f64).ceil() as u64).clamp(1, self.count);
+        if rank == 1 {
+            return Some(self.min);
+        }
+        if rank == self.count {
+            return Some(self.max);
+        }
+        if rank <= self.zeros {
+            return Some(0);
+        }
+        let mut seen = self.zeros;
+        for bin in &self.bins {
+            seen = seen.saturating_add(bin.count);
+            if seen >= rank {
+                return Some(bin_value(usize::from(bin.index)).clamp(self.min, self.max));
+            }
+        }
+        Some(self.max)
+    }
+}
+
+/// First byte of a standalone sketch blob.
+const TAG: u8 = b'S';
+/// The sketch format version this build writes and reads.
+const VERSION: u8 = 1;
+
+impl Sketch {
+    /// Appends the sketch as a standalone blob: tag `S`, version 1, then
+    /// the body described in the module docs.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&[TAG, VERSION]);
+        self.encode_body(out);
+    }
+
+    /// Reads a blob written by [`Sketch::encode`]. Any input is safe: a
+    /// malformed one is an error naming the field and offset.
+    pub fn decode(bytes: &[u8]) -> Result<Sketch, RollupError> {
+        let mut r = Reader::new(bytes);
+        read_header(&mut r, TAG, "sketch", VERSION)?;
+        let sketch = Sketch::decode_body(&mut r)?;
+        r.finish()?;
+        Ok(sketch)
+    }
+
+    /// The body: `count`; when non-zero, `zeros`, `min`, `max − min`,
+    /// `sum` (up to 128 bits), the number of bins, then per bin the index
+    /// (the first absolute, the others as the gap from the previous) and
+    /// the count. All varints.
+    pub(crate) fn encode_body(&self, out: &mut Vec<u8>) {
+        put_u64(out, self.count);
+        if self.count == 0 {
+            return;
+        }
+        put_u64(out, self.zeros);
+        put_u64(out, self.min);
+        put_u64(out, self.max - self.min);
+        put_u128(out, self.sum);
+        put_u64(out, self.bins.len() as u64);
+        let mut prev = 0;
+        for bin in &self.bins {
+            put_u64(out, u64::from(bin.index - prev));
+            put_u64(out, bin.count);
+            prev = bin.index;
+        }
+    }
+
+    /// Reads a body and checks every invariant the methods rely on.
+    pub(crate) fn decode_body(r: &mut Reader<'_>) -> Result<Sketch, RollupError> {
+        let count = r.u64("sketch.count")?;
+        if count == 0 {
+            return Ok(Sketch::default());
+        }
+        let zeros = r.u64("sketch.zeros")?;
+        let min = r.u64("sketch.min")?;
+        let max = min
+            .checked_add(r.u64("sketch.max")?)
+            .ok_or_else(|| r.invalid("sketch.max", "min + (max − min) overflows"))?;
+        let sum = r.u128("sketch.sum")?;
+        let bins = read_bins(r)?;
+        let sketch = Sketch {
+            count,
+            zeros,
+            min,
+            max,
+            sum,
+            bins,
+        };
+        sketch.check(r)?;
+        Ok(sketch)
+    }
+
+    /// The invariants a decoded sketch must hold.
+    fn check(&self, r: &Reader<'_>) -> Result<(), RollupError> {
+        let total = self
+            .bins
+            .iter()
+            .fold(self.zeros, |acc, b| acc.saturating_add(b.count));
+        if total != self.count {
+            return Err(r.invalid("sketch.count", "differs from the sum of the bins"));
+        }
+        if (self.zeros > 0) != (self.min == 0) {
+            return Err(r.invalid("sketch.min", "zero exactly when the zero bin is used"));
+        }
+        let top = self.bins.last().map(|b| usize::from(b.index));
+        if top != (self.max > 0).then(|| bin_of(self.max)) {
+            return Err(r.invalid("sketch.max", "not in the highest bin"));
+        }
+        let bottom = self.bins.first().map(|b| usize::from(b.index));
+        let folded = self.bins.len() == MAX_BINS;
+        if self.min > 0
+            && bottom.is_some_and(|b| bin_of(self.min) > b || (!folded && bin_of(self.min) < b))
+        {
+            return Err(r.invalid("sketch.min", "not in the lowest bin"));
+        }
+        let lo = u128::from(self.min) * u128::from(self.count);
+        // Past a saturated count the sum may exceed max × count.
+        let hi = (self.count < u64::MAX).then(|| u128::from(self.max) * u128::from(self.count));
+        if self.sum < lo || hi.is_some_and(|hi| self.sum > hi) {
+            return Err(r.invalid("sketch.sum", "outside count × [min, max]"));
+        }
+        Ok(())
+    }
+}
+
+/// The bins of a body: strictly increasing indexes below the table's end,
+/// non-zero counts, at most [`MAX_BINS`].
+fn read_bins(r: &mut Reader<'_>) -> Result<Vec<Bin>, RollupError> {
+    let n = r.len("sketch.bins")?;
+    if n > MAX_BINS {
+        return Err(r.invalid("sketch.bins", "more bins than MAX_BINS"));
+    }
+    let mut bins = Vec::with_capacity(n);
+    let mut prev: Option<u64> = None;
+    for _ in 0..n {
+        let gap = r.u64("sketch.bin.index")?;
+        let index = match prev {
+            None => Some(gap),
+            Some(p) if gap > 0 => p.checked_add(gap),
+            Some(_) => None,
+        }
+        .filter(|&i| i < NUM_BINS as u64)
+        .ok_or_else(|| r.invalid("sketch.bin.index", "not increasing, or past the last bin"))?;
+        let (lo, hi) = bin_range(index as usize);
+        if lo > hi {
+            return Err(r.invalid("sketch.bin.index", "a bin no integer maps to"));
+        }
+        let count = r.u64("sketch.bin.count")?;
+        if count == 0 {
+            return Err(r.invalid("sketch.bin.count", "an empty bin"));
+        }
+        bins.push(Bin {
+            index: index as u16,
+            count,
+        });
+        prev = Some(index);
+    }
+    Ok(bins)
+}
+
+/// Checks a blob's tag and version bytes.
+pub(crate) fn read_header(
+    r: &mut Reader<'_>,
+    tag: u8,
+    what: &'static str,
+    version: u8,
+) -> Result<(), RollupError> {
+    let found = r.byte("tag").map_err(|_| RollupError::BadTag {
+        expected: what,
+        found: 0,
+    })?;
+    if found != tag {
+        return Err(RollupError::BadTag {
+            expected: what,
+            found,
+        });
+    }
+    match r.byte("version")? {
+        v if v == version => Ok(()),
+        found => Err(RollupError::UnsupportedVersion {
+            what,
+            found,
+            supported: version,
+        }),
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod table {
+    //! The bin table, for the exhaustive accuracy test.
+
+    /// Number of bins.
+    pub const NUM_BINS: usize = super::NUM_BINS;
+
+    /// (lo, hi, reported value) of bin `i`.
+    pub fn bin(i: usize) -> (u64, u64, u64) {
+        let (lo, hi) = super::bin_range(i);
+        (lo, hi, super::bin_value(i))
+    }
+
+    /// The bin of a value ≥ 1.
+    pub fn bin_of(v: u64) -> usize {
+        super::bin_of(v)
+    }
+}
