@@ -1,6 +1,6 @@
 //! Anomalies across many traces.
 //!
-//! - **Latency outliers.** Per (service, operation), the baseline is the
+//! - **Latency outliers.** Per (service, operation, span kind), the baseline is the
 //!   median and the MAD (median absolute deviation, scaled by 1.4826 to
 //!   estimate a standard deviation) of the durations in the window. A span's
 //!   score is its robust z-score `(d − median) / (1.4826·MAD)`; above
@@ -10,7 +10,8 @@
 //!   MAD is 0 (over half the spans take exactly the median) the mean
 //!   absolute deviation stands in; when that is 0 too, nothing is flagged.
 //! - **Error-rate spikes.** The window is cut into [`AnomalyConfig::buckets`]
-//!   equal time buckets; a bucket whose error rate for an operation is far
+//!   equal time buckets; a bucket whose error rate for an operation (and
+//!   span kind) is far
 //!   above the rest of the window (binomial z-score over
 //!   [`AnomalyConfig::error_score`], at least [`AnomalyConfig::min_errors`]
 //!   errors) is a spike.
@@ -21,13 +22,20 @@
 //! - **Missing children.** A call its caller made in at least
 //!   [`AnomalyConfig::expected_share`] of its runs (and at least
 //!   [`AnomalyConfig::min_samples`] runs), missing from one run.
+//!
+//! [`group_anomalies`] folds the anomalies of one (kind, service, operation,
+//! span kind) into one [`AnomalyGroup`]: a recurring latency spike is one
+//! row with a count, its baseline and its worst examples, not hundreds.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use clew_proto::v1::{Span, Trace};
+use clew_proto::v1::{Span, SpanKind, Trace};
 use serde::Serialize;
 
 use super::{Tree, duration, hex, is_error, us};
+
+mod groups;
+pub use groups::{AnomalyGroup, group_anomalies};
 
 /// Thresholds of [`detect_anomalies`].
 #[derive(Debug, Clone, PartialEq)]
@@ -107,6 +115,10 @@ pub struct Anomaly {
     pub service: String,
     /// The operation concerned (the caller's, for call edges).
     pub operation: String,
+    /// The span kind of the operation's spans (the caller's, for call
+    /// edges): `server`, `client`, `producer`, `consumer`, `internal` or
+    /// `unspecified`.
+    pub span_kind: &'static str,
     /// An example trace.
     #[serde(rename = "traceID", skip_serializing_if = "Option::is_none")]
     pub trace_id: Option<String>,
@@ -152,15 +164,31 @@ fn median(sorted: &[f64]) -> f64 {
     }
 }
 
-fn latency_outliers(spans: &[SpanRef<'_>], cfg: &AnomalyConfig, out: &mut Vec<Anomaly>) {
-    let mut groups: BTreeMap<(&str, &str), Vec<&SpanRef<'_>>> = BTreeMap::new();
-    for s in spans {
-        groups
-            .entry((&s.span.service, &s.span.name))
-            .or_default()
-            .push(s);
+/// Jaeger's name of a span kind, `unspecified` for none.
+pub(crate) fn kind_name(kind: i32) -> &'static str {
+    match SpanKind::try_from(kind).unwrap_or(SpanKind::Unspecified) {
+        SpanKind::Unspecified => "unspecified",
+        SpanKind::Internal => "internal",
+        SpanKind::Server => "server",
+        SpanKind::Client => "client",
+        SpanKind::Producer => "producer",
+        SpanKind::Consumer => "consumer",
     }
-    for ((service, operation), group) in groups {
+}
+
+/// A (service, operation, span kind): what a baseline is computed for.
+type OpKind<'a> = (&'a str, &'a str, &'static str);
+
+fn op_kind<'a>(s: &'a Span) -> OpKind<'a> {
+    (&s.service, &s.name, kind_name(s.kind))
+}
+
+fn latency_outliers(spans: &[SpanRef<'_>], cfg: &AnomalyConfig, out: &mut Vec<Anomaly>) {
+    let mut groups: BTreeMap<OpKind<'_>, Vec<&SpanRef<'_>>> = BTreeMap::new();
+    for s in spans {
+        groups.entry(op_kind(s.span)).or_default().push(s);
+    }
+    for ((service, operation, span_kind), group) in groups {
         if group.len() < cfg.min_samples {
             continue;
         }
@@ -187,6 +215,7 @@ fn latency_outliers(spans: &[SpanRef<'_>], cfg: &AnomalyConfig, out: &mut Vec<An
                     kind: AnomalyKind::LatencyOutlier,
                     service: service.to_owned(),
                     operation: operation.to_owned(),
+                    span_kind,
                     trace_id: Some(hex(&s.trace.trace_id)),
                     span_id: Some(hex(&s.span.span_id)),
                     time_us: s.span.start_time_unix_nano / 1_000,
@@ -221,12 +250,12 @@ fn error_spikes(spans: &[SpanRef<'_>], cfg: &AnomalyConfig, out: &mut Vec<Anomal
     let buckets = cfg.buckets.max(1);
     let width = ((hi - lo) / buckets as u64).max(1);
     let bucket_of = |t: u64| (((t - lo) / width) as usize).min(buckets - 1);
-    // (service, op) → per bucket (calls, errors, an example error span)
+    // (service, op, kind) → per bucket (calls, errors, an example error span)
     type Bucket<'a> = (usize, usize, Option<&'a SpanRef<'a>>);
-    let mut groups: BTreeMap<(&str, &str), Vec<Bucket<'_>>> = BTreeMap::new();
+    let mut groups: BTreeMap<OpKind<'_>, Vec<Bucket<'_>>> = BTreeMap::new();
     for s in spans {
         let g = groups
-            .entry((&s.span.service, &s.span.name))
+            .entry(op_kind(s.span))
             .or_insert_with(|| vec![(0, 0, None); buckets]);
         let b = &mut g[bucket_of(s.span.start_time_unix_nano)];
         b.0 += 1;
@@ -235,7 +264,7 @@ fn error_spikes(spans: &[SpanRef<'_>], cfg: &AnomalyConfig, out: &mut Vec<Anomal
             b.2.get_or_insert(s);
         }
     }
-    for ((service, operation), g) in groups {
+    for ((service, operation, span_kind), g) in groups {
         let (calls, errors) = g.iter().fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
         for (k, &(n, e, example)) in g.iter().enumerate() {
             if e < cfg.min_errors || n == 0 {
@@ -256,6 +285,7 @@ fn error_spikes(spans: &[SpanRef<'_>], cfg: &AnomalyConfig, out: &mut Vec<Anomal
                     kind: AnomalyKind::ErrorSpike,
                     service: service.to_owned(),
                     operation: operation.to_owned(),
+                    span_kind,
                     trace_id: example.map(|s| hex(&s.trace.trace_id)),
                     span_id: example.map(|s| hex(&s.span.span_id)),
                     time_us: start / 1_000,
@@ -313,8 +343,9 @@ struct Calls<'a> {
     edge_before: HashSet<(Op<'a>, Op<'a>)>,
     /// Per call, the runs of its caller that made it.
     edge_runs: HashMap<(Op<'a>, Op<'a>), usize>,
-    /// Per call, its first child span in the recent part.
-    first_recent: BTreeMap<(Op<'a>, Op<'a>), (&'a Trace, &'a Span)>,
+    /// Per call, its first child span in the recent part, and the kind of
+    /// the caller's span.
+    first_recent: BTreeMap<(Op<'a>, Op<'a>), (&'a Trace, &'a Span, &'static str)>,
     /// Every run with the ops it called.
     run_children: Vec<(&'a Trace, &'a Span, HashSet<Op<'a>>)>,
 }
@@ -348,10 +379,11 @@ impl<'a> Calls<'a> {
                     if before {
                         calls.edge_before.insert((pop, k));
                     } else {
-                        calls
-                            .first_recent
-                            .entry((pop, k))
-                            .or_insert((t, &t.spans[c]));
+                        calls.first_recent.entry((pop, k)).or_insert((
+                            t,
+                            &t.spans[c],
+                            kind_name(p.kind),
+                        ));
                     }
                 }
                 calls.run_children.push((t, p, kids));
@@ -363,7 +395,7 @@ impl<'a> Calls<'a> {
     /// Calls seen in the recent part only, from callers with enough runs
     /// before it.
     fn new_edges(&self, cfg: &AnomalyConfig, out: &mut Vec<Anomaly>) {
-        for (&(from, to), &(t, s)) in &self.first_recent {
+        for (&(from, to), &(t, s, span_kind)) in &self.first_recent {
             let before = self.runs_before.get(&from).copied().unwrap_or(0);
             if self.edge_before.contains(&(from, to)) || before < cfg.min_samples {
                 continue;
@@ -372,6 +404,7 @@ impl<'a> Calls<'a> {
                 kind: AnomalyKind::NewEdge,
                 service: from.0.to_owned(),
                 operation: from.1.to_owned(),
+                span_kind,
                 trace_id: Some(hex(&t.trace_id)),
                 span_id: Some(hex(&s.span_id)),
                 time_us: s.start_time_unix_nano / 1_000,
@@ -414,6 +447,7 @@ impl<'a> Calls<'a> {
                     kind: AnomalyKind::MissingChild,
                     service: pop.0.to_owned(),
                     operation: pop.1.to_owned(),
+                    span_kind: kind_name(p.kind),
                     trace_id: Some(hex(&t.trace_id)),
                     span_id: Some(hex(&p.span_id)),
                     time_us: p.start_time_unix_nano / 1_000,
@@ -442,15 +476,10 @@ pub fn detect_anomalies(traces: &[Trace], cfg: &AnomalyConfig) -> Vec<Anomaly> {
     latency_outliers(&spans, cfg, &mut out);
     error_spikes(&spans, cfg, &mut out);
     structural(traces, cfg, &mut out);
-    let rank = |k: AnomalyKind| match k {
-        AnomalyKind::ErrorSpike => 0,
-        AnomalyKind::LatencyOutlier => 1,
-        AnomalyKind::NewEdge => 2,
-        AnomalyKind::MissingChild => 3,
-    };
     out.sort_by(|a, b| {
-        rank(a.kind)
-            .cmp(&rank(b.kind))
+        a.kind
+            .rank()
+            .cmp(&b.kind.rank())
             .then(b.score.total_cmp(&a.score))
             .then(b.time_us.cmp(&a.time_us))
     });

@@ -435,6 +435,137 @@ fn a_new_call_edge_is_reported() {
     );
 }
 
+// ---- anomaly groups ---------------------------------------------------
+
+/// 200 traces; db select takes 10-12 ms, except every tenth trace: 200 ms.
+fn recurring_spike() -> Vec<Trace> {
+    window(
+        200,
+        |i| {
+            if i % 10 == 0 {
+                200
+            } else {
+                10 + u64::from(i % 3)
+            }
+        },
+        |_| false,
+        |_| false,
+    )
+}
+
+#[test]
+fn a_recurring_latency_spike_is_one_group() {
+    let found = detect_anomalies(&recurring_spike(), &AnomalyConfig::default());
+    let groups = group_anomalies(&found, 5);
+    // One group per operation the spike slows (db select, and api GET,
+    // which waits on it), instead of 20 rows each.
+    assert_eq!(found.len(), 40, "{found:#?}");
+    assert_eq!(groups.len(), 2, "{groups:#?}");
+    let db = groups.iter().find(|g| g.service == "db").unwrap();
+    assert_eq!(db.kind, AnomalyKind::LatencyOutlier);
+    assert_eq!(
+        (db.operation.as_str(), db.span_kind),
+        ("select", "internal")
+    );
+    assert_eq!(db.count, 20);
+    // The baseline is the one every member broke: the operation's median
+    // and MAD over the 200 spans of the window.
+    let members: Vec<&Anomaly> = found.iter().filter(|a| a.service == "db").collect();
+    assert!(members.iter().all(|a| a.baseline == db.baseline));
+    assert_eq!(db.baseline.samples, 200);
+    let median = db.baseline.median_us.unwrap();
+    assert_eq!(median, 11_000.0);
+    assert_eq!(db.worst_value, 200_000.0);
+    assert_eq!(db.ratio, Some(200_000.0 / median));
+    // First and last seen: the spans of traces 0 and 190.
+    assert_eq!(db.first_us, (T0 + MS) / 1_000);
+    assert_eq!(db.last_us, (T0 + 190_001 * MS) / 1_000);
+    // Five examples, the worst first; equally bad, so the most recent first.
+    let ex: Vec<&str> = db
+        .examples
+        .iter()
+        .map(|a| a.trace_id.as_deref().unwrap())
+        .collect();
+    let want: Vec<String> = [190, 180, 170, 160, 150].map(|i| hex(&tid(i))).to_vec();
+    assert_eq!(ex, want);
+    assert!(db.examples.iter().all(|a| a.span_id.is_some()));
+    assert_eq!(
+        db.message,
+        "db \"select\" (internal) was slow in 20 spans: up to 200.00 ms where it usually takes 11.00 ms, 18.2× (median of 200 spans)."
+    );
+}
+
+#[test]
+fn groups_are_per_span_kind_with_their_own_baseline() {
+    // db select as a server span takes 10-12 ms, as a client span 100-102
+    // ms; one server span takes 60 ms. Against one baseline for both kinds
+    // it would look ordinary; against the server spans' own, it is slow.
+    let mut traces = window(100, |i| 10 + u64::from(i % 3), |_| false, |_| false);
+    for (i, t) in traces.iter_mut().enumerate() {
+        let db = &mut t.spans[1];
+        if i % 2 == 1 {
+            db.kind = clew_proto::v1::SpanKind::Client as i32;
+            db.end_time_unix_nano += 90 * MS;
+        } else {
+            db.kind = clew_proto::v1::SpanKind::Server as i32;
+            if i == 40 {
+                db.end_time_unix_nano += 50 * MS;
+            }
+        }
+    }
+    let found = detect_anomalies(&traces, &AnomalyConfig::default());
+    let groups = group_anomalies(&found, 5);
+    let db: Vec<&AnomalyGroup> = groups.iter().filter(|g| g.service == "db").collect();
+    assert_eq!(db.len(), 1, "{groups:#?}");
+    assert_eq!(db[0].span_kind, "server");
+    assert_eq!(db[0].count, 1);
+    assert_eq!(db[0].baseline.samples, 50);
+    assert_eq!(db[0].examples[0].trace_id, Some(hex(&tid(40))));
+    let median = db[0].baseline.median_us.unwrap();
+    assert!((10_000.0..=12_000.0).contains(&median), "{median}");
+}
+
+#[test]
+fn groups_are_sorted_by_severity_and_keep_every_member_counted() {
+    // A recurring spike, and an error spike of db select.
+    let mut traces = recurring_spike();
+    for i in (150..160).chain([5]) {
+        let db = &mut traces[i].spans[1];
+        *db = err(db.clone());
+    }
+    let found = detect_anomalies(&traces, &AnomalyConfig::default());
+    let groups = group_anomalies(&found, 0);
+    let kinds: Vec<(AnomalyKind, &str)> = groups
+        .iter()
+        .map(|g| (g.kind, g.service.as_str()))
+        .collect();
+    // Errors first; then the latency groups, the worst score first (the
+    // db spans are slower against a tighter baseline than api's).
+    assert_eq!(kinds[0], (AnomalyKind::ErrorSpike, "db"));
+    let latency: Vec<&AnomalyGroup> = groups
+        .iter()
+        .filter(|g| g.kind == AnomalyKind::LatencyOutlier)
+        .collect();
+    assert!(
+        latency
+            .windows(2)
+            .all(|w| w[0].worst_score >= w[1].worst_score)
+    );
+    // Every anomaly is in exactly one group; no examples were asked for.
+    assert_eq!(groups.iter().map(|g| g.count).sum::<usize>(), found.len());
+    assert!(groups.iter().all(|g| g.examples.is_empty()));
+    let spike = &groups[0];
+    assert_eq!(
+        spike.ratio,
+        spike.baseline.rate.map(|r| spike.worst_value / r)
+    );
+    assert_eq!(
+        spike.message,
+        "db \"select\" (internal) failed far more often than usual in 1 stretch of the window: up to 50% of calls, against 0.6% of 180 calls."
+    );
+    assert!(group_anomalies(&[], 5).is_empty());
+}
+
 // ---- dependencies and RED ---------------------------------------------
 
 #[test]

@@ -51,9 +51,17 @@ import { authHeaders, clearToken } from './auth.js';
  *   latency: Latency, buckets: RedBucket[] }} RedSeries
  * @typedef {{ series: RedSeries[], truncated: boolean, traces: number,
  *   coveredFromUs: number | null }} Red
- * @typedef {{ kind: string, message: string, timeUs: number, traceID?: string,
- *   spanID?: string }} Anomaly
- * @typedef {{ anomalies: Anomaly[], traces: number, truncated: boolean }} Anomalies
+ * @typedef {{ samples: number, medianUs?: number, madUs?: number, rate?: number }} Baseline
+ * @typedef {{ kind: string, service: string, operation: string, spanKind?: string,
+ *   message: string, timeUs: number, score: number, value: number, baseline: Baseline,
+ *   traceID?: string, spanID?: string }} Anomaly
+ * @typedef {{ kind: string, service: string, operation: string, spanKind: string,
+ *   count: number, baseline: Baseline, worstValue: number, worstScore: number,
+ *   ratio?: number, firstUs: number, lastUs: number, message: string,
+ *   examples: Anomaly[] }} AnomalyGroup `examples`: the worst few, worst first
+ * @typedef {{ anomalies: Anomaly[], groups?: AnomalyGroup[], traces: number,
+ *   truncated: boolean }} Anomalies `groups` (every anomaly, grouped) from
+ *   collectors that group
  */
 
 /** An answer that is not a usable JSON envelope, worded for the banner. */

@@ -3,7 +3,9 @@
 // third-party code). This entry module wires the routes, the upload input
 // and the error banner; the pages live in pages/, the waterfall in trace/.
 
+import * as api from './api.js';
 import { signInUrl } from './auth.js';
+import { sessionColors } from './colors.js';
 import { showError } from './dom.js';
 import { depsPage } from './pages/dependencies.js';
 import { insightsPage } from './pages/insights.js';
@@ -66,7 +68,7 @@ function main() {
   const upload = document.getElementById('upload');
   if (!root || !(upload instanceof HTMLInputElement)) throw new Error('index.html lacks #main or #upload');
   /** @type {import('./router.js').Session} */
-  const session = { uploaded: null };
+  const session = { uploaded: null, colors: sessionColors(api.services) };
   const router = createRouter(root, ROUTES, session);
   wireUpload(upload, session, router.navigate);
   // A 401 from the API: sign in, then come back here.

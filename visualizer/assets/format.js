@@ -1,5 +1,6 @@
 // @ts-check
-// Formatting of durations, times, shares and service colours (pure).
+// Formatting of durations, times and shares (pure); service colours are in
+// colors.js.
 
 /**
  * A duration in microseconds, in the largest unit that keeps it readable:
@@ -37,17 +38,6 @@ export function fmtTime(us) {
  */
 export function pct(x) {
   return `${(100 * x).toFixed(x < 0.1 && x > 0 ? 1 : 0)}%`;
-}
-
-/**
- * A stable colour per service name.
- * @param {string} service
- * @returns {string}
- */
-export function colorOf(service) {
-  let h = 0;
-  for (let i = 0; i < service.length; i++) h = (h * 31 + service.charCodeAt(i)) >>> 0;
-  return `hsl(${h % 360}, 55%, 50%)`;
 }
 
 /**

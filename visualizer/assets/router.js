@@ -7,8 +7,10 @@ import { clearError, el, link, showError } from './dom.js';
 /** @typedef {import('./upload.js').Upload} Upload */
 
 /**
- * What lives across pages: the last uploaded trace.
- * @typedef {{ uploaded: Upload | null }} Session
+ * What lives across pages: the last uploaded trace, and the service
+ * colours every page draws with.
+ * @typedef {{ uploaded: Upload | null,
+ *   colors: () => Promise<import('./colors.js').ColorOf> }} Session
  */
 
 /**

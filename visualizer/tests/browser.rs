@@ -375,8 +375,48 @@ async fn the_dependency_graph_has_per_edge_figures() {
             .starts_with("40 calls · 7.5% err · p95 "),
         "{label}"
     );
+    labels_clear_the_boxes(&s, expected.len()).await;
     shot(&s, "04-dependencies").await;
     finish(s).await;
+}
+
+/// The drawn graph's boxes, read back from the SVG (`getBBox` mapped into
+/// the drawing's coordinates): no edge label (its background or its text)
+/// overlaps a service (its box or its name) or another label, and every
+/// label's text lies within its background.
+async fn labels_clear_the_boxes(s: &Session<'_>, edges: usize) {
+    let v = s
+        .js(
+            r#"
+const svg = document.getElementById('depgraph');
+const toSvg = svg.getScreenCTM().inverse();
+const box = (el) => {
+  const b = el.getBBox();
+  const m = toSvg.multiply(el.getScreenCTM());
+  const p = new DOMPoint(b.x, b.y).matrixTransform(m);
+  const q = new DOMPoint(b.x + b.width, b.y + b.height).matrixTransform(m);
+  return { x: Math.min(p.x, q.x), y: Math.min(p.y, q.y), w: Math.abs(q.x - p.x), h: Math.abs(q.y - p.y) };
+};
+const hit = (a, b) => a.x < b.x + b.w && b.x < a.x + a.w && a.y < b.y + b.h && b.y < a.y + a.h;
+const within = (a, b) => a.x >= b.x - 0.5 && a.y >= b.y - 0.5 && a.x + a.w <= b.x + b.w + 0.5 && a.y + a.h <= b.y + b.h + 0.5;
+const nodes = [...svg.querySelectorAll('.node')].map((n) => ({ id: n.dataset.service, b: box(n) }));
+const tags = [...svg.querySelectorAll('.edge-tag')].map((t) =>
+  ({ id: t.dataset.edge, bg: box(t.querySelector('rect')), text: box(t.querySelector('text')) }));
+const problems = [];
+for (const t of tags) {
+  for (const n of nodes) if (hit(t.bg, n.b) || hit(t.text, n.b)) problems.push(`${t.id} overlaps ${n.id}`);
+  for (const o of tags) if (o !== t && hit(t.bg, o.bg)) problems.push(`${t.id} overlaps ${o.id}`);
+  if (!within(t.text, t.bg)) problems.push(`${t.id}: text outside its background`);
+  if (t.bg.w < 20 || t.text.w < 20) problems.push(`${t.id}: not drawn`);
+}
+return { nodes: nodes.length, labels: tags.length, problems };
+"#,
+            vec![],
+        )
+        .await;
+    assert_eq!(v["labels"], json!(edges), "{v}");
+    assert!(v["nodes"].as_u64().unwrap() >= 12, "{v}");
+    assert_eq!(v["problems"], json!([]), "{v}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -440,10 +480,9 @@ async fn anomalies_and_bottlenecks_name_the_slow_insert() {
     let s = ui.open("/search").await;
     let anomalies = insights(&ui, &s, "/insights").await;
     assert!(
-        anomalies
-            .iter()
-            .any(|a| a
-                .contains("db \"INSERT payments\" took 430.00 ms where it usually takes 30.00 ms")),
+        anomalies.iter().any(|a| a.contains(
+            "db \"INSERT payments\" (client) was slow in 1 span: up to 430.00 ms where it usually takes 30.00 ms"
+        )),
         "{anomalies:#?}"
     );
     shot(&s, "06-anomalies-and-bottlenecks").await;
@@ -451,7 +490,7 @@ async fn anomalies_and_bottlenecks_name_the_slow_insert() {
     let kinds = insights(&ui, &s, "/insights?service=payments").await;
     assert_eq!(kinds.len(), 1, "{kinds:#?}");
     assert!(
-        kinds[0].contains("payments \"charge\" took 450.00 ms"),
+        kinds[0].contains("payments \"charge\" (server) was slow in 1 span: up to 450.00 ms"),
         "{kinds:#?}"
     );
     // Each slow trace names where its self time went.
@@ -467,6 +506,127 @@ async fn anomalies_and_bottlenecks_name_the_slow_insert() {
             .all(|t| t == "frontend: GET /checkout"),
         "{listed}"
     );
+    finish(s).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recurring_spike_is_one_group_with_its_worst_examples() {
+    let ui = Ui::start().await;
+    let s = ui.open("/insights").await;
+    let group = "#anomalies .anomaly.group[data-service=\"db\"][data-operation=\"cache lookup\"]";
+    wait_for_css(&s, "anomaly groups", group).await;
+    // One row per (kind, service, operation, span kind).
+    let keys = s
+        .js(
+            "return [...document.querySelectorAll('#anomalies .anomaly.group')].map(g => [g.dataset.kind, g.dataset.service, g.dataset.operation, g.dataset.spanKind].join('|'))",
+            vec![],
+        )
+        .await;
+    let keys = strings(&keys);
+    let mut unique = keys.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(keys.len(), unique.len(), "{keys:#?}");
+    // The five slow cache lookups: one row with the count, the baseline
+    // (median and MAD of the 20 lookups), the worst value and ratio.
+    let text = s
+        .js(
+            "return document.querySelector(arguments[0]).innerText",
+            vec![json!(group)],
+        )
+        .await;
+    let text = text.as_str().unwrap();
+    for needle in [
+        "× 5",
+        "db \"cache lookup\" (client) was slow in 5 spans: up to 30.00 ms where it usually takes 11.50 ms, 2.6× (median of 20 spans).",
+        "Baseline: median 11.5ms (MAD 1.5ms) of 20 spans",
+        "Worst: 30ms (2.6×)",
+    ] {
+        assert!(text.contains(needle), "{needle:?} in {text}");
+    }
+    // The examples are folded away until asked for, then link to their
+    // traces (the most recent first: the slow ones are equally slow).
+    let open = format!("return document.querySelector('{group} details.examples').open");
+    assert_eq!(s.js(&open, vec![]).await, json!(false));
+    let summary = s.find(&format!("{group} details.examples summary")).await;
+    s.click(&summary).await;
+    assert_eq!(s.js(&open, vec![]).await, json!(true));
+    let ids = s
+        .js(
+            &format!("return [...document.querySelectorAll('{group} li.example')].map(l => l.dataset.traceId)"),
+            vec![],
+        )
+        .await;
+    let want: Vec<String> = common::SLOW_LOOKUPS
+        .iter()
+        .rev()
+        .map(|n| hex(&trace_id(0xc0, *n)))
+        .collect();
+    assert_eq!(ids, json!(want));
+    shot(&s, "06b-anomaly-group").await;
+    let first = s.find(&format!("{group} li.example a")).await;
+    s.click(&first).await;
+    wait_for_panel(&s, 8).await;
+    assert!(s.url().await.contains(&want[0]), "{}", s.url().await);
+    finish(s).await;
+}
+
+/// Each service's colour as drawn by the elements `css` matches (their
+/// `data-service`, else their text), read from the computed `property`.
+async fn colours(s: &Session<'_>, css: &str, property: &str) -> Value {
+    let script = "const out = {}; for (const e of document.querySelectorAll(arguments[0])) \
+        out[e.dataset.service || e.textContent] = getComputedStyle(e)[arguments[1]]; return out";
+    s.js(script, vec![json!(css), json!(property)]).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_keeps_one_distinct_colour_on_every_page() {
+    let ui = Ui::start().await;
+    let s = ui.open("/dependencies").await;
+    wait_for_css(&s, "dependency graph", "#depgraph .node .stripe").await;
+    let graph = s
+        .js(
+            "const out = {}; for (const n of document.querySelectorAll('#depgraph .node')) out[n.dataset.service] = getComputedStyle(n.querySelector('.stripe')).fill; return out",
+            vec![],
+        )
+        .await;
+    let graph = graph.as_object().unwrap().clone();
+    // Every service of the graph has a colour of its own.
+    let mut distinct: Vec<&Value> = graph.values().collect();
+    distinct.sort_by_key(|v| v.to_string());
+    distinct.dedup();
+    assert_eq!(distinct.len(), graph.len(), "{graph:?}");
+    assert!(graph.len() >= 12, "{graph:?}");
+
+    // The same colours on the services list, ...
+    s.goto(&ui.url("/services")).await;
+    wait_for_css(&s, "service list", "#service-list a.svc").await;
+    let list = colours(&s, "#service-list a.svc", "borderLeftColor").await;
+    for (service, colour) in &graph {
+        assert_eq!(&list[service], colour, "{service} on /services");
+    }
+    // ... the trace view, ...
+    s.goto(&ui.url(&format!("/trace/{}", slow_checkout())))
+        .await;
+    wait_for_css(&s, "waterfall", "#wf-scroll .row .svc").await;
+    let rows = colours(&s, "#wf-scroll .row .svc", "borderLeftColor").await;
+    for service in ["frontend", "inventory", "payments", "db"] {
+        assert_eq!(rows[service], graph[service], "{service} in the trace view");
+    }
+    // ... search results and the anomalies.
+    s.goto(&ui.url("/search?service=frontend")).await;
+    wait_for_css(&s, "search results", "#result-list .chip[data-service]").await;
+    let chips = colours(&s, "#result-list .chip[data-service]", "borderLeftColor").await;
+    for service in ["frontend", "payments", "db"] {
+        assert_eq!(
+            chips[service], graph[service],
+            "{service} in search results"
+        );
+    }
+    s.goto(&ui.url("/insights")).await;
+    wait_for_css(&s, "anomalies", "#anomalies .chip[data-service]").await;
+    let anomalies = colours(&s, "#anomalies .chip[data-service]", "borderLeftColor").await;
+    assert_eq!(anomalies["db"], graph["db"], "db on /insights");
     finish(s).await;
 }
 

@@ -5,7 +5,7 @@
 //! | path | answer (`data`) |
 //! |---|---|
 //! | `GET /api/clew/traces/{traceID}/analysis` | `{traceID, bottlenecks, causal}` |
-//! | `GET /api/clew/anomalies?service=&lookback=&end=&limit=` | `{anomalies, traces, truncated, …}` |
+//! | `GET /api/clew/anomalies?service=&lookback=&end=&limit=` | `{anomalies, groups, traces, truncated, …}` |
 //! | `GET /api/clew/red?service=&lookback=&step=&end=` | `{series, …}` |
 //! | `GET /api/clew/dependencies?endTs=&lookback=` | `{services, edges, traces, truncated}` |
 //!
@@ -13,6 +13,11 @@
 //! [`MAX_LIMIT`] traces of the window, the most recent first; `truncated`
 //! says when there were more. Dependency call and error counts come from the
 //! storage's full index and are exact either way.
+//!
+//! `anomalies` lists single anomalies (at most `limit`); `groups` folds
+//! every anomaly found into one row per (kind, service, operation, span
+//! kind), with its count, baseline, worst value and ratio, first and last
+//! seen, and its [`GROUP_EXAMPLES`] worst anomalies.
 
 use std::sync::Arc;
 
@@ -29,12 +34,15 @@ use crate::query::jaeger::{self, Envelope};
 use crate::query::{AppError, Params, Result, dependency_window, now_nanos};
 use crate::storage::{MAX_LIMIT, Storage, TraceId};
 use clew_analysis::{
-    AnomalyConfig, Bottlenecks, CausalAnalysis, DependencyEdge, Percentiles, causal_order,
-    dependency_graph, detect_anomalies, detect_bottlenecks, red_metrics,
+    AnomalyConfig, AnomalyGroup, Bottlenecks, CausalAnalysis, DependencyEdge, Percentiles,
+    causal_order, dependency_graph, detect_anomalies, detect_bottlenecks, group_anomalies,
+    red_metrics,
 };
 
 /// Default window of anomalies and RED metrics: one hour.
 const DEFAULT_LOOKBACK_NS: u64 = 3_600 * 1_000_000_000;
+/// Worst anomalies kept as examples in each anomaly group.
+pub const GROUP_EXAMPLES: usize = 5;
 /// Most buckets a RED query may ask for.
 pub const MAX_BUCKETS: u64 = 1_000;
 
@@ -163,7 +171,10 @@ async fn window_traces(
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 struct AnomalyAnswer {
+    /// The most significant anomalies, at most `limit`.
     anomalies: Vec<clew_analysis::Anomaly>,
+    /// Every anomaly found, grouped; the most severe group first.
+    groups: Vec<AnomalyGroup>,
     #[serde(flatten)]
     window: Window,
 }
@@ -174,7 +185,7 @@ async fn anomalies(State(st): St, q: Q) -> Result<Response> {
     let limit = p.u64("limit")?.unwrap_or(200).clamp(1, 10_000) as usize;
     let service = p.get("service").unwrap_or_default().to_owned();
     let (traces, window) = window_traces(&st, &service, start, end).await?;
-    let anomalies = blocking(move || {
+    let (anomalies, groups) = blocking(move || {
         let cfg = AnomalyConfig {
             limit: usize::MAX,
             ..Default::default()
@@ -183,11 +194,16 @@ async fn anomalies(State(st): St, q: Q) -> Result<Response> {
         if !service.is_empty() {
             found.retain(|a| a.service == service);
         }
+        let groups = group_anomalies(&found, GROUP_EXAMPLES);
         found.truncate(limit);
-        found
+        (found, groups)
     })
     .await?;
-    Ok(ok(AnomalyAnswer { anomalies, window }))
+    Ok(ok(AnomalyAnswer {
+        anomalies,
+        groups,
+        window,
+    }))
 }
 
 #[derive(Debug, Serialize)]

@@ -4,18 +4,15 @@
 
 import * as api from '../api.js';
 import { el, link, showError } from '../dom.js';
-import { colorOf, fmtDur, fmtTime, pct } from '../format.js';
+import { fmtDur, pct } from '../format.js';
 import { summarize } from '../trace/model.js';
 import { windowNamed, windowSelect, WINDOWS } from '../windows.js';
+import { anomalyViews } from './anomalies.js';
 
 /** @typedef {import('../router.js').Context} Context */
-/** @typedef {import('../api.js').Anomalies} Anomalies */
 /** @typedef {import('../api.js').Analysis} Analysis */
 /** @typedef {import('../trace/model.js').Summary} Summary */
-
-const KINDS = /** @type {Record<string, string>} */ ({
-  latencyOutlier: 'slow', errorSpike: 'error spike', newEdge: 'new call', missingChild: 'missing call',
-});
+/** @typedef {import('../colors.js').ColorOf} ColorOf */
 
 /** @param {Context} ctx */
 export async function insightsPage(ctx) {
@@ -34,14 +31,15 @@ export async function insightsPage(ctx) {
   const anomBox = box('anomalies', 'Anomalies');
   const botBox = box('bottlenecks', 'Bottlenecks of the slowest recent traces');
   ctx.main.append(anomBox, botBox);
-  const [anom, traces] = await Promise.all([
+  const [anom, traces, color] = await Promise.all([
     api.settle(api.anomalies(win[1], service)),
     api.settle(api.recentTraces(win[1], service)),
+    ctx.session.colors(),
   ]);
   if (ctx.stale()) return;
-  done(anomBox, 'error' in anom ? [warn(anom.error)] : anomalyViews(anom, win[0]));
+  done(anomBox, 'error' in anom ? [warn(anom.error)] : anomalyViews(anom, win[0], color));
   if ('error' in traces) return done(botBox, [warn(traces.error)]);
-  await bottlenecks(botBox, traces.map(summarize), ctx);
+  await bottlenecks(botBox, traces.map(summarize), ctx, color);
 }
 
 /** @param {string} id @param {string} title */
@@ -57,35 +55,21 @@ function done(b, nodes) {
   b.append(...nodes);
 }
 
-/** @param {Anomalies} anom @param {string} window */
-function anomalyViews(anom, window) {
-  if (!anom.anomalies.length) {
-    return [el('p', { class: 'note', id: 'no-anomalies', text: `No anomalies in the ${anom.traces} traces of the last ${window}.` })];
-  }
-  const head = `${anom.anomalies.length} found in ${anom.traces} traces${anom.truncated ? ' (the most recent of the window)' : ''}.`;
-  return [el('p', { class: 'note', text: head }), ...anom.anomalies.map((a) =>
-    el('div', { class: 'anomaly', data: { kind: a.kind } },
-      el('span', { class: a.kind === 'errorSpike' ? 'badge error' : 'badge', text: KINDS[a.kind] || a.kind }), ' ',
-      a.message, ' ',
-      el('span', { class: 'note', text: fmtTime(a.timeUs) }), ' ',
-      a.traceID ? link(`/trace/${a.traceID}${a.spanID ? `?span=${a.spanID}` : ''}`, 'open trace') : null))];
-}
-
 /**
  * The five slowest traces, each with its analysis's breakdown.
- * @param {HTMLElement} botBox @param {Summary[]} summaries @param {Context} ctx
+ * @param {HTMLElement} botBox @param {Summary[]} summaries @param {Context} ctx @param {ColorOf} color
  */
-async function bottlenecks(botBox, summaries, ctx) {
+async function bottlenecks(botBox, summaries, ctx, color) {
   const slow = summaries.sort((a, b) => b.duration - a.duration).slice(0, 5);
   done(botBox, slow.length ? [] : [el('p', { class: 'note', text: 'No traces in this window.' })]);
   if (!slow.length) return;
   const analyses = await Promise.all(slow.map((t) => api.settle(api.analysis(t.id))));
   if (ctx.stale()) return;
-  botBox.append(...slow.map((t, i) => bottleneck(t, analyses[i])));
+  botBox.append(...slow.map((t, i) => bottleneck(t, analyses[i], color)));
 }
 
-/** @param {Summary} t @param {Analysis | { error: Error }} a */
-function bottleneck(t, a) {
+/** @param {Summary} t @param {Analysis | { error: Error }} a @param {ColorOf} color */
+function bottleneck(t, a, color) {
   const out = el('div', { class: 'anomaly bottleneck' }, link(`/trace/${t.id}`, `${t.rootService}: ${t.rootOp}`),
     ` — ${fmtDur(t.duration)}, ${t.spans} spans`);
   if ('error' in a) {
@@ -95,7 +79,7 @@ function bottleneck(t, a) {
   const b = a.bottlenecks;
   out.append(el('div', { class: 'summary-bars' }, b.services.filter((s) => s.criticalShare > 0).map((s) =>
     el('div', {
-      vars: { '--c': colorOf(s.service) }, style: { width: `${s.criticalShare * 100}%` },
+      vars: { '--c': color(s.service) }, data: { service: s.service }, style: { width: `${s.criticalShare * 100}%` },
       title: `${s.service} ${pct(s.criticalShare)}`,
     }))));
   const ops = b.operations.slice().sort((x, y) => y.criticalUs - x.criticalUs).slice(0, 3);

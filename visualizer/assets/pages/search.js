@@ -4,7 +4,7 @@
 import * as api from '../api.js';
 import { scatter } from '../charts.js';
 import { el, link, showError } from '../dom.js';
-import { colorOf, fmtDur, fmtTime, plural } from '../format.js';
+import { fmtDur, fmtTime, plural } from '../format.js';
 import { parseTags, toMicros } from '../tags.js';
 import { summarize } from '../trace/model.js';
 
@@ -51,9 +51,10 @@ export async function searchPage(ctx) {
   if (ctx.stale()) return;
   // Search at once: the landing page shows the last hour.
   results.append(el('div', { class: 'loading', text: 'Searching…' }));
-  const traces = await api.searchTraces(searchQuery(ctx.query, f.lookback.value, f.start.value, f.end.value));
+  const [traces, color] = await Promise.all([
+    api.searchTraces(searchQuery(ctx.query, f.lookback.value, f.start.value, f.end.value)), ctx.session.colors()]);
   if (ctx.stale()) return;
-  results.replaceChildren(...resultViews(traces.map(summarize).sort((a, b) => b.start - a.start), ctx));
+  results.replaceChildren(...resultViews(traces.map(summarize).sort((a, b) => b.start - a.start), ctx, color));
 }
 
 /** @param {HTMLElement} n */
@@ -159,27 +160,28 @@ async function fillServices(f, q) {
  * The scatter and the list, or a note that nothing matched.
  * @param {Summary[]} rows newest first
  * @param {Context} ctx
+ * @param {import('../colors.js').ColorOf} color
  * @returns {HTMLElement[]}
  */
-function resultViews(rows, ctx) {
+function resultViews(rows, ctx, color) {
   if (!rows.length) {
     return [el('div', { class: 'panel note', id: 'no-results', text: 'No traces match. Widen the time range or remove a filter.' })];
   }
   const plot = scatter(rows, (id) => ctx.navigate(`/trace/${id}`));
   return [
     el('div', { class: 'panel' }, el('h3', { text: plural(rows.length, 'trace') }), plot),
-    el('div', { class: 'panel', id: 'result-list' }, rows.map(resultRow)),
+    el('div', { class: 'panel', id: 'result-list' }, rows.map((r) => resultRow(r, color))),
   ];
 }
 
-/** @param {Summary} r */
-function resultRow(r) {
+/** @param {Summary} r @param {import('../colors.js').ColorOf} color */
+function resultRow(r, color) {
   return el('div', { class: 'result', data: { traceId: r.id } },
     link(`/trace/${r.id}`, `${r.rootService}: ${r.rootOp}`, { class: 'title' }),
     el('div', { class: 'dur', text: fmtDur(r.duration) }),
     el('div', { class: 'chips' },
       el('span', { class: 'badge', text: `${r.spans} spans` }),
       r.errors ? el('span', { class: 'badge error', text: plural(r.errors, 'error') }) : null,
-      [...r.services.entries()].map(([s, n]) => el('span', { class: 'chip', vars: { '--c': colorOf(s) }, text: `${s} (${n})` }))),
+      [...r.services.entries()].map(([s, n]) => el('span', { class: 'chip', vars: { '--c': color(s) }, data: { service: s }, text: `${s} (${n})` }))),
     el('div', { class: 'note', text: fmtTime(r.start) }));
 }

@@ -16,16 +16,17 @@ import { windowNamed, windowSelect, WINDOWS } from '../windows.js';
 export async function servicesPage(ctx) {
   const service = ctx.match[1] ? decodeURIComponent(ctx.match[1]) : null;
   const win = windowNamed(ctx.query.get('lookback'), WINDOWS[0]);
-  const services = await api.services();
+  const [services, color] = await Promise.all([api.services(), ctx.session.colors()]);
   if (ctx.stale()) return;
   const pick = /** @type {HTMLSelectElement} */ (el('select', { id: 'svc-select' },
     el('option', { value: '', text: '(choose a service)' }), services.map((s) => el('option', { value: s, text: s }))));
   pick.value = service || '';
   pick.addEventListener('change', () => pick.value && ctx.navigate(`/services/${encodeURIComponent(pick.value)}?lookback=${win[0]}`));
   ctx.main.append(el('div', { class: 'toolbar' }, el('h2', { text: 'Service dashboard' }), pick,
+    service ? el('span', { class: 'chip', id: 'svc-chip', vars: { '--c': color(service) }, data: { service }, text: service }) : null,
     windowSelect(win[0], (v) => ctx.navigate(`${location.pathname}?lookback=${v}`), 'svc-window')));
   if (!service) {
-    ctx.main.append(serviceList(services));
+    ctx.main.append(serviceList(services, color));
     return;
   }
   const stepSec = Math.max(1, Math.round(win[1] / 1000 / 60));
@@ -39,11 +40,12 @@ export async function servicesPage(ctx) {
   if (red.truncated) ctx.main.append(truncatedNote(red));
 }
 
-/** @param {string[]} services */
-function serviceList(services) {
+/** @param {string[]} services @param {import('../colors.js').ColorOf} color */
+function serviceList(services, color) {
   const text = services.length ? 'Rate, errors and duration (RED) per service and operation:' : 'No services have sent spans yet.';
   return el('div', { class: 'panel' }, el('p', { class: 'note', text }),
-    el('ul', {}, services.map((s) => el('li', {}, link(`/services/${encodeURIComponent(s)}`, s)))));
+    el('ul', { class: 'services', id: 'service-list' }, services.map((s) => el('li', {},
+      link(`/services/${encodeURIComponent(s)}`, s, { class: 'svc', vars: { '--c': color(s) }, data: { service: s } })))));
 }
 
 /**

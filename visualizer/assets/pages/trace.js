@@ -19,10 +19,10 @@ export async function tracePage(ctx) {
   const t0 = performance.now();
   const since = () => String(Math.round(performance.now() - t0));
   const analysisP = api.settle(api.analysis(id));
-  const data = await api.trace(id);
+  const [data, color] = await Promise.all([api.trace(id), ctx.session.colors()]);
   if (ctx.stale()) return;
   document.body.dataset.traceFetchMs = since();
-  const view = createTraceView(data[0], { selected: ctx.query.get('span') });
+  const view = createTraceView(data[0], { selected: ctx.query.get('span'), color });
   ctx.main.replaceChildren(view.root);
   view.afterMount();
   document.body.dataset.traceRenderMs = since();
@@ -41,7 +41,9 @@ export async function uploadedPage(ctx) {
       el('p', { class: 'note', text: 'Use "Upload trace JSON" above to open a trace saved with Download JSON (or Jaeger\'s JSON).' })));
     return;
   }
-  const view = createTraceView(up.trace, { uploaded: true, selected: ctx.query.get('span') });
+  const color = await ctx.session.colors();
+  if (ctx.stale()) return;
+  const view = createTraceView(up.trace, { uploaded: true, selected: ctx.query.get('span'), color });
   ctx.main.replaceChildren(view.root);
   view.afterMount();
   if (up.analysis) view.setAnalysis(up.analysis);

@@ -2,7 +2,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 
-import { colorOf, fmtDur, fmtTime, pct, plural } from '../format.js';
+import { fmtDur, fmtTime, pct, plural } from '../format.js';
 
 test('fmtDur picks µs, ms, s or min and trims trailing zeros', () => {
   assert.equal(fmtDur(0), '0µs');
@@ -42,14 +42,6 @@ test('pct shows one decimal only for small non-zero shares', () => {
   assert.equal(pct(0.075), '7.5%');
   assert.equal(pct(0.5), '50%');
   assert.equal(pct(1), '100%');
-});
-
-test('colorOf is stable per service and a valid hue', () => {
-  assert.equal(colorOf('payments'), colorOf('payments'));
-  assert.notEqual(colorOf('payments'), colorOf('inventory'));
-  assert.match(colorOf(''), /^hsl\(0, 55%, 50%\)$/);
-  const hue = Number(/^hsl\((\d+),/.exec(colorOf('a very long service name'))?.[1]);
-  assert.ok(hue >= 0 && hue < 360, String(hue));
 });
 
 test('plural', () => {

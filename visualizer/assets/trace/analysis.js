@@ -3,7 +3,7 @@
 // time ranked, and the clock-skew warning with its evidence.
 
 import { el } from '../dom.js';
-import { colorOf, fmtDur, pct } from '../format.js';
+import { fmtDur, pct } from '../format.js';
 
 /** @typedef {import('../api.js').Analysis} Analysis */
 /** @typedef {import('../api.js').Bottlenecks} Bottlenecks */
@@ -17,21 +17,21 @@ import { colorOf, fmtDur, pct } from '../format.js';
 
 /**
  * @param {Analysis} a @param {number} criticalSpans spans on the critical path
- * @param {Actions} on
+ * @param {Actions} on @param {import('../colors.js').ColorOf} color service colours
  * @returns {HTMLElement[]}
  */
-export function analysisNodes(a, criticalSpans, on) {
+export function analysisNodes(a, criticalSpans, on, color) {
   const b = a.bottlenecks;
   const onPath = b.services.filter((s) => s.criticalShare > 0);
   const box = [
     el('div', { class: 'note', id: 'critical-summary' },
       `Critical path: ${b.criticalPath.length} sections over ${criticalSpans} spans (◆, orange). Time on it by service:`),
     el('div', { class: 'summary-bars' }, onPath.map((s) => el('div', {
-      vars: { '--c': colorOf(s.service) }, style: { width: `${s.criticalShare * 100}%` },
+      vars: { '--c': color(s.service) }, style: { width: `${s.criticalShare * 100}%` },
       title: `${s.service}: ${fmtDur(s.criticalUs)} (${pct(s.criticalShare)})`,
     }))),
     el('div', { class: 'chips' }, onPath.map((s) =>
-      el('span', { class: 'chip', vars: { '--c': colorOf(s.service) }, text: `${s.service} ${pct(s.criticalShare)}` }))),
+      el('span', { class: 'chip', vars: { '--c': color(s.service) }, text: `${s.service} ${pct(s.criticalShare)}` }))),
     selfTimeTables(b, on),
   ];
   const c = a.causal;

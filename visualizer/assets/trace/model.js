@@ -2,7 +2,7 @@
 // A trace as the waterfall shows it: spans linked into a tree, positioned in
 // time, flattened into rows (pure; no DOM).
 
-import { colorOf } from '../format.js';
+import { servicePalette } from '../colors.js';
 
 /** @typedef {import('../api.js').Trace} Trace */
 /** @typedef {import('../api.js').Span} RawSpan */
@@ -67,28 +67,32 @@ export function summarize(t) {
 }
 
 /**
- * @param {Trace} t @param {RawSpan} s
+ * @param {Trace} t @param {RawSpan} s @param {import('../colors.js').ColorOf} color
  * @returns {ViewSpan}
  */
-function viewSpan(t, s) {
+function viewSpan(t, s, color) {
   const proc = t.processes[s.processID] || { serviceName: '?', tags: [] };
   const kind = (s.tags.find((x) => x.key === 'span.kind') || {}).value || '';
   return {
     id: s.spanID, parentId: parentOf(s), op: s.operationName, service: proc.serviceName,
     rawStart: s.startTime, start: s.startTime, dur: s.duration, raw: s, proc, kind: String(kind),
-    error: isError(s), children: [], depth: 0, color: colorOf(proc.serviceName),
+    error: isError(s), children: [], depth: 0, color: color(proc.serviceName),
   };
 }
 
 /**
  * Links the spans into a tree; spans whose parent is missing (or
- * themselves) are roots. Roots and children are sorted by start.
+ * themselves) are roots. Roots and children are sorted by start. Service
+ * colours come from `color` (the session's; by default, the trace's own
+ * services).
  * @param {Trace} t
+ * @param {import('../colors.js').ColorOf} [color]
  * @returns {Model}
  */
-export function buildModel(t) {
+export function buildModel(t, color) {
   const byId = new Map();
-  const spans = t.spans.map((s) => viewSpan(t, s));
+  const pick = color || servicePalette(Object.values(t.processes).map((p) => p.serviceName));
+  const spans = t.spans.map((s) => viewSpan(t, s, pick));
   for (const s of spans) byId.set(s.id, s);
   const roots = [];
   for (const s of spans) {

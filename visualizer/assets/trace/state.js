@@ -2,6 +2,7 @@
 // The state of one open trace view, created per view and passed to its
 // parts (no module-level state).
 
+import { servicePalette } from '../colors.js';
 import { buildModel, retime } from './model.js';
 
 /** @typedef {import('../api.js').Trace} Trace */
@@ -12,7 +13,7 @@ import { buildModel, retime } from './model.js';
 
 /**
  * @typedef {{
- *   trace: Trace, model: Model, uploaded: boolean,
+ *   trace: Trace, model: Model, uploaded: boolean, color: import('../colors.js').ColorOf,
  *   analysis: Analysis | null, analysisT0: number | undefined,
  *   critical: Map<string, [number, number][]>,
  *   corrected: boolean, collapsed: Set<string>, selected: string | null,
@@ -24,18 +25,25 @@ import { buildModel, retime } from './model.js';
 
 /**
  * @param {Trace} trace
- * @param {{ uploaded?: boolean, selected?: string | null }} opts
+ * @param {ViewOptions} opts
  * @returns {ViewState}
  */
 export function viewState(trace, opts) {
-  const model = buildModel(trace);
+  const color = opts.color || servicePalette(Object.values(trace.processes).map((p) => p.serviceName));
+  const model = buildModel(trace, color);
   return {
-    trace, model, uploaded: !!opts.uploaded,
+    trace, model, uploaded: !!opts.uploaded, color,
     analysis: null, analysisT0: undefined, critical: new Map(),
     corrected: false, collapsed: new Set(), selected: opts.selected || null,
     bounds: retime(model.spans, new Map()), rows: [],
   };
 }
+
+/**
+ * `selected`: the span to open; `color`: the session's service colours.
+ * @typedef {{ uploaded?: boolean, selected?: string | null,
+ *   color?: import('../colors.js').ColorOf }} ViewOptions
+ */
 
 /**
  * Re-positions the spans: with the analysis's proposed clock offsets

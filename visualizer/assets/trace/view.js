@@ -17,7 +17,7 @@ import { createWaterfall } from './waterfall.js';
 
 /**
  * @param {Trace} trace
- * @param {{ uploaded?: boolean, selected?: string | null }} opts `selected`: the span to open
+ * @param {import('./state.js').ViewOptions} opts
  */
 export function createTraceView(trace, opts) {
   const st = viewState(trace, opts);
@@ -42,7 +42,7 @@ export function createTraceView(trace, opts) {
       setAnalysis(st, a);
       document.body.dataset.criticalSpans = String(st.critical.size);
       const on = { traceId: trace.traceID, select: (/** @type {string} */ id) => ctl.select(id, true), toggleCorrected: ctl.toggleCorrected };
-      analysisBox.replaceChildren(...analysisNodes(a, st.critical.size, on));
+      analysisBox.replaceChildren(...analysisNodes(a, st.critical.size, on, st.color));
       wf.render();
       if (st.selected && !panel.hidden) ctl.showPanel(st.selected);
     },

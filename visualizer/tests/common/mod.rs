@@ -82,11 +82,16 @@ fn span(
     }
 }
 
+/// The checkouts whose cache lookup takes 30 ms instead of 10-12: a
+/// recurring latency spike, one anomaly group of five.
+pub const SLOW_LOOKUPS: [u32; 5] = [2, 6, 13, 16, 19];
+
 /// frontend "GET /checkout" 0..100 ms, whose critical path is known:
 /// reserve stock (5..30) → inventory reserve (8..28); charge card (35..95)
 /// → payments charge (40..90) → db INSERT (50..80). Not critical: an
 /// audit log (36..60) concurrent with the charge, and a cache lookup
-/// (45..55) overlapping the INSERT. `slow` stretches the INSERT by `slow` ms.
+/// (45..55-57, or 45..75 in [`SLOW_LOOKUPS`]) overlapping the INSERT.
+/// `slow` stretches the INSERT by `slow` ms.
 pub fn checkout(n: u32, base: u64, slow: u64) -> Trace {
     let t = trace_id(0xc0, n);
     use SpanKind::*;
@@ -158,7 +163,21 @@ pub fn checkout(n: u32, base: u64, slow: u64) -> Trace {
             36,
             60,
         ),
-        span(t, 8, Some(5), "db", "cache lookup", Client, base, 45, 55),
+        span(
+            t,
+            8,
+            Some(5),
+            "db",
+            "cache lookup",
+            Client,
+            base,
+            45,
+            if SLOW_LOOKUPS.contains(&n) {
+                75
+            } else {
+                55 + u64::from(n % 3)
+            },
+        ),
     ];
     spans[0].attributes = vec![KeyValue {
         key: "http.method".into(),

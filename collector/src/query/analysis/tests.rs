@@ -170,3 +170,60 @@ async fn a_truncated_window_says_which_part_it_covers() {
     assert_eq!(v["data"]["truncated"], false);
     assert!(v["data"].get("coveredFromUs").is_none(), "{v}");
 }
+
+#[tokio::test]
+async fn anomalies_come_grouped_with_their_worst_examples() {
+    // Every tenth db select takes 200 ms instead of 10-12: 20 slow spans
+    // (and 20 slow api GETs waiting on them).
+    let traces = window(
+        200,
+        |i| {
+            if i % 10 == 0 {
+                200
+            } else {
+                10 + u64::from(i % 3)
+            }
+        },
+        |_| false,
+        |_| false,
+    );
+    let app = app_with(traces).await;
+    let end_us = (T0 + 200_000 * MS) / 1_000;
+    let (status, v) = get(
+        &app,
+        &format!("/api/clew/anomalies?service=db&end={end_us}&lookback=5m&limit=3"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    let d = &v["data"];
+    // The single anomalies as before, cut at `limit`...
+    assert_eq!(d["anomalies"].as_array().unwrap().len(), 3, "{v}");
+    assert_eq!(d["anomalies"][0]["spanKind"], "internal");
+    // ...and every one of them counted in one group.
+    let groups = d["groups"].as_array().unwrap();
+    assert_eq!(groups.len(), 1, "{v}");
+    let g = &groups[0];
+    assert_eq!(g["kind"], "latencyOutlier");
+    assert_eq!(
+        (&g["service"], &g["operation"], &g["spanKind"]),
+        (&"db".into(), &"select".into(), &"internal".into())
+    );
+    assert_eq!(g["count"], 20);
+    assert_eq!(g["baseline"]["medianUs"], 11_000.0);
+    assert_eq!(g["baseline"]["samples"], 200);
+    assert_eq!(g["worstValue"], 200_000.0);
+    assert_eq!(g["ratio"], 200.0 / 11.0);
+    assert_eq!(g["firstUs"], (T0 + MS) / 1_000);
+    assert_eq!(g["lastUs"], (T0 + 190_001 * MS) / 1_000);
+    let examples = g["examples"].as_array().unwrap();
+    assert_eq!(examples.len(), crate::query::analysis::GROUP_EXAMPLES);
+    assert_eq!(examples[0]["traceID"], hex(&tid(190)));
+    assert!(examples.iter().all(|e| e["spanID"].is_string()));
+    assert!(
+        g["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("db \"select\" (internal) was slow in 20 spans"),
+        "{g}"
+    );
+}
