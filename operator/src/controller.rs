@@ -11,6 +11,7 @@ use futures_util::StreamExt;
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, PodTemplateSpec, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
@@ -317,6 +318,8 @@ struct Applied {
     collectors: CollectorWorkload,
     /// The managed Redis, in managed mode.
     redis: Option<StatefulSet>,
+    /// The Job that forms a managed Redis Cluster.
+    redis_bootstrap: Option<Job>,
     /// The visualizer Deployment, when enabled.
     visualizer: Option<Deployment>,
 }
@@ -340,6 +343,7 @@ async fn apply_children(tc: &TraceCollector, ctx: &Context) -> Result<Applied> {
     )
     .await?;
     let redis = apply_or_remove(client, tc, names::redis(tc), desired::desired_redis(tc)).await?;
+    let redis_bootstrap = apply_bootstrap(tc, ctx).await?;
     // The cold tier's volume before the collectors that mount it. Never removed here: the
     // blocks are data; the claim goes with the TraceCollector (its owner).
     if let Some(claim) = desired::cold::desired_claim(tc) {
@@ -365,8 +369,31 @@ async fn apply_children(tc: &TraceCollector, ctx: &Context) -> Result<Applied> {
     Ok(Applied {
         collectors,
         redis,
+        redis_bootstrap,
         visualizer,
     })
+}
+
+/// Applies the managed Redis Cluster's bootstrap Job, or removes one no longer wanted. A Job's
+/// pod template cannot change: when the wanted one differs from the existing Job's (a new Redis
+/// image, TLS turned on or off) the old Job is deleted and the new one created, which is safe
+/// because the bootstrap creates no cluster where one exists.
+async fn apply_bootstrap(tc: &TraceCollector, ctx: &Context) -> Result<Option<Job>> {
+    let client = &ctx.client;
+    let name = desired::names::redis_bootstrap(tc);
+    let Some(job) = desired::redis_cluster::desired_bootstrap_job(tc) else {
+        remove::<Job>(client, tc, &name).await?;
+        return Ok(None);
+    };
+    let ns = tc.namespace().unwrap_or_default();
+    match apply(client, &ns, &job).await {
+        Err(Error::Kube(kube::Error::Api(s))) if s.is_invalid() => {
+            info!(tracecollector = %key(tc), job = %name, reason = %s.message, "re-creating the Redis Cluster's bootstrap Job");
+            remove::<Job>(client, tc, &name).await?;
+            Ok(Some(apply(client, &ns, &job).await?))
+        }
+        applied => applied.map(Some),
+    }
 }
 
 /// Applies the collectors' workload, then removes the other kind, left from before
@@ -422,7 +449,10 @@ async fn write_status(
     let new_status = status::desired_status(
         tc,
         &children.collectors,
-        children.redis.as_ref(),
+        status::Redis {
+            statefulset: children.redis.as_ref(),
+            bootstrap: children.redis_bootstrap.as_ref(),
+        },
         children.visualizer.as_ref(),
         revision,
         &now,
@@ -585,7 +615,11 @@ pub async fn run(
             Api::<PodDisruptionBudget>::all(client.clone()),
             owned.clone(),
         )
-        .owns(Api::<HorizontalPodAutoscaler>::all(client.clone()), owned)
+        .owns(
+            Api::<HorizontalPodAutoscaler>::all(client.clone()),
+            owned.clone(),
+        )
+        .owns(Api::<Job>::all(client.clone()), owned)
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|res| async move {

@@ -417,9 +417,13 @@ fn default_ca_key() -> String {
 /// Redis storage: exactly one of `managed` or `external`; managed with defaults when neither is set.
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, KubeSchema)]
 #[x_kube(validation = Rule::new("!(has(self.managed) && has(self.external))").message("set only one of spec.storage.redis.managed and spec.storage.redis.external"))]
+#[x_kube(validation = Rule::new("has(self.external) || has(oldSelf.external) || ((has(self.managed) && has(self.managed.cluster)) == (has(oldSelf.managed) && has(oldSelf.managed.cluster)))").message("spec.storage.redis.managed.cluster cannot be added or removed: a single Redis and a Redis Cluster lay out their data differently and the operator moves none from one to the other; use a new TraceCollector, or move to an external Redis first"))]
+#[x_kube(validation = Rule::new("self.waitReplicas == 0 || has(self.external) || (has(self.managed) && has(self.managed.cluster))").message("spec.storage.redis.waitReplicas needs replicas to wait for: a managed Redis without managed.cluster has none"))]
+#[x_kube(validation = Rule::new("self.waitReplicas <= 1 || !has(self.managed) || !has(self.managed.cluster)").message("spec.storage.redis.waitReplicas can be at most 1 with managed.cluster: each shard has one replica"))]
 #[serde(rename_all = "camelCase")]
 pub struct RedisSpec {
-    /// A Redis StatefulSet with a persistent volume, run by the operator.
+    /// A Redis StatefulSet with a persistent volume, run by the operator: one Redis, or a
+    /// Redis Cluster with `cluster`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub managed: Option<ManagedRedis>,
     /// A Redis you run; its URL is read from a Secret.
@@ -429,25 +433,38 @@ pub struct RedisSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 64))]
     pub prefix: Option<String>,
+    /// After each write, the collectors wait (Redis `WAIT`) until this many replicas hold it
+    /// before the write counts as stored, so a failover to one of them loses nothing
+    /// acknowledged. 0, the default, does not wait. With `managed.cluster` at most 1 (each
+    /// shard has one replica); a managed Redis without `cluster` has no replica to wait for.
+    #[serde(default)]
+    #[schemars(range(min = 0, max = 100))]
+    pub wait_replicas: i32,
 }
 
 /// A Redis StatefulSet run by the operator.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ManagedRedis {
-    /// Size of the persistent volume, a Kubernetes quantity.
+    /// Size of the persistent volume (of each pod's, with `cluster`), a Kubernetes quantity.
     #[serde(default = "default_redis_size")]
     #[schemars(regex(pattern = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|k|M|G|T)?$"))]
     pub size: String,
     /// StorageClass of the volume; the cluster default when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storage_class: Option<String>,
-    /// Redis image.
+    /// Redis image. With `cluster` it also needs `sh`, `awk` and `getent` (the official
+    /// images have them).
     #[serde(default = "default_redis_image")]
     pub image: String,
     /// CPU and memory of the Redis container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<Resources>,
+    /// Run a Redis Cluster instead of one Redis: `shards` masters with one replica each, 2 ×
+    /// `shards` pods, formed once by a Job (`<name>-redis-bootstrap`). Cannot be added to or
+    /// removed from an existing TraceCollector.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ManagedRedisCluster>,
 }
 
 impl Default for ManagedRedis {
@@ -457,6 +474,7 @@ impl Default for ManagedRedis {
             storage_class: None,
             image: default_redis_image(),
             resources: None,
+            cluster: None,
         }
     }
 }
@@ -469,12 +487,27 @@ fn default_redis_image() -> String {
     "redis:7.4-alpine".to_owned()
 }
 
+/// A Redis Cluster run by the operator: a StatefulSet of 2 × `shards` pods (each shard a
+/// master and its replica), each with its own volume, AOF persistence and its cluster
+/// configuration, and a headless Service giving every pod a stable DNS name.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, KubeSchema)]
+#[x_kube(validation = Rule::new("self.shards >= 3").message("spec.storage.redis.managed.cluster.shards must be at least 3: a Redis Cluster fails a master over only with the votes of a majority of at least three masters"))]
+#[x_kube(validation = Rule::new("self.shards == oldSelf.shards").message("spec.storage.redis.managed.cluster.shards cannot change: the operator does not move slots between shards (resharding)"))]
+#[serde(rename_all = "camelCase")]
+pub struct ManagedRedisCluster {
+    /// Masters, each serving a share of the 16384 hash slots and followed by one replica
+    /// that takes over when it fails. At least 3; fixed once the cluster exists.
+    #[schemars(range(max = 100))]
+    pub shards: i32,
+}
+
 /// A Redis run outside the operator.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ExternalRedis {
     /// Name of a Secret in the TraceCollector's namespace holding the Redis URL
-    /// (`redis://[:password@]host:port[/db]`, or `rediss://` with `tls`).
+    /// (`redis://[:password@]host:port[/db]`, or `rediss://` with `tls`); with `cluster`, a
+    /// comma-separated list of seed nodes (`redis://h1:6379,redis://h2:6379`).
     #[schemars(length(min = 1, max = 253))]
     pub secret_name: String,
     /// Key of the URL in that Secret.
@@ -492,6 +525,10 @@ pub struct ExternalRedis {
     /// (`--redis-password-file`), never put in an environment variable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password_secret: Option<SecretKeyRef>,
+    /// The Redis is a Redis Cluster: the Secret's URL lists some of its nodes, comma-separated,
+    /// and the collectors discover the others (and follow slot moves and failovers) from them.
+    #[serde(default)]
+    pub cluster: bool,
 }
 
 impl ExternalRedis {
@@ -503,6 +540,7 @@ impl ExternalRedis {
             tls: None,
             username: None,
             password_secret: None,
+            cluster: false,
         }
     }
 }
@@ -804,7 +842,9 @@ pub struct TlsSpec {
     /// `ca.crt`; e.g. from cert-manager) for the collectors, the web UI and the managed
     /// Redis, instead of certificates the operator issues. It must carry the DNS names of the
     /// collector, headless and visualizer Services (and of the managed Redis's, and
-    /// `localhost`, with managed Redis), and both server and client auth usages.
+    /// `localhost`, with managed Redis; and every Redis pod's,
+    /// `<name>-redis-<i>.<name>-redis.<namespace>.svc`, with a managed Redis Cluster), and both
+    /// server and client auth usages.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253))]
     pub secret_name: Option<String>,

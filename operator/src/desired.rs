@@ -28,6 +28,7 @@ use kube::{Resource, ResourceExt};
 use crate::crd::{ManagedRedis, Resources, TraceCollector};
 
 pub mod cold;
+pub mod redis_cluster;
 pub mod tls;
 
 /// The field manager of every server-side apply the operator makes.
@@ -62,6 +63,8 @@ pub enum Component {
     Collector,
     /// Managed Redis.
     Redis,
+    /// The Job that forms a managed Redis Cluster.
+    RedisBootstrap,
     /// The web UI.
     Visualizer,
 }
@@ -71,6 +74,7 @@ impl Component {
         match self {
             Self::Collector => "collector",
             Self::Redis => "redis",
+            Self::RedisBootstrap => "redis-bootstrap",
             Self::Visualizer => "visualizer",
         }
     }
@@ -96,6 +100,10 @@ pub mod names {
     /// Redis StatefulSet and its governing Service.
     pub fn redis(tc: &TraceCollector) -> String {
         format!("{}-redis", tc.name_any())
+    }
+    /// The Job that forms a managed Redis Cluster.
+    pub fn redis_bootstrap(tc: &TraceCollector) -> String {
+        format!("{}-redis-bootstrap", tc.name_any())
     }
     /// Visualizer Deployment and Service.
     pub fn visualizer(tc: &TraceCollector) -> String {
@@ -311,7 +319,8 @@ fn svc_host(tc: &TraceCollector, service: &str) -> String {
     format!("{service}.{}.svc", tc.namespace().unwrap_or_default())
 }
 
-/// The in-cluster Redis URL of a managed Redis (`rediss://` with `spec.tls`).
+/// The in-cluster Redis URL of a managed Redis (`rediss://` with `spec.tls`); of a managed
+/// Redis Cluster, every pod as a seed node, comma-separated.
 pub fn managed_redis_url(tc: &TraceCollector) -> String {
     tls::managed_redis_url(tc)
 }
@@ -337,6 +346,7 @@ pub fn desired_config_map(tc: &TraceCollector) -> ConfigMap {
     if redis.external.is_none() {
         data.insert("CLEW_REDIS_URL".to_owned(), managed_redis_url(tc));
     }
+    data.extend(redis_config(tc));
     data.extend(replication_config(tc));
     data.extend(tls::collector_config(tc));
     data.extend(cold::collector_config(tc));
@@ -345,6 +355,27 @@ pub fn desired_config_map(tc: &TraceCollector) -> ConfigMap {
         data: Some(data),
         ..ConfigMap::default()
     }
+}
+
+/// Redis Cluster and `WAIT`: `CLEW_REDIS_CLUSTER` for a managed cluster or an external one,
+/// `CLEW_REDIS_WAIT_REPLICAS` when replicas are waited for (the collector's default is 0).
+fn redis_config(tc: &TraceCollector) -> BTreeMap<String, String> {
+    let redis = &tc.spec.storage.redis;
+    let cluster = match &redis.external {
+        Some(ext) => ext.cluster,
+        None => redis_cluster::managed_cluster(tc).is_some(),
+    };
+    let mut data = BTreeMap::new();
+    if cluster {
+        data.insert("CLEW_REDIS_CLUSTER".to_owned(), "true".to_owned());
+    }
+    if redis.wait_replicas > 0 {
+        data.insert(
+            "CLEW_REDIS_WAIT_REPLICAS".to_owned(),
+            redis.wait_replicas.to_string(),
+        );
+    }
+    data
 }
 
 /// Replication settings: the collector set is the headless Service, the one the sidecars
@@ -700,30 +731,46 @@ pub fn desired_hpa(tc: &TraceCollector) -> Option<HorizontalPodAutoscaler> {
     })
 }
 
-/// The governing (headless) Service of the managed Redis, in managed mode.
+/// The governing (headless) Service of the managed Redis, in managed mode. For a cluster it
+/// also names the cluster bus, and publishes every pod's DNS name before the pod is ready: the
+/// bootstrap Job and restarting nodes look their peers up by it before the cluster is whole.
 pub fn desired_redis_service(tc: &TraceCollector) -> Option<Service> {
-    tc.spec.storage.redis.external.is_none().then(|| Service {
+    if tc.spec.storage.redis.external.is_some() {
+        return None;
+    }
+    let mut spec = ServiceSpec {
+        cluster_ip: Some("None".to_owned()),
+        selector: Some(selector_labels(tc, Component::Redis)),
+        ports: Some(vec![service_port("redis", REDIS_PORT)]),
+        ..ServiceSpec::default()
+    };
+    if redis_cluster::managed_cluster(tc).is_some() {
+        spec.ports
+            .get_or_insert_default()
+            .push(service_port("cluster-bus", redis_cluster::CLUSTER_BUS_PORT));
+        spec.publish_not_ready_addresses = Some(true);
+    }
+    Some(Service {
         metadata: meta(tc, names::redis(tc), Component::Redis),
-        spec: Some(ServiceSpec {
-            cluster_ip: Some("None".to_owned()),
-            selector: Some(selector_labels(tc, Component::Redis)),
-            ports: Some(vec![service_port("redis", REDIS_PORT)]),
-            ..ServiceSpec::default()
-        }),
+        spec: Some(spec),
         ..Service::default()
     })
 }
 
-/// The managed Redis StatefulSet (one replica, AOF persistence on a PVC), in managed mode.
+/// The managed Redis StatefulSet (one replica, AOF persistence on a PVC), in managed mode; for
+/// a cluster, 2 × `shards` pods, each with its own volume, started together (the bootstrap
+/// Job needs them all, and a node's restart needs no order).
 pub fn desired_redis(tc: &TraceCollector) -> Option<StatefulSet> {
     if tc.spec.storage.redis.external.is_some() {
         return None;
     }
     let managed = tc.spec.storage.redis.managed.clone().unwrap_or_default();
+    let cluster = managed.cluster.as_ref();
     Some(StatefulSet {
         metadata: meta(tc, names::redis(tc), Component::Redis),
         spec: StatefulSetSpec {
-            replicas: Some(1),
+            replicas: Some(cluster.map_or(1, redis_cluster::pod_count)),
+            pod_management_policy: cluster.map(|_| "Parallel".to_owned()),
             service_name: Some(names::redis(tc)),
             selector: LabelSelector {
                 match_labels: Some(selector_labels(tc, Component::Redis)),
@@ -746,16 +793,21 @@ pub fn desired_redis(tc: &TraceCollector) -> Option<StatefulSet> {
 }
 
 /// The Redis container: AOF persistence in `/data`, ready when it answers `PING`. With
-/// `spec.tls`, TLS-only with the ACL file and the probe logged in ([`tls::redis_args`]).
+/// `spec.tls`, TLS-only with the ACL file and the probe logged in ([`tls::redis_args`]); with
+/// `cluster`, a cluster node ([`redis_cluster::make_node`]).
 fn redis_container(tc: &TraceCollector, managed: &ManagedRedis) -> Container {
     let mut c = plain_redis_container(tc, managed);
-    if tls::managed_redis_tls(tc) {
+    let with_tls = tls::managed_redis_tls(tc);
+    if with_tls {
         c.args.get_or_insert_default().extend(tls::redis_args());
         c.readiness_probe = Some(tls::redis_probe());
         c.env = Some(tls::redis_probe_env(tc));
         c.volume_mounts
             .get_or_insert_default()
             .extend(tls::redis_volumes(tc).1);
+    }
+    if managed.cluster.is_some() {
+        redis_cluster::make_node(&mut c, tc, with_tls);
     }
     c
 }
@@ -814,6 +866,7 @@ fn redis_template(tc: &TraceCollector, managed: &ManagedRedis) -> PodTemplateSpe
         spec: Some(PodSpec {
             containers: vec![container],
             volumes,
+            affinity: managed.cluster.as_ref().map(|_| redis_cluster::spread(tc)),
             // The official image's redis user.
             security_context: Some(pod_security_context(999)),
             ..PodSpec::default()

@@ -218,6 +218,7 @@ pub fn path(kind: &str, name: &str) -> String {
         "StatefulSet" => ("apis/apps/v1", "statefulsets"),
         "PodDisruptionBudget" => ("apis/policy/v1", "poddisruptionbudgets"),
         "HorizontalPodAutoscaler" => ("apis/autoscaling/v2", "horizontalpodautoscalers"),
+        "Job" => ("apis/batch/v1", "jobs"),
         other => panic!("no path for {other}"),
     };
     format!("/{group}/namespaces/{NS}/{plural}/{name}")

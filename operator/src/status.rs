@@ -1,6 +1,7 @@
 //! The `TraceCollector` status as a pure function of what the children report.
 
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::batch::v1::Job;
 use kube::ResourceExt;
 
 use crate::crd::{Condition, TraceCollector, TraceCollectorStatus};
@@ -61,6 +62,69 @@ impl Rollout {
             CollectorWorkload::Deployment(d) => Self::of_deployment(d),
             CollectorWorkload::StatefulSet(s) => Self::of_statefulset(s),
         }
+    }
+}
+
+/// The managed Redis as the API server returned it: its StatefulSet and, for a cluster, the
+/// Job that forms it. Both `None` with an external Redis.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Redis<'a> {
+    /// The managed Redis's StatefulSet.
+    pub statefulset: Option<&'a StatefulSet>,
+    /// The managed Redis Cluster's bootstrap Job.
+    pub bootstrap: Option<&'a Job>,
+}
+
+impl Redis<'_> {
+    /// Why the managed Redis cannot take writes yet (a condition reason and message), if it
+    /// cannot: pods not all ready, or, for a cluster, the bootstrap Job not yet succeeded.
+    fn not_ready(&self, tc: &TraceCollector) -> Option<(&'static str, String)> {
+        let sts = self.statefulset?;
+        let want = sts.spec.replicas.unwrap_or(1);
+        let ready = sts
+            .status
+            .as_ref()
+            .and_then(|st| st.ready_replicas)
+            .unwrap_or(0);
+        let cluster = desired::redis_cluster::managed_cluster(tc).is_some();
+        if ready < want {
+            let msg = if cluster {
+                format!("{ready}/{want} Redis Cluster pods ready")
+            } else {
+                "Redis is not ready".to_owned()
+            };
+            return Some(("RedisNotReady", msg));
+        }
+        let formed = self
+            .bootstrap
+            .and_then(|j| j.status.as_ref()?.succeeded)
+            .unwrap_or(0)
+            >= 1;
+        (cluster && !formed).then(|| {
+            (
+                "RedisClusterNotFormed",
+                format!(
+                    "the Redis Cluster is not formed yet: Job {} has not succeeded",
+                    desired::names::redis_bootstrap(tc)
+                ),
+            )
+        })
+    }
+
+    /// The bootstrap Job's failure, when it gave up (condition `Failed`).
+    fn failure(&self) -> Option<String> {
+        let job = self.bootstrap?;
+        let conds = job.status.as_ref()?.conditions.as_ref()?;
+        conds
+            .iter()
+            .find(|c| c.type_ == "Failed" && c.status == "True")
+            .map(|c| {
+                format!(
+                    "{}: {}",
+                    job.name_any(),
+                    c.message.clone().unwrap_or_default()
+                )
+            })
     }
 }
 
@@ -140,7 +204,7 @@ pub fn failed_status(
 pub fn desired_status(
     tc: &TraceCollector,
     collectors: &CollectorWorkload,
-    redis: Option<&StatefulSet>,
+    redis: Redis<'_>,
     visualizer: Option<&Deployment>,
     sidecar_revision: &str,
     now: &str,
@@ -156,30 +220,24 @@ pub fn desired_status(
         visualizer_url: desired::visualizer_url(tc),
         sidecar_revision: Some(sidecar_revision.to_owned()),
         conditions: vec![
-            ready_condition(tc, &collectors, redis, visualizer.as_ref(), now),
+            ready_condition(tc, &collectors, &redis, visualizer.as_ref(), now),
             progressing_condition(tc, &collectors, now),
-            degraded_condition(tc, &collectors, visualizer.as_ref(), now),
+            degraded_condition(tc, &collectors, &redis, visualizer.as_ref(), now),
             replicated_condition(tc, collectors.ready, now),
         ],
     }
 }
 
-/// `Ready`: every collector is ready, and so are Redis and the visualizer where they exist.
+/// `Ready`: every collector is ready, and so are Redis (a managed cluster: formed) and the
+/// visualizer where they exist.
 fn ready_condition(
     tc: &TraceCollector,
     collectors: &Rollout,
-    redis: Option<&StatefulSet>,
+    redis: &Redis<'_>,
     visualizer: Option<&Rollout>,
     now: &str,
 ) -> Condition {
     let (want, ready) = (collectors.want, collectors.ready);
-    let redis_ready = redis.is_none_or(|s| {
-        s.status
-            .as_ref()
-            .and_then(|st| st.ready_replicas)
-            .unwrap_or(0)
-            >= 1
-    });
     let visualizer_ready = visualizer.is_none_or(|v| v.ready >= v.want);
 
     let collectors_ready = want > 0 && ready >= want;
@@ -189,8 +247,8 @@ fn ready_condition(
             "CollectorsNotReady",
             format!("{ready}/{want} collectors ready"),
         )
-    } else if !redis_ready {
-        (false, "RedisNotReady", "Redis is not ready".to_owned())
+    } else if let Some((reason, msg)) = redis.not_ready(tc) {
+        (false, reason, msg)
     } else if !visualizer_ready {
         (
             false,
@@ -232,16 +290,19 @@ fn progressing_condition(tc: &TraceCollector, collectors: &Rollout, now: &str) -
     )
 }
 
-/// `Degraded`: the collector or visualizer Deployment reports a failure.
+/// `Degraded`: the collector or visualizer Deployment reports a failure, or the managed Redis
+/// Cluster's bootstrap Job gave up.
 fn degraded_condition(
     tc: &TraceCollector,
     collectors: &Rollout,
+    redis: &Redis<'_>,
     visualizer: Option<&Rollout>,
     now: &str,
 ) -> Condition {
     let failure = collectors
         .failure
         .clone()
+        .or_else(|| redis.failure())
         .or_else(|| visualizer.and_then(|v| v.failure.clone()));
     condition(
         tc.condition(DEGRADED),

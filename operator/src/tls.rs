@@ -19,7 +19,7 @@ use tracing::{info, warn};
 use crate::Result;
 use crate::certs::{self, Authority, CA_KEY, CERT_KEY, KEY_KEY, NOT_AFTER_ANNOTATION, Usage};
 use crate::crd::TraceCollector;
-use crate::desired::{FIELD_MANAGER, names};
+use crate::desired::{FIELD_MANAGER, names, redis_cluster};
 use crate::metrics::Metrics;
 
 /// Label on every Secret holding a certificate the operator issued for a pipeline:
@@ -40,7 +40,7 @@ pub const TRUST_ANNOTATION: &str = "clew.dev/ca";
 pub enum Kind {
     /// The collectors (and the visualizer): serving, and client to peers and the query API.
     Collector,
-    /// The managed Redis: serving.
+    /// The managed Redis: serving, and client of its master and its peers in a cluster.
     Redis,
     /// The sidecars of one namespace: client.
     Sidecar,
@@ -62,10 +62,13 @@ impl Kind {
             .find(|k| k.as_str() == s)
     }
 
-    fn usage(self) -> Usage {
+    /// What its certificates are issued for.
+    pub fn usage(self) -> Usage {
         match self {
             Self::Collector => Usage::ServerAndClient,
-            Self::Redis => Usage::Server,
+            // A replica presents it to its master, and a cluster node to its peers on the
+            // cluster bus, which requires a client certificate.
+            Self::Redis => Usage::ServerAndClient,
             Self::Sidecar => Usage::Client,
         }
     }
@@ -139,10 +142,18 @@ pub fn collector_dns_names(tc: &TraceCollector) -> Vec<String> {
     out
 }
 
-/// The managed Redis's names, and `localhost` for its own readiness probe.
+/// The managed Redis's names, and `localhost` for its own readiness probe; for a cluster, every
+/// pod's name too (`<tc>-redis-<i>.<tc>-redis.<ns>.svc`, and with `.cluster.local`), which the
+/// collectors dial as seeds and as the hostnames the nodes announce.
 pub fn redis_dns_names(tc: &TraceCollector) -> Vec<String> {
     let mut out = service_dns_names(&names::redis(tc), &tc.namespace().unwrap_or_default());
     out.push("localhost".to_owned());
+    if let Some(cluster) = redis_cluster::managed_cluster(tc) {
+        for host in redis_cluster::pod_hosts(tc, cluster) {
+            out.push(format!("{host}.cluster.local"));
+            out.push(host);
+        }
+    }
     out
 }
 

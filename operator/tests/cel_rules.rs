@@ -145,6 +145,14 @@ fn valid_collectors_pass_every_rule() {
             "endpoint": "http://minio.storage.svc:9000", "region": "eu-west-1",
             "credentialsSecret": {"name": "s3-creds"}, "caSecret": {"name": "minio-ca"}},
             "hotRetention": "30m", "hotMaxBytes": 1073741824, "retention": "30d"}}}),
+        // Redis Clusters: managed (waiting for its one replica per shard), and external
+        // (waiting for as many replicas as it has).
+        json!({"storage": {"redis": {"managed": {"cluster": {"shards": 3}}}}}),
+        json!({"storage": {"redis": {"managed": {"size": "5Gi", "cluster": {"shards": 12}},
+            "waitReplicas": 1}}, "tls": {"enabled": true}}),
+        json!({"storage": {"redis": {"external": {"secretName": "seeds", "cluster": true},
+            "waitReplicas": 2}}}),
+        json!({"storage": {"redis": {"external": {"secretName": "redis-url"}, "waitReplicas": 1}}}),
     ] {
         assert_eq!(check(spec.clone()), Vec::<String>::new(), "{spec}");
     }
@@ -187,9 +195,42 @@ fn invalid_collectors_get_the_rule_message() {
             "spec.tls.clientAuth needs certificates the operator issues: unset it (or set false) with spec.tls.secretName",
         ),
     ];
-    for (spec, message) in cases.into_iter().chain(cold_cases()) {
+    for (spec, message) in cases
+        .into_iter()
+        .chain(cold_cases())
+        .chain(redis_cluster_cases())
+    {
         assert_eq!(check(spec.clone()), vec![message.to_string()], "{spec}");
     }
+}
+
+const NO_REPLICAS: &str = "spec.storage.redis.waitReplicas needs replicas to wait for: a managed Redis without managed.cluster has none";
+const ONE_REPLICA: &str = "spec.storage.redis.waitReplicas can be at most 1 with managed.cluster: each shard has one replica";
+
+/// Redis Clusters and `waitReplicas` the API server refuses, each with the one message it gives.
+fn redis_cluster_cases() -> Vec<(Value, &'static str)> {
+    let redis = |r: Value| json!({"storage": {"redis": r}});
+    vec![
+        (
+            redis(json!({"managed": {"cluster": {"shards": 2}}})),
+            "spec.storage.redis.managed.cluster.shards must be at least 3: a Redis Cluster fails a master over only with the votes of a majority of at least three masters",
+        ),
+        (
+            redis(json!({"managed": {"cluster": {"shards": 3}},
+                         "external": {"secretName": "seeds", "cluster": true}})),
+            "set only one of spec.storage.redis.managed and spec.storage.redis.external",
+        ),
+        // A single managed Redis, explicit or by default, has no replica to wait for.
+        (
+            redis(json!({"managed": {}, "waitReplicas": 1})),
+            NO_REPLICAS,
+        ),
+        (redis(json!({"waitReplicas": 1})), NO_REPLICAS),
+        (
+            redis(json!({"managed": {"cluster": {"shards": 3}}, "waitReplicas": 2})),
+            ONE_REPLICA,
+        ),
+    ]
 }
 
 const COLD_SHARED: &str = "spec.storage.cold.filesystem with more than one collector (spec.replicas, or spec.autoscaler.maxReplicas) needs ReadWriteMany in accessModes: every collector reads and writes the same cold blocks";
@@ -276,6 +317,56 @@ fn a_cold_claim_keeps_its_class_and_access_modes() {
     }
 }
 
+const SHARDS_FIXED: &str = "spec.storage.redis.managed.cluster.shards cannot change: the operator does not move slots between shards (resharding)";
+const CLUSTER_FIXED: &str = "spec.storage.redis.managed.cluster cannot be added or removed: a single Redis and a Redis Cluster lay out their data differently and the operator moves none from one to the other; use a new TraceCollector, or move to an external Redis first";
+
+#[test]
+fn a_managed_cluster_keeps_its_shards_and_stays_a_cluster() {
+    let redis = |r: Value| json!({"storage": {"redis": r}});
+    let cluster = |shards: i32| redis(json!({"managed": {"cluster": {"shards": shards}}}));
+    let external = redis(json!({"external": {"secretName": "seeds", "cluster": true}}));
+    let ok = [
+        // Other settings of the cluster change freely.
+        (
+            cluster(3),
+            redis(
+                json!({"managed": {"cluster": {"shards": 3}, "image": "redis:7.4"},
+                         "waitReplicas": 1}),
+            ),
+        ),
+        // To an external Redis and back: the managed data goes with its StatefulSet either way.
+        (cluster(3), external.clone()),
+        (external.clone(), cluster(6)),
+        (redis(json!({"managed": {}})), external),
+    ];
+    for (old, new) in ok {
+        assert_eq!(
+            check_update(old.clone(), new.clone()),
+            Vec::<String>::new(),
+            "{old} -> {new}"
+        );
+    }
+    let bad = [
+        (cluster(3), cluster(4), SHARDS_FIXED),
+        (cluster(6), cluster(3), SHARDS_FIXED),
+        // A single managed Redis, explicit or by default, to a cluster, and back.
+        (redis(json!({"managed": {}})), cluster(3), CLUSTER_FIXED),
+        (json!({}), cluster(3), CLUSTER_FIXED),
+        (
+            cluster(3),
+            redis(json!({"managed": {"size": "2Gi"}})),
+            CLUSTER_FIXED,
+        ),
+    ];
+    for (old, new, message) in bad {
+        assert_eq!(
+            check_update(old.clone(), new.clone()),
+            vec![message.to_string()],
+            "{old} -> {new}"
+        );
+    }
+}
+
 const WAL_IMMUTABLE: &str = "spec.wal.size and spec.wal.storageClass cannot change while spec.wal.persistent stays true (volume claim templates are immutable); set persistent to false, then back to true with the new values";
 
 #[test]
@@ -343,7 +434,7 @@ fn every_rule_in_the_crd_is_exercised() {
         json!({"s3": {"bucket": "traces", "endpoint": "https://s3.local"}}),
     ] {
         let spec = json!({
-            "storage": {"redis": {"managed": {}}, "cold": cold},
+            "storage": {"redis": {"managed": {"cluster": {"shards": 3}}}, "cold": cold},
             "autoscaler": {"minReplicas": 1, "maxReplicas": 1},
             "tls": {"enabled": true},
         });
@@ -354,6 +445,6 @@ fn every_rule_in_the_crd_is_exercised() {
     seen.dedup();
     let text = schema.to_string();
     let total = text.matches("\"rule\"").count();
-    assert_eq!(seen.len(), 11, "rules evaluated: {seen:?}");
-    assert_eq!(total, 11, "a rule was added: give it cases above");
+    assert_eq!(seen.len(), 16, "rules evaluated: {seen:?}");
+    assert_eq!(total, 16, "a rule was added: give it cases above");
 }

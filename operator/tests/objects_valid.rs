@@ -37,6 +37,7 @@ fn children(tc: &TraceCollector, d: &Defaults) -> Vec<Value> {
     out.extend(desired::desired_hpa(tc).map(|o| v(&o)));
     out.extend(desired::desired_redis(tc).map(|o| v(&o)));
     out.extend(desired::desired_redis_service(tc).map(|o| v(&o)));
+    out.extend(desired::redis_cluster::desired_bootstrap_job(tc).map(|o| v(&o)));
     out.extend(desired::desired_visualizer(tc, d).map(|o| v(&o)));
     out.extend(desired::desired_visualizer_service(tc).map(|o| v(&o)));
     out.extend(desired::cold::desired_claim(tc).map(|o| v(&o)));
@@ -65,13 +66,8 @@ fn secrets(tc: &TraceCollector) -> Vec<Value> {
         tls::wanted_sidecar(tc, "shop").unwrap(),
     ];
     for w in wanted {
-        let usage = match w.kind {
-            tls::Kind::Collector => certs::Usage::ServerAndClient,
-            tls::Kind::Redis => certs::Usage::Server,
-            tls::Kind::Sidecar => certs::Usage::Client,
-        };
         let issued = ca
-            .issue(&w.common_name, &w.dns_names, usage, now, 365 * day)
+            .issue(&w.common_name, &w.dns_names, w.kind.usage(), now, 365 * day)
             .unwrap();
         out.push(
             serde_json::to_value(tls::secret_for(&w, &ca.bundle, Some(&issued), false)).unwrap(),
@@ -83,6 +79,10 @@ fn secrets(tc: &TraceCollector) -> Vec<Value> {
         o["kind"] = json!("Secret");
     }
     out
+}
+
+fn kinds_of_now(objects: &[Value], kind: &str) -> usize {
+    objects.iter().filter(|o| o["kind"] == kind).count()
 }
 
 mod erased {
@@ -157,6 +157,21 @@ fn operator_output_is_valid_for_kubernetes_1_29_to_1_33() {
     objects.extend(children(&tls, &d));
     objects.extend(children(&tls_external, &d));
     objects.extend(secrets(&tls));
+    // Redis Clusters: managed (with its bootstrap Job), managed with TLS under collectors in a
+    // StatefulSet (and its certificate naming every pod), and external.
+    let cluster = collector(json!({"storage": {"redis": {
+        "managed": {"cluster": {"shards": 3}}, "waitReplicas": 1}}}));
+    let cluster_tls = collector(
+        json!({"tls": {"enabled": true}, "wal": {"persistent": true},
+        "storage": {"redis": {"managed": {"size": "5Gi", "cluster": {"shards": 4}}}}}),
+    );
+    let external_cluster = collector(json!({"storage": {"redis": {
+        "external": {"secretName": "redis-seeds", "cluster": true}, "waitReplicas": 1}}}));
+    for tc in [&cluster, &cluster_tls, &external_cluster] {
+        objects.extend(children(tc, &d));
+    }
+    objects.extend(secrets(&cluster_tls));
+    assert_eq!(kinds_of_now(&objects, "Job"), 2);
     assert!(objects.iter().any(|o| o["kind"] == "StatefulSet"
         && o["metadata"]["name"] == "main-collector"
         && o["spec"]["volumeClaimTemplates"][0]["spec"]["storageClassName"] == "fast"));

@@ -18,6 +18,8 @@ use crate::fixtures::{ApiServerVerifier, NS, UID, defaults, path, reconciled, tc
 struct Cluster {
     collectors_ready: i32,
     redis_ready: bool,
+    /// A managed Redis Cluster's bootstrap Job has succeeded.
+    redis_formed: bool,
     /// The collectors' other workload kind still exists, from before `spec.wal.persistent`
     /// changed.
     previous_workload: bool,
@@ -68,17 +70,23 @@ async fn children(v: &mut ApiServerVerifier, tc: &TraceCollector, c: Cluster) ->
             v.apply(&path("Service", &format!("{n}-redis")), |_| {})
                 .await,
         );
+        let pods = crate::desired::redis_cluster::managed_cluster(tc)
+            .map_or(1, crate::desired::redis_cluster::pod_count);
         applied.push(
             v.apply(&path("StatefulSet", &format!("{n}-redis")), |o| {
-                o["status"] = json!({"replicas": 1, "readyReplicas": i32::from(c.redis_ready)});
+                let ready = if c.redis_ready { pods } else { 0 };
+                o["status"] = json!({"replicas": pods, "readyReplicas": ready});
             })
             .await,
         );
+        bootstrap(v, tc, c, &mut applied).await;
     } else {
         // The managed Redis of an earlier spec is removed, but only when this collector owns it.
         let redis = format!("{n}-redis");
         deleted(v, &path("Service", &redis), owned("v1", "Service", &redis)).await;
         v.not_found(&path("StatefulSet", &format!("{n}-redis")))
+            .await;
+        v.not_found(&path("Job", &format!("{n}-redis-bootstrap")))
             .await;
     }
     if crate::desired::cold::desired_claim(tc).is_some() {
@@ -152,6 +160,27 @@ async fn children(v: &mut ApiServerVerifier, tc: &TraceCollector, c: Cluster) ->
     workload
 }
 
+/// The managed Redis Cluster's bootstrap Job, applied (and reported done when Redis is ready);
+/// without a cluster, looked for so that one left from before is removed.
+async fn bootstrap(
+    v: &mut ApiServerVerifier,
+    tc: &TraceCollector,
+    c: Cluster,
+    applied: &mut Vec<Value>,
+) {
+    let job = path("Job", &format!("{}-redis-bootstrap", tc.name_any()));
+    if crate::desired::redis_cluster::managed_cluster(tc).is_none() {
+        v.not_found(&job).await;
+        return;
+    }
+    applied.push(
+        v.apply(&job, |o| {
+            o["status"] = json!({"succeeded": i32::from(c.redis_formed)});
+        })
+        .await,
+    );
+}
+
 async fn no_workloads(v: &mut ApiServerVerifier) {
     v.list("/api/v1/namespaces", "Namespace", vec![]).await;
     v.list("/apis/apps/v1/deployments", "Deployment", vec![])
@@ -191,6 +220,7 @@ fn settled(t: TraceCollector) -> TraceCollector {
 const READY: Cluster = Cluster {
     collectors_ready: 2,
     redis_ready: true,
+    redis_formed: true,
     previous_workload: false,
 };
 
@@ -203,6 +233,7 @@ async fn create_applies_every_child_and_reports_progress() {
     let starting = Cluster {
         collectors_ready: 0,
         redis_ready: false,
+        redis_formed: false,
         previous_workload: false,
     };
     let (res, _) = scenario(tc("main"), move |mut v, t| async move {
@@ -277,6 +308,73 @@ async fn redis_not_ready_keeps_the_collector_not_ready() {
     })
     .await;
     assert_eq!(res.unwrap(), Action::requeue(PROGRESS_POLL));
+}
+
+fn cluster_tc() -> TraceCollector {
+    let mut t = tc("main");
+    t.spec.storage.redis.managed = Some(crate::crd::ManagedRedis {
+        cluster: Some(crate::crd::ManagedRedisCluster { shards: 3 }),
+        ..crate::crd::ManagedRedis::default()
+    });
+    t
+}
+
+#[tokio::test]
+async fn a_managed_redis_cluster_is_ready_only_once_its_bootstrap_job_succeeded() {
+    let unformed = Cluster {
+        redis_formed: false,
+        ..READY
+    };
+    let (res, _) = scenario(settled(cluster_tc()), move |mut v, t| async move {
+        children(&mut v, &t, unformed).await;
+        let status = v.status(&t).await;
+        let ready = condition(&status, "Ready");
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("False", "RedisClusterNotFormed")
+        );
+        assert!(ready.message.contains("main-redis-bootstrap"), "{ready:?}");
+        v
+    })
+    .await;
+    assert_eq!(res.unwrap(), Action::requeue(PROGRESS_POLL));
+
+    let (res, _) = scenario(settled(cluster_tc()), |mut v, t| async move {
+        children(&mut v, &t, READY).await;
+        let status = v.status(&t).await;
+        assert_eq!(condition(&status, "Ready").status, "True");
+        assert_eq!(v.event().await["reason"], "Ready");
+        v
+    })
+    .await;
+    assert_eq!(res.unwrap(), Action::requeue(RESYNC));
+}
+
+#[tokio::test]
+async fn a_bootstrap_job_whose_template_changed_is_deleted_and_created_again() {
+    let (ctx, mut v) = Context::test();
+    let job = path("Job", "main-redis-bootstrap");
+    let server = tokio::spawn(async move {
+        // A Job's pod template is immutable: the API server refuses the apply.
+        v.expect(Method::PATCH, &job)
+            .await
+            .status(StatusCode::UNPROCESSABLE_ENTITY, "Invalid");
+        deleted(
+            &mut v,
+            &job,
+            owned("batch/v1", "Job", "main-redis-bootstrap"),
+        )
+        .await;
+        let created = v.apply(&job, |_| {}).await;
+        assert_owned(&created);
+        v
+    });
+    let applied = apply_bootstrap(&cluster_tc(), &ctx).await.unwrap();
+    server.await.unwrap().assert_silent();
+    assert_eq!(
+        applied.unwrap().metadata.name.as_deref(),
+        Some("main-redis-bootstrap")
+    );
 }
 
 #[tokio::test]

@@ -75,13 +75,17 @@ pub fn managed_redis_tls(tc: &TraceCollector) -> bool {
     tc.spec.tls.enabled && tc.spec.storage.redis.external.is_none()
 }
 
-/// The in-cluster URL of the managed Redis (`rediss://` with TLS).
+/// The in-cluster URL of the managed Redis (`rediss://` with TLS); of a managed Redis
+/// Cluster, the seed list of its pods.
 pub fn managed_redis_url(tc: &TraceCollector) -> String {
     let scheme = if managed_redis_tls(tc) {
         "rediss"
     } else {
         "redis"
     };
+    if let Some(cluster) = super::redis_cluster::managed_cluster(tc) {
+        return super::redis_cluster::seed_urls(tc, cluster, scheme);
+    }
     format!(
         "{scheme}://{}:{REDIS_PORT}",
         svc_host(tc, &names::redis(tc))

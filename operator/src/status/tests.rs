@@ -32,7 +32,7 @@ fn status_keeps_transition_times_until_a_condition_flips() {
     let s1 = desired_status(
         &t,
         &CollectorWorkload::Deployment(d.clone()),
-        None,
+        Redis::default(),
         None,
         "r",
         "2026-01-01T00:00:00Z",
@@ -41,7 +41,7 @@ fn status_keeps_transition_times_until_a_condition_flips() {
     let s2 = desired_status(
         &t,
         &CollectorWorkload::Deployment(d.clone()),
-        None,
+        Redis::default(),
         None,
         "r",
         "2026-01-01T00:05:00Z",
@@ -58,7 +58,7 @@ fn status_keeps_transition_times_until_a_condition_flips() {
     let s3 = desired_status(
         &t,
         &CollectorWorkload::Deployment(deployment_with(2, 2, None)),
-        None,
+        Redis::default(),
         None,
         "r",
         "2026-01-01T00:09:00Z",
@@ -74,7 +74,7 @@ fn a_stuck_rollout_is_degraded_with_its_message() {
     let s = desired_status(
         &t,
         &CollectorWorkload::Deployment(d.clone()),
-        None,
+        Redis::default(),
         None,
         "r",
         "2026-01-01T00:00:00Z",
@@ -103,7 +103,7 @@ fn a_statefulset_of_collectors_reports_like_a_deployment() {
         ..StatefulSetStatus::default()
     });
     let w = CollectorWorkload::StatefulSet(sts.clone());
-    let s = desired_status(&t, &w, None, None, "r", "2026-01-01T00:00:00Z");
+    let s = desired_status(&t, &w, Redis::default(), None, "r", "2026-01-01T00:00:00Z");
     assert_eq!((s.replicas, s.ready_replicas), (2, 2));
     assert_eq!(condition(&s, READY).status, "True");
     // One pod still runs the old template.
@@ -117,7 +117,7 @@ fn a_statefulset_of_collectors_reports_like_a_deployment() {
 
     sts.status.as_mut().unwrap().updated_replicas = Some(2);
     let w = CollectorWorkload::StatefulSet(sts);
-    let s = desired_status(&t, &w, None, None, "r", "2026-01-01T00:00:00Z");
+    let s = desired_status(&t, &w, Redis::default(), None, "r", "2026-01-01T00:00:00Z");
     assert_eq!(condition(&s, PROGRESSING).reason, "Stable");
 }
 
@@ -173,7 +173,7 @@ fn the_status_reports_replication_from_the_ready_collectors() {
     let mut t = tc("main");
     t.spec.replication.factor = 3;
     let d = CollectorWorkload::Deployment(deployment_with(2, 3, None));
-    let s1 = desired_status(&t, &d, None, None, "r", "2026-01-01T00:00:00Z");
+    let s1 = desired_status(&t, &d, Redis::default(), None, "r", "2026-01-01T00:00:00Z");
     let c = condition(&s1, REPLICATED);
     assert_eq!(
         (c.status.as_str(), c.reason.as_str()),
@@ -183,14 +183,81 @@ fn the_status_reports_replication_from_the_ready_collectors() {
     // The transition time moves when the condition flips, not before.
     t.status = Some(s1);
     let d = CollectorWorkload::Deployment(deployment_with(3, 3, None));
-    let s2 = desired_status(&t, &d, None, None, "r", "2026-01-01T00:05:00Z");
+    let s2 = desired_status(&t, &d, Redis::default(), None, "r", "2026-01-01T00:05:00Z");
     let c = condition(&s2, REPLICATED);
     assert_eq!(c.status, "True");
     assert_eq!(c.last_transition_time, "2026-01-01T00:05:00Z");
     t.status = Some(s2);
-    let s3 = desired_status(&t, &d, None, None, "r", "2026-01-01T00:09:00Z");
+    let s3 = desired_status(&t, &d, Redis::default(), None, "r", "2026-01-01T00:09:00Z");
     assert_eq!(
         condition(&s3, REPLICATED).last_transition_time,
         "2026-01-01T00:05:00Z"
     );
+}
+
+#[test]
+fn a_managed_redis_cluster_is_ready_when_every_pod_is_and_the_bootstrap_job_succeeded() {
+    use k8s_openapi::api::batch::v1::{JobCondition, JobStatus};
+    let mut t = tc("main");
+    t.spec.storage.redis.managed = Some(crate::crd::ManagedRedis {
+        cluster: Some(crate::crd::ManagedRedisCluster { shards: 3 }),
+        ..crate::crd::ManagedRedis::default()
+    });
+    let collectors = CollectorWorkload::Deployment(deployment_with(2, 2, None));
+    let mut sts = crate::desired::desired_redis(&t).unwrap();
+    let mut job = crate::desired::redis_cluster::desired_bootstrap_job(&t).unwrap();
+    let status = |sts: &StatefulSet, job: &Job| {
+        let redis = Redis {
+            statefulset: Some(sts),
+            bootstrap: Some(job),
+        };
+        desired_status(&t, &collectors, redis, None, "r", "2026-01-01T00:00:00Z")
+    };
+    let ready_replicas = |n: i32| StatefulSetStatus {
+        replicas: 6,
+        ready_replicas: Some(n),
+        ..StatefulSetStatus::default()
+    };
+    // One node short: not ready, whatever the Job says.
+    sts.status = Some(ready_replicas(5));
+    let s = status(&sts, &job);
+    let ready = condition(&s, READY);
+    assert_eq!(
+        (ready.reason.as_str(), ready.message.as_str()),
+        ("RedisNotReady", "5/6 Redis Cluster pods ready")
+    );
+    // Every node up, the cluster not formed yet.
+    sts.status = Some(ready_replicas(6));
+    let s = status(&sts, &job);
+    assert_eq!(condition(&s, READY).reason, "RedisClusterNotFormed");
+    assert_eq!(condition(&s, DEGRADED).status, "False");
+    // The Job gave up: Degraded with its message.
+    job.status = Some(JobStatus {
+        failed: Some(7),
+        conditions: Some(vec![JobCondition {
+            type_: "Failed".to_owned(),
+            status: "True".to_owned(),
+            message: Some("Job has reached the specified backoff limit".to_owned()),
+            ..JobCondition::default()
+        }]),
+        ..JobStatus::default()
+    });
+    let s = status(&sts, &job);
+    let degraded = condition(&s, DEGRADED);
+    assert_eq!(
+        (degraded.status.as_str(), degraded.reason.as_str()),
+        ("True", "ChildFailing")
+    );
+    assert_eq!(
+        degraded.message,
+        "main-redis-bootstrap: Job has reached the specified backoff limit"
+    );
+    // Formed.
+    job.status = Some(JobStatus {
+        succeeded: Some(1),
+        ..JobStatus::default()
+    });
+    let s = status(&sts, &job);
+    assert_eq!(condition(&s, READY).status, "True");
+    assert_eq!(condition(&s, DEGRADED).status, "False");
 }

@@ -123,7 +123,7 @@ fn without_the_visualizer_its_names_are_not_in_the_certificate() {
 }
 
 #[test]
-fn sidecar_certificates_are_clients_only_and_redis_servers_only() {
+fn sidecar_certificates_are_clients_only_and_redis_ones_servers_and_clients() {
     let (_, ca) = ca_secret(OffsetDateTime::now_utc(), None);
     let t = tls_tc("main");
     let sidecar = wanted_sidecar(&t, "shop").unwrap();
@@ -143,7 +143,47 @@ fn sidecar_certificates_are_clients_only_and_redis_servers_only() {
     ] {
         assert!(server_ok(&ca.bundle, &cert, name), "{name}");
     }
-    assert!(!client_ok(&ca.bundle, &cert));
+    // A replica presents it to its master, a cluster node to its peers.
+    assert!(client_ok(&ca.bundle, &cert));
+}
+
+#[test]
+fn a_managed_redis_cluster_certificate_names_every_pod() {
+    let (_, ca) = ca_secret(OffsetDateTime::now_utc(), None);
+    let mut t = tls_tc("main");
+    t.spec.storage.redis.managed = Some(crate::crd::ManagedRedis {
+        cluster: Some(crate::crd::ManagedRedisCluster { shards: 3 }),
+        ..crate::crd::ManagedRedis::default()
+    });
+    let redis = wanted_redis(&t).unwrap();
+    let cert = issue(&ca, &redis).cert_pem;
+    // The seeds the collectors dial and the hostnames the nodes announce.
+    for i in 0..6 {
+        for name in [
+            format!("main-redis-{i}.main-redis.traces.svc"),
+            format!("main-redis-{i}.main-redis.traces.svc.cluster.local"),
+        ] {
+            assert!(server_ok(&ca.bundle, &cert, &name), "{name}");
+        }
+    }
+    assert!(server_ok(&ca.bundle, &cert, "main-redis.traces.svc"));
+    assert!(server_ok(&ca.bundle, &cert, "localhost"));
+    assert!(!server_ok(
+        &ca.bundle,
+        &cert,
+        "main-redis-6.main-redis.traces.svc"
+    ));
+    // The cluster bus asks every node for a client certificate.
+    assert!(client_ok(&ca.bundle, &cert));
+    // A single Redis's certificate has no pod names; the names changing re-issues it.
+    let single = wanted_redis(&tls_tc("main")).unwrap();
+    assert!(
+        !single
+            .dns_names
+            .iter()
+            .any(|n| n.starts_with("main-redis-"))
+    );
+    assert_eq!(redis.dns_names.len(), single.dns_names.len() + 12);
 }
 
 #[test]

@@ -68,6 +68,13 @@ VALUE_SETS = {
     "tls-cert-manager-issuer": {"defaultCollector": {"enabled": True},
                                 "collectorTls": {"enabled": True, "certManager": {
                                     "enabled": True, "issuerRef": {"name": "corp-ca", "kind": "ClusterIssuer"}}}},
+    # A managed Redis Cluster with TLS from cert-manager (whose certificate must name every pod),
+    # and an external Redis Cluster.
+    "redis-cluster": {"defaultCollector": {"enabled": True, "spec": {"storage": {"redis": {
+        "managed": {"size": "2Gi", "cluster": {"shards": 3}}, "waitReplicas": 1}}}},
+        "collectorTls": {"enabled": True, "certManager": {"enabled": True}}},
+    "redis-cluster-external": {"defaultCollector": {"enabled": True, "spec": {"storage": {"redis": {
+        "external": {"secretName": "redis-seeds", "cluster": True}, "waitReplicas": 2}}}}},
     "cluster-issuer": {"webhook": {"certManager": {"enabled": True,
                                                    "issuerRef": {"name": "ca", "kind": "ClusterIssuer"}}}},
 }
@@ -95,6 +102,14 @@ BAD_VALUES = [
     {"defaultCollector": {"spec": {"storage": {"cold": {"filesystem": {}, "retention": "a month"}}}}},
     {"defaultCollector": {"spec": {"storage": {"cold": {"filesystem": {"accessModes": ["ReadOnlyMany"]}}}}}},
     {"collectorTls": {"certManager": {"duration": "90d"}}},
+    # Redis Cluster: at least three shards, shards given, a boolean flag, no negative WAIT,
+    # and managed or external, not both.
+    {"defaultCollector": {"spec": {"storage": {"redis": {"managed": {"cluster": {"shards": 2}}}}}}},
+    {"defaultCollector": {"spec": {"storage": {"redis": {"managed": {"cluster": {}}}}}}},
+    {"defaultCollector": {"spec": {"storage": {"redis": {"managed": {"cluster": {"shards": 3, "replicas": 2}}}}}}},
+    {"defaultCollector": {"spec": {"storage": {"redis": {"external": {"secretName": "r", "cluster": "yes"}}}}}},
+    {"defaultCollector": {"spec": {"storage": {"redis": {"waitReplicas": -1}}}}},
+    {"defaultCollector": {"spec": {"storage": {"redis": {"managed": {}, "external": {"secretName": "r"}}}}}},
 ]
 
 
@@ -251,6 +266,8 @@ def main():
         fail(f"defaultCollector.spec.replication not passed through: {tc['replication']}")
     if tc["wal"] != {"persistent": True, "size": "20Gi", "storageClass": "fast"}:
         fail(f"defaultCollector.spec.wal not passed through: {tc['wal']}")
+    if "managed" in tc["storage"]["redis"]:
+        fail(f"an external Redis must not get a managed one beside it from the defaults: {tc['storage']}")
     tc = by_kind(rendered["default-collector"], "TraceCollector")[0]["spec"]
     if tc["replication"]["factor"] != 2 or tc["wal"]["persistent"] is not False:
         fail(f"values.yaml's default collector changed: {tc}")
@@ -263,6 +280,28 @@ def main():
     storage = by_kind(rendered["cold-s3"], "TraceCollector")[0]["spec"]["storage"]
     if storage["cold"]["s3"]["credentialsSecret"] != {"name": "clew-s3"} or "redis" not in storage:
         fail(f"defaultCollector.spec.storage.cold (s3) not passed through beside redis: {storage}")
+    job_rules = [r for cr in by_kind(d, "ClusterRole") for r in cr["rules"] if r["resources"] == ["jobs"]]
+    if len(job_rules) != 1 or job_rules[0]["apiGroups"] != ["batch"] or \
+            sorted(job_rules[0]["verbs"]) != ["create", "delete", "get", "list", "patch", "watch"]:
+        fail(f"a managed Redis Cluster's bootstrap Job needs get/list/watch/create/patch/delete on jobs: {job_rules}")
+    rc = rendered["redis-cluster"]
+    redis = by_kind(rc, "TraceCollector")[0]["spec"]["storage"]["redis"]
+    if redis != {"managed": {"size": "2Gi", "cluster": {"shards": 3}}, "waitReplicas": 1}:
+        fail(f"defaultCollector.spec.storage.redis (cluster) not passed through: {redis}")
+    leaf = [c["spec"] for c in by_kind(rc, "Certificate") if c["spec"].get("dnsNames")][0]
+    for i in range(6):
+        for name in [f"clew-redis-{i}.clew-redis.clew-system.svc",
+                     f"clew-redis-{i}.clew-redis.clew-system.svc.cluster.local"]:
+            if name not in leaf["dnsNames"]:
+                fail(f"the Redis Cluster's pod {i} is not in the certificate: {leaf['dnsNames']}")
+    if any("clew-redis-6." in n for n in leaf["dnsNames"]):
+        fail(f"more Redis pods in the certificate than 2 x shards: {leaf['dnsNames']}")
+    if any("clew-redis-0." in n for c in by_kind(rendered["tls-cert-manager"], "Certificate")
+           for n in c["spec"].get("dnsNames", [])):
+        fail("without a managed Redis Cluster no Redis pod names belong in the certificate")
+    redis = by_kind(rendered["redis-cluster-external"], "TraceCollector")[0]["spec"]["storage"]["redis"]
+    if redis != {"external": {"secretName": "redis-seeds", "cluster": True}, "waitReplicas": 2}:
+        fail(f"defaultCollector.spec.storage.redis (external cluster) not passed through: {redis}")
     pvc_rules = [r for cr in by_kind(d, "ClusterRole") for r in cr["rules"]
                  if r["resources"] == ["persistentvolumeclaims"]]
     if len(pvc_rules) != 1 or sorted(pvc_rules[0]["verbs"]) != ["create", "get", "patch"]:
@@ -315,7 +354,9 @@ def main():
                 {"retention": "three days"}, {"replication": {"factor": 0}},
                 {"replication": {"factor": 6}}, {"replication": {"minCopies": 0}},
                 {"replication": {"takeoverAfter": "soon"}}, {"wal": {"size": "ten gigs"}},
-                {"wal": {"persistent": "yes"}}]:
+                {"wal": {"persistent": "yes"}}, {"storage": {"redis": {"waitReplicas": -1}}},
+                {"storage": {"redis": {"external": {"secretName": "r", "cluster": "yes"}}}},
+                {"storage": {"redis": {"managed": {"cluster": {"shards": 101}}}}}]:
         doc = {"apiVersion": "clew.dev/v1alpha1", "kind": "TraceCollector",
                "metadata": {"name": "x"}, "spec": bad}
         try:
