@@ -52,12 +52,22 @@ impl Pki {
     /// A server certificate for `names` (DNS names or IP addresses), as
     /// `(cert, key)` files named after `file`.
     pub fn server(&self, file: &str, names: &[&str]) -> (PathBuf, PathBuf) {
-        self.leaf(file, names, ExtendedKeyUsagePurpose::ServerAuth)
+        self.leaf(file, names, &[ExtendedKeyUsagePurpose::ServerAuth])
+    }
+
+    /// A certificate for `names` good for both ends of a connection, as
+    /// the nodes of a Redis Cluster need on their TLS cluster bus.
+    pub fn peer(&self, file: &str, names: &[&str]) -> (PathBuf, PathBuf) {
+        let usages = [
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        self.leaf(file, names, &usages)
     }
 
     /// A client certificate whose common name is `name`.
     pub fn client(&self, file: &str, name: &str) -> (PathBuf, PathBuf) {
-        self.leaf(file, &[name], ExtendedKeyUsagePurpose::ClientAuth)
+        self.leaf(file, &[name], &[ExtendedKeyUsagePurpose::ClientAuth])
     }
 
     #[allow(clippy::unwrap_used)]
@@ -65,7 +75,7 @@ impl Pki {
         &self,
         file: &str,
         names: &[&str],
-        usage: ExtendedKeyUsagePurpose,
+        usages: &[ExtendedKeyUsagePurpose],
     ) -> (PathBuf, PathBuf) {
         let key = KeyPair::generate().unwrap();
         let sans: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
@@ -74,7 +84,7 @@ impl Pki {
         dn.push(DnType::CommonName, names.first().copied().unwrap_or("leaf"));
         params.distinguished_name = dn;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![usage];
+        params.extended_key_usages = usages.to_vec();
         let cert = params.signed_by(&key, &self.issuer).unwrap();
         let (c, k) = (
             self.dir.join(format!("{}-{file}.pem", self.name)),

@@ -364,3 +364,50 @@ async fn not_ready_while_a_shard_has_no_master() {
 fn metrics_are_in_the_catalogue() {
     clew_runtime::metrics::catalogue_check("collector redis", RedisMetrics::new().registry());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_over_tls_with_an_acl_user() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = clew_runtime::tls::testing::Pki::new(dir.path(), "redis");
+    // The nodes are also each other's clients on the cluster bus.
+    let (cert, key) = pki.peer("node", &["localhost", "127.0.0.1"]);
+    let tls = crate::testing::ClusterTls {
+        cert,
+        key,
+        ca: pki.ca.clone(),
+        user: ("clew".into(), "s3cret".into()),
+    };
+    let cluster = RedisCluster::start_with(3, Some(tls)).await;
+    let secure = |password: &str| RedisConfig {
+        tls: Some(RedisTls {
+            ca: Some(pki.ca.clone()),
+            client: None,
+        }),
+        username: Some("clew".into()),
+        password: Some(password.into()),
+        ..config(&cluster, "clew:")
+    };
+    let store = RedisStorage::connect(secure("s3cret")).await.unwrap();
+    let t = tid(1);
+    let trace = Trace {
+        trace_id: t.0.to_vec(),
+        spans: vec![span(t, 1, None, "svc", "op", 0, 1)],
+    };
+    store.store_trace(trace).await.unwrap();
+    assert_eq!(store.get_trace(t).await.unwrap().unwrap().spans.len(), 1);
+    let found = store
+        .list_traces(&FilterCriteria {
+            service: "svc".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(found.len(), 1);
+    assert!(RedisStorage::connect(secure("wrong")).await.is_err());
+    // Without the CA, the nodes' certificates are not trusted.
+    let untrusted = RedisConfig {
+        tls: None,
+        ..secure("s3cret")
+    };
+    assert!(RedisStorage::connect(untrusted).await.is_err());
+}

@@ -22,6 +22,68 @@ pub struct RedisCluster {
     /// Every node, masters first as created (roles change on failover).
     pub nodes: Vec<ClusterNode>,
     dir: tempfile::TempDir,
+    tls: Option<ClusterTls>,
+}
+
+/// TLS and an ACL user for every node: clients, the cluster bus and
+/// replication all over TLS (`--port 0`), the default user off.
+#[derive(Debug, Clone)]
+pub struct ClusterTls {
+    /// PEM server certificate (for 127.0.0.1), its key and the CA.
+    pub cert: std::path::PathBuf,
+    pub key: std::path::PathBuf,
+    pub ca: std::path::PathBuf,
+    /// The ACL user and password clients (and replicas) log in with.
+    pub user: (String, String),
+}
+
+impl ClusterTls {
+    fn server_args(&self) -> Vec<String> {
+        let path = |p: &std::path::Path| p.display().to_string();
+        let (user, pass) = &self.user;
+        vec![
+            "--tls-cert-file".into(),
+            path(&self.cert),
+            "--tls-key-file".into(),
+            path(&self.key),
+            "--tls-ca-cert-file".into(),
+            path(&self.ca),
+            "--tls-cluster".into(),
+            "yes".into(),
+            "--tls-replication".into(),
+            "yes".into(),
+            "--tls-auth-clients".into(),
+            "no".into(),
+            // An ACL rule's words are separate arguments.
+            "--user".into(),
+            user.clone(),
+            "on".into(),
+            format!(">{pass}"),
+            "~*".into(),
+            "&*".into(),
+            "+@all".into(),
+            "--user".into(),
+            "default".into(),
+            "off".into(),
+            "--masteruser".into(),
+            user.clone(),
+            "--masterauth".into(),
+            pass.clone(),
+        ]
+    }
+
+    fn cli_args(&self) -> Vec<String> {
+        vec![
+            "--tls".into(),
+            "--cacert".into(),
+            self.ca.display().to_string(),
+            "--user".into(),
+            self.user.0.clone(),
+            "--pass".into(),
+            self.user.1.clone(),
+            "--no-auth-warning".into(),
+        ]
+    }
 }
 
 /// A free port whose cluster bus port (`port + 10000`) is free too: below
@@ -40,11 +102,25 @@ fn free_port() -> u16 {
     panic!("no free port pair for a cluster node")
 }
 
-fn spawn_node(dir: &std::path::Path, port: u16) -> Child {
+fn spawn_node(dir: &std::path::Path, port: u16, tls: Option<&ClusterTls>) -> Child {
     let node_dir = dir.join(port.to_string());
     std::fs::create_dir_all(&node_dir).unwrap();
+    let listen: Vec<String> = match tls {
+        None => vec!["--port".into(), port.to_string()],
+        Some(tls) => {
+            let mut a = vec![
+                "--port".into(),
+                "0".into(),
+                "--tls-port".into(),
+                port.to_string(),
+            ];
+            a.extend(tls.server_args());
+            a
+        }
+    };
     Command::new(super::REDIS_SERVER)
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(&listen)
+        .args(["--bind", "127.0.0.1"])
         .args([
             "--cluster-enabled",
             "yes",
@@ -74,9 +150,11 @@ fn spawn_node(dir: &std::path::Path, port: u16) -> Child {
         })
 }
 
-/// `redis-cli -p port <args>`, its stdout.
-fn cli(port: u16, args: &[&str]) -> String {
+/// `redis-cli -p port <args>` (with the TLS and ACL options of `tls`),
+/// its stdout.
+fn cli(tls: Option<&ClusterTls>, port: u16, args: &[&str]) -> String {
     let out = Command::new(REDIS_CLI)
+        .args(tls.map(ClusterTls::cli_args).unwrap_or_default())
         .args(["-h", "127.0.0.1", "-p", &port.to_string()])
         .args(args)
         .output()
@@ -88,19 +166,24 @@ impl RedisCluster {
     /// Starts `masters` masters and as many replicas, joins them and waits
     /// until every node sees the cluster whole (`cluster_state:ok`).
     pub async fn start(masters: usize) -> RedisCluster {
+        Self::start_with(masters, None).await
+    }
+
+    /// [`RedisCluster::start`], over TLS with an ACL user when `tls` is given.
+    pub async fn start_with(masters: usize, tls: Option<ClusterTls>) -> RedisCluster {
         let dir = tempfile::tempdir().unwrap();
         let mut nodes = Vec::new();
         for _ in 0..masters * 2 {
             let port = free_port();
             nodes.push(ClusterNode {
-                child: Some(spawn_node(dir.path(), port)),
+                child: Some(spawn_node(dir.path(), port, tls.as_ref())),
                 port,
             });
         }
-        let cluster = RedisCluster { nodes, dir };
+        let cluster = RedisCluster { nodes, dir, tls };
         for n in &cluster.nodes {
             wait(&format!("node {} answering", n.port), || {
-                cli(n.port, &["PING"]).trim() == "PONG"
+                cli(cluster.tls.as_ref(), n.port, &["PING"]).trim() == "PONG"
             })
             .await;
         }
@@ -112,7 +195,7 @@ impl RedisCluster {
         let mut create: Vec<&str> = vec!["--cluster", "create"];
         create.extend(addrs.iter().map(String::as_str));
         create.extend(["--cluster-replicas", "1", "--cluster-yes"]);
-        let out = cli(cluster.nodes[0].port, &create);
+        let out = cli(cluster.tls.as_ref(), cluster.nodes[0].port, &create);
         assert!(
             out.contains("[OK] All 16384 slots covered"),
             "redis-cli --cluster create: {out}"
@@ -129,6 +212,15 @@ impl RedisCluster {
             cluster.synced_replicas() == masters
         })
         .await;
+        // And every master's view of the cluster names its replica (the
+        // views spread by gossip).
+        wait("every master seeing its replica", || {
+            cluster
+                .masters()
+                .iter()
+                .all(|m| cluster.find_replica(*m).is_some())
+        })
+        .await;
         cluster
     }
 
@@ -137,7 +229,7 @@ impl RedisCluster {
         self.nodes
             .iter()
             .filter(|n| {
-                let r = cli(n.port, &["INFO", "replication"]);
+                let r = cli(self.tls.as_ref(), n.port, &["INFO", "replication"]);
                 r.contains("role:slave") && r.contains("master_link_status:up")
             })
             .count()
@@ -145,14 +237,20 @@ impl RedisCluster {
 
     /// `CLUSTER INFO` of the node on `port`.
     pub fn info(&self, port: u16) -> String {
-        cli(port, &["CLUSTER", "INFO"])
+        cli(self.tls.as_ref(), port, &["CLUSTER", "INFO"])
     }
 
-    /// Seed URLs of every node (`redis://127.0.0.1:<port>`).
+    /// Seed URLs of every node (`redis://127.0.0.1:<port>`, `rediss://`
+    /// over TLS).
     pub fn urls(&self) -> Vec<String> {
+        let scheme = if self.tls.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
         self.nodes
             .iter()
-            .map(|n| format!("redis://127.0.0.1:{}", n.port))
+            .map(|n| format!("{scheme}://127.0.0.1:{}", n.port))
             .collect()
     }
 
@@ -164,7 +262,7 @@ impl RedisCluster {
             .iter()
             .find(|n| n.child.is_some())
             .map_or(0, |n| n.port);
-        let mut out: Vec<u16> = cli(port, &["CLUSTER", "NODES"])
+        let mut out: Vec<u16> = cli(self.tls.as_ref(), port, &["CLUSTER", "NODES"])
             .lines()
             .filter_map(|l| {
                 let f: Vec<&str> = l.split_whitespace().collect();
@@ -210,7 +308,9 @@ impl RedisCluster {
 
     /// The node id of the node on `port`.
     pub fn node_id(&self, port: u16) -> String {
-        cli(port, &["CLUSTER", "MYID"]).trim().to_owned()
+        cli(self.tls.as_ref(), port, &["CLUSTER", "MYID"])
+            .trim()
+            .to_owned()
     }
 
     /// `redis-cli --cluster reshard`: moves `slots` slots (with their
@@ -220,6 +320,12 @@ impl RedisCluster {
         let at = format!("127.0.0.1:{from}");
         let slots = slots.to_string();
         let out = Command::new(REDIS_CLI)
+            .args(
+                self.tls
+                    .as_ref()
+                    .map(ClusterTls::cli_args)
+                    .unwrap_or_default(),
+            )
             .args(["--cluster", "reshard", &at, "--cluster-from", &from_id])
             .args(["--cluster-to", &to_id, "--cluster-slots", &slots])
             .args(["--cluster-yes", "--cluster-pipeline", "100"])
@@ -235,20 +341,27 @@ impl RedisCluster {
 
     /// How many keys matching `pattern` the node on `port` holds.
     pub fn count_keys(&self, port: u16, pattern: &str) -> usize {
-        cli(port, &["--scan", "--pattern", pattern]).lines().count()
+        cli(self.tls.as_ref(), port, &["--scan", "--pattern", pattern])
+            .lines()
+            .count()
     }
 
     /// The port of the replica of the master on `port`.
     pub fn replica_of(&self, port: u16) -> u16 {
+        self.find_replica(port)
+            .unwrap_or_else(|| panic!("master {port} has no replica"))
+    }
+
+    /// The replica of the master on `port`, as that master sees it.
+    fn find_replica(&self, port: u16) -> Option<u16> {
         let id = self.node_id(port);
-        cli(port, &["CLUSTER", "NODES"])
+        cli(self.tls.as_ref(), port, &["CLUSTER", "NODES"])
             .lines()
             .find_map(|l| {
                 let f: Vec<&str> = l.split_whitespace().collect();
                 (f.get(3) == Some(&id.as_str()))
                     .then(|| f.get(1)?.split(['@', ':']).nth(1)?.parse().ok())?
             })
-            .unwrap_or_else(|| panic!("master {port} has no replica"))
     }
 
     /// The port of the master serving `slot`, as the first live node sees it.
@@ -258,7 +371,7 @@ impl RedisCluster {
             .iter()
             .find(|n| n.child.is_some())
             .map_or(0, |n| n.port);
-        cli(port, &["CLUSTER", "NODES"])
+        cli(self.tls.as_ref(), port, &["CLUSTER", "NODES"])
             .lines()
             .find_map(|l| {
                 let f: Vec<&str> = l.split_whitespace().collect();
@@ -273,15 +386,31 @@ impl RedisCluster {
 
     /// `CLUSTER COUNTKEYSINSLOT` on the node on `port`.
     pub fn keys_in_slot(&self, port: u16, slot: usize) -> u64 {
-        cli(port, &["CLUSTER", "COUNTKEYSINSLOT", &slot.to_string()])
-            .trim()
-            .parse()
+        cli(
+            self.tls.as_ref(),
+            port,
+            &["CLUSTER", "COUNTKEYSINSLOT", &slot.to_string()],
+        )
+        .trim()
+        .parse()
+        .unwrap_or(0)
+    }
+
+    /// `used_memory` of the node on `port`.
+    pub fn used_memory(&self, port: u16) -> u64 {
+        cli(self.tls.as_ref(), port, &["INFO", "memory"])
+            .lines()
+            .find_map(|l| l.strip_prefix("used_memory:"))
+            .and_then(|v| v.trim().parse().ok())
             .unwrap_or(0)
     }
 
     /// `DBSIZE` of the node on `port`.
     pub fn dbsize(&self, port: u16) -> u64 {
-        cli(port, &["DBSIZE"]).trim().parse().unwrap_or(0)
+        cli(self.tls.as_ref(), port, &["DBSIZE"])
+            .trim()
+            .parse()
+            .unwrap_or(0)
     }
 
     /// Starts again the node on `port` (after [`RedisCluster::kill`]), on
@@ -292,7 +421,7 @@ impl RedisCluster {
         if let Some(n) = self.nodes.iter_mut().find(|n| n.port == port)
             && n.child.is_none()
         {
-            n.child = Some(spawn_node(&dir, port));
+            n.child = Some(spawn_node(&dir, port, self.tls.as_ref()));
         }
     }
 
@@ -342,8 +471,8 @@ mod tests {
         // A key written through one node is read through another
         // (redis-cli -c follows the MOVED redirection).
         let (a, b) = (cluster.nodes[0].port, cluster.nodes[4].port);
-        assert_eq!(cli(a, &["-c", "SET", "clew:k", "v"]).trim(), "OK");
-        assert_eq!(cli(b, &["-c", "GET", "clew:k"]).trim(), "v");
+        assert_eq!(cli(None, a, &["-c", "SET", "clew:k", "v"]).trim(), "OK");
+        assert_eq!(cli(None, b, &["-c", "GET", "clew:k"]).trim(), "v");
         // kill -9 of a master: its replica takes over.
         let victim = cluster.masters()[0];
         cluster.kill(victim);
@@ -363,6 +492,6 @@ mod tests {
             cluster.info(alive).contains("cluster_state:ok")
         })
         .await;
-        assert_eq!(cli(alive, &["-c", "GET", "clew:k"]).trim(), "v");
+        assert_eq!(cli(None, alive, &["-c", "GET", "clew:k"]).trim(), "v");
     }
 }

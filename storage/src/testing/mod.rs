@@ -10,7 +10,7 @@ use std::time::Duration;
 
 mod cluster;
 
-pub use cluster::{ClusterNode, RedisCluster};
+pub use cluster::{ClusterNode, ClusterTls, RedisCluster};
 
 const REDIS_SERVER: &str = "/usr/bin/redis-server";
 
