@@ -10,8 +10,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use clew_storage::filter::{self, DependencyCounter};
 use clew_storage::{
-    DependencyLink, FilterCriteria, Movable, Moved, PruneStats, Result, Span, SpanKind, Storage,
-    StorageError, StoreOutcome, Trace, TraceId,
+    DependencyLink, FilterCriteria, Movable, Moved, PruneStats, Result, RollupPart, Span, SpanKind,
+    Storage, StorageError, StoreOutcome, Trace, TraceId,
 };
 
 use crate::ColdError;
@@ -296,6 +296,19 @@ impl Storage for Tiered {
 
     async fn lease(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool> {
         self.hot.lease(name, holder, ttl).await
+    }
+
+    /// Roll-ups stay in hot storage: they are small, and pruned by retention.
+    async fn put_rollups(&self, parts: &[RollupPart]) -> Result<()> {
+        self.hot.put_rollups(parts).await
+    }
+
+    async fn rollups(&self, width: u64, from: u64, to: u64) -> Result<Vec<RollupPart>> {
+        self.hot.rollups(width, from, to).await
+    }
+
+    async fn prune_rollups(&self, ended_by_unix_nanos: u64) -> Result<u64> {
+        self.hot.prune_rollups(ended_by_unix_nanos).await
     }
 
     fn backend(&self) -> &'static str {

@@ -19,8 +19,8 @@ use clew_proto::v1::{
 };
 
 use super::{
-    DEFAULT_LIMIT, DependencyLink, FilterCriteria, Moved, PruneStats, Span, SpanKind, Storage,
-    StorageError, StoreOutcome, Trace, TraceId,
+    DEFAULT_LIMIT, DependencyLink, FilterCriteria, Moved, PruneStats, RollupPart, Span, SpanKind,
+    Storage, StorageError, StoreOutcome, Trace, TraceId,
 };
 
 /// A fresh store and what must outlive it.
@@ -84,6 +84,9 @@ macro_rules! conformance_tests {
             services_and_operations,
             dependencies_count_calls_and_errors,
             prune_removes_old_traces_and_their_index_entries,
+            rollup_parts_are_kept_per_bucket_and_owner,
+            rollup_parts_of_ended_buckets_are_pruned,
+            invalid_rollup_parts_are_rejected,
         );
     };
     (@cases $make:ident, $module:ident; $($case:ident),* $(,)?) => {
@@ -983,4 +986,112 @@ pub async fn a_lease_has_one_holder_until_it_expires(st: Arc<dyn Storage>) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(!st.lease("short", "a", long).await.unwrap());
+}
+
+const SEC: u64 = 1_000_000_000;
+
+fn part(width: u64, start: u64, owner: &str, through: u64, bytes: &[u8]) -> RollupPart {
+    RollupPart {
+        width_nanos: width,
+        start_unix_nanos: start,
+        owner: owner.to_owned(),
+        through,
+        bytes: bytes.to_vec(),
+    }
+}
+
+pub async fn rollup_parts_are_kept_per_bucket_and_owner(st: Arc<dyn Storage>) {
+    let w = 10 * SEC;
+    // Binary content, a large part, and owners written out of order.
+    let big: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+    let parts = vec![
+        part(w, T0 + w, "b", 7, &[0, 1, 0, 255]),
+        part(w, T0, "b", 3, &big),
+        part(w, T0, "a", 5, b"a0"),
+        part(w, T0 + 2 * w, "a", 9, b"a2"),
+        part(6 * w, T0, "a", 5, b"minute"),
+    ];
+    st.put_rollups(&parts).await.unwrap();
+    let got = st.rollups(w, T0, T0 + 2 * w).await.unwrap();
+    let want = vec![parts[2].clone(), parts[1].clone(), parts[0].clone()];
+    assert_eq!(
+        got, want,
+        "sorted by start, then owner; the window's end excluded"
+    );
+    assert_eq!(
+        st.rollups(6 * w, T0, T0 + 1).await.unwrap(),
+        vec![parts[4].clone()]
+    );
+    assert!(
+        st.rollups(w, T0 + 3 * w, T0 + 9 * w)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        st.rollups(w, T0 + w, T0 + w).await.unwrap().is_empty(),
+        "an empty window"
+    );
+    assert!(
+        st.rollups(w, T0 + 1, T0 + w).await.unwrap().is_empty(),
+        "starts only"
+    );
+    assert!(
+        st.rollups(2 * w, 0, u64::MAX).await.unwrap().is_empty(),
+        "another width"
+    );
+
+    // A part replaces its owner's part of the bucket, not the others'.
+    let newer = part(w, T0, "a", 11, b"a0, later");
+    st.put_rollups(std::slice::from_ref(&newer)).await.unwrap();
+    let got = st.rollups(w, T0, T0 + w).await.unwrap();
+    assert_eq!(got, vec![newer, parts[1].clone()]);
+    st.put_rollups(&[]).await.unwrap();
+}
+
+pub async fn rollup_parts_of_ended_buckets_are_pruned(st: Arc<dyn Storage>) {
+    let w = 10 * SEC;
+    let mut parts = Vec::new();
+    for i in 0..4 {
+        parts.push(part(w, T0 + i * w, "a", i, b"x"));
+        parts.push(part(w, T0 + i * w, "b", i, b"y"));
+    }
+    parts.push(part(6 * w, T0, "a", 1, b"z"));
+    st.put_rollups(&parts).await.unwrap();
+    // Ended by T0 + 2w: the 10 s buckets at T0 and T0 + w (two owners each).
+    assert_eq!(st.prune_rollups(T0 + 2 * w).await.unwrap(), 4);
+    let left = st.rollups(w, 0, u64::MAX).await.unwrap();
+    assert_eq!(left, parts[4..8].to_vec());
+    assert_eq!(st.rollups(6 * w, 0, u64::MAX).await.unwrap().len(), 1);
+    assert_eq!(
+        st.prune_rollups(T0 + 2 * w).await.unwrap(),
+        0,
+        "nothing twice"
+    );
+    // One nanosecond short of the minute bucket's end keeps it.
+    assert_eq!(st.prune_rollups(T0 + 6 * w - 1).await.unwrap(), 4);
+    assert_eq!(st.rollups(6 * w, 0, u64::MAX).await.unwrap().len(), 1);
+    assert_eq!(st.prune_rollups(T0 + 6 * w).await.unwrap(), 1);
+    assert!(st.rollups(6 * w, 0, u64::MAX).await.unwrap().is_empty());
+}
+
+pub async fn invalid_rollup_parts_are_rejected(st: Arc<dyn Storage>) {
+    let w = 10 * SEC;
+    let good = part(w, T0, "a", 1, b"ok");
+    let cases = [
+        (part(0, T0, "a", 1, b"x"), "width_nanos"),
+        (part(w, T0, "", 1, b"x"), "owner"),
+        (part(w, T0, &"o".repeat(129), 1, b"x"), "owner"),
+    ];
+    for (bad, field) in cases {
+        let err = st.put_rollups(&[good.clone(), bad]).await.unwrap_err();
+        assert!(
+            matches!(&err, StorageError::InvalidRollup(m) if m.contains(field)),
+            "{err:?} should name {field}"
+        );
+    }
+    assert!(
+        st.rollups(w, 0, u64::MAX).await.unwrap().is_empty(),
+        "nothing of a rejected batch is stored"
+    );
 }

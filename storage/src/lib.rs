@@ -30,6 +30,8 @@ pub mod embedded;
 pub mod filter;
 pub mod memory;
 pub mod redis;
+mod rollup;
+pub use rollup::{MAX_ROLLUP_OWNER_LEN, RollupPart};
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 
@@ -57,6 +59,9 @@ pub enum StorageError {
     /// caller's own input, so it is safe to show.
     #[error("invalid trace: {0}")]
     InvalidTrace(String),
+    /// A roll-up part cannot be stored; the message names the field.
+    #[error("invalid roll-up: {0}")]
+    InvalidRollup(String),
     /// The backend failed or could not be reached. Retrying may succeed.
     #[error("storage unavailable")]
     Unavailable {
@@ -95,6 +100,7 @@ impl StorageError {
     pub fn detail(&self) -> String {
         match self {
             StorageError::InvalidTrace(m) => format!("invalid trace: {m}"),
+            StorageError::InvalidRollup(m) => format!("invalid roll-up: {m}"),
             StorageError::Unavailable { backend, source } => {
                 let mut s = format!("{backend} backend unavailable: {source}");
                 let mut next = source.source();
@@ -230,6 +236,24 @@ pub trait Storage: Send + Sync + fmt::Debug {
     /// them) and is taken again later. Atomic per trace against
     /// concurrent stores.
     async fn remove_moved(&self, moved: &[Moved]) -> Result<PruneStats>;
+
+    /// Stores roll-up parts, each replacing the stored part of the same
+    /// bucket and owner (atomically per part). An owner's writes must not
+    /// run concurrently with each other.
+    async fn put_rollups(&self, parts: &[RollupPart]) -> Result<()>;
+
+    /// Every owner's parts of the buckets of `width_nanos` that start in
+    /// `[from_unix_nanos, to_unix_nanos)`, sorted by start, then owner.
+    async fn rollups(
+        &self,
+        width_nanos: u64,
+        from_unix_nanos: u64,
+        to_unix_nanos: u64,
+    ) -> Result<Vec<RollupPart>>;
+
+    /// Removes the roll-up parts of every bucket that ended at or before
+    /// `ended_by_unix_nanos`; returns how many.
+    async fn prune_rollups(&self, ended_by_unix_nanos: u64) -> Result<u64>;
 
     /// Bytes the store holds, when it can tell (for `--hot-max-bytes`).
     async fn stored_bytes(&self) -> Result<Option<u64>> {

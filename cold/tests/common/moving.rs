@@ -13,8 +13,8 @@ use clew_cold::mover::{Mover, MoverConfig};
 use clew_cold::read::ColdStore;
 use clew_cold::tiered::Tiered;
 use clew_storage::{
-    DependencyLink, FilterCriteria, Movable, Moved, PruneStats, Result, SpanKind, Storage,
-    StoreOutcome, Trace, TraceId,
+    DependencyLink, FilterCriteria, Movable, Moved, PruneStats, Result, RollupPart, SpanKind,
+    Storage, StoreOutcome, Trace, TraceId,
 };
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
@@ -102,6 +102,15 @@ impl Storage for Moving {
     }
     async fn lease(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool> {
         self.tiered.lease(name, holder, ttl).await
+    }
+    async fn put_rollups(&self, parts: &[RollupPart]) -> Result<()> {
+        self.tiered.put_rollups(parts).await
+    }
+    async fn rollups(&self, width: u64, from: u64, to: u64) -> Result<Vec<RollupPart>> {
+        self.tiered.rollups(width, from, to).await
+    }
+    async fn prune_rollups(&self, ended_by_unix_nanos: u64) -> Result<u64> {
+        self.tiered.prune_rollups(ended_by_unix_nanos).await
     }
     fn backend(&self) -> &'static str {
         "tiered"

@@ -736,6 +736,20 @@ impl Storage for Down {
     ) -> crate::storage::Result<bool> {
         Err(self.err())
     }
+    async fn put_rollups(&self, _: &[crate::storage::RollupPart]) -> crate::storage::Result<()> {
+        Err(self.err())
+    }
+    async fn rollups(
+        &self,
+        _: u64,
+        _: u64,
+        _: u64,
+    ) -> crate::storage::Result<Vec<crate::storage::RollupPart>> {
+        Err(self.err())
+    }
+    async fn prune_rollups(&self, _: u64) -> crate::storage::Result<u64> {
+        Err(self.err())
+    }
     fn backend(&self) -> &'static str {
         "down"
     }

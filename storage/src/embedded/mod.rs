@@ -15,6 +15,7 @@
 //! | `orphans` | tid ‖ parent sid ‖ child sid | child start ‖ error flag ‖ child service (a call whose parent has not arrived) |
 //! | `edges` | child start ‖ tid ‖ child sid | parent svc `\0` child svc `\0` error flag |
 //! | `operations` | len ‖ service ‖ kind ‖ operation | number of stored spans |
+//! | `rollups` | width ‖ start ‖ owner | through ‖ encoded roll-up bucket |
 //!
 //! Index kinds: `a` all spans, `s` service, `o` service + operation, `t` tag
 //! (key `\0` value, short values only), `e` ERROR spans of a service, `E` all
@@ -49,8 +50,8 @@ use async_trait::async_trait;
 use redb::{Database, ReadableDatabase, ReadableTable};
 
 use super::{
-    BoxError, DependencyLink, FilterCriteria, Movable, Moved, PruneStats, Result, Span, SpanKind,
-    Storage, StorageError, StoreOutcome, Trace, TraceId, validate,
+    BoxError, DependencyLink, FilterCriteria, Movable, Moved, PruneStats, Result, RollupPart, Span,
+    SpanKind, Storage, StorageError, StoreOutcome, Trace, TraceId, validate,
 };
 use crate::filter::{self, DependencyCounter};
 use tables::{
@@ -60,6 +61,7 @@ use tables::{
 use write::WriteRequest;
 
 mod prune;
+mod rollup;
 mod search;
 mod tables;
 mod write;
@@ -131,6 +133,7 @@ impl EmbeddedStorage {
         tx.open_table(ORPHANS).map_err(db_err)?;
         tx.open_table(EDGES).map_err(db_err)?;
         tx.open_table(OPERATIONS).map_err(db_err)?;
+        tx.open_table(rollup::ROLLUPS).map_err(db_err)?;
         tx.commit().map_err(db_err)?;
         tracing::info!(path = %path.display(), "opened embedded trace store");
         let db = Arc::new(db);
@@ -298,6 +301,25 @@ impl Storage for EmbeddedStorage {
 
     async fn lease(&self, name: &str, holder: &str, ttl: std::time::Duration) -> Result<bool> {
         Ok(self.leases.lease(name, holder, ttl))
+    }
+
+    async fn put_rollups(&self, parts: &[RollupPart]) -> Result<()> {
+        for p in parts {
+            p.validate()?;
+        }
+        let parts = parts.to_vec();
+        self.blocking(move |db| rollup::put_blocking(db, &parts))
+            .await
+    }
+
+    async fn rollups(&self, width: u64, from: u64, to: u64) -> Result<Vec<RollupPart>> {
+        self.blocking(move |db| rollup::range_blocking(db, width, from, to))
+            .await
+    }
+
+    async fn prune_rollups(&self, ended_by_unix_nanos: u64) -> Result<u64> {
+        self.blocking(move |db| rollup::prune_blocking(db, ended_by_unix_nanos))
+            .await
     }
 
     fn backend(&self) -> &'static str {

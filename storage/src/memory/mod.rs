@@ -22,8 +22,8 @@ use foldhash::HashMap;
 use parking_lot::Mutex;
 
 use super::{
-    DependencyLink, FilterCriteria, Movable, Moved, PruneStats, Result, Returned, Span, SpanKind,
-    Storage, StoreOutcome, Trace, TraceId, validate,
+    DependencyLink, FilterCriteria, Movable, Moved, PruneStats, Result, Returned, RollupPart, Span,
+    SpanKind, Storage, StoreOutcome, Trace, TraceId, validate,
 };
 use crate::filter::{self, DependencyCounter, SpanIds};
 
@@ -122,6 +122,7 @@ pub struct MemoryStorage {
     /// Bounds per shard.
     per_shard: Bounds,
     leases: crate::LocalLeases,
+    rollups: crate::rollup::LocalRollups,
 }
 
 /// A shard's share of the store's bounds.
@@ -292,6 +293,7 @@ impl MemoryStorage {
                 bytes: max_bytes / shards as u64,
             },
             leases: crate::LocalLeases::default(),
+            rollups: crate::rollup::LocalRollups::default(),
         }
     }
 
@@ -724,6 +726,18 @@ impl Storage for MemoryStorage {
 
     async fn lease(&self, name: &str, holder: &str, ttl: std::time::Duration) -> Result<bool> {
         Ok(self.leases.lease(name, holder, ttl))
+    }
+
+    async fn put_rollups(&self, parts: &[RollupPart]) -> Result<()> {
+        self.rollups.put(parts)
+    }
+
+    async fn rollups(&self, width: u64, from: u64, to: u64) -> Result<Vec<RollupPart>> {
+        Ok(self.rollups.range(width, from, to))
+    }
+
+    async fn prune_rollups(&self, ended_by_unix_nanos: u64) -> Result<u64> {
+        Ok(self.rollups.prune(ended_by_unix_nanos))
     }
 
     /// The memory store fails only on invalid input: nothing to hand back.

@@ -168,6 +168,18 @@ impl Keys {
     pub(super) fn registry(&self) -> Vec<u8> {
         self.key(&[b"keys"])
     }
+    /// `ru:<width>:<start>`: a roll-up bucket's parts, by owner.
+    pub(super) fn rollup(&self, width: u64, start: u64) -> Vec<u8> {
+        self.key(&[format!("ru:{width}:{start}").as_bytes()])
+    }
+    /// `ru:<width>`: the starts of the stored buckets of a width.
+    pub(super) fn rollup_index(&self, width: u64) -> Vec<u8> {
+        self.key(&[format!("ru:{width}").as_bytes()])
+    }
+    /// `ru-widths`: the widths that have buckets.
+    pub(super) fn rollup_widths(&self) -> Vec<u8> {
+        self.key(&[b"ru-widths"])
+    }
 }
 
 fn join(prefix: &[u8], tag: &[u8], parts: &[&[u8]]) -> Vec<u8> {

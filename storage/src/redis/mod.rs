@@ -6,7 +6,7 @@
 //! Redis Cluster the prefix is followed by a hash tag: a shard's tag
 //! (`{k.j}`, see `keys.rs`) for a trace's keys and its shard's indexes, and
 //! `{clew}` for the catalogue (`services`, `ops:`, `keys`, `lease:`,
-//! `layout`); on one server there is one shard and no tag. Trace and
+//! `layout`, the roll-ups' `ru`); on one server there is one shard and no tag. Trace and
 //! span ids are stored as raw bytes, scores are unix nanoseconds (as Redis
 //! doubles: ~256 ns resolution, which only affects ordering; matching is exact).
 //!
@@ -25,6 +25,9 @@
 //! | `P ops:<svc>` | zset | `<kind>:<operation>`, score = newest span end (likewise) |
 //! | `P keys` | zset | index keys written recently, score = unix ms of the last write (for `prune_traces`) |
 //! | `P lease:<name>` | string | the holder of a lease (the cold tier's one mover), with a TTL |
+//! | `P ru:<width>:<start>` | hash | a roll-up bucket: owner (a collector) → through (8 bytes) ‖ its encoded part (`rollup.rs`) |
+//! | `P ru:<width>` | zset | the starts of the stored roll-up buckets of a width (8 bytes big-endian, score 0: ranged `BYLEX`) |
+//! | `P ru-widths` | set | the widths that have roll-up buckets |
 //! | `P layout` | string | cluster only: `shards=<S>`, the shard count every collector of the deployment uses (written once, `SET NX`) |
 //!
 //! Every index is scored by time (so all are walked by time and swept by
@@ -102,8 +105,8 @@ use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    DependencyLink, FilterCriteria, Movable, Moved, PruneStats, Result, Span, SpanKind, Storage,
-    StorageError, StoreOutcome, Trace, TraceId, validate,
+    DependencyLink, FilterCriteria, Movable, Moved, PruneStats, Result, RollupPart, Span, SpanKind,
+    Storage, StorageError, StoreOutcome, Trace, TraceId, validate,
 };
 use cluster::RedisMetrics;
 use conn::Conn;
@@ -115,6 +118,7 @@ mod cluster;
 mod conn;
 mod keys;
 mod prune;
+mod rollup;
 mod search;
 mod summary;
 mod tiering;
@@ -427,6 +431,21 @@ impl Storage for RedisStorage {
 
     async fn lease(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool> {
         self.inner.lease(name, holder, ttl).await
+    }
+
+    async fn put_rollups(&self, parts: &[RollupPart]) -> Result<()> {
+        for p in parts {
+            p.validate()?;
+        }
+        self.inner.put_rollup_parts(parts).await
+    }
+
+    async fn rollups(&self, width: u64, from: u64, to: u64) -> Result<Vec<RollupPart>> {
+        self.inner.rollup_parts(width, from, to).await
+    }
+
+    async fn prune_rollups(&self, ended_by_unix_nanos: u64) -> Result<u64> {
+        self.inner.prune_rollup_parts(ended_by_unix_nanos).await
     }
 
     fn backend(&self) -> &'static str {
