@@ -9,7 +9,7 @@
 //! - [`replication`]: copies of each accepted batch on the next collectors
 //!   of its traces, replica logs, truncation and takeover.
 //! - [`assembly`]: spans grouped by trace and flushed to storage through
-//!   [`sink`].
+//!   [`sink`]; [`rollup`]: every span counted into RED roll-ups first.
 //! - [`storage`]: the `Storage` trait and its backends; [`cold`]: the
 //!   cold tier in front of them (`clew-cold`), with its mover.
 //! - [`query`]: the Jaeger-compatible HTTP API and the gRPC `Query` service;
@@ -28,6 +28,7 @@ pub mod ingest;
 pub mod metrics;
 pub mod query;
 pub mod replication;
+pub mod rollup;
 pub mod server;
 pub mod sink;
 /// Trace storage (`clew-storage`).

@@ -13,6 +13,7 @@ use prometheus::{IntCounter, IntCounterVec, IntGauge};
 
 use crate::assembly::Assembler;
 use crate::ingest::Ingest;
+use crate::rollup::{RollupStats, Rollups};
 use crate::storage::Storage;
 use crate::wal::Wal;
 
@@ -44,6 +45,7 @@ pub struct Metrics {
     pruned_spans: IntCounter,
     pruned: (AtomicU64, AtomicU64),
     memory: Option<MemoryStoreMetrics>,
+    rollups: Option<RollupMetrics>,
     // Serialises scrapes so counter deltas are computed once.
     scrape: Mutex<()>,
 }
@@ -73,6 +75,54 @@ impl MemoryStoreMetrics {
             &self.evicted.with_label_values(&["bytes"]),
             m.evicted_for_bytes,
         );
+    }
+}
+
+/// The roll-ups' counters, read from [`RollupStats`] at scrape time.
+#[derive(Debug)]
+struct RollupMetrics {
+    rollups: Arc<Rollups>,
+    spans: IntCounter,
+    replay_skipped: IntCounter,
+    parts: IntCounter,
+    failures: IntCounter,
+    reloaded: IntCounter,
+}
+
+impl RollupMetrics {
+    fn new(r: &Registry, rollups: Arc<Rollups>) -> Self {
+        RollupMetrics {
+            spans: r.counter(
+                "clew_rollup_spans_total",
+                "Spans counted into the RED roll-ups (every span, before sampling).",
+            ),
+            replay_skipped: r.counter(
+                "clew_rollup_replay_skipped_spans_total",
+                "Spans of replayed WAL records an earlier run had counted already.",
+            ),
+            parts: r.counter(
+                "clew_rollup_parts_written_total",
+                "Roll-up bucket parts written to storage.",
+            ),
+            failures: r.counter(
+                "clew_rollup_flush_failures_total",
+                "Roll-up flushes that failed (retried at the next interval).",
+            ),
+            reloaded: r.counter(
+                "clew_rollup_reloaded_buckets_total",
+                "Roll-up buckets read back from storage for a late span.",
+            ),
+            rollups,
+        }
+    }
+
+    fn render(&self) {
+        let s: &RollupStats = self.rollups.stats();
+        sync(&self.spans, load(&s.spans));
+        sync(&self.replay_skipped, load(&s.replay_skipped));
+        sync(&self.parts, load(&s.parts_written));
+        sync(&self.failures, load(&s.flush_failures));
+        sync(&self.reloaded, load(&s.reloaded));
     }
 }
 
@@ -157,6 +207,7 @@ impl Metrics {
             pruned_spans: r.counter("clew_pruned_spans_total", "Spans removed by retention."),
             pruned: (AtomicU64::new(0), AtomicU64::new(0)),
             memory: None,
+            rollups: None,
             registry: r,
             ingest,
             assembler,
@@ -191,6 +242,12 @@ impl Metrics {
         self
     }
 
+    /// Also reports the roll-ups (`clew_rollup_*`).
+    pub fn with_rollups(mut self, rollups: Arc<Rollups>) -> Self {
+        self.rollups = Some(RollupMetrics::new(&self.registry, rollups));
+        self
+    }
+
     /// Counts what a retention pass removed.
     pub fn record_prune(&self, traces: u64, spans: u64) {
         self.pruned.0.fetch_add(traces, Ordering::Relaxed);
@@ -207,6 +264,9 @@ impl Metrics {
         sync(&self.pruned_spans, load(&self.pruned.1));
         if let Some(memory) = &self.memory {
             memory.render();
+        }
+        if let Some(rollups) = &self.rollups {
+            rollups.render();
         }
         self.registry.render()
     }

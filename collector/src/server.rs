@@ -140,6 +140,13 @@ pub struct Config {
     /// attribute) before the oldest traces go.
     #[arg(long, env = "CLEW_MEMORY_MAX_BYTES", default_value_t = 256 << 20)]
     pub memory_max_bytes: u64,
+    /// Count every span into the RED roll-ups at ingest (what the RED and
+    /// dependency answers come from).
+    #[arg(long, env = "CLEW_ROLLUPS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub rollups: bool,
+    /// How often the roll-ups are written to storage.
+    #[arg(long, env = "CLEW_ROLLUP_FLUSH_INTERVAL", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub rollup_flush_interval: Duration,
     /// fsync the WAL before acknowledging (turn off only for throwaway runs).
     #[arg(long, env = "CLEW_WAL_FSYNC", default_value_t = true, action = clap::ArgAction::Set)]
     pub wal_fsync: bool,
@@ -424,6 +431,7 @@ struct Core {
     replication: Option<Replication>,
     auth: crate::auth::Guards,
     cold: Option<crate::cold::Cold>,
+    rollups: Option<Arc<crate::rollup::Rollups>>,
 }
 
 /// Replication's parts, when a collector set is configured.
@@ -524,7 +532,7 @@ async fn open_core(config: &Config) -> Result<Core, ServerError> {
         .await
         .map_err(|e| ServerError::Serve(e.to_string()))??;
     let replay_end = replay.last().map_or(0, |r| r.seq + 1);
-    let replication = open_replication(config, wal_dir, replay_end).await?;
+    let replication = open_replication(config, wal_dir.clone(), replay_end).await?;
     let store_latency = Metrics::store_latency_histogram();
     let sink = StorageSink::new(Arc::clone(&storage)).with_latency(store_latency.clone());
     let assembler = Arc::new(Assembler::new(
@@ -535,6 +543,13 @@ async fn open_core(config: &Config) -> Result<Core, ServerError> {
         Arc::new(sink),
         wal.clone(),
     )?);
+    let rollups = match config.rollups {
+        true => Some(open_rollups(config, &wal, &wal_dir, storage.as_ref(), &replay).await?),
+        false => None,
+    };
+    if let Some(r) = &rollups {
+        assembler.set_rollups(Arc::clone(r));
+    }
     if !replay.is_empty() {
         tracing::info!(records = replay.len(), "replaying WAL");
         assembler.replay(replay);
@@ -561,6 +576,10 @@ async fn open_core(config: &Config) -> Result<Core, ServerError> {
         store_latency,
     )
     .with_storage(Arc::clone(&storage));
+    let metrics = match &rollups {
+        Some(r) => metrics.with_rollups(Arc::clone(r)),
+        None => metrics,
+    };
     Ok(Core {
         storage,
         wal,
@@ -570,7 +589,40 @@ async fn open_core(config: &Config) -> Result<Core, ServerError> {
         replication,
         auth,
         cold,
+        rollups,
     })
+}
+
+/// The roll-ups of this WAL: the WAL keeps what they have not written
+/// (from its checkpoint on), and what earlier runs wrote of the records
+/// to replay is read first, so that nothing is counted twice.
+async fn open_rollups(
+    config: &Config,
+    wal: &Wal,
+    wal_dir: &std::path::Path,
+    storage: &dyn Storage,
+    replay: &[crate::wal::WalRecord],
+) -> Result<Arc<crate::rollup::Rollups>, ServerError> {
+    let dir = wal_dir.to_owned();
+    let incarnation = tokio::task::spawn_blocking(move || crate::wal::incarnation(&dir))
+        .await
+        .map_err(|e| ServerError::Serve(e.to_string()))?
+        .map_err(|e| ServerError::Wal(crate::wal::Error::Io(e)))?;
+    wal.set_floor(Some(wal.checkpoint()));
+    let rollups = crate::rollup::Rollups::new(
+        wal.clone(),
+        incarnation,
+        crate::rollup::RollupConfig {
+            flush_interval: config.rollup_flush_interval,
+            ..Default::default()
+        },
+    );
+    if let Err(e) = rollups.prepare_replay(storage, replay).await {
+        // Without them, spans of replayed records an earlier run counted
+        // are counted again.
+        tracing::warn!(error = %e.detail(), "roll-ups: earlier runs' parts unreadable; replayed spans may count twice");
+    }
+    Ok(Arc::new(rollups))
 }
 
 /// The four listeners, bound and tracked.
@@ -822,6 +874,11 @@ async fn spawn_servers(
     if let Some(c) = &core.cold {
         others.push(tokio::spawn(c.mover.clone().run(stopped(stop.clone()))));
     }
+    if let Some(r) = &core.rollups {
+        let (r, storage) = (Arc::clone(r), Arc::clone(&core.storage));
+        let stop = stopped(stop.clone());
+        others.push(tokio::spawn(async move { r.run(storage, stop).await }));
+    }
     let retention = tokio::spawn(retention_loop(
         Arc::clone(&core.storage),
         Arc::clone(&core.metrics),
@@ -927,6 +984,9 @@ async fn retention_loop(
                 }
             }
             Err(e) => tracing::warn!(error = %e.detail(), "pruning failed; will retry"),
+        }
+        if let Err(e) = storage.prune_rollups(cut).await {
+            tracing::warn!(error = %e.detail(), "pruning roll-ups failed; will retry");
         }
     }
 }

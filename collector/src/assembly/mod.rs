@@ -517,9 +517,20 @@ struct Inner {
     stores: Arc<Semaphore>,
     closed: AtomicBool,
     runtime: Handle,
+    /// Counts every span of every record before it is assembled.
+    rollups: std::sync::OnceLock<Arc<crate::rollup::Rollups>>,
 }
 
 impl Inner {
+    /// Takes over the record's hold on the WAL, counting its spans in the
+    /// roll-ups first when there are roll-ups.
+    fn hand_on(&self, appended: Appended, spans: &[Span]) -> u64 {
+        match self.rollups.get() {
+            Some(r) => r.record_appended(appended, spans),
+            None => appended.into_held_seq(),
+        }
+    }
+
     /// Adds the spans of record `seq`; `sizes` are their encoded lengths
     /// (from the WAL's encoding) when known, else they are computed here.
     fn add(&self, seq: u64, spans: Vec<Span>, sizes: Option<Vec<u64>>) {
@@ -597,6 +608,7 @@ impl Assembler {
             stored: Notify::new(),
             closed: AtomicBool::new(false),
             runtime,
+            rollups: std::sync::OnceLock::new(),
         });
         inner.runtime.spawn(run_flusher(Arc::clone(&inner)));
         Ok(Self { inner })
@@ -609,8 +621,8 @@ impl Assembler {
         let (sizes, appended) = self.inner.wal.append_sized(&batch);
         let appended = appended.await?;
         let seq = appended.seq();
-        self.inner
-            .add(appended.into_held_seq(), batch.spans, Some(sizes));
+        let held = self.inner.hand_on(appended, &batch.spans);
+        self.inner.add(held, batch.spans, Some(sizes));
         Ok(seq)
     }
 
@@ -622,20 +634,33 @@ impl Assembler {
     pub async fn ingest_otlp(&self, spans: Vec<Span>, body: &[u8], sizes: Vec<u64>) -> Result<u64> {
         let appended = self.inner.wal.append_otlp(body).await?;
         let seq = appended.seq();
-        self.inner.add(appended.into_held_seq(), spans, Some(sizes));
+        let held = self.inner.hand_on(appended, &spans);
+        self.inner.add(held, spans, Some(sizes));
         Ok(seq)
     }
 
     /// Adds the spans of a durable record (`spans` is the batch that was
     /// appended). The assembler releases the record once they are stored.
     pub fn add(&self, appended: Appended, spans: Vec<Span>) {
-        self.inner.add(appended.into_held_seq(), spans, None);
+        let held = self.inner.hand_on(appended, &spans);
+        self.inner.add(held, spans, None);
     }
 
     /// Adds the records [`Wal::open`] returned for replay.
     pub fn replay(&self, records: impl IntoIterator<Item = WalRecord>) {
         for record in records {
+            if let Some(r) = self.inner.rollups.get() {
+                r.record(record.seq, &record.batch.spans);
+            }
             self.inner.add(record.seq, record.batch.spans, None);
+        }
+    }
+
+    /// Counts every span added from now on in `rollups` (before it is
+    /// assembled, so before any sampling). Set once, before replay.
+    pub fn set_rollups(&self, rollups: Arc<crate::rollup::Rollups>) {
+        if self.inner.rollups.set(rollups).is_err() {
+            tracing::warn!("assembler: roll-ups already set");
         }
     }
 

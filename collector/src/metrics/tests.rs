@@ -23,7 +23,14 @@ async fn the_registry_matches_the_catalogue() {
     let assembler =
         Arc::new(Assembler::new(AssemblerConfig::default(), Arc::new(sink), wal.clone()).unwrap());
     let ingest = Ingest::new(Arc::clone(&assembler), IngestConfig::default());
-    let metrics = Metrics::new(ingest, assembler, wal, store_latency).with_storage(storage);
+    let rollups = Arc::new(crate::rollup::Rollups::new(
+        wal.clone(),
+        1,
+        crate::rollup::RollupConfig::default(),
+    ));
+    let metrics = Metrics::new(ingest, assembler, wal, store_latency)
+        .with_storage(storage)
+        .with_rollups(rollups);
     // A scrape first, so the labelled counters have children to gather.
     metrics.render();
     clew_runtime::metrics::catalogue_check("collector", &metrics.registry);

@@ -230,11 +230,16 @@ struct Outstanding {
     held: BTreeSet<u64>,
     /// Sequence number of the next record to be written.
     next_seq: u64,
+    /// Records at or after it stay whatever is released ([`Wal::set_floor`]).
+    floor: Option<u64>,
+    /// Records written whose [`Appended`] was neither handed on nor dropped.
+    unconsumed: BTreeSet<u64>,
 }
 
 impl Outstanding {
     fn checkpoint(&self) -> u64 {
-        self.held.first().copied().unwrap_or(self.next_seq)
+        let released = self.held.first().copied().unwrap_or(self.next_seq);
+        self.floor.map_or(released, |f| released.min(f))
     }
 }
 
@@ -247,6 +252,10 @@ struct Shared {
 impl Shared {
     fn release(&self, seq: u64) {
         self.outstanding.lock().held.remove(&seq);
+    }
+
+    fn consumed(&self, seq: u64) {
+        self.outstanding.lock().unconsumed.remove(&seq);
     }
 }
 
@@ -271,7 +280,9 @@ impl Appended {
     /// Gives up the guard without releasing: the holder now owes
     /// [`Wal::release`].
     pub(crate) fn into_held_seq(mut self) -> u64 {
-        self.shared = None;
+        if let Some(shared) = self.shared.take() {
+            shared.consumed(self.seq);
+        }
         self.seq
     }
 }
@@ -285,6 +296,7 @@ impl fmt::Debug for Appended {
 impl Drop for Appended {
     fn drop(&mut self) {
         if let Some(shared) = self.shared.take() {
+            shared.consumed(self.seq);
             shared.release(self.seq);
         }
     }
@@ -388,6 +400,8 @@ impl Wal {
             outstanding: Mutex::new(Outstanding {
                 held,
                 next_seq: log.next_seq(),
+                floor: None,
+                unconsumed: BTreeSet::new(),
             }),
             stats,
         });
@@ -533,8 +547,23 @@ impl Wal {
         self.shared.release(seq);
     }
 
+    /// Keeps every record at or after `floor` in the log however many are
+    /// released: a second consumer of the records (the roll-ups) has not
+    /// made them durable yet. `None` lifts it.
+    pub fn set_floor(&self, floor: Option<u64>) {
+        self.shared.outstanding.lock().floor = floor;
+    }
+
+    /// Every record below it has been handed to its consumer
+    /// ([`Appended`] consumed by the assembler) or given up (dropped):
+    /// what a second consumer of the records (the roll-ups) has seen all of.
+    pub fn consumed_below(&self) -> u64 {
+        let out = self.shared.outstanding.lock();
+        out.unconsumed.first().copied().unwrap_or(out.next_seq)
+    }
+
     /// The checkpoint as of now (not necessarily persisted yet): every record
-    /// below it has been released.
+    /// below it has been released (and is below the floor).
     pub fn checkpoint(&self) -> u64 {
         self.shared.outstanding.lock().checkpoint()
     }
@@ -795,7 +824,11 @@ impl Writer {
             // Hold the record before it exists, so the checkpoint can never
             // pass it.
             let expected = self.log.next_seq();
-            self.shared.outstanding.lock().held.insert(expected);
+            {
+                let mut out = self.shared.outstanding.lock();
+                out.held.insert(expected);
+                out.unconsumed.insert(expected);
+            }
             match self.log.append(&payload) {
                 Ok(seq) => {
                     let mut out = self.shared.outstanding.lock();
@@ -805,6 +838,8 @@ impl Writer {
                         tracing::error!(seq, expected, "wal: unexpected sequence number");
                         out.held.remove(&expected);
                         out.held.insert(seq);
+                        out.unconsumed.remove(&expected);
+                        out.unconsumed.insert(seq);
                     }
                     out.next_seq = seq.saturating_add(1);
                     drop(out);
@@ -812,7 +847,10 @@ impl Writer {
                     written.push((seq, ack));
                 }
                 Err(e) => {
-                    self.shared.outstanding.lock().held.remove(&expected);
+                    let mut out = self.shared.outstanding.lock();
+                    out.held.remove(&expected);
+                    out.unconsumed.remove(&expected);
+                    drop(out);
                     stats.append_errors.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(error = %e, "wal: append failed");
                     let _ = ack.send(Err(Error::Log(e)));

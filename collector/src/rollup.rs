@@ -1,0 +1,443 @@
+//! RED roll-ups at ingest: every span of every durable WAL record counted
+//! per (service, operation, span kind) into time buckets of each tier
+//! ([`TIER_WIDTHS_NANOS`]: 10 s, 1 min, 10 min, 1 h), before assembly and
+//! before any sampling; written to storage as this collector's parts
+//! ([`RollupPart`]) every [`RollupConfig::flush_interval`].
+//!
+//! # Counted once, across restarts
+//!
+//! A bucket is placed by the span's start time, so a span lands in the same
+//! bucket whenever it is counted. Each process writes parts under its own
+//! owner, `<incarnation>.<epoch>` (the WAL directory's identity and the
+//! process's start), each part holding everything this process counted in
+//! the bucket and `through`: every record of the WAL below it that has a
+//! span in the bucket is in the part. Three rules make the count exact:
+//!
+//! - `through` is what the WAL says every record below has been handed on
+//!   ([`Wal::consumed_below`]), read under the same lock under which a
+//!   record is counted and handed on ([`Rollups::record_appended`]), so a
+//!   part holds every record below its `through` and none at or above it.
+//!   A record that arrives while an earlier one is still on its way waits
+//!   aside until `through` passes it.
+//! - The WAL keeps every record at or after the last `through` written
+//!   ([`Wal::set_floor`]), whatever storage has released: a crash before a
+//!   flush replays them.
+//! - At replay, a span of record `seq` is not counted in a bucket that an
+//!   earlier process of the same incarnation wrote with `through > seq`:
+//!   it is in that part already ([`Rollups::prepare_replay`]).
+//!
+//! A bucket stays in memory [`RollupConfig::keep`] after its end. A span
+//! for a bucket this process wrote and let go waits until the next flush
+//! reads the part back, adds it and writes it again (the WAL keeps its
+//! record meanwhile).
+//!
+//! Readers merge every owner's parts (`clew_analysis::rollup`): the
+//! buckets of several collectors, and of one collector's several runs, add
+//! up.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use clew_analysis::rollup::{Bucket, Limits, SpanRecord, TIER_WIDTHS_NANOS, align_down};
+use clew_proto::v1::Span;
+use parking_lot::Mutex;
+
+use crate::storage::{RollupPart, Storage, StorageError, filter};
+use crate::wal::{Appended, Wal, WalRecord};
+
+/// A bucket: (width, start), nanoseconds.
+type Key = (u64, u64);
+
+/// Settings of the roll-ups.
+#[derive(Debug, Clone)]
+pub struct RollupConfig {
+    /// How often buckets that changed are written to storage.
+    pub flush_interval: Duration,
+    /// How long a bucket stays in memory after its end.
+    pub keep: Duration,
+    /// Cardinality limits per bucket (overflow folds into one series).
+    pub limits: Limits,
+}
+
+impl Default for RollupConfig {
+    fn default() -> Self {
+        Self {
+            flush_interval: Duration::from_secs(10),
+            keep: Duration::from_secs(600),
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// Counters of the roll-ups, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct RollupStats {
+    /// Spans counted (once per span, not per tier).
+    pub spans: AtomicU64,
+    /// Spans of replayed records already in an earlier run's parts.
+    pub replay_skipped: AtomicU64,
+    /// Parts written.
+    pub parts_written: AtomicU64,
+    /// Flushes that failed (retried at the next interval).
+    pub flush_failures: AtomicU64,
+    /// Buckets read back from storage for a late span.
+    pub reloaded: AtomicU64,
+}
+
+/// What a span contributes, kept while its bucket is read back.
+#[derive(Debug, Clone)]
+struct Fact {
+    seq: u64,
+    start_unix_nanos: u64,
+    service: String,
+    operation: String,
+    kind: i32,
+    is_error: bool,
+    duration_nanos: u64,
+}
+
+impl Fact {
+    fn of(seq: u64, span: &Span) -> Fact {
+        Fact {
+            seq,
+            start_unix_nanos: span.start_time_unix_nano,
+            service: span.service.clone(),
+            operation: span.name.clone(),
+            kind: span.kind,
+            is_error: filter::is_error(span),
+            duration_nanos: filter::duration(span),
+        }
+    }
+
+    fn record(&self) -> SpanRecord<'_> {
+        SpanRecord {
+            service: &self.service,
+            operation: &self.operation,
+            kind: self.kind,
+            is_error: self.is_error,
+            duration_nanos: self.duration_nanos,
+        }
+    }
+}
+
+/// A bucket in memory.
+#[derive(Debug)]
+struct Open {
+    bucket: Bucket,
+    /// Changed since it was last written.
+    dirty: bool,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    open: BTreeMap<Key, Open>,
+    /// Buckets written by this process and let go.
+    evicted: HashSet<Key>,
+    /// Spans for evicted buckets, until the bucket is read back.
+    waiting: BTreeMap<Key, Vec<Fact>>,
+    /// From replay: earlier runs' `through` per bucket.
+    skip: HashMap<Key, u64>,
+    /// Records counted while an earlier one was still on its way, by seq.
+    deferred: BTreeMap<u64, Vec<Fact>>,
+}
+
+/// The roll-ups of one collector process. See the [module docs](self).
+#[derive(Debug)]
+pub struct Rollups {
+    owner: String,
+    /// `<incarnation>.`: the owners of earlier runs on the same WAL.
+    lineage: String,
+    config: RollupConfig,
+    wal: Wal,
+    state: Mutex<State>,
+    stats: RollupStats,
+}
+
+fn now_nanos() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+impl Rollups {
+    /// Roll-ups of the records of `wal`, whose directory's identity is
+    /// `incarnation`; this run's owner is named by the current time.
+    pub fn new(wal: Wal, incarnation: u64, config: RollupConfig) -> Rollups {
+        let lineage = format!("{incarnation:016x}.");
+        Rollups {
+            owner: format!("{lineage}{}", now_nanos()),
+            lineage,
+            config,
+            wal,
+            state: Mutex::new(State::default()),
+            stats: RollupStats::default(),
+        }
+    }
+
+    /// This run's owner name in storage.
+    pub fn owner(&self) -> &str {
+        &self.owner
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &RollupStats {
+        &self.stats
+    }
+
+    /// Reads what earlier runs of this incarnation wrote for the buckets of
+    /// the replayed records, so that [`record`](Self::record) skips what
+    /// they counted. Call before replaying.
+    pub async fn prepare_replay(
+        &self,
+        storage: &dyn Storage,
+        records: &[WalRecord],
+    ) -> Result<(), StorageError> {
+        let mut ranges: BTreeMap<u64, (u64, u64)> = BTreeMap::new();
+        for span in records.iter().flat_map(|r| &r.batch.spans) {
+            for key in keys(span.start_time_unix_nano) {
+                let r = ranges.entry(key.0).or_insert((key.1, key.1));
+                *r = (r.0.min(key.1), r.1.max(key.1));
+            }
+        }
+        let mut skip = HashMap::new();
+        for (width, (lo, hi)) in ranges {
+            let parts = storage.rollups(width, lo, hi.saturating_add(1)).await?;
+            for p in parts.iter().filter(|p| p.owner.starts_with(&self.lineage)) {
+                let through = skip.entry((width, p.start_unix_nanos)).or_insert(0);
+                *through = p.through.max(*through);
+            }
+        }
+        self.state.lock().skip = skip;
+        Ok(())
+    }
+
+    /// Counts the spans of a record read back at start-up (before the
+    /// flushes start), except where an earlier run counted it.
+    pub fn record(&self, seq: u64, spans: &[Span]) {
+        let mut state = self.state.lock();
+        self.count(&mut state, seq, spans);
+    }
+
+    /// Counts the spans of a record just appended and hands the record on
+    /// (to the assembler, which owes its release): both under the lock a
+    /// flush reads `through` under.
+    pub fn record_appended(&self, appended: Appended, spans: &[Span]) -> u64 {
+        let mut state = self.state.lock();
+        let seq = appended.seq();
+        if self.wal.consumed_below() < seq {
+            // An earlier record is on its way: this one may not be in a part
+            // whose `through` is at or below it.
+            let facts = spans.iter().map(|s| Fact::of(seq, s)).collect();
+            state.deferred.insert(seq, facts);
+            self.stats
+                .spans
+                .fetch_add(spans.len() as u64, Ordering::Relaxed);
+        } else {
+            self.count(&mut state, seq, spans);
+        }
+        appended.into_held_seq()
+    }
+
+    fn count(&self, state: &mut State, seq: u64, spans: &[Span]) {
+        let limits = &self.config.limits;
+        let (mut counted, mut skipped) = (0, 0);
+        for span in spans {
+            let mut fact = None;
+            for key in keys(span.start_time_unix_nano) {
+                if state.skip.get(&key).is_some_and(|t| seq < *t) {
+                    continue;
+                }
+                let fact = fact.get_or_insert_with(|| Fact::of(seq, span));
+                state.add(key, fact, limits);
+            }
+            match fact {
+                Some(_) => counted += 1,
+                None => skipped += 1,
+            }
+        }
+        self.stats.spans.fetch_add(counted, Ordering::Relaxed);
+        self.stats
+            .replay_skipped
+            .fetch_add(skipped, Ordering::Relaxed);
+    }
+
+    /// Writes every bucket that changed, as of `through` (below which every
+    /// record is counted), then lets go of buckets ended
+    /// [`RollupConfig::keep`] ago. Returns the `through` now durable: the
+    /// WAL may forget records below it.
+    pub async fn flush(&self, storage: &dyn Storage) -> Result<u64, StorageError> {
+        self.reload(storage).await?;
+        let (parts, through) = {
+            let mut state = self.state.lock();
+            let through = self.wal.consumed_below();
+            state.undefer(through, &self.config.limits);
+            // Spans waiting for their bucket to be read back are not in it.
+            let waiting = state.waiting.values().flatten().map(|f| f.seq).min();
+            let through = waiting.map_or(through, |w| w.min(through));
+            (state.take_dirty(&self.owner, through), through)
+        };
+        if let Err(e) = storage.put_rollups(&parts).await {
+            self.stats.flush_failures.fetch_add(1, Ordering::Relaxed);
+            self.state.lock().mark_dirty(&parts);
+            return Err(e);
+        }
+        self.stats
+            .parts_written
+            .fetch_add(parts.len() as u64, Ordering::Relaxed);
+        let horizon = now_nanos().saturating_sub(self.config.keep.as_nanos() as u64);
+        self.state.lock().evict(horizon);
+        Ok(through)
+    }
+
+    /// Reads back the buckets late spans wait for and adds them.
+    async fn reload(&self, storage: &dyn Storage) -> Result<(), StorageError> {
+        let keys: Vec<Key> = self.state.lock().waiting.keys().copied().collect();
+        for (width, start) in keys {
+            let parts = storage
+                .rollups(width, start, start.saturating_add(1))
+                .await?;
+            let own = parts.iter().find(|p| p.owner == self.owner);
+            let mut bucket = match own {
+                Some(p) => Bucket::decode(&p.bytes).map_err(|e| StorageError::Corrupt {
+                    backend: "rollups",
+                    detail: e.to_string(),
+                })?,
+                None => match new_bucket((width, start)) {
+                    Some(b) => b,
+                    None => continue,
+                },
+            };
+            let mut state = self.state.lock();
+            for fact in state.waiting.remove(&(width, start)).unwrap_or_default() {
+                bucket.add_span(&fact.record(), &self.config.limits);
+            }
+            state.evicted.remove(&(width, start));
+            state.open.insert(
+                (width, start),
+                Open {
+                    bucket,
+                    dirty: true,
+                },
+            );
+            self.stats.reloaded.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// Flushes every `flush_interval` until `stop` resolves, then once
+    /// more; moves the WAL's floor to each `through` written.
+    pub async fn run(
+        &self,
+        storage: std::sync::Arc<dyn Storage>,
+        stop: impl std::future::Future<Output = ()>,
+    ) {
+        tokio::pin!(stop);
+        let mut tick = tokio::time::interval(self.config.flush_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let stopping = tokio::select! {
+                _ = tick.tick() => false,
+                () = &mut stop => true,
+            };
+            match self.flush(storage.as_ref()).await {
+                Ok(through) => self.wal.set_floor(Some(through)),
+                Err(e) => tracing::warn!(error = %e.detail(), "roll-ups not written; retrying"),
+            }
+            if stopping {
+                return;
+            }
+        }
+    }
+}
+
+impl State {
+    /// Counts the deferred records below `through`.
+    fn undefer(&mut self, through: u64, limits: &Limits) {
+        let later = self.deferred.split_off(&through);
+        let ready = std::mem::replace(&mut self.deferred, later);
+        for fact in ready.into_values().flatten() {
+            for key in keys_of(&fact) {
+                self.add(key, &fact, limits);
+            }
+        }
+    }
+
+    fn add(&mut self, key: Key, fact: &Fact, limits: &Limits) {
+        if self.evicted.contains(&key) {
+            self.waiting.entry(key).or_default().push(fact.clone());
+            return;
+        }
+        let open = match self.open.entry(key) {
+            std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::btree_map::Entry::Vacant(e) => match new_bucket(key) {
+                Some(bucket) => e.insert(Open {
+                    bucket,
+                    dirty: true,
+                }),
+                None => return,
+            },
+        };
+        open.bucket.add_span(&fact.record(), limits);
+        open.dirty = true;
+    }
+
+    fn take_dirty(&mut self, owner: &str, through: u64) -> Vec<RollupPart> {
+        let mut parts = Vec::new();
+        for (&(width, start), open) in self.open.iter_mut().filter(|(_, o)| o.dirty) {
+            let mut bytes = Vec::new();
+            open.bucket.encode(&mut bytes);
+            open.dirty = false;
+            parts.push(RollupPart {
+                width_nanos: width,
+                start_unix_nanos: start,
+                owner: owner.to_owned(),
+                through,
+                bytes,
+            });
+        }
+        parts
+    }
+
+    fn mark_dirty(&mut self, parts: &[RollupPart]) {
+        for p in parts {
+            if let Some(open) = self.open.get_mut(&(p.width_nanos, p.start_unix_nanos)) {
+                open.dirty = true;
+            }
+        }
+    }
+
+    /// Lets go of the clean buckets that ended before `horizon`.
+    fn evict(&mut self, horizon: u64) {
+        let old: Vec<Key> = self
+            .open
+            .iter()
+            .filter(|((w, s), o)| !o.dirty && s.saturating_add(*w) < horizon)
+            .map(|(k, _)| *k)
+            .collect();
+        for key in old {
+            self.open.remove(&key);
+            self.evicted.insert(key);
+        }
+    }
+}
+
+fn keys_of(fact: &Fact) -> impl Iterator<Item = Key> {
+    keys(fact.start_unix_nanos)
+}
+
+/// The bucket of each tier holding time `t`.
+fn keys(t: u64) -> impl Iterator<Item = Key> {
+    TIER_WIDTHS_NANOS
+        .into_iter()
+        .map(move |w| (w, align_down(t, w)))
+}
+
+/// An empty bucket (`None` only for an unaligned key, which [`keys`]
+/// never makes).
+fn new_bucket((width, start): Key) -> Option<Bucket> {
+    Bucket::new(start, width).ok()
+}
+
+#[cfg(test)]
+mod tests;

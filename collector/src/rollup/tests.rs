@@ -1,0 +1,216 @@
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use clew_analysis::rollup::{Bucket, RedKey};
+use clew_proto::v1::{ExportRequest, Span, Status, status};
+
+use super::*;
+use crate::storage::memory::MemoryStorage;
+use crate::wal::tests::fast_config;
+
+const SEC: u64 = 1_000_000_000;
+const W: u64 = 10 * SEC;
+
+/// A span of `service`/`op` starting `ago` before `base`; every seventh an
+/// error.
+fn span(n: u64, base: u64, ago: u64) -> Span {
+    let mut trace_id = [0u8; 16];
+    trace_id[8..].copy_from_slice(&(n / 5 + 1).to_be_bytes());
+    let start = base - ago;
+    Span {
+        trace_id: trace_id.to_vec(),
+        span_id: (n + 1).to_be_bytes().to_vec(),
+        name: format!("op-{}", n % 3),
+        service: format!("svc-{}", n % 2),
+        kind: (n % 3) as i32,
+        start_time_unix_nano: start,
+        end_time_unix_nano: start + (n % 11 + 1) * 1_000_000,
+        status: n.is_multiple_of(7).then(|| Status {
+            code: status::Code::Error as i32,
+            message: String::new(),
+        }),
+        ..Span::default()
+    }
+}
+
+/// Ten batches of 40 spans spread over the last 50 seconds.
+fn batches(base: u64) -> Vec<ExportRequest> {
+    (0..10u64)
+        .map(|b| ExportRequest {
+            spans: (0..40)
+                .map(|i| span(b * 40 + i, base, (b * 40 + i) % 50 * SEC))
+                .collect(),
+        })
+        .collect()
+}
+
+type Counts = BTreeMap<(u64, String, String, i32), (u64, u64)>;
+
+/// (bucket start, service, op, kind) → (requests, errors), straight from the spans.
+fn expected(batches: &[ExportRequest]) -> Counts {
+    let mut out = Counts::new();
+    for s in batches.iter().flat_map(|b| &b.spans) {
+        let key = (
+            align_down(s.start_time_unix_nano, W),
+            s.service.clone(),
+            s.name.clone(),
+            s.kind,
+        );
+        let e = out.entry(key).or_default();
+        e.0 += 1;
+        e.1 += u64::from(filter::is_error(s));
+    }
+    out
+}
+
+/// The same from every owner's 10 s parts in storage, merged.
+async fn stored(storage: &dyn Storage) -> Counts {
+    let mut merged: BTreeMap<u64, Bucket> = BTreeMap::new();
+    for p in storage.rollups(W, 0, u64::MAX).await.unwrap() {
+        let b = Bucket::decode(&p.bytes).unwrap();
+        match merged.get_mut(&p.start_unix_nanos) {
+            Some(m) => m.merge(&b).unwrap(),
+            None => {
+                merged.insert(p.start_unix_nanos, b);
+            }
+        }
+    }
+    let mut out = Counts::new();
+    for (start, b) in &merged {
+        for (
+            RedKey {
+                service,
+                operation,
+                kind,
+            },
+            stats,
+        ) in b.red()
+        {
+            let key = (*start, service.to_owned(), operation.to_owned(), kind);
+            out.insert(key, (stats.requests(), stats.errors()));
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn every_span_is_counted_once_across_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage: Arc<dyn Storage> = Arc::new(MemoryStorage::new(1000));
+    let batches = batches(now_nanos());
+    let (wal, _) = Wal::open(dir.path(), fast_config()).unwrap();
+    let r = Rollups::new(wal.clone(), 7, RollupConfig::default());
+    let mut acks = Vec::new();
+    for b in &batches[..7] {
+        acks.push(wal.append(b).await.unwrap());
+    }
+    let mut acks = acks.into_iter();
+    for b in &batches[..5] {
+        r.record_appended(acks.next().unwrap(), &b.spans);
+    }
+    // Batch 6 is handed on before batch 5: it waits aside.
+    let (a5, a6) = (acks.next().unwrap(), acks.next().unwrap());
+    r.record_appended(a6, &batches[6].spans);
+    assert_eq!(r.flush(storage.as_ref()).await.unwrap(), 5);
+    r.record_appended(a5, &batches[5].spans);
+    assert_eq!(r.flush(storage.as_ref()).await.unwrap(), 7);
+    // Three more counted, never written: then the process dies.
+    for b in &batches[7..] {
+        r.record_appended(wal.append(b).await.unwrap(), &b.spans);
+    }
+    drop((r, wal));
+
+    let (wal, replay) = Wal::open(dir.path(), fast_config()).unwrap();
+    assert_eq!(replay.len(), 10, "nothing was released");
+    let again = Rollups::new(wal, 7, RollupConfig::default());
+    assert_ne!(again.owner(), "", "a run has an owner");
+    again
+        .prepare_replay(storage.as_ref(), &replay)
+        .await
+        .unwrap();
+    for rec in &replay {
+        again.record(rec.seq, &rec.batch.spans);
+    }
+    assert_eq!(again.flush(storage.as_ref()).await.unwrap(), 10);
+    assert_eq!(stored(storage.as_ref()).await, expected(&batches));
+    assert_eq!(again.stats().replay_skipped.load(Ordering::Relaxed), 7 * 40);
+    assert_eq!(again.stats().spans.load(Ordering::Relaxed), 3 * 40);
+}
+
+#[tokio::test]
+async fn another_incarnation_counts_everything_it_replays() {
+    // A WAL directory lost and started afresh shares nothing with the old
+    // one's parts: nothing of its own is skipped.
+    let dir = tempfile::tempdir().unwrap();
+    let storage: Arc<dyn Storage> = Arc::new(MemoryStorage::new(1000));
+    let batches = batches(now_nanos());
+    let (wal, _) = Wal::open(dir.path(), fast_config()).unwrap();
+    let old = Rollups::new(wal.clone(), 1, RollupConfig::default());
+    for b in &batches {
+        old.record_appended(wal.append(b).await.unwrap(), &b.spans);
+    }
+    old.flush(storage.as_ref()).await.unwrap();
+    drop((old, wal));
+    let (wal, replay) = Wal::open(dir.path(), fast_config()).unwrap();
+    let other = Rollups::new(wal, 2, RollupConfig::default());
+    other
+        .prepare_replay(storage.as_ref(), &replay)
+        .await
+        .unwrap();
+    for rec in &replay {
+        other.record(rec.seq, &rec.batch.spans);
+    }
+    other.flush(storage.as_ref()).await.unwrap();
+    let twice: Counts = expected(&batches)
+        .into_iter()
+        .map(|(k, (n, e))| (k, (2 * n, 2 * e)))
+        .collect();
+    assert_eq!(stored(storage.as_ref()).await, twice);
+}
+
+#[tokio::test]
+async fn the_wal_keeps_what_the_rollups_have_not_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage: Arc<dyn Storage> = Arc::new(MemoryStorage::new(1000));
+    let (wal, _) = Wal::open(dir.path(), fast_config()).unwrap();
+    wal.set_floor(Some(wal.checkpoint()));
+    let r = Rollups::new(wal.clone(), 3, RollupConfig::default());
+    for b in &batches(now_nanos())[..3] {
+        let seq = r.record_appended(wal.append(b).await.unwrap(), &b.spans);
+        wal.release(seq); // stored by the assembler
+    }
+    assert_eq!(wal.checkpoint(), 0, "the floor holds the records");
+    let through = r.flush(storage.as_ref()).await.unwrap();
+    wal.set_floor(Some(through));
+    assert_eq!(wal.checkpoint(), 3);
+}
+
+#[tokio::test]
+async fn a_late_span_is_added_to_its_written_bucket() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage: Arc<dyn Storage> = Arc::new(MemoryStorage::new(1000));
+    let (wal, _) = Wal::open(dir.path(), fast_config()).unwrap();
+    let config = RollupConfig {
+        keep: Duration::ZERO,
+        ..RollupConfig::default()
+    };
+    let r = Rollups::new(wal.clone(), 4, config);
+    let hour_ago = now_nanos() - 3_600 * SEC;
+    let first = ExportRequest {
+        spans: vec![span(0, hour_ago, 0)],
+    };
+    r.record_appended(wal.append(&first).await.unwrap(), &first.spans);
+    r.flush(storage.as_ref()).await.unwrap();
+    let late = ExportRequest {
+        spans: vec![span(2, hour_ago, 0)],
+    };
+    let seq = r.record_appended(wal.append(&late).await.unwrap(), &late.spans);
+    assert_eq!(seq, 1);
+    assert_eq!(r.flush(storage.as_ref()).await.unwrap(), 2);
+    let all = [first, late];
+    assert_eq!(stored(storage.as_ref()).await, expected(&all));
+    // One part per tier, read back and written again.
+    assert_eq!(r.stats().reloaded.load(Ordering::Relaxed), 4);
+    let parts = storage.rollups(W, 0, u64::MAX).await.unwrap();
+    assert_eq!(parts.len(), 1, "still one part of this owner: {parts:?}");
+}
