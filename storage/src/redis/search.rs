@@ -19,8 +19,11 @@ pub const MAX_SCANNED: usize = 100_000;
 pub(super) const SHORT_CANDIDATES: usize = 2_000;
 
 /// Index entries one call of the scan script walks (bounds how long it holds
-/// Redis).
+/// Redis); a round over several shards splits it between them, at least
+/// [`MIN_SHARD_BATCH`] each, so the shards walk back in time together
+/// instead of each walking a whole batch past what the others reach.
 const SCAN_BATCH: usize = 5_000;
+const MIN_SHARD_BATCH: usize = 250;
 
 /// Walks an index newest first, keeping the trace ids that meet every check:
 /// membership of another index (`z`) or a fact of the trace (`h`, read from
@@ -242,7 +245,12 @@ impl Inner {
         let at: Vec<usize> = (0..cursors.len())
             .filter(|&i| !cursors[i].exhausted && cursors[i].low >= frontier)
             .collect();
-        let replies = join_all(at.iter().map(|&i| self.scan(walk, cursors[i], want))).await;
+        let budget = (SCAN_BATCH / at.len().max(1)).max(MIN_SHARD_BATCH);
+        let replies = join_all(
+            at.iter()
+                .map(|&i| self.scan(walk, cursors[i], want, budget)),
+        )
+        .await;
         let mut scanned = 0;
         for (i, reply) in at.into_iter().zip(replies) {
             let (next, exhausted, tids, scores, low) = reply?;
@@ -259,14 +267,14 @@ impl Inner {
     }
 
     /// One call of the scan script on a shard from its cursor.
-    async fn scan(&self, walk: &Walk, at: Cursor, want: usize) -> Result<Scanned> {
+    async fn scan(&self, walk: &Walk, at: Cursor, want: usize, budget: usize) -> Result<Scanned> {
         let k = self.keys.shard(at.shard);
         let mut inv = self.scan_script.prepare_invoke();
         inv.key(walk.primary.key(&k))
             .arg(&walk.max)
             .arg(&walk.min)
             .arg(at.offset)
-            .arg(SCAN_BATCH)
+            .arg(budget)
             .arg(want)
             .arg(walk.checks.len())
             .arg(k.trace(b""));
