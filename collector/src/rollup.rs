@@ -35,6 +35,7 @@
 //! buckets of several collectors, and of one collector's several runs, add
 //! up.
 
+use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -129,13 +130,25 @@ struct Open {
     dirty: bool,
 }
 
+/// Spans counted and not yet folded into [`Open`] buckets, with the
+/// lowest record they come from.
+#[derive(Debug)]
+struct Delta {
+    bucket: Bucket,
+    min_seq: u64,
+}
+
 #[derive(Debug, Default)]
 struct State {
+    /// Every tier's buckets in memory (what this run counted in each).
     open: BTreeMap<Key, Open>,
+    /// Spans since the last flush, by finest-tier bucket start: a span
+    /// costs one sketch insert here; a flush folds them into every tier.
+    delta: BTreeMap<u64, Delta>,
     /// Buckets written by this process and let go.
     evicted: HashSet<Key>,
-    /// Spans for evicted buckets, until the bucket is read back.
-    waiting: BTreeMap<Key, Vec<Fact>>,
+    /// What was counted for evicted buckets, until the bucket is read back.
+    waiting: BTreeMap<Key, Delta>,
     /// From replay: earlier runs' `through` per bucket.
     skip: HashMap<Key, u64>,
     /// Records counted while an earlier one was still on its way, by seq.
@@ -243,17 +256,21 @@ impl Rollups {
         let limits = &self.config.limits;
         let (mut counted, mut skipped) = (0, 0);
         for span in spans {
-            let mut fact = None;
-            for key in keys(span.start_time_unix_nano) {
-                if state.skip.get(&key).is_some_and(|t| seq < *t) {
-                    continue;
-                }
-                let fact = fact.get_or_insert_with(|| Fact::of(seq, span));
-                state.add(key, fact, limits);
+            let start = span.start_time_unix_nano;
+            let skips = |k: &Key| state.skip.get(k).is_some_and(|t| seq < *t);
+            if state.skip.is_empty() || !keys(start).any(|k| skips(&k)) {
+                state.add_fresh(seq, start, &span_record(span), limits);
+                counted += 1;
+                continue;
             }
-            match fact {
-                Some(_) => counted += 1,
-                None => skipped += 1,
+            // Replayed, and in an earlier run's part for some tiers.
+            let wanted: Vec<Key> = keys(start).filter(|k| !skips(k)).collect();
+            for key in &wanted {
+                state.add_one_tier(*key, seq, &span_record(span), limits);
+            }
+            match wanted.is_empty() {
+                true => skipped += 1,
+                false => counted += 1,
             }
         }
         self.stats.spans.fetch_add(counted, Ordering::Relaxed);
@@ -267,13 +284,21 @@ impl Rollups {
     /// [`RollupConfig::keep`] ago. Returns the `through` now durable: the
     /// WAL may forget records below it.
     pub async fn flush(&self, storage: &dyn Storage) -> Result<u64, StorageError> {
+        // Fold first, so that what arrived for evicted buckets is read back
+        // in this flush.
+        {
+            let mut state = self.state.lock();
+            state.undefer(self.wal.consumed_below(), &self.config.limits);
+            state.fold_deltas();
+        }
         self.reload(storage).await?;
         let (parts, through) = {
             let mut state = self.state.lock();
             let through = self.wal.consumed_below();
             state.undefer(through, &self.config.limits);
+            state.fold_deltas();
             // Spans waiting for their bucket to be read back are not in it.
-            let waiting = state.waiting.values().flatten().map(|f| f.seq).min();
+            let waiting = state.waiting.values().map(|d| d.min_seq).min();
             let through = waiting.map_or(through, |w| w.min(through));
             (state.take_dirty(&self.owner, through), through)
         };
@@ -309,8 +334,8 @@ impl Rollups {
                 },
             };
             let mut state = self.state.lock();
-            for fact in state.waiting.remove(&(width, start)).unwrap_or_default() {
-                bucket.add_span(&fact.record(), &self.config.limits);
+            if let Some(w) = state.waiting.remove(&(width, start)) {
+                merge_into(&mut bucket, &w.bucket);
             }
             state.evicted.remove(&(width, start));
             state.open.insert(
@@ -357,20 +382,66 @@ impl State {
         let later = self.deferred.split_off(&through);
         let ready = std::mem::replace(&mut self.deferred, later);
         for fact in ready.into_values().flatten() {
-            for key in keys_of(&fact) {
-                self.add(key, &fact, limits);
+            self.add_fresh(fact.seq, fact.start_unix_nanos, &fact.record(), limits);
+        }
+    }
+
+    /// A span into the delta of its finest-tier bucket.
+    fn add_fresh(&mut self, seq: u64, start: u64, span: &SpanRecord<'_>, limits: &Limits) {
+        let key = (
+            TIER_WIDTHS_NANOS[0],
+            align_down(start, TIER_WIDTHS_NANOS[0]),
+        );
+        let delta = match self.delta.entry(key.1) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(e) => match new_bucket(key) {
+                Some(bucket) => e.insert(Delta {
+                    bucket,
+                    min_seq: seq,
+                }),
+                None => return,
+            },
+        };
+        delta.min_seq = delta.min_seq.min(seq);
+        delta.bucket.add_span(span, limits);
+    }
+
+    /// A span into one tier's bucket only (replay, where an earlier run
+    /// counted it in the others).
+    fn add_one_tier(&mut self, key: Key, seq: u64, span: &SpanRecord<'_>, limits: &Limits) {
+        if let Some(mut bucket) = new_bucket(key) {
+            bucket.add_span(span, limits);
+            self.fold(key, &bucket, seq);
+        }
+    }
+
+    /// Folds every delta into the buckets of every tier holding it.
+    fn fold_deltas(&mut self) {
+        for (start, delta) in std::mem::take(&mut self.delta) {
+            for key in keys(start) {
+                self.fold(key, &delta.bucket, delta.min_seq);
             }
         }
     }
 
-    fn add(&mut self, key: Key, fact: &Fact, limits: &Limits) {
+    /// Adds `part` (spans of a bucket inside `key`'s) to the bucket `key`,
+    /// or to what waits for it when it was let go.
+    fn fold(&mut self, key: Key, part: &Bucket, min_seq: u64) {
         if self.evicted.contains(&key) {
-            self.waiting.entry(key).or_default().push(fact.clone());
+            let waiting = match self.waiting.entry(key) {
+                Entry::Occupied(e) => e.into_mut(),
+                Entry::Vacant(e) => match new_bucket(key) {
+                    Some(bucket) => e.insert(Delta { bucket, min_seq }),
+                    None => return,
+                },
+            };
+            waiting.min_seq = waiting.min_seq.min(min_seq);
+            merge_into(&mut waiting.bucket, part);
             return;
         }
         let open = match self.open.entry(key) {
-            std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
-            std::collections::btree_map::Entry::Vacant(e) => match new_bucket(key) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(e) => match new_bucket(key) {
                 Some(bucket) => e.insert(Open {
                     bucket,
                     dirty: true,
@@ -378,7 +449,7 @@ impl State {
                 None => return,
             },
         };
-        open.bucket.add_span(&fact.record(), limits);
+        merge_into(&mut open.bucket, part);
         open.dirty = true;
     }
 
@@ -422,8 +493,22 @@ impl State {
     }
 }
 
-fn keys_of(fact: &Fact) -> impl Iterator<Item = Key> {
-    keys(fact.start_unix_nanos)
+/// Merges `part` into `into`; both come from aligned keys, `part`
+/// inside `into`, so this does not fail.
+fn merge_into(into: &mut Bucket, part: &Bucket) {
+    if let Err(e) = into.merge(part) {
+        tracing::error!(error = %e, "roll-up bucket merge");
+    }
+}
+
+fn span_record(span: &Span) -> SpanRecord<'_> {
+    SpanRecord {
+        service: &span.service,
+        operation: &span.name,
+        kind: span.kind,
+        is_error: filter::is_error(span),
+        duration_nanos: filter::duration(span),
+    }
 }
 
 /// The bucket of each tier holding time `t`.

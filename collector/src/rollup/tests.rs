@@ -214,3 +214,56 @@ async fn a_late_span_is_added_to_its_written_bucket() {
     let parts = storage.rollups(W, 0, u64::MAX).await.unwrap();
     assert_eq!(parts.len(), 1, "still one part of this owner: {parts:?}");
 }
+
+#[tokio::test]
+async fn a_replayed_span_skips_only_the_tiers_an_earlier_run_wrote() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage: Arc<dyn Storage> = Arc::new(MemoryStorage::new(1000));
+    let batches = batches(now_nanos());
+    let (wal, _) = Wal::open(dir.path(), fast_config()).unwrap();
+    for b in &batches {
+        let _ = wal.append(b).await.unwrap().into_held_seq();
+    }
+    drop(wal);
+    // An earlier run of this WAL wrote the minute tier (only) past them all.
+    let minute = TIER_WIDTHS_NANOS[1];
+    let starts: HashSet<u64> = batches
+        .iter()
+        .flat_map(|b| &b.spans)
+        .map(|s| align_down(s.start_time_unix_nano, minute))
+        .collect();
+    let earlier: Vec<RollupPart> = starts
+        .iter()
+        .map(|&start| {
+            let mut bytes = Vec::new();
+            Bucket::new(start, minute).unwrap().encode(&mut bytes);
+            RollupPart {
+                width_nanos: minute,
+                start_unix_nanos: start,
+                owner: format!("{:016x}.1", 7),
+                through: 100,
+                bytes,
+            }
+        })
+        .collect();
+    storage.put_rollups(&earlier).await.unwrap();
+    let (wal, replay) = Wal::open(dir.path(), fast_config()).unwrap();
+    let r = Rollups::new(wal, 7, RollupConfig::default());
+    r.prepare_replay(storage.as_ref(), &replay).await.unwrap();
+    for rec in &replay {
+        r.record(rec.seq, &rec.batch.spans);
+    }
+    r.flush(storage.as_ref()).await.unwrap();
+    assert_eq!(stored(storage.as_ref()).await, expected(&batches));
+    let mine = |w| {
+        let storage = Arc::clone(&storage);
+        let owner = r.owner().to_owned();
+        async move {
+            let parts = storage.rollups(w, 0, u64::MAX).await.unwrap();
+            parts.into_iter().filter(|p| p.owner == owner).count()
+        }
+    };
+    assert_eq!(mine(minute).await, 0, "the minute tier was counted before");
+    assert!(mine(TIER_WIDTHS_NANOS[2]).await > 0);
+    assert_eq!(r.stats().spans.load(Ordering::Relaxed), 400);
+}
