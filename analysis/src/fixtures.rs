@@ -126,6 +126,22 @@ pub fn window(
         .collect()
 }
 
+/// 200 traces; db select takes 10-12 ms, except every tenth trace: 200 ms.
+pub fn recurring_spike() -> Vec<Trace> {
+    window(
+        200,
+        |i| {
+            if i % 10 == 0 {
+                200
+            } else {
+                10 + u64::from(i % 3)
+            }
+        },
+        |_| false,
+        |_| false,
+    )
+}
+
 /// root 0..100 calls a 10..40 and b 20..90 (concurrent); b calls c 30..50
 /// and d 60..80 (sequential).
 pub fn fan_out() -> Trace {

@@ -437,22 +437,6 @@ fn a_new_call_edge_is_reported() {
 
 // ---- anomaly groups ---------------------------------------------------
 
-/// 200 traces; db select takes 10-12 ms, except every tenth trace: 200 ms.
-fn recurring_spike() -> Vec<Trace> {
-    window(
-        200,
-        |i| {
-            if i % 10 == 0 {
-                200
-            } else {
-                10 + u64::from(i % 3)
-            }
-        },
-        |_| false,
-        |_| false,
-    )
-}
-
 #[test]
 fn a_recurring_latency_spike_is_one_group() {
     let found = detect_anomalies(&recurring_spike(), &AnomalyConfig::default());

@@ -26,10 +26,11 @@
 //!   earlier process of the same incarnation wrote with `through > seq`:
 //!   it is in that part already ([`Rollups::prepare_replay`]).
 //!
-//! A bucket stays in memory [`RollupConfig::keep`] after its end. A span
-//! for a bucket this process wrote and let go waits until the next flush
-//! reads the part back, adds it and writes it again (the WAL keeps its
-//! record meanwhile).
+//! A span costs one sketch insert, into its 10 s bucket's delta; a flush
+//! folds the deltas into every tier's bucket. A bucket stays in memory
+//! [`RollupConfig::keep`] after its end. A span for a bucket this process
+//! wrote and let go waits while the next flush reads the part back, adds
+//! it and writes it again (the WAL keeps its record meanwhile).
 //!
 //! Readers merge every owner's parts (`clew_analysis::rollup`): the
 //! buckets of several collectors, and of one collector's several runs, add
@@ -38,7 +39,7 @@
 use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use clew_analysis::rollup::{Bucket, Limits, SpanRecord, TIER_WIDTHS_NANOS, align_down};
 use clew_proto::v1::Span;
@@ -142,12 +143,12 @@ struct Delta {
 struct State {
     /// Every tier's buckets in memory (what this run counted in each).
     open: BTreeMap<Key, Open>,
-    /// Spans since the last flush, by finest-tier bucket start: a span
-    /// costs one sketch insert here; a flush folds them into every tier.
-    delta: BTreeMap<u64, Delta>,
+    /// Spans since the last flush, by finest-tier bucket: a span costs one
+    /// sketch insert here; a flush folds them into every tier.
+    delta: BTreeMap<Key, Delta>,
     /// Buckets written by this process and let go.
     evicted: HashSet<Key>,
-    /// What was counted for evicted buckets, until the bucket is read back.
+    /// What was counted for buckets let go, until the bucket is read back.
     waiting: BTreeMap<Key, Delta>,
     /// From replay: earlier runs' `through` per bucket.
     skip: HashMap<Key, u64>,
@@ -167,19 +168,13 @@ pub struct Rollups {
     stats: RollupStats,
 }
 
-fn now_nanos() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64)
-}
-
 impl Rollups {
     /// Roll-ups of the records of `wal`, whose directory's identity is
     /// `incarnation`; this run's owner is named by the current time.
     pub fn new(wal: Wal, incarnation: u64, config: RollupConfig) -> Rollups {
         let lineage = format!("{incarnation:016x}.");
         Rollups {
-            owner: format!("{lineage}{}", now_nanos()),
+            owner: format!("{lineage}{}", clew_model::now_unix_nanos()),
             lineage,
             config,
             wal,
@@ -284,19 +279,17 @@ impl Rollups {
     /// [`RollupConfig::keep`] ago. Returns the `through` now durable: the
     /// WAL may forget records below it.
     pub async fn flush(&self, storage: &dyn Storage) -> Result<u64, StorageError> {
-        // Fold first, so that what arrived for evicted buckets is read back
+        // Fold first, so that what arrived for buckets let go is read back
         // in this flush.
         {
             let mut state = self.state.lock();
-            state.undefer(self.wal.consumed_below(), &self.config.limits);
-            state.fold_deltas();
+            state.settle(self.wal.consumed_below(), &self.config.limits);
         }
         self.reload(storage).await?;
         let (parts, through) = {
             let mut state = self.state.lock();
             let through = self.wal.consumed_below();
-            state.undefer(through, &self.config.limits);
-            state.fold_deltas();
+            state.settle(through, &self.config.limits);
             // Spans waiting for their bucket to be read back are not in it.
             let waiting = state.waiting.values().map(|d| d.min_seq).min();
             let through = waiting.map_or(through, |w| w.min(through));
@@ -310,7 +303,8 @@ impl Rollups {
         self.stats
             .parts_written
             .fetch_add(parts.len() as u64, Ordering::Relaxed);
-        let horizon = now_nanos().saturating_sub(self.config.keep.as_nanos() as u64);
+        let keep = u64::try_from(self.config.keep.as_nanos()).unwrap_or(u64::MAX);
+        let horizon = clew_model::now_unix_nanos().saturating_sub(keep);
         self.state.lock().evict(horizon);
         Ok(through)
     }
@@ -334,10 +328,10 @@ impl Rollups {
                 },
             };
             let mut state = self.state.lock();
+            state.evicted.remove(&(width, start));
             if let Some(w) = state.waiting.remove(&(width, start)) {
                 merge_into(&mut bucket, &w.bucket);
             }
-            state.evicted.remove(&(width, start));
             state.open.insert(
                 (width, start),
                 Open {
@@ -377,12 +371,18 @@ impl Rollups {
 }
 
 impl State {
-    /// Counts the deferred records below `through`.
-    fn undefer(&mut self, through: u64, limits: &Limits) {
+    /// Counts the deferred records below `through`, then folds every
+    /// delta into the buckets of every tier holding it.
+    fn settle(&mut self, through: u64, limits: &Limits) {
         let later = self.deferred.split_off(&through);
         let ready = std::mem::replace(&mut self.deferred, later);
         for fact in ready.into_values().flatten() {
             self.add_fresh(fact.seq, fact.start_unix_nanos, &fact.record(), limits);
+        }
+        for ((_, start), delta) in std::mem::take(&mut self.delta) {
+            for key in keys(start) {
+                self.fold(key, &delta.bucket, delta.min_seq);
+            }
         }
     }
 
@@ -392,18 +392,14 @@ impl State {
             TIER_WIDTHS_NANOS[0],
             align_down(start, TIER_WIDTHS_NANOS[0]),
         );
-        let delta = match self.delta.entry(key.1) {
-            Entry::Occupied(e) => e.into_mut(),
-            Entry::Vacant(e) => match new_bucket(key) {
-                Some(bucket) => e.insert(Delta {
-                    bucket,
-                    min_seq: seq,
-                }),
-                None => return,
-            },
+        let make = |bucket| Delta {
+            bucket,
+            min_seq: seq,
         };
-        delta.min_seq = delta.min_seq.min(seq);
-        delta.bucket.add_span(span, limits);
+        if let Some(delta) = slot(&mut self.delta, key, make) {
+            delta.min_seq = delta.min_seq.min(seq);
+            delta.bucket.add_span(span, limits);
+        }
     }
 
     /// A span into one tier's bucket only (replay, where an earlier run
@@ -415,42 +411,25 @@ impl State {
         }
     }
 
-    /// Folds every delta into the buckets of every tier holding it.
-    fn fold_deltas(&mut self) {
-        for (start, delta) in std::mem::take(&mut self.delta) {
-            for key in keys(start) {
-                self.fold(key, &delta.bucket, delta.min_seq);
-            }
-        }
-    }
-
     /// Adds `part` (spans of a bucket inside `key`'s) to the bucket `key`,
     /// or to what waits for it when it was let go.
     fn fold(&mut self, key: Key, part: &Bucket, min_seq: u64) {
         if self.evicted.contains(&key) {
-            let waiting = match self.waiting.entry(key) {
-                Entry::Occupied(e) => e.into_mut(),
-                Entry::Vacant(e) => match new_bucket(key) {
-                    Some(bucket) => e.insert(Delta { bucket, min_seq }),
-                    None => return,
-                },
-            };
-            waiting.min_seq = waiting.min_seq.min(min_seq);
-            merge_into(&mut waiting.bucket, part);
+            let make = |bucket| Delta { bucket, min_seq };
+            if let Some(waiting) = slot(&mut self.waiting, key, make) {
+                waiting.min_seq = waiting.min_seq.min(min_seq);
+                merge_into(&mut waiting.bucket, part);
+            }
             return;
         }
-        let open = match self.open.entry(key) {
-            Entry::Occupied(e) => e.into_mut(),
-            Entry::Vacant(e) => match new_bucket(key) {
-                Some(bucket) => e.insert(Open {
-                    bucket,
-                    dirty: true,
-                }),
-                None => return,
-            },
+        let make = |bucket| Open {
+            bucket,
+            dirty: true,
         };
-        merge_into(&mut open.bucket, part);
-        open.dirty = true;
+        if let Some(open) = slot(&mut self.open, key, make) {
+            merge_into(&mut open.bucket, part);
+            open.dirty = true;
+        }
     }
 
     fn take_dirty(&mut self, owner: &str, through: u64) -> Vec<RollupPart> {
@@ -480,16 +459,23 @@ impl State {
 
     /// Lets go of the clean buckets that ended before `horizon`.
     fn evict(&mut self, horizon: u64) {
-        let old: Vec<Key> = self
-            .open
-            .iter()
-            .filter(|((w, s), o)| !o.dirty && s.saturating_add(*w) < horizon)
-            .map(|(k, _)| *k)
-            .collect();
-        for key in old {
-            self.open.remove(&key);
-            self.evicted.insert(key);
-        }
+        let evicted = &mut self.evicted;
+        self.open.retain(|&(w, s), o| {
+            let keep = o.dirty || s.saturating_add(w) >= horizon;
+            if !keep {
+                evicted.insert((w, s));
+            }
+            keep
+        });
+    }
+}
+
+/// The value of `key` in `map`, made from an empty bucket when missing
+/// (`None` only for an unaligned key, which [`keys`] never makes).
+fn slot<V>(map: &mut BTreeMap<Key, V>, key: Key, make: impl FnOnce(Bucket) -> V) -> Option<&mut V> {
+    match map.entry(key) {
+        Entry::Occupied(e) => Some(e.into_mut()),
+        Entry::Vacant(e) => Some(e.insert(make(new_bucket(key)?))),
     }
 }
 

@@ -543,9 +543,10 @@ async fn open_core(config: &Config) -> Result<Core, ServerError> {
         Arc::new(sink),
         wal.clone(),
     )?);
-    let rollups = match config.rollups {
-        true => Some(open_rollups(config, &wal, &wal_dir, storage.as_ref(), &replay).await?),
-        false => None,
+    let rollups = if config.rollups {
+        Some(open_rollups(config, &wal, &wal_dir, storage.as_ref(), &replay).await?)
+    } else {
+        None
     };
     if let Some(r) = &rollups {
         assembler.set_rollups(Arc::clone(r));

@@ -51,6 +51,22 @@ impl RollupPart {
     }
 }
 
+/// Checks every part before any is stored: a batch is taken whole or not
+/// at all.
+pub(crate) fn validate_all(parts: &[RollupPart]) -> Result<()> {
+    parts.iter().try_for_each(RollupPart::validate)
+}
+
+/// Whether `rollups(width, from, to)` asks for nothing.
+pub(crate) fn empty_window(width: u64, from: u64, to: u64) -> bool {
+    width == 0 || from >= to
+}
+
+/// The big-endian `u64` the stored forms start with.
+pub(crate) fn be_u64(b: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(b.get(..8)?.try_into().ok()?))
+}
+
 /// Sorts parts by bucket start, then owner: the order
 /// [`Storage::rollups`] answers in.
 pub(crate) fn sort_parts(parts: &mut [RollupPart]) {
@@ -66,9 +82,7 @@ pub(crate) struct LocalRollups(parking_lot::Mutex<BTreeMap<PartKey, (u64, Vec<u8
 
 impl LocalRollups {
     pub(crate) fn put(&self, parts: &[RollupPart]) -> Result<()> {
-        for p in parts {
-            p.validate()?;
-        }
+        validate_all(parts)?;
         let mut map = self.0.lock();
         for p in parts {
             let key = (p.width_nanos, p.start_unix_nanos, p.owner.clone());
@@ -78,7 +92,7 @@ impl LocalRollups {
     }
 
     pub(crate) fn range(&self, width: u64, from: u64, to: u64) -> Vec<RollupPart> {
-        if width == 0 || from >= to {
+        if empty_window(width, from, to) {
             return Vec::new();
         }
         let lo = (width, from, String::new());

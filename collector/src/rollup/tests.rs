@@ -1,4 +1,4 @@
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
 use clew_analysis::rollup::{Bucket, RedKey};
@@ -97,7 +97,7 @@ async fn stored(storage: &dyn Storage) -> Counts {
 async fn every_span_is_counted_once_across_a_crash() {
     let dir = tempfile::tempdir().unwrap();
     let storage: Arc<dyn Storage> = Arc::new(MemoryStorage::new(1000));
-    let batches = batches(now_nanos());
+    let batches = batches(clew_model::now_unix_nanos());
     let (wal, _) = Wal::open(dir.path(), fast_config()).unwrap();
     let r = Rollups::new(wal.clone(), 7, RollupConfig::default());
     let mut acks = Vec::new();
@@ -143,7 +143,7 @@ async fn another_incarnation_counts_everything_it_replays() {
     // one's parts: nothing of its own is skipped.
     let dir = tempfile::tempdir().unwrap();
     let storage: Arc<dyn Storage> = Arc::new(MemoryStorage::new(1000));
-    let batches = batches(now_nanos());
+    let batches = batches(clew_model::now_unix_nanos());
     let (wal, _) = Wal::open(dir.path(), fast_config()).unwrap();
     let old = Rollups::new(wal.clone(), 1, RollupConfig::default());
     for b in &batches {
@@ -175,7 +175,7 @@ async fn the_wal_keeps_what_the_rollups_have_not_written() {
     let (wal, _) = Wal::open(dir.path(), fast_config()).unwrap();
     wal.set_floor(Some(wal.checkpoint()));
     let r = Rollups::new(wal.clone(), 3, RollupConfig::default());
-    for b in &batches(now_nanos())[..3] {
+    for b in &batches(clew_model::now_unix_nanos())[..3] {
         let seq = r.record_appended(wal.append(b).await.unwrap(), &b.spans);
         wal.release(seq); // stored by the assembler
     }
@@ -195,7 +195,7 @@ async fn a_late_span_is_added_to_its_written_bucket() {
         ..RollupConfig::default()
     };
     let r = Rollups::new(wal.clone(), 4, config);
-    let hour_ago = now_nanos() - 3_600 * SEC;
+    let hour_ago = clew_model::now_unix_nanos() - 3_600 * SEC;
     let first = ExportRequest {
         spans: vec![span(0, hour_ago, 0)],
     };
@@ -219,7 +219,7 @@ async fn a_late_span_is_added_to_its_written_bucket() {
 async fn a_replayed_span_skips_only_the_tiers_an_earlier_run_wrote() {
     let dir = tempfile::tempdir().unwrap();
     let storage: Arc<dyn Storage> = Arc::new(MemoryStorage::new(1000));
-    let batches = batches(now_nanos());
+    let batches = batches(clew_model::now_unix_nanos());
     let (wal, _) = Wal::open(dir.path(), fast_config()).unwrap();
     for b in &batches {
         let _ = wal.append(b).await.unwrap().into_held_seq();

@@ -304,9 +304,7 @@ impl Storage for EmbeddedStorage {
     }
 
     async fn put_rollups(&self, parts: &[RollupPart]) -> Result<()> {
-        for p in parts {
-            p.validate()?;
-        }
+        crate::rollup::validate_all(parts)?;
         let parts = parts.to_vec();
         self.blocking(move |db| rollup::put_blocking(db, &parts))
             .await

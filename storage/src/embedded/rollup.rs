@@ -5,6 +5,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 use super::{Result, corrupt, db_err};
 use crate::RollupPart;
+use crate::rollup::{be_u64, empty_window};
 
 pub(super) const ROLLUPS: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::new("rollups");
 
@@ -15,10 +16,6 @@ fn key(width: u64, start: u64, owner: &str) -> Vec<u8> {
         owner.as_bytes(),
     ]
     .concat()
-}
-
-fn be_u64(b: &[u8]) -> Option<u64> {
-    Some(u64::from_be_bytes(b.get(..8)?.try_into().ok()?))
 }
 
 fn part(k: &[u8], v: &[u8]) -> Result<RollupPart> {
@@ -53,7 +50,7 @@ pub(super) fn range_blocking(
     from: u64,
     to: u64,
 ) -> Result<Vec<RollupPart>> {
-    if width == 0 || from >= to {
+    if empty_window(width, from, to) {
         return Ok(Vec::new());
     }
     let tx = db.begin_read().map_err(db_err)?;

@@ -434,9 +434,7 @@ impl Storage for RedisStorage {
     }
 
     async fn put_rollups(&self, parts: &[RollupPart]) -> Result<()> {
-        for p in parts {
-            p.validate()?;
-        }
+        crate::rollup::validate_all(parts)?;
         self.inner.put_rollup_parts(parts).await
     }
 

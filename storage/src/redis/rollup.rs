@@ -7,17 +7,13 @@
 
 use super::{Inner, Result, corrupt};
 use crate::RollupPart;
-use crate::rollup::sort_parts;
+use crate::rollup::{be_u64, empty_window, sort_parts};
 
 /// `[start` or `(start`: a `ZRANGEBYLEX` bound.
 fn bound(inclusive: bool, start: u64) -> Vec<u8> {
     let mut b = vec![if inclusive { b'[' } else { b'(' }];
     b.extend_from_slice(&start.to_be_bytes());
     b
-}
-
-fn be_u64(b: &[u8]) -> Option<u64> {
-    Some(u64::from_be_bytes(b.get(..8)?.try_into().ok()?))
 }
 
 impl Inner {
@@ -75,7 +71,7 @@ impl Inner {
         from: u64,
         to: u64,
     ) -> Result<Vec<RollupPart>> {
-        if width == 0 || from >= to {
+        if empty_window(width, from, to) {
             return Ok(Vec::new());
         }
         let starts = self

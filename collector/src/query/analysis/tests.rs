@@ -175,18 +175,7 @@ async fn a_truncated_window_says_which_part_it_covers() {
 async fn anomalies_come_grouped_with_their_worst_examples() {
     // Every tenth db select takes 200 ms instead of 10-12: 20 slow spans
     // (and 20 slow api GETs waiting on them).
-    let traces = window(
-        200,
-        |i| {
-            if i % 10 == 0 {
-                200
-            } else {
-                10 + u64::from(i % 3)
-            }
-        },
-        |_| false,
-        |_| false,
-    );
+    let traces = recurring_spike();
     let app = app_with(traces).await;
     let end_us = (T0 + 200_000 * MS) / 1_000;
     let (status, v) = get(
