@@ -87,6 +87,8 @@ struct RollupMetrics {
     parts: IntCounter,
     failures: IntCounter,
     reloaded: IntCounter,
+    calls: IntCounter,
+    unpaired: IntCounter,
 }
 
 impl RollupMetrics {
@@ -112,6 +114,14 @@ impl RollupMetrics {
                 "clew_rollup_reloaded_buckets_total",
                 "Roll-up buckets read back from storage for a late span.",
             ),
+            calls: r.counter(
+                "clew_rollup_calls_total",
+                "Calls (parent service to child service) counted into the roll-ups.",
+            ),
+            unpaired: r.counter(
+                "clew_rollup_unpaired_spans_total",
+                "Spans whose parent span was not seen within the call window.",
+            ),
             rollups,
         }
     }
@@ -123,6 +133,8 @@ impl RollupMetrics {
         sync(&self.parts, load(&s.parts_written));
         sync(&self.failures, load(&s.flush_failures));
         sync(&self.reloaded, load(&s.reloaded));
+        sync(&self.calls, load(&s.calls));
+        sync(&self.unpaired, load(&s.unpaired));
     }
 }
 

@@ -1,5 +1,7 @@
 //! RED roll-ups at ingest: every span of every durable WAL record counted
-//! per (service, operation, span kind) into time buckets of each tier
+//! per (service, operation, span kind), and every call (a span whose parent
+//! span is of another service, paired in [`calls`]) per (parent service,
+//! child service), into time buckets of each tier
 //! ([`TIER_WIDTHS_NANOS`]: 10 s, 1 min, 10 min, 1 h), before assembly and
 //! before any sampling; written to storage as this collector's parts
 //! ([`RollupPart`]) every [`RollupConfig::flush_interval`].
@@ -32,6 +34,11 @@
 //! wrote and let go waits while the next flush reads the part back, adds
 //! it and writes it again (the WAL keeps its record meanwhile).
 //!
+//! A call is counted with the record of whichever of parent and child came
+//! second, under the same rules; the WAL's floor also keeps every record
+//! the pairing still holds ([`Rollups::floor`]), so a replay pairs again
+//! what the crashed run counted and did not write.
+//!
 //! Readers merge every owner's parts (`clew_analysis::rollup`): the
 //! buckets of several collectors, and of one collector's several runs, add
 //! up.
@@ -41,12 +48,18 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use clew_analysis::rollup::{Bucket, Limits, SpanRecord, TIER_WIDTHS_NANOS, align_down};
+use clew_analysis::rollup::{
+    Bucket, CallRecord, Limits, SpanRecord, TIER_WIDTHS_NANOS, align_down,
+};
 use clew_proto::v1::Span;
 use parking_lot::Mutex;
 
 use crate::storage::{RollupPart, Storage, StorageError, filter};
 use crate::wal::{Appended, Wal, WalRecord};
+
+mod calls;
+
+use calls::{Callee, Calls, Ids};
 
 /// A bucket: (width, start), nanoseconds.
 type Key = (u64, u64);
@@ -58,6 +71,9 @@ pub struct RollupConfig {
     pub flush_interval: Duration,
     /// How long a bucket stays in memory after its end.
     pub keep: Duration,
+    /// How long a span waits for its parent (or children) to make a call
+    /// edge: between one and two of these ([`calls`]).
+    pub call_window: Duration,
     /// Cardinality limits per bucket (overflow folds into one series).
     pub limits: Limits,
 }
@@ -67,6 +83,7 @@ impl Default for RollupConfig {
         Self {
             flush_interval: Duration::from_secs(10),
             keep: Duration::from_secs(600),
+            call_window: Duration::from_secs(10),
             limits: Limits::default(),
         }
     }
@@ -85,6 +102,10 @@ pub struct RollupStats {
     pub flush_failures: AtomicU64,
     /// Buckets read back from storage for a late span.
     pub reloaded: AtomicU64,
+    /// Calls (parent service → child service) counted.
+    pub calls: AtomicU64,
+    /// Spans whose parent had not been seen within the call window.
+    pub unpaired: AtomicU64,
 }
 
 /// What a span contributes, kept while its bucket is read back.
@@ -92,6 +113,7 @@ pub struct RollupStats {
 struct Fact {
     seq: u64,
     start_unix_nanos: u64,
+    ids: Option<Ids>,
     service: String,
     operation: String,
     kind: i32,
@@ -104,6 +126,7 @@ impl Fact {
         Fact {
             seq,
             start_unix_nanos: span.start_time_unix_nano,
+            ids: ids(span),
             service: span.service.clone(),
             operation: span.name.clone(),
             kind: span.kind,
@@ -112,13 +135,51 @@ impl Fact {
         }
     }
 
-    fn record(&self) -> SpanRecord<'_> {
-        SpanRecord {
-            service: &self.service,
-            operation: &self.operation,
-            kind: self.kind,
-            is_error: self.is_error,
-            duration_nanos: self.duration_nanos,
+    fn seen(&self) -> Seen<'_> {
+        Seen {
+            start_unix_nanos: self.start_unix_nanos,
+            ids: self.ids,
+            record: SpanRecord {
+                service: &self.service,
+                operation: &self.operation,
+                kind: self.kind,
+                is_error: self.is_error,
+                duration_nanos: self.duration_nanos,
+            },
+        }
+    }
+}
+
+/// A span as it is counted.
+#[derive(Debug, Clone, Copy)]
+struct Seen<'a> {
+    start_unix_nanos: u64,
+    ids: Option<Ids>,
+    record: SpanRecord<'a>,
+}
+
+impl<'a> Seen<'a> {
+    fn of(span: &'a Span) -> Seen<'a> {
+        Seen {
+            start_unix_nanos: span.start_time_unix_nano,
+            ids: ids(span),
+            record: span_record(span),
+        }
+    }
+}
+
+/// What is counted in a bucket.
+#[derive(Debug, Clone, Copy)]
+enum Item<'a> {
+    Span(&'a SpanRecord<'a>),
+    Call(&'a CallRecord<'a>),
+}
+
+impl Item<'_> {
+    fn add_to(self, bucket: &mut Bucket, limits: &Limits) {
+        match self {
+            Item::Span(s) => bucket.add_span(s, limits),
+            Item::Call(c) => bucket.add_call(c, limits),
         }
     }
 }
@@ -154,6 +215,16 @@ struct State {
     skip: HashMap<Key, u64>,
     /// Records counted while an earlier one was still on its way, by seq.
     deferred: BTreeMap<u64, Vec<Fact>>,
+    /// Parents and children waiting for each other.
+    calls: Calls,
+}
+
+/// What counting a record did.
+#[derive(Debug, Default)]
+struct Counted {
+    spans: u64,
+    skipped: u64,
+    calls: u64,
 }
 
 /// The roll-ups of one collector process. See the [module docs](self).
@@ -238,9 +309,6 @@ impl Rollups {
             // whose `through` is at or below it.
             let facts = spans.iter().map(|s| Fact::of(seq, s)).collect();
             state.deferred.insert(seq, facts);
-            self.stats
-                .spans
-                .fetch_add(spans.len() as u64, Ordering::Relaxed);
         } else {
             self.count(&mut state, seq, spans);
         }
@@ -248,30 +316,18 @@ impl Rollups {
     }
 
     fn count(&self, state: &mut State, seq: u64, spans: &[Span]) {
-        let limits = &self.config.limits;
-        let (mut counted, mut skipped) = (0, 0);
+        let mut counted = Counted::default();
         for span in spans {
-            let start = span.start_time_unix_nano;
-            let skips = |k: &Key| state.skip.get(k).is_some_and(|t| seq < *t);
-            if state.skip.is_empty() || !keys(start).any(|k| skips(&k)) {
-                state.add_fresh(seq, start, &span_record(span), limits);
-                counted += 1;
-                continue;
-            }
-            // Replayed, and in an earlier run's part for some tiers.
-            let wanted: Vec<Key> = keys(start).filter(|k| !skips(k)).collect();
-            for key in &wanted {
-                state.add_one_tier(*key, seq, &span_record(span), limits);
-            }
-            match wanted.is_empty() {
-                true => skipped += 1,
-                false => counted += 1,
-            }
+            state.count_span(seq, &Seen::of(span), &self.config.limits, &mut counted);
         }
-        self.stats.spans.fetch_add(counted, Ordering::Relaxed);
-        self.stats
-            .replay_skipped
-            .fetch_add(skipped, Ordering::Relaxed);
+        self.tally(&counted);
+    }
+
+    fn tally(&self, c: &Counted) {
+        let s = &self.stats;
+        s.spans.fetch_add(c.spans, Ordering::Relaxed);
+        s.replay_skipped.fetch_add(c.skipped, Ordering::Relaxed);
+        s.calls.fetch_add(c.calls, Ordering::Relaxed);
     }
 
     /// Writes every bucket that changed, as of `through` (below which every
@@ -281,15 +337,12 @@ impl Rollups {
     pub async fn flush(&self, storage: &dyn Storage) -> Result<u64, StorageError> {
         // Fold first, so that what arrived for buckets let go is read back
         // in this flush.
-        {
-            let mut state = self.state.lock();
-            state.settle(self.wal.consumed_below(), &self.config.limits);
-        }
+        self.settle(self.wal.consumed_below());
         self.reload(storage).await?;
         let (parts, through) = {
-            let mut state = self.state.lock();
             let through = self.wal.consumed_below();
-            state.settle(through, &self.config.limits);
+            self.settle(through);
+            let mut state = self.state.lock();
             // Spans waiting for their bucket to be read back are not in it.
             let waiting = state.waiting.values().map(|d| d.min_seq).min();
             let through = waiting.map_or(through, |w| w.min(through));
@@ -307,6 +360,26 @@ impl Rollups {
         let horizon = clew_model::now_unix_nanos().saturating_sub(keep);
         self.state.lock().evict(horizon);
         Ok(through)
+    }
+
+    /// Counts what waited for `through` and folds the deltas (under the
+    /// lock).
+    fn settle(&self, through: u64) {
+        let mut state = self.state.lock();
+        let counted = state.settle(through, &self.config.limits);
+        self.tally(&counted);
+    }
+
+    /// The WAL's floor after a flush that wrote `through`: nothing the
+    /// call pairing still holds is forgotten either. Turns the pairing's
+    /// generations when the window has passed.
+    pub fn floor(&self, through: u64) -> u64 {
+        let mut state = self.state.lock();
+        state.calls.turn_after(self.config.call_window);
+        self.stats
+            .unpaired
+            .store(state.calls.unpaired, Ordering::Relaxed);
+        state.calls.min_seq().map_or(through, |m| m.min(through))
     }
 
     /// Reads back the buckets late spans wait for and adds them.
@@ -360,7 +433,7 @@ impl Rollups {
                 () = &mut stop => true,
             };
             match self.flush(storage.as_ref()).await {
-                Ok(through) => self.wal.set_floor(Some(through)),
+                Ok(through) => self.wal.set_floor(Some(self.floor(through))),
                 Err(e) => tracing::warn!(error = %e.detail(), "roll-ups not written; retrying"),
             }
             if stopping {
@@ -373,21 +446,60 @@ impl Rollups {
 impl State {
     /// Counts the deferred records below `through`, then folds every
     /// delta into the buckets of every tier holding it.
-    fn settle(&mut self, through: u64, limits: &Limits) {
+    fn settle(&mut self, through: u64, limits: &Limits) -> Counted {
         let later = self.deferred.split_off(&through);
         let ready = std::mem::replace(&mut self.deferred, later);
+        let mut counted = Counted::default();
         for fact in ready.into_values().flatten() {
-            self.add_fresh(fact.seq, fact.start_unix_nanos, &fact.record(), limits);
+            self.count_span(fact.seq, &fact.seen(), limits, &mut counted);
         }
         for ((_, start), delta) in std::mem::take(&mut self.delta) {
             for key in keys(start) {
                 self.fold(key, &delta.bucket, delta.min_seq);
             }
         }
+        counted
+    }
+
+    /// Counts a span of record `seq` and the calls it completes, except in
+    /// the tiers where an earlier run counted them.
+    fn count_span(&mut self, seq: u64, s: &Seen<'_>, limits: &Limits, c: &mut Counted) {
+        match self.add(seq, s.start_unix_nanos, Item::Span(&s.record), limits) {
+            true => c.spans += 1,
+            false => c.skipped += 1,
+        }
+        let Some(ids) = s.ids else { return };
+        let callee = Callee {
+            start_unix_nanos: s.start_unix_nanos,
+            is_error: s.record.is_error,
+            duration_nanos: s.record.duration_nanos,
+        };
+        for call in self.calls.see(seq, ids, s.record.service, callee) {
+            let start = call.callee.start_unix_nanos;
+            if self.add(seq, start, Item::Call(&call.record()), limits) {
+                c.calls += 1;
+            }
+        }
+    }
+
+    /// Counts `item` of record `seq` at time `start` in every tier an
+    /// earlier run did not count it in; false when that is none.
+    fn add(&mut self, seq: u64, start: u64, item: Item<'_>, limits: &Limits) -> bool {
+        let skips = |k: &Key| self.skip.get(k).is_some_and(|t| seq < *t);
+        if self.skip.is_empty() || !keys(start).any(|k| skips(&k)) {
+            self.add_fresh(seq, start, item, limits);
+            return true;
+        }
+        // Replayed, and in an earlier run's part for some tiers.
+        let wanted: Vec<Key> = keys(start).filter(|k| !skips(k)).collect();
+        for key in &wanted {
+            self.add_one_tier(*key, seq, item, limits);
+        }
+        !wanted.is_empty()
     }
 
     /// A span into the delta of its finest-tier bucket.
-    fn add_fresh(&mut self, seq: u64, start: u64, span: &SpanRecord<'_>, limits: &Limits) {
+    fn add_fresh(&mut self, seq: u64, start: u64, item: Item<'_>, limits: &Limits) {
         let key = (
             TIER_WIDTHS_NANOS[0],
             align_down(start, TIER_WIDTHS_NANOS[0]),
@@ -398,15 +510,15 @@ impl State {
         };
         if let Some(delta) = slot(&mut self.delta, key, make) {
             delta.min_seq = delta.min_seq.min(seq);
-            delta.bucket.add_span(span, limits);
+            item.add_to(&mut delta.bucket, limits);
         }
     }
 
     /// A span into one tier's bucket only (replay, where an earlier run
     /// counted it in the others).
-    fn add_one_tier(&mut self, key: Key, seq: u64, span: &SpanRecord<'_>, limits: &Limits) {
+    fn add_one_tier(&mut self, key: Key, seq: u64, item: Item<'_>, limits: &Limits) {
         if let Some(mut bucket) = new_bucket(key) {
-            bucket.add_span(span, limits);
+            item.add_to(&mut bucket, limits);
             self.fold(key, &bucket, seq);
         }
     }
@@ -495,6 +607,10 @@ fn span_record(span: &Span) -> SpanRecord<'_> {
         is_error: filter::is_error(span),
         duration_nanos: filter::duration(span),
     }
+}
+
+fn ids(span: &Span) -> Option<Ids> {
+    Ids::of(&span.trace_id, &span.span_id, &span.parent_span_id)
 }
 
 /// The bucket of each tier holding time `t`.

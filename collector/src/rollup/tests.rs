@@ -267,3 +267,182 @@ async fn a_replayed_span_skips_only_the_tiers_an_earlier_run_wrote() {
     assert!(mine(TIER_WIDTHS_NANOS[2]).await > 0);
     assert_eq!(r.stats().spans.load(Ordering::Relaxed), 400);
 }
+
+type Edges = BTreeMap<(u64, String, String), (u64, u64)>;
+
+/// Traces of four to seven spans over four services; a span's parent is
+/// an earlier span of its trace. Every fifth span an error.
+fn call_traces(n: u64, base: u64) -> Vec<Span> {
+    let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move |m: u64| {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng % m
+    };
+    let mut spans: Vec<Span> = Vec::new();
+    for t in 0..n {
+        let mut trace_id = [0u8; 16];
+        trace_id[..8].copy_from_slice(&(t + 1).to_be_bytes());
+        let first = spans.len();
+        for i in 0..4 + next(4) {
+            let parent: Vec<u8> = match i {
+                0 => Vec::new(),
+                _ => spans[first + next(i) as usize].span_id.clone(),
+            };
+            let start = base - next(40) * SEC;
+            let id = (spans.len() as u64 + 1).to_be_bytes().to_vec();
+            spans.push(Span {
+                trace_id: trace_id.to_vec(),
+                parent_span_id: parent,
+                span_id: id,
+                name: "op".into(),
+                service: format!("svc-{}", next(4)),
+                start_time_unix_nano: start,
+                end_time_unix_nano: start + (1 + next(50)) * 1_000_000,
+                status: next(5).eq(&0).then(|| Status {
+                    code: status::Code::Error as i32,
+                    message: String::new(),
+                }),
+                ..Span::default()
+            });
+        }
+    }
+    spans
+}
+
+/// (bucket start, parent service, child service) → (calls, errors),
+/// straight from the spans: a span whose parent is of another service.
+fn expected_edges(spans: &[Span]) -> Edges {
+    let by_id: BTreeMap<(&[u8], &[u8]), &Span> = spans
+        .iter()
+        .map(|s| ((&s.trace_id[..], &s.span_id[..]), s))
+        .collect();
+    let mut out = Edges::new();
+    for s in spans {
+        let Some(p) = by_id.get(&(&s.trace_id[..], &s.parent_span_id[..])) else {
+            continue;
+        };
+        if p.service != s.service {
+            let key = (
+                align_down(s.start_time_unix_nano, W),
+                p.service.clone(),
+                s.service.clone(),
+            );
+            let e = out.entry(key).or_default();
+            e.0 += 1;
+            e.1 += u64::from(filter::is_error(s));
+        }
+    }
+    out
+}
+
+/// The edges of every owner's 10 s parts in storage, merged.
+async fn stored_edges(storage: &dyn Storage) -> Edges {
+    let mut out = Edges::new();
+    for p in storage.rollups(W, 0, u64::MAX).await.unwrap() {
+        let b = Bucket::decode(&p.bytes).unwrap();
+        for (k, stats) in b.edges() {
+            let key = (p.start_unix_nanos, k.parent.to_owned(), k.child.to_owned());
+            let e = out.entry(key).or_default();
+            e.0 += stats.requests();
+            e.1 += stats.errors();
+        }
+    }
+    out
+}
+
+/// The spans in batches of `size`, each trace's spans in reverse (children
+/// before their parents) every other trace, and scattered over batches.
+fn shuffled_batches(spans: &[Span], size: usize) -> Vec<ExportRequest> {
+    let mut order: Vec<&Span> = spans.iter().collect();
+    order.sort_by_key(|s| {
+        let t = u64::from_be_bytes(s.trace_id[..8].try_into().unwrap());
+        let i = u64::from_be_bytes(s.span_id[..8].try_into().unwrap());
+        let rank = if t % 2 == 0 { i } else { u64::MAX - i };
+        ((i * 7919) % 13, t, rank)
+    });
+    order
+        .chunks(size)
+        .map(|c| ExportRequest {
+            spans: c.iter().map(|s| (*s).clone()).collect(),
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn calls_pair_parents_and_children_in_any_order_and_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage: Arc<dyn Storage> = Arc::new(MemoryStorage::new(1000));
+    let spans = call_traces(300, clew_model::now_unix_nanos());
+    let expected = expected_edges(&spans);
+    assert!(expected.len() > 20, "the fixture has calls: {expected:?}");
+    let (wal, _) = Wal::open(dir.path(), fast_config()).unwrap();
+    let r = Rollups::new(wal.clone(), 5, RollupConfig::default());
+    for (i, b) in shuffled_batches(&spans, 37).iter().enumerate() {
+        r.record_appended(wal.append(b).await.unwrap(), &b.spans);
+        if i % 9 == 0 {
+            r.flush(storage.as_ref()).await.unwrap();
+        }
+    }
+    r.flush(storage.as_ref()).await.unwrap();
+    assert_eq!(stored_edges(storage.as_ref()).await, expected);
+    let calls: u64 = expected.values().map(|v| v.0).sum();
+    assert_eq!(r.stats().calls.load(Ordering::Relaxed), calls);
+}
+
+#[tokio::test]
+async fn calls_are_counted_once_across_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage: Arc<dyn Storage> = Arc::new(MemoryStorage::new(1000));
+    let spans = call_traces(200, clew_model::now_unix_nanos());
+    let batches = shuffled_batches(&spans, 29);
+    let (wal, _) = Wal::open(dir.path(), fast_config()).unwrap();
+    wal.set_floor(Some(0));
+    let r = Rollups::new(wal.clone(), 6, RollupConfig::default());
+    let half = batches.len() / 2;
+    for (i, b) in batches.iter().enumerate() {
+        let seq = r.record_appended(wal.append(b).await.unwrap(), &b.spans);
+        wal.release(seq); // stored at once: only the floor keeps it
+        if i == half {
+            let through = r.flush(storage.as_ref()).await.unwrap();
+            wal.set_floor(Some(r.floor(through)));
+        }
+    }
+    // Killed before the next flush.
+    drop((r, wal));
+    let (wal, replay) = Wal::open(dir.path(), fast_config()).unwrap();
+    assert!(replay.len() > batches.len() - half, "the pairing kept records");
+    let again = Rollups::new(wal, 6, RollupConfig::default());
+    again.prepare_replay(storage.as_ref(), &replay).await.unwrap();
+    for rec in &replay {
+        again.record(rec.seq, &rec.batch.spans);
+    }
+    again.flush(storage.as_ref()).await.unwrap();
+    assert_eq!(stored_edges(storage.as_ref()).await, expected_edges(&spans));
+    assert_eq!(stored(storage.as_ref()).await, expected(&batches));
+}
+
+#[tokio::test]
+async fn a_child_whose_parent_never_comes_is_counted_unpaired() {
+    let dir = tempfile::tempdir().unwrap();
+    let (wal, _) = Wal::open(dir.path(), fast_config()).unwrap();
+    let config = RollupConfig {
+        call_window: Duration::ZERO,
+        ..RollupConfig::default()
+    };
+    let r = Rollups::new(wal.clone(), 8, config);
+    let mut orphan = span(3, clew_model::now_unix_nanos(), 0);
+    orphan.parent_span_id = vec![9; 8];
+    let b = ExportRequest {
+        spans: vec![orphan],
+    };
+    let seq = r.record_appended(wal.append(&b).await.unwrap(), &b.spans);
+    assert_eq!(r.stats().unpaired.load(Ordering::Relaxed), 0);
+    // The window (zero here) passes at each floor: the child moves to the
+    // older generation, then is forgotten.
+    assert_eq!(r.floor(10), seq, "the WAL keeps the waiting child");
+    assert_eq!(r.stats().unpaired.load(Ordering::Relaxed), 0);
+    assert_eq!(r.floor(10), 10, "forgotten after two windows");
+    assert_eq!(r.stats().unpaired.load(Ordering::Relaxed), 1);
+}
