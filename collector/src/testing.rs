@@ -125,3 +125,18 @@ async fn otel_sdk_command(
     .expect("python finished")
     .unwrap()
 }
+
+/// Counts `traces` into roll-up parts in `storage` the way a collector
+/// does at ingest (each trace one WAL record, then one flush).
+pub async fn store_rollups(
+    storage: &dyn crate::storage::Storage,
+    traces: &[clew_proto::v1::Trace],
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let (wal, _) = crate::wal::Wal::open(dir.path(), crate::wal::WalConfig::default()).unwrap();
+    let r = crate::rollup::Rollups::new(wal, 1, crate::rollup::RollupConfig::default());
+    for (seq, t) in traces.iter().enumerate() {
+        r.record(seq as u64, &t.spans);
+    }
+    r.flush(storage).await.unwrap();
+}

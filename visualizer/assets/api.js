@@ -40,17 +40,17 @@ import { authHeaders, clearToken } from './auth.js';
  */
 
 /**
+ * Dependencies and RED come from the collectors' roll-ups: every span of
+ * the window, over whole buckets from `fromUs` to `toUs`.
  * @typedef {{ parent: string, child: string, callCount: number, errorCount: number,
- *   errorRate: number, latencySamples: number, latency: Latency }} Edge
+ *   errorRate: number, latency: Latency }} Edge
  * @typedef {{ service: string, spans: number, errors: number }} GraphService
- * @typedef {{ services: GraphService[], edges: Edge[], truncated: boolean,
- *   traces: number }} Dependencies
- * @typedef {{ startUs: number, rate: number, errorRate: number, p50Us: number,
- *   p95Us: number, p99Us: number }} RedBucket
- * @typedef {{ operation: string | null, requests: number, errors: number,
+ * @typedef {{ services: GraphService[], edges: Edge[], fromUs: number, toUs: number }} Dependencies
+ * @typedef {{ startUs: number, requests: number, errors: number, rate: number,
+ *   errorRate: number, p50Us: number, p95Us: number, p99Us: number }} RedBucket
+ * @typedef {{ service: string, operation: string | null, requests: number, errors: number,
  *   latency: Latency, buckets: RedBucket[] }} RedSeries
- * @typedef {{ series: RedSeries[], truncated: boolean, traces: number,
- *   coveredFromUs: number | null }} Red
+ * @typedef {{ series: RedSeries[], fromUs: number, toUs: number, stepUs: number }} Red
  * @typedef {{ samples: number, medianUs?: number, madUs?: number, rate?: number }} Baseline
  * @typedef {{ kind: string, service: string, operation: string, spanKind?: string,
  *   message: string, timeUs: number, score: number, value: number, baseline: Baseline,

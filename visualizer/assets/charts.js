@@ -47,15 +47,12 @@ export function scatter(rows, open) {
  */
 
 /**
- * A line chart of `buckets`; buckets that start before `coveredFromUs` (a
- * part of the window that was not read) are shaded and left out of the
- * lines, not drawn as zero.
+ * A line chart of `buckets` (every point of the window, from the roll-ups).
  * @param {string} title
  * @param {RedBucket[]} buckets
  * @param {Line[]} lines the first one's format labels the axis
- * @param {number | null} coveredFromUs
  */
-export function lineChart(title, buckets, lines, coveredFromUs) {
+export function lineChart(title, buckets, lines) {
   const W = 320;
   const H = 140;
   const pad = { l: 50, r: 6, t: 8, b: 18 };
@@ -67,14 +64,8 @@ export function lineChart(title, buckets, lines, coveredFromUs) {
   const y = (v) => H - pad.b - (v / max) * (H - pad.t - pad.b);
   const g = sv('svg', { viewBox: `0 0 ${W} ${H}`, preserveAspectRatio: 'none' },
     chartAxis(buckets, { W, H, pad }, lines[0][3](max)));
-  const first = coveredFromUs ? buckets.findIndex((b) => b.startUs >= coveredFromUs) : 0;
-  const from = first < 0 ? buckets.length : first;
-  if (from > 0) {
-    const width = Math.max(0, x(Math.min(from, n)) - pad.l);
-    g.append(sv('rect', { class: 'not-read', x: pad.l, y: pad.t, width, height: H - pad.t - pad.b, fill: '#eee' }));
-  }
   for (const [k, , color] of lines) {
-    const points = buckets.slice(from).map((b, i) => `${x(i + from).toFixed(1)},${y(b[k]).toFixed(1)}`);
+    const points = buckets.map((b, i) => `${x(i).toFixed(1)},${y(b[k]).toFixed(1)}`);
     g.append(sv('polyline', { stroke: color, points: points.join(' ') }));
   }
   return el('div', { class: 'chart' }, el('div', { class: 'note', text: title }), g,

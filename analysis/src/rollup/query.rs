@@ -49,6 +49,8 @@ impl Latency {
 pub enum GroupBy {
     /// One row per (service, operation, kind).
     Operation,
+    /// One row per (service, operation), its selected kinds merged.
+    ServiceOperation,
     /// One row per service, its selected keys merged.
     Service,
 }
@@ -61,7 +63,7 @@ pub struct RedSummary {
     pub service: String,
     /// The operation; `None` when grouped by service.
     pub operation: Option<String>,
-    /// The span kind; `None` when grouped by service.
+    /// The span kind; `None` unless grouped by operation and kind.
     pub kind: Option<i32>,
     /// Spans counted.
     pub requests: u64,
@@ -123,7 +125,7 @@ pub struct RedSeries {
     pub service: String,
     /// The operation; `None` when grouped by service.
     pub operation: Option<String>,
-    /// The span kind; `None` when grouped by service.
+    /// The span kind; `None` unless grouped by operation and kind.
     pub kind: Option<i32>,
     /// The points.
     pub points: Vec<SeriesPoint>,
@@ -135,6 +137,7 @@ type Group<'a> = (&'a str, Option<&'a str>, Option<i32>);
 fn group<'a>(k: &RedKey<'a>, by: GroupBy) -> Group<'a> {
     match by {
         GroupBy::Operation => (k.service, Some(k.operation), Some(k.kind)),
+        GroupBy::ServiceOperation => (k.service, Some(k.operation), None),
         GroupBy::Service => (k.service, None, None),
     }
 }

@@ -31,12 +31,13 @@ use clew_proto::v1::{FilterCriteria, Trace};
 use serde::Serialize;
 
 use crate::query::jaeger::{self, Envelope};
+use crate::query::rollups::{self, RedRow};
 use crate::query::{AppError, Params, Result, dependency_window, now_nanos};
 use crate::storage::{MAX_LIMIT, Storage, TraceId};
+use clew_analysis::rollup::{Resolution, resolution};
 use clew_analysis::{
-    AnomalyConfig, AnomalyGroup, Bottlenecks, CausalAnalysis, DependencyEdge, Percentiles,
-    causal_order, dependency_graph, detect_anomalies, detect_bottlenecks, group_anomalies,
-    red_metrics,
+    AnomalyConfig, AnomalyGroup, Bottlenecks, CausalAnalysis, causal_order, detect_anomalies,
+    detect_bottlenecks, group_anomalies,
 };
 
 /// Default window of anomalies and RED metrics: one hour.
@@ -209,10 +210,31 @@ async fn anomalies(State(st): St, q: Q) -> Result<Response> {
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 struct RedAnswer {
-    series: Vec<clew_analysis::RedSeries>,
+    series: Vec<RedRow>,
     #[serde(flatten)]
-    window: Window,
+    covered: Covered,
+}
+
+/// The stretch of time the figures cover: the window widened to whole
+/// buckets of the tier read.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Covered {
+    from_us: u64,
+    to_us: u64,
     step_us: u64,
+    tier_us: u64,
+}
+
+impl From<&Resolution> for Covered {
+    fn from(r: &Resolution) -> Covered {
+        Covered {
+            from_us: r.from_unix_nanos / 1_000,
+            to_us: r.to_unix_nanos / 1_000,
+            step_us: r.step_nanos / 1_000,
+            tier_us: r.tier_nanos / 1_000,
+        }
+    }
 }
 
 async fn red(State(st): St, q: Q) -> Result<Response> {
@@ -221,86 +243,45 @@ async fn red(State(st): St, q: Q) -> Result<Response> {
     let step = match p.duration("step")? {
         Some(0) => return Err(AppError::bad("step", "must be greater than 0")),
         Some(s) => s,
-        // 60 buckets by default, at least a second each.
-        None => ((end - start) / 60).max(1_000_000_000),
+        // 60 points by default.
+        None => ((end - start) / 60).max(1),
     };
-    if (end - start).div_ceil(step) > MAX_BUCKETS {
+    let points = (end - start).div_ceil(step);
+    if points > MAX_BUCKETS {
         return Err(AppError::bad(
             "step",
             format!("too small for the lookback: at most {MAX_BUCKETS} buckets"),
         ));
     }
+    // The finest tier with at most twice the points asked for.
+    let res = resolution(start, end, (2 * points).min(MAX_BUCKETS) as usize);
     let service = p.get("service").map(str::to_owned);
-    let (traces, window) = window_traces(&st, service.as_deref().unwrap_or(""), start, end).await?;
-    let series =
-        blocking(move || red_metrics(&traces, service.as_deref(), start, end, step)).await?;
+    let buckets = rollups::buckets(st.as_ref(), &res).await?;
+    let series = blocking(move || rollups::red_rows(&buckets, &res, service.as_deref())).await?;
     Ok(ok(RedAnswer {
         series,
-        window,
-        step_us: step / 1_000,
+        covered: Covered::from(&res),
     }))
 }
 
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 struct DependencyAnswer {
-    services: Vec<clew_analysis::ServiceNode>,
-    edges: Vec<DependencyEdge>,
+    services: Vec<rollups::ServiceNode>,
+    edges: Vec<rollups::Edge>,
     #[serde(flatten)]
-    window: Window,
+    covered: Covered,
 }
 
 async fn dependencies(State(st): St, q: Q) -> Result<Response> {
     let (start, end) = dependency_window(&Params::from(q)?)?;
-    let exact = st.dependencies(start, end).await?;
-    let (traces, window) = window_traces(&st, "", start, end).await?;
-    let mut graph = blocking(move || dependency_graph(&traces, start, end)).await?;
-    // Exact counts from the index; percentiles from the traces read.
-    for link in exact {
-        match graph
-            .edges
-            .iter_mut()
-            .find(|e| e.parent == link.parent && e.child == link.child)
-        {
-            Some(e) => {
-                e.call_count = e.call_count.max(link.call_count);
-                e.error_count = e.error_count.max(link.error_count);
-            }
-            None => graph.edges.push(DependencyEdge {
-                parent: link.parent,
-                child: link.child,
-                call_count: link.call_count,
-                error_count: link.error_count,
-                error_rate: 0.0,
-                latency: Percentiles::default(),
-                latency_samples: 0,
-            }),
-        }
-    }
-    for e in &mut graph.edges {
-        e.error_rate = if e.call_count == 0 {
-            0.0
-        } else {
-            e.error_count as f64 / e.call_count as f64
-        };
-        for svc in [&e.parent, &e.child] {
-            if !graph.services.iter().any(|n| &n.service == svc) {
-                graph.services.push(clew_analysis::ServiceNode {
-                    service: svc.clone(),
-                    spans: 0,
-                    errors: 0,
-                });
-            }
-        }
-    }
-    graph.services.sort_by(|a, b| a.service.cmp(&b.service));
-    graph
-        .edges
-        .sort_by(|a, b| (&a.parent, &a.child).cmp(&(&b.parent, &b.child)));
+    let res = rollups::summary_resolution(start, end);
+    let buckets = rollups::buckets(st.as_ref(), &res).await?;
+    let (services, edges) = blocking(move || rollups::graph(&buckets, &res)).await?;
     Ok(ok(DependencyAnswer {
-        services: graph.services,
-        edges: graph.edges,
-        window,
+        services,
+        edges,
+        covered: Covered::from(&res),
     }))
 }
 

@@ -124,11 +124,18 @@ impl Query for QueryGrpc {
                 "end_time_unix_nano is before start_time_unix_nano",
             ));
         }
-        let dependencies = self
-            .0
-            .dependencies(req.start_time_unix_nano, req.end_time_unix_nano)
+        let (start, end) = (req.start_time_unix_nano, req.end_time_unix_nano);
+        let dependencies = crate::query::rollups::edges(self.0.as_ref(), start, end)
             .await
-            .map_err(storage_status)?;
+            .map_err(storage_status)?
+            .into_iter()
+            .map(|e| pb::DependencyLink {
+                parent: e.parent,
+                child: e.child,
+                call_count: e.calls,
+                error_count: e.errors,
+            })
+            .collect();
         Ok(Response::new(pb::GetDependenciesResponse { dependencies }))
     }
 }

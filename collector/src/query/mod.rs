@@ -37,6 +37,7 @@ use crate::storage::{MAX_LIMIT, Storage, StorageError, TraceId};
 pub mod analysis;
 pub mod grpc;
 pub mod jaeger;
+pub mod rollups;
 #[cfg(test)]
 pub(crate) mod tests;
 
@@ -445,15 +446,13 @@ async fn dependencies(
     q: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Result<Response> {
     let (start_ns, end_ns) = dependency_window(&Params::from(q)?)?;
-    let deps: Vec<jaeger::Dependency> = st
-        .storage
-        .dependencies(start_ns, end_ns)
+    let deps: Vec<jaeger::Dependency> = rollups::edges(st.storage.as_ref(), start_ns, end_ns)
         .await?
         .into_iter()
-        .map(|d| jaeger::Dependency {
-            parent: d.parent,
-            child: d.child,
-            call_count: d.call_count,
+        .map(|e| jaeger::Dependency {
+            parent: e.parent,
+            child: e.child,
+            call_count: e.calls,
         })
         .collect();
     Ok(ok_list(deps))

@@ -227,7 +227,9 @@ fn recent() -> Trace {
 
 async fn storage() -> Arc<MemoryStorage> {
     let st = Arc::new(MemoryStorage::default());
-    for t in [checkout(), home(), nightly(), recent()] {
+    let traces = [checkout(), home(), nightly(), recent()];
+    crate::testing::store_rollups(st.as_ref(), &traces).await;
+    for t in traces {
         st.store_trace(t).await.unwrap();
     }
     st

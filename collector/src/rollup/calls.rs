@@ -45,7 +45,8 @@ impl Ids {
         if span_id.is_empty() {
             return None;
         }
-        let parent = (!parent_span_id.is_empty()).then(|| HASHER.hash_one((trace_id, parent_span_id)));
+        let parent =
+            (!parent_span_id.is_empty()).then(|| HASHER.hash_one((trace_id, parent_span_id)));
         Some(Ids {
             span: HASHER.hash_one((trace_id, span_id)),
             parent,
@@ -210,7 +211,12 @@ fn push_call(services: &[Arc<str>], calls: &mut Vec<Call>, parent: u32, child: u
     if parent == child {
         return;
     }
-    let name = |id: u32| services.get(id as usize).cloned().unwrap_or_else(|| "".into());
+    let name = |id: u32| {
+        services
+            .get(id as usize)
+            .cloned()
+            .unwrap_or_else(|| "".into())
+    };
     calls.push(Call {
         parent: name(parent),
         child: name(child),

@@ -412,9 +412,15 @@ async fn calls_are_counted_once_across_a_crash() {
     // Killed before the next flush.
     drop((r, wal));
     let (wal, replay) = Wal::open(dir.path(), fast_config()).unwrap();
-    assert!(replay.len() > batches.len() - half, "the pairing kept records");
+    assert!(
+        replay.len() > batches.len() - half,
+        "the pairing kept records"
+    );
     let again = Rollups::new(wal, 6, RollupConfig::default());
-    again.prepare_replay(storage.as_ref(), &replay).await.unwrap();
+    again
+        .prepare_replay(storage.as_ref(), &replay)
+        .await
+        .unwrap();
     for rec in &replay {
         again.record(rec.seq, &rec.batch.spans);
     }

@@ -80,10 +80,10 @@ export function positions(depth, nodeW = NODE.w) {
   return { pos, width, height: 60 + maxRows * NODE.rowGap };
 }
 
-/** An edge's label: calls, error rate and p95. @param {Edge} e */
+/** An edge's label: calls, error rate and p95 (when known). @param {Edge} e */
 export function edgeLabel(e) {
   const calls = `${e.callCount} call${e.callCount === 1 ? '' : 's'}`;
-  return `${calls} · ${pct(e.errorRate)} err` + (e.latencySamples ? ` · p95 ${fmtDur(e.latency.p95Us)}` : '');
+  return `${calls} · ${pct(e.errorRate)} err` + (e.latency && e.latency.p95Us ? ` · p95 ${fmtDur(e.latency.p95Us)}` : '');
 }
 
 /**

@@ -29,10 +29,6 @@ export async function depsPage(ctx) {
     return;
   }
   ctx.main.append(depGraph(g, (s) => ctx.navigate(`/services/${encodeURIComponent(s)}`), color));
-  if (g.truncated) {
-    const text = `Percentiles from the ${g.traces} most recent traces of the window; call and error counts are exact.`;
-    ctx.main.append(el('p', { class: 'note', text }));
-  }
   ctx.main.append(el('div', { class: 'panel' }, depsTable(g)));
 }
 
@@ -44,7 +40,7 @@ function depsTable(g) {
   /** @param {string | number} text */
   const num = (text) => el('td', { class: 'num', text });
   /** @param {Edge} e @param {number} us */
-  const lat = (e, us) => num(e.latencySamples ? fmtDur(us) : '–');
+  const lat = (e, us) => num(e.callCount ? fmtDur(us) : '–');
   return el('table', { class: 'grid', id: 'deps-table' },
     el('tr', {}, cols.map((x, i) => el('th', { class: i > 1 ? 'num' : null, text: x }))),
     g.edges.map((e) => el('tr', { data: { edge: `${e.parent}>${e.child}` } },

@@ -5,7 +5,7 @@
 import * as api from '../api.js';
 import { lineChart } from '../charts.js';
 import { el, link } from '../dom.js';
-import { fmtDur, fmtTime, pct } from '../format.js';
+import { fmtDur, pct } from '../format.js';
 import { windowNamed, windowSelect, WINDOWS } from '../windows.js';
 
 /** @typedef {import('../router.js').Context} Context */
@@ -36,8 +36,7 @@ export async function servicesPage(ctx) {
     ctx.main.append(el('div', { class: 'panel note', id: 'no-red', text: `${service} served no requests in the last ${win[0]}.` }));
     return;
   }
-  for (const s of red.series) ctx.main.append(seriesPanel(service, s, red.coveredFromUs));
-  if (red.truncated) ctx.main.append(truncatedNote(red));
+  for (const s of red.series) ctx.main.append(seriesPanel(service, s));
 }
 
 /** @param {string[]} services @param {import('../colors.js').ColorOf} color */
@@ -50,9 +49,9 @@ function serviceList(services, color) {
 
 /**
  * One series (the service's, `operation` null, or one operation's).
- * @param {string} service @param {RedSeries} s @param {number | null} covered
+ * @param {string} service @param {RedSeries} s
  */
-function seriesPanel(service, s, covered) {
+function seriesPanel(service, s) {
   const title = s.operation === null ? `${service} (all operations)` : s.operation;
   const l = s.latency;
   /** @param {number} v */
@@ -64,18 +63,9 @@ function seriesPanel(service, s, covered) {
       el('span', { text: `${s.errors} errors (${pct(s.requests ? s.errors / s.requests : 0)})` }),
       el('span', { text: `p50 ${fmtDur(l.p50Us)} · p95 ${fmtDur(l.p95Us)} · p99 ${fmtDur(l.p99Us)}` })),
     el('div', { class: 'charts' },
-      lineChart('Rate (requests/s)', s.buckets, [['rate', 'req/s', '#1f6feb', rate]], covered),
-      lineChart('Errors (share of requests)', s.buckets, [['errorRate', 'errors', '#c62828', pct]], covered),
+      lineChart('Rate (requests/s)', s.buckets, [['rate', 'req/s', '#1f6feb', rate]]),
+      lineChart('Errors (share of requests)', s.buckets, [['errorRate', 'errors', '#c62828', pct]]),
       lineChart('Duration', s.buckets, [
         ['p50Us', 'p50', '#2e7d32', fmtDur], ['p95Us', 'p95', '#f9a825', fmtDur], ['p99Us', 'p99', '#d84315', fmtDur],
-      ], covered)));
-}
-
-/** @param {Red} red */
-function truncatedNote(red) {
-  const text = red.coveredFromUs
-    ? `Computed from the ${red.traces} most recent traces of the window, which start at ${fmtTime(red.coveredFromUs).slice(11, 19)}: ` +
-      'the shaded part before that was not read, and is not drawn as zero.'
-    : `Computed from the ${red.traces} most recent traces of the window.`;
-  return el('p', { class: 'note', id: 'red-truncated', text });
+      ])));
 }

@@ -41,7 +41,7 @@ test('positions stack a column by name and size the drawing', () => {
  */
 const graph = (services, spec) => ({
   services: services.map((service) => ({ service, spans: 1, errors: 0 })),
-  edges: edges(spec).map((e) => ({ ...e, callCount: 1, errorCount: 0, errorRate: 0, latencySamples: 0, latency: {} })),
+  edges: edges(spec).map((e) => ({ ...e, callCount: 1, errorCount: 0, errorRate: 0, latency: {} })),
 });
 
 /** @param {import('../graph/layout.js').Box} b @param {import('../graph/layout.js').Point} p */
@@ -155,7 +155,7 @@ test('no label overlaps a service box or another label, in dense graphs', () => 
   for (const [name, g] of Object.entries(DENSE)) {
     for (const busy of [false, true]) {
       // Busy: large counts and a p95 make every label wider.
-      const gg = busy ? { ...g, edges: g.edges.map((e) => ({ ...e, callCount: 123456, latencySamples: 1, latency: { p95Us: 1234567 } })) } : g;
+      const gg = busy ? { ...g, edges: g.edges.map((e) => ({ ...e, callCount: 123456, latency: { p95Us: 1234567 } })) } : g;
       const lay = layout(gg);
       assert.equal(lay.edges.length, g.edges.length, name);
       assertLabelsClear(lay, `${name}${busy ? ' (busy)' : ''}`);
@@ -173,7 +173,6 @@ test('no label overlaps a service box or another label, over 500 random layouts'
     for (const e of g.edges) {
       e.callCount = Math.floor(10 ** (r() * 7));
       e.errorRate = r() < 0.3 ? r() : 0;
-      e.latencySamples = r() < 0.7 ? 1 : 0;
       e.latency = { p95Us: Math.floor(10 ** (r() * 8)) };
     }
     // Widths as a browser might measure them: anywhere from narrower to
