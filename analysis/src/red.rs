@@ -1,4 +1,8 @@
-//! The service dependency graph and RED metrics (rate, errors, duration).
+//! The service dependency graph and RED metrics (rate, errors, duration)
+//! of a set of traces. The collector's routes answer from the roll-ups
+//! ([`crate::rollup`]), counted from every span at ingest; these count the
+//! traces passed in, exactly, and are the reference the roll-up tests
+//! compare against.
 //!
 //! Both count from traces: a **call** is a span whose parent is a span of
 //! another service (counted once, as an error when its status is ERROR, its

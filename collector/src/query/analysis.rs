@@ -6,13 +6,13 @@
 //! |---|---|
 //! | `GET /api/clew/traces/{traceID}/analysis` | `{traceID, bottlenecks, causal}` |
 //! | `GET /api/clew/anomalies?service=&lookback=&end=&limit=` | `{anomalies, groups, traces, truncated, …}` |
-//! | `GET /api/clew/red?service=&lookback=&step=&end=` | `{series, …}` |
-//! | `GET /api/clew/dependencies?endTs=&lookback=` | `{services, edges, traces, truncated}` |
+//! | `GET /api/clew/red?service=&lookback=&step=&end=` | `{series, fromUs, toUs, stepUs, tierUs}` |
+//! | `GET /api/clew/dependencies?endTs=&lookback=` | `{services, edges, fromUs, toUs, stepUs, tierUs}` |
 //!
-//! Window analyses (anomalies, RED, dependency percentiles) read at most
-//! [`MAX_LIMIT`] traces of the window, the most recent first; `truncated`
-//! says when there were more. Dependency call and error counts come from the
-//! storage's full index and are exact either way.
+//! RED and dependencies come from the roll-ups of every collector
+//! ([`rollups`]): every span of the window, whole buckets of one tier.
+//! Anomalies read at most [`MAX_LIMIT`] traces of the window, the most
+//! recent first; `truncated` says when there were more.
 //!
 //! `anomalies` lists single anomalies (at most `limit`); `groups` folds
 //! every anomaly found into one row per (kind, service, operation, span
