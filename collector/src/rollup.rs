@@ -1,6 +1,6 @@
 //! RED roll-ups at ingest: every span of every durable WAL record counted
 //! per (service, operation, span kind), and every call (a span whose parent
-//! span is of another service, paired in [`calls`]) per (parent service,
+//! span is of another service, paired in `rollup/calls.rs`) per (parent service,
 //! child service), into time buckets of each tier
 //! ([`TIER_WIDTHS_NANOS`]: 10 s, 1 min, 10 min, 1 h), before assembly and
 //! before any sampling; written to storage as this collector's parts
@@ -72,7 +72,7 @@ pub struct RollupConfig {
     /// How long a bucket stays in memory after its end.
     pub keep: Duration,
     /// How long a span waits for its parent (or children) to make a call
-    /// edge: between one and two of these ([`calls`]).
+    /// edge: between one and two of these (`rollup/calls.rs`).
     pub call_window: Duration,
     /// Cardinality limits per bucket (overflow folds into one series).
     pub limits: Limits,
