@@ -267,7 +267,7 @@ async fn red(State(st): St, q: Q) -> Result<Response> {
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 struct DependencyAnswer {
-    services: Vec<rollups::ServiceNode>,
+    services: Vec<clew_analysis::ServiceNode>,
     edges: Vec<rollups::Edge>,
     #[serde(flatten)]
     covered: Covered,

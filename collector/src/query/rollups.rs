@@ -12,6 +12,7 @@ use clew_analysis::rollup::{
     Bucket, EdgeSummary, GroupBy, Latency, RedKey, RedSummary, Resolution, SeriesPoint,
     edge_summary, red_series, red_summary, resolution,
 };
+use clew_analysis::ServiceNode;
 use clew_proto::v1::SpanKind;
 use serde::Serialize;
 
@@ -124,18 +125,6 @@ fn row(t: RedSummary, buckets: Vec<SeriesPoint>) -> RedRow {
         latency: t.latency,
         buckets,
     }
-}
-
-/// A service of the graph: every span of it in the window.
-#[derive(Debug, Clone, Serialize, PartialEq)]
-#[serde(rename_all = "camelCase")]
-pub struct ServiceNode {
-    /// The service.
-    pub service: String,
-    /// Its spans.
-    pub spans: u64,
-    /// Those with status ERROR.
-    pub errors: u64,
 }
 
 /// Calls from one service to another over the window.
