@@ -170,3 +170,57 @@ fn label_values_are_escaped() {
         "{t}"
     );
 }
+
+/// Spans added to the assembler are counted once; replayed records are
+/// not (the run that accepted them counted them).
+#[tokio::test]
+async fn added_records_count_and_replayed_ones_do_not() {
+    use std::sync::Arc;
+
+    use crate::assembly::{Assembler, AssemblerConfig};
+    use crate::sink::StorageSink;
+    use crate::storage::memory::MemoryStorage;
+    use clew_proto::v1::ExportRequest;
+
+    use crate::wal::{Wal, tests};
+
+    let config = || AssemblerConfig {
+        idle_window: std::time::Duration::from_secs(3600),
+        ..AssemblerConfig::default()
+    };
+    let sink = || Arc::new(StorageSink::new(Arc::new(MemoryStorage::new(1_000))));
+    let dir = tempfile::tempdir().unwrap();
+    let (wal, _) = Wal::open(dir.path(), tests::fast_config()).unwrap();
+    let asm = Assembler::new(config(), sink(), wal).unwrap();
+    let counted = Arc::new(SpanMetrics::new(0));
+    asm.set_span_metrics(Arc::clone(&counted));
+    for b in 0..2 {
+        let spans = (0..3).map(|i| tests::span(b, b * 10 + i)).collect();
+        asm.ingest(ExportRequest { spans }).await.unwrap();
+    }
+    let calls = |m: &SpanMetrics| -> u64 {
+        render(m)
+            .lines()
+            .filter(|l| l.starts_with(CALLS))
+            .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+            .sum()
+    };
+    assert_eq!(calls(&counted), 6);
+
+    // kill -9, then a new process replays both records.
+    let crashed = tempfile::tempdir().unwrap();
+    tests::snapshot(dir.path(), crashed.path());
+    drop(asm);
+    let (wal, replay) = Wal::open(crashed.path(), tests::fast_config()).unwrap();
+    assert_eq!(replay.len(), 2);
+    let asm = Assembler::new(config(), sink(), wal).unwrap();
+    let fresh = Arc::new(SpanMetrics::new(0));
+    asm.set_span_metrics(Arc::clone(&fresh));
+    asm.replay(replay);
+    assert_eq!(fresh.series(), 0);
+    assert_eq!(render(&fresh), "");
+    // What this process accepts counts.
+    let spans = vec![tests::span(9, 90)];
+    asm.ingest(ExportRequest { spans }).await.unwrap();
+    assert_eq!(calls(&fresh), 1);
+}
