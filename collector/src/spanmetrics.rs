@@ -29,10 +29,11 @@
 //! series counts against the limit: at most `limit - 1` other series).
 //! Series already present keep counting.
 
-use std::collections::HashMap;
 use std::fmt::Write as _;
 
 use clew_proto::v1::Span;
+// The fast, seeded hasher assembly uses too: the keys come from clients.
+use foldhash::HashMap;
 use parking_lot::Mutex;
 
 use crate::storage::filter;
@@ -252,28 +253,24 @@ fn slot(span: &Span) -> u8 {
     kind * STATUSES.len() as u8 + status
 }
 
-/// The label set of a row, without braces; `extra` (`le="…"`) last.
-fn labels(out: &mut String, row: &Row, extra: Option<&str>) {
-    out.push('{');
+/// The labels of a row, escaped, without braces.
+fn labels(row: &Row) -> String {
+    let mut out = String::with_capacity(128);
     match &row.0 {
         Some((service, name, slot)) => {
             let kind = KINDS[usize::from(*slot) / STATUSES.len()];
             let status = STATUSES[usize::from(*slot) % STATUSES.len()];
             out.push_str("service_name=\"");
-            escape(out, service);
+            escape(&mut out, service);
             out.push_str("\",span_name=\"");
-            escape(out, name);
+            escape(&mut out, name);
             let _ = write!(out, "\",span_kind=\"{kind}\",status_code=\"{status}\"");
         }
         None => {
             let _ = write!(out, "{OVERFLOW_LABEL}=\"true\"");
         }
     }
-    if let Some(extra) = extra {
-        out.push(',');
-        out.push_str(extra);
-    }
-    out.push('}');
+    out
 }
 
 /// A label value escaped for the text format: `\`, `"` and newline.
@@ -295,9 +292,7 @@ fn render_calls(rows: &[Row], out: &mut String) {
          (OpenTelemetry spanmetrics connector calls).\n# TYPE {CALLS} counter"
     );
     for row in rows {
-        out.push_str(CALLS);
-        labels(out, row, None);
-        let _ = writeln!(out, " {}", row.1.count());
+        let _ = writeln!(out, "{CALLS}{{{}}} {}", labels(row), row.1.count());
     }
 }
 
@@ -307,23 +302,19 @@ fn render_duration(rows: &[Row], out: &mut String) {
         "# HELP {DURATION} Span duration in milliseconds by service, span name, span kind and \
          status code (OpenTelemetry spanmetrics connector duration).\n# TYPE {DURATION} histogram"
     );
+    let les: Vec<String> = BUCKETS_MS
+        .iter()
+        .map(ToString::to_string)
+        .chain(std::iter::once("+Inf".to_owned()))
+        .collect();
     for row in rows {
+        let l = labels(row);
         let mut cumulative = 0;
-        for (i, n) in row.1.buckets.iter().enumerate() {
+        for (n, le) in row.1.buckets.iter().zip(&les) {
             cumulative += n;
-            let le = match BUCKETS_MS.get(i) {
-                Some(b) => format!("le=\"{b}\""),
-                None => "le=\"+Inf\"".to_owned(),
-            };
-            let _ = write!(out, "{DURATION}_bucket");
-            labels(out, row, Some(&le));
-            let _ = writeln!(out, " {cumulative}");
+            let _ = writeln!(out, "{DURATION}_bucket{{{l},le=\"{le}\"}} {cumulative}");
         }
-        let _ = write!(out, "{DURATION}_sum");
-        labels(out, row, None);
-        let _ = writeln!(out, " {}", row.1.sum_ms);
-        let _ = write!(out, "{DURATION}_count");
-        labels(out, row, None);
-        let _ = writeln!(out, " {}", row.1.count());
+        let _ = writeln!(out, "{DURATION}_sum{{{l}}} {}", row.1.sum_ms);
+        let _ = writeln!(out, "{DURATION}_count{{{l}}} {}", row.1.count());
     }
 }

@@ -133,7 +133,7 @@ fn past_the_limit_new_series_fold_into_one_overflow_series() {
     );
     assert_eq!(m.series(), 3);
     // The overflow series renders last.
-    let last_calls = t.lines().filter(|l| l.starts_with(CALLS)).last().unwrap();
+    let last_calls = t.lines().rfind(|l| l.starts_with(CALLS)).unwrap();
     assert!(last_calls.contains(OVERFLOW_LABEL), "{last_calls}");
 }
 
