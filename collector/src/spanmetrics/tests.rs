@@ -224,3 +224,21 @@ async fn added_records_count_and_replayed_ones_do_not() {
     asm.ingest(ExportRequest { spans }).await.unwrap();
     assert_eq!(calls(&fresh), 1);
 }
+
+/// `docs/METRICS.md` lists both families with the labels they render.
+#[test]
+fn the_catalogue_lists_the_families_with_their_labels() {
+    let m = SpanMetrics::new(0);
+    m.record(&[span("s", "n", SERVER, status::Code::Ok, 1.0)]);
+    let t = render(&m);
+    let line = t.lines().find(|l| l.starts_with(CALLS)).unwrap();
+    let inside = &line[line.find('{').unwrap() + 1..line.rfind('}').unwrap()];
+    let names: Vec<&str> = inside
+        .split(',')
+        .map(|kv| kv.split('=').next().unwrap())
+        .collect();
+    let r = clew_runtime::metrics::Registry::new();
+    r.counter_vec(CALLS, "calls", &names);
+    r.histogram_vec(DURATION, "duration", &BUCKETS_MS, &names);
+    clew_runtime::metrics::catalogue_check("collector span metrics", &r);
+}
