@@ -15,19 +15,25 @@
 //!
 //! Source: opentelemetry-collector-contrib
 //! `connector/spanmetricsconnector/config.go` (the default buckets, the
-//! `aggregation_cardinality_limit` setting) and `connector.go` (the
+//! `aggregation_cardinality_limit` setting), its `README.md` (the default
+//! namespace: `traces.span.metrics.calls{service.name=…}`) and
+//! `connector.go` (the
 //! `calls` and `duration` names, the `service.name`, `span.name`,
 //! `span.kind`, `status.code` attributes, valued with
 //! `traceutil.SpanKindStr` / `StatusCodeStr`: `SPAN_KIND_SERVER`,
 //! `STATUS_CODE_ERROR`; the Prometheus exporter turns the dots of names
 //! and attributes into underscores and adds `_total` and the unit).
 //!
-//! A cardinality limit bounds the series: once a new series would take the
-//! count to the limit, the span is counted into one overflow series whose
-//! only label is `otel_metric_overflow="true"` (the OpenTelemetry metrics
-//! SDK's overflow attribute `otel.metric.overflow`, which the overflow
-//! series counts against the limit: at most `limit - 1` other series).
-//! Series already present keep counting.
+//! A cardinality limit bounds the series (the connector's
+//! `aggregation_cardinality_limit`, in `config.go`): once a new series
+//! would take the count to the limit, the span is counted into one
+//! overflow series whose only label is `otel_metric_overflow="true"`.
+//! That is the overflow attribute of the OpenTelemetry metrics SDK
+//! specification (`specification/metrics/sdk.md`, "Overflow attribute":
+//! `otel.metric.overflow=true`, the overflow series counted in the limit,
+//! so at most `limit - 1` other series). This follows the specification;
+//! it is not checked against the connector's overflow code. Series already
+//! present keep counting.
 
 use std::fmt::Write as _;
 
