@@ -45,6 +45,11 @@ if ! "$VENV/bin/python" -c "import pyarrow, duckdb" >/dev/null 2>&1; then
   echo "test.sh: installing pyarrow and duckdb into $VENV"
   "$VENV/bin/pip" install -q pyarrow duckdb
 fi
+# Prometheus' own Python parser of the text format, for the span-metrics test.
+if ! "$VENV/bin/python" -c "import prometheus_client" >/dev/null 2>&1; then
+  echo "test.sh: installing prometheus-client into $VENV"
+  "$VENV/bin/pip" install -q prometheus-client
+fi
 export CLEW_PYTHON="$VENV/bin/python"
 # A real S3 server on loopback for the cold tier (the newest s3s-fs needs a
 # newer rustc than this toolchain).

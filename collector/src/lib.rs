@@ -9,7 +9,8 @@
 //! - [`replication`]: copies of each accepted batch on the next collectors
 //!   of its traces, replica logs, truncation and takeover.
 //! - [`assembly`]: spans grouped by trace and flushed to storage through
-//!   [`sink`]; [`rollup`]: every span counted into RED roll-ups first.
+//!   [`sink`]; [`rollup`]: every span counted into RED roll-ups first, and
+//!   into the [`spanmetrics`] of `/metrics`.
 //! - [`storage`]: the `Storage` trait and its backends; [`cold`]: the
 //!   cold tier in front of them (`clew-cold`), with its mover.
 //! - [`query`]: the Jaeger-compatible HTTP API and the gRPC `Query` service;
@@ -31,6 +32,7 @@ pub mod replication;
 pub mod rollup;
 pub mod server;
 pub mod sink;
+pub mod spanmetrics;
 /// Trace storage (`clew-storage`).
 pub use clew_storage as storage;
 #[cfg(any(test, feature = "testing"))]

@@ -14,6 +14,7 @@ use prometheus::{IntCounter, IntCounterVec, IntGauge};
 use crate::assembly::Assembler;
 use crate::ingest::Ingest;
 use crate::rollup::{RollupStats, Rollups};
+use crate::spanmetrics::SpanMetrics;
 use crate::storage::Storage;
 use crate::wal::Wal;
 
@@ -46,6 +47,8 @@ pub struct Metrics {
     pruned: (AtomicU64, AtomicU64),
     memory: Option<MemoryStoreMetrics>,
     rollups: Option<RollupMetrics>,
+    /// Rendered after the registry (`traces_span_metrics_*`).
+    span_metrics: Option<Arc<SpanMetrics>>,
     // Serialises scrapes so counter deltas are computed once.
     scrape: Mutex<()>,
 }
@@ -220,6 +223,7 @@ impl Metrics {
             pruned: (AtomicU64::new(0), AtomicU64::new(0)),
             memory: None,
             rollups: None,
+            span_metrics: None,
             registry: r,
             ingest,
             assembler,
@@ -260,6 +264,13 @@ impl Metrics {
         self
     }
 
+    /// Also renders the span metrics (`traces_span_metrics_*`, the
+    /// OpenTelemetry spanmetrics connector's families) after the registry.
+    pub fn with_span_metrics(mut self, span_metrics: Arc<SpanMetrics>) -> Self {
+        self.span_metrics = Some(span_metrics);
+        self
+    }
+
     /// Counts what a retention pass removed.
     pub fn record_prune(&self, traces: u64, spans: u64) {
         self.pruned.0.fetch_add(traces, Ordering::Relaxed);
@@ -280,7 +291,11 @@ impl Metrics {
         if let Some(rollups) = &self.rollups {
             rollups.render();
         }
-        self.registry.render()
+        let mut text = self.registry.render();
+        if let Some(s) = &self.span_metrics {
+            s.render_into(&mut text);
+        }
+        text
     }
 
     fn copy_ingest(&self) {

@@ -147,6 +147,21 @@ pub struct Config {
     /// How often the roll-ups are written to storage.
     #[arg(long, env = "CLEW_ROLLUP_FLUSH_INTERVAL", default_value = "10s", value_parser = humantime::parse_duration)]
     pub rollup_flush_interval: Duration,
+    /// Export span metrics on `/metrics` as the OpenTelemetry spanmetrics
+    /// connector does (`traces_span_metrics_calls_total`,
+    /// `traces_span_metrics_duration_milliseconds`), every span counted
+    /// before sampling.
+    #[arg(long, env = "CLEW_SPANMETRICS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub spanmetrics: bool,
+    /// Most span-metrics series, the overflow series included; spans of
+    /// new series past it count into one `otel_metric_overflow="true"`
+    /// series (0: no limit).
+    #[arg(
+        long,
+        env = "CLEW_SPANMETRICS_CARDINALITY_LIMIT",
+        default_value_t = 5_000
+    )]
+    pub spanmetrics_cardinality_limit: usize,
     /// fsync the WAL before acknowledging (turn off only for throwaway runs).
     #[arg(long, env = "CLEW_WAL_FSYNC", default_value_t = true, action = clap::ArgAction::Set)]
     pub wal_fsync: bool,
@@ -551,6 +566,14 @@ async fn open_core(config: &Config) -> Result<Core, ServerError> {
     if let Some(r) = &rollups {
         assembler.set_rollups(Arc::clone(r));
     }
+    let span_metrics = config.spanmetrics.then(|| {
+        Arc::new(crate::spanmetrics::SpanMetrics::new(
+            config.spanmetrics_cardinality_limit,
+        ))
+    });
+    if let Some(s) = &span_metrics {
+        assembler.set_span_metrics(Arc::clone(s));
+    }
     if !replay.is_empty() {
         tracing::info!(records = replay.len(), "replaying WAL");
         assembler.replay(replay);
@@ -579,6 +602,10 @@ async fn open_core(config: &Config) -> Result<Core, ServerError> {
     .with_storage(Arc::clone(&storage));
     let metrics = match &rollups {
         Some(r) => metrics.with_rollups(Arc::clone(r)),
+        None => metrics,
+    };
+    let metrics = match span_metrics {
+        Some(s) => metrics.with_span_metrics(s),
         None => metrics,
     };
     Ok(Core {

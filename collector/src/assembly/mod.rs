@@ -519,12 +519,18 @@ struct Inner {
     runtime: Handle,
     /// Counts every span of every record before it is assembled.
     rollups: std::sync::OnceLock<Arc<crate::rollup::Rollups>>,
+    /// Counts every span of every record added in this process (not
+    /// replayed ones: the run that accepted them counted them).
+    span_metrics: std::sync::OnceLock<Arc<crate::spanmetrics::SpanMetrics>>,
 }
 
 impl Inner {
     /// Takes over the record's hold on the WAL, counting its spans in the
-    /// roll-ups first when there are roll-ups.
+    /// span metrics and the roll-ups first when there are.
     fn hand_on(&self, appended: Appended, spans: &[Span]) -> u64 {
+        if let Some(m) = self.span_metrics.get() {
+            m.record(spans);
+        }
         match self.rollups.get() {
             Some(r) => r.record_appended(appended, spans),
             None => appended.into_held_seq(),
@@ -609,6 +615,7 @@ impl Assembler {
             closed: AtomicBool::new(false),
             runtime,
             rollups: std::sync::OnceLock::new(),
+            span_metrics: std::sync::OnceLock::new(),
         });
         inner.runtime.spawn(run_flusher(Arc::clone(&inner)));
         Ok(Self { inner })
@@ -661,6 +668,15 @@ impl Assembler {
     pub fn set_rollups(&self, rollups: Arc<crate::rollup::Rollups>) {
         if self.inner.rollups.set(rollups).is_err() {
             tracing::warn!("assembler: roll-ups already set");
+        }
+    }
+
+    /// Counts every span added from now on in `span_metrics` (before it is
+    /// assembled, so before any sampling); replayed records are not
+    /// counted. Set once.
+    pub fn set_span_metrics(&self, span_metrics: Arc<crate::spanmetrics::SpanMetrics>) {
+        if self.inner.span_metrics.set(span_metrics).is_err() {
+            tracing::warn!("assembler: span metrics already set");
         }
     }
 
