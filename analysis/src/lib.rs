@@ -37,7 +37,8 @@ pub mod sampling;
 mod tests;
 
 pub use anomalies::{
-    Anomaly, AnomalyConfig, AnomalyGroup, AnomalyKind, Baseline, detect_anomalies, group_anomalies,
+    Anomaly, AnomalyConfig, AnomalyGroup, AnomalyKind, Baseline, LatencyGroup, WindowAnomalies,
+    detect_anomalies, detect_structural, group_anomalies, sort_groups, window_anomalies,
 };
 pub use bottlenecks::{Bottlenecks, CriticalSection, GroupTime, SpanTime, detect_bottlenecks};
 pub use causal::{
