@@ -166,8 +166,9 @@ fn median(sorted: &[f64]) -> f64 {
     }
 }
 
-/// Jaeger's name of a span kind, `unspecified` for none.
-pub(crate) fn kind_name(kind: i32) -> &'static str {
+/// Jaeger's name of a span kind, `unspecified` for none (and for an
+/// unknown value): the [`Anomaly::span_kind`] of a span.
+pub fn kind_name(kind: i32) -> &'static str {
     match SpanKind::try_from(kind).unwrap_or(SpanKind::Unspecified) {
         SpanKind::Unspecified => "unspecified",
         SpanKind::Internal => "internal",
@@ -518,8 +519,9 @@ impl<'a> Calls<'a> {
 }
 
 /// Most significant first within each kind (error spikes, latency, new
-/// calls, missing calls), then most recent.
-fn sort_anomalies(out: &mut [Anomaly]) {
+/// calls, missing calls), then most recent: the order
+/// [`detect_anomalies`] returns.
+pub fn sort_anomalies(out: &mut [Anomaly]) {
     out.sort_by(|a, b| {
         a.kind
             .rank()

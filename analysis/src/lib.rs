@@ -38,7 +38,8 @@ mod tests;
 
 pub use anomalies::{
     Anomaly, AnomalyConfig, AnomalyGroup, AnomalyKind, Baseline, LatencyGroup, WindowAnomalies,
-    detect_anomalies, detect_structural, group_anomalies, sort_groups, window_anomalies,
+    detect_anomalies, detect_structural, group_anomalies, kind_name, sort_anomalies, sort_groups,
+    window_anomalies,
 };
 pub use bottlenecks::{Bottlenecks, CriticalSection, GroupTime, SpanTime, detect_bottlenecks};
 pub use causal::{

@@ -138,8 +138,8 @@ impl LatencyGroup {
 /// What [`window_anomalies`] finds.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct WindowAnomalies {
-    /// Latency outliers per (service, operation, span kind), most outliers
-    /// first.
+    /// Latency outliers per (service, operation, span kind), the worst
+    /// score first.
     pub latency: Vec<LatencyGroup>,
     /// Error-rate spikes, one per spiking point, highest score first; no
     /// example trace yet (`trace_id` and `span_id` are `None`).
@@ -184,7 +184,10 @@ pub fn window_anomalies(
         }
         error_spikes(*key, &total, series, res, cfg, &mut out.spikes);
     }
-    out.latency.sort_by(|a, b| b.count.cmp(&a.count));
+    out.latency.sort_by(|a, b| {
+        let worst = |g: &LatencyGroup| g.score(g.max_nanos);
+        worst(b).total_cmp(&worst(a)).then(b.count.cmp(&a.count))
+    });
     out.spikes.sort_by(|a, b| b.score.total_cmp(&a.score));
     out
 }
