@@ -130,19 +130,7 @@ pub(super) async fn answer(
     let svc = service.clone();
     let (found, mut singles) = blocking(move || detect(&buckets, &res, &traces, &svc)).await?;
     let st = st.as_ref();
-    let latency: Vec<(LatencyGroup, Vec<Anomaly>)> =
-        stream::iter(found.latency.into_iter().enumerate())
-            .map(|(k, g)| async move {
-                let examples = if k < GROUPS_WITH_EXAMPLES {
-                    latency_examples(st, &g, &res).await?
-                } else {
-                    Vec::new()
-                };
-                Ok::<_, AppError>((g, examples))
-            })
-            .buffered(LOOKUPS_AT_ONCE)
-            .try_collect()
-            .await?;
+    let latency = with_examples(st, found.latency, &res).await?;
     let spikes = spike_examples(st, found.spikes, res.step_nanos).await?;
     singles.extend(spikes);
     let mut groups = group_anomalies(&singles, GROUP_EXAMPLES);
@@ -183,6 +171,27 @@ fn detect(
         structural.retain(|a| a.service == service);
     }
     (found, structural)
+}
+
+/// The latency groups, each with its examples (none past the first
+/// [`GROUPS_WITH_EXAMPLES`]).
+async fn with_examples(
+    st: &dyn Storage,
+    groups: Vec<LatencyGroup>,
+    res: &Resolution,
+) -> Result<Vec<(LatencyGroup, Vec<Anomaly>)>> {
+    stream::iter(groups.into_iter().enumerate())
+        .map(|(k, g)| async move {
+            let examples = if k < GROUPS_WITH_EXAMPLES {
+                latency_examples(st, &g, res).await?
+            } else {
+                Vec::new()
+            };
+            Ok::<_, AppError>((g, examples))
+        })
+        .buffered(LOOKUPS_AT_ONCE)
+        .try_collect()
+        .await
 }
 
 /// The spans of `traces` matching `filter` whose kind is `span_kind`.
@@ -268,7 +277,7 @@ async fn spike_examples(
             wanted.push(i);
         }
     }
-    let found: Vec<(usize, Option<(Vec<u8>, Vec<u8>)>)> = stream::iter(wanted)
+    let found: Vec<(usize, Option<Ids>)> = stream::iter(wanted)
         .map(|i| {
             let a = &spikes[i];
             async move { Ok::<_, AppError>((i, spike_example(st, a, step_nanos).await?)) }
@@ -285,13 +294,11 @@ async fn spike_examples(
     Ok(spikes)
 }
 
-/// The most recent error span of a spike's operation in its point:
-/// (trace id, span id).
-async fn spike_example(
-    st: &dyn Storage,
-    a: &Anomaly,
-    step_nanos: u64,
-) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
+/// A span's trace id and span id.
+type Ids = (Vec<u8>, Vec<u8>);
+
+/// The most recent error span of a spike's operation in its point.
+async fn spike_example(st: &dyn Storage, a: &Anomaly, step_nanos: u64) -> Result<Option<Ids>> {
     let from = a.time_us.saturating_mul(1_000);
     let filter = FilterCriteria {
         service: a.service.clone(),
