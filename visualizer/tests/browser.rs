@@ -571,6 +571,51 @@ async fn a_recurring_spike_is_one_group_with_its_worst_examples() {
     finish(s).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn red_and_dependencies_cover_every_trace_of_a_busy_window() {
+    let ui = Ui::start_over(common::busy_storage().await, &[]).await;
+    let n = common::BUSY_CHECKOUTS;
+    let s = ui.open("/services/payments?lookback=1h").await;
+    wait_for_css(&s, "RED charts", ".red-series").await;
+    let first = s
+        .js(
+            "return document.querySelector('.red-series').innerText",
+            vec![],
+        )
+        .await;
+    assert!(
+        first.as_str().unwrap().contains(&format!("{n} requests")),
+        "{first}"
+    );
+    // The whole hour is drawn: no part left out or shaded.
+    assert_eq!(count(&s, "#red-truncated, .not-read").await, json!(0));
+    let points = s
+        .js(
+            "return document.querySelector('.red-series polyline').getAttribute('points').trim().split(' ').length",
+            vec![],
+        )
+        .await;
+    assert!(points.as_u64().unwrap() >= 60, "{points}");
+    shot(&s, "05b-busy-service-dashboard").await;
+    s.goto(&ui.url("/dependencies?lookback=1h")).await;
+    wait_for_css(
+        &s,
+        "dependency table",
+        "#deps-table tr[data-edge=\"payments>db\"]",
+    )
+    .await;
+    let row = s
+        .js(
+            "return [...document.querySelectorAll('#deps-table tr[data-edge=\"payments>db\"] td')].map(td => td.innerText)",
+            vec![],
+        )
+        .await;
+    // Two db calls a checkout.
+    assert_eq!(row[2], json!((2 * n).to_string()), "{row}");
+    shot(&s, "04b-busy-dependencies").await;
+    finish(s).await;
+}
+
 /// Each service's colour as drawn by the elements `css` matches (their
 /// `data-service`, else their text), read from the computed `property`.
 async fn colours(s: &Session<'_>, css: &str, property: &str) -> Value {

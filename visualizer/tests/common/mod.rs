@@ -308,22 +308,46 @@ pub fn big(base: u64) -> Trace {
 pub const CHECKOUTS: u32 = 20;
 
 /// Memory storage holding 20 checkout traces over the last 20 minutes (the
-/// 10th one 400 ms slower), the skewed trace and the 10,000-span trace.
+/// 10th one 400 ms slower), the skewed trace and the 10,000-span trace,
+/// with their roll-ups.
 pub async fn known_storage() -> Arc<MemoryStorage> {
-    let storage = Arc::new(MemoryStorage::new(10_000));
     let now = now_ns();
-    for n in 0..CHECKOUTS {
-        let base = now - u64::from(CHECKOUTS - n) * 60_000 * MS;
-        storage
-            .store_trace(checkout(n, base, if n == 10 { 400 } else { 0 }))
-            .await
-            .unwrap();
+    let mut traces: Vec<Trace> = (0..CHECKOUTS)
+        .map(|n| {
+            let base = now - u64::from(CHECKOUTS - n) * 60_000 * MS;
+            checkout(n, base, if n == 10 { 400 } else { 0 })
+        })
+        .collect();
+    traces.push(skewed(now - 90_000 * MS));
+    traces.push(big(now - 120_000 * MS));
+    storage_of(traces).await
+}
+
+/// Number of checkout traces in [`busy_storage`].
+pub const BUSY_CHECKOUTS: u32 = 1_500;
+
+/// Memory storage holding [`BUSY_CHECKOUTS`] checkouts two seconds apart
+/// over the last 50 minutes (every 100th one's INSERT 400 ms slower), with
+/// their roll-ups: more traces than any query reads at once.
+pub async fn busy_storage() -> Arc<MemoryStorage> {
+    let now = now_ns();
+    let traces = (0..BUSY_CHECKOUTS)
+        .map(|n| {
+            let base = now - u64::from(BUSY_CHECKOUTS - n) * 2_000 * MS;
+            checkout(n, base, if n % 100 == 50 { 400 } else { 0 })
+        })
+        .collect();
+    storage_of(traces).await
+}
+
+/// Memory storage holding `traces`, and their roll-ups as a collector
+/// counts them at ingest.
+pub async fn storage_of(traces: Vec<Trace>) -> Arc<MemoryStorage> {
+    let storage = Arc::new(MemoryStorage::new(10_000));
+    clew_collector::testing::store_rollups(storage.as_ref(), &traces).await;
+    for t in traces {
+        storage.store_trace(t).await.unwrap();
     }
-    storage
-        .store_trace(skewed(now - 90_000 * MS))
-        .await
-        .unwrap();
-    storage.store_trace(big(now - 120_000 * MS)).await.unwrap();
     storage
 }
 

@@ -47,12 +47,20 @@ impl Ui {
     /// [`start`](Self::start) with the visualizer's `flags` (its
     /// authentication: `--query-token-file`, ...).
     pub async fn start_with(flags: &[&str]) -> Ui {
+        Self::start_over(super::known_storage().await, flags).await
+    }
+
+    /// [`start_with`](Self::start_with) over `storage`.
+    pub async fn start_over(
+        storage: std::sync::Arc<clew_collector::storage::memory::MemoryStorage>,
+        flags: &[&str],
+    ) -> Ui {
         let file = File::create(artifacts().join(".browser-tests.lock")).unwrap();
         let turn = tokio::task::spawn_blocking(move || file.lock().map(|()| file))
             .await
             .unwrap()
             .unwrap();
-        let collector = super::collector(super::known_storage().await).await;
+        let collector = super::collector(storage).await;
         let mut args = vec!["clew-visualizer"];
         args.extend_from_slice(flags);
         let config = <clew_visualizer::Config as clap::Parser>::try_parse_from(args).unwrap();
