@@ -10,8 +10,8 @@
 //!   MAD is 0 (over half the spans take exactly the median) the mean
 //!   absolute deviation stands in; when that is 0 too, nothing is flagged.
 //! - **Error-rate spikes.** The window is cut into [`AnomalyConfig::buckets`]
-//!   equal time buckets; a bucket whose error rate for an operation (and
-//!   span kind) is far
+//!   equal time buckets (from roll-ups: the points of the resolution); a
+//!   bucket whose error rate for an operation (and span kind) is far
 //!   above the rest of the window (binomial z-score over
 //!   [`AnomalyConfig::error_score`], at least [`AnomalyConfig::min_errors`]
 //!   errors) is a spike.
@@ -23,9 +23,24 @@
 //!   [`AnomalyConfig::expected_share`] of its runs (and at least
 //!   [`AnomalyConfig::min_samples`] runs), missing from one run.
 //!
+//! Two ways to run them:
+//!
+//! - [`detect_anomalies`]: every kind over a set of traces, each anomaly a
+//!   span (or a stretch) with its trace.
+//! - [`window_anomalies`]: latency outliers and error-rate spikes over
+//!   roll-up buckets, so over every span of a window however many traces
+//!   it holds: the same rules, with the median, MAD and outlier count
+//!   read from the window's merged sketch (bounds in its module docs) and
+//!   the spikes tested per point of a [`crate::rollup::Resolution`];
+//!   examples are left to the caller (the collector finds them in its
+//!   trace index). [`detect_structural`] finds the two kinds that need
+//!   whole traces, new call edges and missing children, in the traces the
+//!   caller could read.
+//!
 //! [`group_anomalies`] folds the anomalies of one (kind, service, operation,
 //! span kind) into one [`AnomalyGroup`]: a recurring latency spike is one
-//! row with a count, its baseline and its worst examples, not hundreds.
+//! row with a count, its baseline and its worst examples, not hundreds
+//! ([`LatencyGroup::into_group`] builds that row from the roll-ups).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -46,7 +61,8 @@ pub struct AnomalyConfig {
     pub latency_score: f64,
     /// Fewest spans of an operation (or runs of a caller) for a baseline.
     pub min_samples: usize,
-    /// Time buckets for error-rate spikes.
+    /// Time buckets for error-rate spikes in [`detect_anomalies`]
+    /// ([`window_anomalies`] uses the points of its resolution).
     pub buckets: usize,
     /// Binomial z-score above which a bucket's error rate is a spike.
     pub error_score: f64,

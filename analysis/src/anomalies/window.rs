@@ -6,7 +6,8 @@
 //!   sketch gives the median ([`Sketch::quantile`], within α = 1 % of the
 //!   exact one) and the MAD ([`Sketch::median_abs_deviation`] around that
 //!   median, within α·(2·median + MAD) + 1 ns of the exact one); when the
-//!   MAD is 0 the mean absolute deviation stands in, when that is 0 too or
+//!   MAD is 0 (over half the spans in the median's bin, within about 2 %
+//!   of it) the mean absolute deviation stands in, when that is 0 too or
 //!   there are fewer than [`AnomalyConfig::min_samples`] spans nothing is
 //!   flagged, as in [`super::detect_anomalies`]. A span is an outlier when
 //!   its duration exceeds the threshold median + `latency_score`·scale;

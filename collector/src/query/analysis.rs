@@ -4,20 +4,25 @@
 //!
 //! | path | answer (`data`) |
 //! |---|---|
-//! | `GET /api/clew/traces/{traceID}/analysis` | `{traceID, bottlenecks, causal}` |
-//! | `GET /api/clew/anomalies?service=&lookback=&end=&limit=` | `{anomalies, groups, traces, truncated, …}` |
-//! | `GET /api/clew/red?service=&lookback=&step=&end=` | `{series, …}` |
-//! | `GET /api/clew/dependencies?endTs=&lookback=` | `{services, edges, traces, truncated}` |
+//! | `GET /api/clew/traces/{traceID}/analysis` | `{traceID, spans, bottlenecks, causal}` |
+//! | `GET /api/clew/anomalies?service=&lookback=&end=&limit=` | `{anomalies, groups, startUs, endUs, fromUs, toUs, stepUs, tierUs, structuralFromTraces, structuralTruncated, structuralFromUs?}` |
+//! | `GET /api/clew/red?service=&lookback=&step=&end=` | `{series, fromUs, toUs, stepUs, tierUs}` |
+//! | `GET /api/clew/dependencies?endTs=&lookback=` | `{services, edges, fromUs, toUs, stepUs, tierUs}` |
 //!
-//! Window analyses (anomalies, RED, dependency percentiles) read at most
-//! [`MAX_LIMIT`] traces of the window, the most recent first; `truncated`
-//! says when there were more. Dependency call and error counts come from the
-//! storage's full index and are exact either way.
+//! RED, the dependency graph, latency outliers and error-rate spikes come
+//! from the roll-ups of every collector ([`rollups`]): every span of the
+//! window, over whole buckets from `fromUs` to `toUs`, with percentiles,
+//! medians and MADs from the sketch (within its 1 % relative error).
 //!
-//! `anomalies` lists single anomalies (at most `limit`); `groups` folds
-//! every anomaly found into one row per (kind, service, operation, span
-//! kind), with its count, baseline, worst value and ratio, first and last
-//! seen, and its [`GROUP_EXAMPLES`] worst anomalies.
+//! `anomalies` (module `anomalies`) lists single anomalies (at most
+//! `limit`); `groups` folds every anomaly found into one row per (kind,
+//! service, operation, span kind), with its count, baseline, worst value
+//! and ratio, first and last seen, and its [`GROUP_EXAMPLES`] worst
+//! anomalies, with their traces from the index. New call edges and missing
+//! children need whole traces: they come from the most recent
+//! [`MAX_LIMIT`](crate::storage::MAX_LIMIT) traces of the window, and
+//! `structuralFromTraces`/`structuralTruncated` say how many were read
+//! and whether the window held more.
 
 use std::sync::Arc;
 
