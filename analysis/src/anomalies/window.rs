@@ -11,8 +11,8 @@
 //!   there are fewer than [`AnomalyConfig::min_samples`] spans nothing is
 //!   flagged, as in [`super::detect_anomalies`]. A span is an outlier when
 //!   its duration exceeds the threshold median + `latency_score`·scale;
-//!   the count is [`Sketch::count_above`] the threshold: exact for every
-//!   span outside the threshold's bin (spans within a factor γ ≈ 1.02 of
+//!   the count adds up each point's [`Sketch::count_above`] the
+//!   threshold: exact for every span outside the threshold's bin (spans within a factor γ ≈ 1.02 of
 //!   the threshold may land on either side). The worst duration is the
 //!   sketch's exact maximum. First and last seen are the starts of the
 //!   first and last buckets holding an outlier (the tier's precision).
@@ -223,16 +223,16 @@ fn latency_group(
     // Outliers exceed median + score·scale: with whole nanoseconds, those
     // above its floor.
     let threshold = (median as f64 + cfg.latency_score * scale).floor() as u64;
-    let count = sketch.count_above(threshold);
-    if count == 0 {
-        return None;
-    }
-    let with_outliers = res
+    // Counted per point (each point's exact min and max sharpen its
+    // count), so the points with outliers add up to the count.
+    let per_point: Vec<(u64, u64)> = res
         .point_starts()
         .zip(series)
-        .filter(|(_, s)| s.latency().count_above(threshold) > 0)
-        .map(|(start, _)| start / 1_000);
-    let (first_us, last_us) = with_outliers.fold((u64::MAX, 0), |(f, l), t| (f.min(t), l.max(t)));
+        .map(|(start, s)| (start / 1_000, s.latency().count_above(threshold)))
+        .filter(|&(_, n)| n > 0)
+        .collect();
+    let count = per_point.iter().map(|&(_, n)| n).sum::<u64>();
+    let (&(first_us, _), &(last_us, _)) = (per_point.first()?, per_point.last()?);
     let worst_rank = sketch.count().saturating_sub(examples.max(1) as u64) + 1;
     let floor = sketch.rank_floor(worst_rank).unwrap_or(0);
     Some(LatencyGroup {

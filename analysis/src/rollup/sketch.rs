@@ -370,8 +370,7 @@ impl Sketch {
     /// outside the bin that holds `t` is counted exactly; only the values
     /// of that one bin (within a factor γ = (1 + α)/(1 − α) ≈ 1.02 of `t`)
     /// may be counted on the wrong side. Exactly 0 when `t` ≥ the maximum,
-    /// and the whole count when `t` < the minimum. Adding the counts of
-    /// several sketches gives the count of their merge.
+    /// and the whole count when `t` < the minimum.
     pub fn count_above(&self, t: u64) -> u64 {
         self.reported()
             .filter(|&(v, _)| v > t)
