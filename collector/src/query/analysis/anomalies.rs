@@ -33,7 +33,7 @@ use serde::Serialize;
 
 use super::{Covered, GROUP_EXAMPLES, blocking};
 use crate::query::{AppError, Result, rollups};
-use crate::storage::filter::span_matches;
+use crate::storage::filter::{duration, span_matches};
 use crate::storage::{MAX_LIMIT, Storage};
 
 /// Most points of the error-spike series: a 1 h window is read in 1 min
@@ -225,7 +225,7 @@ async fn latency_examples(
     };
     let mut traces = st.list_traces(&filter).await?;
     let above = g.threshold_nanos.saturating_add(1);
-    if count_spans(&traces, &filter, g.span_kind) < GROUP_EXAMPLES
+    if matching(&traces, &filter, g.span_kind).count() < GROUP_EXAMPLES
         && filter.min_duration_nanos > above
     {
         filter.min_duration_nanos = above;
@@ -234,23 +234,16 @@ async fn latency_examples(
     let mut spans: Vec<&Span> = matching(&traces, &filter, g.span_kind).collect();
     // Worst first: the longest, then the most recent.
     spans.sort_by(|a, b| {
-        let d = |s: &Span| s.end_time_unix_nano.saturating_sub(s.start_time_unix_nano);
-        d(b).cmp(&d(a))
+        duration(b)
+            .cmp(&duration(a))
             .then(b.start_time_unix_nano.cmp(&a.start_time_unix_nano))
     });
     spans.dedup_by(|a, b| a.trace_id == b.trace_id && a.span_id == b.span_id);
     Ok(spans
         .into_iter()
         .take(GROUP_EXAMPLES)
-        .map(|s| {
-            let d = s.end_time_unix_nano.saturating_sub(s.start_time_unix_nano);
-            g.example(&s.trace_id, &s.span_id, s.start_time_unix_nano, d)
-        })
+        .map(|s| g.example(&s.trace_id, &s.span_id, s.start_time_unix_nano, duration(s)))
         .collect())
-}
-
-fn count_spans(traces: &[Trace], filter: &FilterCriteria, span_kind: &str) -> usize {
-    matching(traces, filter, span_kind).count()
 }
 
 /// The error spikes with an example each (an error span of the operation

@@ -432,3 +432,44 @@ async fn every_service_has_its_groups_and_examples_survive_sampling_gaps() {
     assert_eq!(singles[0]["kind"], "errorSpike");
     assert_eq!(v["data"]["structuralFromTraces"], 1_000);
 }
+
+#[tokio::test]
+async fn examples_fall_back_to_the_threshold_when_the_worst_were_not_kept() {
+    // db select takes 10-12 ms; every tenth trace 200 ms in the first
+    // half of the window, 400 ms in the second, whose traces were not
+    // kept: the roll-ups count all ten, the index has the 200 ms ones.
+    let traces = window(
+        100,
+        |i| match i {
+            i if i % 10 != 0 => 10 + u64::from(i % 3),
+            i if i < 50 => 200,
+            _ => 400,
+        },
+        |_| false,
+        |_| false,
+    );
+    let storage = Arc::new(MemoryStorage::new(10_000));
+    crate::testing::store_rollups(storage.as_ref(), &traces).await;
+    for t in traces.into_iter().take(50) {
+        storage.store_trace(t).await.unwrap();
+    }
+    let app = crate::query::router(storage);
+    let end_us = (T0 + 100_000 * MS) / 1_000;
+    let (status, v) = get(
+        &app,
+        &format!("/api/clew/anomalies?service=db&end={end_us}&lookback=5m"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    let g = &v["data"]["groups"][0];
+    assert_eq!(g["count"], 10, "{v}");
+    assert_eq!(g["worstValue"], 400_000.0);
+    let examples = g["examples"].as_array().unwrap();
+    let ids: Vec<&str> = examples
+        .iter()
+        .map(|e| e["traceID"].as_str().unwrap())
+        .collect();
+    let want: Vec<String> = [40, 30, 20, 10, 0].map(|i| hex(&tid(i))).to_vec();
+    assert_eq!(ids, want);
+    assert!(examples.iter().all(|e| e["value"] == 200_000.0));
+}
