@@ -10,8 +10,8 @@
 //!   MAD is 0 (over half the spans take exactly the median) the mean
 //!   absolute deviation stands in; when that is 0 too, nothing is flagged.
 //! - **Error-rate spikes.** The window is cut into [`AnomalyConfig::buckets`]
-//!   equal time buckets; a bucket whose error rate for an operation (and
-//!   span kind) is far
+//!   equal time buckets (from roll-ups: the points of the resolution); a
+//!   bucket whose error rate for an operation (and span kind) is far
 //!   above the rest of the window (binomial z-score over
 //!   [`AnomalyConfig::error_score`], at least [`AnomalyConfig::min_errors`]
 //!   errors) is a spike.
@@ -23,9 +23,24 @@
 //!   [`AnomalyConfig::expected_share`] of its runs (and at least
 //!   [`AnomalyConfig::min_samples`] runs), missing from one run.
 //!
+//! Two ways to run them:
+//!
+//! - [`detect_anomalies`]: every kind over a set of traces, each anomaly a
+//!   span (or a stretch) with its trace.
+//! - [`window_anomalies`]: latency outliers and error-rate spikes over
+//!   roll-up buckets, so over every span of a window however many traces
+//!   it holds: the same rules, with the median, MAD and outlier count
+//!   read from the window's merged sketch (bounds in its module docs) and
+//!   the spikes tested per point of a [`crate::rollup::Resolution`];
+//!   examples are left to the caller (the collector finds them in its
+//!   trace index). [`detect_structural`] finds the two kinds that need
+//!   whole traces, new call edges and missing children, in the traces the
+//!   caller could read.
+//!
 //! [`group_anomalies`] folds the anomalies of one (kind, service, operation,
 //! span kind) into one [`AnomalyGroup`]: a recurring latency spike is one
-//! row with a count, its baseline and its worst examples, not hundreds.
+//! row with a count, its baseline and its worst examples, not hundreds
+//! ([`LatencyGroup::into_group`] builds that row from the roll-ups).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -35,7 +50,9 @@ use serde::Serialize;
 use super::{Tree, duration, hex, is_error, us};
 
 mod groups;
-pub use groups::{AnomalyGroup, group_anomalies};
+mod window;
+pub use groups::{AnomalyGroup, group_anomalies, sort_groups};
+pub use window::{LatencyGroup, WindowAnomalies, window_anomalies};
 
 /// Thresholds of [`detect_anomalies`].
 #[derive(Debug, Clone, PartialEq)]
@@ -44,7 +61,8 @@ pub struct AnomalyConfig {
     pub latency_score: f64,
     /// Fewest spans of an operation (or runs of a caller) for a baseline.
     pub min_samples: usize,
-    /// Time buckets for error-rate spikes.
+    /// Time buckets for error-rate spikes in [`detect_anomalies`]
+    /// ([`window_anomalies`] uses the points of its resolution).
     pub buckets: usize,
     /// Binomial z-score above which a bucket's error rate is a spike.
     pub error_score: f64,
@@ -164,8 +182,9 @@ fn median(sorted: &[f64]) -> f64 {
     }
 }
 
-/// Jaeger's name of a span kind, `unspecified` for none.
-pub(crate) fn kind_name(kind: i32) -> &'static str {
+/// Jaeger's name of a span kind, `unspecified` for none (and for an
+/// unknown value): the [`Anomaly::span_kind`] of a span.
+pub fn kind_name(kind: i32) -> &'static str {
     match SpanKind::try_from(kind).unwrap_or(SpanKind::Unspecified) {
         SpanKind::Unspecified => "unspecified",
         SpanKind::Internal => "internal",
@@ -264,47 +283,98 @@ fn error_spikes(spans: &[SpanRef<'_>], cfg: &AnomalyConfig, out: &mut Vec<Anomal
             b.2.get_or_insert(s);
         }
     }
-    for ((service, operation, span_kind), g) in groups {
+    for (key, g) in groups {
         let (calls, errors) = g.iter().fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
         for (k, &(n, e, example)) in g.iter().enumerate() {
-            if e < cfg.min_errors || n == 0 {
+            let (n, e, calls, errors) = (n as u64, e as u64, calls as u64, errors as u64);
+            let Some(spike) = Spike::test(n, e, calls - n, errors - e, cfg) else {
                 continue;
-            }
-            let (rest_n, rest_e) = (calls - n, errors - e);
-            if rest_n < cfg.min_samples {
-                continue;
-            }
-            // A floor on the baseline rate, so a clean history does not make
-            // any error infinitely surprising.
-            let p0 = (rest_e as f64 / rest_n as f64).max(1.0 / (rest_n as f64 + 1.0));
-            let p = e as f64 / n as f64;
-            let z = (p - p0) / (p0 * (1.0 - p0) / n as f64).sqrt();
-            if z > cfg.error_score {
-                let start = lo + k as u64 * width;
-                out.push(Anomaly {
-                    kind: AnomalyKind::ErrorSpike,
-                    service: service.to_owned(),
-                    operation: operation.to_owned(),
-                    span_kind,
-                    trace_id: example.map(|s| hex(&s.trace.trace_id)),
-                    span_id: example.map(|s| hex(&s.span.span_id)),
-                    time_us: start / 1_000,
-                    score: z,
-                    value: p,
-                    baseline: Baseline {
-                        samples: rest_n,
-                        median_us: None,
-                        mad_us: None,
-                        rate: Some(rest_e as f64 / rest_n as f64),
-                    },
-                    message: format!(
-                        "{service} \"{operation}\" failed {e} of {n} calls ({:.0}%) in this {} stretch, against {:.1}% of {rest_n} calls in the rest of the window.",
-                        p * 100.0,
-                        fmt_dur(us(width)),
-                        100.0 * rest_e as f64 / rest_n as f64,
-                    ),
-                });
-            }
+            };
+            let mut a = spike.anomaly(key, lo + k as u64 * width, width);
+            a.trace_id = example.map(|s| hex(&s.trace.trace_id));
+            a.span_id = example.map(|s| hex(&s.span.span_id));
+            out.push(a);
+        }
+    }
+}
+
+/// A stretch of the window whose error rate for an operation is far above
+/// the rest of the window's.
+#[derive(Clone, Copy)]
+struct Spike {
+    /// Calls and errors in the stretch.
+    n: u64,
+    e: u64,
+    /// Calls and errors in the rest of the window.
+    rest_n: u64,
+    rest_e: u64,
+    /// The binomial z-score.
+    z: f64,
+}
+
+impl Spike {
+    /// The spike of a stretch with `n` calls and `e` errors against the
+    /// rest's `rest_n` and `rest_e`, if its z-score is over
+    /// [`AnomalyConfig::error_score`] with at least
+    /// [`AnomalyConfig::min_errors`] errors and
+    /// [`AnomalyConfig::min_samples`] calls in the rest.
+    fn test(n: u64, e: u64, rest_n: u64, rest_e: u64, cfg: &AnomalyConfig) -> Option<Spike> {
+        if e < cfg.min_errors as u64 || n == 0 || rest_n < cfg.min_samples as u64 {
+            return None;
+        }
+        // A floor on the baseline rate, so a clean history does not make
+        // any error infinitely surprising.
+        let p0 = (rest_e as f64 / rest_n as f64).max(1.0 / (rest_n as f64 + 1.0));
+        let p = e as f64 / n as f64;
+        let z = (p - p0) / (p0 * (1.0 - p0) / n as f64).sqrt();
+        (z > cfg.error_score).then_some(Spike {
+            n,
+            e,
+            rest_n,
+            rest_e,
+            z,
+        })
+    }
+
+    /// The anomaly of the stretch `[start, start + width)` (ns), without
+    /// an example trace.
+    fn anomaly(
+        &self,
+        (service, operation, span_kind): OpKind<'_>,
+        start: u64,
+        width: u64,
+    ) -> Anomaly {
+        let Spike {
+            n,
+            e,
+            rest_n,
+            rest_e,
+            z,
+        } = *self;
+        let p = e as f64 / n as f64;
+        let rest_rate = rest_e as f64 / rest_n as f64;
+        Anomaly {
+            kind: AnomalyKind::ErrorSpike,
+            service: service.to_owned(),
+            operation: operation.to_owned(),
+            span_kind,
+            trace_id: None,
+            span_id: None,
+            time_us: start / 1_000,
+            score: z,
+            value: p,
+            baseline: Baseline {
+                samples: usize::try_from(rest_n).unwrap_or(usize::MAX),
+                median_us: None,
+                mad_us: None,
+                rate: Some(rest_rate),
+            },
+            message: format!(
+                "{service} \"{operation}\" failed {e} of {n} calls ({:.0}%) in this {} stretch, against {:.1}% of {rest_n} calls in the rest of the window.",
+                p * 100.0,
+                fmt_dur(us(width)),
+                100.0 * rest_rate,
+            ),
         }
     }
 }
@@ -464,6 +534,30 @@ impl<'a> Calls<'a> {
     }
 }
 
+/// Most significant first within each kind (error spikes, latency, new
+/// calls, missing calls), then most recent: the order
+/// [`detect_anomalies`] returns.
+pub fn sort_anomalies(out: &mut [Anomaly]) {
+    out.sort_by(|a, b| {
+        a.kind
+            .rank()
+            .cmp(&b.kind.rank())
+            .then(b.score.total_cmp(&a.score))
+            .then(b.time_us.cmp(&a.time_us))
+    });
+}
+
+/// Only the anomalies that need whole traces, new call edges and missing
+/// children, in a set of traces; ordered and cut as [`detect_anomalies`].
+/// With [`window_anomalies`] for the other kinds.
+pub fn detect_structural(traces: &[Trace], cfg: &AnomalyConfig) -> Vec<Anomaly> {
+    let mut out = Vec::new();
+    structural(traces, cfg, &mut out);
+    sort_anomalies(&mut out);
+    out.truncate(cfg.limit);
+    out
+}
+
 /// Finds anomalies in a set of traces (one window); see the module docs.
 /// Most significant first within each kind; latency outliers and spikes by
 /// score, then structural anomalies; at most `cfg.limit`.
@@ -476,13 +570,7 @@ pub fn detect_anomalies(traces: &[Trace], cfg: &AnomalyConfig) -> Vec<Anomaly> {
     latency_outliers(&spans, cfg, &mut out);
     error_spikes(&spans, cfg, &mut out);
     structural(traces, cfg, &mut out);
-    out.sort_by(|a, b| {
-        a.kind
-            .rank()
-            .cmp(&b.kind.rank())
-            .then(b.score.total_cmp(&a.score))
-            .then(b.time_us.cmp(&a.time_us))
-    });
+    sort_anomalies(&mut out);
     out.truncate(cfg.limit);
     out
 }

@@ -5,6 +5,7 @@
 //! | [`detect_bottlenecks`] | the critical path (Jaeger's definition) and self-time per span, service and operation, ranked by share of the trace |
 //! | [`causal_order`] | events ordered by happened-before from the vector clocks; wall clocks that contradict causality; the per-service offsets that would make the trace consistent (reported, never applied) |
 //! | [`detect_anomalies`] | latency outliers against robust per-operation baselines, error-rate spikes, new call edges, missing expected children — each explained in one sentence |
+//! | [`window_anomalies`], [`detect_structural`] | latency outliers and error-rate spikes over every span of a window from roll-up buckets (median, MAD and outlier counts from the merged sketch); new and missing calls from the traces read |
 //! | [`group_anomalies`] | those anomalies folded per (kind, service, operation, span kind): count, baseline, worst value and ratio, first and last seen, the worst examples |
 //! | [`dependency_graph`] | service-to-service edges with calls, error rate and latency percentiles |
 //! | [`red_metrics`] | rate, errors and duration percentiles per service and operation over time |
@@ -37,7 +38,9 @@ pub mod sampling;
 mod tests;
 
 pub use anomalies::{
-    Anomaly, AnomalyConfig, AnomalyGroup, AnomalyKind, Baseline, detect_anomalies, group_anomalies,
+    Anomaly, AnomalyConfig, AnomalyGroup, AnomalyKind, Baseline, LatencyGroup, WindowAnomalies,
+    detect_anomalies, detect_structural, group_anomalies, kind_name, sort_anomalies, sort_groups,
+    window_anomalies,
 };
 pub use bottlenecks::{Bottlenecks, CriticalSection, GroupTime, SpanTime, detect_bottlenecks};
 pub use causal::{

@@ -550,6 +550,163 @@ fn groups_are_sorted_by_severity_and_keep_every_member_counted() {
     assert!(group_anomalies(&[], 5).is_empty());
 }
 
+// ---- anomalies from roll-ups ------------------------------------------
+
+/// The traces' spans counted into 10 s roll-up buckets, as a collector
+/// does at ingest, and the resolution of at most 60 points over them.
+fn rolled_up(traces: &[Trace]) -> (Vec<rollup::Bucket>, rollup::Resolution) {
+    use rollup::{Bucket, Limits, SpanRecord, align_down};
+    const WIDTH: u64 = 10_000_000_000;
+    let mut buckets: std::collections::BTreeMap<u64, Bucket> = Default::default();
+    let spans = || traces.iter().flat_map(|t| &t.spans);
+    for s in spans() {
+        let start = align_down(s.start_time_unix_nano, WIDTH);
+        let b = buckets
+            .entry(start)
+            .or_insert_with(|| Bucket::new(start, WIDTH).unwrap());
+        let record = SpanRecord {
+            service: &s.service,
+            operation: &s.name,
+            kind: s.kind,
+            is_error: is_error(s),
+            duration_nanos: duration(s),
+        };
+        b.add_span(&record, &Limits::default());
+    }
+    let lo = spans().map(|s| s.start_time_unix_nano).min().unwrap();
+    let hi = spans().map(|s| s.start_time_unix_nano).max().unwrap();
+    let res = rollup::resolution(lo, hi + 1, 60);
+    (buckets.into_values().collect(), res)
+}
+
+#[test]
+fn window_latency_outliers_match_the_trace_detector() {
+    let traces = recurring_spike();
+    let (buckets, res) = rolled_up(&traces);
+    let found = window_anomalies(&buckets, &res, &AnomalyConfig::default(), 5, |_| true);
+    assert!(found.spikes.is_empty(), "{:#?}", found.spikes);
+    // db select and api GET, 20 slow spans each, as from the traces.
+    assert_eq!(found.latency.len(), 2, "{:#?}", found.latency);
+    let exact = group_anomalies(&detect_anomalies(&traces, &AnomalyConfig::default()), 5);
+    for g in &found.latency {
+        let e = exact.iter().find(|e| e.service == g.service).unwrap();
+        assert_eq!(
+            (g.operation.as_str(), g.span_kind),
+            (e.operation.as_str(), "internal")
+        );
+        assert_eq!(g.count, 20);
+        assert_eq!(g.baseline.samples, 200);
+        // Median within α of the exact one; MAD within α·(2m + MAD).
+        let (m, mad) = (e.baseline.median_us.unwrap(), e.baseline.mad_us.unwrap());
+        let (m_hat, mad_hat) = (g.baseline.median_us.unwrap(), g.baseline.mad_us.unwrap());
+        assert!((m_hat - m).abs() <= 0.01 * m, "{m_hat} vs {m}");
+        assert!(
+            (mad_hat - mad).abs() <= 0.01 * (2.0 * m + mad) + 0.001,
+            "{mad_hat} vs {mad}"
+        );
+        // The worst is the exact maximum; its score as the detector's.
+        assert_eq!(us(g.max_nanos), e.worst_value);
+        let group = g.clone().into_group(Vec::new());
+        let score = (us(g.max_nanos) - m_hat) / (1.4826 * mad_hat);
+        assert!((group.worst_score - score).abs() < 1e-9);
+        // ...off the exact score by the MAD's error, at most.
+        let off = (0.01 * (2.0 * m + mad) + 0.001) / mad + 0.01;
+        assert!(
+            (group.worst_score / e.worst_score - 1.0).abs() <= off,
+            "{} vs {}",
+            group.worst_score,
+            e.worst_score
+        );
+        // First and last seen: the buckets of traces 0 and 190 (10 s).
+        assert_eq!(group.first_us, T0 / 1_000);
+        assert_eq!(group.last_us, (T0 + 190_000 * MS) / 1_000);
+        // The worst five spans (200 ms) are at least the examples' floor,
+        // which is above the threshold, which is above every usual span.
+        assert!(g.examples_min_nanos <= 200 * MS + 2 * MS);
+        assert!(g.examples_min_nanos > g.threshold_nanos);
+        assert!(g.threshold_nanos > 14 * MS && g.threshold_nanos < 100 * MS);
+    }
+    let db = found.latency.iter().find(|g| g.service == "db").unwrap();
+    let slow = &traces[190].spans[1];
+    let ex = db.example(
+        &slow.trace_id,
+        &slow.span_id,
+        slow.start_time_unix_nano,
+        duration(slow),
+    );
+    assert_eq!(ex.trace_id, Some(hex(&tid(190))));
+    assert_eq!(ex.time_us, slow.start_time_unix_nano / 1_000);
+    assert_eq!(ex.value, 200_000.0);
+    assert!(
+        ex.message
+            .starts_with("db \"select\" took 200.00 ms where it usually takes"),
+        "{}",
+        ex.message
+    );
+    let g = db.clone().into_group(vec![ex]);
+    assert!(
+        g.message
+            .starts_with("db \"select\" (internal) was slow in 20 spans: up to 200.00 ms"),
+        "{}",
+        g.message
+    );
+    assert_eq!(g.examples.len(), 1);
+    // Only the keys selected.
+    let only_api = window_anomalies(&buckets, &res, &AnomalyConfig::default(), 5, |k| {
+        k.service == "api"
+    });
+    assert_eq!(only_api.latency.len(), 1);
+    assert_eq!(only_api.latency[0].service, "api");
+}
+
+#[test]
+fn window_error_spikes_are_found_in_their_point() {
+    // 600 traces a second apart (10 s points); db select fails in traces
+    // 5 and 300, and 8 of the 10 traces 120..130.
+    let traces = window(
+        600,
+        |_| 10,
+        |i| i == 5 || i == 300 || (120..128).contains(&i),
+        |_| false,
+    );
+    let (buckets, res) = rolled_up(&traces);
+    assert_eq!((res.step_nanos, res.points()), (10_000 * MS, 60));
+    let found = window_anomalies(&buckets, &res, &AnomalyConfig::default(), 5, |_| true);
+    assert!(found.latency.is_empty(), "{:#?}", found.latency);
+    assert_eq!(found.spikes.len(), 1, "{:#?}", found.spikes);
+    let s = &found.spikes[0];
+    assert_eq!(
+        (s.service.as_str(), s.operation.as_str(), s.span_kind),
+        ("db", "select", "internal")
+    );
+    assert_eq!(s.time_us, (T0 + 120_000 * MS) / 1_000);
+    assert_eq!(s.value, 0.8);
+    assert_eq!(s.baseline.samples, 590);
+    assert!((s.baseline.rate.unwrap() - 2.0 / 590.0).abs() < 1e-12);
+    assert_eq!(s.trace_id, None);
+    assert!(
+        s.message.contains(
+            "failed 8 of 10 calls (80%) in this 10.00 s stretch, against 0.3% of 590 calls"
+        ),
+        "{}",
+        s.message
+    );
+    // The same z-score rule as the trace detector's.
+    let p0: f64 = 2.0 / 590.0;
+    let z = (0.8 - p0) / (p0 * (1.0 - p0) / 10.0).sqrt();
+    assert!((s.score - z).abs() < 1e-9);
+}
+
+#[test]
+fn structural_anomalies_alone_come_from_the_traces() {
+    let mut traces = recurring_spike();
+    traces[20].spans.pop();
+    let found = detect_structural(&traces, &AnomalyConfig::default());
+    assert_eq!(found.len(), 1, "{found:#?}");
+    assert_eq!(found[0].kind, AnomalyKind::MissingChild);
+    assert_eq!(found[0].trace_id, Some(hex(&tid(20))));
+}
+
 // ---- dependencies and RED ---------------------------------------------
 
 #[test]

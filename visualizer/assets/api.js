@@ -59,9 +59,12 @@ import { authHeaders, clearToken } from './auth.js';
  *   count: number, baseline: Baseline, worstValue: number, worstScore: number,
  *   ratio?: number, firstUs: number, lastUs: number, message: string,
  *   examples: Anomaly[] }} AnomalyGroup `examples`: the worst few, worst first
- * @typedef {{ anomalies: Anomaly[], groups?: AnomalyGroup[], traces: number,
- *   truncated: boolean }} Anomalies `groups` (every anomaly, grouped) from
- *   collectors that group
+ * @typedef {{ anomalies: Anomaly[], groups?: AnomalyGroup[], structuralFromTraces: number,
+ *   structuralTruncated: boolean, fromUs: number, toUs: number }} Anomalies
+ *   `groups`: every anomaly, grouped. Slow spans and error spikes come from
+ *   the roll-ups (every span from `fromUs` to `toUs`); new and missing calls
+ *   from the `structuralFromTraces` most recent traces (`structuralTruncated`:
+ *   the window held more).
  */
 
 /** An answer that is not a usable JSON envelope, worded for the banner. */

@@ -94,6 +94,14 @@ pub fn group_anomalies(anomalies: &[Anomaly], examples: usize) -> Vec<AnomalyGro
             group(&members, examples)
         })
         .collect();
+    sort_groups(&mut groups);
+    groups
+}
+
+/// Sorts groups by severity, as [`group_anomalies`] returns them: by kind
+/// (error spikes, latency outliers, new calls, missing calls), then worst
+/// score, then count.
+pub fn sort_groups(groups: &mut [AnomalyGroup]) {
     groups.sort_by(|a, b| {
         a.kind
             .rank()
@@ -101,7 +109,6 @@ pub fn group_anomalies(anomalies: &[Anomaly], examples: usize) -> Vec<AnomalyGro
             .then(b.worst_score.total_cmp(&a.worst_score))
             .then(b.count.cmp(&a.count))
     });
-    groups
 }
 
 /// One group from its members, worst first (never empty).
@@ -143,7 +150,7 @@ fn plural(n: usize, one: &str, many: &str) -> String {
 }
 
 /// The group's sentence.
-fn message(g: &AnomalyGroup) -> String {
+pub(super) fn message(g: &AnomalyGroup) -> String {
     let who = format!("{} \"{}\" ({})", g.service, g.operation, g.span_kind);
     let b = &g.baseline;
     match g.kind {

@@ -292,6 +292,114 @@ impl Sketch {
         }
         Some(self.max)
     }
+
+    /// Every value as the sketch reports it, ascending: the zero bin, then
+    /// each bin's value clamped to the exact [min, max], with its count.
+    fn reported(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        let zeros = (self.zeros > 0).then_some((0, self.zeros));
+        zeros.into_iter().chain(self.bins.iter().map(|b| {
+            let v = bin_value(usize::from(b.index)).clamp(self.min, self.max);
+            (v, b.count)
+        }))
+    }
+
+    /// The median absolute deviation around `center`: an estimate of the
+    /// value of rank r = max(1, ⌈n/2⌉) among the n deviations |v − center|
+    /// sorted ascending (nearest rank, as [`Sketch::quantile`]). `None`
+    /// when empty.
+    ///
+    /// **Bound**: each value is read as its bin's value, within α·v of it,
+    /// so each deviation moves by at most α·v. The deviations at or below
+    /// the exact one, D, come from values v ≤ center + D, which bounds the
+    /// error: |estimate − D| ≤ α·(center + D) + ½ ns. With the sketch's
+    /// own median as `center` (itself within α·m of the exact median m),
+    /// add α·m: the estimate is within α·(2m + D) + 1 ns of the exact
+    /// MAD around the exact median. Values folded into the lowest bin
+    /// ([`MAX_BINS`]) are overstated and carry no bound.
+    pub fn median_abs_deviation(&self, center: u64) -> Option<u64> {
+        if self.count == 0 {
+            return None;
+        }
+        let rank = self.count.div_ceil(2).max(1);
+        let values: Vec<(u64, u64)> = self.reported().collect();
+        // Walk outwards from `center`: the nearer of the next value below
+        // and the next above comes next in order of deviation.
+        let split = values.partition_point(|&(v, _)| v <= center);
+        let (mut below, mut above) = (values[..split].iter().rev(), values[split..].iter());
+        let (mut lo, mut hi) = (below.next(), above.next());
+        let mut seen = 0u64;
+        loop {
+            let (deviation, count) = match (lo, hi) {
+                (Some(&(l, c)), Some(&(h, _))) if center - l <= h - center => {
+                    lo = below.next();
+                    (center - l, c)
+                }
+                (_, Some(&(h, c))) => {
+                    hi = above.next();
+                    (h - center, c)
+                }
+                (Some(&(l, c)), None) => {
+                    lo = below.next();
+                    (center - l, c)
+                }
+                (None, None) => return None,
+            };
+            seen = seen.saturating_add(count);
+            if seen >= rank {
+                return Some(deviation);
+            }
+        }
+    }
+
+    /// The mean absolute deviation around `center`, as an `f64` of
+    /// nanoseconds: within α times the mean value (each |v − center| is
+    /// read within α·v). `None` when empty.
+    pub fn mean_abs_deviation(&self, center: u64) -> Option<f64> {
+        (self.count > 0).then(|| {
+            let total = self
+                .reported()
+                .map(|(v, c)| v.abs_diff(center) as f64 * c as f64)
+                .sum::<f64>();
+            total / self.count as f64
+        })
+    }
+
+    /// How many values exceed `t`, each value read as its bin's value.
+    ///
+    /// **Bound**: bins are ordered and do not overlap, so every value
+    /// outside the bin that holds `t` is counted exactly; only the values
+    /// of that one bin (within a factor γ = (1 + α)/(1 − α) ≈ 1.02 of `t`)
+    /// may be counted on the wrong side. Exactly 0 when `t` ≥ the maximum,
+    /// and the whole count when `t` < the minimum.
+    pub fn count_above(&self, t: u64) -> u64 {
+        self.reported()
+            .filter(|&(v, _)| v > t)
+            .fold(0u64, |acc, (_, c)| acc.saturating_add(c))
+    }
+
+    /// A lower bound for the value of rank `rank` (1-based, ascending;
+    /// clamped to 1..=n): the smallest integer of the bin holding it (the
+    /// exact minimum for the lowest bin, which may hold folded values).
+    /// Every value of that rank or above is at least this, and it is
+    /// within a factor γ ≈ 1.02 of the value. `None` when empty.
+    pub fn rank_floor(&self, rank: u64) -> Option<u64> {
+        if self.count == 0 {
+            return None;
+        }
+        let rank = rank.clamp(1, self.count);
+        let mut seen = self.zeros;
+        if rank <= seen {
+            return Some(0);
+        }
+        for (k, bin) in self.bins.iter().enumerate() {
+            seen = seen.saturating_add(bin.count);
+            if seen >= rank {
+                let lo = bin_range(usize::from(bin.index)).0;
+                return Some(if k == 0 { self.min } else { lo.max(self.min) });
+            }
+        }
+        Some(self.min)
+    }
 }
 
 /// First byte of a standalone sketch blob.

@@ -4,20 +4,25 @@
 //!
 //! | path | answer (`data`) |
 //! |---|---|
-//! | `GET /api/clew/traces/{traceID}/analysis` | `{traceID, bottlenecks, causal}` |
-//! | `GET /api/clew/anomalies?service=&lookback=&end=&limit=` | `{anomalies, groups, traces, truncated, …}` |
+//! | `GET /api/clew/traces/{traceID}/analysis` | `{traceID, spans, bottlenecks, causal}` |
+//! | `GET /api/clew/anomalies?service=&lookback=&end=&limit=` | `{anomalies, groups, startUs, endUs, fromUs, toUs, stepUs, tierUs, structuralFromTraces, structuralTruncated, structuralFromUs?}` |
 //! | `GET /api/clew/red?service=&lookback=&step=&end=` | `{series, fromUs, toUs, stepUs, tierUs}` |
 //! | `GET /api/clew/dependencies?endTs=&lookback=` | `{services, edges, fromUs, toUs, stepUs, tierUs}` |
 //!
-//! RED and dependencies come from the roll-ups of every collector
-//! ([`rollups`]): every span of the window, whole buckets of one tier.
-//! Anomalies read at most [`MAX_LIMIT`] traces of the window, the most
-//! recent first; `truncated` says when there were more.
+//! RED, the dependency graph, latency outliers and error-rate spikes come
+//! from the roll-ups of every collector ([`rollups`]): every span of the
+//! window, over whole buckets from `fromUs` to `toUs`, with percentiles,
+//! medians and MADs from the sketch (within its 1 % relative error).
 //!
-//! `anomalies` lists single anomalies (at most `limit`); `groups` folds
-//! every anomaly found into one row per (kind, service, operation, span
-//! kind), with its count, baseline, worst value and ratio, first and last
-//! seen, and its [`GROUP_EXAMPLES`] worst anomalies.
+//! `anomalies` (module `anomalies`) lists single anomalies (at most
+//! `limit`); `groups` folds every anomaly found into one row per (kind,
+//! service, operation, span kind), with its count, baseline, worst value
+//! and ratio, first and last seen, and its [`GROUP_EXAMPLES`] worst
+//! anomalies, with their traces from the index. New call edges and missing
+//! children need whole traces: they come from the most recent
+//! [`MAX_LIMIT`](crate::storage::MAX_LIMIT) traces of the window, and
+//! `structuralFromTraces`/`structuralTruncated` say how many were read
+//! and whether the window held more.
 
 use std::sync::Arc;
 
@@ -27,18 +32,14 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use clew_proto::v1::{FilterCriteria, Trace};
 use serde::Serialize;
 
 use crate::query::jaeger::{self, Envelope};
 use crate::query::rollups::{self, RedRow};
 use crate::query::{AppError, Params, Result, dependency_window, now_nanos};
-use crate::storage::{MAX_LIMIT, Storage, TraceId};
+use crate::storage::{Storage, TraceId};
 use clew_analysis::rollup::{Resolution, resolution};
-use clew_analysis::{
-    AnomalyConfig, AnomalyGroup, Bottlenecks, CausalAnalysis, causal_order, detect_anomalies,
-    detect_bottlenecks, group_anomalies,
-};
+use clew_analysis::{Bottlenecks, CausalAnalysis, causal_order, detect_bottlenecks};
 
 /// Default window of anomalies and RED metrics: one hour.
 const DEFAULT_LOOKBACK_NS: u64 = 3_600 * 1_000_000_000;
@@ -114,97 +115,12 @@ fn window(p: &Params) -> Result<(u64, u64)> {
     Ok((end.saturating_sub(lookback), end))
 }
 
-/// What a window analysis read.
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-struct Window {
-    /// Traces read.
-    traces: usize,
-    /// True when the window held more traces than were read.
-    truncated: bool,
-    start_us: u64,
-    end_us: u64,
-    /// When truncated: the earliest start of the traces read, so a client
-    /// can tell the part of the window the figures cover (from here to
-    /// `end_us`) from the part that was not read.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    covered_from_us: Option<u64>,
-}
-
-/// The traces of `[start, end]` (with a span of `service`, unless empty),
-/// at most [`MAX_LIMIT`], most recent first.
-async fn window_traces(
-    st: &Arc<dyn Storage>,
-    service: &str,
-    start: u64,
-    end: u64,
-) -> Result<(Vec<Trace>, Window)> {
-    let traces = st
-        .list_traces(&FilterCriteria {
-            service: service.to_owned(),
-            start_time_min_unix_nano: start,
-            start_time_max_unix_nano: end,
-            limit: MAX_LIMIT as u32,
-            ..Default::default()
-        })
-        .await?;
-    let truncated = traces.len() >= MAX_LIMIT;
-    let covered_from_us = truncated
-        .then(|| {
-            traces
-                .iter()
-                .flat_map(|t| &t.spans)
-                .map(|s| s.start_time_unix_nano)
-                .min()
-        })
-        .flatten()
-        .map(|ns| ns.max(start) / 1_000);
-    let window = Window {
-        traces: traces.len(),
-        truncated,
-        start_us: start / 1_000,
-        end_us: end / 1_000,
-        covered_from_us,
-    };
-    Ok((traces, window))
-}
-
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-struct AnomalyAnswer {
-    /// The most significant anomalies, at most `limit`.
-    anomalies: Vec<clew_analysis::Anomaly>,
-    /// Every anomaly found, grouped; the most severe group first.
-    groups: Vec<AnomalyGroup>,
-    #[serde(flatten)]
-    window: Window,
-}
-
 async fn anomalies(State(st): St, q: Q) -> Result<Response> {
     let p = Params::from(q)?;
-    let (start, end) = window(&p)?;
+    let window = window(&p)?;
     let limit = p.u64("limit")?.unwrap_or(200).clamp(1, 10_000) as usize;
     let service = p.get("service").unwrap_or_default().to_owned();
-    let (traces, window) = window_traces(&st, &service, start, end).await?;
-    let (anomalies, groups) = blocking(move || {
-        let cfg = AnomalyConfig {
-            limit: usize::MAX,
-            ..Default::default()
-        };
-        let mut found = detect_anomalies(&traces, &cfg);
-        if !service.is_empty() {
-            found.retain(|a| a.service == service);
-        }
-        let groups = group_anomalies(&found, GROUP_EXAMPLES);
-        found.truncate(limit);
-        (found, groups)
-    })
-    .await?;
-    Ok(ok(AnomalyAnswer {
-        anomalies,
-        groups,
-        window,
-    }))
+    Ok(ok(anomalies::answer(st, service, window, limit).await?))
 }
 
 #[derive(Debug, Serialize)]
@@ -285,5 +201,6 @@ async fn dependencies(State(st): St, q: Q) -> Result<Response> {
     }))
 }
 
+mod anomalies;
 #[cfg(test)]
 mod tests;

@@ -21,14 +21,24 @@ const KINDS = /** @type {Record<string, string>} */ ({
  * @returns {HTMLElement[]}
  */
 export function anomalyViews(anom, window, color) {
-  if (!anom.anomalies.length) {
-    return [el('p', { class: 'note', id: 'no-anomalies', text: `No anomalies in the ${anom.traces} traces of the last ${window}.` })];
-  }
   const groups = anom.groups || anom.anomalies.map(single);
+  if (!groups.length) {
+    return [el('p', { class: 'note', id: 'no-anomalies', text: `No anomalies in the last ${window}.` })];
+  }
   const total = groups.reduce((n, g) => n + g.count, 0);
-  const read = `${plural(anom.traces, 'trace')}${anom.truncated ? ' (the most recent of the window)' : ''}`;
-  const head = `${total} ${total === 1 ? 'anomaly' : 'anomalies'} in ${plural(groups.length, 'group')}, found in ${read}.`;
+  const head = `${total} ${total === 1 ? 'anomaly' : 'anomalies'} in ${plural(groups.length, 'group')}: ${sources(anom)}`;
   return [el('p', { class: 'note', id: 'anomaly-summary', text: head }), ...groups.map((g) => groupView(g, color))];
+}
+
+/**
+ * What the anomalies were found in: every span for slow spans and error
+ * spikes, the traces read for new and missing calls.
+ * @param {Anomalies} anom
+ */
+export function sources(anom) {
+  const n = anom.structuralFromTraces ?? 0;
+  const traces = anom.structuralTruncated ? `the ${plural(n, 'most recent trace')}` : plural(n, 'trace');
+  return `slow spans and error spikes from every span of the window, new and missing calls from ${traces}.`;
 }
 
 /**

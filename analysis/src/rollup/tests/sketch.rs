@@ -389,3 +389,126 @@ fn a_varint_has_one_encoding() {
         })
     ));
 }
+
+/// The exact median (nearest rank) and MAD around a centre (nearest rank
+/// of the sorted deviations).
+fn exact_mad(sorted: &[u64], center: u64) -> u64 {
+    let mut dev: Vec<u64> = sorted.iter().map(|v| v.abs_diff(center)).collect();
+    dev.sort_unstable();
+    exact_quantile(&dev, 0.5)
+}
+
+/// The distributions, and two tight ones where the MAD is small against
+/// the median (latencies of one operation).
+fn deviation_cases() -> Vec<(&'static str, Vec<u64>)> {
+    let mut rng = Rng::new(11);
+    let mut cases = distributions();
+    let tight = (0..5_000)
+        .map(|_| 10_000_000 + rng.below(2_000_001))
+        .collect();
+    let spiky = (0..5_000)
+        .map(|i| {
+            if i % 10 == 0 {
+                200_000_000
+            } else {
+                (11e6 * (1.0 + 0.05 * rng.normal())) as u64
+            }
+        })
+        .collect();
+    cases.extend([("tight", tight), ("spiky", spiky)]);
+    cases
+}
+
+#[test]
+fn mad_from_the_bins_is_within_its_bound() {
+    for (name, values) in deviation_cases() {
+        let s = sketch_of(&values);
+        let mut sorted = values.clone();
+        sorted.sort_unstable();
+        let m = exact_quantile(&sorted, 0.5);
+        let mad = exact_mad(&sorted, m);
+        // Around the exact median: within α·(m + MAD) + ½ ns.
+        let est = s.median_abs_deviation(m).unwrap();
+        let bound = 0.01 * (m + mad) as f64 + 0.5;
+        assert!(
+            (est.abs_diff(mad) as f64) <= bound,
+            "{name}: around m={m}: {est} vs exact {mad} (bound {bound})"
+        );
+        // Around the sketch's own median: within α·(2m + MAD) + 1 ns of
+        // the exact MAD around the exact median.
+        let m_hat = s.quantile(0.5).unwrap();
+        let est = s.median_abs_deviation(m_hat).unwrap();
+        let bound = 0.01 * (2 * m + mad) as f64 + 1.0;
+        assert!(
+            (est.abs_diff(mad) as f64) <= bound,
+            "{name}: around m̂={m_hat}: {est} vs exact {mad} (bound {bound})"
+        );
+        // The mean absolute deviation: within α × the mean.
+        let exact_mean_dev =
+            sorted.iter().map(|v| v.abs_diff(m) as f64).sum::<f64>() / sorted.len() as f64;
+        let mean = s.mean().unwrap();
+        let est = s.mean_abs_deviation(m).unwrap();
+        assert!(
+            (est - exact_mean_dev).abs() <= 0.01 * mean + 0.5,
+            "{name}: mean deviation {est} vs {exact_mean_dev}"
+        );
+    }
+    assert_eq!(Sketch::new().median_abs_deviation(5), None);
+    assert_eq!(Sketch::new().mean_abs_deviation(5), None);
+}
+
+#[test]
+fn counts_above_are_exact_outside_the_thresholds_bin() {
+    for (name, values) in deviation_cases() {
+        let s = sketch_of(&values);
+        let mut sorted = values.clone();
+        sorted.sort_unstable();
+        for q in [0.0, 0.1, 0.5, 0.9, 0.99, 0.999, 1.0] {
+            let exact_t = exact_quantile(&sorted, q);
+            for t in [
+                exact_t.saturating_sub(1),
+                exact_t,
+                exact_t + 1,
+                exact_t * 3 / 2,
+            ] {
+                let same_bin = |v: u64| t >= 1 && v >= 1 && table::bin_of(v) == table::bin_of(t);
+                let outside = values.iter().filter(|&&v| v > t && !same_bin(v)).count() as u64;
+                let in_bin = values.iter().filter(|&&v| same_bin(v)).count() as u64;
+                let est = s.count_above(t);
+                assert!(
+                    (outside..=outside + in_bin).contains(&est),
+                    "{name}: above {t}: {est}, exact outside its bin {outside}, in it {in_bin}"
+                );
+            }
+        }
+        let (min, max) = (sorted[0], sorted[sorted.len() - 1]);
+        assert_eq!(s.count_above(max), 0, "{name}");
+        if min > 0 {
+            assert_eq!(s.count_above(min - 1), s.count(), "{name}");
+        }
+    }
+}
+
+#[test]
+fn rank_floors_bound_the_worst_values() {
+    for (name, values) in deviation_cases() {
+        let s = sketch_of(&values);
+        let mut sorted = values.clone();
+        sorted.sort_unstable();
+        let n = sorted.len() as u64;
+        for rank in [1, 2, n / 2, n.saturating_sub(4), n.saturating_sub(1), n] {
+            let rank = rank.clamp(1, n);
+            let v = sorted[rank as usize - 1];
+            let floor = s.rank_floor(rank).unwrap();
+            assert!(floor <= v, "{name}: rank {rank}: floor {floor} > {v}");
+            // Within one bin: γ ≈ 1.0202 (and exact below 50 ns).
+            assert!(
+                100 * u128::from(v - floor) <= 3 * u128::from(v),
+                "{name}: rank {rank}: floor {floor} far below {v}"
+            );
+            // Every value of that rank or above is at least the floor.
+            assert!(sorted[rank as usize - 1..].iter().all(|&w| w >= floor));
+        }
+    }
+    assert_eq!(Sketch::new().rank_floor(1), None);
+}

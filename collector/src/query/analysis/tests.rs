@@ -109,11 +109,17 @@ async fn window_routes_answer_over_stored_traces() {
     )
     .await;
     assert_eq!(status, StatusCode::OK, "{v}");
-    assert_eq!(v["data"]["traces"], 100);
+    // New and missing calls from the window's 100 traces, all of them.
+    assert_eq!(v["data"]["structuralFromTraces"], 100);
+    assert_eq!(v["data"]["structuralTruncated"], false);
+    assert!(v["data"].get("truncated").is_none(), "{v}");
+    // Latency and errors from the roll-ups: 10 s points over 5 minutes.
+    assert_eq!(v["data"]["stepUs"], 10_000_000);
     let anomalies = v["data"]["anomalies"].as_array().unwrap();
     assert_eq!(anomalies.len(), 1, "{v}");
     assert_eq!(anomalies[0]["kind"], "latencyOutlier");
     assert_eq!(anomalies[0]["service"], "db");
+    assert_eq!(anomalies[0]["traceID"], hex(&tid(50)));
 
     let (status, v) = get(
         &app,
@@ -225,12 +231,16 @@ async fn anomalies_come_grouped_with_their_worst_examples() {
         (&"db".into(), &"select".into(), &"internal".into())
     );
     assert_eq!(g["count"], 20);
-    assert_eq!(g["baseline"]["medianUs"], 11_000.0);
+    // From the roll-ups' sketch: the median within 1 % of the exact 11 ms
+    // (the worst is the exact maximum).
+    let median = g["baseline"]["medianUs"].as_f64().unwrap();
+    assert!((median - 11_000.0).abs() <= 110.0, "{median}");
     assert_eq!(g["baseline"]["samples"], 200);
     assert_eq!(g["worstValue"], 200_000.0);
-    assert_eq!(g["ratio"], 200.0 / 11.0);
-    assert_eq!(g["firstUs"], (T0 + MS) / 1_000);
-    assert_eq!(g["lastUs"], (T0 + 190_001 * MS) / 1_000);
+    assert_eq!(g["ratio"], 200_000.0 / median);
+    // First and last seen, to the 10 s bucket: traces 0 and 190.
+    assert_eq!(g["firstUs"], T0 / 1_000);
+    assert_eq!(g["lastUs"], (T0 + 190_000 * MS) / 1_000);
     let examples = g["examples"].as_array().unwrap();
     assert_eq!(examples.len(), crate::query::analysis::GROUP_EXAMPLES);
     assert_eq!(examples[0]["traceID"], hex(&tid(190)));
@@ -242,4 +252,224 @@ async fn anomalies_come_grouped_with_their_worst_examples() {
             .starts_with("db \"select\" (internal) was slow in 20 spans"),
         "{g}"
     );
+}
+
+/// 3,000 traces a second apart (50 minutes): db select takes 10-12 ms,
+/// every tenth trace 200 ms; it fails in every trace of one early minute
+/// (280..340, long before the most recent 1,000) and once in a hundred
+/// otherwise.
+fn long_window() -> Vec<Trace> {
+    window(
+        3_000,
+        |i| {
+            if i % 10 == 0 {
+                200
+            } else {
+                10 + u64::from(i % 3)
+            }
+        },
+        |i| (280..340).contains(&i) || i % 100 == 50,
+        |_| false,
+    )
+}
+
+#[tokio::test]
+async fn anomalies_cover_every_span_of_a_long_window() {
+    let traces = long_window();
+    // The exact figures, from every trace.
+    let cfg = clew_analysis::AnomalyConfig {
+        limit: usize::MAX,
+        ..Default::default()
+    };
+    let exact = clew_analysis::group_anomalies(&clew_analysis::detect_anomalies(&traces, &cfg), 5);
+    let exact_db = exact
+        .iter()
+        .find(|g| g.kind == clew_analysis::AnomalyKind::LatencyOutlier && g.service == "db")
+        .unwrap();
+    assert_eq!(exact_db.count, 300);
+    let app = app_with(traces).await;
+    let end_us = (T0 + 3_000_000 * MS) / 1_000;
+    let (status, v) = get(
+        &app,
+        &format!("/api/clew/anomalies?service=db&end={end_us}&lookback=50m"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    let d = &v["data"];
+    // Structural kinds from the most recent 1,000 traces, and saying so.
+    assert_eq!(d["structuralFromTraces"], 1_000);
+    assert_eq!(d["structuralTruncated"], true);
+    assert_eq!(d["structuralFromUs"], (T0 + 2_000_000 * MS) / 1_000);
+    // Roll-ups: 1 min points; T0 is 20 s past a minute.
+    assert_eq!(d["stepUs"], 60_000_000);
+    assert_eq!(d["fromUs"], (T0 - 20_000 * MS) / 1_000);
+    let groups = d["groups"].as_array().unwrap();
+    assert_eq!(groups.len(), 2, "{v}");
+
+    // The error burst, 2,000 traces before the most recent 1,000: one
+    // spiking minute, 60 of 60 calls failed against 30 of the other 2,940.
+    let spike = &groups[0];
+    assert_eq!(spike["kind"], "errorSpike");
+    assert_eq!(
+        (&spike["service"], &spike["operation"]),
+        (&"db".into(), &"select".into())
+    );
+    assert_eq!(spike["count"], 1);
+    assert_eq!(spike["worstValue"], 1.0);
+    assert_eq!(spike["baseline"]["samples"], 2_940);
+    assert_eq!(spike["baseline"]["rate"], 30.0 / 2_940.0);
+    assert_eq!(spike["firstUs"], (T0 + 280_000 * MS) / 1_000);
+    let ex = &spike["examples"][0];
+    assert_eq!(
+        ex["traceID"],
+        hex(&tid(339)),
+        "the most recent error span of the minute"
+    );
+    assert!(
+        spike["message"]
+            .as_str()
+            .unwrap()
+            .contains("up to 100% of calls, against 1.0% of 2940 calls"),
+        "{spike}"
+    );
+
+    // Latency: every tenth of the 3,000 db selects, not of the last 1,000.
+    let slow = &groups[1];
+    assert_eq!(slow["kind"], "latencyOutlier");
+    // No duration lies within the sketch's 2 % of the threshold: exact.
+    assert_eq!(slow["count"], exact_db.count);
+    assert_eq!(slow["baseline"]["samples"], 3_000);
+    let (m, mad) = (
+        exact_db.baseline.median_us.unwrap(),
+        exact_db.baseline.mad_us.unwrap(),
+    );
+    let m_hat = slow["baseline"]["medianUs"].as_f64().unwrap();
+    let mad_hat = slow["baseline"]["madUs"].as_f64().unwrap();
+    assert!((m_hat - m).abs() <= 0.01 * m, "median {m_hat} vs {m}");
+    assert!(
+        (mad_hat - mad).abs() <= 0.01 * (2.0 * m + mad) + 0.001,
+        "MAD {mad_hat} vs {mad}"
+    );
+    assert_eq!(slow["worstValue"], 200_000.0);
+    // From the first minute (trace 0) to the last (trace 2990).
+    assert_eq!(slow["firstUs"], (T0 - 20_000 * MS) / 1_000);
+    assert_eq!(slow["lastUs"], (T0 + 2_980_000 * MS) / 1_000);
+    // The examples are real slow spans from the index: equally slow, so
+    // the most recent first.
+    let ids: Vec<&str> = slow["examples"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["traceID"].as_str().unwrap())
+        .collect();
+    let want: Vec<String> = [2990, 2980, 2970, 2960, 2950]
+        .map(|i| hex(&tid(i)))
+        .to_vec();
+    assert_eq!(ids, want);
+    for e in slow["examples"].as_array().unwrap() {
+        assert_eq!(e["value"], 200_000.0);
+        assert_eq!(e["spanID"], h(2));
+    }
+    assert!(
+        slow["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("db \"select\" (internal) was slow in 300 spans: up to 200.00 ms"),
+        "{slow}"
+    );
+}
+
+#[tokio::test]
+async fn every_service_has_its_groups_and_examples_survive_sampling_gaps() {
+    // api GET waits on db select: 300 slow spans too. Only the traces
+    // before the most recent 1,000 are stored (the others "sampled out"),
+    // but their spans are in the roll-ups: the groups count them all and
+    // list the examples the index still has.
+    let traces = long_window();
+    let storage = Arc::new(MemoryStorage::new(10_000));
+    crate::testing::store_rollups(storage.as_ref(), &traces).await;
+    for t in traces.into_iter().take(2_000) {
+        storage.store_trace(t).await.unwrap();
+    }
+    let app = crate::query::router(storage);
+    let end_us = (T0 + 3_000_000 * MS) / 1_000;
+    let (status, v) = get(
+        &app,
+        &format!("/api/clew/anomalies?end={end_us}&lookback=50m"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    let groups = v["data"]["groups"].as_array().unwrap();
+    let keys: Vec<(&str, &str)> = groups
+        .iter()
+        .map(|g| (g["kind"].as_str().unwrap(), g["service"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        keys,
+        vec![
+            ("errorSpike", "db"),
+            ("latencyOutlier", "api"),
+            ("latencyOutlier", "db")
+        ],
+        "{v}"
+    );
+    for g in &groups[1..] {
+        assert_eq!(g["count"], 300, "{g}");
+        let ids: Vec<&str> = g["examples"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["traceID"].as_str().unwrap())
+            .collect();
+        let want: Vec<String> = [1990, 1980, 1970, 1960, 1950]
+            .map(|i| hex(&tid(i)))
+            .to_vec();
+        assert_eq!(ids, want, "{g}");
+    }
+    // The single anomalies: the spike, then each group's examples.
+    let singles = v["data"]["anomalies"].as_array().unwrap();
+    assert_eq!(singles.len(), 11, "{v}");
+    assert_eq!(singles[0]["kind"], "errorSpike");
+    assert_eq!(v["data"]["structuralFromTraces"], 1_000);
+}
+
+#[tokio::test]
+async fn examples_fall_back_to_the_threshold_when_the_worst_were_not_kept() {
+    // db select takes 10-12 ms; every tenth trace 200 ms in the first
+    // half of the window, 400 ms in the second, whose traces were not
+    // kept: the roll-ups count all ten, the index has the 200 ms ones.
+    let traces = window(
+        100,
+        |i| match i {
+            i if i % 10 != 0 => 10 + u64::from(i % 3),
+            i if i < 50 => 200,
+            _ => 400,
+        },
+        |_| false,
+        |_| false,
+    );
+    let storage = Arc::new(MemoryStorage::new(10_000));
+    crate::testing::store_rollups(storage.as_ref(), &traces).await;
+    for t in traces.into_iter().take(50) {
+        storage.store_trace(t).await.unwrap();
+    }
+    let app = crate::query::router(storage);
+    let end_us = (T0 + 100_000 * MS) / 1_000;
+    let (status, v) = get(
+        &app,
+        &format!("/api/clew/anomalies?service=db&end={end_us}&lookback=5m"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    let g = &v["data"]["groups"][0];
+    assert_eq!(g["count"], 10, "{v}");
+    assert_eq!(g["worstValue"], 400_000.0);
+    let examples = g["examples"].as_array().unwrap();
+    let ids: Vec<&str> = examples
+        .iter()
+        .map(|e| e["traceID"].as_str().unwrap())
+        .collect();
+    let want: Vec<String> = [40, 30, 20, 10, 0].map(|i| hex(&tid(i))).to_vec();
+    assert_eq!(ids, want);
+    assert!(examples.iter().all(|e| e["value"] == 200_000.0));
 }
