@@ -29,6 +29,7 @@ pub mod metrics;
 pub mod query;
 pub mod replication;
 pub mod rollup;
+pub mod sampling;
 pub mod server;
 pub mod sink;
 /// Trace storage (`clew-storage`).
