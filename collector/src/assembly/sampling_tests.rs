@@ -278,3 +278,106 @@ async fn a_crash_mid_window_replays_pending_traces_to_the_same_decisions() {
     drain(&asm).await;
     assert_eq!(asm.pending_bytes(), 0);
 }
+
+/// Resident set size of this process, in bytes (Linux).
+fn rss_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    kib * 1024
+}
+
+/// A sink that stores nothing.
+struct NullSink;
+
+impl TraceSink for NullSink {
+    fn store_trace(&self, _trace: Trace) -> BoxFuture<'_, Result<(), SinkError>> {
+        Box::pin(async { Ok(()) })
+    }
+}
+
+const BENCH_TRACES: u64 = 20_000;
+const BENCH_SPANS: u64 = 5;
+
+/// Holds `BENCH_TRACES` traces of `BENCH_SPANS` spans pending (an hour's
+/// window), with tail sampling or without, and prints the memory they take.
+async fn pending_memory(sampling: bool) {
+    let dir = tempfile::tempdir().unwrap();
+    let (wal, _) = Wal::open(dir.path(), fast_config()).unwrap();
+    let assembler = AssemblerConfig {
+        idle_window: Duration::from_secs(3600),
+        max_trace_age: Duration::from_secs(7200),
+        max_pending_bytes: u64::MAX,
+        ..AssemblerConfig::default()
+    };
+    let sampling_config = SamplerConfig {
+        decision_wait: Duration::from_secs(3600),
+        max_pending_traces: 1_000_000,
+        ..SamplerConfig::default()
+    };
+    let sink = Arc::new(NullSink);
+    let asm = match sampling {
+        true => {
+            let s = sampler(HALF, sampling_config);
+            Assembler::with_sampler(assembler, sink, wal, s).unwrap()
+        }
+        false => Assembler::new(assembler, sink, wal).unwrap(),
+    };
+    let before = rss_bytes();
+    // Generated on the fly: the spans' memory is the assembler's.
+    asm.replay((0..BENCH_TRACES).map(|t| WalRecord {
+        seq: t,
+        batch: ExportRequest {
+            spans: (0..BENCH_SPANS).map(|s| span(mix(t), s)).collect(),
+        },
+        tag: 0,
+    }));
+    let grown = rss_bytes().saturating_sub(before);
+    assert_eq!(asm.pending_traces() as u64, BENCH_TRACES);
+    println!(
+        "pending traces ({} sampling): {BENCH_TRACES} traces of {BENCH_SPANS} spans; \
+         pending_bytes (encoded spans) {} B/trace; RSS growth {} B/trace",
+        if sampling { "with" } else { "without" },
+        asm.pending_bytes() / BENCH_TRACES,
+        grown / BENCH_TRACES,
+    );
+}
+
+/// `cargo test --release -p clew-collector --lib pending_trace_memory -- --ignored --nocapture --test-threads 1`
+#[tokio::test]
+#[ignore = "measurement: run by hand, see docs/PERFORMANCE.md"]
+async fn pending_trace_memory_with_sampling() {
+    pending_memory(true).await;
+}
+
+/// The same without sampling, the figure to compare with (run on its own:
+/// memory freed by another test in the process would be reused).
+#[tokio::test]
+#[ignore = "measurement: run by hand, see docs/PERFORMANCE.md"]
+async fn pending_trace_memory_without_sampling() {
+    pending_memory(false).await;
+}
+
+/// The decision cache's memory per remembered decision.
+#[test]
+#[ignore = "measurement: run by hand, see docs/PERFORMANCE.md"]
+fn pending_trace_memory_of_the_decision_cache() {
+    const DECIDED: u64 = 200_000;
+    let config = SamplerConfig {
+        cache_size: DECIDED as usize,
+        ..SamplerConfig::default()
+    };
+    let s = sampler(HALF, config);
+    let probe = span(0, 0);
+    let before = rss_bytes();
+    for t in 0..DECIDED {
+        let mut id = [0u8; 16];
+        id[8..].copy_from_slice(&mix(t).to_be_bytes());
+        s.judge(&id, std::slice::from_ref(&probe), false, 0);
+    }
+    let grown = rss_bytes().saturating_sub(before);
+    println!(
+        "decision cache: {DECIDED} decisions remembered; RSS growth {} B/decision",
+        grown / DECIDED
+    );
+}
