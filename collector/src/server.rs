@@ -213,6 +213,9 @@ impl SamplingFlags {
     /// that cannot be read or used is an error naming it and the line.
     pub fn sampler(&self, idle_window: Duration) -> Result<Option<Sampler>, ServerError> {
         let Some(path) = &self.sampling_policy else {
+            if self.decision_wait.is_some() {
+                tracing::warn!("--decision-wait is ignored without --sampling-policy");
+            }
             return Ok(None);
         };
         let bad =

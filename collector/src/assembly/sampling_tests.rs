@@ -4,8 +4,10 @@
 //! of the decision window replayed to the same decisions.
 
 use std::collections::BTreeSet;
+use std::path::Path;
 
 use clew_analysis::sampling::{Decision, Engine};
+use proptest::prelude::*;
 
 use super::tests::{MemorySink, append, config, drain, trace_id};
 use super::*;
@@ -380,4 +382,93 @@ fn pending_trace_memory_of_the_decision_cache() {
         "decision cache: {DECIDED} decisions remembered; RSS growth {} B/decision",
         grown / DECIDED
     );
+}
+
+/// One step of the crash model.
+#[derive(Debug, Clone)]
+enum Op {
+    /// Ingest spans `(trace, span)` (traces 0..6 spread by `mix`).
+    Append(Vec<(u8, u8)>),
+    /// Let time pass (ms).
+    Advance(u16),
+    /// `kill -9` and restart on a copy of the WAL directory.
+    Crash,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        4 => proptest::collection::vec((0u8..6, 0u8..12), 1..6).prop_map(Op::Append),
+        3 => (1u16..500).prop_map(Op::Advance),
+        1 => Just(Op::Crash),
+    ]
+}
+
+/// Restarts on a copy of `dir` (what `kill -9` leaves) with a new sampler.
+async fn restart(asm: Assembler, dir: &Path, new_dir: &Path, sink: &Arc<MemorySink>) -> Assembler {
+    snapshot(dir, new_dir);
+    let old_wal = asm.wal().clone();
+    drop(asm);
+    let _ = old_wal.shutdown().await;
+    let (wal, replay) = Wal::open(new_dir, fast_config()).unwrap();
+    let asm = Assembler::with_sampler(config(), sink.clone(), wal, sampler(HALF, sampler_config()))
+        .unwrap();
+    asm.replay(replay);
+    asm
+}
+
+fn run_crash_model(ops: Vec<Op>) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let root = tempfile::tempdir().unwrap();
+        let mut dir = root.path().join("0");
+        let (wal, _) = Wal::open(&dir, fast_config()).unwrap();
+        let sink = Arc::new(MemorySink::default());
+        let s = sampler(HALF, sampler_config());
+        let mut asm = Assembler::with_sampler(config(), sink.clone(), wal, s).unwrap();
+        let kept = kept_by_half((0..6).map(mix));
+        let mut want = BTreeSet::new();
+        for (generation, op) in ops.into_iter().enumerate() {
+            match op {
+                Op::Append(pairs) => {
+                    let spans: Vec<Span> = pairs
+                        .iter()
+                        .map(|&(t, n)| span(mix(u64::from(t)), u64::from(n)))
+                        .collect();
+                    for (&(t, _), s) in pairs.iter().zip(&spans) {
+                        if kept.contains(&mix(u64::from(t))) {
+                            want.insert((s.trace_id.clone(), s.span_id.clone()));
+                        }
+                    }
+                    asm.ingest(ExportRequest { spans }).await.unwrap();
+                }
+                Op::Advance(ms) => {
+                    tokio::time::advance(Duration::from_millis(u64::from(ms))).await;
+                    settle(|| true).await;
+                }
+                Op::Crash => {
+                    let new_dir = root.path().join(format!("{}", generation + 1));
+                    asm = restart(asm, &dir, &new_dir, &sink).await;
+                    dir = new_dir;
+                }
+            }
+        }
+        let asm = restart(asm, &dir, &root.path().join("final"), &sink).await;
+        drain(&asm).await;
+        // Every acknowledged span of a kept trace stored, none of the others.
+        assert_eq!(sink.keys(), want);
+        assert_eq!(asm.wal().outstanding(), 0);
+    });
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    #[test]
+    fn crashes_never_change_what_is_kept(ops in proptest::collection::vec(op(), 1..30)) {
+        run_crash_model(ops);
+    }
 }
