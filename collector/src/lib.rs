@@ -30,6 +30,7 @@ pub mod metrics;
 pub mod query;
 pub mod replication;
 pub mod rollup;
+pub mod sampling;
 pub mod server;
 pub mod sink;
 pub mod spanmetrics;

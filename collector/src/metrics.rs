@@ -15,6 +15,7 @@ use crate::assembly::Assembler;
 use crate::ingest::Ingest;
 use crate::rollup::{RollupStats, Rollups};
 use crate::spanmetrics::SpanMetrics;
+use crate::sampling::Sampler;
 use crate::storage::Storage;
 use crate::wal::Wal;
 
@@ -49,6 +50,7 @@ pub struct Metrics {
     rollups: Option<RollupMetrics>,
     /// Rendered after the registry (`traces_span_metrics_*`).
     span_metrics: Option<Arc<SpanMetrics>>,
+    sampling: Option<SamplingMetrics>,
     // Serialises scrapes so counter deltas are computed once.
     scrape: Mutex<()>,
 }
@@ -141,6 +143,94 @@ impl RollupMetrics {
     }
 }
 
+/// The tail sampler's counters, read from its stats at scrape time.
+#[derive(Debug)]
+struct SamplingMetrics {
+    sampler: Arc<Sampler>,
+    traces: IntCounterVec,
+    late_spans: IntCounterVec,
+    dropped_traces: IntCounterVec,
+    dropped_spans: IntCounterVec,
+}
+
+/// The `policy` label of decisions no policy is credited with.
+pub const NO_POLICY: &str = "(none)";
+
+impl SamplingMetrics {
+    fn new(r: &Registry, sampler: Arc<Sampler>) -> Self {
+        let m = SamplingMetrics {
+            traces: r.counter_vec(
+                "clew_sampling_traces_total",
+                "Traces decided by tail sampling, by the policy credited and the decision.",
+                &["policy", "decision"],
+            ),
+            late_spans: r.counter_vec(
+                "clew_sampling_late_spans_total",
+                "Spans arriving after their trace was decided, by the cached decision they followed.",
+                &["decision"],
+            ),
+            dropped_traces: r.counter_vec(
+                "clew_sampling_dropped_traces_total",
+                "Traces dropped before their sampling decision, by reason.",
+                &["reason"],
+            ),
+            dropped_spans: r.counter_vec(
+                "clew_sampling_dropped_spans_total",
+                "Spans dropped before their trace's sampling decision, by reason.",
+                &["reason"],
+            ),
+            sampler,
+        };
+        // Start at 0: what a policy samples, what goes late, what is dropped.
+        for name in m.sampler.policy_names() {
+            m.traces.with_label_values(&[name.as_str(), "sampled"]);
+        }
+        m.traces.with_label_values(&[NO_POLICY, "not_sampled"]);
+        for decision in ["sampled", "not_sampled"] {
+            m.late_spans.with_label_values(&[decision]);
+        }
+        m.dropped_traces.with_label_values(&["pending_limit"]);
+        for reason in ["pending_limit", "span_cap"] {
+            m.dropped_spans.with_label_values(&[reason]);
+        }
+        m
+    }
+
+    fn render(&self) {
+        let s = self.sampler.stats();
+        let names = self.sampler.policy_names();
+        let policies = names.iter().enumerate().map(|(i, n)| (Some(i), n.as_str()));
+        for (policy, name) in policies.chain([(None, NO_POLICY)]) {
+            for &decision in crate::sampling::SamplingStats::decisions() {
+                let n = s.decided(policy, decision);
+                if n > 0 {
+                    sync(&self.traces.with_label_values(&[name, decision.label()]), n);
+                }
+            }
+        }
+        let late = &self.late_spans;
+        sync(
+            &late.with_label_values(&["sampled"]),
+            load(&s.late_sampled_spans),
+        );
+        sync(
+            &late.with_label_values(&["not_sampled"]),
+            load(&s.late_not_sampled_spans),
+        );
+        let pending_traces = self.dropped_traces.with_label_values(&["pending_limit"]);
+        sync(&pending_traces, load(&s.pending_limit_traces));
+        let spans = &self.dropped_spans;
+        sync(
+            &spans.with_label_values(&["pending_limit"]),
+            load(&s.pending_limit_spans),
+        );
+        sync(
+            &spans.with_label_values(&["span_cap"]),
+            load(&s.span_cap_spans),
+        );
+    }
+}
+
 /// Brings a counter up to `total` (counters only go up).
 fn sync(c: &IntCounter, total: u64) {
     let cur = c.get();
@@ -224,6 +314,7 @@ impl Metrics {
             memory: None,
             rollups: None,
             span_metrics: None,
+            sampling: None,
             registry: r,
             ingest,
             assembler,
@@ -271,6 +362,12 @@ impl Metrics {
         self
     }
 
+    /// Also reports tail sampling (`clew_sampling_*`).
+    pub fn with_sampling(mut self, sampler: Arc<Sampler>) -> Self {
+        self.sampling = Some(SamplingMetrics::new(&self.registry, sampler));
+        self
+    }
+
     /// Counts what a retention pass removed.
     pub fn record_prune(&self, traces: u64, spans: u64) {
         self.pruned.0.fetch_add(traces, Ordering::Relaxed);
@@ -290,6 +387,9 @@ impl Metrics {
         }
         if let Some(rollups) = &self.rollups {
             rollups.render();
+        }
+        if let Some(sampling) = &self.sampling {
+            sampling.render();
         }
         let mut text = self.registry.render();
         if let Some(s) = &self.span_metrics {

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use clew_analysis::sampling::Engine;
 use clew_runtime::auth::RequireBearer;
 use clew_runtime::net::{ConnMetrics, TrackedListener};
 use clew_runtime::tls::{ServerTls, TlsIncoming};
@@ -21,6 +22,7 @@ use crate::metrics::Metrics;
 use crate::replication::{
     Copies, Members, ReplicaStore, ReplicationConfig, ReplicationMetrics, Replicator,
 };
+use crate::sampling::{Sampler, SamplerConfig};
 use crate::sink::StorageSink;
 use crate::storage::Storage;
 use crate::wal::{Wal, WalConfig};
@@ -122,6 +124,14 @@ pub struct Config {
     /// A trace is stored after this long without a new span.
     #[arg(long, env = "CLEW_IDLE_WINDOW", default_value = "5s", value_parser = humantime::parse_duration)]
     pub idle_window: Duration,
+    /// A trace is cut into fragments at this many spans; with
+    /// `--sampling-policy`, the spans beyond it of a trace not decided yet
+    /// are dropped (counted in `clew_sampling_dropped_spans_total`).
+    #[arg(long, env = "CLEW_MAX_SPANS_PER_TRACE", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_spans_per_trace: u64,
+    /// Tail sampling.
+    #[command(flatten)]
+    pub sampling: SamplingFlags,
     /// Above this many bytes waiting for storage, ingest answers
     /// RESOURCE_EXHAUSTED / 429.
     #[arg(long, env = "CLEW_MEMORY_LIMIT_BYTES", default_value_t = 512 << 20)]
@@ -188,6 +198,56 @@ pub struct Config {
     /// The cold tier.
     #[command(flatten)]
     pub cold: crate::cold::ColdFlags,
+}
+
+/// Tail-sampling flags: with `--sampling-policy`, assembled traces are
+/// stored only when the policies keep them (`docs/SAMPLING.md`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct SamplingFlags {
+    /// A tail-sampling policy file (the OpenTelemetry `tail_sampling`
+    /// processor's `policies:`). Unset, every trace is kept.
+    #[arg(long, env = "CLEW_SAMPLING_POLICY")]
+    pub sampling_policy: Option<PathBuf>,
+    /// With `--sampling-policy`: how long a trace waits without a new span
+    /// before it is decided (the idle window of traces not decided yet;
+    /// default `--idle-window`).
+    #[arg(long, env = "CLEW_DECISION_WAIT", value_parser = humantime::parse_duration)]
+    pub decision_wait: Option<Duration>,
+    /// With `--sampling-policy`: decisions remembered for late spans, for
+    /// each kind (sampled, not sampled).
+    #[arg(long, env = "CLEW_DECISION_CACHE_SIZE", default_value_t = 100_000)]
+    pub decision_cache_size: usize,
+    /// With `--sampling-policy`: most traces held before their decision;
+    /// above it the trace that arrived first is dropped (counted).
+    #[arg(long, env = "CLEW_MAX_PENDING_TRACES", default_value_t = 50_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_pending_traces: u64,
+}
+
+impl SamplingFlags {
+    /// The sampler of `--sampling-policy`, or `None` without one; a file
+    /// that cannot be read or used is an error naming it and the line.
+    pub fn sampler(&self, idle_window: Duration) -> Result<Option<Sampler>, ServerError> {
+        let Some(path) = &self.sampling_policy else {
+            if self.decision_wait.is_some() {
+                tracing::warn!("--decision-wait is ignored without --sampling-policy");
+            }
+            return Ok(None);
+        };
+        let bad =
+            |e: String| ServerError::Config(format!("--sampling-policy {}: {e}", path.display()));
+        let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
+        let engine = Engine::from_yaml(&text).map_err(|e| bad(e.to_string()))?;
+        let config = SamplerConfig {
+            decision_wait: self.decision_wait.unwrap_or(idle_window),
+            cache_size: self.decision_cache_size,
+            max_pending_traces: usize::try_from(self.max_pending_traces).unwrap_or(usize::MAX),
+        };
+        tracing::info!(policies = ?engine.policy_names(), decision_wait = ?config.decision_wait, "tail sampling on");
+        if engine.is_stateful() {
+            tracing::info!("tail sampling: a rate budget restarts with the collector");
+        }
+        Ok(Some(Sampler::new(engine, config)))
+    }
 }
 
 clew_runtime::read_auth_flags!(
@@ -530,6 +590,7 @@ fn lease_holder(config: &Config) -> String {
 /// Opens storage and the WAL, replays what the WAL holds into assembly,
 /// and builds ingest on top.
 async fn open_core(config: &Config) -> Result<Core, ServerError> {
+    let sampler = config.sampling.sampler(config.idle_window)?.map(Arc::new);
     let auth = crate::auth::Guards::open(&config.auth).await?;
     let hot = open_storage(config).await?;
     let cold = config
@@ -550,14 +611,15 @@ async fn open_core(config: &Config) -> Result<Core, ServerError> {
     let replication = open_replication(config, wal_dir.clone(), replay_end).await?;
     let store_latency = Metrics::store_latency_histogram();
     let sink = StorageSink::new(Arc::clone(&storage)).with_latency(store_latency.clone());
-    let assembler = Arc::new(Assembler::new(
-        AssemblerConfig {
-            idle_window: config.idle_window,
-            ..AssemblerConfig::default()
-        },
-        Arc::new(sink),
-        wal.clone(),
-    )?);
+    let assembly = AssemblerConfig {
+        idle_window: config.idle_window,
+        max_spans_per_trace: usize::try_from(config.max_spans_per_trace).unwrap_or(usize::MAX),
+        ..AssemblerConfig::default()
+    };
+    let assembler = Arc::new(match &sampler {
+        Some(s) => Assembler::with_sampler(assembly, Arc::new(sink), wal.clone(), Arc::clone(s))?,
+        None => Assembler::new(assembly, Arc::new(sink), wal.clone())?,
+    });
     let rollups = if config.rollups {
         Some(open_rollups(config, &wal, &wal_dir, storage.as_ref(), &replay).await?)
     } else {
@@ -606,6 +668,10 @@ async fn open_core(config: &Config) -> Result<Core, ServerError> {
     };
     let metrics = match span_metrics {
         Some(s) => metrics.with_span_metrics(s),
+        None => metrics,
+    };
+    let metrics = match sampler {
+        Some(s) => metrics.with_sampling(s),
         None => metrics,
     };
     Ok(Core {

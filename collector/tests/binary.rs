@@ -277,3 +277,82 @@ fn a_config_file_sets_what_flags_leave_unset_and_a_bad_one_stops_start_up() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("unknown setting \"storag\""), "{err}");
 }
+
+/// Polls `/metrics` until it holds every one of `lines` (bounded).
+fn wait_for_metrics(ops: SocketAddr, lines: &[&str]) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, metrics) = http_get(ops, "/metrics").unwrap();
+        if lines.iter().all(|l| metrics.contains(l)) {
+            return metrics;
+        }
+        assert!(Instant::now() < deadline, "never got {lines:?}:\n{metrics}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tail_sampling_stores_what_the_policies_keep_and_counts_it_per_policy() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.yaml");
+    std::fs::write(
+        &policy,
+        "policies:\n  - {name: big, type: span_count, span_count: {min_spans: 3}}\n",
+    )
+    .unwrap();
+    let c = start_with(
+        dir.path(),
+        &[
+            "--storage",
+            "embedded",
+            "--idle-window",
+            "1h",
+            "--sampling-policy",
+            policy.to_str().unwrap(),
+            "--decision-wait",
+            "200ms",
+        ],
+    );
+    let grpc = c.grpc;
+    let (big, small) = tokio::task::spawn_blocking(move || (send(grpc, 4, 3), send(grpc, 3, 1)))
+        .await
+        .unwrap();
+    // Decided after the decision wait, long before the 1 h idle window.
+    wait_for_metrics(
+        c.ops,
+        &[
+            "clew_sampling_traces_total{decision=\"sampled\",policy=\"big\"} 4",
+            "clew_sampling_traces_total{decision=\"not_sampled\",policy=\"(none)\"} 3",
+        ],
+    );
+    terminate(c);
+    stored(dir.path(), &big, 3).await;
+    let db = EmbeddedStorage::open(dir.path().join("traces.redb")).unwrap();
+    for id in &small {
+        assert!(db.get_trace(*id).await.unwrap().is_none(), "trace {id}");
+    }
+}
+
+#[test]
+fn a_bad_sampling_policy_file_stops_start_up_naming_the_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.yaml");
+    std::fs::write(
+        &policy,
+        "policies:\n  - name: slow\n    type: latency\n    latency: {threshold_ms: fast}\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_clew-collector"))
+        .args(["--storage", "memory", "--sampling-policy"])
+        .arg(&policy)
+        .arg("--data-dir")
+        .arg(dir.path())
+        .env_remove("RUST_BACKTRACE")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--sampling-policy"), "{err}");
+    assert!(err.contains("line 4"), "{err}");
+    assert!(err.contains("threshold_ms"), "{err}");
+}

@@ -158,14 +158,14 @@ pub async fn reconcile(tc: Arc<TraceCollector>, ctx: Arc<Context>) -> Result<Act
             ctx.publish(
                 &tc,
                 EventType::Warning,
-                "ReconcileFailed",
+                e.reason(),
                 "Reconcile",
                 e.to_string(),
             )
             .await;
             // The status says so too (Degraded), rather than going stale.
             let now = k8s_openapi::jiff::Timestamp::now().to_string();
-            let failed = status::failed_status(&tc, "ReconcileFailed", e.to_string(), &now);
+            let failed = status::failed_status(&tc, e.reason(), e.to_string(), &now);
             if let Err(pe) = patch_status(&ctx.client, &tc, &failed).await {
                 warn!(tracecollector = %key(&tc), error = %pe, "could not mark the status Degraded");
             }
@@ -273,6 +273,8 @@ where
 }
 
 async fn apply_all(tc: &TraceCollector, ctx: &Context) -> Result<Action> {
+    // What the collectors would refuse at start-up is not rolled out.
+    desired::sampling::validate(tc).map_err(Error::InvalidSpec)?;
     ensure_certificates(tc, ctx).await?;
     let children = apply_children(tc, ctx).await?;
     let revision = inject::sidecar_revision(tc, &ctx.defaults);
@@ -333,6 +335,8 @@ async fn apply_children(tc: &TraceCollector, ctx: &Context) -> Result<Applied> {
 
     // Children in a fixed order: configuration before the pods that read it.
     apply(client, &ns, &desired::desired_config_map(tc)).await?;
+    let sampling = desired::sampling::desired_config_map(tc);
+    apply_or_remove(client, tc, names::sampling(tc), sampling).await?;
     apply(client, &ns, &desired::desired_headless_service(tc)).await?;
     apply(client, &ns, &desired::desired_service(tc)).await?;
     apply_or_remove(

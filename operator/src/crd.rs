@@ -76,7 +76,9 @@ pub struct TraceCollectorSpec {
     #[serde(default = "default_retention")]
     #[schemars(regex(pattern = r"^([0-9]+(s|m|h|d))+$"))]
     pub retention: String,
-    /// Head sampling applied by instrumented applications (through `OTEL_TRACES_SAMPLER`).
+    /// Sampling: head sampling applied by instrumented applications (through
+    /// `OTEL_TRACES_SAMPLER`) and, with `tail`, tail sampling of assembled traces in the
+    /// collectors.
     #[serde(default)]
     pub sampling: SamplingSpec,
     /// The web UI.
@@ -582,22 +584,56 @@ fn default_secret_key() -> String {
     "url".to_owned()
 }
 
-/// Head sampling.
+/// Sampling.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SamplingSpec {
-    /// Fraction of new traces recorded, from 0 to 1; a sampled parent is always followed.
+    /// Head sampling: fraction of new traces recorded, from 0 to 1; a sampled parent is
+    /// always followed.
     #[serde(default = "default_ratio")]
     #[schemars(range(min = 0.0, max = 1.0))]
     pub ratio: f64,
+    /// Tail sampling in the collectors: which assembled traces are stored. Unset, every
+    /// trace is kept. Every span still counts in the RED and dependency roll-ups.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tail: Option<TailSamplingSpec>,
 }
 
 impl Default for SamplingSpec {
     fn default() -> Self {
         Self {
             ratio: default_ratio(),
+            tail: None,
         }
     }
+}
+
+/// Tail sampling of assembled traces (the OpenTelemetry `tail_sampling` processor's
+/// policies; see docs/SAMPLING.md).
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TailSamplingSpec {
+    /// The policy file, as YAML: `policies:` (and optionally `sample_on_first_match:`) as the
+    /// OpenTelemetry `tail_sampling` processor takes them. Checked by the operator: a file
+    /// the collector would refuse is reported in the status (naming the line) and not rolled
+    /// out.
+    #[schemars(length(min = 1, max = 262144))]
+    pub policies: String,
+    /// How long a trace waits without a new span before it is decided, as a duration such as
+    /// `5s` or `500ms`. Defaults to the collector's idle window (5s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$"))]
+    pub decision_wait: Option<String>,
+    /// Most traces each collector holds before their decision; above it the trace that
+    /// arrived first is dropped (counted in `clew_sampling_dropped_traces_total`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 10000000))]
+    pub max_pending_traces: Option<i64>,
+    /// Decisions each collector remembers for spans arriving after them, for each kind
+    /// (sampled, not sampled).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 10000000))]
+    pub decision_cache_size: Option<i64>,
 }
 
 fn default_ratio() -> f64 {
@@ -995,6 +1031,24 @@ mod tests {
         for ok in ["30d", "720h", "1d12h", "90m"] {
             assert!(humantime::parse_duration(ok).is_ok(), "{ok}");
         }
+    }
+
+    #[test]
+    fn tail_sampling_takes_an_inline_policy_file_and_is_off_by_default() {
+        let spec: TraceCollectorSpec = serde_json::from_str("{}").unwrap();
+        assert_eq!(spec.sampling.tail, None);
+        let spec: TraceCollectorSpec = serde_json::from_str(
+            r#"{"sampling": {"tail": {"policies": "policies: []", "decisionWait": "500ms"}}}"#,
+        )
+        .unwrap();
+        let tail = spec.sampling.tail.unwrap();
+        assert_eq!(tail.decision_wait.as_deref(), Some("500ms"));
+        assert_eq!(spec.sampling.ratio, 1.0);
+        let schema = &schema()["openAPIV3Schema"]["properties"]["spec"]["properties"];
+        let tail = &schema["sampling"]["properties"]["tail"];
+        assert_eq!(tail["required"], serde_json::json!(["policies"]));
+        assert_eq!(tail["properties"]["policies"]["minLength"], 1);
+        assert_eq!(tail["properties"]["maxPendingTraces"]["minimum"], 1.0);
     }
 
     #[test]

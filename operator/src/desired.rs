@@ -29,6 +29,7 @@ use crate::crd::{ManagedRedis, Resources, TraceCollector};
 
 pub mod cold;
 pub mod redis_cluster;
+pub mod sampling;
 pub mod tls;
 
 /// The field manager of every server-side apply the operator makes.
@@ -88,6 +89,10 @@ pub mod names {
     /// Collector Deployment or StatefulSet, ClusterIP Service, ConfigMap, PDB and HPA.
     pub fn collector(tc: &TraceCollector) -> String {
         format!("{}-collector", tc.name_any())
+    }
+    /// ConfigMap with the tail-sampling policy file (`spec.sampling.tail`).
+    pub fn sampling(tc: &TraceCollector) -> String {
+        format!("{}-collector-sampling", tc.name_any())
     }
     /// Headless Service the sidecars resolve to reach every collector.
     pub fn headless(tc: &TraceCollector) -> String {
@@ -350,6 +355,7 @@ pub fn desired_config_map(tc: &TraceCollector) -> ConfigMap {
     data.extend(replication_config(tc));
     data.extend(tls::collector_config(tc));
     data.extend(cold::collector_config(tc));
+    data.extend(sampling::collector_config(tc));
     ConfigMap {
         metadata: meta(tc, names::collector(tc), Component::Collector),
         data: Some(data),
@@ -507,11 +513,16 @@ fn collector_template(
     data: Option<Volume>,
 ) -> PodTemplateSpec {
     let config = desired_config_map(tc);
-    let config_hash = short_hash(&serde_json::to_vec(&config.data).unwrap_or_default());
+    let hashed = match sampling::hashed(tc) {
+        Some(policies) => serde_json::to_vec(&(&config.data, policies)),
+        None => serde_json::to_vec(&config.data),
+    };
+    let config_hash = short_hash(&hashed.unwrap_or_default());
     let (mut volumes, mut mounts) = tls::collector_volumes(tc);
-    let (cold_volumes, cold_mounts) = cold::collector_volumes(tc);
-    volumes.extend(cold_volumes);
-    mounts.extend(cold_mounts);
+    for (v, m) in [cold::collector_volumes(tc), sampling::collector_volumes(tc)] {
+        volumes.extend(v);
+        mounts.extend(m);
+    }
     let mut container = collector_container(tc, defaults);
     container
         .volume_mounts

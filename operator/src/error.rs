@@ -21,6 +21,9 @@ pub enum Error {
     /// YAML serialization failed.
     #[error("YAML: {0}")]
     Yaml(String),
+    /// The spec cannot be rolled out (the message names the field); nothing was applied.
+    #[error("invalid spec: {0}")]
+    InvalidSpec(String),
 }
 
 impl Error {
@@ -30,9 +33,17 @@ impl Error {
             Self::Kube(kube::Error::Api(s)) if s.code == 409 => "conflict",
             Self::Kube(kube::Error::Api(_)) => "api",
             Self::Kube(_) => "client",
-            Self::MissingNamespace(_) => "invalid",
+            Self::MissingNamespace(_) | Self::InvalidSpec(_) => "invalid",
             Self::Cert(_) | Self::BadSecret(..) => "cert",
             Self::Json(_) | Self::Yaml(_) => "serialization",
+        }
+    }
+
+    /// The reason of the `Degraded` condition and of the Event a failed reconcile reports.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::InvalidSpec(_) => "InvalidSpec",
+            _ => "ReconcileFailed",
         }
     }
 }

@@ -19,6 +19,19 @@
 //! already has (by span ID), so a late span or a replayed record is
 //! harmless. Within one pending fragment a span ID is kept once.
 //!
+//! # Tail sampling
+//!
+//! Made [`with_sampler`](Assembler::with_sampler), the assembler stores a
+//! flushed fragment only if the [`Sampler`] keeps its trace: a trace's first
+//! fragment is decided, later ones follow the cached decision (see
+//! [`crate::sampling`]). A trace not decided yet is flushed once idle for
+//! the sampler's `decision_wait` (instead of `idle_window`); spans beyond
+//! `max_spans_per_trace` of it are dropped (counted) instead of cut into a
+//! new fragment; above the sampler's `max_pending_traces` the trace that
+//! arrived first is dropped. A dropped fragment's records are released as
+//! if it had been stored; late spans of a trace not sampled are dropped as
+//! they arrive.
+//!
 //! # Durability
 //!
 //! Each WAL record is tracked until every fragment holding one of its spans
@@ -54,6 +67,7 @@ use tokio::runtime::Handle;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
+use crate::sampling::{DropReason, Sampler};
 use crate::storage::filter::SpanIds;
 use crate::wal::{self, Appended, Wal, WalRecord};
 
@@ -204,6 +218,8 @@ enum FlushReason {
     SpanCap,
     BytesCap,
     Shutdown,
+    /// Evicted by the sampler's pending-trace limit (counted there).
+    PendingCap,
 }
 
 /// Counters and gauges for metrics.
@@ -256,6 +272,7 @@ impl AssemblerStats {
             FlushReason::SpanCap => &self.flushed_span_cap,
             FlushReason::BytesCap => &self.flushed_bytes_cap,
             FlushReason::Shutdown => &self.flushed_shutdown,
+            FlushReason::PendingCap => return,
         };
         counter.fetch_add(1, Ordering::Relaxed);
     }
@@ -294,6 +311,45 @@ struct Fragment {
     spans: Vec<Span>,
     seqs: Vec<u64>,
     bytes: u64,
+    /// Taken out by the sampler's pending-trace limit, not by a flush.
+    evicted: bool,
+}
+
+/// How the spans of one run of a trace are added.
+struct RunRules<'a> {
+    sampler: Option<&'a Sampler>,
+    /// Idle window of the trace: `--decision-wait` for a trace to be
+    /// decided, the assembler's idle window otherwise.
+    window: Duration,
+    max_age: Duration,
+    max_spans: usize,
+    /// Spans beyond `max_spans` are dropped (a trace not decided yet, with
+    /// a sampler) rather than cut into a new fragment.
+    drop_at_cap: bool,
+    /// Deadline of a trace this run starts.
+    first_deadline: Instant,
+    now: Instant,
+}
+
+impl<'a> RunRules<'a> {
+    fn new(
+        config: &AssemblerConfig,
+        sampler: Option<&'a Sampler>,
+        decided: bool,
+        now: Instant,
+    ) -> Self {
+        let to_decide = sampler.filter(|_| !decided);
+        let window = to_decide.map_or(config.idle_window, |s| s.config().decision_wait);
+        RunRules {
+            sampler,
+            window,
+            max_age: config.max_trace_age,
+            max_spans: config.max_spans_per_trace,
+            drop_at_cap: to_decide.is_some(),
+            first_deadline: now + window.min(config.max_trace_age),
+            now,
+        }
+    }
 }
 
 /// The spans of one batch, in order, with their encoded sizes and the runs
@@ -311,6 +367,9 @@ struct State {
     traces: HashMap<TraceKey, PendingTrace>,
     /// `(deadline, trace id)` of every pending trace.
     deadlines: BTreeSet<(Instant, TraceKey)>,
+    /// `(first span's arrival, trace id)` of every pending trace, kept only
+    /// with a sampler (for its pending-trace limit).
+    arrivals: BTreeSet<(Instant, TraceKey)>,
     /// Fragments flushed by size or shutdown, waiting for the flush task.
     ready: VecDeque<Fragment>,
     /// WAL record → number of fragments (pending or in flight) holding it.
@@ -329,80 +388,32 @@ struct State {
 impl State {
     /// Adds the spans of record `seq`; returns how many fragments now hold
     /// the record and whether the flush task must look at the state now.
+    /// With a `sampler`, the late spans of a trace not sampled are dropped
+    /// here, and its limits apply.
     fn add(
         &mut self,
         config: &AssemblerConfig,
+        sampler: Option<&Sampler>,
         stats: &AssemblerStats,
         seq: u64,
         batch: Batch,
         now: Instant,
     ) -> (usize, bool) {
-        let first_deadline = now + config.idle_window.min(config.max_trace_age);
         let mut wake = false;
         let mut refs = 0;
         let mut spans = batch.spans.into_iter().zip(batch.sizes);
         for (trace_id, run) in batch.runs {
-            // Spans added to the trace's current pending fragment.
-            let mut added = 0u64;
-            let mut left = run;
-            if let Some(entry) = self.traces.get_mut(&trace_id) {
-                entry.spans.reserve(left);
+            let run_spans = spans.by_ref().take(run);
+            let decided = sampler.and_then(|s| s.cached(&trace_id));
+            if let (Some(s), Some(false)) = (sampler, decided) {
+                // A late span of a trace not sampled: dropped (counted).
+                s.count_late_dropped(run_spans.count());
+                continue;
             }
-            for (span, bytes) in spans.by_ref().take(run) {
-                left -= 1;
-                let entry = match self.traces.get_mut(&trace_id) {
-                    Some(entry) => entry,
-                    None => {
-                        wake |= self.wake_at.is_none_or(|at| first_deadline < at);
-                        self.deadlines.insert((first_deadline, trace_id));
-                        added = 0;
-                        self.traces.entry(trace_id).or_insert(PendingTrace {
-                            // Room for the rest of the batch's spans of it.
-                            spans: Vec::with_capacity(left + 1),
-                            span_ids: SpanIds::default(),
-                            seqs: Vec::new(),
-                            bytes: 0,
-                            first_at: now,
-                            deadline: first_deadline,
-                        })
-                    }
-                };
-                let spans = &entry.spans;
-                let known = || spans.iter().map(|s| key::<8>(&s.span_id));
-                if !entry
-                    .span_ids
-                    .insert(key(&span.span_id), spans.len(), known)
-                {
-                    stats.duplicate_spans.fetch_add(1, Ordering::Relaxed);
-                    continue;
-                }
-                entry.bytes += bytes;
-                entry.spans.push(span);
-                added += 1;
-                stats.spans_added.fetch_add(1, Ordering::Relaxed);
-                self.assembling_bytes += bytes;
-                self.held_bytes += bytes;
-                if !entry.seqs.contains(&seq) {
-                    entry.seqs.push(seq);
-                    refs += 1;
-                }
-                if entry.spans.len() >= config.max_spans_per_trace {
-                    // Cut here; the rest of the batch starts a new fragment.
-                    self.flush(&trace_id, FlushReason::SpanCap, stats);
-                    wake = true;
-                }
-            }
-            if added > 0
-                && let Some(entry) = self.traces.get_mut(&trace_id)
-            {
-                let deadline =
-                    (now + config.idle_window).min(entry.first_at + config.max_trace_age);
-                if deadline != entry.deadline {
-                    self.deadlines.remove(&(entry.deadline, trace_id));
-                    self.deadlines.insert((deadline, trace_id));
-                    entry.deadline = deadline;
-                }
-            }
+            let rules = RunRules::new(config, sampler, decided.is_some(), now);
+            let (r, w) = self.add_run(&rules, stats, seq, trace_id, run, run_spans);
+            refs += r;
+            wake |= w;
         }
         if refs > 0 {
             *self.records.entry(seq).or_insert(0) += refs;
@@ -414,8 +425,118 @@ impl State {
             self.flush(&trace_id, FlushReason::BytesCap, stats);
             wake = true;
         }
+        if let Some(s) = sampler {
+            wake |= self.evict_over_limit(s.config().max_pending_traces, stats);
+        }
         self.publish(stats);
         (refs, wake)
+    }
+
+    /// Adds one run of consecutive spans of `trace_id`; returns how many
+    /// fragments newly hold record `seq` and whether to wake the flusher.
+    fn add_run(
+        &mut self,
+        rules: &RunRules<'_>,
+        stats: &AssemblerStats,
+        seq: u64,
+        trace_id: TraceKey,
+        run: usize,
+        spans: impl Iterator<Item = (Span, u64)>,
+    ) -> (usize, bool) {
+        let (first_deadline, now) = (rules.first_deadline, rules.now);
+        let (mut wake, mut refs) = (false, 0);
+        // Spans added to the trace's current pending fragment.
+        let mut added = 0u64;
+        let mut left = run;
+        if let Some(entry) = self.traces.get_mut(&trace_id) {
+            entry.spans.reserve(left);
+        }
+        for (span, bytes) in spans {
+            left -= 1;
+            let entry = match self.traces.get_mut(&trace_id) {
+                Some(entry) => entry,
+                None => {
+                    wake |= self.wake_at.is_none_or(|at| first_deadline < at);
+                    self.deadlines.insert((first_deadline, trace_id));
+                    if rules.sampler.is_some() {
+                        self.arrivals.insert((now, trace_id));
+                    }
+                    added = 0;
+                    self.traces.entry(trace_id).or_insert(PendingTrace {
+                        // Room for the rest of the batch's spans of it.
+                        spans: Vec::with_capacity(left + 1),
+                        span_ids: SpanIds::default(),
+                        seqs: Vec::new(),
+                        bytes: 0,
+                        first_at: now,
+                        deadline: first_deadline,
+                    })
+                }
+            };
+            if rules.drop_at_cap && entry.spans.len() >= rules.max_spans {
+                if let Some(s) = rules.sampler {
+                    s.count_dropped_spans(DropReason::SpanCap, 1);
+                }
+                continue;
+            }
+            let spans = &entry.spans;
+            let known = || spans.iter().map(|s| key::<8>(&s.span_id));
+            if !entry
+                .span_ids
+                .insert(key(&span.span_id), spans.len(), known)
+            {
+                stats.duplicate_spans.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            entry.bytes += bytes;
+            entry.spans.push(span);
+            added += 1;
+            stats.spans_added.fetch_add(1, Ordering::Relaxed);
+            self.assembling_bytes += bytes;
+            self.held_bytes += bytes;
+            if !entry.seqs.contains(&seq) {
+                entry.seqs.push(seq);
+                refs += 1;
+            }
+            if !rules.drop_at_cap && entry.spans.len() >= rules.max_spans {
+                // Cut here; the rest of the batch starts a new fragment.
+                self.flush(&trace_id, FlushReason::SpanCap, stats);
+                wake = true;
+            }
+        }
+        if added > 0
+            && let Some(entry) = self.traces.get_mut(&trace_id)
+        {
+            let deadline = (now + rules.window).min(entry.first_at + rules.max_age);
+            if deadline != entry.deadline {
+                self.deadlines.remove(&(entry.deadline, trace_id));
+                self.deadlines.insert((deadline, trace_id));
+                entry.deadline = deadline;
+            }
+        }
+        (refs, wake)
+    }
+
+    /// Takes the traces that arrived first out while more than `limit` are
+    /// pending (the sampler drops them unless they were decided already).
+    fn evict_over_limit(&mut self, limit: usize, stats: &AssemblerStats) -> bool {
+        let mut wake = false;
+        while self.traces.len() > limit {
+            let Some(&(_, trace_id)) = self.arrivals.first() else {
+                break;
+            };
+            match self.take(&trace_id, FlushReason::PendingCap, stats) {
+                Some(mut fragment) => {
+                    fragment.evicted = true;
+                    self.ready.push_back(fragment);
+                    wake = true;
+                }
+                None => {
+                    self.arrivals.pop_first();
+                }
+            }
+        }
+        wake
     }
 
     /// Moves a pending trace to `ready`.
@@ -433,6 +554,7 @@ impl State {
     ) -> Option<Fragment> {
         let (trace_id, pending) = self.traces.remove_entry(trace_id)?;
         self.deadlines.remove(&(pending.deadline, trace_id));
+        self.arrivals.remove(&(pending.first_at, trace_id));
         self.assembling_bytes -= pending.bytes;
         self.fragments += 1;
         stats.count_flush(reason);
@@ -441,6 +563,7 @@ impl State {
             spans: pending.spans,
             seqs: pending.seqs,
             bytes: pending.bytes,
+            evicted: false,
         })
     }
 
@@ -522,6 +645,8 @@ struct Inner {
     /// Counts every span of every record added in this process (not
     /// replayed ones: the run that accepted them counted them).
     span_metrics: std::sync::OnceLock<Arc<crate::spanmetrics::SpanMetrics>>,
+    /// Tail sampling of flushed traces, when configured.
+    sampler: Option<Arc<Sampler>>,
 }
 
 impl Inner {
@@ -556,10 +681,11 @@ impl Inner {
         }
         let batch = Batch { spans, sizes, runs };
         let now = Instant::now();
-        let (refs, wake) = self
-            .state
-            .lock()
-            .add(&self.config, &self.stats, seq, batch, now);
+        let sampler = self.sampler.as_deref();
+        let (refs, wake) =
+            self.state
+                .lock()
+                .add(&self.config, sampler, &self.stats, seq, batch, now);
         if refs == 0 {
             // Nothing new in it (empty, or only duplicates of pending spans).
             self.release(seq);
@@ -567,6 +693,25 @@ impl Inner {
         if wake {
             self.wake.notify_one();
         }
+    }
+
+    /// The fragment to store, or `None` when the sampler drops it: then its
+    /// records are released as if it had been stored.
+    fn sample(&self, fragment: Fragment) -> Option<Fragment> {
+        let Some(sampler) = &self.sampler else {
+            return Some(fragment);
+        };
+        let now = clew_model::now_unix_nanos();
+        let (trace_id, spans) = (&fragment.trace_id, &fragment.spans);
+        if sampler.judge(trace_id, spans, fragment.evicted, now) {
+            return Some(fragment);
+        }
+        let released = (self.state.lock()).complete(fragment.bytes, &fragment.seqs, &self.stats);
+        for seq in released {
+            self.release(seq);
+        }
+        self.stored.notify_waiters();
+        None
     }
 
     fn release(&self, seq: u64) {
@@ -601,6 +746,31 @@ impl Assembler {
     /// Creates the assembler and starts its flush task on the current Tokio
     /// runtime. Fragments go to `sink`; records are released on `wal`.
     pub fn new(config: AssemblerConfig, sink: Arc<dyn TraceSink>, wal: Wal) -> Result<Self> {
+        Self::start(config, sink, wal, None)
+    }
+
+    /// [`Assembler::new`] with tail sampling: each flushed fragment is
+    /// stored only if `sampler` keeps its trace (see [`crate::sampling`]);
+    /// `config.max_spans_per_trace` then drops the spans beyond it of a
+    /// trace not decided yet instead of cutting the trace.
+    pub fn with_sampler(
+        config: AssemblerConfig,
+        sink: Arc<dyn TraceSink>,
+        wal: Wal,
+        sampler: Arc<Sampler>,
+    ) -> Result<Self> {
+        if sampler.config().max_pending_traces == 0 {
+            return Err(Error::InvalidConfig("max_pending_traces must be non-zero"));
+        }
+        Self::start(config, sink, wal, Some(sampler))
+    }
+
+    fn start(
+        config: AssemblerConfig,
+        sink: Arc<dyn TraceSink>,
+        wal: Wal,
+        sampler: Option<Arc<Sampler>>,
+    ) -> Result<Self> {
         config.validate()?;
         let runtime = Handle::try_current().map_err(|_| Error::NoRuntime)?;
         let inner = Arc::new(Inner {
@@ -616,6 +786,7 @@ impl Assembler {
             runtime,
             rollups: std::sync::OnceLock::new(),
             span_metrics: std::sync::OnceLock::new(),
+            sampler,
         });
         inner.runtime.spawn(run_flusher(Arc::clone(&inner)));
         Ok(Self { inner })
@@ -726,6 +897,11 @@ impl Assembler {
         &self.inner.stats
     }
 
+    /// The sampler, when tail sampling is on.
+    pub fn sampler(&self) -> Option<&Arc<Sampler>> {
+        self.inner.sampler.as_ref()
+    }
+
     /// The WAL this assembler releases records on.
     pub fn wal(&self) -> &Wal {
         &self.inner.wal
@@ -750,6 +926,9 @@ async fn run_flusher(inner: Arc<Inner>) {
             .lock()
             .due(Instant::now(), &inner.config, &inner.stats);
         for fragment in due {
+            let Some(fragment) = inner.sample(fragment) else {
+                continue;
+            };
             let Ok(permit) = Arc::clone(&inner.stores).acquire_owned().await else {
                 return;
             };
@@ -781,6 +960,7 @@ async fn store_fragment(inner: Arc<Inner>, fragment: Fragment, _permit: OwnedSem
         spans,
         seqs,
         bytes,
+        evicted: _,
     } = fragment;
     let span_count = spans.len() as u64;
     // The fragment moves into each attempt and comes back with a failure
@@ -855,5 +1035,7 @@ async fn store_fragment(inner: Arc<Inner>, fragment: Fragment, _permit: OwnedSem
     inner.stored.notify_waiters();
 }
 
+#[cfg(test)]
+mod sampling_tests;
 #[cfg(test)]
 mod tests;

@@ -11,22 +11,22 @@ use crate::wal::tests::{fast_config, snapshot, span};
 
 /// One call to the sink.
 #[derive(Debug, Clone)]
-struct Call {
-    trace_id: Vec<u8>,
-    span_ids: Vec<Vec<u8>>,
-    at: Instant,
+pub(super) struct Call {
+    pub(super) trace_id: Vec<u8>,
+    pub(super) span_ids: Vec<Vec<u8>>,
+    pub(super) at: Instant,
     ok: bool,
 }
 
 /// Stored spans by trace ID, then span ID.
-type Stored = HashMap<Vec<u8>, BTreeMap<Vec<u8>, Span>>;
+pub(super) type Stored = HashMap<Vec<u8>, BTreeMap<Vec<u8>, Span>>;
 
 /// Storage in memory: merges fragments, keeps a span ID once, can be told to
 /// fail.
 #[derive(Debug, Default)]
-struct MemorySink {
-    traces: Mutex<Stored>,
-    calls: Mutex<Vec<Call>>,
+pub(super) struct MemorySink {
+    pub(super) traces: Mutex<Stored>,
+    pub(super) calls: Mutex<Vec<Call>>,
     /// Fail this many of the next calls.
     fail_next: AtomicU32,
     /// Fail every call for these traces.
@@ -71,7 +71,7 @@ impl TraceSink for MemorySink {
 }
 
 impl MemorySink {
-    fn ok_calls(&self) -> Vec<Call> {
+    pub(super) fn ok_calls(&self) -> Vec<Call> {
         self.calls.lock().iter().filter(|c| c.ok).cloned().collect()
     }
 
@@ -81,7 +81,7 @@ impl MemorySink {
 
     /// Waits (in virtual time: timers fire as needed) for `n` successful
     /// stores.
-    async fn wait_for(&self, cond: impl Fn(&Self) -> bool) {
+    pub(super) async fn wait_for(&self, cond: impl Fn(&Self) -> bool) {
         loop {
             let changed = self.changed.notified();
             tokio::pin!(changed);
@@ -93,11 +93,11 @@ impl MemorySink {
         }
     }
 
-    async fn wait_for_stores(&self, n: usize) {
+    pub(super) async fn wait_for_stores(&self, n: usize) {
         self.wait_for(|s| s.ok_calls().len() >= n).await;
     }
 
-    fn keys(&self) -> BTreeSet<(Vec<u8>, Vec<u8>)> {
+    pub(super) fn keys(&self) -> BTreeSet<(Vec<u8>, Vec<u8>)> {
         let traces = self.traces.lock();
         traces
             .iter()
@@ -108,13 +108,13 @@ impl MemorySink {
 
 /// `flush_all`, failing instead of hanging if it never finishes (in paused
 /// time the day passes at once once nothing else can run).
-async fn drain(asm: &Assembler) {
+pub(super) async fn drain(asm: &Assembler) {
     tokio::time::timeout(Duration::from_secs(24 * 3600), asm.flush_all())
         .await
         .expect("flush_all never finished");
 }
 
-fn trace_id(trace: u64) -> Vec<u8> {
+pub(super) fn trace_id(trace: u64) -> Vec<u8> {
     span(trace, 0).trace_id
 }
 
@@ -122,7 +122,7 @@ fn span_id(span_no: u64) -> Vec<u8> {
     span(0, span_no).span_id
 }
 
-fn config() -> AssemblerConfig {
+pub(super) fn config() -> AssemblerConfig {
     AssemblerConfig {
         idle_window: Duration::from_millis(100),
         max_trace_age: Duration::from_secs(10),
@@ -161,7 +161,7 @@ fn setup(config: AssemblerConfig) -> Setup {
 /// Appends a batch of the given `(trace, span)` spans. Tests append before
 /// they start adding, so no assembler timer is armed while the (real) WAL
 /// thread works and paused time cannot jump.
-async fn append(wal: &Wal, spans: &[(u64, u64)]) -> (Appended, Vec<Span>) {
+pub(super) async fn append(wal: &Wal, spans: &[(u64, u64)]) -> (Appended, Vec<Span>) {
     let spans: Vec<Span> = spans.iter().map(|&(t, s)| span(t, s)).collect();
     let appended = wal
         .append(&ExportRequest {

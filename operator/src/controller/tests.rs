@@ -60,11 +60,19 @@ async fn children(v: &mut ApiServerVerifier, tc: &TraceCollector, c: Cluster) ->
     let mut applied = vec![
         v.apply(&path("ConfigMap", &format!("{n}-collector")), |_| {})
             .await,
+    ];
+    let sampling = path("ConfigMap", &format!("{n}-collector-sampling"));
+    if tc.spec.sampling.tail.is_some() {
+        applied.push(v.apply(&sampling, |_| {}).await);
+    } else {
+        v.not_found(&sampling).await;
+    }
+    applied.extend([
         v.apply(&path("Service", &format!("{n}-collector-headless")), |_| {})
             .await,
         v.apply(&path("Service", &format!("{n}-collector")), |_| {})
             .await,
-    ];
+    ]);
     if tc.spec.storage.redis.external.is_none() {
         applied.push(
             v.apply(&path("Service", &format!("{n}-redis")), |_| {})
@@ -837,4 +845,40 @@ async fn tls_issues_the_certificates_before_the_pods_that_mount_them() {
             .get()
     };
     assert_eq!((issued("collector"), issued("redis")), (1, 1));
+}
+
+#[tokio::test]
+async fn a_bad_tail_sampling_policy_is_reported_and_nothing_is_rolled_out() {
+    let (ctx, mut v) = Context::test();
+    let mut obj = reconciled(tc("main"), "r1");
+    obj.spec.sampling.tail = Some(crate::crd::TailSamplingSpec {
+        policies: "policies:\n  - {name: slow, type: latency, latency: {threshold_ms: -1}}\n"
+            .to_owned(),
+        decision_wait: None,
+        max_pending_traces: None,
+        decision_cache_size: None,
+    });
+    let before = obj.clone();
+    let server = tokio::spawn(async move {
+        // No child is applied: the first request is the Event.
+        let ev = v.event().await;
+        assert_eq!(ev["type"], "Warning");
+        assert_eq!(ev["reason"], "InvalidSpec");
+        let status = v.status(&before).await;
+        let degraded = condition(&status, "Degraded");
+        assert_eq!(
+            (degraded.status.as_str(), degraded.reason.as_str()),
+            ("True", "InvalidSpec")
+        );
+        assert!(
+            degraded
+                .message
+                .contains("spec.sampling.tail.policies: policy `slow` (line 2)"),
+            "{degraded:?}"
+        );
+        v
+    });
+    let err = run(obj, ctx.clone()).await.unwrap_err();
+    server.await.unwrap().assert_silent();
+    assert_eq!(err.metric_label(), "invalid");
 }

@@ -1025,3 +1025,105 @@ fn cold_settings_roll_the_collectors_and_reach_a_persistent_wal_statefulset() {
     assert_eq!(m["data"], "/var/lib/clew");
     assert_eq!(m["cold"], "/var/lib/clew-cold");
 }
+
+const POLICIES: &str =
+    "policies:\n  - {name: errors, type: status_code, status_code: {status_codes: [ERROR]}}\n";
+
+fn tail_sampled(policies: &str) -> TraceCollector {
+    let mut t = tc("main");
+    t.spec.sampling.tail = Some(crate::crd::TailSamplingSpec {
+        policies: policies.to_owned(),
+        decision_wait: Some("2s".to_owned()),
+        max_pending_traces: Some(20_000),
+        decision_cache_size: None,
+    });
+    t
+}
+
+#[test]
+fn tail_sampling_mounts_the_policy_file_and_points_the_collector_at_it() {
+    let t = tail_sampled(POLICIES);
+    let cm = sampling::desired_config_map(&t).unwrap();
+    assert_eq!(cm.metadata.name.as_deref(), Some("main-collector-sampling"));
+    assert_eq!(cm.metadata.owner_references.unwrap()[0].uid, UID);
+    assert_eq!(cm.data.unwrap()["policy.yaml"], POLICIES);
+    let pod = desired_deployment(&t, &defaults())
+        .spec
+        .template
+        .spec
+        .unwrap();
+    let env = collector_env(&t, &pod);
+    assert_eq!(
+        env["CLEW_SAMPLING_POLICY"],
+        "/etc/clew/sampling/policy.yaml"
+    );
+    assert_eq!(env["CLEW_DECISION_WAIT"], "2s");
+    assert_eq!(env["CLEW_MAX_PENDING_TRACES"], "20000");
+    assert!(!env.contains_key("CLEW_DECISION_CACHE_SIZE"));
+    let volume = pod
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == "sampling")
+        .unwrap();
+    let source = volume.config_map.as_ref().unwrap();
+    assert_eq!(source.name, "main-collector-sampling");
+    assert_eq!(source.items.as_ref().unwrap()[0].key, "policy.yaml");
+    let mount = pod.containers[0]
+        .volume_mounts
+        .iter()
+        .flatten()
+        .find(|m| m.name == "sampling")
+        .unwrap();
+    assert_eq!(mount.mount_path, "/etc/clew/sampling");
+    assert_eq!(mount.read_only, Some(true));
+}
+
+#[test]
+fn without_tail_sampling_nothing_of_it_is_rendered() {
+    let t = tc("main");
+    assert!(sampling::desired_config_map(&t).is_none());
+    assert!(sampling::validate(&t).is_ok());
+    let pod = desired_deployment(&t, &defaults())
+        .spec
+        .template
+        .spec
+        .unwrap();
+    let env = collector_env(&t, &pod);
+    assert!(
+        !env.keys()
+            .any(|k| k.contains("SAMPLING") || k.contains("DECISION"))
+    );
+    assert!(!pod.volumes.iter().flatten().any(|v| v.name == "sampling"));
+}
+
+#[test]
+fn a_policy_change_rolls_the_collectors() {
+    let hash = |t: &TraceCollector| {
+        desired_deployment(t, &defaults())
+            .spec
+            .template
+            .metadata
+            .unwrap()
+            .annotations
+            .unwrap()[CONFIG_HASH_ANNOTATION]
+            .clone()
+    };
+    let a = tail_sampled(POLICIES);
+    let b = tail_sampled(&POLICIES.replace("ERROR", "OK"));
+    assert_ne!(hash(&a), hash(&b));
+    assert_ne!(hash(&a), hash(&tc("main")));
+    assert_eq!(hash(&a), hash(&tail_sampled(POLICIES)));
+}
+
+#[test]
+fn a_policy_file_the_collector_would_refuse_is_reported_naming_the_line() {
+    assert!(sampling::validate(&tail_sampled(POLICIES)).is_ok());
+    let bad = "policies:\n  - name: slow\n    type: latency\n    latency: {threshold_ms: fast}\n";
+    let err = sampling::validate(&tail_sampled(bad)).unwrap_err();
+    assert!(
+        err.starts_with("spec.sampling.tail.policies: line 4"),
+        "{err}"
+    );
+    assert!(err.contains("threshold_ms"), "{err}");
+}

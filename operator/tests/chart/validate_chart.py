@@ -75,6 +75,10 @@ VALUE_SETS = {
         "collectorTls": {"enabled": True, "certManager": {"enabled": True}}},
     "redis-cluster-external": {"defaultCollector": {"enabled": True, "spec": {"storage": {"redis": {
         "external": {"secretName": "redis-seeds", "cluster": True}, "waitReplicas": 2}}}}},
+    # Tail sampling with an inline policy file.
+    "tail-sampling": {"defaultCollector": {"enabled": True, "spec": {"sampling": {"tail": {
+        "policies": "policies:\n  - {name: errors, type: status_code, status_code: {status_codes: [ERROR]}}\n",
+        "decisionWait": "2s", "maxPendingTraces": 20000}}}}},
     "cluster-issuer": {"webhook": {"certManager": {"enabled": True,
                                                    "issuerRef": {"name": "ca", "kind": "ClusterIssuer"}}}},
 }
@@ -109,6 +113,10 @@ BAD_VALUES = [
     {"defaultCollector": {"spec": {"storage": {"redis": {"managed": {"cluster": {"shards": 3, "replicas": 2}}}}}}},
     {"defaultCollector": {"spec": {"storage": {"redis": {"external": {"secretName": "r", "cluster": "yes"}}}}}},
     {"defaultCollector": {"spec": {"storage": {"redis": {"waitReplicas": -1}}}}},
+    # Tail sampling: a policy file, a duration, at least one pending trace.
+    {"defaultCollector": {"spec": {"sampling": {"tail": {"decisionWait": "5s"}}}}},
+    {"defaultCollector": {"spec": {"sampling": {"tail": {"policies": "p", "decisionWait": "soon"}}}}},
+    {"defaultCollector": {"spec": {"sampling": {"tail": {"policies": "p", "maxPendingTraces": 0}}}}},
     {"defaultCollector": {"spec": {"storage": {"redis": {"managed": {}, "external": {"secretName": "r"}}}}}},
 ]
 
