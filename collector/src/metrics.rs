@@ -14,8 +14,8 @@ use prometheus::{IntCounter, IntCounterVec, IntGauge};
 use crate::assembly::Assembler;
 use crate::ingest::Ingest;
 use crate::rollup::{RollupStats, Rollups};
-use crate::spanmetrics::SpanMetrics;
 use crate::sampling::Sampler;
+use crate::spanmetrics::SpanMetrics;
 use crate::storage::Storage;
 use crate::wal::Wal;
 

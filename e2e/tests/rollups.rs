@@ -102,9 +102,9 @@ fn trace(n: u32, base: u64) -> [(&'static str, Span); 3] {
         ..Default::default()
     };
     let mut db = span(3, Some(2), "INSERT", 3, 2 + u64::from(n % 5));
-    db.status = error_status(n % 40 == 0);
+    db.status = error_status(n.is_multiple_of(40));
     let mut checkout = span(2, Some(1), "place", 2, 10 + u64::from(n % 50));
-    checkout.status = error_status(n % 20 == 0);
+    checkout.status = error_status(n.is_multiple_of(20));
     let front = span(1, None, "GET /buy", 2, 70);
     [("db", db), ("checkout", checkout), ("frontend", front)]
 }

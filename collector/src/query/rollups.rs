@@ -8,11 +8,11 @@
 //! answers say which. They lag ingest by at most the collectors' flush
 //! interval (`--rollup-flush-interval`, 10 s).
 
+use clew_analysis::ServiceNode;
 use clew_analysis::rollup::{
     Bucket, EdgeSummary, GroupBy, Latency, RedKey, RedSummary, Resolution, SeriesPoint,
     edge_summary, red_series, red_summary, resolution,
 };
-use clew_analysis::ServiceNode;
 use clew_proto::v1::SpanKind;
 use serde::Serialize;
 
