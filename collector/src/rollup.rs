@@ -217,6 +217,8 @@ struct State {
     deferred: BTreeMap<u64, Vec<Fact>>,
     /// Parents and children waiting for each other.
     calls: Calls,
+    /// The calls a span completed (kept to reuse its allocation).
+    found: Vec<calls::Call>,
 }
 
 /// What counting a record did.
@@ -474,12 +476,16 @@ impl State {
             is_error: s.record.is_error,
             duration_nanos: s.record.duration_nanos,
         };
-        for call in self.calls.see(seq, ids, s.record.service, callee) {
+        let mut found = std::mem::take(&mut self.found);
+        self.calls
+            .see(seq, ids, s.record.service, callee, &mut found);
+        for call in found.drain(..) {
             let start = call.callee.start_unix_nanos;
             if self.add(seq, start, Item::Call(&call.record()), limits) {
                 c.calls += 1;
             }
         }
+        self.found = found;
     }
 
     /// Counts `item` of record `seq` at time `start` in every tier an

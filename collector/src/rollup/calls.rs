@@ -12,6 +12,9 @@
 //! later of the two), so the roll-ups' exactly-once rules hold for calls as
 //! for spans.
 //!
+//! Spans are kept per trace (a run of one trace's spans costs one lookup
+//! in the large map, then small ones that stay in cache).
+//!
 //! What is kept is bounded by time, in two generations: spans seen since
 //! the last turn and in the one before; [`Calls::turn`] forgets the older,
 //! counting its children that never met their parent as unpaired (the
@@ -20,23 +23,54 @@
 //! replay after a crash pairs what the crashed run had not written.
 
 use std::collections::HashMap;
-use std::hash::BuildHasher;
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 use std::sync::Arc;
 use std::time::Instant;
 
 use clew_analysis::rollup::CallRecord;
 
-type Map<V> = HashMap<u64, V, foldhash::fast::RandomState>;
+/// Keys are hashes already: used as they are.
+type Map<V> = HashMap<u64, V, BuildHasherDefault<KeyHasher>>;
 
-/// A span as the pairing sees it: hashes of `(trace, span)` and of
-/// `(trace, parent span)`.
+/// The identity hasher of a `u64` key that is itself a hash.
+#[derive(Debug, Default)]
+struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `write_u64` is used; fold anything else in.
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+/// A span as the pairing sees it: its trace (hashed) and the ids of it
+/// and of its parent.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Ids {
+    trace: u64,
     span: u64,
     parent: Option<u64>,
 }
 
 const HASHER: foldhash::fast::FixedState = foldhash::fast::FixedState::with_seed(0x636c_6577);
+
+/// A span id as a key: its 8 bytes, or a hash of other lengths.
+fn span_key(id: &[u8]) -> u64 {
+    match <[u8; 8]>::try_from(id) {
+        Ok(b) => u64::from_ne_bytes(b),
+        Err(_) => HASHER.hash_one(id),
+    }
+}
 
 impl Ids {
     /// `None` for a span without an id (it can be nobody's parent, and
@@ -45,11 +79,10 @@ impl Ids {
         if span_id.is_empty() {
             return None;
         }
-        let parent =
-            (!parent_span_id.is_empty()).then(|| HASHER.hash_one((trace_id, parent_span_id)));
         Some(Ids {
-            span: HASHER.hash_one((trace_id, span_id)),
-            parent,
+            trace: HASHER.hash_one(trace_id),
+            span: span_key(span_id),
+            parent: (!parent_span_id.is_empty()).then(|| span_key(parent_span_id)),
         })
     }
 }
@@ -87,14 +120,75 @@ struct Waiting {
     callee: Callee,
 }
 
+/// Spans of a trace kept in a vector, searched in order, up to this many;
+/// past it in a map.
+const SMALL_TRACE: usize = 32;
+
+/// One trace's spans in a generation.
+#[derive(Debug, Default)]
+struct TraceCalls {
+    /// Span id → its service, while the trace is small.
+    spans: Vec<(u64, u32)>,
+    /// The same, once it is not.
+    index: Option<Map<u32>>,
+    /// Parent span id → its children seen before it.
+    waiting: Map<Vec<Waiting>>,
+}
+
+impl TraceCalls {
+    fn service_of(&self, span: u64) -> Option<u32> {
+        match &self.index {
+            Some(index) => index.get(&span).copied(),
+            None => self.spans.iter().find(|(s, _)| *s == span).map(|&(_, v)| v),
+        }
+    }
+
+    fn insert(&mut self, span: u64, service: u32) {
+        if let Some(index) = &mut self.index {
+            index.insert(span, service);
+            return;
+        }
+        if self.spans.is_empty() {
+            self.spans.reserve_exact(8);
+        }
+        self.spans.push((span, service));
+        if self.spans.len() > SMALL_TRACE {
+            self.index = Some(self.spans.drain(..).collect());
+            self.spans = Vec::new();
+        }
+    }
+
+    fn take_waiting(&mut self, span: u64) -> Option<Vec<Waiting>> {
+        if self.waiting.is_empty() {
+            return None;
+        }
+        self.waiting.remove(&span)
+    }
+}
+
 #[derive(Debug, Default)]
 struct Generation {
-    /// `(trace, span)` → its service.
-    spans: Map<u32>,
-    /// `(trace, parent span)` → its children seen before it.
-    waiting: Map<Vec<Waiting>>,
+    /// Per trace: one lookup for a run of its spans, then small maps.
+    traces: Map<TraceCalls>,
+    /// Spans held.
+    spans: usize,
     /// The lowest record held.
     min_seq: Option<u64>,
+}
+
+impl Generation {
+    fn service_of(&self, trace: u64, span: u64) -> Option<u32> {
+        self.traces.get(&trace)?.service_of(span)
+    }
+
+    fn waiting_for(&mut self, trace: u64, span: u64) -> Option<Vec<Waiting>> {
+        self.traces.get_mut(&trace)?.take_waiting(span)
+    }
+
+    fn unpaired(&self) -> u64 {
+        let waiting = self.traces.values().flat_map(|t| t.waiting.values());
+        waiting.map(|w| w.len() as u64).sum()
+    }
 }
 
 /// Pairs parents and children into calls. See the [module docs](self).
@@ -109,8 +203,7 @@ pub(super) struct Calls {
     pub unpaired: u64,
 }
 
-/// Spans one generation holds at most: past it, it turns early (at 16
-/// bytes a span, about 32 MiB a generation).
+/// Spans one generation holds at most: past it, it turns early.
 const MAX_SPANS: usize = 1 << 21;
 
 impl Default for Calls {
@@ -127,39 +220,46 @@ impl Default for Calls {
 }
 
 impl Calls {
-    /// Sees one span of record `seq` of `service`; returns the calls it
-    /// completes (its own, when its parent was seen; its children's that
-    /// waited for it).
-    pub fn see(&mut self, seq: u64, ids: Ids, service: &str, callee: Callee) -> Vec<Call> {
-        let mut calls = Vec::new();
-        if self.current.spans.len() >= MAX_SPANS {
+    /// Sees one span of record `seq` of `service`; adds to `calls` those
+    /// it completes (its own, when its parent was seen; its children's
+    /// that waited for it).
+    pub fn see(
+        &mut self,
+        seq: u64,
+        ids: Ids,
+        service: &str,
+        callee: Callee,
+        calls: &mut Vec<Call>,
+    ) {
+        if self.current.spans >= MAX_SPANS {
             self.turn();
         }
         let service = self.intern(service);
-        let gen_ = &mut self.current;
-        gen_.min_seq = Some(gen_.min_seq.map_or(seq, |m| m.min(seq)));
-        if let Some(parent_key) = ids.parent {
-            match self.service_of(parent_key) {
-                Some(parent) => self.call(&mut calls, parent, service, callee),
-                None => self
-                    .current
-                    .waiting
-                    .entry(parent_key)
-                    .or_default()
-                    .push(Waiting { service, callee }),
-            }
-        }
-        let key = ids.span;
-        self.current.spans.insert(key, service);
-        for g in [&mut self.current, &mut self.previous] {
-            if let Some(children) = g.waiting.remove(&key) {
-                for w in children {
-                    let (s, c) = (&self.services, &mut calls);
-                    push_call(s, c, service, w.service, w.callee);
+        let Calls {
+            current,
+            previous,
+            services,
+            ..
+        } = self;
+        current.min_seq = Some(current.min_seq.map_or(seq, |m| m.min(seq)));
+        current.spans += 1;
+        let t = current.traces.entry(ids.trace).or_default();
+        if let Some(parent) = ids.parent {
+            let seen = t.service_of(parent);
+            match seen.or_else(|| previous.service_of(ids.trace, parent)) {
+                Some(p) => push_call(services, calls, p, service, callee),
+                None => {
+                    let w = Waiting { service, callee };
+                    t.waiting.entry(parent).or_default().push(w);
                 }
             }
         }
-        calls
+        t.insert(ids.span, service);
+        let mine = t.take_waiting(ids.span).into_iter().flatten();
+        let earlier = previous.waiting_for(ids.trace, ids.span);
+        for w in mine.chain(earlier.into_iter().flatten()) {
+            push_call(services, calls, service, w.service, w.callee);
+        }
     }
 
     /// Forgets the older generation when the current one is `window` old,
@@ -170,11 +270,16 @@ impl Calls {
         }
     }
 
+    /// The older generation's maps, emptied, become the current one's:
+    /// they keep their capacity, so a steady load stops growing them.
     fn turn(&mut self) {
         self.turned_at = Instant::now();
-        let old = std::mem::replace(&mut self.previous, std::mem::take(&mut self.current));
-        let unpaired: u64 = old.waiting.values().map(|w| w.len() as u64).sum();
-        self.unpaired = self.unpaired.saturating_add(unpaired);
+        let mut old = std::mem::take(&mut self.previous);
+        self.unpaired = self.unpaired.saturating_add(old.unpaired());
+        old.traces.clear();
+        old.spans = 0;
+        old.min_seq = None;
+        self.previous = std::mem::replace(&mut self.current, old);
     }
 
     /// The lowest record either generation holds: the WAL must keep it.
@@ -183,15 +288,6 @@ impl Calls {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }
-    }
-
-    fn service_of(&self, key: u64) -> Option<u32> {
-        let found = self.current.spans.get(&key);
-        found.or_else(|| self.previous.spans.get(&key)).copied()
-    }
-
-    fn call(&self, calls: &mut Vec<Call>, parent: u32, child: u32, callee: Callee) {
-        push_call(&self.services, calls, parent, child, callee);
     }
 
     fn intern(&mut self, service: &str) -> u32 {

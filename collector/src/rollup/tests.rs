@@ -452,3 +452,38 @@ async fn a_child_whose_parent_never_comes_is_counted_unpaired() {
     assert_eq!(r.floor(10), 10, "forgotten after two windows");
     assert_eq!(r.stats().unpaired.load(Ordering::Relaxed), 1);
 }
+
+#[tokio::test]
+async fn calls_of_a_large_trace_pair_in_any_order() {
+    // 300 spans of one trace (past the small-trace vector), parents over
+    // three services, the children of each record before their parents.
+    let dir = tempfile::tempdir().unwrap();
+    let storage: Arc<dyn Storage> = Arc::new(MemoryStorage::new(1000));
+    let now = clew_model::now_unix_nanos();
+    let spans: Vec<Span> = (0..300u64)
+        .map(|i| {
+            let mut s = span(i, now, 0);
+            s.trace_id = vec![7; 16];
+            s.service = format!("svc-{}", i % 3);
+            s.parent_span_id = match i {
+                0 => Vec::new(),
+                _ => ((i - 1) / 2 + 1).to_be_bytes().to_vec(),
+            };
+            s
+        })
+        .collect();
+    let expected = expected_edges(&spans);
+    assert!(expected.values().map(|v| v.0).sum::<u64>() > 150);
+    let (wal, _) = Wal::open(dir.path(), fast_config()).unwrap();
+    let r = Rollups::new(wal.clone(), 9, RollupConfig::default());
+    let mut reversed = spans.clone();
+    reversed.reverse();
+    for chunk in reversed.chunks(70) {
+        let b = ExportRequest {
+            spans: chunk.to_vec(),
+        };
+        r.record_appended(wal.append(&b).await.unwrap(), &b.spans);
+    }
+    r.flush(storage.as_ref()).await.unwrap();
+    assert_eq!(stored_edges(storage.as_ref()).await, expected);
+}
