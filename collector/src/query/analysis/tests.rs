@@ -13,9 +13,16 @@ use crate::storage::Storage;
 use crate::storage::memory::MemoryStorage;
 
 async fn app_with(traces: Vec<Trace>) -> Router {
+    let n = traces.len();
+    app_keeping(traces, n).await
+}
+
+/// The query API over the roll-ups of every trace, with only the first
+/// `kept` traces stored (the others sampled out).
+async fn app_keeping(traces: Vec<Trace>, kept: usize) -> Router {
     let storage = Arc::new(MemoryStorage::new(10_000));
     crate::testing::store_rollups(storage.as_ref(), &traces).await;
-    for t in traces {
+    for t in traces.into_iter().take(kept) {
         storage.store_trace(t).await.unwrap();
     }
     crate::query::router(storage)
@@ -386,12 +393,7 @@ async fn every_service_has_its_groups_and_examples_survive_sampling_gaps() {
     // but their spans are in the roll-ups: the groups count them all and
     // list the examples the index still has.
     let traces = long_window();
-    let storage = Arc::new(MemoryStorage::new(10_000));
-    crate::testing::store_rollups(storage.as_ref(), &traces).await;
-    for t in traces.into_iter().take(2_000) {
-        storage.store_trace(t).await.unwrap();
-    }
-    let app = crate::query::router(storage);
+    let app = app_keeping(traces, 2_000).await;
     let end_us = (T0 + 3_000_000 * MS) / 1_000;
     let (status, v) = get(
         &app,
@@ -448,12 +450,7 @@ async fn examples_fall_back_to_the_threshold_when_the_worst_were_not_kept() {
         |_| false,
         |_| false,
     );
-    let storage = Arc::new(MemoryStorage::new(10_000));
-    crate::testing::store_rollups(storage.as_ref(), &traces).await;
-    for t in traces.into_iter().take(50) {
-        storage.store_trace(t).await.unwrap();
-    }
-    let app = crate::query::router(storage);
+    let app = app_keeping(traces, 50).await;
     let end_us = (T0 + 100_000 * MS) / 1_000;
     let (status, v) = get(
         &app,
