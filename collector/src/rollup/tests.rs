@@ -93,6 +93,17 @@ async fn stored(storage: &dyn Storage) -> Counts {
     out
 }
 
+/// What a start-up does with the records `Wal::open` returned: the parts
+/// earlier runs wrote are read, the records counted, one flush. Returns
+/// its `through`.
+async fn replay_and_flush(r: &Rollups, storage: &dyn Storage, replay: &[WalRecord]) -> u64 {
+    r.prepare_replay(storage, replay).await.unwrap();
+    for rec in replay {
+        r.record(rec.seq, &rec.batch.spans);
+    }
+    r.flush(storage).await.unwrap()
+}
+
 #[tokio::test]
 async fn every_span_is_counted_once_across_a_crash() {
     let dir = tempfile::tempdir().unwrap();
@@ -124,14 +135,10 @@ async fn every_span_is_counted_once_across_a_crash() {
     assert_eq!(replay.len(), 10, "nothing was released");
     let again = Rollups::new(wal, 7, RollupConfig::default());
     assert_ne!(again.owner(), "", "a run has an owner");
-    again
-        .prepare_replay(storage.as_ref(), &replay)
-        .await
-        .unwrap();
-    for rec in &replay {
-        again.record(rec.seq, &rec.batch.spans);
-    }
-    assert_eq!(again.flush(storage.as_ref()).await.unwrap(), 10);
+    assert_eq!(
+        replay_and_flush(&again, storage.as_ref(), &replay).await,
+        10
+    );
     assert_eq!(stored(storage.as_ref()).await, expected(&batches));
     assert_eq!(again.stats().replay_skipped.load(Ordering::Relaxed), 7 * 40);
     assert_eq!(again.stats().spans.load(Ordering::Relaxed), 3 * 40);
@@ -153,14 +160,7 @@ async fn another_incarnation_counts_everything_it_replays() {
     drop((old, wal));
     let (wal, replay) = Wal::open(dir.path(), fast_config()).unwrap();
     let other = Rollups::new(wal, 2, RollupConfig::default());
-    other
-        .prepare_replay(storage.as_ref(), &replay)
-        .await
-        .unwrap();
-    for rec in &replay {
-        other.record(rec.seq, &rec.batch.spans);
-    }
-    other.flush(storage.as_ref()).await.unwrap();
+    replay_and_flush(&other, storage.as_ref(), &replay).await;
     let twice: Counts = expected(&batches)
         .into_iter()
         .map(|(k, (n, e))| (k, (2 * n, 2 * e)))
@@ -249,11 +249,7 @@ async fn a_replayed_span_skips_only_the_tiers_an_earlier_run_wrote() {
     storage.put_rollups(&earlier).await.unwrap();
     let (wal, replay) = Wal::open(dir.path(), fast_config()).unwrap();
     let r = Rollups::new(wal, 7, RollupConfig::default());
-    r.prepare_replay(storage.as_ref(), &replay).await.unwrap();
-    for rec in &replay {
-        r.record(rec.seq, &rec.batch.spans);
-    }
-    r.flush(storage.as_ref()).await.unwrap();
+    replay_and_flush(&r, storage.as_ref(), &replay).await;
     assert_eq!(stored(storage.as_ref()).await, expected(&batches));
     let mine = |w| {
         let storage = Arc::clone(&storage);
@@ -417,14 +413,7 @@ async fn calls_are_counted_once_across_a_crash() {
         "the pairing kept records"
     );
     let again = Rollups::new(wal, 6, RollupConfig::default());
-    again
-        .prepare_replay(storage.as_ref(), &replay)
-        .await
-        .unwrap();
-    for rec in &replay {
-        again.record(rec.seq, &rec.batch.spans);
-    }
-    again.flush(storage.as_ref()).await.unwrap();
+    replay_and_flush(&again, storage.as_ref(), &replay).await;
     assert_eq!(stored_edges(storage.as_ref()).await, expected_edges(&spans));
     assert_eq!(stored(storage.as_ref()).await, expected(&batches));
 }
