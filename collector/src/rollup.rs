@@ -20,7 +20,8 @@
 //!   record is counted and handed on ([`Rollups::record_appended`]), so a
 //!   part holds every record below its `through` and none at or above it.
 //!   A record that arrives while an earlier one is still on its way waits
-//!   aside until `through` passes it.
+//!   aside (what its spans contribute, copied) until every record before
+//!   it has been handed on: then it is below any `through` read later.
 //! - The WAL keeps every record at or after the last `through` written
 //!   ([`Wal::set_floor`]), whatever storage has released: a crash before a
 //!   flush replays them.
@@ -28,8 +29,10 @@
 //!   earlier process of the same incarnation wrote with `through > seq`:
 //!   it is in that part already ([`Rollups::prepare_replay`]).
 //!
-//! A span costs one sketch insert, into its 10 s bucket's delta; a flush
-//! folds the deltas into every tier's bucket. A bucket stays in memory
+//! A span is counted into its 10 s bucket's delta (a
+//! [`BucketBuilder`]: its duration waits in its key's buffer and goes into
+//! the sketch with the buffer); a flush folds the deltas into every tier's
+//! bucket. A bucket stays in memory
 //! [`RollupConfig::keep`] after its end. A span for a bucket this process
 //! wrote and let go waits while the next flush reads the part back, adds
 //! it and writes it again (the WAL keeps its record meanwhile).
@@ -49,7 +52,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use clew_analysis::rollup::{
-    Bucket, CallRecord, Limits, SpanRecord, TIER_WIDTHS_NANOS, align_down,
+    Bucket, BucketBuilder, CallRecord, Limits, SpanRecord, TIER_WIDTHS_NANOS, align_down,
 };
 use clew_proto::v1::Span;
 use parking_lot::Mutex;
@@ -108,10 +111,9 @@ pub struct RollupStats {
     pub unpaired: AtomicU64,
 }
 
-/// What a span contributes, kept while its bucket is read back.
+/// What a span contributes, kept while an earlier record is on its way.
 #[derive(Debug, Clone)]
 struct Fact {
-    seq: u64,
     start_unix_nanos: u64,
     ids: Option<Ids>,
     service: String,
@@ -122,9 +124,8 @@ struct Fact {
 }
 
 impl Fact {
-    fn of(seq: u64, span: &Span) -> Fact {
+    fn of(span: &Span) -> Fact {
         Fact {
-            seq,
             start_unix_nanos: span.start_time_unix_nano,
             ids: ids(span),
             service: span.service.clone(),
@@ -134,19 +135,54 @@ impl Fact {
             duration_nanos: filter::duration(span),
         }
     }
+}
+
+/// A span, or what it contributes: what the roll-ups count.
+trait Countable {
+    fn start_unix_nanos(&self) -> u64;
+    fn record(&self) -> SpanRecord<'_>;
+    fn ids(&self) -> Option<Ids>;
 
     fn seen(&self) -> Seen<'_> {
         Seen {
-            start_unix_nanos: self.start_unix_nanos,
-            ids: self.ids,
-            record: SpanRecord {
-                service: &self.service,
-                operation: &self.operation,
-                kind: self.kind,
-                is_error: self.is_error,
-                duration_nanos: self.duration_nanos,
-            },
+            start_unix_nanos: self.start_unix_nanos(),
+            ids: self.ids(),
+            record: self.record(),
         }
+    }
+}
+
+impl Countable for Span {
+    fn start_unix_nanos(&self) -> u64 {
+        self.start_time_unix_nano
+    }
+
+    fn record(&self) -> SpanRecord<'_> {
+        span_record(self)
+    }
+
+    fn ids(&self) -> Option<Ids> {
+        ids(self)
+    }
+}
+
+impl Countable for Fact {
+    fn start_unix_nanos(&self) -> u64 {
+        self.start_unix_nanos
+    }
+
+    fn record(&self) -> SpanRecord<'_> {
+        SpanRecord {
+            service: &self.service,
+            operation: &self.operation,
+            kind: self.kind,
+            is_error: self.is_error,
+            duration_nanos: self.duration_nanos,
+        }
+    }
+
+    fn ids(&self) -> Option<Ids> {
+        self.ids
     }
 }
 
@@ -158,16 +194,6 @@ struct Seen<'a> {
     record: SpanRecord<'a>,
 }
 
-impl<'a> Seen<'a> {
-    fn of(span: &'a Span) -> Seen<'a> {
-        Seen {
-            start_unix_nanos: span.start_time_unix_nano,
-            ids: ids(span),
-            record: span_record(span),
-        }
-    }
-}
-
 /// What is counted in a bucket.
 #[derive(Debug, Clone, Copy)]
 enum Item<'a> {
@@ -176,11 +202,38 @@ enum Item<'a> {
 }
 
 impl Item<'_> {
-    fn add_to(self, bucket: &mut Bucket, limits: &Limits) {
+    fn add_to(self, bucket: &mut impl Fill, limits: &Limits) {
         match self {
             Item::Span(s) => bucket.add_span(s, limits),
             Item::Call(c) => bucket.add_call(c, limits),
         }
+    }
+}
+
+/// What spans and calls are counted into: a bucket, or a bucket being
+/// filled.
+trait Fill {
+    fn add_span(&mut self, span: &SpanRecord<'_>, limits: &Limits);
+    fn add_call(&mut self, call: &CallRecord<'_>, limits: &Limits);
+}
+
+impl Fill for Bucket {
+    fn add_span(&mut self, span: &SpanRecord<'_>, limits: &Limits) {
+        Bucket::add_span(self, span, limits);
+    }
+
+    fn add_call(&mut self, call: &CallRecord<'_>, limits: &Limits) {
+        Bucket::add_call(self, call, limits);
+    }
+}
+
+impl Fill for BucketBuilder {
+    fn add_span(&mut self, span: &SpanRecord<'_>, limits: &Limits) {
+        BucketBuilder::add_span(self, span, limits);
+    }
+
+    fn add_call(&mut self, call: &CallRecord<'_>, limits: &Limits) {
+        BucketBuilder::add_call(self, call, limits);
     }
 }
 
@@ -192,11 +245,11 @@ struct Open {
     dirty: bool,
 }
 
-/// Spans counted and not yet folded into [`Open`] buckets, with the
-/// lowest record they come from.
+/// Spans counted and not yet folded into [`Open`] buckets (or not yet
+/// added to a bucket read back), with the lowest record they come from.
 #[derive(Debug)]
-struct Delta {
-    bucket: Bucket,
+struct Delta<B = Bucket> {
+    bucket: B,
     min_seq: u64,
 }
 
@@ -204,21 +257,27 @@ struct Delta {
 struct State {
     /// Every tier's buckets in memory (what this run counted in each).
     open: BTreeMap<Key, Open>,
-    /// Spans since the last flush, by finest-tier bucket: a span costs one
-    /// sketch insert here; a flush folds them into every tier.
-    delta: BTreeMap<Key, Delta>,
+    /// Spans since the last flush, by finest-tier bucket; a flush folds
+    /// them into every tier.
+    delta: BTreeMap<Key, Delta<BucketBuilder>>,
     /// Buckets written by this process and let go.
     evicted: HashSet<Key>,
     /// What was counted for buckets let go, until the bucket is read back.
     waiting: BTreeMap<Key, Delta>,
     /// From replay: earlier runs' `through` per bucket.
     skip: HashMap<Key, u64>,
-    /// Records counted while an earlier one was still on its way, by seq.
+    /// The highest of them: records from it on were counted by no earlier
+    /// run (every record appended in this run).
+    skip_below: u64,
+    /// Records handed on while an earlier one was still on its way, by
+    /// seq: counted once every record before them is handed on.
     deferred: BTreeMap<u64, Vec<Fact>>,
     /// Parents and children waiting for each other.
     calls: Calls,
     /// The calls a span completed (kept to reuse its allocation).
     found: Vec<calls::Call>,
+    /// The pairing ids of a record's spans (kept to reuse its allocation).
+    ids: Vec<Option<Ids>>,
 }
 
 /// What counting a record did.
@@ -289,7 +348,9 @@ impl Rollups {
                 *through = p.through.max(*through);
             }
         }
-        self.state.lock().skip = skip;
+        let mut state = self.state.lock();
+        state.skip_below = skip.values().copied().max().unwrap_or(0);
+        state.skip = skip;
         Ok(())
     }
 
@@ -309,19 +370,25 @@ impl Rollups {
         if self.wal.consumed_below() < seq {
             // An earlier record is on its way: this one may not be in a part
             // whose `through` is at or below it.
-            let facts = spans.iter().map(|s| Fact::of(seq, s)).collect();
+            let facts = spans.iter().map(Fact::of).collect();
             state.deferred.insert(seq, facts);
         } else {
             self.count(&mut state, seq, spans);
         }
-        appended.into_held_seq()
+        let held = appended.into_held_seq();
+        // Records that waited for this one are counted now, while their
+        // facts are fresh: the wait lasts while a record is on its way.
+        if !state.deferred.is_empty() {
+            let through = self.wal.consumed_below();
+            let counted = state.count_deferred(through, &self.config.limits);
+            self.tally(&counted);
+        }
+        held
     }
 
     fn count(&self, state: &mut State, seq: u64, spans: &[Span]) {
         let mut counted = Counted::default();
-        for span in spans {
-            state.count_span(seq, &Seen::of(span), &self.config.limits, &mut counted);
-        }
+        state.count_record(seq, spans, &self.config.limits, &mut counted);
         self.tally(&counted);
     }
 
@@ -449,16 +516,30 @@ impl State {
     /// Counts the deferred records below `through`, then folds every
     /// delta into the buckets of every tier holding it.
     fn settle(&mut self, through: u64, limits: &Limits) -> Counted {
+        let counted = self.count_deferred(through, limits);
+        for ((_, start), mut delta) in std::mem::take(&mut self.delta) {
+            let part = delta.bucket.finish();
+            for key in keys(start) {
+                self.fold(key, part, delta.min_seq);
+            }
+        }
+        counted
+    }
+
+    /// Counts the deferred records below `through`.
+    fn count_deferred(&mut self, through: u64, limits: &Limits) -> Counted {
+        let mut counted = Counted::default();
+        if self
+            .deferred
+            .first_key_value()
+            .is_none_or(|(s, _)| *s >= through)
+        {
+            return counted;
+        }
         let later = self.deferred.split_off(&through);
         let ready = std::mem::replace(&mut self.deferred, later);
-        let mut counted = Counted::default();
-        for fact in ready.into_values().flatten() {
-            self.count_span(fact.seq, &fact.seen(), limits, &mut counted);
-        }
-        for ((_, start), delta) in std::mem::take(&mut self.delta) {
-            for key in keys(start) {
-                self.fold(key, &delta.bucket, delta.min_seq);
-            }
+        for (seq, facts) in ready {
+            self.count_record(seq, &facts, limits, &mut counted);
         }
         counted
     }
@@ -470,6 +551,81 @@ impl State {
             true => c.spans += 1,
             false => c.skipped += 1,
         }
+        self.count_calls(seq, s, limits, c);
+    }
+
+    /// Counts the spans of record `seq` when no earlier run counted any:
+    /// each run of spans of one finest-tier bucket in one batch.
+    fn add_fresh_spans<T: Countable>(&mut self, seq: u64, items: &[T], limits: &Limits) {
+        let width = TIER_WIDTHS_NANOS[0];
+        let bucket_of = |t: &T| align_down(t.start_unix_nanos(), width);
+        let mut rest = items;
+        while let Some(first) = rest.first() {
+            let start = bucket_of(first);
+            let n = rest.iter().take_while(|t| bucket_of(t) == start).count();
+            let (run, later) = rest.split_at(n);
+            rest = later;
+            let make = |bucket: Bucket| Delta {
+                bucket: bucket.into(),
+                min_seq: seq,
+            };
+            if let Some(delta) = slot(&mut self.delta, (width, start), make) {
+                delta.min_seq = delta.min_seq.min(seq);
+                for item in run {
+                    delta.bucket.add_span(&item.record(), limits);
+                }
+            }
+        }
+    }
+
+    /// Counts the spans of record `seq` and the calls they complete.
+    fn count_record<T: Countable>(
+        &mut self,
+        seq: u64,
+        items: &[T],
+        limits: &Limits,
+        c: &mut Counted,
+    ) {
+        if seq >= self.skip_below {
+            // No earlier run counted it: a run of spans at a time.
+            self.add_fresh_spans(seq, items, limits);
+            c.spans += items.len() as u64;
+            self.count_fresh_calls(seq, items, limits, c);
+        } else {
+            for item in items {
+                self.count_span(seq, &item.seen(), limits, c);
+            }
+        }
+    }
+
+    /// Counts the calls the spans of record `seq` complete, when no earlier
+    /// run counted any: where their traces are kept is read first, for
+    /// all of them (the cache misses overlap), then they are paired.
+    fn count_fresh_calls<T: Countable>(
+        &mut self,
+        seq: u64,
+        items: &[T],
+        limits: &Limits,
+        c: &mut Counted,
+    ) {
+        let mut ids = std::mem::take(&mut self.ids);
+        ids.clear();
+        ids.extend(items.iter().map(Countable::ids));
+        std::hint::black_box(self.calls.touch(&ids));
+        for (item, &ids) in items.iter().zip(&ids) {
+            let seen = Seen {
+                start_unix_nanos: item.start_unix_nanos(),
+                ids,
+                record: item.record(),
+            };
+            self.count_calls(seq, &seen, limits, c);
+        }
+        self.ids = ids;
+    }
+
+    /// Counts the calls a span of record `seq` completes, except in the
+    /// tiers where an earlier run counted them.
+    fn count_calls(&mut self, seq: u64, s: &Seen<'_>, limits: &Limits, c: &mut Counted) {
         let Some(ids) = s.ids else { return };
         let callee = Callee {
             start_unix_nanos: s.start_unix_nanos,
@@ -510,8 +666,8 @@ impl State {
             TIER_WIDTHS_NANOS[0],
             align_down(start, TIER_WIDTHS_NANOS[0]),
         );
-        let make = |bucket| Delta {
-            bucket,
+        let make = |bucket: Bucket| Delta {
+            bucket: bucket.into(),
             min_seq: seq,
         };
         if let Some(delta) = slot(&mut self.delta, key, make) {

@@ -9,6 +9,7 @@ use serde::Serialize;
 
 use super::RollupError;
 use super::codec::{Reader, put_i32, put_str, put_u64};
+use super::keyed::Keyed;
 use super::sketch::{Sketch, read_header};
 
 /// The operation (and, past the second limit, the service, parent or
@@ -56,6 +57,19 @@ impl Stats {
     pub fn record(&mut self, is_error: bool, duration_nanos: u64) {
         self.errors = self.errors.saturating_add(u64::from(is_error));
         self.latency.insert(duration_nanos);
+    }
+
+    /// Counts one span's status (its duration goes in with
+    /// [`record_durations`](Self::record_durations)).
+    pub(super) fn record_error(&mut self, is_error: bool) {
+        self.errors = self.errors.saturating_add(u64::from(is_error));
+    }
+
+    /// Counts durations whose statuses were counted.
+    pub(super) fn record_durations(&mut self, durations: impl Iterator<Item = u64>) {
+        for d in durations {
+            self.latency.insert(d);
+        }
     }
 
     /// Adds another key's statistics (exact).
@@ -168,8 +182,8 @@ pub struct Bucket {
     start_unix_nanos: u64,
     width_nanos: u64,
     names: Names,
-    red: FastMap<(u32, u32, i32), Stats>,
-    edges: FastMap<(u32, u32), Stats>,
+    pub(super) red: Keyed<(u32, u32, i32)>,
+    edges: Keyed<(u32, u32)>,
     folded_spans: u64,
     folded_calls: u64,
 }
@@ -191,8 +205,8 @@ impl Bucket {
             start_unix_nanos,
             width_nanos,
             names: Names::default(),
-            red: FastMap::default(),
-            edges: FastMap::default(),
+            red: Keyed::default(),
+            edges: Keyed::default(),
             folded_spans: 0,
             folded_calls: 0,
         })
@@ -235,12 +249,20 @@ impl Bucket {
 
     /// Counts a span under its key, or an overflow key past `limits`.
     pub fn add_span(&mut self, span: &SpanRecord<'_>, limits: &Limits) {
+        let at = self.red_place(span, limits);
+        if let Some(stats) = self.red.at_mut(at) {
+            stats.record(span.is_error, span.duration_nanos);
+        }
+    }
+
+    /// The place of the key a span is counted under: its own, or an
+    /// overflow key past `limits` (counted as folded); made when missing.
+    pub(super) fn red_place(&mut self, span: &SpanRecord<'_>, limits: &Limits) -> u32 {
         let known = (self.names.get(span.service), self.names.get(span.operation));
         if let (Some(s), Some(o)) = known
-            && let Some(stats) = self.red.get_mut(&(s, o, span.kind))
+            && let Some(&at) = self.red.index_of(&(s, o, span.kind))
         {
-            stats.record(span.is_error, span.duration_nanos);
-            return;
+            return at;
         }
         let n = self.red.len();
         let (service, operation, kind) = if n < limits.max_red_keys {
@@ -260,15 +282,15 @@ impl Bucket {
             self.names.intern(operation),
             kind,
         );
-        let stats = self.red.entry(key).or_default();
-        stats.record(span.is_error, span.duration_nanos);
+        self.red.place(key)
     }
 
     /// Counts a call under its edge, or an overflow edge past `limits`.
     pub fn add_call(&mut self, call: &CallRecord<'_>, limits: &Limits) {
         let known = (self.names.get(call.parent), self.names.get(call.child));
         if let (Some(p), Some(c)) = known
-            && let Some(stats) = self.edges.get_mut(&(p, c))
+            && let Some(&at) = self.edges.index_of(&(p, c))
+            && let Some(stats) = self.edges.at_mut(at)
         {
             stats.record(call.is_error, call.duration_nanos);
             return;
@@ -287,8 +309,9 @@ impl Bucket {
             }
         };
         let key = (self.names.intern(parent), self.names.intern(child));
-        let stats = self.edges.entry(key).or_default();
-        stats.record(call.is_error, call.duration_nanos);
+        self.edges
+            .entry(key)
+            .record(call.is_error, call.duration_nanos);
     }
 
     /// The RED keys and their statistics, in no particular order.
@@ -357,14 +380,11 @@ impl Bucket {
         }
         for (k, stats) in other.red() {
             let id = (self.names.intern(k.service), self.names.intern(k.operation));
-            self.red
-                .entry((id.0, id.1, k.kind))
-                .or_default()
-                .merge(stats);
+            self.red.entry((id.0, id.1, k.kind)).merge(stats);
         }
         for (k, stats) in other.edges() {
             let id = (self.names.intern(k.parent), self.names.intern(k.child));
-            self.edges.entry(id).or_default().merge(stats);
+            self.edges.entry(id).merge(stats);
         }
         self.folded_spans = self.folded_spans.saturating_add(other.folded_spans);
         self.folded_calls = self.folded_calls.saturating_add(other.folded_calls);
@@ -525,12 +545,9 @@ fn read_id(r: &mut Reader<'_>, strings: usize, field: &'static str) -> Result<u3
     }
 }
 
-fn read_red(
-    r: &mut Reader<'_>,
-    strings: usize,
-) -> Result<FastMap<(u32, u32, i32), Stats>, RollupError> {
+fn read_red(r: &mut Reader<'_>, strings: usize) -> Result<Keyed<(u32, u32, i32)>, RollupError> {
     let n = r.len("bucket.red")?;
-    let mut red = FastMap::default();
+    let mut red = Keyed::default();
     let mut prev = None;
     for _ in 0..n {
         let s = read_id(r, strings, "red.service")?;
@@ -541,17 +558,14 @@ fn read_red(
             return Err(r.invalid("red.kind", "keys not sorted or repeated"));
         }
         prev = Some(key);
-        red.insert(key, decode_stats(r)?);
+        *red.entry(key) = decode_stats(r)?;
     }
     Ok(red)
 }
 
-fn read_edges(
-    r: &mut Reader<'_>,
-    strings: usize,
-) -> Result<FastMap<(u32, u32), Stats>, RollupError> {
+fn read_edges(r: &mut Reader<'_>, strings: usize) -> Result<Keyed<(u32, u32)>, RollupError> {
     let n = r.len("bucket.edges")?;
-    let mut edges = FastMap::default();
+    let mut edges = Keyed::default();
     let mut prev = None;
     for _ in 0..n {
         let key = (
@@ -562,7 +576,7 @@ fn read_edges(
             return Err(r.invalid("edge.child", "edges not sorted or repeated"));
         }
         prev = Some(key);
-        edges.insert(key, decode_stats(r)?);
+        *edges.entry(key) = decode_stats(r)?;
     }
     Ok(edges)
 }

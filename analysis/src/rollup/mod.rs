@@ -52,7 +52,8 @@
 //! goes to bin i, holding the integers in (⌊γ^(i−1)⌋, ⌊γ^i⌋] with
 //! γ = (1 + α)/(1 − α), α = [`RELATIVE_ACCURACY`] = 0.01; the bounds are
 //! a table computed at compile time by repeated IEEE multiplication (so the
-//! same bits everywhere; `ln` only guesses where to start looking). 2,219
+//! same bits everywhere; a logarithm from the float's exponent and a
+//! polynomial only guesses where to start looking). 2,219
 //! bins cover 1 ns to `u64::MAX`. A bin reports the integer nearest
 //! 2·lo·hi/(lo + hi), lo and hi its smallest and largest integers.
 //!
@@ -69,8 +70,11 @@
 //! them closer. A test checks the bound at both ends of every bin, which
 //! covers every `u64`.
 //!
-//! **Size and collapsing**: bins are stored sparsely (index, count), at
-//! most [`MAX_BINS`] = 2,048. Past that the lowest bins are folded into the
+//! **Size and collapsing**: in memory, bins are kept in pages of 16
+//! neighbouring bins, found by direct index in a table of the pages in
+//! use, so an insert reads two places whatever the number of bins;
+//! encoded, only the non-empty bins (index, count). At most
+//! [`MAX_BINS`] = 2,048 non-empty bins. Past that the lowest bins are folded into the
 //! lowest kept one (DDSketch's "collapsing lowest"): quantiles whose rank
 //! falls in a folded bin are overstated (reported as that bin's value, at
 //! least the exact minimum), while every quantile above the folded bins
@@ -119,8 +123,10 @@
 //! limit: it keeps every key it is given.
 
 mod bucket;
+mod builder;
 mod codec;
 mod error;
+mod keyed;
 mod query;
 mod sketch;
 #[cfg(test)]
@@ -128,6 +134,7 @@ mod tests;
 mod tiers;
 
 pub use bucket::{Bucket, CallRecord, EdgeKey, Limits, OVERFLOW, RedKey, SpanRecord, Stats};
+pub use builder::BucketBuilder;
 pub use error::RollupError;
 pub use query::{
     EdgeSummary, GroupBy, Latency, RedSeries, RedSummary, SeriesPoint, edge_summary, red_series,

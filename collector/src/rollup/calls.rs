@@ -13,7 +13,9 @@
 //! for spans.
 //!
 //! Spans are kept per trace (a run of one trace's spans costs one lookup
-//! in the large map, then small ones that stay in cache).
+//! in the large map, then a small vector that stays in cache); children
+//! waiting for their parent in a map of their own, small while parents
+//! come soon.
 //!
 //! What is kept is bounded by time, in two generations: spans seen since
 //! the last turn and in the one before; [`Calls::turn`] forgets the older,
@@ -124,18 +126,16 @@ struct Waiting {
 /// past it in a map.
 const SMALL_TRACE: usize = 32;
 
-/// One trace's spans in a generation.
+/// One trace's spans in a generation: span id → its service.
 #[derive(Debug, Default)]
-struct TraceCalls {
-    /// Span id → its service, while the trace is small.
+struct TraceSpans {
+    /// While the trace is small.
     spans: Vec<(u64, u32)>,
-    /// The same, once it is not.
-    index: Option<Map<u32>>,
-    /// Parent span id → its children seen before it.
-    waiting: Map<Vec<Waiting>>,
+    /// Once it is not.
+    index: Option<Box<Map<u32>>>,
 }
 
-impl TraceCalls {
+impl TraceSpans {
     fn service_of(&self, span: u64) -> Option<u32> {
         match &self.index {
             Some(index) => index.get(&span).copied(),
@@ -153,23 +153,23 @@ impl TraceCalls {
         }
         self.spans.push((span, service));
         if self.spans.len() > SMALL_TRACE {
-            self.index = Some(self.spans.drain(..).collect());
+            self.index = Some(Box::new(self.spans.drain(..).collect()));
             self.spans = Vec::new();
         }
     }
-
-    fn take_waiting(&mut self, span: u64) -> Option<Vec<Waiting>> {
-        if self.waiting.is_empty() {
-            return None;
-        }
-        self.waiting.remove(&span)
-    }
 }
+
+/// (trace, parent span id) → the children seen before their parent.
+type Waiters = HashMap<(u64, u64), Vec<Waiting>, foldhash::fast::FixedState>;
 
 #[derive(Debug, Default)]
 struct Generation {
-    /// Per trace: one lookup for a run of its spans, then small maps.
-    traces: Map<TraceCalls>,
+    /// Per trace: one lookup for a run of its spans, then a small vector.
+    traces: Map<TraceSpans>,
+    /// Children waiting for their parent: apart from the traces, so that
+    /// looking for a span's waiting children reads a small map (only the
+    /// children whose parent is late), not the trace's entry.
+    waiting: Waiters,
     /// Spans held.
     spans: usize,
     /// The lowest record held.
@@ -182,12 +182,14 @@ impl Generation {
     }
 
     fn waiting_for(&mut self, trace: u64, span: u64) -> Option<Vec<Waiting>> {
-        self.traces.get_mut(&trace)?.take_waiting(span)
+        if self.waiting.is_empty() {
+            return None;
+        }
+        self.waiting.remove(&(trace, span))
     }
 
     fn unpaired(&self) -> u64 {
-        let waiting = self.traces.values().flat_map(|t| t.waiting.values());
-        waiting.map(|w| w.len() as u64).sum()
+        self.waiting.values().map(|w| w.len() as u64).sum()
     }
 }
 
@@ -199,6 +201,8 @@ pub(super) struct Calls {
     turned_at: Instant,
     services: Vec<Arc<str>>,
     ids: HashMap<Arc<str>, u32, foldhash::fast::RandomState>,
+    /// The service interned last.
+    last: u32,
     /// Children forgotten without meeting their parent.
     pub unpaired: u64,
 }
@@ -214,6 +218,7 @@ impl Default for Calls {
             turned_at: Instant::now(),
             services: Vec::new(),
             ids: HashMap::default(),
+            last: 0,
             unpaired: 0,
         }
     }
@@ -250,16 +255,35 @@ impl Calls {
                 Some(p) => push_call(services, calls, p, service, callee),
                 None => {
                     let w = Waiting { service, callee };
-                    t.waiting.entry(parent).or_default().push(w);
+                    let key = (ids.trace, parent);
+                    current.waiting.entry(key).or_default().push(w);
                 }
             }
         }
         t.insert(ids.span, service);
-        let mine = t.take_waiting(ids.span).into_iter().flatten();
+        let mine = current
+            .waiting_for(ids.trace, ids.span)
+            .into_iter()
+            .flatten();
         let earlier = previous.waiting_for(ids.trace, ids.span);
         for w in mine.chain(earlier.into_iter().flatten()) {
             push_call(services, calls, service, w.service, w.callee);
         }
+    }
+
+    /// Reads where each trace of `ids` is kept in the current generation,
+    /// changing nothing: the cache misses of a record's traces overlap,
+    /// ahead of [`see`](Self::see) taking them one by one.
+    pub fn touch(&self, ids: &[Option<Ids>]) -> usize {
+        let mut last = None;
+        let mut touched = 0;
+        for trace in ids.iter().flatten().map(|i| i.trace) {
+            if last != Some(trace) {
+                last = Some(trace);
+                touched += self.current.traces.get(&trace).map_or(0, |t| t.spans.len());
+            }
+        }
+        touched
     }
 
     /// Forgets the older generation when the current one is `window` old,
@@ -277,6 +301,7 @@ impl Calls {
         let mut old = std::mem::take(&mut self.previous);
         self.unpaired = self.unpaired.saturating_add(old.unpaired());
         old.traces.clear();
+        old.waiting.clear();
         old.spans = 0;
         old.min_seq = None;
         self.previous = std::mem::replace(&mut self.current, old);
@@ -291,13 +316,21 @@ impl Calls {
     }
 
     fn intern(&mut self, service: &str) -> u32 {
+        // The spans of a record are mostly of one service.
+        if let Some(last) = self.services.get(self.last as usize)
+            && **last == *service
+        {
+            return self.last;
+        }
         if let Some(&id) = self.ids.get(service) {
+            self.last = id;
             return id;
         }
         let id = self.services.len() as u32;
         let name: Arc<str> = Arc::from(service);
         self.services.push(Arc::clone(&name));
         self.ids.insert(name, id);
+        self.last = id;
         id
     }
 }

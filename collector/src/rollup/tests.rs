@@ -123,7 +123,14 @@ async fn every_span_is_counted_once_across_a_crash() {
     let (a5, a6) = (acks.next().unwrap(), acks.next().unwrap());
     r.record_appended(a6, &batches[6].spans);
     assert_eq!(r.flush(storage.as_ref()).await.unwrap(), 5);
+    let spans = || r.stats().spans.load(Ordering::Relaxed);
+    assert_eq!(spans(), 5 * 40, "batch 6 is not counted yet");
     r.record_appended(a5, &batches[5].spans);
+    assert_eq!(
+        spans(),
+        7 * 40,
+        "batch 6 is counted as soon as 5 is handed on"
+    );
     assert_eq!(r.flush(storage.as_ref()).await.unwrap(), 7);
     // Three more counted, never written: then the process dies.
     for b in &batches[7..] {

@@ -4,8 +4,8 @@ use proptest::prelude::*;
 
 use super::Rng;
 use crate::rollup::{
-    Bucket, CallRecord, EdgeKey, Limits, OVERFLOW, RedKey, RollupError, Sketch, SpanRecord, Stats,
-    coarsen,
+    Bucket, BucketBuilder, CallRecord, EdgeKey, Limits, OVERFLOW, RedKey, RollupError, Sketch,
+    SpanRecord, Stats, coarsen,
 };
 
 pub(super) const SECOND: u64 = 1_000_000_000;
@@ -139,6 +139,45 @@ fn counts_are_exact() {
             .iter()
             .all(|b| b.folded_spans() == 0 && b.folded_calls() == 0)
     );
+}
+
+/// A builder holds durations back; once finished it is the bucket the same
+/// spans make one by one, bytes and all: keys with fewer spans than a
+/// buffer, keys with many buffers' worth, keys past the limits, and spans
+/// added after a finish.
+#[test]
+fn a_builder_equals_adding_span_by_span() {
+    // Few keys with many spans each, among many keys with a few each.
+    let mut all = spans(11, 20_000, 10 * SECOND, 3, 2);
+    for (i, g) in spans(12, 4_000, 10 * SECOND, 6, 40).into_iter().enumerate() {
+        all.insert(i * 5, g);
+    }
+    let small = Limits {
+        max_red_keys: 60,
+        max_edges: 10,
+    };
+    for limits in [Limits::default(), small] {
+        let mut one = Bucket::new(T0, 10 * SECOND).unwrap();
+        let mut built = BucketBuilder::new(T0, 10 * SECOND).unwrap();
+        for (i, g) in all.iter().enumerate() {
+            one.add_span(&g.span(), &limits);
+            built.add_span(&g.span(), &limits);
+            if let Some(call) = g.call() {
+                one.add_call(&call, &limits);
+                built.add_call(&call, &limits);
+            }
+            if i == all.len() / 2 {
+                assert_eq!(built.finish(), &one, "finished half way");
+            }
+        }
+        // Every key had fewer spans than a buffer, or several buffers.
+        assert!(one.red().any(|(_, s)| s.requests() < 256), "{limits:?}");
+        assert!(one.red().any(|(_, s)| s.requests() > 2 * 256), "{limits:?}");
+        let finished = built.finish();
+        assert_eq!(finished, &one, "{limits:?}");
+        assert_eq!(encoded(finished), encoded(&one), "{limits:?}");
+        assert_eq!(finished.folded_spans(), one.folded_spans());
+    }
 }
 
 #[test]

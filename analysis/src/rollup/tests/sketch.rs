@@ -100,6 +100,19 @@ fn every_bin_meets_the_bound_at_both_ends() {
     assert!(bins > MAX_BINS, "collapsing is reachable ({bins} bins)");
 }
 
+/// The guess of `bin_of` is a fast path only (the table decides), but a
+/// wrong constant or polynomial would make every lookup walk the table.
+#[test]
+fn bin_guess_is_within_a_thousandth_of_a_bin() {
+    let (used, exact) = table::bins_per_octave();
+    assert!((used - exact).abs() < 1e-9, "{used} against {exact}");
+    for i in 0..=10_000 {
+        let t = f64::from(i) / 10_000.0;
+        let (approx, exact) = table::log2_1p(t);
+        assert!((approx - exact).abs() * used < 1e-3, "log2(1 + {t})");
+    }
+}
+
 #[test]
 fn bin_lookup_matches_the_table_for_random_values() {
     let mut rng = Rng::new(1);
