@@ -439,6 +439,8 @@ pub struct SpillLog {
     unsynced: u32,
     last_sync: Instant,
     stats: SpillStats,
+    /// Drop closed segments from the page cache ([`SpillLog::uncache_closed`]).
+    uncache_closed: bool,
 }
 
 impl SpillLog {
@@ -506,6 +508,7 @@ impl SpillLog {
             unsynced: 0,
             last_sync: Instant::now(),
             stats,
+            uncache_closed: false,
         };
         log.delete_consumed()?;
         if let Some(back) = log.segments.back()
@@ -617,6 +620,17 @@ impl SpillLog {
             self.roll(seq)?;
         }
         Ok(())
+    }
+
+    /// From now on, drops each segment's pages from the OS page cache when
+    /// it is closed (synced, no longer written; `posix_fadvise(DONTNEED)`
+    /// on Linux, nothing elsewhere). For a log read back only after a
+    /// restart, such as the collector's WAL: kept on disk for long, it would
+    /// otherwise hold as much page cache, and the kernel's work for a page
+    /// cache growing by every byte written is charged to the writer.
+    /// Advisory: reading a dropped segment back reads the disk.
+    pub fn uncache_closed(&mut self) {
+        self.uncache_closed = true;
     }
 
     /// Forces appended data and the cursor to stable storage now (whatever
@@ -840,6 +854,11 @@ impl SpillLog {
     fn roll(&mut self, first_seq: u64) -> Result<()> {
         if self.unsynced > 0 && self.config.fsync != FsyncPolicy::Never {
             self.sync()?;
+        }
+        if self.uncache_closed
+            && let Some(w) = &self.writer
+        {
+            drop_from_page_cache(w);
         }
         self.writer = None;
         // An empty back segment already named `first_seq` (left closed after
@@ -1207,6 +1226,18 @@ fn create_cursor_file(dir: &Path, cursor: u64, durable: bool) -> Result<CursorFi
         }
     }
 }
+
+/// Asks the kernel to drop `file`'s clean pages from its page cache
+/// (advisory: a failure is only logged).
+#[cfg(target_os = "linux")]
+fn drop_from_page_cache(file: &File) {
+    if let Err(e) = rustix::fs::fadvise(file, 0, None, rustix::fs::Advice::DontNeed) {
+        tracing::debug!(error = %e, "spill log: fadvise(DONTNEED) failed");
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn drop_from_page_cache(_file: &File) {}
 
 fn sync_dir(dir: &Path) -> Result<()> {
     // Directory fsync makes a created, renamed or removed entry durable; only

@@ -364,6 +364,8 @@ impl Wal {
                 },
             },
         )?;
+        // Read back only at the next start: closed segments need no cache.
+        log.uncache_closed();
         let stats = WalStats::default();
         let raw = log.read_batch(usize::MAX, usize::MAX)?;
         let mut held = BTreeSet::new();
