@@ -557,25 +557,32 @@ impl State {
     /// Counts the spans of record `seq` when no earlier run counted any:
     /// each run of spans of one finest-tier bucket in one batch.
     fn add_fresh_spans<T: Countable>(&mut self, seq: u64, items: &[T], limits: &Limits) {
-        let width = TIER_WIDTHS_NANOS[0];
-        let bucket_of = |t: &T| align_down(t.start_unix_nanos(), width);
+        let bucket_of = |t: &T| align_down(t.start_unix_nanos(), TIER_WIDTHS_NANOS[0]);
         let mut rest = items;
         while let Some(first) = rest.first() {
             let start = bucket_of(first);
             let n = rest.iter().take_while(|t| bucket_of(t) == start).count();
             let (run, later) = rest.split_at(n);
             rest = later;
-            let make = |bucket: Bucket| Delta {
-                bucket: bucket.into(),
-                min_seq: seq,
-            };
-            if let Some(delta) = slot(&mut self.delta, (width, start), make) {
-                delta.min_seq = delta.min_seq.min(seq);
+            if let Some(delta) = self.delta_at(start, seq) {
                 for item in run {
-                    delta.bucket.add_span(&item.record(), limits);
+                    delta.add_span(&item.record(), limits);
                 }
             }
         }
+    }
+
+    /// The delta of the finest-tier bucket holding time `t`, taking a
+    /// span of record `seq`.
+    fn delta_at(&mut self, t: u64, seq: u64) -> Option<&mut BucketBuilder> {
+        let key = (TIER_WIDTHS_NANOS[0], align_down(t, TIER_WIDTHS_NANOS[0]));
+        let make = |bucket: Bucket| Delta {
+            bucket: bucket.into(),
+            min_seq: seq,
+        };
+        let delta = slot(&mut self.delta, key, make)?;
+        delta.min_seq = delta.min_seq.min(seq);
+        Some(&mut delta.bucket)
     }
 
     /// Counts the spans of record `seq` and the calls they complete.
@@ -662,17 +669,8 @@ impl State {
 
     /// A span into the delta of its finest-tier bucket.
     fn add_fresh(&mut self, seq: u64, start: u64, item: Item<'_>, limits: &Limits) {
-        let key = (
-            TIER_WIDTHS_NANOS[0],
-            align_down(start, TIER_WIDTHS_NANOS[0]),
-        );
-        let make = |bucket: Bucket| Delta {
-            bucket: bucket.into(),
-            min_seq: seq,
-        };
-        if let Some(delta) = slot(&mut self.delta, key, make) {
-            delta.min_seq = delta.min_seq.min(seq);
-            item.add_to(&mut delta.bucket, limits);
+        if let Some(delta) = self.delta_at(start, seq) {
+            item.add_to(delta, limits);
         }
     }
 

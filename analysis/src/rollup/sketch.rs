@@ -213,11 +213,6 @@ impl Bins {
         made
     }
 
-    /// Appends a bin above every other (`count` ≥ 1).
-    fn push(&mut self, bin: Bin) {
-        self.add(bin.index, bin.count);
-    }
-
     /// Adds every bin of `other`.
     fn add_all(&mut self, other: &Bins) {
         for bin in other.iter() {
@@ -226,7 +221,9 @@ impl Bins {
     }
 
     /// Folds the lowest bins into the lowest kept one while there are more
-    /// than `max`.
+    /// than `max`. The result depends only on the multiset of values (the
+    /// top `max` indexes are kept, everything below lands in the lowest of
+    /// them), which keeps merge exact.
     fn collapse(&mut self, max: usize) {
         let Some(extra) = self.len.checked_sub(max).filter(|e| *e > 0) else {
             return;
@@ -241,7 +238,7 @@ impl Bins {
             if k == 0 {
                 bin.count = bin.count.saturating_add(folded);
             }
-            out.push(bin);
+            out.add(bin.index, bin.count);
         }
         *self = out;
     }
@@ -631,10 +628,7 @@ fn read_bins(r: &mut Reader<'_>) -> Result<Bins, RollupError> {
         if count == 0 {
             return Err(r.invalid("sketch.bin.count", "an empty bin"));
         }
-        bins.push(Bin {
-            index: index as u16,
-            count,
-        });
+        bins.add(index as u16, count);
         prev = Some(index);
     }
     Ok(bins)
