@@ -235,6 +235,27 @@ impl RedisCluster {
             .count()
     }
 
+    /// Whether every master's replicas have acknowledged all its writes
+    /// (replication is asynchronous: a write just made may still be on its
+    /// way to the replica that takes over when its master dies).
+    pub fn replicas_caught_up(&self) -> bool {
+        self.nodes.iter().all(|n| {
+            let r = cli(self.tls.as_ref(), n.port, &["INFO", "replication"]);
+            if !r.contains("role:master") {
+                return true;
+            }
+            let field = |prefix: &str| r.lines().find_map(|l| l.strip_prefix(prefix));
+            let Some(offset) = field("master_repl_offset:").map(str::trim) else {
+                return false;
+            };
+            let replicas: Vec<&str> = r.lines().filter(|l| l.starts_with("slave")).collect();
+            !replicas.is_empty()
+                && replicas
+                    .iter()
+                    .all(|l| l.split(',').any(|kv| kv == format!("offset={offset}")))
+        })
+    }
+
     /// `CLUSTER INFO` of the node on `port`.
     pub fn info(&self, port: u16) -> String {
         cli(self.tls.as_ref(), port, &["CLUSTER", "INFO"])
@@ -473,6 +494,10 @@ mod tests {
         let (a, b) = (cluster.nodes[0].port, cluster.nodes[4].port);
         assert_eq!(cli(None, a, &["-c", "SET", "clew:k", "v"]).trim(), "OK");
         assert_eq!(cli(None, b, &["-c", "GET", "clew:k"]).trim(), "v");
+        wait("the write on every replica", || {
+            cluster.replicas_caught_up()
+        })
+        .await;
         // kill -9 of a master: its replica takes over.
         let victim = cluster.masters()[0];
         cluster.kill(victim);
